@@ -1,0 +1,1 @@
+"""The TMS protocol packages (generated from proto/)."""
