@@ -1,0 +1,252 @@
+"""Image and JSON codec shared by the TMS client and server.
+
+Turns numpy arrays into ``tms.v1.Image`` messages and back, converts between colour orders,
+and turns model results into JSON text. Raw pixels decode to a read-only numpy view of the
+message bytes: no copy. PNG/JPEG need Pillow (the ``pil`` extra), imported only when used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tms.v1 import image_pb2
+
+__all__ = [
+    "ImageError",
+    "check_channels",
+    "convert_color",
+    "decode_image",
+    "dtype_of",
+    "encode_array",
+    "encode_file",
+    "from_json",
+    "numpy_dtype",
+    "to_json",
+]
+
+DType = image_pb2.DType
+ColorOrder = image_pb2.ColorOrder
+Encoding = image_pb2.Encoding
+
+_NUMPY_DTYPES: dict[int, np.dtype[Any]] = {
+    image_pb2.D_TYPE_UINT8: np.dtype("u1"),
+    image_pb2.D_TYPE_INT8: np.dtype("i1"),
+    image_pb2.D_TYPE_UINT16: np.dtype("<u2"),
+    image_pb2.D_TYPE_INT16: np.dtype("<i2"),
+    image_pb2.D_TYPE_INT32: np.dtype("<i4"),
+    image_pb2.D_TYPE_INT64: np.dtype("<i8"),
+    image_pb2.D_TYPE_FLOAT16: np.dtype("<f2"),
+    image_pb2.D_TYPE_FLOAT32: np.dtype("<f4"),
+    image_pb2.D_TYPE_FLOAT64: np.dtype("<f8"),
+    image_pb2.D_TYPE_BOOL: np.dtype("?"),
+}
+_DTYPES_BY_KIND = {(dt.kind, dt.itemsize): code for code, dt in _NUMPY_DTYPES.items()}
+
+# Channel letters of each colour order; "L" is one channel of intensity.
+_LAYOUT: dict[int, str] = {
+    image_pb2.COLOR_ORDER_GRAY: "L",
+    image_pb2.COLOR_ORDER_RGB: "RGB",
+    image_pb2.COLOR_ORDER_BGR: "BGR",
+    image_pb2.COLOR_ORDER_RGBA: "RGBA",
+    image_pb2.COLOR_ORDER_BGRA: "BGRA",
+}
+# What a decoded PNG/JPEG holds, by Pillow mode, and the mode to convert others to.
+_PIL_COLOR = {"L": image_pb2.COLOR_ORDER_GRAY, "RGB": image_pb2.COLOR_ORDER_RGB}
+_PIL_COLOR |= {"RGBA": image_pb2.COLOR_ORDER_RGBA, "I;16": image_pb2.COLOR_ORDER_GRAY}
+_PIL_FORMATS = {image_pb2.ENCODING_PNG: "PNG", image_pb2.ENCODING_JPEG: "JPEG"}
+
+
+class ImageError(ValueError):
+    """An image message that cannot be decoded: the message says what is wrong."""
+
+
+def numpy_dtype(dtype: int) -> np.dtype[Any]:
+    """The numpy dtype of a ``tms.v1.DType`` value."""
+    try:
+        return _NUMPY_DTYPES[dtype]
+    except KeyError:
+        known = ", ".join(DType.Name(code) for code in _NUMPY_DTYPES)
+        raise ImageError(f"unknown dtype {dtype}; expected one of {known}") from None
+
+
+def dtype_of(dtype: npt.DTypeLike) -> int:
+    """The ``tms.v1.DType`` value of a numpy dtype."""
+    np_dtype = np.dtype(dtype)
+    try:
+        return _DTYPES_BY_KIND[(np_dtype.kind, np_dtype.itemsize)]
+    except KeyError:
+        raise ImageError(f"dtype {np_dtype} cannot be sent as an image") from None
+
+
+def check_channels(shape: tuple[int, ...], color_order: int) -> None:
+    """Raise ImageError if a shape has too few or too many dimensions or its channel count
+    contradicts the colour order."""
+    if len(shape) not in (2, 3):
+        raise ImageError(f"image shape {list(shape)} must be (H, W) or (H, W, C)")
+    if color_order == image_pb2.COLOR_ORDER_UNSPECIFIED:
+        return
+    layout = _LAYOUT.get(color_order)
+    if layout is None:
+        raise ImageError(f"unknown color_order {color_order}")
+    channels = 1 if len(shape) == 2 else shape[2]
+    if channels != len(layout):
+        name = ColorOrder.Name(color_order)
+        raise ImageError(f"{name} needs {len(layout)} channel(s), but shape {list(shape)} has {channels}")
+
+
+def encode_array(
+    array: npt.NDArray[Any],
+    color_order: int = image_pb2.COLOR_ORDER_UNSPECIFIED,
+) -> image_pb2.Image:
+    """A raw ``tms.v1.Image`` holding the pixels of ``array``, (H, W) or (H, W, C)."""
+    array = np.asarray(array)
+    check_channels(array.shape, color_order)
+    dtype = dtype_of(array.dtype)
+    wire = _NUMPY_DTYPES[dtype]
+    data = np.ascontiguousarray(array, dtype=wire).tobytes()
+    return image_pb2.Image(
+        dtype=dtype,
+        shape=array.shape,
+        data=data,
+        color_order=color_order,  # type: ignore[arg-type]
+        encoding=image_pb2.ENCODING_RAW,
+    )
+
+
+def encode_file(data: bytes) -> image_pb2.Image:
+    """A ``tms.v1.Image`` holding an encoded PNG or JPEG file as it is."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        encoding = image_pb2.ENCODING_PNG
+    elif data.startswith(b"\xff\xd8"):
+        encoding = image_pb2.ENCODING_JPEG
+    else:
+        raise ImageError("bytes are neither a PNG nor a JPEG file")
+    return image_pb2.Image(data=data, encoding=encoding)
+
+
+def decode_image(
+    image: image_pb2.Image, *, max_pixels: int | None = None
+) -> tuple[npt.NDArray[Any], int]:
+    """The pixels of a ``tms.v1.Image`` and their colour order.
+
+    Raw pixels come back as a read-only view of ``image.data``. ``max_pixels`` bounds
+    H * W, checked before anything is decoded.
+    """
+    encoding = image.encoding
+    if encoding in (image_pb2.ENCODING_RAW, image_pb2.ENCODING_UNSPECIFIED):
+        return _decode_raw(image, max_pixels), image.color_order
+    if encoding in _PIL_FORMATS:
+        return _decode_file(image.data, _PIL_FORMATS[encoding], max_pixels)
+    raise ImageError(f"unknown encoding {encoding}")
+
+
+def _decode_raw(image: image_pb2.Image, max_pixels: int | None) -> npt.NDArray[Any]:
+    dtype = numpy_dtype(image.dtype)
+    shape = tuple(image.shape)
+    check_channels(shape, image.color_order)
+    if any(dim <= 0 for dim in shape):
+        raise ImageError(f"image shape {list(shape)} has a dimension that is not positive")
+    if max_pixels is not None and shape[0] * shape[1] > max_pixels:
+        raise ImageError(f"image of {shape[0]}x{shape[1]} pixels exceeds the limit of {max_pixels}")
+    expected = math.prod(shape) * dtype.itemsize
+    data = image.data
+    if len(data) != expected:
+        raise ImageError(
+            f"image data has {len(data)} bytes, but shape {list(shape)} of "
+            f"{DType.Name(image.dtype)} needs {expected}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _decode_file(
+    data: bytes, fmt: str, max_pixels: int | None
+) -> tuple[npt.NDArray[Any], int]:
+    try:
+        from PIL import Image as PILImage  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImageError("decoding PNG/JPEG needs Pillow: pip install 'tms-client[pil]'") from None
+    try:
+        with PILImage.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"{fmt} file declares an empty image")
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageError(
+                    f"{img.format} image of {height}x{width} pixels exceeds the limit of {max_pixels}"
+                )
+            if img.mode not in _PIL_COLOR:
+                img = img.convert("RGBA" if "A" in img.getbands() else "RGB")  # noqa: PLW2901
+            color = _PIL_COLOR[img.mode]
+            array = np.asarray(img)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+        raise ImageError(f"cannot decode {fmt} image: {exc}") from None
+    return array, color
+
+
+def convert_color(array: npt.NDArray[Any], source: int, target: int) -> npt.NDArray[Any]:
+    """``array`` in colour order ``source`` converted to ``target``.
+
+    Returns ``array`` itself when nothing needs converting or either order is unspecified.
+    Gray comes out as (H, W); colour to gray uses the ITU-R BT.601 luma weights.
+    """
+    if source == target or image_pb2.COLOR_ORDER_UNSPECIFIED in (source, target):
+        return array
+    src, dst = _LAYOUT[source], _LAYOUT[target]
+    if src == "L":
+        gray = array if array.ndim == 2 else array[..., 0]
+        channels = {"R": gray, "G": gray, "B": gray}
+    else:
+        channels = {letter: array[..., i] for i, letter in enumerate(src)}
+    if dst == "L":
+        luma = (
+            0.299 * channels["R"].astype(np.float32)
+            + 0.587 * channels["G"].astype(np.float32)
+            + 0.114 * channels["B"].astype(np.float32)
+        )
+        if array.dtype.kind in "iub":
+            luma = np.rint(luma)
+        return luma.astype(array.dtype)
+    out = np.empty((*array.shape[:2], len(dst)), dtype=array.dtype)
+    for i, letter in enumerate(dst):
+        out[..., i] = channels.get(letter, _opaque(array.dtype))
+    return out
+
+
+def _opaque(dtype: np.dtype[Any]) -> Any:
+    if dtype.kind in "iu":
+        return np.iinfo(dtype).max
+    return True if dtype.kind == "b" else 1.0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def to_json(value: Any) -> str:
+    """JSON text of a model result; numpy scalars and arrays become numbers and lists.
+
+    Raises TypeError for values JSON cannot hold, ValueError for NaN and infinity.
+    """
+    return json.dumps(value, default=_jsonable, allow_nan=False, separators=(",", ":"))
+
+
+def from_json(text: str) -> Any:
+    """The value of JSON text; empty text is None."""
+    return json.loads(text) if text else None
