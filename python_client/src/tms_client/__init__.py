@@ -1,1 +1,57 @@
-"""TMS client."""
+"""TMS client: call the models of a TMS server from Python.
+
+``ModelClient(model, "host:port")`` finds every worker process behind the address, balances
+calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you.
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from tms_client.balancers import Balancer, RandomBalancer, RoundRobin
+from tms_client.client import ImageToImageResult, ModelClient, ModelInfo, WorkerInfo
+from tms_client.codec import ImageError
+from tms_client.exceptions import (
+    CallError,
+    ConnectError,
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelFailedError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    TMSError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnsupportedCallError,
+)
+
+__all__ = [
+    "Balancer",
+    "CallError",
+    "ConnectError",
+    "DeadlineExceededError",
+    "ImageError",
+    "ImageToImageResult",
+    "InvalidInputError",
+    "ModelClient",
+    "ModelFailedError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "PermissionDeniedError",
+    "RandomBalancer",
+    "ResourceExhaustedError",
+    "RoundRobin",
+    "TMSError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnsupportedCallError",
+    "WorkerInfo",
+    "__version__",
+]
+
+try:
+    __version__ = _version("tms-client")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"

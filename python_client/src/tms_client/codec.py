@@ -61,6 +61,10 @@ _LAYOUT: dict[int, str] = {
 _PIL_COLOR = {"L": image_pb2.COLOR_ORDER_GRAY, "RGB": image_pb2.COLOR_ORDER_RGB}
 _PIL_COLOR |= {"RGBA": image_pb2.COLOR_ORDER_RGBA, "I;16": image_pb2.COLOR_ORDER_GRAY}
 _PIL_FORMATS = {image_pb2.ENCODING_PNG: "PNG", image_pb2.ENCODING_JPEG: "JPEG"}
+_RGB_OF = {
+    image_pb2.COLOR_ORDER_BGR: image_pb2.COLOR_ORDER_RGB,
+    image_pb2.COLOR_ORDER_BGRA: image_pb2.COLOR_ORDER_RGBA,
+}
 
 
 class ImageError(ValueError):
@@ -104,20 +108,65 @@ def check_channels(shape: tuple[int, ...], color_order: int) -> None:
 def encode_array(
     array: npt.NDArray[Any],
     color_order: int = image_pb2.COLOR_ORDER_UNSPECIFIED,
+    *,
+    encoding: int = image_pb2.ENCODING_RAW,
+    quality: int = 90,
 ) -> image_pb2.Image:
-    """A raw ``tms.v1.Image`` holding the pixels of ``array``, (H, W) or (H, W, C)."""
+    """A ``tms.v1.Image`` of ``array``, (H, W) or (H, W, C): raw pixels, or a PNG/JPEG file.
+
+    PNG holds uint8 or uint16 gray and uint8 RGB/RGBA; JPEG (``quality`` 1-100) holds uint8
+    gray and RGB. BGR(A) pixels are reordered to RGB(A) in the file.
+    """
     array = np.asarray(array)
     check_channels(array.shape, color_order)
     dtype = dtype_of(array.dtype)
-    wire = _NUMPY_DTYPES[dtype]
-    data = np.ascontiguousarray(array, dtype=wire).tobytes()
+    if encoding in (image_pb2.ENCODING_RAW, image_pb2.ENCODING_UNSPECIFIED):
+        wire = _NUMPY_DTYPES[dtype]
+        return image_pb2.Image(
+            dtype=dtype,
+            shape=array.shape,
+            data=np.ascontiguousarray(array, dtype=wire).tobytes(),
+            color_order=color_order,  # type: ignore[arg-type]
+            encoding=image_pb2.ENCODING_RAW,
+        )
+    fmt = _PIL_FORMATS.get(encoding)
+    if fmt is None:
+        raise ImageError(f"unknown encoding {encoding}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        color_order = image_pb2.COLOR_ORDER_GRAY
+        allowed = (np.uint8, np.uint16) if fmt == "PNG" else (np.uint8,)
+    else:
+        if color_order in (image_pb2.COLOR_ORDER_UNSPECIFIED, image_pb2.COLOR_ORDER_GRAY):
+            raise ImageError(f"a {fmt} of {array.shape[2]} channels needs an RGB(A)/BGR(A) order")
+        if color_order in (image_pb2.COLOR_ORDER_BGR, image_pb2.COLOR_ORDER_BGRA):
+            target = _RGB_OF[color_order]
+            array, color_order = convert_color(array, color_order, target), target
+        if fmt == "JPEG" and color_order == image_pb2.COLOR_ORDER_RGBA:
+            raise ImageError("JPEG cannot hold an alpha channel")
+        allowed = (np.uint8,)
+    if array.dtype not in allowed:
+        raise ImageError(f"{fmt} cannot hold {array.dtype} pixels of shape {list(array.shape)}")
+    pil = _pil()
+    buffer = io.BytesIO()
+    options = {"quality": quality} if fmt == "JPEG" else {"compress_level": 1}
+    pil.fromarray(np.ascontiguousarray(array)).save(buffer, format=fmt, **options)
     return image_pb2.Image(
         dtype=dtype,
         shape=array.shape,
-        data=data,
+        data=buffer.getvalue(),
         color_order=color_order,  # type: ignore[arg-type]
-        encoding=image_pb2.ENCODING_RAW,
+        encoding=encoding,  # type: ignore[arg-type]
     )
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image as PILImage  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImageError("PNG/JPEG need Pillow: pip install 'tms-client[pil]'") from None
+    return PILImage
 
 
 def encode_file(data: bytes) -> image_pb2.Image:
@@ -168,12 +217,9 @@ def _decode_raw(image: image_pb2.Image, max_pixels: int | None) -> npt.NDArray[A
 def _decode_file(
     data: bytes, fmt: str, max_pixels: int | None
 ) -> tuple[npt.NDArray[Any], int]:
+    pil = _pil()
     try:
-        from PIL import Image as PILImage  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImageError("decoding PNG/JPEG needs Pillow: pip install 'tms-client[pil]'") from None
-    try:
-        with PILImage.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
+        with pil.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"{fmt} file declares an empty image")
@@ -187,7 +233,7 @@ def _decode_file(
             array = np.asarray(img)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, pil.DecompressionBombError) as exc:
         raise ImageError(f"cannot decode {fmt} image: {exc}") from None
     return array, color
 

@@ -1,0 +1,114 @@
+"""Turning what users hold into ``tms.v1.Image`` messages, and output images into arrays.
+
+Accepted inputs: a numpy array (its colour order given by ``color``, default ``"bgr"`` as
+OpenCV delivers it), a PIL image (its mode says its colour order), a file path, or the bytes
+of a PNG or JPEG file (sent as they are, decoded by the server).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from tms.v1 import image_pb2
+from tms_client.codec import ImageError, convert_color, decode_image, encode_array, encode_file
+
+__all__ = ["COLOR_ORDERS", "ImageInput", "color_order", "from_message", "to_message"]
+
+#: Anything ``run_image`` accepts: numpy array, PIL image, path, or PNG/JPEG bytes.
+ImageInput = Union[npt.NDArray[Any], "PILImage", str, os.PathLike[str], bytes]
+PILImage = Any  # PIL.Image.Image; Pillow is optional
+
+COLOR_ORDERS: dict[str | None, int] = {
+    None: image_pb2.COLOR_ORDER_UNSPECIFIED,
+    "gray": image_pb2.COLOR_ORDER_GRAY,
+    "rgb": image_pb2.COLOR_ORDER_RGB,
+    "bgr": image_pb2.COLOR_ORDER_BGR,
+    "rgba": image_pb2.COLOR_ORDER_RGBA,
+    "bgra": image_pb2.COLOR_ORDER_BGRA,
+}
+_WITH_ALPHA = {"rgb": "rgba", "bgr": "bgra", "rgba": "rgba", "bgra": "bgra"}
+_PIL_MODES = {"L": "gray", "RGB": "rgb", "RGBA": "rgba"}
+
+
+def color_order(name: str | None) -> int:
+    """The ``tms.v1.ColorOrder`` of a name: gray, rgb, bgr, rgba, bgra or None."""
+    key = name.lower() if name is not None else None
+    if key not in COLOR_ORDERS:
+        raise ValueError(f"unknown colour order {name!r}; use gray, rgb, bgr, rgba, bgra or None")
+    return COLOR_ORDERS[key]
+
+
+def _array_color(array: npt.NDArray[Any], color: str | None) -> int:
+    channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else 0
+    if channels == 1:
+        return image_pb2.COLOR_ORDER_GRAY
+    if color is None:
+        return image_pb2.COLOR_ORDER_UNSPECIFIED
+    if channels == 3:
+        return color_order(color.lower().removesuffix("a"))
+    if channels == 4:
+        return color_order(_WITH_ALPHA.get(color.lower(), color))
+    return image_pb2.COLOR_ORDER_UNSPECIFIED
+
+
+def to_message(image: Any, *, color: str | None = "bgr") -> image_pb2.Image:
+    """A ``tms.v1.Image`` for any accepted input; see the module docstring."""
+    if isinstance(image, image_pb2.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        return encode_array(image, _array_color(image, color))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return encode_file(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        return _from_path(Path(image))
+    if hasattr(image, "mode") and hasattr(image, "getbands"):
+        return _from_pil(image)
+    raise TypeError(
+        f"cannot send {type(image).__name__} as an image; pass a numpy array, a PIL image, "
+        "a file path or PNG/JPEG bytes"
+    )
+
+
+def _from_pil(image: PILImage) -> image_pb2.Image:
+    name = _PIL_MODES.get(image.mode)
+    if name is None:
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        name = _PIL_MODES[image.mode]
+    return encode_array(np.asarray(image), color_order(name))
+
+
+def _from_path(path: Path) -> image_pb2.Image:
+    data = path.read_bytes()
+    try:
+        return encode_file(data)
+    except ImageError:
+        pass
+    try:
+        from PIL import Image as PIL  # noqa: PLC0415, N814
+    except ImportError:
+        raise ImageError(
+            f"{path} is not a PNG or JPEG file; other formats need Pillow "
+            "(pip install 'tms-client[pil]')"
+        ) from None
+    try:
+        with PIL.open(path) as opened:
+            return _from_pil(opened)
+    except OSError as exc:
+        raise ImageError(f"cannot read {path} as an image: {exc}") from None
+
+
+def from_message(message: image_pb2.Image, *, color: str | None = None) -> npt.NDArray[Any]:
+    """The pixels of an output image as a writable array, converted to ``color`` if given and
+    the image's colour order is known."""
+    array, order = decode_image(message)
+    target = color_order(color)
+    if target != image_pb2.COLOR_ORDER_UNSPECIFIED and order != image_pb2.COLOR_ORDER_UNSPECIFIED:
+        converted = convert_color(array, order, target)
+        if converted is not array:
+            return converted
+    return array.copy() if not array.flags.writeable else array

@@ -1,0 +1,84 @@
+"""Errors the server raises, each carrying its gRPC status code, and the one place that
+turns them (and anything unexpected) into the call's status."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from tms_client.codec import ImageError
+from tms_server.model import InvalidInput
+
+__all__ = [
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "ServiceError",
+    "Unimplemented",
+    "status_errors",
+]
+
+log = logging.getLogger("tms_server")
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+class ServiceError(Exception):
+    """An error that ends a call with ``code`` and the exception's message."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class NotFound(ServiceError):  # noqa: N818 - named after the status code
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidArgument(ServiceError):  # noqa: N818
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unimplemented(ServiceError):  # noqa: N818
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class FailedPrecondition(ServiceError):  # noqa: N818
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Internal(ServiceError):  # noqa: N818
+    code = grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def status_errors(handler: Handler) -> Handler:
+    """Run a servicer method; end the call with the status its exception stands for.
+
+    ServiceError carries its own code; a model's InvalidInput and a malformed image are
+    INVALID_ARGUMENT; anything else is INTERNAL, with the traceback logged here.
+    """
+
+    @functools.wraps(handler)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return handler(self, request, context)
+        except ServiceError as exc:
+            code, message = exc.code, str(exc)
+        except (InvalidInput, ImageError) as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except Exception as exc:
+            model = getattr(request, "model", "")
+            log.exception("%s failed (model %r)", handler.__name__, model)
+            code = grpc.StatusCode.INTERNAL
+            message = f"model {model!r} raised {type(exc).__name__}: {exc}"
+        _abort(context, code, message)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,262 @@
+"""The tms.v1.ModelService of one worker process: validate, decode, run the model, encode."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
+from tms_client.codec import (
+    ImageError,
+    convert_color,
+    decode_image,
+    encode_array,
+    to_json,
+)
+from tms_server.errors import Internal, InvalidArgument, Unimplemented, status_errors
+from tms_server.registry import LoadedModel, ModelRegistry
+
+__all__ = ["ModelServicer", "WorkerIdentity"]
+
+pb = model_service_pb2
+_CHANNELS = {
+    image_pb2.COLOR_ORDER_GRAY: 1,
+    image_pb2.COLOR_ORDER_RGB: 3,
+    image_pb2.COLOR_ORDER_BGR: 3,
+    image_pb2.COLOR_ORDER_RGBA: 4,
+    image_pb2.COLOR_ORDER_BGRA: 4,
+}
+_CALL_NAMES = {
+    pb.MODEL_CALL_RUN_IMAGE: "RunImage",
+    pb.MODEL_CALL_RUN_IMAGE_BATCH: "RunImageBatch",
+    pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE: "RunImageToImage",
+    pb.MODEL_CALL_RUN_TEXT: "RunText",
+    pb.MODEL_CALL_RUN_TEXT_BATCH: "RunTextBatch",
+}
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who this worker process is, as GetWorkerInfo reports it."""
+
+    instance_id: str
+    worker_index: int
+    worker_count: int
+    server_version: str
+
+    def response(self) -> pb.GetWorkerInfoResponse:
+        return pb.GetWorkerInfoResponse(
+            instance_id=self.instance_id,
+            pid=os.getpid(),
+            worker_index=self.worker_index,
+            worker_count=self.worker_count,
+            server_version=self.server_version,
+            hostname=socket.gethostname(),
+        )
+
+
+def _args(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        args = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"args_json is not valid JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
+    return args
+
+
+def _result_json(model: LoadedModel, result: Any) -> str:
+    try:
+        return to_json(result)
+    except (TypeError, ValueError) as exc:
+        raise Internal(f"model {model.name!r} returned a result JSON cannot hold: {exc}") from None
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """Serves the models of a registry; errors end calls through ``status_errors``."""
+
+    def __init__(self, registry: ModelRegistry, identity: WorkerIdentity, *, max_pixels: int):
+        self._registry = registry
+        self._max_pixels = max_pixels
+        self._worker_info = identity.response()
+        self._list_response = pb.ListModelsResponse(
+            models=[model.info for model in registry.models.values()]
+        )
+
+    def _model(self, name: str, call: int) -> LoadedModel:
+        model = self._registry.get(name)
+        if not model.supports(call):
+            supported = ", ".join(_CALL_NAMES[c] for c in model.info.calls)
+            raise Unimplemented(
+                f"model {name!r} does not support {_CALL_NAMES[call]}; it supports {supported}"
+            )
+        return model
+
+    def _image(self, model: LoadedModel, message: image_pb2.Image) -> npt.NDArray[Any]:
+        """The pixels of ``message`` as ``model`` declared it wants them."""
+        array, color = decode_image(message, max_pixels=self._max_pixels)
+        if model.dtype is not None and array.dtype != model.dtype:
+            if not np.can_cast(array.dtype, model.dtype, "safe"):
+                raise InvalidArgument(
+                    f"model {model.name!r} takes {model.dtype} images; "
+                    f"{array.dtype} cannot be converted to it without loss"
+                )
+            array = array.astype(model.dtype)
+        if model.color != image_pb2.COLOR_ORDER_UNSPECIFIED:
+            if color == image_pb2.COLOR_ORDER_UNSPECIFIED:
+                color = self._assume_color(model, array)
+            array = convert_color(array, color, model.color)
+        if model.input_shape is not None:
+            expected = model.input_shape
+            if len(expected) != array.ndim or any(
+                e not in (-1, a) for e, a in zip(expected, array.shape, strict=True)
+            ):
+                raise InvalidArgument(
+                    f"model {model.name!r} takes images of shape {list(expected)} (-1: any), "
+                    f"not {list(array.shape)}"
+                )
+        return array
+
+    @staticmethod
+    def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> int:
+        channels = 1 if array.ndim == 2 else array.shape[2]
+        if channels == 1:
+            return image_pb2.COLOR_ORDER_GRAY
+        if channels == _CHANNELS[model.color]:
+            return model.color
+        wanted = image_pb2.ColorOrder.Name(model.color)
+        raise InvalidArgument(
+            f"model {model.name!r} takes {wanted} images; an image of {channels} channels "
+            "needs its color_order set"
+        )
+
+    def _images(self, model: LoadedModel, messages: Sequence[image_pb2.Image]) -> list[Any]:
+        if not messages:
+            raise InvalidArgument("no images in the request")
+        return [self._image(model, message) for message in messages]
+
+    @status_errors
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return self._list_response
+
+    @status_errors
+    def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        return pb.GetModelInfoResponse(info=self._registry.get(request.model).info)
+
+    @status_errors
+    def RunImage(
+        self, request: pb.RunImageRequest, context: grpc.ServicerContext
+    ) -> pb.RunImageResponse:
+        model = self._model(request.model, pb.MODEL_CALL_RUN_IMAGE)
+        if not request.HasField("image"):
+            raise InvalidArgument("no image in the request")
+        image = self._image(model, request.image)
+        args = _args(request.args_json)
+        with model.lock:
+            result = model.instance.run(image, args)
+        return pb.RunImageResponse(result_json=_result_json(model, result))
+
+    @status_errors
+    def RunImageBatch(
+        self, request: pb.RunImageBatchRequest, context: grpc.ServicerContext
+    ) -> pb.RunImageBatchResponse:
+        model = self._model(request.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
+        images = self._images(model, request.images)
+        args = _args(request.args_json)
+        with model.lock:
+            results = model.instance.run_batch(images, args)
+        return pb.RunImageBatchResponse(results_json=self._batch_json(model, results, len(images)))
+
+    @status_errors
+    def RunImageToImage(
+        self, request: pb.RunImageToImageRequest, context: grpc.ServicerContext
+    ) -> pb.RunImageToImageResponse:
+        model = self._model(request.model, pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
+        if request.output_encoding not in (
+            image_pb2.ENCODING_UNSPECIFIED,
+            image_pb2.ENCODING_RAW,
+            image_pb2.ENCODING_PNG,
+        ):
+            raise InvalidArgument("output_encoding must be RAW or PNG")
+        images = self._images(model, request.images)
+        args = _args(request.args_json)
+        with model.lock:
+            output = model.instance.run_image_to_image(images, args)
+        result: Any = None
+        if isinstance(output, tuple):
+            if len(output) != 2:
+                raise Internal(
+                    f"model {model.name!r} returned a tuple of {len(output)}; "
+                    "expected (image(s), result)"
+                )
+            output, result = output
+        arrays = output if isinstance(output, list) else [output]
+        return pb.RunImageToImageResponse(
+            images=[self._encode(model, a, request.output_encoding) for a in arrays],
+            result_json=_result_json(model, result),
+        )
+
+    @staticmethod
+    def _encode(model: LoadedModel, array: Any, encoding: int) -> image_pb2.Image:
+        if not isinstance(array, np.ndarray):
+            raise Internal(
+                f"model {model.name!r} returned {type(array).__name__} where an image "
+                "(numpy array) was expected"
+            )
+        try:
+            return encode_array(array, model.output_color, encoding=encoding)
+        except ImageError as exc:
+            raise Internal(f"model {model.name!r} returned an invalid image: {exc}") from None
+
+    @status_errors
+    def RunText(
+        self, request: pb.RunTextRequest, context: grpc.ServicerContext
+    ) -> pb.RunTextResponse:
+        model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT)
+        args = _args(request.args_json)
+        with model.lock:
+            result = model.instance.run(request.text, args)
+        return pb.RunTextResponse(result_json=_result_json(model, result))
+
+    @status_errors
+    def RunTextBatch(
+        self, request: pb.RunTextBatchRequest, context: grpc.ServicerContext
+    ) -> pb.RunTextBatchResponse:
+        model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT_BATCH)
+        texts = list(request.texts)
+        if not texts:
+            raise InvalidArgument("no texts in the request")
+        args = _args(request.args_json)
+        with model.lock:
+            results = model.instance.run_batch(texts, args)
+        return pb.RunTextBatchResponse(results_json=self._batch_json(model, results, len(texts)))
+
+    @staticmethod
+    def _batch_json(model: LoadedModel, results: Any, expected: int) -> list[str]:
+        results = list(results)
+        if len(results) != expected:
+            raise Internal(
+                f"model {model.name!r} returned {len(results)} results for {expected} inputs"
+            )
+        return [_result_json(model, result) for result in results]
+
+    @status_errors
+    def GetWorkerInfo(
+        self, request: pb.GetWorkerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.GetWorkerInfoResponse:
+        return self._worker_info
+

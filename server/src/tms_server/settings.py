@@ -1,0 +1,134 @@
+"""Server settings: one object, fed by command-line flags and ``TMS_*`` environment variables.
+
+A flag wins over its environment variable, which wins over the default. Every setting is
+bounded; a value out of bounds stops the server at start with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "parse_settings"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _meta(help_text: str, low: float | None = None, high: float | None = None) -> Any:
+    return {"help": help_text, "low": low, "high": high}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a server process needs to know; see ``tms-server --help``."""
+
+    host: str = field(default="0.0.0.0", metadata=_meta("address to listen on"))  # noqa: S104
+    port: int = field(
+        default=50051, metadata=_meta("port to listen on; 0 picks a free one", 0, 65535)
+    )
+    workers: int = field(
+        default_factory=_cpu_count,
+        metadata=_meta("worker processes sharing the port (default: CPU count)", 1, 256),
+    )
+    threads: int = field(
+        default=8, metadata=_meta("threads per worker, i.e. concurrent calls per worker", 1, 1024)
+    )
+    models: Path = field(
+        default=Path("models"), metadata=_meta("the models folder (sub-folders with class Model)")
+    )
+    entry_points: bool = field(
+        default=True, metadata=_meta("also load models registered under the tms.models entry point")
+    )
+    max_message_mb: int = field(
+        default=64, metadata=_meta("largest request or response, in MiB", 1, 2047)
+    )
+    max_pixels: int = field(
+        default=50_000_000,
+        metadata=_meta("largest image accepted, in pixels (H x W), raw or encoded", 1, 2**31 - 1),
+    )
+    grace_seconds: float = field(
+        default=10.0,
+        metadata=_meta("on SIGTERM/SIGINT, how long in-flight calls may take to finish", 0, 3600),
+    )
+    log_level: str = field(default="INFO", metadata=_meta(f"one of {', '.join(LOG_LEVELS)}"))
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value, low, high = getattr(self, spec.name), spec.metadata["low"], spec.metadata["high"]
+            if low is not None and not low <= value <= high:
+                raise ValueError(f"{spec.name} must be between {low} and {high}, not {value}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level}")
+        object.__setattr__(self, "log_level", self.log_level.upper())
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+
+def _env_name(name: str) -> str:
+    return "TMS_" + name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags (``argv``) over ``TMS_*`` variables (``environ``) over defaults."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="tms-server",
+        description="Serve every model of a models folder over gRPC from several processes.",
+        epilog="Each flag can also be set by the environment variable shown beside it.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    converters: dict[str, Any] = {}
+    for spec in dataclasses.fields(Settings):
+        flag = "--" + spec.name.replace("_", "-")
+        kind = type(spec.default) if spec.default is not dataclasses.MISSING else int
+        convert = {bool: _parse_bool, Path: Path}.get(kind, kind)
+        converters[spec.name] = convert
+        help_text = f"{spec.metadata['help']} [{_env_name(spec.name)}]"
+        if kind is bool:
+            parser.add_argument(flag, type=_parse_bool, metavar="{true,false}", help=help_text)
+        else:
+            parser.add_argument(flag, type=convert, help=help_text)
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for name, convert in converters.items():
+        flag_value = getattr(args, name)
+        env_value = environ.get(_env_name(name))
+        if flag_value is not None:
+            values[name] = flag_value
+        elif env_value:
+            try:
+                values[name] = convert(env_value)
+            except ValueError:
+                parser.error(f"{_env_name(name)}={env_value!r} is not a valid {name}")
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _version() -> str:
+    from tms_server import __version__  # noqa: PLC0415
+
+    return f"tms-server {__version__}"

@@ -1,0 +1,176 @@
+"""The supervisor: the parent process that owns the port, the workers and the signals.
+
+It reserves the port with SO_REUSEPORT (so ``--port 0`` works and the port stays taken while
+workers come and go), forks the workers before any gRPC object exists, restarts a worker
+that dies (with backoff), and on SIGTERM/SIGINT asks every worker to stop gracefully.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from tms_server.settings import Settings
+from tms_server.worker import run_worker
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("tms_server")
+
+_READY_TIMEOUT = 600.0  # loading models can take a while
+_BACKOFF_MAX = 30.0
+_HEALTHY_AFTER = 30.0  # a worker that lived this long resets its restart backoff
+
+
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """A socket bound (not listening) to host:port with SO_REUSEPORT, and the bound port."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock, sock.getsockname()[1]
+
+
+@dataclass
+class _Slot:
+    process: BaseProcess | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    """Runs ``settings.workers`` worker processes until told to stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance_id = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._context = multiprocessing.get_context("fork")
+        self._ready = self._context.Queue()
+        self._slots = [_Slot() for _ in range(settings.workers)]
+
+    def __repr__(self) -> str:
+        alive = sum(1 for s in self._slots if s.process is not None and s.process.exitcode is None)
+        return f"<Supervisor workers={alive}/{len(self._slots)} port={self.settings.port}>"
+
+    def _start(self, index: int) -> None:
+        ready = self._ready
+
+        def body() -> None:
+            # The supervisor's handlers came along with fork; the worker installs its own.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            run_worker(self.settings, index, self.instance_id, lambda: ready.put(index))
+
+        process = self._context.Process(target=body, name=f"tms-worker-{index}", daemon=False)
+        process.start()
+        self._slots[index].process = process
+        self._slots[index].started = time.monotonic()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self._stop.is_set():
+            log.info("received %s; stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        sock, port = reserve_port(self.settings.host, self.settings.port)
+        with sock:
+            self.settings = replace(self.settings, port=port)
+            for index in range(len(self._slots)):
+                self._start(index)
+            if not self._wait_ready():
+                self._shutdown()
+                return 1
+            # One line on stdout that scripts and tests can wait for.
+            print(
+                f"tms-server: serving on {self.settings.host}:{port} "
+                f"with {len(self._slots)} worker(s)",
+                flush=True,
+            )
+            while not self._stop.wait(0.2):
+                self._reap()
+            self._shutdown()
+        return 0
+
+    def _wait_ready(self) -> bool:
+        pending = set(range(len(self._slots)))
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while pending and not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                pending.discard(self._ready.get(timeout=0.2))
+            for index in list(pending):
+                process = self._slots[index].process
+                if process is not None and process.exitcode is not None:
+                    log.error("worker %d exited with %s while starting", index, process.exitcode)
+                    return False
+            if time.monotonic() > deadline:
+                log.error("workers %s not ready after %.0fs", sorted(pending), _READY_TIMEOUT)
+                return False
+        return not pending
+
+    def _reap(self) -> None:
+        """Replace workers that died, waiting longer after each quick death."""
+        now = time.monotonic()
+        for index, slot in enumerate(self._slots):
+            if slot.process is None or slot.process.exitcode is None:
+                continue
+            if slot.restart_at == 0.0:
+                lived = now - slot.started
+                slot.failures = 0 if lived > _HEALTHY_AFTER else slot.failures + 1
+                delay = min(_BACKOFF_MAX, 0.1 * 2 ** (slot.failures - 1)) if slot.failures else 0.0
+                log.error(
+                    "worker %d (pid %s) died: %s; restarting in %.1fs",
+                    index,
+                    slot.process.pid,
+                    _describe_exit(slot.process.exitcode),
+                    delay,
+                )
+                slot.restart_at = now + delay
+            if now >= slot.restart_at:
+                slot.restart_at = 0.0
+                self._start(index)
+
+    def _shutdown(self) -> None:
+        processes = [s.process for s in self._slots if s.process is not None]
+        for process in processes:
+            if process.exitcode is None and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.grace_seconds + 5.0
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                log.warning("worker pid %s did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
+        log.info("stopped")
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def main(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return Supervisor(settings).run()
