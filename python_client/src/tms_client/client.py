@@ -11,11 +11,11 @@ from typing import Any, NamedTuple
 import grpc
 import numpy.typing as npt
 from google.protobuf import wrappers_pb2
-
 from tms.v1 import image_pb2, model_service_pb2
+
 from tms_client.balancers import Balancer
 from tms_client.codec import from_json
-from tms_client.exceptions import from_rpc_error
+from tms_client.exceptions import from_rpc_error, status_of
 from tms_client.images import ImageInput, from_message, to_message
 from tms_client.pool import WorkerPool
 
@@ -249,7 +249,7 @@ class ModelClient:
         try:
             status = check(wrappers_pb2.StringValue(value=name), timeout=self.timeout)
         except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
+            if status_of(exc)[0] == grpc.StatusCode.NOT_FOUND:
                 return "SERVICE_UNKNOWN"
             raise from_rpc_error(exc) from exc
         return _HEALTH[status.value] if 0 <= status.value < len(_HEALTH) else "UNKNOWN"
@@ -257,6 +257,5 @@ class ModelClient:
     def workers(self) -> list[WorkerInfo]:
         """The worker processes this client is connected to, with the calls sent to each."""
         return [
-            WorkerInfo(w.target, w.instance_id, w.pid, w.index, w.calls)
-            for w in self._pool.workers
+            WorkerInfo(w.target, w.instance_id, w.pid, w.index, w.calls) for w in self._pool.workers
         ]

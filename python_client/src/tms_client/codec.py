@@ -11,14 +11,16 @@ import io
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-
 from tms.v1 import image_pb2
 
 __all__ = [
+    "ColorValue",
+    "DTypeValue",
+    "EncodingValue",
     "ImageError",
     "check_channels",
     "convert_color",
@@ -34,8 +36,11 @@ __all__ = [
 DType = image_pb2.DType
 ColorOrder = image_pb2.ColorOrder
 Encoding = image_pb2.Encoding
+DTypeValue: TypeAlias = image_pb2.DType.ValueType
+ColorValue: TypeAlias = image_pb2.ColorOrder.ValueType
+EncodingValue: TypeAlias = image_pb2.Encoding.ValueType
 
-_NUMPY_DTYPES: dict[int, np.dtype[Any]] = {
+_NUMPY_DTYPES: dict[DTypeValue, np.dtype[Any]] = {
     image_pb2.D_TYPE_UINT8: np.dtype("u1"),
     image_pb2.D_TYPE_INT8: np.dtype("i1"),
     image_pb2.D_TYPE_UINT16: np.dtype("<u2"),
@@ -50,7 +55,7 @@ _NUMPY_DTYPES: dict[int, np.dtype[Any]] = {
 _DTYPES_BY_KIND = {(dt.kind, dt.itemsize): code for code, dt in _NUMPY_DTYPES.items()}
 
 # Channel letters of each colour order; "L" is one channel of intensity.
-_LAYOUT: dict[int, str] = {
+_LAYOUT: dict[ColorValue, str] = {
     image_pb2.COLOR_ORDER_GRAY: "L",
     image_pb2.COLOR_ORDER_RGB: "RGB",
     image_pb2.COLOR_ORDER_BGR: "BGR",
@@ -58,8 +63,12 @@ _LAYOUT: dict[int, str] = {
     image_pb2.COLOR_ORDER_BGRA: "BGRA",
 }
 # What a decoded PNG/JPEG holds, by Pillow mode, and the mode to convert others to.
-_PIL_COLOR = {"L": image_pb2.COLOR_ORDER_GRAY, "RGB": image_pb2.COLOR_ORDER_RGB}
-_PIL_COLOR |= {"RGBA": image_pb2.COLOR_ORDER_RGBA, "I;16": image_pb2.COLOR_ORDER_GRAY}
+_PIL_COLOR: dict[str, ColorValue] = {
+    "L": image_pb2.COLOR_ORDER_GRAY,
+    "I;16": image_pb2.COLOR_ORDER_GRAY,
+    "RGB": image_pb2.COLOR_ORDER_RGB,
+    "RGBA": image_pb2.COLOR_ORDER_RGBA,
+}
 _PIL_FORMATS = {image_pb2.ENCODING_PNG: "PNG", image_pb2.ENCODING_JPEG: "JPEG"}
 _RGB_OF = {
     image_pb2.COLOR_ORDER_BGR: image_pb2.COLOR_ORDER_RGB,
@@ -71,7 +80,7 @@ class ImageError(ValueError):
     """An image message that cannot be decoded: the message says what is wrong."""
 
 
-def numpy_dtype(dtype: int) -> np.dtype[Any]:
+def numpy_dtype(dtype: DTypeValue) -> np.dtype[Any]:
     """The numpy dtype of a ``tms.v1.DType`` value."""
     try:
         return _NUMPY_DTYPES[dtype]
@@ -80,7 +89,7 @@ def numpy_dtype(dtype: int) -> np.dtype[Any]:
         raise ImageError(f"unknown dtype {dtype}; expected one of {known}") from None
 
 
-def dtype_of(dtype: npt.DTypeLike) -> int:
+def dtype_of(dtype: npt.DTypeLike) -> DTypeValue:
     """The ``tms.v1.DType`` value of a numpy dtype."""
     np_dtype = np.dtype(dtype)
     try:
@@ -89,7 +98,7 @@ def dtype_of(dtype: npt.DTypeLike) -> int:
         raise ImageError(f"dtype {np_dtype} cannot be sent as an image") from None
 
 
-def check_channels(shape: tuple[int, ...], color_order: int) -> None:
+def check_channels(shape: tuple[int, ...], color_order: ColorValue) -> None:
     """Raise ImageError if a shape has too few or too many dimensions or its channel count
     contradicts the colour order."""
     if len(shape) not in (2, 3):
@@ -102,14 +111,16 @@ def check_channels(shape: tuple[int, ...], color_order: int) -> None:
     channels = 1 if len(shape) == 2 else shape[2]
     if channels != len(layout):
         name = ColorOrder.Name(color_order)
-        raise ImageError(f"{name} needs {len(layout)} channel(s), but shape {list(shape)} has {channels}")
+        raise ImageError(
+            f"{name} needs {len(layout)} channel(s), but shape {list(shape)} has {channels}"
+        )
 
 
 def encode_array(
     array: npt.NDArray[Any],
-    color_order: int = image_pb2.COLOR_ORDER_UNSPECIFIED,
+    color_order: ColorValue = image_pb2.COLOR_ORDER_UNSPECIFIED,
     *,
-    encoding: int = image_pb2.ENCODING_RAW,
+    encoding: EncodingValue = image_pb2.ENCODING_RAW,
     quality: int = 90,
 ) -> image_pb2.Image:
     """A ``tms.v1.Image`` of ``array``, (H, W) or (H, W, C): raw pixels, or a PNG/JPEG file.
@@ -126,7 +137,7 @@ def encode_array(
             dtype=dtype,
             shape=array.shape,
             data=np.ascontiguousarray(array, dtype=wire).tobytes(),
-            color_order=color_order,  # type: ignore[arg-type]
+            color_order=color_order,
             encoding=image_pb2.ENCODING_RAW,
         )
     fmt = _PIL_FORMATS.get(encoding)
@@ -156,8 +167,8 @@ def encode_array(
         dtype=dtype,
         shape=array.shape,
         data=buffer.getvalue(),
-        color_order=color_order,  # type: ignore[arg-type]
-        encoding=encoding,  # type: ignore[arg-type]
+        color_order=color_order,
+        encoding=encoding,
     )
 
 
@@ -182,7 +193,7 @@ def encode_file(data: bytes) -> image_pb2.Image:
 
 def decode_image(
     image: image_pb2.Image, *, max_pixels: int | None = None
-) -> tuple[npt.NDArray[Any], int]:
+) -> tuple[npt.NDArray[Any], ColorValue]:
     """The pixels of a ``tms.v1.Image`` and their colour order.
 
     Raw pixels come back as a read-only view of ``image.data``. ``max_pixels`` bounds
@@ -190,7 +201,8 @@ def decode_image(
     """
     encoding = image.encoding
     if encoding in (image_pb2.ENCODING_RAW, image_pb2.ENCODING_UNSPECIFIED):
-        return _decode_raw(image, max_pixels), image.color_order
+        color: ColorValue = image.color_order
+        return _decode_raw(image, max_pixels), color
     if encoding in _PIL_FORMATS:
         return _decode_file(image.data, _PIL_FORMATS[encoding], max_pixels)
     raise ImageError(f"unknown encoding {encoding}")
@@ -216,7 +228,7 @@ def _decode_raw(image: image_pb2.Image, max_pixels: int | None) -> npt.NDArray[A
 
 def _decode_file(
     data: bytes, fmt: str, max_pixels: int | None
-) -> tuple[npt.NDArray[Any], int]:
+) -> tuple[npt.NDArray[Any], ColorValue]:
     pil = _pil()
     try:
         with pil.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
@@ -225,7 +237,8 @@ def _decode_file(
                 raise ImageError(f"{fmt} file declares an empty image")
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(
-                    f"{img.format} image of {height}x{width} pixels exceeds the limit of {max_pixels}"
+                    f"{img.format} image of {height}x{width} pixels "
+                    f"exceeds the limit of {max_pixels}"
                 )
             if img.mode not in _PIL_COLOR:
                 img = img.convert("RGBA" if "A" in img.getbands() else "RGB")  # noqa: PLW2901
@@ -238,7 +251,9 @@ def _decode_file(
     return array, color
 
 
-def convert_color(array: npt.NDArray[Any], source: int, target: int) -> npt.NDArray[Any]:
+def convert_color(
+    array: npt.NDArray[Any], source: ColorValue, target: ColorValue
+) -> npt.NDArray[Any]:
     """``array`` in colour order ``source`` converted to ``target``.
 
     Returns ``array`` itself when nothing needs converting or either order is unspecified.
@@ -260,7 +275,8 @@ def convert_color(array: npt.NDArray[Any], source: int, target: int) -> npt.NDAr
         )
         if array.dtype.kind in "iub":
             luma = np.rint(luma)
-        return luma.astype(array.dtype)
+        converted: npt.NDArray[Any] = luma.astype(array.dtype)
+        return converted
     out = np.empty((*array.shape[:2], len(dst)), dtype=array.dtype)
     for i, letter in enumerate(dst):
         out[..., i] = channels.get(letter, _opaque(array.dtype))

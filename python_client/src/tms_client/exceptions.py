@@ -38,6 +38,7 @@ __all__ = [
     "UnavailableError",
     "UnsupportedCallError",
     "from_rpc_error",
+    "status_of",
 ]
 
 
@@ -112,8 +113,18 @@ _BY_CODE: dict[grpc.StatusCode, type[CallError]] = {
 }
 
 
+def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a failed call.
+
+    The errors grpc raises for calls are also ``grpc.Call`` objects, which carry both.
+    """
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    status = code() if callable(code) else grpc.StatusCode.UNKNOWN
+    text = details() if callable(details) else None
+    return status, text or str(error)
+
+
 def from_rpc_error(error: grpc.RpcError) -> CallError:
-    """The client exception for a failed call (``grpc.RpcError`` that is a ``grpc.Call``)."""
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    """The client exception for a failed call."""
+    code, details = status_of(error)
     return _BY_CODE.get(code, CallError)(code, details)

@@ -13,9 +13,16 @@ from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
-
 from tms.v1 import image_pb2
-from tms_client.codec import ImageError, convert_color, decode_image, encode_array, encode_file
+
+from tms_client.codec import (
+    ColorValue,
+    ImageError,
+    convert_color,
+    decode_image,
+    encode_array,
+    encode_file,
+)
 
 __all__ = ["COLOR_ORDERS", "ImageInput", "color_order", "from_message", "to_message"]
 
@@ -23,7 +30,7 @@ __all__ = ["COLOR_ORDERS", "ImageInput", "color_order", "from_message", "to_mess
 ImageInput = Union[npt.NDArray[Any], "PILImage", str, os.PathLike[str], bytes]
 PILImage = Any  # PIL.Image.Image; Pillow is optional
 
-COLOR_ORDERS: dict[str | None, int] = {
+COLOR_ORDERS: dict[str | None, ColorValue] = {
     None: image_pb2.COLOR_ORDER_UNSPECIFIED,
     "gray": image_pb2.COLOR_ORDER_GRAY,
     "rgb": image_pb2.COLOR_ORDER_RGB,
@@ -35,7 +42,7 @@ _WITH_ALPHA = {"rgb": "rgba", "bgr": "bgra", "rgba": "rgba", "bgra": "bgra"}
 _PIL_MODES = {"L": "gray", "RGB": "rgb", "RGBA": "rgba"}
 
 
-def color_order(name: str | None) -> int:
+def color_order(name: str | None) -> ColorValue:
     """The ``tms.v1.ColorOrder`` of a name: gray, rgb, bgr, rgba, bgra or None."""
     key = name.lower() if name is not None else None
     if key not in COLOR_ORDERS:
@@ -43,7 +50,7 @@ def color_order(name: str | None) -> int:
     return COLOR_ORDERS[key]
 
 
-def _array_color(array: npt.NDArray[Any], color: str | None) -> int:
+def _array_color(array: npt.NDArray[Any], color: str | None) -> ColorValue:
     channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else 0
     if channels == 1:
         return image_pb2.COLOR_ORDER_GRAY
@@ -107,7 +114,8 @@ def from_message(message: image_pb2.Image, *, color: str | None = None) -> npt.N
     the image's colour order is known."""
     array, order = decode_image(message)
     target = color_order(color)
-    if target != image_pb2.COLOR_ORDER_UNSPECIFIED and order != image_pb2.COLOR_ORDER_UNSPECIFIED:
+    unspecified = image_pb2.COLOR_ORDER_UNSPECIFIED
+    if unspecified not in (target, order):
         converted = convert_color(array, order, target)
         if converted is not array:
             return converted

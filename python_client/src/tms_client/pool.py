@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
+
 from tms_client.balancers import Balancer, RoundRobin
-from tms_client.exceptions import ConnectError, from_rpc_error
+from tms_client.exceptions import ConnectError, from_rpc_error, status_of
 
 __all__ = ["Worker", "WorkerPool"]
 
@@ -86,7 +86,7 @@ class WorkerPool:
         return grpc.insecure_channel(self.target, options=self._options)
 
     def _identify(self, channel: grpc.Channel, timeout: float) -> Worker:
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
         info = stub.GetWorkerInfo(
             model_service_pb2.GetWorkerInfoRequest(), timeout=timeout, wait_for_ready=True
         )
@@ -107,7 +107,7 @@ class WorkerPool:
             first = self._identify(channel, self.connect_timeout)
         except grpc.RpcError as exc:
             channel.close()
-            if isinstance(exc, grpc.Call) and exc.code() in (
+            if status_of(exc)[0] in (
                 grpc.StatusCode.UNAVAILABLE,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             ):

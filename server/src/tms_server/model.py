@@ -75,4 +75,3 @@ class Model:
     def get_input_shape(self) -> tuple[int, ...] | None:
         """The input shape reported by GetModelInfo; defaults to ``input_shape``."""
         return self.input_shape
-

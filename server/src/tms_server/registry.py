@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from tms.v1 import image_pb2, model_service_pb2
+from tms_client.codec import ColorValue, DTypeValue, dtype_of
+
 from tms_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from tms_server.model import Model
 
@@ -36,7 +37,7 @@ ENTRY_POINT_GROUP = "tms.models"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _PACKAGE = "tms_models"  # parent of the imported model packages in sys.modules
 
-_COLORS = {
+_COLORS: dict[str | None, ColorValue] = {
     None: image_pb2.COLOR_ORDER_UNSPECIFIED,
     "gray": image_pb2.COLOR_ORDER_GRAY,
     "rgb": image_pb2.COLOR_ORDER_RGB,
@@ -53,8 +54,8 @@ class LoadedModel:
     name: str
     instance: Any
     info: model_service_pb2.ModelInfo
-    color: int
-    output_color: int
+    color: ColorValue
+    output_color: ColorValue
     dtype: np.dtype[Any] | None
     input_shape: tuple[int, ...] | None
     lock: contextlib.AbstractContextManager[Any]
@@ -68,7 +69,7 @@ def _overrides(cls: type, method: str) -> bool:
     return own is not None and own is not getattr(Model, method)
 
 
-def _color(cls: type, attribute: str) -> int:
+def _color(cls: type, attribute: str) -> ColorValue:
     value = getattr(cls, attribute, None)
     key = value.lower() if isinstance(value, str) else value
     if key not in _COLORS:
@@ -85,9 +86,15 @@ def describe(name: str, instance: Any) -> LoadedModel:
     calls = []
     if _overrides(cls, "run"):
         if inputs == "image":
-            calls += [model_service_pb2.MODEL_CALL_RUN_IMAGE, model_service_pb2.MODEL_CALL_RUN_IMAGE_BATCH]
+            calls += [
+                model_service_pb2.MODEL_CALL_RUN_IMAGE,
+                model_service_pb2.MODEL_CALL_RUN_IMAGE_BATCH,
+            ]
         else:
-            calls += [model_service_pb2.MODEL_CALL_RUN_TEXT, model_service_pb2.MODEL_CALL_RUN_TEXT_BATCH]
+            calls += [
+                model_service_pb2.MODEL_CALL_RUN_TEXT,
+                model_service_pb2.MODEL_CALL_RUN_TEXT_BATCH,
+            ]
     if inputs == "image" and _overrides(cls, "run_image_to_image"):
         calls.append(model_service_pb2.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
     if not calls:
@@ -103,8 +110,8 @@ def describe(name: str, instance: Any) -> LoadedModel:
         name=name,
         description=(getattr(cls, "description", "") or cls.__doc__ or "").strip(),
         input_shape=input_shape or (),
-        input_dtype=_wire_dtype(dtype),  # type: ignore[arg-type]
-        color_order=color,  # type: ignore[arg-type]
+        input_dtype=_wire_dtype(dtype),
+        color_order=color,
         calls=calls,
         thread_safe=thread_safe,
     )
@@ -120,12 +127,8 @@ def describe(name: str, instance: Any) -> LoadedModel:
     )
 
 
-def _wire_dtype(dtype: np.dtype[Any] | None) -> int:
-    if dtype is None:
-        return image_pb2.D_TYPE_UNSPECIFIED
-    from tms_client.codec import dtype_of  # noqa: PLC0415
-
-    return dtype_of(dtype)
+def _wire_dtype(dtype: np.dtype[Any] | None) -> DTypeValue:
+    return image_pb2.D_TYPE_UNSPECIFIED if dtype is None else dtype_of(dtype)
 
 
 def _import_folder_model(folder: Path) -> type:
@@ -209,8 +212,6 @@ class ModelRegistry:
             raise FailedPrecondition(f"model {name!r} failed to load: {self.failed[name]}")
         if not NAME_PATTERN.fullmatch(name):
             shown = name if len(name) <= 80 else name[:80] + "..."
-            raise InvalidArgument(
-                f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -"
-            )
+            raise InvalidArgument(f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -")
         known = ", ".join(self.models) or "none"
         raise NotFound(f"no model named {name!r}; models: {known}")

@@ -12,29 +12,31 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client.codec import (
+    ColorValue,
+    EncodingValue,
     ImageError,
     convert_color,
     decode_image,
     encode_array,
     to_json,
 )
+
 from tms_server.errors import Internal, InvalidArgument, Unimplemented, status_errors
 from tms_server.registry import LoadedModel, ModelRegistry
 
 __all__ = ["ModelServicer", "WorkerIdentity"]
 
 pb = model_service_pb2
-_CHANNELS = {
+_CHANNELS: dict[ColorValue, int] = {
     image_pb2.COLOR_ORDER_GRAY: 1,
     image_pb2.COLOR_ORDER_RGB: 3,
     image_pb2.COLOR_ORDER_BGR: 3,
     image_pb2.COLOR_ORDER_RGBA: 4,
     image_pb2.COLOR_ORDER_BGRA: 4,
 }
-_CALL_NAMES = {
+_CALL_NAMES: dict[pb.ModelCall.ValueType, str] = {
     pb.MODEL_CALL_RUN_IMAGE: "RunImage",
     pb.MODEL_CALL_RUN_IMAGE_BATCH: "RunImageBatch",
     pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE: "RunImageToImage",
@@ -93,7 +95,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             models=[model.info for model in registry.models.values()]
         )
 
-    def _model(self, name: str, call: int) -> LoadedModel:
+    def _model(self, name: str, call: pb.ModelCall.ValueType) -> LoadedModel:
         model = self._registry.get(name)
         if not model.supports(call):
             supported = ", ".join(_CALL_NAMES[c] for c in model.info.calls)
@@ -128,7 +130,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return array
 
     @staticmethod
-    def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> int:
+    def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> ColorValue:
         channels = 1 if array.ndim == 2 else array.shape[2]
         if channels == 1:
             return image_pb2.COLOR_ORDER_GRAY
@@ -211,7 +213,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
 
     @staticmethod
-    def _encode(model: LoadedModel, array: Any, encoding: int) -> image_pb2.Image:
+    def _encode(model: LoadedModel, array: Any, encoding: EncodingValue) -> image_pb2.Image:
         if not isinstance(array, np.ndarray):
             raise Internal(
                 f"model {model.name!r} returned {type(array).__name__} where an image "
@@ -259,4 +261,3 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: pb.GetWorkerInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetWorkerInfoResponse:
         return self._worker_info
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,9 @@ class Settings:
             if low is not None and not low <= value <= high:
                 raise ValueError(f"{spec.name} must be between {low} and {high}, not {value}")
         if self.log_level.upper() not in LOG_LEVELS:
-            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level}")
+            raise ValueError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level}"
+            )
         object.__setattr__(self, "log_level", self.log_level.upper())
 
     @property
@@ -103,7 +105,8 @@ def parse_settings(
     for spec in dataclasses.fields(Settings):
         flag = "--" + spec.name.replace("_", "-")
         kind = type(spec.default) if spec.default is not dataclasses.MISSING else int
-        convert = {bool: _parse_bool, Path: Path}.get(kind, kind)
+        converters_by_type: dict[type, Callable[[str], Any]] = {bool: _parse_bool, Path: Path}
+        convert = converters_by_type.get(kind, kind)
         converters[spec.name] = convert
         help_text = f"{spec.metadata['help']} [{_env_name(spec.name)}]"
         if kind is bool:

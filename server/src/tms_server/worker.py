@@ -17,8 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image as PILImage
-
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
+
 from tms_server import __version__
 from tms_server.registry import ModelRegistry
 from tms_server.servicer import ModelServicer, WorkerIdentity
@@ -67,7 +67,7 @@ def build_server(
         options=options,
     )
     servicer = ModelServicer(registry, identity, max_pixels=settings.max_pixels)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
@@ -76,7 +76,10 @@ def build_server(
     )
     port = server.add_insecure_port(address or f"{settings.host}:{settings.port}")
     server.start()
-    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
     for name in registry.models:
         health_servicer.set(name, serving)
     for name in registry.failed:
@@ -100,7 +103,10 @@ def run_worker(
     signal.signal(signal.SIGINT, on_signal)
     running = build_server(settings, identity)
     log.info(
-        "worker %d serving %d model(s) on port %d", index, len(running.registry.models), running.port
+        "worker %d serving %d model(s) on port %d",
+        index,
+        len(running.registry.models),
+        running.port,
     )
     if ready is not None:
         ready()
