@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import re
 import sys
@@ -108,7 +109,7 @@ def describe(name: str, instance: Any) -> LoadedModel:
     thread_safe = bool(getattr(cls, "thread_safe", False))
     info = model_service_pb2.ModelInfo(
         name=name,
-        description=(getattr(cls, "description", "") or cls.__doc__ or "").strip(),
+        description=inspect.cleandoc(getattr(cls, "description", "") or cls.__doc__ or ""),
         input_shape=input_shape or (),
         input_dtype=_wire_dtype(dtype),
         color_order=color,

@@ -1,0 +1,461 @@
+"""Every RPC of tms.v1.ModelService against an in-process server with small test models."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support import write_models
+from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
+from tms_client import (
+    InvalidInputError,
+    ModelClient,
+    ModelFailedError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    UnsupportedCallError,
+)
+from tms_client.codec import encode_array
+
+pb = model_service_pb2
+
+MODELS = {
+    "probe": '''
+        import numpy as np
+        import tms_server
+
+        class Model(tms_server.Model):
+            """Reports what it received.
+
+            Second paragraph.
+            """
+            color = "rgb"
+            thread_safe = True
+
+            def run(self, image, args):
+                return {
+                    "shape": image.shape,
+                    "dtype": str(image.dtype),
+                    "first": image[0, 0].tolist(),
+                    "writeable": bool(image.flags.writeable),
+                    "args": args,
+                    "numpy": np.float32(1.5),
+                }
+    ''',
+    "gray_float": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            color = "gray"
+            dtype = "float32"
+            input_shape = (-1, -1)
+
+            def run(self, image, args):
+                return {"shape": image.shape, "dtype": str(image.dtype), "sum": float(image.sum())}
+    """,
+    "fixed": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            input_shape = (4, 4, 3)
+
+            def run(self, image, args):
+                return image.shape
+    """,
+    "invert": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            color = "rgb"
+            output_color = "rgb"
+            dtype = "uint8"
+
+            def run_image_to_image(self, images, args):
+                return [255 - image for image in images], {"count": len(images)}
+    """,
+    "upper": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+
+            def run(self, text, args):
+                return {"text": text.upper() * args.get("times", 1)}
+    """,
+    "boom": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run(self, image, args):
+                raise RuntimeError("the model broke")
+    """,
+    "rejects": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run(self, image, args):
+                raise tms_server.InvalidInput("this model wants a cat")
+    """,
+    "bad_result": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run(self, image, args):
+                return {"value": object()} if args.get("object") else float("nan")
+
+            def run_image_to_image(self, images, args):
+                return "not an image"
+    """,
+    "short_batch": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run(self, image, args):
+                return 1
+
+            def run_batch(self, images, args):
+                return [1]
+    """,
+    "serial": """
+        import threading, time
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = False
+
+            def __init__(self):
+                self.lock = threading.Lock()
+                self.active = 0
+                self.most = 0
+
+            def run(self, image, args):
+                with self.lock:
+                    self.active += 1
+                    self.most = max(self.most, self.active)
+                time.sleep(0.02)
+                with self.lock:
+                    self.active -= 1
+                return self.most
+    """,
+    "broken": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def __init__(self):
+                raise OSError("weights.bin not found")
+    """,
+    "syntax_error": "def (:\n",
+    "no_class": "VALUE = 1\n",
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("models"), MODELS)
+
+
+@pytest.fixture
+def server(in_process_server, models):
+    return in_process_server(models, threads=8)
+
+
+@pytest.fixture
+def stub(server):
+    with grpc.insecure_channel(server.target) as channel:
+        yield model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+def client(server, model: str) -> ModelClient:
+    return ModelClient(model, server.target, connect_timeout=5)
+
+
+def expect_status(code: grpc.StatusCode, call, *args) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args)
+    assert info.value.code() == code, info.value.details()
+    return info.value.details()
+
+
+def test_list_models_leaves_out_models_that_failed(stub):
+    names = [m.name for m in stub.ListModels(pb.ListModelsRequest()).models]
+    loaded = ["probe", "gray_float", "fixed", "invert", "upper", "boom", "rejects"]
+    assert names == sorted([*loaded, "bad_result", "short_batch", "serial"])
+
+
+def test_model_info(server):
+    with client(server, "gray_float") as c:
+        info = c.info()
+    assert info.input_shape == (None, None)
+    assert info.dtype == "float32"
+    assert info.color == "gray"
+    assert info.calls == {"run_image", "run_images"}
+    assert not info.thread_safe
+    with client(server, "probe") as c:
+        info = c.info()
+    assert info.description == "Reports what it received.\n\nSecond paragraph."
+    assert info.thread_safe
+    with client(server, "invert") as c:
+        assert c.info().calls == {"run_image_to_image"}
+    with client(server, "upper") as c:
+        assert c.info().calls == {"run_text", "run_texts"}
+
+
+def test_run_image_converts_bgr_to_the_models_rgb(server):
+    image = np.zeros((3, 5, 3), np.uint8)
+    image[0, 0] = (10, 20, 30)  # B, G, R
+    with client(server, "probe") as c:
+        result = c.run_image(image, {"k": [1, 2]})
+        assert result["first"] == [30, 20, 10]
+        assert c.run_image(image, color="rgb")["first"] == [10, 20, 30]
+    assert result["shape"] == [3, 5, 3]
+    assert result["args"] == {"k": [1, 2]}
+    assert result["numpy"] == 1.5
+    # Raw pixels reach the model as a read-only view of the request bytes; a conversion copies.
+    assert result["writeable"] is True
+    with client(server, "probe") as c:
+        assert c.run_image(image, color="rgb")["writeable"] is False
+
+
+def test_gray_float_model_gets_converted_and_cast_pixels(server):
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[..., 2] = 100  # pure red in BGR
+    with client(server, "gray_float") as c:
+        result = c.run_image(image)
+        assert result["shape"] == [2, 3]
+        assert result["dtype"] == "float32"
+        # Cast first, then BT.601 luma in float: red 100 -> 29.9, unrounded.
+        assert result["sum"] == pytest.approx(6 * 29.9, rel=1e-6)
+        with pytest.raises(InvalidInputError, match="cannot be converted"):
+            c.run_image(np.zeros((2, 3), np.float64))
+
+
+def test_declared_input_shape_is_enforced(server):
+    with client(server, "fixed") as c:
+        assert c.run_image(np.zeros((4, 4, 3), np.uint8)) == [4, 4, 3]
+        with pytest.raises(InvalidInputError, match=r"shape \[4, 4, 3\]"):
+            c.run_image(np.zeros((5, 4, 3), np.uint8))
+
+
+def test_encoded_images_are_decoded(server, tmp_path):
+    rgb = np.zeros((6, 7, 3), np.uint8)
+    rgb[0, 0] = (200, 100, 50)
+    png = encode_array(rgb, image_pb2.COLOR_ORDER_RGB, encoding=image_pb2.ENCODING_PNG).data
+    path = tmp_path / "a.png"
+    path.write_bytes(png)
+    with client(server, "probe") as c:
+        assert c.run_image(png)["first"] == [200, 100, 50]
+        assert c.run_image(path)["first"] == [200, 100, 50]
+        assert c.run_image(str(path))["shape"] == [6, 7, 3]
+
+
+def test_run_images_batch(server):
+    images = [np.full((2, 2, 3), v, np.uint8) for v in (1, 2, 3)]
+    with client(server, "probe") as c:
+        results = c.run_images(images)
+    assert [r["first"] for r in results] == [[1, 1, 1], [2, 2, 2], [3, 3, 3]]
+
+
+def test_run_image_to_image(server):
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[0, 0] = (0, 0, 255)  # red in BGR
+    with client(server, "invert") as c:
+        out = c.run_image_to_image([image, image], output_color="bgr")
+        assert out.result == {"count": 2}
+        assert len(out.images) == 2
+        assert out.image.flags.writeable
+        assert out.image[0, 0].tolist() == [255, 255, 0]
+        assert out.image[1, 1].tolist() == [255, 255, 255]
+        as_rgb = c.run_image_to_image(image).image
+        assert as_rgb[0, 0].tolist() == [0, 255, 255]
+        png = c.run_image_to_image(image, png=True, output_color="bgr").image
+        assert np.array_equal(png, out.image)
+
+
+def test_run_text_and_batch(server):
+    with client(server, "upper") as c:
+        assert c.run_text("abc", {"times": 2}) == {"text": "ABCABC"}
+        assert c.run_texts(["a", "b"]) == [{"text": "A"}, {"text": "B"}]
+
+
+def test_worker_info(server, stub):
+    info = stub.GetWorkerInfo(pb.GetWorkerInfoRequest())
+    assert info.instance_id == server.identity.instance_id
+    assert info.pid > 0
+    assert (info.worker_index, info.worker_count) == (0, 1)
+    assert info.server_version
+
+
+def test_unknown_model_is_not_found(server, stub):
+    with client(server, "nope") as c, pytest.raises(ModelNotFoundError, match="probe"):
+        c.run_image(np.zeros((2, 2), np.uint8))
+    expect_status(grpc.StatusCode.NOT_FOUND, stub.GetModelInfo, pb.GetModelInfoRequest(model="x"))
+
+
+@pytest.mark.parametrize("name", ["", "../probe", "/etc/passwd", "models.probe", "a" * 65])
+def test_invalid_model_names_are_invalid_argument(stub, name):
+    request = pb.RunImageRequest(model=name, image=encode_array(np.zeros((2, 2), np.uint8)))
+    expect_status(grpc.StatusCode.INVALID_ARGUMENT, stub.RunImage, request)
+
+
+def test_model_that_failed_to_load(server, stub):
+    with client(server, "broken") as c, pytest.raises(ModelNotReadyError, match=r"weights\.bin"):
+        c.run_image(np.zeros((2, 2), np.uint8))
+    for name in ("syntax_error", "no_class"):
+        request = pb.GetModelInfoRequest(model=name)
+        expect_status(grpc.StatusCode.FAILED_PRECONDITION, stub.GetModelInfo, request)
+
+
+def test_call_the_model_does_not_support(server):
+    with client(server, "upper") as c, pytest.raises(UnsupportedCallError, match="RunText"):
+        c.run_image(np.zeros((2, 2), np.uint8))
+    with client(server, "probe") as c, pytest.raises(UnsupportedCallError):
+        c.run_image_to_image(np.zeros((2, 2), np.uint8))
+
+
+def test_model_exceptions_are_internal_and_the_worker_keeps_serving(server):
+    with client(server, "boom") as c, pytest.raises(ModelFailedError, match="the model broke"):
+        c.run_image(np.zeros((2, 2), np.uint8))
+    with client(server, "rejects") as c, pytest.raises(InvalidInputError, match="wants a cat"):
+        c.run_image(np.zeros((2, 2), np.uint8))
+    with client(server, "bad_result") as c:
+        with pytest.raises(ModelFailedError, match="JSON"):
+            c.run_image(np.zeros((2, 2), np.uint8))
+        with pytest.raises(ModelFailedError, match="JSON"):
+            c.run_image(np.zeros((2, 2), np.uint8), {"object": True})
+        with pytest.raises(ModelFailedError, match="numpy array"):
+            c.run_image_to_image(np.zeros((2, 2), np.uint8))
+    with client(server, "short_batch") as c, pytest.raises(ModelFailedError, match="1 results"):
+        c.run_images([np.zeros((2, 2), np.uint8)] * 2)
+    with client(server, "probe") as c:
+        assert c.run_image(np.zeros((2, 2, 3), np.uint8))["shape"] == [2, 2, 3]
+
+
+def raw(dtype=image_pb2.D_TYPE_UINT8, shape=(2, 2), data=b"\0" * 4, **fields):
+    return image_pb2.Image(dtype=dtype, shape=shape, data=data, **fields)
+
+
+BAD_IMAGES = {
+    "length mismatch": raw(data=b"\0" * 5),
+    "zero dimension": raw(shape=(0, 2), data=b""),
+    "negative dimension": raw(shape=(-2, -2)),
+    "four dimensions": raw(shape=(1, 2, 2, 1)),
+    "one dimension": raw(shape=(4,)),
+    "unknown dtype": raw(dtype=99),
+    "unspecified dtype": raw(dtype=0),
+    "unknown colour order": raw(color_order=77),
+    "channels contradict colour": raw(shape=(2, 2, 1), color_order=image_pb2.COLOR_ORDER_RGB),
+    "unknown encoding": raw(encoding=9),
+    "not a png": image_pb2.Image(data=b"hello", encoding=image_pb2.ENCODING_PNG),
+    "truncated jpeg": image_pb2.Image(data=b"\xff\xd8\xff\xe0\0\x10JFIF", encoding=3),
+}
+
+
+@pytest.mark.parametrize("image", BAD_IMAGES.values(), ids=BAD_IMAGES.keys())
+def test_malformed_images_are_invalid_argument(stub, image):
+    details = expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.RunImage,
+        pb.RunImageRequest(model="probe", image=image),
+    )
+    assert details
+    ok = stub.RunImage(
+        pb.RunImageRequest(model="probe", image=raw(shape=(2, 2, 1), data=b"\1" * 4))
+    )
+    assert json.loads(ok.result_json)["first"] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("args_json", ["[1, 2]", "not json", "3", '"text"', "{" * 100_000])
+def test_bad_args_are_invalid_argument(stub, args_json):
+    request = pb.RunImageRequest(model="probe", image=raw(), args_json=args_json)
+    assert "args_json" in expect_status(grpc.StatusCode.INVALID_ARGUMENT, stub.RunImage, request)
+
+
+def test_missing_images_are_invalid_argument(stub):
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, stub.RunImage, pb.RunImageRequest(model="probe")
+    )
+    request = pb.RunImageBatchRequest(model="probe")
+    expect_status(grpc.StatusCode.INVALID_ARGUMENT, stub.RunImageBatch, request)
+    request = pb.RunTextBatchRequest(model="upper")
+    expect_status(grpc.StatusCode.INVALID_ARGUMENT, stub.RunTextBatch, request)
+
+
+def test_image_above_pixel_limit(in_process_server, models):
+    server = in_process_server(models, max_pixels=100)
+    with client(server, "probe") as c, pytest.raises(InvalidInputError, match="limit of 100"):
+        c.run_image(np.zeros((11, 10, 3), np.uint8))
+
+
+def test_model_not_thread_safe_runs_one_call_at_a_time(server):
+    with client(server, "serial") as c, ThreadPoolExecutor(8) as pool:
+        most = list(pool.map(lambda _: c.run_image(np.zeros((2, 2), np.uint8)), range(16)))
+    assert max(most) == 1
+
+
+def test_thread_safe_model_runs_calls_concurrently(tmp_path, in_process_server):
+    source = MODELS["serial"].replace("thread_safe = False", "thread_safe = True")
+    server = in_process_server(write_models(tmp_path, {"parallel": source}), threads=8)
+    barrier = threading.Barrier(4)
+    with client(server, "parallel") as c, ThreadPoolExecutor(4) as pool:
+
+        def call(_):
+            barrier.wait()
+            return c.run_image(np.zeros((2, 2), np.uint8))
+
+        assert max(pool.map(call, range(4))) > 1
+
+
+def test_health_per_model(server, stub):
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status(service):
+            return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
+        assert status("") == health_pb2.HealthCheckResponse.SERVING
+        assert status("tms.v1.ModelService") == health_pb2.HealthCheckResponse.SERVING
+        assert status("probe") == health_pb2.HealthCheckResponse.SERVING
+        assert status("broken") == health_pb2.HealthCheckResponse.NOT_SERVING
+    with client(server, "probe") as c:
+        assert c.health() == "SERVING"
+        assert c.health("broken") == "NOT_SERVING"
+        assert c.health("unknown") == "SERVICE_UNKNOWN"
+
+
+def test_reflection_lists_the_services(server):
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        response = next(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in response.list_services_response.service}
+    assert {"tms.v1.ModelService", "grpc.health.v1.Health"} <= names
+
+
+def test_models_from_entry_points(tmp_path, monkeypatch, in_process_server):
+    package = tmp_path / "tms_test_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import tms_server\n\n"
+        "class Reverse(tms_server.Model):\n"
+        "    inputs = 'text'\n\n"
+        "    def run(self, text, args):\n"
+        "        return text[::-1]\n"
+    )
+    dist_info = tmp_path / "tms_test_plugin-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tms-test-plugin\nVersion: 1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text("[tms.models]\nreverse = tms_test_plugin:Reverse\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    server = in_process_server(tmp_path / "no-such-folder", entry_points=True)
+    with client(server, "reverse") as c:
+        assert c.run_text("abc") == "cba"
+        assert [m.name for m in c.list_models()] == ["reverse"]
