@@ -60,18 +60,23 @@ class ServerProcess:
     output: list[str] = field(default_factory=list)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the supervisor and wait for it (killing it after ``timeout``)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            code = self.process.wait()
+        self.logs()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
 
     def logs(self) -> str:
         """Everything the server has written so far (stdout and stderr)."""
         assert self.process.stdout is not None
-        while select.select([self.process.stdout], [], [], 0)[0]:
+        while not self.process.stdout.closed and select.select([self.process.stdout], [], [], 0)[0]:
             line = self.process.stdout.readline()
             if not line:
                 break
@@ -82,14 +87,16 @@ class ServerProcess:
 def start_process(
     models: Path,
     *,
-    workers: int = 2,
+    workers: int | None = 2,
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
 ) -> ServerProcess:
     """Start ``python -m tms_server`` on a free loopback port and wait until it serves."""
     command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--models", str(models), "--workers", str(workers), *args]
+    command += ["--models", str(models), *args]
+    if workers is not None:
+        command += ["--workers", str(workers)]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -114,4 +121,5 @@ def start_process(
             return ServerProcess(process, address, output)
     process.kill()
     process.wait()
+    process.stdout.close()
     raise RuntimeError("tms-server did not start:\n" + "".join(output))

@@ -1,0 +1,141 @@
+"""The real launcher: a supervisor and worker processes sharing one port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from support import EXAMPLE_MODELS, write_models
+
+from tms_client import ConnectError, ModelClient
+
+pytestmark = pytest.mark.slow
+
+MODELS = {
+    "whoami": """
+        import os, time
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):
+                time.sleep(args.get("sleep", 0))
+                return {"pid": os.getpid(), "sum": int(image.sum())}
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_models(tmp_path_factory.mktemp("models"), MODELS)
+
+
+def test_client_finds_every_worker_and_calls_reach_each(server_process, models):
+    server = server_process(models, workers=3)
+    with ModelClient("whoami", server.target) as client:
+        pids = {w.pid for w in client.workers()}
+        assert len(pids) == 3
+        results = [client.run_image(np.full((4, 4), i, np.uint8)) for i in range(30)]
+        assert [r["sum"] for r in results] == [16 * i for i in range(30)]
+        assert {r["pid"] for r in results} == pids
+        assert [w.calls for w in client.workers()] == [10, 10, 10]
+        instance_ids = {w.instance_id for w in client.workers()}
+        assert len(instance_ids) == 1
+
+
+def test_sigterm_lets_in_flight_calls_finish(server_process, models):
+    server = server_process(models, workers=2)
+    outcome: dict[str, object] = {}
+    with ModelClient("whoami", server.target) as client:
+
+        def slow_call():
+            try:
+                outcome["result"] = client.run_image(np.ones((2, 2), np.uint8), {"sleep": 1.5})
+            except Exception as exc:
+                outcome["error"] = exc
+
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM) == 0
+        caller.join(10)
+    assert "error" not in outcome, outcome
+    assert outcome["result"]["sum"] == 4
+    assert time.monotonic() - started < 10
+    assert "stopped" in server.logs()
+
+
+def test_a_worker_that_dies_is_replaced(server_process, models):
+    server = server_process(models, workers=2)
+    with ModelClient("whoami", server.target) as client:
+        victim = client.workers()[0].pid
+        os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    pids: set[int] = set()
+    while time.monotonic() < deadline:
+        with ModelClient("whoami", server.target) as client:
+            pids = {w.pid for w in client.workers()}
+        if len(pids) == 2 and victim not in pids:
+            break
+        time.sleep(0.2)
+    assert len(pids) == 2
+    assert victim not in pids
+    assert f"pid {victim}) died: killed by SIGKILL" in server.logs()
+
+
+def test_settings_from_environment(server_process, models):
+    server = server_process(models, workers=None, env={"TMS_WORKERS": "3", "TMS_THREADS": "2"})
+    with ModelClient("whoami", server.target) as client:
+        assert len(client.workers()) == 3
+
+
+def test_example_models_in_worker_processes(server_process, astronaut_bgr):
+    server = server_process(EXAMPLE_MODELS, workers=2)
+    with ModelClient("face", server.target) as client:
+        assert len(client.workers()) == 2
+        for _ in range(2):  # once per worker
+            faces = client.run_image(astronaut_bgr)["faces"]
+            assert len(faces) == 1
+        names = [m.name for m in client.list_models()]
+    assert names == ["edges", "face", "mean", "ocr", "optical_flow", "text_stats"]
+
+
+def test_help_documents_every_environment_variable():
+    output = subprocess.run(
+        [sys.executable, "-m", "tms_server", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in ("HOST", "PORT", "WORKERS", "THREADS", "MODELS", "MAX_MESSAGE_MB", "LOG_LEVEL"):
+        assert f"TMS_{name}" in output
+
+
+def test_bad_settings_stop_the_server_with_a_message():
+    result = subprocess.run(
+        [sys.executable, "-m", "tms_server", "--workers", "0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "workers must be between 1 and 256" in result.stderr
+
+
+def test_connect_timeout_when_nothing_listens():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match="no TMS server answered"):
+        ModelClient("face", f"127.0.0.1:{port}", connect_timeout=0.5)
+    assert time.monotonic() - started < 5
