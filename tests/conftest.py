@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from skimage import data
+
 from support import EXAMPLE_MODELS, InProcessServer, ServerProcess, start_in_process, start_process
 
 

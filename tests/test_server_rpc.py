@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from support import write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client import (
