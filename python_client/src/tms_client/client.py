@@ -11,8 +11,8 @@ from typing import Any, NamedTuple
 import grpc
 import numpy.typing as npt
 from google.protobuf import wrappers_pb2
-from tms.v1 import image_pb2, model_service_pb2
 
+from tms.v1 import image_pb2, model_service_pb2
 from tms_client.balancers import Balancer
 from tms_client.codec import from_json
 from tms_client.exceptions import from_rpc_error, status_of

@@ -13,8 +13,8 @@ from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
-from tms.v1 import image_pb2
 
+from tms.v1 import image_pb2
 from tms_client.codec import (
     ColorValue,
     ImageError,

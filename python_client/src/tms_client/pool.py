@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from tms.v1 import model_service_pb2, model_service_pb2_grpc
 
+from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_client.balancers import Balancer, RoundRobin
 from tms_client.exceptions import ConnectError, from_rpc_error, status_of
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from tms_client.codec import ImageError
 
+from tms_client.codec import ImageError
 from tms_server.model import InvalidInput
 
 __all__ = [

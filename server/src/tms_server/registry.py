@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.codec import ColorValue, DTypeValue, dtype_of
-
 from tms_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from tms_server.model import Model
 

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client.codec import (
     ColorValue,
@@ -22,7 +23,6 @@ from tms_client.codec import (
     encode_array,
     to_json,
 )
-
 from tms_server.errors import Internal, InvalidArgument, Unimplemented, status_errors
 from tms_server.registry import LoadedModel, ModelRegistry
 

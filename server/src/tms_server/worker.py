@@ -17,8 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image as PILImage
-from tms.v1 import model_service_pb2, model_service_pb2_grpc
 
+from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_server import __version__
 from tms_server.registry import ModelRegistry
 from tms_server.servicer import ModelServicer, WorkerIdentity
