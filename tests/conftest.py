@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from skimage import data
 
-from support import EXAMPLE_MODELS, InProcessServer, ServerProcess, start_in_process, start_process
+from tests.support import (
+    EXAMPLE_MODELS,
+    InProcessServer,
+    ServerProcess,
+    start_in_process,
+    start_process,
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +31,7 @@ def in_process_server() -> Iterator[Callable[..., InProcessServer]]:
     """A factory of in-process servers, all stopped after the test."""
     started: list[InProcessServer] = []
 
-    def start(models: Path, **overrides: object) -> InProcessServer:
+    def start(models: Path, **overrides: Any) -> InProcessServer:
         server = start_in_process(models, **overrides)
         started.append(server)
         return server

@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tms_server import __version__
 from tms_server.servicer import WorkerIdentity
@@ -42,10 +43,10 @@ class InProcessServer:
 
 
 def start_in_process(
-    models: Path, *, entry_points: bool = False, **overrides: object
+    models: Path, *, entry_points: bool = False, **overrides: Any
 ) -> InProcessServer:
     """One worker's gRPC server inside the test process, on a free loopback port."""
-    settings = Settings(models=models, entry_points=entry_points, workers=1, **overrides)  # type: ignore[arg-type]
+    settings = Settings(models=models, entry_points=entry_points, workers=1, **overrides)
     identity = WorkerIdentity(uuid.uuid4().hex, 0, 1, __version__)
     running = build_server(settings, identity, address="127.0.0.1:0")
     return InProcessServer(running, identity)

@@ -11,9 +11,10 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import tms_server
 from PIL import Image, ImageDraw, ImageFont
 from skimage import data
+
+import tms_server
 
 MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 
@@ -209,7 +210,7 @@ def test_optical_flow_needs_two_frames_of_one_shape(optical_flow):
 # --- ocr
 
 
-def render_text(text: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def render_text(text: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """A BGR image of black ``text`` on white, and the text's bounding box (x0, y0, x1, y1)."""
     font = ImageFont.load_default(size=48)
     image = Image.new("RGB", (720, 110), "white")

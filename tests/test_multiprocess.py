@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from support import EXAMPLE_MODELS, write_models
+from tests.support import EXAMPLE_MODELS, write_models
 from tms_client import ConnectError, ModelClient
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from support import write_models
+from tests.support import write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client import (
     InvalidInputError,
@@ -181,7 +181,7 @@ def expect_status(code: grpc.StatusCode, call, *args) -> str:
     with pytest.raises(grpc.RpcError) as info:
         call(*args)
     assert info.value.code() == code, info.value.details()
-    return info.value.details()
+    return str(info.value.details())
 
 
 def test_list_models_leaves_out_models_that_failed(stub):
@@ -354,7 +354,9 @@ BAD_IMAGES = {
     "channels contradict colour": raw(shape=(2, 2, 1), color_order=image_pb2.COLOR_ORDER_RGB),
     "unknown encoding": raw(encoding=9),
     "not a png": image_pb2.Image(data=b"hello", encoding=image_pb2.ENCODING_PNG),
-    "truncated jpeg": image_pb2.Image(data=b"\xff\xd8\xff\xe0\0\x10JFIF", encoding=3),
+    "truncated jpeg": image_pb2.Image(
+        data=b"\xff\xd8\xff\xe0\0\x10JFIF", encoding=image_pb2.ENCODING_JPEG
+    ),
 }
 
 
