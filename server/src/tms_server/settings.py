@@ -37,7 +37,7 @@ class Settings:
     )
     workers: int = field(
         default_factory=_cpu_count,
-        metadata=_meta("worker processes sharing the port (default: CPU count)", 1, 256),
+        metadata=_meta("worker processes sharing the port", 1, 256),
     )
     threads: int = field(
         default=8, metadata=_meta("threads per worker, i.e. concurrent calls per worker", 1, 1024)
@@ -108,7 +108,8 @@ def parse_settings(
         converters_by_type: dict[type, Callable[[str], Any]] = {bool: _parse_bool, Path: Path}
         convert = converters_by_type.get(kind, kind)
         converters[spec.name] = convert
-        help_text = f"{spec.metadata['help']} [{_env_name(spec.name)}]"
+        default = "CPU count" if spec.name == "workers" else spec.default
+        help_text = f"{spec.metadata['help']} [{_env_name(spec.name)}; default: {default}]"
         if kind is bool:
             parser.add_argument(flag, type=_parse_bool, metavar="{true,false}", help=help_text)
         else:
