@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,25 +13,17 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
 import tms_server
+from tms_server.registry import import_model_class
 
 MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 
 
 def load_model(name: str) -> Any:
     """An instance of examples/models/<name>, imported the way the server imports it."""
-    folder = MODELS / name
-    module_name = f"tms_models.{name}"
-    spec = importlib.util.spec_from_file_location(
-        module_name, folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    assert issubclass(module.Model, tms_server.Model)
-    assert module.Model.__doc__
-    return module.Model()
+    model_class = import_model_class(MODELS / name)
+    assert issubclass(model_class, tms_server.Model)
+    assert model_class.__doc__
+    return model_class()
 
 
 def readonly(array: np.ndarray) -> np.ndarray:

@@ -19,11 +19,13 @@ import numpy.typing as npt
 from tms.v1 import image_pb2
 
 __all__ = [
+    "COLOR_ORDERS",
     "ColorValue",
     "DTypeValue",
     "EncodingValue",
     "ImageError",
     "check_channels",
+    "color_order",
     "convert_color",
     "decode_image",
     "dtype_of",
@@ -77,8 +79,27 @@ _RGB_OF = {
 }
 
 
+#: Colour orders by the names models and clients use for them.
+COLOR_ORDERS: dict[str | None, ColorValue] = {
+    None: image_pb2.COLOR_ORDER_UNSPECIFIED,
+    "gray": image_pb2.COLOR_ORDER_GRAY,
+    "rgb": image_pb2.COLOR_ORDER_RGB,
+    "bgr": image_pb2.COLOR_ORDER_BGR,
+    "rgba": image_pb2.COLOR_ORDER_RGBA,
+    "bgra": image_pb2.COLOR_ORDER_BGRA,
+}
+
+
 class ImageError(ValueError):
     """An image message that cannot be decoded: the message says what is wrong."""
+
+
+def color_order(name: str | None) -> ColorValue:
+    """The ``tms.v1.ColorOrder`` of a name: gray, rgb, bgr, rgba, bgra or None."""
+    key = name.lower() if name is not None else None
+    if key not in COLOR_ORDERS:
+        raise ValueError(f"unknown colour order {name!r}; use gray, rgb, bgr, rgba, bgra or None")
+    return COLOR_ORDERS[key]
 
 
 def numpy_dtype(dtype: DTypeValue) -> np.dtype[Any]:

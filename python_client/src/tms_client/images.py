@@ -16,8 +16,10 @@ import numpy.typing as npt
 
 from tms.v1 import image_pb2
 from tms_client.codec import (
+    COLOR_ORDERS,
     ColorValue,
     ImageError,
+    color_order,
     convert_color,
     decode_image,
     encode_array,
@@ -30,24 +32,8 @@ __all__ = ["COLOR_ORDERS", "ImageInput", "color_order", "from_message", "to_mess
 ImageInput = Union[npt.NDArray[Any], "PILImage", str, os.PathLike[str], bytes]
 PILImage = Any  # PIL.Image.Image; Pillow is optional
 
-COLOR_ORDERS: dict[str | None, ColorValue] = {
-    None: image_pb2.COLOR_ORDER_UNSPECIFIED,
-    "gray": image_pb2.COLOR_ORDER_GRAY,
-    "rgb": image_pb2.COLOR_ORDER_RGB,
-    "bgr": image_pb2.COLOR_ORDER_BGR,
-    "rgba": image_pb2.COLOR_ORDER_RGBA,
-    "bgra": image_pb2.COLOR_ORDER_BGRA,
-}
 _WITH_ALPHA = {"rgb": "rgba", "bgr": "bgra", "rgba": "rgba", "bgra": "bgra"}
 _PIL_MODES = {"L": "gray", "RGB": "rgb", "RGBA": "rgba"}
-
-
-def color_order(name: str | None) -> ColorValue:
-    """The ``tms.v1.ColorOrder`` of a name: gray, rgb, bgr, rgba, bgra or None."""
-    key = name.lower() if name is not None else None
-    if key not in COLOR_ORDERS:
-        raise ValueError(f"unknown colour order {name!r}; use gray, rgb, bgr, rgba, bgra or None")
-    return COLOR_ORDERS[key]
 
 
 def _array_color(array: npt.NDArray[Any], color: str | None) -> ColorValue:

@@ -26,26 +26,17 @@ from typing import Any
 import numpy as np
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.codec import ColorValue, DTypeValue, dtype_of
+from tms_client.codec import ColorValue, DTypeValue, color_order, dtype_of
 from tms_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from tms_server.model import Model
 
-__all__ = ["ENTRY_POINT_GROUP", "LoadedModel", "ModelRegistry"]
+__all__ = ["ENTRY_POINT_GROUP", "LoadedModel", "ModelRegistry", "import_model_class"]
 
 log = logging.getLogger("tms_server")
 
 ENTRY_POINT_GROUP = "tms.models"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _PACKAGE = "tms_models"  # parent of the imported model packages in sys.modules
-
-_COLORS: dict[str | None, ColorValue] = {
-    None: image_pb2.COLOR_ORDER_UNSPECIFIED,
-    "gray": image_pb2.COLOR_ORDER_GRAY,
-    "rgb": image_pb2.COLOR_ORDER_RGB,
-    "bgr": image_pb2.COLOR_ORDER_BGR,
-    "rgba": image_pb2.COLOR_ORDER_RGBA,
-    "bgra": image_pb2.COLOR_ORDER_BGRA,
-}
 
 
 @dataclass(frozen=True)
@@ -72,10 +63,12 @@ def _overrides(cls: type, method: str) -> bool:
 
 def _color(cls: type, attribute: str) -> ColorValue:
     value = getattr(cls, attribute, None)
-    key = value.lower() if isinstance(value, str) else value
-    if key not in _COLORS:
-        raise TypeError(f"{attribute} = {value!r}; expected one of gray, rgb, bgr, rgba, bgra")
-    return _COLORS[key]
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{attribute} = {value!r}; expected gray, rgb, bgr, rgba, bgra or None")
+    try:
+        return color_order(value)
+    except ValueError as exc:
+        raise TypeError(f"{attribute}: {exc}") from None
 
 
 def describe(name: str, instance: Any) -> LoadedModel:
@@ -132,7 +125,8 @@ def _wire_dtype(dtype: np.dtype[Any] | None) -> DTypeValue:
     return image_pb2.D_TYPE_UNSPECIFIED if dtype is None else dtype_of(dtype)
 
 
-def _import_folder_model(folder: Path) -> type:
+def import_model_class(folder: Path) -> type:
+    """The ``Model`` class of a model folder, imported as package ``tms_models.<folder name>``."""
     if _PACKAGE not in sys.modules:
         package = types.ModuleType(_PACKAGE)
         package.__path__ = []
@@ -164,7 +158,7 @@ def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any
             if path.name.startswith(("_", ".")) or not (path / "__init__.py").is_file():
                 continue
             seen.add(path.name)
-            yield path.name, lambda path=path: _import_folder_model(path)
+            yield path.name, lambda path=path: import_model_class(path)
     elif folder is not None:
         log.warning("models folder %s does not exist", folder)
     if entry_points:
