@@ -1,0 +1,86 @@
+"""Connecting to a server, checking a model before using it, and wording client errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tms_cli.errors import CliError
+from tms_client import (
+    CallError,
+    ConnectError,
+    InvalidInputError,
+    ModelClient,
+    ModelInfo,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    TMSError,
+)
+
+__all__ = ["COMMAND_OF_CALL", "Options", "check_model", "connect", "describe_error"]
+
+#: The ``tms`` command that makes each client call, for hints in error messages.
+COMMAND_OF_CALL = {
+    "run_image": "tms run",
+    "run_images": "tms run",
+    "run_image_to_image": "tms run-i2i",
+    "run_text": "tms text",
+    "run_texts": "tms text",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The global options of ``tms``: where the server is and how to talk to it."""
+
+    target: str
+    timeout: float | None
+    connect_timeout: float
+    json: bool
+    debug: bool
+
+
+def connect(options: Options, model: str = "") -> ModelClient:
+    """A client for ``model`` (``""`` for calls about the whole server), connected."""
+    try:
+        return ModelClient(
+            model,
+            options.target,
+            connect_timeout=options.connect_timeout,
+            timeout=options.timeout,
+        )
+    except ConnectError as exc:
+        reason = f"no answer within {options.connect_timeout:g}s"
+        raise CliError(f"cannot reach a TMS server at {options.target} ({reason})") from exc
+    except TMSError as exc:  # something answered, but not as a TMS server does
+        reason = describe_error(exc)
+        raise CliError(f"cannot reach a TMS server at {options.target} ({reason})") from exc
+
+
+def check_model(client: ModelClient, call: str | None = None) -> ModelInfo:
+    """What the server says about ``client.model``, which must exist and support ``call``."""
+    name = client.model
+    try:
+        info = client.info()
+    except ModelNotFoundError as exc:
+        names = [model.name for model in client.list_models()]
+        known = f"models: {', '.join(names)}" if names else "the server has no models"
+        raise CliError(f"no model named {name!r} at {client.target}; {known}") from exc
+    except (ModelNotReadyError, InvalidInputError) as exc:
+        raise CliError(exc.details) from exc
+    if call is not None and call not in info.calls:
+        commands = sorted({COMMAND_OF_CALL[c] for c in info.calls if c in COMMAND_OF_CALL})
+        hint = f"; use {' or '.join(commands)}" if commands else ""
+        raise CliError(
+            f"model {name!r} does not support {call} ({COMMAND_OF_CALL.get(call, call)}); "
+            f"it supports {', '.join(sorted(info.calls)) or 'no calls'}{hint}"
+        )
+    return info
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what went wrong, without repeating the exception's class."""
+    if isinstance(exc, CallError):
+        return f"{exc.details} ({exc.code.name})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

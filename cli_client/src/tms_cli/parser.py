@@ -1,0 +1,203 @@
+"""The command line of ``tms``: its options and subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tms_cli import __version__
+from tms_cli.inputs import IMAGE_EXTENSIONS
+from tms_cli.query import list_models, show_health, show_model, show_workers
+from tms_cli.run import run_images, run_images_to_images, run_text
+from tms_client import __version__ as client_version
+
+__all__ = ["DEFAULT_TARGET", "build_parser"]
+
+DEFAULT_TARGET = "localhost:50051"
+
+_EPILOG = """\
+examples:
+  tms models                                  the models of the server at $TMS_TARGET
+  tms --target gpu-box:50051 info face
+  tms run face photo.jpg                      one result, as JSON
+  tms run face photos/ --out faces.jsonl      one JSON line per image
+  tms run-i2i edges photos/ --out-dir edges/
+  tms text text_stats "Hello, world"
+"""
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``tms`` parser and its subcommands' parsers by name. Each subcommand sets
+    ``command`` to the function ``(Options, Namespace) -> exit code`` that runs it."""
+    parser = argparse.ArgumentParser(
+        prog="tms",
+        description="Call the models of a TMS server (Tiny Model Server).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tms {__version__} (tms-client {client_version})"
+    )
+    _add_global_options(parser, suppress=False)
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def add(name: str, command: Any, help_text: str) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        # Global options are accepted after the command too: ``tms models --json``.
+        _add_global_options(sub, suppress=True)
+        sub.set_defaults(command=command, command_name=name)
+        commands[name] = sub
+        return sub
+
+    add("models", list_models, "list the models the server has loaded")
+    info = add("info", show_model, "show one model in detail")
+    info.add_argument("model", metavar="MODEL")
+    health = add(
+        "health", show_health, "the server's health and each model's (exit 1 if any is not SERVING)"
+    )
+    health.add_argument("models", metavar="MODEL", nargs="*", help="only these models")
+    add("workers", show_workers, "list the worker processes behind the target")
+
+    images = f"image files, folders (searched for {' '.join(IMAGE_EXTENSIONS)}) or - for stdin"
+    run = add("run", run_images, "run an image model; JSON for one image, JSON Lines for more")
+    run.add_argument("model", metavar="MODEL")
+    run.add_argument("paths", metavar="PATH", nargs="+", help=images)
+    run.add_argument("--out", type=Path, metavar="FILE", help="write results here, not stdout")
+    _add_run_options(run)
+
+    i2i = add("run-i2i", run_images_to_images, "run an image-to-image model; write its images")
+    i2i.add_argument("model", metavar="MODEL")
+    i2i.add_argument("paths", metavar="PATH", nargs="+", help=images)
+    i2i.add_argument(
+        "--out-dir",
+        type=Path,
+        metavar="DIR",
+        required=True,
+        help="where output images go (uint8 as PNG, other dtypes as .npy), named after inputs",
+    )
+    i2i.add_argument(
+        "--together",
+        action="store_true",
+        help="send all images in one call (e.g. two frames for optical flow)",
+    )
+    _add_run_options(i2i)
+
+    text = add("text", run_text, "run a text model on one text; prints its result as JSON")
+    text.add_argument("model", metavar="MODEL")
+    text.add_argument("text", metavar="TEXT", help="the text, or - to read it from stdin")
+    text.add_argument("--args", type=json_object, default=None, metavar="JSON", help=_ARGS_HELP)
+    return parser, commands
+
+
+_ARGS_HELP = """arguments for the model, as a JSON object: '{"threshold": 0.5}'"""
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    target = os.environ.get("TMS_TARGET") or DEFAULT_TARGET
+    group = parser.add_argument_group("server options")
+    group.add_argument(
+        "--target",
+        default=default(target),
+        metavar="HOST:PORT",
+        help=f"the server (default: $TMS_TARGET, else {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--timeout",
+        type=seconds,
+        default=default(60.0),
+        metavar="SECONDS",
+        help="deadline of each call; 0 for none (default: 60)",
+    )
+    group.add_argument(
+        "--connect-timeout",
+        type=positive_seconds,
+        default=default(10.0),
+        metavar="SECONDS",
+        help="how long to wait for the server (default: 10)",
+    )
+    group.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+    group.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks and logs"
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--args", type=json_object, default=None, metavar="JSON", help=_ARGS_HELP)
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="images in flight at once (default: 4)",
+    )
+
+
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), type(value).__name__)
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object such as '{{\"k\": 1}}', not {kind}: {text!r}"
+        )
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def seconds(text: str) -> float | None:
+    """An argparse type: seconds, 0 or more; 0 means no limit (None)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value or None
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: seconds, more than 0."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value

@@ -1,0 +1,205 @@
+"""``tms run``, ``tms run-i2i`` and ``tms text``: run a model on images or a text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from PIL import Image
+
+from tms_cli.connection import Options, check_model, connect, describe_error
+from tms_cli.errors import CliError
+from tms_cli.inputs import IMAGE_EXTENSIONS, STDIN, ImageSource, collect
+from tms_cli.outputs import save_image, to_json
+from tms_cli.progress import Progress
+from tms_client import (
+    ConnectError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PermissionDeniedError,
+    TMSError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnsupportedCallError,
+)
+
+__all__ = ["run_images", "run_images_to_images", "run_text"]
+
+T = TypeVar("T")
+
+# Errors that would fail every image alike: they end the run instead of being reported
+# once per image. UNAVAILABLE is one: the client has already tried the other workers.
+_FATAL = (
+    ConnectError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    UnsupportedCallError,
+    UnauthenticatedError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+# Errors that concern one image: reported as "path: reason", and the run goes on.
+_PER_IMAGE = (TMSError, ValueError, OSError, Image.DecompressionBombError)
+
+
+def run_images(options: Options, args: argparse.Namespace) -> int:
+    """``tms run``: one result per image, as JSON (one image) or JSON Lines (several)."""
+    sources, missing = _sources(args.paths)
+    single = len(args.paths) == 1 and not sources[0].in_folder
+    with ExitStack() as stack:
+        out = sys.stdout if args.out is None else stack.enter_context(_open_output(args.out))
+        client = stack.enter_context(connect(options, args.model))
+        check_model(client, "run_image")
+
+        def work(source: ImageSource) -> Any:
+            return client.run_image(source.load(), args.args)
+
+        def write(source: ImageSource, result: Any) -> None:
+            if single:
+                out.write(to_json(result, pretty=True) + "\n")
+            else:
+                out.write(to_json({"path": source.label, "result": result}) + "\n")
+            out.flush()
+
+        # Results scrolling on the terminal already show progress; a progress line would
+        # only be torn by them.
+        quiet = out.isatty()
+        failed = _run_all(sources, work, write, args.concurrency, quiet=quiet)
+    return _summary(failed + missing, len(sources) + missing)
+
+
+def run_images_to_images(options: Options, args: argparse.Namespace) -> int:
+    """``tms run-i2i``: the output images of each input, written under ``--out-dir``."""
+    sources, missing = _sources(args.paths)
+    if args.together and missing:
+        raise CliError("--together needs every image; nothing was run")
+    out_dir: Path = args.out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create {out_dir}: {describe_error(exc)}") from exc
+    together: list[ImageSource] = sources if args.together else []
+    with connect(options, args.model) as client:
+        check_model(client, "run_image_to_image")
+
+        def work(source: ImageSource) -> dict[str, Any]:
+            images = [s.load() for s in together] if together else source.load()
+            # RGBA holds every colour order without loss; save_image drops what is not needed.
+            output = client.run_image_to_image(images, args.args, output_color="rgba")
+            stem = out_dir / source.name
+            several = len(output.images) > 1
+            written = [
+                save_image(image, stem.with_name(f"{stem.name}-{i}") if several else stem)
+                for i, image in enumerate(output.images)
+            ]
+            return {"outputs": [str(path) for path in written], "result": output.result}
+
+        def write(source: ImageSource, done: dict[str, Any]) -> None:
+            if options.json:
+                sys.stdout.write(to_json({"path": source.label, **done}) + "\n")
+            else:
+                sys.stdout.write(f"{source.label} -> {', '.join(done['outputs'])}\n")
+            sys.stdout.flush()
+
+        # With --together there is one call, its outputs named after the first image.
+        jobs = sources[:1] if together else sources
+        failed = _run_all(jobs, work, write, args.concurrency, quiet=sys.stdout.isatty())
+    return _summary(failed + missing, (1 if together else len(sources)) + missing)
+
+
+def run_text(options: Options, args: argparse.Namespace) -> int:
+    """``tms text``: the model's result for one text, as JSON."""
+    text: str = sys.stdin.read() if args.text == STDIN else args.text
+    with connect(options, args.model) as client:
+        check_model(client, "run_text")
+        result = client.run_text(text, args.args)
+    sys.stdout.write(to_json(result, pretty=True) + "\n")
+    return 0
+
+
+def _sources(paths: list[str]) -> tuple[list[ImageSource], int]:
+    """The images named by ``paths``, and how many paths named nothing (reported here)."""
+    inputs = collect(paths, sys.stdin.buffer.read)
+    for path, reason in inputs.missing:
+        _report(f"{path}: {reason}")
+    for folder in inputs.empty_folders:
+        _report(f"{folder}: no images ({' '.join(IMAGE_EXTENSIONS)}) in this folder")
+    if not inputs.sources:
+        raise CliError("no images to run on")
+    return inputs.sources, len(inputs.missing)
+
+
+def _run_all(
+    sources: list[ImageSource],
+    work: Callable[[ImageSource], T],
+    write: Callable[[ImageSource, T], None],
+    concurrency: int,
+    *,
+    quiet: bool,
+) -> int:
+    """Run ``work`` on every source, ``concurrency`` at a time, and ``write`` the results
+    in input order; returns how many failed, each reported on stderr as "path: reason".
+    A progress line shows on stderr when it is a terminal, unless ``quiet``.
+
+    Only a few calls are queued ahead of the one written next, so a folder of a million
+    images costs no more memory than one of ten.
+    """
+    progress = Progress.on(sys.stderr, len(sources), allowed=not quiet)
+    failed = 0
+    pending: deque[tuple[ImageSource, Future[T]]] = deque()
+    queued = iter(sources)
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="tms-run")
+    try:
+        while True:
+            while len(pending) < 2 * concurrency and (source := next(queued, None)):
+                pending.append((source, pool.submit(work, source)))
+            if not pending:
+                break
+            source, future = pending.popleft()
+            try:
+                result = future.result()
+            except _FATAL:
+                raise
+            except _PER_IMAGE as exc:
+                failed += 1
+                progress.note(f"{source.label}: {_reason(exc, source)}")
+            else:
+                write(source, result)
+            progress.advance()
+    finally:
+        # On an error or Ctrl-C, drop what is queued; closing the client ends running calls.
+        pool.shutdown(wait=False, cancel_futures=True)
+        progress.finish()
+    return failed
+
+
+def _reason(exc: BaseException, source: ImageSource) -> str:
+    reason = describe_error(exc)
+    filename = getattr(exc, "filename", None)
+    if filename is not None and str(filename) != source.label:  # an output file, say
+        reason = f"{reason}: {filename}"
+    return reason
+
+
+def _open_output(path: Path) -> TextIO:
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {describe_error(exc)}") from exc
+
+
+def _report(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _summary(failed: int, total: int) -> int:
+    if failed and total > 1:
+        _report(f"tms: {failed} of {total} images failed")
+    return 1 if failed else 0
