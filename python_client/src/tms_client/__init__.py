@@ -4,7 +4,7 @@
 calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you.
 """
 
-from importlib.metadata import PackageNotFoundError
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from tms_client.balancers import Balancer, RandomBalancer, RoundRobin
@@ -53,5 +53,5 @@ __all__ = [
 
 try:
     __version__ = _version("tms-client")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"

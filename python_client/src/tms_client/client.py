@@ -14,7 +14,7 @@ from google.protobuf import wrappers_pb2
 
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.balancers import Balancer
-from tms_client.codec import from_json
+from tms_client.codec import color_name, from_json
 from tms_client.exceptions import from_rpc_error, status_of
 from tms_client.images import ImageInput, from_message, to_message
 from tms_client.pool import WorkerPool
@@ -44,20 +44,21 @@ class ModelInfo:
     color: str | None
     calls: frozenset[str]  # client method names: run_image, run_images, ...
     thread_safe: bool
+    output_color: str | None  # colour order of the images run_image_to_image returns
 
     @classmethod
     def from_proto(cls, info: model_service_pb2.ModelInfo) -> ModelInfo:
         dtype = image_pb2.DType.Name(info.input_dtype).removeprefix("D_TYPE_").lower()
-        color = image_pb2.ColorOrder.Name(info.color_order).removeprefix("COLOR_ORDER_").lower()
         shape = tuple(None if d < 0 else d for d in info.input_shape)
         return cls(
             name=info.name,
             description=info.description,
             input_shape=shape or None,
             dtype=None if dtype == "unspecified" else dtype,
-            color=None if color == "unspecified" else color,
+            color=color_name(info.color_order),
             calls=frozenset(_CALLS[c] for c in info.calls if c in _CALLS),
             thread_safe=info.thread_safe,
+            output_color=color_name(info.output_color_order),
         )
 
 
@@ -69,6 +70,7 @@ class WorkerInfo:
     instance_id: str
     pid: int
     index: int
+    count: int  # how many workers the server runs
     calls: int
 
 
@@ -77,6 +79,8 @@ class ImageToImageResult(NamedTuple):
 
     images: list[npt.NDArray[Any]]
     result: Any
+    #: The colour order of each output image (None when it is not a colour image).
+    colors: list[str | None]
 
     @property
     def image(self) -> npt.NDArray[Any]:
@@ -199,10 +203,12 @@ class ModelClient:
             output_encoding=image_pb2.ENCODING_PNG if png else image_pb2.ENCODING_RAW,
         )
         response = self._pool.call(lambda s: s.RunImageToImage, request, timeout=self.timeout)
-        return ImageToImageResult(
-            images=[from_message(m, color=output_color) for m in response.images],
-            result=from_json(response.result_json),
-        )
+        outputs = [from_message(m, color=output_color) for m in response.images]
+        colors = [
+            color_name(m.color_order) if output_color is None else output_color
+            for m in response.images
+        ]
+        return ImageToImageResult(outputs, from_json(response.result_json), colors)
 
     # -- text ---------------------------------------------------------------------------------
 
@@ -257,5 +263,6 @@ class ModelClient:
     def workers(self) -> list[WorkerInfo]:
         """The worker processes this client is connected to, with the calls sent to each."""
         return [
-            WorkerInfo(w.target, w.instance_id, w.pid, w.index, w.calls) for w in self._pool.workers
+            WorkerInfo(w.target, w.instance_id, w.pid, w.index, w.count, w.calls)
+            for w in self._pool.workers
         ]

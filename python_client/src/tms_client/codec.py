@@ -25,6 +25,7 @@ __all__ = [
     "EncodingValue",
     "ImageError",
     "check_channels",
+    "color_name",
     "color_order",
     "convert_color",
     "decode_image",
@@ -102,6 +103,14 @@ def color_order(name: str | None) -> ColorValue:
     return COLOR_ORDERS[key]
 
 
+def color_name(order: ColorValue) -> str | None:
+    """The name of a ``tms.v1.ColorOrder`` (``"bgr"``...), None for UNSPECIFIED or unknown."""
+    for name, value in COLOR_ORDERS.items():
+        if value == order:
+            return name
+    return None
+
+
 def numpy_dtype(dtype: DTypeValue) -> np.dtype[Any]:
     """The numpy dtype of a ``tms.v1.DType`` value."""
     try:
@@ -165,6 +174,7 @@ def encode_array(
     fmt = _PIL_FORMATS.get(encoding)
     if fmt is None:
         raise ImageError(f"unknown encoding {encoding}")
+    array = array.astype(array.dtype.newbyteorder("="), copy=False)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim == 2:
@@ -268,6 +278,10 @@ def _decode_file(
             array = np.asarray(img)
     except ImageError:
         raise
+    except pil.UnidentifiedImageError:
+        raise ImageError(
+            f"cannot decode {fmt} image: the data is not a complete PNG or JPEG file"
+        ) from None
     except (OSError, ValueError, SyntaxError, pil.DecompressionBombError) as exc:
         raise ImageError(f"cannot decode {fmt} image: {exc}") from None
     return array, color
@@ -291,12 +305,16 @@ def convert_color(
         channels = {letter: array[..., i] for i, letter in enumerate(src)}
     if dst == "L":
         luma = (
-            0.299 * channels["R"].astype(np.float32)
-            + 0.587 * channels["G"].astype(np.float32)
-            + 0.114 * channels["B"].astype(np.float32)
+            0.299 * channels["R"].astype(np.float64)
+            + 0.587 * channels["G"].astype(np.float64)
+            + 0.114 * channels["B"].astype(np.float64)
         )
-        if array.dtype.kind in "iub":
-            luma = np.rint(luma)
+        if array.dtype.kind in "iu":
+            info = np.iinfo(array.dtype)
+            top = float(info.max)
+            if int(top) > info.max:  # float64 rounds int64's largest value up past it
+                top = float(np.nextafter(top, 0.0))
+            luma = np.clip(np.rint(luma), info.min, top)
         converted: npt.NDArray[Any] = luma.astype(array.dtype)
         return converted
     out = np.empty((*array.shape[:2], len(dst)), dtype=array.dtype)

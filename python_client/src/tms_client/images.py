@@ -69,6 +69,8 @@ def to_message(image: Any, *, color: str | None = "bgr") -> image_pb2.Image:
 
 def _from_pil(image: PILImage) -> image_pb2.Image:
     name = _PIL_MODES.get(image.mode)
+    if name is None and (image.mode in ("I", "F") or image.mode.startswith("I;16")):
+        return encode_array(np.asarray(image), image_pb2.COLOR_ORDER_GRAY)  # keep 16/32 bits
     if name is None:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         name = _PIL_MODES[image.mode]
@@ -83,6 +85,7 @@ def _from_path(path: Path) -> image_pb2.Image:
         pass
     try:
         from PIL import Image as PIL  # noqa: PLC0415, N814
+        from PIL import UnidentifiedImageError  # noqa: PLC0415
     except ImportError:
         raise ImageError(
             f"{path} is not a PNG or JPEG file; other formats need Pillow "
@@ -91,8 +94,10 @@ def _from_path(path: Path) -> image_pb2.Image:
     try:
         with PIL.open(path) as opened:
             return _from_pil(opened)
+    except UnidentifiedImageError:
+        raise ImageError(f"cannot read {path} as an image: not a format Pillow reads") from None
     except OSError as exc:
-        raise ImageError(f"cannot read {path} as an image: {exc}") from None
+        raise ImageError(f"cannot read {path} as an image: {exc.strerror or exc}") from None
 
 
 def from_message(message: image_pb2.Image, *, color: str | None = None) -> npt.NDArray[Any]:

@@ -98,7 +98,7 @@ def describe(name: str, instance: Any) -> LoadedModel:
     get_shape = getattr(instance, "get_input_shape", None)
     shape = get_shape() if callable(get_shape) else getattr(cls, "input_shape", None)
     input_shape = tuple(int(d) for d in shape) if shape is not None else None
-    color = _color(cls, "color")
+    color, output_color = _color(cls, "color"), _color(cls, "output_color")
     thread_safe = bool(getattr(cls, "thread_safe", False))
     info = model_service_pb2.ModelInfo(
         name=name,
@@ -108,13 +108,14 @@ def describe(name: str, instance: Any) -> LoadedModel:
         color_order=color,
         calls=calls,
         thread_safe=thread_safe,
+        output_color_order=output_color,
     )
     return LoadedModel(
         name=name,
         instance=instance,
         info=info,
         color=color,
-        output_color=_color(cls, "output_color"),
+        output_color=output_color,
         dtype=dtype,
         input_shape=input_shape,
         lock=contextlib.nullcontext() if thread_safe else threading.Lock(),

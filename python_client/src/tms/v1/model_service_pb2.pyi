@@ -69,6 +69,7 @@ class ModelInfo(_message.Message):
     COLOR_ORDER_FIELD_NUMBER: _builtins.int
     CALLS_FIELD_NUMBER: _builtins.int
     THREAD_SAFE_FIELD_NUMBER: _builtins.int
+    OUTPUT_COLOR_ORDER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name, as used in every Run* request."""
     description: _builtins.str
@@ -79,6 +80,10 @@ class ModelInfo(_message.Message):
     """The colour order the model receives; the server converts to it."""
     thread_safe: _builtins.bool
     """Whether the model may run several calls at once in one worker process."""
+    output_color_order: _image_pb2.ColorOrder.ValueType
+    """The colour order of the images RunImageToImage returns; UNSPECIFIED when they are not
+    colour images (e.g. flow fields) or the model supports no such call.
+    """
     @_builtins.property
     def input_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Expected input shape, (H, W) or (H, W, C); -1 marks a dimension of any size.
@@ -99,10 +104,11 @@ class ModelInfo(_message.Message):
         color_order: _image_pb2.ColorOrder.ValueType = ...,
         calls: _abc.Iterable[Global___ModelCall.ValueType] | None = ...,
         thread_safe: _builtins.bool = ...,
+        output_color_order: _image_pb2.ColorOrder.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "color_order", b"color_order", "description", b"description", "input_dtype", b"input_dtype", "input_shape", b"input_shape", "name", b"name", "thread_safe", b"thread_safe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "color_order", b"color_order", "description", b"description", "input_dtype", b"input_dtype", "input_shape", b"input_shape", "name", b"name", "output_color_order", b"output_color_order", "thread_safe", b"thread_safe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
