@@ -1,0 +1,140 @@
+"""The baseline for ``bench_mean.py``: raw grpcio computing the mean of an image, nothing else.
+
+Shaped like ``tms-server`` so the two compare fairly: a parent reserves the port with
+SO_REUSEPORT, forks N worker processes before any gRPC object exists, and each worker serves
+on that port with its own ``grpc.server`` (8 threads by default). The service is generic,
+with identity serializers (raw bytes in, raw bytes out):
+
+- ``/bench.Raw/Mean``: request = shape header (3 x uint32 little-endian: H, W, C) + uint8
+  pixels; response = the mean as one little-endian float64.
+- ``/bench.Raw/Pid``: the worker's pid as text, so a client can hold one channel per worker.
+
+Run ``python benchmarks/raw_server.py --port 0``; when every worker is serving it prints
+``raw-server: serving on HOST:PORT with N worker(s)`` and serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import socket
+import struct
+import threading
+from concurrent import futures
+from multiprocessing.connection import Connection
+from types import FrameType
+
+import grpc
+import numpy as np
+
+__all__ = ["HEADER", "MEAN_METHOD", "PID_METHOD", "RESULT", "main"]
+
+SERVICE = "bench.Raw"
+MEAN_METHOD = f"/{SERVICE}/Mean"
+PID_METHOD = f"/{SERVICE}/Pid"
+HEADER = struct.Struct("<3I")  # H, W, C of the uint8 pixels that follow
+RESULT = struct.Struct("<d")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as tms-server's default --max-message-mb
+_READY_TIMEOUT = 60.0
+
+
+def mean(request: bytes, context: grpc.ServicerContext) -> bytes:
+    """The mean of the pixels of a request (a view of its bytes: no copy)."""
+    shape = HEADER.unpack_from(request)
+    pixels = np.frombuffer(request, dtype=np.uint8, offset=HEADER.size).reshape(shape)
+    return RESULT.pack(float(pixels.mean()))
+
+
+def pid(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return str(os.getpid()).encode()
+
+
+def _serve(host: str, port: int, threads: int, ready: Connection) -> None:
+    """Body of one worker process: serve on the shared port until SIGTERM/SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads),
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
+        "Mean": grpc.unary_unary_rpc_method_handler(mean),
+        "Pid": grpc.unary_unary_rpc_method_handler(pid),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(f"{host}:{port}")
+    server.start()
+    ready.send(os.getpid())
+    ready.close()
+    while not stop.wait(3600):
+        pass
+    server.stop(1.0).wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    # Hold the port (bound, not listening) so --port 0 works and workers can share it.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    processes = []
+    try:
+        receivers = []
+        for index in range(args.workers):
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_serve,
+                args=(args.host, port, args.threads, sender),
+                name=f"raw-worker-{index}",
+            )
+            process.start()
+            sender.close()
+            processes.append(process)
+            receivers.append(receiver)
+        for receiver in receivers:
+            if not receiver.poll(_READY_TIMEOUT):
+                raise SystemExit("raw-server: a worker did not start in time")
+            receiver.recv()
+        print(
+            f"raw-server: serving on {args.host}:{port} with {args.workers} worker(s)", flush=True
+        )
+        while not stop.wait(0.2):
+            if any(p.exitcode is not None for p in processes):
+                raise SystemExit("raw-server: a worker died")
+    finally:
+        for process in processes:
+            if process.exitcode is None and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(5.0)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
