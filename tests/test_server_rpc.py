@@ -462,3 +462,14 @@ def test_models_from_entry_points(tmp_path, monkeypatch, in_process_server):
     with client(server, "reverse") as c:
         assert c.run_text("abc") == "cba"
         assert [m.name for m in c.list_models()] == ["reverse"]
+
+
+@pytest.mark.parametrize("payload", [b"\x12\x80", b"\x0a\x05ab", b"\x0b", b"\x0a\x02\xff\xfe"])
+def test_malformed_request_bytes_are_invalid_argument(server, payload):
+    with grpc.insecure_channel(server.target) as channel:
+        for method in ("RunImage", "RunImageBatch", "RunImageToImage"):
+            call = channel.unary_unary(f"/tms.v1.ModelService/{method}")
+            details = expect_status(grpc.StatusCode.INVALID_ARGUMENT, call, payload)
+            assert details.startswith("malformed Run")
+    with client(server, "probe") as c:
+        assert c.run_image(np.zeros((2, 2, 3), np.uint8))["shape"] == [2, 2, 3]

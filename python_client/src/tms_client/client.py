@@ -16,8 +16,9 @@ from tms.v1 import image_pb2, model_service_pb2
 from tms_client.balancers import Balancer
 from tms_client.codec import color_name, from_json
 from tms_client.exceptions import from_rpc_error, status_of
-from tms_client.images import ImageInput, from_message, to_message
+from tms_client.images import ImageInput, from_message, to_parts
 from tms_client.pool import WorkerPool
+from tms_client.wire import join_images, split_images
 
 __all__ = ["ImageToImageResult", "ModelClient", "ModelInfo", "WorkerInfo"]
 
@@ -31,6 +32,11 @@ _CALLS = {
     pb.MODEL_CALL_RUN_TEXT_BATCH: "run_texts",
 }
 _HEALTH = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+# Field numbers of the images in the requests that carry them, and in RunImageToImageResponse.
+_IMAGE_FIELD = pb.RunImageRequest.DESCRIPTOR.fields_by_name["image"].number
+_OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].number
+assert pb.RunImageBatchRequest.DESCRIPTOR.fields_by_name["images"].number == _IMAGE_FIELD
+assert pb.RunImageToImageRequest.DESCRIPTOR.fields_by_name["images"].number == _IMAGE_FIELD
 
 
 @dataclass(frozen=True)
@@ -158,10 +164,9 @@ class ModelClient:
         ``color`` is the colour order of a numpy array ("bgr" as OpenCV reads, "rgb", ...);
         PIL images, paths and PNG/JPEG bytes carry their own.
         """
-        request = pb.RunImageRequest(
-            model=self.model, image=to_message(image, color=color), args_json=_args_json(args)
-        )
-        response = self._pool.call(lambda s: s.RunImage, request, timeout=self.timeout)
+        head = pb.RunImageRequest(model=self.model, args_json=_args_json(args))
+        request = join_images(head, _IMAGE_FIELD, [to_parts(image, color=color)])
+        response = self._pool.call("RunImage", request, timeout=self.timeout)
         return from_json(response.result_json)
 
     def run_images(
@@ -172,12 +177,10 @@ class ModelClient:
         color: str | None = "bgr",
     ) -> list[Any]:
         """Run the model on several images in one call; one result per image."""
-        request = pb.RunImageBatchRequest(
-            model=self.model,
-            images=[to_message(image, color=color) for image in images],
-            args_json=_args_json(args),
-        )
-        response = self._pool.call(lambda s: s.RunImageBatch, request, timeout=self.timeout)
+        head = pb.RunImageBatchRequest(model=self.model, args_json=_args_json(args))
+        parts = [to_parts(image, color=color) for image in images]
+        request = join_images(head, _IMAGE_FIELD, parts)
+        response = self._pool.call("RunImageBatch", request, timeout=self.timeout)
         return [from_json(text) for text in response.results_json]
 
     def run_image_to_image(
@@ -196,17 +199,19 @@ class ModelClient:
         the outputs PNG-compressed (smaller over slow links, slower on fast ones).
         """
         batch = list(images) if isinstance(images, (list, tuple)) else [images]
-        request = pb.RunImageToImageRequest(
+        head = pb.RunImageToImageRequest(
             model=self.model,
-            images=[to_message(image, color=color) for image in batch],
             args_json=_args_json(args),
             output_encoding=image_pb2.ENCODING_PNG if png else image_pb2.ENCODING_RAW,
         )
-        response = self._pool.call(lambda s: s.RunImageToImage, request, timeout=self.timeout)
-        outputs = [from_message(m, color=output_color) for m in response.images]
+        parts = [to_parts(image, color=color) for image in batch]
+        request = join_images(head, _IMAGE_FIELD, parts)
+        raw = self._pool.call("RunImageToImage", request, timeout=self.timeout)
+        response, images_out = split_images(pb.RunImageToImageResponse, raw, _OUTPUT_FIELD)
+        outputs = [from_message(m, color=output_color) for m in images_out]
         colors = [
-            color_name(m.color_order) if output_color is None else output_color
-            for m in response.images
+            color_name(m.meta.color_order) if output_color is None else output_color
+            for m in images_out
         ]
         return ImageToImageResult(outputs, from_json(response.result_json), colors)
 
@@ -215,7 +220,7 @@ class ModelClient:
     def run_text(self, text: str, args: Mapping[str, Any] | None = None) -> Any:
         """Run a text model on one text and return its result (parsed JSON)."""
         request = pb.RunTextRequest(model=self.model, text=text, args_json=_args_json(args))
-        response = self._pool.call(lambda s: s.RunText, request, timeout=self.timeout)
+        response = self._pool.call("RunText", request.SerializeToString(), timeout=self.timeout)
         return from_json(response.result_json)
 
     def run_texts(self, texts: Sequence[str], args: Mapping[str, Any] | None = None) -> list[Any]:
@@ -223,22 +228,22 @@ class ModelClient:
         request = pb.RunTextBatchRequest(
             model=self.model, texts=list(texts), args_json=_args_json(args)
         )
-        response = self._pool.call(lambda s: s.RunTextBatch, request, timeout=self.timeout)
+        response = self._pool.call(
+            "RunTextBatch", request.SerializeToString(), timeout=self.timeout
+        )
         return [from_json(text) for text in response.results_json]
 
     # -- about the server ---------------------------------------------------------------------
 
     def info(self) -> ModelInfo:
         """What the server says about this model."""
-        request = pb.GetModelInfoRequest(model=self.model)
-        response = self._pool.call(lambda s: s.GetModelInfo, request, timeout=self.timeout)
+        request = pb.GetModelInfoRequest(model=self.model).SerializeToString()
+        response = self._pool.call("GetModelInfo", request, timeout=self.timeout)
         return ModelInfo.from_proto(response.info)
 
     def list_models(self) -> list[ModelInfo]:
         """Every model the server has loaded."""
-        response = self._pool.call(
-            lambda s: s.ListModels, pb.ListModelsRequest(), timeout=self.timeout
-        )
+        response = self._pool.call("ListModels", b"", timeout=self.timeout)
         return [ModelInfo.from_proto(info) for info in response.models]
 
     def health(self, service: str | None = None) -> str:

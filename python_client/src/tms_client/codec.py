@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tms.v1 import image_pb2
+from tms_client.wire import Buffer, ImageParts
 
 __all__ = [
     "COLOR_ORDERS",
@@ -32,6 +33,8 @@ __all__ = [
     "dtype_of",
     "encode_array",
     "encode_file",
+    "encode_parts",
+    "file_parts",
     "from_json",
     "numpy_dtype",
     "to_json",
@@ -159,18 +162,30 @@ def encode_array(
     PNG holds uint8 or uint16 gray and uint8 RGB/RGBA; JPEG (``quality`` 1-100) holds uint8
     gray and RGB. BGR(A) pixels are reordered to RGB(A) in the file.
     """
+    return encode_parts(array, color_order, encoding=encoding, quality=quality).to_message()
+
+
+def encode_parts(
+    array: npt.NDArray[Any],
+    color_order: ColorValue = image_pb2.COLOR_ORDER_UNSPECIFIED,
+    *,
+    encoding: EncodingValue = image_pb2.ENCODING_RAW,
+    quality: int = 90,
+) -> ImageParts:
+    """As ``encode_array``, but the data stays apart from the message: for raw pixels a view
+    of ``array`` itself when it is C-contiguous and little-endian (no copy)."""
     array = np.asarray(array)
     check_channels(array.shape, color_order)
     dtype = dtype_of(array.dtype)
     if encoding in (image_pb2.ENCODING_RAW, image_pb2.ENCODING_UNSPECIFIED):
-        wire = _NUMPY_DTYPES[dtype]
-        return image_pb2.Image(
+        pixels = np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[dtype])
+        meta = image_pb2.Image(
             dtype=dtype,
             shape=array.shape,
-            data=np.ascontiguousarray(array, dtype=wire).tobytes(),
             color_order=color_order,
             encoding=image_pb2.ENCODING_RAW,
         )
+        return ImageParts(meta, pixels.reshape(-1).view(np.uint8).data)
     fmt = _PIL_FORMATS.get(encoding)
     if fmt is None:
         raise ImageError(f"unknown encoding {encoding}")
@@ -195,13 +210,10 @@ def encode_array(
     buffer = io.BytesIO()
     options = {"quality": quality} if fmt == "JPEG" else {"compress_level": 1}
     pil.fromarray(np.ascontiguousarray(array)).save(buffer, format=fmt, **options)
-    return image_pb2.Image(
-        dtype=dtype,
-        shape=array.shape,
-        data=buffer.getvalue(),
-        color_order=color_order,
-        encoding=encoding,
+    meta = image_pb2.Image(
+        dtype=dtype, shape=array.shape, color_order=color_order, encoding=encoding
     )
+    return ImageParts(meta, buffer.getvalue())
 
 
 def _pil() -> Any:
@@ -214,33 +226,43 @@ def _pil() -> Any:
 
 def encode_file(data: bytes) -> image_pb2.Image:
     """A ``tms.v1.Image`` holding an encoded PNG or JPEG file as it is."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+    return file_parts(data).to_message()
+
+
+def file_parts(data: Buffer) -> ImageParts:
+    """As ``encode_file``, with the file's bytes kept apart from the message (no copy)."""
+    head = bytes(memoryview(data)[:8])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
         encoding = image_pb2.ENCODING_PNG
-    elif data.startswith(b"\xff\xd8"):
+    elif head.startswith(b"\xff\xd8"):
         encoding = image_pb2.ENCODING_JPEG
     else:
         raise ImageError("bytes are neither a PNG nor a JPEG file")
-    return image_pb2.Image(data=data, encoding=encoding)
+    return ImageParts(image_pb2.Image(encoding=encoding), data)
 
 
 def decode_image(
-    image: image_pb2.Image, *, max_pixels: int | None = None
+    image: image_pb2.Image | ImageParts, *, max_pixels: int | None = None
 ) -> tuple[npt.NDArray[Any], ColorValue]:
-    """The pixels of a ``tms.v1.Image`` and their colour order.
+    """The pixels of a ``tms.v1.Image`` (or of ImageParts) and their colour order.
 
-    Raw pixels come back as a read-only view of ``image.data``. ``max_pixels`` bounds
-    H * W, checked before anything is decoded.
+    Raw pixels come back as a read-only view of the message's data: no copy. ``max_pixels``
+    bounds H * W, checked before anything is decoded.
     """
-    encoding = image.encoding
+    if isinstance(image, ImageParts):
+        meta, data = image.meta, image.data
+    else:
+        meta, data = image, image.data
+    encoding = meta.encoding
     if encoding in (image_pb2.ENCODING_RAW, image_pb2.ENCODING_UNSPECIFIED):
-        color: ColorValue = image.color_order
-        return _decode_raw(image, max_pixels), color
+        color: ColorValue = meta.color_order
+        return _decode_raw(meta, data, max_pixels), color
     if encoding in _PIL_FORMATS:
-        return _decode_file(image.data, _PIL_FORMATS[encoding], max_pixels)
+        return _decode_file(data, _PIL_FORMATS[encoding], max_pixels)
     raise ImageError(f"unknown encoding {encoding}")
 
 
-def _decode_raw(image: image_pb2.Image, max_pixels: int | None) -> npt.NDArray[Any]:
+def _decode_raw(image: image_pb2.Image, data: Buffer, max_pixels: int | None) -> npt.NDArray[Any]:
     dtype = numpy_dtype(image.dtype)
     shape = tuple(image.shape)
     check_channels(shape, image.color_order)
@@ -249,17 +271,17 @@ def _decode_raw(image: image_pb2.Image, max_pixels: int | None) -> npt.NDArray[A
     if max_pixels is not None and shape[0] * shape[1] > max_pixels:
         raise ImageError(f"image of {shape[0]}x{shape[1]} pixels exceeds the limit of {max_pixels}")
     expected = math.prod(shape) * dtype.itemsize
-    data = image.data
-    if len(data) != expected:
+    size = memoryview(data).nbytes
+    if size != expected:
         raise ImageError(
-            f"image data has {len(data)} bytes, but shape {list(shape)} of "
+            f"image data has {size} bytes, but shape {list(shape)} of "
             f"{DType.Name(image.dtype)} needs {expected}"
         )
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _decode_file(
-    data: bytes, fmt: str, max_pixels: int | None
+    data: Buffer, fmt: str, max_pixels: int | None
 ) -> tuple[npt.NDArray[Any], ColorValue]:
     pil = _pil()
     try:
@@ -341,12 +363,15 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False, separators=(",", ":"))
+
+
 def to_json(value: Any) -> str:
     """JSON text of a model result; numpy scalars and arrays become numbers and lists.
 
     Raises TypeError for values JSON cannot hold, ValueError for NaN and infinity.
     """
-    return json.dumps(value, default=_jsonable, allow_nan=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def from_json(text: str) -> Any:

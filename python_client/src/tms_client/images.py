@@ -22,11 +22,19 @@ from tms_client.codec import (
     color_order,
     convert_color,
     decode_image,
-    encode_array,
-    encode_file,
+    encode_parts,
+    file_parts,
 )
+from tms_client.wire import ImageParts
 
-__all__ = ["COLOR_ORDERS", "ImageInput", "color_order", "from_message", "to_message"]
+__all__ = [
+    "COLOR_ORDERS",
+    "ImageInput",
+    "color_order",
+    "from_message",
+    "to_message",
+    "to_parts",
+]
 
 #: Anything ``run_image`` accepts: numpy array, PIL image, path, or PNG/JPEG bytes.
 ImageInput = Union[npt.NDArray[Any], "PILImage", str, os.PathLike[str], bytes]
@@ -53,12 +61,19 @@ def to_message(image: Any, *, color: str | None = "bgr") -> image_pb2.Image:
     """A ``tms.v1.Image`` for any accepted input; see the module docstring."""
     if isinstance(image, image_pb2.Image):
         return image
+    return to_parts(image, color=color).to_message()
+
+
+def to_parts(image: Any, *, color: str | None = "bgr") -> ImageParts:
+    """As ``to_message``, with the pixels (or file bytes) kept apart, uncopied where possible."""
     if isinstance(image, np.ndarray):
-        return encode_array(image, _array_color(image, color))
+        return encode_parts(image, _array_color(image, color))
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return encode_file(bytes(image))
+        return file_parts(image)
     if isinstance(image, (str, os.PathLike)):
         return _from_path(Path(image))
+    if isinstance(image, image_pb2.Image):
+        return ImageParts(image, image.data)
     if hasattr(image, "mode") and hasattr(image, "getbands"):
         return _from_pil(image)
     raise TypeError(
@@ -67,20 +82,20 @@ def to_message(image: Any, *, color: str | None = "bgr") -> image_pb2.Image:
     )
 
 
-def _from_pil(image: PILImage) -> image_pb2.Image:
+def _from_pil(image: PILImage) -> ImageParts:
     name = _PIL_MODES.get(image.mode)
     if name is None and (image.mode in ("I", "F") or image.mode.startswith("I;16")):
-        return encode_array(np.asarray(image), image_pb2.COLOR_ORDER_GRAY)  # keep 16/32 bits
+        return encode_parts(np.asarray(image), image_pb2.COLOR_ORDER_GRAY)  # keep 16/32 bits
     if name is None:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         name = _PIL_MODES[image.mode]
-    return encode_array(np.asarray(image), color_order(name))
+    return encode_parts(np.asarray(image), color_order(name))
 
 
-def _from_path(path: Path) -> image_pb2.Image:
+def _from_path(path: Path) -> ImageParts:
     data = path.read_bytes()
     try:
-        return encode_file(data)
+        return file_parts(data)
     except ImageError:
         pass
     try:
@@ -100,7 +115,9 @@ def _from_path(path: Path) -> image_pb2.Image:
         raise ImageError(f"cannot read {path} as an image: {exc.strerror or exc}") from None
 
 
-def from_message(message: image_pb2.Image, *, color: str | None = None) -> npt.NDArray[Any]:
+def from_message(
+    message: image_pb2.Image | ImageParts, *, color: str | None = None
+) -> npt.NDArray[Any]:
     """The pixels of an output image as a writable array, converted to ``color`` if given and
     the image's colour order is known."""
     array, order = decode_image(message)

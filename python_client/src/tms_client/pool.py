@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from tms.v1 import model_service_pb2, model_service_pb2_grpc
+from tms.v1 import model_service_pb2
 from tms_client.balancers import Balancer, RoundRobin
 from tms_client.exceptions import ConnectError, from_rpc_error, status_of
 
@@ -26,6 +26,29 @@ __all__ = ["Worker", "WorkerPool"]
 log = logging.getLogger("tms_client")
 
 _INFO_TIMEOUT = 5.0  # one GetWorkerInfo during discovery
+_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+
+
+def _response_parser(method: str) -> Callable[[bytes], Any] | None:
+    """How the response of ``method`` is parsed; None keeps the bytes (RunImageToImage's
+    images are read in place by tms_client.wire)."""
+    if method == "RunImageToImage":
+        return None
+    output = _SERVICE.methods_by_name[method].output_type.name
+    parser: Callable[[bytes], Any] = getattr(model_service_pb2, output).FromString
+    return parser
+
+
+def _calls(channel: grpc.Channel) -> dict[str, grpc.UnaryUnaryMultiCallable[bytes, Any]]:
+    """A callable per method of the service; each takes the request already serialized."""
+    return {
+        name: channel.unary_unary(
+            f"/{_SERVICE.full_name}/{name}",
+            request_serializer=None,
+            response_deserializer=_response_parser(name),
+        )
+        for name in _SERVICE.methods_by_name
+    }
 
 
 @dataclass(eq=False)
@@ -38,7 +61,7 @@ class Worker:
     index: int
     count: int
     channel: grpc.Channel = field(repr=False)
-    stub: model_service_pb2_grpc.ModelServiceStub = field(repr=False)
+    methods: dict[str, grpc.UnaryUnaryMultiCallable[bytes, Any]] = field(repr=False)
     calls: int = 0
 
     @property
@@ -86,10 +109,8 @@ class WorkerPool:
         return grpc.insecure_channel(self.target, options=self._options)
 
     def _identify(self, channel: grpc.Channel, timeout: float) -> Worker:
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        info = stub.GetWorkerInfo(
-            model_service_pb2.GetWorkerInfoRequest(), timeout=timeout, wait_for_ready=True
-        )
+        methods = _calls(channel)
+        info = methods["GetWorkerInfo"](b"", timeout=timeout, wait_for_ready=True)
         return Worker(
             target=self.target,
             instance_id=info.instance_id,
@@ -97,7 +118,7 @@ class WorkerPool:
             index=info.worker_index,
             count=info.worker_count,
             channel=channel,
-            stub=stub,
+            methods=methods,
         )
 
     def start(self) -> None:
@@ -155,16 +176,16 @@ class WorkerPool:
 
     def call(
         self,
-        method: Callable[[model_service_pb2_grpc.ModelServiceStub], Callable[..., Any]],
-        request: Any,
+        method: str,
+        request: bytes,
         *,
         timeout: float | None,
-        metadata: Sequence[tuple[str, str]] | None = None,
+        metadata: tuple[tuple[str, str | bytes], ...] | None = None,
     ) -> Any:
-        """Send ``request`` to one worker; ``method`` picks the stub method to call."""
+        """Send the serialized ``request`` to ``method`` of one worker; the parsed response."""
         worker = self.pick()
         try:
-            return method(worker.stub)(request, timeout=timeout, metadata=metadata)
+            return worker.methods[method](request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 

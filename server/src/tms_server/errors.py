@@ -62,8 +62,9 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 def status_errors(handler: Handler) -> Handler:
     """Run a servicer method; end the call with the status its exception stands for.
 
-    ServiceError carries its own code; a model's InvalidInput and a malformed image are
-    INVALID_ARGUMENT; anything else is INTERNAL, with the traceback logged here.
+    ServiceError carries its own code (a model's own exceptions arrive as Internal); a
+    model's InvalidInput and a malformed image are INVALID_ARGUMENT; anything else is a bug
+    in the server: INTERNAL, with the traceback logged here.
     """
 
     @functools.wraps(handler)
@@ -75,10 +76,9 @@ def status_errors(handler: Handler) -> Handler:
         except (InvalidInput, ImageError) as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except Exception as exc:
-            model = getattr(request, "model", "")
-            log.exception("%s failed (model %r)", handler.__name__, model)
+            log.exception("%s failed", handler.__name__)
             code = grpc.StatusCode.INTERNAL
-            message = f"model {model!r} raised {type(exc).__name__}: {exc}"
+            message = f"internal error in {handler.__name__}: {type(exc).__name__}: {exc}"
         _abort(context, code, message)
 
     return wrapper  # type: ignore[return-value]

@@ -3,32 +3,46 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import Message
 
-from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
+from tms.v1 import image_pb2, model_service_pb2
 from tms_client.codec import (
     ColorValue,
     EncodingValue,
     ImageError,
     convert_color,
     decode_image,
-    encode_array,
+    encode_parts,
     to_json,
 )
+from tms_client.wire import ImageParts, WireError, join_images, merge_singular, split_images
 from tms_server.errors import Internal, InvalidArgument, Unimplemented, status_errors
+from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel, ModelRegistry
 
-__all__ = ["ModelServicer", "WorkerIdentity"]
+__all__ = ["ModelServicer", "WorkerIdentity", "add_to_server"]
 
 pb = model_service_pb2
+log = logging.getLogger("tms_server")
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]
+_IMAGE_FIELD = pb.RunImageRequest.DESCRIPTOR.fields_by_name["image"].number
+_OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].number
+# Methods whose requests (and responses) the servicer handles as bytes.
+_BYTES_REQUESTS = {"RunImage", "RunImageBatch", "RunImageToImage"}
+_BYTES_RESPONSES = {"RunImageToImage"}
 _CHANNELS: dict[ColorValue, int] = {
     image_pb2.COLOR_ORDER_GRAY: 1,
     image_pb2.COLOR_ORDER_RGB: 3,
@@ -77,6 +91,30 @@ def _args(text: str) -> dict[str, Any]:
     return args
 
 
+def _read(cls: type[M], request: bytes) -> tuple[M, list[ImageParts]]:
+    """A request message and the images it carries (field 2 in every such request)."""
+    try:
+        return split_images(cls, request, _IMAGE_FIELD)
+    except WireError as exc:
+        raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
+
+
+def _run(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
+    """Call a model method, one call at a time unless the model is thread-safe.
+
+    InvalidInput passes through (INVALID_ARGUMENT); anything else the model raises is logged
+    with its traceback and becomes INTERNAL.
+    """
+    try:
+        with model.lock:
+            return method(*args)
+    except InvalidInput:
+        raise
+    except Exception as exc:
+        log.exception("model %r raised", model.name)
+        raise Internal(f"model {model.name!r} raised {type(exc).__name__}: {exc}") from exc
+
+
 def _result_json(model: LoadedModel, result: Any) -> str:
     try:
         return to_json(result)
@@ -84,8 +122,13 @@ def _result_json(model: LoadedModel, result: Any) -> str:
         raise Internal(f"model {model.name!r} returned a result JSON cannot hold: {exc}") from None
 
 
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """Serves the models of a registry; errors end calls through ``status_errors``."""
+class ModelServicer:
+    """Serves the models of a registry; errors end calls through ``status_errors``.
+
+    RunImage, RunImageBatch and RunImageToImage take their requests as bytes and
+    RunImageToImage answers in bytes: tms_client.wire reads and writes the images in place.
+    ``add_to_server`` registers the methods with the matching (de)serializers.
+    """
 
     def __init__(self, registry: ModelRegistry, identity: WorkerIdentity, *, max_pixels: int):
         self._registry = registry
@@ -104,9 +147,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             )
         return model
 
-    def _image(self, model: LoadedModel, message: image_pb2.Image) -> npt.NDArray[Any]:
-        """The pixels of ``message`` as ``model`` declared it wants them."""
-        array, color = decode_image(message, max_pixels=self._max_pixels)
+    def _image(self, model: LoadedModel, parts: ImageParts) -> npt.NDArray[Any]:
+        """The pixels of an image as ``model`` declared it wants them."""
+        array, color = decode_image(parts, max_pixels=self._max_pixels)
         if model.dtype is not None and array.dtype != model.dtype:
             if not np.can_cast(array.dtype, model.dtype, "safe"):
                 raise InvalidArgument(
@@ -142,10 +185,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             "needs its color_order set"
         )
 
-    def _images(self, model: LoadedModel, messages: Sequence[image_pb2.Image]) -> list[Any]:
-        if not messages:
+    def _images(self, model: LoadedModel, occurrences: Sequence[ImageParts]) -> list[Any]:
+        if not occurrences:
             raise InvalidArgument("no images in the request")
-        return [self._image(model, message) for message in messages]
+        return [self._image(model, parts) for parts in occurrences]
 
     @status_errors
     def ListModels(
@@ -160,44 +203,39 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return pb.GetModelInfoResponse(info=self._registry.get(request.model).info)
 
     @status_errors
-    def RunImage(
-        self, request: pb.RunImageRequest, context: grpc.ServicerContext
-    ) -> pb.RunImageResponse:
-        model = self._model(request.model, pb.MODEL_CALL_RUN_IMAGE)
-        if not request.HasField("image"):
+    def RunImage(self, request: bytes, context: grpc.ServicerContext) -> pb.RunImageResponse:
+        message, occurrences = _read(pb.RunImageRequest, request)
+        model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE)
+        parts = merge_singular(occurrences)
+        if parts is None:
             raise InvalidArgument("no image in the request")
-        image = self._image(model, request.image)
-        args = _args(request.args_json)
-        with model.lock:
-            result = model.instance.run(image, args)
+        image = self._image(model, parts)
+        result = _run(model, model.instance.run, image, _args(message.args_json))
         return pb.RunImageResponse(result_json=_result_json(model, result))
 
     @status_errors
     def RunImageBatch(
-        self, request: pb.RunImageBatchRequest, context: grpc.ServicerContext
+        self, request: bytes, context: grpc.ServicerContext
     ) -> pb.RunImageBatchResponse:
-        model = self._model(request.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
-        images = self._images(model, request.images)
-        args = _args(request.args_json)
-        with model.lock:
-            results = model.instance.run_batch(images, args)
+        message, occurrences = _read(pb.RunImageBatchRequest, request)
+        model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
+        images = self._images(model, occurrences)
+        results = _run(model, model.instance.run_batch, images, _args(message.args_json))
         return pb.RunImageBatchResponse(results_json=self._batch_json(model, results, len(images)))
 
     @status_errors
-    def RunImageToImage(
-        self, request: pb.RunImageToImageRequest, context: grpc.ServicerContext
-    ) -> pb.RunImageToImageResponse:
-        model = self._model(request.model, pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
-        if request.output_encoding not in (
+    def RunImageToImage(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        message, occurrences = _read(pb.RunImageToImageRequest, request)
+        model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
+        if message.output_encoding not in (
             image_pb2.ENCODING_UNSPECIFIED,
             image_pb2.ENCODING_RAW,
             image_pb2.ENCODING_PNG,
         ):
             raise InvalidArgument("output_encoding must be RAW or PNG")
-        images = self._images(model, request.images)
-        args = _args(request.args_json)
-        with model.lock:
-            output = model.instance.run_image_to_image(images, args)
+        images = self._images(model, occurrences)
+        args = _args(message.args_json)
+        output = _run(model, model.instance.run_image_to_image, images, args)
         result: Any = None
         if isinstance(output, tuple):
             if len(output) != 2:
@@ -207,20 +245,19 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 )
             output, result = output
         arrays = output if isinstance(output, list) else [output]
-        return pb.RunImageToImageResponse(
-            images=[self._encode(model, a, request.output_encoding) for a in arrays],
-            result_json=_result_json(model, result),
-        )
+        parts = [self._encode(model, a, message.output_encoding) for a in arrays]
+        head = pb.RunImageToImageResponse(result_json=_result_json(model, result))
+        return join_images(head, _OUTPUT_FIELD, parts)
 
     @staticmethod
-    def _encode(model: LoadedModel, array: Any, encoding: EncodingValue) -> image_pb2.Image:
+    def _encode(model: LoadedModel, array: Any, encoding: EncodingValue) -> ImageParts:
         if not isinstance(array, np.ndarray):
             raise Internal(
                 f"model {model.name!r} returned {type(array).__name__} where an image "
                 "(numpy array) was expected"
             )
         try:
-            return encode_array(array, model.output_color, encoding=encoding)
+            return encode_parts(array, model.output_color, encoding=encoding)
         except ImageError as exc:
             raise Internal(f"model {model.name!r} returned an invalid image: {exc}") from None
 
@@ -229,9 +266,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: pb.RunTextRequest, context: grpc.ServicerContext
     ) -> pb.RunTextResponse:
         model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT)
-        args = _args(request.args_json)
-        with model.lock:
-            result = model.instance.run(request.text, args)
+        result = _run(model, model.instance.run, request.text, _args(request.args_json))
         return pb.RunTextResponse(result_json=_result_json(model, result))
 
     @status_errors
@@ -242,9 +277,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         texts = list(request.texts)
         if not texts:
             raise InvalidArgument("no texts in the request")
-        args = _args(request.args_json)
-        with model.lock:
-            results = model.instance.run_batch(texts, args)
+        results = _run(model, model.instance.run_batch, texts, _args(request.args_json))
         return pb.RunTextBatchResponse(results_json=self._batch_json(model, results, len(texts)))
 
     @staticmethod
@@ -261,3 +294,22 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: pb.GetWorkerInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetWorkerInfoResponse:
         return self._worker_info
+
+
+def add_to_server(servicer: ModelServicer, server: grpc.Server) -> None:
+    """Register ``servicer`` for tms.v1.ModelService on ``server``."""
+    handlers = {}
+    for name, method in _SERVICE.methods_by_name.items():
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=None if name in _BYTES_REQUESTS else request_class.FromString,
+            response_serializer=None
+            if name in _BYTES_RESPONSES
+            else response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(_SERVICE.full_name, handlers)

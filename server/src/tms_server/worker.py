@@ -18,10 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image as PILImage
 
-from tms.v1 import model_service_pb2, model_service_pb2_grpc
+from tms.v1 import model_service_pb2
 from tms_server import __version__
 from tms_server.registry import ModelRegistry
-from tms_server.servicer import ModelServicer, WorkerIdentity
+from tms_server.servicer import ModelServicer, WorkerIdentity, add_to_server
 from tms_server.settings import Settings
 
 __all__ = ["RunningServer", "build_server", "run_worker"]
@@ -67,7 +67,7 @@ def build_server(
         options=options,
     )
     servicer = ModelServicer(registry, identity, max_pixels=settings.max_pixels)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name

@@ -1,0 +1,179 @@
+"""Image-carrying messages on the protobuf wire, without copying the pixels.
+
+Building a message with protobuf copies the pixels several times (into the ``Image``, into the
+request, then out as bytes), and parsing one copies them again; for a 1080p frame each copy of
+fresh memory costs milliseconds. So the messages that carry images are written and read here
+around the pixel bytes: everything else (model name, args, image metadata) still goes through
+the generated classes, while the pixels are joined in once on the way out and viewed in place
+on the way in. The bytes are ordinary ``tms.v1`` messages; any protobuf library reads and
+writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeAlias, TypeVar
+
+from google.protobuf.message import Message
+
+from tms.v1 import image_pb2
+
+__all__ = [
+    "Buffer",
+    "ImageParts",
+    "WireError",
+    "join_images",
+    "merge_singular",
+    "split_images",
+]
+
+M = TypeVar("M", bound=Message)
+#: Bytes-like objects whose bytes are sent as they are.
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_DATA_KEY = (3 << 3) | _LEN  # Image.data is field 3
+_DATA_FIELD = image_pb2.Image.DESCRIPTOR.fields_by_name["data"].number
+assert _DATA_FIELD == 3
+
+
+class WireError(ValueError):
+    """Bytes that are not a well-formed protobuf message."""
+
+
+@dataclass(frozen=True)
+class ImageParts:
+    """An image as its metadata (an ``Image`` without ``data``) and its data bytes."""
+
+    meta: image_pb2.Image
+    data: Buffer
+
+    def to_message(self) -> image_pb2.Image:
+        """One ``Image`` message holding both (copies the data)."""
+        message = image_pb2.Image()
+        message.CopyFrom(self.meta)
+        message.data = bytes(self.data)
+        return message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(buffer: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    end = len(buffer)
+    while True:
+        if pos >= end or shift > 63:
+            raise WireError("truncated or overlong varint")
+        byte = buffer[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _skip(buffer: memoryview, pos: int, wire_type: int) -> tuple[int, int]:
+    """The start and end of the payload of a field whose key ended at ``pos``."""
+    if wire_type == _VARINT:
+        _, end = _read_varint(buffer, pos)
+        return pos, end
+    if wire_type == _LEN:
+        length, start = _read_varint(buffer, pos)
+        end = start + length
+    elif wire_type == _I64:
+        start, end = pos, pos + 8
+    elif wire_type == _I32:
+        start, end = pos, pos + 4
+    else:
+        raise WireError(f"unsupported wire type {wire_type}")
+    if end > len(buffer):
+        raise WireError("field runs past the end of the message")
+    return start, end
+
+
+def join_images(head: Message, field: int, images: Sequence[ImageParts]) -> bytes:
+    """``head`` serialized, with ``images`` as occurrences of its message field ``field``.
+
+    The pixels are copied once, into the returned bytes.
+    """
+    parts: list[Buffer] = [head.SerializeToString()]
+    key = _varint((field << 3) | _LEN)
+    for image in images:
+        meta = image.meta.SerializeToString()
+        size = memoryview(image.data).nbytes
+        data_header = bytes([_DATA_KEY]) + _varint(size)
+        parts += [key, _varint(len(meta) + len(data_header) + size), meta, data_header, image.data]
+    return b"".join(parts)
+
+
+def split_images(cls: type[M], buffer: bytes, field: int) -> tuple[M, list[ImageParts]]:
+    """Parse ``buffer`` as ``cls``, taking the occurrences of message field ``field`` out as
+    ImageParts whose data is a read-only view of ``buffer``.
+
+    Occurrences are returned in order; for a singular field the caller merges them as
+    protobuf would (see ``merge_singular``).
+    """
+    view = memoryview(buffer).toreadonly()
+    rest: list[memoryview] = []
+    images: list[ImageParts] = []
+    pos, end = 0, len(view)
+    try:
+        while pos < end:
+            key_start = pos
+            key, pos = _read_varint(view, pos)
+            number, wire_type = key >> 3, key & 7
+            if number == 0:
+                raise WireError("field number 0")
+            start, pos = _skip(view, pos, wire_type)
+            if number == field and wire_type == _LEN:
+                images.append(_split_image(view, start, pos))
+            else:
+                rest.append(view[key_start:pos])
+        message = cls.FromString(b"".join(rest))
+    except WireError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise WireError(f"cannot parse {cls.DESCRIPTOR.name}: {exc}") from None
+    return message, images
+
+
+def _split_image(view: memoryview, start: int, end: int) -> ImageParts:
+    meta: list[memoryview] = []
+    data: memoryview = view[start:start]
+    pos = start
+    while pos < end:
+        key_start = pos
+        key, pos = _read_varint(view, pos)
+        wire_type = key & 7
+        payload_start, pos = _skip(view, pos, wire_type)
+        if pos > end:
+            raise WireError("image field runs past the end of its message")
+        if key == _DATA_KEY:
+            data = view[payload_start:pos]  # the last occurrence wins, as in protobuf
+        else:
+            meta.append(view[key_start:pos])
+    return ImageParts(image_pb2.Image.FromString(b"".join(meta)), data)
+
+
+def merge_singular(images: Sequence[ImageParts]) -> ImageParts | None:
+    """The one image of a singular field that occurred ``len(images)`` times, merged as
+    protobuf merges repeated occurrences of a message field; None when it is absent."""
+    if not images:
+        return None
+    if len(images) == 1:
+        return images[0]
+    meta = image_pb2.Image()
+    data: Buffer = b""
+    for image in images:
+        meta.MergeFrom(image.meta)
+        if memoryview(image.data).nbytes:
+            data = image.data
+    return ImageParts(meta, data)
