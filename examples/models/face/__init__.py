@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import cv2
+
 import tms_server
 
 _CASCADE = "haarcascade_frontalface_default.xml"

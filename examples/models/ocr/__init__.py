@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tms_server
 from rapidocr_onnxruntime import RapidOCR
+
+import tms_server
 
 # Each worker process loads its own engine, so each keeps to a couple of threads.
 _THREADS = 2

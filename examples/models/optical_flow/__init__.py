@@ -6,6 +6,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 import tms_server
 
 # OpenCV's suggested Farneback parameters: a 3-level pyramid halving each level, 15 px windows.
