@@ -7,8 +7,9 @@ calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you.
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-from tms_client.balancers import Balancer, RandomBalancer, RoundRobin
-from tms_client.client import ImageToImageResult, ModelClient, ModelInfo, WorkerInfo
+from tms_client.balancers import Balancer, LeastLoaded, RandomBalancer, RoundRobin
+from tms_client.calls import ImageToImageResult, ModelInfo, WorkerInfo
+from tms_client.client import ModelClient
 from tms_client.codec import ImageError
 from tms_client.exceptions import (
     CallError,
@@ -25,6 +26,7 @@ from tms_client.exceptions import (
     UnavailableError,
     UnsupportedCallError,
 )
+from tms_client.retry import RetryPolicy
 
 __all__ = [
     "Balancer",
@@ -34,6 +36,7 @@ __all__ = [
     "ImageError",
     "ImageToImageResult",
     "InvalidInputError",
+    "LeastLoaded",
     "ModelClient",
     "ModelFailedError",
     "ModelInfo",
@@ -42,6 +45,7 @@ __all__ = [
     "PermissionDeniedError",
     "RandomBalancer",
     "ResourceExhaustedError",
+    "RetryPolicy",
     "RoundRobin",
     "TMSError",
     "UnauthenticatedError",

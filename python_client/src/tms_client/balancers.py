@@ -1,19 +1,34 @@
 """Balancers: which worker gets the next call.
 
-A balancer is any object with ``pick(workers) -> worker``; ``workers`` is never empty. Pass
-one to ``ModelClient(..., balancer=...)``.
+A balancer is any object with ``pick(workers) -> worker``; ``workers`` is never empty. Each
+worker has ``in_flight`` (this client's calls on it now) and ``load`` (the last LoadReport it
+sent, or None). Pass one to ``ModelClient(..., balancer=...)``.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-__all__ = ["Balancer", "RandomBalancer", "RoundRobin"]
+from tms_client.load import LoadReport
 
-W = TypeVar("W")
+__all__ = ["Balancer", "LeastLoaded", "LoadedWorker", "RandomBalancer", "RoundRobin"]
+
+
+class LoadedWorker(Protocol):
+    """What a balancer may read of a worker."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def load(self) -> LoadReport | None: ...
+
+
+W = TypeVar("W", bound=LoadedWorker)
 
 
 class Balancer(Protocol):
@@ -47,3 +62,35 @@ class RandomBalancer:
 
     def pick(self, workers: Sequence[W]) -> W:
         return self._random.choice(workers)
+
+
+class LeastLoaded:
+    """The less loaded of two workers chosen at random ("power of two choices").
+
+    A worker's load is the larger of this client's calls in flight on it and the calls in
+    flight and queued that the worker last reported (reports older than ``max_report_age``
+    seconds are ignored): the first is exact for this client, the second also sees other
+    clients. Sampling two instead of taking the minimum keeps many clients from all piling
+    onto the same idle worker.
+    """
+
+    def __init__(self, seed: int | None = None, *, max_report_age: float = 1.0) -> None:
+        self._random = random.Random(seed)  # noqa: S311 - load spreading, not security
+        self.max_report_age = max_report_age
+
+    def __repr__(self) -> str:
+        return f"LeastLoaded(max_report_age={self.max_report_age})"
+
+    def score(self, worker: LoadedWorker, now: float) -> int:
+        report = worker.load
+        if report is None or now - report.received > self.max_report_age:
+            return worker.in_flight
+        return max(worker.in_flight, report.total)
+
+    def pick(self, workers: Sequence[W]) -> W:
+        if len(workers) == 1:
+            return workers[0]
+        first, second = self._random.sample(range(len(workers)), 2)
+        a, b = workers[first], workers[second]
+        now = time.monotonic()
+        return b if self.score(b, now) < self.score(a, now) else a

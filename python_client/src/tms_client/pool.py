@@ -1,197 +1,270 @@
-"""The worker pool: one gRPC channel per worker process behind an address.
+"""The worker pool: one gRPC channel per worker process behind the targets, kept healthy.
 
 A TMS server runs several worker processes on one port (SO_REUSEPORT); the kernel hands each
 new TCP connection to one of them. The pool opens connections, each with a subchannel of its
-own, and asks every one who answers (``GetWorkerInfo``: instance id and pid) until it holds one
-connection to each of the server's workers, within a bounded number of attempts. Calls are
-then spread over those connections by a balancer.
+own, and asks each who answered (``GetWorkerInfo``: instance id and pid) until it holds one
+connection to every worker of every server, within a bounded number of attempts per address.
+
+Calls go to the worker a balancer picks. A call that fails with a code the retry policy
+names is sent again to another worker. The pool heals: a worker whose connection fails
+(UNAVAILABLE) or whose connection ends up at another process is dropped, and a background
+thread looks for missing workers (restarted ones, a restarted server, new servers behind a
+``dns:///`` target) every ``refresh_interval`` seconds, and at once when a worker is dropped.
+When no worker is known, a call looks for them itself before giving up.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from tms.v1 import model_service_pb2
 from tms_client.balancers import Balancer, RoundRobin
-from tms_client.exceptions import ConnectError, from_rpc_error, status_of
+from tms_client.calls import WorkerInfo, method_path
+from tms_client.exceptions import CallError, ConnectError, UnavailableError, from_rpc_error
+from tms_client.load import read_trailers
+from tms_client.retry import Attempts, RetryPolicy
+from tms_client.targets import parse_targets, resolve
+from tms_client.workers import Worker, WorkerSet
 
-__all__ = ["Worker", "WorkerPool"]
+__all__ = ["PoolOptions", "WorkerPool"]
 
 log = logging.getLogger("tms_client")
 
-_INFO_TIMEOUT = 5.0  # one GetWorkerInfo during discovery
-_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+Metadata = tuple[tuple[str, str | bytes], ...]
+_WORKER_INFO = method_path("GetWorkerInfo")
+_IDENTIFY_TIMEOUT = 5.0  # one GetWorkerInfo while healing
 
 
-def _response_parser(method: str) -> Callable[[bytes], Any] | None:
-    """How the response of ``method`` is parsed; None keeps the bytes (RunImageToImage's
-    images are read in place by tms_client.wire)."""
-    if method == "RunImageToImage":
-        return None
-    output = _SERVICE.methods_by_name[method].output_type.name
-    parser: Callable[[bytes], Any] = getattr(model_service_pb2, output).FromString
-    return parser
-
-
-def _calls(channel: grpc.Channel) -> dict[str, grpc.UnaryUnaryMultiCallable[bytes, Any]]:
-    """A callable per method of the service; each takes the request already serialized."""
-    return {
-        name: channel.unary_unary(
-            f"/{_SERVICE.full_name}/{name}",
-            request_serializer=None,
-            response_deserializer=_response_parser(name),
-        )
-        for name in _SERVICE.methods_by_name
-    }
-
-
-@dataclass(eq=False)
-class Worker:
-    """One worker process and the channel connected to it."""
-
-    target: str
-    instance_id: str
-    pid: int
-    index: int
-    count: int
-    channel: grpc.Channel = field(repr=False)
-    methods: dict[str, grpc.UnaryUnaryMultiCallable[bytes, Any]] = field(repr=False)
-    calls: int = 0
-
-    @property
-    def key(self) -> tuple[str, int]:
-        """What tells workers apart: (server instance id, pid)."""
-        return (self.instance_id, self.pid)
-
-
-class WorkerPool:
-    """Discovers the workers behind ``target`` and picks one for each call."""
+class PoolOptions:
+    """Settings shared by the sync and asyncio pools (see ModelClient for their meaning)."""
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         connect_timeout: float = 10.0,
         balancer: Balancer | None = None,
+        retry: RetryPolicy | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
         discovery_attempts: int | None = None,
+        refresh_interval: float = 2.0,
     ) -> None:
-        self.target = target
+        self.targets = parse_targets(target)
         self.connect_timeout = connect_timeout
         self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
+        self.retry = retry if retry is not None else RetryPolicy()
         self.discovery_attempts = discovery_attempts
-        self._options: list[tuple[str, Any]] = [
+        self.refresh_interval = refresh_interval
+        self.channel_options: list[tuple[str, Any]] = [
             # A private subchannel pool gives every channel its own TCP connection, and so
             # a chance to land on another worker process.
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # A channel belongs to one worker: never let gRPC retry on a new connection.
+            ("grpc.enable_retries", 0),
         ]
-        self._lock = threading.Lock()
-        self._workers: list[Worker] = []
-        self._closed = False
+
+    def attempts_for(self, expected: int) -> int:
+        """How many connections to open at an address to find ``expected`` workers."""
+        if self.discovery_attempts is not None:
+            return self.discovery_attempts
+        return 10 * expected + 10
+
+
+class WorkerPool:
+    """Finds the workers behind the targets, keeps them, and sends calls to them."""
+
+    def __init__(self, options: PoolOptions) -> None:
+        self.options = options
+        self._set = WorkerSet()
+        self._lock = threading.Lock()  # guards _set and the workers' counters
+        self._discovering = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._healer: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        workers = ", ".join(f"pid {w.pid}: {w.calls} calls" for w in self._workers)
-        return f"<WorkerPool target={self.target!r} workers=[{workers}]>"
+        with self._lock:
+            return f"<WorkerPool targets={list(self.options.targets)} {self._set!r}>"
 
-    @property
-    def workers(self) -> list[Worker]:
-        return list(self._workers)
-
-    def _open(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.target, options=self._options)
-
-    def _identify(self, channel: grpc.Channel, timeout: float) -> Worker:
-        methods = _calls(channel)
-        info = methods["GetWorkerInfo"](b"", timeout=timeout, wait_for_ready=True)
-        return Worker(
-            target=self.target,
-            instance_id=info.instance_id,
-            pid=info.pid,
-            index=info.worker_index,
-            count=info.worker_count,
-            channel=channel,
-            methods=methods,
-        )
+    # -- finding workers ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Wait for the server (up to the connect timeout), then find its workers."""
-        channel = self._open()
+        """Wait for the servers (up to the connect timeout), find their workers, and start
+        healing in the background. Raises ConnectError when no server answers."""
+        addresses = resolve(self.options.targets)
+        with ThreadPoolExecutor(max(1, len(addresses))) as executor:
+            list(executor.map(lambda a: self._discover(a, self.options.connect_timeout), addresses))
+        if not len(self._set):
+            raise ConnectError(
+                f"no TMS server answered at {', '.join(self.options.targets)} "
+                f"within {self.options.connect_timeout:g}s"
+            )
+        self._healer = threading.Thread(target=self._heal, name="tms-pool-healer", daemon=True)
+        self._healer.start()
+
+    def _open(self, address: str) -> grpc.Channel:
+        return grpc.insecure_channel(address, options=self.options.channel_options)
+
+    def _identify(self, address: str, timeout: float, wait: bool) -> Worker | None:
+        """Open a connection to ``address`` and ask who answered; None if nobody did."""
+        channel = self._open(address)
+        call: grpc.UnaryUnaryMultiCallable[bytes, Any] = channel.unary_unary(
+            _WORKER_INFO,
+            request_serializer=None,
+            response_deserializer=model_service_pb2.GetWorkerInfoResponse.FromString,
+        )
         try:
-            first = self._identify(channel, self.connect_timeout)
+            info = call(b"", timeout=timeout, wait_for_ready=wait)
         except grpc.RpcError as exc:
             channel.close()
-            if status_of(exc)[0] in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-            ):
-                raise ConnectError(
-                    f"no TMS server answered at {self.target} within {self.connect_timeout:g}s"
-                ) from exc
-            raise from_rpc_error(exc) from exc
-        found = {first.key: first}
-        attempts = self.discovery_attempts
-        if attempts is None:
-            attempts = 10 * first.count + 10
-        for _ in range(attempts):
-            if len(found) >= first.count:
-                break
-            channel = self._open()
-            try:
-                worker = self._identify(channel, _INFO_TIMEOUT)
-            except grpc.RpcError as exc:
-                channel.close()
-                log.warning("worker discovery at %s: %s", self.target, exc)
-                continue
-            if worker.key in found:
-                channel.close()
-            else:
-                found[worker.key] = worker
-        if len(found) < first.count:
-            log.warning(
-                "found %d of %d workers at %s after %d attempts",
-                len(found),
-                first.count,
-                self.target,
-                attempts,
-            )
-        with self._lock:
-            self._workers = sorted(found.values(), key=lambda w: w.index)
+            log.debug("no worker identified at %s: %s", address, exc)
+            return None
+        return Worker.from_info(address, info, channel)
 
-    def pick(self) -> Worker:
-        """The worker for the next call, chosen by the balancer."""
-        workers = self._workers
-        if not workers:
-            raise ConnectError(f"no workers known at {self.target}; is the pool started?")
-        worker = self.balancer.pick(workers)
-        worker.calls += 1
+    def _discover(self, address: str, timeout: float) -> None:
+        """Open connections to ``address`` until every worker of its server is known."""
+        opened = 0
+        wait = True  # the first connection may wait for a server that is starting
+        while opened < self.options.attempts_for(self._set.expected(address) or 1):
+            with self._lock:
+                if self._set.complete(address) or self._closed.is_set():
+                    return
+            worker = self._identify(address, timeout, wait)
+            opened += 1
+            if worker is None:
+                return
+            wait = False
+            with self._lock:
+                closing = self._set.add(worker)
+            for old in closing:
+                old.channel.close()
+        log.warning("found only some workers at %s after %d connections", address, opened)
+
+    def discover(self, timeout: float | None = None) -> None:
+        """Look for missing workers at every address now (one caller at a time)."""
+        timeout = _IDENTIFY_TIMEOUT if timeout is None else max(0.1, timeout)
+        with self._discovering:
+            with self._lock:
+                missing = self._set.missing(resolve(self.options.targets))
+            for address in missing:
+                self._discover(address, timeout)
+
+    def _heal(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self.options.refresh_interval)
+            self._wake.clear()
+            if self._closed.is_set():
+                return
+            try:
+                self.discover()
+            except Exception:  # keep healing whatever one round ran into
+                log.exception("worker discovery failed")
+
+    def _drop(self, worker: Worker, reason: str) -> None:
+        with self._lock:
+            dropped = self._set.remove(worker)
+        if dropped:
+            log.info("dropping worker pid %s at %s: %s", worker.pid, worker.address, reason)
+            worker.channel.close()
+            self._wake.set()
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def _pick(self, attempts: Attempts) -> Worker:
+        """A worker for the next attempt (one not tried yet if possible), its count raised."""
+        with self._lock:
+            candidates = self._set.candidates(attempts.tried)
+        if not candidates:
+            self.discover(attempts.remaining())
+            with self._lock:
+                candidates = self._set.candidates(attempts.tried)
+            if not candidates:
+                raise UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no TMS worker reachable at {', '.join(self.options.targets)}",
+                )
+        with self._lock:
+            worker = self.options.balancer.pick(candidates)
+            worker.in_flight += 1
+            worker.calls += 1
+        attempts.tried.add(worker.key)
         return worker
+
+    def _observe(self, worker: Worker, trailers: Any) -> None:
+        identity, report = read_trailers(trailers)
+        if report is not None:
+            worker.load = report
+        if identity is not None and identity != worker.identity:
+            # gRPC reconnected this channel and the kernel gave it to another process.
+            self._drop(worker, f"its connection now reaches {identity}")
+
+    def _attempt(
+        self, worker: Worker, path: str, request: bytes, attempts: Attempts, metadata: Metadata
+    ) -> bytes:
+        try:
+            call = worker.methods.get(path)
+            if call is None:
+                call = worker.methods.setdefault(path, worker.channel.unary_unary(path))
+            reply, outcome = call.with_call(request, timeout=attempts.timeout(), metadata=metadata)
+        except grpc.RpcError as exc:
+            trailers = getattr(exc, "trailing_metadata", None)
+            self._observe(worker, trailers() if callable(trailers) else None)
+            error = from_rpc_error(exc)
+            if error.code == grpc.StatusCode.UNAVAILABLE:
+                self._drop(worker, error.details)
+            raise error from exc
+        finally:
+            with self._lock:
+                worker.in_flight -= 1
+        self._observe(worker, outcome.trailing_metadata())
+        return bytes(reply)
 
     def call(
         self,
-        method: str,
+        path: str,
         request: bytes,
         *,
         timeout: float | None,
-        metadata: tuple[tuple[str, str | bytes], ...] | None = None,
-    ) -> Any:
-        """Send the serialized ``request`` to ``method`` of one worker; the parsed response."""
-        worker = self.pick()
-        try:
-            return worker.methods[method](request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+        metadata: Metadata = (),
+    ) -> bytes:
+        """Send ``request`` to ``path`` on a worker, retrying as the policy says; the reply."""
+        attempts = Attempts(self.options.retry, timeout)
+        while True:
+            try:
+                attempts.begin()
+                worker = self._pick(attempts)
+                return self._attempt(worker, path, request, attempts, metadata)
+            except CallError as error:
+                time.sleep(attempts.delay_after(error))
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def workers(self) -> list[Worker]:
+        with self._lock:
+            return self._set.workers()
+
+    def worker_infos(self) -> list[WorkerInfo]:
+        with self._lock:
+            return [w.info() for w in self._set.workers()]
 
     def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+        if self._healer is not None:
+            self._healer.join(timeout=10)
         with self._lock:
-            workers, self._workers = self._workers, []
-            self._closed = True
+            workers = self._set.workers()
+            for worker in workers:
+                self._set.remove(worker)
         for worker in workers:
             worker.channel.close()

@@ -25,7 +25,9 @@ __all__ = [
     "WireError",
     "join_images",
     "merge_singular",
+    "read_varint",
     "split_images",
+    "varint",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -57,7 +59,8 @@ class ImageParts:
         return message
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """A protobuf varint."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -66,7 +69,8 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buffer: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buffer: memoryview, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it."""
     result = shift = 0
     end = len(buffer)
     while True:
@@ -83,10 +87,10 @@ def _read_varint(buffer: memoryview, pos: int) -> tuple[int, int]:
 def _skip(buffer: memoryview, pos: int, wire_type: int) -> tuple[int, int]:
     """The start and end of the payload of a field whose key ended at ``pos``."""
     if wire_type == _VARINT:
-        _, end = _read_varint(buffer, pos)
+        _, end = read_varint(buffer, pos)
         return pos, end
     if wire_type == _LEN:
-        length, start = _read_varint(buffer, pos)
+        length, start = read_varint(buffer, pos)
         end = start + length
     elif wire_type == _I64:
         start, end = pos, pos + 8
@@ -105,12 +109,12 @@ def join_images(head: Message, field: int, images: Sequence[ImageParts]) -> byte
     The pixels are copied once, into the returned bytes.
     """
     parts: list[Buffer] = [head.SerializeToString()]
-    key = _varint((field << 3) | _LEN)
+    key = varint((field << 3) | _LEN)
     for image in images:
         meta = image.meta.SerializeToString()
         size = memoryview(image.data).nbytes
-        data_header = bytes([_DATA_KEY]) + _varint(size)
-        parts += [key, _varint(len(meta) + len(data_header) + size), meta, data_header, image.data]
+        data_header = bytes([_DATA_KEY]) + varint(size)
+        parts += [key, varint(len(meta) + len(data_header) + size), meta, data_header, image.data]
     return b"".join(parts)
 
 
@@ -128,7 +132,7 @@ def split_images(cls: type[M], buffer: bytes, field: int) -> tuple[M, list[Image
     try:
         while pos < end:
             key_start = pos
-            key, pos = _read_varint(view, pos)
+            key, pos = read_varint(view, pos)
             number, wire_type = key >> 3, key & 7
             if number == 0:
                 raise WireError("field number 0")
@@ -151,7 +155,7 @@ def _split_image(view: memoryview, start: int, end: int) -> ImageParts:
     pos = start
     while pos < end:
         key_start = pos
-        key, pos = _read_varint(view, pos)
+        key, pos = read_varint(view, pos)
         wire_type = key & 7
         payload_start, pos = _skip(view, pos, wire_type)
         if pos > end:

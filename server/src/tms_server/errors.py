@@ -19,6 +19,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "ServiceError",
+    "Unavailable",
     "Unimplemented",
     "status_errors",
 ]
@@ -54,6 +55,10 @@ class Internal(ServiceError):  # noqa: N818
     code = grpc.StatusCode.INTERNAL
 
 
+class Unavailable(ServiceError):  # noqa: N818
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover
@@ -62,6 +67,9 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 def status_errors(handler: Handler) -> Handler:
     """Run a servicer method; end the call with the status its exception stands for.
 
+    Every answer carries the worker's load (``self.load``) in its trailing metadata; a worker
+    that is draining answers UNAVAILABLE so that clients retry elsewhere.
+
     ServiceError carries its own code (a model's own exceptions arrive as Internal); a
     model's InvalidInput and a malformed image are INVALID_ARGUMENT; anything else is a bug
     in the server: INTERNAL, with the traceback logged here.
@@ -69,8 +77,14 @@ def status_errors(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        load = self.load
+        load.begin()
         try:
-            return handler(self, request, context)
+            if load.draining:
+                raise Unavailable("this worker is shutting down; try another")
+            response = handler(self, request, context)
+            context.set_trailing_metadata(load.trailers())
+            return response
         except ServiceError as exc:
             code, message = exc.code, str(exc)
         except (InvalidInput, ImageError) as exc:
@@ -79,6 +93,9 @@ def status_errors(handler: Handler) -> Handler:
             log.exception("%s failed", handler.__name__)
             code = grpc.StatusCode.INTERNAL
             message = f"internal error in {handler.__name__}: {type(exc).__name__}: {exc}"
+        finally:
+            load.end()
+        context.set_trailing_metadata(load.trailers())
         _abort(context, code, message)
 
     return wrapper  # type: ignore[return-value]

@@ -27,6 +27,7 @@ from tms_client.codec import (
 )
 from tms_client.wire import ImageParts, WireError, join_images, merge_singular, split_images
 from tms_server.errors import Internal, InvalidArgument, Unimplemented, status_errors
+from tms_server.load import WorkerLoad
 from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel, ModelRegistry
 
@@ -67,6 +68,11 @@ class WorkerIdentity:
     worker_index: int
     worker_count: int
     server_version: str
+
+    @property
+    def key(self) -> str:
+        """``<instance id>/<pid>``, as clients key workers."""
+        return f"{self.instance_id}/{os.getpid()}"
 
     def response(self) -> pb.GetWorkerInfoResponse:
         return pb.GetWorkerInfoResponse(
@@ -130,7 +136,15 @@ class ModelServicer:
     ``add_to_server`` registers the methods with the matching (de)serializers.
     """
 
-    def __init__(self, registry: ModelRegistry, identity: WorkerIdentity, *, max_pixels: int):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        identity: WorkerIdentity,
+        *,
+        max_pixels: int,
+        load: WorkerLoad | None = None,
+    ) -> None:
+        self.load = load if load is not None else WorkerLoad(identity.key)
         self._registry = registry
         self._max_pixels = max_pixels
         self._worker_info = identity.response()

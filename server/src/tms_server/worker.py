@@ -9,7 +9,6 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType
 
@@ -20,6 +19,7 @@ from PIL import Image as PILImage
 
 from tms.v1 import model_service_pb2
 from tms_server import __version__
+from tms_server.load import CountingExecutor, WorkerLoad
 from tms_server.registry import ModelRegistry
 from tms_server.servicer import ModelServicer, WorkerIdentity, add_to_server
 from tms_server.settings import Settings
@@ -36,10 +36,13 @@ class RunningServer:
     server: grpc.Server
     health: health.HealthServicer
     registry: ModelRegistry
+    load: WorkerLoad
     port: int
 
     def stop(self, grace: float | None) -> None:
-        """Report NOT_SERVING, then stop; in-flight calls get ``grace`` seconds to finish."""
+        """Drain: report NOT_SERVING and refuse new calls with UNAVAILABLE (clients retry on
+        other workers), then stop; in-flight calls get ``grace`` seconds to finish."""
+        self.load.draining = True
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
 
@@ -62,11 +65,9 @@ def build_server(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="tms-call"),
-        options=options,
-    )
-    servicer = ModelServicer(registry, identity, max_pixels=settings.max_pixels)
+    load = WorkerLoad(identity.key)
+    server = grpc.server(CountingExecutor(load, settings.threads), options=options)
+    servicer = ModelServicer(registry, identity, max_pixels=settings.max_pixels, load=load)
     add_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -86,7 +87,7 @@ def build_server(
         health_servicer.set(name, not_serving)
     health_servicer.set(service_name, serving)
     health_servicer.set("", serving)
-    return RunningServer(server, health_servicer, registry, port)
+    return RunningServer(server, health_servicer, registry, load, port)
 
 
 def run_worker(

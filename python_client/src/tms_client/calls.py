@@ -1,0 +1,241 @@
+"""The client's calls as values: the method, the serialized request, and how to read the reply.
+
+``ModelClient`` and ``AsyncModelClient`` build the same ``Call`` for each API method and only
+differ in how they send it, so request building and response parsing live here once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import numpy.typing as npt
+from google.protobuf import wrappers_pb2
+
+from tms.v1 import image_pb2, model_service_pb2
+from tms_client.codec import color_name, from_json
+from tms_client.images import ImageInput, from_message, to_parts
+from tms_client.wire import join_images, split_images
+
+__all__ = [
+    "HEALTH_CHECK",
+    "Call",
+    "ImageToImageResult",
+    "ModelInfo",
+    "WorkerInfo",
+    "health",
+    "info",
+    "list_models",
+    "method_path",
+    "run_image",
+    "run_image_to_image",
+    "run_images",
+    "run_text",
+    "run_texts",
+]
+
+pb = model_service_pb2
+R = TypeVar("R")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+_CALLS = {
+    pb.MODEL_CALL_RUN_IMAGE: "run_image",
+    pb.MODEL_CALL_RUN_IMAGE_BATCH: "run_images",
+    pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE: "run_image_to_image",
+    pb.MODEL_CALL_RUN_TEXT: "run_text",
+    pb.MODEL_CALL_RUN_TEXT_BATCH: "run_texts",
+}
+# Field numbers of the images in the requests that carry them, and in RunImageToImageResponse.
+_IMAGE_FIELD = pb.RunImageRequest.DESCRIPTOR.fields_by_name["image"].number
+_OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].number
+assert pb.RunImageBatchRequest.DESCRIPTOR.fields_by_name["images"].number == _IMAGE_FIELD
+assert pb.RunImageToImageRequest.DESCRIPTOR.fields_by_name["images"].number == _IMAGE_FIELD
+
+
+def method_path(name: str) -> str:
+    """The gRPC path of a ModelService method."""
+    return f"/{SERVICE.full_name}/{name}"
+
+
+@dataclass(frozen=True)
+class Call(Generic[R]):
+    """One call: ``path`` gets ``request`` (serialized); ``parse`` turns the reply bytes into
+    what the API method returns."""
+
+    path: str
+    request: bytes
+    parse: Callable[[bytes], R]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a server says about a model."""
+
+    name: str
+    description: str
+    input_shape: tuple[int | None, ...] | None  # None for a dimension of any size
+    dtype: str | None
+    color: str | None
+    calls: frozenset[str]  # client method names: run_image, run_images, ...
+    thread_safe: bool
+    output_color: str | None  # colour order of the images run_image_to_image returns
+
+    @classmethod
+    def from_proto(cls, info: model_service_pb2.ModelInfo) -> ModelInfo:
+        dtype = image_pb2.DType.Name(info.input_dtype).removeprefix("D_TYPE_").lower()
+        shape = tuple(None if d < 0 else d for d in info.input_shape)
+        return cls(
+            name=info.name,
+            description=info.description,
+            input_shape=shape or None,
+            dtype=None if dtype == "unspecified" else dtype,
+            color=color_name(info.color_order),
+            calls=frozenset(_CALLS[c] for c in info.calls if c in _CALLS),
+            thread_safe=info.thread_safe,
+            output_color=color_name(info.output_color_order),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker process the client is connected to, and its load."""
+
+    address: str  # where the client found it
+    instance_id: str
+    pid: int
+    index: int
+    count: int  # how many workers its server runs
+    calls: int  # calls this client sent it
+    in_flight: int  # this client's calls on it now
+    reported_in_flight: int | None  # calls running on it, as it last reported
+    reported_queued: int | None  # calls waiting for a thread on it, as it last reported
+
+
+class ImageToImageResult(NamedTuple):
+    """What ``run_image_to_image`` returns: the output images and the model's result."""
+
+    images: list[npt.NDArray[Any]]
+    result: Any
+    #: The colour order of each output image (None when it is not a colour image).
+    colors: list[str | None]
+
+    @property
+    def image(self) -> npt.NDArray[Any]:
+        """The first (usually the only) output image."""
+        return self.images[0]
+
+
+def _args_json(args: Mapping[str, Any] | None) -> str:
+    if not args:
+        return ""
+    if not isinstance(args, Mapping):
+        raise TypeError(f"args must be a mapping (a JSON object), not {type(args).__name__}")
+    return json.dumps(args, separators=(",", ":"))
+
+
+def _result(reply: bytes) -> Any:
+    return from_json(pb.RunImageResponse.FromString(reply).result_json)
+
+
+def run_image(
+    model: str, image: ImageInput, args: Mapping[str, Any] | None, color: str | None
+) -> Call[Any]:
+    head = pb.RunImageRequest(model=model, args_json=_args_json(args))
+    request = join_images(head, _IMAGE_FIELD, [to_parts(image, color=color)])
+    return Call(method_path("RunImage"), request, _result)
+
+
+def _results(reply: bytes) -> list[Any]:
+    return [from_json(text) for text in pb.RunImageBatchResponse.FromString(reply).results_json]
+
+
+def run_images(
+    model: str,
+    images: Sequence[ImageInput],
+    args: Mapping[str, Any] | None,
+    color: str | None,
+) -> Call[list[Any]]:
+    head = pb.RunImageBatchRequest(model=model, args_json=_args_json(args))
+    parts = [to_parts(image, color=color) for image in images]
+    return Call(method_path("RunImageBatch"), join_images(head, _IMAGE_FIELD, parts), _results)
+
+
+def run_image_to_image(
+    model: str,
+    images: ImageInput | Sequence[ImageInput],
+    args: Mapping[str, Any] | None,
+    *,
+    color: str | None,
+    output_color: str | None,
+    png: bool,
+) -> Call[ImageToImageResult]:
+    batch = list(images) if isinstance(images, (list, tuple)) else [images]
+    head = pb.RunImageToImageRequest(
+        model=model,
+        args_json=_args_json(args),
+        output_encoding=image_pb2.ENCODING_PNG if png else image_pb2.ENCODING_RAW,
+    )
+    parts = [to_parts(image, color=color) for image in batch]
+
+    def parse(reply: bytes) -> ImageToImageResult:
+        response, outputs = split_images(pb.RunImageToImageResponse, reply, _OUTPUT_FIELD)
+        colors = [
+            color_name(o.meta.color_order) if output_color is None else output_color
+            for o in outputs
+        ]
+        arrays = [from_message(o, color=output_color) for o in outputs]
+        return ImageToImageResult(arrays, from_json(response.result_json), colors)
+
+    request = join_images(head, _IMAGE_FIELD, parts)
+    return Call(method_path("RunImageToImage"), request, parse)
+
+
+def _text_result(reply: bytes) -> Any:
+    return from_json(pb.RunTextResponse.FromString(reply).result_json)
+
+
+def run_text(model: str, text: str, args: Mapping[str, Any] | None) -> Call[Any]:
+    request = pb.RunTextRequest(model=model, text=text, args_json=_args_json(args))
+    return Call(method_path("RunText"), request.SerializeToString(), _text_result)
+
+
+def _text_results(reply: bytes) -> list[Any]:
+    return [from_json(text) for text in pb.RunTextBatchResponse.FromString(reply).results_json]
+
+
+def run_texts(model: str, texts: Sequence[str], args: Mapping[str, Any] | None) -> Call[list[Any]]:
+    request = pb.RunTextBatchRequest(model=model, texts=list(texts), args_json=_args_json(args))
+    return Call(method_path("RunTextBatch"), request.SerializeToString(), _text_results)
+
+
+def _info(reply: bytes) -> ModelInfo:
+    return ModelInfo.from_proto(pb.GetModelInfoResponse.FromString(reply).info)
+
+
+def info(model: str) -> Call[ModelInfo]:
+    request = pb.GetModelInfoRequest(model=model).SerializeToString()
+    return Call(method_path("GetModelInfo"), request, _info)
+
+
+def _models(reply: bytes) -> list[ModelInfo]:
+    return [ModelInfo.from_proto(m) for m in pb.ListModelsResponse.FromString(reply).models]
+
+
+def list_models() -> Call[list[ModelInfo]]:
+    return Call(method_path("ListModels"), b"", _models)
+
+
+def _health(reply: bytes) -> str:
+    # HealthCheckResponse {enum status = 1} has the wire format of Int32Value; HealthCheckRequest
+    # {string service = 1} that of StringValue. This spares a dependency on grpcio-health-checking.
+    status = wrappers_pb2.Int32Value.FromString(reply).value
+    return _HEALTH[status] if 0 <= status < len(_HEALTH) else "UNKNOWN"
+
+
+def health(service: str) -> Call[str]:
+    request = wrappers_pb2.StringValue(value=service).SerializeToString()
+    return Call(HEALTH_CHECK, request, _health)

@@ -1,0 +1,121 @@
+"""Load reports: what a worker says about itself in the trailing metadata of every response.
+
+Two keys, written by the server and read by the client's pool:
+
+- ``endpoint-load-metrics-bin``: an ORCA load report (``xds.data.orca.v3.OrcaLoadReport``, the
+  format gRPC's own load balancers read) whose ``named_metrics`` hold ``in_flight`` (calls the
+  worker is running, this one included) and ``queued`` (calls waiting for one of its threads).
+- ``tms-worker``: ``<instance id>/<pid>``, which worker answered.
+
+Only the ORCA fields used here are written and read (``named_metrics``, field 8, a
+``map<string, double>``); any other field is skipped, as protobuf would.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tms_client.wire import WireError, read_varint, varint
+
+__all__ = [
+    "ORCA_KEY",
+    "WORKER_KEY",
+    "LoadReport",
+    "decode_orca",
+    "encode_orca",
+    "read_trailers",
+]
+
+ORCA_KEY = "endpoint-load-metrics-bin"
+WORKER_KEY = "tms-worker"
+
+_NAMED_METRICS = 8  # OrcaLoadReport.named_metrics
+_LEN, _I64 = 2, 1
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """A worker's load as it last reported it."""
+
+    in_flight: int
+    queued: int
+    received: float = field(default_factory=time.monotonic, compare=False)
+
+    @property
+    def total(self) -> int:
+        return self.in_flight + self.queued
+
+
+def encode_orca(metrics: dict[str, float]) -> bytes:
+    """An OrcaLoadReport holding ``metrics`` as its named metrics."""
+    out = bytearray()
+    for name, value in metrics.items():
+        key = name.encode()
+        entry = b"\x0a" + varint(len(key)) + key + b"\x11" + struct.pack("<d", value)
+        out += varint((_NAMED_METRICS << 3) | _LEN) + varint(len(entry)) + entry
+    return bytes(out)
+
+
+def decode_orca(data: bytes) -> dict[str, float]:
+    """The named metrics of an OrcaLoadReport."""
+    view = memoryview(data)
+    metrics: dict[str, float] = {}
+    pos = 0
+    while pos < len(view):
+        key, pos = read_varint(view, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == _LEN:
+            length, pos = read_varint(view, pos)
+            end = pos + length
+            if end > len(view):
+                raise WireError("field runs past the end of the load report")
+            if number == _NAMED_METRICS:
+                name, value = _map_entry(view[pos:end])
+                metrics[name] = value
+            pos = end
+        elif wire_type == _I64:
+            pos += 8
+        elif wire_type == 0:
+            _, pos = read_varint(view, pos)
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise WireError(f"unsupported wire type {wire_type}")
+    return metrics
+
+
+def _map_entry(view: memoryview) -> tuple[str, float]:
+    name, value, pos = "", 0.0, 0
+    while pos < len(view):
+        key, pos = read_varint(view, pos)
+        if key == 0x0A:
+            length, pos = read_varint(view, pos)
+            name = bytes(view[pos : pos + length]).decode(errors="replace")
+            pos += length
+        elif key == 0x11:
+            (value,) = struct.unpack_from("<d", view, pos)
+            pos += 8
+        else:
+            raise WireError(f"unexpected field in a named metric: key {key}")
+    return name, value
+
+
+def read_trailers(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> tuple[str | None, LoadReport | None]:
+    """The worker identity and load report in a call's trailing metadata, where present."""
+    identity: str | None = None
+    report: LoadReport | None = None
+    for key, value in metadata or ():
+        if key == WORKER_KEY:
+            identity = value if isinstance(value, str) else value.decode()
+        elif key == ORCA_KEY and isinstance(value, bytes):
+            try:
+                metrics = decode_orca(value)
+            except WireError:
+                continue
+            report = LoadReport(int(metrics.get("in_flight", 0)), int(metrics.get("queued", 0)))
+    return identity, report

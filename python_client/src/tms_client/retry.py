@@ -1,0 +1,139 @@
+"""Retry policy: which failed calls are tried again, how often, and how long to wait between.
+
+A policy is an immutable value; ``with_*`` methods return a changed copy::
+
+    RetryPolicy().with_attempts(10).with_deadline(30)
+    RetryPolicy.never()
+
+Model calls are idempotent (the same input gives the same answer), so a call that failed with
+UNAVAILABLE (the worker or server went away) is safe to send again, to another worker. Only
+the codes a policy names are retried; by default only UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+
+from tms_client.exceptions import CallError, DeadlineExceededError
+
+__all__ = ["Attempts", "RetryPolicy"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How calls are retried.
+
+    ``attempts`` counts the first try; ``deadline`` (seconds) bounds all attempts and the
+    waits between them together (None: only the call's own timeout bounds them). The wait
+    before retry n is ``initial_backoff * multiplier ** (n - 1)``, at most ``max_backoff``,
+    then scaled by a random factor in ``[1 - jitter, 1 + jitter]`` so clients spread out.
+    """
+
+    attempts: int = 5
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    deadline: float | None = None
+    codes: frozenset[grpc.StatusCode] = field(default=frozenset({grpc.StatusCode.UNAVAILABLE}))
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must be >= 0 and the multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError("deadline must be positive")
+
+    @classmethod
+    def never(cls) -> RetryPolicy:
+        """A policy that tries each call once."""
+        return cls(attempts=1)
+
+    def with_attempts(self, attempts: int) -> RetryPolicy:
+        return dataclasses.replace(self, attempts=attempts)
+
+    def with_backoff(
+        self, initial: float, maximum: float, multiplier: float | None = None
+    ) -> RetryPolicy:
+        multiplier = self.multiplier if multiplier is None else multiplier
+        return dataclasses.replace(
+            self, initial_backoff=initial, max_backoff=maximum, multiplier=multiplier
+        )
+
+    def with_jitter(self, jitter: float) -> RetryPolicy:
+        return dataclasses.replace(self, jitter=jitter)
+
+    def with_deadline(self, deadline: float | None) -> RetryPolicy:
+        return dataclasses.replace(self, deadline=deadline)
+
+    def with_codes(self, codes: Iterable[grpc.StatusCode]) -> RetryPolicy:
+        return dataclasses.replace(self, codes=frozenset(codes))
+
+    def retries(self, code: grpc.StatusCode) -> bool:
+        """Whether a call that failed with ``code`` may be tried again."""
+        return code in self.codes
+
+    def backoff(self, retry: int, uniform: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        delay = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return delay * (1 - self.jitter + 2 * self.jitter * uniform())
+
+
+class Attempts:
+    """The attempts of one call under a policy and a timeout; shared by the sync and asyncio
+    clients, which only differ in how they wait."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        timeout: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.number = 0
+        self.tried: set[tuple[str, int]] = set()
+        self._clock = clock
+        now = clock()
+        limits = [t for t in (timeout, policy.deadline) if t is not None]
+        self.deadline = now + min(limits) if limits else None
+
+    def __repr__(self) -> str:
+        return f"<Attempts number={self.number} tried={len(self.tried)}>"
+
+    def remaining(self) -> float | None:
+        """Seconds left for this call (None: no limit)."""
+        return None if self.deadline is None else self.deadline - self._clock()
+
+    def begin(self) -> None:
+        """Start the next attempt; raises DeadlineExceededError when no time is left."""
+        self.number += 1
+        self.timeout()
+
+    def timeout(self) -> float | None:
+        """The timeout for a call sent now: the time left (None: no limit)."""
+        remaining = self.remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceededError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before an attempt"
+            )
+        return remaining
+
+    def delay_after(self, error: CallError) -> float:
+        """After a failed attempt: seconds to wait before the next one; raises ``error`` when
+        the policy does not retry it, attempts are used up or the deadline would pass."""
+        if not self.policy.retries(error.code) or self.number >= self.policy.attempts:
+            raise error
+        delay = self.policy.backoff(self.number)
+        remaining = self.remaining()
+        if remaining is not None and remaining <= delay:
+            raise error
+        return delay

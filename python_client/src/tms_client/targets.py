@@ -1,0 +1,61 @@
+"""Where the servers are: a client target is one address, a list, or a DNS name to expand.
+
+- ``"host:port"``: one server (gRPC resolves the name, as for any channel);
+- ``["10.0.0.1:50051", "10.0.0.2:50051"]``: several servers;
+- ``"dns:///name:port"``: every address the name resolves to, looked up again whenever the
+  pool looks for workers, so servers that join later (a Kubernetes headless service scaling
+  up) are found.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+
+__all__ = ["parse_targets", "resolve"]
+
+_DNS = "dns:///"
+
+
+def parse_targets(target: str | Sequence[str]) -> tuple[str, ...]:
+    """The targets of a client, checked: each ``host:port`` or ``dns:///host:port``."""
+    targets = (target,) if isinstance(target, str) else tuple(target)
+    if not targets:
+        raise ValueError("no target given; expected 'host:port' or a list of them")
+    for item in targets:
+        _split(item.removeprefix(_DNS))
+    return targets
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"target {address!r} is not 'host:port'")
+    return host.strip("[]"), int(port)
+
+
+def _format(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}"
+
+
+def resolve(targets: Sequence[str]) -> list[str]:
+    """The addresses to look for workers at now: ``dns:///`` names expanded, others as given.
+
+    A name that does not resolve contributes nothing this time.
+    """
+    addresses: list[str] = []
+    for target in targets:
+        if not target.startswith(_DNS):
+            addresses.append(target)
+            continue
+        host, port = _split(target.removeprefix(_DNS))
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        for info in infos:
+            address = _format(str(info[4][0]), port)
+            if address not in addresses:
+                addresses.append(address)
+    return addresses

@@ -1,0 +1,140 @@
+"""What the pool knows about workers, kept apart from how it talks to them.
+
+``WorkerSet`` is pure bookkeeping (no I/O, no locks): which workers are known at which
+address, how many each server said it runs, which addresses still lack workers. The sync and
+asyncio pools both drive one, so they find, count and drop workers the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from tms.v1 import model_service_pb2
+from tms_client.calls import WorkerInfo
+from tms_client.load import LoadReport
+
+__all__ = ["Worker", "WorkerSet"]
+
+Key = tuple[str, int]
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker process and the channel connected to it (sync or asyncio)."""
+
+    address: str
+    instance_id: str
+    pid: int
+    index: int
+    count: int
+    channel: Any = field(repr=False)
+    methods: dict[str, Any] = field(default_factory=dict, repr=False)  # callables by path
+    in_flight: int = 0
+    calls: int = 0
+    load: LoadReport | None = None
+
+    @classmethod
+    def from_info(
+        cls, address: str, info: model_service_pb2.GetWorkerInfoResponse, channel: Any
+    ) -> Worker:
+        return cls(
+            address, info.instance_id, info.pid, info.worker_index, info.worker_count, channel
+        )
+
+    @property
+    def key(self) -> Key:
+        """What tells workers apart, across hosts too: (server instance id, pid)."""
+        return (self.instance_id, self.pid)
+
+    @property
+    def identity(self) -> str:
+        """How the worker names itself in trailing metadata."""
+        return f"{self.instance_id}/{self.pid}"
+
+    def info(self) -> WorkerInfo:
+        report = self.load
+        return WorkerInfo(
+            address=self.address,
+            instance_id=self.instance_id,
+            pid=self.pid,
+            index=self.index,
+            count=self.count,
+            calls=self.calls,
+            in_flight=self.in_flight,
+            reported_in_flight=None if report is None else report.in_flight,
+            reported_queued=None if report is None else report.queued,
+        )
+
+
+class WorkerSet:
+    """The known workers, by key, and what each address's server said about itself."""
+
+    def __init__(self) -> None:
+        self._workers: dict[Key, Worker] = {}
+        # address -> (instance id, worker count) of the server last seen there
+        self._servers: dict[str, tuple[str, int]] = {}
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{w.address} pid {w.pid}: {w.in_flight} in flight, {w.calls} calls"
+            for w in self.workers()
+        )
+        return f"<WorkerSet [{shown}]>"
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def workers(self) -> list[Worker]:
+        return sorted(self._workers.values(), key=lambda w: (w.address, w.index, w.pid))
+
+    def add(self, worker: Worker) -> list[Worker]:
+        """Take ``worker`` in; returns the workers to close: ``worker`` itself when it is
+        known already, or the workers of a server that restarted at its address."""
+        if worker.key in self._workers:
+            return [worker]
+        stale: list[Worker] = []
+        seen = self._servers.get(worker.address)
+        if seen is not None and seen[0] != worker.instance_id:
+            stale = [w for w in self._workers.values() if w.address == worker.address]
+            for old in stale:
+                del self._workers[old.key]
+        self._servers[worker.address] = (worker.instance_id, worker.count)
+        self._workers[worker.key] = worker
+        return stale
+
+    def remove(self, worker: Worker) -> bool:
+        """Forget ``worker`` (if this very object is known); whether it was."""
+        if self._workers.get(worker.key) is worker:
+            del self._workers[worker.key]
+            return True
+        return False
+
+    def complete(self, address: str) -> bool:
+        """Whether every worker of the server at ``address`` is known."""
+        seen = self._servers.get(address)
+        if seen is None:
+            return False
+        instance_id, count = seen
+        found = sum(
+            1
+            for w in self._workers.values()
+            if w.address == address and w.instance_id == instance_id
+        )
+        return found >= count
+
+    def missing(self, addresses: Collection[str]) -> list[str]:
+        """The addresses whose server's workers are not all known."""
+        return [address for address in addresses if not self.complete(address)]
+
+    def expected(self, address: str) -> int | None:
+        """How many workers the server at ``address`` said it runs (None: not seen yet)."""
+        seen = self._servers.get(address)
+        return None if seen is None else seen[1]
+
+    def candidates(self, exclude: Collection[Key] = ()) -> list[Worker]:
+        """Workers a call may go to: those not in ``exclude``, or all when that leaves none."""
+        workers = list(self._workers.values())
+        fresh = [w for w in workers if w.key not in exclude] if exclude else workers
+        return fresh or workers

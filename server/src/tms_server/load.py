@@ -1,0 +1,69 @@
+"""The load of one worker process: calls in flight and queued, reported with every response.
+
+Each response carries the report in its trailing metadata (see tms_client.load for the keys),
+so clients can send their next calls to the least loaded worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from tms_client.load import ORCA_KEY, WORKER_KEY, encode_orca
+
+__all__ = ["CountingExecutor", "WorkerLoad"]
+
+
+class WorkerLoad:
+    """Counts a worker's calls; ``draining`` is set when the worker is shutting down."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.in_flight = 0
+        self.queued = 0
+        self.draining = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<WorkerLoad {self.identity} in_flight={self.in_flight} queued={self.queued}>"
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def submitted(self) -> None:
+        with self._lock:
+            self.queued += 1
+
+    def started(self) -> None:
+        with self._lock:
+            self.queued -= 1
+
+    def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Trailing metadata reporting the load now."""
+        report = encode_orca({"in_flight": float(self.in_flight), "queued": float(self.queued)})
+        return ((ORCA_KEY, report), (WORKER_KEY, self.identity))
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The worker's thread pool, counting calls that wait for a thread as queued."""
+
+    def __init__(self, load: WorkerLoad, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="tms-call")
+        self._load = load
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        load = self._load
+
+        def run() -> Any:
+            load.started()
+            return fn(*args, **kwargs)
+
+        load.submitted()
+        return super().submit(run)
