@@ -1,7 +1,17 @@
 """Regenerate every stub from proto/ with ``buf generate``; ``--check`` fails on drift.
 
-Run from anywhere: ``uv run python codegen/generate.py [--check]``. The generator versions
-are pinned in the ``codegen`` dependency group of the root pyproject.toml (uv.lock).
+Run from anywhere: ``uv run python codegen/generate.py [--check]``. One buf template per
+target (``codegen/buf.gen.*.yaml``):
+
+- python: tms.v1 for tms-client (python_client/src/tms/v1)
+- oip: the Open Inference Protocol messages for the server (server/src/tms_server/_gen)
+- go: tms.v1 for the Go client (clients/go/gen)
+- ts: tms.v1 for the TypeScript client (clients/ts/src/gen)
+
+Every generator is pinned: the Python ones in the ``codegen`` dependency group of the root
+pyproject.toml (uv.lock), protoc-gen-go and protoc-gen-go-grpc as tools in clients/go/go.mod
+(built into codegen/.bin), ts-proto in clients/ts/package-lock.json (installed by ``npm ci``).
+So this needs Go and Node.js (with npm) besides uv.
 """
 
 from __future__ import annotations
@@ -13,22 +23,69 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = "codegen/buf.gen.yaml"
-# Folders whose files come from the generator, relative to the root; hand-written files there
-# (package __init__.py, py.typed) are kept.
-GENERATED = [Path("python_client/src/tms/v1")]
+GO_MODULE = ROOT / "clients" / "go"
+TS_PACKAGE = ROOT / "clients" / "ts"
+PLUGIN_BIN = ROOT / "codegen" / ".bin"
+# Hand-written files inside generated folders (package markers), kept and not compared.
 HANDWRITTEN = {"__init__.py", "py.typed"}
 
 
-def _buf_generate(out: Path) -> None:
+@dataclass(frozen=True)
+class Target:
+    """One buf template and the folders (relative to the root) whose files it writes."""
+
+    name: str
+    template: str
+    folders: tuple[Path, ...]
+
+
+TARGETS = (
+    Target("python", "codegen/buf.gen.python.yaml", (Path("python_client/src/tms/v1"),)),
+    Target("oip", "codegen/buf.gen.oip.yaml", (Path("server/src/tms_server/_gen/inference"),)),
+    Target("go", "codegen/buf.gen.go.yaml", (Path("clients/go/gen"),)),
+    Target("ts", "codegen/buf.gen.ts.yaml", (Path("clients/ts/src/gen"),)),
+)
+
+
+def find_go() -> str:
+    """The ``go`` command: $GO, then PATH, then the default install location."""
+    for candidate in (os.environ.get("GO"), shutil.which("go"), "/usr/local/go/bin/go"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise SystemExit("generate.py needs Go (https://go.dev/dl/); set GO=/path/to/go")
+
+
+def find_npm() -> str:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit("generate.py needs Node.js with npm (https://nodejs.org/)")
+    return npm
+
+
+def install_plugins() -> None:
+    """Build the pinned Go plugins and install the pinned npm one, when missing or stale."""
+    env = {**os.environ, "GOBIN": str(PLUGIN_BIN)}
+    # `go install tool` builds the tools listed in go.mod; a no-op when its cache is warm.
+    subprocess.run([find_go(), "install", "tool"], cwd=GO_MODULE, env=env, check=True)
+    lock, installed = TS_PACKAGE / "package-lock.json", TS_PACKAGE / "node_modules/.package-lock.json"
+    if not installed.is_file() or installed.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run(
+            [find_npm(), "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=TS_PACKAGE,
+            check=True,
+        )
+
+
+def _buf_generate(template: str, out: Path) -> None:
     env = dict(os.environ)
-    # The template calls `python`: make it this interpreter, whose environment has the pins.
+    # Templates call `python`: make it this interpreter, whose environment has the pins.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     subprocess.run(
-        ["buf", "generate", "--template", TEMPLATE, "--output", str(out)],
+        ["buf", "generate", "--template", template, "--output", str(out)],
         cwd=ROOT,
         env=env,
         check=True,
@@ -47,26 +104,31 @@ def _generated_files(folder: Path) -> set[str]:
 
 def _drift(fresh_root: Path) -> list[str]:
     problems = []
-    for rel in GENERATED:
-        fresh, committed = fresh_root / rel, ROOT / rel
-        fresh_files, committed_files = _generated_files(fresh), _generated_files(committed)
-        for name in sorted(fresh_files - committed_files):
-            problems.append(f"missing: {rel / name}")
-        for name in sorted(committed_files - fresh_files):
-            problems.append(f"stale: {rel / name}")
-        for name in sorted(fresh_files & committed_files):
-            if not filecmp.cmp(fresh / name, committed / name, shallow=False):
-                problems.append(f"differs: {rel / name}")
+    for target in TARGETS:
+        for rel in target.folders:
+            fresh, committed = fresh_root / rel, ROOT / rel
+            fresh_files, committed_files = _generated_files(fresh), _generated_files(committed)
+            for name in sorted(fresh_files - committed_files):
+                problems.append(f"missing: {rel / name}")
+            for name in sorted(committed_files - fresh_files):
+                problems.append(f"stale: {rel / name}")
+            for name in sorted(fresh_files & committed_files):
+                if not filecmp.cmp(fresh / name, committed / name, shallow=False):
+                    problems.append(f"differs: {rel / name}")
     return problems
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if committed stubs drift")
     args = parser.parse_args()
+    install_plugins()
     with tempfile.TemporaryDirectory() as tmp:
         fresh_root = Path(tmp)
-        _buf_generate(fresh_root)
+        for target in TARGETS:
+            _buf_generate(target.template, fresh_root)
         if args.check:
             problems = _drift(fresh_root)
             if problems:
@@ -75,12 +137,13 @@ def main() -> int:
                 return 1
             print("generated code is up to date")
             return 0
-        for rel in GENERATED:
-            target = ROOT / rel
-            for name in _generated_files(target):
-                (target / name).unlink()
-            shutil.copytree(fresh_root / rel, target, dirs_exist_ok=True)
-            print(f"wrote {rel}")
+        for target in TARGETS:
+            for rel in target.folders:
+                folder = ROOT / rel
+                for name in _generated_files(folder):
+                    (folder / name).unlink()
+                shutil.copytree(fresh_root / rel, folder, dirs_exist_ok=True)
+                print(f"wrote {rel}")
     return 0
 
 

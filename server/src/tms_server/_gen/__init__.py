@@ -1,0 +1,1 @@
+"""Generated code (codegen/generate.py); do not edit."""
