@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from PIL import Image as PILImage
 
 from tms.v1 import model_service_pb2
-from tms_server import __version__
+from tms_server import __version__, oip
 from tms_server.load import CountingExecutor, WorkerLoad
 from tms_server.registry import ModelRegistry
 from tms_server.servicer import ModelServicer, WorkerIdentity, add_to_server
@@ -69,11 +69,12 @@ def build_server(
     server = grpc.server(CountingExecutor(load, settings.threads), options=options)
     servicer = ModelServicer(registry, identity, max_pixels=settings.max_pixels, load=load)
     add_to_server(servicer, server)
+    oip.add_to_server(oip.InferenceServicer(servicer, registry), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
     reflection.enable_server_reflection(
-        [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [service_name, oip.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(address or f"{settings.host}:{settings.port}")
     server.start()
@@ -86,6 +87,7 @@ def build_server(
     for name in registry.failed:
         health_servicer.set(name, not_serving)
     health_servicer.set(service_name, serving)
+    health_servicer.set(oip.SERVICE_NAME, serving)
     health_servicer.set("", serving)
     return RunningServer(server, health_servicer, registry, load, port)
 
