@@ -1,0 +1,131 @@
+package tmsclient
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+
+	tmsv1 "tms/clients/go/gen/tms/v1"
+)
+
+// Image is an image as TMS carries it: raw pixels described by dtype, shape and colour order,
+// or a PNG/JPEG file.
+type Image struct {
+	// Data holds the pixels (C order, little-endian) or the encoded file.
+	Data []byte
+	// Shape is (height, width) or (height, width, channels) for raw pixels.
+	Shape []int64
+	// DType is the element type of raw pixels.
+	DType tmsv1.DType
+	// Color says what the channels mean; the server converts to the model's colour order.
+	Color tmsv1.ColorOrder
+	// Encoding says whether Data is raw pixels or a PNG/JPEG file.
+	Encoding tmsv1.Encoding
+}
+
+// EncodedImage is a PNG or JPEG file sent as it is; the server decodes it.
+func EncodedImage(file []byte) (Image, error) {
+	switch {
+	case bytes.HasPrefix(file, []byte("\x89PNG\r\n\x1a\n")):
+		return Image{Data: file, Encoding: tmsv1.Encoding_ENCODING_PNG}, nil
+	case bytes.HasPrefix(file, []byte{0xff, 0xd8}):
+		return Image{Data: file, Encoding: tmsv1.Encoding_ENCODING_JPEG}, nil
+	}
+	return Image{}, errors.New("tms: bytes are neither a PNG nor a JPEG file")
+}
+
+// FromImage converts a Go image to raw 8-bit pixels: GRAY for *image.Gray, RGB for opaque
+// images, RGBA (not premultiplied) otherwise.
+func FromImage(img image.Image) Image {
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	if g, ok := img.(*image.Gray); ok {
+		pix := make([]byte, 0, w*h)
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			start := g.PixOffset(b.Min.X, y)
+			pix = append(pix, g.Pix[start:start+w]...)
+		}
+		return raw(pix, []int64{int64(h), int64(w)}, tmsv1.ColorOrder_COLOR_ORDER_GRAY)
+	}
+	rgba := make([]byte, 0, w*h*4)
+	opaque := true
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			c := color.NRGBAModel.Convert(img.At(x, y)).(color.NRGBA)
+			rgba = append(rgba, c.R, c.G, c.B, c.A)
+			opaque = opaque && c.A == 0xff
+		}
+	}
+	if !opaque {
+		return raw(rgba, []int64{int64(h), int64(w), 4}, tmsv1.ColorOrder_COLOR_ORDER_RGBA)
+	}
+	rgb := make([]byte, 0, w*h*3)
+	for i := 0; i < len(rgba); i += 4 {
+		rgb = append(rgb, rgba[i:i+3]...)
+	}
+	return raw(rgb, []int64{int64(h), int64(w), 3}, tmsv1.ColorOrder_COLOR_ORDER_RGB)
+}
+
+func raw(pix []byte, shape []int64, order tmsv1.ColorOrder) Image {
+	return Image{
+		Data: pix, Shape: shape, DType: tmsv1.DType_D_TYPE_UINT8, Color: order,
+		Encoding: tmsv1.Encoding_ENCODING_RAW,
+	}
+}
+
+// ToImage converts raw 8-bit GRAY, RGB, BGR, RGBA or BGRA pixels to a Go image.
+func (im Image) ToImage() (image.Image, error) {
+	if im.Encoding != tmsv1.Encoding_ENCODING_RAW || im.DType != tmsv1.DType_D_TYPE_UINT8 {
+		return nil, fmt.Errorf("tms: only raw uint8 pixels convert to image.Image, not %v %v", im.Encoding, im.DType)
+	}
+	if len(im.Shape) < 2 || len(im.Shape) > 3 {
+		return nil, fmt.Errorf("tms: shape %v is not (H, W) or (H, W, C)", im.Shape)
+	}
+	h, w, channels := int(im.Shape[0]), int(im.Shape[1]), 1
+	if len(im.Shape) == 3 {
+		channels = int(im.Shape[2])
+	}
+	if len(im.Data) != h*w*channels {
+		return nil, fmt.Errorf("tms: %d bytes do not fill shape %v", len(im.Data), im.Shape)
+	}
+	rect := image.Rect(0, 0, w, h)
+	if channels == 1 {
+		return &image.Gray{Pix: im.Data, Stride: w, Rect: rect}, nil
+	}
+	r, g, b, a := 0, 1, 2, -1
+	switch {
+	case im.Color == tmsv1.ColorOrder_COLOR_ORDER_RGB && channels == 3:
+	case im.Color == tmsv1.ColorOrder_COLOR_ORDER_BGR && channels == 3:
+		r, b = 2, 0
+	case im.Color == tmsv1.ColorOrder_COLOR_ORDER_RGBA && channels == 4:
+		a = 3
+	case im.Color == tmsv1.ColorOrder_COLOR_ORDER_BGRA && channels == 4:
+		r, b, a = 2, 0, 3
+	default:
+		return nil, fmt.Errorf("tms: %d channels of %v are not an image.Image", channels, im.Color)
+	}
+	out := image.NewNRGBA(rect)
+	for i, o := 0, 0; i < len(im.Data); i, o = i+channels, o+4 {
+		px := im.Data[i : i+channels]
+		out.Pix[o], out.Pix[o+1], out.Pix[o+2], out.Pix[o+3] = px[r], px[g], px[b], 0xff
+		if a >= 0 {
+			out.Pix[o+3] = px[a]
+		}
+	}
+	return out, nil
+}
+
+func (im Image) message() *tmsv1.Image {
+	return &tmsv1.Image{
+		Data: im.Data, Shape: im.Shape, Dtype: im.DType, ColorOrder: im.Color, Encoding: im.Encoding,
+	}
+}
+
+func imageOf(m *tmsv1.Image) Image {
+	return Image{
+		Data: m.GetData(), Shape: m.GetShape(), DType: m.GetDtype(), Color: m.GetColorOrder(),
+		Encoding: m.GetEncoding(),
+	}
+}
