@@ -71,7 +71,8 @@ def install_plugins() -> None:
     env = {**os.environ, "GOBIN": str(PLUGIN_BIN)}
     # `go install tool` builds the tools listed in go.mod; a no-op when its cache is warm.
     subprocess.run([find_go(), "install", "tool"], cwd=GO_MODULE, env=env, check=True)
-    lock, installed = TS_PACKAGE / "package-lock.json", TS_PACKAGE / "node_modules/.package-lock.json"
+    lock = TS_PACKAGE / "package-lock.json"
+    installed = TS_PACKAGE / "node_modules" / ".package-lock.json"
     if not installed.is_file() or installed.stat().st_mtime < lock.stat().st_mtime:
         subprocess.run(
             [find_npm(), "ci", "--no-audit", "--no-fund", "--loglevel=error"],
