@@ -10,6 +10,7 @@ run ruff format --check .
 run ruff check .
 run mypy
 run buf lint
+run buf breaking --against '.git#branch=main'  # FILE rules (buf.yaml) vs. the main branch
 run buf format --exit-code --diff
 run python codegen/generate.py --check
 run pytest "$@"
