@@ -193,6 +193,22 @@ def test_infer_image_to_image_returns_the_tensor(inference, example_server, astr
     assert list(stacked.shape) == [2, 512, 512]
 
 
+def test_infer_image_to_image_of_several_frames(inference, example_server, astronaut_bgr):
+    """A batch is the model's list of images: optical_flow's two frames, one flow field out."""
+    gray = np.ascontiguousarray(astronaut_bgr[:256, :256, 1])
+    frames = [gray, np.roll(gray, 3, axis=1)]
+    with ModelClient("optical_flow", example_server.target) as flow:
+        expected = flow.run_image_to_image(frames)
+    batch = np.stack(frames)[..., None]
+    response = inference.infer("optical_flow", image_tensor(batch), batch.tobytes())
+    image, result = response.outputs
+    assert (image.datatype, list(image.shape)) == ("FP32", [1, 256, 256, 2])
+    assert result.name == "RESULT"
+    flow_field = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(256, 256, 2)
+    np.testing.assert_array_equal(flow_field, expected.image)
+    assert json.loads(bytes_elements(response.raw_output_contents[1])[0]) == expected.result
+
+
 def test_infer_text(inference):
     tensor = Tensor(name="TEXT", datatype="BYTES", shape=[2])
     tensor.contents.bytes_contents.extend([b"one two two", "héllo".encode()])
