@@ -35,22 +35,16 @@ def find_npm() -> str:
     return npm
 
 
-def run(command: list[str], *, cwd: Path, timeout: float, **kwargs: object) -> str:
+def run(command: list[str], *, cwd: Path, timeout: float) -> str:
     """Run a build step; on failure raise with its output, so the test report shows why."""
     result = subprocess.run(
-        command,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kwargs,  # type: ignore[call-overload]
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
         )
-    return str(result.stdout)
+    return result.stdout
 
 
 def build_go_client(out_dir: Path) -> Path:
