@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from tms_client import Balancer, RandomBalancer, RoundRobin
+from tms_client.load import LoadReport
 
 W = TypeVar("W")
 WORKERS = ["w0", "w1", "w2", "w3"]
@@ -93,9 +95,20 @@ class LastWorker:
         return workers[-1]
 
 
+@dataclass
+class NamedWorker:
+    """What the pool hands a balancer, reduced to a name."""
+
+    name: str
+    in_flight: int = 0
+    load: LoadReport | None = None
+    latency: float = 0.0
+
+
 def spread(balancer: Balancer, workers: Sequence[str], calls: int) -> Counter[str]:
     """Route ``calls`` calls through any Balancer, as the client does."""
-    return Counter(balancer.pick(workers) for _ in range(calls))
+    named = [NamedWorker(name) for name in workers]
+    return Counter(balancer.pick(named).name for _ in range(calls))
 
 
 def test_any_object_with_pick_is_a_balancer() -> None:

@@ -7,6 +7,7 @@ calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you.
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from tms_client.aio import AsyncModelClient
 from tms_client.balancers import Balancer, LeastLoaded, RandomBalancer, RoundRobin
 from tms_client.calls import ImageToImageResult, ModelInfo, WorkerInfo
 from tms_client.client import ModelClient
@@ -29,6 +30,7 @@ from tms_client.exceptions import (
 from tms_client.retry import RetryPolicy
 
 __all__ = [
+    "AsyncModelClient",
     "Balancer",
     "CallError",
     "ConnectError",

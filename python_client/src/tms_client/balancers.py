@@ -27,8 +27,12 @@ class LoadedWorker(Protocol):
     @property
     def load(self) -> LoadReport | None: ...
 
+    @property
+    def latency(self) -> float: ...
+
 
 W = TypeVar("W", bound=LoadedWorker)
+T = TypeVar("T")  # RoundRobin and RandomBalancer can pick from anything
 
 
 class Balancer(Protocol):
@@ -46,7 +50,7 @@ class RoundRobin:
     def __repr__(self) -> str:
         return "RoundRobin()"
 
-    def pick(self, workers: Sequence[W]) -> W:
+    def pick(self, workers: Sequence[T]) -> T:
         # next() on itertools.count is atomic under the GIL, so threads share it safely.
         return workers[next(self._counter) % len(workers)]
 
@@ -60,7 +64,7 @@ class RandomBalancer:
     def __repr__(self) -> str:
         return "RandomBalancer()"
 
-    def pick(self, workers: Sequence[W]) -> W:
+    def pick(self, workers: Sequence[T]) -> T:
         return self._random.choice(workers)
 
 
@@ -70,8 +74,10 @@ class LeastLoaded:
     A worker's load is the larger of this client's calls in flight on it and the calls in
     flight and queued that the worker last reported (reports older than ``max_report_age``
     seconds are ignored): the first is exact for this client, the second also sees other
-    clients. Sampling two instead of taking the minimum keeps many clients from all piling
-    onto the same idle worker.
+    clients. The load is weighed by the worker's recent latency (a moving average that jumps
+    up at once and decays over a second), so one slow call on a worker steers the next calls
+    away from it before a queue builds behind it. Sampling two workers instead of taking the
+    least loaded keeps many clients from all piling onto the same idle worker.
     """
 
     def __init__(self, seed: int | None = None, *, max_report_age: float = 1.0) -> None:
@@ -81,11 +87,13 @@ class LeastLoaded:
     def __repr__(self) -> str:
         return f"LeastLoaded(max_report_age={self.max_report_age})"
 
-    def score(self, worker: LoadedWorker, now: float) -> int:
+    def score(self, worker: LoadedWorker, now: float) -> float:
+        """Expected cost of one more call on ``worker``: (calls ahead + 1) x latency."""
+        calls = worker.in_flight
         report = worker.load
-        if report is None or now - report.received > self.max_report_age:
-            return worker.in_flight
-        return max(worker.in_flight, report.total)
+        if report is not None and now - report.received <= self.max_report_age:
+            calls = max(calls, report.total)
+        return (calls + 1) * worker.latency
 
     def pick(self, workers: Sequence[W]) -> W:
         if len(workers) == 1:

@@ -33,7 +33,7 @@ from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import parse_targets, resolve
 from tms_client.workers import Worker, WorkerSet
 
-__all__ = ["PoolOptions", "WorkerPool"]
+__all__ = ["Metadata", "PoolOptions", "WorkerPool"]
 
 log = logging.getLogger("tms_client")
 
@@ -72,11 +72,16 @@ class PoolOptions:
             ("grpc.enable_retries", 0),
         ]
 
+    def heal_interval(self, complete: bool) -> float:
+        """Seconds until the next round of looking for workers: soon while some are missing
+        (a restarted worker is usually back within a second), else ``refresh_interval``."""
+        return self.refresh_interval if complete else min(self.refresh_interval, 0.25)
+
     def attempts_for(self, expected: int) -> int:
         """How many connections to open at an address to find ``expected`` workers."""
         if self.discovery_attempts is not None:
             return self.discovery_attempts
-        return 10 * expected + 10
+        return 4 * expected + 4
 
 
 class WorkerPool:
@@ -101,8 +106,9 @@ class WorkerPool:
         """Wait for the servers (up to the connect timeout), find their workers, and start
         healing in the background. Raises ConnectError when no server answers."""
         addresses = resolve(self.options.targets)
+        timeout = self.options.connect_timeout
         with ThreadPoolExecutor(max(1, len(addresses))) as executor:
-            list(executor.map(lambda a: self._discover(a, self.options.connect_timeout), addresses))
+            list(executor.map(lambda a: self._discover(a, timeout, wait=True), addresses))
         if not len(self._set):
             raise ConnectError(
                 f"no TMS server answered at {', '.join(self.options.targets)} "
@@ -130,10 +136,14 @@ class WorkerPool:
             return None
         return Worker.from_info(address, info, channel)
 
-    def _discover(self, address: str, timeout: float) -> None:
-        """Open connections to ``address`` until every worker of its server is known."""
+    def _discover(self, address: str, timeout: float, *, wait: bool = False) -> None:
+        """Open connections to ``address`` until every worker of its server is known.
+
+        With ``wait`` the first connection waits up to ``timeout`` for a server that is
+        starting; otherwise an address where nothing listens is given up at once (the
+        retry policy, or the next round of healing, tries again later).
+        """
         opened = 0
-        wait = True  # the first connection may wait for a server that is starting
         while opened < self.options.attempts_for(self._set.expected(address) or 1):
             with self._lock:
                 if self._set.complete(address) or self._closed.is_set():
@@ -146,8 +156,8 @@ class WorkerPool:
             with self._lock:
                 closing = self._set.add(worker)
             for old in closing:
-                old.channel.close()
-        log.warning("found only some workers at %s after %d connections", address, opened)
+                self._retire(old)
+        log.debug("found only some workers at %s after %d connections", address, opened)
 
     def discover(self, timeout: float | None = None) -> None:
         """Look for missing workers at every address now (one caller at a time)."""
@@ -160,7 +170,9 @@ class WorkerPool:
 
     def _heal(self) -> None:
         while not self._closed.is_set():
-            self._wake.wait(self.options.refresh_interval)
+            with self._lock:
+                complete = not self._set.missing(resolve(self.options.targets))
+            self._wake.wait(self.options.heal_interval(complete))
             self._wake.clear()
             if self._closed.is_set():
                 return
@@ -170,34 +182,49 @@ class WorkerPool:
                 log.exception("worker discovery failed")
 
     def _drop(self, worker: Worker, reason: str) -> None:
+        """Forget ``worker`` and look for its successor."""
         with self._lock:
             dropped = self._set.remove(worker)
         if dropped:
             log.info("dropping worker pid %s at %s: %s", worker.pid, worker.address, reason)
-            worker.channel.close()
             self._wake.set()
+        self._retire(worker)
+
+    def _retire(self, worker: Worker) -> None:
+        """Close the channel of a worker no longer in the set once its calls have ended."""
+        with self._lock:
+            worker.retired = True
+            idle = worker.in_flight == 0
+        if idle:
+            worker.channel.close()
 
     # -- calls --------------------------------------------------------------------------------
 
     def _pick(self, attempts: Attempts) -> Worker:
         """A worker for the next attempt (one not tried yet if possible), its count raised."""
-        with self._lock:
-            candidates = self._set.candidates(attempts.tried)
-        if not candidates:
+        worker = self._take(attempts)
+        if worker is None:
             self.discover(attempts.remaining())
-            with self._lock:
-                candidates = self._set.candidates(attempts.tried)
-            if not candidates:
+            worker = self._take(attempts)
+            if worker is None:
                 raise UnavailableError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"no TMS worker reachable at {', '.join(self.options.targets)}",
                 )
+        attempts.tried.add(worker.key)
+        return worker
+
+    def _take(self, attempts: Attempts) -> Worker | None:
+        # One lock for choosing and counting, so a worker cannot be dropped (and its channel
+        # closed) between the two.
         with self._lock:
+            candidates = self._set.candidates(attempts.tried)
+            if not candidates:
+                return None
             worker = self.options.balancer.pick(candidates)
             worker.in_flight += 1
             worker.calls += 1
-        attempts.tried.add(worker.key)
-        return worker
+            return worker
 
     def _observe(self, worker: Worker, trailers: Any) -> None:
         identity, report = read_trailers(trailers)
@@ -210,12 +237,15 @@ class WorkerPool:
     def _attempt(
         self, worker: Worker, path: str, request: bytes, attempts: Attempts, metadata: Metadata
     ) -> bytes:
+        started = time.monotonic()
         try:
             call = worker.methods.get(path)
             if call is None:
                 call = worker.methods.setdefault(path, worker.channel.unary_unary(path))
             reply, outcome = call.with_call(request, timeout=attempts.timeout(), metadata=metadata)
+            worker.record_latency(time.monotonic() - started, time.monotonic())
         except grpc.RpcError as exc:
+            worker.record_latency(time.monotonic() - started, time.monotonic())
             trailers = getattr(exc, "trailing_metadata", None)
             self._observe(worker, trailers() if callable(trailers) else None)
             error = from_rpc_error(exc)
@@ -225,6 +255,9 @@ class WorkerPool:
         finally:
             with self._lock:
                 worker.in_flight -= 1
+                idle = worker.retired and worker.in_flight == 0
+            if idle:
+                worker.channel.close()
         self._observe(worker, outcome.trailing_metadata())
         return bytes(reply)
 

@@ -6,8 +6,10 @@ A policy is an immutable value; ``with_*`` methods return a changed copy::
     RetryPolicy.never()
 
 Model calls are idempotent (the same input gives the same answer), so a call that failed with
-UNAVAILABLE (the worker or server went away) is safe to send again, to another worker. Only
-the codes a policy names are retried; by default only UNAVAILABLE.
+UNAVAILABLE (the worker or server went away) is safe to send again, to another worker. So is
+one that failed with CANCELLED: the client never cancels a call itself, so that code means the
+server gave the call up (a stopping server cancels the calls it has not started). Only the
+codes a policy names are retried; by default these two.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.5
     deadline: float | None = None
-    codes: frozenset[grpc.StatusCode] = field(default=frozenset({grpc.StatusCode.UNAVAILABLE}))
+    codes: frozenset[grpc.StatusCode] = field(
+        default=frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+    )
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

@@ -7,6 +7,7 @@ asyncio pools both drive one, so they find, count and drop workers the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,19 @@ class Worker:
     in_flight: int = 0
     calls: int = 0
     load: LoadReport | None = None
+    latency: float = 0.0  # peak-sensitive moving average of call latency, seconds
+    latency_at: float = 0.0  # when ``latency`` was last updated (time.monotonic)
+    retired: bool = False  # dropped from the pool; its channel closes when its calls end
+
+    def record_latency(self, seconds: float, now: float, decay: float = 1.0) -> None:
+        """Fold one call's latency in: a slower call counts at once, faster ones pull the
+        average down with time constant ``decay`` seconds (Finagle's "peak EWMA")."""
+        if seconds >= self.latency:
+            self.latency = seconds
+        else:
+            weight = 1.0 - math.exp(-(now - self.latency_at) / decay)
+            self.latency += (seconds - self.latency) * weight
+        self.latency_at = now
 
     @classmethod
     def from_info(

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -29,8 +30,10 @@ __all__ = ["Supervisor"]
 log = logging.getLogger("tms_server")
 
 _READY_TIMEOUT = 600.0  # loading models can take a while
-_BACKOFF_MAX = 30.0
-_HEALTHY_AFTER = 30.0  # a worker that lived this long resets its restart backoff
+_BACKOFF_MAX = 10.0
+# A worker that loaded its models and then served this long is replaced at once when it dies;
+# one that dies sooner (a crash while loading, say) is replaced after a growing delay.
+_HEALTHY_AFTER = 1.0
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -46,6 +49,7 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 class _Slot:
     process: BaseProcess | None = None
     started: float = 0.0
+    ready_at: float | None = None  # when the current process reported ready
     failures: int = 0
     restart_at: float = 0.0
 
@@ -72,12 +76,14 @@ class Supervisor:
             # The supervisor's handlers came along with fork; the worker installs its own.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            run_worker(self.settings, index, self.instance_id, lambda: ready.put(index))
+            run_worker(
+                self.settings, index, self.instance_id, lambda: ready.put((index, os.getpid()))
+            )
 
         process = self._context.Process(target=body, name=f"tms-worker-{index}", daemon=False)
         process.start()
-        self._slots[index].process = process
-        self._slots[index].started = time.monotonic()
+        slot = self._slots[index]
+        slot.process, slot.started, slot.ready_at = process, time.monotonic(), None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if not self._stop.is_set():
@@ -102,36 +108,53 @@ class Supervisor:
                 f"with {len(self._slots)} worker(s)",
                 flush=True,
             )
-            while not self._stop.wait(0.2):
+            while not self._stop.wait(0.1):
                 self._reap()
             self._shutdown()
         return 0
 
+    def _collect_ready(self, timeout: float) -> None:
+        """Note which workers reported ready (waiting up to ``timeout`` for the first)."""
+        block = True
+        while True:
+            try:
+                index, pid = self._ready.get(block, timeout)
+            except queue.Empty:
+                return
+            slot = self._slots[index]
+            if slot.process is not None and slot.process.pid == pid:
+                slot.ready_at = time.monotonic()
+            block = False
+
     def _wait_ready(self) -> bool:
-        pending = set(range(len(self._slots)))
         deadline = time.monotonic() + _READY_TIMEOUT
-        while pending and not self._stop.is_set():
-            with contextlib.suppress(Exception):
-                pending.discard(self._ready.get(timeout=0.2))
-            for index in list(pending):
-                process = self._slots[index].process
-                if process is not None and process.exitcode is not None:
-                    log.error("worker %d exited with %s while starting", index, process.exitcode)
+        while not self._stop.is_set():
+            self._collect_ready(0.2)
+            if all(slot.ready_at is not None for slot in self._slots):
+                return True
+            for index, slot in enumerate(self._slots):
+                if slot.process is not None and slot.process.exitcode is not None:
+                    log.error(
+                        "worker %d exited with %s while starting", index, slot.process.exitcode
+                    )
                     return False
             if time.monotonic() > deadline:
-                log.error("workers %s not ready after %.0fs", sorted(pending), _READY_TIMEOUT)
+                pending = [i for i, slot in enumerate(self._slots) if slot.ready_at is None]
+                log.error("workers %s not ready after %.0fs", pending, _READY_TIMEOUT)
                 return False
-        return not pending
+        return False
 
     def _reap(self) -> None:
-        """Replace workers that died, waiting longer after each quick death."""
+        """Replace workers that died: at once if they had served a while, otherwise after a
+        delay that doubles with each quick death."""
+        self._collect_ready(0.0)
         now = time.monotonic()
         for index, slot in enumerate(self._slots):
             if slot.process is None or slot.process.exitcode is None:
                 continue
             if slot.restart_at == 0.0:
-                lived = now - slot.started
-                slot.failures = 0 if lived > _HEALTHY_AFTER else slot.failures + 1
+                healthy = slot.ready_at is not None and now - slot.ready_at >= _HEALTHY_AFTER
+                slot.failures = 0 if healthy else slot.failures + 1
                 delay = min(_BACKOFF_MAX, 0.1 * 2 ** (slot.failures - 1)) if slot.failures else 0.0
                 log.error(
                     "worker %d (pid %s) died: %s; restarting in %.1fs",
