@@ -427,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = table(cells)
     print(result)
     if args.out is not None:
+        # Keep the sections other benchmarks wrote into the same file (bench_skew.py).
+        previous = args.out.read_text() if args.out.exists() else ""
+        others = previous[previous.find("\n## ") :] if "\n## " in previous else ""
         args.out.write_text(
             "# bench_mean: TMS RunImage on `mean` vs raw grpcio\n\n"
             f"Command: `{command.strip()}`\n\n"
@@ -438,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f"\n\nTargets: {TARGETS}.\n\n"
             "Latency is per call as the client sees it; MB/s counts the image pixels sent.\n\n"
             + result
+            + ("\n" + others if others else "\n")
         )
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
