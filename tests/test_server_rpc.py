@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.support import write_models
+from tests.support import start_in_process, write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client import (
     InvalidInputError,
@@ -473,3 +474,38 @@ def test_malformed_request_bytes_are_invalid_argument(server, payload):
             assert details.startswith("malformed Run")
     with client(server, "probe") as c:
         assert c.run_image(np.zeros((2, 2, 3), np.uint8))["shape"] == [2, 2, 3]
+
+
+def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(tmp_path):
+    source = """
+        import time
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):
+                time.sleep(args.get("sleep", 0))
+                return "done"
+    """
+    server = start_in_process(write_models(tmp_path, {"slow": source}))
+    outcome: dict[str, object] = {}
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        request = pb.RunImageRequest(model="slow", image=raw(), args_json='{"sleep": 1.0}')
+        slow = threading.Thread(target=lambda: outcome.update(reply=stub.RunImage(request)))
+        slow.start()
+        time.sleep(0.3)
+        server.running.load.draining = True  # what stop() does first
+        server.running.health.enter_graceful_shutdown()
+        status = health.Check(health_pb2.HealthCheckRequest(service="slow")).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        quick = pb.RunImageRequest(model="slow", image=raw())
+        details = expect_status(grpc.StatusCode.UNAVAILABLE, stub.RunImage, quick)
+        assert "shutting down" in details
+        stopper = threading.Thread(target=server.running.stop, args=(5,))
+        stopper.start()
+        slow.join(5)
+        stopper.join(10)
+    assert json.loads(outcome["reply"].result_json) == "done"
