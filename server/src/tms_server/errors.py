@@ -18,6 +18,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "ServiceError",
     "Unavailable",
     "Unimplemented",
@@ -57,6 +58,10 @@ class Internal(ServiceError):  # noqa: N818
 
 class Unavailable(ServiceError):  # noqa: N818
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class PermissionDenied(ServiceError):  # noqa: N818
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

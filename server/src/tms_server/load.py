@@ -7,6 +7,7 @@ so clients can send their next calls to the least loaded worker.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -17,14 +18,20 @@ __all__ = ["CountingExecutor", "WorkerLoad"]
 
 
 class WorkerLoad:
-    """Counts a worker's calls; ``draining`` is set when the worker is shutting down."""
+    """Counts a worker's calls; ``draining`` is set when the worker is shutting down.
+
+    It also notes when each call in flight began (by thread), so the worker's monitor can
+    tell a call that has run past the call time limit.
+    """
 
     def __init__(self, identity: str) -> None:
         self.identity = identity
         self.in_flight = 0
         self.queued = 0
+        self.answered = 0
         self.draining = False
         self._lock = threading.Lock()
+        self._began: dict[int, float] = {}
 
     def __repr__(self) -> str:
         return f"<WorkerLoad {self.identity} in_flight={self.in_flight} queued={self.queued}>"
@@ -32,10 +39,19 @@ class WorkerLoad:
     def begin(self) -> None:
         with self._lock:
             self.in_flight += 1
+            self._began[threading.get_ident()] = time.monotonic()
 
     def end(self) -> None:
         with self._lock:
             self.in_flight -= 1
+            self.answered += 1
+            self._began.pop(threading.get_ident(), None)
+
+    def longest_call(self) -> float:
+        """Seconds the oldest call in flight has been running (0 with none)."""
+        with self._lock:
+            oldest = min(self._began.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def submitted(self) -> None:
         with self._lock:

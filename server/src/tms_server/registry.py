@@ -174,9 +174,18 @@ def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any
 class ModelRegistry:
     """The models of one worker process, by name, and the ones that failed to load."""
 
-    def __init__(self, models: dict[str, LoadedModel], failed: dict[str, str]) -> None:
+    def __init__(
+        self,
+        models: dict[str, LoadedModel],
+        failed: dict[str, str],
+        *,
+        folder: Path | None = None,
+        entry_points: bool = False,
+    ) -> None:
         self.models = dict(sorted(models.items()))
         self.failed = dict(sorted(failed.items()))
+        self._folder = folder
+        self._entry_points = entry_points
 
     def __repr__(self) -> str:
         return f"<ModelRegistry models={list(self.models)} failed={list(self.failed)}>"
@@ -197,7 +206,38 @@ class ModelRegistry:
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 continue
             log.info("loaded model %r in %.2fs", name, time.perf_counter() - started)
-        return cls(models, failed)
+        return cls(models, failed, folder=folder, entry_points=entry_points)
+
+    def source(self, name: str) -> Any:
+        """The loader of model ``name``'s class: INVALID_ARGUMENT for a name that cannot be
+        a model's, NOT_FOUND when neither the models folder nor an entry point has it."""
+        if not NAME_PATTERN.fullmatch(name):
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise InvalidArgument(f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -")
+        load_class = dict(_sources(self._folder, self._entry_points)).get(name)
+        if load_class is None:
+            raise NotFound(f"no model named {name!r} in the models folder or entry points")
+        return load_class
+
+    def reload(self, name: str) -> LoadedModel:
+        """Load model ``name`` again from its folder (its modules imported afresh) or entry
+        point, and serve the new instance from now on; calls in flight keep the old one.
+
+        Raises NotFound when no source has that name, and whatever loading raised when it
+        fails; then the model being served, if any, stays.
+        """
+        load_class = self.source(name)
+        prefix = f"{_PACKAGE}.{name}"
+        for module in [m for m in sys.modules if m == prefix or m.startswith(prefix + ".")]:
+            del sys.modules[module]
+        importlib.invalidate_caches()
+        started = time.perf_counter()
+        model = describe(name, load_class()())
+        # Swap whole dicts: readers (other threads) see the old or the new, never a mix.
+        self.models = dict(sorted({**self.models, name: model}.items()))
+        self.failed = {k: v for k, v in self.failed.items() if k != name}
+        log.info("reloaded model %r in %.2fs", name, time.perf_counter() - started)
+        return model
 
     def get(self, name: str) -> LoadedModel:
         """The model called ``name``, or the error a caller asking for it should get."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from tms_client.codec import (
 )
 from tms_client.wire import ImageParts, WireError, join_images, merge_singular, split_images
 from tms_server.errors import Internal, InvalidArgument, Unimplemented, status_errors
+from tms_server.limits import parse_args
 from tms_server.load import WorkerLoad
 from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel, ModelRegistry
@@ -86,15 +86,8 @@ class WorkerIdentity:
 
 
 def _args(text: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        args = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidArgument(f"args_json is not valid JSON: {exc}") from None
-    if not isinstance(args, dict):
-        raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
-    return args
+    """The model args: a JSON object, bounded in size and depth (see tms_server.limits)."""
+    return parse_args(text)
 
 
 def _read(cls: type[M], request: bytes) -> tuple[M, list[ImageParts]]:
@@ -148,9 +141,6 @@ class ModelServicer:
         self._registry = registry
         self._max_pixels = max_pixels
         self._worker_info = identity.response()
-        self._list_response = pb.ListModelsResponse(
-            models=[model.info for model in registry.models.values()]
-        )
 
     def _model(self, name: str, call: pb.ModelCall.ValueType) -> LoadedModel:
         model = self._registry.get(name)
@@ -208,7 +198,8 @@ class ModelServicer:
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        return self._list_response
+        # Built on each call: an admin may have reloaded a model since.
+        return pb.ListModelsResponse(models=[m.info for m in self._registry.models.values()])
 
     @status_errors
     def GetModelInfo(

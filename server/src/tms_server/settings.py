@@ -23,8 +23,11 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _meta(help_text: str, low: float | None = None, high: float | None = None) -> Any:
-    return {"help": help_text, "low": low, "high": high}
+def _meta(
+    help_text: str, low: float | None = None, high: float | None = None, kind: type | None = None
+) -> Any:
+    """Field metadata: help text, bounds, and the type of a setting whose default is None."""
+    return {"help": help_text, "low": low, "high": high, "kind": kind}
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,85 @@ class Settings:
         metadata=_meta("on SIGTERM/SIGINT, how long in-flight calls may take to finish", 0, 3600),
     )
     log_level: str = field(default="INFO", metadata=_meta(f"one of {', '.join(LOG_LEVELS)}"))
+    # -- limits: what one call, one connection or one worker may take ------------------------
+    max_queued_calls: int = field(
+        default=64,
+        metadata=_meta(
+            "calls a worker holds waiting for a thread; more get RESOURCE_EXHAUSTED", 0, 100_000
+        ),
+    )
+    call_time_limit: float = field(
+        default=300.0,
+        metadata=_meta(
+            "seconds a model may run one call; past it the worker stops taking calls and is "
+            "replaced (0: no limit)",
+            0,
+            86_400,
+        ),
+    )
+    worker_memory_mb: int = field(
+        default=0,
+        metadata=_meta(
+            "address-space limit of each worker process in MiB (RLIMIT_AS); a model going past "
+            "it gets MemoryError (0: no limit)",
+            0,
+            2**30,
+        ),
+    )
+    keepalive_seconds: float = field(
+        default=60.0,
+        metadata=_meta("ping each connection this often; drop it if unanswered", 1, 86_400),
+    )
+    keepalive_timeout_seconds: float = field(
+        default=20.0, metadata=_meta("how long a keepalive ping may go unanswered", 1, 3600)
+    )
+    handshake_timeout_seconds: float = field(
+        default=20.0,
+        metadata=_meta(
+            "close connections that do not finish their (TLS) handshake by then", 1, 600
+        ),
+    )
+    max_connection_idle_seconds: float = field(
+        default=1800.0,
+        metadata=_meta("close connections without calls for this long (0: never)", 0, 86_400),
+    )
+    max_connection_age_seconds: float = field(
+        default=0.0,
+        metadata=_meta(
+            "close connections this old, after their calls end (0: never)", 0, 30 * 86_400
+        ),
+    )
+    # -- security: TLS, tokens, admin ---------------------------------------------------------
+    tls_cert: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "serve TLS with this certificate chain (PEM); reloaded when the file changes", kind=Path
+        ),
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=_meta("the private key (PEM) of --tls-cert", kind=Path)
+    )
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "mutual TLS: accept only clients with a certificate from this CA bundle (PEM)",
+            kind=Path,
+        ),
+    )
+    tokens_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "require 'authorization: Bearer <token>' on every call but health; one token a line",
+            kind=Path,
+        ),
+    )
+    admin_tokens_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "enable the AdminService for these tokens (one a line; not valid for other calls)",
+            kind=Path,
+        ),
+    )
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -71,6 +153,19 @@ class Settings:
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level}"
             )
         object.__setattr__(self, "log_level", self.log_level.upper())
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def max_concurrent_calls(self) -> int:
+        """Calls one worker accepts at once: running (one per thread) and queued."""
+        return self.threads + self.max_queued_calls
 
     @property
     def max_message_bytes(self) -> int:
@@ -104,7 +199,9 @@ def parse_settings(
     converters: dict[str, Any] = {}
     for spec in dataclasses.fields(Settings):
         flag = "--" + spec.name.replace("_", "-")
-        kind = type(spec.default) if spec.default is not dataclasses.MISSING else int
+        kind = spec.metadata["kind"] or (
+            type(spec.default) if spec.default is not dataclasses.MISSING else int
+        )
         converters_by_type: dict[type, Callable[[str], Any]] = {bool: _parse_bool, Path: Path}
         convert = converters_by_type.get(kind, kind)
         converters[spec.name] = convert

@@ -22,8 +22,10 @@ from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from tms_server.board import WorkerBoard
+from tms_server.security import SecurityError, check_files
 from tms_server.settings import Settings
-from tms_server.worker import run_worker
+from tms_server.worker import EXIT_HUNG, run_worker
 
 __all__ = ["Supervisor"]
 
@@ -64,20 +66,26 @@ class Supervisor:
         self._context = multiprocessing.get_context("fork")
         self._ready = self._context.Queue()
         self._slots = [_Slot() for _ in range(settings.workers)]
+        # Shared memory the workers inherit: their pids and load, and reloads for all.
+        self._board = WorkerBoard(settings.workers)
 
     def __repr__(self) -> str:
         alive = sum(1 for s in self._slots if s.process is not None and s.process.exitcode is None)
         return f"<Supervisor workers={alive}/{len(self._slots)} port={self.settings.port}>"
 
     def _start(self, index: int) -> None:
-        ready = self._ready
+        ready, board = self._ready, self._board
 
         def body() -> None:
             # The supervisor's handlers came along with fork; the worker installs its own.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             run_worker(
-                self.settings, index, self.instance_id, lambda: ready.put((index, os.getpid()))
+                self.settings,
+                index,
+                self.instance_id,
+                lambda: ready.put((index, os.getpid())),
+                board,
             )
 
         process = self._context.Process(target=body, name=f"tms-worker-{index}", daemon=False)
@@ -164,6 +172,8 @@ class Supervisor:
                     delay,
                 )
                 slot.restart_at = now + delay
+                if slot.process.pid is not None:
+                    self._board.leave(index, slot.process.pid)
             if now >= slot.restart_at:
                 slot.restart_at = 0.0
                 self._start(index)
@@ -187,6 +197,8 @@ class Supervisor:
 def _describe_exit(code: int) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
+    if code == EXIT_HUNG:
+        return f"exit code {code}: a call ran past --call-time-limit"
     return f"exit code {code}"
 
 
@@ -196,4 +208,9 @@ def main(settings: Settings) -> int:
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:
+        check_files(settings)
+    except SecurityError as exc:
+        print(f"tms-server: error: {exc}", file=sys.stderr)
+        return 2
     return Supervisor(settings).run()

@@ -1,0 +1,157 @@
+"""The worker board: a small table in shared memory, one row per worker process.
+
+Each worker posts its pid and load to its row a few times a second, so any worker can answer
+AdminService.ListWorkers for all of them; and a reload asked of one worker reaches the others
+through the board's reload slot. The supervisor makes the board before it forks the workers
+(they inherit the same memory); a server run inside a test process gets a board of one row.
+
+Each row has one writer, its worker; the reload slot is written under ``reload_lock``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BoardRow", "WorkerBoard"]
+
+_NAME_BYTES = 65
+_ERROR_BYTES = 512
+#: A row not updated for this long belongs to a worker that is gone or stuck.
+STALE_SECONDS = 3.0
+
+
+class _Row(ctypes.Structure):
+    _fields_ = [
+        ("pid", ctypes.c_int64),
+        ("started", ctypes.c_double),
+        ("beat", ctypes.c_double),
+        ("in_flight", ctypes.c_int32),
+        ("queued", ctypes.c_int32),
+        ("calls", ctypes.c_int64),
+        ("serving", ctypes.c_bool),
+        ("reload_taken", ctypes.c_int64),
+        ("reload_done", ctypes.c_int64),
+        ("reload_ok", ctypes.c_bool),
+        ("reload_error", ctypes.c_char * _ERROR_BYTES),
+    ]
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [
+        ("reload_seq", ctypes.c_int64),
+        ("reload_model", ctypes.c_char * _NAME_BYTES),
+    ]
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    """What one row says about its worker."""
+
+    index: int
+    pid: int
+    uptime: float
+    in_flight: int
+    queued: int
+    calls: int
+    serving: bool
+    fresh: bool  # updated within STALE_SECONDS
+    reload_done: int
+    reload_ok: bool
+    reload_error: str
+
+
+class WorkerBoard:
+    """Rows for ``workers`` worker processes, in memory shared across ``fork``."""
+
+    def __init__(self, workers: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self.size = workers
+        self._rows: Any = context.RawArray(_Row, workers)
+        self._header: Any = context.RawValue(_Header)
+        #: Held by the worker that runs a reload across the server, one at a time.
+        self.reload_lock = context.Lock()
+
+    def __repr__(self) -> str:
+        pids = [row.pid for row in self._rows]
+        return f"<WorkerBoard pids={pids} reload={self._header.reload_seq}>"
+
+    # -- a worker's own row -------------------------------------------------------------------
+
+    def join(self, index: int, pid: int) -> int:
+        """Claim row ``index`` for a (re)started worker; returns the current reload number,
+        which a worker loading its models now need not follow."""
+        row = self._rows[index]
+        seq = int(self._header.reload_seq)
+        row.pid, row.started, row.beat = pid, time.time(), time.time()
+        row.in_flight = row.queued = row.calls = 0
+        row.serving = False
+        row.reload_taken = row.reload_done = seq
+        row.reload_ok, row.reload_error = True, b""
+        return seq
+
+    def leave(self, index: int, pid: int) -> None:
+        """Free row ``index`` if ``pid`` still holds it."""
+        row = self._rows[index]
+        if row.pid == pid:
+            row.pid, row.serving = 0, False
+
+    def post(self, index: int, *, in_flight: int, queued: int, calls: int, serving: bool) -> None:
+        row = self._rows[index]
+        row.in_flight, row.queued, row.calls, row.serving = in_flight, queued, calls, serving
+        row.beat = time.time()
+
+    # -- reloads ------------------------------------------------------------------------------
+
+    def pending_reload(self, index: int) -> tuple[int, str] | None:
+        """(number, model) of a reload row ``index`` has not taken yet; marks it taken."""
+        row = self._rows[index]
+        seq = int(self._header.reload_seq)
+        if seq <= row.reload_taken:
+            return None
+        row.reload_taken = seq
+        return seq, self._header.reload_model.decode()
+
+    def announce_reload(self, index: int, model: str) -> int:
+        """Post a reload of ``model`` for every worker (taken already by ``index``, which
+        runs it itself); hold ``reload_lock``. Returns its number."""
+        seq = int(self._header.reload_seq) + 1
+        self._rows[index].reload_taken = seq
+        self._header.reload_model = model.encode()[: _NAME_BYTES - 1]
+        self._header.reload_seq = seq
+        return seq
+
+    def finish_reload(self, index: int, seq: int, error: str | None) -> None:
+        row = self._rows[index]
+        row.reload_ok = error is None
+        row.reload_error = (error or "").encode("utf-8", "replace")[: _ERROR_BYTES - 1]
+        row.reload_done = seq
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def rows(self) -> list[BoardRow]:
+        """The rows of the workers running now (or lately), by index."""
+        now = time.time()
+        found = []
+        for index, row in enumerate(self._rows):
+            if row.pid == 0:
+                continue
+            found.append(
+                BoardRow(
+                    index=index,
+                    pid=int(row.pid),
+                    uptime=max(0.0, now - row.started),
+                    in_flight=int(row.in_flight),
+                    queued=int(row.queued),
+                    calls=int(row.calls),
+                    serving=bool(row.serving),
+                    fresh=now - row.beat < STALE_SECONDS,
+                    reload_done=int(row.reload_done),
+                    reload_ok=bool(row.reload_ok),
+                    reload_error=row.reload_error.decode("utf-8", "replace"),
+                )
+            )
+        return found

@@ -1,0 +1,67 @@
+"""Bounds on what one request may ask of a worker, checked before the work is done.
+
+Message size is bounded by gRPC itself (``--max-message-mb``: RESOURCE_EXHAUSTED before our
+code sees the bytes) and image size by ``--max-pixels`` (checked against the declared size
+before decoding). Model args, JSON text, are bounded here: in length and in nesting depth,
+checked by a scan before the JSON parser runs, so no input can make the parser recurse deeply
+or build a huge structure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from tms_server.errors import InvalidArgument
+
+__all__ = ["MAX_ARGS_BYTES", "MAX_ARGS_DEPTH", "parse_args"]
+
+#: Longest ``args_json`` accepted, in UTF-8 bytes.
+MAX_ARGS_BYTES = 1024 * 1024
+#: Deepest nesting of arrays and objects accepted in ``args_json``.
+MAX_ARGS_DEPTH = 32
+
+# A string, or the rest of the text after an unterminated quote: the closing quote is optional
+# so that a match never fails, which keeps the scan linear in the length of the text.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_OPENING = np.zeros(256, np.int64)
+_OPENING[[ord("["), ord("{")]] = 1
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON ``text`` (brackets in strings ignored)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text)).encode("ascii")
+    if not brackets:
+        return 0
+    opening = _OPENING[np.frombuffer(brackets, np.uint8)]
+    return int(np.cumsum(2 * opening - 1).max())
+
+
+def parse_args(text: str) -> dict[str, Any]:
+    """The model args of a request: a JSON object, ``{}`` for empty text.
+
+    INVALID_ARGUMENT for text longer than MAX_ARGS_BYTES, nested deeper than MAX_ARGS_DEPTH,
+    not JSON, or not an object.
+    """
+    if not text:
+        return {}
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_ARGS_BYTES:
+        raise InvalidArgument(
+            f"args_json is {size} bytes; the limit is {MAX_ARGS_BYTES} (send data as an "
+            "image or text, not as args)"
+        )
+    depth = json_depth(text)
+    if depth > MAX_ARGS_DEPTH:
+        raise InvalidArgument(f"args_json nests {depth} levels deep; the limit is {MAX_ARGS_DEPTH}")
+    try:
+        args = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"args_json is not valid JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
+    return args

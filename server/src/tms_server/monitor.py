@@ -1,0 +1,96 @@
+"""The monitor of one worker process: a thread that keeps the worker's row on the board,
+follows reloads posted by other workers, and bounds calls that hang.
+
+Python cannot stop a thread, so a model call that never returns cannot be cut short: the
+client's deadline ends the call for the client (DEADLINE_EXCEEDED), but the worker's thread
+stays busy. When a call has run longer than ``--call-time-limit``, the monitor says so in the
+log and calls ``on_hung``; the worker process then stops taking calls (NOT_SERVING, new calls
+UNAVAILABLE so clients go to other workers), gives its calls in flight the grace period, and
+exits, and the supervisor starts a fresh one. So a hung model costs one thread for at most
+the time limit plus the grace period, never forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from tms_server.admin import Reloader
+from tms_server.board import WorkerBoard
+from tms_server.load import WorkerLoad
+
+__all__ = ["WorkerMonitor"]
+
+log = logging.getLogger("tms_server")
+
+
+class WorkerMonitor:
+    """Runs every ``interval`` seconds in a daemon thread until ``stop``."""
+
+    def __init__(
+        self,
+        *,
+        load: WorkerLoad,
+        board: WorkerBoard,
+        index: int,
+        reloader: Reloader,
+        call_time_limit: float,
+        on_hung: Callable[[], None],
+        interval: float = 0.2,
+    ) -> None:
+        self.load = load
+        self.hung = False
+        self._board = board
+        self._index = index
+        self._reloader = reloader
+        self._limit = call_time_limit
+        self._on_hung = on_hung
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tms-monitor", daemon=True)
+
+    def __repr__(self) -> str:
+        return f"<WorkerMonitor index={self._index} limit={self._limit:g}s hung={self.hung}>"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self.tick()
+            except Exception:  # keep monitoring whatever one round ran into
+                log.exception("worker monitor failed")
+
+    def tick(self) -> None:
+        """One round: post the load, follow a pending reload, look for a hung call."""
+        load = self.load
+        self._board.post(
+            self._index,
+            in_flight=load.in_flight,
+            queued=load.queued,
+            calls=load.answered,
+            serving=not load.draining,
+        )
+        pending = self._board.pending_reload(self._index)
+        if pending is not None:
+            seq, name = pending
+            log.info("reloading model %r (reload %d, asked of another worker)", name, seq)
+            self._board.finish_reload(self._index, seq, self._reloader.reload(name))
+        if self._limit and not self.hung:
+            longest = load.longest_call()
+            if longest > self._limit:
+                self.hung = True
+                log.error(
+                    "a call has run for %.0fs, past the call time limit of %gs "
+                    "(--call-time-limit); this worker stops taking calls and will be replaced",
+                    longest,
+                    self._limit,
+                )
+                self._on_hung()

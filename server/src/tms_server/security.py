@@ -1,0 +1,245 @@
+"""Who may connect and who may call: TLS credentials that reload, and bearer tokens.
+
+- TLS: ``--tls-cert``/``--tls-key`` serve TLS; ``--tls-client-ca`` makes it mutual (clients
+  without a certificate from that CA are refused during the handshake). gRPC asks
+  ``CertificateFiles.fetch`` before every new handshake; it looks at the files' mtimes and
+  hands over a new configuration only when they changed and the new pair loads, so renewed
+  certificates are used by new connections without a restart (existing ones keep theirs).
+- Tokens: ``--tokens-file`` holds call tokens, one a line (blank lines and ``#`` comments
+  ignored). ``TokenInterceptor`` checks ``authorization: Bearer <token>`` on every call except
+  the health service (load balancers and Kubernetes probe it without credentials) and the
+  AdminService (which checks admin tokens itself); a missing or wrong token ends the call with
+  UNAUTHENTICATED. Files are read again when they change (checked at most once a second).
+  Tokens are compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tms_server.settings import Settings
+
+__all__ = [
+    "ADMIN_SERVICE",
+    "HEALTH_SERVICE",
+    "CertificateFiles",
+    "SecurityError",
+    "TokenFile",
+    "TokenInterceptor",
+    "bearer_token",
+    "check_files",
+    "server_credentials",
+]
+
+log = logging.getLogger("tms_server")
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+ADMIN_SERVICE = "tms.v1.AdminService"
+_RECHECK_SECONDS = 1.0
+
+
+class SecurityError(ValueError):
+    """A certificate, key or token file that cannot be used; the message names it."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SecurityError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _mtime(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+class CertificateFiles:
+    """The server's certificate, key and (for mutual TLS) client CA, re-read when they change."""
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None) -> None:
+        self.cert, self.key, self.client_ca = cert, key, client_ca
+        self._lock = threading.Lock()
+        self._stamp = self._stamps()
+        self.initial = self._configuration()
+        self._rejected: tuple[int | None, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"<CertificateFiles cert={self.cert} client_ca={self.client_ca}>"
+
+    def _stamps(self) -> tuple[int | None, ...]:
+        return (_mtime(self.cert), _mtime(self.key), _mtime(self.client_ca))
+
+    def _configuration(self) -> Any:
+        """The files as a gRPC certificate configuration; SecurityError if they do not load."""
+        cert, key = _read(self.cert, "tls_cert"), _read(self.key, "tls_key")
+        client_ca = _read(self.client_ca, "tls_client_ca") if self.client_ca else None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            # Catches a key that does not belong to the certificate (say, mid-rotation).
+            context.load_cert_chain(self.cert, self.key)
+            if self.client_ca is not None:
+                context.load_verify_locations(cafile=self.client_ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise SecurityError(f"cannot use tls_cert {self.cert} with tls_key: {exc}") from None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
+
+    def fetch(self) -> Any:
+        """Called by gRPC before each new handshake: a new configuration, or None (no change)."""
+        stamp = self._stamps()
+        if stamp in (self._stamp, self._rejected):
+            return None
+        with self._lock:
+            if stamp == self._stamp:
+                return None
+            try:
+                configuration = self._configuration()
+            except SecurityError as exc:
+                log.warning("keeping the current TLS certificate: %s", exc)
+                self._rejected = stamp
+                return None
+            if stamp != self._stamps():  # changed while being read: try again next time
+                return None
+            self._stamp = stamp
+            log.info("TLS certificate reloaded from %s", self.cert)
+            return configuration
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """TLS (mutual with a client CA) credentials that follow changes to the files."""
+    assert settings.tls_cert is not None
+    assert settings.tls_key is not None
+    files = CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    return grpc.dynamic_ssl_server_credentials(
+        files.initial,
+        files.fetch,
+        require_client_authentication=settings.tls_client_ca is not None,
+    )
+
+
+class TokenFile:
+    """A set of tokens from a file (one a line), read again when the file changes."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._stamp = _mtime(path)
+        self._tokens = self._load()
+
+    def __repr__(self) -> str:  # never the tokens themselves
+        return f"<TokenFile {self.what} {self.path} ({len(self._tokens)} tokens)>"
+
+    def _load(self) -> tuple[bytes, ...]:
+        text = _read(self.path, self.what).decode("utf-8", "replace")
+        tokens = []
+        for line in text.splitlines():
+            token = line.strip()
+            if not token or token.startswith("#"):
+                continue
+            if not token.isascii() or not token.isprintable() or " " in token:
+                raise SecurityError(
+                    f"{self.what} {self.path}: a token is printable ASCII without spaces"
+                )
+            tokens.append(token.encode())
+        if not tokens:
+            raise SecurityError(f"{self.what} {self.path} holds no token")
+        return tuple(tokens)
+
+    def tokens(self) -> tuple[bytes, ...]:
+        now = time.monotonic()
+        if now - self._checked >= _RECHECK_SECONDS:
+            with self._lock:
+                self._checked = now
+                stamp = _mtime(self.path)
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        self._tokens = self._load()
+                        log.info("%s reloaded from %s", self.what, self.path)
+                    except SecurityError as exc:
+                        log.warning("keeping the current %s: %s", self.what, exc)
+        return self._tokens
+
+    def accepts(self, token: bytes | None) -> bool:
+        """Whether ``token`` is one of the file's (compared in constant time)."""
+        if token is None:
+            return False
+        found = False
+        for known in self.tokens():
+            found |= hmac.compare_digest(known, token)
+        return found
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
+    """The token of an ``authorization: Bearer <token>`` entry, if there is one."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.encode() if isinstance(value, str) else value
+            scheme, _, token = text.partition(b" ")
+            if scheme.lower() == b"bearer" and token:
+                return token.strip()
+    return None
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    def abort(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Ends calls without a valid call token with UNAUTHENTICATED (health and admin aside)."""
+
+    def __init__(self, tokens: TokenFile) -> None:
+        self._tokens = tokens
+        self._missing = _deny(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "this server needs a token: send 'authorization: Bearer <token>' metadata",
+        )
+        self._wrong = _deny(grpc.StatusCode.UNAUTHENTICATED, "the token is not valid here")
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        service = handler_call_details.method.lstrip("/").partition("/")[0]
+        if service in (HEALTH_SERVICE, ADMIN_SERVICE):
+            return continuation(handler_call_details)
+        token = bearer_token(handler_call_details.invocation_metadata)
+        if token is None:
+            return self._missing
+        if not self._tokens.accepts(token):
+            return self._wrong
+        return continuation(handler_call_details)
+
+
+def check_files(settings: Settings) -> None:
+    """Read every certificate, key and token file once, as the server will (SecurityError
+    naming the setting if one cannot be used), so a bad file stops the server at start."""
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    calls = TokenFile(settings.tokens_file, "tokens_file") if settings.tokens_file else None
+    admin = (
+        TokenFile(settings.admin_tokens_file, "admin_tokens_file")
+        if settings.admin_tokens_file
+        else None
+    )
+    if calls is not None and admin is not None and set(calls.tokens()) & set(admin.tokens()):
+        raise SecurityError("a token is in both tokens_file and admin_tokens_file; keep them apart")
