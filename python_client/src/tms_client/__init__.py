@@ -1,12 +1,14 @@
 """TMS client: call the models of a TMS server from Python.
 
 ``ModelClient(model, "host:port")`` finds every worker process behind the address, balances
-calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you.
+calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you. ``TLS`` and
+``token=`` secure it; ``AdminClient`` makes the operator's calls.
 """
 
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from tms_client.admin import AdminClient, ReloadOutcome, WorkerStatus
 from tms_client.aio import AsyncModelClient
 from tms_client.balancers import Balancer, LeastLoaded, RandomBalancer, RoundRobin
 from tms_client.calls import ImageToImageResult, ModelInfo, WorkerInfo
@@ -28,8 +30,10 @@ from tms_client.exceptions import (
     UnsupportedCallError,
 )
 from tms_client.retry import RetryPolicy
+from tms_client.tls import TLS
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - plain sorted order, as tests/unit/test_exported_members.py checks
+    "AdminClient",
     "AsyncModelClient",
     "Balancer",
     "CallError",
@@ -46,14 +50,17 @@ __all__ = [
     "ModelNotReadyError",
     "PermissionDeniedError",
     "RandomBalancer",
+    "ReloadOutcome",
     "ResourceExhaustedError",
     "RetryPolicy",
     "RoundRobin",
+    "TLS",
     "TMSError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnsupportedCallError",
     "WorkerInfo",
+    "WorkerStatus",
     "__version__",
 ]
 

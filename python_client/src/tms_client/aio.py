@@ -34,9 +34,10 @@ from tms_client.exceptions import (
 )
 from tms_client.images import ImageInput
 from tms_client.load import read_trailers
-from tms_client.pool import Metadata, PoolOptions
+from tms_client.pool import REFUSED, Metadata, PoolOptions
 from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import resolve
+from tms_client.tls import TLS
 from tms_client.workers import Worker, WorkerSet
 
 __all__ = ["AsyncModelClient", "AsyncWorkerPool"]
@@ -70,22 +71,24 @@ class AsyncWorkerPool:
             *(self._discover(address, timeout, wait=True) for address in addresses)
         )
         if not len(self._set):
-            raise ConnectError(
-                f"no TMS server answered at {', '.join(self.options.targets)} within {timeout:g}s"
-            )
+            raise ConnectError(self.options.no_server_message())
         self._healer = asyncio.create_task(self._heal(), name="tms-pool-healer")
 
     async def _identify(self, address: str, timeout: float, wait: bool) -> Worker | None:
-        channel = grpc.aio.insecure_channel(address, options=self.options.channel_options)
+        channel = self.options.open_aio_channel(address)
         call: grpc.aio.UnaryUnaryMultiCallable[bytes, Any] = channel.unary_unary(
             _WORKER_INFO,
             request_serializer=None,
             response_deserializer=model_service_pb2.GetWorkerInfoResponse.FromString,
         )
         try:
-            info = await call(b"", timeout=timeout, wait_for_ready=wait)
+            info = await call(
+                b"", timeout=timeout, wait_for_ready=wait, metadata=self.options.metadata
+            )
         except grpc.RpcError as exc:
             await channel.close()
+            if from_rpc_error(exc).code in REFUSED:
+                raise from_rpc_error(exc) from exc
             log.debug("no worker identified at %s: %s", address, exc)
             return None
         return Worker.from_info(address, info, channel)
@@ -190,6 +193,7 @@ class AsyncWorkerPool:
     ) -> bytes:
         """Send ``request`` to ``path`` on a worker, retrying as the policy says; the reply."""
         attempts = Attempts(self.options.retry, timeout)
+        metadata = self.options.metadata + metadata
         while True:
             try:
                 attempts.begin()
@@ -232,6 +236,8 @@ class AsyncModelClient:
         max_message_mb: int = 64,
         discovery_attempts: int | None = None,
         refresh_interval: float = 2.0,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
         self.model = model
         self.timeout = timeout
@@ -243,6 +249,8 @@ class AsyncModelClient:
             max_message_bytes=max_message_mb * 1024 * 1024,
             discovery_attempts=discovery_attempts,
             refresh_interval=refresh_interval,
+            tls=tls,
+            token=token,
         )
         self._pool: AsyncWorkerPool | None = None
 

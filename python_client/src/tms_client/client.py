@@ -13,6 +13,7 @@ from tms_client.exceptions import ModelNotFoundError
 from tms_client.images import ImageInput
 from tms_client.pool import PoolOptions, WorkerPool
 from tms_client.retry import RetryPolicy
+from tms_client.tls import TLS
 
 __all__ = ["ImageToImageResult", "ModelClient", "ModelInfo", "WorkerInfo"]
 
@@ -31,6 +32,10 @@ class ModelClient:
     another worker; ``RetryPolicy.never()`` turns retries off). Lost workers are dropped and
     new ones found in the background every ``refresh_interval`` seconds.
 
+    ``tls`` (a ``TLS``) connects over TLS: the CA to trust, a client certificate and key for
+    mutual TLS, the server name to expect. ``token`` is sent as ``authorization: Bearer
+    <token>`` with every call; a server that refuses it raises UnauthenticatedError.
+
     Use it as a context manager, or call ``close()``. It is safe to share between threads.
     """
 
@@ -46,6 +51,8 @@ class ModelClient:
         max_message_mb: int = 64,
         discovery_attempts: int | None = None,
         refresh_interval: float = 2.0,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
         self.model = model
         self.timeout = timeout
@@ -58,6 +65,8 @@ class ModelClient:
                 max_message_bytes=max_message_mb * 1024 * 1024,
                 discovery_attempts=discovery_attempts,
                 refresh_interval=refresh_interval,
+                tls=tls,
+                token=token,
             )
         )
         self._pool.start()

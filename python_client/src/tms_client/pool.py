@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from tms.v1 import model_service_pb2
 from tms_client.balancers import Balancer, RoundRobin
@@ -31,15 +32,18 @@ from tms_client.exceptions import CallError, ConnectError, UnavailableError, fro
 from tms_client.load import read_trailers
 from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import parse_targets, resolve
+from tms_client.tls import TLS, auth_metadata
 from tms_client.workers import Worker, WorkerSet
 
-__all__ = ["Metadata", "PoolOptions", "WorkerPool"]
+__all__ = ["REFUSED", "Metadata", "PoolOptions", "WorkerPool"]
 
 log = logging.getLogger("tms_client")
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 _WORKER_INFO = method_path("GetWorkerInfo")
 _IDENTIFY_TIMEOUT = 5.0  # one GetWorkerInfo while healing
+#: Codes with which a server refuses a client's credentials.
+REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
 class PoolOptions:
@@ -55,8 +59,15 @@ class PoolOptions:
         max_message_bytes: int = 64 * 1024 * 1024,
         discovery_attempts: int | None = None,
         refresh_interval: float = 2.0,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
         self.targets = parse_targets(target)
+        self.tls = tls
+        # Read the certificate files once, now; every channel shares the credentials.
+        self.credentials = tls.credentials() if tls is not None else None
+        #: Sent with every call, discovery and health included.
+        self.metadata: Metadata = auth_metadata(token)
         self.connect_timeout = connect_timeout
         self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
         self.retry = retry if retry is not None else RetryPolicy()
@@ -70,7 +81,32 @@ class PoolOptions:
             ("grpc.max_send_message_length", max_message_bytes),
             # A channel belongs to one worker: never let gRPC retry on a new connection.
             ("grpc.enable_retries", 0),
+            *(tls.channel_options() if tls is not None else ()),
         ]
+
+    def open_channel(self, address: str) -> grpc.Channel:
+        """A new channel (its own connection) to ``address``, with TLS if configured."""
+        if self.credentials is None:
+            return grpc.insecure_channel(address, options=self.channel_options)
+        return grpc.secure_channel(address, self.credentials, options=self.channel_options)
+
+    def open_aio_channel(self, address: str) -> grpc.aio.Channel:
+        """As ``open_channel``, for asyncio."""
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(address, options=self.channel_options)
+        return grpc.aio.secure_channel(address, self.credentials, options=self.channel_options)
+
+    def no_server_message(self) -> str:
+        """What ConnectError says when no server answered."""
+        hint = (
+            "is it running, and does it serve TLS (then pass tls=TLS(...))?"
+            if self.tls is None
+            else "is it running, and do the CA, server name and client certificate fit it?"
+        )
+        return (
+            f"no TMS server answered at {', '.join(self.targets)} "
+            f"within {self.connect_timeout:g}s; {hint}"
+        )
 
     def heal_interval(self, complete: bool) -> float:
         """Seconds until the next round of looking for workers: soon while some are missing
@@ -110,28 +146,28 @@ class WorkerPool:
         with ThreadPoolExecutor(max(1, len(addresses))) as executor:
             list(executor.map(lambda a: self._discover(a, timeout, wait=True), addresses))
         if not len(self._set):
-            raise ConnectError(
-                f"no TMS server answered at {', '.join(self.options.targets)} "
-                f"within {self.options.connect_timeout:g}s"
-            )
+            raise ConnectError(self.options.no_server_message())
         self._healer = threading.Thread(target=self._heal, name="tms-pool-healer", daemon=True)
         self._healer.start()
 
-    def _open(self, address: str) -> grpc.Channel:
-        return grpc.insecure_channel(address, options=self.options.channel_options)
-
     def _identify(self, address: str, timeout: float, wait: bool) -> Worker | None:
-        """Open a connection to ``address`` and ask who answered; None if nobody did."""
-        channel = self._open(address)
+        """Open a connection to ``address`` and ask who answered; None if nobody did.
+
+        A server that refuses the credentials raises (UnauthenticatedError...): waiting
+        longer would not help.
+        """
+        channel = self.options.open_channel(address)
         call: grpc.UnaryUnaryMultiCallable[bytes, Any] = channel.unary_unary(
             _WORKER_INFO,
             request_serializer=None,
             response_deserializer=model_service_pb2.GetWorkerInfoResponse.FromString,
         )
         try:
-            info = call(b"", timeout=timeout, wait_for_ready=wait)
+            info = call(b"", timeout=timeout, wait_for_ready=wait, metadata=self.options.metadata)
         except grpc.RpcError as exc:
             channel.close()
+            if from_rpc_error(exc).code in REFUSED:
+                raise from_rpc_error(exc) from exc
             log.debug("no worker identified at %s: %s", address, exc)
             return None
         return Worker.from_info(address, info, channel)
@@ -271,6 +307,7 @@ class WorkerPool:
     ) -> bytes:
         """Send ``request`` to ``path`` on a worker, retrying as the policy says; the reply."""
         attempts = Attempts(self.options.retry, timeout)
+        metadata = self.options.metadata + metadata
         while True:
             try:
                 attempts.begin()

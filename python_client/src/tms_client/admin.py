@@ -1,0 +1,129 @@
+"""``AdminClient``: the operator's calls of a TMS server (``tms.v1.AdminService``).
+
+    with AdminClient("localhost:50051", token=admin_token) as admin:
+        admin.list_workers()          # every worker process: pid, load, uptime
+        admin.reload_model("face")    # load it again from disk in every worker
+
+The server must have been started with ``--admin-tokens-file``, and ``token`` must be one of
+its admin tokens (call tokens are not); otherwise each call raises PermissionDeniedError.
+Any worker answers for all of them, so one connection is enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from tms.v1 import admin_service_pb2
+from tms_client.exceptions import from_rpc_error
+from tms_client.pool import PoolOptions
+from tms_client.tls import TLS
+
+__all__ = ["AdminClient", "ReloadOutcome", "WorkerStatus"]
+
+pb = admin_service_pb2
+_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker process of a server, as the server reports it."""
+
+    index: int
+    pid: int
+    in_flight: int  # calls running now
+    queued: int  # calls waiting for a thread
+    calls: int  # calls answered since the worker started
+    uptime: float  # seconds
+    serving: bool  # False while it starts, drains or is being replaced
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """How reloading a model went in one worker process."""
+
+    index: int
+    pid: int
+    reloaded: bool
+    error: str  # why not, when not reloaded
+
+
+class AdminClient:
+    """Calls AdminService on the server at ``target`` with the admin ``token``.
+
+    ``tls`` as for ModelClient; ``timeout`` bounds each call (a reload waits for every worker
+    to load the model), and the first call waits for the server to be up.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str,
+        tls: TLS | None = None,
+        timeout: float | None = 120.0,
+    ) -> None:
+        options = PoolOptions(target, tls=tls, token=token)
+        if len(options.targets) != 1:
+            raise ValueError("AdminClient talks to one server: give one target")
+        self.target = options.targets[0]
+        self.timeout = timeout
+        self._metadata = options.metadata
+        self._channel = options.open_channel(self.target.removeprefix("dns:///"))
+
+    def __repr__(self) -> str:
+        return f"<AdminClient target={self.target!r}>"
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: Any, response_class: Any) -> Any:
+        call: grpc.UnaryUnaryMultiCallable[Any, Any] = self._channel.unary_unary(
+            f"/{_SERVICE}/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        try:
+            return call(request, timeout=self.timeout, metadata=self._metadata, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    def list_workers(self) -> list[WorkerStatus]:
+        """Every worker process of the server, with its pid and load."""
+        response = self._call("ListWorkers", pb.ListWorkersRequest(), pb.ListWorkersResponse)
+        return [
+            WorkerStatus(
+                index=w.worker_index,
+                pid=w.pid,
+                in_flight=w.in_flight,
+                queued=w.queued,
+                calls=w.calls,
+                uptime=w.uptime_seconds,
+                serving=w.serving,
+            )
+            for w in response.workers
+        ]
+
+    def reload_model(self, model: str) -> list[ReloadOutcome]:
+        """Load ``model`` again from disk in every worker; one outcome per worker. A worker
+        whose reload failed keeps the model it had (see each outcome's ``error``)."""
+        request = pb.ReloadModelRequest(model=model)
+        response = self._call("ReloadModel", request, pb.ReloadModelResponse)
+        return [
+            ReloadOutcome(index=w.worker_index, pid=w.pid, reloaded=w.reloaded, error=w.error)
+            for w in response.workers
+        ]
