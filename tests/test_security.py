@@ -1,0 +1,373 @@
+"""TLS, mutual TLS, certificate reload, tokens and the admin service, on loopback.
+
+Every certificate is made at test time (tests/certificates.py); no key is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.certificates import CertificateAuthority
+from tests.support import write_models
+from tms.v1 import model_service_pb2, model_service_pb2_grpc
+from tms_client import (
+    TLS,
+    AdminClient,
+    AsyncModelClient,
+    ConnectError,
+    ModelClient,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from tms_server.security import SecurityError, TokenFile, bearer_token, check_files
+from tms_server.settings import Settings
+
+ECHO = """
+    import os
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+        thread_safe = True
+
+        def run(self, text, args):
+            return {"text": text, "pid": os.getpid(), "version": VERSION}
+"""
+CALL_TOKEN = "call-token-0123456789"
+OTHER_CALL_TOKEN = "second-call-token-abc"
+ADMIN_TOKEN = "admin-token-9876543210"
+
+
+def echo_source(version: int) -> str:
+    return ECHO.replace("VERSION", str(version))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority(folder / "ca")
+    other = CertificateAuthority(folder / "other", name="Other CA")
+    return {
+        "ca": ca,
+        "other": other,
+        "server": ca.issue("server"),
+        "named": ca.issue("named", common_name="tms.test", dns=("tms.test",), ips=()),
+        "client": ca.issue("client", common_name="a client", dns=(), ips=(), client=True),
+        "stranger": other.issue("stranger", common_name="x", dns=(), ips=(), client=True),
+        "other_server": other.issue("other_server"),
+    }
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    return write_models(tmp_path / "models", {"echo": echo_source(1)})
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> dict[str, Path]:
+    calls = tmp_path / "tokens"
+    calls.write_text(f"# call tokens\n{CALL_TOKEN}\n\n{OTHER_CALL_TOKEN}\n")
+    admin = tmp_path / "admin_tokens"
+    admin.write_text(f"{ADMIN_TOKEN}\n")
+    return {"calls": calls, "admin": admin}
+
+
+def tls_server(in_process_server, models, pki, pair="server", **overrides):
+    return in_process_server(models, tls_cert=pki[pair].cert, tls_key=pki[pair].key, **overrides)
+
+
+def echo(target: str, **kwargs) -> dict:
+    with ModelClient(
+        "echo", target, connect_timeout=kwargs.pop("connect_timeout", 5), **kwargs
+    ) as c:
+        return c.run_text("hi")
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def test_tls_works_with_paths_and_with_bytes(in_process_server, models, pki):
+    server = tls_server(in_process_server, models, pki)
+    assert echo(server.target, tls=TLS(ca=pki["ca"].cert))["text"] == "hi"
+    assert echo(server.target, tls=TLS(ca=pki["ca"].cert_pem))["text"] == "hi"
+    assert echo(f"localhost:{server.running.port}", tls=TLS(ca=str(pki["ca"].cert)))
+
+
+def test_plaintext_to_a_tls_server_fails_cleanly(in_process_server, models, pki):
+    server = tls_server(in_process_server, models, pki)
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match=r"TLS"):
+        echo(server.target, connect_timeout=1)
+    assert time.monotonic() - started < 5
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListModels(model_service_pb2.ListModelsRequest(), timeout=2)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert echo(server.target, tls=TLS(ca=pki["ca"].cert))  # the server is unharmed
+
+
+def test_a_server_certificate_from_another_ca_is_refused(in_process_server, models, pki):
+    server = tls_server(in_process_server, models, pki)
+    with pytest.raises(ConnectError, match="CA"):
+        echo(server.target, tls=TLS(ca=pki["other"].cert), connect_timeout=1)
+
+
+def test_server_name_override(in_process_server, models, pki):
+    server = tls_server(in_process_server, models, pki, pair="named")
+    with pytest.raises(ConnectError):
+        echo(server.target, tls=TLS(ca=pki["ca"].cert), connect_timeout=1)
+    assert echo(server.target, tls=TLS(ca=pki["ca"].cert, server_name="tms.test"))
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(in_process_server, models, pki):
+    server = tls_server(in_process_server, models, pki, tls_client_ca=pki["ca"].cert)
+    client, stranger = pki["client"], pki["stranger"]
+    mutual = TLS(ca=pki["ca"].cert, cert=client.cert, key=client.key)
+    assert echo(server.target, tls=mutual)["text"] == "hi"
+    assert echo(server.target, tls=TLS(ca=pki["ca"].cert, cert=client.cert_pem, key=client.key_pem))
+    with pytest.raises(ConnectError):
+        echo(server.target, tls=TLS(ca=pki["ca"].cert), connect_timeout=1)
+    with pytest.raises(ConnectError):
+        echo(
+            server.target,
+            tls=TLS(ca=pki["ca"].cert, cert=stranger.cert, key=stranger.key),
+            connect_timeout=1,
+        )
+    assert echo(server.target, tls=mutual)  # still serving
+
+
+def test_certificates_reload_without_restart(in_process_server, models, pki, tmp_path):
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    shutil.copy(pki["server"].cert, cert)
+    shutil.copy(pki["server"].key, key)
+    server = in_process_server(models, tls_cert=cert, tls_key=key)
+    old_ca, new_ca = TLS(ca=pki["ca"].cert), TLS(ca=pki["other"].cert)
+    with ModelClient("echo", server.target, tls=old_ca, connect_timeout=5) as kept:
+        assert kept.run_text("before")["text"] == "before"
+        # Renew: a pair from another CA. A half-written pair (new cert, old key) is ignored.
+        shutil.copy(pki["other_server"].cert, cert)
+        os.utime(cert, (time.time() + 5, time.time() + 5))
+        assert echo(server.target, tls=old_ca)  # mismatched pair: the old one stays
+        shutil.copy(pki["other_server"].key, key)
+        os.utime(key, (time.time() + 10, time.time() + 10))
+        assert echo(server.target, tls=new_ca)["text"] == "hi"  # new connections: new pair
+        with pytest.raises(ConnectError):
+            echo(server.target, tls=old_ca, connect_timeout=1)
+        assert kept.run_text("after")["text"] == "after"  # open connections keep theirs
+
+
+def test_tls_value_object():
+    tls = TLS(ca=b"-----BEGIN CERTIFICATE-----", cert="c.pem", key=b"secret key bytes")
+    assert "secret" not in repr(tls)
+    assert repr(tls) == "TLS(ca=<27 bytes>, cert='c.pem', key=<hidden>, server_name=None)"
+    with pytest.raises(ValueError, match="cert and key"):
+        TLS(cert="c.pem")
+    with pytest.raises(ValueError, match="cannot read"):
+        TLS(ca="/no/such/ca.pem").credentials()
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+def test_tokens_right_wrong_and_missing(in_process_server, models, tokens, caplog):
+    caplog.set_level(logging.DEBUG)
+    server = in_process_server(models, tokens_file=tokens["calls"])
+    assert echo(server.target, token=CALL_TOKEN)["text"] == "hi"
+    assert echo(server.target, token=OTHER_CALL_TOKEN)["text"] == "hi"
+    with pytest.raises(UnauthenticatedError, match="not valid") as wrong:
+        echo(server.target, token="wrong-secret-token")
+    with pytest.raises(UnauthenticatedError, match="needs a token"):
+        echo(server.target)
+    with pytest.raises(UnauthenticatedError):
+        echo(server.target, token=ADMIN_TOKEN)  # admin tokens are not call tokens
+    # Nothing says the tokens: not the errors, not the logs.
+    for secret in ("wrong-secret-token", CALL_TOKEN, ADMIN_TOKEN):
+        assert secret not in caplog.text
+        assert secret not in str(wrong.value)
+
+
+def test_health_needs_no_token_but_everything_else_does(in_process_server, models, tokens):
+    server = in_process_server(models, tokens_file=tokens["calls"])
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == 1
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for call, request in [
+            (stub.GetWorkerInfo, model_service_pb2.GetWorkerInfoRequest()),
+            (stub.ListModels, model_service_pb2.ListModelsRequest()),
+            (stub.RunText, model_service_pb2.RunTextRequest(model="echo", text="x")),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                call(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = stub.ListModels(
+            model_service_pb2.ListModelsRequest(),
+            metadata=(("authorization", f"Bearer {CALL_TOKEN}"),),
+        )
+        assert [m.name for m in reply.models] == ["echo"]
+
+
+def test_token_file_changes_are_picked_up(in_process_server, models, tokens):
+    server = in_process_server(models, tokens_file=tokens["calls"])
+    assert echo(server.target, token=CALL_TOKEN)
+    tokens["calls"].write_text("rotated-token-000000\n")
+    os.utime(tokens["calls"], (time.time() + 5, time.time() + 5))
+    time.sleep(1.1)  # files are looked at once a second at most
+    assert echo(server.target, token="rotated-token-000000")
+    with pytest.raises(UnauthenticatedError):
+        echo(server.target, token=CALL_TOKEN)
+
+
+def test_async_client_over_tls_with_a_token(in_process_server, models, pki, tokens):
+    server = tls_server(in_process_server, models, pki, tokens_file=tokens["calls"])
+
+    async def main():
+        tls = TLS(ca=pki["ca"].cert)
+        async with AsyncModelClient("echo", server.target, tls=tls, token=CALL_TOKEN) as client:
+            result = await client.run_text("async")
+            health = await client.health()
+        with pytest.raises(UnauthenticatedError):
+            async with AsyncModelClient("echo", server.target, tls=tls, token="nope-nope"):
+                pass
+        return result, health
+
+    result, health = asyncio.run(main())
+    assert result["text"] == "async"
+    assert health == "SERVING"
+
+
+def test_token_helpers(tmp_path):
+    assert bearer_token([("authorization", "Bearer abc")]) == b"abc"
+    assert bearer_token([("authorization", "bearer  abc ")]) == b"abc"
+    assert bearer_token([("authorization", "Basic abc")]) is None
+    assert bearer_token(None) is None
+    path = tmp_path / "t"
+    path.write_text("# only a comment\n\n")
+    with pytest.raises(SecurityError, match="holds no token"):
+        TokenFile(path, "tokens_file")
+    path.write_text("good-token\n")
+    assert "good-token" not in repr(TokenFile(path, "tokens_file"))
+    with pytest.raises(ValueError, match="printable ASCII"):
+        ModelClient("echo", "localhost:1", token="has space")
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+def test_admin_is_off_by_default(in_process_server, models):
+    server = in_process_server(models)
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=5) as admin:
+        with pytest.raises(PermissionDeniedError, match="off"):
+            admin.list_workers()
+        with pytest.raises(PermissionDeniedError, match="off"):
+            admin.reload_model("echo")
+
+
+def test_admin_needs_an_admin_token(in_process_server, models, tokens):
+    server = in_process_server(
+        models, tokens_file=tokens["calls"], admin_tokens_file=tokens["admin"]
+    )
+    for token in (CALL_TOKEN, "wrong-admin-token"):
+        with (
+            AdminClient(server.target, token=token, timeout=5) as admin,
+            pytest.raises(PermissionDeniedError, match="admin token"),
+        ):
+            admin.list_workers()
+    with grpc.insecure_channel(server.target) as channel:  # no token at all
+        call = channel.unary_unary("/tms.v1.AdminService/ListWorkers")
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"", timeout=5)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=5) as admin:
+        (worker,) = admin.list_workers()
+    assert worker.pid == os.getpid()
+    assert worker.serving
+    assert worker.index == 0
+
+
+def test_admin_reloads_a_model_from_disk(in_process_server, models, tokens):
+    server = in_process_server(models, admin_tokens_file=tokens["admin"])
+    assert echo(server.target)["version"] == 1
+    (models / "echo" / "__init__.py").write_text(textwrap.dedent(echo_source(22)))
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=10) as admin:
+        (outcome,) = admin.reload_model("echo")
+        assert outcome.reloaded, outcome.error
+        assert echo(server.target)["version"] == 22
+        # A broken model on disk: the worker keeps the one it has.
+        (models / "echo" / "__init__.py").write_text("raise RuntimeError('half-written')\n")
+        (outcome,) = admin.reload_model("echo")
+        assert not outcome.reloaded
+        assert "half-written" in outcome.error
+        assert echo(server.target)["version"] == 22
+        with pytest.raises(ModelNotFoundError):
+            admin.reload_model("nope")
+
+
+@pytest.mark.slow
+def test_admin_across_worker_processes(server_process, models, tokens):
+    server = server_process(models, workers=2, args=("--admin-tokens-file", str(tokens["admin"])))
+    with ModelClient("echo", server.target, connect_timeout=10) as client:
+        pids = {w.pid for w in client.workers()}
+        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+            workers = admin.list_workers()
+            assert {w.pid for w in workers} == pids
+            assert [w.index for w in workers] == [0, 1]
+            (models / "echo" / "__init__.py").write_text(textwrap.dedent(echo_source(333)))
+            outcomes = admin.reload_model("echo")
+        assert sorted(o.pid for o in outcomes) == sorted(pids)
+        assert all(o.reloaded for o in outcomes), outcomes
+        answers = [client.run_text("x") for _ in range(6)]  # round-robin: both workers
+    assert {a["pid"] for a in answers} == pids
+    assert {a["version"] for a in answers} == {333}
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_security_settings_are_checked(tmp_path, pki, tokens):
+    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+        Settings(tls_cert=pki["server"].cert)
+    with pytest.raises(ValueError, match="tls_client_ca needs tls_cert"):
+        Settings(tls_client_ca=pki["ca"].cert)
+    mismatched = Settings(tls_cert=pki["server"].cert, tls_key=pki["client"].key)
+    with pytest.raises(SecurityError, match="tls_cert"):
+        check_files(mismatched)
+    with pytest.raises(SecurityError, match="tokens_file and admin_tokens_file"):
+        check_files(Settings(tokens_file=tokens["calls"], admin_tokens_file=tokens["calls"]))
+    check_files(Settings(tls_cert=pki["server"].cert, tls_key=pki["server"].key))
+
+
+def test_a_missing_certificate_stops_the_server_with_a_message(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tms_server",
+            "--tls-cert",
+            str(tmp_path / "no.crt"),
+            "--tls-key",
+            str(tmp_path / "no.key"),
+            "--models",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "cannot read tls_cert" in result.stderr
