@@ -162,8 +162,12 @@ def bystander(server) -> Iterator[Bystander]:
 
 
 def call(target: str, method: str, request: bytes, timeout: float = 10) -> grpc.RpcError:
-    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as info:
-        channel.unary_unary(f"/tms.v1.ModelService/{method}")(request, timeout=timeout)
+    with grpc.insecure_channel(target) as channel:
+        send: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/tms.v1.ModelService/{method}"
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            send(request, timeout=timeout)
     return info.value
 
 

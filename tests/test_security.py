@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -89,7 +90,7 @@ def tls_server(in_process_server, models, pki, pair="server", **overrides):
     return in_process_server(models, tls_cert=pki[pair].cert, tls_key=pki[pair].key, **overrides)
 
 
-def echo(target: str, **kwargs) -> dict:
+def echo(target: str, **kwargs) -> dict[str, Any]:
     with ModelClient(
         "echo", target, connect_timeout=kwargs.pop("connect_timeout", 5), **kwargs
     ) as c:
