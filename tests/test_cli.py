@@ -21,6 +21,8 @@ from skimage import data
 from tms_cli.__main__ import main
 from tms_cli.errors import CliError
 from tms_cli.progress import Progress
+from tms_cli.query import worker_json
+from tms_client import WorkerInfo
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +79,23 @@ MODELS = {
 
             def run(self, text, args):
                 return {"upper": text.upper(), "length": len(text), "args": args}
+    ''',
+    "flaky": '''
+        import itertools
+
+        import tms_server
+
+        class Model(tms_server.Model):
+            """Every third call on a worker fails (INVALID_ARGUMENT)."""
+            thread_safe = True
+
+            def __init__(self):
+                self.calls = itertools.count(1)
+
+            def run(self, image, args):
+                if next(self.calls) % 3 == 0:
+                    raise tms_server.InvalidInput("every third call fails")
+                return {"ok": True}
     ''',
     "broken": """
         import tms_server
@@ -186,7 +205,7 @@ def test_models_table(tms):
     assert (code, err) == (0, "")
     header, *rows = out.splitlines()
     assert header.split() == ["NAME", "INPUT", "SHAPE", "DTYPE", "COLOUR", "CALLS"]
-    assert [row.split()[0] for row in rows] == ["depth", "invert", "mean", "upper"]
+    assert [row.split()[0] for row in rows] == ["depth", "flaky", "invert", "mean", "upper"]
     mean = next(row for row in rows if row.startswith("mean"))
     assert mean.split() == ["mean", "*x*x3", "uint8", "rgb", "run_image,", "run_images"]
 
@@ -203,9 +222,16 @@ def test_models_json_with_options_after_the_command(tms, target):
         "color": "rgb",
         "calls": ["run_image", "run_images"],
         "thread_safe": True,
+        "output_color": None,
     }
     assert models["invert"]["calls"] == ["run_image_to_image"]
+    assert models["invert"]["output_color"] == "bgr"
     assert models["upper"]["calls"] == ["run_text", "run_texts"]
+
+
+def test_model_names_for_scripts(tms):
+    code, out, err = tms("models", "--names")
+    assert (code, out, err) == (0, "depth\nflaky\ninvert\nmean\nupper\n", "")
 
 
 def test_target_from_the_environment(tms, target, monkeypatch):
@@ -221,6 +247,7 @@ def test_info(tms):
     assert "input shape:  *x*x3\n" in out
     assert "colour order: rgb\n" in out
     assert "thread safe:  yes\n" in out
+    assert "output order: -\n" in out
     description = "  Mean pixel value of an RGB image.\n\n  Rejects images smaller than 8x8.\n"
     assert out.endswith("description:\n" + description)
 
@@ -235,7 +262,8 @@ def test_info_json(tms):
 def test_unknown_model_lists_the_models(tms, target):
     code, out, err = tms("info", "nope")
     assert (code, out) == (1, "")
-    assert err == f"tms: no model named 'nope' at {target}; models: depth, invert, mean, upper\n"
+    models = "depth, flaky, invert, mean, upper"
+    assert err == f"tms: no model named 'nope' at {target}; models: {models}\n"
 
 
 def test_model_that_failed_to_load(tms):
@@ -252,7 +280,7 @@ def test_health(tms, target):
     assert lines[0] == f"server {target}: SERVING"
     assert lines[1].split() == ["MODEL", "STATUS"]
     assert {tuple(line.split()) for line in lines[2:]} == {
-        (name, "SERVING") for name in ("depth", "invert", "mean", "upper")
+        (name, "SERVING") for name in ("depth", "flaky", "invert", "mean", "upper")
     }
 
 
@@ -266,17 +294,50 @@ def test_health_of_named_models_fails_unless_all_serve(tms, target):
     }
 
 
-def test_workers(tms):
+def test_workers(tms, target):
     code, out, _ = tms("workers")
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split() == ["INDEX", "PID", "INSTANCE", "ID"]
-    assert [row.split()[0] for row in rows] == ["0", "1"]
+    assert header.split() == [
+        "ADDRESS",
+        "WORKER",
+        "PID",
+        "RUNNING",
+        "QUEUED",
+        "IN",
+        "FLIGHT",
+        "CALLS",
+    ]
+    assert [row.split()[:2] for row in rows] == [[target, "0/2"], [target, "1/2"]]
     code, out, _ = tms("workers", "--json")
     workers = json.loads(out)
-    assert [w["index"] for w in workers] == [0, 1]
+    assert [(w["address"], w["index"], w["count"]) for w in workers] == [
+        (target, 0, 2),
+        (target, 1, 2),
+    ]
     assert len({w["pid"] for w in workers}) == 2
     assert len({w["instance_id"] for w in workers}) == 1
+    for worker in workers:
+        assert worker["calls"] >= 1  # each was asked for its load
+        assert worker["in_flight"] == 0
+        # Nothing else runs on this server now: no load besides the probe (where reported).
+        assert worker["running"] in (0, None)
+        assert worker["queued"] in (0, None)
+
+
+def test_worker_load_leaves_out_the_probe():
+    info = WorkerInfo("h:1", "i", 7, 0, 2, 3, 1, reported_in_flight=5, reported_queued=2)
+    assert worker_json(info) == {
+        "address": "h:1",
+        "index": 0,
+        "count": 2,
+        "pid": 7,
+        "instance_id": "i",
+        "running": 4,
+        "queued": 2,
+        "in_flight": 1,
+        "calls": 3,
+    }
 
 
 # -- run ----------------------------------------------------------------------------------------
@@ -372,7 +433,32 @@ def test_run_usage_errors(tms, photos):
 def test_run_with_no_images(tms, tmp_path):
     code, _, err = tms("run", "mean", str(tmp_path))
     assert code == 1
+    assert (
+        err
+        == f"tms: {tmp_path}: no images (.jpg .jpeg .png .bmp .tif .tiff .webp) in this folder\n"
+    )
+    code, _, err = tms("run", "mean", str(tmp_path), str(tmp_path / "missing.png"))
+    assert code == 1
     assert err.splitlines()[-1] == "tms: no images to run on"
+
+
+def test_run_one_missing_or_bad_file_is_one_line(tms, tmp_path):
+    code, out, err = tms("run", "mean", str(tmp_path / "missing.png"))
+    assert (code, out) == (1, "")
+    assert err == f"tms: {tmp_path / 'missing.png'}: no such file or folder\n"
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    code, out, err = tms("run", "mean", str(tmp_path / "bad.png"))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"{tmp_path / 'bad.png'}: cannot read as an image")
+    assert err.count("\n") == 1
+
+
+def test_run_json_gives_json_lines_even_for_one_image(tms, photos):
+    code, out, _ = tms("--json", "run", "mean", str(photos / "camera.png"))
+    assert code == 0
+    (line,) = jsonl(out)
+    assert line["path"] == str(photos / "camera.png")
+    assert line["result"]["mean"] == pytest.approx(data.camera().mean())
 
 
 # -- run-i2i ------------------------------------------------------------------------------------
@@ -425,6 +511,33 @@ def test_run_i2i_writes_other_dtypes_as_npy(tms, photos, tmp_path):
     assert depth.mean() == pytest.approx(data.astronaut().mean() / 255, rel=1e-4)
 
 
+def test_run_i2i_preview_of_a_float_map(tms, photos, tmp_path):
+    code, out, _ = tms(
+        "run-i2i", "depth", str(photos / "camera.png"), "--out-dir", str(tmp_path), "--preview"
+    )
+    assert code == 0
+    assert out == (
+        f"{photos / 'camera.png'} -> {tmp_path / 'camera.npy'}, {tmp_path / 'camera.preview.png'}\n"
+    )
+    with Image.open(tmp_path / "camera.preview.png") as png:
+        assert (png.mode, png.size) == ("RGB", (512, 512))
+        preview = np.asarray(png)
+    # Brightness in [0, 1] keeps its scale: dark pixels dark blue, bright ones yellow.
+    gray = data.camera()
+    darkest, brightest = preview[gray == gray.min()][0], preview[gray == gray.max()][0]
+    assert darkest.tolist() == pytest.approx([68, 1, 84], abs=3)
+    assert brightest.tolist() == pytest.approx([253, 231, 37], abs=3)
+
+
+def test_run_i2i_preview_skips_outputs_that_are_pictures(tms, photos, tmp_path):
+    code, out, _ = tms(
+        "run-i2i", "invert", str(photos / "camera.png"), "--out-dir", str(tmp_path), "--preview"
+    )
+    assert code == 0
+    assert out == f"{photos / 'camera.png'} -> {tmp_path / 'camera.png'}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.png"]
+
+
 def test_run_i2i_usage_and_output_errors(tms, photos, tmp_path):
     code, _, err = tms("run-i2i", "invert", str(photos))
     assert code == 2
@@ -456,11 +569,130 @@ def test_text_from_stdin(tms, monkeypatch):
     assert json.loads(out)["upper"] == "FROM STDIN"
 
 
+def test_text_json_is_one_line(tms):
+    code, out, _ = tms("--json", "text", "upper", "abc")
+    assert code == 0
+    assert out == '{"upper": "ABC", "length": 3, "args": {}}\n'
+
+
 def test_text_on_an_image_model(tms):
     code, _, err = tms("text", "mean", "hello")
     assert code == 1
     assert "does not support run_text (tms text)" in err
     assert "use tms run" in err
+
+
+# -- bench --------------------------------------------------------------------------------------
+
+
+def test_bench_summary_with_a_live_view(tms, target, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    args = ["--size", "64x64x3", "--concurrency", "4", "--duration", "1"]
+    code, out, _ = tms("bench", "mean", *args, "--balancer", "least-loaded")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"model     mean at {target}, run_image"
+    assert lines[1] == "sent      64x64x3 uint8 random pixels, 12.3 kB per call"
+    assert re.fullmatch(r"load      4 calls at a time for 1\.\d s, balancer least-loaded", lines[2])
+    match = re.fullmatch(r"requests  (\d+) \((\d+) ok, 0 failed\), ([\d.]+)/s", lines[3])
+    assert match is not None
+    requests = int(match.group(1))
+    assert requests == int(match.group(2)) > 20
+    assert re.fullmatch(r"data      [\d.]+ MB/s sent", lines[4])
+    latency = [float(x) for x in re.findall(r"([\d.]+) ms", lines[5])]
+    assert lines[5].startswith("latency   p50 ")
+    assert 0 < latency[0] <= latency[1] <= latency[2] <= latency[3]
+    assert lines[6] == "errors    none"
+    assert lines[8].split() == ["WORKER", "PID", "ADDRESS", "CALLS", "SHARE"]
+    workers = [line.split() for line in lines[9:]]
+    assert [w[0] for w in workers] == ["0/2", "1/2"]
+    assert sum(int(w[3]) for w in workers) == requests
+    # The live view was drawn on the terminal, redrawn in place and cleared at the end.
+    view = terminal.getvalue()
+    assert "calls" in view
+    assert "\x1b[3F" in view  # back up over the totals line and two workers
+    assert view.endswith("\x1b[J")
+
+
+def test_bench_json_counts_errors_by_status_code(tms, target):
+    args = ["--size", "16x16", "--concurrency", "3", "--duration", "1", "--json"]
+    code, out, _ = tms("bench", "flaky", *args)
+    assert code == 1  # some calls failed
+    summary = json.loads(out)
+    assert summary["requests"] == summary["ok"] + summary["failed"]
+    assert summary["failed"] > 0
+    assert summary["errors"] == {
+        "INVALID_ARGUMENT": {"count": summary["failed"], "first": "every third call fails"}
+    }
+    # Every third call of each worker fails: a third of all calls, give or take one a worker.
+    assert abs(3 * summary["failed"] - summary["requests"]) <= 6
+    assert summary["requests_per_s"] == pytest.approx(
+        summary["requests"] / summary["elapsed_s"], rel=0.01
+    )
+    assert summary["sent_mb_per_s"] == pytest.approx(
+        summary["requests_per_s"] * 256 / 1e6, abs=0.01
+    )
+    latency = summary["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    workers = summary["workers"]
+    assert [w["index"] for w in workers] == [0, 1]
+    assert all(w["calls"] > 0 for w in workers)
+    assert sum(w["calls"] for w in workers) == summary["requests"]
+    assert (summary["call"], summary["balancer"], summary["concurrency"]) == (
+        "run_image",
+        "round-robin",
+        3,
+    )
+
+
+def test_bench_a_text_model(tms):
+    code, out, _ = tms("--json", "bench", "upper", "--duration", "0.3", "--text", "hi")
+    assert code == 0
+    summary = json.loads(out)
+    assert (summary["call"], summary["bytes_per_call"]) == ("run_text", 2)
+    assert summary["ok"] > 0
+
+
+def test_bench_errors(tms, tmp_path):
+    code, out, err = tms("bench", "mean", "--size", "4x4x3", "--duration", "1")
+    assert (code, out) == (1, "")
+    assert err == (
+        "tms: the first call failed, nothing was measured: "
+        "image of (4, 4) is below 8x8 (INVALID_ARGUMENT)\n"
+    )
+    code, _, err = tms("bench", "mean", "--image", str(tmp_path / "nope.png"))
+    assert code == 1
+    assert err == f"tms: {tmp_path / 'nope.png'}: No such file or directory\n"
+    code, _, err = tms("bench", "mean", "--size", "10x10x2")
+    assert code == 2
+    assert "argument --size: channels must be 1, 3 or 4, not 2" in err
+    code, _, err = tms("bench", "mean", "--size", "big")
+    assert code == 2
+    assert "argument --size: expected HxW or HxWxC such as 1080x1920x3, not 'big'" in err
+    code, _, err = tms("bench", "invert", "--text", "hi")
+    assert code == 1
+    assert "model 'invert' does not support run_text" in err
+
+
+# -- everywhere ---------------------------------------------------------------------------------
+
+
+COMMANDS = ["models", "info", "health", "workers", "run", "run-i2i", "text", "bench", "completion"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_every_command(tms, command):
+    code, out, err = tms(command, "--help", server=None)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"usage: tms {command} ")
+
+
+def test_help_lists_every_command(tms):
+    code, out, _ = tms("--help", server=None)
+    assert code == 0
+    listed = re.findall(r"^    (\S+)  ", out, flags=re.MULTILINE)
+    assert listed == COMMANDS
 
 
 # -- no server ----------------------------------------------------------------------------------
@@ -490,16 +722,34 @@ class Terminal(io.StringIO):
 def test_progress_line_on_a_terminal():
     now = [100.0]
     stream = Terminal()
-    progress = Progress(120, stream, enabled=True, clock=lambda: now[0], interval=0.5)
+    progress = Progress(
+        120, stream, enabled=True, clock=lambda: now[0], interval=0.5, width=lambda: 100
+    )
     for _ in range(30):
         now[0] += 0.1
         progress.advance()
-    assert progress.line(now[0]) == "30/120 images (25%)  10.0/s  ETA 0:09"
+    assert progress.line(now[0]) == (
+        "[##########..............................] 30/120 images  25%  10.0/s  ETA 0:09"
+    )
     progress.note("a.png: broken")
     progress.finish()
     text = stream.getvalue()
     assert "\r\x1b[Ka.png: broken\n" in text
     assert text.endswith("\r\x1b[K30/120 images in 0:03 (10.0/s)\n")
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_progress_bar_fits_the_terminal(columns):
+    progress = Progress(10, Terminal(), enabled=True, clock=lambda: 0.0, width=lambda: columns)
+    line = progress.line(0.0)
+    assert line.startswith("[....")
+    assert line.endswith("] 0/10 images   0%  0.0/s  ETA ?")
+    assert len(line) < columns
+
+
+def test_progress_without_room_for_a_bar():
+    progress = Progress(10, Terminal(), enabled=True, clock=lambda: 0.0, width=lambda: 40)
+    assert progress.line(0.0) == "0/10 images   0%  0.0/s  ETA ?"  # no room for a bar
 
 
 def test_progress_only_on_a_terminal_and_for_many_images():

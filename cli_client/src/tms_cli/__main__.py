@@ -23,13 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    options = Options(
-        target=args.target,
-        timeout=args.timeout,
-        connect_timeout=args.connect_timeout,
-        json=args.json,
-        debug=args.debug,
-    )
+    options = Options.from_args(args)
     if options.debug:
         logging.basicConfig(
             level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s: %(message)s"

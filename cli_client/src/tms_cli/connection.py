@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 from tms_cli.errors import CliError
 from tms_client import (
+    Balancer,
     CallError,
     ConnectError,
     InvalidInputError,
@@ -38,15 +40,30 @@ class Options:
     json: bool
     debug: bool
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        """The global options as parsed (see ``parser._add_global_options``)."""
+        return cls(
+            target=args.target,
+            timeout=args.timeout,
+            connect_timeout=args.connect_timeout,
+            json=args.json,
+            debug=args.debug,
+        )
 
-def connect(options: Options, model: str = "") -> ModelClient:
-    """A client for ``model`` (``""`` for calls about the whole server), connected."""
+
+def connect(options: Options, model: str = "", *, balancer: Balancer | None = None) -> ModelClient:
+    """A client for ``model`` (``""`` for calls about the whole server), connected.
+
+    Every command gets its client here, so every global option reaches every command.
+    """
     try:
         return ModelClient(
             model,
             options.target,
             connect_timeout=options.connect_timeout,
             timeout=options.timeout,
+            balancer=balancer,
         )
     except ConnectError as exc:
         reason = f"no answer within {options.connect_timeout:g}s"

@@ -11,7 +11,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-__all__ = ["print_table", "save_image", "to_json"]
+from tms_cli.preview import preview
+
+__all__ = ["print_table", "save_image", "save_preview", "to_json"]
 
 
 def to_json(value: Any, *, pretty: bool = False) -> str:
@@ -43,6 +45,17 @@ def save_image(image: npt.NDArray[Any], stem: Path) -> Path:
         path = stem.with_name(stem.name + ".npy")
         np.save(path, image, allow_pickle=False)
     return path
+
+
+def save_preview(image: npt.NDArray[Any], stem: Path) -> list[Path]:
+    """Write a colour picture of ``image`` as ``<stem>.preview.png`` when it is no picture
+    itself (a flow field, a float map; see tms_cli.preview); the paths written."""
+    picture = preview(_fewest_channels(image))
+    if picture is None:
+        return []
+    path = stem.with_name(stem.name + ".preview.png")
+    Image.fromarray(picture).save(path)
+    return [path]
 
 
 def _fewest_channels(image: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -6,10 +6,14 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from tms_cli import __version__
+from tms_cli.bench import BALANCERS, DEFAULT_SIZE, bench, image_size
+from tms_cli.completion import SHELLS, script
+from tms_cli.connection import Options
 from tms_cli.inputs import IMAGE_EXTENSIONS
 from tms_cli.query import list_models, show_health, show_model, show_workers
 from tms_cli.run import run_images, run_images_to_images, run_text
@@ -26,7 +30,10 @@ examples:
   tms run face photo.jpg                      one result, as JSON
   tms run face photos/ --out faces.jsonl      one JSON line per image
   tms run-i2i edges photos/ --out-dir edges/
+  tms run-i2i optical_flow a.png b.png --together --preview --out-dir flow/
   tms text text_stats "Hello, world"
+  tms bench mean --size 1080x1920x3 --concurrency 8 --duration 10
+  source <(tms completion bash)               shell completion (bash, zsh, fish)
 """
 
 
@@ -54,7 +61,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         commands[name] = sub
         return sub
 
-    add("models", list_models, "list the models the server has loaded")
+    models = add("models", list_models, "list the models the server has loaded")
+    models.add_argument(
+        "--names", action="store_true", help="only their names, one a line (for scripts)"
+    )
     info = add("info", show_model, "show one model in detail")
     info.add_argument("model", metavar="MODEL")
     health = add(
@@ -85,12 +95,67 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="send all images in one call (e.g. two frames for optical flow)",
     )
+    i2i.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write NAME.preview.png, a picture of outputs that are none: flow as a "
+        "colour wheel (hue: direction, brightness: length), other maps colour-mapped",
+    )
     _add_run_options(i2i)
 
     text = add("text", run_text, "run a text model on one text; prints its result as JSON")
     text.add_argument("model", metavar="MODEL")
     text.add_argument("text", metavar="TEXT", help="the text, or - to read it from stdin")
     text.add_argument("--args", type=json_object, default=None, metavar="JSON", help=_ARGS_HELP)
+
+    load = add(
+        "bench",
+        bench,
+        "load a model with calls for a while; show requests/s, MB/s, latency and workers",
+    )
+    load.add_argument("model", metavar="MODEL")
+    payload = load.add_mutually_exclusive_group()
+    payload.add_argument(
+        "--image", type=Path, metavar="FILE", help="send this image file in every call"
+    )
+    payload.add_argument(
+        "--size",
+        type=image_size,
+        metavar="HxWxC",
+        help=f"send random uint8 pixels of this size: HxW (gray) or HxWxC, C 1, 3 or 4 "
+        f"(default for image models: {DEFAULT_SIZE})",
+    )
+    payload.add_argument("--text", metavar="TEXT", help="the text to send to a text model")
+    load.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="calls in flight at once, each thread sending the next when one ends (default: 4)",
+    )
+    load.add_argument(
+        "--duration",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to send calls (default: 10)",
+    )
+    load.add_argument(
+        "--balancer",
+        choices=list(BALANCERS),
+        default="round-robin",
+        help="how calls are spread over the workers (default: round-robin)",
+    )
+    load.add_argument("--args", type=json_object, default=None, metavar="JSON", help=_ARGS_HELP)
+
+    completion = add("completion", None, "print a shell completion script: bash, zsh or fish")
+    completion.add_argument("shell", choices=SHELLS, help="the shell")
+
+    def print_completion(options: Options, args: argparse.Namespace) -> int:
+        sys.stdout.write(script(args.shell, parser))
+        return 0
+
+    completion.set_defaults(command=print_completion)
     return parser, commands
 
 

@@ -1,16 +1,18 @@
-"""A one-line progress report on a terminal: images done, rate and time left."""
+"""A one-line progress bar on a terminal: images done, rate and time left."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["Progress"]
+__all__ = ["CLEAR_LINE", "MIN_IMAGES", "Progress"]
 
 #: Fewer images than this finish too soon for a progress line to help.
 MIN_IMAGES = 6
-_CLEAR_LINE = "\r\x1b[K"
+CLEAR_LINE = "\r\x1b[K"
+_BAR_WIDTH = (10, 40)  # narrowest and widest bar, in characters
 
 
 class Progress:
@@ -27,6 +29,7 @@ class Progress:
         enabled: bool,
         clock: Callable[[], float] = time.monotonic,
         interval: float = 0.1,
+        width: Callable[[], int] = lambda: shutil.get_terminal_size().columns,
     ) -> None:
         self.total = total
         self.done = 0
@@ -34,6 +37,7 @@ class Progress:
         self._enabled = enabled
         self._clock = clock
         self._interval = interval
+        self._width = width
         self._started = clock()
         self._drawn_at: float | None = None
 
@@ -55,7 +59,7 @@ class Progress:
     def note(self, message: str) -> None:
         """Write ``message`` on a line of its own, keeping the progress line below it."""
         if self._enabled and self._drawn_at is not None:
-            self._stream.write(_CLEAR_LINE)
+            self._stream.write(CLEAR_LINE)
         self._stream.write(message + "\n")
         if self._enabled and self._drawn_at is not None:
             self._draw(self._clock())
@@ -68,22 +72,29 @@ class Progress:
         elapsed = self._clock() - self._started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         self._stream.write(
-            f"{_CLEAR_LINE}{self.done}/{self.total} images in {_duration(elapsed)} ({rate:.1f}/s)\n"
+            f"{CLEAR_LINE}{self.done}/{self.total} images in {_duration(elapsed)} ({rate:.1f}/s)\n"
         )
         self._stream.flush()
 
     def line(self, now: float) -> str:
-        """The progress line at time ``now``."""
+        """The progress line at time ``now``: a bar as wide as the terminal allows."""
         elapsed = now - self._started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
-        percent = 100 * self.done / self.total if self.total else 100.0
-        return f"{self.done}/{self.total} images ({percent:.0f}%)  {rate:.1f}/s  ETA {eta}"
+        fraction = self.done / self.total if self.total else 1.0
+        text = f"{self.done}/{self.total} images {100 * fraction:3.0f}%  {rate:.1f}/s  ETA {eta}"
+        low, high = _BAR_WIDTH
+        room = self._width() - len(text) - 4  # "[", "] " and a column to spare
+        if room < low:  # a line that wraps cannot be redrawn in place
+            return text
+        width = min(high, room)
+        filled = int(width * fraction)
+        return f"[{'#' * filled}{'.' * (width - filled)}] {text}"
 
     def _draw(self, now: float) -> None:
         self._drawn_at = now
         if self._enabled:
-            self._stream.write(_CLEAR_LINE + self.line(now))
+            self._stream.write(CLEAR_LINE + self.line(now))
             self._stream.flush()
 
 

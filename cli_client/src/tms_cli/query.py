@@ -8,16 +8,18 @@ from typing import Any
 
 from tms_cli.connection import Options, check_model, connect
 from tms_cli.outputs import print_table, to_json
-from tms_client import ModelInfo
+from tms_client import ModelClient, ModelInfo, WorkerInfo
 
-__all__ = ["list_models", "show_health", "show_model", "show_workers"]
+__all__ = ["list_models", "show_health", "show_model", "show_workers", "worker_json"]
 
 
 def list_models(options: Options, args: argparse.Namespace) -> int:
-    """``tms models``: every loaded model, one line each."""
+    """``tms models``: every loaded model, one line each (``--names``: only the names)."""
     with connect(options) as client:
         models = client.list_models()
-    if options.json:
+    if args.names:
+        sys.stdout.write("".join(f"{m.name}\n" for m in models))
+    elif options.json:
         _print_json([_model_json(info) for info in models])
     elif not models:
         sys.stderr.write(f"no models are loaded at {options.target}\n")
@@ -44,6 +46,7 @@ def show_model(options: Options, args: argparse.Namespace) -> int:
         "input shape": _shape(info.input_shape),
         "dtype": info.dtype or "any",
         "colour order": info.color or "any (images arrive as sent)",
+        "output order": info.output_color or "-",
         "calls": _calls(info),
         "thread safe": "yes" if info.thread_safe else "no (one call at a time per worker)",
     }
@@ -71,17 +74,64 @@ def show_health(options: Options, args: argparse.Namespace) -> int:
 
 
 def show_workers(options: Options, args: argparse.Namespace) -> int:
-    """``tms workers``: the worker processes found behind the target."""
+    """``tms workers``: the worker processes found behind the target, and their load.
+
+    Each worker is asked once (a ListModels call) for its load: the calls it is running
+    besides that one, and those waiting for one of its threads.
+    """
     with connect(options) as client:
-        workers = client.workers()
+        workers = _probe_each(client)
+    rows = [worker_json(w) for w in workers]
     if options.json:
-        _print_json(
-            [{"index": w.index, "pid": w.pid, "instance_id": w.instance_id} for w in workers]
-        )
-    else:
-        rows = [[str(w.index), str(w.pid), w.instance_id] for w in workers]
-        print_table(["index", "pid", "instance id"], rows, sys.stdout)
+        _print_json(rows)
+        return 0
+    table = [
+        [
+            w["address"],
+            f"{w['index']}/{w['count']}",
+            str(w["pid"]),
+            _count(w["running"]),
+            _count(w["queued"]),
+            str(w["in_flight"]),
+            str(w["calls"]),
+        ]
+        for w in rows
+    ]
+    header = ["address", "worker", "pid", "running", "queued", "in flight", "calls"]
+    print_table(header, table, sys.stdout)
     return 0
+
+
+def _probe_each(client: ModelClient) -> list[WorkerInfo]:
+    """The client's workers after each has answered at least one call (a bounded number of
+    tries: the balancer, not this function, picks where calls go)."""
+    workers = client.workers()
+    for _ in range(3 * len(workers)):
+        if all(w.calls for w in workers):
+            break
+        client.list_models()
+        workers = client.workers()
+    return workers
+
+
+def worker_json(worker: WorkerInfo) -> dict[str, Any]:
+    running = worker.reported_in_flight
+    return {
+        "address": worker.address,
+        "index": worker.index,
+        "count": worker.count,
+        "pid": worker.pid,
+        "instance_id": worker.instance_id,
+        # A report counts the call that carried it: here, this command's own probe.
+        "running": None if running is None else max(0, running - 1),
+        "queued": worker.reported_queued,
+        "in_flight": worker.in_flight,
+        "calls": worker.calls,
+    }
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
 def _model_json(info: ModelInfo) -> dict[str, Any]:
@@ -93,6 +143,7 @@ def _model_json(info: ModelInfo) -> dict[str, Any]:
         "color": info.color,
         "calls": sorted(info.calls),
         "thread_safe": info.thread_safe,
+        "output_color": info.output_color,
     }
 
 

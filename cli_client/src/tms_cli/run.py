@@ -16,7 +16,7 @@ from PIL import Image
 from tms_cli.connection import Options, check_model, connect, describe_error
 from tms_cli.errors import CliError
 from tms_cli.inputs import IMAGE_EXTENSIONS, STDIN, ImageSource, collect
-from tms_cli.outputs import save_image, to_json
+from tms_cli.outputs import save_image, save_preview, to_json
 from tms_cli.progress import Progress
 from tms_client import (
     ConnectError,
@@ -49,9 +49,10 @@ _PER_IMAGE = (TMSError, ValueError, OSError, Image.DecompressionBombError)
 
 
 def run_images(options: Options, args: argparse.Namespace) -> int:
-    """``tms run``: one result per image, as JSON (one image) or JSON Lines (several)."""
+    """``tms run``: one result per image, as JSON (one image) or JSON Lines (several, or
+    any number with ``--json``)."""
     sources, missing = _sources(args.paths)
-    single = len(args.paths) == 1 and not sources[0].in_folder
+    single = len(args.paths) == 1 and not sources[0].in_folder and not options.json
     with ExitStack() as stack:
         out = sys.stdout if args.out is None else stack.enter_context(_open_output(args.out))
         client = stack.enter_context(connect(options, args.model))
@@ -94,10 +95,12 @@ def run_images_to_images(options: Options, args: argparse.Namespace) -> int:
             output = client.run_image_to_image(images, args.args, output_color="rgba")
             stem = out_dir / source.name
             several = len(output.images) > 1
-            written = [
-                save_image(image, stem.with_name(f"{stem.name}-{i}") if several else stem)
-                for i, image in enumerate(output.images)
-            ]
+            written = []
+            for i, image in enumerate(output.images):
+                name = stem.with_name(f"{stem.name}-{i}") if several else stem
+                written.append(save_image(image, name))
+                if args.preview:
+                    written += save_preview(image, name)
             return {"outputs": [str(path) for path in written], "result": output.result}
 
         def write(source: ImageSource, done: dict[str, Any]) -> None:
@@ -119,17 +122,22 @@ def run_text(options: Options, args: argparse.Namespace) -> int:
     with connect(options, args.model) as client:
         check_model(client, "run_text")
         result = client.run_text(text, args.args)
-    sys.stdout.write(to_json(result, pretty=True) + "\n")
+    sys.stdout.write(to_json(result, pretty=not options.json) + "\n")
     return 0
 
 
 def _sources(paths: list[str]) -> tuple[list[ImageSource], int]:
     """The images named by ``paths``, and how many paths named nothing (reported here)."""
     inputs = collect(paths, sys.stdin.buffer.read)
-    for path, reason in inputs.missing:
-        _report(f"{path}: {reason}")
-    for folder in inputs.empty_folders:
-        _report(f"{folder}: no images ({' '.join(IMAGE_EXTENSIONS)}) in this folder")
+    problems = [f"{path}: {reason}" for path, reason in inputs.missing]
+    problems += [
+        f"{folder}: no images ({' '.join(IMAGE_EXTENSIONS)}) in this folder"
+        for folder in inputs.empty_folders
+    ]
+    if not inputs.sources and len(problems) == 1:
+        raise CliError(problems[0])
+    for problem in problems:
+        _report(problem)
     if not inputs.sources:
         raise CliError("no images to run on")
     return inputs.sources, len(inputs.missing)
@@ -181,6 +189,8 @@ def _run_all(
 
 def _reason(exc: BaseException, source: ImageSource) -> str:
     reason = describe_error(exc)
+    if source.path is not None:  # the line starts with the path: do not say it twice
+        reason = reason.replace(f" {source.label} ", " ")
     filename = getattr(exc, "filename", None)
     if filename is not None and str(filename) != source.label:  # an output file, say
         reason = f"{reason}: {filename}"
