@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from tms_client.codec import ImageError
 from tms_server.model import InvalidInput
@@ -22,6 +23,7 @@ __all__ = [
     "ServiceError",
     "Unavailable",
     "Unimplemented",
+    "message_handler",
     "status_errors",
 ]
 
@@ -104,3 +106,24 @@ def status_errors(handler: Handler) -> Handler:
         _abort(context, code, message)
 
     return wrapper  # type: ignore[return-value]
+
+
+def message_handler(
+    method: Callable[[Any, grpc.ServicerContext], Any],
+    request_class: type[Message],
+    response_serializer: Callable[[Any], bytes] | None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler that parses the request itself, so that bytes which are not a
+    ``request_class`` end the call with INVALID_ARGUMENT (gRPC's own parsing says INTERNAL)."""
+    name = request_class.DESCRIPTOR.name
+
+    def parse_then_handle(request: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            message = request_class.FromString(request)
+        except DecodeError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name}: {exc}")
+        return method(message, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        parse_then_handle, request_deserializer=None, response_serializer=response_serializer
+    )

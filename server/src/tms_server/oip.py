@@ -41,7 +41,13 @@ from tms_client.codec import ColorValue, color_order, numpy_dtype
 from tms_client.wire import Buffer, ImageParts
 from tms_server import __version__
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
-from tms_server.errors import Internal, InvalidArgument, NotFound, status_errors
+from tms_server.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    message_handler,
+    status_errors,
+)
 from tms_server.registry import LoadedModel, ModelRegistry
 
 # The tms.v1 servicer's input checks and model calls, shared so both APIs behave alike.
@@ -498,10 +504,10 @@ def _typed_contents(tensor: Tensor) -> bytes:
 def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
     """Register ``servicer`` for inference.GRPCInferenceService on ``server``."""
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
+        name: message_handler(
             getattr(servicer, name),
-            request_deserializer=getattr(oip, method.input_type.name).FromString,
-            response_serializer=getattr(oip, method.output_type.name).SerializeToString,
+            getattr(oip, method.input_type.name),
+            getattr(oip, method.output_type.name).SerializeToString,
         )
         for name, method in _SERVICE.methods_by_name.items()
     }

@@ -25,7 +25,13 @@ from tms_client.codec import (
     to_json,
 )
 from tms_client.wire import ImageParts, WireError, join_images, merge_singular, split_images
-from tms_server.errors import Internal, InvalidArgument, Unimplemented, status_errors
+from tms_server.errors import (
+    Internal,
+    InvalidArgument,
+    Unimplemented,
+    message_handler,
+    status_errors,
+)
 from tms_server.limits import parse_args
 from tms_server.load import WorkerLoad
 from tms_server.model import InvalidInput
@@ -303,17 +309,17 @@ class ModelServicer:
 
 def add_to_server(servicer: ModelServicer, server: grpc.Server) -> None:
     """Register ``servicer`` for tms.v1.ModelService on ``server``."""
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for name, method in _SERVICE.methods_by_name.items():
         request_class = getattr(pb, method.input_type.name)
         response_class = getattr(pb, method.output_type.name)
-        handlers[name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=None if name in _BYTES_REQUESTS else request_class.FromString,
-            response_serializer=None
-            if name in _BYTES_RESPONSES
-            else response_class.SerializeToString,
-        )
+        serializer = None if name in _BYTES_RESPONSES else response_class.SerializeToString
+        if name in _BYTES_REQUESTS:
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, name), response_serializer=serializer
+            )
+        else:  # malformed bytes: INVALID_ARGUMENT, as for the requests read in place
+            handlers[name] = message_handler(getattr(servicer, name), request_class, serializer)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
     )

@@ -20,8 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image as PILImage
 
-from tms.v1 import admin_service_pb2, admin_service_pb2_grpc, model_service_pb2
+from tms.v1 import model_service_pb2
 from tms_server import __version__, oip, security
+from tms_server import admin as admin_service
 from tms_server.admin import AdminServicer, Reloader
 from tms_server.board import WorkerBoard
 from tms_server.load import CountingExecutor, WorkerLoad
@@ -143,13 +144,12 @@ def build_server(
         load=load,
         admin_tokens=admin_tokens,
     )
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    admin_service.add_to_server(admin, server)
     service_name = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
-    admin_name = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
     reflection.enable_server_reflection(
         [
             service_name,
-            admin_name,
+            admin_service.SERVICE_NAME,
             oip.SERVICE_NAME,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
