@@ -509,3 +509,17 @@ def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(tmp_
         slow.join(5)
         stopper.join(10)
     assert json.loads(outcome["reply"].result_json) == "done"
+
+
+def test_every_answer_reports_the_workers_load(server):
+    with client(server, "probe") as c:
+        c.run_image(np.zeros((2, 2, 3), np.uint8))
+        (worker,) = c.workers()
+    assert worker.reported_in_flight == 1  # the call that carried the report
+    assert worker.reported_queued == 0
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        _, call = stub.ListModels.with_call(pb.ListModelsRequest())
+        trailers = dict(call.trailing_metadata())
+    assert trailers["tms-worker"] == server.running.load.identity
+    assert "tms-load-bin" in trailers

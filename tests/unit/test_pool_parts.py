@@ -223,9 +223,9 @@ def test_load_reports_are_orca_messages() -> None:
 
 def test_trailers_give_identity_and_load() -> None:
     identity, report = read_trailers(
-        [("tms-worker", "abc/12"), ("endpoint-load-metrics-bin", encode_orca({"queued": 2}))]
+        [("tms-worker", "abc/12"), ("tms-load-bin", encode_orca({"queued": 2}))]
     )
     assert identity == "abc/12"
     assert report == LoadReport(in_flight=0, queued=2)
     assert read_trailers(None) == (None, None)
-    assert read_trailers([("endpoint-load-metrics-bin", b"\x0b")]) == (None, None)
+    assert read_trailers([("tms-load-bin", b"\x0b")]) == (None, None)

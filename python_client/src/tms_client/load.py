@@ -2,9 +2,11 @@
 
 Two keys, written by the server and read by the client's pool:
 
-- ``endpoint-load-metrics-bin``: an ORCA load report (``xds.data.orca.v3.OrcaLoadReport``, the
-  format gRPC's own load balancers read) whose ``named_metrics`` hold ``in_flight`` (calls the
-  worker is running, this one included) and ``queued`` (calls waiting for one of its threads).
+- ``tms-load-bin``: an ORCA load report (``xds.data.orca.v3.OrcaLoadReport``, the format of
+  gRPC's own load reporting) whose ``named_metrics`` hold ``in_flight`` (calls the worker is
+  running, this one included) and ``queued`` (calls waiting for one of its threads). ORCA's own
+  key, ``endpoint-load-metrics-bin``, is not used: grpcio takes that trailer for itself and
+  never hands it to the application.
 - ``tms-worker``: ``<instance id>/<pid>``, which worker answered.
 
 Only the ORCA fields used here are written and read (``named_metrics``, field 8, a
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from tms_client.wire import WireError, read_varint, varint
 
 __all__ = [
-    "ORCA_KEY",
+    "LOAD_KEY",
     "WORKER_KEY",
     "LoadReport",
     "decode_orca",
@@ -29,7 +31,7 @@ __all__ = [
     "read_trailers",
 ]
 
-ORCA_KEY = "endpoint-load-metrics-bin"
+LOAD_KEY = "tms-load-bin"
 WORKER_KEY = "tms-worker"
 
 _NAMED_METRICS = 8  # OrcaLoadReport.named_metrics
@@ -112,7 +114,7 @@ def read_trailers(
     for key, value in metadata or ():
         if key == WORKER_KEY:
             identity = value if isinstance(value, str) else value.decode()
-        elif key == ORCA_KEY and isinstance(value, bytes):
+        elif key == LOAD_KEY and isinstance(value, bytes):
             try:
                 metrics = decode_orca(value)
             except WireError:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from tms_client.load import ORCA_KEY, WORKER_KEY, encode_orca
+from tms_client.load import LOAD_KEY, WORKER_KEY, encode_orca
 
 __all__ = ["CountingExecutor", "WorkerLoad"]
 
@@ -64,7 +64,7 @@ class WorkerLoad:
     def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
         """Trailing metadata reporting the load now."""
         report = encode_orca({"in_flight": float(self.in_flight), "queued": float(self.queued)})
-        return ((ORCA_KEY, report), (WORKER_KEY, self.identity))
+        return ((LOAD_KEY, report), (WORKER_KEY, self.identity))
 
 
 class CountingExecutor(ThreadPoolExecutor):
