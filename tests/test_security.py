@@ -372,3 +372,36 @@ def test_a_missing_certificate_stops_the_server_with_a_message(tmp_path):
     )
     assert result.returncode == 2
     assert "cannot read tls_cert" in result.stderr
+
+
+# -- the tms command ----------------------------------------------------------------------------
+
+
+def test_cli_over_mutual_tls_with_a_token(
+    in_process_server, models, pki, tokens, capsys, monkeypatch
+):
+    from tms_cli.__main__ import main  # noqa: PLC0415
+
+    server = tls_server(
+        in_process_server, models, pki, tls_client_ca=pki["ca"].cert, tokens_file=tokens["calls"]
+    )
+    client = pki["client"]
+    tls = ["--tls-ca", str(pki["ca"].cert), "--tls-cert", str(client.cert)]
+    tls += ["--tls-key", str(client.key), "--connect-timeout", "2"]
+    base = ["--target", f"localhost:{server.running.port}", *tls]
+    assert main([*base, "--token", CALL_TOKEN, "text", "echo", "over TLS"]) == 0
+    assert '"text": "over TLS"' in capsys.readouterr().out
+    monkeypatch.setenv("TMS_TOKEN", OTHER_CALL_TOKEN)
+    assert main([*base, "models"]) == 0
+    assert "echo" in capsys.readouterr().out
+    assert main([*base, "--token", "wrong-token-xyz", "models"]) == 1
+    err = capsys.readouterr().err
+    assert "UNAUTHENTICATED" in err
+    assert "wrong-token-xyz" not in err
+    named = ["--target", server.target, *tls, "--tls-server-name", "localhost", "models"]
+    assert main(named) == 0
+    capsys.readouterr()
+    assert main(["--target", server.target, "--connect-timeout", "1", "models"]) == 1
+    assert "cannot reach a TMS server" in capsys.readouterr().err  # plaintext to TLS
+    assert main(["--target", server.target, "--tls-cert", str(client.cert), "models"]) == 2
+    assert "cert and key go together" in capsys.readouterr().err

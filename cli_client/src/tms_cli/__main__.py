@@ -3,6 +3,7 @@ errors into one line on stderr and an exit code (0 done, 1 failed, 2 usage, 130 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -21,9 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = build_parser()
     try:
         args = parser.parse_args(argv)
+        options = _options(parser, args)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    options = Options.from_args(args)
     if options.debug:
         logging.basicConfig(
             level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
@@ -52,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"tms: {_message(exc, options)}\n")
         return 1
+
+
+def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Options:
+    try:
+        return Options.from_args(args)
+    except ValueError as exc:  # --tls-cert without --tls-key, say: a usage error
+        parser.error(str(exc))
 
 
 def _message(exc: Exception, options: Options) -> str:

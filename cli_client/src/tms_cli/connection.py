@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tms_cli.errors import CliError
 from tms_client import (
@@ -17,6 +17,7 @@ from tms_client import (
     ModelNotReadyError,
     TMSError,
 )
+from tms_client.tls import TLS
 
 __all__ = ["COMMAND_OF_CALL", "Options", "check_model", "connect", "describe_error"]
 
@@ -39,16 +40,30 @@ class Options:
     connect_timeout: float
     json: bool
     debug: bool
+    tls: TLS | None = None
+    token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
-        """The global options as parsed (see ``parser._add_global_options``)."""
+        """The global options as parsed (see ``parser._add_global_options``); ValueError for
+        TLS options that do not go together."""
+        files = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+        tls = None
+        if args.tls or any(value is not None for value in files):
+            tls = TLS(
+                ca=args.tls_ca,
+                cert=args.tls_cert,
+                key=args.tls_key,
+                server_name=args.tls_server_name,
+            )
         return cls(
             target=args.target,
             timeout=args.timeout,
             connect_timeout=args.connect_timeout,
             json=args.json,
             debug=args.debug,
+            tls=tls,
+            token=args.token,
         )
 
 
@@ -64,10 +79,14 @@ def connect(options: Options, model: str = "", *, balancer: Balancer | None = No
             connect_timeout=options.connect_timeout,
             timeout=options.timeout,
             balancer=balancer,
+            tls=options.tls,
+            token=options.token,
         )
     except ConnectError as exc:
         reason = f"no answer within {options.connect_timeout:g}s"
         raise CliError(f"cannot reach a TMS server at {options.target} ({reason})") from exc
+    except ValueError as exc:  # a TLS file that cannot be read, a malformed token
+        raise CliError(str(exc)) from exc
     except TMSError as exc:  # something answered, but not as a TMS server does
         reason = describe_error(exc)
         raise CliError(f"cannot reach a TMS server at {options.target} ({reason})") from exc

@@ -194,6 +194,38 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     group.add_argument(
         "--debug", action="store_true", default=default(False), help="show tracebacks and logs"
     )
+    security = parser.add_argument_group("security options (see the README's Security section)")
+    security.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="connect over TLS, trusting the system's root certificates (implied by --tls-*)",
+    )
+    security.add_argument(
+        "--tls-ca", default=default(None), metavar="FILE", help="CA bundle (PEM) to trust"
+    )
+    security.add_argument(
+        "--tls-cert",
+        default=default(None),
+        metavar="FILE",
+        help="client certificate (PEM), for servers that require mutual TLS",
+    )
+    security.add_argument(
+        "--tls-key", default=default(None), metavar="FILE", help="private key of --tls-cert"
+    )
+    security.add_argument(
+        "--tls-server-name",
+        default=default(None),
+        metavar="NAME",
+        help="the name the server's certificate must carry, if not the target's host",
+    )
+    security.add_argument(
+        "--token",
+        default=default(os.environ.get("TMS_TOKEN") or None),
+        metavar="TOKEN",
+        help="bearer token sent with every call (default: $TMS_TOKEN; prefer the variable, "
+        "since other users can see command lines)",
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
