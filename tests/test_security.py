@@ -34,7 +34,8 @@ from tms_client import (
     UnauthenticatedError,
 )
 from tms_server.security import SecurityError, TokenFile, bearer_token, check_files
-from tms_server.settings import Settings
+from tms_server.settings import Settings, parse_settings
+from tms_server.worker import grpc_options
 
 ECHO = """
     import os
@@ -405,3 +406,34 @@ def test_cli_over_mutual_tls_with_a_token(
     assert "cannot reach a TMS server" in capsys.readouterr().err  # plaintext to TLS
     assert main(["--target", server.target, "--tls-cert", str(client.cert), "models"]) == 2
     assert "cert and key go together" in capsys.readouterr().err
+
+
+def test_security_and_limit_settings_from_flags_and_environment():
+    environ = {
+        "TMS_TLS_CERT": "/certs/server.pem",
+        "TMS_TLS_KEY": "/certs/server.key",
+        "TMS_TLS_CLIENT_CA": "/certs/clients.pem",
+        "TMS_TOKENS_FILE": "/secrets/tokens",
+        "TMS_CALL_TIME_LIMIT": "30",
+        "TMS_MAX_QUEUED_CALLS": "5",
+    }
+    settings = parse_settings(["--admin-tokens-file", "/secrets/admin"], environ)
+    assert settings.tls_cert == Path("/certs/server.pem")
+    assert settings.tls_client_ca == Path("/certs/clients.pem")
+    assert settings.tokens_file == Path("/secrets/tokens")
+    assert settings.admin_tokens_file == Path("/secrets/admin")
+    assert settings.call_time_limit == 30.0
+    assert settings.max_concurrent_calls == settings.threads + 5
+    defaults = Settings()
+    assert (defaults.tls, defaults.tokens_file, defaults.admin_tokens_file) == (False, None, None)
+    assert defaults.worker_memory_mb == 0
+    options = dict(grpc_options(defaults))
+    assert options["grpc.server_handshake_timeout_ms"] == 20_000
+    assert options["grpc.keepalive_time_ms"] == 60_000
+    assert options["grpc.max_connection_idle_ms"] == 1_800_000
+    assert "grpc.max_connection_age_ms" not in options
+    aged = dict(
+        grpc_options(Settings(max_connection_age_seconds=60, max_connection_idle_seconds=0))
+    )
+    assert aged["grpc.max_connection_age_ms"] == 60_000
+    assert "grpc.max_connection_idle_ms" not in aged
