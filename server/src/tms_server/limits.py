@@ -28,8 +28,9 @@ MAX_ARGS_DEPTH = 32
 # so that a match never fails, which keeps the scan linear in the length of the text.
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_OPENING = np.zeros(256, np.int64)
+_OPENING = np.zeros(256, np.int64)  # 1 for the bytes that open an array or object
 _OPENING[[ord("["), ord("{")]] = 1
+_OPENING.flags.writeable = False
 
 
 def json_depth(text: str) -> int:
