@@ -15,6 +15,7 @@ Only the ORCA fields used here are written and read (``named_metrics``, field 8,
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 from collections.abc import Iterable
@@ -115,9 +116,17 @@ def read_trailers(
         if key == WORKER_KEY:
             identity = value if isinstance(value, str) else value.decode()
         elif key == LOAD_KEY and isinstance(value, bytes):
-            try:
-                metrics = decode_orca(value)
-            except WireError:
-                continue
-            report = LoadReport(int(metrics.get("in_flight", 0)), int(metrics.get("queued", 0)))
+            counts = _counts(value)
+            if counts is not None:
+                report = LoadReport(*counts)
     return identity, report
+
+
+@functools.lru_cache(maxsize=1024)
+def _counts(value: bytes) -> tuple[int, int] | None:
+    # Workers send the same few reports over and over: decode each once.
+    try:
+        metrics = decode_orca(value)
+    except WireError:
+        return None
+    return int(metrics.get("in_flight", 0)), int(metrics.get("queued", 0))

@@ -6,6 +6,7 @@ so clients can send their next calls to the least loaded worker.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -63,8 +64,13 @@ class WorkerLoad:
 
     def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
         """Trailing metadata reporting the load now."""
-        report = encode_orca({"in_flight": float(self.in_flight), "queued": float(self.queued)})
-        return ((LOAD_KEY, report), (WORKER_KEY, self.identity))
+        return ((LOAD_KEY, _report(self.in_flight, self.queued)), (WORKER_KEY, self.identity))
+
+
+@functools.lru_cache(maxsize=1024)
+def _report(in_flight: int, queued: int) -> bytes:
+    # The same few (in flight, queued) pairs recur call after call: encode each once.
+    return encode_orca({"in_flight": float(in_flight), "queued": float(queued)})
 
 
 class CountingExecutor(ThreadPoolExecutor):
