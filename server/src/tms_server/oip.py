@@ -48,10 +48,18 @@ from tms_server.errors import (
     message_handler,
     status_errors,
 )
-from tms_server.registry import LoadedModel, ModelRegistry
 
 # The tms.v1 servicer's input checks and model calls, shared so both APIs behave alike.
-from tms_server.servicer import ModelServicer, _args, _result_json, _run
+from tms_server.invoke import (
+    encode_output,
+    image_outputs,
+    prepare_image,
+    result_json,
+    run_model,
+)
+from tms_server.limits import parse_args
+from tms_server.registry import LoadedModel, ModelRegistry
+from tms_server.servicer import ModelServicer
 
 __all__ = ["MAX_BATCH_SIZE", "SERVICE_NAME", "InferenceServicer", "add_to_server"]
 
@@ -288,7 +296,7 @@ class InferenceServicer:
     ) -> oip.ModelInferResponse:
         described = self._model(request.model_name, request.model_version)
         tensor, raw = self._input(request, TEXT if described.text else IMAGE)
-        args = _args(_string_param(request.parameters, "args") or "")
+        args = parse_args(_string_param(request.parameters, "args") or "")
         wanted = [output.name for output in request.outputs]
         known = [name for name, _, _ in described.outputs()]
         unknown = [name for name in wanted if name not in known]
@@ -374,7 +382,9 @@ class InferenceServicer:
             dtype=dtype, shape=image_shape, color_order=color, encoding=image_pb2.ENCODING_RAW
         )
         images = [
-            self._models._image(model, ImageParts(meta, view[i * size : (i + 1) * size]))
+            prepare_image(
+                model, ImageParts(meta, view[i * size : (i + 1) * size]), self._models.max_pixels
+            )
             for i in range(count)
         ]
         return images, batched
@@ -386,19 +396,11 @@ class InferenceServicer:
         batched: bool,
         args: dict[str, Any],
     ) -> list[tuple[OutputTensor, bytes]]:
-        output = _run(model, model.instance.run_image_to_image, images, args)
-        result: Any = None
-        if isinstance(output, tuple):
-            if len(output) != 2:
-                raise Internal(
-                    f"model {model.name!r} returned a tuple of {len(output)}; "
-                    "expected (image(s), result)"
-                )
-            output, result = output
-        arrays = output if isinstance(output, list) else [output]
+        output = run_model(model, model.instance.run_image_to_image, images, args)
+        arrays, result = image_outputs(model, output)
         if not arrays:
             raise Internal(f"model {model.name!r} returned no image")
-        parts = [self._models._encode(model, a, image_pb2.ENCODING_RAW) for a in arrays]
+        parts = [encode_output(model, a, image_pb2.ENCODING_RAW) for a in arrays]
         first = parts[0].meta
         if any(p.meta.shape != first.shape or p.meta.dtype != first.dtype for p in parts):
             raise Internal(
@@ -412,7 +414,7 @@ class InferenceServicer:
         json_result = OutputTensor(name=RESULT, datatype=BYTES, shape=[1])
         return [
             (image, b"".join(bytes(p.data) for p in parts)),
-            (json_result, _pack_bytes([_result_json(model, result).encode()])),
+            (json_result, _pack_bytes([result_json(model, result).encode()])),
         ]
 
     @staticmethod
@@ -430,12 +432,12 @@ class InferenceServicer:
             texts = [item.decode() for item in _unpack_bytes(raw, shape[0])]
         except UnicodeDecodeError as exc:
             raise InvalidArgument(f"input TEXT is not UTF-8: {exc}") from None
-        results = list(_run(model, model.instance.run_batch, texts, args))
+        results = list(run_model(model, model.instance.run_batch, texts, args))
         if len(results) != len(texts):
             raise Internal(
                 f"model {model.name!r} returned {len(results)} results for {len(texts)} inputs"
             )
-        data = _pack_bytes([_result_json(model, result).encode() for result in results])
+        data = _pack_bytes([result_json(model, result).encode() for result in results])
         return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), data)]
 
 
@@ -467,15 +469,15 @@ def _run_images(
 ) -> list[tuple[OutputTensor, bytes]]:
     """RESULT of ``run`` on one image, or of ``run_batch`` on a batch."""
     if batched:
-        results = list(_run(model, model.instance.run_batch, images, args))
+        results = list(run_model(model, model.instance.run_batch, images, args))
         if len(results) != len(images):
             raise Internal(
                 f"model {model.name!r} returned {len(results)} results for {len(images)} inputs"
             )
         shape = [len(results), 1]
     else:
-        results, shape = [_run(model, model.instance.run, images[0], args)], [1]
-    texts = [_result_json(model, result).encode() for result in results]
+        results, shape = [run_model(model, model.instance.run, images[0], args)], [1]
+    texts = [result_json(model, result).encode() for result in results]
     return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), _pack_bytes(texts))]
 
 

@@ -5,25 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 from google.protobuf.message import Message
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.codec import (
-    ColorValue,
-    EncodingValue,
-    ImageError,
-    convert_color,
-    decode_image,
-    encode_parts,
-    to_json,
-)
 from tms_client.wire import ImageParts, WireError, join_images, merge_singular, split_images
 from tms_server.errors import (
     Internal,
@@ -32,9 +21,15 @@ from tms_server.errors import (
     message_handler,
     status_errors,
 )
+from tms_server.invoke import (
+    encode_output,
+    image_outputs,
+    prepare_image,
+    result_json,
+    run_model,
+)
 from tms_server.limits import parse_args
 from tms_server.load import WorkerLoad
-from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel, ModelRegistry
 
 __all__ = ["ModelServicer", "WorkerIdentity", "add_to_server"]
@@ -50,13 +45,6 @@ _OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].n
 # Methods whose requests (and responses) the servicer handles as bytes.
 _BYTES_REQUESTS = {"RunImage", "RunImageBatch", "RunImageToImage"}
 _BYTES_RESPONSES = {"RunImageToImage"}
-_CHANNELS: dict[ColorValue, int] = {
-    image_pb2.COLOR_ORDER_GRAY: 1,
-    image_pb2.COLOR_ORDER_RGB: 3,
-    image_pb2.COLOR_ORDER_BGR: 3,
-    image_pb2.COLOR_ORDER_RGBA: 4,
-    image_pb2.COLOR_ORDER_BGRA: 4,
-}
 _CALL_NAMES: dict[pb.ModelCall.ValueType, str] = {
     pb.MODEL_CALL_RUN_IMAGE: "RunImage",
     pb.MODEL_CALL_RUN_IMAGE_BATCH: "RunImageBatch",
@@ -91,40 +79,12 @@ class WorkerIdentity:
         )
 
 
-def _args(text: str) -> dict[str, Any]:
-    """The model args: a JSON object, bounded in size and depth (see tms_server.limits)."""
-    return parse_args(text)
-
-
 def _read(cls: type[M], request: bytes) -> tuple[M, list[ImageParts]]:
     """A request message and the images it carries (field 2 in every such request)."""
     try:
         return split_images(cls, request, _IMAGE_FIELD)
     except WireError as exc:
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
-
-
-def _run(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
-    """Call a model method, one call at a time unless the model is thread-safe.
-
-    InvalidInput passes through (INVALID_ARGUMENT); anything else the model raises is logged
-    with its traceback and becomes INTERNAL.
-    """
-    try:
-        with model.lock:
-            return method(*args)
-    except InvalidInput:
-        raise
-    except Exception as exc:
-        log.exception("model %r raised", model.name)
-        raise Internal(f"model {model.name!r} raised {type(exc).__name__}: {exc}") from exc
-
-
-def _result_json(model: LoadedModel, result: Any) -> str:
-    try:
-        return to_json(result)
-    except (TypeError, ValueError) as exc:
-        raise Internal(f"model {model.name!r} returned a result JSON cannot hold: {exc}") from None
 
 
 class ModelServicer:
@@ -145,7 +105,7 @@ class ModelServicer:
     ) -> None:
         self.load = load if load is not None else WorkerLoad(identity.key)
         self._registry = registry
-        self._max_pixels = max_pixels
+        self.max_pixels = max_pixels
         self._worker_info = identity.response()
 
     def _model(self, name: str, call: pb.ModelCall.ValueType) -> LoadedModel:
@@ -157,48 +117,10 @@ class ModelServicer:
             )
         return model
 
-    def _image(self, model: LoadedModel, parts: ImageParts) -> npt.NDArray[Any]:
-        """The pixels of an image as ``model`` declared it wants them."""
-        array, color = decode_image(parts, max_pixels=self._max_pixels)
-        if model.dtype is not None and array.dtype != model.dtype:
-            if not np.can_cast(array.dtype, model.dtype, "safe"):
-                raise InvalidArgument(
-                    f"model {model.name!r} takes {model.dtype} images; "
-                    f"{array.dtype} cannot be converted to it without loss"
-                )
-            array = array.astype(model.dtype)
-        if model.color != image_pb2.COLOR_ORDER_UNSPECIFIED:
-            if color == image_pb2.COLOR_ORDER_UNSPECIFIED:
-                color = self._assume_color(model, array)
-            array = convert_color(array, color, model.color)
-        if model.input_shape is not None:
-            expected = model.input_shape
-            if len(expected) != array.ndim or any(
-                e not in (-1, a) for e, a in zip(expected, array.shape, strict=True)
-            ):
-                raise InvalidArgument(
-                    f"model {model.name!r} takes images of shape {list(expected)} (-1: any), "
-                    f"not {list(array.shape)}"
-                )
-        return array
-
-    @staticmethod
-    def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> ColorValue:
-        channels = 1 if array.ndim == 2 else array.shape[2]
-        if channels == 1:
-            return image_pb2.COLOR_ORDER_GRAY
-        if channels == _CHANNELS[model.color]:
-            return model.color
-        wanted = image_pb2.ColorOrder.Name(model.color)
-        raise InvalidArgument(
-            f"model {model.name!r} takes {wanted} images; an image of {channels} channels "
-            "needs its color_order set"
-        )
-
     def _images(self, model: LoadedModel, occurrences: Sequence[ImageParts]) -> list[Any]:
         if not occurrences:
             raise InvalidArgument("no images in the request")
-        return [self._image(model, parts) for parts in occurrences]
+        return [prepare_image(model, parts, self.max_pixels) for parts in occurrences]
 
     @status_errors
     def ListModels(
@@ -220,9 +142,9 @@ class ModelServicer:
         parts = merge_singular(occurrences)
         if parts is None:
             raise InvalidArgument("no image in the request")
-        image = self._image(model, parts)
-        result = _run(model, model.instance.run, image, _args(message.args_json))
-        return pb.RunImageResponse(result_json=_result_json(model, result))
+        image = prepare_image(model, parts, self.max_pixels)
+        result = run_model(model, model.instance.run, image, parse_args(message.args_json))
+        return pb.RunImageResponse(result_json=result_json(model, result))
 
     @status_errors
     def RunImageBatch(
@@ -231,7 +153,7 @@ class ModelServicer:
         message, occurrences = _read(pb.RunImageBatchRequest, request)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
         images = self._images(model, occurrences)
-        results = _run(model, model.instance.run_batch, images, _args(message.args_json))
+        results = run_model(model, model.instance.run_batch, images, parse_args(message.args_json))
         return pb.RunImageBatchResponse(results_json=self._batch_json(model, results, len(images)))
 
     @status_errors
@@ -245,40 +167,20 @@ class ModelServicer:
         ):
             raise InvalidArgument("output_encoding must be RAW or PNG")
         images = self._images(model, occurrences)
-        args = _args(message.args_json)
-        output = _run(model, model.instance.run_image_to_image, images, args)
-        result: Any = None
-        if isinstance(output, tuple):
-            if len(output) != 2:
-                raise Internal(
-                    f"model {model.name!r} returned a tuple of {len(output)}; "
-                    "expected (image(s), result)"
-                )
-            output, result = output
-        arrays = output if isinstance(output, list) else [output]
-        parts = [self._encode(model, a, message.output_encoding) for a in arrays]
-        head = pb.RunImageToImageResponse(result_json=_result_json(model, result))
+        args = parse_args(message.args_json)
+        output = run_model(model, model.instance.run_image_to_image, images, args)
+        arrays, result = image_outputs(model, output)
+        parts = [encode_output(model, a, message.output_encoding) for a in arrays]
+        head = pb.RunImageToImageResponse(result_json=result_json(model, result))
         return join_images(head, _OUTPUT_FIELD, parts)
-
-    @staticmethod
-    def _encode(model: LoadedModel, array: Any, encoding: EncodingValue) -> ImageParts:
-        if not isinstance(array, np.ndarray):
-            raise Internal(
-                f"model {model.name!r} returned {type(array).__name__} where an image "
-                "(numpy array) was expected"
-            )
-        try:
-            return encode_parts(array, model.output_color, encoding=encoding)
-        except ImageError as exc:
-            raise Internal(f"model {model.name!r} returned an invalid image: {exc}") from None
 
     @status_errors
     def RunText(
         self, request: pb.RunTextRequest, context: grpc.ServicerContext
     ) -> pb.RunTextResponse:
         model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT)
-        result = _run(model, model.instance.run, request.text, _args(request.args_json))
-        return pb.RunTextResponse(result_json=_result_json(model, result))
+        result = run_model(model, model.instance.run, request.text, parse_args(request.args_json))
+        return pb.RunTextResponse(result_json=result_json(model, result))
 
     @status_errors
     def RunTextBatch(
@@ -288,7 +190,7 @@ class ModelServicer:
         texts = list(request.texts)
         if not texts:
             raise InvalidArgument("no texts in the request")
-        results = _run(model, model.instance.run_batch, texts, _args(request.args_json))
+        results = run_model(model, model.instance.run_batch, texts, parse_args(request.args_json))
         return pb.RunTextBatchResponse(results_json=self._batch_json(model, results, len(texts)))
 
     @staticmethod
@@ -298,7 +200,7 @@ class ModelServicer:
             raise Internal(
                 f"model {model.name!r} returned {len(results)} results for {expected} inputs"
             )
-        return [_result_json(model, result) for result in results]
+        return [result_json(model, result) for result in results]
 
     @status_errors
     def GetWorkerInfo(

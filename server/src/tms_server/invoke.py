@@ -1,0 +1,131 @@
+"""Calling a model, shared by the tms.v1 and Open Inference Protocol services.
+
+Inputs are prepared as the model declared them (dtype, colour order, shape), the model runs
+under its lock, and its output is checked and encoded; every failure is a ServiceError with
+the status code it stands for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from tms.v1 import image_pb2
+from tms_client.codec import (
+    ColorValue,
+    EncodingValue,
+    ImageError,
+    convert_color,
+    decode_image,
+    encode_parts,
+    to_json,
+)
+from tms_client.wire import ImageParts
+from tms_server.errors import Internal, InvalidArgument
+from tms_server.model import InvalidInput
+from tms_server.registry import LoadedModel
+
+__all__ = ["encode_output", "image_outputs", "prepare_image", "result_json", "run_model"]
+
+log = logging.getLogger("tms_server")
+T = TypeVar("T")
+
+_CHANNELS: dict[ColorValue, int] = {
+    image_pb2.COLOR_ORDER_GRAY: 1,
+    image_pb2.COLOR_ORDER_RGB: 3,
+    image_pb2.COLOR_ORDER_BGR: 3,
+    image_pb2.COLOR_ORDER_RGBA: 4,
+    image_pb2.COLOR_ORDER_BGRA: 4,
+}
+
+
+def prepare_image(model: LoadedModel, parts: ImageParts, max_pixels: int) -> npt.NDArray[Any]:
+    """The pixels of an image as ``model`` declared it wants them."""
+    array, color = decode_image(parts, max_pixels=max_pixels)
+    if model.dtype is not None and array.dtype != model.dtype:
+        if not np.can_cast(array.dtype, model.dtype, "safe"):
+            raise InvalidArgument(
+                f"model {model.name!r} takes {model.dtype} images; "
+                f"{array.dtype} cannot be converted to it without loss"
+            )
+        array = array.astype(model.dtype)
+    if model.color != image_pb2.COLOR_ORDER_UNSPECIFIED:
+        if color == image_pb2.COLOR_ORDER_UNSPECIFIED:
+            color = _assume_color(model, array)
+        array = convert_color(array, color, model.color)
+    if model.input_shape is not None:
+        expected = model.input_shape
+        if len(expected) != array.ndim or any(
+            e not in (-1, a) for e, a in zip(expected, array.shape, strict=True)
+        ):
+            raise InvalidArgument(
+                f"model {model.name!r} takes images of shape {list(expected)} (-1: any), "
+                f"not {list(array.shape)}"
+            )
+    return array
+
+
+def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> ColorValue:
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    if channels == 1:
+        return image_pb2.COLOR_ORDER_GRAY
+    if channels == _CHANNELS[model.color]:
+        return model.color
+    wanted = image_pb2.ColorOrder.Name(model.color)
+    raise InvalidArgument(
+        f"model {model.name!r} takes {wanted} images; an image of {channels} channels "
+        "needs its color_order set"
+    )
+
+
+def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
+    """Call a model method, one call at a time unless the model is thread-safe.
+
+    InvalidInput passes through (INVALID_ARGUMENT); anything else the model raises is logged
+    with its traceback and becomes INTERNAL.
+    """
+    try:
+        with model.lock:
+            return method(*args)
+    except InvalidInput:
+        raise
+    except Exception as exc:
+        log.exception("model %r raised", model.name)
+        raise Internal(f"model {model.name!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def result_json(model: LoadedModel, result: Any) -> str:
+    try:
+        return to_json(result)
+    except (TypeError, ValueError) as exc:
+        raise Internal(f"model {model.name!r} returned a result JSON cannot hold: {exc}") from None
+
+
+def image_outputs(model: LoadedModel, output: Any) -> tuple[list[Any], Any]:
+    """What ``run_image_to_image`` returned, as (images, result)."""
+    result: Any = None
+    if isinstance(output, tuple):
+        if len(output) != 2:
+            raise Internal(
+                f"model {model.name!r} returned a tuple of {len(output)}; "
+                "expected (image(s), result)"
+            )
+        output, result = output
+    return (output if isinstance(output, list) else [output]), result
+
+
+def encode_output(model: LoadedModel, array: Any, encoding: EncodingValue) -> ImageParts:
+    """An image the model returned, checked and encoded."""
+    if not isinstance(array, np.ndarray):
+        raise Internal(
+            f"model {model.name!r} returned {type(array).__name__} where an image "
+            "(numpy array) was expected"
+        )
+    try:
+        return encode_parts(array, model.output_color, encoding=encoding)
+    except ImageError as exc:
+        raise Internal(f"model {model.name!r} returned an invalid image: {exc}") from None
