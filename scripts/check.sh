@@ -4,6 +4,16 @@
 source "$(dirname "$0")/_bootstrap.sh"
 
 step() { echo "==> $*" >&2; "$@"; }
+
+# The CLI's completion tests run the shells they complete for; Go and Node.js come with the
+# machine. Install the shells from Debian's packages when they are missing and we may.
+if ! command -v zsh >/dev/null || ! command -v fish >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing zsh and fish (completion tests)" >&2
+    apt-get install -y -qq zsh fish >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq zsh fish >/dev/null; }
+  fi
+fi
 run() { step "$PYTHON" -m uv run --frozen --no-sync "$@"; }
 
 run ruff format --check .

@@ -163,23 +163,47 @@ class Driver:
         **options: Any,
     ) -> tuple[Load, list[Any]]:
         """The load's outcome and the client's workers at the end; ``during`` runs in a
-        thread beside the load."""
-        side = threading.Thread(target=during)
+        thread beside the load (an exception there fails the run). ``settle`` seconds after the
+        load are given to the pool to find every worker, as it does in the background."""
+        failures: list[BaseException] = []
+
+        def side_body() -> None:
+            try:
+                during()
+            except BaseException as exc:
+                failures.append(exc)
+
+        side = threading.Thread(target=side_body)
+        settle = float(options.pop("settle", 0.0))
+        expected = options.pop("expected_workers", None)
+
         if self.kind == "sync":
             with ModelClient(model, target, **options) as client:
                 side.start()
                 load = sync_load(client, call, concurrency=concurrency, duration=duration)
                 side.join()
-                return load, client.workers()
+                deadline = time.monotonic() + settle
+                while len(client.workers()) != expected and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                workers = client.workers()
+        else:
 
-        async def main() -> tuple[Load, list[Any]]:
-            async with AsyncModelClient(model, target, **options) as client:
-                side.start()
-                load = await async_load(client, call, concurrency=concurrency, duration=duration)
-                await asyncio.to_thread(side.join)
-                return load, client.workers()
+            async def main() -> tuple[Load, list[Any]]:
+                async with AsyncModelClient(model, target, **options) as client:
+                    side.start()
+                    load = await async_load(
+                        client, call, concurrency=concurrency, duration=duration
+                    )
+                    await asyncio.to_thread(side.join)
+                    deadline = time.monotonic() + settle
+                    while len(client.workers()) != expected and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                    return load, client.workers()
 
-        return asyncio.run(main())
+            load, workers = asyncio.run(main())
+        if failures:
+            raise failures[0]
+        return load, workers
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -261,6 +285,8 @@ def test_whole_server_restart_under_load(tmp_path, models, driver):
             during=restart,
             retry=retry,
             refresh_interval=0.5,
+            settle=5,
+            expected_workers=2,
         )
     finally:
         for server in servers:
@@ -297,6 +323,8 @@ def test_restart_without_retries_fails_only_in_the_window(models, driver):
             during=restart,
             retry=RetryPolicy.never(),
             refresh_interval=0.2,
+            settle=5,
+            expected_workers=2,
         )
     finally:
         for server in servers:
