@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,35 @@ def start_in_process(
     return InProcessServer(running, identity)
 
 
-@dataclass
 class ServerProcess:
-    """A real ``tms-server`` (supervisor and workers) started as a subprocess."""
+    """A real ``tms-server`` (supervisor and workers) started as a subprocess.
 
-    process: subprocess.Popen[str]
-    target: str
-    output: list[str] = field(default_factory=list)
+    A thread reads everything the server writes (stdout and stderr) as it comes, so the
+    server never blocks on a full pipe and no line waits unseen in a read buffer.
+    """
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.target = ""
+        self.output: list[str] = []
+        self._started = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="tms-server-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:  # until every process holding the pipe has exited
+            for line in self.process.stdout:
+                self.output.append(line)
+                if not self._started.is_set() and line.startswith("tms-server: serving on "):
+                    self.target = line.split()[3]
+                    self._started.set()
+        self._started.set()  # the server exited: stop waiting for it
+
+    def wait_started(self, timeout: float) -> bool:
+        """Whether the server said it serves within ``timeout`` seconds."""
+        self._started.wait(timeout)
+        return bool(self.target)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal the supervisor and wait for it (killing it after ``timeout``)."""
@@ -69,19 +90,11 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        self.logs()
-        assert self.process.stdout is not None
-        self.process.stdout.close()
+        self._reader.join(timeout)
         return code
 
     def logs(self) -> str:
         """Everything the server has written so far (stdout and stderr)."""
-        assert self.process.stdout is not None
-        while not self.process.stdout.closed and select.select([self.process.stdout], [], [], 0)[0]:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self.output.append(line)
         return "".join(self.output)
 
 
@@ -98,29 +111,16 @@ def start_process(
     command += ["--models", str(models), *args]
     if workers is not None:
         command += ["--workers", str(workers)]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
+    server = ServerProcess(
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
     )
-    assert process.stdout is not None
-    output: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not select.select([process.stdout], [], [], 0.5)[0]:
-            if process.poll() is not None:
-                break
-            continue
-        line = process.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if line.startswith("tms-server: serving on "):
-            address = line.split()[3]
-            return ServerProcess(process, address, output)
-    process.kill()
-    process.wait()
-    process.stdout.close()
-    raise RuntimeError("tms-server did not start:\n" + "".join(output))
+    if server.wait_started(timeout):
+        return server
+    server.stop(signal.SIGKILL, timeout=10)
+    raise RuntimeError("tms-server did not start:\n" + server.logs())

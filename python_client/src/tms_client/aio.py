@@ -34,7 +34,7 @@ from tms_client.exceptions import (
 )
 from tms_client.images import ImageInput
 from tms_client.load import read_trailers
-from tms_client.pool import REFUSED, Metadata, PoolOptions
+from tms_client.pool import EMPTY_RETRY_GAP, REFUSED, Metadata, PoolOptions
 from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import resolve
 from tms_client.tls import TLS
@@ -59,6 +59,7 @@ class AsyncWorkerPool:
         self._wake = asyncio.Event()
         self._closed = False
         self._healer: asyncio.Task[None] | None = None
+        self._search_after = 0.0
 
     def __repr__(self) -> str:
         return f"<AsyncWorkerPool targets={list(self.options.targets)} {self._set!r}>"
@@ -141,9 +142,11 @@ class AsyncWorkerPool:
     async def _pick(self, attempts: Attempts) -> Worker:
         candidates = self._set.candidates(attempts.tried)
         if not candidates:
-            await self.discover(attempts.remaining())
-            candidates = self._set.candidates(attempts.tried)
+            if time.monotonic() >= self._search_after:  # see WorkerPool._pick
+                await self.discover(attempts.remaining())
+                candidates = self._set.candidates(attempts.tried)
             if not candidates:
+                self._search_after = time.monotonic() + EMPTY_RETRY_GAP
                 raise UnavailableError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"no TMS worker reachable at {', '.join(self.options.targets)}",

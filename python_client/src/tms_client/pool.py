@@ -42,6 +42,7 @@ log = logging.getLogger("tms_client")
 Metadata = tuple[tuple[str, str | bytes], ...]
 _WORKER_INFO = method_path("GetWorkerInfo")
 _IDENTIFY_TIMEOUT = 5.0  # one GetWorkerInfo while healing
+EMPTY_RETRY_GAP = 0.1  # seconds between searches on demand that find no worker
 #: Codes with which a server refuses a client's credentials.
 REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
@@ -131,6 +132,7 @@ class WorkerPool:
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._healer: threading.Thread | None = None
+        self._search_after = 0.0  # no search for workers on demand before this time
 
     def __repr__(self) -> str:
         with self._lock:
@@ -240,9 +242,13 @@ class WorkerPool:
         """A worker for the next attempt (one not tried yet if possible), its count raised."""
         worker = self._take(attempts)
         if worker is None:
-            self.discover(attempts.remaining())
-            worker = self._take(attempts)
+            # Look for workers here, but not again within EMPTY_RETRY_GAP of a search that
+            # found none: callers failing fast must not turn into a storm of connections.
+            if time.monotonic() >= self._search_after:
+                self.discover(attempts.remaining())
+                worker = self._take(attempts)
             if worker is None:
+                self._search_after = time.monotonic() + EMPTY_RETRY_GAP
                 raise UnavailableError(
                     grpc.StatusCode.UNAVAILABLE,
                     f"no TMS worker reachable at {', '.join(self.options.targets)}",
