@@ -92,6 +92,30 @@ def test_a_worker_that_dies_is_replaced(server_process, models):
     assert f"pid {victim}) died: killed by SIGKILL" in server.logs()
 
 
+def test_workers_stop_when_the_supervisor_is_killed(server_process, models):
+    server = server_process(models, workers=2)
+    with ModelClient("whoami", server.target) as client:
+        pids = {w.pid for w in client.workers()}
+    assert len(pids) == 2
+    server.process.kill()  # SIGKILL: the supervisor cannot stop its workers itself
+    server.process.wait()
+    deadline = time.monotonic() + 15
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if alive(pid)}
+        time.sleep(0.2)
+    assert not pids, f"workers {pids} outlived their supervisor"
+    assert "supervisor (pid" in server.logs()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process that is not our child still runs (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_settings_from_environment(server_process, models):
     server = server_process(models, workers=None, env={"TMS_WORKERS": "3", "TMS_THREADS": "2"})
     with ModelClient("whoami", server.target) as client:

@@ -74,7 +74,7 @@ class Supervisor:
         return f"<Supervisor workers={alive}/{len(self._slots)} port={self.settings.port}>"
 
     def _start(self, index: int) -> None:
-        ready, board = self._ready, self._board
+        ready, board, supervisor = self._ready, self._board, os.getpid()
 
         def body() -> None:
             # The supervisor's handlers came along with fork; the worker installs its own.
@@ -84,8 +84,9 @@ class Supervisor:
                 self.settings,
                 index,
                 self.instance_id,
-                lambda: ready.put((index, os.getpid())),
-                board,
+                ready=lambda: ready.put((index, os.getpid())),
+                board=board,
+                supervisor=supervisor,
             )
 
         process = self._context.Process(target=body, name=f"tms-worker-{index}", daemon=False)

@@ -187,6 +187,10 @@ def build_server(
     return running
 
 
+#: How often a worker checks that its supervisor is still alive.
+SUPERVISOR_CHECK_SECONDS = 1.0
+
+
 def limit_memory(megabytes: int) -> None:
     """Bound this process's address space (RLIMIT_AS): allocations past it fail, and a model
     asking for too much gets MemoryError instead of taking the machine's memory."""
@@ -201,13 +205,17 @@ def run_worker(
     settings: Settings,
     index: int,
     instance_id: str,
+    *,
     ready: Callable[[], None] | None = None,
     board: WorkerBoard | None = None,
+    supervisor: int | None = None,
 ) -> None:
     """Body of a worker process: serve until SIGTERM or SIGINT, then stop gracefully.
 
     If a call runs past the call time limit, stop the same way and exit with EXIT_HUNG
     (without waiting for the stuck thread, which Python cannot stop), to be replaced.
+    If ``supervisor`` (the pid of the parent process) dies, stop the same way too: a worker
+    never outlives the supervisor that would replace and stop it.
     """
     identity = WorkerIdentity(instance_id, index, settings.workers, __version__)
     stop = threading.Event()
@@ -233,8 +241,10 @@ def run_worker(
     )
     if ready is not None:
         ready()
-    while not stop.wait(3600):
-        pass
+    while not stop.wait(SUPERVISOR_CHECK_SECONDS):
+        if supervisor is not None and os.getppid() != supervisor:
+            log.warning("worker %d: supervisor (pid %d) is gone; stopping", index, supervisor)
+            break
     log.info("worker %d stopping; in-flight calls have %.0fs", index, settings.grace_seconds)
     running.stop(settings.grace_seconds)
     if hung.is_set():
