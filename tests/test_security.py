@@ -6,6 +6,7 @@ Every certificate is made at test time (tests/certificates.py); no key is commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -31,7 +32,9 @@ from tms_client import (
     ModelClient,
     ModelNotFoundError,
     PermissionDeniedError,
+    RetryPolicy,
     UnauthenticatedError,
+    UnavailableError,
 )
 from tms_server.security import SecurityError, TokenFile, bearer_token, check_files
 from tms_server.settings import Settings, parse_settings
@@ -317,6 +320,44 @@ def test_admin_reloads_a_model_from_disk(in_process_server, models, tokens):
         assert echo(server.target)["version"] == 22
         with pytest.raises(ModelNotFoundError):
             admin.reload_model("nope")
+
+
+@pytest.mark.slow
+def test_a_client_whose_token_was_revoked_says_so_once_and_recovers(
+    server_process, models, tokens, caplog
+):
+    # The server is redeployed with a tokens file that no longer holds the client's token.
+    caplog.set_level(logging.INFO, logger="tms_client")
+    args = ("--tokens-file", str(tokens["calls"]))
+    first = server_process(models, workers=2, args=args)
+    port = first.target.rsplit(":", 1)[1]
+    original = tokens["calls"].read_text()
+    with ModelClient("echo", first.target, token=CALL_TOKEN, retry=RetryPolicy.never()) as client:
+        assert len(client.workers()) == 2
+        first.stop()
+        deadline = time.monotonic() + 10
+        while client.workers():  # calls that fail drop the workers that went away
+            assert time.monotonic() < deadline
+            with contextlib.suppress(UnavailableError):
+                client.run_text("x")
+        tokens["calls"].write_text(f"{OTHER_CALL_TOKEN}\n")
+        server_process(models, workers=2, args=(*args, "--port", port))
+        time.sleep(2)  # several rounds of healing, each refused
+        assert not client.workers()
+        failures = [r for r in caplog.records if "worker discovery failed" in r.getMessage()]
+        assert len(failures) == 1, [r.getMessage() for r in failures]
+        assert "UNAUTHENTICATED" in failures[0].getMessage()
+        assert failures[0].exc_info is None
+        tokens["calls"].write_text(original)  # valid again: the pool heals by itself
+        os.utime(tokens["calls"], (time.time() + 5, time.time() + 5))
+        deadline = time.monotonic() + 15
+        while len(client.workers()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "worker discovery works again" in caplog.text
+        answers = {client.run_text("x")["pid"] for _ in range(4)}
+        assert answers == {w.pid for w in client.workers()}
+    assert CALL_TOKEN not in caplog.text
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from tms_client.exceptions import (
 )
 from tms_client.images import ImageInput
 from tms_client.load import read_trailers
-from tms_client.pool import EMPTY_RETRY_GAP, REFUSED, Metadata, PoolOptions
+from tms_client.pool import EMPTY_RETRY_GAP, REFUSED, HealLog, Metadata, PoolOptions
 from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import resolve
 from tms_client.tls import TLS
@@ -116,6 +116,7 @@ class AsyncWorkerPool:
                 await self._discover(address, timeout)
 
     async def _heal(self) -> None:
+        trouble = HealLog()
         while True:
             complete = not self._set.missing(resolve(self.options.targets))
             with contextlib.suppress(TimeoutError):
@@ -125,8 +126,10 @@ class AsyncWorkerPool:
                 return
             try:
                 await self.discover()
-            except Exception:  # keep healing whatever one round ran into
-                log.exception("worker discovery failed")
+            except Exception as exc:  # keep healing whatever one round ran into
+                trouble.failed(exc)
+            else:
+                trouble.succeeded()
 
     async def _drop(self, worker: Worker, reason: str) -> None:
         if self._set.remove(worker):

@@ -28,7 +28,13 @@ import grpc.aio
 from tms.v1 import model_service_pb2
 from tms_client.balancers import Balancer, RoundRobin
 from tms_client.calls import WorkerInfo, method_path
-from tms_client.exceptions import CallError, ConnectError, UnavailableError, from_rpc_error
+from tms_client.exceptions import (
+    CallError,
+    ConnectError,
+    TMSError,
+    UnavailableError,
+    from_rpc_error,
+)
 from tms_client.load import read_trailers
 from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import parse_targets, resolve
@@ -121,6 +127,27 @@ class PoolOptions:
         return 4 * expected + 4
 
 
+class HealLog:
+    """Says why background discovery fails: one warning per new reason (a wrong token would
+    otherwise fill the log every round), a traceback only for what is not a call error."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def failed(self, exc: Exception) -> None:
+        if not isinstance(exc, TMSError):
+            log.error("worker discovery failed", exc_info=exc)
+            return
+        if str(exc) != self._last:
+            log.warning("worker discovery failed, will retry: %s", exc)
+        self._last = str(exc)
+
+    def succeeded(self) -> None:
+        if self._last is not None:
+            log.info("worker discovery works again")
+        self._last = None
+
+
 class WorkerPool:
     """Finds the workers behind the targets, keeps them, and sends calls to them."""
 
@@ -207,6 +234,7 @@ class WorkerPool:
                 self._discover(address, timeout)
 
     def _heal(self) -> None:
+        trouble = HealLog()
         while not self._closed.is_set():
             with self._lock:
                 complete = not self._set.missing(resolve(self.options.targets))
@@ -216,8 +244,10 @@ class WorkerPool:
                 return
             try:
                 self.discover()
-            except Exception:  # keep healing whatever one round ran into
-                log.exception("worker discovery failed")
+            except Exception as exc:  # keep healing whatever one round ran into
+                trouble.failed(exc)
+            else:
+                trouble.succeeded()
 
     def _drop(self, worker: Worker, reason: str) -> None:
         """Forget ``worker`` and look for its successor."""
