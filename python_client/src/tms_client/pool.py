@@ -138,9 +138,10 @@ class HealLog:
         if not isinstance(exc, TMSError):
             log.error("worker discovery failed", exc_info=exc)
             return
-        if str(exc) != self._last:
-            log.warning("worker discovery failed, will retry: %s", exc)
-        self._last = str(exc)
+        reason = str(exc)
+        if reason != self._last:
+            log.warning("worker discovery failed, will retry: %s", reason)
+        self._last = reason
 
     def succeeded(self) -> None:
         if self._last is not None:
