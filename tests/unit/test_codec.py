@@ -525,10 +525,9 @@ def palette_png() -> bytes:
     [
         (palette_png, PNG, RGB, [0, 0, 0], [200, 100, 50]),
         (lambda: pil_file("LA", "PNG", color=(9, 200)), PNG, RGBA, [9, 9, 9, 200], None),
-        (lambda: pil_file("1", "PNG", color=1), PNG, RGB, [255, 255, 255], None),
         (lambda: pil_file("CMYK", "JPEG", color=(0, 0, 0, 0)), JPEG, RGB, None, None),
     ],
-    ids=["palette", "gray-alpha", "bilevel", "cmyk-jpeg"],
+    ids=["palette", "gray-alpha", "cmyk-jpeg"],
 )
 def test_other_modes_in_files_decode_to_rgb_or_rgba(
     make_data: Any,

@@ -69,13 +69,26 @@ _LAYOUT: dict[ColorValue, str] = {
     image_pb2.COLOR_ORDER_RGBA: "RGBA",
     image_pb2.COLOR_ORDER_BGRA: "BGRA",
 }
-# What a decoded PNG/JPEG holds, by Pillow mode, and the mode to convert others to.
+# What a decoded PNG/JPEG holds, by Pillow mode.
 _PIL_COLOR: dict[str, ColorValue] = {
     "L": image_pb2.COLOR_ORDER_GRAY,
-    "I;16": image_pb2.COLOR_ORDER_GRAY,
     "RGB": image_pb2.COLOR_ORDER_RGB,
     "RGBA": image_pb2.COLOR_ORDER_RGBA,
 }
+# Other modes a PNG/JPEG opens in, and the mode each becomes without losing a value.
+_PIL_CONVERT = {
+    "1": "L",  # 1-bit gray: 0 and 255
+    "P": "RGB",  # palette: its colours (RGBA when the file has a tRNS chunk)
+    "PA": "RGBA",
+    "LA": "RGBA",  # gray+alpha: no colour order holds it, so the gray goes to R, G and B
+    "CMYK": "RGB",  # Adobe JPEGs: a change of colour space, not of depth
+}
+# 16-bit gray: "I;16", or "I" (32-bit) in older Pillow; the samples fit uint16 either way.
+_PIL_GRAY16 = ("I;16", "I")
+# Pillow has no 16-bit colour mode: for these PNG pixel formats it keeps only the high byte of
+# each sample. Decoding the file again with an unpacker of the same pixel size (so that the PNG
+# row filters still apply) reads the low bytes it dropped.
+_PNG16_LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 _PIL_FORMATS = {image_pb2.ENCODING_PNG: "PNG", image_pb2.ENCODING_JPEG: "JPEG"}
 _RGB_OF = {
     image_pb2.COLOR_ORDER_BGR: image_pb2.COLOR_ORDER_RGB,
@@ -294,10 +307,7 @@ def _decode_file(
                     f"{img.format} image of {height}x{width} pixels "
                     f"exceeds the limit of {max_pixels}"
                 )
-            if img.mode not in _PIL_COLOR:
-                img = img.convert("RGBA" if "A" in img.getbands() else "RGB")  # noqa: PLW2901
-            color = _PIL_COLOR[img.mode]
-            array = np.asarray(img)
+            array, color = _pixels(pil, img, data)
     except ImageError:
         raise
     except pil.UnidentifiedImageError:
@@ -307,6 +317,37 @@ def _decode_file(
     except (OSError, ValueError, SyntaxError, pil.DecompressionBombError) as exc:
         raise ImageError(f"cannot decode {fmt} image: {exc}") from None
     return array, color
+
+
+def _pixels(pil: Any, img: Any, data: Buffer) -> tuple[npt.NDArray[Any], ColorValue]:
+    """The pixels of an opened PNG/JPEG at the file's bit depth, with all its channels."""
+    rawmode = img.tile[0][3] if img.format == "PNG" and img.tile else None
+    if rawmode in _PNG16_LOW_BYTES:
+        high = np.asarray(img).astype(np.uint16)
+        pixels = high << 8 | _reread_png(pil, data, _PNG16_LOW_BYTES[rawmode])
+        return pixels, _PIL_COLOR[img.mode]
+    if rawmode == "LA;16B":  # 16-bit gray+alpha: 4 bytes a pixel, read as 8-bit RGBA
+        gray_alpha = _reread_png(pil, data, "RGBA").view(">u2")
+        return gray_alpha[..., [0, 0, 0, 1]].astype(np.uint16), image_pb2.COLOR_ORDER_RGBA
+    if img.mode in _PIL_GRAY16:
+        return np.asarray(img).astype(np.uint16), image_pb2.COLOR_ORDER_GRAY
+    target = "RGBA" if img.mode == "P" and img.has_transparency_data else _PIL_CONVERT.get(img.mode)
+    if target is not None:
+        img = img.convert(target)
+    elif img.mode not in _PIL_COLOR:
+        raise ImageError(
+            f"cannot decode {img.format} image of Pillow mode {img.mode} without loss: "
+            "send the pixels raw (encoding RAW)"
+        )
+    return np.asarray(img), _PIL_COLOR[img.mode]
+
+
+def _reread_png(pil: Any, data: Buffer, rawmode: str) -> npt.NDArray[np.uint8]:
+    """A PNG's pixels decoded again with another of Pillow's unpackers."""
+    with pil.open(io.BytesIO(data), formats=["PNG"]) as img:
+        img.tile = [(*img.tile[0][:3], rawmode)]
+        pixels: npt.NDArray[np.uint8] = np.asarray(img)
+    return pixels
 
 
 def convert_color(
