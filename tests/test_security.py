@@ -237,6 +237,72 @@ def test_token_file_changes_are_picked_up(in_process_server, models, tokens):
         echo(server.target, token=CALL_TOKEN)
 
 
+def test_an_admin_tokens_file_that_turns_bad_refuses_admin_calls(in_process_server, models, tokens):
+    server = in_process_server(models, admin_tokens_file=tokens["admin"])
+
+    def admin_outcome() -> str:
+        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=5) as admin:
+            try:
+                admin.list_workers()
+            except PermissionDeniedError:
+                return "refused"
+            return "ok"
+
+    assert admin_outcome() == "ok"
+    for content, expected in [(f"{ADMIN_TOKEN}\nbad token\n", "refused"), (ADMIN_TOKEN, "ok")]:
+        tokens["admin"].write_text(content)
+        deadline = time.monotonic() + 5
+        while admin_outcome() != expected:
+            assert time.monotonic() < deadline, content
+            time.sleep(0.1)
+
+
+def test_a_tokens_file_that_turns_bad_refuses_every_token(
+    in_process_server, models, tokens, caplog
+):
+    # An edit meant to revoke a token must revoke it, even one that leaves the file unusable:
+    # then every token is refused until the file is fixed, with one ERROR per change.
+    caplog.set_level(logging.INFO, logger="tms_server")
+    path, a, b = tokens["calls"], CALL_TOKEN, OTHER_CALL_TOKEN
+    server = in_process_server(models, tokens_file=path)
+    assert outcomes(server.target, a, b) == {a: "ok", b: "ok"}
+    steps = [  # the new content (None: deleted), the outcomes, and what is logged once
+        (f"{b}\nbad token\n", {a: "refused", b: "refused"}, "ERROR", f"{path} line 2: a token"),
+        (f"{b}\n", {a: "refused", b: "ok"}, "INFO", f"{path} can be used again"),
+        (None, {b: "refused"}, "ERROR", f"cannot read tokens_file {path}: No such file"),
+        ("", {b: "refused"}, "ERROR", f"tokens_file {path} holds no token"),
+        (f"# restored\n{b}\n", {a: "refused", b: "ok"}, "INFO", f"{path} can be used again"),
+    ]
+    for content, expected, level, message in steps:
+        caplog.clear()
+        if content is None:
+            path.unlink()
+        else:
+            path.write_text(content)
+        deadline = time.monotonic() + 5  # the file is read again within a second
+        while outcomes(server.target, *expected) != expected or message not in caplog.text:
+            assert time.monotonic() < deadline, (content, caplog.text)
+            time.sleep(0.1)
+        if level == "ERROR":  # calls a second later read the same bad file: no second ERROR
+            time.sleep(1.1)
+            assert outcomes(server.target, *expected) == expected
+        assert [r.levelname for r in caplog.records if str(path) in r.getMessage()] == [level]
+    assert a not in caplog.text
+    assert b not in caplog.text
+
+
+def outcomes(target: str, *tokens: str) -> dict[str, str]:
+    """Whether a call with each token is answered ("ok") or "refused" (UNAUTHENTICATED)."""
+    seen = {}
+    for token in tokens:
+        try:
+            echo(target, token=token)
+            seen[token] = "ok"
+        except UnauthenticatedError:
+            seen[token] = "refused"
+    return seen
+
+
 def test_async_client_over_tls_with_a_token(in_process_server, models, pki, tokens):
     server = tls_server(in_process_server, models, pki, tokens_file=tokens["calls"])
 

@@ -132,14 +132,19 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials:
 
 
 class TokenFile:
-    """A set of tokens from a file (one a line), read again when the file changes."""
+    """A set of tokens from a file (one a line), read again when it changes.
+
+    A file that cannot be used (unreadable, missing, empty, or with a line that is not a token)
+    stops the server at start; one that turns bad while serving refuses every token until it
+    is fixed, so that an edit meant to revoke a token never leaves the old tokens working.
+    """
 
     def __init__(self, path: Path, what: str) -> None:
         self.path, self.what = path, what
         self._lock = threading.Lock()
         self._checked = time.monotonic()
-        self._stamp = _mtime(path)
         self._tokens = self._load()
+        self._problem: str | None = None  # why every token is refused, while the file is bad
 
     def __repr__(self) -> str:  # never the tokens themselves
         return f"<TokenFile {self.what} {self.path} ({len(self._tokens)} tokens)>"
@@ -147,32 +152,42 @@ class TokenFile:
     def _load(self) -> tuple[bytes, ...]:
         text = _read(self.path, self.what).decode("utf-8", "replace")
         tokens = []
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), 1):
             token = line.strip()
             if not token or token.startswith("#"):
                 continue
             if not token.isascii() or not token.isprintable() or " " in token:
                 raise SecurityError(
-                    f"{self.what} {self.path}: a token is printable ASCII without spaces"
+                    f"{self.what} {self.path} line {number}: a token is printable ASCII "
+                    "without spaces"
                 )
             tokens.append(token.encode())
         if not tokens:
             raise SecurityError(f"{self.what} {self.path} holds no token")
         return tuple(tokens)
 
+    def _reload(self) -> None:
+        # The whole file is read each time (it is small): modification times can hide a
+        # rewrite, and a changed outcome, not a changed file, is what gets logged.
+        try:
+            tokens, problem = self._load(), None
+        except SecurityError as exc:
+            tokens, problem = (), str(exc)
+        if problem is not None and problem != self._problem:
+            log.error("refusing every token until the %s is fixed: %s", self.what, problem)
+        elif problem is None and self._problem is not None:
+            log.info("%s %s can be used again; its tokens are accepted", self.what, self.path)
+        elif problem is None and tokens != self._tokens:
+            log.info("%s reloaded from %s", self.what, self.path)
+        self._tokens, self._problem = tokens, problem
+
     def tokens(self) -> tuple[bytes, ...]:
-        now = time.monotonic()
-        if now - self._checked >= _RECHECK_SECONDS:
+        """The file's tokens as last read (none while it is bad), read again once a second."""
+        if time.monotonic() - self._checked >= _RECHECK_SECONDS:
             with self._lock:
-                self._checked = now
-                stamp = _mtime(self.path)
-                if stamp != self._stamp:
-                    self._stamp = stamp
-                    try:
-                        self._tokens = self._load()
-                        log.info("%s reloaded from %s", self.what, self.path)
-                    except SecurityError as exc:
-                        log.warning("keeping the current %s: %s", self.what, exc)
+                if time.monotonic() - self._checked >= _RECHECK_SECONDS:
+                    self._reload()
+                    self._checked = time.monotonic()
         return self._tokens
 
     def accepts(self, token: bytes | None) -> bool:
