@@ -39,11 +39,26 @@ _HEALTHY_AFTER = 1.0
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """A socket bound (not listening) to host:port with SO_REUSEPORT, and the bound port."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
+    """A socket bound (not listening) to host:port with SO_REUSEPORT, and the bound port;
+    OSError saying "cannot listen on host:port: address already in use" if something holds it.
+
+    SO_REUSEPORT would let a second server join a port in use and take half its connections,
+    so the port is first bound without it: that fails if any socket holds the port (another
+    server's reservation or workers, any listener), while SO_REUSEADDR lets it past the
+    TIME_WAIT connections a server that just stopped leaves behind.
+    """
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        if port:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
     return sock, sock.getsockname()[1]
 
 
@@ -214,4 +229,8 @@ def main(settings: Settings) -> int:
     except SecurityError as exc:
         print(f"tms-server: error: {exc}", file=sys.stderr)
         return 2
-    return Supervisor(settings).run()
+    try:
+        return Supervisor(settings).run()
+    except OSError as exc:  # from reserve_port, before any worker starts
+        print(f"tms-server: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
