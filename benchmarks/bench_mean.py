@@ -4,7 +4,7 @@ One run starts a real ``tms-server`` (a models folder holding only ``mean``) and
 grpcio baseline of ``raw_server.py``, both as subprocesses on 127.0.0.1 with the same number
 of worker processes and threads, and drives both with the same load loop: TMS through
 ``tms_client.ModelClient("mean", target).run_image(array)``, the baseline through one channel
-per worker process, balanced round-robin like the TMS client. For every image size and
+per worker process, balanced round-robin, as the TMS client is here. For every image size and
 concurrency it warms both up, then measures them in alternating slices (TMS, raw, raw, TMS,
 ...) so that drift on a noisy machine hits both alike, and reports p50/p99 latency,
 throughput and the ratios TMS/raw as a Markdown table.
@@ -40,7 +40,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tms_client import ModelClient
+from tms_client import ModelClient, RoundRobin
 
 # Run as a script (python benchmarks/bench_mean.py): make the benchmarks folder importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -403,7 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.flush()
             sys.stderr.write((temp / "servers.log").read_text(errors="replace")[-4000:])
             raise
-        tms = stack.enter_context(ModelClient("mean", tms_target, timeout=CALL_TIMEOUT))
+        tms = stack.enter_context(
+            ModelClient("mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin())
+        )
         raw = RawClient(raw_target, args.workers)
         stack.callback(raw.close)
         if len(tms.workers()) != args.workers:

@@ -641,7 +641,7 @@ def test_bench_json_counts_errors_by_status_code(tms, target):
     assert sum(w["calls"] for w in workers) == summary["requests"]
     assert (summary["call"], summary["balancer"], summary["concurrency"]) == (
         "run_image",
-        "round-robin",
+        "least-loaded",  # the default, as in the client
         3,
     )
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.support import EXAMPLE_MODELS, write_models
-from tms_client import ConnectError, ModelClient
+from tms_client import ConnectError, ModelClient, RoundRobin
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def models(tmp_path_factory):
 
 def test_client_finds_every_worker_and_calls_reach_each(server_process, models):
     server = server_process(models, workers=3)
-    with ModelClient("whoami", server.target) as client:
+    with ModelClient("whoami", server.target, balancer=RoundRobin()) as client:
         pids = {w.pid for w in client.workers()}
         assert len(pids) == 3
         results = [client.run_image(np.full((4, 4), i, np.uint8)) for i in range(30)]
@@ -124,7 +124,7 @@ def test_settings_from_environment(server_process, models):
 
 def test_example_models_in_worker_processes(server_process, astronaut_bgr):
     server = server_process(EXAMPLE_MODELS, workers=2)
-    with ModelClient("face", server.target) as client:
+    with ModelClient("face", server.target, balancer=RoundRobin()) as client:
         assert len(client.workers()) == 2
         for _ in range(2):  # once per worker
             faces = client.run_image(astronaut_bgr)["faces"]

@@ -33,6 +33,7 @@ from tms_client import (
     ModelNotFoundError,
     PermissionDeniedError,
     RetryPolicy,
+    RoundRobin,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -398,7 +399,13 @@ def test_a_client_whose_token_was_revoked_says_so_once_and_recovers(
     first = server_process(models, workers=2, args=args)
     port = first.target.rsplit(":", 1)[1]
     original = tokens["calls"].read_text()
-    with ModelClient("echo", first.target, token=CALL_TOKEN, retry=RetryPolicy.never()) as client:
+    with ModelClient(
+        "echo",
+        first.target,
+        token=CALL_TOKEN,
+        retry=RetryPolicy.never(),
+        balancer=RoundRobin(),  # so that the calls at the end reach both workers
+    ) as client:
         assert len(client.workers()) == 2
         first.stop()
         deadline = time.monotonic() + 10
@@ -429,7 +436,7 @@ def test_a_client_whose_token_was_revoked_says_so_once_and_recovers(
 @pytest.mark.slow
 def test_admin_across_worker_processes(server_process, models, tokens):
     server = server_process(models, workers=2, args=("--admin-tokens-file", str(tokens["admin"])))
-    with ModelClient("echo", server.target, connect_timeout=10) as client:
+    with ModelClient("echo", server.target, connect_timeout=10, balancer=RoundRobin()) as client:
         pids = {w.pid for w in client.workers()}
         with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
             workers = admin.list_workers()

@@ -110,6 +110,17 @@ def test_least_loaded_reads_fresh_reports_only() -> None:
     assert balancer.score(quiet, now=10.5) == pytest.approx(3 * 0.001)
 
 
+def test_least_loaded_does_not_favour_a_worker_that_has_not_answered_yet() -> None:
+    # A worker stuck before its first answer has no latency; it must not score 0 however
+    # many calls wait on it.
+    balancer = LeastLoaded(seed=1)
+    stuck = FakeWorker("stuck", in_flight=5, latency=0.0)
+    answering = FakeWorker("answering", in_flight=1, latency=0.01)
+    assert {balancer.pick([stuck, answering]).name for _ in range(50)} == {"answering"}
+    fresh, other = FakeWorker("fresh", latency=0.0), FakeWorker("other", in_flight=2, latency=0.0)
+    assert {balancer.pick([fresh, other]).name for _ in range(50)} == {"fresh"}
+
+
 def test_least_loaded_samples_two_of_many() -> None:
     balancer = LeastLoaded(seed=3)
     workers = [FakeWorker(str(i), in_flight=i) for i in range(10)]

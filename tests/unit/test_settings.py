@@ -102,6 +102,14 @@ def test_flags_set_every_setting() -> None:
     assert settings.max_message_bytes == 2047 * 1024 * 1024
 
 
+def test_worker_timeout_seconds_from_flag_and_environment() -> None:
+    assert Settings().worker_timeout_seconds == 30.0
+    environ = {"TMS_WORKER_TIMEOUT_SECONDS": "2.5"}
+    assert parse_settings([], environ).worker_timeout_seconds == 2.5
+    assert parse_settings(["--worker-timeout-seconds", "1"], environ).worker_timeout_seconds == 1.0
+    assert parse_settings(["--worker-timeout-seconds=3600"], {}).worker_timeout_seconds == 3600.0
+
+
 def test_flag_beats_environment_beats_default() -> None:
     environ = {"TMS_PORT": "7000", "TMS_THREADS": "4", "TMS_LOG_LEVEL": "ERROR"}
     settings = parse_settings(["--port", "9000"], environ)
@@ -157,6 +165,8 @@ def test_booleans_from_flags_and_environment(text: str, expected: bool) -> None:
         (["--grace-seconds=3600.5"], "grace_seconds", 0, 3600, "3600.5"),
         (["--grace-seconds=nan"], "grace_seconds", 0, 3600, "nan"),
         (["--grace-seconds=inf"], "grace_seconds", 0, 3600, "inf"),
+        (["--worker-timeout-seconds=0"], "worker_timeout_seconds", 1, 3600, "0.0"),
+        (["--worker-timeout-seconds=3600.5"], "worker_timeout_seconds", 1, 3600, "3600.5"),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
@@ -198,6 +208,7 @@ def test_environment_out_of_bounds_names_the_setting(
         ("TMS_PORT", "80.5", "port"),
         ("TMS_WORKERS", "many", "workers"),
         ("TMS_GRACE_SECONDS", "soon", "grace_seconds"),
+        ("TMS_WORKER_TIMEOUT_SECONDS", "never", "worker_timeout_seconds"),
         ("TMS_ENTRY_POINTS", "maybe", "entry_points"),
         ("TMS_ENTRY_POINTS", "2", "entry_points"),
     ],

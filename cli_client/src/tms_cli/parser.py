@@ -143,8 +143,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     load.add_argument(
         "--balancer",
         choices=list(BALANCERS),
-        default="round-robin",
-        help="how calls are spread over the workers (default: round-robin)",
+        default="least-loaded",
+        help="how calls are spread over the workers (default: least-loaded, as in the client)",
     )
     load.add_argument("--args", type=json_object, default=None, metavar="JSON", help=_ARGS_HELP)
 

@@ -42,7 +42,7 @@ class Balancer(Protocol):
 
 
 class RoundRobin:
-    """Each worker in turn (the default)."""
+    """Each worker in turn."""
 
     def __init__(self) -> None:
         self._counter = itertools.count()
@@ -69,7 +69,7 @@ class RandomBalancer:
 
 
 class LeastLoaded:
-    """The less loaded of two workers chosen at random ("power of two choices").
+    """The less loaded of two workers chosen at random ("power of two choices"); the default.
 
     A worker's load is the larger of this client's calls in flight on it and the calls in
     flight and queued that the worker last reported (reports older than ``max_report_age``
@@ -87,13 +87,14 @@ class LeastLoaded:
     def __repr__(self) -> str:
         return f"LeastLoaded(max_report_age={self.max_report_age})"
 
-    def score(self, worker: LoadedWorker, now: float) -> float:
-        """Expected cost of one more call on ``worker``: (calls ahead + 1) x latency."""
+    def score(self, worker: LoadedWorker, now: float, unknown_latency: float = 1.0) -> float:
+        """Expected cost of one more call on ``worker``: (calls ahead + 1) x latency, where a
+        worker that has answered no call yet has ``unknown_latency``."""
         calls = worker.in_flight
         report = worker.load
         if report is not None and now - report.received <= self.max_report_age:
             calls = max(calls, report.total)
-        return (calls + 1) * worker.latency
+        return (calls + 1) * (worker.latency or unknown_latency)
 
     def pick(self, workers: Sequence[W]) -> W:
         if len(workers) == 1:
@@ -101,4 +102,7 @@ class LeastLoaded:
         first, second = self._random.sample(range(len(workers)), 2)
         a, b = workers[first], workers[second]
         now = time.monotonic()
-        return b if self.score(b, now) < self.score(a, now) else a
+        # A worker with no latency yet counts as the other: compared by calls alone, so one
+        # that is stuck before its first answer does not draw every call.
+        unknown = max(a.latency, b.latency) or 1.0
+        return b if self.score(b, now, unknown) < self.score(a, now, unknown) else a

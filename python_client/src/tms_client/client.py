@@ -26,11 +26,12 @@ class ModelClient:
     ``target`` is ``"host:port"``, a list of them, or ``"dns:///name:port"`` for every address
     a name resolves to. On creation the client waits up to ``connect_timeout`` seconds for the
     servers (raising ``ConnectError`` after that), then connects to every worker process
-    behind them and spreads calls over them with ``balancer`` (round-robin by default; see
-    tms_client.balancers). ``timeout`` is each call's deadline in seconds, retries included
-    (None: no deadline); ``retry`` says which failures are retried (default: UNAVAILABLE, on
-    another worker; ``RetryPolicy.never()`` turns retries off). Lost workers are dropped and
-    new ones found in the background every ``refresh_interval`` seconds.
+    behind them and spreads calls over them with ``balancer`` (``LeastLoaded()`` by default,
+    which steers calls away from a slow or stuck worker; see tms_client.balancers).
+    ``timeout`` is each call's deadline in seconds, retries included (None: no deadline);
+    ``retry`` says which failures are retried (default: UNAVAILABLE, on another worker;
+    ``RetryPolicy.never()`` turns retries off). Lost workers are dropped and new ones found
+    in the background every ``refresh_interval`` seconds.
 
     ``tls`` (a ``TLS``) connects over TLS: the CA to trust, a client certificate and key for
     mutual TLS, the server name to expect. ``token`` is sent as ``authorization: Bearer

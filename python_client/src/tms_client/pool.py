@@ -26,7 +26,7 @@ import grpc
 import grpc.aio
 
 from tms.v1 import model_service_pb2
-from tms_client.balancers import Balancer, RoundRobin
+from tms_client.balancers import Balancer, LeastLoaded
 from tms_client.calls import WorkerInfo, method_path
 from tms_client.exceptions import (
     CallError,
@@ -76,7 +76,7 @@ class PoolOptions:
         #: Sent with every call, discovery and health included.
         self.metadata: Metadata = auth_metadata(token)
         self.connect_timeout = connect_timeout
-        self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
+        self.balancer: Balancer = balancer if balancer is not None else LeastLoaded()
         self.retry = retry if retry is not None else RetryPolicy()
         self.discovery_attempts = discovery_attempts
         self.refresh_interval = refresh_interval

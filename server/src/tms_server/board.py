@@ -132,6 +132,14 @@ class WorkerBoard:
 
     # -- reading ------------------------------------------------------------------------------
 
+    def beat(self, index: int, pid: int) -> tuple[float, bool] | None:
+        """The last heartbeat (``time.time()`` of the worker) in row ``index`` and whether the
+        worker is reloading a model now; None unless ``pid`` holds the row."""
+        row = self._rows[index]
+        if row.pid != pid:
+            return None
+        return float(row.beat), row.reload_taken > row.reload_done
+
     def rows(self) -> list[BoardRow]:
         """The rows of the workers running now (or lately), by index."""
         now = time.time()

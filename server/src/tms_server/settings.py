@@ -92,6 +92,15 @@ class Settings:
         default=60.0,
         metadata=_meta("ping each connection this often; drop it if unanswered", 1, 86_400),
     )
+    worker_timeout_seconds: float = field(
+        default=30.0,
+        metadata=_meta(
+            "seconds a serving worker may go without a heartbeat (its monitor thread beats 5 "
+            "times a second, during calls too) before the supervisor kills and replaces it",
+            1,
+            3600,
+        ),
+    )
     keepalive_timeout_seconds: float = field(
         default=20.0, metadata=_meta("how long a keepalive ping may go unanswered", 1, 3600)
     )

@@ -1,8 +1,9 @@
 """The supervisor: the parent process that owns the port, the workers and the signals.
 
 It reserves the port with SO_REUSEPORT (so ``--port 0`` works and the port stays taken while
-workers come and go), forks the workers before any gRPC object exists, restarts a worker
-that dies (with backoff), and on SIGTERM/SIGINT asks every worker to stop gracefully.
+workers come and go; a port something else holds stops it at start), forks the workers before
+any gRPC object exists, restarts a worker that dies (with backoff), kills and replaces one that
+stops sending heartbeats, and on SIGTERM/SIGINT asks every worker to stop gracefully.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class _Slot:
     ready_at: float | None = None  # when the current process reported ready
     failures: int = 0
     restart_at: float = 0.0
+    # The current process's last heartbeat on the board (its wall clock, only compared for
+    # change) and when the supervisor saw it change (time.monotonic): silence is measured on
+    # the supervisor's monotonic clock, so a jump of the wall clock kills no one.
+    beat: float = 0.0
+    beat_seen: float = 0.0
+    reload_seen: float = 0.0  # when the supervisor last saw it reloading a model
+    silent_for: float | None = None  # set when the supervisor kills it for going silent
 
 
 class Supervisor:
@@ -169,12 +177,15 @@ class Supervisor:
         return False
 
     def _reap(self) -> None:
-        """Replace workers that died: at once if they had served a while, otherwise after a
-        delay that doubles with each quick death."""
+        """Kill workers that stopped sending heartbeats; replace workers that died: at once if
+        they had served a while, otherwise after a delay that doubles with each quick death."""
         self._collect_ready(0.0)
         now = time.monotonic()
         for index, slot in enumerate(self._slots):
-            if slot.process is None or slot.process.exitcode is None:
+            if slot.process is None:
+                continue
+            if slot.process.exitcode is None:
+                self._check_heartbeat(index, slot, now)
                 continue
             if slot.restart_at == 0.0:
                 healthy = slot.ready_at is not None and now - slot.ready_at >= _HEALTHY_AFTER
@@ -184,15 +195,56 @@ class Supervisor:
                     "worker %d (pid %s) died: %s; restarting in %.1fs",
                     index,
                     slot.process.pid,
-                    _describe_exit(slot.process.exitcode),
+                    _describe_exit(slot.process.exitcode, slot.silent_for),
                     delay,
                 )
                 slot.restart_at = now + delay
+                slot.beat = slot.beat_seen = slot.reload_seen = 0.0
+                slot.silent_for = None
                 if slot.process.pid is not None:
                     self._board.leave(index, slot.process.pid)
             if now >= slot.restart_at:
                 slot.restart_at = 0.0
                 self._start(index)
+
+    def _check_heartbeat(self, index: int, slot: _Slot, now: float) -> None:
+        """SIGKILL the running worker of ``slot`` (a signal even a stopped process obeys) if it
+        has served and then sent no heartbeat for ``--worker-timeout-seconds``: it is frozen,
+        stopped or stuck, and the calls the kernel still hands it would wait in vain.
+
+        Silence counts from the last change of its heartbeat, or from when it reported ready;
+        a worker still loading its models is left alone. A worker reloading a model sends no
+        heartbeat meanwhile (its monitor thread runs the reload), so it gets the time allowed
+        for loading at start, and the timeout anew once the reload is over."""
+        process = slot.process
+        if process is None or process.pid is None or slot.ready_at is None:
+            return
+        if slot.silent_for is not None:  # killed already; its death is on the way
+            return
+        found = self._board.beat(index, process.pid)
+        if found is not None and found[0] != slot.beat:
+            slot.beat, slot.beat_seen = found[0], now
+            return
+        silent = now - max(slot.ready_at, slot.beat_seen)
+        limit = self.settings.worker_timeout_seconds
+        reloading = found is not None and found[1]
+        if reloading:
+            slot.reload_seen = now
+            if silent < max(limit, _READY_TIMEOUT):
+                return
+        elif now - max(slot.ready_at, slot.beat_seen, slot.reload_seen) < limit:
+            return
+        log.error(
+            "worker %d (pid %d) sent no heartbeat for %.1fs (--worker-timeout-seconds %g%s); "
+            "killing it",
+            index,
+            process.pid,
+            silent,
+            limit,
+            f", {_READY_TIMEOUT:g}s while reloading a model" if reloading else "",
+        )
+        slot.silent_for = silent
+        process.kill()
 
     def _shutdown(self) -> None:
         processes = [s.process for s in self._slots if s.process is not None]
@@ -210,7 +262,14 @@ class Supervisor:
         log.info("stopped")
 
 
-def _describe_exit(code: int) -> str:
+def _describe_exit(code: int, silent_for: float | None = None) -> str:
+    """Why a worker exited; ``silent_for`` is set if the supervisor killed it for that many
+    seconds without a heartbeat."""
+    if code == -signal.SIGKILL and silent_for is not None:
+        return (
+            f"killed by SIGKILL from the supervisor after {silent_for:.1f}s without a heartbeat "
+            "(--worker-timeout-seconds)"
+        )
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     if code == EXIT_HUNG:

@@ -1,0 +1,200 @@
+"""A worker that stops answering (SIGSTOP here; a frozen or wedged process in real life) is
+found by its missing heartbeat, killed and replaced by the supervisor, and the client's calls
+get around it: by default nothing a client sends is lost to a stuck worker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from tests.support import ServerProcess, write_models
+from tms_client import (
+    AdminClient,
+    ModelClient,
+    RetryPolicy,
+    RoundRobin,
+    TMSError,
+    UnavailableError,
+)
+
+pytestmark = pytest.mark.slow
+
+MODELS = {
+    "whoami": """
+        import os
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+            thread_safe = True
+
+            def run(self, text, args):
+                return {"pid": os.getpid()}
+    """,
+    "slow_to_load": """
+        import os, pathlib, time
+        import tms_server
+
+        DELAY = pathlib.Path(__file__).with_name("delay")
+
+        class Model(tms_server.Model):
+            inputs = "text"
+
+            def __init__(self):
+                if DELAY.exists():
+                    time.sleep(float(DELAY.read_text()))
+
+            def run(self, text, args):
+                return {"pid": os.getpid()}
+    """,
+}
+ADMIN_TOKEN = "admin-token-0123456789"
+#: Short enough for a quick test, long enough that a loaded test machine never misses a beat.
+WORKER_TIMEOUT = ("--worker-timeout-seconds", "2")
+CALL_TIMEOUT = 10.0  # well past the worker timeout: a call waits out the kill, then retries
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_models(tmp_path_factory.mktemp("models"), MODELS)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process that is not our child still runs (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@contextlib.contextmanager
+def stopped(pid: int):
+    """SIGSTOP ``pid`` for the block; SIGCONT it afterwards if it still exists."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def assert_replaced(server: ServerProcess, client: ModelClient, victim: int) -> None:
+    """``victim`` was killed for its silence, and a new worker took its place."""
+    assert wait_for(lambda: not alive(victim), 20), f"stopped worker {victim} still runs"
+    logs = server.logs
+    assert wait_for(lambda: f"(pid {victim}) died: killed by SIGKILL" in logs(), 10), logs()
+    assert re.search(
+        rf"worker \d \(pid {victim}\) sent no heartbeat for [\d.]+s "
+        r"\(--worker-timeout-seconds 2\); killing it",
+        logs(),
+    ), logs()
+    assert re.search(
+        rf"\(pid {victim}\) died: killed by SIGKILL from the supervisor after [\d.]+s without "
+        r"a heartbeat \(--worker-timeout-seconds\); restarting in 0\.0s",
+        logs(),
+    ), logs()
+
+    def two_workers_without_victim() -> bool:
+        pids = {w.pid for w in client.workers()}
+        return len(pids) == 2 and victim not in pids
+
+    assert wait_for(two_workers_without_victim, 20), client.workers()
+
+
+def test_calls_get_around_a_stopped_worker_which_is_replaced(server_process, models):
+    server = server_process(models, workers=2, args=WORKER_TIMEOUT)
+    with ModelClient("whoami", server.target, timeout=CALL_TIMEOUT) as client:  # defaults
+        pids = [w.pid for w in client.workers()]
+        assert len(set(pids)) == 2
+        victim = pids[0]
+        answers: list[int] = []
+        errors: list[TMSError] = []
+
+        def caller() -> None:
+            for _ in range(10):
+                try:
+                    answers.append(client.run_text("who")["pid"])
+                except TMSError as exc:
+                    errors.append(exc)
+
+        with stopped(victim):
+            threads = [threading.Thread(target=caller, daemon=True) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 3 * CALL_TIMEOUT
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            running = sum(thread.is_alive() for thread in threads)
+            assert running == 0, f"{running} callers still waiting; failed so far: {errors}"
+            assert errors == []
+            assert len(answers) == 40
+            assert victim not in answers
+            assert_replaced(server, client, victim)
+        answers = [client.run_text("who")["pid"] for _ in range(4)]
+        assert victim not in answers
+
+
+def test_a_call_held_by_a_stopped_worker_ends_unavailable_when_it_is_killed(server_process, models):
+    """What the client's default retry relies on: the connection of a killed worker fails
+    its calls with UNAVAILABLE, which the client tries again on another worker."""
+    assert RetryPolicy().retries(grpc.StatusCode.UNAVAILABLE)
+    server = server_process(models, workers=2, args=WORKER_TIMEOUT)
+    with ModelClient(
+        "whoami",
+        server.target,
+        timeout=CALL_TIMEOUT,
+        balancer=RoundRobin(),  # every other call goes to the stopped worker
+        retry=RetryPolicy.never(),
+    ) as client:
+        victim = client.workers()[0].pid
+        with stopped(victim), pytest.raises(UnavailableError):
+            call_each_worker(client)  # the call that reaches the victim waits for its end
+        assert_replaced(server, client, victim)
+
+
+def call_each_worker(client: ModelClient) -> None:
+    """One call per worker, as a round-robin client sends them."""
+    for _ in client.workers():
+        client.run_text("who")
+
+
+def test_a_worker_reloading_a_slow_model_is_not_killed(server_process, tmp_path):
+    """Other workers follow a reload in their monitor thread, which sends no heartbeat
+    meanwhile: a reload longer than the worker timeout must not cost them their life."""
+    models = write_models(tmp_path / "models", MODELS)
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(f"{ADMIN_TOKEN}\n")
+    args = (*WORKER_TIMEOUT, "--admin-tokens-file", str(tokens))
+    server = server_process(models, workers=2, args=args)
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+        pids = sorted(w.pid for w in admin.list_workers())
+        (models / "slow_to_load" / "delay").write_text("4")  # twice the worker timeout
+        admin.reload_model("slow_to_load")  # returns when the other worker's row goes stale
+
+        def reloaded_everywhere() -> bool:
+            return "reloaded model 'slow_to_load'" in server.logs().replace(
+                "reloaded model 'slow_to_load'", "", 1
+            )
+
+        assert wait_for(reloaded_everywhere, 20), server.logs()
+        assert sorted(w.pid for w in admin.list_workers()) == pids
+    assert "heartbeat" not in server.logs()
