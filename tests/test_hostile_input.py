@@ -86,6 +86,20 @@ MODELS = {
                 time.sleep(min(float(args.get("seconds", 0)), 30))
                 return text
     """,
+    "shred": """
+        import numpy as np
+        import tms_server
+
+        class Model(tms_server.Model):
+            keep = []
+
+            def run(self, image, args):
+                # 256 MB in 64 kB pieces, as decoders and native libraries allocate, then one
+                # piece kept: freeing the others leaves a hole the heap cannot shrink past.
+                pieces = [np.ones(64 * 1024, np.uint8) for _ in range(4096)]
+                self.keep.append(np.ones(64 * 1024, np.uint8))
+                return {"bytes": sum(piece.nbytes for piece in pieces)}
+    """,
     "hog": """
         import os
         import numpy as np
@@ -271,6 +285,30 @@ def test_a_message_above_the_limit_is_resource_exhausted(server, bystander):
     assert "larger than max" in error.details()
 
 
+@pytest.mark.parametrize("count", [65, 1_000_000])
+def test_image_batches_past_the_cap_are_invalid_argument(in_process_server, models, count):
+    # A million 1x1 images fit in 11 MB: refused when the 65th is seen, before any decoding.
+    server = in_process_server(models, max_batch_size=64)
+    image = raw(shape=(1, 1), data=b"\0")
+    one = pb.RunImageBatchRequest(model="probe", images=[image]).SerializeToString()
+    head, occurrence = pb.RunImageBatchRequest(model="probe").SerializeToString(), one[7:]
+    assert pb.RunImageBatchRequest.FromString(head + occurrence).images[0] == image
+    error = call(server.target, "RunImageBatch", head + occurrence * count, timeout=30)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "at most 64 images (--max-batch-size)" in error.details()
+    with ModelClient("probe", server.target) as client:
+        assert len(client.run_images([np.zeros((2, 2), np.uint8)] * 64)) == 64
+
+
+@pytest.mark.parametrize("count", [65, 1_000_000])
+def test_text_batches_past_the_cap_are_invalid_argument(in_process_server, models, count):
+    server = in_process_server(models, max_batch_size=64)
+    request = pb.RunTextBatchRequest(model="sleepy", texts=[""] * count)
+    error = call(server.target, "RunTextBatch", request.SerializeToString(), timeout=30)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "at most 64 texts (--max-batch-size)" in error.details()
+
+
 # -- args ---------------------------------------------------------------------------------------
 
 BAD_ARGS = {
@@ -393,7 +431,8 @@ def test_a_burst_beyond_capacity_is_queued_then_resource_exhausted(in_process_se
     assert len(answered) == 4  # two running, two queued
     assert len(refused) == 8
     assert {e.code() for e in refused} == {CODE.RESOURCE_EXHAUSTED}
-    assert "Concurrent RPC limit exceeded" in refused[0].details()
+    assert "this worker is busy" in refused[0].details()
+    assert "--threads 2, --max-queued-calls 2" in refused[0].details()
     with ModelClient("probe", server.target) as client:  # and then it serves again
         assert client.run_image(np.zeros((2, 2), np.uint8))
 
@@ -482,3 +521,46 @@ def test_a_worker_killed_mid_call_is_replaced(server_process, models):
                 time.sleep(0.2)
     assert new_pid != pid
     assert "killed by SIGKILL" in server.logs()
+
+
+def _memory_mb(pid: int, field: str) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field}")
+
+
+@pytest.mark.slow
+def test_large_images_are_decoded_a_few_at_a_time_and_memory_given_back(server_process, models):
+    # Eight 4000x4000 JPEGs of 250 kB at once: each decodes to 48 MB (Pillow's buffer, then
+    # the array), about 800 MB together. The worker decodes 16 million pixels at a time.
+    server = server_process(
+        models,
+        workers=1,
+        args=("--threads", "8", "--max-pixels", "20000000", "--max-pixels-in-flight", "16000000"),
+    )
+    big = jpeg(np.zeros((4000, 4000, 3), np.uint8))
+    assert len(big) < 300_000
+    with ModelClient("probe", server.target, timeout=120) as client:
+        (worker,) = client.workers()
+        assert client.run_image(np.zeros((2, 2), np.uint8)) == {"shape": [2, 2]}
+        before = _memory_mb(worker.pid, "VmRSS")
+        with open(f"/proc/{worker.pid}/clear_refs", "w") as clear:
+            clear.write("5")  # the peak (VmHWM) starts again from now
+        threads = [
+            threading.Thread(target=lambda: client.run_image(big), daemon=True) for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert client.run_image(big) == {"shape": [4000, 4000, 3]}
+        peak = _memory_mb(worker.pid, "VmHWM")
+    assert peak - before < 400, (before, peak)  # one or two at a time, never all eight
+    with ModelClient("shred", server.target, timeout=120) as client:
+        before = _memory_mb(worker.pid, "VmRSS")
+        large = np.zeros((2000, 2000), np.uint8)  # 4 million pixels: a large call
+        assert client.run_image(large) == {"bytes": 256 << 20}
+        after = _memory_mb(worker.pid, "VmRSS")
+    assert after - before < 100, (before, after)  # the freed pages went back to the system

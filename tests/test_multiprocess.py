@@ -14,19 +14,27 @@ import numpy as np
 import pytest
 
 from tests.support import EXAMPLE_MODELS, write_models
-from tms_client import ConnectError, ModelClient, RoundRobin
+from tms_client import (
+    ConnectError,
+    DeadlineExceededError,
+    ModelClient,
+    RetryPolicy,
+    RoundRobin,
+)
 
 pytestmark = pytest.mark.slow
 
 MODELS = {
     "whoami": """
-        import os, time
+        import os, threading, time
         import tms_server
 
         class Model(tms_server.Model):
             thread_safe = True
 
             def run(self, image, args):
+                if args.get("hang"):
+                    threading.Event().wait()  # never returns
                 time.sleep(args.get("sleep", 0))
                 return {"pid": os.getpid(), "sum": int(image.sum())}
     """,
@@ -105,6 +113,25 @@ def test_workers_stop_when_the_supervisor_is_killed(server_process, models):
         time.sleep(0.2)
     assert not pids, f"workers {pids} outlived their supervisor"
     assert "supervisor (pid" in server.logs()
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["on-a-thread", "on-the-event-loop"])
+def test_a_worker_with_a_hung_call_stops_when_the_supervisor_is_killed(
+    server_process, models, warm
+):
+    server = server_process(models, workers=1, args=("--grace-seconds", "1"))
+    with ModelClient("whoami", server.target, timeout=1, retry=RetryPolicy.never()) as client:
+        (pid,) = {w.pid for w in client.workers()}
+        for _ in range(40 if warm else 0):  # proven quick: its calls run on the event loop
+            client.run_image(np.zeros((2, 2), np.uint8))
+        with pytest.raises(DeadlineExceededError):
+            client.run_image(np.zeros((2, 2), np.uint8), {"hang": True})
+    server.process.kill()
+    server.process.wait()
+    deadline = time.monotonic() + 15
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(pid), "a worker with a hung model call outlived its supervisor"
 
 
 def alive(pid: int) -> bool:

@@ -238,24 +238,16 @@ def test_token_file_changes_are_picked_up(in_process_server, models, tokens):
         echo(server.target, token=CALL_TOKEN)
 
 
-def test_an_admin_tokens_file_that_turns_bad_refuses_admin_calls(in_process_server, models, tokens):
-    server = in_process_server(models, admin_tokens_file=tokens["admin"])
-
-    def admin_outcome() -> str:
-        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=5) as admin:
-            try:
-                admin.list_workers()
-            except PermissionDeniedError:
-                return "refused"
-            return "ok"
-
-    assert admin_outcome() == "ok"
-    for content, expected in [(f"{ADMIN_TOKEN}\nbad token\n", "refused"), (ADMIN_TOKEN, "ok")]:
-        tokens["admin"].write_text(content)
-        deadline = time.monotonic() + 5
-        while admin_outcome() != expected:
-            assert time.monotonic() < deadline, content
-            time.sleep(0.1)
+def outcomes(target: str, *tokens: str) -> dict[str, str]:
+    """Whether a call with each token is answered ("ok") or "refused" (UNAUTHENTICATED)."""
+    seen = {}
+    for token in tokens:
+        try:
+            echo(target, token=token)
+            seen[token] = "ok"
+        except UnauthenticatedError:
+            seen[token] = "refused"
+    return seen
 
 
 def test_a_tokens_file_that_turns_bad_refuses_every_token(
@@ -292,16 +284,24 @@ def test_a_tokens_file_that_turns_bad_refuses_every_token(
     assert b not in caplog.text
 
 
-def outcomes(target: str, *tokens: str) -> dict[str, str]:
-    """Whether a call with each token is answered ("ok") or "refused" (UNAUTHENTICATED)."""
-    seen = {}
-    for token in tokens:
-        try:
-            echo(target, token=token)
-            seen[token] = "ok"
-        except UnauthenticatedError:
-            seen[token] = "refused"
-    return seen
+def test_an_admin_tokens_file_that_turns_bad_refuses_admin_calls(in_process_server, models, tokens):
+    server = in_process_server(models, admin_tokens_file=tokens["admin"])
+
+    def admin_outcome() -> str:
+        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=5) as admin:
+            try:
+                admin.list_workers()
+            except PermissionDeniedError:
+                return "refused"
+            return "ok"
+
+    assert admin_outcome() == "ok"
+    for content, expected in [(f"{ADMIN_TOKEN}\nbad token\n", "refused"), (ADMIN_TOKEN, "ok")]:
+        tokens["admin"].write_text(content)
+        deadline = time.monotonic() + 5
+        while admin_outcome() != expected:
+            assert time.monotonic() < deadline, content
+            time.sleep(0.1)
 
 
 def test_async_client_over_tls_with_a_token(in_process_server, models, pki, tokens):
@@ -546,6 +546,17 @@ def test_security_and_limit_settings_from_flags_and_environment():
     assert options["grpc.keepalive_time_ms"] == 60_000
     assert options["grpc.max_connection_idle_ms"] == 1_800_000
     assert "grpc.max_connection_age_ms" not in options
+    assert options["grpc.max_allowed_incoming_connections"] == 1000
+    assert options["grpc.max_concurrent_streams"] == 100
+    assert (defaults.slow_client_seconds, defaults.max_untaken_mb) == (60.0, 256)
+    capped = parse_settings(
+        ["--max-connections", "50", "--slow-client-seconds", "5"],
+        {"TMS_MAX_STREAMS_PER_CONNECTION": "8", "TMS_MAX_UNTAKEN_MB": "32"},
+    )
+    capped_options = dict(grpc_options(capped))
+    assert capped_options["grpc.max_allowed_incoming_connections"] == 50
+    assert capped_options["grpc.max_concurrent_streams"] == 8
+    assert (capped.slow_client_seconds, capped.max_untaken_mb) == (5.0, 32)
     aged = dict(
         grpc_options(Settings(max_connection_age_seconds=60, max_connection_idle_seconds=0))
     )

@@ -22,6 +22,7 @@ from tms.v1 import image_pb2
 __all__ = [
     "Buffer",
     "ImageParts",
+    "TooManyImagesError",
     "WireError",
     "join_images",
     "merge_singular",
@@ -42,6 +43,10 @@ assert _DATA_FIELD == 3
 
 class WireError(ValueError):
     """Bytes that are not a well-formed protobuf message."""
+
+
+class TooManyImagesError(ValueError):
+    """A message carrying more images than the reader allows."""
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,15 @@ def join_images(head: Message, field: int, images: Sequence[ImageParts]) -> byte
     return b"".join(parts)
 
 
-def split_images(cls: type[M], buffer: bytes, field: int) -> tuple[M, list[ImageParts]]:
+def split_images(
+    cls: type[M], buffer: bytes, field: int, *, max_images: int | None = None
+) -> tuple[M, list[ImageParts]]:
     """Parse ``buffer`` as ``cls``, taking the occurrences of message field ``field`` out as
     ImageParts whose data is a read-only view of ``buffer``.
 
     Occurrences are returned in order; for a singular field the caller merges them as
-    protobuf would (see ``merge_singular``).
+    protobuf would (see ``merge_singular``). More than ``max_images`` occurrences raise
+    TooManyImagesError as soon as the one too many is seen.
     """
     view = memoryview(buffer).toreadonly()
     rest: list[memoryview] = []
@@ -138,11 +146,13 @@ def split_images(cls: type[M], buffer: bytes, field: int) -> tuple[M, list[Image
                 raise WireError("field number 0")
             start, pos = _skip(view, pos, wire_type)
             if number == field and wire_type == _LEN:
+                if max_images is not None and len(images) == max_images:
+                    raise TooManyImagesError(f"more than {max_images} images")
                 images.append(_split_image(view, start, pos))
             else:
                 rest.append(view[key_start:pos])
         message = cls.FromString(b"".join(rest))
-    except WireError:
+    except (WireError, TooManyImagesError):
         raise
     except Exception as exc:  # protobuf's DecodeError and friends
         raise WireError(f"cannot parse {cls.DESCRIPTOR.name}: {exc}") from None

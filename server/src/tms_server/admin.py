@@ -17,28 +17,24 @@ import threading
 import time
 
 import grpc
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from tms.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tms_server.board import WorkerBoard
-from tms_server.errors import (
-    PermissionDenied,
-    ServiceError,
-    Unavailable,
-    message_handler,
-    status_errors,
-)
+from tms_server.errors import PermissionDenied, ServiceError, Unavailable
+from tms_server.health import HealthServicer
 from tms_server.load import WorkerLoad
 from tms_server.registry import ModelRegistry
+from tms_server.rpc import quick
 from tms_server.security import TokenFile, bearer_token
 
-__all__ = ["SERVICE_NAME", "AdminServicer", "Reloader", "add_to_server"]
+__all__ = ["SERVICE", "SERVICE_NAME", "AdminServicer", "Reloader"]
 
 log = logging.getLogger("tms_server")
 pb = admin_service_pb2
-_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"]
+SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"]
 #: Full name of the service, for reflection.
-SERVICE_NAME = _SERVICE.full_name
+SERVICE_NAME = SERVICE.full_name
 
 #: How long ReloadModel waits for the other workers when the call has no deadline.
 _RELOAD_WAIT = 600.0
@@ -48,7 +44,7 @@ _POLL = 0.05
 class Reloader:
     """Reloads models of one worker process, one at a time, and keeps its health in step."""
 
-    def __init__(self, registry: ModelRegistry, health_servicer: health.HealthServicer) -> None:
+    def __init__(self, registry: ModelRegistry, health_servicer: HealthServicer) -> None:
         self._registry = registry
         self._health = health_servicer
         self._lock = threading.Lock()
@@ -99,7 +95,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
                 "call tokens are not admin tokens"
             )
 
-    @status_errors
+    @quick
     def ListWorkers(  # noqa: N802 - named after the RPC
         self, request: pb.ListWorkersRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkersResponse:
@@ -126,7 +122,6 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             )
         return pb.ListWorkersResponse(workers=workers)
 
-    @status_errors
     def ReloadModel(  # noqa: N802
         self, request: pb.ReloadModelRequest, context: grpc.ServicerContext
     ) -> pb.ReloadModelResponse:
@@ -160,17 +155,3 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
                 pb.WorkerReload(worker_index=row.index, pid=row.pid, reloaded=reloaded, error=error)
             )
         return pb.ReloadModelResponse(workers=outcomes)
-
-
-def add_to_server(servicer: AdminServicer, server: grpc.Server) -> None:
-    """Register ``servicer`` for tms.v1.AdminService on ``server``."""
-    handlers = {
-        name: message_handler(
-            getattr(servicer, name),
-            getattr(pb, method.input_type.name),
-            getattr(pb, method.output_type.name).SerializeToString,
-        )
-        for name, method in _SERVICE.methods_by_name.items()
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)

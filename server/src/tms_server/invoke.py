@@ -7,12 +7,14 @@ the status code it stands for.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
 from tms_client.codec import (
@@ -29,7 +31,14 @@ from tms_server.errors import Internal, InvalidArgument
 from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel
 
-__all__ = ["encode_output", "image_outputs", "prepare_image", "result_json", "run_model"]
+__all__ = [
+    "declared_pixels",
+    "encode_output",
+    "image_outputs",
+    "prepare_image",
+    "result_json",
+    "run_model",
+]
 
 log = logging.getLogger("tms_server")
 T = TypeVar("T")
@@ -41,6 +50,26 @@ _CHANNELS: dict[ColorValue, int] = {
     image_pb2.COLOR_ORDER_RGBA: 4,
     image_pb2.COLOR_ORDER_BGRA: 4,
 }
+
+
+#: How much of a PNG/JPEG file is read to learn its size before it is decoded.
+_HEADER_BYTES = 256 * 1024
+
+
+def declared_pixels(parts: ImageParts, unknown: int) -> int:
+    """H * W of an image as its metadata (raw) or its file's header (PNG/JPEG) declares it,
+    without decoding; ``unknown`` when it cannot tell (the decode will say why)."""
+    meta = parts.meta
+    if meta.encoding in (image_pb2.ENCODING_RAW, image_pb2.ENCODING_UNSPECIFIED):
+        shape = meta.shape
+        return shape[0] * shape[1] if len(shape) >= 2 and shape[0] > 0 and shape[1] > 0 else 0
+    header = bytes(memoryview(parts.data)[:_HEADER_BYTES])
+    try:
+        with PILImage.open(io.BytesIO(header), formats=["PNG", "JPEG"]) as image:
+            width, height = image.size
+    except Exception:
+        return unknown
+    return width * height
 
 
 def prepare_image(model: LoadedModel, parts: ImageParts, max_pixels: int) -> npt.NDArray[Any]:

@@ -31,6 +31,7 @@ class WorkerLoad:
         self.queued = 0
         self.answered = 0
         self.draining = False
+        self.pulse = time.monotonic()  # set by the event loop while it runs (worker.pulse)
         self._lock = threading.Lock()
         self._began: dict[int, float] = {}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from tms_server.admin import Reloader
@@ -23,6 +24,10 @@ from tms_server.load import WorkerLoad
 __all__ = ["WorkerMonitor"]
 
 log = logging.getLogger("tms_server")
+
+#: An event loop that has not run for this long is stuck: the worker stops sending heartbeats
+#: (and the supervisor replaces it after --worker-timeout-seconds).
+LOOP_SILENT_SECONDS = 5.0
 
 
 class WorkerMonitor:
@@ -69,15 +74,17 @@ class WorkerMonitor:
                 log.exception("worker monitor failed")
 
     def tick(self) -> None:
-        """One round: post the load, follow a pending reload, look for a hung call."""
+        """One round: post the load (the worker's heartbeat, sent only while its event loop
+        runs), follow a pending reload, look for a hung call."""
         load = self.load
-        self._board.post(
-            self._index,
-            in_flight=load.in_flight,
-            queued=load.queued,
-            calls=load.answered,
-            serving=not load.draining,
-        )
+        if time.monotonic() - load.pulse < LOOP_SILENT_SECONDS:
+            self._board.post(
+                self._index,
+                in_flight=load.in_flight,
+                queued=load.queued,
+                calls=load.answered,
+                serving=not load.draining,
+            )
         pending = self._board.pending_reload(self._index)
         if pending is not None:
             seq, name = pending

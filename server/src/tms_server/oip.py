@@ -41,13 +41,7 @@ from tms_client.codec import ColorValue, color_order, numpy_dtype
 from tms_client.wire import Buffer, ImageParts
 from tms_server import __version__
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
-from tms_server.errors import (
-    Internal,
-    InvalidArgument,
-    NotFound,
-    message_handler,
-    status_errors,
-)
+from tms_server.errors import Internal, InvalidArgument, NotFound
 
 # The tms.v1 servicer's input checks and model calls, shared so both APIs behave alike.
 from tms_server.invoke import (
@@ -59,15 +53,14 @@ from tms_server.invoke import (
 )
 from tms_server.limits import parse_args
 from tms_server.registry import LoadedModel, ModelRegistry
+from tms_server.rpc import quick
 from tms_server.servicer import ModelServicer
 
-__all__ = ["MAX_BATCH_SIZE", "SERVICE_NAME", "InferenceServicer", "add_to_server"]
+__all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer"]
 
-_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 #: Full name of the service, for reflection and health.
-SERVICE_NAME = _SERVICE.full_name
-#: The largest N of an [N, ...] input, reported as max_batch_size by ModelConfig.
-MAX_BATCH_SIZE = 64
+SERVICE_NAME = SERVICE.full_name
 VERSION = "1"
 PLATFORM = "tms"
 IMAGE, TEXT, RESULT, OUTPUT_IMAGE = "IMAGE", "TEXT", "RESULT", "OUTPUT_IMAGE"
@@ -216,26 +209,26 @@ class InferenceServicer:
             raise NotFound(f"model {name!r} has no version {version!r}; its one version is 1")
         return _Model(model)
 
-    @status_errors
+    @quick
     def ServerLive(
         self, request: oip.ServerLiveRequest, context: grpc.ServicerContext
     ) -> oip.ServerLiveResponse:
         return oip.ServerLiveResponse(live=True)
 
-    @status_errors
+    @quick
     def ServerReady(
         self, request: oip.ServerReadyRequest, context: grpc.ServicerContext
     ) -> oip.ServerReadyResponse:
         return oip.ServerReadyResponse(ready=True)
 
-    @status_errors
+    @quick
     def ModelReady(
         self, request: oip.ModelReadyRequest, context: grpc.ServicerContext
     ) -> oip.ModelReadyResponse:
         ready = request.name in self._registry.models and request.version in ("", VERSION)
         return oip.ModelReadyResponse(ready=ready)
 
-    @status_errors
+    @quick
     def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: grpc.ServicerContext
     ) -> oip.ServerMetadataResponse:
@@ -243,7 +236,7 @@ class InferenceServicer:
             name="tms", version=__version__, extensions=["model_configuration", "parameters"]
         )
 
-    @status_errors
+    @quick
     def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> oip.ModelMetadataResponse:
@@ -266,7 +259,7 @@ class InferenceServicer:
             ],
         )
 
-    @status_errors
+    @quick
     def ModelConfig(
         self, request: oip.ModelConfigRequest, context: grpc.ServicerContext
     ) -> oip.ModelConfigResponse:
@@ -281,7 +274,7 @@ class InferenceServicer:
             name=request.name,
             platform=PLATFORM,
             backend="python",
-            max_batch_size=MAX_BATCH_SIZE,
+            max_batch_size=self._models.max_batch_size,
             input=[model_input],
             output=[
                 oip.ModelOutput(name=out, data_type=_CONFIG_TYPES[datatype], dims=dims)
@@ -290,7 +283,6 @@ class InferenceServicer:
         )
         return oip.ModelConfigResponse(config=config)
 
-    @status_errors
     def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.ServicerContext
     ) -> oip.ModelInferResponse:
@@ -368,8 +360,11 @@ class InferenceServicer:
             )
         batched = len(shape) == 4
         count, image_shape = (shape[0], shape[1:]) if batched else (1, shape)
-        if batched and not 1 <= count <= MAX_BATCH_SIZE:
-            raise InvalidArgument(f"a batch holds 1 to {MAX_BATCH_SIZE} images, not {count}")
+        most = self._models.max_batch_size
+        if batched and not 1 <= count <= most:
+            raise InvalidArgument(
+                f"a batch holds 1 to {most} images (--max-batch-size), not {count}"
+            )
         size = math.prod(image_shape) * numpy_dtype(dtype).itemsize
         view = memoryview(raw)
         if view.nbytes != count * size:
@@ -417,17 +412,19 @@ class InferenceServicer:
             (json_result, _pack_bytes([result_json(model, result).encode()])),
         ]
 
-    @staticmethod
     def _run_text(
-        model: LoadedModel, tensor: Tensor, raw: Buffer, args: dict[str, Any]
+        self, model: LoadedModel, tensor: Tensor, raw: Buffer, args: dict[str, Any]
     ) -> list[tuple[OutputTensor, bytes]]:
         shape = [int(dim) for dim in tensor.shape]
         if tensor.datatype != BYTES or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             raise InvalidArgument(
                 f"input TEXT must be BYTES of shape [N] or [N, 1], not {tensor.datatype} {shape}"
             )
-        if not 1 <= shape[0] <= MAX_BATCH_SIZE:
-            raise InvalidArgument(f"a batch holds 1 to {MAX_BATCH_SIZE} texts, not {shape[0]}")
+        most = self._models.max_batch_size
+        if not 1 <= shape[0] <= most:
+            raise InvalidArgument(
+                f"a batch holds 1 to {most} texts (--max-batch-size), not {shape[0]}"
+            )
         try:
             texts = [item.decode() for item in _unpack_bytes(raw, shape[0])]
         except UnicodeDecodeError as exc:
@@ -501,17 +498,3 @@ def _typed_contents(tensor: Tensor) -> bytes:
         return array.astype(dtype).tobytes()
     except (ValueError, OverflowError) as exc:
         raise InvalidArgument(f"input {tensor.name}: {exc}") from None
-
-
-def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
-    """Register ``servicer`` for inference.GRPCInferenceService on ``server``."""
-    handlers = {
-        name: message_handler(
-            getattr(servicer, name),
-            getattr(oip, method.input_type.name),
-            getattr(oip, method.output_type.name).SerializeToString,
-        )
-        for name, method in _SERVICE.methods_by_name.items()
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -7,9 +7,10 @@
   certificates are used by new connections without a restart (existing ones keep theirs).
 - Tokens: ``--tokens-file`` holds call tokens, one a line (blank lines and ``#`` comments
   ignored). ``TokenInterceptor`` checks ``authorization: Bearer <token>`` on every call except
-  the health service (load balancers and Kubernetes probe it without credentials) and the
-  AdminService (which checks admin tokens itself); a missing or wrong token ends the call with
-  UNAUTHENTICATED. Files are read again when they change (checked at most once a second).
+  health checks (``Health/Check``: load balancers and Kubernetes probe without credentials)
+  and the AdminService (which checks admin tokens itself); a missing or wrong token ends the
+  call with UNAUTHENTICATED. Files are read again at most once a second; one that turns
+  unreadable, empty or malformed refuses every token (an ERROR in the log) until it is fixed.
   Tokens are compared in constant time and never logged.
 """
 
@@ -21,7 +22,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ import grpc
 from tms_server.settings import Settings
 
 __all__ = [
-    "ADMIN_SERVICE",
-    "HEALTH_SERVICE",
+    "ADMIN_PREFIX",
+    "OPEN_METHOD",
     "CertificateFiles",
     "SecurityError",
     "TokenFile",
@@ -43,8 +44,9 @@ __all__ = [
 
 log = logging.getLogger("tms_server")
 
-HEALTH_SERVICE = "grpc.health.v1.Health"
-ADMIN_SERVICE = "tms.v1.AdminService"
+#: The one method open to callers without a token: health checks.
+OPEN_METHOD = "/grpc.health.v1.Health/Check"
+ADMIN_PREFIX = "/tms.v1.AdminService/"
 _RECHECK_SECONDS = 1.0
 
 
@@ -212,14 +214,16 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | 
 
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
-    def abort(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
+    # Stream-unary: the call ends without its request being read.
+    async def abort(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
 
-    return grpc.unary_unary_rpc_method_handler(abort)
+    return grpc.stream_unary_rpc_method_handler(abort)
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Ends calls without a valid call token with UNAUTHENTICATED (health and admin aside)."""
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Ends calls without a valid call token with UNAUTHENTICATED (health checks and admin
+    aside: ``Health/Check`` is open to probes, the AdminService checks admin tokens itself)."""
 
     def __init__(self, tokens: TokenFile) -> None:
         self._tokens = tokens
@@ -229,20 +233,22 @@ class TokenInterceptor(grpc.ServerInterceptor):
         )
         self._wrong = _deny(grpc.StatusCode.UNAUTHENTICATED, "the token is not valid here")
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        service = handler_call_details.method.lstrip("/").partition("/")[0]
-        if service in (HEALTH_SERVICE, ADMIN_SERVICE):
-            return continuation(handler_call_details)
+        method = handler_call_details.method
+        if method == OPEN_METHOD or method.startswith(ADMIN_PREFIX):
+            return await continuation(handler_call_details)
         token = bearer_token(handler_call_details.invocation_metadata)
         if token is None:
             return self._missing
         if not self._tokens.accepts(token):
             return self._wrong
-        return continuation(handler_call_details)
+        return await continuation(handler_call_details)
 
 
 def check_files(settings: Settings) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,15 +14,17 @@ import grpc
 from google.protobuf.message import Message
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.wire import ImageParts, WireError, join_images, merge_singular, split_images
-from tms_server.errors import (
-    Internal,
-    InvalidArgument,
-    Unimplemented,
-    message_handler,
-    status_errors,
+from tms_client.wire import (
+    ImageParts,
+    TooManyImagesError,
+    WireError,
+    join_images,
+    merge_singular,
+    split_images,
 )
+from tms_server.errors import Internal, InvalidArgument, Unimplemented
 from tms_server.invoke import (
+    declared_pixels,
     encode_output,
     image_outputs,
     prepare_image,
@@ -31,20 +34,22 @@ from tms_server.invoke import (
 from tms_server.limits import parse_args
 from tms_server.load import WorkerLoad
 from tms_server.registry import LoadedModel, ModelRegistry
+from tms_server.rpc import quick
 
-__all__ = ["ModelServicer", "WorkerIdentity", "add_to_server"]
+__all__ = ["MODEL_CALLS", "RAW_REQUESTS", "RAW_RESPONSES", "ModelServicer", "WorkerIdentity"]
 
 pb = model_service_pb2
 log = logging.getLogger("tms_server")
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
-_SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]
 _IMAGE_FIELD = pb.RunImageRequest.DESCRIPTOR.fields_by_name["image"].number
 _OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].number
-# Methods whose requests (and responses) the servicer handles as bytes.
-_BYTES_REQUESTS = {"RunImage", "RunImageBatch", "RunImageToImage"}
-_BYTES_RESPONSES = {"RunImageToImage"}
+#: Methods that call a model.
+MODEL_CALLS = frozenset({"RunImage", "RunImageBatch", "RunImageToImage", "RunText", "RunTextBatch"})
+#: Methods whose requests (and responses) the servicer handles as bytes.
+RAW_REQUESTS = frozenset({"RunImage", "RunImageBatch", "RunImageToImage"})
+RAW_RESPONSES = frozenset({"RunImageToImage"})
 _CALL_NAMES: dict[pb.ModelCall.ValueType, str] = {
     pb.MODEL_CALL_RUN_IMAGE: "RunImage",
     pb.MODEL_CALL_RUN_IMAGE_BATCH: "RunImageBatch",
@@ -79,20 +84,26 @@ class WorkerIdentity:
         )
 
 
-def _read(cls: type[M], request: bytes) -> tuple[M, list[ImageParts]]:
+def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageParts]]:
     """A request message and the images it carries (field 2 in every such request)."""
     try:
-        return split_images(cls, request, _IMAGE_FIELD)
+        return split_images(cls, request, _IMAGE_FIELD, max_images=max_images)
     except WireError as exc:
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
+    except TooManyImagesError:
+        raise InvalidArgument(_too_many("images", max_images)) from None
+
+
+def _too_many(what: str, limit: int) -> str:
+    return f"a call takes at most {limit} {what} (--max-batch-size); split them over several calls"
 
 
 class ModelServicer:
-    """Serves the models of a registry; errors end calls through ``status_errors``.
+    """Serves the models of a registry; its methods raise, and tms_server.rpc turns what
+    they raise into the call's status.
 
     RunImage, RunImageBatch and RunImageToImage take their requests as bytes and
     RunImageToImage answers in bytes: tms_client.wire reads and writes the images in place.
-    ``add_to_server`` registers the methods with the matching (de)serializers.
     """
 
     def __init__(
@@ -101,11 +112,13 @@ class ModelServicer:
         identity: WorkerIdentity,
         *,
         max_pixels: int,
+        max_batch_size: int = 64,
         load: WorkerLoad | None = None,
     ) -> None:
         self.load = load if load is not None else WorkerLoad(identity.key)
         self._registry = registry
         self.max_pixels = max_pixels
+        self.max_batch_size = max_batch_size
         self._worker_info = identity.response()
 
     def _model(self, name: str, call: pb.ModelCall.ValueType) -> LoadedModel:
@@ -122,22 +135,37 @@ class ModelServicer:
             raise InvalidArgument("no images in the request")
         return [prepare_image(model, parts, self.max_pixels) for parts in occurrences]
 
-    @status_errors
+    def pixels(self, request_class: type[Message], request: bytes) -> int:
+        """The pixels a request's images declare, before anything is decoded (for admission:
+        see tms_server.admission); an image whose size cannot be told counts as the largest."""
+        try:
+            _, images = split_images(
+                request_class, request, _IMAGE_FIELD, max_images=self.max_batch_size
+            )
+        except (WireError, TooManyImagesError):
+            return 0  # refused as soon as it runs
+        return sum(declared_pixels(parts, unknown=self.max_pixels) for parts in images)
+
+    def weighers(self) -> dict[str, Callable[[bytes], int]]:
+        """``pixels`` for each method whose requests carry images."""
+        classes = {name: getattr(pb, f"{name}Request") for name in RAW_REQUESTS}
+        return {name: functools.partial(self.pixels, cls) for name, cls in classes.items()}
+
+    @quick
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         # Built on each call: an admin may have reloaded a model since.
         return pb.ListModelsResponse(models=[m.info for m in self._registry.models.values()])
 
-    @status_errors
+    @quick
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetModelInfoResponse:
         return pb.GetModelInfoResponse(info=self._registry.get(request.model).info)
 
-    @status_errors
     def RunImage(self, request: bytes, context: grpc.ServicerContext) -> pb.RunImageResponse:
-        message, occurrences = _read(pb.RunImageRequest, request)
+        message, occurrences = _read(pb.RunImageRequest, request, self.max_batch_size)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE)
         parts = merge_singular(occurrences)
         if parts is None:
@@ -146,19 +174,17 @@ class ModelServicer:
         result = run_model(model, model.instance.run, image, parse_args(message.args_json))
         return pb.RunImageResponse(result_json=result_json(model, result))
 
-    @status_errors
     def RunImageBatch(
         self, request: bytes, context: grpc.ServicerContext
     ) -> pb.RunImageBatchResponse:
-        message, occurrences = _read(pb.RunImageBatchRequest, request)
+        message, occurrences = _read(pb.RunImageBatchRequest, request, self.max_batch_size)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
         images = self._images(model, occurrences)
         results = run_model(model, model.instance.run_batch, images, parse_args(message.args_json))
         return pb.RunImageBatchResponse(results_json=self._batch_json(model, results, len(images)))
 
-    @status_errors
     def RunImageToImage(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        message, occurrences = _read(pb.RunImageToImageRequest, request)
+        message, occurrences = _read(pb.RunImageToImageRequest, request, self.max_batch_size)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
         if message.output_encoding not in (
             image_pb2.ENCODING_UNSPECIFIED,
@@ -174,7 +200,6 @@ class ModelServicer:
         head = pb.RunImageToImageResponse(result_json=result_json(model, result))
         return join_images(head, _OUTPUT_FIELD, parts)
 
-    @status_errors
     def RunText(
         self, request: pb.RunTextRequest, context: grpc.ServicerContext
     ) -> pb.RunTextResponse:
@@ -182,11 +207,12 @@ class ModelServicer:
         result = run_model(model, model.instance.run, request.text, parse_args(request.args_json))
         return pb.RunTextResponse(result_json=result_json(model, result))
 
-    @status_errors
     def RunTextBatch(
         self, request: pb.RunTextBatchRequest, context: grpc.ServicerContext
     ) -> pb.RunTextBatchResponse:
         model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT_BATCH)
+        if len(request.texts) > self.max_batch_size:
+            raise InvalidArgument(_too_many("texts", self.max_batch_size))
         texts = list(request.texts)
         if not texts:
             raise InvalidArgument("no texts in the request")
@@ -202,27 +228,8 @@ class ModelServicer:
             )
         return [result_json(model, result) for result in results]
 
-    @status_errors
+    @quick
     def GetWorkerInfo(
         self, request: pb.GetWorkerInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetWorkerInfoResponse:
         return self._worker_info
-
-
-def add_to_server(servicer: ModelServicer, server: grpc.Server) -> None:
-    """Register ``servicer`` for tms.v1.ModelService on ``server``."""
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for name, method in _SERVICE.methods_by_name.items():
-        request_class = getattr(pb, method.input_type.name)
-        response_class = getattr(pb, method.output_type.name)
-        serializer = None if name in _BYTES_RESPONSES else response_class.SerializeToString
-        if name in _BYTES_REQUESTS:
-            handlers[name] = grpc.unary_unary_rpc_method_handler(
-                getattr(servicer, name), response_serializer=serializer
-            )
-        else:  # malformed bytes: INVALID_ARGUMENT, as for the requests read in place
-            handlers[name] = message_handler(getattr(servicer, name), request_class, serializer)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
-    )
-    server.add_registered_method_handlers(_SERVICE.full_name, handlers)

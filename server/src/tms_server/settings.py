@@ -58,6 +58,19 @@ class Settings:
         default=50_000_000,
         metadata=_meta("largest image accepted, in pixels (H x W), raw or encoded", 1, 2**31 - 1),
     )
+    max_pixels_in_flight: int = field(
+        default=50_000_000,
+        metadata=_meta(
+            "pixels of the images a worker decodes and runs at once (H x W, summed); calls "
+            "beyond it wait their turn",
+            1,
+            2**40,
+        ),
+    )
+    max_batch_size: int = field(
+        default=64,
+        metadata=_meta("images or texts one call may carry (batch calls, OIP inputs)", 1, 100_000),
+    )
     grace_seconds: float = field(
         default=10.0,
         metadata=_meta("on SIGTERM/SIGINT, how long in-flight calls may take to finish", 0, 3600),
@@ -79,6 +92,15 @@ class Settings:
             86_400,
         ),
     )
+    worker_timeout_seconds: float = field(
+        default=30.0,
+        metadata=_meta(
+            "seconds a serving worker may go without a heartbeat (its monitor thread beats 5 "
+            "times a second, during calls too) before the supervisor kills and replaces it",
+            1,
+            3600,
+        ),
+    )
     worker_memory_mb: int = field(
         default=0,
         metadata=_meta(
@@ -92,15 +114,6 @@ class Settings:
         default=60.0,
         metadata=_meta("ping each connection this often; drop it if unanswered", 1, 86_400),
     )
-    worker_timeout_seconds: float = field(
-        default=30.0,
-        metadata=_meta(
-            "seconds a serving worker may go without a heartbeat (its monitor thread beats 5 "
-            "times a second, during calls too) before the supervisor kills and replaces it",
-            1,
-            3600,
-        ),
-    )
     keepalive_timeout_seconds: float = field(
         default=20.0, metadata=_meta("how long a keepalive ping may go unanswered", 1, 3600)
     )
@@ -113,6 +126,36 @@ class Settings:
     max_connection_idle_seconds: float = field(
         default=1800.0,
         metadata=_meta("close connections without calls for this long (0: never)", 0, 86_400),
+    )
+    max_connections: int = field(
+        default=1000,
+        metadata=_meta("connections a worker accepts at once; more are closed", 1, 1_000_000),
+    )
+    max_streams_per_connection: int = field(
+        default=100,
+        metadata=_meta("calls one connection may have open at once (HTTP/2 streams)", 1, 100_000),
+    )
+    slow_client_seconds: float = field(
+        default=60.0,
+        metadata=_meta(
+            "close the connection of a caller that takes longer than this to send a request "
+            "or to take an answer (0: never)",
+            0,
+            86_400,
+        ),
+    )
+    max_untaken_mb: int = field(
+        default=256,
+        metadata=_meta(
+            "answers a worker holds for callers that have not taken them, in MiB; past it the "
+            "connections of the oldest are closed",
+            1,
+            2**20,
+        ),
+    )
+    max_health_watches: int = field(
+        default=100,
+        metadata=_meta("open health Watch streams a worker allows at once", 1, 100_000),
     )
     max_connection_age_seconds: float = field(
         default=0.0,

@@ -5,18 +5,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from PIL import Image as PILImage
 
@@ -24,12 +28,23 @@ from tms.v1 import model_service_pb2
 from tms_server import __version__, oip, security
 from tms_server import admin as admin_service
 from tms_server.admin import AdminServicer, Reloader
+from tms_server.admission import CallRunner
 from tms_server.board import WorkerBoard
-from tms_server.load import CountingExecutor, WorkerLoad
+from tms_server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from tms_server.health import HealthServicer
+from tms_server.load import WorkerLoad
 from tms_server.monitor import WorkerMonitor
 from tms_server.registry import ModelRegistry
-from tms_server.servicer import ModelServicer, WorkerIdentity, add_to_server
+from tms_server.rpc import Worker, add_service
+from tms_server.servicer import (
+    MODEL_CALLS,
+    RAW_REQUESTS,
+    RAW_RESPONSES,
+    ModelServicer,
+    WorkerIdentity,
+)
 from tms_server.settings import Settings
+from tms_server.stalls import StallWatch
 
 __all__ = ["EXIT_HUNG", "RunningServer", "build_server", "grpc_options", "run_worker"]
 
@@ -37,35 +52,79 @@ log = logging.getLogger("tms_server")
 
 #: Exit code of a worker that stopped because a call ran past the call time limit.
 EXIT_HUNG = 3
+#: How long past the grace period a stop waits for the event loop to wind down.
+STOP_MARGIN_SECONDS = 5.0
 
 
 @dataclass
 class RunningServer:
-    """A started gRPC server of one worker, with its health service and bound port."""
+    """A started gRPC server of one worker: its event loop runs in a thread of its own."""
 
-    server: grpc.Server
-    health: health.HealthServicer
+    server: grpc.aio.Server
+    loop: asyncio.AbstractEventLoop
+    health: HealthServicer
     registry: ModelRegistry
     load: WorkerLoad
     port: int
+    runner: CallRunner
+    watch: StallWatch
+    reloader: Reloader = field(repr=False)
+    pulse: asyncio.Task[None] = field(repr=False)
+    thread: threading.Thread = field(repr=False)
     monitor: WorkerMonitor | None = field(default=None, repr=False)
     board: WorkerBoard | None = field(default=None, repr=False)
     index: int = 0
 
     def drain(self) -> None:
         """Report NOT_SERVING and refuse new calls with UNAVAILABLE (clients retry on other
-        workers); calls in flight go on."""
+        workers); calls in flight go on. Safe from any thread."""
         self.load.draining = True
         self.health.enter_graceful_shutdown()
 
     def stop(self, grace: float | None) -> None:
-        """Drain, then stop; in-flight calls get ``grace`` seconds to finish."""
+        """Drain, then stop; in-flight calls get ``grace`` seconds to finish. Model calls still
+        running after that are left to their threads (Python cannot stop a thread), and so is
+        an event loop stuck in a model call: the stop gives up on it after the grace period."""
         self.drain()
-        self.server.stop(grace).wait()
+        if self.thread.is_alive():
+            stopping = asyncio.run_coroutine_threadsafe(_stop(self.server, grace), self.loop)
+            with contextlib.suppress(TimeoutError):
+                stopping.result((grace or 0.0) + STOP_MARGIN_SECONDS)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(STOP_MARGIN_SECONDS)
+            if not self.thread.is_alive():
+                self.loop.close()
+        self.runner.shutdown()
         if self.monitor is not None:
             self.monitor.stop()
         if self.board is not None:
             self.board.leave(self.index, os.getpid())
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The worker's event loop: uvloop's where it is installed, else asyncio's own."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional: not on Windows
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - depends on the platform
+        return asyncio.new_event_loop()
+
+
+async def _pulse(load: WorkerLoad) -> None:
+    """Note, a few times a second, that the event loop runs (the monitor's heartbeat needs it)."""
+    while True:
+        load.pulse = time.monotonic()
+        await asyncio.sleep(0.2)
+
+
+async def _stop(server: grpc.aio.Server, grace: float | None) -> None:
+    await server.stop(grace)
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -81,6 +140,8 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", 0),
         # A connection that never finishes its handshake (a silent socket) is closed.
         ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
     if settings.max_connection_idle_seconds:
         idle = int(settings.max_connection_idle_seconds * 1000)
@@ -102,7 +163,8 @@ def build_server(
     on_hung: Callable[[], None] | None = None,
 ) -> RunningServer:
     """Load the models (unless given), then start a gRPC server on ``address``
-    (default: settings' host and port, shared with the other workers by SO_REUSEPORT).
+    (default: settings' host and port, shared with the other workers by SO_REUSEPORT),
+    served by an event loop in a new thread.
 
     ``board`` is the supervisor's worker board (default: a board of this worker alone);
     ``on_hung`` is called once if a call runs past the call time limit (default: drain).
@@ -114,28 +176,79 @@ def build_server(
     board.join(index, os.getpid())  # before loading: reloads posted from now on are ours too
     if registry is None:
         registry = ModelRegistry.load(settings.models, entry_points=settings.entry_points)
+    loop = new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
+    thread.start()
+    bind = address or f"{settings.host}:{settings.port}"
+    start = _start(
+        settings, identity=identity, registry=registry, board=board, index=index, bind=bind
+    )
+    running = asyncio.run_coroutine_threadsafe(start, loop).result()
+    running.monitor = WorkerMonitor(
+        load=running.load,
+        board=board,
+        index=index,
+        reloader=running.reloader,
+        call_time_limit=settings.call_time_limit,
+        on_hung=on_hung if on_hung is not None else running.drain,
+    )
+    board.post(index, in_flight=0, queued=0, calls=0, serving=True)
+    running.monitor.start()
+    return running
+
+
+async def _start(
+    settings: Settings,
+    *,
+    identity: WorkerIdentity,
+    registry: ModelRegistry,
+    board: WorkerBoard,
+    index: int,
+    bind: str,
+) -> RunningServer:
+    """Make and start the server, on the event loop that is to serve it."""
+    loop = asyncio.get_running_loop()
     load = WorkerLoad(identity.key)
-    interceptors: list[grpc.ServerInterceptor] = []
+    runner = CallRunner(
+        load,
+        threads=settings.threads,
+        max_queued=settings.max_queued_calls,
+        max_pixels=settings.max_pixels_in_flight,
+    )
+    watch = StallWatch(settings.slow_client_seconds, settings.max_untaken_mb * 1024 * 1024)
+    worker = Worker(load, runner, watch)
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.tokens_file is not None:
         tokens = security.TokenFile(settings.tokens_file, "tokens_file")
         interceptors.append(security.TokenInterceptor(tokens))
-    server = grpc.server(
-        CountingExecutor(load, settings.threads),
-        options=grpc_options(settings),
-        interceptors=interceptors,
-        maximum_concurrent_rpcs=settings.max_concurrent_calls,
+    server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
+    servicer = ModelServicer(
+        registry,
+        identity,
+        max_pixels=settings.max_pixels,
+        max_batch_size=settings.max_batch_size,
+        load=load,
     )
-    servicer = ModelServicer(registry, identity, max_pixels=settings.max_pixels, load=load)
-    add_to_server(servicer, server)
-    oip.add_to_server(oip.InferenceServicer(servicer, registry), server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    add_service(
+        server,
+        model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+        servicer,
+        worker,
+        raw_requests=RAW_REQUESTS,
+        raw_responses=RAW_RESPONSES,
+        weighers=servicer.weighers(),
+        model_calls=MODEL_CALLS,
+    )
+    inference = oip.InferenceServicer(servicer, registry)
+    add_service(server, oip.SERVICE, inference, worker, model_calls={"ModelInfer"})
+    health_servicer = HealthServicer(loop, max_watches=settings.max_health_watches)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reloader = Reloader(registry, health_servicer)
     admin_tokens = (
         security.TokenFile(settings.admin_tokens_file, "admin_tokens_file")
         if settings.admin_tokens_file is not None
         else None
     )
+    reloader = Reloader(registry, health_servicer)
     admin = AdminServicer(
         registry=registry,
         reloader=reloader,
@@ -144,24 +257,24 @@ def build_server(
         load=load,
         admin_tokens=admin_tokens,
     )
-    admin_service.add_to_server(admin, server)
+    add_service(server, admin_service.SERVICE, admin, worker)
     service_name = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
     reflection.enable_server_reflection(
         [
             service_name,
             admin_service.SERVICE_NAME,
             oip.SERVICE_NAME,
-            health.SERVICE_NAME,
+            HEALTH_SERVICE_NAME,
             reflection.SERVICE_NAME,
         ],
         server,
     )
-    bind = address or f"{settings.host}:{settings.port}"
     if settings.tls:
         port = server.add_secure_port(bind, security.server_credentials(settings))
     else:
         port = server.add_insecure_port(bind)
-    server.start()
+    watch.port = port
+    await server.start()
     serving, not_serving = (
         health_pb2.HealthCheckResponse.SERVING,
         health_pb2.HealthCheckResponse.NOT_SERVING,
@@ -173,18 +286,23 @@ def build_server(
     health_servicer.set(service_name, serving)
     health_servicer.set(oip.SERVICE_NAME, serving)
     health_servicer.set("", serving)
-    running = RunningServer(server, health_servicer, registry, load, port, board=board, index=index)
-    running.monitor = WorkerMonitor(
+    watch.start()
+    pulse = loop.create_task(_pulse(load), name="tms-pulse")
+    return RunningServer(
+        server=server,
+        loop=loop,
+        health=health_servicer,
+        registry=registry,
         load=load,
+        port=port,
+        runner=runner,
+        watch=watch,
+        reloader=reloader,
+        pulse=pulse,
+        thread=threading.current_thread(),
         board=board,
         index=index,
-        reloader=reloader,
-        call_time_limit=settings.call_time_limit,
-        on_hung=on_hung if on_hung is not None else running.drain,
     )
-    board.post(index, in_flight=0, queued=0, calls=0, serving=True)
-    running.monitor.start()
-    return running
 
 
 #: How often a worker checks that its supervisor is still alive.
@@ -210,12 +328,13 @@ def run_worker(
     board: WorkerBoard | None = None,
     supervisor: int | None = None,
 ) -> None:
-    """Body of a worker process: serve until SIGTERM or SIGINT, then stop gracefully.
+    """Body of a worker process: serve until SIGTERM or SIGINT, then stop gracefully and
+    exit; the process ends here, without waiting for model calls still running (Python cannot
+    stop a thread, and a hung one would keep the process alive).
 
-    If a call runs past the call time limit, stop the same way and exit with EXIT_HUNG
-    (without waiting for the stuck thread, which Python cannot stop), to be replaced.
-    If ``supervisor`` (the pid of the parent process) dies, stop the same way too: a worker
-    never outlives the supervisor that would replace and stop it.
+    If a call runs past the call time limit, stop the same way and exit with EXIT_HUNG, to be
+    replaced. If ``supervisor`` (the pid of the parent process) dies, stop the same way too:
+    a worker never outlives the supervisor that would replace and stop it.
     """
     identity = WorkerIdentity(instance_id, index, settings.workers, __version__)
     stop = threading.Event()
@@ -247,6 +366,7 @@ def run_worker(
             break
     log.info("worker %d stopping; in-flight calls have %.0fs", index, settings.grace_seconds)
     running.stop(settings.grace_seconds)
-    if hung.is_set():
-        logging.shutdown()
-        os._exit(EXIT_HUNG)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_HUNG if hung.is_set() else 0)

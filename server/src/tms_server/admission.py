@@ -1,0 +1,280 @@
+"""Admission: how many calls a worker runs and holds, and how many pixels it works on at once.
+
+A call takes one of the worker's ``--threads`` threads to run; up to ``--max-queued-calls`` more
+wait for one, and beyond that calls are refused (RESOURCE_EXHAUSTED). Calls that carry images
+also wait, on the event loop and without a thread, until the pixels they declare fit in the
+worker's ``--max-decoding-pixels``: a burst of large images is decoded one after another, not all
+at once. After a call of many pixels the worker hands the freed memory back to the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tms_server.errors import ResourceExhausted
+from tms_server.load import WorkerLoad
+
+__all__ = ["CallRunner", "PixelBudget", "release_memory"]
+
+log = logging.getLogger("tms_server")
+T = TypeVar("T")
+
+
+class PixelBudget:
+    """At most ``limit`` pixels in calls at once; ``hold(n)`` waits (on the event loop) until
+    ``n`` fit, first come first served. A call of more than ``limit`` pixels runs alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def __repr__(self) -> str:
+        return f"<PixelBudget used={self.used}/{self.limit} waiting={len(self._waiting)}>"
+
+    async def acquire(self, pixels: int) -> int:
+        """Wait until ``pixels`` (at most the limit) fit; returns what was taken."""
+        pixels = min(pixels, self.limit)
+        if not self._waiting and self.used + pixels <= self.limit:
+            self.used += pixels
+            return pixels
+        turn = asyncio.get_running_loop().create_future()
+        entry = (pixels, turn)
+        self._waiting.append(entry)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # given, then cancelled: give back
+                self.release(pixels)
+            elif entry in self._waiting:
+                self._waiting.remove(entry)
+                self._wake()
+            raise
+        return pixels
+
+    def release(self, pixels: int) -> None:
+        self.used -= pixels
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.limit:
+            pixels, turn = self._waiting.popleft()
+            if not turn.cancelled():  # a caller that left takes nothing
+                self.used += pixels
+                turn.set_result(None)
+
+
+@dataclass
+class _Pace:
+    """How long the recent calls of one model took."""
+
+    calls: int = 0
+    slowest: float = 0.0  # seconds; decays as faster calls come
+    running: int = 0
+
+
+class QuickCalls:
+    """Which calls may run on the event loop itself, skipping the hand-over to a thread and
+    back (two thread switches, as costly as a small model call): calls of a model whose last
+    ``PROVEN_AFTER`` calls or more all took under ``QUICK_SECONDS``, none of whose calls is
+    running, while no call waits for a thread. One slow call sends its model back to the
+    threads until fast calls have made it forgotten. A model that hangs on the loop stops the
+    worker's heartbeat, and the supervisor replaces the worker (--worker-timeout-seconds).
+    """
+
+    def __init__(self) -> None:
+        self._paces: dict[Hashable, _Pace] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        quick = sum(1 for key in self._paces if self.allows(key))
+        return f"<QuickCalls models={len(self._paces)} quick={quick}>"
+
+    def allows(self, key: Hashable) -> bool:
+        pace = self._paces.get(key)
+        return (
+            pace is not None
+            and pace.calls >= PROVEN_AFTER
+            and pace.slowest < QUICK_SECONDS
+            and not pace.running
+        )
+
+    def started(self, key: Hashable) -> None:
+        with self._lock:
+            if key not in self._paces and len(self._paces) >= _MAX_PACES:
+                self._paces.clear()  # names callers made up; the real ones come back
+            self._paces.setdefault(key, _Pace()).running += 1
+
+    def finished(self, key: Hashable, seconds: float) -> None:
+        with self._lock:
+            pace = self._paces.get(key)
+            if pace is not None:
+                pace.running -= 1
+                pace.calls += 1
+                pace.slowest = max(seconds, pace.slowest * _FORGET)
+
+
+#: A model's calls run on the event loop once this many in a row took under QUICK_SECONDS.
+PROVEN_AFTER = 16
+QUICK_SECONDS = 0.001
+_FORGET = 0.95  # each call shrinks the memory of the slowest one by this factor
+_MAX_PACES = 256
+
+
+class CallRunner:
+    """Runs servicer methods on the worker's threads, admitting at most ``threads +
+    max_queued`` calls at once (running, or waiting for a thread or for pixels), and counting
+    them in ``load``; calls proven quick run on the event loop (see QuickCalls).
+
+    The threads are daemons that take calls from one queue and hand each result to the event
+    loop (fewer steps than ``loop.run_in_executor``); a thread stuck in a model never keeps
+    the process from exiting.
+    """
+
+    def __init__(self, load: WorkerLoad, *, threads: int, max_queued: int, max_pixels: int) -> None:
+        self.load = load
+        self.threads = threads
+        self.max_queued = max_queued
+        self.pixels = PixelBudget(max_pixels)
+        self.quick = QuickCalls()
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        for number in range(threads):
+            name = f"tms-call-{number}"
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def __repr__(self) -> str:
+        return (
+            f"<CallRunner threads={self.threads} max_queued={self.max_queued} "
+            f"{self.load!r} {self.pixels!r}>"
+        )
+
+    async def run(
+        self, function: Callable[..., T], *args: Any, pixels: int = 0, key: Hashable = None
+    ) -> T:
+        """``function(*args)`` on a thread, once admitted and once ``pixels`` fit; on the event
+        loop if calls of ``key`` (a model) are proven quick and the call is small."""
+        load = self.load
+        if load.in_flight + load.queued >= self.threads + self.max_queued:
+            raise ResourceExhausted(
+                f"this worker is busy: {load.in_flight} calls running and {load.queued} "
+                f"waiting (--threads {self.threads}, --max-queued-calls {self.max_queued}); "
+                "try again later"
+            )
+        quick = key is not None and pixels <= QUICK_PIXELS and not load.queued
+        if quick and self.quick.allows(key):
+            return self._run_here(key, function, args)
+        load.submitted()
+        taken = 0
+        try:
+            taken = await self.pixels.acquire(pixels) if pixels else 0
+        except asyncio.CancelledError:
+            load.started()  # it leaves the queue without running
+            raise
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[T] = loop.create_future()
+        # The thread gives the pixels back when the call is over, even if its caller left.
+        self._calls.put(_Call(loop, result, function, args, pixels, taken, key))
+        return await result  # a call cancelled while queued is skipped by its thread
+
+    def shutdown(self) -> None:
+        """Let the threads end once idle (a thread in a model call ends after it)."""
+        for _ in range(self.threads):
+            self._calls.put(None)
+
+    def _run_here(self, key: Hashable, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        load, quick = self.load, self.quick
+        load.begin()
+        quick.started(key)
+        began = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            quick.finished(key, time.perf_counter() - began)
+            load.end()
+
+    def _serve(self) -> None:
+        load, quick = self.load, self.quick
+        while (call := self._calls.get()) is not None:
+            load.started()
+            outcome: tuple[Any, BaseException | None] = (None, None)
+            if not call.result.cancelled():
+                outcome = self._run(call, load, quick)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                call.loop.call_soon_threadsafe(_settle, call, self.pixels, *outcome)
+
+    @staticmethod
+    def _run(call: _Call, load: WorkerLoad, quick: QuickCalls) -> tuple[Any, BaseException | None]:
+        load.begin()
+        if call.key is not None:
+            quick.started(call.key)
+        began = time.perf_counter()
+        try:
+            return call.function(*call.args), None
+        except BaseException as exc:  # handed to the caller, whatever it is
+            return None, exc
+        finally:
+            if call.key is not None:
+                quick.finished(call.key, time.perf_counter() - began)
+            load.end()
+            if call.pixels >= RELEASE_AFTER_PIXELS:
+                release_memory()
+
+
+@dataclass(slots=True)
+class _Call:
+    """A call handed to a thread: what to run, and where to answer."""
+
+    loop: asyncio.AbstractEventLoop
+    result: asyncio.Future[Any]
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    pixels: int  # as the request declares them
+    taken: int  # from the pixel budget, given back when the call is over
+    key: Hashable  # its model, for QuickCalls
+
+
+def _settle(call: _Call, budget: PixelBudget, value: Any, error: BaseException | None) -> None:
+    if call.taken:
+        budget.release(call.taken)
+    if call.result.done():  # cancelled meanwhile
+        return
+    if error is not None:
+        call.result.set_exception(error)
+    else:
+        call.result.set_result(value)
+
+
+#: Calls of more pixels than this always go to a thread (decoding them is no small work).
+QUICK_PIXELS = 1_000_000
+#: A call of at least this many pixels gives memory back to the system when it ends.
+RELEASE_AFTER_PIXELS = 4_000_000
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return None
+    return trim
+
+
+def release_memory() -> None:
+    """Hand memory the process has freed back to the system (glibc's ``malloc_trim``): after a
+    large image, freed pages would otherwise stay in the process's heap, and its RSS high."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -1,0 +1,177 @@
+"""How every call to a TMS service runs in a worker: read, admit, run, answer.
+
+A worker serves with grpc.aio: its event loop reads requests and sends answers, so a caller
+that is slow to send its request, or never takes its answer, holds no thread; a thread is
+held only while a servicer method runs. For every method of the TMS services (tms.v1, the
+Open Inference Protocol, admin) ``add_service`` registers one handler, made here, that:
+
+1. reads the request (the StallWatch times a caller that is slow to send it);
+2. refuses the call while the worker drains (UNAVAILABLE: the client retries elsewhere);
+3. runs the servicer method: a ``quick`` one (no model, no waiting) on the event loop, the
+   others on the worker's threads, as tms_server.admission admits them (calls at once, pixels
+   at once);
+4. ends the call with the status its exception stands for (``errors.status_of``) and the
+   worker's load in the trailing metadata;
+5. hands the answer to gRPC (the StallWatch times a caller that does not take it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from tms_server.admission import CallRunner
+from tms_server.errors import InvalidArgument, Unavailable, status_of
+from tms_server.load import WorkerLoad
+from tms_server.stalls import StallWatch
+
+__all__ = ["Method", "Worker", "add_service", "quick"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def quick(method: F) -> F:
+    """Mark a servicer method to run on the event loop: it neither calls a model nor waits."""
+    method.quick = True  # type: ignore[attr-defined]
+    return method
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC of a service, as its handler runs it."""
+
+    name: str  # /package.Service/Method
+    function: Callable[[Any, Context], Any]  # the servicer's method
+    parse: Callable[[bytes], Any] | None  # bytes to request message (None: keep the bytes)
+    weigh: Callable[[bytes], int] | None  # the pixels a request declares
+    on_loop: bool  # a quick method, run on the event loop
+    calls_models: bool = False  # its requests name a model in field 1 (see QuickCalls)
+
+    def call(self, request: bytes, context: Context, load: WorkerLoad) -> Any:
+        """Parse the request and run the method; the answer's trailers carry the load."""
+        response = self.function(self.parsed(request), context)
+        context.set_trailing_metadata(load.trailers())  # the load while this call still runs
+        return response
+
+    def parsed(self, request: bytes) -> Any:
+        if self.parse is None:
+            return request
+        try:
+            return self.parse(request)
+        except DecodeError as exc:
+            kind = getattr(self.parse, "__self__", None)
+            what = kind.DESCRIPTOR.name if kind is not None else "request"
+            raise InvalidArgument(f"malformed {what}: {exc}") from None
+
+
+class Worker:
+    """What the handlers of one worker share: its load, admission and stall watch."""
+
+    def __init__(self, load: WorkerLoad, runner: CallRunner, watch: StallWatch) -> None:
+        self.load = load
+        self.runner = runner
+        self.watch = watch
+
+    async def handle(self, method: Method, context: Context) -> Any:
+        watch, load = self.watch, self.load
+        watch.begin(context)
+        try:
+            request = await context.read()
+        finally:
+            watch.end(context)
+        try:
+            if request is grpc.aio.EOF:
+                raise InvalidArgument("the call ended without a request message")
+            if load.draining:
+                raise Unavailable("this worker is shutting down; try another")
+            if method.on_loop:
+                response = method.call(request, context, load)
+            else:
+                pixels = method.weigh(request) if method.weigh is not None else 0
+                key = (method.name, _model_of(request)) if method.calls_models else None
+                response = await self.runner.run(
+                    method.call, request, context, load, pixels=pixels, key=key
+                )
+        except Exception as exc:
+            code, message = status_of(exc, method.name)
+            await context.abort(code, message, load.trailers())
+        size = len(response) if isinstance(response, bytes) else response.ByteSize()
+        watch.begin(context, size)  # until the caller has taken the answer
+        context.add_done_callback(watch.end)  # type: ignore[arg-type]
+        return response
+
+
+def _model_of(request: bytes) -> bytes | None:
+    """The model a request names: field 1 of every model call's request, when it comes first
+    (as protobuf libraries write it); None otherwise."""
+    if len(request) < 2 or request[0] != _MODEL_KEY or request[1] > _SHORT:
+        return None
+    return request[2 : 2 + request[1]]
+
+
+_MODEL_KEY = (1 << 3) | 2  # field 1, length-delimited
+_SHORT = 0x7F  # a one-byte length: model names are at most 64 bytes
+
+
+def add_service(
+    server: grpc.aio.Server,
+    service: ServiceDescriptor,
+    servicer: object,
+    worker: Worker,
+    *,
+    raw_requests: Iterable[str] = (),
+    raw_responses: Iterable[str] = (),
+    weighers: Mapping[str, Callable[[bytes], int]] | None = None,
+    model_calls: Iterable[str] = (),
+) -> None:
+    """Register ``servicer``'s methods (named after the RPCs) for ``service`` on ``server``.
+
+    Methods named in ``raw_requests`` take the request as bytes, those in ``raw_responses``
+    return bytes (they read and write images in place, see tms_client.wire); the others take
+    and return messages. Bytes that are not the request message end the call with
+    INVALID_ARGUMENT (gRPC's own parsing would say INTERNAL). ``weighers`` give, for methods
+    of raw requests, the pixels a request declares (see admission.PixelBudget); the methods
+    in ``model_calls`` call the model their request names first, and may run on the event
+    loop once that model's calls are proven quick (see admission.QuickCalls).
+    """
+    raw_requests, raw_responses = set(raw_requests), set(raw_responses)
+    model_calls = set(model_calls)
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for name, descriptor in service.methods_by_name.items():
+        function = getattr(servicer, name)
+        parse = None
+        if name not in raw_requests:
+            parse = message_factory.GetMessageClass(descriptor.input_type).FromString
+        serialize: Callable[[Message], bytes] | None = None
+        if name not in raw_responses:
+            serialize = message_factory.GetMessageClass(descriptor.output_type).SerializeToString
+        method = Method(
+            name=f"/{service.full_name}/{name}",
+            function=function,
+            parse=parse,
+            weigh=(weighers or {}).get(name),
+            on_loop=getattr(function, "quick", False),
+            calls_models=name in model_calls,
+        )
+        handlers[name] = grpc.stream_unary_rpc_method_handler(
+            _handler(worker, method), response_serializer=serialize
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _handler(worker: Worker, method: Method) -> Callable[[Any, Context], Any]:
+    # Registered as stream-unary (the same bytes on the wire as unary) so that the handler
+    # runs before the request arrives and can time it.
+    async def handle(requests: Any, context: Context) -> Any:
+        return await worker.handle(method, context)
+
+    return handle
