@@ -3,8 +3,9 @@
 A call takes one of the worker's ``--threads`` threads to run; up to ``--max-queued-calls`` more
 wait for one, and beyond that calls are refused (RESOURCE_EXHAUSTED). Calls that carry images
 also wait, on the event loop and without a thread, until the pixels they declare fit in the
-worker's ``--max-decoding-pixels``: a burst of large images is decoded one after another, not all
-at once. After a call of many pixels the worker hands the freed memory back to the system.
+worker's ``--max-pixels-in-flight``: a burst of large images is decoded a few at a time, not
+all at once. After a call of many pixels the worker hands the freed memory back to the system
+once it is idle.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 from tms_server.errors import ResourceExhausted
 from tms_server.load import WorkerLoad
 
-__all__ = ["CallRunner", "PixelBudget", "release_memory"]
+__all__ = ["CallRunner", "PixelBudget", "QuickCalls", "limit_arenas", "release_memory"]
 
 log = logging.getLogger("tms_server")
 T = TypeVar("T")
@@ -229,7 +230,7 @@ class CallRunner:
                 quick.finished(call.key, time.perf_counter() - began)
             load.end()
             if call.pixels >= RELEASE_AFTER_PIXELS:
-                release_memory()
+                load.memory_to_release = True  # by the monitor, once the worker is idle
 
 
 @dataclass(slots=True)
@@ -258,23 +259,41 @@ def _settle(call: _Call, budget: PixelBudget, value: Any, error: BaseException |
 
 #: Calls of more pixels than this always go to a thread (decoding them is no small work).
 QUICK_PIXELS = 1_000_000
-#: A call of at least this many pixels gives memory back to the system when it ends.
+#: After a call of at least this many pixels the worker gives memory back to the system, once
+#: it is idle (the worker's monitor does it: not on the call's time).
 RELEASE_AFTER_PIXELS = 4_000_000
 
 
+#: glibc malloc arenas the threads of a worker share (see limit_arenas).
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+
+
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+def _libc() -> Any:
+    """glibc, or None elsewhere (musl, macOS): its malloc tuning is then left alone."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError, TypeError):  # not glibc
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.malloc_trim  # noqa: B018 - glibc has it, other C libraries do not
+        libc.mallopt  # noqa: B018
+    except (OSError, AttributeError, TypeError):
         return None
-    return trim
+    return libc
+
+
+def limit_arenas(count: int = MALLOC_ARENAS) -> None:
+    """Let the worker's threads share ``count`` glibc malloc arenas instead of one each (up to
+    8 per core): memory one call frees is then reused by the next call on any thread, rather
+    than kept by the thread that freed it, so a run of large images does not hold one
+    image's worth of memory per thread."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, count)
 
 
 def release_memory() -> None:
     """Hand memory the process has freed back to the system (glibc's ``malloc_trim``): after a
     large image, freed pages would otherwise stay in the process's heap, and its RSS high."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -32,6 +32,7 @@ class WorkerLoad:
         self.answered = 0
         self.draining = False
         self.pulse = time.monotonic()  # set by the event loop while it runs (worker.pulse)
+        self.memory_to_release = False  # a large call has ended since memory was given back
         self._lock = threading.Lock()
         self._began: dict[int, float] = {}
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from tms_server.admin import Reloader
+from tms_server.admission import release_memory
 from tms_server.board import WorkerBoard
 from tms_server.load import WorkerLoad
 
@@ -75,7 +76,8 @@ class WorkerMonitor:
 
     def tick(self) -> None:
         """One round: post the load (the worker's heartbeat, sent only while its event loop
-        runs), follow a pending reload, look for a hung call."""
+        runs), give memory back after a large call once idle, follow a pending reload, look
+        for a hung call."""
         load = self.load
         if time.monotonic() - load.pulse < LOOP_SILENT_SECONDS:
             self._board.post(
@@ -85,6 +87,9 @@ class WorkerMonitor:
                 calls=load.answered,
                 serving=not load.draining,
             )
+        if load.memory_to_release and not load.in_flight:
+            load.memory_to_release = False
+            release_memory()
         pending = self._board.pending_reload(self._index)
         if pending is not None:
             seq, name = pending

@@ -28,7 +28,7 @@ from tms.v1 import model_service_pb2
 from tms_server import __version__, oip, security
 from tms_server import admin as admin_service
 from tms_server.admin import AdminServicer, Reloader
-from tms_server.admission import CallRunner
+from tms_server.admission import CallRunner, limit_arenas
 from tms_server.board import WorkerBoard
 from tms_server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from tms_server.health import HealthServicer
@@ -349,6 +349,7 @@ def run_worker(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    limit_arenas()
     if settings.worker_memory_mb:
         limit_memory(settings.worker_memory_mb)
     running = build_server(settings, identity, board=board, on_hung=on_hung)
