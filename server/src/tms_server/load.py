@@ -9,13 +9,10 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 from tms_client.load import LOAD_KEY, WORKER_KEY, encode_orca
 
-__all__ = ["CountingExecutor", "WorkerLoad"]
+__all__ = ["WorkerLoad"]
 
 
 class WorkerLoad:
@@ -73,21 +70,3 @@ class WorkerLoad:
 def _report(in_flight: int, queued: int) -> bytes:
     # The same few (in flight, queued) pairs recur call after call: encode each once.
     return encode_orca({"in_flight": float(in_flight), "queued": float(queued)})
-
-
-class CountingExecutor(ThreadPoolExecutor):
-    """The worker's thread pool, counting calls that wait for a thread as queued."""
-
-    def __init__(self, load: WorkerLoad, max_workers: int) -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix="tms-call")
-        self._load = load
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        load = self._load
-
-        def run() -> Any:
-            load.started()
-            return fn(*args, **kwargs)
-
-        load.submitted()
-        return super().submit(run)
