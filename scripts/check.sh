@@ -19,6 +19,7 @@ run() { step "$PYTHON" -m uv run --frozen --no-sync "$@"; }
 run ruff format --check .
 run ruff check .
 run mypy
+run lint-imports --no-cache  # the layer contracts in pyproject.toml
 run buf lint
 run buf breaking --against '.git#branch=main'  # FILE rules (buf.yaml) vs. the main branch
 run buf format --exit-code --diff

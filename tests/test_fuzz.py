@@ -29,7 +29,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from tests.support import InProcessServer, start_in_process, write_models
 from tms.v1 import admin_service_pb2, image_pb2, model_service_pb2
-from tms_client.codec import encode_array
+from tms_client.protocol.codec import encode_array
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 
 pb = model_service_pb2

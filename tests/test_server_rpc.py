@@ -24,7 +24,7 @@ from tms_client import (
     ModelNotReadyError,
     UnsupportedCallError,
 )
-from tms_client.codec import encode_array
+from tms_client.protocol.codec import encode_array
 
 pb = model_service_pb2
 

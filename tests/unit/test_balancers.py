@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tms_client import Balancer, RandomBalancer, RoundRobin
-from tms_client.load import LoadReport
+from tms_client.protocol.load import LoadReport
 
 W = TypeVar("W")
 WORKERS = ["w0", "w1", "w2", "w3"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
-from tms_client.codec import (
+from tms_client.protocol.codec import (
     ColorValue,
     DTypeValue,
     EncodingValue,

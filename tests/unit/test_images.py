@@ -11,8 +11,14 @@ import pytest
 from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
-from tms_client.codec import ColorValue, EncodingValue, ImageError, decode_image, encode_array
 from tms_client.images import color_order, from_message, to_message
+from tms_client.protocol.codec import (
+    ColorValue,
+    EncodingValue,
+    ImageError,
+    decode_image,
+    encode_array,
+)
 
 GRAY = image_pb2.COLOR_ORDER_GRAY
 RGB = image_pb2.COLOR_ORDER_RGB

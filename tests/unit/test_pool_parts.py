@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from tms.v1 import model_service_pb2
 from tms_client import LeastLoaded, RetryPolicy
 from tms_client.exceptions import CallError, DeadlineExceededError, UnavailableError
-from tms_client.load import LoadReport, decode_orca, encode_orca, read_trailers
+from tms_client.protocol.load import LoadReport, decode_orca, encode_orca, read_trailers
 from tms_client.retry import Attempts
 from tms_client.targets import parse_targets, resolve
 from tms_client.workers import Worker, WorkerSet

@@ -1,4 +1,4 @@
-"""tms_client.wire writes and reads the messages protobuf does, without copying pixels."""
+"""tms_client.protocol.wire writes and reads the messages protobuf does, without copying pixels."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.codec import decode_image, encode_parts
-from tms_client.wire import ImageParts, WireError, join_images, merge_singular, split_images
+from tms_client.protocol.codec import decode_image, encode_parts
+from tms_client.protocol.wire import (
+    ImageParts,
+    WireError,
+    join_images,
+    merge_singular,
+    split_images,
+)
 
 pb = model_service_pb2
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from tms_cli.errors import CliError
 from tms_client import (
+    TLS,
     Balancer,
     CallError,
     ConnectError,
@@ -17,7 +18,6 @@ from tms_client import (
     ModelNotReadyError,
     TMSError,
 )
-from tms_client.tls import TLS
 
 __all__ = ["COMMAND_OF_CALL", "Options", "check_model", "connect", "describe_error"]
 

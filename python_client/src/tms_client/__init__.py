@@ -13,7 +13,6 @@ from tms_client.aio import AsyncModelClient
 from tms_client.balancers import Balancer, LeastLoaded, RandomBalancer, RoundRobin
 from tms_client.calls import ImageToImageResult, ModelInfo, WorkerInfo
 from tms_client.client import ModelClient
-from tms_client.codec import ImageError
 from tms_client.exceptions import (
     CallError,
     ConnectError,
@@ -29,6 +28,7 @@ from tms_client.exceptions import (
     UnavailableError,
     UnsupportedCallError,
 )
+from tms_client.protocol.codec import ImageError
 from tms_client.retry import RetryPolicy
 from tms_client.tls import TLS
 

@@ -33,8 +33,9 @@ from tms_client.exceptions import (
     from_rpc_error,
 )
 from tms_client.images import ImageInput
-from tms_client.load import read_trailers
 from tms_client.pool import EMPTY_RETRY_GAP, REFUSED, HealLog, Metadata, PoolOptions
+from tms_client.protocol.load import read_trailers
+from tms_client.protocol.methods import method_path
 from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import resolve
 from tms_client.tls import TLS
@@ -45,7 +46,7 @@ __all__ = ["AsyncModelClient", "AsyncWorkerPool"]
 log = logging.getLogger("tms_client")
 
 R = TypeVar("R")
-_WORKER_INFO = calls.method_path("GetWorkerInfo")
+_WORKER_INFO = method_path("GetWorkerInfo")
 _IDENTIFY_TIMEOUT = 5.0
 
 

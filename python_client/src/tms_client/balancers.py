@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from tms_client.load import LoadReport
+from tms_client.protocol.load import LoadReport
 
 __all__ = ["Balancer", "LeastLoaded", "LoadedWorker", "RandomBalancer", "RoundRobin"]
 

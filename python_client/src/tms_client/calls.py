@@ -15,12 +15,12 @@ import numpy.typing as npt
 from google.protobuf import wrappers_pb2
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.codec import color_name, from_json
 from tms_client.images import ImageInput, from_message, to_parts
-from tms_client.wire import join_images, split_images
+from tms_client.protocol.codec import color_name, from_json
+from tms_client.protocol.methods import HEALTH_CHECK, IMAGE_FIELD, OUTPUT_FIELD, method_path
+from tms_client.protocol.wire import join_images, split_images
 
 __all__ = [
-    "HEALTH_CHECK",
     "Call",
     "ImageToImageResult",
     "ModelInfo",
@@ -28,7 +28,6 @@ __all__ = [
     "health",
     "info",
     "list_models",
-    "method_path",
     "run_image",
     "run_image_to_image",
     "run_images",
@@ -39,8 +38,6 @@ __all__ = [
 pb = model_service_pb2
 R = TypeVar("R")
 
-SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _HEALTH = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 _CALLS = {
     pb.MODEL_CALL_RUN_IMAGE: "run_image",
@@ -49,16 +46,6 @@ _CALLS = {
     pb.MODEL_CALL_RUN_TEXT: "run_text",
     pb.MODEL_CALL_RUN_TEXT_BATCH: "run_texts",
 }
-# Field numbers of the images in the requests that carry them, and in RunImageToImageResponse.
-_IMAGE_FIELD = pb.RunImageRequest.DESCRIPTOR.fields_by_name["image"].number
-_OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].number
-assert pb.RunImageBatchRequest.DESCRIPTOR.fields_by_name["images"].number == _IMAGE_FIELD
-assert pb.RunImageToImageRequest.DESCRIPTOR.fields_by_name["images"].number == _IMAGE_FIELD
-
-
-def method_path(name: str) -> str:
-    """The gRPC path of a ModelService method."""
-    return f"/{SERVICE.full_name}/{name}"
 
 
 @dataclass(frozen=True)
@@ -145,7 +132,7 @@ def run_image(
     model: str, image: ImageInput, args: Mapping[str, Any] | None, color: str | None
 ) -> Call[Any]:
     head = pb.RunImageRequest(model=model, args_json=_args_json(args))
-    request = join_images(head, _IMAGE_FIELD, [to_parts(image, color=color)])
+    request = join_images(head, IMAGE_FIELD, [to_parts(image, color=color)])
     return Call(method_path("RunImage"), request, _result)
 
 
@@ -161,7 +148,7 @@ def run_images(
 ) -> Call[list[Any]]:
     head = pb.RunImageBatchRequest(model=model, args_json=_args_json(args))
     parts = [to_parts(image, color=color) for image in images]
-    return Call(method_path("RunImageBatch"), join_images(head, _IMAGE_FIELD, parts), _results)
+    return Call(method_path("RunImageBatch"), join_images(head, IMAGE_FIELD, parts), _results)
 
 
 def run_image_to_image(
@@ -182,7 +169,7 @@ def run_image_to_image(
     parts = [to_parts(image, color=color) for image in batch]
 
     def parse(reply: bytes) -> ImageToImageResult:
-        response, outputs = split_images(pb.RunImageToImageResponse, reply, _OUTPUT_FIELD)
+        response, outputs = split_images(pb.RunImageToImageResponse, reply, OUTPUT_FIELD)
         colors = [
             color_name(o.meta.color_order) if output_color is None else output_color
             for o in outputs
@@ -190,7 +177,7 @@ def run_image_to_image(
         arrays = [from_message(o, color=output_color) for o in outputs]
         return ImageToImageResult(arrays, from_json(response.result_json), colors)
 
-    request = join_images(head, _IMAGE_FIELD, parts)
+    request = join_images(head, IMAGE_FIELD, parts)
     return Call(method_path("RunImageToImage"), request, parse)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tms.v1 import image_pb2
-from tms_client.codec import (
+from tms_client.protocol.codec import (
     COLOR_ORDERS,
     ColorValue,
     ImageError,
@@ -25,7 +25,7 @@ from tms_client.codec import (
     encode_parts,
     file_parts,
 )
-from tms_client.wire import ImageParts
+from tms_client.protocol.wire import ImageParts
 
 __all__ = [
     "COLOR_ORDERS",

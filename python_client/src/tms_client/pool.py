@@ -27,7 +27,7 @@ import grpc.aio
 
 from tms.v1 import model_service_pb2
 from tms_client.balancers import Balancer, LeastLoaded
-from tms_client.calls import WorkerInfo, method_path
+from tms_client.calls import WorkerInfo
 from tms_client.exceptions import (
     CallError,
     ConnectError,
@@ -35,7 +35,8 @@ from tms_client.exceptions import (
     UnavailableError,
     from_rpc_error,
 )
-from tms_client.load import read_trailers
+from tms_client.protocol.load import read_trailers
+from tms_client.protocol.methods import method_path
 from tms_client.retry import Attempts, RetryPolicy
 from tms_client.targets import parse_targets, resolve
 from tms_client.tls import TLS, auth_metadata

@@ -14,7 +14,7 @@ from typing import Any
 
 from tms.v1 import model_service_pb2
 from tms_client.calls import WorkerInfo
-from tms_client.load import LoadReport
+from tms_client.protocol.load import LoadReport
 
 __all__ = ["Worker", "WorkerSet"]
 

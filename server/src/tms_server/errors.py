@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from tms_client.codec import ImageError
+from tms_client.protocol.codec import ImageError
 from tms_server.model import InvalidInput
 
 __all__ = [

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
-from tms_client.codec import (
+from tms_client.protocol.codec import (
     ColorValue,
     EncodingValue,
     ImageError,
@@ -26,7 +26,7 @@ from tms_client.codec import (
     encode_parts,
     to_json,
 )
-from tms_client.wire import ImageParts
+from tms_client.protocol.wire import ImageParts
 from tms_server.errors import Internal, InvalidArgument
 from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel

@@ -1,7 +1,7 @@
 """The load of one worker process: calls in flight and queued, reported with every response.
 
-Each response carries the report in its trailing metadata (see tms_client.load for the keys),
-so clients can send their next calls to the least loaded worker.
+Each response carries the report in its trailing metadata (see tms_client.protocol.load for
+the keys), so clients can send their next calls to the least loaded worker.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import functools
 import threading
 import time
 
-from tms_client.load import LOAD_KEY, WORKER_KEY, encode_orca
+from tms_client.protocol.load import LOAD_KEY, WORKER_KEY, encode_orca
 
 __all__ = ["WorkerLoad"]
 

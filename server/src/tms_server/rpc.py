@@ -134,8 +134,8 @@ def add_service(
     """Register ``servicer``'s methods (named after the RPCs) for ``service`` on ``server``.
 
     Methods named in ``raw_requests`` take the request as bytes, those in ``raw_responses``
-    return bytes (they read and write images in place, see tms_client.wire); the others take
-    and return messages. Bytes that are not the request message end the call with
+    return bytes (they read and write images in place, see tms_client.protocol.wire); the
+    others take and return messages. Bytes that are not the request message end the call with
     INVALID_ARGUMENT (gRPC's own parsing would say INTERNAL). ``weighers`` give, for methods
     of raw requests, the pixels a request declares (see admission.PixelBudget); the methods
     in ``model_calls`` call the model their request names first, and may run on the event

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from tms_client.protocol.methods import HEALTH_CHECK
 from tms_server.settings import Settings
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 log = logging.getLogger("tms_server")
 
 #: The one method open to callers without a token: health checks.
-OPEN_METHOD = "/grpc.health.v1.Health/Check"
+OPEN_METHOD = HEALTH_CHECK
 ADMIN_PREFIX = "/tms.v1.AdminService/"
 _RECHECK_SECONDS = 1.0
 

@@ -14,7 +14,8 @@ import grpc
 from google.protobuf.message import Message
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.wire import (
+from tms_client.protocol.methods import IMAGE_FIELD, OUTPUT_FIELD
+from tms_client.protocol.wire import (
     ImageParts,
     TooManyImagesError,
     WireError,
@@ -43,8 +44,6 @@ log = logging.getLogger("tms_server")
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
-_IMAGE_FIELD = pb.RunImageRequest.DESCRIPTOR.fields_by_name["image"].number
-_OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].number
 #: Methods that call a model.
 MODEL_CALLS = frozenset({"RunImage", "RunImageBatch", "RunImageToImage", "RunText", "RunTextBatch"})
 #: Methods whose requests (and responses) the servicer handles as bytes.
@@ -87,7 +86,7 @@ class WorkerIdentity:
 def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageParts]]:
     """A request message and the images it carries (field 2 in every such request)."""
     try:
-        return split_images(cls, request, _IMAGE_FIELD, max_images=max_images)
+        return split_images(cls, request, IMAGE_FIELD, max_images=max_images)
     except WireError as exc:
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
     except TooManyImagesError:
@@ -103,7 +102,7 @@ class ModelServicer:
     they raise into the call's status.
 
     RunImage, RunImageBatch and RunImageToImage take their requests as bytes and
-    RunImageToImage answers in bytes: tms_client.wire reads and writes the images in place.
+    RunImageToImage answers in bytes: tms_client.protocol.wire reads and writes the images in place.
     """
 
     def __init__(
@@ -140,7 +139,7 @@ class ModelServicer:
         see tms_server.admission); an image whose size cannot be told counts as the largest."""
         try:
             _, images = split_images(
-                request_class, request, _IMAGE_FIELD, max_images=self.max_batch_size
+                request_class, request, IMAGE_FIELD, max_images=self.max_batch_size
             )
         except (WireError, TooManyImagesError):
             return 0  # refused as soon as it runs
@@ -198,7 +197,7 @@ class ModelServicer:
         arrays, result = image_outputs(model, output)
         parts = [encode_output(model, a, message.output_encoding) for a in arrays]
         head = pb.RunImageToImageResponse(result_json=result_json(model, result))
-        return join_images(head, _OUTPUT_FIELD, parts)
+        return join_images(head, OUTPUT_FIELD, parts)
 
     def RunText(
         self, request: pb.RunTextRequest, context: grpc.ServicerContext

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tms_client.wire import WireError, read_varint, varint
+from tms_client.protocol.wire import WireError, read_varint, varint
 
 __all__ = [
     "LOAD_KEY",

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tms.v1 import image_pb2
-from tms_client.wire import Buffer, ImageParts
+from tms_client.protocol.wire import Buffer, ImageParts
 
 __all__ = [
     "COLOR_ORDERS",

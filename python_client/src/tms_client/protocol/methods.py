@@ -1,0 +1,24 @@
+"""The gRPC paths of the tms.v1 ModelService methods and the field numbers of the images in
+the messages that carry them, computed once from the generated descriptors."""
+
+from __future__ import annotations
+
+from tms.v1 import model_service_pb2 as pb
+
+__all__ = ["HEALTH_CHECK", "IMAGE_FIELD", "OUTPUT_FIELD", "SERVICE", "method_path"]
+
+#: The tms.v1.ModelService descriptor.
+SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]
+#: The standard health check, open to callers without credentials.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+#: Field number of the image(s) in RunImageRequest, RunImageBatchRequest, RunImageToImageRequest.
+IMAGE_FIELD = pb.RunImageRequest.DESCRIPTOR.fields_by_name["image"].number
+#: Field number of the images in RunImageToImageResponse.
+OUTPUT_FIELD = pb.RunImageToImageResponse.DESCRIPTOR.fields_by_name["images"].number
+assert pb.RunImageBatchRequest.DESCRIPTOR.fields_by_name["images"].number == IMAGE_FIELD
+assert pb.RunImageToImageRequest.DESCRIPTOR.fields_by_name["images"].number == IMAGE_FIELD
+
+
+def method_path(name: str) -> str:
+    """The gRPC path of a ModelService method, e.g. ``/tms.v1.ModelService/RunImage``."""
+    return f"/{SERVICE.full_name}/{name}"
