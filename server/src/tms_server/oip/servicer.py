@@ -1,42 +1,15 @@
-"""The Open Inference Protocol (KServe v2) on TMS's models: ``inference.GRPCInferenceService``.
-
-Served on the same port as tms.v1.ModelService, so clients written for Triton or KServe
-(``tritonclient``, KServe's SDK, perf tools) call TMS unchanged. Each TMS model is one OIP model
-with the single version ``"1"``:
-
-- image models take one input ``IMAGE``: one image ``[H, W, C]`` (or ``[H, W]``) or a batch
-  ``[N, H, W, C]``, of datatype UINT8, FP32 or any other that TMS images hold, checked and
-  converted exactly as for tms.v1 (dtype casts only without loss, colour order, shape,
-  ``--max-pixels``). Tensors carry no colour order: the model's own is assumed (gray for one
-  channel), unless the ``color_order`` parameter of the input or of the request names it
-  (``"rgb"``, ``"bgr"``, ``"gray"``, ``"rgba"`` or ``"bgra"``).
-- a model with ``run`` answers ``RESULT``: its JSON result as a BYTES tensor, shape ``[1]`` for
-  one image, ``[N, 1]`` for a batch (run through ``run_batch``).
-- a model with ``run_image_to_image`` answers ``OUTPUT_IMAGE``, the image it returns (a batch
-  input, or several returned images, give a stacked ``[K, ...]`` tensor), and ``RESULT``, its
-  structured result as JSON (``null`` when none). A model with both calls runs
-  ``run_image_to_image`` unless only ``RESULT`` is requested.
-- text models take one BYTES input ``TEXT`` of shape ``[N]`` or ``[N, 1]`` (UTF-8), run through
-  ``run_batch``; ``RESULT`` has the same shape.
-
-The request parameter ``args`` (a JSON object as a string) is the model's args. Inputs arrive
-in ``raw_input_contents`` (what tritonclient sends) or typed ``contents``; outputs always go out
-in ``raw_output_contents`` (what tritonclient reads). Errors are status codes, as for tms.v1:
-NOT_FOUND for an unknown model or version, INVALID_ARGUMENT for a malformed request, and so on.
-"""
+"""``inference.GRPCInferenceService`` for the models of a tms.v1 servicer (see the package)."""
 
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
-import numpy as np
 import numpy.typing as npt
 
-from tms.v1 import image_pb2, model_service_pb2
+from tms.v1 import image_pb2
 from tms_client.protocol.codec import ColorValue, color_order, numpy_dtype
 from tms_client.protocol.wire import Buffer, ImageParts
 from tms_server import __version__
@@ -52,6 +25,25 @@ from tms_server.invoke import (
     run_model,
 )
 from tms_server.limits import parse_args
+from tms_server.oip.models import PLATFORM, VERSION, DescribedModel
+from tms_server.oip.tensors import (
+    BYTES,
+    CHANNELS,
+    CONFIG_TYPES,
+    DATATYPES,
+    IMAGE,
+    OUTPUT_IMAGE,
+    RESULT,
+    TEXT,
+    TMS_DTYPES,
+    OutputTensor,
+    Tensor,
+    TensorMetadata,
+    pack_bytes,
+    string_param,
+    typed_contents,
+    unpack_bytes,
+)
 from tms_server.registry import LoadedModel, ModelRegistry
 from tms_server.rpc import quick
 from tms_server.servicer import ModelServicer
@@ -61,134 +53,6 @@ __all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer"]
 SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 #: Full name of the service, for reflection and health.
 SERVICE_NAME = SERVICE.full_name
-VERSION = "1"
-PLATFORM = "tms"
-IMAGE, TEXT, RESULT, OUTPUT_IMAGE = "IMAGE", "TEXT", "RESULT", "OUTPUT_IMAGE"
-BYTES = "BYTES"
-
-pb = model_service_pb2
-
-# OIP datatype names of the element types TMS images hold.
-_DATATYPES: dict[image_pb2.DType.ValueType, str] = {
-    image_pb2.D_TYPE_BOOL: "BOOL",
-    image_pb2.D_TYPE_UINT8: "UINT8",
-    image_pb2.D_TYPE_INT8: "INT8",
-    image_pb2.D_TYPE_UINT16: "UINT16",
-    image_pb2.D_TYPE_INT16: "INT16",
-    image_pb2.D_TYPE_INT32: "INT32",
-    image_pb2.D_TYPE_INT64: "INT64",
-    image_pb2.D_TYPE_FLOAT16: "FP16",
-    image_pb2.D_TYPE_FLOAT32: "FP32",
-    image_pb2.D_TYPE_FLOAT64: "FP64",
-}
-_TMS_DTYPES = {name: dtype for dtype, name in _DATATYPES.items()}
-# Model-configuration enum of each datatype name.
-_CONFIG_TYPES: dict[str, oip.DataType.ValueType] = {
-    "BOOL": oip.TYPE_BOOL,
-    "UINT8": oip.TYPE_UINT8,
-    "INT8": oip.TYPE_INT8,
-    "UINT16": oip.TYPE_UINT16,
-    "INT16": oip.TYPE_INT16,
-    "INT32": oip.TYPE_INT32,
-    "INT64": oip.TYPE_INT64,
-    "FP16": oip.TYPE_FP16,
-    "FP32": oip.TYPE_FP32,
-    "FP64": oip.TYPE_FP64,
-    BYTES: oip.TYPE_STRING,
-}
-# The typed field of InferTensorContents that holds each datatype.
-_CONTENTS_FIELDS = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    BYTES: "bytes_contents",
-}
-_CHANNELS = {
-    image_pb2.COLOR_ORDER_GRAY: 1,
-    image_pb2.COLOR_ORDER_RGB: 3,
-    image_pb2.COLOR_ORDER_BGR: 3,
-    image_pb2.COLOR_ORDER_RGBA: 4,
-    image_pb2.COLOR_ORDER_BGRA: 4,
-}
-
-Tensor = oip.ModelInferRequest.InferInputTensor
-OutputTensor = oip.ModelInferResponse.InferOutputTensor
-TensorMetadata = oip.ModelMetadataResponse.TensorMetadata
-
-
-def _pack_bytes(items: Sequence[bytes]) -> bytes:
-    """BYTES elements as raw contents: each prefixed by its length, 4 bytes little-endian."""
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
-
-
-def _unpack_bytes(raw: Buffer, count: int) -> list[bytes]:
-    view, items, pos = memoryview(raw), [], 0
-    for _ in range(count):
-        if pos + 4 > len(view):
-            raise InvalidArgument(f"BYTES input holds fewer than {count} elements")
-        (size,) = struct.unpack_from("<I", view, pos)
-        pos += 4
-        if pos + size > len(view):
-            raise InvalidArgument("BYTES input element runs past the end of the data")
-        items.append(bytes(view[pos : pos + size]))
-        pos += size
-    if pos != len(view):
-        raise InvalidArgument(f"BYTES input holds more than {count} elements")
-    return items
-
-
-def _string_param(params: Mapping[str, oip.InferParameter], name: str) -> str | None:
-    if name not in params:
-        return None
-    param = params[name]
-    if param.WhichOneof("parameter_choice") != "string_param":
-        raise InvalidArgument(f"parameter {name!r} must be a string")
-    return param.string_param
-
-
-class _Model:
-    """What the OIP side says about one TMS model: its tensors and which call it runs."""
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
-        self.text = pb.MODEL_CALL_RUN_TEXT in model.info.calls
-        self.runs = model.supports(pb.MODEL_CALL_RUN_IMAGE)
-        self.image_to_image = model.supports(pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
-        dtype = model.info.input_dtype
-        self.input_datatype = BYTES if self.text else _DATATYPES.get(dtype, "UINT8")
-
-    def input_dims(self) -> list[int]:
-        """The input's shape without the batch dimension; -1 where any size goes."""
-        if self.text:
-            return [1]
-        shape = list(self.model.input_shape or ())
-        if len(shape) == 3:
-            return shape
-        height, width = [*shape, -1, -1][:2]
-        return [height, width, _CHANNELS.get(self.model.color, -1)]
-
-    def outputs(self) -> list[tuple[str, str, list[int]]]:
-        """(name, datatype, shape without the batch dimension) of each output."""
-        outputs = []
-        if self.image_to_image:
-            # The model declares no output dtype: images of a colour order are taken to be of
-            # the input's type, other arrays (flow fields, maps) FP32. Responses say the truth.
-            color = self.model.output_color
-            if color == image_pb2.COLOR_ORDER_UNSPECIFIED:
-                datatype, dims = "FP32", [-1, -1, -1]
-            else:
-                datatype = self.input_datatype
-                channels = _CHANNELS[color]
-                dims = [-1, -1] if channels == 1 else [-1, -1, channels]
-            outputs.append((OUTPUT_IMAGE, datatype, dims))
-        outputs.append((RESULT, BYTES, [1]))
-        return outputs
 
 
 class InferenceServicer:
@@ -203,11 +67,11 @@ class InferenceServicer:
         self._registry = registry
         self.load = models.load
 
-    def _model(self, name: str, version: str) -> _Model:
+    def _model(self, name: str, version: str) -> DescribedModel:
         model = self._registry.get(name)
         if version not in ("", VERSION):
             raise NotFound(f"model {name!r} has no version {version!r}; its one version is 1")
-        return _Model(model)
+        return DescribedModel(model)
 
     @quick
     def ServerLive(
@@ -266,7 +130,7 @@ class InferenceServicer:
         described = self._model(request.name, request.version)
         model_input = oip.ModelInput(
             name=TEXT if described.text else IMAGE,
-            data_type=_CONFIG_TYPES[described.input_datatype],
+            data_type=CONFIG_TYPES[described.input_datatype],
             format=oip.ModelInput.FORMAT_NONE if described.text else oip.ModelInput.FORMAT_NHWC,
             dims=described.input_dims(),
         )
@@ -277,7 +141,7 @@ class InferenceServicer:
             max_batch_size=self._models.max_batch_size,
             input=[model_input],
             output=[
-                oip.ModelOutput(name=out, data_type=_CONFIG_TYPES[datatype], dims=dims)
+                oip.ModelOutput(name=out, data_type=CONFIG_TYPES[datatype], dims=dims)
                 for out, datatype, dims in described.outputs()
             ],
         )
@@ -288,7 +152,7 @@ class InferenceServicer:
     ) -> oip.ModelInferResponse:
         described = self._model(request.model_name, request.model_version)
         tensor, raw = self._input(request, TEXT if described.text else IMAGE)
-        args = parse_args(_string_param(request.parameters, "args") or "")
+        args = parse_args(string_param(request.parameters, "args") or "")
         wanted = [output.name for output in request.outputs]
         known = [name for name, _, _ in described.outputs()]
         unknown = [name for name in wanted if name not in known]
@@ -337,7 +201,7 @@ class InferenceServicer:
             if tensor.HasField("contents"):
                 raise InvalidArgument("an input is given both in contents and raw_input_contents")
             return tensor, request.raw_input_contents[0]
-        return tensor, _typed_contents(tensor)
+        return tensor, typed_contents(tensor)
 
     def _images(
         self,
@@ -352,11 +216,11 @@ class InferenceServicer:
             raise InvalidArgument(
                 f"input IMAGE has shape {shape}; expected [H, W, C], [H, W] or [N, H, W, C]"
             )
-        dtype = _TMS_DTYPES.get(tensor.datatype)
+        dtype = TMS_DTYPES.get(tensor.datatype)
         if dtype is None:
             raise InvalidArgument(
                 f"input IMAGE has datatype {tensor.datatype!r}; expected one of "
-                f"{', '.join(_TMS_DTYPES)}"
+                f"{', '.join(TMS_DTYPES)}"
             )
         batched = len(shape) == 4
         count, image_shape = (shape[0], shape[1:]) if batched else (1, shape)
@@ -405,11 +269,11 @@ class InferenceServicer:
         shape = list(first.shape)
         if batched or len(parts) > 1:
             shape = [len(parts), *shape]
-        image = OutputTensor(name=OUTPUT_IMAGE, datatype=_DATATYPES[first.dtype], shape=shape)
+        image = OutputTensor(name=OUTPUT_IMAGE, datatype=DATATYPES[first.dtype], shape=shape)
         json_result = OutputTensor(name=RESULT, datatype=BYTES, shape=[1])
         return [
             (image, b"".join(bytes(p.data) for p in parts)),
-            (json_result, _pack_bytes([result_json(model, result).encode()])),
+            (json_result, pack_bytes([result_json(model, result).encode()])),
         ]
 
     def _run_text(
@@ -426,7 +290,7 @@ class InferenceServicer:
                 f"a batch holds 1 to {most} texts (--max-batch-size), not {shape[0]}"
             )
         try:
-            texts = [item.decode() for item in _unpack_bytes(raw, shape[0])]
+            texts = [item.decode() for item in unpack_bytes(raw, shape[0])]
         except UnicodeDecodeError as exc:
             raise InvalidArgument(f"input TEXT is not UTF-8: {exc}") from None
         results = list(run_model(model, model.instance.run_batch, texts, args))
@@ -434,7 +298,7 @@ class InferenceServicer:
             raise Internal(
                 f"model {model.name!r} returned {len(results)} results for {len(texts)} inputs"
             )
-        data = _pack_bytes([result_json(model, result).encode() for result in results])
+        data = pack_bytes([result_json(model, result).encode() for result in results])
         return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), data)]
 
 
@@ -447,16 +311,16 @@ def _color(
     """The colour order of an input: the ``color_order`` parameter of the tensor or else of the
     request, else the model's when the channel count agrees, else gray for one channel, else
     unspecified (which the model's checks reject when it needs a colour order)."""
-    name = _string_param(tensor.parameters, "color_order")
+    name = string_param(tensor.parameters, "color_order")
     if name is None:
-        name = _string_param(params, "color_order")
+        name = string_param(params, "color_order")
     if name is not None:
         try:
             return color_order(name)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
     channels = 1 if len(shape) == 2 else shape[2]
-    if _CHANNELS.get(model.color) == channels:
+    if CHANNELS.get(model.color) == channels:
         return model.color
     return image_pb2.COLOR_ORDER_GRAY if channels == 1 else image_pb2.COLOR_ORDER_UNSPECIFIED
 
@@ -475,26 +339,4 @@ def _run_images(
     else:
         results, shape = [run_model(model, model.instance.run, images[0], args)], [1]
     texts = [result_json(model, result).encode() for result in results]
-    return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), _pack_bytes(texts))]
-
-
-def _typed_contents(tensor: Tensor) -> bytes:
-    """The typed ``contents`` of an input as raw bytes (little-endian, row-major)."""
-    field = _CONTENTS_FIELDS.get(tensor.datatype)
-    if field is None:
-        raise InvalidArgument(
-            f"input {tensor.name} of datatype {tensor.datatype!r} must come in raw_input_contents"
-        )
-    values = getattr(tensor.contents, field)
-    if tensor.datatype == BYTES:
-        return _pack_bytes(list(values))
-    dtype = numpy_dtype(_TMS_DTYPES[tensor.datatype])
-    try:
-        array = np.array(values, dtype=np.float64 if dtype.kind == "f" else np.int64)
-        if dtype.kind in "iu" and array.size:
-            info = np.iinfo(dtype)
-            if array.min() < info.min or array.max() > info.max:
-                raise ValueError(f"a value is out of range for {tensor.datatype}")
-        return array.astype(dtype).tobytes()
-    except (ValueError, OverflowError) as exc:
-        raise InvalidArgument(f"input {tensor.name}: {exc}") from None
+    return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), pack_bytes(texts))]
