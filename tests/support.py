@@ -8,7 +8,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,31 @@ def start_process(
         return server
     server.stop(signal.SIGKILL, timeout=10)
     raise RuntimeError("tms-server did not start:\n" + server.logs())
+
+
+def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    """Whether ``condition`` came true within ``timeout`` seconds (polled every ``interval``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
+def alive(pid: int) -> bool:
+    """Whether a process that is not our child still runs (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of process ``pid`` from /proc (VmRSS now, VmHWM its peak), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for pid {pid}")

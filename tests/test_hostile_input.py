@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from tests.support import InProcessServer, start_in_process, write_models
+from tests.support import InProcessServer, memory_mb, start_in_process, write_models
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client import (
     DeadlineExceededError,
@@ -523,14 +523,6 @@ def test_a_worker_killed_mid_call_is_replaced(server_process, models):
     assert "killed by SIGKILL" in server.logs()
 
 
-def _memory_mb(pid: int, field: str) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field}")
-
-
 @pytest.mark.slow
 def test_large_images_are_decoded_a_few_at_a_time_and_memory_given_back(server_process, models):
     # Eight 4000x4000 JPEGs of 250 kB at once: each decodes to 48 MB (Pillow's buffer, then
@@ -545,7 +537,7 @@ def test_large_images_are_decoded_a_few_at_a_time_and_memory_given_back(server_p
     with ModelClient("probe", server.target, timeout=120) as client:
         (worker,) = client.workers()
         assert client.run_image(np.zeros((2, 2), np.uint8)) == {"shape": [2, 2]}
-        before = _memory_mb(worker.pid, "VmRSS")
+        before = memory_mb(worker.pid, "VmRSS")
         with open(f"/proc/{worker.pid}/clear_refs", "w") as clear:
             clear.write("5")  # the peak (VmHWM) starts again from now
         threads = [
@@ -556,13 +548,13 @@ def test_large_images_are_decoded_a_few_at_a_time_and_memory_given_back(server_p
         for thread in threads:
             thread.join(120)
         assert client.run_image(big) == {"shape": [4000, 4000, 3]}
-        peak = _memory_mb(worker.pid, "VmHWM")
+        peak = memory_mb(worker.pid, "VmHWM")
     assert peak - before < 400, (before, peak)  # one or two at a time, never all eight
     with ModelClient("shred", server.target, timeout=120) as client:
-        before = _memory_mb(worker.pid, "VmRSS")
+        before = memory_mb(worker.pid, "VmRSS")
         large = np.zeros((2000, 2000), np.uint8)  # 4 million pixels: a large call
         assert client.run_image(large) == {"bytes": 256 << 20}
         deadline = time.monotonic() + 5  # given back once the worker is idle
-        while (after := _memory_mb(worker.pid, "VmRSS")) - before >= 100:
+        while (after := memory_mb(worker.pid, "VmRSS")) - before >= 100:
             assert time.monotonic() < deadline, (before, after)  # the freed pages stayed
             time.sleep(0.05)

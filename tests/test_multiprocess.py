@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.support import EXAMPLE_MODELS, write_models
+from tests.support import EXAMPLE_MODELS, alive, write_models
 from tms_client import (
     ConnectError,
     DeadlineExceededError,
@@ -132,15 +132,6 @@ def test_a_worker_with_a_hung_call_stops_when_the_supervisor_is_killed(
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(pid), "a worker with a hung model call outlived its supervisor"
-
-
-def alive(pid: int) -> bool:
-    """Whether a process that is not our child still runs (zombies count as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_settings_from_environment(server_process, models):

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import write_models
+from tests.support import memory_mb, wait_for, write_models
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client import ModelClient, RetryPolicy
 
@@ -115,15 +115,6 @@ class StalledCallers:
         self._loop.close()
 
 
-def wait_for(condition: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return bool(condition())
-
-
 @pytest.mark.parametrize("tokens", [False, True], ids=["open", "tokens"])
 def test_callers_that_never_send_their_request_stall_nothing(
     in_process_server, models, tmp_path, tokens
@@ -155,14 +146,6 @@ def test_callers_that_never_send_their_request_stall_nothing(
 
 def _frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
-
-
-def _memory_mb(pid: int, field: str = "VmRSS") -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field}")
 
 
 class NonReadingCaller:
@@ -228,7 +211,7 @@ def test_a_caller_that_never_takes_its_answers_is_cut_off(server_process, models
         (worker,) = echo.workers()
         pid = worker.pid
         assert echo.run_text("warm") == {"text": "warm"}
-        before = _memory_mb(pid)
+        before = memory_mb(pid)
         with open(f"/proc/{pid}/clear_refs", "w") as clear:
             clear.write("5")  # the peak (VmHWM) starts again from now
         image = image_pb2.Image(
@@ -251,7 +234,7 @@ def test_a_caller_that_never_takes_its_answers_is_cut_off(server_process, models
         # Untaken answers are held up to --max-untaken-mb (64 MiB counted; each is in memory
         # twice, in Python and in gRPC, until sent), besides the two being made: some 300 MiB
         # at the peak, never the 1.3 GB that 40 parked answers of 16 MiB take.
-        peak = _memory_mb(pid, "VmHWM")
+        peak = memory_mb(pid, "VmHWM")
         assert peak - before < 600, (before, peak)
         assert echo.run_text("after") == {"text": "after"}
 

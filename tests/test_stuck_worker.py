@@ -10,12 +10,11 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
 
-from tests.support import ServerProcess, write_models
+from tests.support import ServerProcess, alive, wait_for, write_models
 from tms_client import (
     AdminClient,
     ModelClient,
@@ -65,25 +64,6 @@ CALL_TIMEOUT = 10.0  # well past the worker timeout: a call waits out the kill, 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return write_models(tmp_path_factory.mktemp("models"), MODELS)
-
-
-def alive(pid: int) -> bool:
-    """Whether a process that is not our child still runs (zombies count as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    """Whether ``condition`` came true within ``timeout`` seconds (polled)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @contextlib.contextmanager
