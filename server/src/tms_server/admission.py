@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import logging
 import queue
 import threading
 import time
@@ -29,12 +28,11 @@ from tms_server.load import WorkerLoad
 
 __all__ = ["CallRunner", "PixelBudget", "QuickCalls", "limit_arenas", "release_memory"]
 
-log = logging.getLogger("tms_server")
 T = TypeVar("T")
 
 
 class PixelBudget:
-    """At most ``limit`` pixels in calls at once; ``hold(n)`` waits (on the event loop) until
+    """At most ``limit`` pixels in calls at once; ``acquire(n)`` waits (on the event loop) until
     ``n`` fit, first come first served. A call of more than ``limit`` pixels runs alone."""
 
     def __init__(self, limit: int) -> None:
@@ -175,7 +173,7 @@ class CallRunner:
             )
         quick = key is not None and pixels <= QUICK_PIXELS and not load.queued
         if quick and self.quick.allows(key):
-            return self._run_here(key, function, args)
+            return _timed(load, self.quick, key, function, args)
         load.submitted()
         taken = 0
         try:
@@ -194,17 +192,6 @@ class CallRunner:
         for _ in range(self.threads):
             self._calls.put(None)
 
-    def _run_here(self, key: Hashable, function: Callable[..., T], args: tuple[Any, ...]) -> T:
-        load, quick = self.load, self.quick
-        load.begin()
-        quick.started(key)
-        began = time.perf_counter()
-        try:
-            return function(*args)
-        finally:
-            quick.finished(key, time.perf_counter() - began)
-            load.end()
-
     def _serve(self) -> None:
         load, quick = self.load, self.quick
         while (call := self._calls.get()) is not None:
@@ -217,20 +204,33 @@ class CallRunner:
 
     @staticmethod
     def _run(call: _Call, load: WorkerLoad, quick: QuickCalls) -> tuple[Any, BaseException | None]:
-        load.begin()
-        if call.key is not None:
-            quick.started(call.key)
-        began = time.perf_counter()
         try:
-            return call.function(*call.args), None
+            return _timed(load, quick, call.key, call.function, call.args), None
         except BaseException as exc:  # handed to the caller, whatever it is
             return None, exc
         finally:
-            if call.key is not None:
-                quick.finished(call.key, time.perf_counter() - began)
-            load.end()
             if call.pixels >= RELEASE_AFTER_PIXELS:
                 load.memory_to_release = True  # by the monitor, once the worker is idle
+
+
+def _timed(
+    load: WorkerLoad,
+    quick: QuickCalls,
+    key: Hashable,
+    function: Callable[..., T],
+    args: tuple[Any, ...],
+) -> T:
+    """``function(*args)``, counted in ``load`` and, for a model's calls, timed for QuickCalls."""
+    load.begin()
+    if key is not None:
+        quick.started(key)
+    began = time.perf_counter()
+    try:
+        return function(*args)
+    finally:
+        if key is not None:
+            quick.finished(key, time.perf_counter() - began)
+        load.end()
 
 
 @dataclass(slots=True)

@@ -29,12 +29,11 @@ from google.protobuf.message import DecodeError, Message
 from tms_server.admission import CallRunner
 from tms_server.errors import InvalidArgument, Unavailable, status_of
 from tms_server.load import WorkerLoad
-from tms_server.stalls import StallWatch
+from tms_server.stalls import Context, StallWatch
 
 __all__ = ["Method", "Worker", "add_service", "quick"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def quick(method: F) -> F:

@@ -138,10 +138,8 @@ class ModelServicer:
         """The pixels a request's images declare, before anything is decoded (for admission:
         see tms_server.admission); an image whose size cannot be told counts as the largest."""
         try:
-            _, images = split_images(
-                request_class, request, IMAGE_FIELD, max_images=self.max_batch_size
-            )
-        except (WireError, TooManyImagesError):
+            _, images = _read(request_class, request, self.max_batch_size)
+        except InvalidArgument:
             return 0  # refused as soon as it runs
         return sum(declared_pixels(parts, unknown=self.max_pixels) for parts in images)
 

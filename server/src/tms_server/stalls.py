@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["StallWatch", "close_connection"]
+__all__ = ["Context", "StallWatch", "close_connection"]
 
 log = logging.getLogger("tms_server")
 Context = grpc.aio.ServicerContext[Any, Any]
