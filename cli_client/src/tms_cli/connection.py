@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tms_cli.errors import CliError
 from tms_client import (
     TLS,
     Balancer,
     CallError,
+    ClientOptions,
     ConnectError,
     InvalidInputError,
     ModelClient,
@@ -33,20 +34,21 @@ COMMAND_OF_CALL = {
 
 @dataclass(frozen=True)
 class Options:
-    """The global options of ``tms``: where the server is and how to talk to it."""
+    """The global options of ``tms``: how to reach the server (the client's options) and how
+    to print."""
 
-    target: str
-    timeout: float | None
-    connect_timeout: float
+    client: ClientOptions
     json: bool
     debug: bool
-    tls: TLS | None = None
-    token: str | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str:
+        return ", ".join(self.client.targets)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
         """The global options as parsed (see ``parser._add_global_options``); ValueError for
-        TLS options that do not go together."""
+        options that do not go together or cannot be used (a malformed target or token)."""
         files = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
         tls = None
         if args.tls or any(value is not None for value in files):
@@ -56,15 +58,14 @@ class Options:
                 key=args.tls_key,
                 server_name=args.tls_server_name,
             )
-        return cls(
+        client = ClientOptions(
             target=args.target,
             timeout=args.timeout,
             connect_timeout=args.connect_timeout,
-            json=args.json,
-            debug=args.debug,
             tls=tls,
             token=args.token,
         )
+        return cls(client=client, json=args.json, debug=args.debug)
 
 
 def connect(options: Options, model: str = "", *, balancer: Balancer | None = None) -> ModelClient:
@@ -73,19 +74,11 @@ def connect(options: Options, model: str = "", *, balancer: Balancer | None = No
     Every command gets its client here, so every global option reaches every command.
     """
     try:
-        return ModelClient(
-            model,
-            options.target,
-            connect_timeout=options.connect_timeout,
-            timeout=options.timeout,
-            balancer=balancer,
-            tls=options.tls,
-            token=options.token,
-        )
+        return ModelClient(model, options=options.client, balancer=balancer)
     except ConnectError as exc:
-        reason = f"no answer within {options.connect_timeout:g}s"
+        reason = f"no answer within {options.client.connect_timeout:g}s"
         raise CliError(f"cannot reach a TMS server at {options.target} ({reason})") from exc
-    except ValueError as exc:  # a TLS file that cannot be read, a malformed token
+    except ValueError as exc:  # a TLS file that cannot be read
         raise CliError(str(exc)) from exc
     except TMSError as exc:  # something answered, but not as a TMS server does
         reason = describe_error(exc)

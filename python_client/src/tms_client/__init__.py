@@ -1,8 +1,8 @@
 """TMS client: call the models of a TMS server from Python.
 
 ``ModelClient(model, "host:port")`` finds every worker process behind the address, balances
-calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you. ``TLS`` and
-``token=`` secure it; ``AdminClient`` makes the operator's calls.
+calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you. ``ClientOptions``
+holds every setting; ``TLS`` and ``token=`` secure it; ``AdminClient`` makes the operator's calls.
 """
 
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
@@ -11,7 +11,7 @@ from importlib.metadata import version as _version
 from tms_client.admin import AdminClient, ReloadOutcome, WorkerStatus
 from tms_client.aio import AsyncModelClient
 from tms_client.balancers import Balancer, LeastLoaded, RandomBalancer, RoundRobin
-from tms_client.calls import ImageToImageResult, ModelInfo, WorkerInfo
+from tms_client.calls import ImageToImageResult, ModelInfo
 from tms_client.client import ModelClient
 from tms_client.exceptions import (
     CallError,
@@ -28,15 +28,18 @@ from tms_client.exceptions import (
     UnavailableError,
     UnsupportedCallError,
 )
+from tms_client.options import ClientOptions
 from tms_client.protocol.codec import ImageError
 from tms_client.retry import RetryPolicy
 from tms_client.tls import TLS
+from tms_client.workers import WorkerInfo
 
 __all__ = [  # noqa: RUF022 - plain sorted order, as tests/unit/test_exported_members.py checks
     "AdminClient",
     "AsyncModelClient",
     "Balancer",
     "CallError",
+    "ClientOptions",
     "ConnectError",
     "DeadlineExceededError",
     "ImageError",

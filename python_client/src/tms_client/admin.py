@@ -12,20 +12,19 @@ Any worker answers for all of them, so one connection is enough.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
+from google.protobuf.message import Message
 
 from tms.v1 import admin_service_pb2
-from tms_client.exceptions import from_rpc_error
-from tms_client.pool import PoolOptions
-from tms_client.tls import TLS
+from tms_client.options import ClientOptions
+from tms_client.transport import GrpcTransport, Request
 
 __all__ = ["AdminClient", "ReloadOutcome", "WorkerStatus"]
 
 pb = admin_service_pb2
 _SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -54,25 +53,28 @@ class ReloadOutcome:
 class AdminClient:
     """Calls AdminService on the server at ``target`` with the admin ``token``.
 
-    ``tls`` as for ModelClient; ``timeout`` bounds each call (a reload waits for every worker
-    to load the model), and the first call waits for the server to be up.
+    Settings as for ModelClient (``ClientOptions``: ``options=`` and keyword arguments);
+    ``timeout`` (120 s unless given) bounds each call, as a reload waits for every worker to
+    load the model, and the first call waits for the server to be up.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         *,
-        token: str,
-        tls: TLS | None = None,
-        timeout: float | None = 120.0,
+        options: ClientOptions | None = None,
+        **overrides: Any,
     ) -> None:
-        options = PoolOptions(target, tls=tls, token=token)
-        if len(options.targets) != 1:
+        if options is None:
+            overrides = {"timeout": 120.0, **overrides}
+        self.options = ClientOptions.of(target, options, overrides)
+        if len(self.options.targets) != 1:
             raise ValueError("AdminClient talks to one server: give one target")
-        self.target = options.targets[0]
-        self.timeout = timeout
-        self._metadata = options.metadata
-        self._channel = options.open_channel(self.target.removeprefix("dns:///"))
+        if self.options.token is None:
+            raise ValueError("AdminClient needs an admin token (token=...)")
+        self.target = self.options.targets[0]
+        transport = GrpcTransport(self.options.tls, self.options.max_message_bytes)
+        self._channel = transport.open(self.target.removeprefix("dns:///"))
 
     def __repr__(self) -> str:
         return f"<AdminClient target={self.target!r}>"
@@ -80,27 +82,17 @@ class AdminClient:
     def __enter__(self) -> AdminClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: str, request: Any, response_class: Any) -> Any:
-        call: grpc.UnaryUnaryMultiCallable[Any, Any] = self._channel.unary_unary(
-            f"/{_SERVICE}/{method}",
-            request_serializer=type(request).SerializeToString,
-            response_deserializer=response_class.FromString,
-        )
-        try:
-            return call(request, timeout=self.timeout, metadata=self._metadata, wait_for_ready=True)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+    def _call(self, method: str, request: Message, response_class: type[M]) -> M:
+        path = f"/{_SERVICE}/{method}"
+        timeout, metadata = self.options.timeout, self.options.metadata
+        call = Request(path, request.SerializeToString(), timeout, metadata, wait_for_ready=True)
+        return response_class.FromString(self._channel.unary(call).data)
 
     def list_workers(self) -> list[WorkerStatus]:
         """Every worker process of the server, with its pid and load."""

@@ -6,25 +6,33 @@ differ in how they send it, so request building and response parsing live here o
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
 import numpy.typing as npt
 from google.protobuf import wrappers_pb2
 
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.images import ImageInput, from_message, to_parts
+from tms_client.options import ClientOptions
 from tms_client.protocol.codec import color_name, from_json
 from tms_client.protocol.methods import HEALTH_CHECK, IMAGE_FIELD, OUTPUT_FIELD, method_path
 from tms_client.protocol.wire import join_images, split_images
 
 __all__ = [
+    "Args",
+    "AsyncioClient",
+    "Builder",
     "Call",
     "ImageToImageResult",
+    "ModelClientBase",
     "ModelInfo",
-    "WorkerInfo",
+    "ModelMethod",
+    "ThreadClient",
+    "as_method",
     "health",
     "info",
     "list_models",
@@ -37,6 +45,10 @@ __all__ = [
 
 pb = model_service_pb2
 R = TypeVar("R")
+P = ParamSpec("P")
+F = TypeVar("F", bound=Callable[..., Any])
+#: A model's arguments: a JSON object, or None for none.
+Args = Mapping[str, Any] | None
 
 _HEALTH = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 _CALLS = {
@@ -46,6 +58,24 @@ _CALLS = {
     pb.MODEL_CALL_RUN_TEXT: "run_text",
     pb.MODEL_CALL_RUN_TEXT_BATCH: "run_texts",
 }
+
+
+#: What builds a call for a model: a function of the model's name and the method's arguments.
+Builder = Callable[Concatenate[str, P], "Call[R]"]
+
+
+def as_method(method: F, build: Callable[..., Any]) -> F:
+    """``method`` (bound to a client), named, documented and with the signature of ``build``
+    but for its first argument, the model, which the client fills in."""
+    method.__name__ = method.__qualname__ = build.__name__
+    method.__doc__ = build.__doc__
+    signature = inspect.signature(build)
+    params = list(signature.parameters.values())[1:]
+    returns = str(signature.return_annotation).removeprefix("Call[").removesuffix("]")
+    method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=params, return_annotation=returns
+    )
+    return method
 
 
 @dataclass(frozen=True)
@@ -87,21 +117,6 @@ class ModelInfo:
         )
 
 
-@dataclass(frozen=True)
-class WorkerInfo:
-    """One worker process the client is connected to, and its load."""
-
-    address: str  # where the client found it
-    instance_id: str
-    pid: int
-    index: int
-    count: int  # how many workers its server runs
-    calls: int  # calls this client sent it
-    in_flight: int  # this client's calls on it now
-    reported_in_flight: int | None  # calls running on it, as it last reported
-    reported_queued: int | None  # calls waiting for a thread on it, as it last reported
-
-
 class ImageToImageResult(NamedTuple):
     """What ``run_image_to_image`` returns: the output images and the model's result."""
 
@@ -116,7 +131,7 @@ class ImageToImageResult(NamedTuple):
         return self.images[0]
 
 
-def _args_json(args: Mapping[str, Any] | None) -> str:
+def _args_json(args: Args) -> str:
     if not args:
         return ""
     if not isinstance(args, Mapping):
@@ -129,8 +144,13 @@ def _result(reply: bytes) -> Any:
 
 
 def run_image(
-    model: str, image: ImageInput, args: Mapping[str, Any] | None, color: str | None
+    model: str, image: ImageInput, args: Args = None, *, color: str | None = "bgr"
 ) -> Call[Any]:
+    """Run the model on one image and return its result (parsed JSON).
+
+    ``color`` is the colour order of a numpy array ("bgr" as OpenCV reads, "rgb", ...);
+    PIL images, paths and PNG/JPEG bytes carry their own.
+    """
     head = pb.RunImageRequest(model=model, args_json=_args_json(args))
     request = join_images(head, IMAGE_FIELD, [to_parts(image, color=color)])
     return Call(method_path("RunImage"), request, _result)
@@ -141,11 +161,9 @@ def _results(reply: bytes) -> list[Any]:
 
 
 def run_images(
-    model: str,
-    images: Sequence[ImageInput],
-    args: Mapping[str, Any] | None,
-    color: str | None,
+    model: str, images: Sequence[ImageInput], args: Args = None, *, color: str | None = "bgr"
 ) -> Call[list[Any]]:
+    """Run the model on several images in one call; one result per image."""
     head = pb.RunImageBatchRequest(model=model, args_json=_args_json(args))
     parts = [to_parts(image, color=color) for image in images]
     return Call(method_path("RunImageBatch"), join_images(head, IMAGE_FIELD, parts), _results)
@@ -154,12 +172,18 @@ def run_images(
 def run_image_to_image(
     model: str,
     images: ImageInput | Sequence[ImageInput],
-    args: Mapping[str, Any] | None,
+    args: Args = None,
     *,
-    color: str | None,
-    output_color: str | None,
-    png: bool,
+    color: str | None = "bgr",
+    output_color: str | None = None,
+    png: bool = False,
 ) -> Call[ImageToImageResult]:
+    """Run an image-to-image model on one image (or a list, e.g. two video frames).
+
+    Returns the output images as numpy arrays (converted to ``output_color`` when given
+    and the model names theirs) and the model's result. ``png`` asks the server to send
+    the outputs PNG-compressed (smaller over slow links, slower on fast ones).
+    """
     batch = list(images) if isinstance(images, (list, tuple)) else [images]
     head = pb.RunImageToImageRequest(
         model=model,
@@ -185,7 +209,8 @@ def _text_result(reply: bytes) -> Any:
     return from_json(pb.RunTextResponse.FromString(reply).result_json)
 
 
-def run_text(model: str, text: str, args: Mapping[str, Any] | None) -> Call[Any]:
+def run_text(model: str, text: str, args: Args = None) -> Call[Any]:
+    """Run a text model on one text and return its result (parsed JSON)."""
     request = pb.RunTextRequest(model=model, text=text, args_json=_args_json(args))
     return Call(method_path("RunText"), request.SerializeToString(), _text_result)
 
@@ -194,7 +219,8 @@ def _text_results(reply: bytes) -> list[Any]:
     return [from_json(text) for text in pb.RunTextBatchResponse.FromString(reply).results_json]
 
 
-def run_texts(model: str, texts: Sequence[str], args: Mapping[str, Any] | None) -> Call[list[Any]]:
+def run_texts(model: str, texts: Sequence[str], args: Args = None) -> Call[list[Any]]:
+    """Run a text model on several texts in one call; one result per text."""
     request = pb.RunTextBatchRequest(model=model, texts=list(texts), args_json=_args_json(args))
     return Call(method_path("RunTextBatch"), request.SerializeToString(), _text_results)
 
@@ -204,6 +230,7 @@ def _info(reply: bytes) -> ModelInfo:
 
 
 def info(model: str) -> Call[ModelInfo]:
+    """What the server says about this model."""
     request = pb.GetModelInfoRequest(model=model).SerializeToString()
     return Call(method_path("GetModelInfo"), request, _info)
 
@@ -226,3 +253,79 @@ def _health(reply: bytes) -> str:
 def health(service: str) -> Call[str]:
     request = wrappers_pb2.StringValue(value=service).SerializeToString()
     return Call(HEALTH_CHECK, request, _health)
+
+
+# -- the clients' model methods, declared once -------------------------------------------------
+
+
+class ModelMethod(Generic[P, R]):
+    """A method of both clients that sends the call ``build`` makes for the client's model:
+    ModelClient's returns the result, AsyncModelClient's a coroutine of it."""
+
+    def __init__(self, build: Builder[P, R]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, client: None, owner: type) -> ModelMethod[P, R]: ...
+    @overload
+    def __get__(self, client: ThreadClient, owner: type) -> Callable[P, R]: ...
+    @overload
+    def __get__(
+        self, client: AsyncioClient, owner: type
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __get__(self, client: ModelClientBase | None, owner: type) -> Any:
+        if client is None:
+            return self
+        method = client._bind(self.build)
+        client.__dict__[self.name] = method  # made once per client
+        return method
+
+
+class ModelClientBase:
+    """What ModelClient and AsyncModelClient share: the model, the options, the deadline."""
+
+    def __init__(
+        self,
+        model: str,
+        target: str | Sequence[str] | None = None,
+        *,
+        options: ClientOptions | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.model = model
+        self.options = ClientOptions.of(target, options, overrides)
+        #: Each call's deadline in seconds (None: none); may be changed between calls.
+        self.timeout = self.options.timeout
+        self._open()
+
+    def _open(self) -> None:
+        """Make the pool (and, for the sync client, connect)."""
+
+    def _bind(self, build: Builder[Any, Any]) -> Callable[..., Any]:
+        """``build``'s call as a method of this client (see ModelMethod)."""
+        raise NotImplementedError
+
+    run_image = ModelMethod(run_image)
+    run_images = ModelMethod(run_images)
+    run_image_to_image = ModelMethod(run_image_to_image)
+    run_text = ModelMethod(run_text)
+    run_texts = ModelMethod(run_texts)
+    info = ModelMethod(info)
+
+    @property
+    def target(self) -> str:
+        """The targets, as one string."""
+        return ", ".join(self.options.targets)
+
+
+class ThreadClient(ModelClientBase):
+    """A client whose model methods return their results (ModelClient)."""
+
+
+class AsyncioClient(ModelClientBase):
+    """A client whose model methods return coroutines (AsyncModelClient)."""

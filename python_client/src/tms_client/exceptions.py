@@ -37,6 +37,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnsupportedCallError",
+    "from_code",
     "from_rpc_error",
     "status_of",
 ]
@@ -53,10 +54,17 @@ class ConnectError(TMSError):
 class CallError(TMSError):
     """A call ended with a gRPC status other than OK."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailers: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        #: The call's trailing metadata (which worker answered, and its load).
+        self.trailers = trailers
 
 
 class InvalidInputError(CallError):
@@ -127,4 +135,12 @@ def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
 def from_rpc_error(error: grpc.RpcError) -> CallError:
     """The client exception for a failed call."""
     code, details = status_of(error)
-    return _BY_CODE.get(code, CallError)(code, details)
+    trailers = getattr(error, "trailing_metadata", None)
+    return from_code(code, details, tuple(trailers() or ()) if callable(trailers) else ())
+
+
+def from_code(
+    code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str | bytes], ...] = ()
+) -> CallError:
+    """The client exception for a call that ended with ``code``."""
+    return _BY_CODE.get(code, CallError)(code, details, trailers)

@@ -9,21 +9,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tms.v1 import model_service_pb2
-from tms_client.calls import WorkerInfo
 from tms_client.protocol.load import LoadReport
 
-__all__ = ["Worker", "WorkerSet"]
+__all__ = ["Worker", "WorkerInfo", "WorkerSet"]
 
 Key = tuple[str, int]
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker process the client is connected to, and its load."""
+
+    address: str  # where the client found it
+    instance_id: str
+    pid: int
+    index: int
+    count: int  # how many workers its server runs
+    calls: int  # calls this client sent it
+    in_flight: int  # this client's calls on it now
+    reported_in_flight: int | None  # calls running on it, as it last reported
+    reported_queued: int | None  # calls waiting for a thread on it, as it last reported
+
+
 @dataclass(eq=False)
 class Worker:
-    """One worker process and the channel connected to it (sync or asyncio)."""
+    """One worker process and the transport's channel connected to it (sync or asyncio)."""
 
     address: str
     instance_id: str
@@ -31,7 +45,6 @@ class Worker:
     index: int
     count: int
     channel: Any = field(repr=False)
-    methods: dict[str, Any] = field(default_factory=dict, repr=False)  # callables by path
     in_flight: int = 0
     calls: int = 0
     load: LoadReport | None = None
@@ -68,15 +81,12 @@ class Worker:
         return f"{self.instance_id}/{self.pid}"
 
     def info(self) -> WorkerInfo:
+        """What the client may show of this worker: its fields of the same names, and what
+        it last reported."""
         report = self.load
+        mine = {f.name: getattr(self, f.name) for f in fields(WorkerInfo) if hasattr(self, f.name)}
         return WorkerInfo(
-            address=self.address,
-            instance_id=self.instance_id,
-            pid=self.pid,
-            index=self.index,
-            count=self.count,
-            calls=self.calls,
-            in_flight=self.in_flight,
+            **mine,
             reported_in_flight=None if report is None else report.in_flight,
             reported_queued=None if report is None else report.queued,
         )

@@ -1,0 +1,115 @@
+"""``AsyncWorkerPool``: the pool core (tms_client.core) carried out with asyncio.
+
+The same core as ``WorkerPool``, so the same decisions; here only the awaits. The event loop
+runs one task at a time, so the core needs no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, TypeVar
+
+from tms_client.core import Action, Open, Plan, PoolCore, Resolve, Search, Send, Sleep, Step, Wait
+from tms_client.options import ClientOptions
+from tms_client.targets import resolve
+from tms_client.transport import AioTransport, AsyncTransport, Metadata
+from tms_client.workers import WorkerInfo
+
+__all__ = ["AsyncWorkerPool"]
+
+R = TypeVar("R")
+
+
+class AsyncWorkerPool:
+    """The asyncio twin of tms_client.pool.WorkerPool."""
+
+    def __init__(self, options: ClientOptions, transport: AsyncTransport | None = None) -> None:
+        self.options = options
+        self.core = PoolCore(options)
+        self.transport = transport or AioTransport(options.tls, options.max_message_bytes)
+        self._discovering = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._healer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncWorkerPool {self.core!r}>"
+
+    async def start(self) -> None:
+        """Wait for the servers, find their workers, and start healing in the background."""
+        timeout = self.options.connect_timeout
+        await asyncio.gather(
+            *(self.run(self.core.find(a, timeout, wait=True)) for a in await self._resolve())
+        )
+        error = self.core.found_none()
+        if error is not None:
+            raise error
+        self._healer = asyncio.create_task(self.run(self.core.heal()), name="tms-pool-healer")
+
+    async def call(
+        self, path: str, request: bytes, *, timeout: float | None, metadata: Metadata = ()
+    ) -> bytes:
+        """Send ``request`` to ``path`` on a worker, retrying as the policy says; the reply."""
+        return await self.run(self.core.call(path, request, timeout, metadata))
+
+    async def discover(self, timeout: float | None = None) -> None:
+        """Look for missing workers at every address now."""
+        await self._carry_out(Search(timeout))
+
+    async def run(self, plan: Plan[R]) -> R:
+        """Carry out ``plan`` to its end; what it returns (or raises)."""
+        step = self.core.advance(plan)
+        while True:
+            await self._settle(step)
+            if step.action is None:
+                return step.result()  # type: ignore[no-any-return]
+            try:
+                outcome = await self._carry_out(step.action)
+            except BaseException as exc:  # thrown into the plan
+                step = self.core.advance(plan, error=exc)
+            else:
+                step = self.core.advance(plan, outcome)
+
+    async def _carry_out(self, action: Action) -> Any:
+        match action:
+            case Send(channel, request):
+                return await channel.unary(request)
+            case Open(address):
+                return self.transport.open(address)
+            case Sleep(seconds):
+                await asyncio.sleep(seconds)
+            case Resolve():
+                return await self._resolve()
+            case Search(timeout):
+                async with self._discovering:
+                    await self.run(self.core.discover(timeout))
+            case Wait(seconds):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), seconds)
+                self._wake.clear()
+        return None
+
+    async def _resolve(self) -> list[str]:
+        # A dns:/// name is looked up in a thread, away from the event loop.
+        if any(t.startswith("dns:///") for t in self.options.targets):
+            return await asyncio.to_thread(resolve, self.options.targets)
+        return resolve(self.options.targets)
+
+    async def _settle(self, step: Step) -> None:
+        for channel in step.closing:
+            await channel.close()
+        if step.wake:
+            self._wake.set()
+
+    def worker_infos(self) -> list[WorkerInfo]:
+        return self.core.worker_infos()
+
+    async def close(self) -> None:
+        closing = self.core.close()
+        self._wake.set()
+        if self._healer is not None:
+            self._healer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._healer
+        for channel in closing:
+            await channel.close()

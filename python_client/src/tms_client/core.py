@@ -1,0 +1,367 @@
+"""The pool's decisions, apart from its I/O: one core under the thread and asyncio pools.
+
+Everything the pool decides is here, and nothing it does: which worker takes an attempt,
+what a reply means (a load report, a worker that turns out to be another process), what an
+error means (drop the worker, retry elsewhere after a backoff, give up), when to look for
+workers and how often to heal. No I/O, no locks, no sleeping (after h11 and httpcore).
+
+Each job is a *plan*: a generator that yields the actions it needs carried out (open a
+connection, send a request, sleep, look for workers, wait to be woken) and receives their
+results, or their exceptions, back. ``WorkerPool`` (threads) and ``AsyncWorkerPool``
+(asyncio) run plans with ``advance`` and carry out the actions with their own transport,
+locks and sleeps; the core's state changes only inside ``advance``, so a lock held around it
+guards everything. Tests run the same pools over a scripted transport, in milliseconds.
+
+What a pool does (see tms_client.pool): a TMS server runs several worker processes on one
+port (SO_REUSEPORT), and the kernel hands each new connection to one of them. The pool opens
+connections and asks each who answered (``GetWorkerInfo``) until it holds one to every
+worker of every server. Calls go to the worker the balancer picks; a call that fails with a
+code the retry policy names is sent again, to another worker. A worker whose connection
+fails (UNAVAILABLE), or now reaches another process, is dropped, and the pool looks for
+missing workers in the background every ``refresh_interval`` seconds (at once after a drop),
+and on demand, at most every ``EMPTY_RETRY_GAP`` seconds, when a call finds none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+import grpc
+
+from tms.v1 import model_service_pb2
+from tms_client.balancers import Balancer, LeastLoaded
+from tms_client.exceptions import CallError, ConnectError, TMSError, UnavailableError
+from tms_client.options import ClientOptions
+from tms_client.protocol.load import read_trailers
+from tms_client.protocol.methods import method_path
+from tms_client.retry import Attempts
+from tms_client.transport import Metadata, Request
+from tms_client.workers import Worker, WorkerInfo, WorkerSet
+
+__all__ = [
+    "EMPTY_RETRY_GAP",
+    "REFUSED",
+    "Action",
+    "Open",
+    "Plan",
+    "PoolCore",
+    "Resolve",
+    "Search",
+    "Send",
+    "Sleep",
+    "Step",
+    "Wait",
+]
+
+log = logging.getLogger("tms_client")
+
+R = TypeVar("R")
+
+WORKER_INFO = method_path("GetWorkerInfo")
+IDENTIFY_TIMEOUT = 5.0  # one GetWorkerInfo while healing
+EMPTY_RETRY_GAP = 0.1  # seconds between searches on demand that find no worker
+#: Codes with which a server refuses a client's credentials: waiting would not help.
+REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+# -- the actions a plan asks for ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Open:
+    """Open a connection (a transport channel) to ``address``; the result is the channel."""
+
+    address: str
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``request`` on ``channel``; the result is the transport's Reply, or CallError."""
+
+    channel: Any
+    request: Request
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Search:
+    """Look for missing workers now: run the plan ``discover(timeout)``, one at a time."""
+
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Wait until woken (a worker was dropped) or ``seconds`` have passed."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Resolve:
+    """Look up the addresses behind the targets (``dns:///`` names); the result is a list."""
+
+
+Action = Open | Send | Sleep | Search | Wait | Resolve
+Plan = Generator[Action, Any, R]
+
+
+class Step(NamedTuple):
+    """Where a plan stands after ``advance``, and what the pool must do besides."""
+
+    action: Action | None  # the next action; None when the plan has ended
+    value: Any  # what the plan returned
+    error: BaseException | None  # what the plan raised
+    closing: list[Any]  # channels to close now (their workers are gone, their calls done)
+    wake: bool  # wake the background search: a worker was dropped
+
+    def result(self) -> Any:
+        """What the ended plan returned; raises what it raised."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class HealLog:
+    """Says why background discovery fails: one warning per new reason (a wrong token would
+    otherwise fill the log every round), a traceback only for what is not a call error."""
+
+    def __init__(self) -> None:
+        self._last: str | None = None
+
+    def failed(self, exc: Exception) -> None:
+        if not isinstance(exc, TMSError):
+            log.error("worker discovery failed", exc_info=exc)
+            return
+        reason = str(exc)
+        if reason != self._last:
+            log.warning("worker discovery failed, will retry: %s", reason)
+        self._last = reason
+
+    def succeeded(self) -> None:
+        if self._last is not None:
+            log.info("worker discovery works again")
+        self._last = None
+
+
+class PoolCore:
+    """The workers a pool knows and every decision about them."""
+
+    def __init__(self, options: ClientOptions, clock: Callable[[], float] = time.monotonic) -> None:
+        self.options = options
+        self.balancer: Balancer = options.balancer if options.balancer else LeastLoaded()
+        self.clock = clock
+        self.workers = WorkerSet()
+        self.closed = False
+        self._search_after = 0.0  # no search for workers on demand before this time
+        self._closing: list[Any] = []
+        self._wake = False
+
+    def __repr__(self) -> str:
+        return f"targets={list(self.options.targets)} {self.workers!r}"
+
+    def advance(
+        self, plan: Plan[Any], result: Any = None, error: BaseException | None = None
+    ) -> Step:
+        """Run ``plan`` on to its next action, handing it the last action's result (or
+        throwing in its error); never raises."""
+        action: Action | None = None
+        value: Any = None
+        raised: BaseException | None = None
+        try:
+            action = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as done:
+            value = done.value
+        except BaseException as exc:  # handed to the pool, which raises it
+            raised = exc
+        closing, self._closing = self._closing, []
+        wake, self._wake = self._wake, False
+        return Step(action, value, raised, closing, wake)
+
+    # -- finding workers --------------------------------------------------------------------
+
+    def found_none(self) -> ConnectError | None:
+        """After the first search: the error to raise when no server answered."""
+        if len(self.workers):
+            return None
+        hint = (
+            "is it running, and does it serve TLS (then pass tls=TLS(...))?"
+            if self.options.tls is None
+            else "is it running, and do the CA, server name and client certificate fit it?"
+        )
+        return ConnectError(
+            f"no TMS server answered at {', '.join(self.options.targets)} "
+            f"within {self.options.connect_timeout:g}s; {hint}"
+        )
+
+    def identify(self, address: str, timeout: float, wait: bool) -> Plan[Worker | None]:
+        """Open a connection to ``address`` and ask who answered; None if nobody did.
+
+        A server that refuses the credentials raises (UnauthenticatedError...)."""
+        channel = yield Open(address)
+        request = Request(WORKER_INFO, b"", timeout, self.options.metadata, wait)
+        try:
+            reply = yield Send(channel, request)
+        except CallError as error:
+            self._closing.append(channel)
+            if error.code in REFUSED:
+                raise
+            log.debug("no worker identified at %s: %s", address, error)
+            return None
+        info = model_service_pb2.GetWorkerInfoResponse.FromString(reply.data)
+        return Worker.from_info(address, info, channel)
+
+    def find(self, address: str, timeout: float, *, wait: bool = False) -> Plan[None]:
+        """Open connections to ``address`` until every worker of its server is known.
+
+        With ``wait`` the first connection waits up to ``timeout`` for a server that is
+        starting; otherwise an address where nothing listens is given up at once (the
+        retry policy, or the next round of healing, tries again later)."""
+        opened = 0
+        while opened < self._attempts_for(self.workers.expected(address) or 1):
+            if self.workers.complete(address) or self.closed:
+                return
+            worker = yield from self.identify(address, timeout, wait)
+            opened += 1
+            if worker is None:
+                return
+            wait = False
+            for old in self.workers.add(worker):
+                self._retire(old)
+        log.debug("found only some workers at %s after %d connections", address, opened)
+
+    def _attempts_for(self, expected: int) -> int:
+        """How many connections to open at an address to find ``expected`` workers."""
+        if self.options.discovery_attempts is not None:
+            return self.options.discovery_attempts
+        return 4 * expected + 4
+
+    def discover(self, timeout: float | None = None) -> Plan[None]:
+        """Look for missing workers at every address."""
+        timeout = IDENTIFY_TIMEOUT if timeout is None else max(0.1, timeout)
+        addresses = yield Resolve()
+        for address in self.workers.missing(addresses):
+            yield from self.find(address, timeout)
+
+    def heal(self) -> Plan[None]:
+        """The background search, until the pool closes: soon while workers are missing (a
+        restarted worker is usually back within a second), else every refresh_interval."""
+        trouble = HealLog()
+        interval = self.options.refresh_interval
+        while True:
+            complete = not self.workers.missing((yield Resolve()))
+            yield Wait(interval if complete else min(interval, 0.25))
+            if self.closed:
+                return
+            try:
+                yield Search(None)
+            except Exception as exc:  # keep healing whatever one round ran into
+                trouble.failed(exc)
+            else:
+                trouble.succeeded()
+
+    def _drop(self, worker: Worker, reason: str) -> None:
+        """Forget ``worker`` and look for its successor."""
+        if self.workers.remove(worker):
+            log.info("dropping worker pid %s at %s: %s", worker.pid, worker.address, reason)
+            self._wake = True
+        self._retire(worker)
+
+    def _retire(self, worker: Worker) -> None:
+        """Close the channel of a worker no longer known once its calls have ended."""
+        worker.retired = True
+        if worker.in_flight == 0:
+            self._closing.append(worker.channel)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(
+        self, path: str, data: bytes, timeout: float | None, metadata: Metadata = ()
+    ) -> Plan[bytes]:
+        """Send ``data`` to ``path`` on a worker, retrying as the policy says; the reply."""
+        attempts = Attempts(self.options.retry, timeout, self.clock)
+        metadata = self.options.metadata + metadata
+        while True:
+            try:
+                attempts.begin()
+                worker = yield from self._pick(attempts)
+                return (yield from self._attempt(worker, path, data, attempts, metadata))
+            except CallError as error:
+                yield Sleep(attempts.delay_after(error))
+
+    def _pick(self, attempts: Attempts) -> Plan[Worker]:
+        """A worker for the next attempt (one not tried yet if possible), its count raised."""
+        worker = self._take(attempts)
+        if worker is None:
+            # Look for workers here, but not again within EMPTY_RETRY_GAP of a search that
+            # found none: callers failing fast must not turn into a storm of connections.
+            if self.clock() >= self._search_after:
+                yield Search(attempts.remaining())
+                worker = self._take(attempts)
+            if worker is None:
+                self._search_after = self.clock() + EMPTY_RETRY_GAP
+                raise UnavailableError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no TMS worker reachable at {', '.join(self.options.targets)}",
+                )
+        attempts.tried.add(worker.key)
+        return worker
+
+    def _take(self, attempts: Attempts) -> Worker | None:
+        candidates = self.workers.candidates(attempts.tried)
+        if not candidates:
+            return None
+        worker = self.balancer.pick(candidates)
+        worker.in_flight += 1
+        worker.calls += 1
+        return worker
+
+    def _attempt(
+        self, worker: Worker, path: str, data: bytes, attempts: Attempts, metadata: Metadata
+    ) -> Plan[bytes]:
+        started = self.clock()
+        try:
+            request = Request(path, data, attempts.timeout(), metadata)
+            reply = yield Send(worker.channel, request)
+        except CallError as error:
+            worker.record_latency(self.clock() - started, self.clock())
+            self._observe(worker, error.trailers)
+            if error.code == grpc.StatusCode.UNAVAILABLE:
+                self._drop(worker, error.details)
+            raise
+        finally:
+            worker.in_flight -= 1
+            if worker.retired and worker.in_flight == 0:
+                self._closing.append(worker.channel)
+        worker.record_latency(self.clock() - started, self.clock())
+        self._observe(worker, reply.trailers)
+        return bytes(reply.data)
+
+    def _observe(self, worker: Worker, trailers: Metadata) -> None:
+        identity, report = read_trailers(trailers)
+        if report is not None:
+            worker.load = report
+        if identity is not None and identity != worker.identity:
+            # The transport reconnected this channel and reached another process.
+            self._drop(worker, f"its connection now reaches {identity}")
+
+    # -- state ------------------------------------------------------------------------------
+
+    def worker_infos(self) -> list[WorkerInfo]:
+        return [w.info() for w in self.workers.workers()]
+
+    def close(self) -> list[Any]:
+        """Forget every worker; the channels to close."""
+        self.closed = True
+        workers = self.workers.workers()
+        for worker in workers:
+            self.workers.remove(worker)
+        return [w.channel for w in workers]

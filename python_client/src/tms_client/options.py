@@ -1,0 +1,97 @@
+"""``ClientOptions``: how a client finds TMS servers and talks to them, in one value.
+
+``ModelClient``, ``AsyncModelClient``, ``AdminClient`` and the ``tms`` command all take one,
+so a new option is one field here. Build it once and share it, or pass its fields as keyword
+arguments of a client (each keyword overrides the field of the same name)::
+
+    options = ClientOptions(target="localhost:50051", timeout=10, token=token)
+    face = ModelClient("face", options=options)
+    face = ModelClient("face", "localhost:50051", timeout=10, token=token)  # the same
+
+Its repr shows the targets, timeouts and policies, never the token or a TLS key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tms_client.balancers import Balancer
+from tms_client.retry import RetryPolicy
+from tms_client.targets import parse_targets
+from tms_client.tls import TLS, auth_metadata
+
+__all__ = ["ClientOptions"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientOptions:
+    """Settings of a TMS client.
+
+    - ``target``: ``"host:port"``, a list of them, or ``"dns:///name:port"`` for every
+      address the name resolves to (looked up again whenever the client looks for workers).
+    - ``connect_timeout``: seconds to wait for the servers when the client starts (then
+      ``ConnectError``).
+    - ``timeout``: each call's deadline in seconds, retries included (None: no deadline).
+    - ``balancer``: which worker gets a call (None: ``LeastLoaded()``; see tms_client.balancers).
+    - ``retry``: which failures are tried again, on another worker (``RetryPolicy.never()``
+      turns retries off).
+    - ``max_message_mb``: the largest request or reply, in MiB.
+    - ``discovery_attempts``: connections to open at an address to find its workers
+      (None: four per worker the server says it runs, plus four).
+    - ``refresh_interval``: seconds between background searches for missing workers.
+    - ``tls``: connect over TLS (see ``TLS``); ``token``: sent as ``authorization: Bearer
+      <token>`` with every call.
+    """
+
+    target: str | Sequence[str]
+    connect_timeout: float = 10.0
+    timeout: float | None = 60.0
+    balancer: Balancer | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_message_mb: int = 64
+    discovery_attempts: int | None = None
+    refresh_interval: float = 2.0
+    tls: TLS | None = None
+    token: str | None = field(default=None, repr=False)
+    #: ``target`` checked and as a tuple.
+    targets: tuple[str, ...] = field(init=False, repr=False)
+    #: The metadata sent with every call (the token).
+    metadata: tuple[tuple[str, str], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", parse_targets(self.target))
+        object.__setattr__(self, "metadata", auth_metadata(self.token))
+        if self.connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout must be positive (or None: no deadline)")
+        if self.max_message_mb < 1:
+            raise ValueError("max_message_mb must be at least 1")
+        if self.refresh_interval <= 0:
+            raise ValueError("refresh_interval must be positive")
+        if self.discovery_attempts is not None and self.discovery_attempts < 1:
+            raise ValueError("discovery_attempts must be at least 1")
+
+    @classmethod
+    def of(
+        cls,
+        target: str | Sequence[str] | None,
+        options: ClientOptions | None,
+        overrides: dict[str, Any],
+    ) -> ClientOptions:
+        """What a client's arguments add up to: ``options`` (or the defaults) with ``target``
+        and each keyword in ``overrides`` put in."""
+        if target is not None:
+            overrides = {**overrides, "target": target}
+        if options is None:
+            if "target" not in overrides:
+                raise TypeError("give a target ('host:port') or options=ClientOptions(...)")
+            return cls(**overrides)
+        return dataclasses.replace(options, **overrides) if overrides else options
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024

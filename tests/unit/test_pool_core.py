@@ -1,0 +1,287 @@
+"""The pool's behaviour, over a scripted transport: the unit twins of tests/test_resilience.py.
+
+Each scenario runs against both pools, ``WorkerPool`` (threads) and ``AsyncWorkerPool``
+(asyncio), which carry out the same core (tms_client.core); the first test drives the core
+by hand, with no pool at all. Together they take well under two seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from tests.scripted import WORKER_INFO, AsyncScripted, FakeServer, ScriptedTransport
+from tms.v1 import model_service_pb2
+from tms_client import (
+    CallError,
+    ClientOptions,
+    LeastLoaded,
+    RetryPolicy,
+    RoundRobin,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from tms_client.aio_pool import AsyncWorkerPool
+from tms_client.core import Open, PoolCore, Search, Send, Sleep
+from tms_client.pool import WorkerPool
+from tms_client.protocol.methods import method_path
+from tms_client.transport import Reply
+from tms_client.workers import WorkerInfo
+
+T = TypeVar("T")
+PATH = method_path("RunText")
+#: Quick retries, so that a scenario with several takes milliseconds.
+FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.005)
+
+
+class Threads:
+    """A WorkerPool over the scripted world."""
+
+    def __init__(self, world: ScriptedTransport, options: ClientOptions) -> None:
+        self.pool = WorkerPool(options, world)
+        self.pool.start()
+
+    def call(self, data: bytes = b"x", timeout: float | None = 5.0) -> bytes:
+        return self.pool.call(PATH, data, timeout=timeout)
+
+    def workers(self) -> list[WorkerInfo]:
+        return self.pool.worker_infos()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class Asyncio:
+    """An AsyncWorkerPool over the scripted world, on an event loop in a thread of its own
+    (so its healer runs between the test's calls)."""
+
+    def __init__(self, world: ScriptedTransport, options: ClientOptions) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.pool = AsyncWorkerPool(options, AsyncScripted(world))
+        try:
+            self._run(self.pool.start())
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
+
+    def call(self, data: bytes = b"x", timeout: float | None = 5.0) -> bytes:
+        return self._run(self.pool.call(PATH, data, timeout=timeout))
+
+    def workers(self) -> list[WorkerInfo]:
+        async def infos() -> list[WorkerInfo]:
+            return self.pool.worker_infos()
+
+        return self._run(infos())
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self._run(self.pool.close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+        self.loop.close()
+
+
+Pool = Threads | Asyncio
+MakePool = Callable[..., Pool]
+
+
+@pytest.fixture(params=["threads", "asyncio"])
+def make_pool(request: pytest.FixtureRequest) -> Iterator[MakePool]:
+    """``make_pool(world, **options)``: a started pool of the parametrized kind."""
+    pools: list[Pool] = []
+    kind = Threads if request.param == "threads" else Asyncio
+
+    def make(world: ScriptedTransport, **options: Any) -> Pool:
+        targets = list(world.servers)
+        options.setdefault("retry", FAST_RETRY)
+        pool = kind(world, ClientOptions(target=targets, **options))
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def pids(pool: Pool) -> set[int]:
+    return {w.pid for w in pool.workers()}
+
+
+def live_pids(*servers: FakeServer) -> set[int]:
+    return {w.pid for s in servers for w in s.workers if w.alive}
+
+
+def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the pool did not get there in time"
+        time.sleep(0.002)
+
+
+def sent(world: ScriptedTransport) -> list[Any]:
+    """The model calls the pool sent (not its GetWorkerInfo calls)."""
+    return [r for r in world.requests if r.path == PATH]
+
+
+def test_the_core_decides_and_leaves_every_action_to_its_pool() -> None:
+    core = PoolCore(ClientOptions(target="a:1"))
+    finding = core.find("a:1", 1.0, wait=True)
+    assert core.advance(finding).action == Open("a:1")
+    step = core.advance(finding, "channel-1")
+    assert isinstance(step.action, Send)
+    assert step.action.request.path == WORKER_INFO
+    assert step.action.request.wait_for_ready  # the first connection waits for the server
+    info = model_service_pb2.GetWorkerInfoResponse(instance_id="i", pid=7, worker_count=1)
+    step = core.advance(finding, Reply(info.SerializeToString(), ()))
+    assert step.action is None  # the server's one worker is known
+    assert step.error is None
+
+    calling = core.call(PATH, b"hello", timeout=1.0)
+    step = core.advance(calling)
+    assert isinstance(step.action, Send)
+    assert (step.action.channel, step.action.request.data) == ("channel-1", b"hello")
+    gone = UnavailableError(grpc.StatusCode.UNAVAILABLE, "connection reset")
+    step = core.advance(calling, error=gone)
+    # The worker is dropped: its channel closes, the background search wakes, and the call
+    # waits for a backoff before its next attempt.
+    assert (step.closing, step.wake) == (["channel-1"], True)
+    assert isinstance(step.action, Sleep)
+    assert isinstance(core.advance(calling).action, Search)  # no worker left: look for one
+    step = core.advance(calling)  # ... which found none
+    assert isinstance(step.action, Sleep)
+    step = core.advance(calling)  # too soon to search again: fail, and back off again
+    assert isinstance(step.action, Sleep)
+
+
+def test_start_finds_every_worker_and_spreads_calls(make_pool: MakePool) -> None:
+    # the twin of test_two_hosts_behind_one_client
+    a, b = FakeServer("a:1", 2), FakeServer("b:1", 3)
+    pool = make_pool(ScriptedTransport(a, b), balancer=RoundRobin())
+    assert pids(pool) == live_pids(a, b)
+    for _ in range(10):
+        assert pool.call(b"x") == b"x"
+    assert [w.calls for w in a.workers + b.workers] == [2, 2, 2, 2, 2]
+
+
+def test_a_worker_dying_mid_call_is_retried_elsewhere_and_replaced(make_pool: MakePool) -> None:
+    # the twin of test_kill_a_worker_every_second_loses_no_call
+    server = FakeServer("a:1", 2)
+    pool = make_pool(ScriptedTransport(server), balancer=RoundRobin())
+    victim = server.workers[0]
+    victim.doomed = True  # RoundRobin sends it the first call
+    assert pool.call(b"x") == b"x"
+    assert victim.pid not in live_pids(server)
+    assert sum(w.calls for w in server.workers) == 1  # the worker left, or the replacement
+    eventually(lambda: pids(pool) == live_pids(server))  # its replacement is found
+
+
+def test_a_restarted_server_loses_no_call(make_pool: MakePool) -> None:
+    # the twin of test_whole_server_restart_under_load
+    server = FakeServer("a:1", 3)
+    world = ScriptedTransport(server)
+    pool = make_pool(world)
+    before = pids(pool)
+    server.restart()
+    assert pool.call(b"x") == b"x"
+    eventually(lambda: pids(pool) == live_pids(server))
+    assert not before & pids(pool)
+
+
+def test_a_connection_that_now_reaches_another_worker_is_dropped(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 2)
+    server.reconnect = True  # as gRPC does: a broken connection reconnects, to any worker
+    pool = make_pool(ScriptedTransport(server), balancer=RoundRobin())
+    first = server.workers[0]
+    server.replace(first)
+    assert pool.call(b"x") == b"x"  # answered, by another process than the one it knew
+    eventually(lambda: pids(pool) == live_pids(server))
+    assert first.pid not in pids(pool)
+
+
+def test_an_empty_pool_searches_at_most_every_tenth_of_a_second(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 1)
+    world = ScriptedTransport(server)
+    pool = make_pool(world, retry=RetryPolicy.never(), refresh_interval=60)
+    server.stop()
+    opened = len(world.opened)
+    failed = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 0.2:
+        with pytest.raises(UnavailableError):
+            pool.call(b"x")
+        failed += 1
+    elapsed = time.monotonic() - started
+    searches = len(world.opened) - opened  # each search opens one connection to the server
+    # on demand at most every 0.1 s; in the background every 0.25 s while workers are missing
+    assert searches <= elapsed / 0.1 + elapsed / 0.25 + 2
+    assert failed > searches
+
+
+def test_least_loaded_keeps_calls_away_from_a_slow_worker(make_pool: MakePool) -> None:
+    # the twin of test_least_loaded_keeps_calls_away_from_a_slow_worker (live)
+    server = FakeServer("a:1", 2)
+    fast, slow = server.workers
+    slow.delay = 0.05
+    pool = make_pool(ScriptedTransport(server), balancer=LeastLoaded(seed=1))
+    for _ in range(40):
+        pool.call(b"x")
+    assert slow.calls <= 3
+    assert fast.calls >= 37
+
+
+def test_refused_credentials_raise_at_once(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 2)
+    server.refuse = True
+    world = ScriptedTransport(server)
+    with pytest.raises(UnauthenticatedError):
+        make_pool(world, connect_timeout=60)  # not waited for: no server will take the token
+    assert len(world.opened) == 1
+
+
+def test_a_revoked_token_fails_the_call_without_retrying(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 2)
+    world = ScriptedTransport(server)
+    pool = make_pool(world)
+    server.refuse = True
+    with pytest.raises(UnauthenticatedError):
+        pool.call(b"x")
+    assert len(sent(world)) == 1
+
+
+def test_a_draining_worker_s_refusal_is_retried_elsewhere(make_pool: MakePool) -> None:
+    # the twin of test_sigterm_under_load_loses_no_accepted_call: a stopping worker cancels
+    # the calls it has not started; the client sends them to another worker, and keeps it
+    server = FakeServer("a:1", 2)
+    pool = make_pool(ScriptedTransport(server), balancer=RoundRobin())
+    draining, other = server.workers
+    draining.fail = grpc.StatusCode.CANCELLED
+    assert pool.call(b"x") == b"x"
+    assert (draining.calls, other.calls) == (1, 1)
+    assert pids(pool) == live_pids(server)
+
+
+def test_retries_stop_at_the_deadline(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 2)
+    for worker in server.workers:
+        worker.fail = grpc.StatusCode.CANCELLED
+    world = ScriptedTransport(server)
+    retry = RetryPolicy(attempts=1000, initial_backoff=0.01, multiplier=1, jitter=0)
+    pool = make_pool(world, retry=retry)
+    with pytest.raises(CallError) as caught:
+        pool.call(b"x", timeout=0.1)
+    assert caught.value.code in {grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
+    timeouts = [request.timeout for request in sent(world)]
+    assert 2 <= len(timeouts) <= 0.1 / 0.01 + 1  # it retried, and waited between attempts
+    assert all(0 < t <= 0.1 for t in timeouts)  # each attempt gets only the time left
+    assert timeouts == sorted(timeouts, reverse=True)
