@@ -32,6 +32,7 @@ from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel
 
 __all__ = [
+    "CHANNELS",
     "declared_pixels",
     "encode_output",
     "image_outputs",
@@ -43,7 +44,8 @@ __all__ = [
 log = logging.getLogger("tms_server")
 T = TypeVar("T")
 
-_CHANNELS: dict[ColorValue, int] = {
+#: Channels of an image in each colour order (the tms.v1 and OIP services check shapes by it).
+CHANNELS: dict[ColorValue, int] = {
     image_pb2.COLOR_ORDER_GRAY: 1,
     image_pb2.COLOR_ORDER_RGB: 3,
     image_pb2.COLOR_ORDER_BGR: 3,
@@ -102,7 +104,7 @@ def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> ColorValue:
     channels = 1 if array.ndim == 2 else array.shape[2]
     if channels == 1:
         return image_pb2.COLOR_ORDER_GRAY
-    if channels == _CHANNELS[model.color]:
+    if channels == CHANNELS[model.color]:
         return model.color
     wanted = image_pb2.ColorOrder.Name(model.color)
     raise InvalidArgument(

@@ -171,6 +171,13 @@ def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any
             yield ep.name, ep.load
 
 
+def _check_name(name: str) -> None:
+    """INVALID_ARGUMENT for a name that cannot be a model's."""
+    if not NAME_PATTERN.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise InvalidArgument(f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -")
+
+
 class ModelRegistry:
     """The models of one worker process, by name, and the ones that failed to load."""
 
@@ -211,9 +218,7 @@ class ModelRegistry:
     def source(self, name: str) -> Any:
         """The loader of model ``name``'s class: INVALID_ARGUMENT for a name that cannot be
         a model's, NOT_FOUND when neither the models folder nor an entry point has it."""
-        if not NAME_PATTERN.fullmatch(name):
-            shown = name if len(name) <= 80 else name[:80] + "..."
-            raise InvalidArgument(f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -")
+        _check_name(name)
         load_class = dict(_sources(self._folder, self._entry_points)).get(name)
         if load_class is None:
             raise NotFound(f"no model named {name!r} in the models folder or entry points")
@@ -246,8 +251,6 @@ class ModelRegistry:
             return model
         if name in self.failed:
             raise FailedPrecondition(f"model {name!r} failed to load: {self.failed[name]}")
-        if not NAME_PATTERN.fullmatch(name):
-            shown = name if len(name) <= 80 else name[:80] + "..."
-            raise InvalidArgument(f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -")
+        _check_name(name)
         known = ", ".join(self.models) or "none"
         raise NotFound(f"no model named {name!r}; models: {known}")

@@ -1,6 +1,7 @@
 """One worker process: load the models, serve them on the shared port, stop gracefully.
 
-``build_server`` is also what tests use to run a worker inside the test process.
+``build_server`` is also what tests use to run a worker inside the test process; the gRPC
+server it starts, with its options and services, is made by tms_server.services.
 """
 
 from __future__ import annotations
@@ -17,35 +18,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from PIL import Image as PILImage
 
-from tms.v1 import model_service_pb2
 from tms_server import __version__, oip, security
-from tms_server import admin as admin_service
 from tms_server.admin import AdminServicer, Reloader
 from tms_server.admission import CallRunner, limit_arenas
 from tms_server.board import WorkerBoard
-from tms_server.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from tms_server.health import HealthServicer
 from tms_server.load import WorkerLoad
 from tms_server.monitor import WorkerMonitor
 from tms_server.registry import ModelRegistry
-from tms_server.rpc import Worker, add_service
-from tms_server.servicer import (
-    MODEL_CALLS,
-    RAW_REQUESTS,
-    RAW_RESPONSES,
-    ModelServicer,
-    WorkerIdentity,
-)
+from tms_server.rpc import Worker
+from tms_server.servicer import ModelServicer, WorkerIdentity
+from tms_server.services import grpc_options, new_grpc_server, report_serving
 from tms_server.settings import Settings
 from tms_server.stalls import StallWatch
 
+# grpc_options now lives in tms_server.services; it stays importable from here.
 __all__ = ["EXIT_HUNG", "RunningServer", "build_server", "grpc_options", "run_worker"]
 
 log = logging.getLogger("tms_server")
@@ -127,32 +118,6 @@ async def _stop(server: grpc.aio.Server, grace: float | None) -> None:
     await asyncio.get_running_loop().shutdown_asyncgens()
 
 
-def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
-    """The gRPC server options: shared port, message size, keepalive and connection limits."""
-    options: list[tuple[str, Any]] = [
-        ("grpc.so_reuseport", 1),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        # Ping every connection, idle ones too, and drop those whose peer does not answer.
-        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        # A connection that never finishes its handshake (a silent socket) is closed.
-        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
-        ("grpc.max_allowed_incoming_connections", settings.max_connections),
-        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
-    ]
-    if settings.max_connection_idle_seconds:
-        idle = int(settings.max_connection_idle_seconds * 1000)
-        options.append(("grpc.max_connection_idle_ms", idle))
-    if settings.max_connection_age_seconds:
-        age = int(settings.max_connection_age_seconds * 1000)
-        options.append(("grpc.max_connection_age_ms", age))
-        options.append(("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)))
-    return options
-
-
 def build_server(
     settings: Settings,
     identity: WorkerIdentity,
@@ -217,38 +182,21 @@ async def _start(
     )
     watch = StallWatch(settings.slow_client_seconds, settings.max_untaken_mb * 1024 * 1024)
     worker = Worker(load, runner, watch)
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    if settings.tokens_file is not None:
-        tokens = security.TokenFile(settings.tokens_file, "tokens_file")
-        interceptors.append(security.TokenInterceptor(tokens))
-    server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
-    servicer = ModelServicer(
+    models = ModelServicer(
         registry,
         identity,
         max_pixels=settings.max_pixels,
         max_batch_size=settings.max_batch_size,
         load=load,
     )
-    add_service(
-        server,
-        model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
-        servicer,
-        worker,
-        raw_requests=RAW_REQUESTS,
-        raw_responses=RAW_RESPONSES,
-        weighers=servicer.weighers(),
-        model_calls=MODEL_CALLS,
-    )
-    inference = oip.InferenceServicer(servicer, registry)
-    add_service(server, oip.SERVICE, inference, worker, model_calls={"ModelInfer"})
-    health_servicer = HealthServicer(loop, max_watches=settings.max_health_watches)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    inference = oip.InferenceServicer(models, registry)
+    health = HealthServicer(loop, max_watches=settings.max_health_watches)
     admin_tokens = (
         security.TokenFile(settings.admin_tokens_file, "admin_tokens_file")
         if settings.admin_tokens_file is not None
         else None
     )
-    reloader = Reloader(registry, health_servicer)
+    reloader = Reloader(registry, health)
     admin = AdminServicer(
         registry=registry,
         reloader=reloader,
@@ -257,41 +205,18 @@ async def _start(
         load=load,
         admin_tokens=admin_tokens,
     )
-    add_service(server, admin_service.SERVICE, admin, worker)
-    service_name = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
-    reflection.enable_server_reflection(
-        [
-            service_name,
-            admin_service.SERVICE_NAME,
-            oip.SERVICE_NAME,
-            HEALTH_SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    server, port = new_grpc_server(
+        settings, bind, worker, models=models, inference=inference, admin=admin, health=health
     )
-    if settings.tls:
-        port = server.add_secure_port(bind, security.server_credentials(settings))
-    else:
-        port = server.add_insecure_port(bind)
     watch.port = port
     await server.start()
-    serving, not_serving = (
-        health_pb2.HealthCheckResponse.SERVING,
-        health_pb2.HealthCheckResponse.NOT_SERVING,
-    )
-    for name in registry.models:
-        health_servicer.set(name, serving)
-    for name in registry.failed:
-        health_servicer.set(name, not_serving)
-    health_servicer.set(service_name, serving)
-    health_servicer.set(oip.SERVICE_NAME, serving)
-    health_servicer.set("", serving)
+    report_serving(health, registry)
     watch.start()
     pulse = loop.create_task(_pulse(load), name="tms-pulse")
     return RunningServer(
         server=server,
         loop=loop,
-        health=health_servicer,
+        health=health,
         registry=registry,
         load=load,
         port=port,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_server.oip.tensors import BYTES, CHANNELS, DATATYPES, OUTPUT_IMAGE, RESULT
+from tms_server.invoke import CHANNELS
+from tms_server.oip.tensors import BYTES, DATATYPES, OUTPUT_IMAGE, RESULT
 from tms_server.registry import LoadedModel
 
 __all__ = ["PLATFORM", "VERSION", "DescribedModel"]

@@ -18,6 +18,7 @@ from tms_server.errors import Internal, InvalidArgument, NotFound
 
 # The tms.v1 servicer's input checks and model calls, shared so both APIs behave alike.
 from tms_server.invoke import (
+    CHANNELS,
     encode_output,
     image_outputs,
     prepare_image,
@@ -28,7 +29,6 @@ from tms_server.limits import parse_args
 from tms_server.oip.models import PLATFORM, VERSION, DescribedModel
 from tms_server.oip.tensors import (
     BYTES,
-    CHANNELS,
     CONFIG_TYPES,
     DATATYPES,
     IMAGE,

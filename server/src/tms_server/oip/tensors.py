@@ -16,7 +16,6 @@ from tms_server.errors import InvalidArgument
 
 __all__ = [
     "BYTES",
-    "CHANNELS",
     "CONFIG_TYPES",
     "DATATYPES",
     "IMAGE",
@@ -76,13 +75,6 @@ _CONTENTS_FIELDS = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
     BYTES: "bytes_contents",
-}
-CHANNELS = {
-    image_pb2.COLOR_ORDER_GRAY: 1,
-    image_pb2.COLOR_ORDER_RGB: 3,
-    image_pb2.COLOR_ORDER_BGR: 3,
-    image_pb2.COLOR_ORDER_RGBA: 4,
-    image_pb2.COLOR_ORDER_BGRA: 4,
 }
 
 Tensor = oip.ModelInferRequest.InferInputTensor
