@@ -12,19 +12,17 @@ from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
 from tms_client.protocol.codec import (
-    ColorValue,
     DTypeValue,
     EncodingValue,
     ImageError,
-    convert_color,
     decode_image,
     dtype_of,
     encode_array,
     encode_file,
-    from_json,
     numpy_dtype,
-    to_json,
 )
+from tms_client.protocol.colors import ColorValue, convert_color
+from tms_client.protocol.jsontext import from_json, to_json
 
 GRAY = image_pb2.COLOR_ORDER_GRAY
 RGB = image_pb2.COLOR_ORDER_RGB

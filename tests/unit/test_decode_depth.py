@@ -13,7 +13,8 @@ import pytest
 from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
-from tms_client.protocol.codec import ColorValue, EncodingValue, decode_image
+from tms_client.protocol.codec import EncodingValue, decode_image
+from tms_client.protocol.colors import ColorValue
 
 GRAY = image_pb2.COLOR_ORDER_GRAY
 RGB = image_pb2.COLOR_ORDER_RGB

@@ -12,7 +12,8 @@ from PIL import Image as PILImage
 import tms_client
 from tms.v1 import image_pb2
 from tms_client.images import to_message
-from tms_client.protocol.codec import convert_color, decode_image, encode_array
+from tms_client.protocol.codec import decode_image, encode_array
+from tms_client.protocol.colors import convert_color
 
 
 # convert_color: luma of the widest integer types neither overflows nor loses precision.

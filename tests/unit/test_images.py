@@ -12,13 +12,8 @@ from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
 from tms_client.images import color_order, from_message, to_message
-from tms_client.protocol.codec import (
-    ColorValue,
-    EncodingValue,
-    ImageError,
-    decode_image,
-    encode_array,
-)
+from tms_client.protocol.codec import EncodingValue, ImageError, decode_image, encode_array
+from tms_client.protocol.colors import ColorValue
 
 GRAY = image_pb2.COLOR_ORDER_GRAY
 RGB = image_pb2.COLOR_ORDER_RGB

@@ -18,7 +18,8 @@ from google.protobuf import wrappers_pb2
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.images import ImageInput, from_message, to_parts
 from tms_client.options import ClientOptions
-from tms_client.protocol.codec import color_name, from_json
+from tms_client.protocol.colors import color_name
+from tms_client.protocol.jsontext import from_json
 from tms_client.protocol.methods import HEALTH_CHECK, IMAGE_FIELD, OUTPUT_FIELD, method_path
 from tms_client.protocol.wire import join_images, split_images
 

@@ -15,16 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tms.v1 import image_pb2
-from tms_client.protocol.codec import (
-    COLOR_ORDERS,
-    ColorValue,
-    ImageError,
-    color_order,
-    convert_color,
-    decode_image,
-    encode_parts,
-    file_parts,
-)
+from tms_client.protocol.codec import ImageError, decode_image, encode_parts, file_parts
+from tms_client.protocol.colors import COLOR_ORDERS, ColorValue, color_order, convert_color
 from tms_client.protocol.wire import ImageParts
 
 __all__ = [

@@ -17,15 +17,9 @@ import numpy.typing as npt
 from PIL import Image as PILImage
 
 from tms.v1 import image_pb2
-from tms_client.protocol.codec import (
-    ColorValue,
-    EncodingValue,
-    ImageError,
-    convert_color,
-    decode_image,
-    encode_parts,
-    to_json,
-)
+from tms_client.protocol.codec import EncodingValue, ImageError, decode_image, encode_parts
+from tms_client.protocol.colors import ColorValue, convert_color
+from tms_client.protocol.jsontext import to_json
 from tms_client.protocol.wire import ImageParts
 from tms_server.errors import Internal, InvalidArgument
 from tms_server.model import InvalidInput

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.protocol.codec import ColorValue, DTypeValue, color_order, dtype_of
+from tms_client.protocol.codec import DTypeValue, dtype_of
+from tms_client.protocol.colors import ColorValue, color_order
 from tms_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from tms_server.model import Model
 

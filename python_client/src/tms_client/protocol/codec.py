@@ -1,50 +1,42 @@
-"""Image and JSON codec shared by the TMS client and server.
+"""Image codec shared by the TMS client and server.
 
-Turns numpy arrays into ``tms.v1.Image`` messages and back, converts between colour orders,
-and turns model results into JSON text. Raw pixels decode to a read-only numpy view of the
-message bytes: no copy. PNG/JPEG need Pillow (the ``pil`` extra), imported only when used.
+Turns numpy arrays into ``tms.v1.Image`` messages and back (colour orders are in
+``protocol.colors``, JSON results in ``protocol.jsontext``). Raw pixels decode to a read-only
+numpy view of the message bytes: no copy. PNG/JPEG need Pillow (the ``pil`` extra), imported
+only when used.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from tms.v1 import image_pb2
+from tms_client.protocol.colors import LAYOUT, RGB_OF, ColorValue, convert_color
 from tms_client.protocol.wire import Buffer, ImageParts
 
 __all__ = [
-    "COLOR_ORDERS",
-    "ColorValue",
     "DTypeValue",
     "EncodingValue",
     "ImageError",
     "check_channels",
-    "color_name",
-    "color_order",
-    "convert_color",
     "decode_image",
     "dtype_of",
     "encode_array",
     "encode_file",
     "encode_parts",
     "file_parts",
-    "from_json",
     "numpy_dtype",
-    "to_json",
 ]
 
 DType = image_pb2.DType
 ColorOrder = image_pb2.ColorOrder
 Encoding = image_pb2.Encoding
 DTypeValue: TypeAlias = image_pb2.DType.ValueType
-ColorValue: TypeAlias = image_pb2.ColorOrder.ValueType
 EncodingValue: TypeAlias = image_pb2.Encoding.ValueType
 
 _NUMPY_DTYPES: dict[DTypeValue, np.dtype[Any]] = {
@@ -61,14 +53,6 @@ _NUMPY_DTYPES: dict[DTypeValue, np.dtype[Any]] = {
 }
 _DTYPES_BY_KIND = {(dt.kind, dt.itemsize): code for code, dt in _NUMPY_DTYPES.items()}
 
-# Channel letters of each colour order; "L" is one channel of intensity.
-_LAYOUT: dict[ColorValue, str] = {
-    image_pb2.COLOR_ORDER_GRAY: "L",
-    image_pb2.COLOR_ORDER_RGB: "RGB",
-    image_pb2.COLOR_ORDER_BGR: "BGR",
-    image_pb2.COLOR_ORDER_RGBA: "RGBA",
-    image_pb2.COLOR_ORDER_BGRA: "BGRA",
-}
 # What a decoded PNG/JPEG holds, by Pillow mode.
 _PIL_COLOR: dict[str, ColorValue] = {
     "L": image_pb2.COLOR_ORDER_GRAY,
@@ -90,41 +74,10 @@ _PIL_GRAY16 = ("I;16", "I")
 # row filters still apply) reads the low bytes it dropped.
 _PNG16_LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 _PIL_FORMATS = {image_pb2.ENCODING_PNG: "PNG", image_pb2.ENCODING_JPEG: "JPEG"}
-_RGB_OF = {
-    image_pb2.COLOR_ORDER_BGR: image_pb2.COLOR_ORDER_RGB,
-    image_pb2.COLOR_ORDER_BGRA: image_pb2.COLOR_ORDER_RGBA,
-}
-
-
-#: Colour orders by the names models and clients use for them.
-COLOR_ORDERS: dict[str | None, ColorValue] = {
-    None: image_pb2.COLOR_ORDER_UNSPECIFIED,
-    "gray": image_pb2.COLOR_ORDER_GRAY,
-    "rgb": image_pb2.COLOR_ORDER_RGB,
-    "bgr": image_pb2.COLOR_ORDER_BGR,
-    "rgba": image_pb2.COLOR_ORDER_RGBA,
-    "bgra": image_pb2.COLOR_ORDER_BGRA,
-}
 
 
 class ImageError(ValueError):
     """An image message that cannot be decoded: the message says what is wrong."""
-
-
-def color_order(name: str | None) -> ColorValue:
-    """The ``tms.v1.ColorOrder`` of a name: gray, rgb, bgr, rgba, bgra or None."""
-    key = name.lower() if name is not None else None
-    if key not in COLOR_ORDERS:
-        raise ValueError(f"unknown colour order {name!r}; use gray, rgb, bgr, rgba, bgra or None")
-    return COLOR_ORDERS[key]
-
-
-def color_name(order: ColorValue) -> str | None:
-    """The name of a ``tms.v1.ColorOrder`` (``"bgr"``...), None for UNSPECIFIED or unknown."""
-    for name, value in COLOR_ORDERS.items():
-        if value == order:
-            return name
-    return None
 
 
 def numpy_dtype(dtype: DTypeValue) -> np.dtype[Any]:
@@ -152,7 +105,7 @@ def check_channels(shape: tuple[int, ...], color_order: ColorValue) -> None:
         raise ImageError(f"image shape {list(shape)} must be (H, W) or (H, W, C)")
     if color_order == image_pb2.COLOR_ORDER_UNSPECIFIED:
         return
-    layout = _LAYOUT.get(color_order)
+    layout = LAYOUT.get(color_order)
     if layout is None:
         raise ImageError(f"unknown color_order {color_order}")
     channels = 1 if len(shape) == 2 else shape[2]
@@ -212,7 +165,7 @@ def encode_parts(
         if color_order in (image_pb2.COLOR_ORDER_UNSPECIFIED, image_pb2.COLOR_ORDER_GRAY):
             raise ImageError(f"a {fmt} of {array.shape[2]} channels needs an RGB(A)/BGR(A) order")
         if color_order in (image_pb2.COLOR_ORDER_BGR, image_pb2.COLOR_ORDER_BGRA):
-            target = _RGB_OF[color_order]
+            target = RGB_OF[color_order]
             array, color_order = convert_color(array, color_order, target), target
         if fmt == "JPEG" and color_order == image_pb2.COLOR_ORDER_RGBA:
             raise ImageError("JPEG cannot hold an alpha channel")
@@ -348,73 +301,3 @@ def _reread_png(pil: Any, data: Buffer, rawmode: str) -> npt.NDArray[np.uint8]:
         img.tile = [(*img.tile[0][:3], rawmode)]
         pixels: npt.NDArray[np.uint8] = np.asarray(img)
     return pixels
-
-
-def convert_color(
-    array: npt.NDArray[Any], source: ColorValue, target: ColorValue
-) -> npt.NDArray[Any]:
-    """``array`` in colour order ``source`` converted to ``target``.
-
-    Returns ``array`` itself when nothing needs converting or either order is unspecified.
-    Gray comes out as (H, W); colour to gray uses the ITU-R BT.601 luma weights.
-    """
-    if source == target or image_pb2.COLOR_ORDER_UNSPECIFIED in (source, target):
-        return array
-    src, dst = _LAYOUT[source], _LAYOUT[target]
-    if src == "L":
-        gray = array if array.ndim == 2 else array[..., 0]
-        channels = {"R": gray, "G": gray, "B": gray}
-    else:
-        channels = {letter: array[..., i] for i, letter in enumerate(src)}
-    if dst == "L":
-        luma = (
-            0.299 * channels["R"].astype(np.float64)
-            + 0.587 * channels["G"].astype(np.float64)
-            + 0.114 * channels["B"].astype(np.float64)
-        )
-        if array.dtype.kind in "iu":
-            info = np.iinfo(array.dtype)
-            top = float(info.max)
-            if int(top) > info.max:  # float64 rounds int64's largest value up past it
-                top = float(np.nextafter(top, 0.0))
-            luma = np.clip(np.rint(luma), info.min, top)
-        converted: npt.NDArray[Any] = luma.astype(array.dtype)
-        return converted
-    out = np.empty((*array.shape[:2], len(dst)), dtype=array.dtype)
-    for i, letter in enumerate(dst):
-        out[..., i] = channels.get(letter, _opaque(array.dtype))
-    return out
-
-
-def _opaque(dtype: np.dtype[Any]) -> Any:
-    if dtype.kind in "iu":
-        return np.iinfo(dtype).max
-    return True if dtype.kind == "b" else 1.0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_ENCODER = json.JSONEncoder(default=_jsonable, allow_nan=False, separators=(",", ":"))
-
-
-def to_json(value: Any) -> str:
-    """JSON text of a model result; numpy scalars and arrays become numbers and lists.
-
-    Raises TypeError for values JSON cannot hold, ValueError for NaN and infinity.
-    """
-    return _ENCODER.encode(value)
-
-
-def from_json(text: str) -> Any:
-    """The value of JSON text; empty text is None."""
-    return json.loads(text) if text else None

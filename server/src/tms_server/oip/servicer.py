@@ -10,7 +10,8 @@ import grpc
 import numpy.typing as npt
 
 from tms.v1 import image_pb2
-from tms_client.protocol.codec import ColorValue, color_order, numpy_dtype
+from tms_client.protocol.codec import numpy_dtype
+from tms_client.protocol.colors import ColorValue, color_order
 from tms_client.protocol.wire import Buffer, ImageParts
 from tms_server import __version__
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
