@@ -370,4 +370,4 @@ def test_the_server_serves_after_the_fuzzing(
     server: InProcessServer, channel: grpc.Channel
 ) -> None:
     normal(channel)
-    assert server.running.load.in_flight <= 1
+    assert server.running.parts.load.in_flight <= 1

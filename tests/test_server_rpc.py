@@ -497,8 +497,8 @@ def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(tmp_
         slow = threading.Thread(target=lambda: outcome.update(reply=stub.RunImage(request)))
         slow.start()
         time.sleep(0.3)
-        server.running.load.draining = True  # what stop() does first
-        server.running.health.enter_graceful_shutdown()
+        server.running.parts.load.draining = True  # what stop() does first
+        server.running.parts.health.enter_graceful_shutdown()
         status = health.Check(health_pb2.HealthCheckRequest(service="slow")).status
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         quick = pb.RunImageRequest(model="slow", image=raw())
@@ -521,5 +521,5 @@ def test_every_answer_reports_the_workers_load(server):
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         _, call = stub.ListModels.with_call(pb.ListModelsRequest())
         trailers = dict(call.trailing_metadata())
-    assert trailers["tms-worker"] == server.running.load.identity
+    assert trailers["tms-worker"] == server.running.parts.load.identity
     assert "tms-load-bin" in trailers

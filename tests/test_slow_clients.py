@@ -241,7 +241,7 @@ def test_a_caller_that_never_takes_its_answers_is_cut_off(server_process, models
 
 def test_health_watch_streams_are_bounded_and_leave_nothing_behind(in_process_server, models):
     server = in_process_server(models, max_health_watches=50)
-    health = server.running.health
+    health = server.running.parts.health
 
     async def flood() -> list[grpc.StatusCode | None]:
         async with grpc.aio.insecure_channel(server.target) as channel:
@@ -305,7 +305,7 @@ def test_a_worker_whose_event_loop_is_stuck_stops_its_heartbeat(
     # heartbeat comes from the monitor thread, but only while the event loop still runs.
     monkeypatch.setattr("tms_server.monitor.LOOP_SILENT_SECONDS", 0.5)
     server = in_process_server(models)
-    board = server.running.board
+    board = server.running.parts.board
     assert board is not None
     assert wait_for(lambda: board.rows()[0].fresh, 5)
     server.running.loop.call_soon_threadsafe(time.sleep, 4.5)  # a loop that hangs

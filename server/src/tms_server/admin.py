@@ -13,22 +13,17 @@ of a second, reloads, and posts its outcome, which the first worker gathers into
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from tms.v1 import admin_service_pb2, admin_service_pb2_grpc
-from tms_server.board import WorkerBoard
-from tms_server.errors import PermissionDenied, ServiceError, Unavailable
-from tms_server.health import HealthServicer
-from tms_server.load import WorkerLoad
-from tms_server.registry import ModelRegistry
+from tms_server.errors import PermissionDenied, Unavailable
+from tms_server.parts import WorkerParts
 from tms_server.rpc import quick
 from tms_server.security import TokenFile, bearer_token
 
-__all__ = ["SERVICE", "SERVICE_NAME", "AdminServicer", "Reloader"]
+__all__ = ["SERVICE", "SERVICE_NAME", "AdminServicer"]
 
 log = logging.getLogger("tms_server")
 pb = admin_service_pb2
@@ -41,46 +36,11 @@ _RELOAD_WAIT = 600.0
 _POLL = 0.05
 
 
-class Reloader:
-    """Reloads models of one worker process, one at a time, and keeps its health in step."""
-
-    def __init__(self, registry: ModelRegistry, health_servicer: HealthServicer) -> None:
-        self._registry = registry
-        self._health = health_servicer
-        self._lock = threading.Lock()
-
-    def reload(self, name: str) -> str | None:
-        """Reload model ``name``; None when done, else why not (the old model stays)."""
-        with self._lock:
-            try:
-                self._registry.reload(name)
-            except ServiceError as exc:
-                return str(exc)
-            except Exception as exc:
-                log.exception("model %r failed to reload", name)
-                return f"{type(exc).__name__}: {exc}"
-        self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return None
-
-
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     """The AdminService of one worker process; it sees every worker through the board."""
 
-    def __init__(
-        self,
-        *,
-        registry: ModelRegistry,
-        reloader: Reloader,
-        board: WorkerBoard,
-        index: int,
-        load: WorkerLoad,
-        admin_tokens: TokenFile | None,
-    ) -> None:
-        self.load = load
-        self._registry = registry
-        self._reloader = reloader
-        self._board = board
-        self._index = index
+    def __init__(self, parts: WorkerParts, *, admin_tokens: TokenFile | None) -> None:
+        self.parts = parts
         self._tokens = admin_tokens
 
     def _authorize(self, context: grpc.ServicerContext) -> None:
@@ -100,10 +60,10 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         self, request: pb.ListWorkersRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkersResponse:
         self._authorize(context)
+        load = self.parts.load
         workers = []
-        for row in self._board.rows():
-            load = self.load
-            if row.index == self._index:  # this worker: the live numbers
+        for row in self.parts.board.rows():
+            if row.index == self.parts.index:  # this worker: the live numbers
                 in_flight, queued, calls = load.in_flight, load.queued, load.answered
                 serving = not load.draining
             else:
@@ -127,24 +87,25 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> pb.ReloadModelResponse:
         self._authorize(context)
         name = request.model
-        self._registry.source(name)  # INVALID_ARGUMENT or NOT_FOUND before anything happens
+        board, index = self.parts.board, self.parts.index
+        self.parts.registry.source(name)  # INVALID_ARGUMENT or NOT_FOUND before anything happens
         remaining = context.time_remaining()
         wait = _RELOAD_WAIT if remaining is None else max(0.0, min(remaining, _RELOAD_WAIT))
         deadline = time.monotonic() + wait
-        if not self._board.reload_lock.acquire(timeout=wait):
+        if not board.reload_lock.acquire(timeout=wait):
             raise Unavailable("another reload is still running; try again later")
         try:
-            seq = self._board.announce_reload(self._index, name)
+            seq = board.announce_reload(index, name)
             log.info("reloading model %r in every worker (reload %d)", name, seq)
-            self._board.finish_reload(self._index, seq, self._reloader.reload(name))
-            rows = self._board.rows()
+            board.finish_reload(index, seq, self.parts.reloader.reload(name))
+            rows = board.rows()
             while time.monotonic() < deadline:
-                rows = self._board.rows()
+                rows = board.rows()
                 if all(row.reload_done >= seq or not row.fresh for row in rows):
                     break
                 time.sleep(_POLL)
         finally:
-            self._board.reload_lock.release()
+            board.reload_lock.release()
         outcomes = []
         for row in rows:
             if row.reload_done >= seq:

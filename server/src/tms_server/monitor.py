@@ -17,10 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from tms_server.admin import Reloader
 from tms_server.admission import release_memory
-from tms_server.board import WorkerBoard
-from tms_server.load import WorkerLoad
+from tms_server.parts import WorkerParts
 
 __all__ = ["WorkerMonitor"]
 
@@ -36,20 +34,14 @@ class WorkerMonitor:
 
     def __init__(
         self,
+        parts: WorkerParts,
         *,
-        load: WorkerLoad,
-        board: WorkerBoard,
-        index: int,
-        reloader: Reloader,
         call_time_limit: float,
         on_hung: Callable[[], None],
         interval: float = 0.2,
     ) -> None:
-        self.load = load
+        self.parts = parts
         self.hung = False
-        self._board = board
-        self._index = index
-        self._reloader = reloader
         self._limit = call_time_limit
         self._on_hung = on_hung
         self._interval = interval
@@ -57,7 +49,7 @@ class WorkerMonitor:
         self._thread = threading.Thread(target=self._run, name="tms-monitor", daemon=True)
 
     def __repr__(self) -> str:
-        return f"<WorkerMonitor index={self._index} limit={self._limit:g}s hung={self.hung}>"
+        return f"<WorkerMonitor index={self.parts.index} limit={self._limit:g}s hung={self.hung}>"
 
     def start(self) -> None:
         self._thread.start()
@@ -78,10 +70,10 @@ class WorkerMonitor:
         """One round: post the load (the worker's heartbeat, sent only while its event loop
         runs), give memory back after a large call once idle, follow a pending reload, look
         for a hung call."""
-        load = self.load
+        load, board, index = self.parts.load, self.parts.board, self.parts.index
         if time.monotonic() - load.pulse < LOOP_SILENT_SECONDS:
-            self._board.post(
-                self._index,
+            board.post(
+                index,
                 in_flight=load.in_flight,
                 queued=load.queued,
                 calls=load.answered,
@@ -90,11 +82,11 @@ class WorkerMonitor:
         if load.memory_to_release and not load.in_flight:
             load.memory_to_release = False
             release_memory()
-        pending = self._board.pending_reload(self._index)
+        pending = board.pending_reload(index)
         if pending is not None:
             seq, name = pending
             log.info("reloading model %r (reload %d, asked of another worker)", name, seq)
-            self._board.finish_reload(self._index, seq, self._reloader.reload(name))
+            board.finish_reload(index, seq, self.parts.reloader.reload(name))
         if self._limit and not self.hung:
             longest = load.longest_call()
             if longest > self._limit:

@@ -23,12 +23,13 @@ import grpc
 from PIL import Image as PILImage
 
 from tms_server import __version__, oip, security
-from tms_server.admin import AdminServicer, Reloader
+from tms_server.admin import AdminServicer
 from tms_server.admission import CallRunner, limit_arenas
 from tms_server.board import WorkerBoard
 from tms_server.health import HealthServicer
 from tms_server.load import WorkerLoad
 from tms_server.monitor import WorkerMonitor
+from tms_server.parts import Reloader, WorkerParts
 from tms_server.registry import ModelRegistry
 from tms_server.rpc import Worker
 from tms_server.servicer import ModelServicer, WorkerIdentity
@@ -53,24 +54,19 @@ class RunningServer:
 
     server: grpc.aio.Server
     loop: asyncio.AbstractEventLoop
-    health: HealthServicer
-    registry: ModelRegistry
-    load: WorkerLoad
+    parts: WorkerParts
     port: int
     runner: CallRunner
     watch: StallWatch
-    reloader: Reloader = field(repr=False)
     pulse: asyncio.Task[None] = field(repr=False)
     thread: threading.Thread = field(repr=False)
     monitor: WorkerMonitor | None = field(default=None, repr=False)
-    board: WorkerBoard | None = field(default=None, repr=False)
-    index: int = 0
 
     def drain(self) -> None:
         """Report NOT_SERVING and refuse new calls with UNAVAILABLE (clients retry on other
         workers); calls in flight go on. Safe from any thread."""
-        self.load.draining = True
-        self.health.enter_graceful_shutdown()
+        self.parts.load.draining = True
+        self.parts.health.enter_graceful_shutdown()
 
     def stop(self, grace: float | None) -> None:
         """Drain, then stop; in-flight calls get ``grace`` seconds to finish. Model calls still
@@ -88,8 +84,7 @@ class RunningServer:
         self.runner.shutdown()
         if self.monitor is not None:
             self.monitor.stop()
-        if self.board is not None:
-            self.board.leave(self.index, os.getpid())
+        self.parts.board.leave(self.parts.index, os.getpid())
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -150,10 +145,7 @@ def build_server(
     )
     running = asyncio.run_coroutine_threadsafe(start, loop).result()
     running.monitor = WorkerMonitor(
-        load=running.load,
-        board=board,
-        index=index,
-        reloader=running.reloader,
+        running.parts,
         call_time_limit=settings.call_time_limit,
         on_hung=on_hung if on_hung is not None else running.drain,
     )
@@ -174,6 +166,15 @@ async def _start(
     """Make and start the server, on the event loop that is to serve it."""
     loop = asyncio.get_running_loop()
     load = WorkerLoad(identity.key)
+    health = HealthServicer(loop, max_watches=settings.max_health_watches)
+    parts = WorkerParts(
+        index=index,
+        registry=registry,
+        load=load,
+        health=health,
+        board=board,
+        reloader=Reloader(registry, health),
+    )
     runner = CallRunner(
         load,
         threads=settings.threads,
@@ -190,21 +191,12 @@ async def _start(
         load=load,
     )
     inference = oip.InferenceServicer(models, registry)
-    health = HealthServicer(loop, max_watches=settings.max_health_watches)
     admin_tokens = (
         security.TokenFile(settings.admin_tokens_file, "admin_tokens_file")
         if settings.admin_tokens_file is not None
         else None
     )
-    reloader = Reloader(registry, health)
-    admin = AdminServicer(
-        registry=registry,
-        reloader=reloader,
-        board=board,
-        index=index,
-        load=load,
-        admin_tokens=admin_tokens,
-    )
+    admin = AdminServicer(parts, admin_tokens=admin_tokens)
     server, port = new_grpc_server(
         settings, bind, worker, models=models, inference=inference, admin=admin, health=health
     )
@@ -216,17 +208,12 @@ async def _start(
     return RunningServer(
         server=server,
         loop=loop,
-        health=health,
-        registry=registry,
-        load=load,
+        parts=parts,
         port=port,
         runner=runner,
         watch=watch,
-        reloader=reloader,
         pulse=pulse,
         thread=threading.current_thread(),
-        board=board,
-        index=index,
     )
 
 
@@ -281,7 +268,7 @@ def run_worker(
     log.info(
         "worker %d serving %d model(s) on port %d",
         index,
-        len(running.registry.models),
+        len(running.parts.registry.models),
         running.port,
     )
     if ready is not None:
