@@ -42,16 +42,28 @@ _PACKAGE = "tms_models"  # parent of the imported model packages in sys.modules
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model instance with what the server needs to call it."""
+    """A model instance with what the server needs to call it: its description (``info``,
+    as ListModels sends it) and the numpy dtype and shape it takes."""
 
-    name: str
     instance: Any
     info: model_service_pb2.ModelInfo
-    color: ColorValue
-    output_color: ColorValue
     dtype: np.dtype[Any] | None
     input_shape: tuple[int, ...] | None
     lock: contextlib.AbstractContextManager[Any]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def color(self) -> ColorValue:
+        """The colour order the model takes its images in."""
+        return self.info.color_order
+
+    @property
+    def output_color(self) -> ColorValue:
+        """The colour order of the images it returns."""
+        return self.info.output_color_order
 
     def supports(self, call: int) -> bool:
         return call in self.info.calls
@@ -111,16 +123,8 @@ def describe(name: str, instance: Any) -> LoadedModel:
         thread_safe=thread_safe,
         output_color_order=output_color,
     )
-    return LoadedModel(
-        name=name,
-        instance=instance,
-        info=info,
-        color=color,
-        output_color=output_color,
-        dtype=dtype,
-        input_shape=input_shape,
-        lock=contextlib.nullcontext() if thread_safe else threading.Lock(),
-    )
+    lock = contextlib.nullcontext() if thread_safe else threading.Lock()
+    return LoadedModel(instance, info, dtype, input_shape, lock)
 
 
 def _wire_dtype(dtype: np.dtype[Any] | None) -> DTypeValue:
