@@ -14,6 +14,15 @@ if ! command -v zsh >/dev/null || ! command -v fish >/dev/null; then
       || { apt-get update -qq && apt-get install -y -qq zsh fish >/dev/null; }
   fi
 fi
+# The scale-out test serves its DNS name with dnsmasq. dnsmasq-base is the program alone: the
+# dnsmasq package would also start a DNS service on the machine's port 53.
+if ! command -v dnsmasq >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing dnsmasq (scale-out test)" >&2
+    apt-get install -y -qq dnsmasq-base >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq dnsmasq-base >/dev/null; }
+  fi
+fi
 run() { step "$PYTHON" -m uv run --frozen --no-sync "$@"; }
 
 run ruff format --check .
