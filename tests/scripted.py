@@ -144,7 +144,8 @@ class _Connection:
 class ScriptedChannel(_Connection):
     def unary(self, request: Request) -> Reply:
         worker, delay = self.start(request)
-        time.sleep(delay)
+        if delay:
+            time.sleep(delay)
         return self.finish(worker, request)
 
     def stream(self, request: Request, more: Iterable[bytes] = ()) -> Stream:
@@ -157,7 +158,8 @@ class ScriptedChannel(_Connection):
 class AsyncScriptedChannel(_Connection):
     async def unary(self, request: Request) -> Reply:
         worker, delay = self.start(request)
-        await asyncio.sleep(delay)
+        if delay:
+            await asyncio.sleep(delay)
         return self.finish(worker, request)
 
     def stream(self, request: Request, more: Iterable[bytes] = ()) -> AsyncStream:

@@ -292,30 +292,32 @@ class PoolCore:
         while True:
             try:
                 attempts.begin()
-                worker = yield from self._pick(attempts)
+                worker = self._take(attempts)
+                if worker is None:
+                    worker = yield from self._search(attempts)
+                attempts.tried.add(worker.key)
                 return (yield from self._attempt(worker, path, data, attempts, metadata))
             except CallError as error:
                 yield Sleep(attempts.delay_after(error))
 
-    def _pick(self, attempts: Attempts) -> Plan[Worker]:
-        """A worker for the next attempt (one not tried yet if possible), its count raised."""
-        worker = self._take(attempts)
+    def _search(self, attempts: Attempts) -> Plan[Worker]:
+        """When no worker is known: look for workers, but not again within EMPTY_RETRY_GAP
+        of a search that found none (callers failing fast must not turn into a storm of
+        connections); UnavailableError when there is still none."""
+        worker = None
+        if self.clock() >= self._search_after:
+            yield Search(attempts.remaining())
+            worker = self._take(attempts)
         if worker is None:
-            # Look for workers here, but not again within EMPTY_RETRY_GAP of a search that
-            # found none: callers failing fast must not turn into a storm of connections.
-            if self.clock() >= self._search_after:
-                yield Search(attempts.remaining())
-                worker = self._take(attempts)
-            if worker is None:
-                self._search_after = self.clock() + EMPTY_RETRY_GAP
-                raise UnavailableError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"no TMS worker reachable at {', '.join(self.options.targets)}",
-                )
-        attempts.tried.add(worker.key)
+            self._search_after = self.clock() + EMPTY_RETRY_GAP
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no TMS worker reachable at {', '.join(self.options.targets)}",
+            )
         return worker
 
     def _take(self, attempts: Attempts) -> Worker | None:
+        """A worker for the next attempt (one not tried yet if possible), its count raised."""
         candidates = self.workers.candidates(attempts.tried)
         if not candidates:
             return None
