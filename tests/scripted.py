@@ -39,6 +39,7 @@ class FakeWorker:
     delay: float = 0.0  # seconds each model call takes
     fail: grpc.StatusCode | None = None  # every model call ends with this code
     doomed: bool = False  # dies (and is replaced) during its next model call
+    models: tuple[str, ...] = ()  # the models it says it has (empty: all)
     calls: int = 0  # model calls answered
 
     @property
@@ -95,6 +96,7 @@ class FakeServer:
                 instance_id=self.instance, pid=worker.pid, worker_index=worker.index
             )
             info.worker_count = self.count
+            info.models.extend(worker.models)
             return Reply(info.SerializeToString(), trailers)
         worker.calls += 1
         if worker.fail is not None:

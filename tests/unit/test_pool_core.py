@@ -31,7 +31,7 @@ from tms_client.aio_pool import AsyncWorkerPool
 from tms_client.core import Open, PoolCore, Search, Send, Sleep
 from tms_client.pool import WorkerPool
 from tms_client.protocol.methods import method_path
-from tms_client.transport import Reply
+from tms_client.transport import Reply, Request
 from tms_client.workers import WorkerInfo
 
 T = TypeVar("T")
@@ -47,8 +47,8 @@ class Threads:
         self.pool = WorkerPool(options, world)
         self.pool.start()
 
-    def call(self, data: bytes = b"x", timeout: float | None = 5.0) -> bytes:
-        return self.pool.call(PATH, data, timeout=timeout)
+    def call(self, data: bytes = b"x", timeout: float | None = 5.0, model: str = "") -> bytes:
+        return self.pool.call(Request(PATH, data, timeout), model)
 
     def workers(self) -> list[WorkerInfo]:
         return self.pool.worker_infos()
@@ -75,8 +75,8 @@ class Asyncio:
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
 
-    def call(self, data: bytes = b"x", timeout: float | None = 5.0) -> bytes:
-        return self._run(self.pool.call(PATH, data, timeout=timeout))
+    def call(self, data: bytes = b"x", timeout: float | None = 5.0, model: str = "") -> bytes:
+        return self._run(self.pool.call(Request(PATH, data, timeout), model))
 
     def workers(self) -> list[WorkerInfo]:
         async def infos() -> list[WorkerInfo]:
@@ -147,7 +147,7 @@ def test_the_core_decides_and_leaves_every_action_to_its_pool() -> None:
     assert step.action is None  # the server's one worker is known
     assert step.error is None
 
-    calling = core.call(PATH, b"hello", timeout=1.0)
+    calling = core.call(Request(PATH, b"hello", 1.0))
     step = core.advance(calling)
     assert isinstance(step.action, Send)
     assert (step.action.channel, step.action.request.data) == ("channel-1", b"hello")
@@ -285,3 +285,18 @@ def test_retries_stop_at_the_deadline(make_pool: MakePool) -> None:
     assert 2 <= len(timeouts) <= 0.1 / 0.01 + 1  # it retried, and waited between attempts
     assert all(0 < t <= 0.1 for t in timeouts)  # each attempt gets only the time left
     assert timeouts == sorted(timeouts, reverse=True)
+
+
+def test_a_model_s_calls_go_to_the_workers_that_have_it(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 3)
+    first, second, third = server.workers
+    first.models, second.models, third.models = ("big",), ("big", "small"), ("small",)
+    pool = make_pool(ScriptedTransport(server), balancer=RoundRobin())
+    for _ in range(6):
+        pool.call(b"x", model="big")
+    assert (first.calls, second.calls, third.calls) == (3, 3, 0)
+    for _ in range(3):
+        pool.call(b"x")  # about the whole server: any worker
+    assert third.calls > 0
+    pool.call(b"x", model="unknown")  # no worker has it: one of them says so
+    assert first.calls + second.calls + third.calls == 10

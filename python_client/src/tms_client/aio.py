@@ -17,6 +17,8 @@ from tms_client import calls
 from tms_client.aio_pool import AsyncWorkerPool
 from tms_client.calls import Builder, ModelInfo, as_method
 from tms_client.exceptions import ModelNotFoundError
+from tms_client.tracing import call_span
+from tms_client.transport import Request
 from tms_client.workers import WorkerInfo
 
 __all__ = ["AsyncModelClient"]
@@ -66,7 +68,10 @@ class AsyncModelClient(calls.AsyncioClient):
     async def _send(self, call: calls.Call[R]) -> R:
         await self.start()
         assert self._pool is not None
-        return call.parse(await self._pool.call(call.path, call.request, timeout=self.timeout))
+        with call_span(call.path, self.model) as metadata:
+            request = Request(call.path, call.request, self.timeout, metadata)
+            reply = await self._pool.call(request, self.model)
+        return call.parse(reply)
 
     def _bind(self, build: Builder[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
         async def method(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from tms_client.core import Action, Open, Plan, PoolCore, Resolve, Search, Send, Sleep, Step, Wait
 from tms_client.options import ClientOptions
 from tms_client.targets import resolve
-from tms_client.transport import AioTransport, AsyncTransport, Metadata
+from tms_client.transport import AioTransport, AsyncTransport, Request
 from tms_client.workers import WorkerInfo
 
 __all__ = ["AsyncWorkerPool"]
@@ -46,11 +46,10 @@ class AsyncWorkerPool:
             raise error
         self._healer = asyncio.create_task(self.run(self.core.heal()), name="tms-pool-healer")
 
-    async def call(
-        self, path: str, request: bytes, *, timeout: float | None, metadata: Metadata = ()
-    ) -> bytes:
-        """Send ``request`` to ``path`` on a worker, retrying as the policy says; the reply."""
-        return await self.run(self.core.call(path, request, timeout, metadata))
+    async def call(self, request: Request, model: str = "") -> bytes:
+        """Send ``request`` to a worker that has ``model``, retrying as the policy says
+        (``request.timeout`` bounds all attempts); the reply."""
+        return await self.run(self.core.call(request, model))
 
     async def discover(self, timeout: float | None = None) -> None:
         """Look for missing workers at every address now."""

@@ -10,6 +10,8 @@ from tms_client import calls
 from tms_client.calls import Builder, ImageToImageResult, ModelInfo, as_method
 from tms_client.exceptions import ModelNotFoundError
 from tms_client.pool import WorkerPool
+from tms_client.tracing import call_span
+from tms_client.transport import Request
 from tms_client.workers import WorkerInfo
 
 __all__ = ["ImageToImageResult", "ModelClient", "ModelInfo", "WorkerInfo"]
@@ -61,7 +63,10 @@ class ModelClient(calls.ThreadClient):
         self._pool.close()
 
     def _send(self, call: calls.Call[R]) -> R:
-        return call.parse(self._pool.call(call.path, call.request, timeout=self.timeout))
+        with call_span(call.path, self.model) as metadata:
+            request = Request(call.path, call.request, self.timeout, metadata)
+            reply = self._pool.call(request, self.model)
+        return call.parse(reply)
 
     def _bind(self, build: Builder[P, R]) -> Callable[P, R]:
         def method(*args: P.args, **kwargs: P.kwargs) -> R:

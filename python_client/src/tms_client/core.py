@@ -283,31 +283,31 @@ class PoolCore:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def call(
-        self, path: str, data: bytes, timeout: float | None, metadata: Metadata = ()
-    ) -> Plan[bytes]:
-        """Send ``data`` to ``path`` on a worker, retrying as the policy says; the reply."""
-        attempts = Attempts(self.options.retry, timeout, self.clock)
-        metadata = self.options.metadata + metadata
+    def call(self, request: Request, model: str = "") -> Plan[bytes]:
+        """Send ``request`` to a worker that has ``model``, retrying as the policy says
+        (``request.timeout`` bounds all attempts); the reply."""
+        attempts = Attempts(self.options.retry, request.timeout, self.clock)
+        metadata = self.options.metadata + request.metadata
         while True:
             try:
                 attempts.begin()
-                worker = self._take(attempts)
+                worker = self._take(attempts, model)
                 if worker is None:
-                    worker = yield from self._search(attempts)
+                    worker = yield from self._search(attempts, model)
                 attempts.tried.add(worker.key)
-                return (yield from self._attempt(worker, path, data, attempts, metadata))
+                attempt = Request(request.path, request.data, attempts.timeout(), metadata)
+                return (yield from self._attempt(worker, attempt))
             except CallError as error:
                 yield Sleep(attempts.delay_after(error))
 
-    def _search(self, attempts: Attempts) -> Plan[Worker]:
+    def _search(self, attempts: Attempts, model: str) -> Plan[Worker]:
         """When no worker is known: look for workers, but not again within EMPTY_RETRY_GAP
         of a search that found none (callers failing fast must not turn into a storm of
         connections); UnavailableError when there is still none."""
         worker = None
         if self.clock() >= self._search_after:
             yield Search(attempts.remaining())
-            worker = self._take(attempts)
+            worker = self._take(attempts, model)
         if worker is None:
             self._search_after = self.clock() + EMPTY_RETRY_GAP
             raise UnavailableError(
@@ -316,9 +316,9 @@ class PoolCore:
             )
         return worker
 
-    def _take(self, attempts: Attempts) -> Worker | None:
+    def _take(self, attempts: Attempts, model: str) -> Worker | None:
         """A worker for the next attempt (one not tried yet if possible), its count raised."""
-        candidates = self.workers.candidates(attempts.tried)
+        candidates = self.workers.candidates(attempts.tried, model)
         if not candidates:
             return None
         worker = self.balancer.pick(candidates)
@@ -326,12 +326,9 @@ class PoolCore:
         worker.calls += 1
         return worker
 
-    def _attempt(
-        self, worker: Worker, path: str, data: bytes, attempts: Attempts, metadata: Metadata
-    ) -> Plan[bytes]:
+    def _attempt(self, worker: Worker, request: Request) -> Plan[bytes]:
         started = self.clock()
         try:
-            request = Request(path, data, attempts.timeout(), metadata)
             reply = yield Send(worker.channel, request)
         except CallError as error:
             worker.record_latency(self.clock() - started, self.clock())

@@ -26,7 +26,7 @@ from tms_client.core import (
 )
 from tms_client.options import ClientOptions
 from tms_client.targets import resolve
-from tms_client.transport import GrpcTransport, Metadata, Transport
+from tms_client.transport import GrpcTransport, Request, Transport
 from tms_client.workers import Worker, WorkerInfo
 
 __all__ = ["WorkerPool"]
@@ -68,11 +68,10 @@ class WorkerPool:
         )
         self._healer.start()
 
-    def call(
-        self, path: str, request: bytes, *, timeout: float | None, metadata: Metadata = ()
-    ) -> bytes:
-        """Send ``request`` to ``path`` on a worker, retrying as the policy says; the reply."""
-        return self.run(self.core.call(path, request, timeout, metadata))
+    def call(self, request: Request, model: str = "") -> bytes:
+        """Send ``request`` to a worker that has ``model``, retrying as the policy says
+        (``request.timeout`` bounds all attempts); the reply."""
+        return self.run(self.core.call(request, model))
 
     def discover(self, timeout: float | None = None) -> None:
         """Look for missing workers at every address now."""

@@ -33,6 +33,8 @@ class WorkerInfo:
     in_flight: int  # this client's calls on it now
     reported_in_flight: int | None  # calls running on it, as it last reported
     reported_queued: int | None  # calls waiting for a thread on it, as it last reported
+    device: str = ""  # what its models run on: "cpu", "cuda:0"... ("" from older servers)
+    models: frozenset[str] = frozenset()  # the models it has (empty: every model)
 
 
 @dataclass(eq=False)
@@ -45,6 +47,8 @@ class Worker:
     index: int
     count: int
     channel: Any = field(repr=False)
+    device: str = ""
+    models: frozenset[str] = frozenset()  # the models it has; empty: every model
     in_flight: int = 0
     calls: int = 0
     load: LoadReport | None = None
@@ -67,8 +71,19 @@ class Worker:
         cls, address: str, info: model_service_pb2.GetWorkerInfoResponse, channel: Any
     ) -> Worker:
         return cls(
-            address, info.instance_id, info.pid, info.worker_index, info.worker_count, channel
+            address,
+            info.instance_id,
+            info.pid,
+            info.worker_index,
+            info.worker_count,
+            channel,
+            info.device,
+            frozenset(info.models),
         )
+
+    def has(self, model: str) -> bool:
+        """Whether this worker has ``model`` ("" for calls about the whole server)."""
+        return not model or not self.models or model in self.models
 
     @property
     def key(self) -> Key:
@@ -157,8 +172,12 @@ class WorkerSet:
         seen = self._servers.get(address)
         return None if seen is None else seen[1]
 
-    def candidates(self, exclude: Collection[Key] = ()) -> list[Worker]:
-        """Workers a call may go to: those not in ``exclude``, or all when that leaves none."""
+    def candidates(self, exclude: Collection[Key] = (), model: str = "") -> list[Worker]:
+        """Workers a call for ``model`` may go to: those that have it (all, when none has it:
+        any worker then says it has no such model), without those in ``exclude`` unless
+        that leaves none."""
         workers = list(self._workers.values())
+        if model:
+            workers = [w for w in workers if w.has(model)] or workers
         fresh = [w for w in workers if w.key not in exclude] if exclude else workers
         return fresh or workers

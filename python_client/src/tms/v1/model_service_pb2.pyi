@@ -512,6 +512,8 @@ class GetWorkerInfoResponse(_message.Message):
     WORKER_COUNT_FIELD_NUMBER: _builtins.int
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Random id chosen when the server started; equal for all its workers."""
     pid: _builtins.int
@@ -524,6 +526,17 @@ class GetWorkerInfoResponse(_message.Message):
     """Version of the tms-server package."""
     hostname: _builtins.str
     """Host name of the machine the worker runs on."""
+    device: _builtins.str
+    """The device this worker's models run on: "cpu", or one of the server's --devices such as
+    "cuda:0" (the worker sees it as its only GPU).
+    """
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The models this worker has (loaded, or failed to load). A model placed on some workers
+        only is missing from the others' lists, and clients send its calls to those that have
+        it. Empty from servers older than this field: every worker has every model.
+        """
+
     def __init__(
         self,
         *,
@@ -533,10 +546,12 @@ class GetWorkerInfoResponse(_message.Message):
         worker_count: _builtins.int = ...,
         server_version: _builtins.str = ...,
         hostname: _builtins.str = ...,
+        device: _builtins.str = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "instance_id", b"instance_id", "pid", b"pid", "server_version", b"server_version", "worker_count", b"worker_count", "worker_index", b"worker_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "hostname", b"hostname", "instance_id", b"instance_id", "models", b"models", "pid", b"pid", "server_version", b"server_version", "worker_count", b"worker_count", "worker_index", b"worker_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -991,7 +991,14 @@ type GetWorkerInfoResponse struct {
 	// Version of the tms-server package.
 	ServerVersion string `protobuf:"bytes,5,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
 	// Host name of the machine the worker runs on.
-	Hostname      string `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Hostname string `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// The device this worker's models run on: "cpu", or one of the server's --devices such as
+	// "cuda:0" (the worker sees it as its only GPU).
+	Device string `protobuf:"bytes,7,opt,name=device,proto3" json:"device,omitempty"`
+	// The models this worker has (loaded, or failed to load). A model placed on some workers
+	// only is missing from the others' lists, and clients send its calls to those that have
+	// it. Empty from servers older than this field: every worker has every model.
+	Models        []string `protobuf:"bytes,8,rep,name=models,proto3" json:"models,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1068,6 +1075,20 @@ func (x *GetWorkerInfoResponse) GetHostname() string {
 	return ""
 }
 
+func (x *GetWorkerInfoResponse) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *GetWorkerInfoResponse) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
 var File_tms_v1_model_service_proto protoreflect.FileDescriptor
 
 const file_tms_v1_model_service_proto_rawDesc = "" +
@@ -1128,7 +1149,7 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\targs_json\x18\x03 \x01(\tR\bargsJson\"9\n" +
 	"\x14RunTextBatchResponse\x12!\n" +
 	"\fresults_json\x18\x01 \x03(\tR\vresultsJson\"\x16\n" +
-	"\x14GetWorkerInfoRequest\"\xd3\x01\n" +
+	"\x14GetWorkerInfoRequest\"\x83\x02\n" +
 	"\x15GetWorkerInfoResponse\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x10\n" +
@@ -1136,7 +1157,9 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\fworker_index\x18\x03 \x01(\x05R\vworkerIndex\x12!\n" +
 	"\fworker_count\x18\x04 \x01(\x05R\vworkerCount\x12%\n" +
 	"\x0eserver_version\x18\x05 \x01(\tR\rserverVersion\x12\x1a\n" +
-	"\bhostname\x18\x06 \x01(\tR\bhostname*\xbc\x01\n" +
+	"\bhostname\x18\x06 \x01(\tR\bhostname\x12\x16\n" +
+	"\x06device\x18\a \x01(\tR\x06device\x12\x16\n" +
+	"\x06models\x18\b \x03(\tR\x06models*\xbc\x01\n" +
 	"\tModelCall\x12\x1a\n" +
 	"\x16MODEL_CALL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14MODEL_CALL_RUN_IMAGE\x10\x01\x12\x1e\n" +

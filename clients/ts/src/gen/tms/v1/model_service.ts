@@ -251,6 +251,17 @@ export interface GetWorkerInfoResponse {
   serverVersion: string;
   /** Host name of the machine the worker runs on. */
   hostname: string;
+  /**
+   * The device this worker's models run on: "cpu", or one of the server's --devices such as
+   * "cuda:0" (the worker sees it as its only GPU).
+   */
+  device: string;
+  /**
+   * The models this worker has (loaded, or failed to load). A model placed on some workers
+   * only is missing from the others' lists, and clients send its calls to those that have
+   * it. Empty from servers older than this field: every worker has every model.
+   */
+  models: string[];
 }
 
 function createBaseModelInfo(): ModelInfo {
@@ -1725,7 +1736,16 @@ export const GetWorkerInfoRequest: MessageFns<GetWorkerInfoRequest> = {
 };
 
 function createBaseGetWorkerInfoResponse(): GetWorkerInfoResponse {
-  return { instanceId: "", pid: 0, workerIndex: 0, workerCount: 0, serverVersion: "", hostname: "" };
+  return {
+    instanceId: "",
+    pid: 0,
+    workerIndex: 0,
+    workerCount: 0,
+    serverVersion: "",
+    hostname: "",
+    device: "",
+    models: [],
+  };
 }
 
 export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
@@ -1747,6 +1767,12 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
     }
     if (message.hostname !== "") {
       writer.uint32(50).string(message.hostname);
+    }
+    if (message.device !== "") {
+      writer.uint32(58).string(message.device);
+    }
+    for (const v of message.models) {
+      writer.uint32(66).string(v!);
     }
     return writer;
   },
@@ -1812,6 +1838,22 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
             message.hostname = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.device = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.models.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1848,6 +1890,10 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
         ? globalThis.String(object.server_version)
         : "",
       hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
+      device: isSet(object.device) ? globalThis.String(object.device) : "",
+      models: globalThis.Array.isArray(object?.models)
+        ? object.models.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1871,6 +1917,12 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
     if (message.hostname !== "") {
       obj.hostname = message.hostname;
     }
+    if (message.device !== "") {
+      obj.device = message.device;
+    }
+    if (message.models?.length) {
+      obj.models = message.models;
+    }
     return obj;
   },
 
@@ -1885,6 +1937,8 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
     message.workerCount = object.workerCount ?? 0;
     message.serverVersion = object.serverVersion ?? "";
     message.hostname = object.hostname ?? "";
+    message.device = object.device ?? "";
+    message.models = object.models?.map((e) => e) || [];
     return message;
   },
 };
