@@ -1,18 +1,32 @@
-"""``tms-server`` and ``python -m tms_server``: parse settings and run the supervisor."""
+"""``tms-server`` and ``python -m tms_server``: parse settings, set up the logs, check the
+security files, and run the supervisor."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
+from tms_server import logs
+from tms_server.security import SecurityError, check_files
 from tms_server.settings import parse_settings
-from tms_server.supervisor import main as supervise
+from tms_server.supervisor import Supervisor
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return supervise(parse_settings(argv))
+    settings = parse_settings(argv)
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        check_files(settings)
+    except SecurityError as exc:
+        print(f"tms-server: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return Supervisor(settings).run()
+    except OSError as exc:  # the port (or the metrics port) is taken, before any worker starts
+        print(f"tms-server: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

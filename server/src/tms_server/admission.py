@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import functools
@@ -183,8 +184,10 @@ class CallRunner:
             raise
         loop = asyncio.get_running_loop()
         result: asyncio.Future[T] = loop.create_future()
-        # The thread gives the pixels back when the call is over, even if its caller left.
-        self._calls.put(_Call(loop, result, function, args, pixels, taken, key))
+        # The thread gives the pixels back when the call is over, even if its caller left;
+        # it runs the call in the call's context, which its logs read (tms_server.callinfo).
+        call = _Call(loop, result, function, args, pixels, taken, key, contextvars.copy_context())
+        self._calls.put(call)
         return await result  # a call cancelled while queued is skipped by its thread
 
     def shutdown(self) -> None:
@@ -205,7 +208,7 @@ class CallRunner:
     @staticmethod
     def _run(call: _Call, load: WorkerLoad, quick: QuickCalls) -> tuple[Any, BaseException | None]:
         try:
-            return _timed(load, quick, call.key, call.function, call.args), None
+            return call.context.run(_timed, load, quick, call.key, call.function, call.args), None
         except BaseException as exc:  # handed to the caller, whatever it is
             return None, exc
         finally:
@@ -244,6 +247,7 @@ class _Call:
     pixels: int  # as the request declares them
     taken: int  # from the pixel budget, given back when the call is over
     key: Hashable  # its model, for QuickCalls
+    context: contextvars.Context  # the call's context variables
 
 
 def _settle(call: _Call, budget: PixelBudget, value: Any, error: BaseException | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from tms_client.protocol.codec import EncodingValue, ImageError, decode_image, e
 from tms_client.protocol.colors import ColorValue, convert_color
 from tms_client.protocol.jsontext import to_json
 from tms_client.protocol.wire import ImageParts
+from tms_server.callinfo import CURRENT
 from tms_server.errors import Internal, InvalidArgument
 from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel
@@ -111,11 +113,18 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
     """Call a model method, one call at a time unless the model is thread-safe.
 
     InvalidInput passes through (INVALID_ARGUMENT); anything else the model raises is logged
-    with its traceback and becomes INTERNAL.
+    with its traceback (and the call's request id) and becomes INTERNAL. The time inside the
+    method, not waiting for the lock, adds up in the call's CallInfo (tms_model_seconds).
     """
+    call = CURRENT.get()
     try:
         with model.lock:
-            return method(*args)
+            began = time.perf_counter()
+            try:
+                return method(*args)
+            finally:
+                if call is not None:
+                    call.ran_model(time.perf_counter() - began)
     except InvalidInput:
         raise
     except Exception as exc:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from tms_server.admission import release_memory
+from tms_server.metrics import WorkerMetrics
 from tms_server.parts import WorkerParts
 
 __all__ = ["WorkerMonitor"]
@@ -39,8 +40,10 @@ class WorkerMonitor:
         call_time_limit: float,
         on_hung: Callable[[], None],
         interval: float = 0.2,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.parts = parts
+        self.metrics = metrics
         self.hung = False
         self._limit = call_time_limit
         self._on_hung = on_hung
@@ -68,8 +71,8 @@ class WorkerMonitor:
 
     def tick(self) -> None:
         """One round: post the load (the worker's heartbeat, sent only while its event loop
-        runs), give memory back after a large call once idle, follow a pending reload, look
-        for a hung call."""
+        runs) and sample it for the metrics, give memory back after a large call once idle,
+        follow a pending reload, look for a hung call."""
         load, board, index = self.parts.load, self.parts.board, self.parts.index
         if time.monotonic() - load.pulse < LOOP_SILENT_SECONDS:
             board.post(
@@ -79,6 +82,8 @@ class WorkerMonitor:
                 calls=load.answered,
                 serving=not load.draining,
             )
+        if self.metrics is not None:
+            self.metrics.sample(load.in_flight, load.queued)
         if load.memory_to_release and not load.in_flight:
             load.memory_to_release = False
             release_memory()

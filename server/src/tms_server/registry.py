@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ log = logging.getLogger("tms_server")
 ENTRY_POINT_GROUP = "tms.models"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _PACKAGE = "tms_models"  # parent of the imported model packages in sys.modules
+#: Told of each load of a model: its name, and the seconds it took or None if it failed.
+OnLoad = Callable[[str, float | None], None]
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ def _check_name(name: str) -> None:
 
 
 class ModelRegistry:
-    """The models of one worker process, by name, and the ones that failed to load."""
+    """The models of one worker process, by name, and the ones that failed to load;
+    ``on_load`` (the worker's metrics) is told of every load, at start and on reloads."""
 
     def __init__(
         self,
@@ -193,17 +196,21 @@ class ModelRegistry:
         *,
         folder: Path | None = None,
         entry_points: bool = False,
+        on_load: OnLoad | None = None,
     ) -> None:
         self.models = dict(sorted(models.items()))
         self.failed = dict(sorted(failed.items()))
         self._folder = folder
         self._entry_points = entry_points
+        self._on_load = on_load
 
     def __repr__(self) -> str:
         return f"<ModelRegistry models={list(self.models)} failed={list(self.failed)}>"
 
     @classmethod
-    def load(cls, folder: Path | None, *, entry_points: bool = True) -> ModelRegistry:
+    def load(
+        cls, folder: Path | None, *, entry_points: bool = True, on_load: OnLoad | None = None
+    ) -> ModelRegistry:
         models: dict[str, LoadedModel] = {}
         failed: dict[str, str] = {}
         for name, load_class in _sources(folder, entry_points):
@@ -216,9 +223,14 @@ class ModelRegistry:
             except Exception as exc:
                 log.exception("model %r failed to load", name)
                 failed[name] = f"{type(exc).__name__}: {exc}"
+                if on_load is not None:
+                    on_load(name, None)
                 continue
-            log.info("loaded model %r in %.2fs", name, time.perf_counter() - started)
-        return cls(models, failed, folder=folder, entry_points=entry_points)
+            seconds = time.perf_counter() - started
+            log.info("loaded model %r in %.2fs", name, seconds)
+            if on_load is not None:
+                on_load(name, seconds)
+        return cls(models, failed, folder=folder, entry_points=entry_points, on_load=on_load)
 
     def source(self, name: str) -> Any:
         """The loader of model ``name``'s class: INVALID_ARGUMENT for a name that cannot be
@@ -242,11 +254,19 @@ class ModelRegistry:
             del sys.modules[module]
         importlib.invalidate_caches()
         started = time.perf_counter()
-        model = describe(name, load_class()())
+        try:
+            model = describe(name, load_class()())
+        except Exception:
+            if self._on_load is not None:
+                self._on_load(name, None)
+            raise
         # Swap whole dicts: readers (other threads) see the old or the new, never a mix.
         self.models = dict(sorted({**self.models, name: model}.items()))
         self.failed = {k: v for k, v in self.failed.items() if k != name}
-        log.info("reloaded model %r in %.2fs", name, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info("reloaded model %r in %.2fs", name, seconds)
+        if self._on_load is not None:
+            self._on_load(name, seconds)
         return model
 
     def get(self, name: str) -> LoadedModel:

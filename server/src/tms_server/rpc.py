@@ -10,30 +10,42 @@ Open Inference Protocol, admin) ``add_service`` registers one handler, made here
 3. runs the servicer method: a ``quick`` one (no model, no waiting) on the event loop, the
    others on the worker's threads, as tms_server.admission admits them (calls at once, pixels
    at once);
-4. ends the call with the status its exception stands for (``errors.status_of``) and the
-   worker's load in the trailing metadata;
+4. ends the call with the status its exception stands for (``errors.status_of``), and the
+   worker's load and the call's request id in the trailing metadata;
 5. hands the answer to gRPC (the StallWatch times a caller that does not take it).
+
+Each call gets a CallInfo (tms_server.callinfo) as it starts: the caller's ``x-request-id`` or
+a new one, and the model the request names. When the call is over the handler counts it in
+the metrics (``--metrics-port``) and logs it (``--log-requests``), if those are on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from tms_server.admission import CallRunner
+from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
 from tms_server.errors import InvalidArgument, Unavailable, status_of
 from tms_server.load import WorkerLoad
+from tms_server.logs import log_call
+from tms_server.metrics import WorkerMetrics
 from tms_server.stalls import Context, StallWatch
 
 __all__ = ["Method", "Worker", "add_service", "quick"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Trailing metadata, as grpc takes it.
+Trailers = tuple[tuple[str, str | bytes], ...]
 
 
 def quick(method: F) -> F:
@@ -51,12 +63,19 @@ class Method:
     parse: Callable[[bytes], Any] | None  # bytes to request message (None: keep the bytes)
     weigh: Callable[[bytes], int] | None  # the pixels a request declares
     on_loop: bool  # a quick method, run on the event loop
-    calls_models: bool = False  # its requests name a model in field 1 (see QuickCalls)
+    calls_models: bool = False  # it calls the model its request names (see QuickCalls)
+    names_model: bool = False  # its requests name a model in field 1 (for logs and metrics)
 
-    def call(self, request: bytes, context: Context, load: WorkerLoad) -> Any:
-        """Parse the request and run the method; the answer's trailers carry the load."""
+    @functools.cached_property
+    def rpc(self) -> str:
+        """The method's own name, e.g. RunImage."""
+        return self.name.rpartition("/")[2]
+
+    def call(self, request: bytes, context: Context, load: WorkerLoad, tail: Trailers) -> Any:
+        """Parse the request and run the method; the answer's trailers carry the load (as it
+        is while this call still runs) and ``tail``."""
         response = self.function(self.parsed(request), context)
-        context.set_trailing_metadata(load.trailers())  # the load while this call still runs
+        context.set_trailing_metadata(load.trailers() + tail)
         return response
 
     def parsed(self, request: bytes) -> Any:
@@ -71,15 +90,30 @@ class Method:
 
 
 class Worker:
-    """What the handlers of one worker share: its load, admission and stall watch."""
+    """What the handlers of one worker share: its load, admission and stall watch, and the
+    metrics and call log when they are on."""
 
-    def __init__(self, load: WorkerLoad, runner: CallRunner, watch: StallWatch) -> None:
+    def __init__(
+        self,
+        load: WorkerLoad,
+        runner: CallRunner,
+        watch: StallWatch,
+        *,
+        metrics: WorkerMetrics | None = None,
+        log_requests: bool = False,
+    ) -> None:
         self.load = load
         self.runner = runner
         self.watch = watch
+        self.metrics = metrics
+        self.log_requests = log_requests
 
     async def handle(self, method: Method, context: Context) -> Any:
         watch, load = self.watch, self.load
+        began = time.perf_counter()
+        call = CallInfo(method.rpc, request_id(context.invocation_metadata()))
+        CURRENT.set(call)  # in this call's own context: grpc.aio runs each call in a task
+        tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
         watch.begin(context)
         try:
             request = await context.read()
@@ -88,23 +122,41 @@ class Worker:
         try:
             if request is grpc.aio.EOF:
                 raise InvalidArgument("the call ended without a request message")
+            model = _model_of(request) if method.names_model else None
+            if model:
+                call.model = model.decode(errors="replace")
             if load.draining:
                 raise Unavailable("this worker is shutting down; try another")
             if method.on_loop:
-                response = method.call(request, context, load)
+                response = method.call(request, context, load, tail)
             else:
                 pixels = method.weigh(request) if method.weigh is not None else 0
-                key = (method.name, _model_of(request)) if method.calls_models else None
+                key = (method.name, model) if method.calls_models else None
                 response = await self.runner.run(
-                    method.call, request, context, load, pixels=pixels, key=key
+                    method.call, request, context, load, tail, pixels=pixels, key=key
                 )
+        except asyncio.CancelledError:  # the caller left
+            self.finished(call, grpc.StatusCode.CANCELLED, began)
+            raise
         except Exception as exc:
             code, message = status_of(exc, method.name)
-            await context.abort(code, message, load.trailers())
+            self.finished(call, code, began)
+            await context.abort(code, message, load.trailers() + tail)
+        self.finished(call, grpc.StatusCode.OK, began)
         size = len(response) if isinstance(response, bytes) else response.ByteSize()
         watch.begin(context, size)  # until the caller has taken the answer
         context.add_done_callback(watch.end)  # type: ignore[arg-type]
         return response
+
+    def finished(self, call: CallInfo, code: grpc.StatusCode, began: float) -> None:
+        """Count and log a call that is over, as far as metrics and the call log are on."""
+        if self.metrics is None and not self.log_requests:
+            return
+        seconds = time.perf_counter() - began
+        if self.metrics is not None:
+            self.metrics.finished(call, code, seconds)
+        if self.log_requests:
+            log_call(call, code, seconds)
 
 
 def _model_of(request: bytes) -> bytes | None:
@@ -138,7 +190,9 @@ def add_service(
     INVALID_ARGUMENT (gRPC's own parsing would say INTERNAL). ``weighers`` give, for methods
     of raw requests, the pixels a request declares (see admission.PixelBudget); the methods
     in ``model_calls`` call the model their request names first, and may run on the event
-    loop once that model's calls are proven quick (see admission.QuickCalls).
+    loop once that model's calls are proven quick (see admission.QuickCalls). A method whose
+    request's field 1 is a string called model, model_name or name names a model: its calls
+    are logged and counted by that name.
     """
     raw_requests, raw_responses = set(raw_requests), set(raw_responses)
     model_calls = set(model_calls)
@@ -158,12 +212,22 @@ def add_service(
             weigh=(weighers or {}).get(name),
             on_loop=getattr(function, "quick", False),
             calls_models=name in model_calls,
+            names_model=_names_model(descriptor.input_type),
         )
         handlers[name] = grpc.stream_unary_rpc_method_handler(
             _handler(worker, method), response_serializer=serialize
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _names_model(request: Descriptor) -> bool:
+    field = request.fields_by_number.get(1)
+    return (
+        field is not None
+        and field.type == FieldDescriptor.TYPE_STRING
+        and field.name in ("model", "model_name", "name")
     )
 
 

@@ -23,6 +23,7 @@ from tms_client.protocol.wire import (
     merge_singular,
     split_images,
 )
+from tms_server.callinfo import CURRENT
 from tms_server.errors import Internal, InvalidArgument, Unimplemented
 from tms_server.invoke import (
     declared_pixels,
@@ -91,6 +92,13 @@ def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageP
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
     except TooManyImagesError:
         raise InvalidArgument(_too_many("images", max_images)) from None
+
+
+def _received(images: Sequence[ImageParts]) -> None:
+    """Count the bytes of the images a call received (tms_image_bytes_total)."""
+    call = CURRENT.get()
+    if call is not None:
+        call.image_bytes += sum(memoryview(parts.data).nbytes for parts in images)
 
 
 def _too_many(what: str, limit: int) -> str:
@@ -163,6 +171,7 @@ class ModelServicer:
 
     def RunImage(self, request: bytes, context: grpc.ServicerContext) -> pb.RunImageResponse:
         message, occurrences = _read(pb.RunImageRequest, request, self.max_batch_size)
+        _received(occurrences)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE)
         parts = merge_singular(occurrences)
         if parts is None:
@@ -175,6 +184,7 @@ class ModelServicer:
         self, request: bytes, context: grpc.ServicerContext
     ) -> pb.RunImageBatchResponse:
         message, occurrences = _read(pb.RunImageBatchRequest, request, self.max_batch_size)
+        _received(occurrences)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
         images = self._images(model, occurrences)
         results = run_model(model, model.instance.run_batch, images, parse_args(message.args_json))
@@ -182,6 +192,7 @@ class ModelServicer:
 
     def RunImageToImage(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         message, occurrences = _read(pb.RunImageToImageRequest, request, self.max_batch_size)
+        _received(occurrences)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
         if message.output_encoding not in (
             image_pb2.ENCODING_UNSPECIFIED,

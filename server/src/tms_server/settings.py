@@ -17,6 +17,7 @@ from typing import Any
 __all__ = ["Settings", "parse_settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("plain", "json")
 
 
 def _cpu_count() -> int:
@@ -76,6 +77,21 @@ class Settings:
         metadata=_meta("on SIGTERM/SIGINT, how long in-flight calls may take to finish", 0, 3600),
     )
     log_level: str = field(default="INFO", metadata=_meta(f"one of {', '.join(LOG_LEVELS)}"))
+    log_format: str = field(default="plain", metadata=_meta("plain or json (one object a line)"))
+    log_requests: bool = field(
+        default=False,
+        metadata=_meta("log one line per call: rpc, model, status code, ms, request id"),
+    )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_meta(
+            "serve Prometheus metrics of all workers on http://HOST:PORT/metrics (0 picks a "
+            "free port, printed at start; unset: no metrics)",
+            0,
+            65535,
+            int,
+        ),
+    )
     # -- limits: what one call, one connection or one worker may take ------------------------
     max_queued_calls: int = field(
         default=64,
@@ -198,13 +214,15 @@ class Settings:
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             value, low, high = getattr(self, spec.name), spec.metadata["low"], spec.metadata["high"]
-            if low is not None and not low <= value <= high:
+            if low is not None and value is not None and not low <= value <= high:
                 raise ValueError(f"{spec.name} must be between {low} and {high}, not {value}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level}"
             )
         object.__setattr__(self, "log_level", self.log_level.upper())
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be plain or json, not {self.log_format}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -259,10 +277,9 @@ def parse_settings(
         converters[spec.name] = convert
         default = "CPU count" if spec.name == "workers" else spec.default
         help_text = f"{spec.metadata['help']} [{_env_name(spec.name)}; default: {default}]"
-        if kind is bool:
-            parser.add_argument(flag, type=_parse_bool, metavar="{true,false}", help=help_text)
-        else:
-            parser.add_argument(flag, type=convert, help=help_text)
+        # A boolean flag takes true or false (yes, no, 1, 0, ...), and alone means true.
+        extra: dict[str, Any] = {"nargs": "?", "const": True, "metavar": "{true,false}"}
+        parser.add_argument(flag, type=convert, help=help_text, **(extra if kind is bool else {}))
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
     for name, convert in converters.items():

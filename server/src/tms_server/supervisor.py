@@ -3,7 +3,8 @@
 It reserves the port with SO_REUSEPORT (so ``--port 0`` works and the port stays taken while
 workers come and go; a port something else holds stops it at start), forks the workers before
 any gRPC object exists, restarts a worker that dies (with backoff), kills and replaces one that
-stops sending heartbeats, and on SIGTERM/SIGINT asks every worker to stop gracefully.
+stops sending heartbeats, and on SIGTERM/SIGINT asks every worker to stop gracefully. With
+``--metrics-port`` it also serves /metrics for all of them (tms_server.exporter).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import queue
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -24,7 +24,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from tms_server.board import WorkerBoard
-from tms_server.security import SecurityError, check_files
+from tms_server.exporter import MetricsExporter
 from tms_server.settings import Settings
 from tms_server.worker import EXIT_HUNG, run_worker
 
@@ -91,18 +91,25 @@ class Supervisor:
         self._slots = [_Slot() for _ in range(settings.workers)]
         # Shared memory the workers inherit: their pids and load, and reloads for all.
         self._board = WorkerBoard(settings.workers)
+        self._metrics: MetricsExporter | None = None
 
     def __repr__(self) -> str:
-        alive = sum(1 for s in self._slots if s.process is not None and s.process.exitcode is None)
-        return f"<Supervisor workers={alive}/{len(self._slots)} port={self.settings.port}>"
+        return (
+            f"<Supervisor workers={self._running()}/{len(self._slots)} port={self.settings.port}>"
+        )
+
+    def _running(self) -> int:
+        return sum(1 for s in self._slots if s.process is not None and s.process.exitcode is None)
 
     def _start(self, index: int) -> None:
-        ready, board, supervisor = self._ready, self._board, os.getpid()
+        ready, board, supervisor, metrics = self._ready, self._board, os.getpid(), self._metrics
 
         def body() -> None:
             # The supervisor's handlers came along with fork; the worker installs its own.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if metrics is not None:
+                metrics.close_in_worker()
             run_worker(
                 self.settings,
                 index,
@@ -116,6 +123,8 @@ class Supervisor:
         process.start()
         slot = self._slots[index]
         slot.process, slot.started, slot.ready_at = process, time.monotonic(), None
+        if self._metrics is not None:
+            self._metrics.workers = self._running()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if not self._stop.is_set():
@@ -127,8 +136,15 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         sock, port = reserve_port(self.settings.host, self.settings.port)
-        with sock:
+        with sock, contextlib.ExitStack() as cleanup:
             self.settings = replace(self.settings, port=port)
+            if self.settings.metrics_port is not None:  # before the workers fork: they need it
+                self._metrics = MetricsExporter.start(
+                    self.settings.host, self.settings.metrics_port
+                )
+                cleanup.callback(self._metrics.stop)
+                where = f"{self.settings.host}:{self._metrics.port}"
+                print(f"tms-server: metrics on http://{where}/metrics", flush=True)
             for index in range(len(self._slots)):
                 self._start(index)
             if not self._wait_ready():
@@ -203,9 +219,15 @@ class Supervisor:
                 slot.silent_for = None
                 if slot.process.pid is not None:
                     self._board.leave(index, slot.process.pid)
+                    if self._metrics is not None:
+                        self._metrics.process_gone(slot.process.pid)
             if now >= slot.restart_at:
                 slot.restart_at = 0.0
                 self._start(index)
+                if self._metrics is not None:
+                    self._metrics.restarts += 1
+        if self._metrics is not None:
+            self._metrics.workers = self._running()
 
     def _check_heartbeat(self, index: int, slot: _Slot, now: float) -> None:
         """SIGKILL the running worker of ``slot`` (a signal even a stopped process obeys) if it
@@ -275,21 +297,3 @@ def _describe_exit(code: int, silent_for: float | None = None) -> str:
     if code == EXIT_HUNG:
         return f"exit code {code}: a call ran past --call-time-limit"
     return f"exit code {code}"
-
-
-def main(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        check_files(settings)
-    except SecurityError as exc:
-        print(f"tms-server: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return Supervisor(settings).run()
-    except OSError as exc:  # from reserve_port, before any worker starts
-        print(f"tms-server: error: {exc.strerror or exc}", file=sys.stderr)
-        return 2

@@ -22,12 +22,13 @@ from types import FrameType
 import grpc
 from PIL import Image as PILImage
 
-from tms_server import __version__, oip, security
+from tms_server import __version__, logs, oip, security
 from tms_server.admin import AdminServicer
 from tms_server.admission import CallRunner, limit_arenas
 from tms_server.board import WorkerBoard
 from tms_server.health import HealthServicer
 from tms_server.load import WorkerLoad
+from tms_server.metrics import WorkerMetrics
 from tms_server.monitor import WorkerMonitor
 from tms_server.parts import Reloader, WorkerParts
 from tms_server.registry import ModelRegistry
@@ -128,26 +129,39 @@ def build_server(
 
     ``board`` is the supervisor's worker board (default: a board of this worker alone);
     ``on_hung`` is called once if a call runs past the call time limit (default: drain).
+    With ``settings.metrics_port`` set, the worker records its metrics (tms_server.metrics).
     """
     # TMS checks --max-pixels itself before decoding; Pillow's own, lower limit would warn.
     PILImage.MAX_IMAGE_PIXELS = None
     index = identity.worker_index if board is not None else 0
     board = board if board is not None else WorkerBoard(1)
     board.join(index, os.getpid())  # before loading: reloads posted from now on are ours too
+    metrics = WorkerMetrics(index) if settings.metrics_port is not None else None
     if registry is None:
-        registry = ModelRegistry.load(settings.models, entry_points=settings.entry_points)
+        registry = ModelRegistry.load(
+            settings.models,
+            entry_points=settings.entry_points,
+            on_load=metrics.model_loaded if metrics is not None else None,
+        )
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
     thread.start()
     bind = address or f"{settings.host}:{settings.port}"
     start = _start(
-        settings, identity=identity, registry=registry, board=board, index=index, bind=bind
+        settings,
+        identity=identity,
+        registry=registry,
+        board=board,
+        index=index,
+        bind=bind,
+        metrics=metrics,
     )
     running = asyncio.run_coroutine_threadsafe(start, loop).result()
     running.monitor = WorkerMonitor(
         running.parts,
         call_time_limit=settings.call_time_limit,
         on_hung=on_hung if on_hung is not None else running.drain,
+        metrics=metrics,
     )
     board.post(index, in_flight=0, queued=0, calls=0, serving=True)
     running.monitor.start()
@@ -162,6 +176,7 @@ async def _start(
     board: WorkerBoard,
     index: int,
     bind: str,
+    metrics: WorkerMetrics | None,
 ) -> RunningServer:
     """Make and start the server, on the event loop that is to serve it."""
     loop = asyncio.get_running_loop()
@@ -182,7 +197,7 @@ async def _start(
         max_pixels=settings.max_pixels_in_flight,
     )
     watch = StallWatch(settings.slow_client_seconds, settings.max_untaken_mb * 1024 * 1024)
-    worker = Worker(load, runner, watch)
+    worker = Worker(load, runner, watch, metrics=metrics, log_requests=settings.log_requests)
     models = ModelServicer(
         registry,
         identity,
@@ -261,6 +276,7 @@ def run_worker(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    logs.configure(settings.log_level, settings.log_format, worker=index)  # its lines name it
     limit_arenas()
     if settings.worker_memory_mb:
         limit_memory(settings.worker_memory_mb)

@@ -1,0 +1,120 @@
+"""/metrics for the whole server, served by the supervisor (``--metrics-port``).
+
+The workers write their metrics (tms_server.metrics) with prometheus_client's multiprocess
+mode into a directory the supervisor makes, fresh and private, before it forks the first
+worker, so no file of an earlier run ever counts; it sets ``PROMETHEUS_MULTIPROC_DIR`` first,
+because prometheus_client reads it once, when it is first imported. A scrape sums every
+process's files (MultiProcessCollector): counters and histograms of a worker that died stay
+in its files and keep counting, so the totals never go back; the ``live`` gauges of a dead
+worker (calls in flight and queued) are dropped when the supervisor notes its death
+(``process_gone``). The supervisor's own metrics, workers running and workers replaced, are
+read from it at each scrape and write no file. On exit the directory is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import Metric
+
+__all__ = ["MULTIPROC_DIR_VARIABLE", "MetricsExporter"]
+
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class MetricsExporter:
+    """The metrics directory and the HTTP server of /metrics; ``workers`` and ``restarts``
+    are the supervisor's to keep up to date."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.workers = 0  # worker processes running
+        self.restarts = 0  # workers the supervisor replaced
+        self._server: WSGIServer | None = None
+
+    def __repr__(self) -> str:
+        return f"<MetricsExporter port={self.port} directory={self.directory}>"
+
+    @property
+    def port(self) -> int:
+        """The port /metrics is served on (0 before ``start``)."""
+        return self._server.server_port if self._server is not None else 0
+
+    @classmethod
+    def start(cls, host: str, port: int) -> MetricsExporter:
+        """Make the directory, set the variable, serve /metrics on host:port (0: a free one)
+        in a daemon thread. Call it before forking any worker."""
+        exporter = cls(Path(tempfile.mkdtemp(prefix="tms-metrics-")))
+        os.environ[MULTIPROC_DIR_VARIABLE] = str(exporter.directory)
+        try:
+            from prometheus_client import CollectorRegistry, start_http_server, values  # noqa: PLC0415
+            from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError(
+                    "prometheus_client was imported before the metrics directory was set; "
+                    "the workers' metrics would not reach /metrics"
+                )
+            registry = CollectorRegistry()
+            # prometheus_client.multiprocess has no annotations.
+            MultiProcessCollector(registry, path=str(exporter.directory))  # type: ignore[no-untyped-call]
+            registry.register(_SupervisorCollector(exporter))
+            exporter._server, _ = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            _remove(exporter.directory)
+            reason = (exc.strerror or str(exc)).lower()
+            raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {reason}") from None
+        except BaseException:
+            _remove(exporter.directory)
+            raise
+        return exporter
+
+    def process_gone(self, pid: int) -> None:
+        """Drop the live gauges of worker process ``pid``, which has exited."""
+        from prometheus_client import multiprocess  # noqa: PLC0415
+
+        multiprocess.mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
+
+    def close_in_worker(self) -> None:
+        """In a worker just forked: close its copy of the listening socket, so that workers
+        never hold the metrics port (only the supervisor's thread answers on it)."""
+        if self._server is not None:
+            self._server.socket.close()
+
+    def stop(self) -> None:
+        """Stop serving and remove the directory."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        _remove(self.directory)
+
+
+def _remove(directory: Path) -> None:
+    if os.environ.get(MULTIPROC_DIR_VARIABLE) == str(directory):
+        del os.environ[MULTIPROC_DIR_VARIABLE]
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class _SupervisorCollector:
+    """``tms_workers`` and ``tms_worker_restarts_total``, read from the exporter at each
+    scrape (the supervisor keeps them; no file is written for them)."""
+
+    def __init__(self, exporter: MetricsExporter) -> None:
+        self._exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
+        exporter = self._exporter
+        yield GaugeMetricFamily("tms_workers", "Worker processes running.", exporter.workers)
+        yield CounterMetricFamily(
+            "tms_worker_restarts", "Workers the supervisor replaced.", exporter.restarts
+        )

@@ -1,0 +1,201 @@
+"""Prometheus metrics on --metrics-port: a real server of two workers, real calls, one scrape
+of the supervisor's /metrics summing both workers, and a worker killed on the way."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import ServerProcess, listening_ports, wait_for, write_models
+from tms_client import InvalidInputError, ModelClient, ModelNotFoundError, RoundRobin
+
+pytestmark = pytest.mark.slow
+
+MODELS = {
+    "pixels": """
+        import os
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):
+                if args.get("bad"):
+                    raise tms_server.InvalidInput("bad args")
+                return {"pid": os.getpid(), "sum": int(image.sum())}
+    """,
+    "words": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+
+            def run(self, text, args):
+                return {"words": len(text.split())}
+    """,
+    "broken": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def __init__(self):
+                raise RuntimeError("cannot load")
+
+            def run(self, image, args):
+                return {}
+    """,
+}
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("models"), MODELS)
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of /metrics, by (sample name, sorted labels)."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def by_labels(samples: Samples, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The samples called ``name``, by the values of ``labels``, summed over the others."""
+    found: dict[tuple[str, ...], float] = defaultdict(float)
+    for (sample, pairs), value in samples.items():
+        if sample == name:
+            values = dict(pairs)
+            found[tuple(values[label] for label in labels)] += value
+    return dict(found)
+
+
+def metrics_url(server: ServerProcess) -> str:
+    match = re.search(r"^tms-server: metrics on (http://\S+)$", server.logs(), re.MULTILINE)
+    assert match, server.logs()
+    return match.group(1)
+
+
+def model_calls(samples: Samples) -> dict[tuple[str, ...], float]:
+    """tms_calls_total by (model, rpc, code), without the clients' GetWorkerInfo calls."""
+    totals = by_labels(samples, "tms_calls_total", "model", "rpc", "code")
+    return {key: value for key, value in totals.items() if key[1] != "GetWorkerInfo"}
+
+
+def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    server = server_process(
+        models, workers=2, args=("--metrics-port", "0"), env={"TMPDIR": str(tmp_path)}
+    )
+    url = metrics_url(server)
+    metrics_port = int(url.rsplit(":", 1)[1].split("/")[0])
+    (directory,) = tmp_path.glob("tms-metrics-*")  # made fresh by the supervisor
+    images = [np.full((8, 8, 3), i, np.uint8) for i in range(10)]
+    with (
+        ModelClient("pixels", server.target, balancer=RoundRobin()) as pixels,
+        ModelClient("words", server.target, balancer=RoundRobin()) as words,
+        ModelClient("nope", server.target) as nope,
+    ):
+        pids = {pixels.run_image(image)["pid"] for image in images}
+        assert len(pids) == 2  # both workers served calls
+        for _ in range(7):
+            assert words.run_text("one two three") == {"words": 3}
+        for image in images[:3]:
+            with pytest.raises(InvalidInputError):
+                pixels.run_image(image, {"bad": True})
+        for image in images[:2]:
+            with pytest.raises(ModelNotFoundError):
+                nope.run_image(image)
+        victim = pixels.workers()[0].pid
+    sent = {
+        ("pixels", "RunImage", "OK"): 10.0,
+        ("pixels", "RunImage", "INVALID_ARGUMENT"): 3.0,
+        ("words", "RunText", "OK"): 7.0,
+        ("(unknown)", "RunImage", "NOT_FOUND"): 2.0,  # a name no worker has
+    }
+    samples = scrape(url)
+    assert model_calls(samples) == sent
+    timed = by_labels(samples, "tms_call_seconds_count", "model", "rpc")
+    for model, rpc, _ in sent:
+        assert timed[model, rpc] == sum(v for k, v in sent.items() if k[:2] == (model, rpc))
+    assert by_labels(samples, "tms_model_seconds_count", "model") == {
+        ("pixels",): 13.0,  # the model ran for the calls it refused too
+        ("words",): 7.0,
+    }
+    assert by_labels(samples, "tms_image_bytes_total", "model") == {
+        ("pixels",): sum(image.nbytes for image in images + images[:3]),
+        ("(unknown)",): sum(image.nbytes for image in images[:2]),
+    }
+    assert set(by_labels(samples, "tms_in_flight", "worker")) == {("0",), ("1",)}
+    assert set(by_labels(samples, "tms_queued", "worker")) == {("0",), ("1",)}
+    loads = by_labels(samples, "tms_model_load_seconds", "model", "worker")
+    assert set(loads) == {(m, w) for m in ("pixels", "words") for w in ("0", "1")}
+    assert all(seconds > 0 for seconds in loads.values())
+    assert by_labels(samples, "tms_model_load_failures_total", "model") == {
+        ("broken",): 2.0,  # once in each worker
+        ("pixels",): 0.0,
+        ("words",): 0.0,
+    }
+    assert by_labels(samples, "tms_workers") == {(): 2.0}
+    assert by_labels(samples, "tms_worker_restarts_total") == {(): 0.0}
+    # Only the supervisor answers on the metrics port; the workers closed their copy of it.
+    assert metrics_port in listening_ports(server.process.pid)
+    assert not any(metrics_port in listening_ports(pid) for pid in pids)
+
+    os.kill(victim, signal.SIGKILL)  # the supervisor replaces it
+
+    def replaced() -> bool:
+        samples = scrape(url)
+        return (
+            by_labels(samples, "tms_worker_restarts_total") == {(): 1.0}
+            and by_labels(samples, "tms_workers") == {(): 2.0}
+            and len(by_labels(samples, "tms_model_load_seconds", "model", "worker")) == 4
+        )
+
+    assert wait_for(replaced, timeout=30), server.logs()
+    samples = scrape(url)
+    # The successor loaded its models, and failed to load the broken one, once more.
+    assert by_labels(samples, "tms_model_load_failures_total", "model")[("broken",)] == 3.0
+    # The dead worker's counters and histograms stay in its files and still count; its live
+    # gauges went with it (mark_process_dead), and its successor reports under its index.
+    assert model_calls(samples) == sent
+    assert (directory / f"counter_{victim}.db").exists()
+    assert not (directory / f"gauge_livemax_{victim}.db").exists()
+    assert set(by_labels(samples, "tms_in_flight", "worker")) == {("0",), ("1",)}
+    with ModelClient("pixels", server.target, balancer=RoundRobin()) as pixels:
+        for image in images[:4]:
+            pixels.run_image(image)
+    after = model_calls(scrape(url))
+    assert after == {**sent, ("pixels", "RunImage", "OK"): 14.0}
+
+    assert server.stop() == 0
+    assert not directory.exists()  # removed at exit
+
+
+def test_no_metrics_port_no_metrics(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    server = server_process(models, workers=2, env={"TMPDIR": str(tmp_path)})
+    with ModelClient("pixels", server.target) as pixels:
+        pixels.run_image(np.zeros((4, 4), np.uint8))
+        pids = {w.pid for w in pixels.workers()}
+    assert "metrics on" not in server.logs()
+    assert listening_ports(server.process.pid) == set()  # the supervisor serves nothing
+    assert all(listening_ports(pid) == {int(server.target.rsplit(":", 1)[1])} for pid in pids)
+    assert list(tmp_path.glob("tms-metrics-*")) == []  # no metrics directory was made
+    assert server.stop() == 0
