@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["CURRENT", "REQUEST_ID_KEY", "CallInfo", "new_request_id", "request_id"]
 
@@ -34,6 +35,7 @@ class CallInfo:
     model: str = ""  # the model the request names ("" for RPCs that name none)
     model_seconds: float | None = None  # time inside the model's methods, once it ran
     image_bytes: int = 0  # bytes of the images the request carried
+    span: Any = None  # its OpenTelemetry span, when tracing is on (tms_server.tracing)
 
     def ran_model(self, seconds: float) -> None:
         self.model_seconds = (self.model_seconds or 0.0) + seconds

@@ -26,6 +26,7 @@ from tms_server.callinfo import CURRENT
 from tms_server.errors import Internal, InvalidArgument
 from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel
+from tms_server.tracing import model_span
 
 __all__ = [
     "CHANNELS",
@@ -118,7 +119,7 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
     """
     call = CURRENT.get()
     try:
-        with model.lock:
+        with model.lock, model_span(model.name):
             began = time.perf_counter()
             try:
                 return method(*args)

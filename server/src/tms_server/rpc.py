@@ -40,6 +40,7 @@ from tms_server.load import WorkerLoad
 from tms_server.logs import log_call
 from tms_server.metrics import WorkerMetrics
 from tms_server.stalls import Context, StallWatch
+from tms_server.tracing import end_call_span, start_call_span
 
 __all__ = ["Method", "Worker", "add_service", "quick"]
 
@@ -111,8 +112,10 @@ class Worker:
     async def handle(self, method: Method, context: Context) -> Any:
         watch, load = self.watch, self.load
         began = time.perf_counter()
-        call = CallInfo(method.rpc, request_id(context.invocation_metadata()))
+        metadata = context.invocation_metadata()
+        call = CallInfo(method.rpc, request_id(metadata))
         CURRENT.set(call)  # in this call's own context: grpc.aio runs each call in a task
+        call.span = start_call_span(method.name, metadata)
         tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
         watch.begin(context)
         try:
@@ -149,7 +152,9 @@ class Worker:
         return response
 
     def finished(self, call: CallInfo, code: grpc.StatusCode, began: float) -> None:
-        """Count and log a call that is over, as far as metrics and the call log are on."""
+        """Count, log and trace a call that is over, as far as each is on."""
+        if call.span is not None:
+            end_call_span(call.span, code, call.model)
         if self.metrics is None and not self.log_requests:
             return
         seconds = time.perf_counter() - began
