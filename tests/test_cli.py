@@ -301,6 +301,7 @@ def test_workers(tms, target):
     assert header.split() == [
         "ADDRESS",
         "WORKER",
+        "DEVICE",
         "PID",
         "RUNNING",
         "QUEUED",
@@ -308,12 +309,12 @@ def test_workers(tms, target):
         "FLIGHT",
         "CALLS",
     ]
-    assert [row.split()[:2] for row in rows] == [[target, "0/2"], [target, "1/2"]]
+    assert [row.split()[:3] for row in rows] == [[target, "0/2", "cpu"], [target, "1/2", "cpu"]]
     code, out, _ = tms("workers", "--json")
     workers = json.loads(out)
-    assert [(w["address"], w["index"], w["count"]) for w in workers] == [
-        (target, 0, 2),
-        (target, 1, 2),
+    assert [(w["address"], w["index"], w["count"], w["device"]) for w in workers] == [
+        (target, 0, 2, "cpu"),
+        (target, 1, 2, "cpu"),
     ]
     assert len({w["pid"] for w in workers}) == 2
     assert len({w["instance_id"] for w in workers}) == 1
@@ -326,11 +327,14 @@ def test_workers(tms, target):
 
 
 def test_worker_load_leaves_out_the_probe():
-    info = WorkerInfo("h:1", "i", 7, 0, 2, 3, 1, reported_in_flight=5, reported_queued=2)
+    info = WorkerInfo(
+        "h:1", "i", 7, 0, 2, 3, 1, reported_in_flight=5, reported_queued=2, device="cuda:1"
+    )
     assert worker_json(info) == {
         "address": "h:1",
         "index": 0,
         "count": 2,
+        "device": "cuda:1",
         "pid": 7,
         "instance_id": "i",
         "running": 4,

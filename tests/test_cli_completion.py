@@ -21,7 +21,7 @@ from tms_cli.completion import read_parser
 from tms_cli.parser import build_parser
 
 COMMANDS = ["models", "info", "health", "workers", "run", "run-i2i", "text", "bench", "completion"]
-EXAMPLE_MODELS = ["edges", "face", "mean", "ocr", "optical_flow", "text_stats"]
+EXAMPLE_MODELS = ["edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
 
 
 def script(shell: str, capsys) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
 import tms_server
-from tms_server.registry import import_model_class
+from tms_server.devices import Placement
+from tms_server.registry import import_model_class, instantiate
 
 MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 
@@ -60,6 +63,11 @@ def text_stats():
 @pytest.fixture(scope="module")
 def mean():
     return load_model("mean")
+
+
+@pytest.fixture(scope="module")
+def upright():
+    return load_model("upright")
 
 
 def astronaut_bgr() -> np.ndarray:
@@ -242,6 +250,53 @@ def test_ocr_finds_no_text_on_a_blank_page(ocr):
     assert ocr.run(readonly(np.full((100, 300, 3), 255, np.uint8)), {}) == {"lines": []}
 
 
+# --- upright
+
+
+def text_line(text: str) -> np.ndarray:
+    """A BGR line of ``text``, cropped to the ink with a small margin."""
+    image, (x0, y0, x1, y1) = render_text(text)
+    return image[int(y0) - 8 : int(y1) + 8, int(x0) - 8 : int(x1) + 8]
+
+
+@pytest.mark.parametrize("text", ["Tiny Model Server 2024", "Hello world"])
+def test_upright_tells_upright_from_upside_down(upright, text):
+    line = text_line(text)
+    assert upright.run(readonly(line), {}) == {
+        "angle": 0,
+        "score": pytest.approx(1, abs=0.05),
+        "provider": "CPUExecutionProvider",  # this machine has no GPU
+    }
+    assert upright.run(readonly(line[::-1, ::-1]), {})["angle"] == 180
+    batch = upright.run_batch([readonly(line), readonly(line[::-1, ::-1])], {})
+    assert [result["angle"] for result in batch] == [0, 180]
+
+
+def test_upright_asks_for_cuda_on_a_gpu_worker_and_says_what_it_got(monkeypatch, caplog):
+    """On a GPU worker with the CUDA provider listed, the model asks for it; this machine's
+    ONNX Runtime cannot give it, falls back to the CPU, and the model says so."""
+    model_class = import_model_class(MODELS / "upright")
+    module = sys.modules[model_class.__module__]
+    assert module.providers_for("cpu") == ["CPUExecutionProvider"]
+    available = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(module.ort, "get_available_providers", lambda: available)
+    assert module.providers_for("cuda:0") == [
+        ("CUDAExecutionProvider", {"device_id": 0}),
+        "CPUExecutionProvider",
+    ]
+    assert module.providers_for("cpu") == ["CPUExecutionProvider"]
+    with (
+        caplog.at_level(logging.INFO),
+        pytest.warns(UserWarning, match="CUDAExecutionProvider"),  # ONNX Runtime's own
+    ):
+        gpu = instantiate(model_class, Placement(1, ("cuda:0", "cuda:1"), threads=1))
+    assert gpu.device == "cuda:0"  # the worker's one GPU, as it sees it
+    assert gpu.provider == "CPUExecutionProvider"
+    assert gpu.run(readonly(text_line("Hello")), {})["provider"] == "CPUExecutionProvider"
+    assert "asked ONNX Runtime for CUDAExecutionProvider on cuda:0 and got" in caplog.text
+    assert "upright: worker 1 runs on CPUExecutionProvider (device cuda:0" in caplog.text
+
+
 # --- text stats
 
 
@@ -297,7 +352,7 @@ def test_mean_is_the_numpy_mean(mean, image):
 def test_declarations():
     declared = {
         name: load_model(name)
-        for name in ("face", "edges", "optical_flow", "ocr", "text_stats", "mean")
+        for name in ("face", "edges", "optical_flow", "ocr", "text_stats", "mean", "upright")
     }
     # The cascade and RapidOCR keep per-call state in the instance; the others do not.
     assert {name for name, model in declared.items() if not model.thread_safe} == {"face", "ocr"}
@@ -328,6 +383,7 @@ def test_declarations():
         ("text_stats", {"top": -1}, "top must be an integer >= 0"),
         ("text_stats", {"top": "5"}, "top must be an integer"),
         ("text_stats", {"n": 5}, "unknown args"),
+        ("upright", {"min_score": 0.5}, "upright takes none"),
     ],
 )
 def test_bad_args_raise_invalid_input(request, name, args, message):

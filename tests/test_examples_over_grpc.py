@@ -35,7 +35,7 @@ def jpeg_bytes(rgb: np.ndarray) -> bytes:
 def test_list_models(target):
     with ModelClient("face", target) as client:
         names = [m.name for m in client.list_models()]
-    assert names == ["edges", "face", "mean", "ocr", "optical_flow", "text_stats"]
+    assert names == ["edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
 
 
 def test_face_from_every_kind_of_input(target, astronaut_bgr, tmp_path):

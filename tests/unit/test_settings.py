@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tms_server.cpus import available_cpus
 from tms_server.settings import Settings, parse_settings
 
 ARGPARSE_ERROR = 2
@@ -31,7 +32,12 @@ def test_defaults() -> None:
     assert settings == Settings()
     assert settings.host == "0.0.0.0"
     assert settings.port == 50051
-    assert settings.workers == len(os.sched_getaffinity(0))
+    assert settings.workers == available_cpus()  # the affinity count, within the cgroup quota
+    assert settings.workers <= len(os.sched_getaffinity(0))
+    assert settings.devices == ("cpu",)
+    assert settings.worker_devices == ("cpu",) * settings.workers
+    assert settings.workers_per_device is None
+    assert settings.model_threads is None
     assert settings.threads == 8
     assert settings.models == Path("models")
     assert settings.entry_points is True
@@ -278,7 +284,7 @@ def test_help_documents_every_setting_and_its_variable(
     text = " ".join(capsys.readouterr().out.split())
     for spec in dataclasses.fields(Settings):
         assert "--" + spec.name.replace("_", "-") in text
-        default = "CPU count" if spec.name == "workers" else spec.default
+        default = spec.metadata["shown"] or spec.default
         assert f"[TMS_{spec.name.upper()}; default: {default}]" in text
         assert " ".join(spec.metadata["help"].split()) in text
 

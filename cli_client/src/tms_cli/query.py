@@ -74,7 +74,8 @@ def show_health(options: Options, args: argparse.Namespace) -> int:
 
 
 def show_workers(options: Options, args: argparse.Namespace) -> int:
-    """``tms workers``: the worker processes found behind the target, and their load.
+    """``tms workers``: the worker processes found behind the target, their device, and
+    their load.
 
     Each worker is asked once (a ListModels call) for its load: the calls it is running
     besides that one, and those waiting for one of its threads.
@@ -89,6 +90,7 @@ def show_workers(options: Options, args: argparse.Namespace) -> int:
         [
             w["address"],
             f"{w['index']}/{w['count']}",
+            w["device"] or "?",  # "" from servers that do not say
             str(w["pid"]),
             _count(w["running"]),
             _count(w["queued"]),
@@ -97,7 +99,7 @@ def show_workers(options: Options, args: argparse.Namespace) -> int:
         ]
         for w in rows
     ]
-    header = ["address", "worker", "pid", "running", "queued", "in flight", "calls"]
+    header = ["address", "worker", "device", "pid", "running", "queued", "in flight", "calls"]
     print_table(header, table, sys.stdout)
     return 0
 
@@ -120,6 +122,7 @@ def worker_json(worker: WorkerInfo) -> dict[str, Any]:
         "address": worker.address,
         "index": worker.index,
         "count": worker.count,
+        "device": worker.device,
         "pid": worker.pid,
         "instance_id": worker.instance_id,
         # A report counts the call that carried it: here, this command's own probe.

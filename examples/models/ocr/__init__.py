@@ -8,9 +8,6 @@ from rapidocr_onnxruntime import RapidOCR
 
 import tms_server
 
-# Each worker process loads its own engine, so each keeps to a couple of threads.
-_THREADS = 2
-
 
 class Model(tms_server.Model):
     """Reads lines of text (Latin letters, digits, Chinese) in a photo or a scan.
@@ -26,7 +23,7 @@ class Model(tms_server.Model):
 
     def __init__(self) -> None:
         self.engine = RapidOCR(
-            intra_op_num_threads=_THREADS,
+            intra_op_num_threads=self.threads,  # the worker's share of the CPUs
             inter_op_num_threads=1,
             det_limit_type="max",  # scale big images down only; the default scales small ones up
             text_score=0.0,  # run() filters by the caller's min_score

@@ -53,17 +53,25 @@ CALL_BUCKETS = (
 
 
 class WorkerMetrics:
-    """The metrics of worker ``worker`` (its index): what ``finished`` counts for each call,
-    the load gauges ``sample`` sets, and the model loads ``model_loaded`` notes.
+    """The metrics of worker ``worker`` (its index) on ``device``: what ``finished`` counts for
+    each call, the load gauges ``sample`` sets, and the model loads ``model_loaded`` notes.
 
     The gauges are per worker, labelled with its index, in the ``livemax`` multiprocess mode:
     one series per worker, dropped when its process dies and taken over by its successor."""
 
-    def __init__(self, worker: int) -> None:
+    def __init__(self, worker: int, device: str = "cpu") -> None:
         # Imported here, after the supervisor set PROMETHEUS_MULTIPROC_DIR (see the docstring).
         from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415
 
         self._index = index = str(worker)
+        # Set once: which device each worker runs on (1 per live worker).
+        Gauge(
+            "tms_worker_info",
+            "The device each worker runs on (always 1).",
+            ["worker", "device"],
+            multiprocess_mode="livemax",
+            registry=None,
+        ).labels(index, device).set(1)
         self._calls_total = Counter(
             "tms_calls", "Calls finished.", ["model", "rpc", "code"], registry=None
         )

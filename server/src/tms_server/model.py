@@ -6,6 +6,13 @@ per worker process, in that process, when the worker starts; ``__init__`` is the
 weights. Subclassing :class:`Model` is recommended but not required: the server reads the same
 attributes with the same defaults from any class.
 
+Where it runs: the server sets ``worker_index``, ``device`` and ``threads`` on the instance
+before ``__init__`` runs, and passes them to ``__init__`` as keyword arguments too when it
+names such parameters (``def __init__(self, device="cpu")``). A model that should not load in
+every worker declares ``workers`` and/or ``devices``: every worker still imports its module
+(to read them), but only the workers it is placed on call ``__init__``; the others send its
+calls there (tms_server.devices says how workers are picked).
+
 Inputs: an image model receives a numpy array of shape (H, W) or (H, W, C), read-only, in the
 colour order named by ``color`` and the dtype named by ``dtype``; a text model receives ``str``.
 ``args`` is the request's JSON object as a dict. Results must be JSON-serializable (numpy
@@ -47,6 +54,23 @@ class Model:
     #: True if one instance may run several calls at once; otherwise the worker runs its
     #: calls to this model one at a time.
     thread_safe: ClassVar[bool] = False
+    #: How many workers load the model (the lowest indices among those on ``devices``, which
+    #: spreads them over the devices); None: every one.
+    workers: ClassVar[int | None] = None
+    #: The devices whose workers may load it, as the server's ``--devices`` names them
+    #: (``"cuda:1"``; ``"cuda"`` for any GPU, ``"cpu"``); None: any device.
+    devices: ClassVar[tuple[str, ...] | None] = None
+
+    #: Set by the server on each instance before ``__init__``: the index of the worker process
+    #: it runs in (0 to workers - 1).
+    worker_index: int = 0
+    #: Set by the server: the device to run on as this process sees it, ``"cuda:0"`` (the
+    #: worker's one GPU: the server sets CUDA_VISIBLE_DEVICES) or ``"cpu"``.
+    device: str = "cpu"
+    #: Set by the server: the threads the model's numerical work should use in this worker
+    #: (OMP_NUM_THREADS and the like are set to it); pass it to libraries that read no
+    #: variable, e.g. ONNX Runtime's ``intra_op_num_threads`` or ``torch.set_num_threads``.
+    threads: int = 1
 
     def run(self, data: Any, args: dict[str, Any]) -> Any:
         """Run on one input; called by the server for RunImage / RunText.

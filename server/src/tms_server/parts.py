@@ -26,6 +26,7 @@ from tms_server.registry import ModelRegistry
 __all__ = ["Reloader", "WorkerParts"]
 
 log = logging.getLogger("tms_server")
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Reloader:
@@ -46,7 +47,10 @@ class Reloader:
             except Exception as exc:
                 log.exception("model %r failed to reload", name)
                 return f"{type(exc).__name__}: {exc}"
-        self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # NOT_SERVING if its placement now leaves this worker out (see report_serving).
+        here = name in self._registry.models
+        status = health_pb2.HealthCheckResponse.SERVING if here else _NOT_SERVING
+        self._health.set(name, status)
         return None
 
 

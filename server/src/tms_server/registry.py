@@ -4,6 +4,11 @@ Models come from the sub-folders of the models folder (a package whose ``__init_
 defines ``class Model``) and from the ``tms.models`` entry-point group (name -> class), so a
 pip-installed package can ship models. A model that fails to import or load is logged and
 kept aside with its error; the others load regardless.
+
+Every worker imports every model's class, but makes an instance only of the models placed on
+it (tms_server.devices); it describes the others from their classes, so ListModels and
+GetModelInfo answer alike on every worker, and it sends their calls to the workers that have
+them (FAILED_PRECONDITION, naming those workers).
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ import numpy as np
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.protocol.codec import DTypeValue, dtype_of
 from tms_client.protocol.colors import ColorValue, color_order
+from tms_server.devices import Placement
 from tms_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from tms_server.model import Model
 
-__all__ = ["ENTRY_POINT_GROUP", "LoadedModel", "ModelRegistry", "import_model_class"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Elsewhere",
+    "LoadedModel",
+    "ModelRegistry",
+    "import_model_class",
+    "instantiate",
+]
 
 log = logging.getLogger("tms_server")
 
@@ -45,7 +58,8 @@ OnLoad = Callable[[str, float | None], None]
 @dataclass(frozen=True)
 class LoadedModel:
     """A model instance with what the server needs to call it: its description (``info``,
-    as ListModels sends it) and the numpy dtype and shape it takes."""
+    as ListModels sends it) and the numpy dtype and shape it takes. ``instance`` is None in
+    the description of a model placed on other workers (see ``ModelRegistry.elsewhere``)."""
 
     instance: Any
     info: model_service_pb2.ModelInfo
@@ -86,9 +100,10 @@ def _color(cls: type, attribute: str) -> ColorValue:
         raise TypeError(f"{attribute}: {exc}") from None
 
 
-def describe(name: str, instance: Any) -> LoadedModel:
-    """Read a model instance's declarations (see tms_server.model) into a LoadedModel."""
-    cls = type(instance)
+def describe(name: str, cls: Any, instance: Any = None, *, ask_shape: bool = True) -> LoadedModel:
+    """Read a model class's declarations (see tms_server.model) into a LoadedModel of
+    ``instance``; its ``get_input_shape()`` is asked if there is an instance and ``ask_shape``,
+    else the class's ``input_shape`` is the shape."""
     inputs = getattr(cls, "inputs", "image")
     if inputs not in ("image", "text"):
         raise TypeError(f"inputs = {inputs!r}; expected 'image' or 'text'")
@@ -110,7 +125,7 @@ def describe(name: str, instance: Any) -> LoadedModel:
         raise TypeError("the model overrides none of run, run_image_to_image")
     dtype_name = getattr(cls, "dtype", None)
     dtype = np.dtype(dtype_name) if dtype_name is not None else None
-    get_shape = getattr(instance, "get_input_shape", None)
+    get_shape = getattr(instance, "get_input_shape", None) if ask_shape else None
     shape = get_shape() if callable(get_shape) else getattr(cls, "input_shape", None)
     input_shape = tuple(int(d) for d in shape) if shape is not None else None
     color, output_color = _color(cls, "color"), _color(cls, "output_color")
@@ -127,6 +142,40 @@ def describe(name: str, instance: Any) -> LoadedModel:
     )
     lock = contextlib.nullcontext() if thread_safe else threading.Lock()
     return LoadedModel(instance, info, dtype, input_shape, lock)
+
+
+def instantiate(cls: Any, placement: Placement) -> Any:
+    """An instance of model class ``cls`` for the worker at ``placement``: ``worker_index``,
+    ``device`` (as the worker sees it) and ``threads`` are set on it before its ``__init__``
+    runs, and passed to ``__init__`` as keyword arguments if it names such parameters."""
+    told = {
+        "worker_index": placement.index,
+        "device": placement.local_device,
+        "threads": placement.threads,
+    }
+    if not isinstance(cls, type):  # an entry point may name a factory rather than a class
+        return cls()
+    model_class: Any = cls  # a class of any metaclass
+    instance = model_class.__new__(model_class)
+    for attribute, value in told.items():
+        with contextlib.suppress(AttributeError):  # __slots__, or a property of its own
+            setattr(instance, attribute, value)
+    names = _keyword_parameters(cls)
+    instance.__init__(**{key: value for key, value in told.items() if key in names})
+    return instance
+
+
+def _keyword_parameters(cls: type) -> set[str]:
+    """The parameters of ``cls.__init__`` that a keyword can fill (not ``**kwargs``)."""
+    init = cls.__init__  # type: ignore[misc]
+    if init is object.__init__:
+        return set()
+    try:
+        parameters = inspect.signature(init).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.kind in kinds}
 
 
 def _wire_dtype(dtype: np.dtype[Any] | None) -> DTypeValue:
@@ -185,8 +234,18 @@ def _check_name(name: str) -> None:
         raise InvalidArgument(f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -")
 
 
+@dataclass(frozen=True)
+class Elsewhere:
+    """A model placed on other workers than this one: its description, from its class, and
+    the workers that have it."""
+
+    model: LoadedModel
+    workers: tuple[int, ...]
+
+
 class ModelRegistry:
-    """The models of one worker process, by name, and the ones that failed to load;
+    """The models of one worker process, by name: those it loaded (``models``), those placed
+    on other workers (``elsewhere``) and those that failed to load (``failed``, with why);
     ``on_load`` (the worker's metrics) is told of every load, at start and on reloads."""
 
     def __init__(
@@ -194,43 +253,88 @@ class ModelRegistry:
         models: dict[str, LoadedModel],
         failed: dict[str, str],
         *,
+        elsewhere: dict[str, Elsewhere] | None = None,
+        placement: Placement | None = None,
         folder: Path | None = None,
         entry_points: bool = False,
         on_load: OnLoad | None = None,
     ) -> None:
         self.models = dict(sorted(models.items()))
         self.failed = dict(sorted(failed.items()))
+        self.elsewhere = dict(sorted((elsewhere or {}).items()))
+        self.placement = placement if placement is not None else Placement()
         self._folder = folder
         self._entry_points = entry_points
         self._on_load = on_load
 
     def __repr__(self) -> str:
-        return f"<ModelRegistry models={list(self.models)} failed={list(self.failed)}>"
+        return (
+            f"<ModelRegistry models={list(self.models)} elsewhere={list(self.elsewhere)} "
+            f"failed={list(self.failed)}>"
+        )
 
     @classmethod
     def load(
-        cls, folder: Path | None, *, entry_points: bool = True, on_load: OnLoad | None = None
+        cls,
+        folder: Path | None,
+        *,
+        entry_points: bool = True,
+        on_load: OnLoad | None = None,
+        placement: Placement | None = None,
     ) -> ModelRegistry:
-        models: dict[str, LoadedModel] = {}
-        failed: dict[str, str] = {}
+        """Import every model's class, and load those placed on the worker at ``placement``
+        (default: a worker alone, on the CPU)."""
+        placement = placement if placement is not None else Placement()
+        registry = cls(
+            {},
+            {},
+            placement=placement,
+            folder=folder,
+            entry_points=entry_points,
+            on_load=on_load,
+        )
         for name, load_class in _sources(folder, entry_points):
             if not NAME_PATTERN.fullmatch(name):
                 log.error("skipping model %r: a name is letters, digits, _ and - only", name)
                 continue
-            started = time.perf_counter()
             try:
-                models[name] = describe(name, load_class()())
+                registry._add(name, load_class)
             except Exception as exc:
                 log.exception("model %r failed to load", name)
-                failed[name] = f"{type(exc).__name__}: {exc}"
+                registry.failed[name] = f"{type(exc).__name__}: {exc}"
                 if on_load is not None:
                     on_load(name, None)
-                continue
-            seconds = time.perf_counter() - started
-            log.info("loaded model %r in %.2fs", name, seconds)
-            if on_load is not None:
-                on_load(name, seconds)
-        return cls(models, failed, folder=folder, entry_points=entry_points, on_load=on_load)
+        registry.models = dict(sorted(registry.models.items()))
+        registry.failed = dict(sorted(registry.failed.items()))
+        registry.elsewhere = dict(sorted(registry.elsewhere.items()))
+        return registry
+
+    def _add(self, name: str, load_class: Callable[[], Any], verb: str = "loaded") -> None:
+        """Import model ``name``'s class, then load it if it is placed on this worker, or
+        else note where it is; raises whatever importing or loading raised."""
+        started = time.perf_counter()
+        model_class = load_class()
+        placement = self.placement
+        workers = placement.workers_for(model_class)
+        # On every worker alike: from the class alone, unless every worker has an instance.
+        everywhere = len(workers) == len(placement.devices)
+        if placement.index not in workers:
+            model = describe(name, model_class)
+            self.elsewhere = {**self.elsewhere, name: Elsewhere(model, workers)}
+            self.models = {k: v for k, v in self.models.items() if k != name}
+            self.failed = {k: v for k, v in self.failed.items() if k != name}
+            log.info("model %r is placed on %s", name, placement.where(workers))
+            return
+        instance = instantiate(model_class, placement)
+        model = describe(name, model_class, instance, ask_shape=everywhere)
+        # Swap whole dicts: readers (other threads) see the old or the new, never a mix.
+        self.models = dict(sorted({**self.models, name: model}.items()))
+        self.elsewhere = {k: v for k, v in self.elsewhere.items() if k != name}
+        self.failed = {k: v for k, v in self.failed.items() if k != name}
+        seconds = time.perf_counter() - started
+        log.info("%s model %r in %.2fs", verb, name, seconds)
+        if self._on_load is not None:
+            self._on_load(name, seconds)
 
     def source(self, name: str) -> Any:
         """The loader of model ``name``'s class: INVALID_ARGUMENT for a name that cannot be
@@ -241,9 +345,11 @@ class ModelRegistry:
             raise NotFound(f"no model named {name!r} in the models folder or entry points")
         return load_class
 
-    def reload(self, name: str) -> LoadedModel:
+    def reload(self, name: str) -> None:
         """Load model ``name`` again from its folder (its modules imported afresh) or entry
-        point, and serve the new instance from now on; calls in flight keep the old one.
+        point, and serve the new instance from now on (or, if its placement now leaves this
+        worker out, send its calls to the workers that have it); calls in flight keep the old
+        instance.
 
         Raises NotFound when no source has that name, and whatever loading raised when it
         fails; then the model being served, if any, stays.
@@ -253,29 +359,53 @@ class ModelRegistry:
         for module in [m for m in sys.modules if m == prefix or m.startswith(prefix + ".")]:
             del sys.modules[module]
         importlib.invalidate_caches()
-        started = time.perf_counter()
         try:
-            model = describe(name, load_class()())
+            self._add(name, load_class, "reloaded")
         except Exception:
             if self._on_load is not None:
                 self._on_load(name, None)
             raise
-        # Swap whole dicts: readers (other threads) see the old or the new, never a mix.
-        self.models = dict(sorted({**self.models, name: model}.items()))
-        self.failed = {k: v for k, v in self.failed.items() if k != name}
-        seconds = time.perf_counter() - started
-        log.info("reloaded model %r in %.2fs", name, seconds)
-        if self._on_load is not None:
-            self._on_load(name, seconds)
-        return model
 
     def get(self, name: str) -> LoadedModel:
-        """The model called ``name``, or the error a caller asking for it should get."""
+        """The model called ``name``, loaded in this worker, or the error a caller asking for
+        it should get."""
         model = self.models.get(name)
         if model is not None:
             return model
+        away = self.elsewhere.get(name)
+        if away is not None:
+            placement = self.placement
+            raise FailedPrecondition(
+                f"model {name!r} is not loaded in worker {placement.index} "
+                f"({placement.device}): it is placed on {placement.where(away.workers)}; "
+                "send its calls there (tms_client does)"
+            )
+        return self._missing(name)
+
+    def find(self, name: str) -> LoadedModel:
+        """The description of model ``name``, in this worker or placed on others (its
+        ``instance`` then None); the same errors as ``get`` for a model that failed or is
+        unknown."""
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        away = self.elsewhere.get(name)
+        return away.model if away is not None else self._missing(name)
+
+    def _missing(self, name: str) -> LoadedModel:
         if name in self.failed:
             raise FailedPrecondition(f"model {name!r} failed to load: {self.failed[name]}")
         _check_name(name)
-        known = ", ".join(self.models) or "none"
+        known = ", ".join(sorted([*self.models, *self.elsewhere])) or "none"
         raise NotFound(f"no model named {name!r}; models: {known}")
+
+    def infos(self) -> list[model_service_pb2.ModelInfo]:
+        """What ListModels sends: every model loaded, here or on other workers, by name."""
+        models, elsewhere = self.models, self.elsewhere  # one look at each: reloads swap them
+        found = {name: model.info for name, model in models.items()}
+        found.update({name: away.model.info for name, away in elsewhere.items()})
+        return [found[name] for name in sorted(found)]
+
+    def here(self) -> list[str]:
+        """The models this worker has, loaded or failed to load (GetWorkerInfo.models)."""
+        return sorted([*self.models, *self.failed])

@@ -67,6 +67,7 @@ class WorkerIdentity:
     worker_index: int
     worker_count: int
     server_version: str
+    device: str = "cpu"  # as the server names it: "cpu", "cuda:1"
 
     @property
     def key(self) -> str:
@@ -81,6 +82,7 @@ class WorkerIdentity:
             worker_count=self.worker_count,
             server_version=self.server_version,
             hostname=socket.gethostname(),
+            device=self.device,
         )
 
 
@@ -160,14 +162,15 @@ class ModelServicer:
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        # Built on each call: an admin may have reloaded a model since.
-        return pb.ListModelsResponse(models=[m.info for m in self._registry.models.values()])
+        # Built on each call: an admin may have reloaded a model since. Models placed on
+        # other workers are listed too: every worker answers alike.
+        return pb.ListModelsResponse(models=self._registry.infos())
 
     @quick
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        return pb.GetModelInfoResponse(info=self._registry.get(request.model).info)
+        return pb.GetModelInfoResponse(info=self._registry.find(request.model).info)
 
     def RunImage(self, request: bytes, context: grpc.ServicerContext) -> pb.RunImageResponse:
         message, occurrences = _read(pb.RunImageRequest, request, self.max_batch_size)
@@ -240,4 +243,12 @@ class ModelServicer:
     def GetWorkerInfo(
         self, request: pb.GetWorkerInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetWorkerInfoResponse:
-        return self._worker_info
+        # The models this worker has, as of now (a reload may move one). An empty list would
+        # mean "every model" (older servers send none), so a worker that has none while
+        # others have some sends [""], which names no model.
+        registry = self._registry
+        models = registry.here() or ([""] if registry.elsewhere else [])
+        response = pb.GetWorkerInfoResponse()
+        response.CopyFrom(self._worker_info)
+        response.models.extend(models)
+        return response

@@ -107,14 +107,16 @@ def new_grpc_server(
 
 def report_serving(health: HealthServicer, registry: ModelRegistry) -> None:
     """The health of a server that has just started: each model loaded SERVING, each that
-    failed to load NOT_SERVING, then the model services and last the server as a whole ("")."""
+    failed to load NOT_SERVING, and so is each placed on other workers (this worker does not
+    serve it: its calls get FAILED_PRECONDITION here); then the model services and last the
+    server as a whole ("")."""
     serving, not_serving = (
         health_pb2.HealthCheckResponse.SERVING,
         health_pb2.HealthCheckResponse.NOT_SERVING,
     )
     for name in registry.models:
         health.set(name, serving)
-    for name in registry.failed:
+    for name in [*registry.failed, *registry.elsewhere]:
         health.set(name, not_serving)
     for name in (MODEL_SERVICE.full_name, oip.SERVICE_NAME, ""):
         health.set(name, serving)

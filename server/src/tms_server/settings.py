@@ -14,21 +14,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tms_server.cpus import available_cpus
+from tms_server.devices import CPU, DeviceError, assign, check_devices
+
 __all__ = ["Settings", "parse_settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_MAX_WORKERS = 256
 
 
 def _meta(
-    help_text: str, low: float | None = None, high: float | None = None, kind: type | None = None
+    help_text: str,
+    low: float | None = None,
+    high: float | None = None,
+    kind: type | None = None,
+    *,
+    parse: Callable[[str], Any] | None = None,
+    shown: str | None = None,
 ) -> Any:
-    """Field metadata: help text, bounds, and the type of a setting whose default is None."""
-    return {"help": help_text, "low": low, "high": high, "kind": kind}
+    """Field metadata: help text, bounds, the type of a setting whose default is None, how
+    to read the setting from text (default: its type), and its default as help shows it."""
+    return {
+        "help": help_text,
+        "low": low,
+        "high": high,
+        "kind": kind,
+        "parse": parse,
+        "shown": shown,
+    }
+
+
+def _split_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list: "cuda:0, cuda:1" -> ("cuda:0", "cuda:1")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 @dataclass(frozen=True)
@@ -39,12 +58,52 @@ class Settings:
     port: int = field(
         default=50051, metadata=_meta("port to listen on; 0 picks a free one", 0, 65535)
     )
-    workers: int = field(
-        default_factory=_cpu_count,
-        metadata=_meta("worker processes sharing the port", 1, 256),
+    # Unset, workers is worked out in __post_init__ (see _resolve_workers): after that it is
+    # always a number.
+    workers: int | None = field(
+        default=None,
+        metadata=_meta(
+            "worker processes sharing the port; unset: devices x workers_per_device, or one "
+            "per device, or on cpu one per CPU this process may use (its CPU affinity, at most "
+            "its cgroup CPU quota)",
+            1,
+            _MAX_WORKERS,
+            int,
+            shown="CPU count",
+        ),
+    )
+    devices: tuple[str, ...] = field(
+        default=(CPU,),
+        metadata=_meta(
+            "devices the workers run on, given to them in turn, e.g. cuda:0,cuda:1 or cpu; "
+            "each worker sees only its GPU (CUDA_VISIBLE_DEVICES), a cpu worker none",
+            parse=_split_list,
+            shown=CPU,
+        ),
+    )
+    workers_per_device: int | None = field(
+        default=None,
+        metadata=_meta(
+            "workers on each device: workers = devices x workers_per_device (give workers or "
+            "this, or both if they agree)",
+            1,
+            _MAX_WORKERS,
+            int,
+        ),
     )
     threads: int = field(
         default=8, metadata=_meta("threads per worker, i.e. concurrent calls per worker", 1, 1024)
+    )
+    model_threads: int | None = field(
+        default=None,
+        metadata=_meta(
+            "threads of the numerical libraries (OpenMP, MKL, OpenBLAS, numexpr, OpenCV) in "
+            "each worker, set through OMP_NUM_THREADS and the like; unset: OMP_NUM_THREADS if "
+            "set, else CPUs // workers (variables already set are kept)",
+            1,
+            1024,
+            int,
+        ),
     )
     models: Path = field(
         default=Path("models"), metadata=_meta("the models folder (sub-folders with class Model)")
@@ -212,6 +271,10 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "devices", check_devices(self.devices))
+        except DeviceError as exc:
+            raise ValueError(str(exc)) from None
         for spec in dataclasses.fields(self):
             value, low, high = getattr(self, spec.name), spec.metadata["low"], spec.metadata["high"]
             if low is not None and value is not None and not low <= value <= high:
@@ -227,6 +290,41 @@ class Settings:
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        object.__setattr__(self, "workers", self._resolve_workers())
+
+    def _resolve_workers(self) -> int:
+        """The number of workers: ``workers`` when given; else ``devices`` x
+        ``workers_per_device``; else one per device, or with devices cpu alone, one per CPU
+        the process may use. ValueError for numbers that contradict each other."""
+        devices, given, each = self.devices, self.workers, self.workers_per_device
+        listed = ",".join(devices)
+        if each is not None:
+            wanted = len(devices) * each
+            if given is not None and given != wanted:
+                raise ValueError(
+                    f"workers={given} contradicts devices={listed} with workers_per_device={each} "
+                    f"({len(devices)} x {each} = {wanted} workers); set one of workers and "
+                    "workers_per_device"
+                )
+            if wanted > _MAX_WORKERS:
+                raise ValueError(
+                    f"devices={listed} with workers_per_device={each} makes {wanted} workers; "
+                    f"at most {_MAX_WORKERS}"
+                )
+            return wanted
+        if given is not None:
+            if given < len(devices):
+                raise ValueError(
+                    f"workers={given} leaves devices without a worker: devices={listed} "
+                    f"needs at least {len(devices)}"
+                )
+            return given
+        return min(available_cpus(), _MAX_WORKERS) if devices == (CPU,) else len(devices)
+
+    @property
+    def worker_devices(self) -> tuple[str, ...]:
+        """The device of each worker, by index: the devices in turn."""
+        return assign(self.devices, self.workers or 1)
 
     @property
     def tls(self) -> bool:
@@ -273,9 +371,9 @@ def parse_settings(
             type(spec.default) if spec.default is not dataclasses.MISSING else int
         )
         converters_by_type: dict[type, Callable[[str], Any]] = {bool: _parse_bool, Path: Path}
-        convert = converters_by_type.get(kind, kind)
+        convert = spec.metadata["parse"] or converters_by_type.get(kind, kind)
         converters[spec.name] = convert
-        default = "CPU count" if spec.name == "workers" else spec.default
+        default = spec.metadata["shown"] or spec.default
         help_text = f"{spec.metadata['help']} [{_env_name(spec.name)}; default: {default}]"
         # A boolean flag takes true or false (yes, no, 1, 0, ...), and alone means true.
         extra: dict[str, Any] = {"nargs": "?", "const": True, "metavar": "{true,false}"}

@@ -24,6 +24,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from tms_server.board import WorkerBoard
+from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
 from tms_server.settings import Settings
 from tms_server.worker import EXIT_HUNG, run_worker
@@ -80,7 +81,8 @@ class _Slot:
 
 
 class Supervisor:
-    """Runs ``settings.workers`` worker processes until told to stop."""
+    """Runs ``settings.workers`` worker processes, on ``settings.worker_devices``, until told
+    to stop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -88,9 +90,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._context = multiprocessing.get_context("fork")
         self._ready = self._context.Queue()
-        self._slots = [_Slot() for _ in range(settings.workers)]
+        self._slots = [_Slot() for _ in settings.worker_devices]
         # Shared memory the workers inherit: their pids and load, and reloads for all.
-        self._board = WorkerBoard(settings.workers)
+        self._board = WorkerBoard(len(self._slots))
         self._metrics: MetricsExporter | None = None
 
     def __repr__(self) -> str:
@@ -133,6 +135,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        check_visible(self.settings.devices, os.environ)  # DeviceError before anything starts
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         sock, port = reserve_port(self.settings.host, self.settings.port)
@@ -145,6 +148,11 @@ class Supervisor:
                 cleanup.callback(self._metrics.stop)
                 where = f"{self.settings.host}:{self._metrics.port}"
                 print(f"tms-server: metrics on http://{where}/metrics", flush=True)
+            if self.settings.devices != (CPU,):
+                log.info(
+                    "workers on devices: %s",
+                    ", ".join(f"{i} {d}" for i, d in enumerate(self.settings.worker_devices)),
+                )
             for index in range(len(self._slots)):
                 self._start(index)
             if not self._wait_ready():

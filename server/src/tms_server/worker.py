@@ -26,6 +26,8 @@ from tms_server import __version__, logs, oip, security
 from tms_server.admin import AdminServicer
 from tms_server.admission import CallRunner, limit_arenas
 from tms_server.board import WorkerBoard
+from tms_server.cpus import limit_loaded_blas, model_threads, thread_environment
+from tms_server.devices import VISIBLE, Placement, cuda_visible_devices
 from tms_server.health import HealthServicer
 from tms_server.load import WorkerLoad
 from tms_server.metrics import WorkerMetrics
@@ -39,7 +41,15 @@ from tms_server.settings import Settings
 from tms_server.stalls import StallWatch
 
 # grpc_options now lives in tms_server.services; it stays importable from here.
-__all__ = ["EXIT_HUNG", "RunningServer", "build_server", "grpc_options", "run_worker"]
+__all__ = [
+    "EXIT_HUNG",
+    "RunningServer",
+    "build_server",
+    "grpc_options",
+    "prepare_process",
+    "run_worker",
+    "worker_placement",
+]
 
 log = logging.getLogger("tms_server")
 
@@ -122,26 +132,32 @@ def build_server(
     address: str | None = None,
     board: WorkerBoard | None = None,
     on_hung: Callable[[], None] | None = None,
+    placement: Placement | None = None,
 ) -> RunningServer:
     """Load the models (unless given), then start a gRPC server on ``address``
     (default: settings' host and port, shared with the other workers by SO_REUSEPORT),
     served by an event loop in a new thread.
 
     ``board`` is the supervisor's worker board (default: a board of this worker alone);
-    ``on_hung`` is called once if a call runs past the call time limit (default: drain).
-    With ``settings.metrics_port`` set, the worker records its metrics (tms_server.metrics).
+    ``on_hung`` is called once if a call runs past the call time limit (default: drain);
+    ``placement`` says which models this worker loads and what they are told (default: this
+    worker's, by the settings). With ``settings.metrics_port`` set, the worker records its
+    metrics (tms_server.metrics).
     """
     # TMS checks --max-pixels itself before decoding; Pillow's own, lower limit would warn.
     PILImage.MAX_IMAGE_PIXELS = None
     index = identity.worker_index if board is not None else 0
+    if placement is None:
+        placement = worker_placement(settings, index)
     board = board if board is not None else WorkerBoard(1)
     board.join(index, os.getpid())  # before loading: reloads posted from now on are ours too
-    metrics = WorkerMetrics(index) if settings.metrics_port is not None else None
+    metrics = WorkerMetrics(index, placement.device) if settings.metrics_port is not None else None
     if registry is None:
         registry = ModelRegistry.load(
             settings.models,
             entry_points=settings.entry_points,
             on_load=metrics.model_loaded if metrics is not None else None,
+            placement=placement,
         )
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
@@ -236,6 +252,26 @@ async def _start(
 SUPERVISOR_CHECK_SECONDS = 1.0
 
 
+def worker_placement(settings: Settings, index: int) -> Placement:
+    """Where worker ``index`` stands: every worker's device, and its models' thread count."""
+    devices = settings.worker_devices
+    threads = model_threads(settings.model_threads, len(devices), os.environ)
+    return Placement(index, devices, threads)
+
+
+def prepare_process(settings: Settings, placement: Placement) -> dict[str, str]:
+    """Set, in this worker process and before any model is imported, the variables that
+    libraries read when they load: CUDA_VISIBLE_DEVICES (the worker's GPU alone; none on cpu)
+    and the thread counts of the numerical libraries (tms_server.cpus). Returns what it set."""
+    inherited = os.environ.get(VISIBLE)
+    environment = {VISIBLE: cuda_visible_devices(placement.device, inherited)}
+    environment.update(thread_environment(placement.threads, settings.model_threads, os.environ))
+    os.environ.update(environment)
+    if "OPENBLAS_NUM_THREADS" in environment:  # numpy's OpenBLAS loaded before the fork
+        limit_loaded_blas(placement.threads)
+    return environment
+
+
 def limit_memory(megabytes: int) -> None:
     """Bound this process's address space (RLIMIT_AS): allocations past it fail, and a model
     asking for too much gets MemoryError instead of taking the machine's memory."""
@@ -263,7 +299,10 @@ def run_worker(
     replaced. If ``supervisor`` (the pid of the parent process) dies, stop the same way too:
     a worker never outlives the supervisor that would replace and stop it.
     """
-    identity = WorkerIdentity(instance_id, index, settings.workers, __version__)
+    placement = worker_placement(settings, index)
+    identity = WorkerIdentity(
+        instance_id, index, len(placement.devices), __version__, device=placement.device
+    )
     stop = threading.Event()
     hung = threading.Event()
 
@@ -280,12 +319,23 @@ def run_worker(
     limit_arenas()
     if settings.worker_memory_mb:
         limit_memory(settings.worker_memory_mb)
-    running = build_server(settings, identity, board=board, on_hung=on_hung)
+    environment = prepare_process(settings, placement)
     log.info(
-        "worker %d serving %d model(s) on port %d",
+        "worker %d on %s (%s=%r), model threads %d",
         index,
-        len(running.parts.registry.models),
+        placement.device,
+        VISIBLE,
+        environment[VISIBLE],
+        placement.threads,
+    )
+    running = build_server(settings, identity, board=board, on_hung=on_hung, placement=placement)
+    registry = running.parts.registry
+    log.info(
+        "worker %d serving %d model(s) on port %d%s",
+        index,
+        len(registry.models),
         running.port,
+        f" ({len(registry.elsewhere)} more on other workers)" if registry.elsewhere else "",
     )
     if ready is not None:
         ready()

@@ -68,8 +68,10 @@ class InferenceServicer:
         self._registry = registry
         self.load = models.load
 
-    def _model(self, name: str, version: str) -> DescribedModel:
-        model = self._registry.get(name)
+    def _model(self, name: str, version: str, *, here: bool = False) -> DescribedModel:
+        """Model ``name`` as OIP describes it; ``here``: loaded in this worker (to run it),
+        else it may be placed on other workers (to describe it)."""
+        model = self._registry.get(name) if here else self._registry.find(name)
         if version not in ("", VERSION):
             raise NotFound(f"model {name!r} has no version {version!r}; its one version is 1")
         return DescribedModel(model)
@@ -151,7 +153,7 @@ class InferenceServicer:
     def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.ServicerContext
     ) -> oip.ModelInferResponse:
-        described = self._model(request.model_name, request.model_version)
+        described = self._model(request.model_name, request.model_version, here=True)
         tensor, raw = self._input(request, TEXT if described.text else IMAGE)
         args = parse_args(string_param(request.parameters, "args") or "")
         wanted = [output.name for output in request.outputs]
