@@ -68,9 +68,9 @@ class AsyncModelClient(calls.AsyncioClient):
     async def _send(self, call: calls.Call[R]) -> R:
         await self.start()
         assert self._pool is not None
-        with call_span(call.path, self.model) as metadata:
+        with call_span(call.path, call.model) as metadata:
             request = Request(call.path, call.request, self.timeout, metadata)
-            reply = await self._pool.call(request, self.model)
+            reply = await self._pool.call(request, call.model)
         return call.parse(reply)
 
     def _bind(self, build: Builder[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:

@@ -82,11 +82,13 @@ def as_method(method: F, build: Callable[..., Any]) -> F:
 @dataclass(frozen=True)
 class Call(Generic[R]):
     """One call: ``path`` gets ``request`` (serialized); ``parse`` turns the reply bytes into
-    what the API method returns."""
+    what the API method returns. ``model`` is the model it is about ("" for the whole
+    server): the pool sends it to a worker that has that model."""
 
     path: str
     request: bytes
     parse: Callable[[bytes], R]
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def run_image(
     """
     head = pb.RunImageRequest(model=model, args_json=_args_json(args))
     request = join_images(head, IMAGE_FIELD, [to_parts(image, color=color)])
-    return Call(method_path("RunImage"), request, _result)
+    return Call(method_path("RunImage"), request, _result, model)
 
 
 def _results(reply: bytes) -> list[Any]:
@@ -167,7 +169,8 @@ def run_images(
     """Run the model on several images in one call; one result per image."""
     head = pb.RunImageBatchRequest(model=model, args_json=_args_json(args))
     parts = [to_parts(image, color=color) for image in images]
-    return Call(method_path("RunImageBatch"), join_images(head, IMAGE_FIELD, parts), _results)
+    request = join_images(head, IMAGE_FIELD, parts)
+    return Call(method_path("RunImageBatch"), request, _results, model)
 
 
 def run_image_to_image(
@@ -203,7 +206,7 @@ def run_image_to_image(
         return ImageToImageResult(arrays, from_json(response.result_json), colors)
 
     request = join_images(head, IMAGE_FIELD, parts)
-    return Call(method_path("RunImageToImage"), request, parse)
+    return Call(method_path("RunImageToImage"), request, parse, model)
 
 
 def _text_result(reply: bytes) -> Any:
@@ -213,7 +216,7 @@ def _text_result(reply: bytes) -> Any:
 def run_text(model: str, text: str, args: Args = None) -> Call[Any]:
     """Run a text model on one text and return its result (parsed JSON)."""
     request = pb.RunTextRequest(model=model, text=text, args_json=_args_json(args))
-    return Call(method_path("RunText"), request.SerializeToString(), _text_result)
+    return Call(method_path("RunText"), request.SerializeToString(), _text_result, model)
 
 
 def _text_results(reply: bytes) -> list[Any]:
@@ -223,7 +226,7 @@ def _text_results(reply: bytes) -> list[Any]:
 def run_texts(model: str, texts: Sequence[str], args: Args = None) -> Call[list[Any]]:
     """Run a text model on several texts in one call; one result per text."""
     request = pb.RunTextBatchRequest(model=model, texts=list(texts), args_json=_args_json(args))
-    return Call(method_path("RunTextBatch"), request.SerializeToString(), _text_results)
+    return Call(method_path("RunTextBatch"), request.SerializeToString(), _text_results, model)
 
 
 def _info(reply: bytes) -> ModelInfo:
@@ -233,7 +236,7 @@ def _info(reply: bytes) -> ModelInfo:
 def info(model: str) -> Call[ModelInfo]:
     """What the server says about this model."""
     request = pb.GetModelInfoRequest(model=model).SerializeToString()
-    return Call(method_path("GetModelInfo"), request, _info)
+    return Call(method_path("GetModelInfo"), request, _info, model)
 
 
 def _models(reply: bytes) -> list[ModelInfo]:
@@ -253,7 +256,7 @@ def _health(reply: bytes) -> str:
 
 def health(service: str) -> Call[str]:
     request = wrappers_pb2.StringValue(value=service).SerializeToString()
-    return Call(HEALTH_CHECK, request, _health)
+    return Call(HEALTH_CHECK, request, _health, service)
 
 
 # -- the clients' model methods, declared once -------------------------------------------------

@@ -63,9 +63,9 @@ class ModelClient(calls.ThreadClient):
         self._pool.close()
 
     def _send(self, call: calls.Call[R]) -> R:
-        with call_span(call.path, self.model) as metadata:
+        with call_span(call.path, call.model) as metadata:
             request = Request(call.path, call.request, self.timeout, metadata)
-            reply = self._pool.call(request, self.model)
+            reply = self._pool.call(request, call.model)
         return call.parse(reply)
 
     def _bind(self, build: Builder[P, R]) -> Callable[P, R]:

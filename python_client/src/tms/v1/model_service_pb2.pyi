@@ -534,7 +534,8 @@ class GetWorkerInfoResponse(_message.Message):
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The models this worker has (loaded, or failed to load). A model placed on some workers
         only is missing from the others' lists, and clients send its calls to those that have
-        it. Empty from servers older than this field: every worker has every model.
+        it. Empty from servers older than this field: every worker has every model. A worker
+        that has no model at all sends one empty name ("").
         """
 
     def __init__(

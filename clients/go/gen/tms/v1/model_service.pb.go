@@ -997,7 +997,8 @@ type GetWorkerInfoResponse struct {
 	Device string `protobuf:"bytes,7,opt,name=device,proto3" json:"device,omitempty"`
 	// The models this worker has (loaded, or failed to load). A model placed on some workers
 	// only is missing from the others' lists, and clients send its calls to those that have
-	// it. Empty from servers older than this field: every worker has every model.
+	// it. Empty from servers older than this field: every worker has every model. A worker
+	// that has no model at all sends one empty name ("").
 	Models        []string `protobuf:"bytes,8,rep,name=models,proto3" json:"models,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

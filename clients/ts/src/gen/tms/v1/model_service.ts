@@ -259,7 +259,8 @@ export interface GetWorkerInfoResponse {
   /**
    * The models this worker has (loaded, or failed to load). A model placed on some workers
    * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model.
+   * it. Empty from servers older than this field: every worker has every model. A worker
+   * that has no model at all sends one empty name ("").
    */
   models: string[];
 }
