@@ -25,7 +25,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -90,24 +90,16 @@ class Method:
             raise InvalidArgument(f"malformed {what}: {exc}") from None
 
 
+@dataclass
 class Worker:
     """What the handlers of one worker share: its load, admission and stall watch, and the
     metrics and call log when they are on."""
 
-    def __init__(
-        self,
-        load: WorkerLoad,
-        runner: CallRunner,
-        watch: StallWatch,
-        *,
-        metrics: WorkerMetrics | None = None,
-        log_requests: bool = False,
-    ) -> None:
-        self.load = load
-        self.runner = runner
-        self.watch = watch
-        self.metrics = metrics
-        self.log_requests = log_requests
+    load: WorkerLoad
+    runner: CallRunner
+    watch: StallWatch
+    metrics: WorkerMetrics | None = field(default=None, kw_only=True)
+    log_requests: bool = field(default=False, kw_only=True)
 
     async def handle(self, method: Method, context: Context) -> Any:
         watch, load = self.watch, self.load

@@ -61,17 +61,22 @@ STOP_MARGIN_SECONDS = 5.0
 
 @dataclass
 class RunningServer:
-    """A started gRPC server of one worker: its event loop runs in a thread of its own."""
+    """A started gRPC server of one worker: its event loop runs in a thread of its own. It is
+    made on that thread, in the loop: the loop and thread are the current ones, and a task
+    on the loop marks the worker's load each time the loop runs (the heartbeat's pulse)."""
 
     server: grpc.aio.Server
-    loop: asyncio.AbstractEventLoop
     parts: WorkerParts
     port: int
     runner: CallRunner
     watch: StallWatch
-    pulse: asyncio.Task[None] = field(repr=False)
-    thread: threading.Thread = field(repr=False)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    thread: threading.Thread = field(default_factory=threading.current_thread, repr=False)
     monitor: WorkerMonitor | None = field(default=None, repr=False)
+    pulse: asyncio.Task[None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pulse = self.loop.create_task(_pulse(self.parts.load), name="tms-pulse")
 
     def drain(self) -> None:
         """Report NOT_SERVING and refuse new calls with UNAVAILABLE (clients retry on other
@@ -235,17 +240,7 @@ async def _start(
     await server.start()
     report_serving(health, registry)
     watch.start()
-    pulse = loop.create_task(_pulse(load), name="tms-pulse")
-    return RunningServer(
-        server=server,
-        loop=loop,
-        parts=parts,
-        port=port,
-        runner=runner,
-        watch=watch,
-        pulse=pulse,
-        thread=threading.current_thread(),
-    )
+    return RunningServer(server=server, parts=parts, port=port, runner=runner, watch=watch)
 
 
 #: How often a worker checks that its supervisor is still alive.
