@@ -1,4 +1,4 @@
-"""Regenerate every stub from proto/ with ``buf generate``; ``--check`` fails on drift.
+"""Regenerate every stub from the buf modules (proto/, proto-oip/); ``--check`` fails on drift.
 
 Run from anywhere: ``uv run python codegen/generate.py [--check]``. One buf template per
 target (``codegen/buf.gen.*.yaml``):

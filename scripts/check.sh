@@ -30,7 +30,9 @@ run ruff check .
 run mypy
 run lint-imports --no-cache  # the layer contracts in pyproject.toml
 run buf lint
-run buf breaking --against '.git#branch=main'  # FILE rules (buf.yaml) vs. the main branch
+# FILE rules (buf.yaml), each module against the image of its last release, kept in git
+run buf breaking proto --against proto/releases/v0.1.0.binpb
+run buf breaking proto-oip --against proto-oip/releases/v0.1.0.binpb
 run buf format --exit-code --diff
 run python codegen/generate.py --check
 run pytest "$@"

@@ -1,4 +1,4 @@
-module tms/clients/go
+module github.com/tinymodelserver/tms/clients/go
 
 go 1.26.0
 

@@ -1,8 +1,8 @@
 // Package tmsclient is a small Go client for TMS (Tiny Model Server).
 //
-// It wraps the generated tms.v1 stubs (tms/clients/go/gen/tms/v1) with the three things most
-// services need: list the models, run an image through a model and read its JSON result, and
-// run an image-to-image model and read the pixels back.
+// It wraps the generated tms.v1 stubs (github.com/tinymodelserver/tms/clients/go/gen/tms/v1)
+// with the three things most services need: list the models, run an image through a model and
+// read its JSON result, and run an image-to-image model and read the pixels back.
 //
 //	c, err := tmsclient.Dial("localhost:50051")
 //	if err != nil { ... }
@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	tmsv1 "tms/clients/go/gen/tms/v1"
+	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
 )
 
 // Client calls the tms.v1.ModelService of one server.

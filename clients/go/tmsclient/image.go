@@ -7,7 +7,7 @@ import (
 	"image"
 	"image/color"
 
-	tmsv1 "tms/clients/go/gen/tms/v1"
+	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
 )
 
 // Image is an image as TMS carries it: raw pixels described by dtype, shape and colour order,

@@ -24,7 +24,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
-	"tms/clients/go/tmsclient"
+	"github.com/tinymodelserver/tms/clients/go/tmsclient"
 )
 
 func main() {

@@ -396,9 +396,8 @@ const file_tms_v1_admin_service_proto_rawDesc = "" +
 	"\aserving\x18\a \x01(\bR\aserving2\x9e\x01\n" +
 	"\fAdminService\x12F\n" +
 	"\vReloadModel\x12\x1a.tms.v1.ReloadModelRequest\x1a\x1b.tms.v1.ReloadModelResponse\x12F\n" +
-	"\vListWorkers\x12\x1a.tms.v1.ListWorkersRequest\x1a\x1b.tms.v1.ListWorkersResponseBy\n" +
-	"\n" +
-	"com.tms.v1B\x11AdminServiceProtoP\x01Z\x1ftms/clients/go/gen/tms/v1;tmsv1\xa2\x02\x03TXX\xaa\x02\x06Tms.V1\xca\x02\x06Tms\\V1\xe2\x02\x12Tms\\V1\\GPBMetadata\xea\x02\aTms::V1b\x06proto3"
+	"\vListWorkers\x12\x1a.tms.v1.ListWorkersRequest\x1a\x1b.tms.v1.ListWorkersResponseB\x85\x01\n" +
+	"\x19io.tinymodelserver.tms.v1B\x11AdminServiceProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3"
 
 var (
 	file_tms_v1_admin_service_proto_rawDescOnce sync.Once

@@ -348,10 +348,9 @@ const file_tms_v1_image_proto_rawDesc = "" +
 	"\x14ENCODING_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fENCODING_RAW\x10\x01\x12\x10\n" +
 	"\fENCODING_PNG\x10\x02\x12\x11\n" +
-	"\rENCODING_JPEG\x10\x03Br\n" +
-	"\n" +
-	"com.tms.v1B\n" +
-	"ImageProtoP\x01Z\x1ftms/clients/go/gen/tms/v1;tmsv1\xa2\x02\x03TXX\xaa\x02\x06Tms.V1\xca\x02\x06Tms\\V1\xe2\x02\x12Tms\\V1\\GPBMetadata\xea\x02\aTms::V1b\x06proto3"
+	"\rENCODING_JPEG\x10\x03B~\n" +
+	"\x19io.tinymodelserver.tms.v1B\n" +
+	"ImageProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3"
 
 var (
 	file_tms_v1_image_proto_rawDescOnce sync.Once

@@ -1177,9 +1177,8 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x0fRunImageToImage\x12\x1e.tms.v1.RunImageToImageRequest\x1a\x1f.tms.v1.RunImageToImageResponse\x12:\n" +
 	"\aRunText\x12\x16.tms.v1.RunTextRequest\x1a\x17.tms.v1.RunTextResponse\x12I\n" +
 	"\fRunTextBatch\x12\x1b.tms.v1.RunTextBatchRequest\x1a\x1c.tms.v1.RunTextBatchResponse\x12L\n" +
-	"\rGetWorkerInfo\x12\x1c.tms.v1.GetWorkerInfoRequest\x1a\x1d.tms.v1.GetWorkerInfoResponseBy\n" +
-	"\n" +
-	"com.tms.v1B\x11ModelServiceProtoP\x01Z\x1ftms/clients/go/gen/tms/v1;tmsv1\xa2\x02\x03TXX\xaa\x02\x06Tms.V1\xca\x02\x06Tms\\V1\xe2\x02\x12Tms\\V1\\GPBMetadata\xea\x02\aTms::V1b\x06proto3"
+	"\rGetWorkerInfo\x12\x1c.tms.v1.GetWorkerInfoRequest\x1a\x1d.tms.v1.GetWorkerInfoResponseB\x85\x01\n" +
+	"\x19io.tinymodelserver.tms.v1B\x11ModelServiceProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3"
 
 var (
 	file_tms_v1_model_service_proto_rawDescOnce sync.Once
