@@ -1,0 +1,266 @@
+/** ModelClient: call one model of TMS servers, spread over all their worker processes. */
+import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { Metadata, status } from "@grpc/grpc-js";
+
+import { type Balancer, LeastLoaded } from "./balancers.js";
+import { TmsError } from "./errors.js";
+import { Encoding } from "./gen/tms/v1/image.js";
+import {
+  GetModelInfoRequest,
+  GetModelInfoResponse,
+  ListModelsResponse,
+  type ModelInfo,
+  RunImageBatchRequest,
+  RunImageBatchResponse,
+  RunImageRequest,
+  RunImageResponse,
+  RunImageToImageRequest,
+  RunImageToImageResponse,
+  RunTextBatchRequest,
+  RunTextBatchResponse,
+  RunTextRequest,
+  RunTextResponse,
+} from "./gen/tms/v1/model_service.js";
+import { fromMessage, type Image, type ImageInput, toMessage } from "./images.js";
+import { type PoolCall, WorkerPool } from "./pool.js";
+import { RetryPolicy } from "./retry.js";
+import { parseTargets } from "./targets.js";
+import type { TlsOptions } from "./transport.js";
+import type { WorkerInfo } from "./workers.js";
+
+/** Options of a ModelClient; every field has a default. Times are in milliseconds. */
+export interface ClientOptions {
+  /** How long start() (or the first call) waits for the servers, then ConnectError (10 000). */
+  connectTimeoutMs?: number;
+  /** Each call's deadline, retries included (60 000; null: none). */
+  timeoutMs?: number | null;
+  /** Which worker gets a call (new LeastLoaded(); or new RoundRobin()). */
+  balancer?: Balancer;
+  /** Which failures are tried again, on another worker (RetryPolicy.never() turns retries off). */
+  retry?: RetryPolicy;
+  /** The largest request or reply, in bytes (64 MiB). */
+  maxMessageBytes?: number;
+  /** Connections to open at an address to find its workers (four per worker, plus four). */
+  discoveryAttempts?: number;
+  /** Between background searches for missing workers (2 000). */
+  refreshIntervalMs?: number;
+  /** Connect over TLS: true for the system's root certificates, or TlsOptions. */
+  tls?: boolean | TlsOptions;
+  /** Sent as `authorization: Bearer <token>` with every call, worker discovery included. */
+  token?: string;
+}
+
+/** Options of one call. */
+export interface CallOptions {
+  /** Aborts the call (and its retries); it then rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** This call's deadline, retries included; overrides the client's timeoutMs. */
+  timeoutMs?: number | null;
+  /** Extra request metadata. */
+  metadata?: Record<string, string>;
+}
+
+/** A model's arguments: a JSON object. */
+export type Args = Record<string, unknown>;
+
+/** What runImageToImage returns. */
+export interface ImageToImageResult {
+  /** The output images (raw pixels, or PNG files with `png: true`); see `pixels(image)`. */
+  images: Image[];
+  /** The model's structured result beside the images (null when it has none). */
+  result: unknown;
+}
+
+/** The standard gRPC health status. */
+export type HealthStatus = "UNKNOWN" | "SERVING" | "NOT_SERVING" | "SERVICE_UNKNOWN";
+const HEALTH: HealthStatus[] = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
+const SERVICE = "/tms.v1.ModelService/";
+
+function argsJson(args: Args | undefined): string {
+  return args === undefined ? "" : JSON.stringify(args);
+}
+
+function parse(text: string): unknown {
+  return text === "" ? null : JSON.parse(text);
+}
+
+function bearer(token: string | undefined): Metadata {
+  const metadata = new Metadata();
+  if (token === undefined) return metadata;
+  if (!/^[\x21-\x7e]+$/.test(token)) throw new TypeError("a token is printable ASCII without spaces");
+  metadata.set("authorization", `Bearer ${token}`);
+  return metadata;
+}
+
+/**
+ * A client for one model of a TMS server (or of several servers serving the same models).
+ *
+ * `target` is "host:port", a list of them, or "dns:///name:port" for every address the name
+ * resolves to. `await client.start()` waits up to connectTimeoutMs for the servers (rejecting
+ * with ConnectError, or with a TmsError UNAUTHENTICATED when the token is refused) and finds
+ * every worker process behind them; the first call does it if start() was not called. Calls
+ * reject with TmsError. Call close() when done.
+ */
+export class ModelClient {
+  readonly targets: string[];
+  /** Each call's deadline in milliseconds (null: none); may be changed between calls. */
+  timeoutMs: number | null;
+  private readonly pool: WorkerPool;
+
+  constructor(
+    readonly model: string,
+    target: string | readonly string[],
+    options: ClientOptions = {},
+  ) {
+    this.targets = parseTargets(target);
+    this.timeoutMs = options.timeoutMs === undefined ? 60_000 : options.timeoutMs;
+    const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    const refreshIntervalMs = options.refreshIntervalMs ?? 2_000;
+    if (!(connectTimeoutMs > 0) || !(refreshIntervalMs > 0) || (this.timeoutMs !== null && !(this.timeoutMs > 0))) {
+      throw new RangeError("timeouts and the refresh interval must be positive");
+    }
+    this.pool = new WorkerPool({
+      targets: this.targets,
+      connectTimeoutMs,
+      balancer: options.balancer ?? new LeastLoaded(),
+      retry: options.retry ?? RetryPolicy.default(),
+      discoveryAttempts: options.discoveryAttempts,
+      refreshIntervalMs,
+      tls: options.tls,
+      maxMessageBytes: options.maxMessageBytes ?? 64 * 1024 * 1024,
+      metadata: bearer(options.token),
+    });
+  }
+
+  toString(): string {
+    return `ModelClient(${JSON.stringify(this.model)}, ${this.pool})`;
+  }
+
+  /** Connect: find every worker process behind the targets. */
+  start(): Promise<void> {
+    return this.pool.start();
+  }
+
+  /** Close every connection and stop looking for workers. */
+  close(): void {
+    this.pool.close();
+  }
+
+  /** The worker processes this client is connected to, with their load. */
+  workers(): WorkerInfo[] {
+    return this.pool.workerInfos();
+  }
+
+  /** Runs the model on one image; its result, parsed from JSON. */
+  async runImage(image: ImageInput, args?: Args, options?: CallOptions): Promise<unknown> {
+    const request = RunImageRequest.encode(
+      RunImageRequest.fromPartial({ model: this.model, image: toMessage(image), argsJson: argsJson(args) }),
+    );
+    const reply = await this.send("RunImage", request.finish(), this.model, options);
+    return parse(RunImageResponse.decode(reply).resultJson);
+  }
+
+  /** Runs the model on several images in one call; one result per image. */
+  async runImages(images: readonly ImageInput[], args?: Args, options?: CallOptions): Promise<unknown[]> {
+    const request = RunImageBatchRequest.encode(
+      RunImageBatchRequest.fromPartial({ model: this.model, images: images.map(toMessage), argsJson: argsJson(args) }),
+    );
+    const reply = await this.send("RunImageBatch", request.finish(), this.model, options);
+    return RunImageBatchResponse.decode(reply).resultsJson.map(parse);
+  }
+
+  /** Runs an image-to-image model on one image (or several, e.g. two video frames); the output
+   * images as raw pixels (PNG files with `png: true`) and the model's result. */
+  async runImageToImage(
+    images: ImageInput | readonly ImageInput[],
+    args?: Args,
+    options: CallOptions & { png?: boolean } = {},
+  ): Promise<ImageToImageResult> {
+    const list: readonly ImageInput[] = Array.isArray(images) ? images : [images as ImageInput];
+    const request = RunImageToImageRequest.encode(
+      RunImageToImageRequest.fromPartial({
+        model: this.model,
+        images: list.map(toMessage),
+        argsJson: argsJson(args),
+        outputEncoding: options.png ? Encoding.ENCODING_PNG : Encoding.ENCODING_RAW,
+      }),
+    );
+    const reply = await this.send("RunImageToImage", request.finish(), this.model, options);
+    const response = RunImageToImageResponse.decode(reply);
+    return { images: response.images.map(fromMessage), result: parse(response.resultJson) };
+  }
+
+  /** Runs a text model on one text; its result, parsed from JSON. */
+  async runText(text: string, args?: Args, options?: CallOptions): Promise<unknown> {
+    const request = RunTextRequest.encode(
+      RunTextRequest.fromPartial({ model: this.model, text, argsJson: argsJson(args) }),
+    );
+    const reply = await this.send("RunText", request.finish(), this.model, options);
+    return parse(RunTextResponse.decode(reply).resultJson);
+  }
+
+  /** Runs a text model on several texts in one call; one result per text. */
+  async runTexts(texts: readonly string[], args?: Args, options?: CallOptions): Promise<unknown[]> {
+    const request = RunTextBatchRequest.encode(
+      RunTextBatchRequest.fromPartial({ model: this.model, texts: [...texts], argsJson: argsJson(args) }),
+    );
+    const reply = await this.send("RunTextBatch", request.finish(), this.model, options);
+    return RunTextBatchResponse.decode(reply).resultsJson.map(parse);
+  }
+
+  /** What the server says about this model. */
+  async info(options?: CallOptions): Promise<ModelInfo> {
+    const request = GetModelInfoRequest.encode(GetModelInfoRequest.fromPartial({ model: this.model }));
+    const reply = await this.send("GetModelInfo", request.finish(), this.model, options);
+    const { info } = GetModelInfoResponse.decode(reply);
+    if (info === undefined) throw new TmsError(status.INTERNAL, "GetModelInfo returned no info");
+    return info;
+  }
+
+  /** Every model the server has loaded, sorted by name. */
+  async listModels(options?: CallOptions): Promise<ModelInfo[]> {
+    const reply = await this.send("ListModels", new Uint8Array(0), "", options);
+    return ListModelsResponse.decode(reply).models;
+  }
+
+  /** The standard gRPC health status of this model (or of `service`; "" for the whole
+   * server) on one worker. */
+  async health(service: string = this.model, options?: CallOptions): Promise<HealthStatus> {
+    // HealthCheckRequest {string service = 1}; HealthCheckResponse {enum status = 1}.
+    const request = new BinaryWriter();
+    if (service) request.uint32(10).string(service);
+    let reply: Buffer;
+    try {
+      const data = Buffer.from(request.finish());
+      const call = { ...this.callOf(options), path: "/grpc.health.v1.Health/Check", data, model: service };
+      reply = (await this.pool.call(call)).data;
+    } catch (error) {
+      if (error instanceof TmsError && error.code === status.NOT_FOUND) return "SERVICE_UNKNOWN";
+      throw error;
+    }
+    const reader = new BinaryReader(reply);
+    let value = 0;
+    while (reader.pos < reader.len) {
+      const [field, wireType] = reader.tag();
+      if (field === 1 && wireType === 0) value = reader.int32();
+      else reader.skip(wireType);
+    }
+    return HEALTH[value] ?? "UNKNOWN";
+  }
+
+  private callOf(options: CallOptions | undefined): Pick<PoolCall, "timeoutMs" | "signal" | "metadata"> {
+    let metadata: Metadata | undefined;
+    if (options?.metadata !== undefined) {
+      metadata = new Metadata();
+      for (const [key, value] of Object.entries(options.metadata)) metadata.set(key, value);
+    }
+    const timeoutMs = options?.timeoutMs === undefined ? this.timeoutMs : options.timeoutMs;
+    return { timeoutMs, signal: options?.signal, metadata };
+  }
+
+  private async send(method: string, request: Uint8Array, model: string, options?: CallOptions): Promise<Buffer> {
+    const data = Buffer.from(request.buffer, request.byteOffset, request.byteLength);
+    const reply = await this.pool.call({ ...this.callOf(options), path: SERVICE + method, data, model });
+    return reply.data;
+  }
+}

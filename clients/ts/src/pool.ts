@@ -1,0 +1,300 @@
+/**
+ * The worker pool: finds every worker process behind the targets and sends calls to them.
+ *
+ * A TMS server runs several worker processes on one port (SO_REUSEPORT), and the kernel hands
+ * each new connection to one of them. The pool opens connections and asks each who answered
+ * (GetWorkerInfo) until it holds one to every worker of every server (at most 4 x workers + 4
+ * connections per address and search). Calls go to the worker the balancer picks, among those
+ * that have the call's model; a call that fails with a code the retry policy names is sent
+ * again, to another worker, after a backoff, within the call's deadline. A worker whose call
+ * fails UNAVAILABLE, or whose `tms-worker` trailer names another process (grpc-js reconnected
+ * its channel and reached another worker), is dropped; the pool looks for missing workers in
+ * the background every refreshIntervalMs, at once after a drop, and on demand when a call
+ * finds none.
+ */
+import { Metadata, status } from "@grpc/grpc-js";
+
+import type { Balancer } from "./balancers.js";
+import { ConnectError, TmsError } from "./errors.js";
+import { GetWorkerInfoResponse } from "./gen/tms/v1/model_service.js";
+import { readTrailers } from "./load.js";
+import { Attempts, type RetryPolicy } from "./retry.js";
+import { resolveTargets } from "./targets.js";
+import { type Connection, type Connector, type Reply, type Request, Transport, type TlsOptions } from "./transport.js";
+import { Worker, type WorkerInfo, WorkerSet } from "./workers.js";
+
+const WORKER_INFO = "/tms.v1.ModelService/GetWorkerInfo";
+const IDENTIFY_TIMEOUT_MS = 5_000; // one GetWorkerInfo while healing
+const EMPTY_RETRY_GAP_MS = 100; // between searches on demand that find no worker
+/** Codes with which a server refuses the client's credentials: waiting would not help. */
+const REFUSED = new Set([status.UNAUTHENTICATED, status.PERMISSION_DENIED]);
+
+/** What the pool needs of the client's options, every field set. */
+export interface PoolSettings {
+  targets: string[];
+  connectTimeoutMs: number;
+  balancer: Balancer;
+  retry: RetryPolicy;
+  discoveryAttempts: number | undefined;
+  refreshIntervalMs: number;
+  tls: TlsOptions | boolean | undefined;
+  maxMessageBytes: number;
+  /** Sent with every call, discovery included (the bearer token). */
+  metadata: Metadata;
+  /** How connections are opened (default: grpc-js channels with tls and maxMessageBytes). */
+  connector?: Connector;
+}
+
+/** One call as the pool sends it. */
+export interface PoolCall {
+  path: string;
+  data: Buffer;
+  /** The model it is about ("" for the whole server). */
+  model: string;
+  /** Deadline of all attempts together, in milliseconds (null: none). */
+  timeoutMs: number | null;
+  metadata?: Metadata;
+  signal?: AbortSignal;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+export class WorkerPool {
+  readonly workers = new WorkerSet<Connection>();
+  private readonly connector: Connector;
+  private closed = false;
+  private started: Promise<void> | undefined;
+  private searching: Promise<void> | undefined;
+  private searchAfter = 0;
+  private wake: (() => void) | undefined;
+  private healTimer: NodeJS.Timeout | undefined;
+
+  constructor(readonly settings: PoolSettings) {
+    this.connector = settings.connector ?? new Transport(settings.tls, settings.maxMessageBytes);
+  }
+
+  toString(): string {
+    return `WorkerPool targets=${this.settings.targets.join(",")} ${this.workers}`;
+  }
+
+  /** Find the workers (the first connection waits up to connectTimeoutMs for a server that is
+   * starting) and start the background search; once, however often it is called. */
+  start(): Promise<void> {
+    this.started ??= this.firstSearch().catch((error: unknown) => {
+      this.started = undefined; // the next call tries again
+      throw error;
+    });
+    return this.started;
+  }
+
+  private async firstSearch(): Promise<void> {
+    await this.search(this.settings.connectTimeoutMs, true);
+    if (this.workers.size === 0) {
+      const hint =
+        this.settings.tls === undefined || this.settings.tls === false
+          ? "is it running, and does it serve TLS (then pass tls)?"
+          : "is it running, and do the CA, server name and client certificate fit it?";
+      throw new ConnectError(
+        `no TMS server answered at ${this.settings.targets.join(", ")} within ${this.settings.connectTimeoutMs} ms; ${hint}`,
+      );
+    }
+    void this.heal();
+  }
+
+  /** Forget every worker, close every connection and stop looking for workers. */
+  close(): void {
+    this.closed = true;
+    this.wake?.();
+    for (const worker of this.workers.workers()) {
+      this.workers.remove(worker);
+      worker.channel.close();
+    }
+  }
+
+  workerInfos(): WorkerInfo[] {
+    return this.workers.workers().map((w) => w.describe());
+  }
+
+  // -- finding workers ------------------------------------------------------------------------
+
+  /** Look for missing workers at every address; one search at a time. */
+  search(timeoutMs = IDENTIFY_TIMEOUT_MS, wait = false): Promise<void> {
+    this.searching ??= this.discover(Math.max(100, timeoutMs), wait).finally(() => {
+      this.searching = undefined;
+    });
+    return this.searching;
+  }
+
+  private async discover(timeoutMs: number, wait: boolean): Promise<void> {
+    const addresses = await resolveTargets(this.settings.targets);
+    await Promise.all(this.workers.missing(addresses).map((address) => this.find(address, timeoutMs, wait)));
+  }
+
+  /** Open connections to `address` until every worker of its server is known. With `wait`
+   * the first connection waits up to `timeoutMs` for a server that is starting. */
+  private async find(address: string, timeoutMs: number, wait: boolean): Promise<void> {
+    for (let opened = 0; opened < this.attemptsFor(this.workers.expected(address) ?? 1); opened++) {
+      if (this.workers.complete(address) || this.closed) return;
+      const worker = await this.identify(address, timeoutMs, wait);
+      if (worker === undefined) return;
+      wait = false;
+      for (const old of this.workers.add(worker)) this.retire(old);
+      if (this.closed) this.close();
+    }
+  }
+
+  private attemptsFor(expected: number): number {
+    return this.settings.discoveryAttempts ?? 4 * expected + 4;
+  }
+
+  /** Open a connection to `address` and ask who answered; undefined if nobody did. A server
+   * that refuses the credentials rejects (UNAUTHENTICATED, PERMISSION_DENIED). */
+  private async identify(address: string, timeoutMs: number, wait: boolean): Promise<Worker<Connection> | undefined> {
+    const channel = this.connector.open(address);
+    let reply: Reply;
+    try {
+      reply = await channel.unary({
+        path: WORKER_INFO,
+        data: Buffer.alloc(0),
+        deadline: Date.now() + timeoutMs,
+        metadata: this.settings.metadata,
+        waitForReady: wait,
+      });
+    } catch (error) {
+      channel.close();
+      if (error instanceof TmsError && REFUSED.has(error.code)) throw error;
+      return undefined;
+    }
+    return new Worker(address, GetWorkerInfoResponse.decode(reply.data), channel);
+  }
+
+  /** The background search, until the pool closes: soon while workers are missing, else
+   * every refreshIntervalMs, and at once when a worker is dropped. */
+  private async heal(): Promise<void> {
+    const interval = this.settings.refreshIntervalMs;
+    while (!this.closed) {
+      let complete = false;
+      try {
+        complete = this.workers.missing(await resolveTargets(this.settings.targets)).length === 0;
+      } catch {
+        complete = false;
+      }
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        this.healTimer = setTimeout(resolve, complete ? interval : Math.min(interval, 250));
+        this.healTimer.unref(); // a client left open does not keep the process alive
+      });
+      clearTimeout(this.healTimer);
+      this.wake = undefined;
+      if (this.closed) return;
+      try {
+        await this.search();
+      } catch {
+        // a refused token or a server away: the next round tries again
+      }
+    }
+  }
+
+  private drop(worker: Worker<Connection>): void {
+    if (this.workers.remove(worker)) this.wake?.();
+    this.retire(worker);
+  }
+
+  /** Close the channel of a worker no longer known once its calls have ended. */
+  private retire(worker: Worker<Connection>): void {
+    worker.retired = true;
+    if (worker.inFlight === 0) worker.channel.close();
+  }
+
+  // -- calls ----------------------------------------------------------------------------------
+
+  /** Send `call` to a worker that has its model, retrying as the policy says; the reply. */
+  async call(call: PoolCall): Promise<Reply> {
+    await this.start();
+    const attempts = new Attempts(this.settings.retry, call.timeoutMs);
+    const metadata = this.settings.metadata.clone();
+    if (call.metadata !== undefined) metadata.merge(call.metadata);
+    for (;;) {
+      call.signal?.throwIfAborted();
+      try {
+        attempts.begin();
+        const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model));
+        attempts.tried.add(worker.key);
+        const deadline = Number.isFinite(attempts.deadline) ? Date.now() + attempts.remaining() : Infinity;
+        return await this.attempt(worker, { path: call.path, data: call.data, deadline, metadata, signal: call.signal });
+      } catch (error) {
+        call.signal?.throwIfAborted();
+        if (!(error instanceof TmsError)) throw error;
+        await sleep(attempts.delayAfter(error), call.signal);
+      }
+    }
+  }
+
+  /** When no worker is known: look for workers, but not again within EMPTY_RETRY_GAP_MS of a
+   * search that found none (callers failing fast must not turn into a storm of connections). */
+  private async searchFor(attempts: Attempts, model: string): Promise<Worker<Connection>> {
+    let worker: Worker<Connection> | undefined;
+    if (performance.now() >= this.searchAfter) {
+      await this.search(Math.min(attempts.remaining(), IDENTIFY_TIMEOUT_MS));
+      worker = this.take(attempts, model);
+    }
+    if (worker === undefined) {
+      this.searchAfter = performance.now() + EMPTY_RETRY_GAP_MS;
+      throw new TmsError(status.UNAVAILABLE, `no TMS worker reachable at ${this.settings.targets.join(", ")}`);
+    }
+    return worker;
+  }
+
+  /** A worker for the next attempt (one not tried yet if possible), its count raised. */
+  private take(attempts: Attempts, model: string): Worker<Connection> | undefined {
+    const candidates = this.workers.candidates(attempts.tried, model);
+    if (candidates.length === 0) return undefined;
+    const worker = this.settings.balancer.pick(candidates);
+    worker.inFlight += 1;
+    worker.calls += 1;
+    return worker;
+  }
+
+  private async attempt(worker: Worker<Connection>, request: Request): Promise<Reply> {
+    const started = performance.now();
+    try {
+      const reply = await worker.channel.unary(request);
+      worker.recordLatency(performance.now() - started, performance.now());
+      this.observe(worker, reply.trailers);
+      return reply;
+    } catch (error) {
+      worker.recordLatency(performance.now() - started, performance.now());
+      if (error instanceof TmsError) {
+        this.observe(worker, error.metadata);
+        if (error.code === status.UNAVAILABLE) this.drop(worker);
+      }
+      throw error;
+    } finally {
+      worker.inFlight -= 1;
+      if (worker.retired && worker.inFlight === 0) worker.channel.close();
+    }
+  }
+
+  private observe(worker: Worker<Connection>, trailers: Metadata): void {
+    const { identity, load } = readTrailers(trailers);
+    if (load !== undefined) worker.load = load;
+    // grpc-js reconnected this channel and reached another process.
+    if (identity !== undefined && identity !== worker.identity) this.drop(worker);
+  }
+}

@@ -1,0 +1,168 @@
+/** What the pool knows about workers, kept apart from how it talks to them (no I/O here). */
+import type { LoadedWorker } from "./balancers.js";
+import type { GetWorkerInfoResponse } from "./gen/tms/v1/model_service.js";
+import type { LoadReport } from "./load.js";
+
+/** What a client shows of one worker process it is connected to. */
+export interface WorkerInfo {
+  /** The address the connection goes to. */
+  address: string;
+  /** The server's random id (equal for all its workers). */
+  instanceId: string;
+  pid: number;
+  /** 0 to count - 1. */
+  index: number;
+  /** How many workers the server runs. */
+  count: number;
+  /** "cpu", "cuda:0"... */
+  device: string;
+  /** The models the worker has (empty: every model). */
+  models: string[];
+  /** This client's calls on the worker now. */
+  inFlight: number;
+  /** This client's calls sent to the worker so far. */
+  calls: number;
+  /** What the worker last reported: its calls running and queued (all clients). */
+  reportedInFlight: number | undefined;
+  reportedQueued: number | undefined;
+}
+
+/** One worker process and the connection (channel) that reaches it. */
+export class Worker<C = unknown> implements LoadedWorker {
+  inFlight = 0;
+  calls = 0;
+  load: LoadReport | undefined = undefined;
+  latencyMs = 0;
+  private latencyAt = 0;
+  /** Dropped or replaced: its channel closes when its calls end. */
+  retired = false;
+
+  constructor(
+    readonly address: string,
+    readonly info: GetWorkerInfoResponse,
+    readonly channel: C,
+  ) {}
+
+  /** What tells workers apart, across hosts too. */
+  get key(): string {
+    return `${this.info.instanceId}/${this.info.pid}`;
+  }
+
+  /** How the worker names itself in the `tms-worker` trailer. */
+  get identity(): string {
+    return this.key;
+  }
+
+  /** Whether this worker has `model` ("" for calls about the whole server). */
+  has(model: string): boolean {
+    return !model || this.info.models.length === 0 || this.info.models.includes(model);
+  }
+
+  /** Fold one call's latency in: a slower call counts at once, faster ones pull the average
+   * down with a time constant of one second ("peak EWMA"). */
+  recordLatency(ms: number, now: number): void {
+    if (ms >= this.latencyMs) {
+      this.latencyMs = ms;
+    } else {
+      const weight = 1 - Math.exp(-(now - this.latencyAt) / 1_000);
+      this.latencyMs += (ms - this.latencyMs) * weight;
+    }
+    this.latencyAt = now;
+  }
+
+  describe(): WorkerInfo {
+    const { instanceId, pid, workerIndex, workerCount, device, models } = this.info;
+    return {
+      address: this.address,
+      instanceId,
+      pid,
+      index: workerIndex,
+      count: workerCount,
+      device,
+      models: [...models],
+      inFlight: this.inFlight,
+      calls: this.calls,
+      reportedInFlight: this.load?.inFlight,
+      reportedQueued: this.load?.queued,
+    };
+  }
+}
+
+/** The known workers, by key, and what each address's server said about itself. */
+export class WorkerSet<C = unknown> {
+  private readonly byKey = new Map<string, Worker<C>>();
+  /** address -> [instance id, worker count] of the server last seen there. */
+  private readonly servers = new Map<string, [string, number]>();
+
+  get size(): number {
+    return this.byKey.size;
+  }
+
+  workers(): Worker<C>[] {
+    return [...this.byKey.values()].sort(
+      (a, b) => a.address.localeCompare(b.address) || a.info.workerIndex - b.info.workerIndex || a.info.pid - b.info.pid,
+    );
+  }
+
+  /** Take `worker` in; returns the workers to close: `worker` itself when it is known
+   * already, or the workers of a server that restarted at its address. */
+  add(worker: Worker<C>): Worker<C>[] {
+    if (this.byKey.has(worker.key)) return [worker];
+    let stale: Worker<C>[] = [];
+    const seen = this.servers.get(worker.address);
+    if (seen !== undefined && seen[0] !== worker.info.instanceId) {
+      stale = [...this.byKey.values()].filter((w) => w.address === worker.address);
+      for (const old of stale) this.byKey.delete(old.key);
+    }
+    this.servers.set(worker.address, [worker.info.instanceId, worker.info.workerCount]);
+    this.byKey.set(worker.key, worker);
+    return stale;
+  }
+
+  /** Forget `worker` (if this very object is known); whether it was. */
+  remove(worker: Worker<C>): boolean {
+    if (this.byKey.get(worker.key) !== worker) return false;
+    this.byKey.delete(worker.key);
+    return true;
+  }
+
+  /** Whether every worker of the server at `address` is known. */
+  complete(address: string): boolean {
+    const seen = this.servers.get(address);
+    if (seen === undefined) return false;
+    const [instanceId, count] = seen;
+    let found = 0;
+    for (const w of this.byKey.values()) {
+      if (w.address === address && w.info.instanceId === instanceId) found += 1;
+    }
+    return found >= count;
+  }
+
+  /** The addresses whose server's workers are not all known. */
+  missing(addresses: readonly string[]): string[] {
+    return addresses.filter((address) => !this.complete(address));
+  }
+
+  /** How many workers the server at `address` said it runs (undefined: not seen yet). */
+  expected(address: string): number | undefined {
+    return this.servers.get(address)?.[1];
+  }
+
+  /** Workers a call for `model` may go to: those that have it (all, when none has it: any
+   * worker then says it has no such model), without those in `exclude` unless that leaves
+   * none. */
+  candidates(exclude: ReadonlySet<string>, model: string): Worker<C>[] {
+    let workers = [...this.byKey.values()];
+    if (model) {
+      const having = workers.filter((w) => w.has(model));
+      if (having.length > 0) workers = having;
+    }
+    const fresh = workers.filter((w) => !exclude.has(w.key));
+    return fresh.length > 0 ? fresh : workers;
+  }
+
+  toString(): string {
+    const shown = this.workers().map((w) => `${w.address} pid ${w.info.pid}: ${w.inFlight} in flight, ${w.calls} calls`);
+    return `WorkerSet [${shown.join(", ")}]`;
+  }
+}

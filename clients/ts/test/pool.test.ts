@@ -1,0 +1,151 @@
+/** The worker pool over a scripted server: no sockets, every decision visible in its state. */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+
+import { Metadata, status } from "@grpc/grpc-js";
+
+import { RoundRobin } from "../src/balancers.js";
+import { TmsError } from "../src/errors.js";
+import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
+import { type PoolSettings, WorkerPool } from "../src/pool.js";
+import { RetryPolicy } from "../src/retry.js";
+import type { Connection, Connector, Reply, Request } from "../src/transport.js";
+
+/** A server whose connections land on its workers in the order `landings` gives (then in
+ * turn); a worker in `dead` fails every call UNAVAILABLE. Replies carry the worker's pid. */
+class ScriptedServer implements Connector {
+  readonly dead = new Set<number>();
+  refuse = false;
+  opened = 0;
+  paths: string[] = [];
+
+  constructor(
+    public pids: number[],
+    private landings: number[] = [],
+    readonly models: Record<number, string[]> = {},
+  ) {}
+
+  open(): Connection {
+    const index = this.landings.shift() ?? this.opened % this.pids.length;
+    const pid = this.pids[index];
+    this.opened += 1;
+    return {
+      unary: async (request: Request): Promise<Reply> => {
+        this.paths.push(request.path);
+        const trailers = new Metadata();
+        trailers.set("tms-worker", `id/${pid}`);
+        if (this.refuse) throw new TmsError(status.UNAUTHENTICATED, "bad token");
+        if (this.dead.has(pid) || !this.pids.includes(pid)) throw new TmsError(status.UNAVAILABLE, "gone");
+        if (request.path.endsWith("GetWorkerInfo")) {
+          const info = GetWorkerInfoResponse.encode(
+            GetWorkerInfoResponse.fromPartial({ instanceId: "id", pid, workerIndex: index, workerCount: this.pids.length, models: this.models[pid] ?? [] }),
+          );
+          return { data: Buffer.from(info.finish()), trailers };
+        }
+        return { data: Buffer.from(String(pid)), trailers };
+      },
+      close: () => undefined,
+    };
+  }
+}
+
+function pool(server: ScriptedServer, settings: Partial<PoolSettings> = {}): WorkerPool {
+  return new WorkerPool({
+    targets: ["h:1"],
+    connectTimeoutMs: 1_000,
+    balancer: new RoundRobin(),
+    retry: RetryPolicy.default().withBackoff(1, 5),
+    discoveryAttempts: undefined,
+    refreshIntervalMs: 20,
+    tls: undefined,
+    maxMessageBytes: 1 << 20,
+    metadata: new Metadata(),
+    connector: server,
+    ...settings,
+  });
+}
+
+async function callPid(workers: WorkerPool, model = ""): Promise<number> {
+  const reply = await workers.call({ path: "/tms.v1.ModelService/RunImage", data: Buffer.alloc(0), model, timeoutMs: 1_000 });
+  return Number(reply.data.toString());
+}
+
+describe("worker pool", () => {
+  it("opens connections until it holds one per worker", async () => {
+    const server = new ScriptedServer([10, 11, 12], [0, 0, 1, 0, 2]);
+    const workers = pool(server);
+    await workers.start();
+    assert.equal(server.opened, 5);
+    assert.match(String(workers), /pid 10: .*pid 11: .*pid 12: /);
+    assert.deepEqual(new Set(await Promise.all([1, 2, 3].map(() => callPid(workers)))), new Set([10, 11, 12]));
+    workers.close();
+  });
+
+  it("gives up on an address after 4 x workers + 4 connections", async () => {
+    const server = new ScriptedServer([10, 11], Array(50).fill(0));
+    const workers = pool(server);
+    await workers.start();
+    assert.equal(server.opened, 4 * 2 + 4);
+    workers.close();
+  });
+
+  it("retries on another worker, drops the dead one, and finds its successor", async () => {
+    const server = new ScriptedServer([10, 11]);
+    const workers = pool(server);
+    await workers.start();
+    server.dead.add(10);
+    const pids = await Promise.all([1, 2, 3, 4].map(() => callPid(workers)));
+    assert.deepEqual(new Set(pids), new Set([11]));
+    assert.deepEqual(workers.workerInfos().map((w) => w.pid), [11]);
+    server.pids = [12, 11]; // the supervisor replaced worker 0
+    for (let i = 0; i < 100 && workers.workerInfos().length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(workers.workerInfos().map((w) => w.pid).sort(), [11, 12]);
+    workers.close();
+  });
+
+  it("drops a worker whose connection now reaches another process", async () => {
+    const server = new ScriptedServer([10, 11]);
+    const workers = pool(server);
+    await workers.start();
+    const [first] = workers.workers.workers();
+    const original = first.channel;
+    const moved: Connection = {
+      unary: async (request) => {
+        const reply = await original.unary(request);
+        reply.trailers.set("tms-worker", "id/99");
+        return reply;
+      },
+      close: () => undefined,
+    };
+    Object.assign(first, { channel: moved });
+    await Promise.all([1, 2].map(() => callPid(workers)));
+    assert.equal(workers.workers.workers().includes(first), false);
+    workers.close();
+  });
+
+  it("sends a model's calls only to the workers that have it", async () => {
+    const server = new ScriptedServer([10, 11, 12], [], { 10: ["a"], 11: ["a", "b"], 12: ["a"] });
+    const workers = pool(server);
+    const pids = new Set<number>();
+    for (let i = 0; i < 6; i++) pids.add(await callPid(workers, "b"));
+    assert.deepEqual(pids, new Set([11]));
+    workers.close();
+  });
+
+  it("rejects a refused token at once, with no retry", async () => {
+    const server = new ScriptedServer([10, 11]);
+    server.refuse = true;
+    const workers = pool(server);
+    await assert.rejects(workers.start(), (e: TmsError) => e.code === status.UNAUTHENTICATED);
+    assert.equal(server.opened, 1);
+    workers.close();
+  });
+
+  it("fails with a ConnectError when nothing answers", async () => {
+    const server = new ScriptedServer([10]);
+    server.dead.add(10);
+    const workers = pool(server);
+    await assert.rejects(workers.start(), { name: "ConnectError" });
+    workers.close();
+  });
+});

@@ -1,0 +1,157 @@
+/** Unit tests of the pieces with no I/O: load reports, images, balancers, retry, worker set. */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+
+import { Metadata, status } from "@grpc/grpc-js";
+
+import { LeastLoaded, RoundRobin } from "../src/balancers.js";
+import { TmsError } from "../src/errors.js";
+import { DType, Encoding } from "../src/gen/tms/v1/image.js";
+import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
+import { encodedImage, pixels, rawImage, toMessage } from "../src/images.js";
+import { decodeOrca, readTrailers } from "../src/load.js";
+import { Attempts, RetryPolicy } from "../src/retry.js";
+import { parseTargets, resolveTargets } from "../src/targets.js";
+import { Worker, WorkerSet } from "../src/workers.js";
+
+/** An OrcaLoadReport with `metrics` as named_metrics (field 8), as the server writes it. */
+function orca(metrics: Record<string, number>): Buffer {
+  const parts: Buffer[] = [];
+  for (const [name, value] of Object.entries(metrics)) {
+    const key = Buffer.from(name);
+    const double = Buffer.alloc(8);
+    double.writeDoubleLE(value);
+    const entry = Buffer.concat([Buffer.from([0x0a, key.length]), key, Buffer.from([0x11]), double]);
+    parts.push(Buffer.from([(8 << 3) | 2, entry.length]), entry);
+  }
+  return Buffer.concat([Buffer.from([0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]), ...parts]); // field 1 skipped
+}
+
+function info(pid: number, models: string[] = [], instanceId = "a", count = 2): GetWorkerInfoResponse {
+  return GetWorkerInfoResponse.fromPartial({ instanceId, pid, workerIndex: pid % count, workerCount: count, device: "cpu", models });
+}
+
+describe("load reports", () => {
+  it("decodes named metrics and skips other fields", () => {
+    assert.deepEqual(decodeOrca(orca({ in_flight: 3, queued: 2 })), new Map([["in_flight", 3], ["queued", 2]]));
+  });
+  it("reads both trailers and ignores a malformed report", () => {
+    const metadata = new Metadata();
+    metadata.set("tms-worker", "abc/42");
+    metadata.set("tms-load-bin", orca({ in_flight: 1, queued: 4 }));
+    const { identity, load } = readTrailers(metadata);
+    assert.equal(identity, "abc/42");
+    assert.deepEqual([load?.inFlight, load?.queued], [1, 4]);
+    const bad = new Metadata();
+    bad.set("tms-load-bin", Buffer.from([0x42, 0xff]));
+    assert.equal(readTrailers(bad).load, undefined);
+  });
+});
+
+describe("images", () => {
+  it("takes every dtype from its typed array, or as bytes with the dtype", () => {
+    const cases: [ArrayBufferView & { length: number }, DType][] = [
+      [new Uint8Array(4), DType.D_TYPE_UINT8],
+      [new Int8Array(4), DType.D_TYPE_INT8],
+      [new Uint16Array(4), DType.D_TYPE_UINT16],
+      [new Int16Array(4), DType.D_TYPE_INT16],
+      [new Int32Array(4), DType.D_TYPE_INT32],
+      [new BigInt64Array(4), DType.D_TYPE_INT64],
+      [new Float32Array(4), DType.D_TYPE_FLOAT32],
+      [new Float64Array(4), DType.D_TYPE_FLOAT64],
+    ];
+    for (const [array, dtype] of cases) {
+      const image = rawImage(array as never, [2, 2]);
+      assert.equal(image.dtype, dtype);
+      assert.equal(image.data.byteLength, array.byteLength);
+      assert.equal(pixels(image).constructor, array.constructor);
+    }
+    assert.equal(rawImage(new Uint8Array([0, 1, 1, 0]), [2, 2], { dtype: DType.D_TYPE_BOOL }).dtype, DType.D_TYPE_BOOL);
+    assert.equal(rawImage(new Uint16Array(4), [2, 2], { dtype: DType.D_TYPE_FLOAT16 }).data.byteLength, 8);
+    assert.throws(() => rawImage(new Float32Array(3), [2, 2]), RangeError);
+  });
+  it("sends PNG and JPEG bytes as encoded images", () => {
+    const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0]);
+    assert.equal(toMessage(png).encoding, Encoding.ENCODING_PNG);
+    assert.equal(toMessage(Buffer.from([0xff, 0xd8, 0xff, 0xe0])).encoding, Encoding.ENCODING_JPEG);
+    assert.throws(() => encodedImage(Buffer.from("GIF89a")), TypeError);
+  });
+  it("reads pixels at an unaligned offset", () => {
+    const bytes = new Uint8Array(9);
+    new DataView(bytes.buffer).setFloat64(1, 2.5, true);
+    const image = { data: bytes.subarray(1), shape: [1, 1], dtype: DType.D_TYPE_FLOAT64, colorOrder: 0, encoding: Encoding.ENCODING_RAW };
+    assert.deepEqual([...(pixels(image) as Float64Array)], [2.5]);
+  });
+});
+
+describe("balancers", () => {
+  const worker = (inFlight: number, latencyMs = 1) => ({ inFlight, load: undefined, latencyMs });
+  it("round-robin takes each in turn", () => {
+    const balancer = new RoundRobin();
+    const workers = [worker(0), worker(0), worker(0)];
+    assert.deepEqual([0, 1, 2, 3].map(() => workers.indexOf(balancer.pick(workers))), [0, 1, 2, 0]);
+  });
+  it("least-loaded prefers the less loaded of two, counting reported load", () => {
+    const balancer = new LeastLoaded();
+    const idle = worker(0);
+    const busy = worker(5);
+    for (let i = 0; i < 20; i++) assert.equal(balancer.pick([busy, idle]), idle);
+    const reported = { inFlight: 0, load: { inFlight: 9, queued: 3, received: performance.now() }, latencyMs: 1 };
+    for (let i = 0; i < 20; i++) assert.equal(balancer.pick([reported, busy]), busy);
+  });
+});
+
+describe("retry", () => {
+  it("is an immutable value with copies", () => {
+    const policy = RetryPolicy.default();
+    assert.equal(policy.withAttempts(9).attempts, 9);
+    assert.equal(policy.attempts, 5);
+    assert.throws(() => RetryPolicy.never().withJitter(2), RangeError);
+    const backoff = policy.withJitter(0).withBackoff(10, 50);
+    assert.deepEqual([1, 2, 3, 4].map((n) => backoff.backoffMs(n)), [10, 20, 40, 50]);
+  });
+  it("retries only the codes it names, within attempts and deadline", () => {
+    let now = 0;
+    const attempts = new Attempts(RetryPolicy.default().withAttempts(2), 1_000, () => now);
+    attempts.begin();
+    assert.throws(() => attempts.delayAfter(new TmsError(status.NOT_FOUND, "x")), TmsError);
+    assert.ok(attempts.delayAfter(new TmsError(status.UNAVAILABLE, "x")) > 0);
+    attempts.begin();
+    assert.throws(() => attempts.delayAfter(new TmsError(status.CANCELLED, "x")), TmsError);
+    now = 2_000;
+    assert.throws(() => attempts.begin(), (e: TmsError) => e.code === status.DEADLINE_EXCEEDED);
+  });
+});
+
+describe("worker set", () => {
+  it("knows when a server's workers are all found, and routes by model", () => {
+    const set = new WorkerSet<null>();
+    const a = new Worker("h:1", info(10, ["face"]), null);
+    const b = new Worker("h:1", info(11, ["face", "edges"]), null);
+    assert.deepEqual(set.add(a), []);
+    assert.equal(set.complete("h:1"), false);
+    assert.deepEqual(set.add(new Worker("h:1", info(10), null)).length, 1); // a duplicate
+    set.add(b);
+    assert.equal(set.complete("h:1"), true);
+    assert.deepEqual(set.candidates(new Set(), "edges"), [b]);
+    assert.deepEqual(set.candidates(new Set([b.key]), "edges"), [b]); // tried, but the only one
+    assert.equal(set.candidates(new Set(), "nothing").length, 2);
+    assert.match(String(set), /h:1 pid 10: 0 in flight, 0 calls, h:1 pid 11/);
+  });
+  it("replaces the workers of a server that restarted", () => {
+    const set = new WorkerSet<null>();
+    const old = new Worker("h:1", info(10, [], "old"), null);
+    set.add(old);
+    assert.deepEqual(set.add(new Worker("h:1", info(20, [], "new"), null)), [old]);
+    assert.equal(set.size, 1);
+  });
+});
+
+describe("targets", () => {
+  it("checks targets and resolves dns:/// names", async () => {
+    assert.throws(() => parseTargets("localhost"), TypeError);
+    assert.throws(() => parseTargets([]), TypeError);
+    assert.deepEqual(await resolveTargets(["10.0.0.1:5", "dns:///127.0.0.1:7"]), ["10.0.0.1:5", "127.0.0.1:7"]);
+    assert.deepEqual(await resolveTargets(["dns:///no-such-host.invalid:1"]), []);
+  });
+});
