@@ -17,11 +17,29 @@ The tree::
         └── PermissionDeniedError PERMISSION_DENIED: not allowed
 
 ``CallError`` for any other status. Each is raised ``from`` the ``grpc.RpcError`` it maps.
+
+A TMS server says more than the code, in the status details (``grpc-status-details-bin``, a
+``google.rpc.Status``), and every CallError carries what it said: ``reason``, why the call
+failed (``google.rpc.ErrorInfo.reason`` of domain ``tms``: ``MODEL_NOT_FOUND``,
+``IMAGE_TOO_LARGE``, ``QUEUE_FULL``...; None from servers that send none) with
+``error_metadata`` (e.g. ``{"model": name}``), ``field_violations``, the request fields at
+fault (``google.rpc.BadRequest``: ``[("image.dtype", why)]``), and ``retry_delay``, the
+seconds after which the server says trying again may succeed (``google.rpc.RetryInfo``, None
+without it). So a RESOURCE_EXHAUSTED for a full queue (``QUEUE_FULL``, with a retry delay)
+tells itself apart from one for a request too large (no retry delay).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import grpc
+from google.protobuf.message import DecodeError
+
+# Neither ships py.typed (google.rpc has .pyi files, which mypy skips without it).
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 __all__ = [
     "CallError",
@@ -59,12 +77,25 @@ class CallError(TMSError):
         code: grpc.StatusCode,
         details: str,
         trailers: tuple[tuple[str, str | bytes], ...] = (),
+        *,
+        reason: str | None = None,
+        error_metadata: Mapping[str, str] | None = None,
+        field_violations: Sequence[tuple[str, str]] = (),
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
         #: The call's trailing metadata (which worker answered, and its load).
         self.trailers = trailers
+        #: Why the call failed, as the server names it (ErrorInfo.reason), or None.
+        self.reason = reason
+        #: What the server added to the reason (ErrorInfo.metadata), e.g. {"model": name}.
+        self.error_metadata = dict(error_metadata or {})
+        #: (field, description) for each request field at fault (BadRequest).
+        self.field_violations = list(field_violations)
+        #: Seconds after which the server says trying again may succeed (RetryInfo), or None.
+        self.retry_delay = retry_delay
 
 
 class InvalidInputError(CallError):
@@ -133,14 +164,59 @@ def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
 
 
 def from_rpc_error(error: grpc.RpcError) -> CallError:
-    """The client exception for a failed call."""
+    """The client exception for a failed call, with the status details it carries (the
+    errors of grpc and grpc.aio calls both answer ``trailing_metadata()`` at once)."""
     code, details = status_of(error)
     trailers = getattr(error, "trailing_metadata", None)
-    return from_code(code, details, tuple(trailers() or ()) if callable(trailers) else ())
+    metadata = tuple(trailers() or ()) if callable(trailers) else ()
+    return from_code(code, details, metadata, **(_status_details(error) if metadata else {}))
 
 
 def from_code(
-    code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str | bytes], ...] = ()
+    code: grpc.StatusCode,
+    details: str,
+    trailers: tuple[tuple[str, str | bytes], ...] = (),
+    *,
+    reason: str | None = None,
+    error_metadata: Mapping[str, str] | None = None,
+    field_violations: Sequence[tuple[str, str]] = (),
+    retry_delay: float | None = None,
 ) -> CallError:
-    """The client exception for a call that ended with ``code``."""
-    return _BY_CODE.get(code, CallError)(code, details, trailers)
+    """The client exception for a call that ended with ``code`` (and the status details
+    that came with it, see CallError)."""
+    return _BY_CODE.get(code, CallError)(
+        code,
+        details,
+        trailers,
+        reason=reason,
+        error_metadata=error_metadata,
+        field_violations=field_violations,
+        retry_delay=retry_delay,
+    )
+
+
+def _status_details(error: grpc.RpcError) -> dict[str, Any]:
+    """CallError's keyword arguments from the google.rpc.Status in a failed call's trailers;
+    none when there is none, or it does not agree with the call's code and message."""
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, DecodeError):  # a status that contradicts the call's: ignored
+        return {}
+    if status is None:
+        return {}
+    found: dict[str, Any] = {}
+    info = error_details_pb2.ErrorInfo()
+    bad_request = error_details_pb2.BadRequest()
+    retry_info = error_details_pb2.RetryInfo()
+    for detail in status.details:
+        if detail.Unpack(info):
+            found["reason"] = info.reason
+            found["error_metadata"] = dict(info.metadata)
+        elif detail.Unpack(bad_request):
+            found["field_violations"] = [
+                (violation.field, violation.description)
+                for violation in bad_request.field_violations
+            ]
+        elif detail.Unpack(retry_info):
+            found["retry_delay"] = retry_info.retry_delay.ToNanoseconds() / 1e9
+    return found

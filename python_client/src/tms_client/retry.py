@@ -8,8 +8,16 @@ A policy is an immutable value; ``with_*`` methods return a changed copy::
 Model calls are idempotent (the same input gives the same answer), so a call that failed with
 UNAVAILABLE (the worker or server went away) is safe to send again, to another worker. So is
 one that failed with CANCELLED: the client never cancels a call itself, so that code means the
-server gave the call up (a stopping server cancels the calls it has not started). Only the
-codes a policy names are retried; by default these two.
+server gave the call up (a stopping server cancels the calls it has not started). The codes
+a policy names are retried; by default these two.
+
+A failure whose status carries ``google.rpc.RetryInfo`` (``CallError.retry_delay``) is
+retried too, whatever its code, unless the policy says ``with_retry_info(False)``: the
+server sends it only where the same call may succeed later (a full queue, QUEUE_FULL, on
+RESOURCE_EXHAUSTED; a draining worker, DRAINING, on UNAVAILABLE), never for a request that
+cannot succeed (one too large, say). Such a retry waits at least the delay the server asked
+for: ``max(retry_delay, backoff)``. No wait runs past the deadline: a retry that would start
+after it is not made, and the failure is raised instead.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ class RetryPolicy:
     waits between them together (None: only the call's own timeout bounds them). The wait
     before retry n is ``initial_backoff * multiplier ** (n - 1)``, at most ``max_backoff``,
     then scaled by a random factor in ``[1 - jitter, 1 + jitter]`` so clients spread out.
+    ``retry_info``: a failure carrying the server's RetryInfo is retried whatever its code,
+    after at least the delay it gives.
     """
 
     attempts: int = 5
@@ -46,6 +56,7 @@ class RetryPolicy:
     codes: frozenset[grpc.StatusCode] = field(
         default=frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
     )
+    retry_info: bool = True
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -82,9 +93,13 @@ class RetryPolicy:
     def with_codes(self, codes: Iterable[grpc.StatusCode]) -> RetryPolicy:
         return dataclasses.replace(self, codes=frozenset(codes))
 
-    def retries(self, code: grpc.StatusCode) -> bool:
-        """Whether a call that failed with ``code`` may be tried again."""
-        return code in self.codes
+    def with_retry_info(self, honour: bool) -> RetryPolicy:
+        return dataclasses.replace(self, retry_info=honour)
+
+    def retries(self, code: grpc.StatusCode, retry_delay: float | None = None) -> bool:
+        """Whether a call that failed with ``code`` (and the server's ``retry_delay``, if its
+        status had RetryInfo) may be tried again."""
+        return code in self.codes or (self.retry_info and retry_delay is not None)
 
     def backoff(self, retry: int, uniform: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
@@ -132,11 +147,15 @@ class Attempts:
         return remaining
 
     def delay_after(self, error: CallError) -> float:
-        """After a failed attempt: seconds to wait before the next one; raises ``error`` when
-        the policy does not retry it, attempts are used up or the deadline would pass."""
-        if not self.policy.retries(error.code) or self.number >= self.policy.attempts:
+        """After a failed attempt: seconds to wait before the next one (at least the delay
+        the server asked for, if the policy honours it); raises ``error`` when the policy
+        does not retry it, attempts are used up or the deadline would pass."""
+        policy, asked = self.policy, error.retry_delay
+        if not policy.retries(error.code, asked) or self.number >= policy.attempts:
             raise error
-        delay = self.policy.backoff(self.number)
+        delay = policy.backoff(self.number)
+        if policy.retry_info and asked is not None:
+            delay = max(asked, delay)
         remaining = self.remaining()
         if remaining is not None and remaining <= delay:
             raise error

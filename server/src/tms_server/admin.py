@@ -18,7 +18,7 @@ import time
 import grpc
 
 from tms.v1 import admin_service_pb2, admin_service_pb2_grpc
-from tms_server.errors import PermissionDenied, Unavailable
+from tms_server.errors import PermissionDenied, Reason, Unavailable
 from tms_server.parts import WorkerParts
 from tms_server.rpc import quick
 from tms_server.security import TokenFile, bearer_token
@@ -93,7 +93,10 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         wait = _RELOAD_WAIT if remaining is None else max(0.0, min(remaining, _RELOAD_WAIT))
         deadline = time.monotonic() + wait
         if not board.reload_lock.acquire(timeout=wait):
-            raise Unavailable("another reload is still running; try again later")
+            raise Unavailable(
+                "another reload is still running; try again later",
+                reason=Reason.RELOAD_IN_PROGRESS,
+            )
         try:
             seq = board.announce_reload(index, name)
             log.info("reloading model %r in every worker (reload %d)", name, seq)

@@ -126,6 +126,8 @@ class QuickCalls:
                 pace.slowest = max(seconds, pace.slowest * _FORGET)
 
 
+#: How long a caller refused by a full queue is told to wait (RetryInfo): a call's time, about.
+QUEUE_FULL_RETRY_SECONDS = 0.1
 #: A model's calls run on the event loop once this many in a row took under QUICK_SECONDS.
 PROVEN_AFTER = 16
 QUICK_SECONDS = 0.001
@@ -170,7 +172,8 @@ class CallRunner:
             raise ResourceExhausted(
                 f"this worker is busy: {load.in_flight} calls running and {load.queued} "
                 f"waiting (--threads {self.threads}, --max-queued-calls {self.max_queued}); "
-                "try again later"
+                "try again later",
+                retry_after=QUEUE_FULL_RETRY_SECONDS,
             )
         quick = key is not None and pixels <= QUICK_PIXELS and not load.queued
         if quick and self.quick.allows(key):

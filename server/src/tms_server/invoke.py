@@ -23,7 +23,7 @@ from tms_client.protocol.colors import ColorValue, convert_color
 from tms_client.protocol.jsontext import to_json
 from tms_client.protocol.wire import ImageParts
 from tms_server.callinfo import CURRENT
-from tms_server.errors import Internal, InvalidArgument
+from tms_server.errors import Internal, InvalidArgument, Reason
 from tms_server.model import InvalidInput
 from tms_server.registry import LoadedModel
 from tms_server.tracing import model_span
@@ -71,19 +71,30 @@ def declared_pixels(parts: ImageParts, unknown: int) -> int:
     return width * height
 
 
-def prepare_image(model: LoadedModel, parts: ImageParts, max_pixels: int) -> npt.NDArray[Any]:
-    """The pixels of an image as ``model`` declared it wants them."""
-    array, color = decode_image(parts, max_pixels=max_pixels)
+def prepare_image(
+    model: LoadedModel, parts: ImageParts, max_pixels: int, field: str = "image"
+) -> npt.NDArray[Any]:
+    """The pixels of an image as ``model`` declared it wants them; errors name ``field``, the
+    image's place in the request (BadRequest)."""
+    try:
+        array, color = decode_image(parts, max_pixels=max_pixels)
+    except ImageError as exc:
+        # Too large by the size it declares, or else not an image the server can use.
+        too_large = declared_pixels(parts, unknown=0) > max_pixels
+        reason = Reason.IMAGE_TOO_LARGE if too_large else Reason.INVALID_IMAGE
+        raise InvalidArgument(str(exc), reason=reason, field=field) from None
     if model.dtype is not None and array.dtype != model.dtype:
         if not np.can_cast(array.dtype, model.dtype, "safe"):
             raise InvalidArgument(
                 f"model {model.name!r} takes {model.dtype} images; "
-                f"{array.dtype} cannot be converted to it without loss"
+                f"{array.dtype} cannot be converted to it without loss",
+                reason=Reason.INVALID_IMAGE,
+                field=f"{field}.dtype",
             )
         array = array.astype(model.dtype)
     if model.color != image_pb2.COLOR_ORDER_UNSPECIFIED:
         if color == image_pb2.COLOR_ORDER_UNSPECIFIED:
-            color = _assume_color(model, array)
+            color = _assume_color(model, array, field)
         array = convert_color(array, color, model.color)
     if model.input_shape is not None:
         expected = model.input_shape
@@ -92,12 +103,14 @@ def prepare_image(model: LoadedModel, parts: ImageParts, max_pixels: int) -> npt
         ):
             raise InvalidArgument(
                 f"model {model.name!r} takes images of shape {list(expected)} (-1: any), "
-                f"not {list(array.shape)}"
+                f"not {list(array.shape)}",
+                reason=Reason.INVALID_IMAGE,
+                field=f"{field}.shape",
             )
     return array
 
 
-def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> ColorValue:
+def _assume_color(model: LoadedModel, array: npt.NDArray[Any], field: str) -> ColorValue:
     channels = 1 if array.ndim == 2 else array.shape[2]
     if channels == 1:
         return image_pb2.COLOR_ORDER_GRAY
@@ -106,7 +119,9 @@ def _assume_color(model: LoadedModel, array: npt.NDArray[Any]) -> ColorValue:
     wanted = image_pb2.ColorOrder.Name(model.color)
     raise InvalidArgument(
         f"model {model.name!r} takes {wanted} images; an image of {channels} channels "
-        "needs its color_order set"
+        "needs its color_order set",
+        reason=Reason.INVALID_IMAGE,
+        field=f"{field}.color_order",
     )
 
 
@@ -114,8 +129,9 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
     """Call a model method, one call at a time unless the model is thread-safe.
 
     InvalidInput passes through (INVALID_ARGUMENT); anything else the model raises is logged
-    with its traceback (and the call's request id) and becomes INTERNAL. The time inside the
-    method, not waiting for the lock, adds up in the call's CallInfo (tms_model_seconds).
+    with its traceback (and the call's request id) and becomes INTERNAL (MODEL_FAILED). The
+    time inside the method, not waiting for the lock, adds up in the call's CallInfo
+    (tms_model_seconds).
     """
     call = CURRENT.get()
     try:
@@ -130,14 +146,16 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
         raise
     except Exception as exc:
         log.exception("model %r raised", model.name)
-        raise Internal(f"model {model.name!r} raised {type(exc).__name__}: {exc}") from exc
+        message = f"model {model.name!r} raised {type(exc).__name__}: {exc}"
+        raise Internal(message, reason=Reason.MODEL_FAILED) from exc
 
 
 def result_json(model: LoadedModel, result: Any) -> str:
     try:
         return to_json(result)
     except (TypeError, ValueError) as exc:
-        raise Internal(f"model {model.name!r} returned a result JSON cannot hold: {exc}") from None
+        message = f"model {model.name!r} returned a result JSON cannot hold: {exc}"
+        raise Internal(message, reason=Reason.MODEL_FAILED) from None
 
 
 def image_outputs(model: LoadedModel, output: Any) -> tuple[list[Any], Any]:
@@ -147,7 +165,8 @@ def image_outputs(model: LoadedModel, output: Any) -> tuple[list[Any], Any]:
         if len(output) != 2:
             raise Internal(
                 f"model {model.name!r} returned a tuple of {len(output)}; "
-                "expected (image(s), result)"
+                "expected (image(s), result)",
+                reason=Reason.MODEL_FAILED,
             )
         output, result = output
     return (output if isinstance(output, list) else [output]), result
@@ -158,9 +177,11 @@ def encode_output(model: LoadedModel, array: Any, encoding: EncodingValue) -> Im
     if not isinstance(array, np.ndarray):
         raise Internal(
             f"model {model.name!r} returned {type(array).__name__} where an image "
-            "(numpy array) was expected"
+            "(numpy array) was expected",
+            reason=Reason.MODEL_FAILED,
         )
     try:
         return encode_parts(array, model.output_color, encoding=encoding)
     except ImageError as exc:
-        raise Internal(f"model {model.name!r} returned an invalid image: {exc}") from None
+        message = f"model {model.name!r} returned an invalid image: {exc}"
+        raise Internal(message, reason=Reason.MODEL_FAILED) from None

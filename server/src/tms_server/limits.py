@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tms_server.errors import InvalidArgument
+from tms_server.errors import InvalidArgument, Reason
 
 __all__ = ["MAX_ARGS_BYTES", "MAX_ARGS_DEPTH", "parse_args"]
 
@@ -42,27 +42,33 @@ def json_depth(text: str) -> int:
     return int(np.cumsum(2 * opening - 1).max())
 
 
-def parse_args(text: str) -> dict[str, Any]:
-    """The model args of a request: a JSON object, ``{}`` for empty text.
+def parse_args(text: str, field: str = "args_json") -> dict[str, Any]:
+    """The model args of a request (its ``field``): a JSON object, ``{}`` for empty text.
 
-    INVALID_ARGUMENT for text longer than MAX_ARGS_BYTES, nested deeper than MAX_ARGS_DEPTH,
-    not JSON, or not an object.
+    INVALID_ARGUMENT (INVALID_ARGS) for text longer than MAX_ARGS_BYTES, nested deeper than
+    MAX_ARGS_DEPTH, not JSON, or not an object.
     """
     if not text:
         return {}
     size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_ARGS_BYTES:
-        raise InvalidArgument(
+        raise _bad_args(
             f"args_json is {size} bytes; the limit is {MAX_ARGS_BYTES} (send data as an "
-            "image or text, not as args)"
+            "image or text, not as args)",
+            field,
         )
     depth = json_depth(text)
     if depth > MAX_ARGS_DEPTH:
-        raise InvalidArgument(f"args_json nests {depth} levels deep; the limit is {MAX_ARGS_DEPTH}")
+        message = f"args_json nests {depth} levels deep; the limit is {MAX_ARGS_DEPTH}"
+        raise _bad_args(message, field)
     try:
         args = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise InvalidArgument(f"args_json is not valid JSON: {exc}") from None
+        raise _bad_args(f"args_json is not valid JSON: {exc}", field) from None
     if not isinstance(args, dict):
-        raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
+        raise _bad_args(f"args_json must be a JSON object, not {type(args).__name__}", field)
     return args
+
+
+def _bad_args(message: str, field: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=Reason.INVALID_ARGS, field=field)

@@ -10,8 +10,9 @@ Open Inference Protocol, admin) ``add_service`` registers one handler, made here
 3. runs the servicer method: a ``quick`` one (no model, no waiting) on the event loop, the
    others on the worker's threads, as tms_server.admission admits them (calls at once, pixels
    at once);
-4. ends the call with the status its exception stands for (``errors.status_of``), and the
-   worker's load and the call's request id in the trailing metadata;
+4. ends the call with the status its exception stands for (``errors.status_of``: code,
+   message, and google.rpc details), and the worker's load and the call's request id in the
+   trailing metadata;
 5. hands the answer to gRPC (the StallWatch times a caller that does not take it).
 
 Each call gets a CallInfo (tms_server.callinfo) as it starts: the caller's ``x-request-id`` or
@@ -121,7 +122,8 @@ class Worker:
             if model:
                 call.model = model.decode(errors="replace")
             if load.draining:
-                raise Unavailable("this worker is shutting down; try another")
+                # Another worker can take the call at once: RetryInfo of no delay.
+                raise Unavailable("this worker is shutting down; try another", retry_after=0.0)
             if method.on_loop:
                 response = method.call(request, context, load, tail)
             else:
@@ -134,9 +136,10 @@ class Worker:
             self.finished(call, grpc.StatusCode.CANCELLED, began)
             raise
         except Exception as exc:
-            code, message = status_of(exc, method.name)
-            self.finished(call, code, began)
-            await context.abort(code, message, load.trailers() + tail)
+            status = status_of(exc, method.name, model=call.model)
+            self.finished(call, status.code, began)
+            trailers = load.trailers() + tail + tuple(status.trailing_metadata)
+            await context.abort(status.code, status.details, trailers)
         self.finished(call, grpc.StatusCode.OK, began)
         size = len(response) if isinstance(response, bytes) else response.ByteSize()
         watch.begin(context, size)  # until the caller has taken the answer

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from tms_client.protocol.methods import HEALTH_CHECK
+from tms_server.errors import ServiceError, Unauthenticated, status_of
 from tms_server.settings import Settings
 
 __all__ = [
@@ -214,10 +215,12 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | 
     return None
 
 
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _deny(refusal: ServiceError) -> grpc.RpcMethodHandler[Any, Any]:
+    status = status_of(refusal, "authentication")  # with its ErrorInfo, as every error has
+
     # Stream-unary: the call ends without its request being read.
     async def abort(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(code, message)
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     return grpc.stream_unary_rpc_method_handler(abort)
 
@@ -229,10 +232,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: TokenFile) -> None:
         self._tokens = tokens
         self._missing = _deny(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "this server needs a token: send 'authorization: Bearer <token>' metadata",
+            Unauthenticated(
+                "this server needs a token: send 'authorization: Bearer <token>' metadata"
+            )
         )
-        self._wrong = _deny(grpc.StatusCode.UNAUTHENTICATED, "the token is not valid here")
+        self._wrong = _deny(Unauthenticated("the token is not valid here"))
 
     async def intercept_service(
         self,

@@ -24,7 +24,7 @@ from tms_client.protocol.wire import (
     split_images,
 )
 from tms_server.callinfo import CURRENT
-from tms_server.errors import Internal, InvalidArgument, Unimplemented
+from tms_server.errors import Internal, InvalidArgument, Reason, Unimplemented
 from tms_server.invoke import (
     declared_pixels,
     encode_output,
@@ -93,7 +93,9 @@ def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageP
     except WireError as exc:
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
     except TooManyImagesError:
-        raise InvalidArgument(_too_many("images", max_images)) from None
+        raise InvalidArgument(
+            _too_many("images", max_images), reason=Reason.BATCH_TOO_LARGE, field="images"
+        ) from None
 
 
 def _received(images: Sequence[ImageParts]) -> None:
@@ -141,8 +143,11 @@ class ModelServicer:
 
     def _images(self, model: LoadedModel, occurrences: Sequence[ImageParts]) -> list[Any]:
         if not occurrences:
-            raise InvalidArgument("no images in the request")
-        return [prepare_image(model, parts, self.max_pixels) for parts in occurrences]
+            raise InvalidArgument("no images in the request", field="images")
+        return [
+            prepare_image(model, parts, self.max_pixels, f"images[{index}]")
+            for index, parts in enumerate(occurrences)
+        ]
 
     def pixels(self, request_class: type[Message], request: bytes) -> int:
         """The pixels a request's images declare, before anything is decoded (for admission:
@@ -178,8 +183,8 @@ class ModelServicer:
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE)
         parts = merge_singular(occurrences)
         if parts is None:
-            raise InvalidArgument("no image in the request")
-        image = prepare_image(model, parts, self.max_pixels)
+            raise InvalidArgument("no image in the request", field="image")
+        image = prepare_image(model, parts, self.max_pixels, "image")
         result = run_model(model, model.instance.run, image, parse_args(message.args_json))
         return pb.RunImageResponse(result_json=result_json(model, result))
 
@@ -202,7 +207,7 @@ class ModelServicer:
             image_pb2.ENCODING_RAW,
             image_pb2.ENCODING_PNG,
         ):
-            raise InvalidArgument("output_encoding must be RAW or PNG")
+            raise InvalidArgument("output_encoding must be RAW or PNG", field="output_encoding")
         images = self._images(model, occurrences)
         args = parse_args(message.args_json)
         output = run_model(model, model.instance.run_image_to_image, images, args)
@@ -223,10 +228,14 @@ class ModelServicer:
     ) -> pb.RunTextBatchResponse:
         model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT_BATCH)
         if len(request.texts) > self.max_batch_size:
-            raise InvalidArgument(_too_many("texts", self.max_batch_size))
+            raise InvalidArgument(
+                _too_many("texts", self.max_batch_size),
+                reason=Reason.BATCH_TOO_LARGE,
+                field="texts",
+            )
         texts = list(request.texts)
         if not texts:
-            raise InvalidArgument("no texts in the request")
+            raise InvalidArgument("no texts in the request", field="texts")
         results = run_model(model, model.instance.run_batch, texts, parse_args(request.args_json))
         return pb.RunTextBatchResponse(results_json=self._batch_json(model, results, len(texts)))
 
@@ -235,7 +244,8 @@ class ModelServicer:
         results = list(results)
         if len(results) != expected:
             raise Internal(
-                f"model {model.name!r} returned {len(results)} results for {expected} inputs"
+                f"model {model.name!r} returned {len(results)} results for {expected} inputs",
+                reason=Reason.MODEL_FAILED,
             )
         return [result_json(model, result) for result in results]
 

@@ -29,10 +29,54 @@ GRPC_VERSION: str
 class ModelServiceStub:
     """ModelService runs the models that a TMS server has loaded.
 
-    Every worker process of a server serves this service on the same port. Errors are
-    gRPC status codes: NOT_FOUND for an unknown model, INVALID_ARGUMENT for a malformed
-    image, text or args, UNIMPLEMENTED for a call the model does not support, INTERNAL
-    for an exception raised by the model.
+    Every worker process of a server serves this service on the same port.
+
+    Errors. Every call that fails ends with a gRPC status whose details (the
+    grpc-status-details-bin trailer, a google.rpc.Status) hold a google.rpc.ErrorInfo of
+    domain "tms" and one of the reasons below; its metadata names the model ("model") when
+    the request names one. A google.rpc.BadRequest names the request field at fault where
+    there is one (e.g. "image", "images[2].dtype", "args_json", "texts"), and a
+    google.rpc.RetryInfo says how long to wait where the same call may succeed later.
+    The status message is for people; programs switch on the code and the reason.
+
+    MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
+    MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
+                                             workers than the one called (tms_client routes).
+    INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
+                                             missing or empty (no image, no texts), a bad
+                                             model name or output_encoding, a malformed OIP
+                                             tensor or parameter. BadRequest names the field.
+    INVALID_IMAGE       INVALID_ARGUMENT     An image that cannot be decoded or given to the
+                                             model: bytes/shape/dtype disagree, unknown dtype,
+                                             encoding or colour order, a corrupt PNG/JPEG, a
+                                             dtype the model cannot take without loss, a shape
+                                             it does not take, a colour order it needs.
+                                             BadRequest: "image", "images[i]" (".dtype",
+                                             ".shape", ".color_order"), OIP "inputs[0]...".
+    INVALID_ARGS        INVALID_ARGUMENT     args_json too long, nested too deep, not JSON, or
+                                             not an object. BadRequest: "args_json" (OIP:
+                                             "parameters.args").
+    INVALID_INPUT       INVALID_ARGUMENT     The model refused its input (raised InvalidInput).
+    IMAGE_TOO_LARGE     INVALID_ARGUMENT     An image declares more pixels than --max-pixels.
+                                             Do not retry. BadRequest names the image.
+    BATCH_TOO_LARGE     INVALID_ARGUMENT     More images or texts than --max-batch-size.
+                                             Do not retry; split the batch. BadRequest: the
+                                             repeated field.
+    QUEUE_FULL          RESOURCE_EXHAUSTED   The worker runs --threads calls and holds
+                                             --max-queued-calls more. Retry: RetryInfo 0.1 s.
+    DRAINING            UNAVAILABLE          The worker is shutting down. Retry at once on
+                                             another worker: RetryInfo 0 s.
+    RELOAD_IN_PROGRESS  UNAVAILABLE          (AdminService) another ReloadModel is running.
+    MODEL_FAILED        INTERNAL             The model raised, or returned a result that cannot
+                                             be encoded (wrong count, not JSON, not an image).
+    UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
+    UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
+    PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
+
+    A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
+    the receiver's limit (--max-message-mb on the server). The server's code never sees such
+    a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
     """
 
     @_typing.overload
@@ -62,10 +106,54 @@ class ModelServiceStub:
 class ModelServiceAsyncStub(ModelServiceStub):
     """ModelService runs the models that a TMS server has loaded.
 
-    Every worker process of a server serves this service on the same port. Errors are
-    gRPC status codes: NOT_FOUND for an unknown model, INVALID_ARGUMENT for a malformed
-    image, text or args, UNIMPLEMENTED for a call the model does not support, INTERNAL
-    for an exception raised by the model.
+    Every worker process of a server serves this service on the same port.
+
+    Errors. Every call that fails ends with a gRPC status whose details (the
+    grpc-status-details-bin trailer, a google.rpc.Status) hold a google.rpc.ErrorInfo of
+    domain "tms" and one of the reasons below; its metadata names the model ("model") when
+    the request names one. A google.rpc.BadRequest names the request field at fault where
+    there is one (e.g. "image", "images[2].dtype", "args_json", "texts"), and a
+    google.rpc.RetryInfo says how long to wait where the same call may succeed later.
+    The status message is for people; programs switch on the code and the reason.
+
+    MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
+    MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
+                                             workers than the one called (tms_client routes).
+    INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
+                                             missing or empty (no image, no texts), a bad
+                                             model name or output_encoding, a malformed OIP
+                                             tensor or parameter. BadRequest names the field.
+    INVALID_IMAGE       INVALID_ARGUMENT     An image that cannot be decoded or given to the
+                                             model: bytes/shape/dtype disagree, unknown dtype,
+                                             encoding or colour order, a corrupt PNG/JPEG, a
+                                             dtype the model cannot take without loss, a shape
+                                             it does not take, a colour order it needs.
+                                             BadRequest: "image", "images[i]" (".dtype",
+                                             ".shape", ".color_order"), OIP "inputs[0]...".
+    INVALID_ARGS        INVALID_ARGUMENT     args_json too long, nested too deep, not JSON, or
+                                             not an object. BadRequest: "args_json" (OIP:
+                                             "parameters.args").
+    INVALID_INPUT       INVALID_ARGUMENT     The model refused its input (raised InvalidInput).
+    IMAGE_TOO_LARGE     INVALID_ARGUMENT     An image declares more pixels than --max-pixels.
+                                             Do not retry. BadRequest names the image.
+    BATCH_TOO_LARGE     INVALID_ARGUMENT     More images or texts than --max-batch-size.
+                                             Do not retry; split the batch. BadRequest: the
+                                             repeated field.
+    QUEUE_FULL          RESOURCE_EXHAUSTED   The worker runs --threads calls and holds
+                                             --max-queued-calls more. Retry: RetryInfo 0.1 s.
+    DRAINING            UNAVAILABLE          The worker is shutting down. Retry at once on
+                                             another worker: RetryInfo 0 s.
+    RELOAD_IN_PROGRESS  UNAVAILABLE          (AdminService) another ReloadModel is running.
+    MODEL_FAILED        INTERNAL             The model raised, or returned a result that cannot
+                                             be encoded (wrong count, not JSON, not an image).
+    UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
+    UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
+    PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
+
+    A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
+    the receiver's limit (--max-message-mb on the server). The server's code never sees such
+    a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -91,10 +179,54 @@ class ModelServiceAsyncStub(ModelServiceStub):
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """ModelService runs the models that a TMS server has loaded.
 
-    Every worker process of a server serves this service on the same port. Errors are
-    gRPC status codes: NOT_FOUND for an unknown model, INVALID_ARGUMENT for a malformed
-    image, text or args, UNIMPLEMENTED for a call the model does not support, INTERNAL
-    for an exception raised by the model.
+    Every worker process of a server serves this service on the same port.
+
+    Errors. Every call that fails ends with a gRPC status whose details (the
+    grpc-status-details-bin trailer, a google.rpc.Status) hold a google.rpc.ErrorInfo of
+    domain "tms" and one of the reasons below; its metadata names the model ("model") when
+    the request names one. A google.rpc.BadRequest names the request field at fault where
+    there is one (e.g. "image", "images[2].dtype", "args_json", "texts"), and a
+    google.rpc.RetryInfo says how long to wait where the same call may succeed later.
+    The status message is for people; programs switch on the code and the reason.
+
+    MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
+    MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
+                                             workers than the one called (tms_client routes).
+    INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
+                                             missing or empty (no image, no texts), a bad
+                                             model name or output_encoding, a malformed OIP
+                                             tensor or parameter. BadRequest names the field.
+    INVALID_IMAGE       INVALID_ARGUMENT     An image that cannot be decoded or given to the
+                                             model: bytes/shape/dtype disagree, unknown dtype,
+                                             encoding or colour order, a corrupt PNG/JPEG, a
+                                             dtype the model cannot take without loss, a shape
+                                             it does not take, a colour order it needs.
+                                             BadRequest: "image", "images[i]" (".dtype",
+                                             ".shape", ".color_order"), OIP "inputs[0]...".
+    INVALID_ARGS        INVALID_ARGUMENT     args_json too long, nested too deep, not JSON, or
+                                             not an object. BadRequest: "args_json" (OIP:
+                                             "parameters.args").
+    INVALID_INPUT       INVALID_ARGUMENT     The model refused its input (raised InvalidInput).
+    IMAGE_TOO_LARGE     INVALID_ARGUMENT     An image declares more pixels than --max-pixels.
+                                             Do not retry. BadRequest names the image.
+    BATCH_TOO_LARGE     INVALID_ARGUMENT     More images or texts than --max-batch-size.
+                                             Do not retry; split the batch. BadRequest: the
+                                             repeated field.
+    QUEUE_FULL          RESOURCE_EXHAUSTED   The worker runs --threads calls and holds
+                                             --max-queued-calls more. Retry: RetryInfo 0.1 s.
+    DRAINING            UNAVAILABLE          The worker is shutting down. Retry at once on
+                                             another worker: RetryInfo 0 s.
+    RELOAD_IN_PROGRESS  UNAVAILABLE          (AdminService) another ReloadModel is running.
+    MODEL_FAILED        INTERNAL             The model raised, or returned a result that cannot
+                                             be encoded (wrong count, not JSON, not an image).
+    UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
+    UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
+    PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
+
+    A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
+    the receiver's limit (--max-message-mb on the server). The server's code never sees such
+    a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
     """
 
     @_abc_1.abstractmethod

@@ -15,7 +15,7 @@ from tms_client.protocol.colors import ColorValue, color_order
 from tms_client.protocol.wire import Buffer, ImageParts
 from tms_server import __version__
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
-from tms_server.errors import Internal, InvalidArgument, NotFound
+from tms_server.errors import Internal, InvalidArgument, NotFound, Reason
 
 # The tms.v1 servicer's input checks and model calls, shared so both APIs behave alike.
 from tms_server.invoke import (
@@ -73,7 +73,10 @@ class InferenceServicer:
         else it may be placed on other workers (to describe it)."""
         model = self._registry.get(name) if here else self._registry.find(name)
         if version not in ("", VERSION):
-            raise NotFound(f"model {name!r} has no version {version!r}; its one version is 1")
+            raise NotFound(
+                f"model {name!r} has no version {version!r}; its one version is 1",
+                metadata={"version": version},
+            )
         return DescribedModel(model)
 
     @quick
@@ -155,14 +158,15 @@ class InferenceServicer:
     ) -> oip.ModelInferResponse:
         described = self._model(request.model_name, request.model_version, here=True)
         tensor, raw = self._input(request, TEXT if described.text else IMAGE)
-        args = parse_args(string_param(request.parameters, "args") or "")
+        args = parse_args(string_param(request.parameters, "args") or "", "parameters.args")
         wanted = [output.name for output in request.outputs]
         known = [name for name, _, _ in described.outputs()]
         unknown = [name for name in wanted if name not in known]
         if unknown:
             raise InvalidArgument(
                 f"model {request.model_name!r} has no output {unknown[0]!r}; "
-                f"its outputs are {', '.join(known)}"
+                f"its outputs are {', '.join(known)}",
+                field="outputs",
             )
         model = described.model
         if described.text:
@@ -189,20 +193,30 @@ class InferenceServicer:
         if len(request.inputs) != 1:
             raise InvalidArgument(
                 f"model {request.model_name!r} takes one input, {name}; "
-                f"the request has {len(request.inputs)}"
+                f"the request has {len(request.inputs)}",
+                field="inputs",
             )
         tensor = request.inputs[0]
         if tensor.name != name:
             raise InvalidArgument(
-                f"model {request.model_name!r} takes an input named {name}, not {tensor.name!r}"
+                f"model {request.model_name!r} takes an input named {name}, not {tensor.name!r}",
+                field="inputs[0].name",
             )
         if any(dim < 0 for dim in tensor.shape):
-            raise InvalidArgument(f"input shape {list(tensor.shape)} has a negative dimension")
+            raise InvalidArgument(
+                f"input shape {list(tensor.shape)} has a negative dimension",
+                field="inputs[0].shape",
+            )
         if request.raw_input_contents:
             if len(request.raw_input_contents) != 1:
-                raise InvalidArgument("raw_input_contents must hold one entry per input")
+                raise InvalidArgument(
+                    "raw_input_contents must hold one entry per input", field="raw_input_contents"
+                )
             if tensor.HasField("contents"):
-                raise InvalidArgument("an input is given both in contents and raw_input_contents")
+                raise InvalidArgument(
+                    "an input is given both in contents and raw_input_contents",
+                    field="inputs[0].contents",
+                )
             return tensor, request.raw_input_contents[0]
         return tensor, typed_contents(tensor)
 
@@ -217,27 +231,35 @@ class InferenceServicer:
         shape = [int(dim) for dim in tensor.shape]
         if len(shape) not in (2, 3, 4):
             raise InvalidArgument(
-                f"input IMAGE has shape {shape}; expected [H, W, C], [H, W] or [N, H, W, C]"
+                f"input IMAGE has shape {shape}; expected [H, W, C], [H, W] or [N, H, W, C]",
+                reason=Reason.INVALID_IMAGE,
+                field="inputs[0].shape",
             )
         dtype = TMS_DTYPES.get(tensor.datatype)
         if dtype is None:
             raise InvalidArgument(
                 f"input IMAGE has datatype {tensor.datatype!r}; expected one of "
-                f"{', '.join(TMS_DTYPES)}"
+                f"{', '.join(TMS_DTYPES)}",
+                reason=Reason.INVALID_IMAGE,
+                field="inputs[0].datatype",
             )
         batched = len(shape) == 4
         count, image_shape = (shape[0], shape[1:]) if batched else (1, shape)
         most = self._models.max_batch_size
         if batched and not 1 <= count <= most:
             raise InvalidArgument(
-                f"a batch holds 1 to {most} images (--max-batch-size), not {count}"
+                f"a batch holds 1 to {most} images (--max-batch-size), not {count}",
+                reason=Reason.BATCH_TOO_LARGE if count > most else Reason.INVALID_REQUEST,
+                field="inputs[0].shape",
             )
         size = math.prod(image_shape) * numpy_dtype(dtype).itemsize
         view = memoryview(raw)
         if view.nbytes != count * size:
             raise InvalidArgument(
                 f"input IMAGE has {view.nbytes} bytes of data; shape {shape} of "
-                f"{tensor.datatype} needs {count * size}"
+                f"{tensor.datatype} needs {count * size}",
+                reason=Reason.INVALID_IMAGE,
+                field="inputs[0]",
             )
         color = _color(model, tensor, params, image_shape)
         meta = image_pb2.Image(
@@ -245,7 +267,10 @@ class InferenceServicer:
         )
         images = [
             prepare_image(
-                model, ImageParts(meta, view[i * size : (i + 1) * size]), self._models.max_pixels
+                model,
+                ImageParts(meta, view[i * size : (i + 1) * size]),
+                self._models.max_pixels,
+                "inputs[0]",
             )
             for i in range(count)
         ]
@@ -261,13 +286,14 @@ class InferenceServicer:
         output = run_model(model, model.instance.run_image_to_image, images, args)
         arrays, result = image_outputs(model, output)
         if not arrays:
-            raise Internal(f"model {model.name!r} returned no image")
+            raise Internal(f"model {model.name!r} returned no image", reason=Reason.MODEL_FAILED)
         parts = [encode_output(model, a, image_pb2.ENCODING_RAW) for a in arrays]
         first = parts[0].meta
         if any(p.meta.shape != first.shape or p.meta.dtype != first.dtype for p in parts):
             raise Internal(
                 f"model {model.name!r} returned images of different shapes or dtypes, "
-                "which one tensor cannot hold"
+                "which one tensor cannot hold",
+                reason=Reason.MODEL_FAILED,
             )
         shape = list(first.shape)
         if batched or len(parts) > 1:
@@ -285,21 +311,25 @@ class InferenceServicer:
         shape = [int(dim) for dim in tensor.shape]
         if tensor.datatype != BYTES or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             raise InvalidArgument(
-                f"input TEXT must be BYTES of shape [N] or [N, 1], not {tensor.datatype} {shape}"
+                f"input TEXT must be BYTES of shape [N] or [N, 1], not {tensor.datatype} {shape}",
+                field="inputs[0]",
             )
         most = self._models.max_batch_size
         if not 1 <= shape[0] <= most:
             raise InvalidArgument(
-                f"a batch holds 1 to {most} texts (--max-batch-size), not {shape[0]}"
+                f"a batch holds 1 to {most} texts (--max-batch-size), not {shape[0]}",
+                reason=Reason.BATCH_TOO_LARGE if shape[0] > most else Reason.INVALID_REQUEST,
+                field="inputs[0].shape",
             )
         try:
             texts = [item.decode() for item in unpack_bytes(raw, shape[0])]
         except UnicodeDecodeError as exc:
-            raise InvalidArgument(f"input TEXT is not UTF-8: {exc}") from None
+            raise InvalidArgument(f"input TEXT is not UTF-8: {exc}", field="inputs[0]") from None
         results = list(run_model(model, model.instance.run_batch, texts, args))
         if len(results) != len(texts):
             raise Internal(
-                f"model {model.name!r} returned {len(results)} results for {len(texts)} inputs"
+                f"model {model.name!r} returned {len(results)} results for {len(texts)} inputs",
+                reason=Reason.MODEL_FAILED,
             )
         data = pack_bytes([result_json(model, result).encode() for result in results])
         return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), data)]
@@ -321,7 +351,7 @@ def _color(
         try:
             return color_order(name)
         except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise InvalidArgument(str(exc), field="parameters.color_order") from None
     channels = 1 if len(shape) == 2 else shape[2]
     if CHANNELS.get(model.color) == channels:
         return model.color
@@ -336,7 +366,8 @@ def _run_images(
         results = list(run_model(model, model.instance.run_batch, images, args))
         if len(results) != len(images):
             raise Internal(
-                f"model {model.name!r} returned {len(results)} results for {len(images)} inputs"
+                f"model {model.name!r} returned {len(results)} results for {len(images)} inputs",
+                reason=Reason.MODEL_FAILED,
             )
         shape = [len(results), 1]
     else:

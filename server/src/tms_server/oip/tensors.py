@@ -82,6 +82,9 @@ OutputTensor = oip.ModelInferResponse.InferOutputTensor
 TensorMetadata = oip.ModelMetadataResponse.TensorMetadata
 
 
+_DATA = "inputs[0]"  # the input's elements, in contents or raw_input_contents
+
+
 def pack_bytes(items: Sequence[bytes]) -> bytes:
     """BYTES elements as raw contents: each prefixed by its length, 4 bytes little-endian."""
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
@@ -91,15 +94,15 @@ def unpack_bytes(raw: Buffer, count: int) -> list[bytes]:
     view, items, pos = memoryview(raw), [], 0
     for _ in range(count):
         if pos + 4 > len(view):
-            raise InvalidArgument(f"BYTES input holds fewer than {count} elements")
+            raise InvalidArgument(f"BYTES input holds fewer than {count} elements", field=_DATA)
         (size,) = struct.unpack_from("<I", view, pos)
         pos += 4
         if pos + size > len(view):
-            raise InvalidArgument("BYTES input element runs past the end of the data")
+            raise InvalidArgument("BYTES input element runs past the end of the data", field=_DATA)
         items.append(bytes(view[pos : pos + size]))
         pos += size
     if pos != len(view):
-        raise InvalidArgument(f"BYTES input holds more than {count} elements")
+        raise InvalidArgument(f"BYTES input holds more than {count} elements", field=_DATA)
     return items
 
 
@@ -108,7 +111,7 @@ def string_param(params: Mapping[str, oip.InferParameter], name: str) -> str | N
         return None
     param = params[name]
     if param.WhichOneof("parameter_choice") != "string_param":
-        raise InvalidArgument(f"parameter {name!r} must be a string")
+        raise InvalidArgument(f"parameter {name!r} must be a string", field=f"parameters.{name}")
     return param.string_param
 
 
@@ -117,7 +120,8 @@ def typed_contents(tensor: Tensor) -> bytes:
     field = _CONTENTS_FIELDS.get(tensor.datatype)
     if field is None:
         raise InvalidArgument(
-            f"input {tensor.name} of datatype {tensor.datatype!r} must come in raw_input_contents"
+            f"input {tensor.name} of datatype {tensor.datatype!r} must come in raw_input_contents",
+            field="inputs[0].contents",
         )
     values = getattr(tensor.contents, field)
     if tensor.datatype == BYTES:
@@ -131,4 +135,4 @@ def typed_contents(tensor: Tensor) -> bytes:
                 raise ValueError(f"a value is out of range for {tensor.datatype}")
         return array.astype(dtype).tobytes()
     except (ValueError, OverflowError) as exc:
-        raise InvalidArgument(f"input {tensor.name}: {exc}") from None
+        raise InvalidArgument(f"input {tensor.name}: {exc}", field="inputs[0].contents") from None
