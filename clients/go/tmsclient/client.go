@@ -1,63 +1,212 @@
-// Package tmsclient is a small Go client for TMS (Tiny Model Server).
+// Package tmsclient is the Go client of TMS (Tiny Model Server).
 //
-// It wraps the generated tms.v1 stubs (github.com/tinymodelserver/tms/clients/go/gen/tms/v1)
-// with the three things most services need: list the models, run an image through a model and
-// read its JSON result, and run an image-to-image model and read the pixels back.
+// A TMS server runs several worker processes on one port (SO_REUSEPORT), and the kernel hands
+// each new connection to one of them. Dial opens connections and asks each who answered
+// (GetWorkerInfo) until it holds one per worker process; each call goes to the worker the
+// Balancer picks among those serving its model, and a call that fails with UNAVAILABLE or
+// CANCELLED is sent again to another worker, after a backoff, within the call's deadline. A
+// worker whose call fails UNAVAILABLE, or whose tms-worker trailer names another process, is
+// dropped, and the client looks for missing workers in the background.
 //
-//	c, err := tmsclient.Dial("localhost:50051")
+//	c, err := tmsclient.Dial(ctx, "localhost:50051", tmsclient.WithToken(token))
 //	if err != nil { ... }
 //	defer c.Close()
 //	img, _ := tmsclient.EncodedImage(jpegBytes)
 //	result, err := c.RunImage(ctx, "face", img, nil) // JSON: {"faces": [...]}
 //
-// Errors are gRPC status errors (wrapped with the call's name): status.Code(err) gives
-// codes.NotFound for an unknown model, codes.InvalidArgument for a malformed image, and so on.
+// Errors are *Error values carrying the gRPC code (status.Code(err) works too):
+// codes.NotFound for an unknown model, codes.InvalidArgument for a malformed image,
+// codes.Unauthenticated for a wrong token, and so on.
 package tmsclient
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
 )
 
-// Client calls the tms.v1.ModelService of one server.
+// Client calls the tms.v1.ModelService of a server's workers. It is safe for concurrent use.
 type Client struct {
-	conn *grpc.ClientConn
-	stub tmsv1.ModelServiceClient
+	pool *pool
+	opts options
 }
 
-// Dial connects to a TMS server ("host:port"). Without options the connection is plaintext;
-// pass grpc.WithTransportCredentials(...) for TLS. The connection is made lazily, on the
-// first call.
-func Dial(target string, opts ...grpc.DialOption) (*Client, error) {
-	if len(opts) == 0 {
-		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+// Dial finds the workers of the server at target ("host:port", or "dns:///name:port" for
+// every address of a name) and returns a Client holding one connection per worker process.
+// It fails when no worker answers within the connect timeout, or at once when the server
+// refuses the credentials (codes.Unauthenticated, codes.PermissionDenied).
+func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
 	}
-	conn, err := grpc.NewClient(target, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("tms: connect to %s: %w", target, err)
+	if o.retry.Attempts < 1 {
+		o.retry.Attempts = 1
 	}
-	return &Client{conn: conn, stub: tmsv1.NewModelServiceClient(conn)}, nil
+	p := newPool(target, o)
+	go p.heal()
+	searchCtx, cancel := context.WithTimeout(ctx, o.connectTimeout)
+	defer cancel()
+	if err := p.search(searchCtx); err != nil {
+		_ = p.close()
+		hint := "is it running, and does it serve TLS (then pass WithTLS)?"
+		if o.tls != nil {
+			hint = "is it running, and do the CA, server name and client certificate fit it?"
+		}
+		e := errorOf("Dial", err, 1)
+		if e.Code != codes.Unauthenticated && e.Code != codes.PermissionDenied {
+			e.Message = fmt.Sprintf("no TMS worker answered at %s (%s): %s", target, hint, e.Message)
+		}
+		return nil, e
+	}
+	return &Client{pool: p, opts: o}, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes every connection and stops the background search.
+func (c *Client) Close() error { return c.pool.close() }
 
-// Stub is the generated client, for the calls this package does not wrap.
-func (c *Client) Stub() tmsv1.ModelServiceClient { return c.stub }
+// Workers are the worker processes the client holds a connection to now.
+func (c *Client) Workers() []*Worker { return c.pool.snapshot("") }
+
+func (c *Client) String() string {
+	return fmt.Sprintf("tmsclient.Client(target=%s workers=%v)", c.pool.target, c.Workers())
+}
+
+// invoke runs one call on the worker the balancer picks among those serving model, again on
+// another worker when it fails with a code the retry policy names.
+func (c *Client) invoke(ctx context.Context, method, model string,
+	call func(ctx context.Context, w *Worker, opts ...grpc.CallOption) error) error {
+	if _, ok := ctx.Deadline(); !ok && c.opts.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opts.timeout)
+		defer cancel()
+	}
+	policy := c.opts.retry
+	var last error
+	tried := map[*Worker]bool{}
+	for attempt := 1; ; attempt++ {
+		w, err := c.pick(ctx, model, tried)
+		if err != nil {
+			if last == nil {
+				last = err
+			}
+			return errorOf(method, last, attempt-1)
+		}
+		tried[w] = true
+		var trailer metadata.MD
+		w.inFlight.Add(1)
+		err = call(ctx, w, grpc.Trailer(&trailer))
+		w.inFlight.Add(-1)
+		c.observe(w, trailer)
+		if err == nil {
+			return nil
+		}
+		last = err
+		code := status.Code(err)
+		if code == codes.Unavailable {
+			c.pool.drop(w)
+		}
+		if ctx.Err() != nil || !policy.retries(code) || attempt >= policy.Attempts {
+			return errorOf(method, err, attempt)
+		}
+		wait := policy.backoff(attempt)
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
+			return errorOf(method, err, attempt)
+		}
+		select {
+		case <-ctx.Done():
+			return errorOf(method, err, attempt)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// pick is the worker of the next attempt: one that has model (any worker when none has it:
+// it then says there is no such model) and, while there are others, not one this call tried.
+// When the client holds no worker it searches (at most every 100 ms) until the deadline.
+func (c *Client) pick(ctx context.Context, model string, tried map[*Worker]bool) (*Worker, error) {
+	for {
+		if w := c.choose(model, tried); w != nil {
+			return w, nil
+		}
+		err := c.pool.search(ctx)
+		if w := c.choose(model, tried); w != nil {
+			return w, nil
+		}
+		if code := status.Code(err); code == codes.Unauthenticated || code == codes.PermissionDenied {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = ctx.Err()
+			}
+			return nil, status.Errorf(codes.Unavailable, "no TMS worker reachable: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Client) choose(model string, tried map[*Worker]bool) *Worker {
+	workers := c.pool.snapshot(model)
+	if len(workers) == 0 {
+		workers = c.pool.snapshot("")
+	}
+	fresh := workers[:0:0]
+	for _, w := range workers {
+		if !tried[w] {
+			fresh = append(fresh, w)
+		}
+	}
+	if len(fresh) > 0 {
+		workers = fresh
+	}
+	if len(workers) == 0 {
+		return nil
+	}
+	return c.opts.balancer.Pick(workers)
+}
+
+// observe reads the trailers: the worker's load, and whether it is still the process the
+// connection reached (a restarted worker behind the same connection is dropped).
+func (c *Client) observe(w *Worker, trailer metadata.MD) {
+	if report, ok := parseLoad(trailer.Get(loadKey)); ok {
+		w.setLoad(report)
+	}
+	if instance, pid, ok := parseIdentity(trailer.Get(identityKey)); ok &&
+		(instance != w.InstanceID || pid != w.PID) {
+		c.pool.drop(w)
+	}
+}
 
 // ListModels lists the models the server loaded, sorted by name.
 func (c *Client) ListModels(ctx context.Context) ([]*tmsv1.ModelInfo, error) {
-	resp, err := c.stub.ListModels(ctx, &tmsv1.ListModelsRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("tms: ListModels: %w", err)
-	}
-	return resp.GetModels(), nil
+	var resp *tmsv1.ListModelsResponse
+	err := c.invoke(ctx, "ListModels", "", func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = w.stub.ListModels(ctx, &tmsv1.ListModelsRequest{}, o...)
+		return err
+	})
+	return resp.GetModels(), err
+}
+
+// GetModelInfo describes one model: its input, its calls, whether it is thread-safe.
+func (c *Client) GetModelInfo(ctx context.Context, model string) (*tmsv1.ModelInfo, error) {
+	var resp *tmsv1.GetModelInfoResponse
+	err := c.invoke(ctx, "GetModelInfo", model, func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = w.stub.GetModelInfo(ctx, &tmsv1.GetModelInfoRequest{Model: model}, o...)
+		return err
+	})
+	return resp.GetInfo(), err
 }
 
 // RunImage runs model on one image and returns its result as JSON. args, when not nil, is
@@ -67,13 +216,37 @@ func (c *Client) RunImage(ctx context.Context, model string, img Image, args any
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.stub.RunImage(ctx, &tmsv1.RunImageRequest{
-		Model: model, Image: img.message(), ArgsJson: argsJSON,
+	req := &tmsv1.RunImageRequest{Model: model, Image: img.message(), ArgsJson: argsJSON}
+	var resp *tmsv1.RunImageResponse
+	err = c.invoke(ctx, "RunImage", model, func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = w.stub.RunImage(ctx, req, o...)
+		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tms: RunImage %q: %w", model, err)
+		return nil, err
 	}
 	return json.RawMessage(resp.GetResultJson()), nil
+}
+
+// RunImageBatch runs model on several images in one call; one JSON result per image.
+func (c *Client) RunImageBatch(ctx context.Context, model string, images []Image, args any) ([]json.RawMessage, error) {
+	argsJSON, err := marshalArgs(args)
+	if err != nil {
+		return nil, err
+	}
+	req := &tmsv1.RunImageBatchRequest{Model: model, ArgsJson: argsJSON}
+	for _, img := range images {
+		req.Images = append(req.Images, img.message())
+	}
+	var resp *tmsv1.RunImageBatchResponse
+	err = c.invoke(ctx, "RunImageBatch", model, func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = w.stub.RunImageBatch(ctx, req, o...)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rawMessages(resp.GetResultsJson()), nil
 }
 
 // ImageToImageResult is what an image-to-image model returns: images and a structured result.
@@ -96,9 +269,13 @@ func (c *Client) RunImageToImage(ctx context.Context, model string, images []Ima
 	for _, img := range images {
 		req.Images = append(req.Images, img.message())
 	}
-	resp, err := c.stub.RunImageToImage(ctx, req)
+	var resp *tmsv1.RunImageToImageResponse
+	err = c.invoke(ctx, "RunImageToImage", model, func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = w.stub.RunImageToImage(ctx, req, o...)
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("tms: RunImageToImage %q: %w", model, err)
+		return nil, err
 	}
 	out := &ImageToImageResult{Result: json.RawMessage(resp.GetResultJson())}
 	for _, m := range resp.GetImages() {
@@ -107,13 +284,71 @@ func (c *Client) RunImageToImage(ctx context.Context, model string, images []Ima
 	return out, nil
 }
 
+// RunText runs a text model on one text and returns its result as JSON.
+func (c *Client) RunText(ctx context.Context, model, text string, args any) (json.RawMessage, error) {
+	argsJSON, err := marshalArgs(args)
+	if err != nil {
+		return nil, err
+	}
+	req := &tmsv1.RunTextRequest{Model: model, Text: text, ArgsJson: argsJSON}
+	var resp *tmsv1.RunTextResponse
+	err = c.invoke(ctx, "RunText", model, func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = w.stub.RunText(ctx, req, o...)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return json.RawMessage(resp.GetResultJson()), nil
+}
+
+// RunTextBatch runs a text model on several texts in one call; one JSON result per text.
+func (c *Client) RunTextBatch(ctx context.Context, model string, texts []string, args any) ([]json.RawMessage, error) {
+	argsJSON, err := marshalArgs(args)
+	if err != nil {
+		return nil, err
+	}
+	req := &tmsv1.RunTextBatchRequest{Model: model, Texts: texts, ArgsJson: argsJSON}
+	var resp *tmsv1.RunTextBatchResponse
+	err = c.invoke(ctx, "RunTextBatch", model, func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = w.stub.RunTextBatch(ctx, req, o...)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rawMessages(resp.GetResultsJson()), nil
+}
+
+// Health asks the standard gRPC health service whether service ("" for the whole server)
+// is SERVING; it needs no token.
+func (c *Client) Health(ctx context.Context, service string) (grpc_health_v1.HealthCheckResponse_ServingStatus, error) {
+	var resp *grpc_health_v1.HealthCheckResponse
+	err := c.invoke(ctx, "Health", "", func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+		resp, err = grpc_health_v1.NewHealthClient(w.conn).Check(ctx,
+			&grpc_health_v1.HealthCheckRequest{Service: service}, o...)
+		return err
+	})
+	return resp.GetStatus(), err
+}
+
+func rawMessages(results []string) []json.RawMessage {
+	out := make([]json.RawMessage, len(results))
+	for i, r := range results {
+		out[i] = json.RawMessage(r)
+	}
+	return out
+}
+
+var errArgs = errors.New("tms: args")
+
 func marshalArgs(args any) (string, error) {
 	if args == nil {
 		return "", nil
 	}
 	data, err := json.Marshal(args)
 	if err != nil {
-		return "", fmt.Errorf("tms: args: %w", err)
+		return "", fmt.Errorf("%w: %w", errArgs, err)
 	}
 	return string(data), nil
 }

@@ -2,6 +2,7 @@ package tmsclient
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"image"
@@ -128,4 +129,69 @@ func imageOf(m *tmsv1.Image) Image {
 		Data: m.GetData(), Shape: m.GetShape(), DType: m.GetDtype(), Color: m.GetColorOrder(),
 		Encoding: m.GetEncoding(),
 	}
+}
+
+// Pixel is an element type image.proto can carry. float16 has no Go type: send its bits as
+// uint16 with RawImage and D_TYPE_FLOAT16.
+type Pixel interface {
+	uint8 | int8 | uint16 | int16 | int32 | int64 | float32 | float64 | bool
+}
+
+// FromPixels is raw pixels of any dtype image.proto has, in C order: shape is (H, W) or
+// (H, W, C) and len(pix) their product.
+func FromPixels[T Pixel](pix []T, shape []int64, order tmsv1.ColorOrder) (Image, error) {
+	var zero T
+	var dtype tmsv1.DType
+	switch any(zero).(type) {
+	case uint8:
+		dtype = tmsv1.DType_D_TYPE_UINT8
+	case int8:
+		dtype = tmsv1.DType_D_TYPE_INT8
+	case uint16:
+		dtype = tmsv1.DType_D_TYPE_UINT16
+	case int16:
+		dtype = tmsv1.DType_D_TYPE_INT16
+	case int32:
+		dtype = tmsv1.DType_D_TYPE_INT32
+	case int64:
+		dtype = tmsv1.DType_D_TYPE_INT64
+	case float32:
+		dtype = tmsv1.DType_D_TYPE_FLOAT32
+	case float64:
+		dtype = tmsv1.DType_D_TYPE_FLOAT64
+	case bool:
+		dtype = tmsv1.DType_D_TYPE_BOOL
+	}
+	var buf bytes.Buffer
+	if err := binary.Write(&buf, binary.LittleEndian, pix); err != nil {
+		return Image{}, fmt.Errorf("tms: pixels: %w", err)
+	}
+	return RawImage(buf.Bytes(), shape, dtype, order)
+}
+
+// RawImage is raw pixels already laid out as bytes (C order, little-endian), checked against
+// shape and dtype.
+func RawImage(data []byte, shape []int64, dtype tmsv1.DType, order tmsv1.ColorOrder) (Image, error) {
+	size, ok := itemSize[dtype]
+	if !ok {
+		return Image{}, fmt.Errorf("tms: dtype %v is not one image.proto carries", dtype)
+	}
+	if len(shape) < 2 || len(shape) > 3 {
+		return Image{}, fmt.Errorf("tms: shape %v is not (H, W) or (H, W, C)", shape)
+	}
+	n := int64(size)
+	for _, d := range shape {
+		n *= d
+	}
+	if n != int64(len(data)) {
+		return Image{}, fmt.Errorf("tms: %d bytes do not fill shape %v of %v", len(data), shape, dtype)
+	}
+	return Image{Data: data, Shape: shape, DType: dtype, Color: order, Encoding: tmsv1.Encoding_ENCODING_RAW}, nil
+}
+
+var itemSize = map[tmsv1.DType]int{
+	tmsv1.DType_D_TYPE_UINT8: 1, tmsv1.DType_D_TYPE_INT8: 1, tmsv1.DType_D_TYPE_BOOL: 1,
+	tmsv1.DType_D_TYPE_UINT16: 2, tmsv1.DType_D_TYPE_INT16: 2, tmsv1.DType_D_TYPE_FLOAT16: 2,
+	tmsv1.DType_D_TYPE_INT32: 4, tmsv1.DType_D_TYPE_FLOAT32: 4,
+	tmsv1.DType_D_TYPE_INT64: 8, tmsv1.DType_D_TYPE_FLOAT64: 8,
 }

@@ -49,13 +49,13 @@ func run(addr, argsJSON string, decode bool, timeout time.Duration, argv []strin
 			return fmt.Errorf("-args: %w", err)
 		}
 	}
-	client, err := tmsclient.Dial(addr)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	client, err := tmsclient.Dial(ctx, addr, tmsclient.WithTimeout(timeout))
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 
 	switch {
 	case argv[0] == "models" && len(argv) == 1:

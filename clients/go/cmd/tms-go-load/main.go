@@ -1,0 +1,193 @@
+// Command tms-go-load drives a TMS server with one tmsclient.Client from many goroutines and
+// reports which worker processes answered: what tests/test_go_sdk.py runs against real
+// servers.
+//
+//	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] load MODEL
+//	tms-go-load [-addr host:port] [-token T] tour IMAGE_MODEL TEXT_MODEL
+//
+// load calls MODEL (whose JSON result holds "pid") from N goroutines for D, or -calls times
+// in all, and prints {"calls", "failures", "pids": {pid: calls}}. tour calls every RPC once,
+// RunImage with every dtype, and prints what came back. Errors go to stderr as
+// "error: <gRPC code>: <message>", with exit status 1.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
+	"github.com/tinymodelserver/tms/clients/go/tmsclient"
+)
+
+func main() {
+	addr := flag.String("addr", "localhost:50051", "server address")
+	token := flag.String("token", "", "bearer token")
+	balancer := flag.String("balancer", "least", "least or rr")
+	goroutines := flag.Int("goroutines", 4, "concurrent callers")
+	duration := flag.Duration("duration", 2*time.Second, "how long to call")
+	calls := flag.Int("calls", 0, "stop after this many calls in all (0: after -duration)")
+	ca := flag.String("ca", "", "TLS: the CA certificate (PEM) to trust; plaintext without it")
+	refresh := flag.Duration("refresh", 2*time.Second, "how often to look for missing workers")
+	flag.Parse()
+	opts := []tmsclient.Option{
+		tmsclient.WithTimeout(30 * time.Second), tmsclient.WithConnectTimeout(10 * time.Second),
+		tmsclient.WithRefreshInterval(*refresh),
+	}
+	if *token != "" {
+		opts = append(opts, tmsclient.WithToken(*token))
+	}
+	if *ca != "" {
+		pem, err := os.ReadFile(*ca)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "error: %s\n", err)
+			os.Exit(1)
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pem)
+		opts = append(opts, tmsclient.WithTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}))
+	}
+	if *balancer == "rr" {
+		opts = append(opts, tmsclient.WithBalancer(tmsclient.RoundRobin()))
+	}
+	ctx := context.Background()
+	client, err := tmsclient.Dial(ctx, *addr, opts...)
+	if err == nil {
+		defer client.Close()
+		args := flag.Args()
+		switch {
+		case len(args) == 2 && args[0] == "load":
+			err = load(ctx, client, args[1], *goroutines, *duration, int64(*calls))
+		case len(args) == 3 && args[0] == "tour":
+			err = tour(ctx, client, args[1], args[2])
+		default:
+			err = fmt.Errorf("usage: tms-go-load [flags] load MODEL | tour IMAGE_MODEL TEXT_MODEL")
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "error: %s: %s\n", status.Code(err), err)
+		os.Exit(1)
+	}
+}
+
+func load(ctx context.Context, client *tmsclient.Client, model string, goroutines int, d time.Duration, limit int64) error {
+	img, err := tmsclient.FromPixels([]uint8{1, 2, 3, 4}, []int64{2, 2}, tmsv1.ColorOrder_COLOR_ORDER_GRAY)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	pids := map[string]int{}
+	failures := []string{}
+	var started atomic.Int64
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			for (limit > 0 && started.Add(1) <= limit) || (limit == 0 && time.Now().Before(stop)) {
+				result, err := client.RunImage(ctx, model, img, nil)
+				var reply struct{ PID int64 }
+				if err == nil {
+					err = json.Unmarshal(result, &reply)
+				}
+				mu.Lock()
+				if err != nil {
+					failures = append(failures, err.Error())
+				} else {
+					pids[strconv.FormatInt(reply.PID, 10)]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	total := len(failures)
+	for _, n := range pids {
+		total += n
+	}
+	return json.NewEncoder(os.Stdout).Encode(map[string]any{
+		"calls": total, "failures": failures, "pids": pids, "workers": len(client.Workers()),
+	})
+}
+
+// tour calls every RPC once and RunImage with each dtype image.proto carries.
+func tour(ctx context.Context, client *tmsclient.Client, imageModel, textModel string) error {
+	out := map[string]any{}
+	shape := []int64{2, 2}
+	gray := tmsv1.ColorOrder_COLOR_ORDER_GRAY
+	images := map[string]func() (tmsclient.Image, error){
+		"uint8":   func() (tmsclient.Image, error) { return tmsclient.FromPixels([]uint8{1, 2, 3, 4}, shape, gray) },
+		"int8":    func() (tmsclient.Image, error) { return tmsclient.FromPixels([]int8{-1, 2, 3, 4}, shape, gray) },
+		"uint16":  func() (tmsclient.Image, error) { return tmsclient.FromPixels([]uint16{1, 2, 3, 400}, shape, gray) },
+		"int16":   func() (tmsclient.Image, error) { return tmsclient.FromPixels([]int16{-1, 2, 3, 4}, shape, gray) },
+		"int32":   func() (tmsclient.Image, error) { return tmsclient.FromPixels([]int32{-1, 2, 3, 4}, shape, gray) },
+		"int64":   func() (tmsclient.Image, error) { return tmsclient.FromPixels([]int64{-1, 2, 3, 4}, shape, gray) },
+		"float32": func() (tmsclient.Image, error) { return tmsclient.FromPixels([]float32{0.5, 2, 3, 4}, shape, gray) },
+		"float64": func() (tmsclient.Image, error) { return tmsclient.FromPixels([]float64{0.5, 2, 3, 4}, shape, gray) },
+		"bool": func() (tmsclient.Image, error) {
+			return tmsclient.FromPixels([]bool{true, false, true, true}, shape, gray)
+		},
+		"float16": func() (tmsclient.Image, error) { // 1.0, 2.0, 0.5, 1.0 as IEEE half bits
+			return tmsclient.RawImage([]byte{0, 0x3c, 0, 0x40, 0, 0x38, 0, 0x3c}, shape, tmsv1.DType_D_TYPE_FLOAT16, gray)
+		},
+	}
+	dtypes := map[string]json.RawMessage{}
+	for name, build := range images {
+		img, err := build()
+		if err != nil {
+			return err
+		}
+		if dtypes[name], err = client.RunImage(ctx, imageModel, img, nil); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	out["dtypes"] = dtypes
+	img, _ := images["uint8"]()
+	batch, err := client.RunImageBatch(ctx, imageModel, []tmsclient.Image{img, img}, nil)
+	if err != nil {
+		return err
+	}
+	out["image_batch"] = batch
+	if out["text"], err = client.RunText(ctx, textModel, "hello world", nil); err != nil {
+		return err
+	}
+	if out["text_batch"], err = client.RunTextBatch(ctx, textModel, []string{"a", "b c"}, nil); err != nil {
+		return err
+	}
+	info, err := client.GetModelInfo(ctx, imageModel)
+	if err != nil {
+		return err
+	}
+	out["info"] = info.GetName()
+	models, err := client.ListModels(ctx)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, m := range models {
+		names = append(names, m.GetName())
+	}
+	out["models"] = names
+	health, err := client.Health(ctx, "")
+	if err != nil {
+		return err
+	}
+	out["health"] = health.String()
+	_, err = client.RunImage(ctx, "no_such_model", img, nil)
+	var tmsErr *tmsclient.Error
+	if !errors.As(err, &tmsErr) {
+		return fmt.Errorf("an unknown model gave %v, not a *tmsclient.Error", err)
+	}
+	out["unknown_model"] = map[string]any{"code": tmsErr.Code.String(), "method": tmsErr.Method}
+	return json.NewEncoder(os.Stdout).Encode(out)
+}

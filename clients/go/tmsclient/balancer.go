@@ -1,0 +1,61 @@
+package tmsclient
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+)
+
+// Balancer picks the worker for the next call; workers is never empty. Pass one to Dial
+// with WithBalancer. Implementations must be safe for concurrent use.
+type Balancer interface {
+	Pick(workers []*Worker) *Worker
+}
+
+// RoundRobin gives each worker a call in turn.
+func RoundRobin() Balancer { return &roundRobin{} }
+
+type roundRobin struct{ next atomic.Uint64 }
+
+func (b *roundRobin) Pick(workers []*Worker) *Worker {
+	return workers[(b.next.Add(1)-1)%uint64(len(workers))]
+}
+
+func (b *roundRobin) String() string { return "RoundRobin()" }
+
+// LeastLoaded picks the less loaded of two workers chosen at random ("power of two
+// choices"); the default. A worker's load is the larger of this client's calls in flight on it
+// and the calls in flight and queued it last reported (reports older than a second are
+// ignored): the first is exact for this client, the second also sees other clients. Sampling
+// two workers instead of taking the least loaded keeps many clients from piling onto the
+// same idle worker.
+func LeastLoaded() Balancer { return leastLoaded{maxReportAge: time.Second} }
+
+type leastLoaded struct{ maxReportAge time.Duration }
+
+func (b leastLoaded) Pick(workers []*Worker) *Worker {
+	if len(workers) == 1 {
+		return workers[0]
+	}
+	first := rand.IntN(len(workers))
+	second := rand.IntN(len(workers) - 1)
+	if second >= first {
+		second++
+	}
+	a, c := workers[first], workers[second]
+	now := time.Now()
+	if b.load(c, now) < b.load(a, now) {
+		return c
+	}
+	return a
+}
+
+func (b leastLoaded) load(w *Worker, now time.Time) int {
+	calls := w.InFlight()
+	if report, at, ok := w.Load(); ok && now.Sub(at) <= b.maxReportAge {
+		calls = max(calls, report.Total())
+	}
+	return calls
+}
+
+func (b leastLoaded) String() string { return "LeastLoaded()" }

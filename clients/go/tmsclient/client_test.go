@@ -1,0 +1,153 @@
+package tmsclient
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// fakeClient is a Client over a pool holding ws (no connections): invoke is driven with a
+// scripted call.
+func fakeClient(ws []*Worker, opts ...Option) *Client {
+	o := defaultOptions()
+	o.balancer = RoundRobin()
+	o.retry.Initial, o.retry.Max = time.Millisecond, time.Millisecond
+	for _, opt := range opts {
+		opt(&o)
+	}
+	p := newPool("fake:1", o)
+	for i, w := range ws {
+		w.InstanceID = "server"
+		w.Index = int32(i)
+		p.workers[workerKey{w.InstanceID, w.PID}] = w
+	}
+	return &Client{pool: p, opts: o}
+}
+
+func TestRoutesAModelToTheWorkersThatHaveIt(t *testing.T) {
+	ws := workers(3)
+	ws[0].Models, ws[1].Models, ws[2].Models = []string{"face"}, []string{"edges"}, []string{"face"}
+	c := fakeClient(ws)
+	for range 10 {
+		if w := c.choose("edges", nil); w != ws[1] {
+			t.Fatalf("edges went to %v", w)
+		}
+		if w := c.choose("face", nil); w == ws[1] {
+			t.Fatal("face went to the edges worker")
+		}
+	}
+	if w := c.choose("nobody_has_it", nil); w == nil {
+		t.Fatal("a model no worker lists goes to any worker, which says it has no such model")
+	}
+	if w := c.choose("face", map[*Worker]bool{ws[0]: true}); w != ws[2] {
+		t.Fatalf("a retry went to %v, not the other worker with the model", w)
+	}
+	if w := c.choose("edges", map[*Worker]bool{ws[1]: true}); w != ws[1] {
+		t.Fatal("with no other worker left, a tried one is picked again")
+	}
+}
+
+// script fails the calls to some workers with a code and answers the others.
+func script(failing map[*Worker]codes.Code, calls *[]*Worker, trailers map[*Worker]metadata.MD) func(context.Context, *Worker, ...grpc.CallOption) error {
+	return func(_ context.Context, w *Worker, opts ...grpc.CallOption) error {
+		*calls = append(*calls, w)
+		for _, o := range opts {
+			if t, ok := o.(grpc.TrailerCallOption); ok && trailers[w] != nil {
+				*t.TrailerAddr = trailers[w]
+			}
+		}
+		if code, ok := failing[w]; ok {
+			return status.Error(code, "scripted")
+		}
+		return nil
+	}
+}
+
+func TestUnavailableIsRetriedElsewhereAndDropsTheWorker(t *testing.T) {
+	ws := workers(2)
+	c := fakeClient(ws)
+	var calls []*Worker
+	err := c.invoke(context.Background(), "RunImage", "m", script(map[*Worker]codes.Code{ws[0]: codes.Unavailable}, &calls, nil))
+	if err != nil || len(calls) != 2 || calls[0] != ws[0] || calls[1] != ws[1] {
+		t.Fatalf("err %v, calls %v", err, calls)
+	}
+	if got := c.Workers(); len(got) != 1 || got[0] != ws[1] {
+		t.Fatalf("workers after the drop: %v", got)
+	}
+}
+
+func TestCancelledIsRetriedButKeepsTheWorker(t *testing.T) {
+	ws := workers(2)
+	c := fakeClient(ws)
+	var calls []*Worker
+	err := c.invoke(context.Background(), "RunImage", "m", script(map[*Worker]codes.Code{ws[0]: codes.Canceled}, &calls, nil))
+	if err != nil || len(calls) != 2 || len(c.Workers()) != 2 {
+		t.Fatalf("err %v, calls %v, workers %v", err, calls, c.Workers())
+	}
+}
+
+func TestOtherCodesAreNotRetried(t *testing.T) {
+	ws := workers(2)
+	c := fakeClient(ws)
+	var calls []*Worker
+	err := c.invoke(context.Background(), "RunImage", "m", script(map[*Worker]codes.Code{ws[0]: codes.NotFound}, &calls, nil))
+	e, ok := err.(*Error)
+	if !ok || e.Code != codes.NotFound || e.Attempts != 1 || len(calls) != 1 {
+		t.Fatalf("err %#v, calls %v", err, calls)
+	}
+}
+
+func TestRetriesStopAtTheAttemptsOfThePolicy(t *testing.T) {
+	ws := workers(3)
+	c := fakeClient(ws)
+	var calls []*Worker
+	failing := map[*Worker]codes.Code{ws[0]: codes.Canceled, ws[1]: codes.Canceled, ws[2]: codes.Canceled}
+	err := c.invoke(context.Background(), "RunImage", "m", script(failing, &calls, nil))
+	if e, ok := err.(*Error); !ok || e.Code != codes.Canceled || e.Attempts != 5 || len(calls) != 5 {
+		t.Fatalf("err %v, %d calls", err, len(calls))
+	}
+	calls = nil
+	c.opts.retry = NoRetry()
+	if err := c.invoke(context.Background(), "RunImage", "m", script(failing, &calls, nil)); err == nil || len(calls) != 1 {
+		t.Fatalf("NoRetry: err %v, %d calls", err, len(calls))
+	}
+}
+
+func TestTrailersFeedTheLoadAndDropAnImpostor(t *testing.T) {
+	ws := workers(2)
+	ws[0].PID, ws[1].PID = 10, 11
+	c := fakeClient(ws)
+	trailers := map[*Worker]metadata.MD{
+		ws[0]: metadata.Pairs(loadKey, string(EncodeORCA(map[string]float64{"in_flight": 3, "queued": 1})), identityKey, "server/10"),
+		ws[1]: metadata.Pairs(identityKey, "server/99"), // the connection now reaches another process
+	}
+	var calls []*Worker
+	for range 2 {
+		if err := c.invoke(context.Background(), "RunImage", "m", script(nil, &calls, trailers)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if report, _, ok := ws[0].Load(); !ok || report.Total() != 4 {
+		t.Fatalf("load %v %v", report, ok)
+	}
+	if got := c.Workers(); len(got) != 1 || got[0] != ws[0] {
+		t.Fatalf("workers %v: the impostor was kept", got)
+	}
+}
+
+func TestADefaultDeadlineIsSet(t *testing.T) {
+	c := fakeClient(workers(1), WithTimeout(time.Minute))
+	var deadline time.Time
+	err := c.invoke(context.Background(), "RunImage", "m", func(ctx context.Context, _ *Worker, _ ...grpc.CallOption) error {
+		deadline, _ = ctx.Deadline()
+		return nil
+	})
+	if left := time.Until(deadline); err != nil || left < 50*time.Second || left > time.Minute {
+		t.Fatalf("deadline in %s", left)
+	}
+}

@@ -1,0 +1,322 @@
+package tmsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
+)
+
+// Worker is one worker process of a server, reached over a connection of its own.
+type Worker struct {
+	Address     string // the address the connection was opened to
+	InstanceID  string // the server (supervisor) the worker belongs to
+	PID         int64
+	Index       int32 // the worker's index among its server's WorkerCount workers
+	WorkerCount int32
+	Device      string
+	Models      []string // the models it serves; empty: every model
+
+	conn     *grpc.ClientConn
+	stub     tmsv1.ModelServiceClient
+	inFlight atomic.Int64
+
+	mu       sync.Mutex
+	load     LoadReport
+	loadedAt time.Time
+}
+
+// InFlight is this client's calls on the worker now.
+func (w *Worker) InFlight() int { return int(w.inFlight.Load()) }
+
+// Load is the load the worker last reported, and when; ok is false before its first report.
+func (w *Worker) Load() (report LoadReport, at time.Time, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.load, w.loadedAt, !w.loadedAt.IsZero()
+}
+
+func (w *Worker) setLoad(r LoadReport) {
+	w.mu.Lock()
+	w.load, w.loadedAt = r, time.Now()
+	w.mu.Unlock()
+}
+
+func (w *Worker) serves(model string) bool {
+	return model == "" || len(w.Models) == 0 || slices.Contains(w.Models, model)
+}
+
+func (w *Worker) String() string {
+	return fmt.Sprintf("Worker(%s pid=%d index=%d/%d in_flight=%d)", w.Address, w.PID, w.Index,
+		w.WorkerCount, w.InFlight())
+}
+
+type workerKey struct {
+	instance string
+	pid      int64
+}
+
+// pool holds one connection per worker process and finds missing ones: at Dial, every
+// refresh interval, and at once after a drop.
+type pool struct {
+	target string
+	opts   options
+	dial   []grpc.DialOption
+
+	mu      sync.Mutex
+	workers map[workerKey]*Worker
+	counts  map[string]int32 // address -> the worker count its server last said
+	closed  bool
+
+	searching sync.Mutex // one search at a time
+	wake      chan struct{}
+	life      context.Context // cancelled by close: ends the background search
+	end       context.CancelFunc
+	done      chan struct{}
+}
+
+func newPool(target string, o options) *pool {
+	creds := insecure.NewCredentials()
+	if o.tls != nil {
+		creds = credentials.NewTLS(o.tls)
+	}
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(o.maxMessage), grpc.MaxCallSendMsgSize(o.maxMessage)),
+	}
+	if o.token != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(bearer{o.token}))
+	}
+	life, end := context.WithCancel(context.Background())
+	return &pool{
+		target: target, opts: o, dial: dial,
+		workers: map[workerKey]*Worker{}, counts: map[string]int32{},
+		wake: make(chan struct{}, 1), life: life, end: end, done: make(chan struct{}),
+	}
+}
+
+// bearer sends the token on every call.
+type bearer struct{ token string }
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return false }
+
+// snapshot is the workers serving model (every worker for model "").
+func (p *pool) snapshot(model string) []*Worker {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*Worker, 0, len(p.workers))
+	for _, w := range p.workers {
+		if w.serves(model) {
+			out = append(out, w)
+		}
+	}
+	// A stable order, so that RoundRobin goes round.
+	slices.SortFunc(out, func(a, b *Worker) int {
+		if c := strings.Compare(a.InstanceID, b.InstanceID); c != 0 {
+			return c
+		}
+		return int(a.Index - b.Index)
+	})
+	return out
+}
+
+// drop forgets w, closes its connection once its calls are done, and wakes the search.
+func (p *pool) drop(w *Worker) {
+	p.mu.Lock()
+	key := workerKey{w.InstanceID, w.PID}
+	held := p.workers[key] == w
+	if held {
+		delete(p.workers, key)
+	}
+	p.mu.Unlock()
+	if !held {
+		return
+	}
+	if w.conn != nil {
+		go func() { // other calls may still be on it: let them end first
+			time.Sleep(time.Second)
+			_ = w.conn.Close()
+		}()
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// addresses are the servers behind the target: dns:///name:port names resolved anew each
+// search, anything else as it is.
+func (p *pool) addresses(ctx context.Context) ([]string, error) {
+	name, ok := strings.CutPrefix(p.target, "dns:///")
+	if !ok {
+		return []string{p.target}, nil
+	}
+	host, port, err := net.SplitHostPort(name)
+	if err != nil {
+		return nil, fmt.Errorf("tms: target %q: %w", p.target, err)
+	}
+	ips, err := net.DefaultResolver.LookupHost(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("tms: resolve %q: %w", host, err)
+	}
+	out := make([]string, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, net.JoinHostPort(ip, port))
+	}
+	return out, nil
+}
+
+// search opens connections to every address until it holds one per worker process of its
+// server, at most 4 x workers + 4 attempts per address. It returns the error of a server
+// that refused the credentials (waiting would not help) or, when no worker is known after
+// it, the last error.
+func (p *pool) search(ctx context.Context) error {
+	p.searching.Lock()
+	defer p.searching.Unlock()
+	addrs, err := p.addresses(ctx)
+	if err != nil {
+		return err
+	}
+	var last error
+	for _, addr := range addrs {
+		if err := p.searchAddress(ctx, addr); err != nil {
+			if code := status.Code(err); code == codes.Unauthenticated || code == codes.PermissionDenied {
+				return err
+			}
+			last = err
+		}
+	}
+	if len(p.snapshot("")) == 0 {
+		if last == nil {
+			last = errors.New("no worker answered")
+		}
+		return last
+	}
+	return nil
+}
+
+func (p *pool) held(addr string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, w := range p.workers {
+		if w.Address == addr {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *pool) searchAddress(ctx context.Context, addr string) error {
+	var last error
+	for attempt := 0; ; attempt++ {
+		p.mu.Lock()
+		count, closed := p.counts[addr], p.closed
+		p.mu.Unlock()
+		if closed || ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if count > 0 && p.held(addr) >= int(count) {
+			return nil
+		}
+		if attempt >= 4*int(max(count, 1))+4 {
+			return last
+		}
+		if err := p.open(ctx, addr); err != nil {
+			last = err
+			if code := status.Code(err); code != codes.AlreadyExists {
+				if count == 0 || code == codes.Unauthenticated || code == codes.PermissionDenied {
+					return err // nothing answers there (or refuses us): do not insist
+				}
+			}
+		}
+	}
+}
+
+var errKnown = status.Error(codes.AlreadyExists, "a worker already held")
+
+// open makes one new connection to addr and asks who answered; a new worker is kept.
+func (p *pool) open(ctx context.Context, addr string) error {
+	conn, err := grpc.NewClient("passthrough:///"+addr, p.dial...)
+	if err != nil {
+		return err
+	}
+	stub := tmsv1.NewModelServiceClient(conn)
+	callCtx, cancel := context.WithTimeout(ctx, min(p.opts.connectTimeout, 5*time.Second))
+	defer cancel()
+	info, err := stub.GetWorkerInfo(callCtx, &tmsv1.GetWorkerInfoRequest{})
+	if err != nil {
+		_ = conn.Close()
+		return err
+	}
+	key := workerKey{info.GetInstanceId(), info.GetPid()}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.counts[addr] = max(info.GetWorkerCount(), 1)
+	if _, ok := p.workers[key]; ok || p.closed {
+		_ = conn.Close()
+		return errKnown
+	}
+	p.workers[key] = &Worker{
+		Address: addr, InstanceID: info.GetInstanceId(), PID: info.GetPid(),
+		Index: info.GetWorkerIndex(), WorkerCount: info.GetWorkerCount(), Device: info.GetDevice(),
+		Models: info.GetModels(), conn: conn, stub: stub,
+	}
+	return nil
+}
+
+// heal looks for missing workers every refresh interval and when woken, until closed.
+func (p *pool) heal() {
+	defer close(p.done)
+	timer := time.NewTimer(p.opts.refresh)
+	defer timer.Stop()
+	for {
+		select {
+		case <-p.life.Done():
+			return
+		case <-p.wake:
+		case <-timer.C:
+		}
+		ctx, cancel := context.WithTimeout(p.life, p.opts.connectTimeout)
+		_ = p.search(ctx) // calls report their own errors; the next round tries again
+		cancel()
+		timer.Reset(p.opts.refresh)
+	}
+}
+
+func (p *pool) close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	workers := p.workers
+	p.workers = map[workerKey]*Worker{}
+	p.mu.Unlock()
+	p.end()
+	<-p.done
+	var errs []error
+	for _, w := range workers {
+		errs = append(errs, w.conn.Close())
+	}
+	return errors.Join(errs...)
+}

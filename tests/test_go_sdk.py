@@ -1,0 +1,247 @@
+"""The Go SDK (clients/go/tmsclient) against real multi-worker servers: one client reaches every
+worker process, loses no call when a worker is killed, balances both ways, sends tokens, and
+carries every RPC and dtype. Runs clients/go's cmd/tms-go-load and examples/hello (the main
+README's Go snippet), built with the Go toolchain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.certificates import CertificateAuthority
+from tests.support import EXAMPLE_MODELS, ServerProcess, wait_for, write_models
+from tests.toolchains import GO_MODULE, find_go, run
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "go-sdk-token-0123456789"
+
+MODELS = {
+    "whoami": """
+        import os, time
+        import numpy as np
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):
+                time.sleep(args.get("sleep", 0.01))
+                pixels = np.asarray(image)
+                return {
+                    "pid": os.getpid(),
+                    "dtype": str(pixels.dtype),
+                    "shape": list(pixels.shape),
+                    "sum": float(pixels.astype(np.float64).sum()),
+                }
+    """,
+    "echo": """
+        import os
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+            thread_safe = True
+
+            def run(self, text, args):
+                return {"text": text, "pid": os.getpid()}
+    """,
+    "mean": (EXAMPLE_MODELS / "mean" / "__init__.py").read_text(),
+}
+
+Start = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("models"), MODELS)
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """cmd/tms-go-load and examples/hello, built once."""
+    out = tmp_path_factory.mktemp("go-sdk")
+    built = {}
+    for name, package in (("load", "./cmd/tms-go-load"), ("hello", "./examples/hello")):
+        built[name] = out / name
+        run([find_go(), "build", "-o", str(built[name]), package], cwd=GO_MODULE, timeout=300)
+    return built
+
+
+def go_load(
+    programs: dict[str, Path], target: str, *args: str, timeout: float = 120
+) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(programs["load"]), "-addr", target, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the supervisor's workers)."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_one_client_reaches_every_worker(server_process: Start, models, programs):
+    server = server_process(models, workers=3)
+    assert wait_for(lambda: len(children(server.process.pid)) == 3, 30)
+    workers = set(children(server.process.pid))
+    for balancer in ("rr", "least"):
+        answer = go_load(
+            programs, server.target, "-balancer", balancer, "-goroutines", "6", "-calls", "300",
+            "load", "whoami",
+        )  # fmt: skip
+        assert answer["failures"] == []
+        assert answer["calls"] == 300
+        assert answer["workers"] == 3
+        assert {int(pid) for pid in answer["pids"]} == workers, balancer
+
+
+def test_a_killed_worker_costs_no_call(server_process: Start, models, programs):
+    server = server_process(models, workers=3)
+    supervisor = server.process.pid
+    assert wait_for(lambda: len(children(supervisor)) == 3, 30)
+    before = set(children(supervisor))
+    load = subprocess.Popen(
+        [
+            str(programs["load"]), "-addr", server.target, "-goroutines", "8",
+            "-duration", "8s", "-refresh", "300ms", "load", "whoami",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        victim = sorted(before)[0]
+        os.kill(victim, signal.SIGKILL)
+        stdout, stderr = load.communicate(timeout=120)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    assert load.returncode == 0, stderr
+    answer = json.loads(stdout)
+    assert answer["failures"] == []
+    assert answer["calls"] > 50
+    pids = {int(pid) for pid in answer["pids"]}
+    assert victim in pids
+    after = set(children(supervisor))
+    assert victim not in after
+    assert pids & (after - before), "the restarted worker was found again and called"
+
+
+def test_a_bad_token_fails_at_once(server_process: Start, models, programs, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    server = server_process(models, workers=2, args=("--tokens-file", str(tokens)))
+
+    started = time.monotonic()
+    refused = subprocess.run(
+        [str(programs["load"]), "-addr", server.target, "-token", "wrong", "load", "whoami"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: Unauthenticated: "), refused.stderr
+    assert time.monotonic() - started < 8  # not after the 10 s connect timeout
+
+    answer = go_load(programs, server.target, "-token", TOKEN, "-calls", "20", "load", "whoami")
+    assert answer["failures"] == []
+    assert answer["calls"] == 20
+
+
+def test_tls_and_a_token_on_every_call(server_process: Start, models, programs, tmp_path):
+    ca = CertificateAuthority(tmp_path / "ca")
+    pair = ca.issue("server")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    server = server_process(
+        models,
+        workers=2,
+        args=(
+            "--tls-cert",
+            str(pair.cert),
+            "--tls-key",
+            str(pair.key),
+            "--tokens-file",
+            str(tokens),
+        ),
+    )
+    tls = ("-ca", str(ca.cert), "-token", TOKEN)
+    answer = go_load(programs, server.target, *tls, "-calls", "100", "load", "whoami")
+    assert answer["failures"] == []
+    assert {int(pid) for pid in answer["pids"]} == set(children(server.process.pid))
+
+    plaintext = subprocess.run(
+        [str(programs["load"]), "-addr", server.target, "-token", TOKEN, "load", "whoami"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert plaintext.returncode == 1
+    assert "does it serve TLS" in plaintext.stderr, plaintext.stderr
+
+
+def test_a_dns_target_is_resolved(server_process: Start, models, programs):
+    server = server_process(models, workers=2)
+    port = server.target.rsplit(":", 1)[1]
+    answer = go_load(programs, f"dns:///localhost:{port}", "-calls", "40", "load", "whoami")
+    assert answer["failures"] == []
+    assert answer["workers"] == 2
+    assert {int(pid) for pid in answer["pids"]} == set(children(server.process.pid))
+
+
+def test_every_rpc_and_dtype(server_process: Start, models, programs):
+    server = server_process(models, workers=2)
+    answer = go_load(programs, server.target, "tour", "whoami", "echo")
+    expected_sums = {
+        "uint8": 10, "int8": 8, "uint16": 406, "int16": 8, "int32": 8, "int64": 8,
+        "float32": 9.5, "float64": 9.5, "bool": 3, "float16": 4.5,
+    }  # fmt: skip
+    for dtype, total in expected_sums.items():
+        result = answer["dtypes"][dtype]
+        assert result["dtype"] == dtype
+        assert result["shape"] == [2, 2]
+        assert result["sum"] == total, dtype
+    assert [r["sum"] for r in answer["image_batch"]] == [10, 10]
+    assert answer["text"]["text"] == "hello world"
+    assert [r["text"] for r in answer["text_batch"]] == ["a", "b c"]
+    assert answer["info"] == "whoami"
+    assert answer["models"] == ["echo", "mean", "whoami"]
+    assert answer["health"] == "SERVING"
+    assert answer["unknown_model"] == {"code": "NotFound", "method": "RunImage"}
+
+
+def test_readme_example(server_process: Start, models, programs):
+    """examples/hello is the main README's "Use it from Go" snippet."""
+    server = server_process(models, workers=2)
+    result = subprocess.run(
+        [str(programs["hello"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "TMS_ADDR": server.target, "TMS_TOKEN": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "workers: 2"
+    assert [json.loads(line) for line in lines[1:]] == [{"mean": 0.4375}] * 4
