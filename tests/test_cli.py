@@ -214,6 +214,7 @@ def test_models_json_with_options_after_the_command(tms, target):
     code, out, _ = tms("models", "--json", "--target", target, server=None)
     assert code == 0
     models = {model["name"]: model for model in json.loads(out)}
+    assert re.fullmatch(r"[0-9a-f]{12}", models["mean"].pop("version"))  # a hash of its files
     assert models["mean"] == {
         "name": "mean",
         "description": "Mean pixel value of an RGB image.\n\nRejects images smaller than 8x8.",
@@ -223,6 +224,9 @@ def test_models_json_with_options_after_the_command(tms, target):
         "calls": ["run_image", "run_images"],
         "thread_safe": True,
         "output_color": None,
+        "max_batch_size": 64,
+        "args_schema": None,
+        "result_schema": None,
     }
     assert models["invert"]["calls"] == ["run_image_to_image"]
     assert models["invert"]["output_color"] == "bgr"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Any
 
 from tms_cli.connection import Options, check_model, connect
@@ -49,9 +50,16 @@ def show_model(options: Options, args: argparse.Namespace) -> int:
         "output order": info.output_color or "-",
         "calls": _calls(info),
         "thread safe": "yes" if info.thread_safe else "no (one call at a time per worker)",
+        "version": info.version or "-",
+        "max batch": _count(info.max_batch_size),
     }
     for key, value in fields.items():
         sys.stdout.write(f"{key + ':':14}{value}\n")
+    for key, schema in (("args schema", info.args_schema), ("result schema", info.result_schema)):
+        if schema is None:
+            sys.stdout.write(f"{key}: -\n")
+        else:
+            sys.stdout.write(f"{key}:\n{textwrap.indent(to_json(schema, pretty=True), '  ')}\n")
     sys.stdout.write(f"description:\n{description}\n")
     return 0
 
@@ -147,6 +155,10 @@ def _model_json(info: ModelInfo) -> dict[str, Any]:
         "calls": sorted(info.calls),
         "thread_safe": info.thread_safe,
         "output_color": info.output_color,
+        "version": info.version,
+        "max_batch_size": info.max_batch_size,
+        "args_schema": info.args_schema,
+        "result_schema": info.result_schema,
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 
@@ -20,6 +20,15 @@ class Model(tms_server.Model):
     color = "gray"
     dtype = "uint8"
     output_color = "gray"
+    # low <= high is beyond a schema: run() checks it.
+    args_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "low": {"type": "number", "minimum": 0, "default": _DEFAULTS["low"]},
+            "high": {"type": "number", "minimum": 0, "default": _DEFAULTS["high"]},
+        },
+        "additionalProperties": False,
+    }
     thread_safe = True  # a pure OpenCV function of its inputs; the instance holds no state
 
     def run_image_to_image(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 
@@ -21,6 +21,48 @@ class Model(tms_server.Model):
 
     color = "bgr"
     dtype = "uint8"
+    version = "1.0"
+    args_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "scale_factor": {
+                "description": "how much the image shrinks between scales",
+                "type": "number",
+                "exclusiveMinimum": 1,
+                "maximum": 10,
+                "default": _DEFAULTS["scale_factor"],
+            },
+            "min_neighbors": {
+                "description": "neighbouring detections a face needs to be kept",
+                "type": "integer",
+                "minimum": 0,
+                "default": _DEFAULTS["min_neighbors"],
+            },
+            "min_size": {
+                "description": "smallest face side, in pixels",
+                "type": "integer",
+                "minimum": 1,
+                "default": _DEFAULTS["min_size"],
+            },
+        },
+        "additionalProperties": False,
+    }
+    result_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "faces": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        key: {"type": "integer"} for key in ("x", "y", "width", "height")
+                    },
+                    "required": ["x", "y", "width", "height"],
+                },
+            }
+        },
+        "required": ["faces"],
+    }
     # thread_safe stays False: a cascade keeps the image being scanned in its own state.
 
     def __init__(self) -> None:

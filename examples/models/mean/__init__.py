@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import tms_server
 
@@ -14,6 +14,7 @@ class Model(tms_server.Model):
     """
 
     thread_safe = True
+    args_schema: ClassVar[dict[str, Any]] = {"type": "object"}  # any args, ignored
 
     def run(self, image: tms_server.Image, args: dict[str, Any]) -> dict[str, float]:
         return {"mean": float(image.mean())}

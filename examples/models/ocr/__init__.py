@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from rapidocr_onnxruntime import RapidOCR
 
@@ -19,6 +19,19 @@ class Model(tms_server.Model):
 
     color = "bgr"
     dtype = "uint8"
+    args_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "min_score": {
+                "description": "the lowest recognition confidence kept",
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "default": 0.5,
+            }
+        },
+        "additionalProperties": False,
+    }
     # thread_safe stays False: RapidOCR keeps per-call state (its detector's resize step).
 
     def __init__(self) -> None:

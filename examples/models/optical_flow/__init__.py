@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ class Model(tms_server.Model):
     color = "gray"
     dtype = "uint8"
     output_color = None
+    args_schema: ClassVar[dict[str, Any]] = {"type": "object", "maxProperties": 0}
     thread_safe = True  # a pure OpenCV function of its inputs; the instance holds no state
 
     def run_image_to_image(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar
 
 import tms_server
 
@@ -24,6 +24,18 @@ class Model(tms_server.Model):
 
     inputs = "text"
     thread_safe = True
+    args_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "top": {
+                "description": "how many of the most common words to list",
+                "type": "integer",
+                "minimum": 0,
+                "default": 5,
+            }
+        },
+        "additionalProperties": False,
+    }
 
     def run(self, text: str, args: dict[str, Any]) -> dict[str, Any]:
         top = _parse_args(args)

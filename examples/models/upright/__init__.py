@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -45,6 +45,7 @@ class Model(tms_server.Model):
 
     color = "bgr"
     dtype = "uint8"
+    args_schema: ClassVar[dict[str, Any]] = {"type": "object", "maxProperties": 0}
     thread_safe = True  # an InferenceSession runs calls from several threads at once
 
     def __init__(self) -> None:

@@ -103,6 +103,15 @@ class ModelInfo:
     calls: frozenset[str]  # client method names: run_image, run_images, ...
     thread_safe: bool
     output_color: str | None  # colour order of the images run_image_to_image returns
+    #: The model's version: declared by the model, else a hash of its files ("" from servers
+    #: that send none).
+    version: str = ""
+    #: The most inputs one batch call may carry (None from servers that send none).
+    max_batch_size: int | None = None
+    #: The JSON Schema (a dict) the model's args must match, None when it declares none.
+    args_schema: dict[str, Any] | None = None
+    #: The JSON Schema of the model's results, None when it declares none.
+    result_schema: dict[str, Any] | None = None
 
     @classmethod
     def from_proto(cls, info: model_service_pb2.ModelInfo) -> ModelInfo:
@@ -117,6 +126,10 @@ class ModelInfo:
             calls=frozenset(_CALLS[c] for c in info.calls if c in _CALLS),
             thread_safe=info.thread_safe,
             output_color=color_name(info.output_color_order),
+            version=info.version,
+            max_batch_size=info.max_batch_size or None,
+            args_schema=json.loads(info.args_schema_json) if info.args_schema_json else None,
+            result_schema=json.loads(info.result_schema_json) if info.result_schema_json else None,
         )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -81,7 +81,9 @@ class ServiceError(Exception):
     """An error that ends a call with ``code`` and the exception's message.
 
     ``reason`` defaults to the class's; ``field`` names the request field at fault (a
-    BadRequest field violation), ``retry_after`` the seconds after which trying again
+    BadRequest field violation, described by the message), ``violations`` lists several
+    (``(field, description)`` pairs, one BadRequest field violation each, in place of
+    ``field``), ``retry_after`` the seconds after which trying again
     may succeed (RetryInfo), ``metadata`` adds to ErrorInfo.metadata.
     """
 
@@ -94,6 +96,7 @@ class ServiceError(Exception):
         *,
         reason: Reason | None = None,
         field: str | None = None,
+        violations: Sequence[tuple[str, str]] = (),
         retry_after: float | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
@@ -101,6 +104,7 @@ class ServiceError(Exception):
         if reason is not None:
             self.reason = reason
         self.field = field
+        self.violations = list(violations)
         self.retry_after = retry_after
         self.metadata = dict(metadata or {})
 
@@ -184,11 +188,17 @@ def rich_status(exc: ServiceError, metadata: Mapping[str, str] | None = None) ->
         reason=exc.reason, domain=DOMAIN, metadata={**(metadata or {}), **exc.metadata}
     )
     details: list[Message] = [info]
-    if exc.field is not None:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=_cut(message, _MAX_DESCRIPTION)
-        )
-        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    violations = exc.violations
+    if not violations and exc.field is not None:
+        violations = [(exc.field, message)]
+    if violations:
+        field_violations = [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=field, description=_cut(description, _MAX_DESCRIPTION)
+            )
+            for field, description in violations
+        ]
+        details.append(error_details_pb2.BadRequest(field_violations=field_violations))
     if exc.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(exc.retry_after * 1e9))

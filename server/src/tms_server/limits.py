@@ -4,7 +4,8 @@ Message size is bounded by gRPC itself (``--max-message-mb``: RESOURCE_EXHAUSTED
 code sees the bytes) and image size by ``--max-pixels`` (checked against the declared size
 before decoding). Model args, JSON text, are bounded here: in length and in nesting depth,
 checked by a scan before the JSON parser runs, so no input can make the parser recurse deeply
-or build a huge structure.
+or build a huge structure. Then, when the model declares an ``args_schema``, they are checked
+against it (``check_args``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import numpy as np
 
 from tms_server.errors import InvalidArgument, Reason
 
-__all__ = ["MAX_ARGS_BYTES", "MAX_ARGS_DEPTH", "parse_args"]
+__all__ = ["MAX_ARGS_BYTES", "MAX_ARGS_DEPTH", "MAX_VIOLATIONS", "check_args", "parse_args"]
 
 #: Longest ``args_json`` accepted, in UTF-8 bytes.
 MAX_ARGS_BYTES = 1024 * 1024
 #: Deepest nesting of arrays and objects accepted in ``args_json``.
 MAX_ARGS_DEPTH = 32
+#: Most field violations reported for args that do not match the model's args_schema (the
+#: status goes in the trailers, whose size clients bound).
+MAX_VIOLATIONS = 10
 
 # A string, or the rest of the text after an unterminated quote: the closing quote is optional
 # so that a match never fails, which keeps the scan linear in the length of the text.
@@ -72,3 +76,36 @@ def parse_args(text: str, field: str = "args_json") -> dict[str, Any]:
 
 def _bad_args(message: str, field: str) -> InvalidArgument:
     return InvalidArgument(message, reason=Reason.INVALID_ARGS, field=field)
+
+
+def check_args(validator: Any, args: dict[str, Any], field: str = "args_json") -> None:
+    """Check parsed args against a model's args_schema (its jsonschema ``validator``; nothing
+    to check when None): INVALID_ARGUMENT (INVALID_ARGS) with one BadRequest field violation
+    per problem, its field the path to the value at fault (``args_json.min_neighbors``)."""
+    if validator is None:
+        return
+    errors = sorted(validator.iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return
+    violations = [(_error_field(error, field), error.message) for error in errors]
+    shown = violations[:MAX_VIOLATIONS]
+    problems = "; ".join(f"{where}: {what}" for where, what in shown)
+    more = len(violations) - len(shown)
+    message = f"{field} does not match the model's args_schema: {problems}" + (
+        f" (and {more} more)" if more else ""
+    )
+    raise InvalidArgument(message, reason=Reason.INVALID_ARGS, violations=shown)
+
+
+def _error_field(error: Any, field: str) -> str:
+    """The path of the value a jsonschema error is about, below ``field``; for a missing
+    required property, the property's own path."""
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [p for p in error.validator_value if p not in error.instance]
+        named = [p for p in missing if error.message.startswith(repr(p))]
+        path += named[:1]
+    text = field
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text

@@ -60,6 +60,20 @@ class Model:
     #: The devices whose workers may load it, as the server's ``--devices`` names them
     #: (``"cuda:1"``; ``"cuda"`` for any GPU, ``"cpu"``); None: any device.
     devices: ClassVar[tuple[str, ...] | None] = None
+    #: The model's version, reported in ModelInfo and in every Run response
+    #: (``model_version``), e.g. ``"1.2"``; None: a hash of the model's files (its folder, or
+    #: an entry point's module file), which changes when a reload finds them edited.
+    version: ClassVar[str | None] = None
+    #: The most inputs one batch call may carry for this model; the server's
+    #: ``--max-batch-size`` when None or larger.
+    max_batch_size: ClassVar[int | None] = None
+    #: JSON Schema (Draft 2020-12) of ``args``, as a dict: the server checks every call's args
+    #: against it (INVALID_ARGUMENT, one field violation per problem) and GetModelInfo reports
+    #: it; a schema that is not valid makes the model fail to load. None: any JSON object.
+    args_schema: ClassVar[dict[str, Any] | None] = None
+    #: JSON Schema (Draft 2020-12) of the results, as a dict: reported by GetModelInfo for
+    #: callers (checked for validity at load, never against a result). None: undeclared.
+    result_schema: ClassVar[dict[str, Any] | None] = None
 
     #: Set by the server on each instance before ``__init__``: the index of the worker process
     #: it runs in (0 to workers - 1).

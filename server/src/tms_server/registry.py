@@ -14,9 +14,11 @@ them (FAILED_PRECONDITION, naming those workers).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
+import json
 import logging
 import re
 import sys
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import numpy as np
 
 from tms.v1 import image_pb2, model_service_pb2
@@ -42,6 +45,7 @@ __all__ = [
     "Elsewhere",
     "LoadedModel",
     "ModelRegistry",
+    "content_version",
     "import_model_class",
     "instantiate",
 ]
@@ -51,6 +55,8 @@ log = logging.getLogger("tms_server")
 ENTRY_POINT_GROUP = "tms.models"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _PACKAGE = "tms_models"  # parent of the imported model packages in sys.modules
+#: Hex digits of a content hash kept as a model's version.
+VERSION_DIGITS = 12
 #: Told of each load of a model: its name, and the seconds it took or None if it failed.
 OnLoad = Callable[[str, float | None], None]
 
@@ -58,14 +64,20 @@ OnLoad = Callable[[str, float | None], None]
 @dataclass(frozen=True)
 class LoadedModel:
     """A model instance with what the server needs to call it: its description (``info``,
-    as ListModels sends it) and the numpy dtype and shape it takes. ``instance`` is None in
-    the description of a model placed on other workers (see ``ModelRegistry.elsewhere``)."""
+    as ListModels sends it), the numpy dtype and shape it takes, and the validator of its
+    ``args_schema`` (None without one). ``instance`` is None in the description of a model
+    placed on other workers (see ``ModelRegistry.elsewhere``)."""
 
     instance: Any
     info: model_service_pb2.ModelInfo
     dtype: np.dtype[Any] | None
     input_shape: tuple[int, ...] | None
     lock: contextlib.AbstractContextManager[Any]
+    args_validator: Any = None  # a jsonschema Draft202012Validator
+
+    @property
+    def version(self) -> str:
+        return self.info.version
 
     @property
     def name(self) -> str:
@@ -100,10 +112,92 @@ def _color(cls: type, attribute: str) -> ColorValue:
         raise TypeError(f"{attribute}: {exc}") from None
 
 
-def describe(name: str, cls: Any, instance: Any = None, *, ask_shape: bool = True) -> LoadedModel:
+def _version(cls: Any) -> str:
+    declared = getattr(cls, "version", None)
+    if declared is None:
+        return content_version(cls)
+    if not isinstance(declared, str) or not declared:
+        raise TypeError(f"version = {declared!r}; expected a non-empty str or None")
+    return declared
+
+
+def _max_batch_size(cls: Any, server: int) -> int:
+    declared = getattr(cls, "max_batch_size", None)
+    if declared is None:
+        return server
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise TypeError(f"max_batch_size = {declared!r}; expected an int >= 1 or None")
+    return min(declared, server)
+
+
+def _schema(cls: Any, attribute: str) -> tuple[str, Any]:
+    """The model's JSON Schema ``attribute`` as JSON text and its validator ("" and None
+    without one); TypeError for a schema that is not a valid Draft 2020-12 schema."""
+    schema = getattr(cls, attribute, None)
+    if schema is None:
+        return "", None
+    if not isinstance(schema, dict):
+        raise TypeError(f"{attribute} must be a dict (a JSON Schema), not {type(schema).__name__}")
+    try:
+        text = json.dumps(schema)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{attribute} is not JSON: {exc}") from None
+    validator_class = jsonschema.Draft202012Validator
+    try:
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(part) for part in exc.absolute_path) or "(root)"
+        message = (
+            f"{attribute} is not a valid JSON Schema (Draft 2020-12) at {where}: {exc.message}"
+        )
+        raise TypeError(message) from None
+    return text, validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+
+
+def content_version(cls: Any) -> str:
+    """A version for a model that declares none: the first VERSION_DIGITS hex digits of a
+    SHA-256 over its files (sorted relative paths and bytes): its whole folder for a model of
+    the models folder, its module file for an entry point; "" when it has no file."""
+    module_name = getattr(cls, "__module__", None) or ""
+    parts = module_name.split(".")
+    if parts[0] == _PACKAGE and len(parts) > 1:
+        module_name = f"{_PACKAGE}.{parts[1]}"
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if file is None:
+        return ""
+    path = Path(file)
+    if module_name.startswith(_PACKAGE + "."):
+        root = path.parent
+        files = sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file()
+            and "__pycache__" not in p.parts
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+    else:
+        root, files = path.parent, [path]
+    digest = hashlib.sha256()
+    for item in files:
+        data = item.read_bytes()
+        digest.update(f"{item.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:VERSION_DIGITS]
+
+
+def describe(
+    name: str,
+    cls: Any,
+    instance: Any = None,
+    *,
+    ask_shape: bool = True,
+    max_batch_size: int = 64,
+) -> LoadedModel:
     """Read a model class's declarations (see tms_server.model) into a LoadedModel of
     ``instance``; its ``get_input_shape()`` is asked if there is an instance and ``ask_shape``,
-    else the class's ``input_shape`` is the shape."""
+    else the class's ``input_shape`` is the shape. ``max_batch_size`` is the server's; the
+    version is the declared one, else ``content_version``. TypeError for a declaration
+    that cannot be used (an args or result schema that is not a valid JSON Schema among them)."""
     inputs = getattr(cls, "inputs", "image")
     if inputs not in ("image", "text"):
         raise TypeError(f"inputs = {inputs!r}; expected 'image' or 'text'")
@@ -130,6 +224,8 @@ def describe(name: str, cls: Any, instance: Any = None, *, ask_shape: bool = Tru
     input_shape = tuple(int(d) for d in shape) if shape is not None else None
     color, output_color = _color(cls, "color"), _color(cls, "output_color")
     thread_safe = bool(getattr(cls, "thread_safe", False))
+    args_schema, args_validator = _schema(cls, "args_schema")
+    result_schema, _ = _schema(cls, "result_schema")
     info = model_service_pb2.ModelInfo(
         name=name,
         description=inspect.cleandoc(getattr(cls, "description", "") or cls.__doc__ or ""),
@@ -139,9 +235,13 @@ def describe(name: str, cls: Any, instance: Any = None, *, ask_shape: bool = Tru
         calls=calls,
         thread_safe=thread_safe,
         output_color_order=output_color,
+        version=_version(cls),
+        max_batch_size=_max_batch_size(cls, max_batch_size),
+        args_schema_json=args_schema,
+        result_schema_json=result_schema,
     )
     lock = contextlib.nullcontext() if thread_safe else threading.Lock()
-    return LoadedModel(instance, info, dtype, input_shape, lock)
+    return LoadedModel(instance, info, dtype, input_shape, lock, args_validator)
 
 
 def instantiate(cls: Any, placement: Placement) -> Any:
@@ -259,6 +359,7 @@ class ModelRegistry:
         folder: Path | None = None,
         entry_points: bool = False,
         on_load: OnLoad | None = None,
+        max_batch_size: int = 64,
     ) -> None:
         self.models = dict(sorted(models.items()))
         self.failed = dict(sorted(failed.items()))
@@ -267,6 +368,7 @@ class ModelRegistry:
         self._folder = folder
         self._entry_points = entry_points
         self._on_load = on_load
+        self.max_batch_size = max_batch_size
 
     def __repr__(self) -> str:
         return (
@@ -282,9 +384,11 @@ class ModelRegistry:
         entry_points: bool = True,
         on_load: OnLoad | None = None,
         placement: Placement | None = None,
+        max_batch_size: int = 64,
     ) -> ModelRegistry:
         """Import every model's class, and load those placed on the worker at ``placement``
-        (default: a worker alone, on the CPU)."""
+        (default: a worker alone, on the CPU); ``max_batch_size`` is the server's
+        (--max-batch-size), which a model may lower for itself."""
         placement = placement if placement is not None else Placement()
         registry = cls(
             {},
@@ -293,6 +397,7 @@ class ModelRegistry:
             folder=folder,
             entry_points=entry_points,
             on_load=on_load,
+            max_batch_size=max_batch_size,
         )
         for name, load_class in _sources(folder, entry_points):
             if not NAME_PATTERN.fullmatch(name):
@@ -320,14 +425,16 @@ class ModelRegistry:
         # On every worker alike: from the class alone, unless every worker has an instance.
         everywhere = len(workers) == len(placement.devices)
         if placement.index not in workers:
-            model = describe(name, model_class)
+            model = describe(name, model_class, max_batch_size=self.max_batch_size)
             self.elsewhere = {**self.elsewhere, name: Elsewhere(model, workers)}
             self.models = {k: v for k, v in self.models.items() if k != name}
             self.failed = {k: v for k, v in self.failed.items() if k != name}
             log.info("model %r is placed on %s", name, placement.where(workers))
             return
         instance = instantiate(model_class, placement)
-        model = describe(name, model_class, instance, ask_shape=everywhere)
+        model = describe(
+            name, model_class, instance, ask_shape=everywhere, max_batch_size=self.max_batch_size
+        )
         # Swap whole dicts: readers (other threads) see the old or the new, never a mix.
         self.models = dict(sorted({**self.models, name: model}.items()))
         self.elsewhere = {k: v for k, v in self.elsewhere.items() if k != name}

@@ -33,7 +33,7 @@ from tms_server.invoke import (
     result_json,
     run_model,
 )
-from tms_server.limits import parse_args
+from tms_server.limits import check_args, parse_args
 from tms_server.load import WorkerLoad
 from tms_server.registry import LoadedModel, ModelRegistry
 from tms_server.rpc import quick
@@ -105,8 +105,9 @@ def _received(images: Sequence[ImageParts]) -> None:
         call.image_bytes += sum(memoryview(parts.data).nbytes for parts in images)
 
 
-def _too_many(what: str, limit: int) -> str:
-    return f"a call takes at most {limit} {what} (--max-batch-size); split them over several calls"
+def _too_many(what: str, limit: int, model: str = "") -> str:
+    source = f"model {model!r}'s max_batch_size" if model else "--max-batch-size"
+    return f"a call takes at most {limit} {what} ({source}); split them over several calls"
 
 
 class ModelServicer:
@@ -140,6 +141,23 @@ class ModelServicer:
                 f"model {name!r} does not support {_CALL_NAMES[call]}; it supports {supported}"
             )
         return model
+
+    @staticmethod
+    def _args(model: LoadedModel, text: str) -> dict[str, Any]:
+        """A call's args, parsed and checked against the model's args_schema."""
+        args = parse_args(text)
+        check_args(model.args_validator, args)
+        return args
+
+    def _check_batch(self, model: LoadedModel, count: int, what: str) -> None:
+        """BATCH_TOO_LARGE for more inputs than the model's max_batch_size (at most ours)."""
+        limit = min(model.info.max_batch_size or self.max_batch_size, self.max_batch_size)
+        if count > limit:
+            raise InvalidArgument(
+                _too_many(what, limit, model.name if limit < self.max_batch_size else ""),
+                reason=Reason.BATCH_TOO_LARGE,
+                field=what,
+            )
 
     def _images(self, model: LoadedModel, occurrences: Sequence[ImageParts]) -> list[Any]:
         if not occurrences:
@@ -185,8 +203,10 @@ class ModelServicer:
         if parts is None:
             raise InvalidArgument("no image in the request", field="image")
         image = prepare_image(model, parts, self.max_pixels, "image")
-        result = run_model(model, model.instance.run, image, parse_args(message.args_json))
-        return pb.RunImageResponse(result_json=result_json(model, result))
+        result = run_model(model, model.instance.run, image, self._args(model, message.args_json))
+        return pb.RunImageResponse(
+            result_json=result_json(model, result), model_version=model.version
+        )
 
     def RunImageBatch(
         self, request: bytes, context: grpc.ServicerContext
@@ -194,9 +214,14 @@ class ModelServicer:
         message, occurrences = _read(pb.RunImageBatchRequest, request, self.max_batch_size)
         _received(occurrences)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
+        self._check_batch(model, len(occurrences), "images")
         images = self._images(model, occurrences)
-        results = run_model(model, model.instance.run_batch, images, parse_args(message.args_json))
-        return pb.RunImageBatchResponse(results_json=self._batch_json(model, results, len(images)))
+        args = self._args(model, message.args_json)
+        results = run_model(model, model.instance.run_batch, images, args)
+        return pb.RunImageBatchResponse(
+            results_json=self._batch_json(model, results, len(images)),
+            model_version=model.version,
+        )
 
     def RunImageToImage(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         message, occurrences = _read(pb.RunImageToImageRequest, request, self.max_batch_size)
@@ -209,35 +234,39 @@ class ModelServicer:
         ):
             raise InvalidArgument("output_encoding must be RAW or PNG", field="output_encoding")
         images = self._images(model, occurrences)
-        args = parse_args(message.args_json)
+        args = self._args(model, message.args_json)
         output = run_model(model, model.instance.run_image_to_image, images, args)
         arrays, result = image_outputs(model, output)
         parts = [encode_output(model, a, message.output_encoding) for a in arrays]
-        head = pb.RunImageToImageResponse(result_json=result_json(model, result))
+        head = pb.RunImageToImageResponse(
+            result_json=result_json(model, result), model_version=model.version
+        )
         return join_images(head, OUTPUT_FIELD, parts)
 
     def RunText(
         self, request: pb.RunTextRequest, context: grpc.ServicerContext
     ) -> pb.RunTextResponse:
         model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT)
-        result = run_model(model, model.instance.run, request.text, parse_args(request.args_json))
-        return pb.RunTextResponse(result_json=result_json(model, result))
+        args = self._args(model, request.args_json)
+        result = run_model(model, model.instance.run, request.text, args)
+        return pb.RunTextResponse(
+            result_json=result_json(model, result), model_version=model.version
+        )
 
     def RunTextBatch(
         self, request: pb.RunTextBatchRequest, context: grpc.ServicerContext
     ) -> pb.RunTextBatchResponse:
         model = self._model(request.model, pb.MODEL_CALL_RUN_TEXT_BATCH)
-        if len(request.texts) > self.max_batch_size:
-            raise InvalidArgument(
-                _too_many("texts", self.max_batch_size),
-                reason=Reason.BATCH_TOO_LARGE,
-                field="texts",
-            )
+        self._check_batch(model, len(request.texts), "texts")
         texts = list(request.texts)
         if not texts:
             raise InvalidArgument("no texts in the request", field="texts")
-        results = run_model(model, model.instance.run_batch, texts, parse_args(request.args_json))
-        return pb.RunTextBatchResponse(results_json=self._batch_json(model, results, len(texts)))
+        args = self._args(model, request.args_json)
+        results = run_model(model, model.instance.run_batch, texts, args)
+        return pb.RunTextBatchResponse(
+            results_json=self._batch_json(model, results, len(texts)),
+            model_version=model.version,
+        )
 
     @staticmethod
     def _batch_json(model: LoadedModel, results: Any, expected: int) -> list[str]:

@@ -163,6 +163,7 @@ def build_server(
             entry_points=settings.entry_points,
             on_load=metrics.model_loaded if metrics is not None else None,
             placement=placement,
+            max_batch_size=settings.max_batch_size,
         )
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)

@@ -70,6 +70,10 @@ class ModelInfo(_message.Message):
     CALLS_FIELD_NUMBER: _builtins.int
     THREAD_SAFE_FIELD_NUMBER: _builtins.int
     OUTPUT_COLOR_ORDER_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    ARGS_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    RESULT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name, as used in every Run* request."""
     description: _builtins.str
@@ -83,6 +87,22 @@ class ModelInfo(_message.Message):
     output_color_order: _image_pb2.ColorOrder.ValueType
     """The colour order of the images RunImageToImage returns; UNSPECIFIED when they are not
     colour images (e.g. flow fields) or the model supports no such call.
+    """
+    version: _builtins.str
+    """The version of the model: the one it declares (its `version` attribute), else the first
+    12 hex digits of a SHA-256 over its files, which changes when a reload finds them edited.
+    """
+    max_batch_size: _builtins.int
+    """The most inputs one RunImageBatch or RunTextBatch call may carry for this model: the
+    server's --max-batch-size, or the model's own `max_batch_size` when that is smaller.
+    """
+    args_schema_json: _builtins.str
+    """The JSON Schema (Draft 2020-12) the model's args must match, as JSON text; empty when the
+    model declares none. The server checks every call's args_json against it.
+    """
+    result_schema_json: _builtins.str
+    """The JSON Schema (Draft 2020-12) of the model's result, as JSON text; empty when the model
+    declares none. Documentation for callers: the server does not check results against it.
     """
     @_builtins.property
     def input_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -105,10 +125,14 @@ class ModelInfo(_message.Message):
         calls: _abc.Iterable[Global___ModelCall.ValueType] | None = ...,
         thread_safe: _builtins.bool = ...,
         output_color_order: _image_pb2.ColorOrder.ValueType = ...,
+        version: _builtins.str = ...,
+        max_batch_size: _builtins.int = ...,
+        args_schema_json: _builtins.str = ...,
+        result_schema_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "color_order", b"color_order", "description", b"description", "input_dtype", b"input_dtype", "input_shape", b"input_shape", "name", b"name", "output_color_order", b"output_color_order", "thread_safe", b"thread_safe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_schema_json", b"args_schema_json", "calls", b"calls", "color_order", b"color_order", "description", b"description", "input_dtype", b"input_dtype", "input_shape", b"input_shape", "max_batch_size", b"max_batch_size", "name", b"name", "output_color_order", b"output_color_order", "result_schema_json", b"result_schema_json", "thread_safe", b"thread_safe", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -240,16 +264,20 @@ class RunImageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     result_json: _builtins.str
     """The result as JSON text (objects, arrays, numbers, strings, booleans, null)."""
+    model_version: _builtins.str
+    """The version of the model instance that answered (ModelInfo.version)."""
     def __init__(
         self,
         *,
         result_json: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_json", b"result_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +322,9 @@ class RunImageBatchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.str
+    """The version of the model instance that answered (ModelInfo.version)."""
     @_builtins.property
     def results_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The results as JSON texts, one per input image."""
@@ -302,10 +333,11 @@ class RunImageBatchResponse(_message.Message):
         self,
         *,
         results_json: _abc.Iterable[_builtins.str] | None = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results_json", b"results_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "results_json", b"results_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,8 +387,11 @@ class RunImageToImageResponse(_message.Message):
 
     IMAGES_FIELD_NUMBER: _builtins.int
     RESULT_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     result_json: _builtins.str
     """Any structured result beside the images, as JSON text; "null" when there is none."""
+    model_version: _builtins.str
+    """The version of the model instance that answered (ModelInfo.version)."""
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]:
         """The output images."""
@@ -366,10 +401,11 @@ class RunImageToImageResponse(_message.Message):
         *,
         images: _abc.Iterable[_image_pb2.Image] | None = ...,
         result_json: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "result_json", b"result_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model_version", b"model_version", "result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -412,16 +448,20 @@ class RunTextResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     result_json: _builtins.str
     """The result as JSON text."""
+    model_version: _builtins.str
+    """The version of the model instance that answered (ModelInfo.version)."""
     def __init__(
         self,
         *,
         result_json: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["result_json", b"result_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "result_json", b"result_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -466,6 +506,9 @@ class RunTextBatchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.str
+    """The version of the model instance that answered (ModelInfo.version)."""
     @_builtins.property
     def results_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The results as JSON texts, one per input text."""
@@ -474,10 +517,11 @@ class RunTextBatchResponse(_message.Message):
         self,
         *,
         results_json: _abc.Iterable[_builtins.str] | None = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results_json", b"results_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "results_json", b"results_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from tms_server.invoke import (
     result_json,
     run_model,
 )
-from tms_server.limits import parse_args
+from tms_server.limits import check_args, parse_args
 from tms_server.oip.models import PLATFORM, VERSION, DescribedModel
 from tms_server.oip.tensors import (
     BYTES,
@@ -159,6 +159,7 @@ class InferenceServicer:
         described = self._model(request.model_name, request.model_version, here=True)
         tensor, raw = self._input(request, TEXT if described.text else IMAGE)
         args = parse_args(string_param(request.parameters, "args") or "", "parameters.args")
+        check_args(described.model.args_validator, args, "parameters.args")
         wanted = [output.name for output in request.outputs]
         known = [name for name, _, _ in described.outputs()]
         unknown = [name for name in wanted if name not in known]

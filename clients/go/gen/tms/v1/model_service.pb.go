@@ -107,6 +107,18 @@ type ModelInfo struct {
 	// The colour order of the images RunImageToImage returns; UNSPECIFIED when they are not
 	// colour images (e.g. flow fields) or the model supports no such call.
 	OutputColorOrder ColorOrder `protobuf:"varint,8,opt,name=output_color_order,json=outputColorOrder,proto3,enum=tms.v1.ColorOrder" json:"output_color_order,omitempty"`
+	// The version of the model: the one it declares (its `version` attribute), else the first
+	// 12 hex digits of a SHA-256 over its files, which changes when a reload finds them edited.
+	Version string `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	// The most inputs one RunImageBatch or RunTextBatch call may carry for this model: the
+	// server's --max-batch-size, or the model's own `max_batch_size` when that is smaller.
+	MaxBatchSize int32 `protobuf:"varint,10,opt,name=max_batch_size,json=maxBatchSize,proto3" json:"max_batch_size,omitempty"`
+	// The JSON Schema (Draft 2020-12) the model's args must match, as JSON text; empty when the
+	// model declares none. The server checks every call's args_json against it.
+	ArgsSchemaJson string `protobuf:"bytes,11,opt,name=args_schema_json,json=argsSchemaJson,proto3" json:"args_schema_json,omitempty"`
+	// The JSON Schema (Draft 2020-12) of the model's result, as JSON text; empty when the model
+	// declares none. Documentation for callers: the server does not check results against it.
+	ResultSchemaJson string `protobuf:"bytes,12,opt,name=result_schema_json,json=resultSchemaJson,proto3" json:"result_schema_json,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -195,6 +207,34 @@ func (x *ModelInfo) GetOutputColorOrder() ColorOrder {
 		return x.OutputColorOrder
 	}
 	return ColorOrder_COLOR_ORDER_UNSPECIFIED
+}
+
+func (x *ModelInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetMaxBatchSize() int32 {
+	if x != nil {
+		return x.MaxBatchSize
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetArgsSchemaJson() string {
+	if x != nil {
+		return x.ArgsSchemaJson
+	}
+	return ""
+}
+
+func (x *ModelInfo) GetResultSchemaJson() string {
+	if x != nil {
+		return x.ResultSchemaJson
+	}
+	return ""
 }
 
 // ListModelsRequest asks for every loaded model.
@@ -440,7 +480,9 @@ func (x *RunImageRequest) GetArgsJson() string {
 type RunImageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The result as JSON text (objects, arrays, numbers, strings, booleans, null).
-	ResultJson    string `protobuf:"bytes,1,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	ResultJson string `protobuf:"bytes,1,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// The version of the model instance that answered (ModelInfo.version).
+	ModelVersion  string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -478,6 +520,13 @@ func (*RunImageResponse) Descriptor() ([]byte, []int) {
 func (x *RunImageResponse) GetResultJson() string {
 	if x != nil {
 		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *RunImageResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
 	}
 	return ""
 }
@@ -550,7 +599,9 @@ func (x *RunImageBatchRequest) GetArgsJson() string {
 type RunImageBatchResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The results as JSON texts, one per input image.
-	ResultsJson   []string `protobuf:"bytes,1,rep,name=results_json,json=resultsJson,proto3" json:"results_json,omitempty"`
+	ResultsJson []string `protobuf:"bytes,1,rep,name=results_json,json=resultsJson,proto3" json:"results_json,omitempty"`
+	// The version of the model instance that answered (ModelInfo.version).
+	ModelVersion  string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -590,6 +641,13 @@ func (x *RunImageBatchResponse) GetResultsJson() []string {
 		return x.ResultsJson
 	}
 	return nil
+}
+
+func (x *RunImageBatchResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
 }
 
 // RunImageToImageRequest runs an image-to-image model.
@@ -671,7 +729,9 @@ type RunImageToImageResponse struct {
 	// The output images.
 	Images []*Image `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
 	// Any structured result beside the images, as JSON text; "null" when there is none.
-	ResultJson    string `protobuf:"bytes,2,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	ResultJson string `protobuf:"bytes,2,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// The version of the model instance that answered (ModelInfo.version).
+	ModelVersion  string `protobuf:"bytes,3,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -716,6 +776,13 @@ func (x *RunImageToImageResponse) GetImages() []*Image {
 func (x *RunImageToImageResponse) GetResultJson() string {
 	if x != nil {
 		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *RunImageToImageResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
 	}
 	return ""
 }
@@ -788,7 +855,9 @@ func (x *RunTextRequest) GetArgsJson() string {
 type RunTextResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The result as JSON text.
-	ResultJson    string `protobuf:"bytes,1,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	ResultJson string `protobuf:"bytes,1,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// The version of the model instance that answered (ModelInfo.version).
+	ModelVersion  string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -826,6 +895,13 @@ func (*RunTextResponse) Descriptor() ([]byte, []int) {
 func (x *RunTextResponse) GetResultJson() string {
 	if x != nil {
 		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *RunTextResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
 	}
 	return ""
 }
@@ -898,7 +974,9 @@ func (x *RunTextBatchRequest) GetArgsJson() string {
 type RunTextBatchResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The results as JSON texts, one per input text.
-	ResultsJson   []string `protobuf:"bytes,1,rep,name=results_json,json=resultsJson,proto3" json:"results_json,omitempty"`
+	ResultsJson []string `protobuf:"bytes,1,rep,name=results_json,json=resultsJson,proto3" json:"results_json,omitempty"`
+	// The version of the model instance that answered (ModelInfo.version).
+	ModelVersion  string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -938,6 +1016,13 @@ func (x *RunTextBatchResponse) GetResultsJson() []string {
 		return x.ResultsJson
 	}
 	return nil
+}
+
+func (x *RunTextBatchResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
 }
 
 // GetWorkerInfoRequest asks the answering worker process who it is.
@@ -1094,7 +1179,7 @@ var File_tms_v1_model_service_proto protoreflect.FileDescriptor
 
 const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1atms/v1/model_service.proto\x12\x06tms.v1\x1a\x12tms/v1/image.proto\"\xd3\x02\n" +
+	"\x1atms/v1/model_service.proto\x12\x06tms.v1\x1a\x12tms/v1/image.proto\"\xeb\x03\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
@@ -1107,7 +1192,12 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x05calls\x18\x06 \x03(\x0e2\x11.tms.v1.ModelCallR\x05calls\x12\x1f\n" +
 	"\vthread_safe\x18\a \x01(\bR\n" +
 	"threadSafe\x12@\n" +
-	"\x12output_color_order\x18\b \x01(\x0e2\x12.tms.v1.ColorOrderR\x10outputColorOrder\"\x13\n" +
+	"\x12output_color_order\x18\b \x01(\x0e2\x12.tms.v1.ColorOrderR\x10outputColorOrder\x12\x18\n" +
+	"\aversion\x18\t \x01(\tR\aversion\x12$\n" +
+	"\x0emax_batch_size\x18\n" +
+	" \x01(\x05R\fmaxBatchSize\x12(\n" +
+	"\x10args_schema_json\x18\v \x01(\tR\x0eargsSchemaJson\x12,\n" +
+	"\x12result_schema_json\x18\f \x01(\tR\x10resultSchemaJson\"\x13\n" +
 	"\x11ListModelsRequest\"?\n" +
 	"\x12ListModelsResponse\x12)\n" +
 	"\x06models\x18\x01 \x03(\v2\x11.tms.v1.ModelInfoR\x06models\"+\n" +
@@ -1118,38 +1208,43 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x0fRunImageRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\x05image\x18\x02 \x01(\v2\r.tms.v1.ImageR\x05image\x12\x1b\n" +
-	"\targs_json\x18\x03 \x01(\tR\bargsJson\"3\n" +
+	"\targs_json\x18\x03 \x01(\tR\bargsJson\"X\n" +
 	"\x10RunImageResponse\x12\x1f\n" +
 	"\vresult_json\x18\x01 \x01(\tR\n" +
-	"resultJson\"p\n" +
+	"resultJson\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"p\n" +
 	"\x14RunImageBatchRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x06images\x18\x02 \x03(\v2\r.tms.v1.ImageR\x06images\x12\x1b\n" +
-	"\targs_json\x18\x03 \x01(\tR\bargsJson\":\n" +
+	"\targs_json\x18\x03 \x01(\tR\bargsJson\"_\n" +
 	"\x15RunImageBatchResponse\x12!\n" +
-	"\fresults_json\x18\x01 \x03(\tR\vresultsJson\"\xad\x01\n" +
+	"\fresults_json\x18\x01 \x03(\tR\vresultsJson\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"\xad\x01\n" +
 	"\x16RunImageToImageRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x06images\x18\x02 \x03(\v2\r.tms.v1.ImageR\x06images\x12\x1b\n" +
 	"\targs_json\x18\x03 \x01(\tR\bargsJson\x129\n" +
-	"\x0foutput_encoding\x18\x04 \x01(\x0e2\x10.tms.v1.EncodingR\x0eoutputEncoding\"a\n" +
+	"\x0foutput_encoding\x18\x04 \x01(\x0e2\x10.tms.v1.EncodingR\x0eoutputEncoding\"\x86\x01\n" +
 	"\x17RunImageToImageResponse\x12%\n" +
 	"\x06images\x18\x01 \x03(\v2\r.tms.v1.ImageR\x06images\x12\x1f\n" +
 	"\vresult_json\x18\x02 \x01(\tR\n" +
-	"resultJson\"W\n" +
+	"resultJson\x12#\n" +
+	"\rmodel_version\x18\x03 \x01(\tR\fmodelVersion\"W\n" +
 	"\x0eRunTextRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12\x1b\n" +
-	"\targs_json\x18\x03 \x01(\tR\bargsJson\"2\n" +
+	"\targs_json\x18\x03 \x01(\tR\bargsJson\"W\n" +
 	"\x0fRunTextResponse\x12\x1f\n" +
 	"\vresult_json\x18\x01 \x01(\tR\n" +
-	"resultJson\"^\n" +
+	"resultJson\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"^\n" +
 	"\x13RunTextBatchRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x05texts\x18\x02 \x03(\tR\x05texts\x12\x1b\n" +
-	"\targs_json\x18\x03 \x01(\tR\bargsJson\"9\n" +
+	"\targs_json\x18\x03 \x01(\tR\bargsJson\"^\n" +
 	"\x14RunTextBatchResponse\x12!\n" +
-	"\fresults_json\x18\x01 \x03(\tR\vresultsJson\"\x16\n" +
+	"\fresults_json\x18\x01 \x03(\tR\vresultsJson\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"\x16\n" +
 	"\x14GetWorkerInfoRequest\"\x83\x02\n" +
 	"\x15GetWorkerInfoResponse\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +

@@ -123,6 +123,26 @@ export interface ModelInfo {
    * colour images (e.g. flow fields) or the model supports no such call.
    */
   outputColorOrder: ColorOrder;
+  /**
+   * The version of the model: the one it declares (its `version` attribute), else the first
+   * 12 hex digits of a SHA-256 over its files, which changes when a reload finds them edited.
+   */
+  version: string;
+  /**
+   * The most inputs one RunImageBatch or RunTextBatch call may carry for this model: the
+   * server's --max-batch-size, or the model's own `max_batch_size` when that is smaller.
+   */
+  maxBatchSize: number;
+  /**
+   * The JSON Schema (Draft 2020-12) the model's args must match, as JSON text; empty when the
+   * model declares none. The server checks every call's args_json against it.
+   */
+  argsSchemaJson: string;
+  /**
+   * The JSON Schema (Draft 2020-12) of the model's result, as JSON text; empty when the model
+   * declares none. Documentation for callers: the server does not check results against it.
+   */
+  resultSchemaJson: string;
 }
 
 /** ListModelsRequest asks for every loaded model. */
@@ -163,6 +183,8 @@ export interface RunImageRequest {
 export interface RunImageResponse {
   /** The result as JSON text (objects, arrays, numbers, strings, booleans, null). */
   resultJson: string;
+  /** The version of the model instance that answered (ModelInfo.version). */
+  modelVersion: string;
 }
 
 /** RunImageBatchRequest runs a model on several images. */
@@ -179,6 +201,8 @@ export interface RunImageBatchRequest {
 export interface RunImageBatchResponse {
   /** The results as JSON texts, one per input image. */
   resultsJson: string[];
+  /** The version of the model instance that answered (ModelInfo.version). */
+  modelVersion: string;
 }
 
 /** RunImageToImageRequest runs an image-to-image model. */
@@ -199,6 +223,8 @@ export interface RunImageToImageResponse {
   images: Image[];
   /** Any structured result beside the images, as JSON text; "null" when there is none. */
   resultJson: string;
+  /** The version of the model instance that answered (ModelInfo.version). */
+  modelVersion: string;
 }
 
 /** RunTextRequest runs a model on one text. */
@@ -215,6 +241,8 @@ export interface RunTextRequest {
 export interface RunTextResponse {
   /** The result as JSON text. */
   resultJson: string;
+  /** The version of the model instance that answered (ModelInfo.version). */
+  modelVersion: string;
 }
 
 /** RunTextBatchRequest runs a model on several texts. */
@@ -231,6 +259,8 @@ export interface RunTextBatchRequest {
 export interface RunTextBatchResponse {
   /** The results as JSON texts, one per input text. */
   resultsJson: string[];
+  /** The version of the model instance that answered (ModelInfo.version). */
+  modelVersion: string;
 }
 
 /** GetWorkerInfoRequest asks the answering worker process who it is. */
@@ -275,6 +305,10 @@ function createBaseModelInfo(): ModelInfo {
     calls: [],
     threadSafe: false,
     outputColorOrder: 0,
+    version: "",
+    maxBatchSize: 0,
+    argsSchemaJson: "",
+    resultSchemaJson: "",
   };
 }
 
@@ -311,6 +345,18 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     }
     if (message.outputColorOrder !== 0) {
       writer.uint32(64).int32(message.outputColorOrder);
+    }
+    if (message.version !== "") {
+      writer.uint32(74).string(message.version);
+    }
+    if (message.maxBatchSize !== 0) {
+      writer.uint32(80).int32(message.maxBatchSize);
+    }
+    if (message.argsSchemaJson !== "") {
+      writer.uint32(90).string(message.argsSchemaJson);
+    }
+    if (message.resultSchemaJson !== "") {
+      writer.uint32(98).string(message.resultSchemaJson);
     }
     return writer;
   },
@@ -412,6 +458,38 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.outputColorOrder = reader.int32() as any;
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.maxBatchSize = reader.int32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.argsSchemaJson = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.resultSchemaJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -454,6 +532,22 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         : isSet(object.output_color_order)
         ? colorOrderFromJSON(object.output_color_order)
         : 0,
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+      maxBatchSize: isSet(object.maxBatchSize)
+        ? globalThis.Number(object.maxBatchSize)
+        : isSet(object.max_batch_size)
+        ? globalThis.Number(object.max_batch_size)
+        : 0,
+      argsSchemaJson: isSet(object.argsSchemaJson)
+        ? globalThis.String(object.argsSchemaJson)
+        : isSet(object.args_schema_json)
+        ? globalThis.String(object.args_schema_json)
+        : "",
+      resultSchemaJson: isSet(object.resultSchemaJson)
+        ? globalThis.String(object.resultSchemaJson)
+        : isSet(object.result_schema_json)
+        ? globalThis.String(object.result_schema_json)
+        : "",
     };
   },
 
@@ -483,6 +577,18 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.outputColorOrder !== 0) {
       obj.outputColorOrder = colorOrderToJSON(message.outputColorOrder);
     }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    if (message.maxBatchSize !== 0) {
+      obj.maxBatchSize = Math.round(message.maxBatchSize);
+    }
+    if (message.argsSchemaJson !== "") {
+      obj.argsSchemaJson = message.argsSchemaJson;
+    }
+    if (message.resultSchemaJson !== "") {
+      obj.resultSchemaJson = message.resultSchemaJson;
+    }
     return obj;
   },
 
@@ -499,6 +605,10 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     message.calls = object.calls?.map((e) => e) || [];
     message.threadSafe = object.threadSafe ?? false;
     message.outputColorOrder = object.outputColorOrder ?? 0;
+    message.version = object.version ?? "";
+    message.maxBatchSize = object.maxBatchSize ?? 0;
+    message.argsSchemaJson = object.argsSchemaJson ?? "";
+    message.resultSchemaJson = object.resultSchemaJson ?? "";
     return message;
   },
 };
@@ -864,13 +974,16 @@ export const RunImageRequest: MessageFns<RunImageRequest> = {
 };
 
 function createBaseRunImageResponse(): RunImageResponse {
-  return { resultJson: "" };
+  return { resultJson: "", modelVersion: "" };
 }
 
 export const RunImageResponse: MessageFns<RunImageResponse> = {
   encode(message: RunImageResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.resultJson !== "") {
       writer.uint32(10).string(message.resultJson);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
     }
     return writer;
   },
@@ -896,6 +1009,14 @@ export const RunImageResponse: MessageFns<RunImageResponse> = {
             message.resultJson = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -915,6 +1036,11 @@ export const RunImageResponse: MessageFns<RunImageResponse> = {
         : isSet(object.result_json)
         ? globalThis.String(object.result_json)
         : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
     };
   },
 
@@ -922,6 +1048,9 @@ export const RunImageResponse: MessageFns<RunImageResponse> = {
     const obj: any = {};
     if (message.resultJson !== "") {
       obj.resultJson = message.resultJson;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
     }
     return obj;
   },
@@ -932,6 +1061,7 @@ export const RunImageResponse: MessageFns<RunImageResponse> = {
   fromPartial<I extends Exact<DeepPartial<RunImageResponse>, I>>(object: I): RunImageResponse {
     const message = createBaseRunImageResponse();
     message.resultJson = object.resultJson ?? "";
+    message.modelVersion = object.modelVersion ?? "";
     return message;
   },
 };
@@ -1042,13 +1172,16 @@ export const RunImageBatchRequest: MessageFns<RunImageBatchRequest> = {
 };
 
 function createBaseRunImageBatchResponse(): RunImageBatchResponse {
-  return { resultsJson: [] };
+  return { resultsJson: [], modelVersion: "" };
 }
 
 export const RunImageBatchResponse: MessageFns<RunImageBatchResponse> = {
   encode(message: RunImageBatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.resultsJson) {
       writer.uint32(10).string(v!);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
     }
     return writer;
   },
@@ -1074,6 +1207,14 @@ export const RunImageBatchResponse: MessageFns<RunImageBatchResponse> = {
             message.resultsJson.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1093,6 +1234,11 @@ export const RunImageBatchResponse: MessageFns<RunImageBatchResponse> = {
         : globalThis.Array.isArray(object?.results_json)
         ? object.results_json.map((e: any) => globalThis.String(e))
         : [],
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
     };
   },
 
@@ -1100,6 +1246,9 @@ export const RunImageBatchResponse: MessageFns<RunImageBatchResponse> = {
     const obj: any = {};
     if (message.resultsJson?.length) {
       obj.resultsJson = message.resultsJson;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
     }
     return obj;
   },
@@ -1110,6 +1259,7 @@ export const RunImageBatchResponse: MessageFns<RunImageBatchResponse> = {
   fromPartial<I extends Exact<DeepPartial<RunImageBatchResponse>, I>>(object: I): RunImageBatchResponse {
     const message = createBaseRunImageBatchResponse();
     message.resultsJson = object.resultsJson?.map((e) => e) || [];
+    message.modelVersion = object.modelVersion ?? "";
     return message;
   },
 };
@@ -1240,7 +1390,7 @@ export const RunImageToImageRequest: MessageFns<RunImageToImageRequest> = {
 };
 
 function createBaseRunImageToImageResponse(): RunImageToImageResponse {
-  return { images: [], resultJson: "" };
+  return { images: [], resultJson: "", modelVersion: "" };
 }
 
 export const RunImageToImageResponse: MessageFns<RunImageToImageResponse> = {
@@ -1250,6 +1400,9 @@ export const RunImageToImageResponse: MessageFns<RunImageToImageResponse> = {
     }
     if (message.resultJson !== "") {
       writer.uint32(18).string(message.resultJson);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(26).string(message.modelVersion);
     }
     return writer;
   },
@@ -1283,6 +1436,14 @@ export const RunImageToImageResponse: MessageFns<RunImageToImageResponse> = {
             message.resultJson = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1303,6 +1464,11 @@ export const RunImageToImageResponse: MessageFns<RunImageToImageResponse> = {
         : isSet(object.result_json)
         ? globalThis.String(object.result_json)
         : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
     };
   },
 
@@ -1314,6 +1480,9 @@ export const RunImageToImageResponse: MessageFns<RunImageToImageResponse> = {
     if (message.resultJson !== "") {
       obj.resultJson = message.resultJson;
     }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
     return obj;
   },
 
@@ -1324,6 +1493,7 @@ export const RunImageToImageResponse: MessageFns<RunImageToImageResponse> = {
     const message = createBaseRunImageToImageResponse();
     message.images = object.images?.map((e) => Image.fromPartial(e)) || [];
     message.resultJson = object.resultJson ?? "";
+    message.modelVersion = object.modelVersion ?? "";
     return message;
   },
 };
@@ -1434,13 +1604,16 @@ export const RunTextRequest: MessageFns<RunTextRequest> = {
 };
 
 function createBaseRunTextResponse(): RunTextResponse {
-  return { resultJson: "" };
+  return { resultJson: "", modelVersion: "" };
 }
 
 export const RunTextResponse: MessageFns<RunTextResponse> = {
   encode(message: RunTextResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.resultJson !== "") {
       writer.uint32(10).string(message.resultJson);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
     }
     return writer;
   },
@@ -1466,6 +1639,14 @@ export const RunTextResponse: MessageFns<RunTextResponse> = {
             message.resultJson = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1485,6 +1666,11 @@ export const RunTextResponse: MessageFns<RunTextResponse> = {
         : isSet(object.result_json)
         ? globalThis.String(object.result_json)
         : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
     };
   },
 
@@ -1492,6 +1678,9 @@ export const RunTextResponse: MessageFns<RunTextResponse> = {
     const obj: any = {};
     if (message.resultJson !== "") {
       obj.resultJson = message.resultJson;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
     }
     return obj;
   },
@@ -1502,6 +1691,7 @@ export const RunTextResponse: MessageFns<RunTextResponse> = {
   fromPartial<I extends Exact<DeepPartial<RunTextResponse>, I>>(object: I): RunTextResponse {
     const message = createBaseRunTextResponse();
     message.resultJson = object.resultJson ?? "";
+    message.modelVersion = object.modelVersion ?? "";
     return message;
   },
 };
@@ -1612,13 +1802,16 @@ export const RunTextBatchRequest: MessageFns<RunTextBatchRequest> = {
 };
 
 function createBaseRunTextBatchResponse(): RunTextBatchResponse {
-  return { resultsJson: [] };
+  return { resultsJson: [], modelVersion: "" };
 }
 
 export const RunTextBatchResponse: MessageFns<RunTextBatchResponse> = {
   encode(message: RunTextBatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.resultsJson) {
       writer.uint32(10).string(v!);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
     }
     return writer;
   },
@@ -1644,6 +1837,14 @@ export const RunTextBatchResponse: MessageFns<RunTextBatchResponse> = {
             message.resultsJson.push(reader.string());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1663,6 +1864,11 @@ export const RunTextBatchResponse: MessageFns<RunTextBatchResponse> = {
         : globalThis.Array.isArray(object?.results_json)
         ? object.results_json.map((e: any) => globalThis.String(e))
         : [],
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
     };
   },
 
@@ -1670,6 +1876,9 @@ export const RunTextBatchResponse: MessageFns<RunTextBatchResponse> = {
     const obj: any = {};
     if (message.resultsJson?.length) {
       obj.resultsJson = message.resultsJson;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
     }
     return obj;
   },
@@ -1680,6 +1889,7 @@ export const RunTextBatchResponse: MessageFns<RunTextBatchResponse> = {
   fromPartial<I extends Exact<DeepPartial<RunTextBatchResponse>, I>>(object: I): RunTextBatchResponse {
     const message = createBaseRunTextBatchResponse();
     message.resultsJson = object.resultsJson?.map((e) => e) || [];
+    message.modelVersion = object.modelVersion ?? "";
     return message;
   },
 };
