@@ -321,7 +321,9 @@ def test_restart_without_retries_fails_only_in_the_window(models, driver):
             first.target,
             numbered,
             concurrency=2,
-            duration=6,
+            # Long enough that the load outlasts the restart (a server started on a busy
+            # machine can take several seconds to load), so its last calls reach the new one.
+            duration=15,
             during=restart,
             retry=RetryPolicy.never(),
             refresh_interval=0.2,
