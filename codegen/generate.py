@@ -7,11 +7,13 @@ target (``codegen/buf.gen.*.yaml``):
 - oip: the Open Inference Protocol messages for the server (server/src/tms_server/_gen)
 - go: tms.v1 for the Go client (clients/go/gen)
 - ts: tms.v1 for the TypeScript client (clients/ts/src/gen)
+- java: tms.v1 for the Java client (clients/java/src/main/java/io/tinymodelserver/tms/v1)
 
 Every generator is pinned: the Python ones in the ``codegen`` dependency group of the root
 pyproject.toml (uv.lock), protoc-gen-go and protoc-gen-go-grpc as tools in clients/go/go.mod
-(built into codegen/.bin), ts-proto in clients/ts/package-lock.json (installed by ``npm ci``).
-So this needs Go and Node.js (with npm) besides uv.
+(built into codegen/.bin), ts-proto in clients/ts/package-lock.json (installed by ``npm ci``),
+protoc and protoc-gen-grpc-java in clients/java/pom.xml (fetched from Maven Central into
+codegen/.bin). So this needs Go, Node.js (with npm) and Maven besides uv.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GO_MODULE = ROOT / "clients" / "go"
 TS_PACKAGE = ROOT / "clients" / "ts"
+JAVA_PROJECT = ROOT / "clients" / "java"
 PLUGIN_BIN = ROOT / "codegen" / ".bin"
 # Hand-written files inside generated folders (package markers), kept and not compared.
 HANDWRITTEN = {"__init__.py", "py.typed"}
@@ -48,7 +52,20 @@ TARGETS = (
     Target("oip", "codegen/buf.gen.oip.yaml", (Path("server/src/tms_server/_gen/inference"),)),
     Target("go", "codegen/buf.gen.go.yaml", (Path("clients/go/gen"),)),
     Target("ts", "codegen/buf.gen.ts.yaml", (Path("clients/ts/src/gen"),)),
+    Target(
+        "java",
+        "codegen/buf.gen.java.yaml",
+        (Path("clients/java/src/main/java/io/tinymodelserver/tms/v1"),),
+    ),
 )
+# Maven Central's classifiers of protoc and protoc-gen-grpc-java executables.
+MAVEN_CLASSIFIERS = {
+    ("Linux", "x86_64"): "linux-x86_64",
+    ("Linux", "aarch64"): "linux-aarch_64",
+    ("Darwin", "x86_64"): "osx-x86_64",
+    ("Darwin", "arm64"): "osx-aarch_64",
+}
+JAVA_PLUGINS = ("protoc", "protoc-gen-grpc-java")
 
 
 def find_go() -> str:
@@ -66,8 +83,44 @@ def find_npm() -> str:
     return npm
 
 
+def find_mvn() -> str:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SystemExit("generate.py needs Maven (https://maven.apache.org/)")
+    return mvn
+
+
+def fetch_java_plugins() -> None:
+    """protoc and protoc-gen-grpc-java at the versions clients/java/pom.xml pins, from Maven
+    Central into codegen/.bin, when missing or older than the pom."""
+    pom = JAVA_PROJECT / "pom.xml"
+    paths = [PLUGIN_BIN / name for name in JAVA_PLUGINS]
+    if all(p.is_file() and p.stat().st_mtime >= pom.stat().st_mtime for p in paths):
+        return
+    key = (platform.system(), platform.machine())
+    if key not in MAVEN_CLASSIFIERS:
+        raise SystemExit(f"no protoc build on Maven Central for {key}")
+    subprocess.run(
+        [
+            find_mvn(),
+            "-q",
+            "-B",
+            "dependency:copy@codegen-plugins",
+            f"-Dcodegen.classifier={MAVEN_CLASSIFIERS[key]}",
+            f"-Dcodegen.bin={PLUGIN_BIN}",
+            "-Dmdep.overWriteReleases=true",
+        ],
+        cwd=JAVA_PROJECT,
+        check=True,
+    )
+    for path in paths:
+        path.chmod(0o755)  # Maven copies files, not modes
+        path.touch()  # Maven keeps the artifact's date: mark it fetched for this pom
+
+
 def install_plugins() -> None:
-    """Build the pinned Go plugins and install the pinned npm one, when missing or stale."""
+    """Build the pinned Go plugins, install the pinned npm one and fetch the pinned Java ones,
+    when missing or stale."""
     env = {**os.environ, "GOBIN": str(PLUGIN_BIN)}
     # `go install tool` builds the tools listed in go.mod; a no-op when its cache is warm.
     subprocess.run([find_go(), "install", "tool"], cwd=GO_MODULE, env=env, check=True)
@@ -79,6 +132,7 @@ def install_plugins() -> None:
             cwd=TS_PACKAGE,
             check=True,
         )
+    fetch_java_plugins()
 
 
 def _buf_generate(template: str, out: Path) -> None:

@@ -1,0 +1,133 @@
+package io.tinymodelserver.tms.client;
+
+import com.google.protobuf.ByteString;
+import io.tinymodelserver.tms.v1.ColorOrder;
+import io.tinymodelserver.tms.v1.DType;
+import io.tinymodelserver.tms.v1.Image;
+import io.tinymodelserver.tms.v1.ModelInfo;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.Set;
+import java.util.TreeSet;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+
+/**
+ * An example command, also what tests/test_java_sdk.py drives:
+ *
+ * <pre>
+ * java -cp ... io.tinymodelserver.tms.client.Example [--token T] TARGET models
+ * java -cp ... io.tinymodelserver.tms.client.Example [--token T] TARGET load MODEL [--threads N]
+ *     [--calls N | --seconds S]
+ * </pre>
+ *
+ * {@code models} prints the model names, one a line. {@code load} sends a 2x2 BGR image to MODEL
+ * from N threads and prints one JSON line: calls, failures, the pids the results name (the
+ * model's {@code "pid"}) and the workers held at the start; it writes "calls flowing" to stderr
+ * once every thread has had an answer.
+ */
+public final class Example {
+  private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d+)");
+
+  private Example() {}
+
+  public static void main(String[] args) throws InterruptedException {
+    List<String> rest = new ArrayList<>(List.of(args));
+    String token = option(rest, "--token", null);
+    int threads = Integer.parseInt(option(rest, "--threads", "4"));
+    int calls = Integer.parseInt(option(rest, "--calls", "0"));
+    double seconds = Double.parseDouble(option(rest, "--seconds", "0"));
+    if (rest.size() < 2) {
+      System.err.println(
+          "usage: Example [--token T] TARGET models"
+              + " | load MODEL [--threads N] [--calls N | --seconds S]");
+      System.exit(2);
+    }
+    TmsClient.Builder builder = TmsClient.builder(rest.get(0)).timeout(Duration.ofSeconds(20));
+    if (token != null) {
+      builder.token(token);
+    }
+    try (TmsClient client = builder.build()) {
+      switch (rest.get(1)) {
+        case "models" ->
+            client.listModels().stream().map(ModelInfo::getName).forEach(System.out::println);
+        case "load" -> load(client, rest.get(2), threads, calls, seconds);
+        default -> throw new IllegalArgumentException("unknown command " + rest.get(1));
+      }
+    } catch (TmsException error) {
+      System.err.println("error: " + error.getMessage());
+      System.exit(1);
+    }
+  }
+
+  private static void load(TmsClient client, String model, int threads, int calls, double seconds)
+      throws InterruptedException {
+    Image image =
+        Image.newBuilder()
+            .setDtype(DType.D_TYPE_UINT8)
+            .addShape(2).addShape(2).addShape(3)
+            .setColorOrder(ColorOrder.COLOR_ORDER_BGR)
+            .setData(ByteString.copyFrom(new byte[12]))
+            .build();
+    int workersAtStart = client.workers().size();
+    long end = System.nanoTime() + (long) (seconds * 1e9);
+    AtomicInteger started = new AtomicInteger();
+    AtomicInteger done = new AtomicInteger();
+    Set<Long> pids = ConcurrentHashMap.newKeySet();
+    List<String> failures = Collections.synchronizedList(new ArrayList<>());
+    List<Thread> running = new ArrayList<>();
+    for (int i = 0; i < threads; i++) {
+      Thread thread =
+          new Thread(
+              () -> {
+                while (calls > 0 ? started.getAndIncrement() < calls : System.nanoTime() < end) {
+                  try {
+                    Matcher pid = PID.matcher(client.runImage(model, image, "{}"));
+                    if (pid.find()) {
+                      pids.add(Long.parseLong(pid.group(1)));
+                    }
+                    done.incrementAndGet();
+                  } catch (TmsException error) {
+                    failures.add(error.getMessage());
+                  }
+                }
+              });
+      thread.start();
+      running.add(thread);
+    }
+    while (done.get() < threads && running.stream().anyMatch(Thread::isAlive)) {
+      Thread.sleep(10);
+    }
+    System.err.println("calls flowing"); // a test may now kill a worker
+    for (Thread thread : running) {
+      thread.join();
+    }
+    StringBuilder json = new StringBuilder("{\"calls\": ").append(done.get());
+    json.append(", \"workers\": ").append(workersAtStart).append(", \"pids\": ");
+    json.append(new TreeSet<>(pids)).append(", \"failures\": [");
+    synchronized (failures) {
+      for (int i = 0; i < failures.size(); i++) {
+        json.append(i == 0 ? "" : ", ").append(quote(failures.get(i)));
+      }
+    }
+    System.out.println(json.append("]}"));
+  }
+
+  private static String option(List<String> args, String name, String fallback) {
+    int at = args.indexOf(name);
+    if (at < 0 || at + 1 >= args.size()) {
+      return fallback;
+    }
+    String value = args.get(at + 1);
+    args.subList(at, at + 2).clear();
+    return value;
+  }
+
+  private static String quote(String text) {
+    return "\"" + text.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n") + "\"";
+  }
+}

@@ -1,0 +1,279 @@
+package io.tinymodelserver.tms.client;
+
+import io.grpc.ChannelCredentials;
+import io.grpc.Deadline;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.ManagedChannelBuilder;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.tinymodelserver.tms.v1.GetModelInfoRequest;
+import io.tinymodelserver.tms.v1.Image;
+import io.tinymodelserver.tms.v1.ListModelsRequest;
+import io.tinymodelserver.tms.v1.ModelInfo;
+import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
+import io.tinymodelserver.tms.v1.RunImageRequest;
+import io.tinymodelserver.tms.v1.RunTextRequest;
+import java.io.IOException;
+import java.time.Duration;
+import java.util.List;
+import java.util.Objects;
+import java.util.Set;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Function;
+import java.util.logging.Level;
+import java.util.logging.Logger;
+
+/**
+ * A client of one TMS server: every worker process behind its port, one connection each.
+ *
+ * <pre>{@code
+ * try (TmsClient client =
+ *     TmsClient.builder("localhost:50051").timeout(Duration.ofSeconds(10)).build()) {
+ *   String faces = client.runImage("face", image, "{}"); // the model's JSON result
+ * }
+ * }</pre>
+ *
+ * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server) and finds
+ * the workers. Each call has a deadline ({@link Builder#timeout}), retries included; a call that
+ * fails with UNAVAILABLE or CANCELLED (its worker went away, or a stopping server cancelled it), or
+ * because its connection broke under it, is retried on another worker, and that worker is dropped.
+ * A background thread looks for missing workers (a restarted one, say). Other failures raise
+ * {@link TmsException} at once.
+ */
+public final class TmsClient implements AutoCloseable {
+  private static final Logger LOG = Logger.getLogger(TmsClient.class.getName());
+  private static final Set<Status.Code> RETRIED =
+      Set.of(Status.Code.UNAVAILABLE, Status.Code.CANCELLED);
+
+  private final Builder options;
+  private final WorkerPool pool;
+  private final ScheduledExecutorService refresher;
+
+  private TmsClient(Builder options) {
+    this.options = options;
+    this.pool = new WorkerPool(this::newChannel, options.connectTimeout);
+    this.refresher =
+        Executors.newSingleThreadScheduledExecutor(
+            task -> {
+              Thread thread = new Thread(task, "tms-client-refresh");
+              thread.setDaemon(true);
+              return thread;
+            });
+  }
+
+  /** A builder for a client of {@code target} ({@code host:port}, or any gRPC target). */
+  public static Builder builder(String target) {
+    return new Builder(target);
+  }
+
+  private ManagedChannel newChannel() {
+    ManagedChannelBuilder<?> builder =
+        Grpc.newChannelBuilder(options.target, options.credentials)
+            .maxInboundMessageSize(options.maxMessageBytes)
+            .idleTimeout(30, TimeUnit.DAYS); // an idle channel would drop its worker
+    if (options.token != null) {
+      builder.intercept(new BearerToken(options.token));
+    }
+    return builder.build();
+  }
+
+  private void start() {
+    pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS));
+    long every = options.refreshInterval.toMillis();
+    refresher.scheduleWithFixedDelay(this::refresh, every, every, TimeUnit.MILLISECONDS);
+  }
+
+  private void refresh() {
+    if (!pool.missing()) {
+      return;
+    }
+    try {
+      pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS));
+    } catch (RuntimeException error) {
+      LOG.log(Level.FINE, "looking for missing workers failed", error);
+    }
+  }
+
+  /** Run an image model on one image; returns its JSON result. {@code argsJson} may be empty. */
+  public String runImage(String model, Image image, String argsJson) {
+    RunImageRequest request =
+        RunImageRequest.newBuilder()
+            .setModel(model)
+            .setImage(image)
+            .setArgsJson(orEmpty(argsJson))
+            .build();
+    return call(stub -> stub.runImage(request).getResultJson());
+  }
+
+  /** Run a text model on one text; returns its JSON result. {@code argsJson} may be empty. */
+  public String runText(String model, String text, String argsJson) {
+    RunTextRequest request =
+        RunTextRequest.newBuilder()
+            .setModel(model)
+            .setText(text)
+            .setArgsJson(orEmpty(argsJson))
+            .build();
+    return call(stub -> stub.runText(request).getResultJson());
+  }
+
+  /** The models the server serves. */
+  public List<ModelInfo> listModels() {
+    return call(stub -> stub.listModels(ListModelsRequest.getDefaultInstance()).getModelsList());
+  }
+
+  /** One model's description; NOT_FOUND when the server has no such model. */
+  public ModelInfo getModelInfo(String model) {
+    GetModelInfoRequest request = GetModelInfoRequest.newBuilder().setModel(model).build();
+    return call(stub -> stub.getModelInfo(request).getInfo());
+  }
+
+  /** The worker processes this client holds a connection to, now. */
+  public List<Worker> workers() {
+    return pool.workers();
+  }
+
+  private <T> T call(Function<ModelServiceBlockingStub, T> rpc) {
+    Deadline deadline = Deadline.after(options.timeout.toNanos(), TimeUnit.NANOSECONDS);
+    StatusRuntimeException last = null;
+    for (int attempt = 0; attempt < options.attempts; attempt++) {
+      WorkerPool.Member member = pool.pick(deadline);
+      try {
+        return rpc.apply(member.stub().withDeadline(deadline));
+      } catch (StatusRuntimeException error) {
+        last = error;
+        if (!(RETRIED.contains(error.getStatus().getCode()) || connectionLost(error))
+            || deadline.isExpired()) {
+          break;
+        }
+        pool.drop(member);
+      }
+    }
+    throw TmsException.from(last);
+  }
+
+  /**
+   * Whether the status was made on this side because the connection broke under the call (grpc-java
+   * reports a write on a closed Netty channel as UNKNOWN "channel closed"): its cause is a local
+   * I/O error, which a status sent by the server never has.
+   */
+  private static boolean connectionLost(StatusRuntimeException error) {
+    for (Throwable cause = error.getStatus().getCause(); cause != null; cause = cause.getCause()) {
+      if (cause instanceof IOException) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private static String orEmpty(String argsJson) {
+    return argsJson == null ? "" : argsJson;
+  }
+
+  /** Close every channel and stop looking for workers. */
+  @Override
+  public void close() {
+    refresher.shutdownNow();
+    pool.close();
+  }
+
+  @Override
+  public String toString() {
+    return "TmsClient(" + options + ", " + pool + ")";
+  }
+
+  /** The settings of a client; every one has a bounded default. */
+  public static final class Builder {
+    private final String target;
+    private Duration timeout = Duration.ofSeconds(30);
+    private Duration connectTimeout = Duration.ofSeconds(10);
+    private Duration refreshInterval = Duration.ofSeconds(1);
+    private int attempts = 5;
+    private int maxMessageBytes = 64 * 1024 * 1024;
+    private String token;
+    private ChannelCredentials credentials = InsecureChannelCredentials.create();
+
+    private Builder(String target) {
+      this.target = Objects.requireNonNull(target, "target");
+    }
+
+    /** Each call's deadline, retries included (default 30 s). */
+    public Builder timeout(Duration timeout) {
+      this.timeout = positive(timeout, "timeout");
+      return this;
+    }
+
+    /** How long {@link #build()} and discovery wait for the server (default 10 s). */
+    public Builder connectTimeout(Duration connectTimeout) {
+      this.connectTimeout = positive(connectTimeout, "connectTimeout");
+      return this;
+    }
+
+    /** How often missing workers are looked for (default 1 s). */
+    public Builder refreshInterval(Duration refreshInterval) {
+      this.refreshInterval = positive(refreshInterval, "refreshInterval");
+      return this;
+    }
+
+    /** Attempts per call, the first included, each on another worker (default 5, 1 to 100). */
+    public Builder attempts(int attempts) {
+      if (attempts < 1 || attempts > 100) {
+        throw new IllegalArgumentException("attempts must be 1 to 100, not " + attempts);
+      }
+      this.attempts = attempts;
+      return this;
+    }
+
+    /** The bearer token sent on every call (the server's {@code --tokens-file}). */
+    public Builder token(String token) {
+      this.token = Objects.requireNonNull(token, "token");
+      return this;
+    }
+
+    /** Channel credentials, for TLS (default: plaintext). */
+    public Builder credentials(ChannelCredentials credentials) {
+      this.credentials = Objects.requireNonNull(credentials, "credentials");
+      return this;
+    }
+
+    /** Connect, find every worker process and return the client; {@link TmsException} if not. */
+    public TmsClient build() {
+      TmsClient client = new TmsClient(copy());
+      try {
+        client.start();
+      } catch (RuntimeException error) {
+        client.close();
+        throw error;
+      }
+      return client;
+    }
+
+    private Builder copy() {
+      Builder copy = new Builder(target);
+      copy.timeout = timeout;
+      copy.connectTimeout = connectTimeout;
+      copy.refreshInterval = refreshInterval;
+      copy.attempts = attempts;
+      copy.maxMessageBytes = maxMessageBytes;
+      copy.token = token;
+      copy.credentials = credentials;
+      return copy;
+    }
+
+    private static Duration positive(Duration value, String name) {
+      if (value == null || value.isNegative() || value.isZero()) {
+        throw new IllegalArgumentException(name + " must be positive, not " + value);
+      }
+      return value;
+    }
+
+    @Override
+    public String toString() {
+      return "target=" + target + ", timeout=" + timeout + ", connectTimeout=" + connectTimeout
+          + ", attempts=" + attempts + ", token=" + (token == null ? "none" : "***");
+    }
+  }
+}

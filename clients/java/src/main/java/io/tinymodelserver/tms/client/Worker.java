@@ -1,0 +1,30 @@
+package io.tinymodelserver.tms.client;
+
+import io.tinymodelserver.tms.v1.GetWorkerInfoResponse;
+import java.util.List;
+
+/**
+ * One worker process of a server, as its {@code GetWorkerInfo} described it. Workers are keyed by
+ * {@link #key()} (instance id and pid), so equal pids on two hosts never collide.
+ */
+public record Worker(
+    String instanceId, long pid, int workerIndex, int workerCount, List<String> models) {
+
+  public Worker {
+    models = List.copyOf(models);
+  }
+
+  static Worker of(GetWorkerInfoResponse info) {
+    return new Worker(
+        info.getInstanceId(),
+        info.getPid(),
+        info.getWorkerIndex(),
+        info.getWorkerCount(),
+        info.getModelsList());
+  }
+
+  /** {@code <instance id>/<pid>}, as the server's {@code tms-worker} trailer names it. */
+  public String key() {
+    return instanceId + "/" + pid;
+  }
+}

@@ -1,0 +1,156 @@
+package io.tinymodelserver.tms.client;
+
+import io.grpc.ConnectivityState;
+import io.grpc.Deadline;
+import io.grpc.ManagedChannel;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.tinymodelserver.tms.v1.GetWorkerInfoRequest;
+import io.tinymodelserver.tms.v1.ModelServiceGrpc;
+import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Supplier;
+
+/**
+ * The worker processes behind one target, one {@link ManagedChannel} (so one TCP connection) each.
+ *
+ * <p>The kernel hands each new connection to one worker process (SO_REUSEPORT), so discovery opens
+ * channels and asks each {@code GetWorkerInfo} until it holds one per worker process, within 4 x
+ * workers + 4 attempts; a channel that lands on a worker already held is closed. A worker whose
+ * connection leaves READY (the process died, the server closed it) is dropped at once, since
+ * letting its channel reconnect would put it on whichever worker the kernel picks. Calls go to the
+ * workers in turn (round-robin).
+ */
+final class WorkerPool implements AutoCloseable {
+  /** A worker and the channel that reaches it. */
+  record Member(Worker worker, ManagedChannel channel, ModelServiceBlockingStub stub) {}
+
+  private final Supplier<ManagedChannel> channels;
+  private final Duration connectTimeout;
+  private final Object discovering = new Object();
+  private final AtomicLong turn = new AtomicLong();
+  private volatile List<Member> members = List.of();
+  private volatile int expected; // worker_count last reported, 0 before any
+  private volatile boolean closed;
+
+  WorkerPool(Supplier<ManagedChannel> channels, Duration connectTimeout) {
+    this.channels = channels;
+    this.connectTimeout = connectTimeout;
+  }
+
+  /** The next worker in turn, discovering workers first when none is held. */
+  Member pick(Deadline deadline) {
+    List<Member> now = members;
+    if (now.isEmpty()) {
+      discover(deadline);
+      now = members;
+      if (now.isEmpty()) {
+        throw new TmsException(Status.Code.UNAVAILABLE, "no worker of the server answered", null);
+      }
+    }
+    return now.get((int) Math.floorMod(turn.getAndIncrement(), (long) now.size()));
+  }
+
+  /** Whether some worker the server reported is not held (a restarted one, say). */
+  boolean missing() {
+    return !closed && members.size() < expected;
+  }
+
+  /**
+   * Open connections until one is held to each worker process, within 4 x workers + 4 attempts and
+   * {@code deadline} (and the connect timeout). Throws when nothing is held and the server refused
+   * for a reason other than being unreachable (a bad token, say).
+   */
+  void discover(Deadline deadline) {
+    synchronized (discovering) {
+      Deadline limit =
+          Deadline.after(connectTimeout.toNanos(), TimeUnit.NANOSECONDS).minimum(deadline);
+      int attempts = 0;
+      while (!closed && attempts < 4 * Math.max(expected, 1) + 4) {
+        if (expected > 0 && members.size() >= expected) {
+          return;
+        }
+        attempts++;
+        ManagedChannel channel = channels.get();
+        ModelServiceBlockingStub stub = ModelServiceGrpc.newBlockingStub(channel);
+        Worker worker;
+        try {
+          worker =
+              Worker.of(
+                  stub.withWaitForReady()
+                      .withDeadline(limit)
+                      .getWorkerInfo(GetWorkerInfoRequest.getDefaultInstance()));
+        } catch (StatusRuntimeException error) {
+          channel.shutdownNow();
+          Status.Code code = error.getStatus().getCode();
+          if (code == Status.Code.UNAVAILABLE && !limit.isExpired()) {
+            continue; // that worker went away while we connected: try another connection
+          }
+          if (members.isEmpty()) {
+            throw TmsException.from(error);
+          }
+          return; // keep the workers held; a later discovery finds the rest
+        }
+        expected = worker.workerCount();
+        if (!add(new Member(worker, channel, stub))) {
+          channel.shutdownNow(); // a second connection to a worker already held
+        }
+      }
+    }
+  }
+
+  private synchronized boolean add(Member member) {
+    for (Member held : members) {
+      if (held.worker().key().equals(member.worker().key())) {
+        return false;
+      }
+    }
+    List<Member> next = new ArrayList<>(members);
+    next.add(member);
+    members = List.copyOf(next);
+    watch(member);
+    return true;
+  }
+
+  private void watch(Member member) {
+    ConnectivityState state = member.channel().getState(false);
+    if (state != ConnectivityState.READY) {
+      drop(member);
+      return;
+    }
+    member.channel().notifyWhenStateChanged(ConnectivityState.READY, () -> drop(member));
+  }
+
+  /** Forget a worker and close its channel (calls in flight on it end as they will). */
+  synchronized void drop(Member member) {
+    if (!members.contains(member)) {
+      return;
+    }
+    List<Member> next = new ArrayList<>(members);
+    next.remove(member);
+    members = List.copyOf(next);
+    member.channel().shutdown();
+  }
+
+  List<Worker> workers() {
+    return members.stream().map(Member::worker).toList();
+  }
+
+  @Override
+  public synchronized void close() {
+    closed = true;
+    for (Member member : members) {
+      member.channel().shutdownNow();
+    }
+    members = List.of();
+  }
+
+  @Override
+  public String toString() {
+    return "WorkerPool(workers=" + members.size() + "/" + expected + ")";
+  }
+}
