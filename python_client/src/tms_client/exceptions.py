@@ -176,23 +176,12 @@ def from_code(
     code: grpc.StatusCode,
     details: str,
     trailers: tuple[tuple[str, str | bytes], ...] = (),
-    *,
-    reason: str | None = None,
-    error_metadata: Mapping[str, str] | None = None,
-    field_violations: Sequence[tuple[str, str]] = (),
-    retry_delay: float | None = None,
+    **status: Any,
 ) -> CallError:
-    """The client exception for a call that ended with ``code`` (and the status details
-    that came with it, see CallError)."""
-    return _BY_CODE.get(code, CallError)(
-        code,
-        details,
-        trailers,
-        reason=reason,
-        error_metadata=error_metadata,
-        field_violations=field_violations,
-        retry_delay=retry_delay,
-    )
+    """The client exception for a call that ended with ``code``; ``status`` are the status
+    details that came with it, CallError's keyword arguments (reason, error_metadata,
+    field_violations, retry_delay)."""
+    return _BY_CODE.get(code, CallError)(code, details, trailers, **status)
 
 
 def _status_details(error: grpc.RpcError) -> dict[str, Any]:
