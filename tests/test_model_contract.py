@@ -327,4 +327,4 @@ def test_every_example_declares_a_valid_args_schema(name):
     model = describe(name, import_model_class(EXAMPLE_MODELS / name))
     assert model.args_validator is not None
     assert json.loads(model.info.args_schema_json)["type"] == "object"
-    assert model.version
+    assert model.info.version

@@ -76,10 +76,6 @@ class LoadedModel:
     args_validator: Any = None  # a jsonschema Draft202012Validator
 
     @property
-    def version(self) -> str:
-        return self.info.version
-
-    @property
     def name(self) -> str:
         return self.info.name
 

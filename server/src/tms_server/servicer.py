@@ -205,7 +205,7 @@ class ModelServicer:
         image = prepare_image(model, parts, self.max_pixels, "image")
         result = run_model(model, model.instance.run, image, self._args(model, message.args_json))
         return pb.RunImageResponse(
-            result_json=result_json(model, result), model_version=model.version
+            result_json=result_json(model, result), model_version=model.info.version
         )
 
     def RunImageBatch(
@@ -220,7 +220,7 @@ class ModelServicer:
         results = run_model(model, model.instance.run_batch, images, args)
         return pb.RunImageBatchResponse(
             results_json=self._batch_json(model, results, len(images)),
-            model_version=model.version,
+            model_version=model.info.version,
         )
 
     def RunImageToImage(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -239,7 +239,7 @@ class ModelServicer:
         arrays, result = image_outputs(model, output)
         parts = [encode_output(model, a, message.output_encoding) for a in arrays]
         head = pb.RunImageToImageResponse(
-            result_json=result_json(model, result), model_version=model.version
+            result_json=result_json(model, result), model_version=model.info.version
         )
         return join_images(head, OUTPUT_FIELD, parts)
 
@@ -250,7 +250,7 @@ class ModelServicer:
         args = self._args(model, request.args_json)
         result = run_model(model, model.instance.run, request.text, args)
         return pb.RunTextResponse(
-            result_json=result_json(model, result), model_version=model.version
+            result_json=result_json(model, result), model_version=model.info.version
         )
 
     def RunTextBatch(
@@ -265,7 +265,7 @@ class ModelServicer:
         results = run_model(model, model.instance.run_batch, texts, args)
         return pb.RunTextBatchResponse(
             results_json=self._batch_json(model, results, len(texts)),
-            model_version=model.version,
+            model_version=model.info.version,
         )
 
     @staticmethod
