@@ -51,10 +51,6 @@ class AsyncWorkerPool:
         (``request.timeout`` bounds all attempts); the reply."""
         return await self.run(self.core.call(request, model))
 
-    async def discover(self, timeout: float | None = None) -> None:
-        """Look for missing workers at every address now."""
-        await self._carry_out(Search(timeout))
-
     async def run(self, plan: Plan[R]) -> R:
         """Carry out ``plan`` to its end; what it returns (or raises)."""
         step = self.core.advance(plan)

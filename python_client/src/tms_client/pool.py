@@ -27,7 +27,7 @@ from tms_client.core import (
 from tms_client.options import ClientOptions
 from tms_client.targets import resolve
 from tms_client.transport import GrpcTransport, Request, Transport
-from tms_client.workers import Worker, WorkerInfo
+from tms_client.workers import WorkerInfo
 
 __all__ = ["WorkerPool"]
 
@@ -73,10 +73,6 @@ class WorkerPool:
         (``request.timeout`` bounds all attempts); the reply."""
         return self.run(self.core.call(request, model))
 
-    def discover(self, timeout: float | None = None) -> None:
-        """Look for missing workers at every address now."""
-        self._carry_out(Search(timeout))
-
     def run(self, plan: Plan[R]) -> R:
         """Carry out ``plan`` to its end; what it returns (or raises)."""
         result: Any = None
@@ -115,11 +111,6 @@ class WorkerPool:
             channel.close()
         if step.wake:
             self._wake.set()
-
-    @property
-    def workers(self) -> list[Worker]:
-        with self._lock:
-            return self.core.workers.workers()
 
     def worker_infos(self) -> list[WorkerInfo]:
         with self._lock:
