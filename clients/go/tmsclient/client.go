@@ -4,9 +4,10 @@
 // each new connection to one of them. Dial opens connections and asks each who answered
 // (GetWorkerInfo) until it holds one per worker process; each call goes to the worker the
 // Balancer picks among those serving its model, and a call that fails with UNAVAILABLE or
-// CANCELLED is sent again to another worker, after a backoff, within the call's deadline. A
-// worker whose call fails UNAVAILABLE, or whose tms-worker trailer names another process, is
-// dropped, and the client looks for missing workers in the background.
+// CANCELLED is sent again to another worker, after a backoff, within the call's deadline, as
+// is one whose status carries a google.rpc.RetryInfo (QUEUE_FULL, DRAINING), after the delay
+// it names. A worker whose call fails UNAVAILABLE, or whose tms-worker trailer names another
+// process, is dropped, and the client looks for missing workers in the background.
 //
 //	c, err := tmsclient.Dial(ctx, "localhost:50051", tmsclient.WithToken(token))
 //	if err != nil { ... }
@@ -16,7 +17,9 @@
 //
 // Errors are *Error values carrying the gRPC code (status.Code(err) works too):
 // codes.NotFound for an unknown model, codes.InvalidArgument for a malformed image,
-// codes.Unauthenticated for a wrong token, and so on.
+// codes.Unauthenticated for a wrong token, and so on; and the status details decoded: the
+// ErrorInfo reason (ReasonModelNotFound, ...), the BadRequest field violations, the RetryInfo
+// delay.
 package tmsclient
 
 import (
@@ -83,7 +86,8 @@ func (c *Client) String() string {
 }
 
 // invoke runs one call on the worker the balancer picks among those serving model, again on
-// another worker when it fails with a code the retry policy names.
+// another worker when it fails with a code the retry policy names (after a backoff) or with a
+// status carrying a google.rpc.RetryInfo (after the delay it names).
 func (c *Client) invoke(ctx context.Context, method, model string,
 	call func(ctx context.Context, w *Worker, opts ...grpc.CallOption) error) error {
 	if _, ok := ctx.Deadline(); !ok && c.opts.timeout > 0 {
@@ -116,10 +120,14 @@ func (c *Client) invoke(ctx context.Context, method, model string,
 		if code == codes.Unavailable {
 			c.pool.drop(w)
 		}
-		if ctx.Err() != nil || !policy.retries(code) || attempt >= policy.Attempts {
+		delay, asked := retryDelay(err)
+		if ctx.Err() != nil || !(asked || policy.retries(code)) || attempt >= policy.Attempts {
 			return errorOf(method, err, attempt)
 		}
 		wait := policy.backoff(attempt)
+		if asked {
+			wait = delay // the server's RetryInfo: QUEUE_FULL 100 ms, DRAINING at once
+		}
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
 			return errorOf(method, err, attempt)
 		}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -149,5 +150,94 @@ func TestADefaultDeadlineIsSet(t *testing.T) {
 	})
 	if left := time.Until(deadline); err != nil || left < 50*time.Second || left > time.Minute {
 		t.Fatalf("deadline in %s", left)
+	}
+}
+
+// failWith fails the calls to some workers with the errors given and answers the others.
+func failWith(failing map[*Worker]error, calls *[]*Worker, at *[]time.Time) func(context.Context, *Worker, ...grpc.CallOption) error {
+	return func(_ context.Context, w *Worker, _ ...grpc.CallOption) error {
+		*calls = append(*calls, w)
+		*at = append(*at, time.Now())
+		return failing[w]
+	}
+}
+
+func TestRetryInfoIsRetriedElsewhereAfterItsDelay(t *testing.T) {
+	ws := workers(2)
+	c := fakeClient(ws, WithRetry(RetryPolicy{Attempts: 3, Codes: nil})) // no code retried
+	var calls []*Worker
+	var at []time.Time
+	queueFull := detailed(codes.ResourceExhausted, ReasonQueueFull, retryInfo(100*time.Millisecond))
+	err := c.invoke(context.Background(), "RunImage", "m", failWith(map[*Worker]error{ws[0]: queueFull}, &calls, &at))
+	if err != nil || len(calls) != 2 || calls[1] != ws[1] {
+		t.Fatalf("err %v, calls %v", err, calls)
+	}
+	if waited := at[1].Sub(at[0]); waited < 100*time.Millisecond {
+		t.Fatalf("retried after %s, not the 100 ms RetryInfo asks", waited)
+	}
+	if len(c.Workers()) != 2 {
+		t.Fatal("QUEUE_FULL dropped the worker")
+	}
+}
+
+func TestDrainingIsRetriedAtOnceAndDropsTheWorker(t *testing.T) {
+	ws := workers(2)
+	c := fakeClient(ws, WithRetry(RetryPolicy{Attempts: 2, Initial: time.Hour, Max: time.Hour, Codes: nil}))
+	var calls []*Worker
+	var at []time.Time
+	draining := detailed(codes.Unavailable, ReasonDraining, retryInfo(0))
+	err := c.invoke(context.Background(), "RunImage", "m", failWith(map[*Worker]error{ws[0]: draining}, &calls, &at))
+	if err != nil || len(calls) != 2 || calls[1] != ws[1] || at[1].Sub(at[0]) > time.Second {
+		t.Fatalf("err %v, calls %v", err, calls)
+	}
+	if got := c.Workers(); len(got) != 1 || got[0] != ws[1] {
+		t.Fatalf("workers after DRAINING: %v", got)
+	}
+}
+
+func TestWithoutRetryInfoOtherCodesAreNotRetried(t *testing.T) {
+	ws := workers(2)
+	c := fakeClient(ws)
+	for _, failure := range []error{
+		status.Error(codes.ResourceExhausted, "message larger than max"), // gRPC's own, no details
+		detailed(codes.InvalidArgument, ReasonImageTooLarge, &errdetails.BadRequest{}),
+		detailed(codes.Internal, ReasonModelFailed),
+	} {
+		var calls []*Worker
+		var at []time.Time
+		err := c.invoke(context.Background(), "RunImage", "m", failWith(map[*Worker]error{ws[0]: failure, ws[1]: failure}, &calls, &at))
+		if e, ok := err.(*Error); !ok || e.Attempts != 1 || len(calls) != 1 {
+			t.Fatalf("%v: err %v, %d calls", failure, err, len(calls))
+		}
+	}
+}
+
+func TestRetryInfoStaysWithinTheBudget(t *testing.T) {
+	ws := workers(2)
+	queueFull := detailed(codes.ResourceExhausted, ReasonQueueFull, retryInfo(time.Millisecond))
+	failing := map[*Worker]error{ws[0]: queueFull, ws[1]: queueFull}
+	c := fakeClient(ws)
+	var calls []*Worker
+	var at []time.Time
+	err := c.invoke(context.Background(), "RunImage", "m", failWith(failing, &calls, &at))
+	if e, ok := err.(*Error); !ok || e.Reason != ReasonQueueFull || e.Attempts != 5 || len(calls) != 5 {
+		t.Fatalf("attempts: err %v, %d calls", err, len(calls))
+	}
+
+	calls, at = nil, nil
+	c.opts.retry = NoRetry()
+	if err := c.invoke(context.Background(), "RunImage", "m", failWith(failing, &calls, &at)); err == nil || len(calls) != 1 {
+		t.Fatalf("NoRetry: err %v, %d calls", err, len(calls))
+	}
+
+	calls, at = nil, nil
+	c.opts.retry = DefaultRetry()
+	slow := detailed(codes.ResourceExhausted, ReasonQueueFull, retryInfo(time.Minute))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	err = c.invoke(ctx, "RunImage", "m", failWith(map[*Worker]error{ws[0]: slow, ws[1]: slow}, &calls, &at))
+	if e, ok := err.(*Error); !ok || e.RetryDelay != time.Minute || len(calls) != 1 || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("deadline: err %v, %d calls in %s", err, len(calls), time.Since(start))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"math"
 
 	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
 )
@@ -132,7 +133,7 @@ func imageOf(m *tmsv1.Image) Image {
 }
 
 // Pixel is an element type image.proto can carry. float16 has no Go type: send its bits as
-// uint16 with RawImage and D_TYPE_FLOAT16.
+// uint16 with RawImage and D_TYPE_FLOAT16 (Float16Bits makes them).
 type Pixel interface {
 	uint8 | int8 | uint16 | int16 | int32 | int64 | float32 | float64 | bool
 }
@@ -194,4 +195,38 @@ var itemSize = map[tmsv1.DType]int{
 	tmsv1.DType_D_TYPE_UINT16: 2, tmsv1.DType_D_TYPE_INT16: 2, tmsv1.DType_D_TYPE_FLOAT16: 2,
 	tmsv1.DType_D_TYPE_INT32: 4, tmsv1.DType_D_TYPE_FLOAT32: 4,
 	tmsv1.DType_D_TYPE_INT64: 8, tmsv1.DType_D_TYPE_FLOAT64: 8,
+}
+
+// Float16Bits is the IEEE 754 half-precision number nearest f, as its bits (ties to even; past
+// the largest half, 65504, infinity), for sending float16 pixels with RawImage:
+//
+//	data := binary.LittleEndian.AppendUint16(nil, tmsclient.Float16Bits(0.25))
+func Float16Bits(f float32) uint16 {
+	b := math.Float32bits(f)
+	sign := uint16(b>>16) & 0x8000
+	exp, mant := int(b>>23&0xff), b&0x7fffff
+	if exp == 0xff { // infinity or NaN
+		if mant != 0 {
+			return sign | 0x7e00
+		}
+		return sign | 0x7c00
+	}
+	e := exp - 127 + 15 // the half's biased exponent
+	if e >= 0x1f {
+		return sign | 0x7c00
+	}
+	var m, shift uint32 // m: the bits kept (rounded below), shift: how many are dropped
+	if e > 0 {
+		m, shift = uint32(e)<<23|mant, 13 // the mantissa's carry rounds into the exponent
+	} else {
+		if exp == 0 || 14-e > 24 { // float32 subnormals and what is below half the smallest half
+			return sign
+		}
+		m, shift = 0x800000|mant, uint32(14-e) // a half subnormal: m × 2^-24
+	}
+	kept, rest, half := m>>shift, m&(1<<shift-1), uint32(1)<<(shift-1)
+	if rest > half || rest == half && kept&1 == 1 {
+		kept++
+	}
+	return sign | uint16(kept)
 }

@@ -63,7 +63,9 @@ func WithMaxMessageSize(bytes int) Option { return func(o *options) { o.maxMessa
 
 // RetryPolicy says which failed calls are sent again, to another worker, and how long to
 // wait before each: Initial, then times Multiplier up to Max, each less a random part up to
-// Jitter (0..1), never past the call's deadline.
+// Jitter (0..1), never past the call's deadline. A call whose status carries a
+// google.rpc.RetryInfo (QUEUE_FULL, DRAINING) is sent again whatever its code, after the delay
+// the server names instead of the backoff; Attempts bounds it too.
 type RetryPolicy struct {
 	Attempts   int // sends of one call, the first included
 	Initial    time.Duration

@@ -1,0 +1,81 @@
+package tmsclient
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
+)
+
+// fakeWorker is a one-worker ModelService on loopback whose RunText fails with the statuses
+// of fail, one per call, then answers.
+type fakeWorker struct {
+	tmsv1.UnimplementedModelServiceServer
+	fail  []error
+	calls atomic.Int32
+}
+
+func (f *fakeWorker) GetWorkerInfo(context.Context, *tmsv1.GetWorkerInfoRequest) (*tmsv1.GetWorkerInfoResponse, error) {
+	return &tmsv1.GetWorkerInfoResponse{InstanceId: "fake", Pid: 1, WorkerCount: 1}, nil
+}
+
+func (f *fakeWorker) RunText(_ context.Context, req *tmsv1.RunTextRequest) (*tmsv1.RunTextResponse, error) {
+	if n := int(f.calls.Add(1)); n <= len(f.fail) {
+		return nil, f.fail[n-1]
+	}
+	return &tmsv1.RunTextResponse{ResultJson: `{"ok": true}`}, nil
+}
+
+func serveFake(t *testing.T, f *fakeWorker) *Client {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	tmsv1.RegisterModelServiceServer(s, f)
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	c, err := Dial(context.Background(), lis.Addr().String(), WithTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestDetailsCrossTheWireAndQueueFullIsRetried(t *testing.T) {
+	f := &fakeWorker{fail: []error{
+		detailed(codes.ResourceExhausted, ReasonQueueFull, retryInfo(50*time.Millisecond)),
+		detailed(codes.ResourceExhausted, ReasonQueueFull, retryInfo(50*time.Millisecond)),
+	}}
+	c := serveFake(t, f)
+	start := time.Now()
+	result, err := c.RunText(context.Background(), "m", "x", nil)
+	if err != nil || string(result) != `{"ok": true}` || f.calls.Load() != 3 {
+		t.Fatalf("result %s, err %v, %d calls", result, err, f.calls.Load())
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond {
+		t.Fatalf("two QUEUE_FULL retries took %s, not 2 × 50 ms", waited)
+	}
+
+	f.calls.Store(0)
+	f.fail = []error{detailed(codes.InvalidArgument, ReasonInvalidArgs, &errdetails.BadRequest{
+		FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "args_json", Description: "not JSON"}},
+	})}
+	_, err = c.RunText(context.Background(), "m", "x", nil)
+	var e *Error
+	if !errors.As(err, &e) || e.Reason != ReasonInvalidArgs || e.Domain != "tms" || e.Metadata["model"] != "m" ||
+		len(e.FieldViolations) != 1 || e.FieldViolations[0].Field != "args_json" || e.HasRetryDelay ||
+		e.Attempts != 1 || f.calls.Load() != 1 {
+		t.Fatalf("err %+v, %d calls", err, f.calls.Load())
+	}
+}
