@@ -6,7 +6,10 @@ target (``codegen/buf.gen.*.yaml``):
 - python: tms.v1 for tms-client (python_client/src/tms/v1)
 - oip: the Open Inference Protocol messages for the server (server/src/tms_server/_gen)
 - go: tms.v1 for the Go client (clients/go/gen)
-- ts: tms.v1 for the TypeScript client (clients/ts/src/gen)
+- ts: tms.v1 for the TypeScript client (clients/ts/src/gen), and the google.rpc error details it
+  decodes (google/rpc/status.proto, error_details.proto), which npm has no package of: the same
+  template run on those files of googleapis-common-protos (a dependency of tms-client, pinned in
+  uv.lock)
 - java: tms.v1 for the Java client (clients/java/src/main/java/io/tinymodelserver/tms/v1)
 
 Every generator is pinned: the Python ones in the ``codegen`` dependency group of the root
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.util
 import os
 import platform
 import shutil
@@ -45,13 +49,20 @@ class Target:
     name: str
     template: str
     folders: tuple[Path, ...]
+    #: googleapis protos (from googleapis-common-protos) also generated with the template.
+    googleapis: tuple[str, ...] = ()
 
 
 TARGETS = (
     Target("python", "codegen/buf.gen.python.yaml", (Path("python_client/src/tms/v1"),)),
     Target("oip", "codegen/buf.gen.oip.yaml", (Path("server/src/tms_server/_gen/inference"),)),
     Target("go", "codegen/buf.gen.go.yaml", (Path("clients/go/gen"),)),
-    Target("ts", "codegen/buf.gen.ts.yaml", (Path("clients/ts/src/gen"),)),
+    Target(
+        "ts",
+        "codegen/buf.gen.ts.yaml",
+        (Path("clients/ts/src/gen"),),
+        googleapis=("google/rpc/status.proto", "google/rpc/error_details.proto"),
+    ),
     Target(
         "java",
         "codegen/buf.gen.java.yaml",
@@ -135,12 +146,27 @@ def install_plugins() -> None:
     fetch_java_plugins()
 
 
-def _buf_generate(template: str, out: Path) -> None:
+def _googleapis_module(protos: tuple[str, ...], folder: Path) -> Path:
+    """A buf module in `folder` holding `protos` as googleapis-common-protos installs them
+    (beside google/rpc/status_pb2.py), under their import paths."""
+    spec = importlib.util.find_spec("google.rpc.status_pb2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("generate.py needs googleapis-common-protos (uv sync)")
+    root = Path(spec.origin).parent.parent.parent  # site-packages/google/rpc/status_pb2.py
+    for proto in protos:
+        (folder / proto).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / proto, folder / proto)
+    return folder
+
+
+def _buf_generate(template: str, out: Path, source: Path | None = None) -> None:
+    """Run a template on its own inputs, or on the module at `source`."""
     env = dict(os.environ)
     # Templates call `python`: make it this interpreter, whose environment has the pins.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    inputs = [str(source)] if source else []
     subprocess.run(
-        ["buf", "generate", "--template", template, "--output", str(out)],
+        ["buf", "generate", *inputs, "--template", template, "--output", str(out)],
         cwd=ROOT,
         env=env,
         check=True,
@@ -180,10 +206,13 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail if committed stubs drift")
     args = parser.parse_args()
     install_plugins()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as protos:
         fresh_root = Path(tmp)
         for target in TARGETS:
             _buf_generate(target.template, fresh_root)
+            if target.googleapis:
+                module = _googleapis_module(target.googleapis, Path(protos) / target.name)
+                _buf_generate(target.template, fresh_root, module)
         if args.check:
             problems = _drift(fresh_root)
             if problems:

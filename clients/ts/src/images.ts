@@ -5,7 +5,7 @@
  *   (Uint8Array uint8, Int8Array int8, Uint16Array uint16, Int16Array int16, Int32Array int32,
  *   BigInt64Array int64, Float32Array float32, Float64Array float64). bool and float16 have no
  *   typed array of their own: pass the bytes with `{ dtype: DType.D_TYPE_BOOL }` (one byte per
- *   element) or `{ dtype: DType.D_TYPE_FLOAT16 }` (two).
+ *   element) or `{ dtype: DType.D_TYPE_FLOAT16 }` (two; `float16(values)` makes them).
  * - `encodedImage(file)`, or a Buffer/Uint8Array that starts with the PNG or JPEG magic passed
  *   to any run method: sent as it is, decoded by the server.
  * - `pixels(image)`: an output image's pixels as the typed array of its dtype.
@@ -86,6 +86,33 @@ export function encodedImage(file: Uint8Array): Image {
   }
   const colorOrder = ColorOrder.COLOR_ORDER_UNSPECIFIED; // the file says
   return { data: file, shape: [], dtype: DType.D_TYPE_UNSPECIFIED, colorOrder, encoding };
+}
+
+/** Rounds half to even, as IEEE 754 conversions do. */
+function roundEven(x: number): number {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The IEEE 754 half-precision bits of `value`, rounded to nearest even. */
+function halfBits(value: number): number {
+  if (Number.isNaN(value)) return 0x7e00;
+  const sign = value < 0 || Object.is(value, -0) ? 0x8000 : 0;
+  const a = Math.abs(value);
+  if (a < 2 ** -14) return sign | roundEven(a / 2 ** -24); // subnormal, or rounds up to 2^-14
+  let exponent = Math.floor(Math.log2(a));
+  if (2 ** exponent > a) exponent -= 1; // log2 may be off by one near powers of two
+  if (2 ** (exponent + 1) <= a) exponent += 1;
+  let mantissa = roundEven((a / 2 ** exponent - 1) * 1024);
+  if (mantissa === 1024) [exponent, mantissa] = [exponent + 1, 0];
+  if (exponent > 15) return sign | 0x7c00; // too large: infinity
+  return sign | ((exponent + 15) << 10) | mantissa;
+}
+
+/** Numbers as float16 pixels (their bits, rounded to nearest even), for
+ * `rawImage(float16(values), shape, { dtype: DType.D_TYPE_FLOAT16 })`. */
+export function float16(values: ArrayLike<number>): Uint16Array {
+  return Uint16Array.from(values, halfBits);
 }
 
 /** Options of rawImage. */

@@ -22,12 +22,13 @@ export {
   type ImageToImageResult,
   ModelClient,
 } from "./client.js";
-export { ConnectError, TmsError } from "./errors.js";
+export { ConnectError, type ErrorDetails, errorDetails, type FieldViolation, TmsError } from "./errors.js";
 export { ColorOrder, DType, Encoding } from "./gen/tms/v1/image.js";
 export { ModelCall, type ModelInfo, ModelServiceClient } from "./gen/tms/v1/model_service.js";
 export {
   encodedImage,
   fileEncoding,
+  float16,
   type Image,
   type ImageInput,
   type PixelArray,

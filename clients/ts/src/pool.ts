@@ -5,12 +5,12 @@
  * each new connection to one of them. The pool opens connections and asks each who answered
  * (GetWorkerInfo) until it holds one to every worker of every server (at most 4 x workers + 4
  * connections per address and search). Calls go to the worker the balancer picks, among those
- * that have the call's model; a call that fails with a code the retry policy names is sent
- * again, to another worker, after a backoff, within the call's deadline. A worker whose call
- * fails UNAVAILABLE, or whose `tms-worker` trailer names another process (grpc-js reconnected
- * its channel and reached another worker), is dropped; the pool looks for missing workers in
- * the background every refreshIntervalMs, at once after a drop, and on demand when a call
- * finds none.
+ * that have the call's model; a call that fails with a code the retry policy names, or with
+ * the server's RetryInfo, is sent again, to another worker, after a backoff (or the RetryInfo
+ * delay), within the call's deadline. A worker whose call fails UNAVAILABLE, or whose
+ * `tms-worker` trailer names another process (grpc-js reconnected its channel and reached
+ * another worker), is dropped; the pool looks for missing workers in the background every
+ * refreshIntervalMs, at once after a drop, and on demand when a call finds none.
  */
 import { Metadata, status } from "@grpc/grpc-js";
 

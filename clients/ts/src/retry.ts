@@ -8,7 +8,10 @@
  *
  * Model calls are idempotent, so a call that failed with UNAVAILABLE (the worker or server went
  * away) is safe to send again, to another worker. So is one that failed with CANCELLED: a
- * stopping server cancels the calls it has not started. (A call the caller aborts through its
+ * stopping server cancels the calls it has not started. And so is one whose status carries a
+ * google.rpc.RetryInfo, whatever its code (QUEUE_FULL: wait 0.1 s; DRAINING: retry at once):
+ * it is sent again after the delay the server asked for instead of the backoff. Every retry
+ * counts against the attempts and the call's deadline. (A call the caller aborts through its
  * AbortSignal is never retried.)
  */
 import { status } from "@grpc/grpc-js";
@@ -27,7 +30,8 @@ export interface RetrySettings {
   readonly multiplier: number;
   /** Each wait is scaled by a random factor in [1 - jitter, 1 + jitter] (default 0.5). */
   readonly jitter: number;
-  /** The codes that are retried (default UNAVAILABLE and CANCELLED). */
+  /** The codes that are retried (default UNAVAILABLE and CANCELLED); a status with RetryInfo
+   * is retried whatever its code. */
   readonly codes: ReadonlySet<status>;
 }
 
@@ -80,9 +84,10 @@ export class RetryPolicy implements RetrySettings {
     return new RetryPolicy({ ...this, codes: new Set(codes) });
   }
 
-  /** Whether a call that failed with `code` may be tried again. */
-  retries(code: status): boolean {
-    return this.codes.has(code);
+  /** Whether a call that failed with `code` may be tried again: a code the policy names, or
+   * any code with the server's RetryInfo (`retryDelayMs`, from TmsError). */
+  retries(code: status, retryDelayMs?: number): boolean {
+    return this.codes.has(code) || retryDelayMs !== undefined;
   }
 
   /** Milliseconds to wait before retry number `retry` (1 for the first retry). */
@@ -125,11 +130,13 @@ export class Attempts {
     }
   }
 
-  /** After a failed attempt: milliseconds to wait before the next one; throws `error` when
-   * the policy does not retry it, attempts are used up or the deadline would pass. */
+  /** After a failed attempt: milliseconds to wait before the next one (the server's RetryInfo
+   * delay if it sent one, else the backoff); throws `error` when the policy does not retry it,
+   * attempts are used up or the deadline would pass. */
   delayAfter(error: TmsError): number {
-    if (!this.policy.retries(error.code) || this.number >= this.policy.attempts) throw error;
-    const delay = this.policy.backoffMs(this.number);
+    const { code, retryDelayMs } = error;
+    if (!this.policy.retries(code, retryDelayMs) || this.number >= this.policy.attempts) throw error;
+    const delay = retryDelayMs ?? this.policy.backoffMs(this.number);
     if (this.remaining() <= delay) throw error;
     return delay;
   }

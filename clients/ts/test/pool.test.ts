@@ -10,11 +10,14 @@ import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
 import { type PoolSettings, WorkerPool } from "../src/pool.js";
 import { RetryPolicy } from "../src/retry.js";
 import type { Connection, Connector, Reply, Request } from "../src/transport.js";
+import { detailsTrailers } from "./details.js";
 
 /** A server whose connections land on its workers in the order `landings` gives (then in
  * turn); a worker in `dead` fails every call UNAVAILABLE. Replies carry the worker's pid. */
 class ScriptedServer implements Connector {
   readonly dead = new Set<number>();
+  /** Workers that fail every model call with this error. */
+  readonly failing = new Map<number, TmsError>();
   refuse = false;
   opened = 0;
   paths: string[] = [];
@@ -42,6 +45,8 @@ class ScriptedServer implements Connector {
           );
           return { data: Buffer.from(info.finish()), trailers };
         }
+        const failure = this.failing.get(pid);
+        if (failure !== undefined) throw failure;
         return { data: Buffer.from(String(pid)), trailers };
       },
       close: () => undefined,
@@ -129,6 +134,26 @@ describe("worker pool", () => {
     const pids = new Set<number>();
     for (let i = 0; i < 6; i++) pids.add(await callPid(workers, "b"));
     assert.deepEqual(pids, new Set([11]));
+    workers.close();
+  });
+
+  it("retries a status with RetryInfo on another worker after its delay, and no other", async () => {
+    const server = new ScriptedServer([10, 11]);
+    const workers = pool(server, { retry: RetryPolicy.default().withBackoff(500, 500) });
+    await workers.start();
+    const trailers = detailsTrailers(status.RESOURCE_EXHAUSTED, { reason: "QUEUE_FULL", retryDelayMs: 30 });
+    server.failing.set(10, new TmsError(status.RESOURCE_EXHAUSTED, "queue full", trailers));
+    for (let i = 0; i < 4; i++) {
+      const started = performance.now();
+      assert.equal(await callPid(workers), 11);
+      assert.ok(performance.now() - started < 400); // the server's delay, not the backoff
+    }
+    assert.equal(workers.workerInfos().length, 2); // a full queue does not drop the worker
+    server.failing.set(10, new TmsError(status.RESOURCE_EXHAUSTED, "message too large"));
+    server.failing.set(11, new TmsError(status.RESOURCE_EXHAUSTED, "message too large"));
+    const calls = server.paths.length;
+    await assert.rejects(callPid(workers), (e: TmsError) => e.code === status.RESOURCE_EXHAUSTED && e.reason === "");
+    assert.equal(server.paths.length, calls + 1);
     workers.close();
   });
 

@@ -8,11 +8,12 @@ import { LeastLoaded, RoundRobin } from "../src/balancers.js";
 import { TmsError } from "../src/errors.js";
 import { DType, Encoding } from "../src/gen/tms/v1/image.js";
 import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
-import { encodedImage, pixels, rawImage, toMessage } from "../src/images.js";
+import { encodedImage, float16, pixels, rawImage, toMessage } from "../src/images.js";
 import { decodeOrca, readTrailers } from "../src/load.js";
 import { Attempts, RetryPolicy } from "../src/retry.js";
 import { parseTargets, resolveTargets } from "../src/targets.js";
 import { Worker, WorkerSet } from "../src/workers.js";
+import { detailsTrailers } from "./details.js";
 
 /** An OrcaLoadReport with `metrics` as named_metrics (field 8), as the server writes it. */
 function orca(metrics: Record<string, number>): Buffer {
@@ -70,6 +71,11 @@ describe("images", () => {
     assert.equal(rawImage(new Uint16Array(4), [2, 2], { dtype: DType.D_TYPE_FLOAT16 }).data.byteLength, 8);
     assert.throws(() => rawImage(new Float32Array(3), [2, 2]), RangeError);
   });
+  it("converts numbers to float16 bits, rounding to nearest even", () => {
+    const values = [0, -0, 1, -2, 0.25, -8, 7.75, 65504, 65520, 1e-8, 2 ** -24, 2 ** -14, 1 + 2 ** -11, 1 + 3 * 2 ** -11, NaN];
+    const bits = [0, 0x8000, 0x3c00, 0xc000, 0x3400, 0xc800, 0x47c0, 0x7bff, 0x7c00, 0, 1, 0x0400, 0x3c00, 0x3c02, 0x7e00];
+    assert.deepEqual([...float16(values)], bits);
+  });
   it("sends PNG and JPEG bytes as encoded images", () => {
     const png = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0]);
     assert.equal(toMessage(png).encoding, Encoding.ENCODING_PNG);
@@ -101,6 +107,33 @@ describe("balancers", () => {
   });
 });
 
+describe("errors", () => {
+  it("expose the server's ErrorInfo, BadRequest and RetryInfo", () => {
+    const trailers = detailsTrailers(status.INVALID_ARGUMENT, {
+      reason: "INVALID_ARGS",
+      metadata: { model: "face" },
+      fields: ["args_json", "args_json.label"],
+      retryDelayMs: 1_500,
+    });
+    const error = new TmsError(status.INVALID_ARGUMENT, "bad args", trailers);
+    assert.equal(error.reason, "INVALID_ARGS");
+    assert.equal(error.domain, "tms");
+    assert.deepEqual(error.errorMetadata, { model: "face" });
+    assert.deepEqual(error.fieldViolations.map((v) => v.field), ["args_json", "args_json.label"]);
+    assert.equal(error.fieldViolations[0].description, "bad args_json");
+    assert.equal(error.retryDelayMs, 1_500);
+  });
+  it("have empty details when the status carries none or malformed ones", () => {
+    const bare = new TmsError(status.INTERNAL, "x");
+    assert.deepEqual([bare.reason, bare.domain, bare.errorMetadata, bare.fieldViolations, bare.retryDelayMs], ["", "", {}, [], undefined]);
+    const bad = new Metadata();
+    bad.set("grpc-status-details-bin", Buffer.from([0x1a, 0xff]));
+    assert.equal(new TmsError(status.INTERNAL, "x", bad).reason, "");
+    const noReason = new TmsError(status.UNAVAILABLE, "x", detailsTrailers(status.UNAVAILABLE, { retryDelayMs: 0 }));
+    assert.deepEqual([noReason.reason, noReason.retryDelayMs], ["", 0]);
+  });
+});
+
 describe("retry", () => {
   it("is an immutable value with copies", () => {
     const policy = RetryPolicy.default();
@@ -120,6 +153,24 @@ describe("retry", () => {
     assert.throws(() => attempts.delayAfter(new TmsError(status.CANCELLED, "x")), TmsError);
     now = 2_000;
     assert.throws(() => attempts.begin(), (e: TmsError) => e.code === status.DEADLINE_EXCEEDED);
+  });
+  it("retries any code with RetryInfo after its delay, within attempts and deadline", () => {
+    let now = 0;
+    const queueFull = (ms: number) =>
+      new TmsError(status.RESOURCE_EXHAUSTED, "full", detailsTrailers(status.RESOURCE_EXHAUSTED, { reason: "QUEUE_FULL", retryDelayMs: ms }));
+    const attempts = new Attempts(RetryPolicy.default().withAttempts(3), 1_000, () => now);
+    attempts.begin();
+    assert.equal(attempts.delayAfter(queueFull(100)), 100);
+    assert.throws(() => attempts.delayAfter(new TmsError(status.RESOURCE_EXHAUSTED, "too large")), TmsError);
+    assert.throws(() => attempts.delayAfter(queueFull(1_000)), TmsError); // past the deadline
+    attempts.begin();
+    assert.equal(attempts.delayAfter(queueFull(0)), 0);
+    attempts.begin();
+    assert.throws(() => attempts.delayAfter(queueFull(0)), TmsError); // attempts used up
+    assert.equal(RetryPolicy.default().retries(status.INVALID_ARGUMENT, 0), true);
+    const never = new Attempts(RetryPolicy.never(), null);
+    never.begin();
+    assert.throws(() => never.delayAfter(queueFull(0)), TmsError);
   });
 });
 

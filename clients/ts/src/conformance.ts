@@ -1,0 +1,135 @@
+/**
+ * The TypeScript client's conformance runner: runs every vector of a vectors file against a
+ * live server with ModelClient and prints one JSON line per vector, `{"name", "outcome"}`, in
+ * file order (tests/conformance/README.md defines both; the other clients' runners print the
+ * same lines for the same server). Not part of the package.
+ *
+ *   node dist/conformance.js --target HOST:PORT --vectors tests/conformance/vectors.json
+ */
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { parseArgs } from "node:util";
+
+import {
+  type Args,
+  ColorOrder,
+  DType,
+  encodedImage,
+  float16,
+  type Image,
+  ModelClient,
+  rawImage,
+  status,
+  TmsError,
+} from "./index.js";
+
+/** One entry of vectors.json (its `expect` is the test's business, not the runner's). */
+interface Vector {
+  name: string;
+  call: string;
+  model?: string;
+  images?: ImageSpec[];
+  texts?: string[];
+  args?: Args;
+}
+
+type ImageSpec = { generate: { dtype: string; shape: number[] }; color_order: string } | { file: string };
+
+/** The bytes of element i of a generated image (README.md, "Pixels"), little-endian. */
+const FORMULAS: Record<string, [size: number, write: (view: DataView, at: number, i: number) => void]> = {
+  uint8: [1, (v, at, i) => v.setUint8(at, i % 251)],
+  int8: [1, (v, at, i) => v.setInt8(at, (i % 251) - 125)],
+  uint16: [2, (v, at, i) => v.setUint16(at, (i * 257) % 65536, true)],
+  int16: [2, (v, at, i) => v.setInt16(at, ((i * 257) % 65536) - 32768, true)],
+  int32: [4, (v, at, i) => v.setInt32(at, i * 65537 - 1000000, true)],
+  int64: [8, (v, at, i) => v.setBigInt64(at, BigInt(i) * 4294967311n - 1099511627776n, true)],
+  float16: [2, (v, at, i) => v.setUint16(at, float16([(i % 64) * 0.25 - 8])[0], true)],
+  float32: [4, (v, at, i) => v.setFloat32(at, i * 0.25 - 8, true)],
+  float64: [8, (v, at, i) => v.setFloat64(at, i * 0.125 - 16, true)],
+  bool: [1, (v, at, i) => v.setUint8(at, i % 3 === 0 ? 1 : 0)],
+};
+
+/** The pixels a vector's `generate` names, as an image of that dtype and colour order. */
+function generate(dtype: string, shape: number[], color: string): Image {
+  const [size, write] = FORMULAS[dtype];
+  const count = shape.reduce((a, b) => a * b, 1);
+  const bytes = new Uint8Array(count * size);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < count; i++) write(view, i * size, i);
+  const dtypeValue = DType[`D_TYPE_${dtype.toUpperCase()}` as keyof typeof DType];
+  const colorValue = ColorOrder[`COLOR_ORDER_${color}` as keyof typeof ColorOrder];
+  return rawImage(bytes, shape, { dtype: dtypeValue, color: colorValue });
+}
+
+async function image(spec: ImageSpec, folder: string): Promise<Image> {
+  if ("file" in spec) return encodedImage(await readFile(join(folder, spec.file)));
+  return generate(spec.generate.dtype, spec.generate.shape, spec.color_order);
+}
+
+function parse(text: string): unknown {
+  return text === "" ? null : JSON.parse(text);
+}
+
+async function run(client: ModelClient, vector: Vector, folder: string): Promise<unknown> {
+  const { call, args } = vector;
+  const texts = vector.texts ?? [];
+  switch (call) {
+    case "ListModels":
+      return { models: (await client.listModels()).map((info) => info.name) };
+    case "GetModelInfo": {
+      const info = await client.info();
+      const model = { name: info.name, version: info.version, max_batch_size: info.maxBatchSize };
+      return { model: { ...model, args_schema: parse(info.argsSchemaJson) } };
+    }
+    case "RunText":
+      return { result: await client.runText(texts[0], args) };
+    case "RunTextBatch":
+      return { results: await client.runTexts(texts, args) };
+  }
+  const images = await Promise.all((vector.images ?? []).map((spec) => image(spec, folder)));
+  switch (call) {
+    case "RunImage":
+      return { result: await client.runImage(images[0], args) };
+    case "RunImageBatch":
+      return { results: await client.runImages(images, args) };
+    case "RunImageToImage": {
+      const answer = await client.runImageToImage(images, args);
+      const outputs = answer.images.map((output) => ({
+        dtype: DType[output.dtype].replace(/^D_TYPE_/, "").toLowerCase(),
+        shape: output.shape,
+        color_order: ColorOrder[output.colorOrder].replace(/^COLOR_ORDER_/, ""),
+        sha256: createHash("sha256").update(output.data).digest("hex"),
+      }));
+      return { images: outputs, result: answer.result };
+    }
+  }
+  throw new TypeError(`unknown call ${JSON.stringify(call)}`);
+}
+
+async function outcome(target: string, vector: Vector, folder: string): Promise<unknown> {
+  const client = new ModelClient(vector.model ?? "", target, { timeoutMs: 30_000 });
+  try {
+    return await run(client, vector, folder);
+  } catch (error) {
+    if (!(error instanceof TmsError)) throw error;
+    const field_violations = error.fieldViolations.map((violation) => violation.field);
+    return { error: { code: status[error.code], reason: error.reason, field_violations } };
+  } finally {
+    client.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { target: { type: "string" }, vectors: { type: "string" } } });
+  if (values.target === undefined || values.vectors === undefined) {
+    throw new TypeError("usage: node dist/conformance.js --target HOST:PORT --vectors FILE");
+  }
+  const { vectors } = JSON.parse(await readFile(values.vectors, "utf8")) as { vectors: Vector[] };
+  for (const vector of vectors) {
+    const line = { name: vector.name, outcome: await outcome(values.target, vector, dirname(values.vectors)) };
+    process.stdout.write(`${JSON.stringify(line)}\n`);
+  }
+}
+
+await main();
