@@ -82,7 +82,9 @@ class _ColorOrder:
 class _ColorOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ColorOrder.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     COLOR_ORDER_UNSPECIFIED: _ColorOrder.ValueType  # 0
-    """Not known or not a colour image (e.g. a flow field or a feature map)."""
+    """Not known or not a colour image (e.g. a flow field or a feature map); see Image for
+    how the server reads an UNSPECIFIED image for a model that wants colour.
+    """
     COLOR_ORDER_GRAY: _ColorOrder.ValueType  # 1
     """One channel of intensity; shape (H, W) or (H, W, 1)."""
     COLOR_ORDER_RGB: _ColorOrder.ValueType  # 2
@@ -98,7 +100,9 @@ class ColorOrder(_ColorOrder, metaclass=_ColorOrderEnumTypeWrapper):
     """ColorOrder says what the channels of an image mean."""
 
 COLOR_ORDER_UNSPECIFIED: ColorOrder.ValueType  # 0
-"""Not known or not a colour image (e.g. a flow field or a feature map)."""
+"""Not known or not a colour image (e.g. a flow field or a feature map); see Image for
+how the server reads an UNSPECIFIED image for a model that wants colour.
+"""
 COLOR_ORDER_GRAY: ColorOrder.ValueType  # 1
 """One channel of intensity; shape (H, W) or (H, W, 1)."""
 COLOR_ORDER_RGB: ColorOrder.ValueType  # 2
@@ -141,7 +145,50 @@ Global___Encoding: _TypeAlias = Encoding  # noqa: Y015
 
 @_typing.final
 class Image(_message.Message):
-    """Image is a dense array of pixels, raw or encoded as a file."""
+    """Image is a dense array of pixels, raw or encoded as a file.
+
+    Rules every caller needs, whatever its language:
+
+    Raw pixels (ENCODING_RAW) are the elements in C order (row by row, then channel), each
+    little-endian, with no padding between rows: data holds exactly product(shape) elements of
+    dtype's size. BOOL is one byte per element, 0 or 1; FLOAT16 is IEEE 754 binary16.
+
+    Values are never rescaled. The server gives the model the values sent, in the model's
+    dtype (ModelInfo.input_dtype): 8-bit 255 arrives as 255 (255.0 for a FLOAT32 model, not
+    1.0), and images a model returns come back in the range the model chose.
+
+    Casts. When the dtype sent is not the model's, the server casts only where the values
+    survive (numpy's "safe" casting; INT64 to FLOAT64 rounds beyond 2^53):
+
+    sent      may become
+    BOOL      UINT8 INT8 UINT16 INT16 INT32 INT64 FLOAT16 FLOAT32 FLOAT64
+    UINT8     UINT16 INT16 INT32 INT64 FLOAT16 FLOAT32 FLOAT64
+    INT8      INT16 INT32 INT64 FLOAT16 FLOAT32 FLOAT64
+    UINT16    INT32 INT64 FLOAT32 FLOAT64
+    INT16     INT32 INT64 FLOAT32 FLOAT64
+    INT32     INT64 FLOAT64
+    INT64     FLOAT64
+    FLOAT16   FLOAT32 FLOAT64
+    FLOAT32   FLOAT64
+    FLOAT64   (none)
+
+    Any other pair (UINT16 to UINT8, FLOAT32 to UINT8, ...) fails with INVALID_ARGUMENT,
+    reason INVALID_IMAGE, field "image.dtype": scale or cast before sending.
+
+    Colour. When the model declares a colour order (ModelInfo.color_order), the server
+    converts: channels are reordered (BGR to RGB), gray is repeated into colour channels,
+    colour becomes gray with the ITU-R BT.601 weights (0.299 R + 0.587 G + 0.114 B, rounded),
+    and an added alpha channel is opaque (the dtype's largest value; 1.0 for floats). An image
+    sent as UNSPECIFIED is taken as gray when it has one channel and as already in the model's
+    order when it has the model's channel count; otherwise the call fails (INVALID_IMAGE,
+    field "image.color_order"). A model that declares no colour order gets the pixels as sent.
+
+    Files (PNG, JPEG) are decoded by the server at the file's own depth (8 or 16 bits) and
+    colour (gray, RGB, RGBA; palette images become RGB or RGBA). EXIF orientation is NOT
+    applied: the model sees the pixels as stored, so a caller holding a photo whose EXIF says
+    "rotate" turns it upright first (or sends raw pixels). The server checks a file's declared
+    size against its --max-pixels limit before decoding it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -17,7 +17,8 @@ public enum ColorOrder
     implements com.google.protobuf.ProtocolMessageEnum {
   /**
    * <pre>
-   * Not known or not a colour image (e.g. a flow field or a feature map).
+   * Not known or not a colour image (e.g. a flow field or a feature map); see Image for
+   * how the server reads an UNSPECIFIED image for a model that wants colour.
    * </pre>
    *
    * <code>COLOR_ORDER_UNSPECIFIED = 0;</code>
@@ -77,7 +78,8 @@ public enum ColorOrder
   }
   /**
    * <pre>
-   * Not known or not a colour image (e.g. a flow field or a feature map).
+   * Not known or not a colour image (e.g. a flow field or a feature map); see Image for
+   * how the server reads an UNSPECIFIED image for a model that wants colour.
    * </pre>
    *
    * <code>COLOR_ORDER_UNSPECIFIED = 0;</code>

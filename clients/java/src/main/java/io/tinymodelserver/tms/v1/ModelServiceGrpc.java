@@ -50,6 +50,17 @@ import static io.grpc.MethodDescriptor.generateFullMethodName;
  * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
  * the receiver's limit (--max-message-mb on the server). The server's code never sees such
  * a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
+ * Metadata. A caller may send "x-request-id" (1 to 128 printable ASCII characters, no
+ * space); the server makes one otherwise. Every response, success or failure, ends with
+ * trailing metadata:
+ * x-request-id   The call's request id; the server's log lines for the call carry it.
+ * tms-worker     "&lt;instance_id&gt;/&lt;pid&gt;": the server (GetWorkerInfoResponse.instance_id) and
+ *                worker process that answered.
+ * tms-load-bin   The worker's load as the call ends: a serialized
+ *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
+ *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
+ *                balance on load (least-loaded) read it; others may ignore it.
+ * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
  * </pre>
  */
 @io.grpc.stub.annotations.GrpcGenerated
@@ -415,6 +426,17 @@ public final class ModelServiceGrpc {
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
    * a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
+   * Metadata. A caller may send "x-request-id" (1 to 128 printable ASCII characters, no
+   * space); the server makes one otherwise. Every response, success or failure, ends with
+   * trailing metadata:
+   * x-request-id   The call's request id; the server's log lines for the call carry it.
+   * tms-worker     "&lt;instance_id&gt;/&lt;pid&gt;": the server (GetWorkerInfoResponse.instance_id) and
+   *                worker process that answered.
+   * tms-load-bin   The worker's load as the call ends: a serialized
+   *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
+   *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
+   *                balance on load (least-loaded) read it; others may ignore it.
+   * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
   public interface AsyncService {
@@ -550,6 +572,17 @@ public final class ModelServiceGrpc {
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
    * a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
+   * Metadata. A caller may send "x-request-id" (1 to 128 printable ASCII characters, no
+   * space); the server makes one otherwise. Every response, success or failure, ends with
+   * trailing metadata:
+   * x-request-id   The call's request id; the server's log lines for the call carry it.
+   * tms-worker     "&lt;instance_id&gt;/&lt;pid&gt;": the server (GetWorkerInfoResponse.instance_id) and
+   *                worker process that answered.
+   * tms-load-bin   The worker's load as the call ends: a serialized
+   *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
+   *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
+   *                balance on load (least-loaded) read it; others may ignore it.
+   * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
   public static abstract class ModelServiceImplBase
@@ -609,6 +642,17 @@ public final class ModelServiceGrpc {
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
    * a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
+   * Metadata. A caller may send "x-request-id" (1 to 128 printable ASCII characters, no
+   * space); the server makes one otherwise. Every response, success or failure, ends with
+   * trailing metadata:
+   * x-request-id   The call's request id; the server's log lines for the call carry it.
+   * tms-worker     "&lt;instance_id&gt;/&lt;pid&gt;": the server (GetWorkerInfoResponse.instance_id) and
+   *                worker process that answered.
+   * tms-load-bin   The worker's load as the call ends: a serialized
+   *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
+   *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
+   *                balance on load (least-loaded) read it; others may ignore it.
+   * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
   public static final class ModelServiceStub
@@ -763,6 +807,17 @@ public final class ModelServiceGrpc {
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
    * a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
+   * Metadata. A caller may send "x-request-id" (1 to 128 printable ASCII characters, no
+   * space); the server makes one otherwise. Every response, success or failure, ends with
+   * trailing metadata:
+   * x-request-id   The call's request id; the server's log lines for the call carry it.
+   * tms-worker     "&lt;instance_id&gt;/&lt;pid&gt;": the server (GetWorkerInfoResponse.instance_id) and
+   *                worker process that answered.
+   * tms-load-bin   The worker's load as the call ends: a serialized
+   *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
+   *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
+   *                balance on load (least-loaded) read it; others may ignore it.
+   * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
   public static final class ModelServiceBlockingV2Stub
@@ -909,6 +964,17 @@ public final class ModelServiceGrpc {
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
    * a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
+   * Metadata. A caller may send "x-request-id" (1 to 128 printable ASCII characters, no
+   * space); the server makes one otherwise. Every response, success or failure, ends with
+   * trailing metadata:
+   * x-request-id   The call's request id; the server's log lines for the call carry it.
+   * tms-worker     "&lt;instance_id&gt;/&lt;pid&gt;": the server (GetWorkerInfoResponse.instance_id) and
+   *                worker process that answered.
+   * tms-load-bin   The worker's load as the call ends: a serialized
+   *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
+   *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
+   *                balance on load (least-loaded) read it; others may ignore it.
+   * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
   public static final class ModelServiceBlockingStub
@@ -1055,6 +1121,17 @@ public final class ModelServiceGrpc {
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
    * a message, so it cannot attach MESSAGE_TOO_LARGE; do not retry it.
+   * Metadata. A caller may send "x-request-id" (1 to 128 printable ASCII characters, no
+   * space); the server makes one otherwise. Every response, success or failure, ends with
+   * trailing metadata:
+   * x-request-id   The call's request id; the server's log lines for the call carry it.
+   * tms-worker     "&lt;instance_id&gt;/&lt;pid&gt;": the server (GetWorkerInfoResponse.instance_id) and
+   *                worker process that answered.
+   * tms-load-bin   The worker's load as the call ends: a serialized
+   *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
+   *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
+   *                balance on load (least-loaded) read it; others may ignore it.
+   * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
   public static final class ModelServiceFutureStub
