@@ -1,7 +1,7 @@
 """Structured errors (AIP-193): every error status carries a google.rpc.ErrorInfo (domain tms,
 a reason), a BadRequest naming the field at fault where there is one, and a RetryInfo where
 waiting helps; seen alike by raw grpcio (grpc_status), by ModelClient's exceptions, and by
-other tools (``buf curl``)."""
+other tools (``buf curl``, and ``grpcurl``, which decodes them through reflection)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import pytest
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
-from tests.support import InProcessServer, start_in_process, write_models
+from tests.support import ROOT, InProcessServer, start_in_process, write_models
+from tests.toolchains import find_go, run
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client import (
     AsyncModelClient,
@@ -384,3 +385,27 @@ def test_buf_curl_shows_the_error_info(server):
         "tms",
         {"model": "nope"},
     )
+
+
+def test_grpcurl_shows_the_error_reason(server, tmp_path):
+    """grpcurl (tests/tools/go.mod pins it) decodes the details through server reflection and
+    prints the reason as text, as a stranger debugging a call sees it."""
+    grpcurl = tmp_path / "grpcurl"
+    run(
+        [find_go(), "build", "-o", str(grpcurl), "github.com/fullstorydev/grpcurl/cmd/grpcurl"],
+        cwd=ROOT / "tests" / "tools",
+        timeout=300,
+    )
+    request = '{"model": "nope", "text": "x"}'
+    result = subprocess.run(
+        [str(grpcurl), "-plaintext", "-d", request, server.target, "tms.v1.ModelService/RunText"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Code: NotFound" in result.stderr, result.stderr
+    assert '"@type": "type.googleapis.com/google.rpc.ErrorInfo"' in result.stderr
+    assert '"reason": "MODEL_NOT_FOUND"' in result.stderr
+    assert '"domain": "tms"' in result.stderr
