@@ -1,12 +1,15 @@
 """The Java client (clients/java, built with Maven) against a real three-worker server: one
 client reaches every worker process, loses no call when a worker is killed, lists the server's
 models; and codegen/generate.py's drift check covers its generated stubs. Runs the client's
-example command, io.tinymodelserver.tms.client.Example."""
+example command, io.tinymodelserver.tms.client.Example, its conformance runner
+(io.tinymodelserver.tms.client.Conformance, in src/test/java: tests/conformance/README.md) and the
+main README's Java snippet."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,15 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from tests.support import ROOT, ServerProcess, wait_for, write_models
-from tests.toolchains import run
+from tests.support import EXAMPLE_MODELS, ROOT, ServerProcess, wait_for, write_models
+from tests.toolchains import JAVA_PROJECT, build_java_client, run
 from tms_client import ModelClient
 
 pytestmark = pytest.mark.slow
 
-JAVA_PROJECT = ROOT / "clients" / "java"
+PACKAGE = "io.tinymodelserver.tms.client"
 JAVA_STUBS = JAVA_PROJECT / "src" / "main" / "java" / "io" / "tinymodelserver" / "tms" / "v1"
 
 MODELS = {
@@ -50,20 +55,21 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def example() -> list[str]:
-    """``mvn package`` in clients/java; the command that runs its Example main."""
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise RuntimeError("Maven (mvn) is needed to build clients/java")
-    run([mvn, "-q", "-B", "package"], cwd=JAVA_PROJECT, timeout=600)
-    classpath = (JAVA_PROJECT / "target" / "classpath.txt").read_text().strip()
-    classes = str(JAVA_PROJECT / "target" / "classes")
-    return [
-        "java",
-        "-cp",
-        os.pathsep.join([classes, classpath]),
-        "io.tinymodelserver.tms.client.Example",
-    ]
+def classpath() -> str:
+    """``mvn package`` in clients/java; its classes, test classes and the jars they need."""
+    return build_java_client()
+
+
+@pytest.fixture(scope="module")
+def example(classpath: str) -> list[str]:
+    """The command that runs the client's Example main."""
+    return ["java", "-cp", classpath, f"{PACKAGE}.Example"]
+
+
+@pytest.fixture(scope="module")
+def conformance(classpath: str) -> list[str]:
+    """The command that runs the conformance runner (built from src/test/java)."""
+    return ["java", "-cp", classpath, f"{PACKAGE}.Conformance"]
 
 
 def children(pid: int) -> list[int]:
@@ -77,9 +83,9 @@ def three_workers(server_process: Start, models: Path) -> ServerProcess:
     return server
 
 
-def load(example: list[str], target: str, *args: str) -> dict[str, Any]:
+def load(example: list[str], target: str, *args: str, model: str = "whoami") -> dict[str, Any]:
     result = subprocess.run(
-        [*example, target, "load", "whoami", *args],
+        [*example, target, "load", model, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -156,3 +162,107 @@ def test_drift_check_covers_the_java_stubs(tmp_path):
         command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
     )
     assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+def outcomes(command: list[str], target: str, vectors: Path) -> list[dict[str, Any]]:
+    """The conformance runner's lines for a vectors file, parsed."""
+    out = run([*command, "--target", target, "--vectors", str(vectors)], cwd=ROOT, timeout=300)
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_an_unknown_model_is_model_not_found(server_process: Start, models, conformance, tmp_path):
+    """TmsException.reason() is the server's ErrorInfo reason."""
+    server = server_process(models, workers=1)
+    image = {"generate": {"dtype": "uint8", "shape": [2, 2]}, "color_order": "GRAY"}
+    vectors = tmp_path / "vectors.json"
+    calls = [
+        {"name": "run", "call": "RunImage", "model": "nope", "images": [image]},
+        {"name": "info", "call": "GetModelInfo", "model": "nope"},
+        {"name": "texts", "call": "RunTextBatch", "model": "nope", "texts": ["a"]},
+    ]
+    vectors.write_text(json.dumps({"vectors": calls}))
+    error = {"code": "NOT_FOUND", "reason": "MODEL_NOT_FOUND", "field_violations": []}
+    assert [line["outcome"] for line in outcomes(conformance, server.target, vectors)] == [
+        {"error": error}
+    ] * 3
+
+
+JAVA_README_BLOCK = re.compile(
+    r"^### Use it from Java\n.*?^```java\n(.*?)^```", re.MULTILINE | re.DOTALL
+)
+
+SNIPPET_CLASS = """\
+import com.google.protobuf.ByteString;
+import io.grpc.Status;
+import io.tinymodelserver.tms.client.*;
+import io.tinymodelserver.tms.v1.*;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+
+public final class Snippet {
+  public static void main(String[] args) throws Exception {
+%s
+  }
+}
+"""
+
+
+def test_readme_java_snippet_runs(server_process: Start, classpath, astronaut_bgr, tmp_path):
+    """The main README's Java snippet, in a class's main, against a two-worker server with the
+    example models it calls and the token it sends, reading photo.jpg."""
+    found = JAVA_README_BLOCK.search((ROOT / "README.md").read_text())
+    assert found, "README.md has no ```java block under 'Use it from Java'"
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("face", "text_stats"):
+        (models / name).symlink_to(EXAMPLE_MODELS / name)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("my-token\n")
+    server = server_process(models, workers=2, args=("--tokens-file", str(tokens)))
+    work = tmp_path / "snippet"
+    work.mkdir()
+    rgb = np.ascontiguousarray(astronaut_bgr[:, :, ::-1])  # type: ignore[index]
+    Image.fromarray(rgb).save(work / "photo.jpg")
+    code = found.group(1).replace("localhost:50051", server.target)
+    (work / "Snippet.java").write_text(SNIPPET_CLASS % code)
+    run(["javac", "-cp", classpath, "-d", "out", "Snippet.java"], cwd=work, timeout=300)
+    out = run(
+        ["java", "-cp", os.pathsep.join(["out", classpath]), "Snippet"], cwd=work, timeout=120
+    )
+    lines = out.splitlines()
+    assert isinstance(json.loads(lines[0])["faces"], list)
+    assert json.loads(lines[1])["words"] == 2
+    assert lines[2:4] == ["face", "text_stats"]
+    assert {int(pid) for pid in lines[4:]} == set(children(server.process.pid))
+
+
+SLOW = """
+    import time
+    import tms_server
+
+    class Model(tms_server.Model):
+        thread_safe = True
+
+        def run(self, image, args):
+            time.sleep(0.2)
+            return {}
+"""
+
+
+def test_queue_full_is_retried_after_its_delay(server_process: Start, example, tmp_path):
+    """Two workers of one thread and no queue: of three calls at once, one finds its worker busy
+    (QUEUE_FULL, RetryInfo 0.1 s). With one attempt that is its error; with the default five it
+    is retried, after the delay, on the other worker, and every call succeeds."""
+    models = write_models(tmp_path / "models", {"slow": SLOW})
+    args = ("--threads", "1", "--max-queued-calls", "0")
+    server = server_process(models, workers=2, args=args)
+    assert wait_for(lambda: len(children(server.process.pid)) == 2, 30)
+    calls = ("--threads", "3", "--calls", "3")
+    once = load(example, server.target, *calls, "--attempts", "1", model="slow")
+    assert once["failures"], "three calls at once on two one-thread workers: one finds no room"
+    assert all(f.startswith("RESOURCE_EXHAUSTED QUEUE_FULL:") for f in once["failures"])
+    retried = load(example, server.target, *calls, model="slow")
+    assert retried["failures"] == []
+    assert retried["calls"] == 3

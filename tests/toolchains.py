@@ -16,6 +16,7 @@ from tests.support import ROOT
 
 GO_MODULE = ROOT / "clients" / "go"
 TS_PACKAGE = ROOT / "clients" / "ts"
+JAVA_PROJECT = ROOT / "clients" / "java"
 TRITONCLIENT_REQUIREMENTS = ROOT / "tests" / "interop" / "tritonclient.txt"
 TRITONCLIENT_CALLS = ROOT / "tests" / "interop" / "tritonclient_calls.py"
 
@@ -64,6 +65,20 @@ def build_ts_client() -> Path:
         run([find_npm(), "ci", "--no-audit", "--no-fund"], cwd=TS_PACKAGE, timeout=300)
     run([find_npm(), "run", "--silent", "build"], cwd=TS_PACKAGE, timeout=120)
     return TS_PACKAGE / "dist" / "cli.js"
+
+
+def build_java_client() -> str:
+    """``mvn package`` in clients/java; the classpath of its classes, test classes (the
+    conformance runner) and dependencies."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError(
+            "Maven (mvn) is needed to build clients/java (https://maven.apache.org/)"
+        )
+    run([mvn, "-q", "-B", "package"], cwd=JAVA_PROJECT, timeout=600)
+    target = JAVA_PROJECT / "target"
+    dependencies = (target / "classpath.txt").read_text().strip()
+    return os.pathsep.join([str(target / "test-classes"), str(target / "classes"), dependencies])
 
 
 def tritonclient_python(venv: Path) -> Path:

@@ -20,15 +20,16 @@ import java.util.regex.Pattern;
  * An example command, also what tests/test_java_sdk.py drives:
  *
  * <pre>
- * java -cp ... io.tinymodelserver.tms.client.Example [--token T] TARGET models
- * java -cp ... io.tinymodelserver.tms.client.Example [--token T] TARGET load MODEL [--threads N]
- *     [--calls N | --seconds S]
+ * java -cp ... io.tinymodelserver.tms.client.Example [--token T] [--attempts N] TARGET models
+ * java -cp ... io.tinymodelserver.tms.client.Example [--token T] [--attempts N] TARGET load MODEL
+ *     [--threads N] [--calls N | --seconds S]
  * </pre>
  *
  * {@code models} prints the model names, one a line. {@code load} sends a 2x2 BGR image to MODEL
- * from N threads and prints one JSON line: calls, failures, the pids the results name (the
- * model's {@code "pid"}) and the workers held at the start; it writes "calls flowing" to stderr
- * once every thread has had an answer.
+ * from N threads and prints one JSON line: calls, failures (each "CODE REASON: details"), the pids
+ * the results name (the model's {@code "pid"}) and the workers held at the start; it writes "calls
+ * flowing" to stderr once every thread has had an answer. {@code --attempts} is the client's
+ * attempts per call (default 5).
  */
 public final class Example {
   private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d+)");
@@ -38,16 +39,18 @@ public final class Example {
   public static void main(String[] args) throws InterruptedException {
     List<String> rest = new ArrayList<>(List.of(args));
     String token = option(rest, "--token", null);
+    int attempts = Integer.parseInt(option(rest, "--attempts", "5"));
     int threads = Integer.parseInt(option(rest, "--threads", "4"));
     int calls = Integer.parseInt(option(rest, "--calls", "0"));
     double seconds = Double.parseDouble(option(rest, "--seconds", "0"));
     if (rest.size() < 2) {
       System.err.println(
-          "usage: Example [--token T] TARGET models"
+          "usage: Example [--token T] [--attempts N] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]");
       System.exit(2);
     }
-    TmsClient.Builder builder = TmsClient.builder(rest.get(0)).timeout(Duration.ofSeconds(20));
+    TmsClient.Builder builder =
+        TmsClient.builder(rest.get(0)).timeout(Duration.ofSeconds(20)).attempts(attempts);
     if (token != null) {
       builder.token(token);
     }

@@ -13,12 +13,17 @@ import io.tinymodelserver.tms.v1.Image;
 import io.tinymodelserver.tms.v1.ListModelsRequest;
 import io.tinymodelserver.tms.v1.ModelInfo;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
+import io.tinymodelserver.tms.v1.RunImageBatchRequest;
 import io.tinymodelserver.tms.v1.RunImageRequest;
+import io.tinymodelserver.tms.v1.RunImageToImageRequest;
+import io.tinymodelserver.tms.v1.RunImageToImageResponse;
+import io.tinymodelserver.tms.v1.RunTextBatchRequest;
 import io.tinymodelserver.tms.v1.RunTextRequest;
 import java.io.IOException;
 import java.time.Duration;
 import java.util.List;
 import java.util.Objects;
+import java.util.Optional;
 import java.util.Set;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
@@ -41,8 +46,10 @@ import java.util.logging.Logger;
  * the workers. Each call has a deadline ({@link Builder#timeout}), retries included; a call that
  * fails with UNAVAILABLE or CANCELLED (its worker went away, or a stopping server cancelled it), or
  * because its connection broke under it, is retried on another worker, and that worker is dropped.
- * A background thread looks for missing workers (a restarted one, say). Other failures raise
- * {@link TmsException} at once.
+ * A call whose error carries a {@code google.rpc.RetryInfo} (QUEUE_FULL: its worker is busy;
+ * DRAINING: it is stopping) is retried on another worker after the delay it names, unless the
+ * deadline would pass first. A background thread looks for missing workers (a restarted one, say).
+ * Other failures raise {@link TmsException} at once.
  */
 public final class TmsClient implements AutoCloseable {
   private static final Logger LOG = Logger.getLogger(TmsClient.class.getName());
@@ -109,6 +116,39 @@ public final class TmsClient implements AutoCloseable {
     return call(stub -> stub.runImage(request).getResultJson());
   }
 
+  /**
+   * Run an image model on several images, {@code argsJson} shared by all; returns one JSON result
+   * per image, in order.
+   */
+  public List<String> runImageBatch(String model, List<Image> images, String argsJson) {
+    RunImageBatchRequest request =
+        RunImageBatchRequest.newBuilder()
+            .setModel(model)
+            .addAllImages(images)
+            .setArgsJson(orEmpty(argsJson))
+            .build();
+    return call(stub -> stub.runImageBatch(request).getResultsJsonList());
+  }
+
+  /** What an image-to-image model returned: its images, and its JSON result ("null": none). */
+  public record ImageToImage(List<Image> images, String resultJson) {
+    public ImageToImage {
+      images = List.copyOf(images);
+    }
+  }
+
+  /** Run an image-to-image model on one or more images; its images come back raw. */
+  public ImageToImage runImageToImage(String model, List<Image> images, String argsJson) {
+    RunImageToImageRequest request =
+        RunImageToImageRequest.newBuilder()
+            .setModel(model)
+            .addAllImages(images)
+            .setArgsJson(orEmpty(argsJson))
+            .build();
+    RunImageToImageResponse response = call(stub -> stub.runImageToImage(request));
+    return new ImageToImage(response.getImagesList(), response.getResultJson());
+  }
+
   /** Run a text model on one text; returns its JSON result. {@code argsJson} may be empty. */
   public String runText(String model, String text, String argsJson) {
     RunTextRequest request =
@@ -118,6 +158,20 @@ public final class TmsClient implements AutoCloseable {
             .setArgsJson(orEmpty(argsJson))
             .build();
     return call(stub -> stub.runText(request).getResultJson());
+  }
+
+  /**
+   * Run a text model on several texts, {@code argsJson} shared by all; returns one JSON result per
+   * text, in order.
+   */
+  public List<String> runTextBatch(String model, List<String> texts, String argsJson) {
+    RunTextBatchRequest request =
+        RunTextBatchRequest.newBuilder()
+            .setModel(model)
+            .addAllTexts(texts)
+            .setArgsJson(orEmpty(argsJson))
+            .build();
+    return call(stub -> stub.runTextBatch(request).getResultsJsonList());
   }
 
   /** The models the server serves. */
@@ -138,21 +192,45 @@ public final class TmsClient implements AutoCloseable {
 
   private <T> T call(Function<ModelServiceBlockingStub, T> rpc) {
     Deadline deadline = Deadline.after(options.timeout.toNanos(), TimeUnit.NANOSECONDS);
-    StatusRuntimeException last = null;
+    TmsException last = null;
     for (int attempt = 0; attempt < options.attempts; attempt++) {
       WorkerPool.Member member = pool.pick(deadline);
       try {
         return rpc.apply(member.stub().withDeadline(deadline));
       } catch (StatusRuntimeException error) {
-        last = error;
-        if (!(RETRIED.contains(error.getStatus().getCode()) || connectionLost(error))
-            || deadline.isExpired()) {
+        last = TmsException.from(error);
+        boolean gone = RETRIED.contains(error.getStatus().getCode()) || connectionLost(error);
+        Optional<Duration> delay = last.retryDelay();
+        if (!(gone || delay.isPresent()) || deadline.isExpired()) {
           break;
         }
-        pool.drop(member);
+        if (gone) {
+          pool.drop(member);
+        }
+        if (delay.isPresent() && !pause(delay.get(), deadline)) {
+          break;
+        }
       }
     }
-    throw TmsException.from(last);
+    throw last;
+  }
+
+  /** Sleep for {@code delay}; false (at once) when the deadline would pass first. */
+  private static boolean pause(Duration delay, Deadline deadline) {
+    long nanos = delay.toNanos();
+    if (nanos <= 0) {
+      return true;
+    }
+    if (deadline.timeRemaining(TimeUnit.NANOSECONDS) <= nanos) {
+      return false;
+    }
+    try {
+      TimeUnit.NANOSECONDS.sleep(nanos);
+      return true;
+    } catch (InterruptedException interrupted) {
+      Thread.currentThread().interrupt();
+      return false;
+    }
   }
 
   /**
