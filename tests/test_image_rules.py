@@ -9,6 +9,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,7 +20,7 @@ from tests.support import ROOT, InProcessServer, start_in_process, write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client.protocol.load import decode_orca
 
-DTYPES = ("BOOL", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64")
+DTYPES: tuple[str, ...] = ("BOOL", "UINT8", "INT8", "UINT16", "INT16", "INT32", "INT64")
 DTYPES += ("FLOAT16", "FLOAT32", "FLOAT64")
 
 TAKES = """
@@ -71,7 +72,7 @@ def stub(server: InProcessServer) -> Iterator[model_service_pb2_grpc.ModelServic
         yield model_service_pb2_grpc.ModelServiceStub(channel)
 
 
-def run(stub, model: str, image: image_pb2.Image) -> dict:
+def run(stub, model: str, image: image_pb2.Image) -> dict[str, Any]:
     request = model_service_pb2.RunImageRequest(model=model, image=image)
     return json.loads(stub.RunImage(request, timeout=30).result_json)
 

@@ -223,7 +223,7 @@ def test_readme_java_snippet_runs(server_process: Start, classpath, astronaut_bg
     server = server_process(models, workers=2, args=("--tokens-file", str(tokens)))
     work = tmp_path / "snippet"
     work.mkdir()
-    rgb = np.ascontiguousarray(astronaut_bgr[:, :, ::-1])  # type: ignore[index]
+    rgb = np.ascontiguousarray(astronaut_bgr[:, :, ::-1])
     Image.fromarray(rgb).save(work / "photo.jpg")
     code = found.group(1).replace("localhost:50051", server.target)
     (work / "Snippet.java").write_text(SNIPPET_CLASS % code)
