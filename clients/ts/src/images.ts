@@ -182,7 +182,8 @@ export function pixels(image: Image): PixelArray {
 /** An ImageInput as a tms.v1.Image message. */
 export function toMessage(image: ImageInput): ImageMessage {
   const value = image instanceof Uint8Array ? encodedImage(image) : image;
-  return { ...value, data: Buffer.from(value.data.buffer, value.data.byteOffset, value.data.byteLength) };
+  const data = Buffer.from(value.data.buffer, value.data.byteOffset, value.data.byteLength);
+  return { ...value, data, sharedMemory: undefined };
 }
 
 /** An output message as an Image. */

@@ -291,3 +291,20 @@ class ModelServicer:
         response.CopyFrom(self._worker_info)
         response.models.extend(models)
         return response
+
+    def RunImageStream(
+        self, request: pb.RunImageStreamRequest, context: grpc.ServicerContext
+    ) -> pb.RunImageStreamResponse:
+        raise Unimplemented("RunImageStream is not served yet")
+
+    @quick
+    def AttachSharedMemory(
+        self, request: pb.AttachSharedMemoryRequest, context: grpc.ServicerContext
+    ) -> pb.AttachSharedMemoryResponse:
+        raise Unimplemented("shared memory is not served yet")
+
+    @quick
+    def DetachSharedMemory(
+        self, request: pb.DetachSharedMemoryRequest, context: grpc.ServicerContext
+    ) -> pb.DetachSharedMemoryResponse:
+        raise Unimplemented("shared memory is not served yet")

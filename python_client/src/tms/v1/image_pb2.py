@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tms/v1/image.proto\x12\x06tms.v1\"\xb9\x01\n\x05Image\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.tms.v1.DTypeR\x05\x64type\x12\x14\n\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n\x04\x64\x61ta\x18\x03 \x01(\x0cR\x04\x64\x61ta\x12\x33\n\x0b\x63olor_order\x18\x04 \x01(\x0e\x32\x12.tms.v1.ColorOrderR\ncolorOrder\x12,\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x10.tms.v1.EncodingR\x08\x65ncoding*\xd8\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44_TYPE_UINT8\x10\x01\x12\x0f\n\x0b\x44_TYPE_INT8\x10\x02\x12\x11\n\rD_TYPE_UINT16\x10\x03\x12\x10\n\x0c\x44_TYPE_INT16\x10\x04\x12\x10\n\x0c\x44_TYPE_INT32\x10\x05\x12\x10\n\x0c\x44_TYPE_INT64\x10\x06\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x07\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x08\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\t\x12\x0f\n\x0b\x44_TYPE_BOOL\x10\n*\x95\x01\n\nColorOrder\x12\x1b\n\x17\x43OLOR_ORDER_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OLOR_ORDER_GRAY\x10\x01\x12\x13\n\x0f\x43OLOR_ORDER_RGB\x10\x02\x12\x13\n\x0f\x43OLOR_ORDER_BGR\x10\x03\x12\x14\n\x10\x43OLOR_ORDER_RGBA\x10\x04\x12\x14\n\x10\x43OLOR_ORDER_BGRA\x10\x05*[\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x10\n\x0c\x45NCODING_PNG\x10\x02\x12\x11\n\rENCODING_JPEG\x10\x03\x42~\n\x19io.tinymodelserver.tms.v1B\nImageProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tms/v1/image.proto\x12\x06tms.v1\"\xf4\x01\n\x05Image\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.tms.v1.DTypeR\x05\x64type\x12\x14\n\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n\x04\x64\x61ta\x18\x03 \x01(\x0cR\x04\x64\x61ta\x12\x33\n\x0b\x63olor_order\x18\x04 \x01(\x0e\x32\x12.tms.v1.ColorOrderR\ncolorOrder\x12,\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x10.tms.v1.EncodingR\x08\x65ncoding\x12\x39\n\rshared_memory\x18\x06 \x01(\x0b\x32\x14.tms.v1.SharedMemoryR\x0csharedMemory\"R\n\x0cSharedMemory\x12\x16\n\x06region\x18\x01 \x01(\tR\x06region\x12\x16\n\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x12\n\x04size\x18\x03 \x01(\x04R\x04size*\xd8\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x44_TYPE_UINT8\x10\x01\x12\x0f\n\x0b\x44_TYPE_INT8\x10\x02\x12\x11\n\rD_TYPE_UINT16\x10\x03\x12\x10\n\x0c\x44_TYPE_INT16\x10\x04\x12\x10\n\x0c\x44_TYPE_INT32\x10\x05\x12\x10\n\x0c\x44_TYPE_INT64\x10\x06\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x07\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x08\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\t\x12\x0f\n\x0b\x44_TYPE_BOOL\x10\n*\x95\x01\n\nColorOrder\x12\x1b\n\x17\x43OLOR_ORDER_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OLOR_ORDER_GRAY\x10\x01\x12\x13\n\x0f\x43OLOR_ORDER_RGB\x10\x02\x12\x13\n\x0f\x43OLOR_ORDER_BGR\x10\x03\x12\x14\n\x10\x43OLOR_ORDER_RGBA\x10\x04\x12\x14\n\x10\x43OLOR_ORDER_BGRA\x10\x05*[\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x10\n\x0c\x45NCODING_PNG\x10\x02\x12\x11\n\rENCODING_JPEG\x10\x03\x42~\n\x19io.tinymodelserver.tms.v1B\nImageProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tms.v1.image_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\031io.tinymodelserver.tms.v1B\nImageProtoP\001Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\252\002\026TinyModelServer.Tms.V1'
-  _globals['_DTYPE']._serialized_start=219
-  _globals['_DTYPE']._serialized_end=435
-  _globals['_COLORORDER']._serialized_start=438
-  _globals['_COLORORDER']._serialized_end=587
-  _globals['_ENCODING']._serialized_start=589
-  _globals['_ENCODING']._serialized_end=680
+  _globals['_DTYPE']._serialized_start=362
+  _globals['_DTYPE']._serialized_end=578
+  _globals['_COLORORDER']._serialized_start=581
+  _globals['_COLORORDER']._serialized_end=730
+  _globals['_ENCODING']._serialized_start=732
+  _globals['_ENCODING']._serialized_end=823
   _globals['_IMAGE']._serialized_start=31
-  _globals['_IMAGE']._serialized_end=216
+  _globals['_IMAGE']._serialized_end=275
+  _globals['_SHAREDMEMORY']._serialized_start=277
+  _globals['_SHAREDMEMORY']._serialized_end=359
 # @@protoc_insertion_point(module_scope)

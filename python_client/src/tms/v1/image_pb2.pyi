@@ -197,6 +197,7 @@ class Image(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     COLOR_ORDER_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
+    SHARED_MEMORY_FIELD_NUMBER: _builtins.int
     dtype: Global___DType.ValueType
     """Element type of the raw pixels; required for ENCODING_RAW."""
     data: _builtins.bytes
@@ -211,6 +212,13 @@ class Image(_message.Message):
         informative (or empty) for encoded images.
         """
 
+    @_builtins.property
+    def shared_memory(self) -> Global___SharedMemory:
+        """Set instead of data when the bytes lie in shared memory (the same host's fast path):
+        data is then empty, and the bytes data would hold are at this place of a region the
+        receiving worker attached (ModelService.AttachSharedMemory).
+        """
+
     def __init__(
         self,
         *,
@@ -219,11 +227,42 @@ class Image(_message.Message):
         data: _builtins.bytes = ...,
         color_order: Global___ColorOrder.ValueType = ...,
         encoding: Global___Encoding.ValueType = ...,
+        shared_memory: Global___SharedMemory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shared_memory", b"shared_memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["color_order", b"color_order", "data", b"data", "dtype", b"dtype", "encoding", b"encoding", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["color_order", b"color_order", "data", b"data", "dtype", b"dtype", "encoding", b"encoding", "shape", b"shape", "shared_memory", b"shared_memory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class SharedMemory(_message.Message):
+    """SharedMemory names bytes in a shared-memory region attached to one worker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region's id, as AttachSharedMemory answered it."""
+    offset: _builtins.int
+    """Where the bytes start in the region."""
+    size: _builtins.int
+    """How many bytes; offset + size never passes the region's end."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "region", b"region", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedMemory: _TypeAlias = SharedMemory  # noqa: Y015

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -74,6 +75,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     ARGS_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     RESULT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_DELAY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name, as used in every Run* request."""
     description: _builtins.str
@@ -114,6 +116,14 @@ class ModelInfo(_message.Message):
     def calls(self) -> _containers.RepeatedScalarFieldContainer[Global___ModelCall.ValueType]:
         """The calls the model supports."""
 
+    @_builtins.property
+    def max_batch_delay(self) -> _duration_pb2.Duration:
+        """Dynamic batching: how long a RunImage call to this model may wait in its worker for
+        others to the same model, to run them together as one batch (of at most
+        max_batch_size) through the model's batch method; each caller still gets its own
+        result or error. Unset: RunImage calls run one by one.
+        """
+
     def __init__(
         self,
         *,
@@ -129,10 +139,11 @@ class ModelInfo(_message.Message):
         max_batch_size: _builtins.int = ...,
         args_schema_json: _builtins.str = ...,
         result_schema_json: _builtins.str = ...,
+        max_batch_delay: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_batch_delay", b"max_batch_delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_schema_json", b"args_schema_json", "calls", b"calls", "color_order", b"color_order", "description", b"description", "input_dtype", b"input_dtype", "input_shape", b"input_shape", "max_batch_size", b"max_batch_size", "name", b"name", "output_color_order", b"output_color_order", "result_schema_json", b"result_schema_json", "thread_safe", b"thread_safe", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_schema_json", b"args_schema_json", "calls", b"calls", "color_order", b"color_order", "description", b"description", "input_dtype", b"input_dtype", "input_shape", b"input_shape", "max_batch_delay", b"max_batch_delay", "max_batch_size", b"max_batch_size", "name", b"name", "output_color_order", b"output_color_order", "result_schema_json", b"result_schema_json", "thread_safe", b"thread_safe", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,6 +364,7 @@ class RunImageToImageRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     ARGS_JSON_FIELD_NUMBER: _builtins.int
     OUTPUT_ENCODING_FIELD_NUMBER: _builtins.int
+    OUTPUT_SHARED_MEMORY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model's name."""
     args_json: _builtins.str
@@ -363,6 +375,14 @@ class RunImageToImageRequest(_message.Message):
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]:
         """The input images (one, or several for models such as optical flow)."""
 
+    @_builtins.property
+    def output_shared_memory(self) -> _image_pb2.SharedMemory:
+        """Where the server may write the output images instead of returning their bytes: a part
+        of a region attached to the worker that answers. Outputs that fit are written there, one
+        after another, and returned as Image.shared_memory references into it; the others come
+        back as bytes. Unset: outputs come back as bytes.
+        """
+
     def __init__(
         self,
         *,
@@ -370,10 +390,11 @@ class RunImageToImageRequest(_message.Message):
         images: _abc.Iterable[_image_pb2.Image] | None = ...,
         args_json: _builtins.str = ...,
         output_encoding: _image_pb2.Encoding.ValueType = ...,
+        output_shared_memory: _image_pb2.SharedMemory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output_shared_memory", b"output_shared_memory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "images", b"images", "model", b"model", "output_encoding", b"output_encoding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "images", b"images", "model", b"model", "output_encoding", b"output_encoding", "output_shared_memory", b"output_shared_memory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,3 +622,172 @@ class GetWorkerInfoResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetWorkerInfoResponse: _TypeAlias = GetWorkerInfoResponse  # noqa: Y015
+
+@_typing.final
+class RunImageStreamRequest(_message.Message):
+    """RunImageStreamRequest is one frame of a RunImageStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    ARGS_JSON_FIELD_NUMBER: _builtins.int
+    FRAME_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name; read from the stream's first message only."""
+    args_json: _builtins.str
+    """Arguments for the model, a JSON object. The first message's are the stream's: the
+    model's stream hook receives them. A later message's, when not empty, are that frame's.
+    """
+    frame_id: _builtins.int
+    """The caller's id of the frame, echoed in its answer."""
+    @_builtins.property
+    def image(self) -> _image_pb2.Image:
+        """The frame."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        image: _image_pb2.Image | None = ...,
+        args_json: _builtins.str = ...,
+        frame_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "frame_id", b"frame_id", "image", b"image", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunImageStreamRequest: _TypeAlias = RunImageStreamRequest  # noqa: Y015
+
+@_typing.final
+class RunImageStreamResponse(_message.Message):
+    """RunImageStreamResponse answers one frame of a RunImageStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAME_ID_FIELD_NUMBER: _builtins.int
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
+    ERROR_STATUS_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    frame_id: _builtins.int
+    """The frame_id of the frame answered."""
+    result_json: _builtins.str
+    """The model's result for the frame as JSON text, when the frame succeeded."""
+    error_status: _builtins.bytes
+    """When the frame failed: a serialized google.rpc.Status (code, message, and details with
+    an ErrorInfo, as in the grpc-status-details-bin trailer of a failed call); empty when
+    the frame succeeded.
+    """
+    model_version: _builtins.str
+    """The version of the model instance that answered (ModelInfo.version)."""
+    def __init__(
+        self,
+        *,
+        frame_id: _builtins.int = ...,
+        result_json: _builtins.str = ...,
+        error_status: _builtins.bytes = ...,
+        model_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_status", b"error_status", "frame_id", b"frame_id", "model_version", b"model_version", "result_json", b"result_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunImageStreamResponse: _TypeAlias = RunImageStreamResponse  # noqa: Y015
+
+@_typing.final
+class AttachSharedMemoryRequest(_message.Message):
+    """AttachSharedMemoryRequest names a region for the worker to attach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
+    then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+    unguessable name.
+    """
+    size: _builtins.int
+    """The region's size in bytes; the worker refuses a region of another size."""
+    proof: _builtins.bytes
+    """16 to 64 random bytes the caller wrote at the start of the region."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size: _builtins.int = ...,
+        proof: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "proof", b"proof", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachSharedMemoryRequest: _TypeAlias = AttachSharedMemoryRequest  # noqa: Y015
+
+@_typing.final
+class AttachSharedMemoryResponse(_message.Message):
+    """AttachSharedMemoryResponse says the region is attached."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The id to name the region by in SharedMemory.region; valid on this worker only."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachSharedMemoryResponse: _TypeAlias = AttachSharedMemoryResponse  # noqa: Y015
+
+@_typing.final
+class DetachSharedMemoryRequest(_message.Message):
+    """DetachSharedMemoryRequest names a region to detach."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """The region's id, from AttachSharedMemoryResponse."""
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachSharedMemoryRequest: _TypeAlias = DetachSharedMemoryRequest  # noqa: Y015
+
+@_typing.final
+class DetachSharedMemoryResponse(_message.Message):
+    """DetachSharedMemoryResponse says the region is detached (or was not attached)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachSharedMemoryResponse: _TypeAlias = DetachSharedMemoryResponse  # noqa: Y015

@@ -71,6 +71,15 @@ class ModelServiceStub:
     UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
     UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
     PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+    FAILED_PRECONDITION  server, or the region cannot be opened here (not
+    the same host, another user, wrong size, proof).
+    Send bytes instead.
+    SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+    FAILED_PRECONDITION  names a region this worker has not attached (it
+    restarted, or detached it): attach again, or send
+    bytes. A reference past the region's end is
+    INVALID_IMAGE.
     INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 
     A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -138,6 +147,21 @@ class ModelServiceStub:
                 request_serializer=tms_dot_v1_dot_model__service__pb2.GetWorkerInfoRequest.SerializeToString,
                 response_deserializer=tms_dot_v1_dot_model__service__pb2.GetWorkerInfoResponse.FromString,
                 _registered_method=True)
+        self.RunImageStream = channel.stream_stream(
+                '/tms.v1.ModelService/RunImageStream',
+                request_serializer=tms_dot_v1_dot_model__service__pb2.RunImageStreamRequest.SerializeToString,
+                response_deserializer=tms_dot_v1_dot_model__service__pb2.RunImageStreamResponse.FromString,
+                _registered_method=True)
+        self.AttachSharedMemory = channel.unary_unary(
+                '/tms.v1.ModelService/AttachSharedMemory',
+                request_serializer=tms_dot_v1_dot_model__service__pb2.AttachSharedMemoryRequest.SerializeToString,
+                response_deserializer=tms_dot_v1_dot_model__service__pb2.AttachSharedMemoryResponse.FromString,
+                _registered_method=True)
+        self.DetachSharedMemory = channel.unary_unary(
+                '/tms.v1.ModelService/DetachSharedMemory',
+                request_serializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryRequest.SerializeToString,
+                response_deserializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -186,6 +210,15 @@ class ModelServiceServicer:
     UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
     UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
     PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+    FAILED_PRECONDITION  server, or the region cannot be opened here (not
+    the same host, another user, wrong size, proof).
+    Send bytes instead.
+    SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+    FAILED_PRECONDITION  names a region this worker has not attached (it
+    restarted, or detached it): attach again, or send
+    bytes. A reference past the region's end is
+    INVALID_IMAGE.
     INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 
     A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -264,6 +297,40 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunImageStream(self, request_iterator, context):
+        """RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+        in the order sent. The stream stays on the worker that took it, so the model may keep
+        state across frames (a tracker): it is told when a stream opens and closes. A frame that
+        fails is answered with its error and the stream goes on; an error of the stream itself
+        (no such model, bad stream args) ends it with that status. The server reads the next
+        frame only once it has answered the previous one, so a caller that keeps at most N
+        frames unanswered has at most N in flight.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachSharedMemory(self, request, context):
+        """AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+        caller created on the same host, for images passed by reference (Image.shared_memory)
+        instead of bytes. The worker maps the region, checks that its first bytes are the
+        request's proof (so the caller knows it shares the host: an address never proves it),
+        and removes its name, so that no region outlives the two processes holding it. Fails
+        with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+        memory turned off or cannot open the region (another host, another user).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachSharedMemory(self, request, context):
+        """DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+        regions; a worker also drops the oldest beyond its limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +373,21 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.GetWorkerInfo,
                     request_deserializer=tms_dot_v1_dot_model__service__pb2.GetWorkerInfoRequest.FromString,
                     response_serializer=tms_dot_v1_dot_model__service__pb2.GetWorkerInfoResponse.SerializeToString,
+            ),
+            'RunImageStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunImageStream,
+                    request_deserializer=tms_dot_v1_dot_model__service__pb2.RunImageStreamRequest.FromString,
+                    response_serializer=tms_dot_v1_dot_model__service__pb2.RunImageStreamResponse.SerializeToString,
+            ),
+            'AttachSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachSharedMemory,
+                    request_deserializer=tms_dot_v1_dot_model__service__pb2.AttachSharedMemoryRequest.FromString,
+                    response_serializer=tms_dot_v1_dot_model__service__pb2.AttachSharedMemoryResponse.SerializeToString,
+            ),
+            'DetachSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachSharedMemory,
+                    request_deserializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryRequest.FromString,
+                    response_serializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +443,15 @@ class ModelService:
     UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
     UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
     PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+    FAILED_PRECONDITION  server, or the region cannot be opened here (not
+    the same host, another user, wrong size, proof).
+    Send bytes instead.
+    SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+    FAILED_PRECONDITION  names a region this worker has not attached (it
+    restarted, or detached it): attach again, or send
+    bytes. A reference past the region's end is
+    INVALID_IMAGE.
     INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 
     A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -588,6 +679,87 @@ class ModelService:
             '/tms.v1.ModelService/GetWorkerInfo',
             tms_dot_v1_dot_model__service__pb2.GetWorkerInfoRequest.SerializeToString,
             tms_dot_v1_dot_model__service__pb2.GetWorkerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunImageStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tms.v1.ModelService/RunImageStream',
+            tms_dot_v1_dot_model__service__pb2.RunImageStreamRequest.SerializeToString,
+            tms_dot_v1_dot_model__service__pb2.RunImageStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tms.v1.ModelService/AttachSharedMemory',
+            tms_dot_v1_dot_model__service__pb2.AttachSharedMemoryRequest.SerializeToString,
+            tms_dot_v1_dot_model__service__pb2.AttachSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tms.v1.ModelService/DetachSharedMemory',
+            tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryRequest.SerializeToString,
+            tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

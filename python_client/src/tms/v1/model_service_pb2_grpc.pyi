@@ -72,6 +72,15 @@ class ModelServiceStub:
     UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
     UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
     PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+                        FAILED_PRECONDITION  server, or the region cannot be opened here (not
+                                             the same host, another user, wrong size, proof).
+                                             Send bytes instead.
+    SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+                        FAILED_PRECONDITION  names a region this worker has not attached (it
+                                             restarted, or detached it): attach again, or send
+                                             bytes. A reference past the region's end is
+                                             INVALID_IMAGE.
     INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 
     A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -114,6 +123,28 @@ class ModelServiceStub:
     GetWorkerInfo: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.GetWorkerInfoRequest, _model_service_pb2.GetWorkerInfoResponse]
     """GetWorkerInfo says which worker process answered; clients use it to find every
     worker behind one address.
+    """
+    RunImageStream: _grpc.StreamStreamMultiCallable[_model_service_pb2.RunImageStreamRequest, _model_service_pb2.RunImageStreamResponse]
+    """RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+    in the order sent. The stream stays on the worker that took it, so the model may keep
+    state across frames (a tracker): it is told when a stream opens and closes. A frame that
+    fails is answered with its error and the stream goes on; an error of the stream itself
+    (no such model, bad stream args) ends it with that status. The server reads the next
+    frame only once it has answered the previous one, so a caller that keeps at most N
+    frames unanswered has at most N in flight.
+    """
+    AttachSharedMemory: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.AttachSharedMemoryRequest, _model_service_pb2.AttachSharedMemoryResponse]
+    """AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+    caller created on the same host, for images passed by reference (Image.shared_memory)
+    instead of bytes. The worker maps the region, checks that its first bytes are the
+    request's proof (so the caller knows it shares the host: an address never proves it),
+    and removes its name, so that no region outlives the two processes holding it. Fails
+    with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+    memory turned off or cannot open the region (another host, another user).
+    """
+    DetachSharedMemory: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.DetachSharedMemoryRequest, _model_service_pb2.DetachSharedMemoryResponse]
+    """DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+    regions; a worker also drops the oldest beyond its limit.
     """
 
 @_typing.type_check_only
@@ -163,6 +194,15 @@ class ModelServiceAsyncStub(ModelServiceStub):
     UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
     UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
     PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+                        FAILED_PRECONDITION  server, or the region cannot be opened here (not
+                                             the same host, another user, wrong size, proof).
+                                             Send bytes instead.
+    SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+                        FAILED_PRECONDITION  names a region this worker has not attached (it
+                                             restarted, or detached it): attach again, or send
+                                             bytes. A reference past the region's end is
+                                             INVALID_IMAGE.
     INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 
     A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -202,6 +242,28 @@ class ModelServiceAsyncStub(ModelServiceStub):
     GetWorkerInfo: _aio.UnaryUnaryMultiCallable[_model_service_pb2.GetWorkerInfoRequest, _model_service_pb2.GetWorkerInfoResponse]  # type: ignore[assignment]
     """GetWorkerInfo says which worker process answered; clients use it to find every
     worker behind one address.
+    """
+    RunImageStream: _aio.StreamStreamMultiCallable[_model_service_pb2.RunImageStreamRequest, _model_service_pb2.RunImageStreamResponse]  # type: ignore[assignment]
+    """RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+    in the order sent. The stream stays on the worker that took it, so the model may keep
+    state across frames (a tracker): it is told when a stream opens and closes. A frame that
+    fails is answered with its error and the stream goes on; an error of the stream itself
+    (no such model, bad stream args) ends it with that status. The server reads the next
+    frame only once it has answered the previous one, so a caller that keeps at most N
+    frames unanswered has at most N in flight.
+    """
+    AttachSharedMemory: _aio.UnaryUnaryMultiCallable[_model_service_pb2.AttachSharedMemoryRequest, _model_service_pb2.AttachSharedMemoryResponse]  # type: ignore[assignment]
+    """AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+    caller created on the same host, for images passed by reference (Image.shared_memory)
+    instead of bytes. The worker maps the region, checks that its first bytes are the
+    request's proof (so the caller knows it shares the host: an address never proves it),
+    and removes its name, so that no region outlives the two processes holding it. Fails
+    with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+    memory turned off or cannot open the region (another host, another user).
+    """
+    DetachSharedMemory: _aio.UnaryUnaryMultiCallable[_model_service_pb2.DetachSharedMemoryRequest, _model_service_pb2.DetachSharedMemoryResponse]  # type: ignore[assignment]
+    """DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+    regions; a worker also drops the oldest beyond its limit.
     """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -250,6 +312,15 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
     UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
     PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+    SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+                        FAILED_PRECONDITION  server, or the region cannot be opened here (not
+                                             the same host, another user, wrong size, proof).
+                                             Send bytes instead.
+    SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+                        FAILED_PRECONDITION  names a region this worker has not attached (it
+                                             restarted, or detached it): attach again, or send
+                                             bytes. A reference past the region's end is
+                                             INVALID_IMAGE.
     INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 
     A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -335,6 +406,46 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_model_service_pb2.GetWorkerInfoResponse, _abc.Awaitable[_model_service_pb2.GetWorkerInfoResponse]]:
         """GetWorkerInfo says which worker process answered; clients use it to find every
         worker behind one address.
+        """
+
+    @_abc_1.abstractmethod
+    def RunImageStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_model_service_pb2.RunImageStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_service_pb2.RunImageStreamResponse], _abc.AsyncIterator[_model_service_pb2.RunImageStreamResponse]]:
+        """RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+        in the order sent. The stream stays on the worker that took it, so the model may keep
+        state across frames (a tracker): it is told when a stream opens and closes. A frame that
+        fails is answered with its error and the stream goes on; an error of the stream itself
+        (no such model, bad stream args) ends it with that status. The server reads the next
+        frame only once it has answered the previous one, so a caller that keeps at most N
+        frames unanswered has at most N in flight.
+        """
+
+    @_abc_1.abstractmethod
+    def AttachSharedMemory(
+        self,
+        request: _model_service_pb2.AttachSharedMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_service_pb2.AttachSharedMemoryResponse, _abc.Awaitable[_model_service_pb2.AttachSharedMemoryResponse]]:
+        """AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+        caller created on the same host, for images passed by reference (Image.shared_memory)
+        instead of bytes. The worker maps the region, checks that its first bytes are the
+        request's proof (so the caller knows it shares the host: an address never proves it),
+        and removes its name, so that no region outlives the two processes holding it. Fails
+        with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+        memory turned off or cannot open the region (another host, another user).
+        """
+
+    @_abc_1.abstractmethod
+    def DetachSharedMemory(
+        self,
+        request: _model_service_pb2.DetachSharedMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_service_pb2.DetachSharedMemoryResponse, _abc.Awaitable[_model_service_pb2.DetachSharedMemoryResponse]]:
+        """DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+        regions; a worker also drops the oldest beyond its limit.
         """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

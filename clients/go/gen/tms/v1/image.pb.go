@@ -284,7 +284,11 @@ type Image struct {
 	// Meaning of the channels. For encoded images the file decides: GRAY, RGB or RGBA.
 	ColorOrder ColorOrder `protobuf:"varint,4,opt,name=color_order,json=colorOrder,proto3,enum=tms.v1.ColorOrder" json:"color_order,omitempty"`
 	// How data is stored.
-	Encoding      Encoding `protobuf:"varint,5,opt,name=encoding,proto3,enum=tms.v1.Encoding" json:"encoding,omitempty"`
+	Encoding Encoding `protobuf:"varint,5,opt,name=encoding,proto3,enum=tms.v1.Encoding" json:"encoding,omitempty"`
+	// Set instead of data when the bytes lie in shared memory (the same host's fast path):
+	// data is then empty, and the bytes data would hold are at this place of a region the
+	// receiving worker attached (ModelService.AttachSharedMemory).
+	SharedMemory  *SharedMemory `protobuf:"bytes,6,opt,name=shared_memory,json=sharedMemory,proto3" json:"shared_memory,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -354,18 +358,94 @@ func (x *Image) GetEncoding() Encoding {
 	return Encoding_ENCODING_UNSPECIFIED
 }
 
+func (x *Image) GetSharedMemory() *SharedMemory {
+	if x != nil {
+		return x.SharedMemory
+	}
+	return nil
+}
+
+// SharedMemory names bytes in a shared-memory region attached to one worker.
+type SharedMemory struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The region's id, as AttachSharedMemory answered it.
+	Region string `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	// Where the bytes start in the region.
+	Offset uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// How many bytes; offset + size never passes the region's end.
+	Size          uint64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedMemory) Reset() {
+	*x = SharedMemory{}
+	mi := &file_tms_v1_image_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedMemory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedMemory) ProtoMessage() {}
+
+func (x *SharedMemory) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_image_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedMemory.ProtoReflect.Descriptor instead.
+func (*SharedMemory) Descriptor() ([]byte, []int) {
+	return file_tms_v1_image_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SharedMemory) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *SharedMemory) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *SharedMemory) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 var File_tms_v1_image_proto protoreflect.FileDescriptor
 
 const file_tms_v1_image_proto_rawDesc = "" +
 	"\n" +
-	"\x12tms/v1/image.proto\x12\x06tms.v1\"\xb9\x01\n" +
+	"\x12tms/v1/image.proto\x12\x06tms.v1\"\xf4\x01\n" +
 	"\x05Image\x12#\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\r.tms.v1.DTypeR\x05dtype\x12\x14\n" +
 	"\x05shape\x18\x02 \x03(\x03R\x05shape\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x123\n" +
 	"\vcolor_order\x18\x04 \x01(\x0e2\x12.tms.v1.ColorOrderR\n" +
 	"colorOrder\x12,\n" +
-	"\bencoding\x18\x05 \x01(\x0e2\x10.tms.v1.EncodingR\bencoding*\xd8\x01\n" +
+	"\bencoding\x18\x05 \x01(\x0e2\x10.tms.v1.EncodingR\bencoding\x129\n" +
+	"\rshared_memory\x18\x06 \x01(\v2\x14.tms.v1.SharedMemoryR\fsharedMemory\"R\n" +
+	"\fSharedMemory\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size*\xd8\x01\n" +
 	"\x05DType\x12\x16\n" +
 	"\x12D_TYPE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fD_TYPE_UINT8\x10\x01\x12\x0f\n" +
@@ -408,22 +488,24 @@ func file_tms_v1_image_proto_rawDescGZIP() []byte {
 }
 
 var file_tms_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tms_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_tms_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_tms_v1_image_proto_goTypes = []any{
-	(DType)(0),      // 0: tms.v1.DType
-	(ColorOrder)(0), // 1: tms.v1.ColorOrder
-	(Encoding)(0),   // 2: tms.v1.Encoding
-	(*Image)(nil),   // 3: tms.v1.Image
+	(DType)(0),           // 0: tms.v1.DType
+	(ColorOrder)(0),      // 1: tms.v1.ColorOrder
+	(Encoding)(0),        // 2: tms.v1.Encoding
+	(*Image)(nil),        // 3: tms.v1.Image
+	(*SharedMemory)(nil), // 4: tms.v1.SharedMemory
 }
 var file_tms_v1_image_proto_depIdxs = []int32{
 	0, // 0: tms.v1.Image.dtype:type_name -> tms.v1.DType
 	1, // 1: tms.v1.Image.color_order:type_name -> tms.v1.ColorOrder
 	2, // 2: tms.v1.Image.encoding:type_name -> tms.v1.Encoding
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 3: tms.v1.Image.shared_memory:type_name -> tms.v1.SharedMemory
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_tms_v1_image_proto_init() }
@@ -437,7 +519,7 @@ func file_tms_v1_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tms_v1_image_proto_rawDesc), len(file_tms_v1_image_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -9,6 +9,7 @@ package tmsv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -119,8 +120,13 @@ type ModelInfo struct {
 	// The JSON Schema (Draft 2020-12) of the model's result, as JSON text; empty when the model
 	// declares none. Documentation for callers: the server does not check results against it.
 	ResultSchemaJson string `protobuf:"bytes,12,opt,name=result_schema_json,json=resultSchemaJson,proto3" json:"result_schema_json,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Dynamic batching: how long a RunImage call to this model may wait in its worker for
+	// others to the same model, to run them together as one batch (of at most
+	// max_batch_size) through the model's batch method; each caller still gets its own
+	// result or error. Unset: RunImage calls run one by one.
+	MaxBatchDelay *durationpb.Duration `protobuf:"bytes,13,opt,name=max_batch_delay,json=maxBatchDelay,proto3" json:"max_batch_delay,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -235,6 +241,13 @@ func (x *ModelInfo) GetResultSchemaJson() string {
 		return x.ResultSchemaJson
 	}
 	return ""
+}
+
+func (x *ModelInfo) GetMaxBatchDelay() *durationpb.Duration {
+	if x != nil {
+		return x.MaxBatchDelay
+	}
+	return nil
 }
 
 // ListModelsRequest asks for every loaded model.
@@ -661,8 +674,13 @@ type RunImageToImageRequest struct {
 	ArgsJson string `protobuf:"bytes,3,opt,name=args_json,json=argsJson,proto3" json:"args_json,omitempty"`
 	// Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
 	OutputEncoding Encoding `protobuf:"varint,4,opt,name=output_encoding,json=outputEncoding,proto3,enum=tms.v1.Encoding" json:"output_encoding,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where the server may write the output images instead of returning their bytes: a part
+	// of a region attached to the worker that answers. Outputs that fit are written there, one
+	// after another, and returned as Image.shared_memory references into it; the others come
+	// back as bytes. Unset: outputs come back as bytes.
+	OutputSharedMemory *SharedMemory `protobuf:"bytes,5,opt,name=output_shared_memory,json=outputSharedMemory,proto3" json:"output_shared_memory,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *RunImageToImageRequest) Reset() {
@@ -721,6 +739,13 @@ func (x *RunImageToImageRequest) GetOutputEncoding() Encoding {
 		return x.OutputEncoding
 	}
 	return Encoding_ENCODING_UNSPECIFIED
+}
+
+func (x *RunImageToImageRequest) GetOutputSharedMemory() *SharedMemory {
+	if x != nil {
+		return x.OutputSharedMemory
+	}
+	return nil
 }
 
 // RunImageToImageResponse carries the images a model produced.
@@ -1175,11 +1200,355 @@ func (x *GetWorkerInfoResponse) GetModels() []string {
 	return nil
 }
 
+// RunImageStreamRequest is one frame of a RunImageStream.
+type RunImageStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model's name; read from the stream's first message only.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// The frame.
+	Image *Image `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// Arguments for the model, a JSON object. The first message's are the stream's: the
+	// model's stream hook receives them. A later message's, when not empty, are that frame's.
+	ArgsJson string `protobuf:"bytes,3,opt,name=args_json,json=argsJson,proto3" json:"args_json,omitempty"`
+	// The caller's id of the frame, echoed in its answer.
+	FrameId       uint64 `protobuf:"varint,4,opt,name=frame_id,json=frameId,proto3" json:"frame_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunImageStreamRequest) Reset() {
+	*x = RunImageStreamRequest{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunImageStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunImageStreamRequest) ProtoMessage() {}
+
+func (x *RunImageStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunImageStreamRequest.ProtoReflect.Descriptor instead.
+func (*RunImageStreamRequest) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RunImageStreamRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *RunImageStreamRequest) GetImage() *Image {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *RunImageStreamRequest) GetArgsJson() string {
+	if x != nil {
+		return x.ArgsJson
+	}
+	return ""
+}
+
+func (x *RunImageStreamRequest) GetFrameId() uint64 {
+	if x != nil {
+		return x.FrameId
+	}
+	return 0
+}
+
+// RunImageStreamResponse answers one frame of a RunImageStream.
+type RunImageStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The frame_id of the frame answered.
+	FrameId uint64 `protobuf:"varint,1,opt,name=frame_id,json=frameId,proto3" json:"frame_id,omitempty"`
+	// The model's result for the frame as JSON text, when the frame succeeded.
+	ResultJson string `protobuf:"bytes,2,opt,name=result_json,json=resultJson,proto3" json:"result_json,omitempty"`
+	// When the frame failed: a serialized google.rpc.Status (code, message, and details with
+	// an ErrorInfo, as in the grpc-status-details-bin trailer of a failed call); empty when
+	// the frame succeeded.
+	ErrorStatus []byte `protobuf:"bytes,3,opt,name=error_status,json=errorStatus,proto3" json:"error_status,omitempty"`
+	// The version of the model instance that answered (ModelInfo.version).
+	ModelVersion  string `protobuf:"bytes,4,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunImageStreamResponse) Reset() {
+	*x = RunImageStreamResponse{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunImageStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunImageStreamResponse) ProtoMessage() {}
+
+func (x *RunImageStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunImageStreamResponse.ProtoReflect.Descriptor instead.
+func (*RunImageStreamResponse) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RunImageStreamResponse) GetFrameId() uint64 {
+	if x != nil {
+		return x.FrameId
+	}
+	return 0
+}
+
+func (x *RunImageStreamResponse) GetResultJson() string {
+	if x != nil {
+		return x.ResultJson
+	}
+	return ""
+}
+
+func (x *RunImageStreamResponse) GetErrorStatus() []byte {
+	if x != nil {
+		return x.ErrorStatus
+	}
+	return nil
+}
+
+func (x *RunImageStreamResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+// AttachSharedMemoryRequest names a region for the worker to attach.
+type AttachSharedMemoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
+	// then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+	// unguessable name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The region's size in bytes; the worker refuses a region of another size.
+	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// 16 to 64 random bytes the caller wrote at the start of the region.
+	Proof         []byte `protobuf:"bytes,3,opt,name=proof,proto3" json:"proof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachSharedMemoryRequest) Reset() {
+	*x = AttachSharedMemoryRequest{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachSharedMemoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachSharedMemoryRequest) ProtoMessage() {}
+
+func (x *AttachSharedMemoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachSharedMemoryRequest.ProtoReflect.Descriptor instead.
+func (*AttachSharedMemoryRequest) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AttachSharedMemoryRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AttachSharedMemoryRequest) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *AttachSharedMemoryRequest) GetProof() []byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+// AttachSharedMemoryResponse says the region is attached.
+type AttachSharedMemoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id to name the region by in SharedMemory.region; valid on this worker only.
+	Region        string `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachSharedMemoryResponse) Reset() {
+	*x = AttachSharedMemoryResponse{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachSharedMemoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachSharedMemoryResponse) ProtoMessage() {}
+
+func (x *AttachSharedMemoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachSharedMemoryResponse.ProtoReflect.Descriptor instead.
+func (*AttachSharedMemoryResponse) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AttachSharedMemoryResponse) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+// DetachSharedMemoryRequest names a region to detach.
+type DetachSharedMemoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The region's id, from AttachSharedMemoryResponse.
+	Region        string `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachSharedMemoryRequest) Reset() {
+	*x = DetachSharedMemoryRequest{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachSharedMemoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachSharedMemoryRequest) ProtoMessage() {}
+
+func (x *DetachSharedMemoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachSharedMemoryRequest.ProtoReflect.Descriptor instead.
+func (*DetachSharedMemoryRequest) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DetachSharedMemoryRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+// DetachSharedMemoryResponse says the region is detached (or was not attached).
+type DetachSharedMemoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachSharedMemoryResponse) Reset() {
+	*x = DetachSharedMemoryResponse{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachSharedMemoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachSharedMemoryResponse) ProtoMessage() {}
+
+func (x *DetachSharedMemoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachSharedMemoryResponse.ProtoReflect.Descriptor instead.
+func (*DetachSharedMemoryResponse) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{22}
+}
+
 var File_tms_v1_model_service_proto protoreflect.FileDescriptor
 
 const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1atms/v1/model_service.proto\x12\x06tms.v1\x1a\x12tms/v1/image.proto\"\xeb\x03\n" +
+	"\x1atms/v1/model_service.proto\x12\x06tms.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x12tms/v1/image.proto\"\xae\x04\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
@@ -1197,7 +1566,8 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x0emax_batch_size\x18\n" +
 	" \x01(\x05R\fmaxBatchSize\x12(\n" +
 	"\x10args_schema_json\x18\v \x01(\tR\x0eargsSchemaJson\x12,\n" +
-	"\x12result_schema_json\x18\f \x01(\tR\x10resultSchemaJson\"\x13\n" +
+	"\x12result_schema_json\x18\f \x01(\tR\x10resultSchemaJson\x12A\n" +
+	"\x0fmax_batch_delay\x18\r \x01(\v2\x19.google.protobuf.DurationR\rmaxBatchDelay\"\x13\n" +
 	"\x11ListModelsRequest\"?\n" +
 	"\x12ListModelsResponse\x12)\n" +
 	"\x06models\x18\x01 \x03(\v2\x11.tms.v1.ModelInfoR\x06models\"+\n" +
@@ -1219,12 +1589,13 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\targs_json\x18\x03 \x01(\tR\bargsJson\"_\n" +
 	"\x15RunImageBatchResponse\x12!\n" +
 	"\fresults_json\x18\x01 \x03(\tR\vresultsJson\x12#\n" +
-	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"\xad\x01\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"\xf5\x01\n" +
 	"\x16RunImageToImageRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12%\n" +
 	"\x06images\x18\x02 \x03(\v2\r.tms.v1.ImageR\x06images\x12\x1b\n" +
 	"\targs_json\x18\x03 \x01(\tR\bargsJson\x129\n" +
-	"\x0foutput_encoding\x18\x04 \x01(\x0e2\x10.tms.v1.EncodingR\x0eoutputEncoding\"\x86\x01\n" +
+	"\x0foutput_encoding\x18\x04 \x01(\x0e2\x10.tms.v1.EncodingR\x0eoutputEncoding\x12F\n" +
+	"\x14output_shared_memory\x18\x05 \x01(\v2\x14.tms.v1.SharedMemoryR\x12outputSharedMemory\"\x86\x01\n" +
 	"\x17RunImageToImageResponse\x12%\n" +
 	"\x06images\x18\x01 \x03(\v2\r.tms.v1.ImageR\x06images\x12\x1f\n" +
 	"\vresult_json\x18\x02 \x01(\tR\n" +
@@ -1255,14 +1626,34 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x0eserver_version\x18\x05 \x01(\tR\rserverVersion\x12\x1a\n" +
 	"\bhostname\x18\x06 \x01(\tR\bhostname\x12\x16\n" +
 	"\x06device\x18\a \x01(\tR\x06device\x12\x16\n" +
-	"\x06models\x18\b \x03(\tR\x06models*\xbc\x01\n" +
+	"\x06models\x18\b \x03(\tR\x06models\"\x8a\x01\n" +
+	"\x15RunImageStreamRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
+	"\x05image\x18\x02 \x01(\v2\r.tms.v1.ImageR\x05image\x12\x1b\n" +
+	"\targs_json\x18\x03 \x01(\tR\bargsJson\x12\x19\n" +
+	"\bframe_id\x18\x04 \x01(\x04R\aframeId\"\x9c\x01\n" +
+	"\x16RunImageStreamResponse\x12\x19\n" +
+	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12\x1f\n" +
+	"\vresult_json\x18\x02 \x01(\tR\n" +
+	"resultJson\x12!\n" +
+	"\ferror_status\x18\x03 \x01(\fR\verrorStatus\x12#\n" +
+	"\rmodel_version\x18\x04 \x01(\tR\fmodelVersion\"Y\n" +
+	"\x19AttachSharedMemoryRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
+	"\x05proof\x18\x03 \x01(\fR\x05proof\"4\n" +
+	"\x1aAttachSharedMemoryResponse\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\"3\n" +
+	"\x19DetachSharedMemoryRequest\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\"\x1c\n" +
+	"\x1aDetachSharedMemoryResponse*\xbc\x01\n" +
 	"\tModelCall\x12\x1a\n" +
 	"\x16MODEL_CALL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14MODEL_CALL_RUN_IMAGE\x10\x01\x12\x1e\n" +
 	"\x1aMODEL_CALL_RUN_IMAGE_BATCH\x10\x02\x12!\n" +
 	"\x1dMODEL_CALL_RUN_IMAGE_TO_IMAGE\x10\x03\x12\x17\n" +
 	"\x13MODEL_CALL_RUN_TEXT\x10\x04\x12\x1d\n" +
-	"\x19MODEL_CALL_RUN_TEXT_BATCH\x10\x052\xd4\x04\n" +
+	"\x19MODEL_CALL_RUN_TEXT_BATCH\x10\x052\xe3\x06\n" +
 	"\fModelService\x12C\n" +
 	"\n" +
 	"ListModels\x12\x19.tms.v1.ListModelsRequest\x1a\x1a.tms.v1.ListModelsResponse\x12I\n" +
@@ -1272,7 +1663,10 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x0fRunImageToImage\x12\x1e.tms.v1.RunImageToImageRequest\x1a\x1f.tms.v1.RunImageToImageResponse\x12:\n" +
 	"\aRunText\x12\x16.tms.v1.RunTextRequest\x1a\x17.tms.v1.RunTextResponse\x12I\n" +
 	"\fRunTextBatch\x12\x1b.tms.v1.RunTextBatchRequest\x1a\x1c.tms.v1.RunTextBatchResponse\x12L\n" +
-	"\rGetWorkerInfo\x12\x1c.tms.v1.GetWorkerInfoRequest\x1a\x1d.tms.v1.GetWorkerInfoResponseB\x85\x01\n" +
+	"\rGetWorkerInfo\x12\x1c.tms.v1.GetWorkerInfoRequest\x1a\x1d.tms.v1.GetWorkerInfoResponse\x12S\n" +
+	"\x0eRunImageStream\x12\x1d.tms.v1.RunImageStreamRequest\x1a\x1e.tms.v1.RunImageStreamResponse(\x010\x01\x12[\n" +
+	"\x12AttachSharedMemory\x12!.tms.v1.AttachSharedMemoryRequest\x1a\".tms.v1.AttachSharedMemoryResponse\x12[\n" +
+	"\x12DetachSharedMemory\x12!.tms.v1.DetachSharedMemoryRequest\x1a\".tms.v1.DetachSharedMemoryResponseB\x85\x01\n" +
 	"\x19io.tinymodelserver.tms.v1B\x11ModelServiceProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3"
 
 var (
@@ -1288,64 +1682,81 @@ func file_tms_v1_model_service_proto_rawDescGZIP() []byte {
 }
 
 var file_tms_v1_model_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tms_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_tms_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_tms_v1_model_service_proto_goTypes = []any{
-	(ModelCall)(0),                  // 0: tms.v1.ModelCall
-	(*ModelInfo)(nil),               // 1: tms.v1.ModelInfo
-	(*ListModelsRequest)(nil),       // 2: tms.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),      // 3: tms.v1.ListModelsResponse
-	(*GetModelInfoRequest)(nil),     // 4: tms.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil),    // 5: tms.v1.GetModelInfoResponse
-	(*RunImageRequest)(nil),         // 6: tms.v1.RunImageRequest
-	(*RunImageResponse)(nil),        // 7: tms.v1.RunImageResponse
-	(*RunImageBatchRequest)(nil),    // 8: tms.v1.RunImageBatchRequest
-	(*RunImageBatchResponse)(nil),   // 9: tms.v1.RunImageBatchResponse
-	(*RunImageToImageRequest)(nil),  // 10: tms.v1.RunImageToImageRequest
-	(*RunImageToImageResponse)(nil), // 11: tms.v1.RunImageToImageResponse
-	(*RunTextRequest)(nil),          // 12: tms.v1.RunTextRequest
-	(*RunTextResponse)(nil),         // 13: tms.v1.RunTextResponse
-	(*RunTextBatchRequest)(nil),     // 14: tms.v1.RunTextBatchRequest
-	(*RunTextBatchResponse)(nil),    // 15: tms.v1.RunTextBatchResponse
-	(*GetWorkerInfoRequest)(nil),    // 16: tms.v1.GetWorkerInfoRequest
-	(*GetWorkerInfoResponse)(nil),   // 17: tms.v1.GetWorkerInfoResponse
-	(DType)(0),                      // 18: tms.v1.DType
-	(ColorOrder)(0),                 // 19: tms.v1.ColorOrder
-	(*Image)(nil),                   // 20: tms.v1.Image
-	(Encoding)(0),                   // 21: tms.v1.Encoding
+	(ModelCall)(0),                     // 0: tms.v1.ModelCall
+	(*ModelInfo)(nil),                  // 1: tms.v1.ModelInfo
+	(*ListModelsRequest)(nil),          // 2: tms.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),         // 3: tms.v1.ListModelsResponse
+	(*GetModelInfoRequest)(nil),        // 4: tms.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),       // 5: tms.v1.GetModelInfoResponse
+	(*RunImageRequest)(nil),            // 6: tms.v1.RunImageRequest
+	(*RunImageResponse)(nil),           // 7: tms.v1.RunImageResponse
+	(*RunImageBatchRequest)(nil),       // 8: tms.v1.RunImageBatchRequest
+	(*RunImageBatchResponse)(nil),      // 9: tms.v1.RunImageBatchResponse
+	(*RunImageToImageRequest)(nil),     // 10: tms.v1.RunImageToImageRequest
+	(*RunImageToImageResponse)(nil),    // 11: tms.v1.RunImageToImageResponse
+	(*RunTextRequest)(nil),             // 12: tms.v1.RunTextRequest
+	(*RunTextResponse)(nil),            // 13: tms.v1.RunTextResponse
+	(*RunTextBatchRequest)(nil),        // 14: tms.v1.RunTextBatchRequest
+	(*RunTextBatchResponse)(nil),       // 15: tms.v1.RunTextBatchResponse
+	(*GetWorkerInfoRequest)(nil),       // 16: tms.v1.GetWorkerInfoRequest
+	(*GetWorkerInfoResponse)(nil),      // 17: tms.v1.GetWorkerInfoResponse
+	(*RunImageStreamRequest)(nil),      // 18: tms.v1.RunImageStreamRequest
+	(*RunImageStreamResponse)(nil),     // 19: tms.v1.RunImageStreamResponse
+	(*AttachSharedMemoryRequest)(nil),  // 20: tms.v1.AttachSharedMemoryRequest
+	(*AttachSharedMemoryResponse)(nil), // 21: tms.v1.AttachSharedMemoryResponse
+	(*DetachSharedMemoryRequest)(nil),  // 22: tms.v1.DetachSharedMemoryRequest
+	(*DetachSharedMemoryResponse)(nil), // 23: tms.v1.DetachSharedMemoryResponse
+	(DType)(0),                         // 24: tms.v1.DType
+	(ColorOrder)(0),                    // 25: tms.v1.ColorOrder
+	(*durationpb.Duration)(nil),        // 26: google.protobuf.Duration
+	(*Image)(nil),                      // 27: tms.v1.Image
+	(Encoding)(0),                      // 28: tms.v1.Encoding
+	(*SharedMemory)(nil),               // 29: tms.v1.SharedMemory
 }
 var file_tms_v1_model_service_proto_depIdxs = []int32{
-	18, // 0: tms.v1.ModelInfo.input_dtype:type_name -> tms.v1.DType
-	19, // 1: tms.v1.ModelInfo.color_order:type_name -> tms.v1.ColorOrder
+	24, // 0: tms.v1.ModelInfo.input_dtype:type_name -> tms.v1.DType
+	25, // 1: tms.v1.ModelInfo.color_order:type_name -> tms.v1.ColorOrder
 	0,  // 2: tms.v1.ModelInfo.calls:type_name -> tms.v1.ModelCall
-	19, // 3: tms.v1.ModelInfo.output_color_order:type_name -> tms.v1.ColorOrder
-	1,  // 4: tms.v1.ListModelsResponse.models:type_name -> tms.v1.ModelInfo
-	1,  // 5: tms.v1.GetModelInfoResponse.info:type_name -> tms.v1.ModelInfo
-	20, // 6: tms.v1.RunImageRequest.image:type_name -> tms.v1.Image
-	20, // 7: tms.v1.RunImageBatchRequest.images:type_name -> tms.v1.Image
-	20, // 8: tms.v1.RunImageToImageRequest.images:type_name -> tms.v1.Image
-	21, // 9: tms.v1.RunImageToImageRequest.output_encoding:type_name -> tms.v1.Encoding
-	20, // 10: tms.v1.RunImageToImageResponse.images:type_name -> tms.v1.Image
-	2,  // 11: tms.v1.ModelService.ListModels:input_type -> tms.v1.ListModelsRequest
-	4,  // 12: tms.v1.ModelService.GetModelInfo:input_type -> tms.v1.GetModelInfoRequest
-	6,  // 13: tms.v1.ModelService.RunImage:input_type -> tms.v1.RunImageRequest
-	8,  // 14: tms.v1.ModelService.RunImageBatch:input_type -> tms.v1.RunImageBatchRequest
-	10, // 15: tms.v1.ModelService.RunImageToImage:input_type -> tms.v1.RunImageToImageRequest
-	12, // 16: tms.v1.ModelService.RunText:input_type -> tms.v1.RunTextRequest
-	14, // 17: tms.v1.ModelService.RunTextBatch:input_type -> tms.v1.RunTextBatchRequest
-	16, // 18: tms.v1.ModelService.GetWorkerInfo:input_type -> tms.v1.GetWorkerInfoRequest
-	3,  // 19: tms.v1.ModelService.ListModels:output_type -> tms.v1.ListModelsResponse
-	5,  // 20: tms.v1.ModelService.GetModelInfo:output_type -> tms.v1.GetModelInfoResponse
-	7,  // 21: tms.v1.ModelService.RunImage:output_type -> tms.v1.RunImageResponse
-	9,  // 22: tms.v1.ModelService.RunImageBatch:output_type -> tms.v1.RunImageBatchResponse
-	11, // 23: tms.v1.ModelService.RunImageToImage:output_type -> tms.v1.RunImageToImageResponse
-	13, // 24: tms.v1.ModelService.RunText:output_type -> tms.v1.RunTextResponse
-	15, // 25: tms.v1.ModelService.RunTextBatch:output_type -> tms.v1.RunTextBatchResponse
-	17, // 26: tms.v1.ModelService.GetWorkerInfo:output_type -> tms.v1.GetWorkerInfoResponse
-	19, // [19:27] is the sub-list for method output_type
-	11, // [11:19] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	25, // 3: tms.v1.ModelInfo.output_color_order:type_name -> tms.v1.ColorOrder
+	26, // 4: tms.v1.ModelInfo.max_batch_delay:type_name -> google.protobuf.Duration
+	1,  // 5: tms.v1.ListModelsResponse.models:type_name -> tms.v1.ModelInfo
+	1,  // 6: tms.v1.GetModelInfoResponse.info:type_name -> tms.v1.ModelInfo
+	27, // 7: tms.v1.RunImageRequest.image:type_name -> tms.v1.Image
+	27, // 8: tms.v1.RunImageBatchRequest.images:type_name -> tms.v1.Image
+	27, // 9: tms.v1.RunImageToImageRequest.images:type_name -> tms.v1.Image
+	28, // 10: tms.v1.RunImageToImageRequest.output_encoding:type_name -> tms.v1.Encoding
+	29, // 11: tms.v1.RunImageToImageRequest.output_shared_memory:type_name -> tms.v1.SharedMemory
+	27, // 12: tms.v1.RunImageToImageResponse.images:type_name -> tms.v1.Image
+	27, // 13: tms.v1.RunImageStreamRequest.image:type_name -> tms.v1.Image
+	2,  // 14: tms.v1.ModelService.ListModels:input_type -> tms.v1.ListModelsRequest
+	4,  // 15: tms.v1.ModelService.GetModelInfo:input_type -> tms.v1.GetModelInfoRequest
+	6,  // 16: tms.v1.ModelService.RunImage:input_type -> tms.v1.RunImageRequest
+	8,  // 17: tms.v1.ModelService.RunImageBatch:input_type -> tms.v1.RunImageBatchRequest
+	10, // 18: tms.v1.ModelService.RunImageToImage:input_type -> tms.v1.RunImageToImageRequest
+	12, // 19: tms.v1.ModelService.RunText:input_type -> tms.v1.RunTextRequest
+	14, // 20: tms.v1.ModelService.RunTextBatch:input_type -> tms.v1.RunTextBatchRequest
+	16, // 21: tms.v1.ModelService.GetWorkerInfo:input_type -> tms.v1.GetWorkerInfoRequest
+	18, // 22: tms.v1.ModelService.RunImageStream:input_type -> tms.v1.RunImageStreamRequest
+	20, // 23: tms.v1.ModelService.AttachSharedMemory:input_type -> tms.v1.AttachSharedMemoryRequest
+	22, // 24: tms.v1.ModelService.DetachSharedMemory:input_type -> tms.v1.DetachSharedMemoryRequest
+	3,  // 25: tms.v1.ModelService.ListModels:output_type -> tms.v1.ListModelsResponse
+	5,  // 26: tms.v1.ModelService.GetModelInfo:output_type -> tms.v1.GetModelInfoResponse
+	7,  // 27: tms.v1.ModelService.RunImage:output_type -> tms.v1.RunImageResponse
+	9,  // 28: tms.v1.ModelService.RunImageBatch:output_type -> tms.v1.RunImageBatchResponse
+	11, // 29: tms.v1.ModelService.RunImageToImage:output_type -> tms.v1.RunImageToImageResponse
+	13, // 30: tms.v1.ModelService.RunText:output_type -> tms.v1.RunTextResponse
+	15, // 31: tms.v1.ModelService.RunTextBatch:output_type -> tms.v1.RunTextBatchResponse
+	17, // 32: tms.v1.ModelService.GetWorkerInfo:output_type -> tms.v1.GetWorkerInfoResponse
+	19, // 33: tms.v1.ModelService.RunImageStream:output_type -> tms.v1.RunImageStreamResponse
+	21, // 34: tms.v1.ModelService.AttachSharedMemory:output_type -> tms.v1.AttachSharedMemoryResponse
+	23, // 35: tms.v1.ModelService.DetachSharedMemory:output_type -> tms.v1.DetachSharedMemoryResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_tms_v1_model_service_proto_init() }
@@ -1360,7 +1771,7 @@ func file_tms_v1_model_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tms_v1_model_service_proto_rawDesc), len(file_tms_v1_model_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

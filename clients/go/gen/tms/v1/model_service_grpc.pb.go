@@ -19,14 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ModelService_ListModels_FullMethodName      = "/tms.v1.ModelService/ListModels"
-	ModelService_GetModelInfo_FullMethodName    = "/tms.v1.ModelService/GetModelInfo"
-	ModelService_RunImage_FullMethodName        = "/tms.v1.ModelService/RunImage"
-	ModelService_RunImageBatch_FullMethodName   = "/tms.v1.ModelService/RunImageBatch"
-	ModelService_RunImageToImage_FullMethodName = "/tms.v1.ModelService/RunImageToImage"
-	ModelService_RunText_FullMethodName         = "/tms.v1.ModelService/RunText"
-	ModelService_RunTextBatch_FullMethodName    = "/tms.v1.ModelService/RunTextBatch"
-	ModelService_GetWorkerInfo_FullMethodName   = "/tms.v1.ModelService/GetWorkerInfo"
+	ModelService_ListModels_FullMethodName         = "/tms.v1.ModelService/ListModels"
+	ModelService_GetModelInfo_FullMethodName       = "/tms.v1.ModelService/GetModelInfo"
+	ModelService_RunImage_FullMethodName           = "/tms.v1.ModelService/RunImage"
+	ModelService_RunImageBatch_FullMethodName      = "/tms.v1.ModelService/RunImageBatch"
+	ModelService_RunImageToImage_FullMethodName    = "/tms.v1.ModelService/RunImageToImage"
+	ModelService_RunText_FullMethodName            = "/tms.v1.ModelService/RunText"
+	ModelService_RunTextBatch_FullMethodName       = "/tms.v1.ModelService/RunTextBatch"
+	ModelService_GetWorkerInfo_FullMethodName      = "/tms.v1.ModelService/GetWorkerInfo"
+	ModelService_RunImageStream_FullMethodName     = "/tms.v1.ModelService/RunImageStream"
+	ModelService_AttachSharedMemory_FullMethodName = "/tms.v1.ModelService/AttachSharedMemory"
+	ModelService_DetachSharedMemory_FullMethodName = "/tms.v1.ModelService/DetachSharedMemory"
 )
 
 // ModelServiceClient is the client API for ModelService service.
@@ -96,6 +99,19 @@ const (
 // UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
 // UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
 // PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+// SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+//
+//	FAILED_PRECONDITION  server, or the region cannot be opened here (not
+//	                     the same host, another user, wrong size, proof).
+//	                     Send bytes instead.
+//
+// SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+//
+//	FAILED_PRECONDITION  names a region this worker has not attached (it
+//	                     restarted, or detached it): attach again, or send
+//	                     bytes. A reference past the region's end is
+//	                     INVALID_IMAGE.
+//
 // INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 //
 // A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -136,6 +152,25 @@ type ModelServiceClient interface {
 	// GetWorkerInfo says which worker process answered; clients use it to find every
 	// worker behind one address.
 	GetWorkerInfo(ctx context.Context, in *GetWorkerInfoRequest, opts ...grpc.CallOption) (*GetWorkerInfoResponse, error)
+	// RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+	// in the order sent. The stream stays on the worker that took it, so the model may keep
+	// state across frames (a tracker): it is told when a stream opens and closes. A frame that
+	// fails is answered with its error and the stream goes on; an error of the stream itself
+	// (no such model, bad stream args) ends it with that status. The server reads the next
+	// frame only once it has answered the previous one, so a caller that keeps at most N
+	// frames unanswered has at most N in flight.
+	RunImageStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RunImageStreamRequest, RunImageStreamResponse], error)
+	// AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+	// caller created on the same host, for images passed by reference (Image.shared_memory)
+	// instead of bytes. The worker maps the region, checks that its first bytes are the
+	// request's proof (so the caller knows it shares the host: an address never proves it),
+	// and removes its name, so that no region outlives the two processes holding it. Fails
+	// with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+	// memory turned off or cannot open the region (another host, another user).
+	AttachSharedMemory(ctx context.Context, in *AttachSharedMemoryRequest, opts ...grpc.CallOption) (*AttachSharedMemoryResponse, error)
+	// DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+	// regions; a worker also drops the oldest beyond its limit.
+	DetachSharedMemory(ctx context.Context, in *DetachSharedMemoryRequest, opts ...grpc.CallOption) (*DetachSharedMemoryResponse, error)
 }
 
 type modelServiceClient struct {
@@ -226,6 +261,39 @@ func (c *modelServiceClient) GetWorkerInfo(ctx context.Context, in *GetWorkerInf
 	return out, nil
 }
 
+func (c *modelServiceClient) RunImageStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RunImageStreamRequest, RunImageStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ModelService_ServiceDesc.Streams[0], ModelService_RunImageStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RunImageStreamRequest, RunImageStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ModelService_RunImageStreamClient = grpc.BidiStreamingClient[RunImageStreamRequest, RunImageStreamResponse]
+
+func (c *modelServiceClient) AttachSharedMemory(ctx context.Context, in *AttachSharedMemoryRequest, opts ...grpc.CallOption) (*AttachSharedMemoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttachSharedMemoryResponse)
+	err := c.cc.Invoke(ctx, ModelService_AttachSharedMemory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *modelServiceClient) DetachSharedMemory(ctx context.Context, in *DetachSharedMemoryRequest, opts ...grpc.CallOption) (*DetachSharedMemoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DetachSharedMemoryResponse)
+	err := c.cc.Invoke(ctx, ModelService_DetachSharedMemory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ModelServiceServer is the server API for ModelService service.
 // All implementations must embed UnimplementedModelServiceServer
 // for forward compatibility.
@@ -293,6 +361,19 @@ func (c *modelServiceClient) GetWorkerInfo(ctx context.Context, in *GetWorkerInf
 // UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
 // UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
 // PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+// SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+//
+//	FAILED_PRECONDITION  server, or the region cannot be opened here (not
+//	                     the same host, another user, wrong size, proof).
+//	                     Send bytes instead.
+//
+// SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+//
+//	FAILED_PRECONDITION  names a region this worker has not attached (it
+//	                     restarted, or detached it): attach again, or send
+//	                     bytes. A reference past the region's end is
+//	                     INVALID_IMAGE.
+//
 // INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
 //
 // A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -333,6 +414,25 @@ type ModelServiceServer interface {
 	// GetWorkerInfo says which worker process answered; clients use it to find every
 	// worker behind one address.
 	GetWorkerInfo(context.Context, *GetWorkerInfoRequest) (*GetWorkerInfoResponse, error)
+	// RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+	// in the order sent. The stream stays on the worker that took it, so the model may keep
+	// state across frames (a tracker): it is told when a stream opens and closes. A frame that
+	// fails is answered with its error and the stream goes on; an error of the stream itself
+	// (no such model, bad stream args) ends it with that status. The server reads the next
+	// frame only once it has answered the previous one, so a caller that keeps at most N
+	// frames unanswered has at most N in flight.
+	RunImageStream(grpc.BidiStreamingServer[RunImageStreamRequest, RunImageStreamResponse]) error
+	// AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+	// caller created on the same host, for images passed by reference (Image.shared_memory)
+	// instead of bytes. The worker maps the region, checks that its first bytes are the
+	// request's proof (so the caller knows it shares the host: an address never proves it),
+	// and removes its name, so that no region outlives the two processes holding it. Fails
+	// with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+	// memory turned off or cannot open the region (another host, another user).
+	AttachSharedMemory(context.Context, *AttachSharedMemoryRequest) (*AttachSharedMemoryResponse, error)
+	// DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+	// regions; a worker also drops the oldest beyond its limit.
+	DetachSharedMemory(context.Context, *DetachSharedMemoryRequest) (*DetachSharedMemoryResponse, error)
 	mustEmbedUnimplementedModelServiceServer()
 }
 
@@ -366,6 +466,15 @@ func (UnimplementedModelServiceServer) RunTextBatch(context.Context, *RunTextBat
 }
 func (UnimplementedModelServiceServer) GetWorkerInfo(context.Context, *GetWorkerInfoRequest) (*GetWorkerInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetWorkerInfo not implemented")
+}
+func (UnimplementedModelServiceServer) RunImageStream(grpc.BidiStreamingServer[RunImageStreamRequest, RunImageStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method RunImageStream not implemented")
+}
+func (UnimplementedModelServiceServer) AttachSharedMemory(context.Context, *AttachSharedMemoryRequest) (*AttachSharedMemoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AttachSharedMemory not implemented")
+}
+func (UnimplementedModelServiceServer) DetachSharedMemory(context.Context, *DetachSharedMemoryRequest) (*DetachSharedMemoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DetachSharedMemory not implemented")
 }
 func (UnimplementedModelServiceServer) mustEmbedUnimplementedModelServiceServer() {}
 func (UnimplementedModelServiceServer) testEmbeddedByValue()                      {}
@@ -532,6 +641,49 @@ func _ModelService_GetWorkerInfo_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ModelService_RunImageStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ModelServiceServer).RunImageStream(&grpc.GenericServerStream[RunImageStreamRequest, RunImageStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ModelService_RunImageStreamServer = grpc.BidiStreamingServer[RunImageStreamRequest, RunImageStreamResponse]
+
+func _ModelService_AttachSharedMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttachSharedMemoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ModelServiceServer).AttachSharedMemory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ModelService_AttachSharedMemory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ModelServiceServer).AttachSharedMemory(ctx, req.(*AttachSharedMemoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ModelService_DetachSharedMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DetachSharedMemoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ModelServiceServer).DetachSharedMemory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ModelService_DetachSharedMemory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ModelServiceServer).DetachSharedMemory(ctx, req.(*DetachSharedMemoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ModelService_ServiceDesc is the grpc.ServiceDesc for ModelService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -571,7 +723,22 @@ var ModelService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetWorkerInfo",
 			Handler:    _ModelService_GetWorkerInfo_Handler,
 		},
+		{
+			MethodName: "AttachSharedMemory",
+			Handler:    _ModelService_AttachSharedMemory_Handler,
+		},
+		{
+			MethodName: "DetachSharedMemory",
+			Handler:    _ModelService_DetachSharedMemory_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "RunImageStream",
+			Handler:       _ModelService_RunImageStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "tms/v1/model_service.proto",
 }

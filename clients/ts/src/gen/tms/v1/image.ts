@@ -286,10 +286,26 @@ export interface Image {
   colorOrder: ColorOrder;
   /** How data is stored. */
   encoding: Encoding;
+  /**
+   * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+   * data is then empty, and the bytes data would hold are at this place of a region the
+   * receiving worker attached (ModelService.AttachSharedMemory).
+   */
+  sharedMemory: SharedMemory | undefined;
+}
+
+/** SharedMemory names bytes in a shared-memory region attached to one worker. */
+export interface SharedMemory {
+  /** The region's id, as AttachSharedMemory answered it. */
+  region: string;
+  /** Where the bytes start in the region. */
+  offset: number;
+  /** How many bytes; offset + size never passes the region's end. */
+  size: number;
 }
 
 function createBaseImage(): Image {
-  return { dtype: 0, shape: [], data: Buffer.alloc(0), colorOrder: 0, encoding: 0 };
+  return { dtype: 0, shape: [], data: Buffer.alloc(0), colorOrder: 0, encoding: 0, sharedMemory: undefined };
 }
 
 export const Image: MessageFns<Image> = {
@@ -312,6 +328,9 @@ export const Image: MessageFns<Image> = {
     }
     if (message.encoding !== 0) {
       writer.uint32(40).int32(message.encoding);
+    }
+    if (message.sharedMemory !== undefined) {
+      SharedMemory.encode(message.sharedMemory, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -379,6 +398,14 @@ export const Image: MessageFns<Image> = {
             message.encoding = reader.int32() as any;
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.sharedMemory = SharedMemory.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -402,6 +429,11 @@ export const Image: MessageFns<Image> = {
         ? colorOrderFromJSON(object.color_order)
         : 0,
       encoding: isSet(object.encoding) ? encodingFromJSON(object.encoding) : 0,
+      sharedMemory: isSet(object.sharedMemory)
+        ? SharedMemory.fromJSON(object.sharedMemory)
+        : isSet(object.shared_memory)
+        ? SharedMemory.fromJSON(object.shared_memory)
+        : undefined,
     };
   },
 
@@ -422,6 +454,9 @@ export const Image: MessageFns<Image> = {
     if (message.encoding !== 0) {
       obj.encoding = encodingToJSON(message.encoding);
     }
+    if (message.sharedMemory !== undefined) {
+      obj.sharedMemory = SharedMemory.toJSON(message.sharedMemory);
+    }
     return obj;
   },
 
@@ -435,6 +470,110 @@ export const Image: MessageFns<Image> = {
     message.data = object.data ?? Buffer.alloc(0);
     message.colorOrder = object.colorOrder ?? 0;
     message.encoding = object.encoding ?? 0;
+    message.sharedMemory = (object.sharedMemory !== undefined && object.sharedMemory !== null)
+      ? SharedMemory.fromPartial(object.sharedMemory)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSharedMemory(): SharedMemory {
+  return { region: "", offset: 0, size: 0 };
+}
+
+export const SharedMemory: MessageFns<SharedMemory> = {
+  encode(message: SharedMemory, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== "") {
+      writer.uint32(10).string(message.region);
+    }
+    if (message.offset !== 0) {
+      writer.uint32(16).uint64(message.offset);
+    }
+    if (message.size !== 0) {
+      writer.uint32(24).uint64(message.size);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SharedMemory {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSharedMemory();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.offset = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SharedMemory {
+    return {
+      region: isSet(object.region) ? globalThis.String(object.region) : "",
+      offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+    };
+  },
+
+  toJSON(message: SharedMemory): unknown {
+    const obj: any = {};
+    if (message.region !== "") {
+      obj.region = message.region;
+    }
+    if (message.offset !== 0) {
+      obj.offset = Math.round(message.offset);
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SharedMemory>, I>>(base?: I): SharedMemory {
+    return SharedMemory.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SharedMemory>, I>>(object: I): SharedMemory {
+    const message = createBaseSharedMemory();
+    message.region = object.region ?? "";
+    message.offset = object.offset ?? 0;
+    message.size = object.size ?? 0;
     return message;
   },
 };

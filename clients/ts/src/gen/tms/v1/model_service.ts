@@ -10,14 +10,17 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Duration } from "../../google/protobuf/duration.js";
 import {
   ColorOrder,
   colorOrderFromJSON,
@@ -29,6 +32,7 @@ import {
   encodingFromJSON,
   encodingToJSON,
   Image,
+  SharedMemory,
 } from "./image.js";
 
 export const protobufPackage = "tms.v1";
@@ -143,6 +147,13 @@ export interface ModelInfo {
    * declares none. Documentation for callers: the server does not check results against it.
    */
   resultSchemaJson: string;
+  /**
+   * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+   * others to the same model, to run them together as one batch (of at most
+   * max_batch_size) through the model's batch method; each caller still gets its own
+   * result or error. Unset: RunImage calls run one by one.
+   */
+  maxBatchDelay: Duration | undefined;
 }
 
 /** ListModelsRequest asks for every loaded model. */
@@ -215,6 +226,13 @@ export interface RunImageToImageRequest {
   argsJson: string;
   /** Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. */
   outputEncoding: Encoding;
+  /**
+   * Where the server may write the output images instead of returning their bytes: a part
+   * of a region attached to the worker that answers. Outputs that fit are written there, one
+   * after another, and returned as Image.shared_memory references into it; the others come
+   * back as bytes. Unset: outputs come back as bytes.
+   */
+  outputSharedMemory: SharedMemory | undefined;
 }
 
 /** RunImageToImageResponse carries the images a model produced. */
@@ -295,6 +313,69 @@ export interface GetWorkerInfoResponse {
   models: string[];
 }
 
+/** RunImageStreamRequest is one frame of a RunImageStream. */
+export interface RunImageStreamRequest {
+  /** The model's name; read from the stream's first message only. */
+  model: string;
+  /** The frame. */
+  image:
+    | Image
+    | undefined;
+  /**
+   * Arguments for the model, a JSON object. The first message's are the stream's: the
+   * model's stream hook receives them. A later message's, when not empty, are that frame's.
+   */
+  argsJson: string;
+  /** The caller's id of the frame, echoed in its answer. */
+  frameId: number;
+}
+
+/** RunImageStreamResponse answers one frame of a RunImageStream. */
+export interface RunImageStreamResponse {
+  /** The frame_id of the frame answered. */
+  frameId: number;
+  /** The model's result for the frame as JSON text, when the frame succeeded. */
+  resultJson: string;
+  /**
+   * When the frame failed: a serialized google.rpc.Status (code, message, and details with
+   * an ErrorInfo, as in the grpc-status-details-bin trailer of a failed call); empty when
+   * the frame succeeded.
+   */
+  errorStatus: Buffer;
+  /** The version of the model instance that answered (ModelInfo.version). */
+  modelVersion: string;
+}
+
+/** AttachSharedMemoryRequest names a region for the worker to attach. */
+export interface AttachSharedMemoryRequest {
+  /**
+   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
+   * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+   * unguessable name.
+   */
+  name: string;
+  /** The region's size in bytes; the worker refuses a region of another size. */
+  size: number;
+  /** 16 to 64 random bytes the caller wrote at the start of the region. */
+  proof: Buffer;
+}
+
+/** AttachSharedMemoryResponse says the region is attached. */
+export interface AttachSharedMemoryResponse {
+  /** The id to name the region by in SharedMemory.region; valid on this worker only. */
+  region: string;
+}
+
+/** DetachSharedMemoryRequest names a region to detach. */
+export interface DetachSharedMemoryRequest {
+  /** The region's id, from AttachSharedMemoryResponse. */
+  region: string;
+}
+
+/** DetachSharedMemoryResponse says the region is detached (or was not attached). */
+export interface DetachSharedMemoryResponse {
+}
+
 function createBaseModelInfo(): ModelInfo {
   return {
     name: "",
@@ -309,6 +390,7 @@ function createBaseModelInfo(): ModelInfo {
     maxBatchSize: 0,
     argsSchemaJson: "",
     resultSchemaJson: "",
+    maxBatchDelay: undefined,
   };
 }
 
@@ -357,6 +439,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     }
     if (message.resultSchemaJson !== "") {
       writer.uint32(98).string(message.resultSchemaJson);
+    }
+    if (message.maxBatchDelay !== undefined) {
+      Duration.encode(message.maxBatchDelay, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -490,6 +575,14 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.resultSchemaJson = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.maxBatchDelay = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -548,6 +641,11 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         : isSet(object.result_schema_json)
         ? globalThis.String(object.result_schema_json)
         : "",
+      maxBatchDelay: isSet(object.maxBatchDelay)
+        ? Duration.fromJSON(object.maxBatchDelay)
+        : isSet(object.max_batch_delay)
+        ? Duration.fromJSON(object.max_batch_delay)
+        : undefined,
     };
   },
 
@@ -589,6 +687,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.resultSchemaJson !== "") {
       obj.resultSchemaJson = message.resultSchemaJson;
     }
+    if (message.maxBatchDelay !== undefined) {
+      obj.maxBatchDelay = Duration.toJSON(message.maxBatchDelay);
+    }
     return obj;
   },
 
@@ -609,6 +710,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     message.maxBatchSize = object.maxBatchSize ?? 0;
     message.argsSchemaJson = object.argsSchemaJson ?? "";
     message.resultSchemaJson = object.resultSchemaJson ?? "";
+    message.maxBatchDelay = (object.maxBatchDelay !== undefined && object.maxBatchDelay !== null)
+      ? Duration.fromPartial(object.maxBatchDelay)
+      : undefined;
     return message;
   },
 };
@@ -1265,7 +1369,7 @@ export const RunImageBatchResponse: MessageFns<RunImageBatchResponse> = {
 };
 
 function createBaseRunImageToImageRequest(): RunImageToImageRequest {
-  return { model: "", images: [], argsJson: "", outputEncoding: 0 };
+  return { model: "", images: [], argsJson: "", outputEncoding: 0, outputSharedMemory: undefined };
 }
 
 export const RunImageToImageRequest: MessageFns<RunImageToImageRequest> = {
@@ -1281,6 +1385,9 @@ export const RunImageToImageRequest: MessageFns<RunImageToImageRequest> = {
     }
     if (message.outputEncoding !== 0) {
       writer.uint32(32).int32(message.outputEncoding);
+    }
+    if (message.outputSharedMemory !== undefined) {
+      SharedMemory.encode(message.outputSharedMemory, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1330,6 +1437,14 @@ export const RunImageToImageRequest: MessageFns<RunImageToImageRequest> = {
             message.outputEncoding = reader.int32() as any;
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.outputSharedMemory = SharedMemory.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1356,6 +1471,11 @@ export const RunImageToImageRequest: MessageFns<RunImageToImageRequest> = {
         : isSet(object.output_encoding)
         ? encodingFromJSON(object.output_encoding)
         : 0,
+      outputSharedMemory: isSet(object.outputSharedMemory)
+        ? SharedMemory.fromJSON(object.outputSharedMemory)
+        : isSet(object.output_shared_memory)
+        ? SharedMemory.fromJSON(object.output_shared_memory)
+        : undefined,
     };
   },
 
@@ -1373,6 +1493,9 @@ export const RunImageToImageRequest: MessageFns<RunImageToImageRequest> = {
     if (message.outputEncoding !== 0) {
       obj.outputEncoding = encodingToJSON(message.outputEncoding);
     }
+    if (message.outputSharedMemory !== undefined) {
+      obj.outputSharedMemory = SharedMemory.toJSON(message.outputSharedMemory);
+    }
     return obj;
   },
 
@@ -1385,6 +1508,9 @@ export const RunImageToImageRequest: MessageFns<RunImageToImageRequest> = {
     message.images = object.images?.map((e) => Image.fromPartial(e)) || [];
     message.argsJson = object.argsJson ?? "";
     message.outputEncoding = object.outputEncoding ?? 0;
+    message.outputSharedMemory = (object.outputSharedMemory !== undefined && object.outputSharedMemory !== null)
+      ? SharedMemory.fromPartial(object.outputSharedMemory)
+      : undefined;
     return message;
   },
 };
@@ -2154,6 +2280,551 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
   },
 };
 
+function createBaseRunImageStreamRequest(): RunImageStreamRequest {
+  return { model: "", image: undefined, argsJson: "", frameId: 0 };
+}
+
+export const RunImageStreamRequest: MessageFns<RunImageStreamRequest> = {
+  encode(message: RunImageStreamRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.image !== undefined) {
+      Image.encode(message.image, writer.uint32(18).fork()).join();
+    }
+    if (message.argsJson !== "") {
+      writer.uint32(26).string(message.argsJson);
+    }
+    if (message.frameId !== 0) {
+      writer.uint32(32).uint64(message.frameId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RunImageStreamRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRunImageStreamRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.image = Image.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.argsJson = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.frameId = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RunImageStreamRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      image: isSet(object.image) ? Image.fromJSON(object.image) : undefined,
+      argsJson: isSet(object.argsJson)
+        ? globalThis.String(object.argsJson)
+        : isSet(object.args_json)
+        ? globalThis.String(object.args_json)
+        : "",
+      frameId: isSet(object.frameId)
+        ? globalThis.Number(object.frameId)
+        : isSet(object.frame_id)
+        ? globalThis.Number(object.frame_id)
+        : 0,
+    };
+  },
+
+  toJSON(message: RunImageStreamRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.image !== undefined) {
+      obj.image = Image.toJSON(message.image);
+    }
+    if (message.argsJson !== "") {
+      obj.argsJson = message.argsJson;
+    }
+    if (message.frameId !== 0) {
+      obj.frameId = Math.round(message.frameId);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RunImageStreamRequest>, I>>(base?: I): RunImageStreamRequest {
+    return RunImageStreamRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RunImageStreamRequest>, I>>(object: I): RunImageStreamRequest {
+    const message = createBaseRunImageStreamRequest();
+    message.model = object.model ?? "";
+    message.image = (object.image !== undefined && object.image !== null) ? Image.fromPartial(object.image) : undefined;
+    message.argsJson = object.argsJson ?? "";
+    message.frameId = object.frameId ?? 0;
+    return message;
+  },
+};
+
+function createBaseRunImageStreamResponse(): RunImageStreamResponse {
+  return { frameId: 0, resultJson: "", errorStatus: Buffer.alloc(0), modelVersion: "" };
+}
+
+export const RunImageStreamResponse: MessageFns<RunImageStreamResponse> = {
+  encode(message: RunImageStreamResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.frameId !== 0) {
+      writer.uint32(8).uint64(message.frameId);
+    }
+    if (message.resultJson !== "") {
+      writer.uint32(18).string(message.resultJson);
+    }
+    if (message.errorStatus.length !== 0) {
+      writer.uint32(26).bytes(message.errorStatus);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(34).string(message.modelVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RunImageStreamResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRunImageStreamResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.frameId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resultJson = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.errorStatus = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RunImageStreamResponse {
+    return {
+      frameId: isSet(object.frameId)
+        ? globalThis.Number(object.frameId)
+        : isSet(object.frame_id)
+        ? globalThis.Number(object.frame_id)
+        : 0,
+      resultJson: isSet(object.resultJson)
+        ? globalThis.String(object.resultJson)
+        : isSet(object.result_json)
+        ? globalThis.String(object.result_json)
+        : "",
+      errorStatus: isSet(object.errorStatus)
+        ? Buffer.from(bytesFromBase64(object.errorStatus))
+        : isSet(object.error_status)
+        ? Buffer.from(bytesFromBase64(object.error_status))
+        : Buffer.alloc(0),
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+    };
+  },
+
+  toJSON(message: RunImageStreamResponse): unknown {
+    const obj: any = {};
+    if (message.frameId !== 0) {
+      obj.frameId = Math.round(message.frameId);
+    }
+    if (message.resultJson !== "") {
+      obj.resultJson = message.resultJson;
+    }
+    if (message.errorStatus.length !== 0) {
+      obj.errorStatus = base64FromBytes(message.errorStatus);
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RunImageStreamResponse>, I>>(base?: I): RunImageStreamResponse {
+    return RunImageStreamResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RunImageStreamResponse>, I>>(object: I): RunImageStreamResponse {
+    const message = createBaseRunImageStreamResponse();
+    message.frameId = object.frameId ?? 0;
+    message.resultJson = object.resultJson ?? "";
+    message.errorStatus = object.errorStatus ?? Buffer.alloc(0);
+    message.modelVersion = object.modelVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseAttachSharedMemoryRequest(): AttachSharedMemoryRequest {
+  return { name: "", size: 0, proof: Buffer.alloc(0) };
+}
+
+export const AttachSharedMemoryRequest: MessageFns<AttachSharedMemoryRequest> = {
+  encode(message: AttachSharedMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.size !== 0) {
+      writer.uint32(16).uint64(message.size);
+    }
+    if (message.proof.length !== 0) {
+      writer.uint32(26).bytes(message.proof);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachSharedMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachSharedMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.proof = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachSharedMemoryRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      proof: isSet(object.proof) ? Buffer.from(bytesFromBase64(object.proof)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: AttachSharedMemoryRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    if (message.proof.length !== 0) {
+      obj.proof = base64FromBytes(message.proof);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachSharedMemoryRequest>, I>>(base?: I): AttachSharedMemoryRequest {
+    return AttachSharedMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachSharedMemoryRequest>, I>>(object: I): AttachSharedMemoryRequest {
+    const message = createBaseAttachSharedMemoryRequest();
+    message.name = object.name ?? "";
+    message.size = object.size ?? 0;
+    message.proof = object.proof ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseAttachSharedMemoryResponse(): AttachSharedMemoryResponse {
+  return { region: "" };
+}
+
+export const AttachSharedMemoryResponse: MessageFns<AttachSharedMemoryResponse> = {
+  encode(message: AttachSharedMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== "") {
+      writer.uint32(10).string(message.region);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttachSharedMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttachSharedMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttachSharedMemoryResponse {
+    return { region: isSet(object.region) ? globalThis.String(object.region) : "" };
+  },
+
+  toJSON(message: AttachSharedMemoryResponse): unknown {
+    const obj: any = {};
+    if (message.region !== "") {
+      obj.region = message.region;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AttachSharedMemoryResponse>, I>>(base?: I): AttachSharedMemoryResponse {
+    return AttachSharedMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AttachSharedMemoryResponse>, I>>(object: I): AttachSharedMemoryResponse {
+    const message = createBaseAttachSharedMemoryResponse();
+    message.region = object.region ?? "";
+    return message;
+  },
+};
+
+function createBaseDetachSharedMemoryRequest(): DetachSharedMemoryRequest {
+  return { region: "" };
+}
+
+export const DetachSharedMemoryRequest: MessageFns<DetachSharedMemoryRequest> = {
+  encode(message: DetachSharedMemoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.region !== "") {
+      writer.uint32(10).string(message.region);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachSharedMemoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachSharedMemoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.region = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DetachSharedMemoryRequest {
+    return { region: isSet(object.region) ? globalThis.String(object.region) : "" };
+  },
+
+  toJSON(message: DetachSharedMemoryRequest): unknown {
+    const obj: any = {};
+    if (message.region !== "") {
+      obj.region = message.region;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachSharedMemoryRequest>, I>>(base?: I): DetachSharedMemoryRequest {
+    return DetachSharedMemoryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachSharedMemoryRequest>, I>>(object: I): DetachSharedMemoryRequest {
+    const message = createBaseDetachSharedMemoryRequest();
+    message.region = object.region ?? "";
+    return message;
+  },
+};
+
+function createBaseDetachSharedMemoryResponse(): DetachSharedMemoryResponse {
+  return {};
+}
+
+export const DetachSharedMemoryResponse: MessageFns<DetachSharedMemoryResponse> = {
+  encode(_: DetachSharedMemoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DetachSharedMemoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDetachSharedMemoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DetachSharedMemoryResponse {
+    return {};
+  },
+
+  toJSON(_: DetachSharedMemoryResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DetachSharedMemoryResponse>, I>>(base?: I): DetachSharedMemoryResponse {
+    return DetachSharedMemoryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DetachSharedMemoryResponse>, I>>(_: I): DetachSharedMemoryResponse {
+    const message = createBaseDetachSharedMemoryResponse();
+    return message;
+  },
+};
+
 /**
  * ModelService runs the models that a TMS server has loaded.
  *
@@ -2200,6 +2871,15 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
  * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
  * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
  * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+ * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+ *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+ *                                          the same host, another user, wrong size, proof).
+ *                                          Send bytes instead.
+ * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+ *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+ *                                          restarted, or detached it): attach again, or send
+ *                                          bytes. A reference past the region's end is
+ *                                          INVALID_IMAGE.
  * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
  *
  * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
@@ -2311,6 +2991,61 @@ export const ModelServiceService = {
       Buffer.from(GetWorkerInfoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetWorkerInfoResponse => GetWorkerInfoResponse.decode(value),
   },
+  /**
+   * RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+   * in the order sent. The stream stays on the worker that took it, so the model may keep
+   * state across frames (a tracker): it is told when a stream opens and closes. A frame that
+   * fails is answered with its error and the stream goes on; an error of the stream itself
+   * (no such model, bad stream args) ends it with that status. The server reads the next
+   * frame only once it has answered the previous one, so a caller that keeps at most N
+   * frames unanswered has at most N in flight.
+   */
+  runImageStream: {
+    path: "/tms.v1.ModelService/RunImageStream" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: RunImageStreamRequest): Buffer =>
+      Buffer.from(RunImageStreamRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RunImageStreamRequest => RunImageStreamRequest.decode(value),
+    responseSerialize: (value: RunImageStreamResponse): Buffer =>
+      Buffer.from(RunImageStreamResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RunImageStreamResponse => RunImageStreamResponse.decode(value),
+  },
+  /**
+   * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+   * caller created on the same host, for images passed by reference (Image.shared_memory)
+   * instead of bytes. The worker maps the region, checks that its first bytes are the
+   * request's proof (so the caller knows it shares the host: an address never proves it),
+   * and removes its name, so that no region outlives the two processes holding it. Fails
+   * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+   * memory turned off or cannot open the region (another host, another user).
+   */
+  attachSharedMemory: {
+    path: "/tms.v1.ModelService/AttachSharedMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AttachSharedMemoryRequest): Buffer =>
+      Buffer.from(AttachSharedMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AttachSharedMemoryRequest => AttachSharedMemoryRequest.decode(value),
+    responseSerialize: (value: AttachSharedMemoryResponse): Buffer =>
+      Buffer.from(AttachSharedMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AttachSharedMemoryResponse => AttachSharedMemoryResponse.decode(value),
+  },
+  /**
+   * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+   * regions; a worker also drops the oldest beyond its limit.
+   */
+  detachSharedMemory: {
+    path: "/tms.v1.ModelService/DetachSharedMemory" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DetachSharedMemoryRequest): Buffer =>
+      Buffer.from(DetachSharedMemoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DetachSharedMemoryRequest => DetachSharedMemoryRequest.decode(value),
+    responseSerialize: (value: DetachSharedMemoryResponse): Buffer =>
+      Buffer.from(DetachSharedMemoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DetachSharedMemoryResponse => DetachSharedMemoryResponse.decode(value),
+  },
 } as const;
 
 export interface ModelServiceServer extends UntypedServiceImplementation {
@@ -2333,6 +3068,31 @@ export interface ModelServiceServer extends UntypedServiceImplementation {
    * worker behind one address.
    */
   getWorkerInfo: handleUnaryCall<GetWorkerInfoRequest, GetWorkerInfoResponse>;
+  /**
+   * RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+   * in the order sent. The stream stays on the worker that took it, so the model may keep
+   * state across frames (a tracker): it is told when a stream opens and closes. A frame that
+   * fails is answered with its error and the stream goes on; an error of the stream itself
+   * (no such model, bad stream args) ends it with that status. The server reads the next
+   * frame only once it has answered the previous one, so a caller that keeps at most N
+   * frames unanswered has at most N in flight.
+   */
+  runImageStream: handleBidiStreamingCall<RunImageStreamRequest, RunImageStreamResponse>;
+  /**
+   * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+   * caller created on the same host, for images passed by reference (Image.shared_memory)
+   * instead of bytes. The worker maps the region, checks that its first bytes are the
+   * request's proof (so the caller knows it shares the host: an address never proves it),
+   * and removes its name, so that no region outlives the two processes holding it. Fails
+   * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+   * memory turned off or cannot open the region (another host, another user).
+   */
+  attachSharedMemory: handleUnaryCall<AttachSharedMemoryRequest, AttachSharedMemoryResponse>;
+  /**
+   * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+   * regions; a worker also drops the oldest beyond its limit.
+   */
+  detachSharedMemory: handleUnaryCall<DetachSharedMemoryRequest, DetachSharedMemoryResponse>;
 }
 
 export interface ModelServiceClient extends Client {
@@ -2467,6 +3227,64 @@ export interface ModelServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetWorkerInfoResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+   * in the order sent. The stream stays on the worker that took it, so the model may keep
+   * state across frames (a tracker): it is told when a stream opens and closes. A frame that
+   * fails is answered with its error and the stream goes on; an error of the stream itself
+   * (no such model, bad stream args) ends it with that status. The server reads the next
+   * frame only once it has answered the previous one, so a caller that keeps at most N
+   * frames unanswered has at most N in flight.
+   */
+  runImageStream(): ClientDuplexStream<RunImageStreamRequest, RunImageStreamResponse>;
+  runImageStream(options: Partial<CallOptions>): ClientDuplexStream<RunImageStreamRequest, RunImageStreamResponse>;
+  runImageStream(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<RunImageStreamRequest, RunImageStreamResponse>;
+  /**
+   * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+   * caller created on the same host, for images passed by reference (Image.shared_memory)
+   * instead of bytes. The worker maps the region, checks that its first bytes are the
+   * request's proof (so the caller knows it shares the host: an address never proves it),
+   * and removes its name, so that no region outlives the two processes holding it. Fails
+   * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+   * memory turned off or cannot open the region (another host, another user).
+   */
+  attachSharedMemory(
+    request: AttachSharedMemoryRequest,
+    callback: (error: ServiceError | null, response: AttachSharedMemoryResponse) => void,
+  ): ClientUnaryCall;
+  attachSharedMemory(
+    request: AttachSharedMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AttachSharedMemoryResponse) => void,
+  ): ClientUnaryCall;
+  attachSharedMemory(
+    request: AttachSharedMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AttachSharedMemoryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+   * regions; a worker also drops the oldest beyond its limit.
+   */
+  detachSharedMemory(
+    request: DetachSharedMemoryRequest,
+    callback: (error: ServiceError | null, response: DetachSharedMemoryResponse) => void,
+  ): ClientUnaryCall;
+  detachSharedMemory(
+    request: DetachSharedMemoryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DetachSharedMemoryResponse) => void,
+  ): ClientUnaryCall;
+  detachSharedMemory(
+    request: DetachSharedMemoryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DetachSharedMemoryResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ModelServiceClient = makeGenericClientConstructor(
@@ -2477,6 +3295,14 @@ export const ModelServiceClient = makeGenericClientConstructor(
   service: typeof ModelServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

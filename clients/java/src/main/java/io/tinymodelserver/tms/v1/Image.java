@@ -99,6 +99,7 @@ private static final long serialVersionUID = 0L;
             io.tinymodelserver.tms.v1.Image.class, io.tinymodelserver.tms.v1.Image.Builder.class);
   }
 
+  private int bitField0_;
   public static final int DTYPE_FIELD_NUMBER = 1;
   private int dtype_ = 0;
   /**
@@ -237,6 +238,50 @@ private static final long serialVersionUID = 0L;
     return result == null ? io.tinymodelserver.tms.v1.Encoding.UNRECOGNIZED : result;
   }
 
+  public static final int SHARED_MEMORY_FIELD_NUMBER = 6;
+  private io.tinymodelserver.tms.v1.SharedMemory sharedMemory_;
+  /**
+   * <pre>
+   * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+   * data is then empty, and the bytes data would hold are at this place of a region the
+   * receiving worker attached (ModelService.AttachSharedMemory).
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+   * @return Whether the sharedMemory field is set.
+   */
+  @java.lang.Override
+  public boolean hasSharedMemory() {
+    return ((bitField0_ & 0x00000001) != 0);
+  }
+  /**
+   * <pre>
+   * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+   * data is then empty, and the bytes data would hold are at this place of a region the
+   * receiving worker attached (ModelService.AttachSharedMemory).
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+   * @return The sharedMemory.
+   */
+  @java.lang.Override
+  public io.tinymodelserver.tms.v1.SharedMemory getSharedMemory() {
+    return sharedMemory_ == null ? io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : sharedMemory_;
+  }
+  /**
+   * <pre>
+   * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+   * data is then empty, and the bytes data would hold are at this place of a region the
+   * receiving worker attached (ModelService.AttachSharedMemory).
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+   */
+  @java.lang.Override
+  public io.tinymodelserver.tms.v1.SharedMemoryOrBuilder getSharedMemoryOrBuilder() {
+    return sharedMemory_ == null ? io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : sharedMemory_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -270,6 +315,9 @@ private static final long serialVersionUID = 0L;
     }
     if (encoding_ != io.tinymodelserver.tms.v1.Encoding.ENCODING_UNSPECIFIED.getNumber()) {
       output.writeEnum(5, encoding_);
+    }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      output.writeMessage(6, getSharedMemory());
     }
     getUnknownFields().writeTo(output);
   }
@@ -305,6 +353,10 @@ private static final long serialVersionUID = 0L;
       size += com.google.protobuf.CodedOutputStream
         .computeEnumSize(5, encoding_);
     }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(6, getSharedMemory());
+    }
     return size;
   }
   @java.lang.Override
@@ -336,6 +388,11 @@ private static final long serialVersionUID = 0L;
         .equals(other.getData())) return false;
     if (colorOrder_ != other.colorOrder_) return false;
     if (encoding_ != other.encoding_) return false;
+    if (hasSharedMemory() != other.hasSharedMemory()) return false;
+    if (hasSharedMemory()) {
+      if (!getSharedMemory()
+          .equals(other.getSharedMemory())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -359,6 +416,10 @@ private static final long serialVersionUID = 0L;
     hash = (53 * hash) + colorOrder_;
     hash = (37 * hash) + ENCODING_FIELD_NUMBER;
     hash = (53 * hash) + encoding_;
+    if (hasSharedMemory()) {
+      hash = (37 * hash) + SHARED_MEMORY_FIELD_NUMBER;
+      hash = (53 * hash) + getSharedMemory().hashCode();
+    }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -524,13 +585,19 @@ private static final long serialVersionUID = 0L;
 
     // Construct using io.tinymodelserver.tms.v1.Image.newBuilder()
     private Builder() {
-
+      maybeForceBuilderInitialization();
     }
 
     private Builder(
         com.google.protobuf.GeneratedMessage.BuilderParent parent) {
       super(parent);
-
+      maybeForceBuilderInitialization();
+    }
+    private void maybeForceBuilderInitialization() {
+      if (com.google.protobuf.GeneratedMessage
+              .alwaysUseFieldBuilders) {
+        internalGetSharedMemoryFieldBuilder();
+      }
     }
     @java.lang.Override
     public Builder clear() {
@@ -541,6 +608,11 @@ private static final long serialVersionUID = 0L;
       data_ = com.google.protobuf.ByteString.EMPTY;
       colorOrder_ = 0;
       encoding_ = 0;
+      sharedMemory_ = null;
+      if (sharedMemoryBuilder_ != null) {
+        sharedMemoryBuilder_.dispose();
+        sharedMemoryBuilder_ = null;
+      }
       return this;
     }
 
@@ -590,6 +662,14 @@ private static final long serialVersionUID = 0L;
       if (((from_bitField0_ & 0x00000010) != 0)) {
         result.encoding_ = encoding_;
       }
+      int to_bitField0_ = 0;
+      if (((from_bitField0_ & 0x00000020) != 0)) {
+        result.sharedMemory_ = sharedMemoryBuilder_ == null
+            ? sharedMemory_
+            : sharedMemoryBuilder_.build();
+        to_bitField0_ |= 0x00000001;
+      }
+      result.bitField0_ |= to_bitField0_;
     }
 
     @java.lang.Override
@@ -626,6 +706,9 @@ private static final long serialVersionUID = 0L;
       }
       if (other.encoding_ != 0) {
         setEncodingValue(other.getEncodingValue());
+      }
+      if (other.hasSharedMemory()) {
+        mergeSharedMemory(other.getSharedMemory());
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -687,6 +770,13 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000010;
               break;
             } // case 40
+            case 50: {
+              input.readMessage(
+                  internalGetSharedMemoryFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00000020;
+              break;
+            } // case 50
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -1081,6 +1171,179 @@ private static final long serialVersionUID = 0L;
       encoding_ = 0;
       onChanged();
       return this;
+    }
+
+    private io.tinymodelserver.tms.v1.SharedMemory sharedMemory_;
+    private com.google.protobuf.SingleFieldBuilder<
+        io.tinymodelserver.tms.v1.SharedMemory, io.tinymodelserver.tms.v1.SharedMemory.Builder, io.tinymodelserver.tms.v1.SharedMemoryOrBuilder> sharedMemoryBuilder_;
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     * @return Whether the sharedMemory field is set.
+     */
+    public boolean hasSharedMemory() {
+      return ((bitField0_ & 0x00000020) != 0);
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     * @return The sharedMemory.
+     */
+    public io.tinymodelserver.tms.v1.SharedMemory getSharedMemory() {
+      if (sharedMemoryBuilder_ == null) {
+        return sharedMemory_ == null ? io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : sharedMemory_;
+      } else {
+        return sharedMemoryBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     */
+    public Builder setSharedMemory(io.tinymodelserver.tms.v1.SharedMemory value) {
+      if (sharedMemoryBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        sharedMemory_ = value;
+      } else {
+        sharedMemoryBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00000020;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     */
+    public Builder setSharedMemory(
+        io.tinymodelserver.tms.v1.SharedMemory.Builder builderForValue) {
+      if (sharedMemoryBuilder_ == null) {
+        sharedMemory_ = builderForValue.build();
+      } else {
+        sharedMemoryBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00000020;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     */
+    public Builder mergeSharedMemory(io.tinymodelserver.tms.v1.SharedMemory value) {
+      if (sharedMemoryBuilder_ == null) {
+        if (((bitField0_ & 0x00000020) != 0) &&
+          sharedMemory_ != null &&
+          sharedMemory_ != io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance()) {
+          getSharedMemoryBuilder().mergeFrom(value);
+        } else {
+          sharedMemory_ = value;
+        }
+      } else {
+        sharedMemoryBuilder_.mergeFrom(value);
+      }
+      if (sharedMemory_ != null) {
+        bitField0_ |= 0x00000020;
+        onChanged();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     */
+    public Builder clearSharedMemory() {
+      bitField0_ = (bitField0_ & ~0x00000020);
+      sharedMemory_ = null;
+      if (sharedMemoryBuilder_ != null) {
+        sharedMemoryBuilder_.dispose();
+        sharedMemoryBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     */
+    public io.tinymodelserver.tms.v1.SharedMemory.Builder getSharedMemoryBuilder() {
+      bitField0_ |= 0x00000020;
+      onChanged();
+      return internalGetSharedMemoryFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     */
+    public io.tinymodelserver.tms.v1.SharedMemoryOrBuilder getSharedMemoryOrBuilder() {
+      if (sharedMemoryBuilder_ != null) {
+        return sharedMemoryBuilder_.getMessageOrBuilder();
+      } else {
+        return sharedMemory_ == null ?
+            io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : sharedMemory_;
+      }
+    }
+    /**
+     * <pre>
+     * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+     * data is then empty, and the bytes data would hold are at this place of a region the
+     * receiving worker attached (ModelService.AttachSharedMemory).
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        io.tinymodelserver.tms.v1.SharedMemory, io.tinymodelserver.tms.v1.SharedMemory.Builder, io.tinymodelserver.tms.v1.SharedMemoryOrBuilder> 
+        internalGetSharedMemoryFieldBuilder() {
+      if (sharedMemoryBuilder_ == null) {
+        sharedMemoryBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            io.tinymodelserver.tms.v1.SharedMemory, io.tinymodelserver.tms.v1.SharedMemory.Builder, io.tinymodelserver.tms.v1.SharedMemoryOrBuilder>(
+                getSharedMemory(),
+                getParentForChildren(),
+                isClean());
+        sharedMemory_ = null;
+      }
+      return sharedMemoryBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:tms.v1.Image)

@@ -108,4 +108,37 @@ public interface ImageOrBuilder extends
    * @return The encoding.
    */
   io.tinymodelserver.tms.v1.Encoding getEncoding();
+
+  /**
+   * <pre>
+   * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+   * data is then empty, and the bytes data would hold are at this place of a region the
+   * receiving worker attached (ModelService.AttachSharedMemory).
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+   * @return Whether the sharedMemory field is set.
+   */
+  boolean hasSharedMemory();
+  /**
+   * <pre>
+   * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+   * data is then empty, and the bytes data would hold are at this place of a region the
+   * receiving worker attached (ModelService.AttachSharedMemory).
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+   * @return The sharedMemory.
+   */
+  io.tinymodelserver.tms.v1.SharedMemory getSharedMemory();
+  /**
+   * <pre>
+   * Set instead of data when the bytes lie in shared memory (the same host's fast path):
+   * data is then empty, and the bytes data would hold are at this place of a region the
+   * receiving worker attached (ModelService.AttachSharedMemory).
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory shared_memory = 6 [json_name = "sharedMemory"];</code>
+   */
+  io.tinymodelserver.tms.v1.SharedMemoryOrBuilder getSharedMemoryOrBuilder();
 }

@@ -31,6 +31,11 @@ public final class ImageProto extends com.google.protobuf.GeneratedFile {
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_tms_v1_Image_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_SharedMemory_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_SharedMemory_fieldAccessorTable;
 
   public static com.google.protobuf.Descriptors.FileDescriptor
       getDescriptor() {
@@ -40,27 +45,30 @@ public final class ImageProto extends com.google.protobuf.GeneratedFile {
       descriptor;
   static {
     java.lang.String[] descriptorData = {
-      "\n\022tms/v1/image.proto\022\006tms.v1\"\271\001\n\005Image\022#" +
+      "\n\022tms/v1/image.proto\022\006tms.v1\"\364\001\n\005Image\022#" +
       "\n\005dtype\030\001 \001(\0162\r.tms.v1.DTypeR\005dtype\022\024\n\005s" +
       "hape\030\002 \003(\003R\005shape\022\022\n\004data\030\003 \001(\014R\004data\0223\n" +
       "\013color_order\030\004 \001(\0162\022.tms.v1.ColorOrderR\n" +
       "colorOrder\022,\n\010encoding\030\005 \001(\0162\020.tms.v1.En" +
-      "codingR\010encoding*\330\001\n\005DType\022\026\n\022D_TYPE_UNS" +
-      "PECIFIED\020\000\022\020\n\014D_TYPE_UINT8\020\001\022\017\n\013D_TYPE_I" +
-      "NT8\020\002\022\021\n\rD_TYPE_UINT16\020\003\022\020\n\014D_TYPE_INT16" +
-      "\020\004\022\020\n\014D_TYPE_INT32\020\005\022\020\n\014D_TYPE_INT64\020\006\022\022" +
-      "\n\016D_TYPE_FLOAT16\020\007\022\022\n\016D_TYPE_FLOAT32\020\010\022\022" +
-      "\n\016D_TYPE_FLOAT64\020\t\022\017\n\013D_TYPE_BOOL\020\n*\225\001\n\n" +
-      "ColorOrder\022\033\n\027COLOR_ORDER_UNSPECIFIED\020\000\022" +
-      "\024\n\020COLOR_ORDER_GRAY\020\001\022\023\n\017COLOR_ORDER_RGB" +
-      "\020\002\022\023\n\017COLOR_ORDER_BGR\020\003\022\024\n\020COLOR_ORDER_R" +
-      "GBA\020\004\022\024\n\020COLOR_ORDER_BGRA\020\005*[\n\010Encoding\022" +
-      "\030\n\024ENCODING_UNSPECIFIED\020\000\022\020\n\014ENCODING_RA" +
-      "W\020\001\022\020\n\014ENCODING_PNG\020\002\022\021\n\rENCODING_JPEG\020\003" +
-      "B~\n\031io.tinymodelserver.tms.v1B\nImageProt" +
-      "oP\001Z:github.com/tinymodelserver/tms/clie" +
-      "nts/go/gen/tms/v1;tmsv1\252\002\026TinyModelServe" +
-      "r.Tms.V1b\006proto3"
+      "codingR\010encoding\0229\n\rshared_memory\030\006 \001(\0132" +
+      "\024.tms.v1.SharedMemoryR\014sharedMemory\"R\n\014S" +
+      "haredMemory\022\026\n\006region\030\001 \001(\tR\006region\022\026\n\006o" +
+      "ffset\030\002 \001(\004R\006offset\022\022\n\004size\030\003 \001(\004R\004size*" +
+      "\330\001\n\005DType\022\026\n\022D_TYPE_UNSPECIFIED\020\000\022\020\n\014D_T" +
+      "YPE_UINT8\020\001\022\017\n\013D_TYPE_INT8\020\002\022\021\n\rD_TYPE_U" +
+      "INT16\020\003\022\020\n\014D_TYPE_INT16\020\004\022\020\n\014D_TYPE_INT3" +
+      "2\020\005\022\020\n\014D_TYPE_INT64\020\006\022\022\n\016D_TYPE_FLOAT16\020" +
+      "\007\022\022\n\016D_TYPE_FLOAT32\020\010\022\022\n\016D_TYPE_FLOAT64\020" +
+      "\t\022\017\n\013D_TYPE_BOOL\020\n*\225\001\n\nColorOrder\022\033\n\027COL" +
+      "OR_ORDER_UNSPECIFIED\020\000\022\024\n\020COLOR_ORDER_GR" +
+      "AY\020\001\022\023\n\017COLOR_ORDER_RGB\020\002\022\023\n\017COLOR_ORDER" +
+      "_BGR\020\003\022\024\n\020COLOR_ORDER_RGBA\020\004\022\024\n\020COLOR_OR" +
+      "DER_BGRA\020\005*[\n\010Encoding\022\030\n\024ENCODING_UNSPE" +
+      "CIFIED\020\000\022\020\n\014ENCODING_RAW\020\001\022\020\n\014ENCODING_P" +
+      "NG\020\002\022\021\n\rENCODING_JPEG\020\003B~\n\031io.tinymodels" +
+      "erver.tms.v1B\nImageProtoP\001Z:github.com/t" +
+      "inymodelserver/tms/clients/go/gen/tms/v1" +
+      ";tmsv1\252\002\026TinyModelServer.Tms.V1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -71,7 +79,13 @@ public final class ImageProto extends com.google.protobuf.GeneratedFile {
     internal_static_tms_v1_Image_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_Image_descriptor,
-        new java.lang.String[] { "Dtype", "Shape", "Data", "ColorOrder", "Encoding", });
+        new java.lang.String[] { "Dtype", "Shape", "Data", "ColorOrder", "Encoding", "SharedMemory", });
+    internal_static_tms_v1_SharedMemory_descriptor =
+      getDescriptor().getMessageType(1);
+    internal_static_tms_v1_SharedMemory_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_SharedMemory_descriptor,
+        new java.lang.String[] { "Region", "Offset", "Size", });
     descriptor.resolveAllFeaturesImmutable();
   }
 

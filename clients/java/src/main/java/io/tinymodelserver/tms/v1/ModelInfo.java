@@ -62,6 +62,7 @@ private static final long serialVersionUID = 0L;
             io.tinymodelserver.tms.v1.ModelInfo.class, io.tinymodelserver.tms.v1.ModelInfo.Builder.class);
   }
 
+  private int bitField0_;
   public static final int NAME_FIELD_NUMBER = 1;
   @SuppressWarnings("serial")
   private volatile java.lang.Object name_ = "";
@@ -538,6 +539,53 @@ private static final long serialVersionUID = 0L;
     }
   }
 
+  public static final int MAX_BATCH_DELAY_FIELD_NUMBER = 13;
+  private com.google.protobuf.Duration maxBatchDelay_;
+  /**
+   * <pre>
+   * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+   * others to the same model, to run them together as one batch (of at most
+   * max_batch_size) through the model's batch method; each caller still gets its own
+   * result or error. Unset: RunImage calls run one by one.
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+   * @return Whether the maxBatchDelay field is set.
+   */
+  @java.lang.Override
+  public boolean hasMaxBatchDelay() {
+    return ((bitField0_ & 0x00000001) != 0);
+  }
+  /**
+   * <pre>
+   * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+   * others to the same model, to run them together as one batch (of at most
+   * max_batch_size) through the model's batch method; each caller still gets its own
+   * result or error. Unset: RunImage calls run one by one.
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+   * @return The maxBatchDelay.
+   */
+  @java.lang.Override
+  public com.google.protobuf.Duration getMaxBatchDelay() {
+    return maxBatchDelay_ == null ? com.google.protobuf.Duration.getDefaultInstance() : maxBatchDelay_;
+  }
+  /**
+   * <pre>
+   * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+   * others to the same model, to run them together as one batch (of at most
+   * max_batch_size) through the model's batch method; each caller still gets its own
+   * result or error. Unset: RunImage calls run one by one.
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+   */
+  @java.lang.Override
+  public com.google.protobuf.DurationOrBuilder getMaxBatchDelayOrBuilder() {
+    return maxBatchDelay_ == null ? com.google.protobuf.Duration.getDefaultInstance() : maxBatchDelay_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -596,6 +644,9 @@ private static final long serialVersionUID = 0L;
     }
     if (!com.google.protobuf.GeneratedMessage.isStringEmpty(resultSchemaJson_)) {
       com.google.protobuf.GeneratedMessage.writeString(output, 12, resultSchemaJson_);
+    }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      output.writeMessage(13, getMaxBatchDelay());
     }
     getUnknownFields().writeTo(output);
   }
@@ -662,6 +713,10 @@ private static final long serialVersionUID = 0L;
     if (!com.google.protobuf.GeneratedMessage.isStringEmpty(resultSchemaJson_)) {
       size += com.google.protobuf.GeneratedMessage.computeStringSize(12, resultSchemaJson_);
     }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(13, getMaxBatchDelay());
+    }
     return size;
   }
   @java.lang.Override
@@ -706,6 +761,11 @@ private static final long serialVersionUID = 0L;
         .equals(other.getArgsSchemaJson())) return false;
     if (!getResultSchemaJson()
         .equals(other.getResultSchemaJson())) return false;
+    if (hasMaxBatchDelay() != other.hasMaxBatchDelay()) return false;
+    if (hasMaxBatchDelay()) {
+      if (!getMaxBatchDelay()
+          .equals(other.getMaxBatchDelay())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -746,6 +806,10 @@ private static final long serialVersionUID = 0L;
     hash = (53 * hash) + getArgsSchemaJson().hashCode();
     hash = (37 * hash) + RESULT_SCHEMA_JSON_FIELD_NUMBER;
     hash = (53 * hash) + getResultSchemaJson().hashCode();
+    if (hasMaxBatchDelay()) {
+      hash = (37 * hash) + MAX_BATCH_DELAY_FIELD_NUMBER;
+      hash = (53 * hash) + getMaxBatchDelay().hashCode();
+    }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -869,13 +933,19 @@ private static final long serialVersionUID = 0L;
 
     // Construct using io.tinymodelserver.tms.v1.ModelInfo.newBuilder()
     private Builder() {
-
+      maybeForceBuilderInitialization();
     }
 
     private Builder(
         com.google.protobuf.GeneratedMessage.BuilderParent parent) {
       super(parent);
-
+      maybeForceBuilderInitialization();
+    }
+    private void maybeForceBuilderInitialization() {
+      if (com.google.protobuf.GeneratedMessage
+              .alwaysUseFieldBuilders) {
+        internalGetMaxBatchDelayFieldBuilder();
+      }
     }
     @java.lang.Override
     public Builder clear() {
@@ -893,6 +963,11 @@ private static final long serialVersionUID = 0L;
       maxBatchSize_ = 0;
       argsSchemaJson_ = "";
       resultSchemaJson_ = "";
+      maxBatchDelay_ = null;
+      if (maxBatchDelayBuilder_ != null) {
+        maxBatchDelayBuilder_.dispose();
+        maxBatchDelayBuilder_ = null;
+      }
       return this;
     }
 
@@ -964,6 +1039,14 @@ private static final long serialVersionUID = 0L;
       if (((from_bitField0_ & 0x00000800) != 0)) {
         result.resultSchemaJson_ = resultSchemaJson_;
       }
+      int to_bitField0_ = 0;
+      if (((from_bitField0_ & 0x00001000) != 0)) {
+        result.maxBatchDelay_ = maxBatchDelayBuilder_ == null
+            ? maxBatchDelay_
+            : maxBatchDelayBuilder_.build();
+        to_bitField0_ |= 0x00000001;
+      }
+      result.bitField0_ |= to_bitField0_;
     }
 
     @java.lang.Override
@@ -1039,6 +1122,9 @@ private static final long serialVersionUID = 0L;
         resultSchemaJson_ = other.resultSchemaJson_;
         bitField0_ |= 0x00000800;
         onChanged();
+      }
+      if (other.hasMaxBatchDelay()) {
+        mergeMaxBatchDelay(other.getMaxBatchDelay());
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -1146,6 +1232,13 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000800;
               break;
             } // case 98
+            case 106: {
+              input.readMessage(
+                  internalGetMaxBatchDelayFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00001000;
+              break;
+            } // case 106
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -2253,6 +2346,188 @@ private static final long serialVersionUID = 0L;
       bitField0_ |= 0x00000800;
       onChanged();
       return this;
+    }
+
+    private com.google.protobuf.Duration maxBatchDelay_;
+    private com.google.protobuf.SingleFieldBuilder<
+        com.google.protobuf.Duration, com.google.protobuf.Duration.Builder, com.google.protobuf.DurationOrBuilder> maxBatchDelayBuilder_;
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     * @return Whether the maxBatchDelay field is set.
+     */
+    public boolean hasMaxBatchDelay() {
+      return ((bitField0_ & 0x00001000) != 0);
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     * @return The maxBatchDelay.
+     */
+    public com.google.protobuf.Duration getMaxBatchDelay() {
+      if (maxBatchDelayBuilder_ == null) {
+        return maxBatchDelay_ == null ? com.google.protobuf.Duration.getDefaultInstance() : maxBatchDelay_;
+      } else {
+        return maxBatchDelayBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     */
+    public Builder setMaxBatchDelay(com.google.protobuf.Duration value) {
+      if (maxBatchDelayBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        maxBatchDelay_ = value;
+      } else {
+        maxBatchDelayBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00001000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     */
+    public Builder setMaxBatchDelay(
+        com.google.protobuf.Duration.Builder builderForValue) {
+      if (maxBatchDelayBuilder_ == null) {
+        maxBatchDelay_ = builderForValue.build();
+      } else {
+        maxBatchDelayBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00001000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     */
+    public Builder mergeMaxBatchDelay(com.google.protobuf.Duration value) {
+      if (maxBatchDelayBuilder_ == null) {
+        if (((bitField0_ & 0x00001000) != 0) &&
+          maxBatchDelay_ != null &&
+          maxBatchDelay_ != com.google.protobuf.Duration.getDefaultInstance()) {
+          getMaxBatchDelayBuilder().mergeFrom(value);
+        } else {
+          maxBatchDelay_ = value;
+        }
+      } else {
+        maxBatchDelayBuilder_.mergeFrom(value);
+      }
+      if (maxBatchDelay_ != null) {
+        bitField0_ |= 0x00001000;
+        onChanged();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     */
+    public Builder clearMaxBatchDelay() {
+      bitField0_ = (bitField0_ & ~0x00001000);
+      maxBatchDelay_ = null;
+      if (maxBatchDelayBuilder_ != null) {
+        maxBatchDelayBuilder_.dispose();
+        maxBatchDelayBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     */
+    public com.google.protobuf.Duration.Builder getMaxBatchDelayBuilder() {
+      bitField0_ |= 0x00001000;
+      onChanged();
+      return internalGetMaxBatchDelayFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     */
+    public com.google.protobuf.DurationOrBuilder getMaxBatchDelayOrBuilder() {
+      if (maxBatchDelayBuilder_ != null) {
+        return maxBatchDelayBuilder_.getMessageOrBuilder();
+      } else {
+        return maxBatchDelay_ == null ?
+            com.google.protobuf.Duration.getDefaultInstance() : maxBatchDelay_;
+      }
+    }
+    /**
+     * <pre>
+     * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+     * others to the same model, to run them together as one batch (of at most
+     * max_batch_size) through the model's batch method; each caller still gets its own
+     * result or error. Unset: RunImage calls run one by one.
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        com.google.protobuf.Duration, com.google.protobuf.Duration.Builder, com.google.protobuf.DurationOrBuilder> 
+        internalGetMaxBatchDelayFieldBuilder() {
+      if (maxBatchDelayBuilder_ == null) {
+        maxBatchDelayBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            com.google.protobuf.Duration, com.google.protobuf.Duration.Builder, com.google.protobuf.DurationOrBuilder>(
+                getMaxBatchDelay(),
+                getParentForChildren(),
+                isClean());
+        maxBatchDelay_ = null;
+      }
+      return maxBatchDelayBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:tms.v1.ModelInfo)

@@ -276,4 +276,40 @@ public interface ModelInfoOrBuilder extends
    */
   com.google.protobuf.ByteString
       getResultSchemaJsonBytes();
+
+  /**
+   * <pre>
+   * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+   * others to the same model, to run them together as one batch (of at most
+   * max_batch_size) through the model's batch method; each caller still gets its own
+   * result or error. Unset: RunImage calls run one by one.
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+   * @return Whether the maxBatchDelay field is set.
+   */
+  boolean hasMaxBatchDelay();
+  /**
+   * <pre>
+   * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+   * others to the same model, to run them together as one batch (of at most
+   * max_batch_size) through the model's batch method; each caller still gets its own
+   * result or error. Unset: RunImage calls run one by one.
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+   * @return The maxBatchDelay.
+   */
+  com.google.protobuf.Duration getMaxBatchDelay();
+  /**
+   * <pre>
+   * Dynamic batching: how long a RunImage call to this model may wait in its worker for
+   * others to the same model, to run them together as one batch (of at most
+   * max_batch_size) through the model's batch method; each caller still gets its own
+   * result or error. Unset: RunImage calls run one by one.
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration max_batch_delay = 13 [json_name = "maxBatchDelay"];</code>
+   */
+  com.google.protobuf.DurationOrBuilder getMaxBatchDelayOrBuilder();
 }

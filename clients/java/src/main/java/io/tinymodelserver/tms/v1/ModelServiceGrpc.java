@@ -46,6 +46,15 @@ import static io.grpc.MethodDescriptor.generateFullMethodName;
  * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
  * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
  * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+ * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+ *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+ *                                          the same host, another user, wrong size, proof).
+ *                                          Send bytes instead.
+ * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+ *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+ *                                          restarted, or detached it): attach again, or send
+ *                                          bytes. A reference past the region's end is
+ *                                          INVALID_IMAGE.
  * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
  * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
  * the receiver's limit (--max-message-mb on the server). The server's code never sees such
@@ -319,6 +328,99 @@ public final class ModelServiceGrpc {
     return getGetWorkerInfoMethod;
   }
 
+  private static volatile io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.RunImageStreamRequest,
+      io.tinymodelserver.tms.v1.RunImageStreamResponse> getRunImageStreamMethod;
+
+  @io.grpc.stub.annotations.RpcMethod(
+      fullMethodName = SERVICE_NAME + '/' + "RunImageStream",
+      requestType = io.tinymodelserver.tms.v1.RunImageStreamRequest.class,
+      responseType = io.tinymodelserver.tms.v1.RunImageStreamResponse.class,
+      methodType = io.grpc.MethodDescriptor.MethodType.BIDI_STREAMING)
+  public static io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.RunImageStreamRequest,
+      io.tinymodelserver.tms.v1.RunImageStreamResponse> getRunImageStreamMethod() {
+    io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.RunImageStreamRequest, io.tinymodelserver.tms.v1.RunImageStreamResponse> getRunImageStreamMethod;
+    if ((getRunImageStreamMethod = ModelServiceGrpc.getRunImageStreamMethod) == null) {
+      synchronized (ModelServiceGrpc.class) {
+        if ((getRunImageStreamMethod = ModelServiceGrpc.getRunImageStreamMethod) == null) {
+          ModelServiceGrpc.getRunImageStreamMethod = getRunImageStreamMethod =
+              io.grpc.MethodDescriptor.<io.tinymodelserver.tms.v1.RunImageStreamRequest, io.tinymodelserver.tms.v1.RunImageStreamResponse>newBuilder()
+              .setType(io.grpc.MethodDescriptor.MethodType.BIDI_STREAMING)
+              .setFullMethodName(generateFullMethodName(SERVICE_NAME, "RunImageStream"))
+              .setSampledToLocalTracing(true)
+              .setRequestMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.RunImageStreamRequest.getDefaultInstance()))
+              .setResponseMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.RunImageStreamResponse.getDefaultInstance()))
+              .setSchemaDescriptor(new ModelServiceMethodDescriptorSupplier("RunImageStream"))
+              .build();
+        }
+      }
+    }
+    return getRunImageStreamMethod;
+  }
+
+  private static volatile io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.AttachSharedMemoryRequest,
+      io.tinymodelserver.tms.v1.AttachSharedMemoryResponse> getAttachSharedMemoryMethod;
+
+  @io.grpc.stub.annotations.RpcMethod(
+      fullMethodName = SERVICE_NAME + '/' + "AttachSharedMemory",
+      requestType = io.tinymodelserver.tms.v1.AttachSharedMemoryRequest.class,
+      responseType = io.tinymodelserver.tms.v1.AttachSharedMemoryResponse.class,
+      methodType = io.grpc.MethodDescriptor.MethodType.UNARY)
+  public static io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.AttachSharedMemoryRequest,
+      io.tinymodelserver.tms.v1.AttachSharedMemoryResponse> getAttachSharedMemoryMethod() {
+    io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.AttachSharedMemoryRequest, io.tinymodelserver.tms.v1.AttachSharedMemoryResponse> getAttachSharedMemoryMethod;
+    if ((getAttachSharedMemoryMethod = ModelServiceGrpc.getAttachSharedMemoryMethod) == null) {
+      synchronized (ModelServiceGrpc.class) {
+        if ((getAttachSharedMemoryMethod = ModelServiceGrpc.getAttachSharedMemoryMethod) == null) {
+          ModelServiceGrpc.getAttachSharedMemoryMethod = getAttachSharedMemoryMethod =
+              io.grpc.MethodDescriptor.<io.tinymodelserver.tms.v1.AttachSharedMemoryRequest, io.tinymodelserver.tms.v1.AttachSharedMemoryResponse>newBuilder()
+              .setType(io.grpc.MethodDescriptor.MethodType.UNARY)
+              .setFullMethodName(generateFullMethodName(SERVICE_NAME, "AttachSharedMemory"))
+              .setSampledToLocalTracing(true)
+              .setRequestMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.AttachSharedMemoryRequest.getDefaultInstance()))
+              .setResponseMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.AttachSharedMemoryResponse.getDefaultInstance()))
+              .setSchemaDescriptor(new ModelServiceMethodDescriptorSupplier("AttachSharedMemory"))
+              .build();
+        }
+      }
+    }
+    return getAttachSharedMemoryMethod;
+  }
+
+  private static volatile io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.DetachSharedMemoryRequest,
+      io.tinymodelserver.tms.v1.DetachSharedMemoryResponse> getDetachSharedMemoryMethod;
+
+  @io.grpc.stub.annotations.RpcMethod(
+      fullMethodName = SERVICE_NAME + '/' + "DetachSharedMemory",
+      requestType = io.tinymodelserver.tms.v1.DetachSharedMemoryRequest.class,
+      responseType = io.tinymodelserver.tms.v1.DetachSharedMemoryResponse.class,
+      methodType = io.grpc.MethodDescriptor.MethodType.UNARY)
+  public static io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.DetachSharedMemoryRequest,
+      io.tinymodelserver.tms.v1.DetachSharedMemoryResponse> getDetachSharedMemoryMethod() {
+    io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.DetachSharedMemoryRequest, io.tinymodelserver.tms.v1.DetachSharedMemoryResponse> getDetachSharedMemoryMethod;
+    if ((getDetachSharedMemoryMethod = ModelServiceGrpc.getDetachSharedMemoryMethod) == null) {
+      synchronized (ModelServiceGrpc.class) {
+        if ((getDetachSharedMemoryMethod = ModelServiceGrpc.getDetachSharedMemoryMethod) == null) {
+          ModelServiceGrpc.getDetachSharedMemoryMethod = getDetachSharedMemoryMethod =
+              io.grpc.MethodDescriptor.<io.tinymodelserver.tms.v1.DetachSharedMemoryRequest, io.tinymodelserver.tms.v1.DetachSharedMemoryResponse>newBuilder()
+              .setType(io.grpc.MethodDescriptor.MethodType.UNARY)
+              .setFullMethodName(generateFullMethodName(SERVICE_NAME, "DetachSharedMemory"))
+              .setSampledToLocalTracing(true)
+              .setRequestMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.DetachSharedMemoryRequest.getDefaultInstance()))
+              .setResponseMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.DetachSharedMemoryResponse.getDefaultInstance()))
+              .setSchemaDescriptor(new ModelServiceMethodDescriptorSupplier("DetachSharedMemory"))
+              .build();
+        }
+      }
+    }
+    return getDetachSharedMemoryMethod;
+  }
+
   /**
    * Creates a new async stub that supports all call types for the service
    */
@@ -422,6 +524,15 @@ public final class ModelServiceGrpc {
    * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
    * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
    * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+   * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+   *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+   *                                          the same host, another user, wrong size, proof).
+   *                                          Send bytes instead.
+   * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+   *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+   *                                          restarted, or detached it): attach again, or send
+   *                                          bytes. A reference past the region's end is
+   *                                          INVALID_IMAGE.
    * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
@@ -521,6 +632,49 @@ public final class ModelServiceGrpc {
         io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.GetWorkerInfoResponse> responseObserver) {
       io.grpc.stub.ServerCalls.asyncUnimplementedUnaryCall(getGetWorkerInfoMethod(), responseObserver);
     }
+
+    /**
+     * <pre>
+     * RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+     * in the order sent. The stream stays on the worker that took it, so the model may keep
+     * state across frames (a tracker): it is told when a stream opens and closes. A frame that
+     * fails is answered with its error and the stream goes on; an error of the stream itself
+     * (no such model, bad stream args) ends it with that status. The server reads the next
+     * frame only once it has answered the previous one, so a caller that keeps at most N
+     * frames unanswered has at most N in flight.
+     * </pre>
+     */
+    default io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.RunImageStreamRequest> runImageStream(
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.RunImageStreamResponse> responseObserver) {
+      return io.grpc.stub.ServerCalls.asyncUnimplementedStreamingCall(getRunImageStreamMethod(), responseObserver);
+    }
+
+    /**
+     * <pre>
+     * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+     * caller created on the same host, for images passed by reference (Image.shared_memory)
+     * instead of bytes. The worker maps the region, checks that its first bytes are the
+     * request's proof (so the caller knows it shares the host: an address never proves it),
+     * and removes its name, so that no region outlives the two processes holding it. Fails
+     * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+     * memory turned off or cannot open the region (another host, another user).
+     * </pre>
+     */
+    default void attachSharedMemory(io.tinymodelserver.tms.v1.AttachSharedMemoryRequest request,
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.AttachSharedMemoryResponse> responseObserver) {
+      io.grpc.stub.ServerCalls.asyncUnimplementedUnaryCall(getAttachSharedMemoryMethod(), responseObserver);
+    }
+
+    /**
+     * <pre>
+     * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+     * regions; a worker also drops the oldest beyond its limit.
+     * </pre>
+     */
+    default void detachSharedMemory(io.tinymodelserver.tms.v1.DetachSharedMemoryRequest request,
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.DetachSharedMemoryResponse> responseObserver) {
+      io.grpc.stub.ServerCalls.asyncUnimplementedUnaryCall(getDetachSharedMemoryMethod(), responseObserver);
+    }
   }
 
   /**
@@ -568,6 +722,15 @@ public final class ModelServiceGrpc {
    * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
    * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
    * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+   * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+   *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+   *                                          the same host, another user, wrong size, proof).
+   *                                          Send bytes instead.
+   * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+   *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+   *                                          restarted, or detached it): attach again, or send
+   *                                          bytes. A reference past the region's end is
+   *                                          INVALID_IMAGE.
    * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
@@ -638,6 +801,15 @@ public final class ModelServiceGrpc {
    * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
    * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
    * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+   * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+   *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+   *                                          the same host, another user, wrong size, proof).
+   *                                          Send bytes instead.
+   * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+   *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+   *                                          restarted, or detached it): attach again, or send
+   *                                          bytes. A reference past the region's end is
+   *                                          INVALID_IMAGE.
    * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
@@ -756,6 +928,52 @@ public final class ModelServiceGrpc {
       io.grpc.stub.ClientCalls.asyncUnaryCall(
           getChannel().newCall(getGetWorkerInfoMethod(), getCallOptions()), request, responseObserver);
     }
+
+    /**
+     * <pre>
+     * RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+     * in the order sent. The stream stays on the worker that took it, so the model may keep
+     * state across frames (a tracker): it is told when a stream opens and closes. A frame that
+     * fails is answered with its error and the stream goes on; an error of the stream itself
+     * (no such model, bad stream args) ends it with that status. The server reads the next
+     * frame only once it has answered the previous one, so a caller that keeps at most N
+     * frames unanswered has at most N in flight.
+     * </pre>
+     */
+    public io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.RunImageStreamRequest> runImageStream(
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.RunImageStreamResponse> responseObserver) {
+      return io.grpc.stub.ClientCalls.asyncBidiStreamingCall(
+          getChannel().newCall(getRunImageStreamMethod(), getCallOptions()), responseObserver);
+    }
+
+    /**
+     * <pre>
+     * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+     * caller created on the same host, for images passed by reference (Image.shared_memory)
+     * instead of bytes. The worker maps the region, checks that its first bytes are the
+     * request's proof (so the caller knows it shares the host: an address never proves it),
+     * and removes its name, so that no region outlives the two processes holding it. Fails
+     * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+     * memory turned off or cannot open the region (another host, another user).
+     * </pre>
+     */
+    public void attachSharedMemory(io.tinymodelserver.tms.v1.AttachSharedMemoryRequest request,
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.AttachSharedMemoryResponse> responseObserver) {
+      io.grpc.stub.ClientCalls.asyncUnaryCall(
+          getChannel().newCall(getAttachSharedMemoryMethod(), getCallOptions()), request, responseObserver);
+    }
+
+    /**
+     * <pre>
+     * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+     * regions; a worker also drops the oldest beyond its limit.
+     * </pre>
+     */
+    public void detachSharedMemory(io.tinymodelserver.tms.v1.DetachSharedMemoryRequest request,
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.DetachSharedMemoryResponse> responseObserver) {
+      io.grpc.stub.ClientCalls.asyncUnaryCall(
+          getChannel().newCall(getDetachSharedMemoryMethod(), getCallOptions()), request, responseObserver);
+    }
   }
 
   /**
@@ -803,6 +1021,15 @@ public final class ModelServiceGrpc {
    * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
    * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
    * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+   * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+   *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+   *                                          the same host, another user, wrong size, proof).
+   *                                          Send bytes instead.
+   * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+   *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+   *                                          restarted, or detached it): attach again, or send
+   *                                          bytes. A reference past the region's end is
+   *                                          INVALID_IMAGE.
    * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
@@ -913,6 +1140,51 @@ public final class ModelServiceGrpc {
       return io.grpc.stub.ClientCalls.blockingV2UnaryCall(
           getChannel(), getGetWorkerInfoMethod(), getCallOptions(), request);
     }
+
+    /**
+     * <pre>
+     * RunImageStream runs one model on a sequence of frames (a video) and answers each frame,
+     * in the order sent. The stream stays on the worker that took it, so the model may keep
+     * state across frames (a tracker): it is told when a stream opens and closes. A frame that
+     * fails is answered with its error and the stream goes on; an error of the stream itself
+     * (no such model, bad stream args) ends it with that status. The server reads the next
+     * frame only once it has answered the previous one, so a caller that keeps at most N
+     * frames unanswered has at most N in flight.
+     * </pre>
+     */
+    @io.grpc.ExperimentalApi("https://github.com/grpc/grpc-java/issues/10918")
+    public io.grpc.stub.BlockingClientCall<io.tinymodelserver.tms.v1.RunImageStreamRequest, io.tinymodelserver.tms.v1.RunImageStreamResponse>
+        runImageStream() {
+      return io.grpc.stub.ClientCalls.blockingBidiStreamingCall(
+          getChannel(), getRunImageStreamMethod(), getCallOptions());
+    }
+
+    /**
+     * <pre>
+     * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+     * caller created on the same host, for images passed by reference (Image.shared_memory)
+     * instead of bytes. The worker maps the region, checks that its first bytes are the
+     * request's proof (so the caller knows it shares the host: an address never proves it),
+     * and removes its name, so that no region outlives the two processes holding it. Fails
+     * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+     * memory turned off or cannot open the region (another host, another user).
+     * </pre>
+     */
+    public io.tinymodelserver.tms.v1.AttachSharedMemoryResponse attachSharedMemory(io.tinymodelserver.tms.v1.AttachSharedMemoryRequest request) throws io.grpc.StatusException {
+      return io.grpc.stub.ClientCalls.blockingV2UnaryCall(
+          getChannel(), getAttachSharedMemoryMethod(), getCallOptions(), request);
+    }
+
+    /**
+     * <pre>
+     * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+     * regions; a worker also drops the oldest beyond its limit.
+     * </pre>
+     */
+    public io.tinymodelserver.tms.v1.DetachSharedMemoryResponse detachSharedMemory(io.tinymodelserver.tms.v1.DetachSharedMemoryRequest request) throws io.grpc.StatusException {
+      return io.grpc.stub.ClientCalls.blockingV2UnaryCall(
+          getChannel(), getDetachSharedMemoryMethod(), getCallOptions(), request);
+    }
   }
 
   /**
@@ -960,6 +1232,15 @@ public final class ModelServiceGrpc {
    * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
    * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
    * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+   * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+   *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+   *                                          the same host, another user, wrong size, proof).
+   *                                          Send bytes instead.
+   * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+   *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+   *                                          restarted, or detached it): attach again, or send
+   *                                          bytes. A reference past the region's end is
+   *                                          INVALID_IMAGE.
    * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
@@ -1070,6 +1351,33 @@ public final class ModelServiceGrpc {
       return io.grpc.stub.ClientCalls.blockingUnaryCall(
           getChannel(), getGetWorkerInfoMethod(), getCallOptions(), request);
     }
+
+    /**
+     * <pre>
+     * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+     * caller created on the same host, for images passed by reference (Image.shared_memory)
+     * instead of bytes. The worker maps the region, checks that its first bytes are the
+     * request's proof (so the caller knows it shares the host: an address never proves it),
+     * and removes its name, so that no region outlives the two processes holding it. Fails
+     * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+     * memory turned off or cannot open the region (another host, another user).
+     * </pre>
+     */
+    public io.tinymodelserver.tms.v1.AttachSharedMemoryResponse attachSharedMemory(io.tinymodelserver.tms.v1.AttachSharedMemoryRequest request) {
+      return io.grpc.stub.ClientCalls.blockingUnaryCall(
+          getChannel(), getAttachSharedMemoryMethod(), getCallOptions(), request);
+    }
+
+    /**
+     * <pre>
+     * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+     * regions; a worker also drops the oldest beyond its limit.
+     * </pre>
+     */
+    public io.tinymodelserver.tms.v1.DetachSharedMemoryResponse detachSharedMemory(io.tinymodelserver.tms.v1.DetachSharedMemoryRequest request) {
+      return io.grpc.stub.ClientCalls.blockingUnaryCall(
+          getChannel(), getDetachSharedMemoryMethod(), getCallOptions(), request);
+    }
   }
 
   /**
@@ -1117,6 +1425,15 @@ public final class ModelServiceGrpc {
    * UNSUPPORTED_CALL    UNIMPLEMENTED        The model does not support this RPC.
    * UNAUTHENTICATED     UNAUTHENTICATED      No call token, or one not in --tokens-file.
    * PERMISSION_DENIED   PERMISSION_DENIED    (AdminService) admin is off, or no admin token.
+   * SHARED_MEMORY_UNAVAILABLE                AttachSharedMemory: shared memory is off on the
+   *                     FAILED_PRECONDITION  server, or the region cannot be opened here (not
+   *                                          the same host, another user, wrong size, proof).
+   *                                          Send bytes instead.
+   * SHARED_MEMORY_NOT_ATTACHED               An Image.shared_memory (or output_shared_memory)
+   *                     FAILED_PRECONDITION  names a region this worker has not attached (it
+   *                                          restarted, or detached it): attach again, or send
+   *                                          bytes. A reference past the region's end is
+   *                                          INVALID_IMAGE.
    * INTERNAL            INTERNAL             A bug in the server (its traceback is logged).
    * A RESOURCE_EXHAUSTED without an ErrorInfo comes from gRPC itself: a message larger than
    * the receiver's limit (--max-message-mb on the server). The server's code never sees such
@@ -1235,6 +1552,35 @@ public final class ModelServiceGrpc {
       return io.grpc.stub.ClientCalls.futureUnaryCall(
           getChannel().newCall(getGetWorkerInfoMethod(), getCallOptions()), request);
     }
+
+    /**
+     * <pre>
+     * AttachSharedMemory lends the worker that answers a POSIX shared-memory region the
+     * caller created on the same host, for images passed by reference (Image.shared_memory)
+     * instead of bytes. The worker maps the region, checks that its first bytes are the
+     * request's proof (so the caller knows it shares the host: an address never proves it),
+     * and removes its name, so that no region outlives the two processes holding it. Fails
+     * with FAILED_PRECONDITION (reason SHARED_MEMORY_UNAVAILABLE) when the server has shared
+     * memory turned off or cannot open the region (another host, another user).
+     * </pre>
+     */
+    public com.google.common.util.concurrent.ListenableFuture<io.tinymodelserver.tms.v1.AttachSharedMemoryResponse> attachSharedMemory(
+        io.tinymodelserver.tms.v1.AttachSharedMemoryRequest request) {
+      return io.grpc.stub.ClientCalls.futureUnaryCall(
+          getChannel().newCall(getAttachSharedMemoryMethod(), getCallOptions()), request);
+    }
+
+    /**
+     * <pre>
+     * DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
+     * regions; a worker also drops the oldest beyond its limit.
+     * </pre>
+     */
+    public com.google.common.util.concurrent.ListenableFuture<io.tinymodelserver.tms.v1.DetachSharedMemoryResponse> detachSharedMemory(
+        io.tinymodelserver.tms.v1.DetachSharedMemoryRequest request) {
+      return io.grpc.stub.ClientCalls.futureUnaryCall(
+          getChannel().newCall(getDetachSharedMemoryMethod(), getCallOptions()), request);
+    }
   }
 
   private static final int METHODID_LIST_MODELS = 0;
@@ -1245,6 +1591,9 @@ public final class ModelServiceGrpc {
   private static final int METHODID_RUN_TEXT = 5;
   private static final int METHODID_RUN_TEXT_BATCH = 6;
   private static final int METHODID_GET_WORKER_INFO = 7;
+  private static final int METHODID_ATTACH_SHARED_MEMORY = 8;
+  private static final int METHODID_DETACH_SHARED_MEMORY = 9;
+  private static final int METHODID_RUN_IMAGE_STREAM = 10;
 
   private static final class MethodHandlers<Req, Resp> implements
       io.grpc.stub.ServerCalls.UnaryMethod<Req, Resp>,
@@ -1295,6 +1644,14 @@ public final class ModelServiceGrpc {
           serviceImpl.getWorkerInfo((io.tinymodelserver.tms.v1.GetWorkerInfoRequest) request,
               (io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.GetWorkerInfoResponse>) responseObserver);
           break;
+        case METHODID_ATTACH_SHARED_MEMORY:
+          serviceImpl.attachSharedMemory((io.tinymodelserver.tms.v1.AttachSharedMemoryRequest) request,
+              (io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.AttachSharedMemoryResponse>) responseObserver);
+          break;
+        case METHODID_DETACH_SHARED_MEMORY:
+          serviceImpl.detachSharedMemory((io.tinymodelserver.tms.v1.DetachSharedMemoryRequest) request,
+              (io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.DetachSharedMemoryResponse>) responseObserver);
+          break;
         default:
           throw new AssertionError();
       }
@@ -1305,6 +1662,9 @@ public final class ModelServiceGrpc {
     public io.grpc.stub.StreamObserver<Req> invoke(
         io.grpc.stub.StreamObserver<Resp> responseObserver) {
       switch (methodId) {
+        case METHODID_RUN_IMAGE_STREAM:
+          return (io.grpc.stub.StreamObserver<Req>) serviceImpl.runImageStream(
+              (io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.RunImageStreamResponse>) responseObserver);
         default:
           throw new AssertionError();
       }
@@ -1369,6 +1729,27 @@ public final class ModelServiceGrpc {
               io.tinymodelserver.tms.v1.GetWorkerInfoRequest,
               io.tinymodelserver.tms.v1.GetWorkerInfoResponse>(
                 service, METHODID_GET_WORKER_INFO)))
+        .addMethod(
+          getRunImageStreamMethod(),
+          io.grpc.stub.ServerCalls.asyncBidiStreamingCall(
+            new MethodHandlers<
+              io.tinymodelserver.tms.v1.RunImageStreamRequest,
+              io.tinymodelserver.tms.v1.RunImageStreamResponse>(
+                service, METHODID_RUN_IMAGE_STREAM)))
+        .addMethod(
+          getAttachSharedMemoryMethod(),
+          io.grpc.stub.ServerCalls.asyncUnaryCall(
+            new MethodHandlers<
+              io.tinymodelserver.tms.v1.AttachSharedMemoryRequest,
+              io.tinymodelserver.tms.v1.AttachSharedMemoryResponse>(
+                service, METHODID_ATTACH_SHARED_MEMORY)))
+        .addMethod(
+          getDetachSharedMemoryMethod(),
+          io.grpc.stub.ServerCalls.asyncUnaryCall(
+            new MethodHandlers<
+              io.tinymodelserver.tms.v1.DetachSharedMemoryRequest,
+              io.tinymodelserver.tms.v1.DetachSharedMemoryResponse>(
+                service, METHODID_DETACH_SHARED_MEMORY)))
         .build();
   }
 
@@ -1425,6 +1806,9 @@ public final class ModelServiceGrpc {
               .addMethod(getRunTextMethod())
               .addMethod(getRunTextBatchMethod())
               .addMethod(getGetWorkerInfoMethod())
+              .addMethod(getRunImageStreamMethod())
+              .addMethod(getAttachSharedMemoryMethod())
+              .addMethod(getDetachSharedMemoryMethod())
               .build();
         }
       }

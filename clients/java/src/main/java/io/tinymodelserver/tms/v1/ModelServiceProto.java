@@ -111,6 +111,36 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_tms_v1_GetWorkerInfoResponse_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_RunImageStreamRequest_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_RunImageStreamRequest_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_RunImageStreamResponse_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_RunImageStreamResponse_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_AttachSharedMemoryRequest_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_AttachSharedMemoryRequest_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_AttachSharedMemoryResponse_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_AttachSharedMemoryResponse_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_DetachSharedMemoryRequest_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_DetachSharedMemoryRequest_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_DetachSharedMemoryResponse_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_DetachSharedMemoryResponse_fieldAccessorTable;
 
   public static com.google.protobuf.Descriptors.FileDescriptor
       getDescriptor() {
@@ -120,87 +150,112 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
       descriptor;
   static {
     java.lang.String[] descriptorData = {
-      "\n\032tms/v1/model_service.proto\022\006tms.v1\032\022tm" +
-      "s/v1/image.proto\"\353\003\n\tModelInfo\022\022\n\004name\030\001" +
-      " \001(\tR\004name\022 \n\013description\030\002 \001(\tR\013descrip" +
-      "tion\022\037\n\013input_shape\030\003 \003(\003R\ninputShape\022.\n" +
-      "\013input_dtype\030\004 \001(\0162\r.tms.v1.DTypeR\ninput" +
-      "Dtype\0223\n\013color_order\030\005 \001(\0162\022.tms.v1.Colo" +
-      "rOrderR\ncolorOrder\022\'\n\005calls\030\006 \003(\0162\021.tms." +
-      "v1.ModelCallR\005calls\022\037\n\013thread_safe\030\007 \001(\010" +
-      "R\nthreadSafe\022@\n\022output_color_order\030\010 \001(\016" +
-      "2\022.tms.v1.ColorOrderR\020outputColorOrder\022\030" +
-      "\n\007version\030\t \001(\tR\007version\022$\n\016max_batch_si" +
-      "ze\030\n \001(\005R\014maxBatchSize\022(\n\020args_schema_js" +
-      "on\030\013 \001(\tR\016argsSchemaJson\022,\n\022result_schem" +
-      "a_json\030\014 \001(\tR\020resultSchemaJson\"\023\n\021ListMo" +
-      "delsRequest\"?\n\022ListModelsResponse\022)\n\006mod" +
-      "els\030\001 \003(\0132\021.tms.v1.ModelInfoR\006models\"+\n\023" +
-      "GetModelInfoRequest\022\024\n\005model\030\001 \001(\tR\005mode" +
-      "l\"=\n\024GetModelInfoResponse\022%\n\004info\030\001 \001(\0132" +
-      "\021.tms.v1.ModelInfoR\004info\"i\n\017RunImageRequ" +
-      "est\022\024\n\005model\030\001 \001(\tR\005model\022#\n\005image\030\002 \001(\013" +
-      "2\r.tms.v1.ImageR\005image\022\033\n\targs_json\030\003 \001(" +
-      "\tR\010argsJson\"X\n\020RunImageResponse\022\037\n\013resul" +
-      "t_json\030\001 \001(\tR\nresultJson\022#\n\rmodel_versio" +
-      "n\030\002 \001(\tR\014modelVersion\"p\n\024RunImageBatchRe" +
-      "quest\022\024\n\005model\030\001 \001(\tR\005model\022%\n\006images\030\002 " +
-      "\003(\0132\r.tms.v1.ImageR\006images\022\033\n\targs_json\030" +
-      "\003 \001(\tR\010argsJson\"_\n\025RunImageBatchResponse" +
-      "\022!\n\014results_json\030\001 \003(\tR\013resultsJson\022#\n\rm" +
-      "odel_version\030\002 \001(\tR\014modelVersion\"\255\001\n\026Run" +
-      "ImageToImageRequest\022\024\n\005model\030\001 \001(\tR\005mode" +
-      "l\022%\n\006images\030\002 \003(\0132\r.tms.v1.ImageR\006images" +
-      "\022\033\n\targs_json\030\003 \001(\tR\010argsJson\0229\n\017output_" +
-      "encoding\030\004 \001(\0162\020.tms.v1.EncodingR\016output" +
-      "Encoding\"\206\001\n\027RunImageToImageResponse\022%\n\006" +
-      "images\030\001 \003(\0132\r.tms.v1.ImageR\006images\022\037\n\013r" +
-      "esult_json\030\002 \001(\tR\nresultJson\022#\n\rmodel_ve" +
-      "rsion\030\003 \001(\tR\014modelVersion\"W\n\016RunTextRequ" +
-      "est\022\024\n\005model\030\001 \001(\tR\005model\022\022\n\004text\030\002 \001(\tR" +
-      "\004text\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"W\n\017Ru" +
-      "nTextResponse\022\037\n\013result_json\030\001 \001(\tR\nresu" +
-      "ltJson\022#\n\rmodel_version\030\002 \001(\tR\014modelVers" +
-      "ion\"^\n\023RunTextBatchRequest\022\024\n\005model\030\001 \001(" +
-      "\tR\005model\022\024\n\005texts\030\002 \003(\tR\005texts\022\033\n\targs_j" +
-      "son\030\003 \001(\tR\010argsJson\"^\n\024RunTextBatchRespo" +
-      "nse\022!\n\014results_json\030\001 \003(\tR\013resultsJson\022#" +
-      "\n\rmodel_version\030\002 \001(\tR\014modelVersion\"\026\n\024G" +
-      "etWorkerInfoRequest\"\203\002\n\025GetWorkerInfoRes" +
-      "ponse\022\037\n\013instance_id\030\001 \001(\tR\ninstanceId\022\020" +
-      "\n\003pid\030\002 \001(\003R\003pid\022!\n\014worker_index\030\003 \001(\005R\013" +
-      "workerIndex\022!\n\014worker_count\030\004 \001(\005R\013worke" +
-      "rCount\022%\n\016server_version\030\005 \001(\tR\rserverVe" +
-      "rsion\022\032\n\010hostname\030\006 \001(\tR\010hostname\022\026\n\006dev" +
-      "ice\030\007 \001(\tR\006device\022\026\n\006models\030\010 \003(\tR\006model" +
-      "s*\274\001\n\tModelCall\022\032\n\026MODEL_CALL_UNSPECIFIE" +
-      "D\020\000\022\030\n\024MODEL_CALL_RUN_IMAGE\020\001\022\036\n\032MODEL_C" +
-      "ALL_RUN_IMAGE_BATCH\020\002\022!\n\035MODEL_CALL_RUN_" +
-      "IMAGE_TO_IMAGE\020\003\022\027\n\023MODEL_CALL_RUN_TEXT\020" +
-      "\004\022\035\n\031MODEL_CALL_RUN_TEXT_BATCH\020\0052\324\004\n\014Mod" +
-      "elService\022C\n\nListModels\022\031.tms.v1.ListMod" +
-      "elsRequest\032\032.tms.v1.ListModelsResponse\022I" +
-      "\n\014GetModelInfo\022\033.tms.v1.GetModelInfoRequ" +
-      "est\032\034.tms.v1.GetModelInfoResponse\022=\n\010Run" +
-      "Image\022\027.tms.v1.RunImageRequest\032\030.tms.v1." +
-      "RunImageResponse\022L\n\rRunImageBatch\022\034.tms." +
-      "v1.RunImageBatchRequest\032\035.tms.v1.RunImag" +
-      "eBatchResponse\022R\n\017RunImageToImage\022\036.tms." +
-      "v1.RunImageToImageRequest\032\037.tms.v1.RunIm" +
-      "ageToImageResponse\022:\n\007RunText\022\026.tms.v1.R" +
-      "unTextRequest\032\027.tms.v1.RunTextResponse\022I" +
-      "\n\014RunTextBatch\022\033.tms.v1.RunTextBatchRequ" +
-      "est\032\034.tms.v1.RunTextBatchResponse\022L\n\rGet" +
-      "WorkerInfo\022\034.tms.v1.GetWorkerInfoRequest" +
-      "\032\035.tms.v1.GetWorkerInfoResponseB\205\001\n\031io.t" +
-      "inymodelserver.tms.v1B\021ModelServiceProto" +
-      "P\001Z:github.com/tinymodelserver/tms/clien" +
-      "ts/go/gen/tms/v1;tmsv1\252\002\026TinyModelServer" +
-      ".Tms.V1b\006proto3"
+      "\n\032tms/v1/model_service.proto\022\006tms.v1\032\036go" +
+      "ogle/protobuf/duration.proto\032\022tms/v1/ima" +
+      "ge.proto\"\256\004\n\tModelInfo\022\022\n\004name\030\001 \001(\tR\004na" +
+      "me\022 \n\013description\030\002 \001(\tR\013description\022\037\n\013" +
+      "input_shape\030\003 \003(\003R\ninputShape\022.\n\013input_d" +
+      "type\030\004 \001(\0162\r.tms.v1.DTypeR\ninputDtype\0223\n" +
+      "\013color_order\030\005 \001(\0162\022.tms.v1.ColorOrderR\n" +
+      "colorOrder\022\'\n\005calls\030\006 \003(\0162\021.tms.v1.Model" +
+      "CallR\005calls\022\037\n\013thread_safe\030\007 \001(\010R\nthread" +
+      "Safe\022@\n\022output_color_order\030\010 \001(\0162\022.tms.v" +
+      "1.ColorOrderR\020outputColorOrder\022\030\n\007versio" +
+      "n\030\t \001(\tR\007version\022$\n\016max_batch_size\030\n \001(\005" +
+      "R\014maxBatchSize\022(\n\020args_schema_json\030\013 \001(\t" +
+      "R\016argsSchemaJson\022,\n\022result_schema_json\030\014" +
+      " \001(\tR\020resultSchemaJson\022A\n\017max_batch_dela" +
+      "y\030\r \001(\0132\031.google.protobuf.DurationR\rmaxB" +
+      "atchDelay\"\023\n\021ListModelsRequest\"?\n\022ListMo" +
+      "delsResponse\022)\n\006models\030\001 \003(\0132\021.tms.v1.Mo" +
+      "delInfoR\006models\"+\n\023GetModelInfoRequest\022\024" +
+      "\n\005model\030\001 \001(\tR\005model\"=\n\024GetModelInfoResp" +
+      "onse\022%\n\004info\030\001 \001(\0132\021.tms.v1.ModelInfoR\004i" +
+      "nfo\"i\n\017RunImageRequest\022\024\n\005model\030\001 \001(\tR\005m" +
+      "odel\022#\n\005image\030\002 \001(\0132\r.tms.v1.ImageR\005imag" +
+      "e\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"X\n\020RunIma" +
+      "geResponse\022\037\n\013result_json\030\001 \001(\tR\nresultJ" +
+      "son\022#\n\rmodel_version\030\002 \001(\tR\014modelVersion" +
+      "\"p\n\024RunImageBatchRequest\022\024\n\005model\030\001 \001(\tR" +
+      "\005model\022%\n\006images\030\002 \003(\0132\r.tms.v1.ImageR\006i" +
+      "mages\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"_\n\025Ru" +
+      "nImageBatchResponse\022!\n\014results_json\030\001 \003(" +
+      "\tR\013resultsJson\022#\n\rmodel_version\030\002 \001(\tR\014m" +
+      "odelVersion\"\365\001\n\026RunImageToImageRequest\022\024" +
+      "\n\005model\030\001 \001(\tR\005model\022%\n\006images\030\002 \003(\0132\r.t" +
+      "ms.v1.ImageR\006images\022\033\n\targs_json\030\003 \001(\tR\010" +
+      "argsJson\0229\n\017output_encoding\030\004 \001(\0162\020.tms." +
+      "v1.EncodingR\016outputEncoding\022F\n\024output_sh" +
+      "ared_memory\030\005 \001(\0132\024.tms.v1.SharedMemoryR" +
+      "\022outputSharedMemory\"\206\001\n\027RunImageToImageR" +
+      "esponse\022%\n\006images\030\001 \003(\0132\r.tms.v1.ImageR\006" +
+      "images\022\037\n\013result_json\030\002 \001(\tR\nresultJson\022" +
+      "#\n\rmodel_version\030\003 \001(\tR\014modelVersion\"W\n\016" +
+      "RunTextRequest\022\024\n\005model\030\001 \001(\tR\005model\022\022\n\004" +
+      "text\030\002 \001(\tR\004text\022\033\n\targs_json\030\003 \001(\tR\010arg" +
+      "sJson\"W\n\017RunTextResponse\022\037\n\013result_json\030" +
+      "\001 \001(\tR\nresultJson\022#\n\rmodel_version\030\002 \001(\t" +
+      "R\014modelVersion\"^\n\023RunTextBatchRequest\022\024\n" +
+      "\005model\030\001 \001(\tR\005model\022\024\n\005texts\030\002 \003(\tR\005text" +
+      "s\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"^\n\024RunTex" +
+      "tBatchResponse\022!\n\014results_json\030\001 \003(\tR\013re" +
+      "sultsJson\022#\n\rmodel_version\030\002 \001(\tR\014modelV" +
+      "ersion\"\026\n\024GetWorkerInfoRequest\"\203\002\n\025GetWo" +
+      "rkerInfoResponse\022\037\n\013instance_id\030\001 \001(\tR\ni" +
+      "nstanceId\022\020\n\003pid\030\002 \001(\003R\003pid\022!\n\014worker_in" +
+      "dex\030\003 \001(\005R\013workerIndex\022!\n\014worker_count\030\004" +
+      " \001(\005R\013workerCount\022%\n\016server_version\030\005 \001(" +
+      "\tR\rserverVersion\022\032\n\010hostname\030\006 \001(\tR\010host" +
+      "name\022\026\n\006device\030\007 \001(\tR\006device\022\026\n\006models\030\010" +
+      " \003(\tR\006models\"\212\001\n\025RunImageStreamRequest\022\024" +
+      "\n\005model\030\001 \001(\tR\005model\022#\n\005image\030\002 \001(\0132\r.tm" +
+      "s.v1.ImageR\005image\022\033\n\targs_json\030\003 \001(\tR\010ar" +
+      "gsJson\022\031\n\010frame_id\030\004 \001(\004R\007frameId\"\234\001\n\026Ru" +
+      "nImageStreamResponse\022\031\n\010frame_id\030\001 \001(\004R\007" +
+      "frameId\022\037\n\013result_json\030\002 \001(\tR\nresultJson" +
+      "\022!\n\014error_status\030\003 \001(\014R\013errorStatus\022#\n\rm" +
+      "odel_version\030\004 \001(\tR\014modelVersion\"Y\n\031Atta" +
+      "chSharedMemoryRequest\022\022\n\004name\030\001 \001(\tR\004nam" +
+      "e\022\022\n\004size\030\002 \001(\004R\004size\022\024\n\005proof\030\003 \001(\014R\005pr" +
+      "oof\"4\n\032AttachSharedMemoryResponse\022\026\n\006reg" +
+      "ion\030\001 \001(\tR\006region\"3\n\031DetachSharedMemoryR" +
+      "equest\022\026\n\006region\030\001 \001(\tR\006region\"\034\n\032Detach" +
+      "SharedMemoryResponse*\274\001\n\tModelCall\022\032\n\026MO" +
+      "DEL_CALL_UNSPECIFIED\020\000\022\030\n\024MODEL_CALL_RUN" +
+      "_IMAGE\020\001\022\036\n\032MODEL_CALL_RUN_IMAGE_BATCH\020\002" +
+      "\022!\n\035MODEL_CALL_RUN_IMAGE_TO_IMAGE\020\003\022\027\n\023M" +
+      "ODEL_CALL_RUN_TEXT\020\004\022\035\n\031MODEL_CALL_RUN_T" +
+      "EXT_BATCH\020\0052\343\006\n\014ModelService\022C\n\nListMode" +
+      "ls\022\031.tms.v1.ListModelsRequest\032\032.tms.v1.L" +
+      "istModelsResponse\022I\n\014GetModelInfo\022\033.tms." +
+      "v1.GetModelInfoRequest\032\034.tms.v1.GetModel" +
+      "InfoResponse\022=\n\010RunImage\022\027.tms.v1.RunIma" +
+      "geRequest\032\030.tms.v1.RunImageResponse\022L\n\rR" +
+      "unImageBatch\022\034.tms.v1.RunImageBatchReque" +
+      "st\032\035.tms.v1.RunImageBatchResponse\022R\n\017Run" +
+      "ImageToImage\022\036.tms.v1.RunImageToImageReq" +
+      "uest\032\037.tms.v1.RunImageToImageResponse\022:\n" +
+      "\007RunText\022\026.tms.v1.RunTextRequest\032\027.tms.v" +
+      "1.RunTextResponse\022I\n\014RunTextBatch\022\033.tms." +
+      "v1.RunTextBatchRequest\032\034.tms.v1.RunTextB" +
+      "atchResponse\022L\n\rGetWorkerInfo\022\034.tms.v1.G" +
+      "etWorkerInfoRequest\032\035.tms.v1.GetWorkerIn" +
+      "foResponse\022S\n\016RunImageStream\022\035.tms.v1.Ru" +
+      "nImageStreamRequest\032\036.tms.v1.RunImageStr" +
+      "eamResponse(\0010\001\022[\n\022AttachSharedMemory\022!." +
+      "tms.v1.AttachSharedMemoryRequest\032\".tms.v" +
+      "1.AttachSharedMemoryResponse\022[\n\022DetachSh" +
+      "aredMemory\022!.tms.v1.DetachSharedMemoryRe" +
+      "quest\032\".tms.v1.DetachSharedMemoryRespons" +
+      "eB\205\001\n\031io.tinymodelserver.tms.v1B\021ModelSe" +
+      "rviceProtoP\001Z:github.com/tinymodelserver" +
+      "/tms/clients/go/gen/tms/v1;tmsv1\252\002\026TinyM" +
+      "odelServer.Tms.V1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
         new com.google.protobuf.Descriptors.FileDescriptor[] {
+          com.google.protobuf.DurationProto.getDescriptor(),
           io.tinymodelserver.tms.v1.ImageProto.getDescriptor(),
         });
     internal_static_tms_v1_ModelInfo_descriptor =
@@ -208,7 +263,7 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
     internal_static_tms_v1_ModelInfo_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_ModelInfo_descriptor,
-        new java.lang.String[] { "Name", "Description", "InputShape", "InputDtype", "ColorOrder", "Calls", "ThreadSafe", "OutputColorOrder", "Version", "MaxBatchSize", "ArgsSchemaJson", "ResultSchemaJson", });
+        new java.lang.String[] { "Name", "Description", "InputShape", "InputDtype", "ColorOrder", "Calls", "ThreadSafe", "OutputColorOrder", "Version", "MaxBatchSize", "ArgsSchemaJson", "ResultSchemaJson", "MaxBatchDelay", });
     internal_static_tms_v1_ListModelsRequest_descriptor =
       getDescriptor().getMessageType(1);
     internal_static_tms_v1_ListModelsRequest_fieldAccessorTable = new
@@ -262,7 +317,7 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
     internal_static_tms_v1_RunImageToImageRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageToImageRequest_descriptor,
-        new java.lang.String[] { "Model", "Images", "ArgsJson", "OutputEncoding", });
+        new java.lang.String[] { "Model", "Images", "ArgsJson", "OutputEncoding", "OutputSharedMemory", });
     internal_static_tms_v1_RunImageToImageResponse_descriptor =
       getDescriptor().getMessageType(10);
     internal_static_tms_v1_RunImageToImageResponse_fieldAccessorTable = new
@@ -305,7 +360,44 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_GetWorkerInfoResponse_descriptor,
         new java.lang.String[] { "InstanceId", "Pid", "WorkerIndex", "WorkerCount", "ServerVersion", "Hostname", "Device", "Models", });
+    internal_static_tms_v1_RunImageStreamRequest_descriptor =
+      getDescriptor().getMessageType(17);
+    internal_static_tms_v1_RunImageStreamRequest_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_RunImageStreamRequest_descriptor,
+        new java.lang.String[] { "Model", "Image", "ArgsJson", "FrameId", });
+    internal_static_tms_v1_RunImageStreamResponse_descriptor =
+      getDescriptor().getMessageType(18);
+    internal_static_tms_v1_RunImageStreamResponse_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_RunImageStreamResponse_descriptor,
+        new java.lang.String[] { "FrameId", "ResultJson", "ErrorStatus", "ModelVersion", });
+    internal_static_tms_v1_AttachSharedMemoryRequest_descriptor =
+      getDescriptor().getMessageType(19);
+    internal_static_tms_v1_AttachSharedMemoryRequest_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_AttachSharedMemoryRequest_descriptor,
+        new java.lang.String[] { "Name", "Size", "Proof", });
+    internal_static_tms_v1_AttachSharedMemoryResponse_descriptor =
+      getDescriptor().getMessageType(20);
+    internal_static_tms_v1_AttachSharedMemoryResponse_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_AttachSharedMemoryResponse_descriptor,
+        new java.lang.String[] { "Region", });
+    internal_static_tms_v1_DetachSharedMemoryRequest_descriptor =
+      getDescriptor().getMessageType(21);
+    internal_static_tms_v1_DetachSharedMemoryRequest_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_DetachSharedMemoryRequest_descriptor,
+        new java.lang.String[] { "Region", });
+    internal_static_tms_v1_DetachSharedMemoryResponse_descriptor =
+      getDescriptor().getMessageType(22);
+    internal_static_tms_v1_DetachSharedMemoryResponse_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_DetachSharedMemoryResponse_descriptor,
+        new java.lang.String[] { });
     descriptor.resolveAllFeaturesImmutable();
+    com.google.protobuf.DurationProto.getDescriptor();
     io.tinymodelserver.tms.v1.ImageProto.getDescriptor();
   }
 

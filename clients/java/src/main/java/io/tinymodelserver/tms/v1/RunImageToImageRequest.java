@@ -56,6 +56,7 @@ private static final long serialVersionUID = 0L;
             io.tinymodelserver.tms.v1.RunImageToImageRequest.class, io.tinymodelserver.tms.v1.RunImageToImageRequest.Builder.class);
   }
 
+  private int bitField0_;
   public static final int MODEL_FIELD_NUMBER = 1;
   @SuppressWarnings("serial")
   private volatile java.lang.Object model_ = "";
@@ -237,6 +238,53 @@ private static final long serialVersionUID = 0L;
     return result == null ? io.tinymodelserver.tms.v1.Encoding.UNRECOGNIZED : result;
   }
 
+  public static final int OUTPUT_SHARED_MEMORY_FIELD_NUMBER = 5;
+  private io.tinymodelserver.tms.v1.SharedMemory outputSharedMemory_;
+  /**
+   * <pre>
+   * Where the server may write the output images instead of returning their bytes: a part
+   * of a region attached to the worker that answers. Outputs that fit are written there, one
+   * after another, and returned as Image.shared_memory references into it; the others come
+   * back as bytes. Unset: outputs come back as bytes.
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+   * @return Whether the outputSharedMemory field is set.
+   */
+  @java.lang.Override
+  public boolean hasOutputSharedMemory() {
+    return ((bitField0_ & 0x00000001) != 0);
+  }
+  /**
+   * <pre>
+   * Where the server may write the output images instead of returning their bytes: a part
+   * of a region attached to the worker that answers. Outputs that fit are written there, one
+   * after another, and returned as Image.shared_memory references into it; the others come
+   * back as bytes. Unset: outputs come back as bytes.
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+   * @return The outputSharedMemory.
+   */
+  @java.lang.Override
+  public io.tinymodelserver.tms.v1.SharedMemory getOutputSharedMemory() {
+    return outputSharedMemory_ == null ? io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : outputSharedMemory_;
+  }
+  /**
+   * <pre>
+   * Where the server may write the output images instead of returning their bytes: a part
+   * of a region attached to the worker that answers. Outputs that fit are written there, one
+   * after another, and returned as Image.shared_memory references into it; the others come
+   * back as bytes. Unset: outputs come back as bytes.
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+   */
+  @java.lang.Override
+  public io.tinymodelserver.tms.v1.SharedMemoryOrBuilder getOutputSharedMemoryOrBuilder() {
+    return outputSharedMemory_ == null ? io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : outputSharedMemory_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -263,6 +311,9 @@ private static final long serialVersionUID = 0L;
     if (outputEncoding_ != io.tinymodelserver.tms.v1.Encoding.ENCODING_UNSPECIFIED.getNumber()) {
       output.writeEnum(4, outputEncoding_);
     }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      output.writeMessage(5, getOutputSharedMemory());
+    }
     getUnknownFields().writeTo(output);
   }
   private int computeSerializedSize_0() {
@@ -285,6 +336,10 @@ private static final long serialVersionUID = 0L;
     if (outputEncoding_ != io.tinymodelserver.tms.v1.Encoding.ENCODING_UNSPECIFIED.getNumber()) {
       size += com.google.protobuf.CodedOutputStream
         .computeEnumSize(4, outputEncoding_);
+    }
+    if (((bitField0_ & 0x00000001) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(5, getOutputSharedMemory());
     }
     return size;
   }
@@ -317,6 +372,11 @@ private static final long serialVersionUID = 0L;
     if (!getArgsJson()
         .equals(other.getArgsJson())) return false;
     if (outputEncoding_ != other.outputEncoding_) return false;
+    if (hasOutputSharedMemory() != other.hasOutputSharedMemory()) return false;
+    if (hasOutputSharedMemory()) {
+      if (!getOutputSharedMemory()
+          .equals(other.getOutputSharedMemory())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -338,6 +398,10 @@ private static final long serialVersionUID = 0L;
     hash = (53 * hash) + getArgsJson().hashCode();
     hash = (37 * hash) + OUTPUT_ENCODING_FIELD_NUMBER;
     hash = (53 * hash) + outputEncoding_;
+    if (hasOutputSharedMemory()) {
+      hash = (37 * hash) + OUTPUT_SHARED_MEMORY_FIELD_NUMBER;
+      hash = (53 * hash) + getOutputSharedMemory().hashCode();
+    }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -461,13 +525,20 @@ private static final long serialVersionUID = 0L;
 
     // Construct using io.tinymodelserver.tms.v1.RunImageToImageRequest.newBuilder()
     private Builder() {
-
+      maybeForceBuilderInitialization();
     }
 
     private Builder(
         com.google.protobuf.GeneratedMessage.BuilderParent parent) {
       super(parent);
-
+      maybeForceBuilderInitialization();
+    }
+    private void maybeForceBuilderInitialization() {
+      if (com.google.protobuf.GeneratedMessage
+              .alwaysUseFieldBuilders) {
+        internalGetImagesFieldBuilder();
+        internalGetOutputSharedMemoryFieldBuilder();
+      }
     }
     @java.lang.Override
     public Builder clear() {
@@ -483,6 +554,11 @@ private static final long serialVersionUID = 0L;
       bitField0_ = (bitField0_ & ~0x00000002);
       argsJson_ = "";
       outputEncoding_ = 0;
+      outputSharedMemory_ = null;
+      if (outputSharedMemoryBuilder_ != null) {
+        outputSharedMemoryBuilder_.dispose();
+        outputSharedMemoryBuilder_ = null;
+      }
       return this;
     }
 
@@ -538,6 +614,14 @@ private static final long serialVersionUID = 0L;
       if (((from_bitField0_ & 0x00000008) != 0)) {
         result.outputEncoding_ = outputEncoding_;
       }
+      int to_bitField0_ = 0;
+      if (((from_bitField0_ & 0x00000010) != 0)) {
+        result.outputSharedMemory_ = outputSharedMemoryBuilder_ == null
+            ? outputSharedMemory_
+            : outputSharedMemoryBuilder_.build();
+        to_bitField0_ |= 0x00000001;
+      }
+      result.bitField0_ |= to_bitField0_;
     }
 
     @java.lang.Override
@@ -591,6 +675,9 @@ private static final long serialVersionUID = 0L;
       if (other.outputEncoding_ != 0) {
         setOutputEncodingValue(other.getOutputEncodingValue());
       }
+      if (other.hasOutputSharedMemory()) {
+        mergeOutputSharedMemory(other.getOutputSharedMemory());
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -643,6 +730,13 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000008;
               break;
             } // case 32
+            case 42: {
+              input.readMessage(
+                  internalGetOutputSharedMemoryFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00000010;
+              break;
+            } // case 42
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -1220,6 +1314,188 @@ private static final long serialVersionUID = 0L;
       outputEncoding_ = 0;
       onChanged();
       return this;
+    }
+
+    private io.tinymodelserver.tms.v1.SharedMemory outputSharedMemory_;
+    private com.google.protobuf.SingleFieldBuilder<
+        io.tinymodelserver.tms.v1.SharedMemory, io.tinymodelserver.tms.v1.SharedMemory.Builder, io.tinymodelserver.tms.v1.SharedMemoryOrBuilder> outputSharedMemoryBuilder_;
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     * @return Whether the outputSharedMemory field is set.
+     */
+    public boolean hasOutputSharedMemory() {
+      return ((bitField0_ & 0x00000010) != 0);
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     * @return The outputSharedMemory.
+     */
+    public io.tinymodelserver.tms.v1.SharedMemory getOutputSharedMemory() {
+      if (outputSharedMemoryBuilder_ == null) {
+        return outputSharedMemory_ == null ? io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : outputSharedMemory_;
+      } else {
+        return outputSharedMemoryBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     */
+    public Builder setOutputSharedMemory(io.tinymodelserver.tms.v1.SharedMemory value) {
+      if (outputSharedMemoryBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        outputSharedMemory_ = value;
+      } else {
+        outputSharedMemoryBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00000010;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     */
+    public Builder setOutputSharedMemory(
+        io.tinymodelserver.tms.v1.SharedMemory.Builder builderForValue) {
+      if (outputSharedMemoryBuilder_ == null) {
+        outputSharedMemory_ = builderForValue.build();
+      } else {
+        outputSharedMemoryBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00000010;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     */
+    public Builder mergeOutputSharedMemory(io.tinymodelserver.tms.v1.SharedMemory value) {
+      if (outputSharedMemoryBuilder_ == null) {
+        if (((bitField0_ & 0x00000010) != 0) &&
+          outputSharedMemory_ != null &&
+          outputSharedMemory_ != io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance()) {
+          getOutputSharedMemoryBuilder().mergeFrom(value);
+        } else {
+          outputSharedMemory_ = value;
+        }
+      } else {
+        outputSharedMemoryBuilder_.mergeFrom(value);
+      }
+      if (outputSharedMemory_ != null) {
+        bitField0_ |= 0x00000010;
+        onChanged();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     */
+    public Builder clearOutputSharedMemory() {
+      bitField0_ = (bitField0_ & ~0x00000010);
+      outputSharedMemory_ = null;
+      if (outputSharedMemoryBuilder_ != null) {
+        outputSharedMemoryBuilder_.dispose();
+        outputSharedMemoryBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     */
+    public io.tinymodelserver.tms.v1.SharedMemory.Builder getOutputSharedMemoryBuilder() {
+      bitField0_ |= 0x00000010;
+      onChanged();
+      return internalGetOutputSharedMemoryFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     */
+    public io.tinymodelserver.tms.v1.SharedMemoryOrBuilder getOutputSharedMemoryOrBuilder() {
+      if (outputSharedMemoryBuilder_ != null) {
+        return outputSharedMemoryBuilder_.getMessageOrBuilder();
+      } else {
+        return outputSharedMemory_ == null ?
+            io.tinymodelserver.tms.v1.SharedMemory.getDefaultInstance() : outputSharedMemory_;
+      }
+    }
+    /**
+     * <pre>
+     * Where the server may write the output images instead of returning their bytes: a part
+     * of a region attached to the worker that answers. Outputs that fit are written there, one
+     * after another, and returned as Image.shared_memory references into it; the others come
+     * back as bytes. Unset: outputs come back as bytes.
+     * </pre>
+     *
+     * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        io.tinymodelserver.tms.v1.SharedMemory, io.tinymodelserver.tms.v1.SharedMemory.Builder, io.tinymodelserver.tms.v1.SharedMemoryOrBuilder> 
+        internalGetOutputSharedMemoryFieldBuilder() {
+      if (outputSharedMemoryBuilder_ == null) {
+        outputSharedMemoryBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            io.tinymodelserver.tms.v1.SharedMemory, io.tinymodelserver.tms.v1.SharedMemory.Builder, io.tinymodelserver.tms.v1.SharedMemoryOrBuilder>(
+                getOutputSharedMemory(),
+                getParentForChildren(),
+                isClean());
+        outputSharedMemory_ = null;
+      }
+      return outputSharedMemoryBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:tms.v1.RunImageToImageRequest)

@@ -112,4 +112,40 @@ public interface RunImageToImageRequestOrBuilder extends
    * @return The outputEncoding.
    */
   io.tinymodelserver.tms.v1.Encoding getOutputEncoding();
+
+  /**
+   * <pre>
+   * Where the server may write the output images instead of returning their bytes: a part
+   * of a region attached to the worker that answers. Outputs that fit are written there, one
+   * after another, and returned as Image.shared_memory references into it; the others come
+   * back as bytes. Unset: outputs come back as bytes.
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+   * @return Whether the outputSharedMemory field is set.
+   */
+  boolean hasOutputSharedMemory();
+  /**
+   * <pre>
+   * Where the server may write the output images instead of returning their bytes: a part
+   * of a region attached to the worker that answers. Outputs that fit are written there, one
+   * after another, and returned as Image.shared_memory references into it; the others come
+   * back as bytes. Unset: outputs come back as bytes.
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+   * @return The outputSharedMemory.
+   */
+  io.tinymodelserver.tms.v1.SharedMemory getOutputSharedMemory();
+  /**
+   * <pre>
+   * Where the server may write the output images instead of returning their bytes: a part
+   * of a region attached to the worker that answers. Outputs that fit are written there, one
+   * after another, and returned as Image.shared_memory references into it; the others come
+   * back as bytes. Unset: outputs come back as bytes.
+   * </pre>
+   *
+   * <code>.tms.v1.SharedMemory output_shared_memory = 5 [json_name = "outputSharedMemory"];</code>
+   */
+  io.tinymodelserver.tms.v1.SharedMemoryOrBuilder getOutputSharedMemoryOrBuilder();
 }
