@@ -353,7 +353,7 @@ def test_least_loaded_keeps_calls_away_from_a_slow_worker(server_process, models
         args = {"slow_pid": slow_pid, "sleep": 0.3} if who == 0 else {}
         return np.zeros((2, 2), np.uint8), args
 
-    p99: dict[str, float] = {}
+    stuck: dict[str, float] = {}
     for name, balancer in (("round-robin", RoundRobin()), ("least-loaded", LeastLoaded(1))):
         load, _ = driver.run(
             "serial", server.target, call, concurrency=6, duration=4, balancer=balancer
@@ -362,12 +362,15 @@ def test_least_loaded_keeps_calls_away_from_a_slow_worker(server_process, models
         others = [
             lat for (who, _, _), lat in zip(load.results, load.latencies, strict=True) if who != 0
         ]
-        p99[name] = float(np.percentile(others, 99))
+        # A fast call that took most of a slow call's 0.3 s queued behind one: count those,
+        # not how fast this machine is today.
+        stuck[name] = sum(lat > 0.2 for lat in others) / len(others)
     print(
-        f"\n{driver.kind}: p99 of the other calls (ms): "
-        + ", ".join(f"{k} {v * 1000:.1f}" for k, v in p99.items())
+        f"\n{driver.kind}: share of the other calls stuck behind a slow one: "
+        + ", ".join(f"{k} {v:.1%}" for k, v in stuck.items())
     )
-    assert p99["least-loaded"] < p99["round-robin"] / 2
+    assert stuck["round-robin"] > 0.05  # the slow worker does hold calls up ...
+    assert stuck["least-loaded"] < stuck["round-robin"] / 2  # ... and least-loaded avoids it
 
 
 def test_two_hosts_behind_one_client(server_process, models, driver):
