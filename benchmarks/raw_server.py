@@ -7,6 +7,8 @@ with identity serializers (raw bytes in, raw bytes out):
 
 - ``/bench.Raw/Mean``: request = shape header (3 x uint32 little-endian: H, W, C) + uint8
   pixels; response = the mean as one little-endian float64.
+- ``/bench.Raw/Echo``: request as for Mean; response = the mean (float64) followed by the
+  pixels, sent back (the baseline of an image-to-image call, for ``bench_shm.py``).
 - ``/bench.Raw/Pid``: the worker's pid as text, so a client can hold one channel per worker.
 
 Run ``python benchmarks/raw_server.py --port 0``; when every worker is serving it prints
@@ -29,11 +31,12 @@ from types import FrameType
 import grpc
 import numpy as np
 
-__all__ = ["HEADER", "MEAN_METHOD", "PID_METHOD", "RESULT", "main"]
+__all__ = ["ECHO_METHOD", "HEADER", "MEAN_METHOD", "PID_METHOD", "RESULT", "main"]
 
 SERVICE = "bench.Raw"
 MEAN_METHOD = f"/{SERVICE}/Mean"
 PID_METHOD = f"/{SERVICE}/Pid"
+ECHO_METHOD = f"/{SERVICE}/Echo"
 HEADER = struct.Struct("<3I")  # H, W, C of the uint8 pixels that follow
 RESULT = struct.Struct("<d")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as tms-server's default --max-message-mb
@@ -45,6 +48,13 @@ def mean(request: bytes, context: grpc.ServicerContext) -> bytes:
     shape = HEADER.unpack_from(request)
     pixels = np.frombuffer(request, dtype=np.uint8, offset=HEADER.size).reshape(shape)
     return RESULT.pack(float(pixels.mean()))
+
+
+def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    """The mean of the pixels of a request, then the pixels (one copy, into the response)."""
+    shape = HEADER.unpack_from(request)
+    pixels = np.frombuffer(request, dtype=np.uint8, offset=HEADER.size).reshape(shape)
+    return b"".join((RESULT.pack(float(pixels.mean())), pixels.data.cast("B")))
 
 
 def pid(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -70,6 +80,7 @@ def _serve(host: str, port: int, threads: int, ready: Connection) -> None:
     )
     handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         "Mean": grpc.unary_unary_rpc_method_handler(mean),
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
         "Pid": grpc.unary_unary_rpc_method_handler(pid),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

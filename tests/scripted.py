@@ -15,8 +15,9 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 
@@ -101,7 +102,7 @@ class FakeServer:
         worker.calls += 1
         if worker.fail is not None:
             raise from_code(worker.fail, "scripted failure", trailers)
-        return Reply(request.data, trailers)
+        return Reply(request.payload(), trailers)
 
 
 def _unavailable(details: str) -> CallError:
@@ -150,8 +151,8 @@ class ScriptedChannel(_Connection):
             time.sleep(delay)
         return self.finish(worker, request)
 
-    def stream(self, request: Request, more: Iterable[bytes] = ()) -> Stream:
-        raise NotImplementedError("the pool makes no streaming calls yet")
+    def stream(self, request: Request, more: Iterable[Any] = ()) -> Stream:
+        return ScriptedStream(self, request, more)
 
     def close(self) -> None:
         self.closed = True
@@ -164,11 +165,47 @@ class AsyncScriptedChannel(_Connection):
             await asyncio.sleep(delay)
         return self.finish(worker, request)
 
-    def stream(self, request: Request, more: Iterable[bytes] = ()) -> AsyncStream:
-        raise NotImplementedError("the pool makes no streaming calls yet")
+    def stream(self, request: Request, more: Any = ()) -> AsyncStream:
+        return AsyncScriptedStream(ScriptedStream(self, request, more))
 
     async def close(self) -> None:
         self.closed = True
+
+
+class ScriptedStream:
+    """A streaming call: the worker that took it answers each message (its bytes echoed) as
+    a model call; it fails as a unary call would, at the message where it fails."""
+
+    def __init__(self, connection: _Connection, request: Request, more: Iterable[Any]) -> None:
+        self.connection = connection
+        self.request = request
+        self.more = more
+        self.worker: FakeWorker | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        connection, request = self.connection, self.request
+        worker, _ = connection.start(request)
+        self.worker = worker
+        for message in itertools.chain((request.data,), self.more):
+            data = message if isinstance(message, bytes) else message.join()
+            yield connection.finish(worker, replace(request, data=data)).data
+
+    def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        assert self.worker is not None
+        return ((WORKER_KEY, self.worker.identity),)
+
+
+class AsyncScriptedStream:
+    def __init__(self, stream: ScriptedStream) -> None:
+        self.stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for reply in self.stream:
+            yield reply
+            await asyncio.sleep(0)
+
+    async def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self.stream.trailers()
 
 
 class ScriptedTransport:

@@ -91,9 +91,11 @@ def metrics_url(server: ServerProcess) -> str:
 
 
 def model_calls(samples: Samples) -> dict[tuple[str, ...], float]:
-    """tms_calls_total by (model, rpc, code), without the clients' GetWorkerInfo calls."""
+    """tms_calls_total by (model, rpc, code), without the clients' own housekeeping calls
+    (finding workers, attaching shared memory)."""
     totals = by_labels(samples, "tms_calls_total", "model", "rpc", "code")
-    return {key: value for key, value in totals.items() if key[1] != "GetWorkerInfo"}
+    housekeeping = {"GetWorkerInfo", "AttachSharedMemory", "DetachSharedMemory"}
+    return {key: value for key, value in totals.items() if key[1] not in housekeeping}
 
 
 def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(

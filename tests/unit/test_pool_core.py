@@ -36,6 +36,7 @@ from tms_client.workers import WorkerInfo
 
 T = TypeVar("T")
 PATH = method_path("RunText")
+STREAM = method_path("RunImageStream")
 #: Quick retries, so that a scenario with several takes milliseconds.
 FAST_RETRY = RetryPolicy(initial_backoff=0.001, max_backoff=0.005)
 
@@ -52,6 +53,10 @@ class Threads:
 
     def workers(self) -> list[WorkerInfo]:
         return self.pool.worker_infos()
+
+    def stream(self, messages: list[bytes], model: str = "") -> list[bytes]:
+        request = Request(STREAM, messages[0], 5.0)
+        return list(self.pool.stream(request, messages[1:], model))
 
     def close(self) -> None:
         self.pool.close()
@@ -83,6 +88,13 @@ class Asyncio:
             return self.pool.worker_infos()
 
         return self._run(infos())
+
+    def stream(self, messages: list[bytes], model: str = "") -> list[bytes]:
+        async def replies() -> list[bytes]:
+            request = Request(STREAM, messages[0], 5.0)
+            return [r async for r in self.pool.stream(request, messages[1:], model)]
+
+        return self._run(replies())
 
     def close(self) -> None:
         if self.loop.is_running():
@@ -300,3 +312,46 @@ def test_a_model_s_calls_go_to_the_workers_that_have_it(make_pool: MakePool) -> 
     assert third.calls > 0
     pool.call(b"x", model="unknown")  # no worker has it: one of them says so
     assert first.calls + second.calls + third.calls == 10
+
+
+def test_a_stream_stays_on_one_worker_that_has_its_model(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 3)
+    first, second, third = server.workers
+    first.models, second.models, third.models = ("big",), ("big", "small"), ("small",)
+    world = ScriptedTransport(server)
+    pool = make_pool(world, balancer=RoundRobin())
+    for number in range(4):
+        messages = [f"{number}-{i}".encode() for i in range(3)]
+        assert pool.stream(messages, model="big") == messages
+    assert (first.calls, second.calls, third.calls) == (6, 6, 0)  # two streams each, whole
+    assert len([r for r in world.requests if r.path == STREAM]) == 4  # one call per stream
+
+
+def test_a_stream_counts_as_a_call_in_flight_while_it_lasts() -> None:
+    world = ScriptedTransport(FakeServer("a:1", 2))
+    pool = Threads(world, ClientOptions(target="a:1", balancer=LeastLoaded()))
+    try:
+        replies = pool.pool.stream(Request(STREAM, b"0", 5.0), [b"1", b"2"])
+        assert next(replies) == b"0"
+        assert sorted(w.in_flight for w in pool.workers()) == [0, 1]
+        assert pool.call(b"x") == b"x"  # goes to the other worker
+        assert list(replies) == [b"1", b"2"]
+        assert [w.in_flight for w in pool.workers()] == [0, 0]
+        replies = pool.pool.stream(Request(STREAM, b"0", 5.0), [b"1", b"2"])
+        next(replies)
+        replies.close()  # the caller stops early
+        assert [w.in_flight for w in pool.workers()] == [0, 0]
+    finally:
+        pool.close()
+
+
+def test_a_stream_whose_worker_dies_fails_and_is_not_retried(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 2)
+    for worker in server.workers:
+        worker.doomed = True  # dies at its next model call: the stream's first message
+    world = ScriptedTransport(server)
+    pool = make_pool(world)
+    with pytest.raises(UnavailableError):
+        pool.stream([b"0", b"1"])
+    assert len([r for r in world.requests if r.path == STREAM]) == 1
+    eventually(lambda: pids(pool) == live_pids(server))  # dropped, its successor found

@@ -64,6 +64,7 @@ class Options:
             connect_timeout=args.connect_timeout,
             tls=tls,
             token=args.token,
+            shared_memory=args.shared_memory,
         )
         return cls(client=client, json=args.json, debug=args.debug)
 

@@ -17,6 +17,7 @@ from tms_cli.connection import Options
 from tms_cli.inputs import IMAGE_EXTENSIONS
 from tms_cli.query import list_models, show_health, show_model, show_workers
 from tms_cli.run import run_images, run_images_to_images, run_text
+from tms_cli.video import VIDEO_EXTENSIONS
 from tms_client import __version__ as client_version
 
 __all__ = ["DEFAULT_TARGET", "build_parser"]
@@ -29,6 +30,7 @@ examples:
   tms --target gpu-box:50051 info face
   tms run face photo.jpg                      one result, as JSON
   tms run face photos/ --out faces.jsonl      one JSON line per image
+  tms run face video.mp4                      one JSON line per frame (needs OpenCV)
   tms run-i2i edges photos/ --out-dir edges/
   tms run-i2i optical_flow a.png b.png --together --preview --out-dir flow/
   tms text text_stats "Hello, world"
@@ -76,7 +78,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     images = f"image files, folders (searched for {' '.join(IMAGE_EXTENSIONS)}) or - for stdin"
     run = add("run", run_images, "run an image model; JSON for one image, JSON Lines for more")
     run.add_argument("model", metavar="MODEL")
-    run.add_argument("paths", metavar="PATH", nargs="+", help=images)
+    run.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help=f"{images}; or video files ({' '.join(VIDEO_EXTENSIONS)}), frame by frame",
+    )
     run.add_argument("--out", type=Path, metavar="FILE", help="write results here, not stdout")
     _add_run_options(run)
 
@@ -162,6 +169,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 _ARGS_HELP = """arguments for the model, as a JSON object: '{"threshold": 0.5}'"""
 
 
+def _env_flag(name: str, *, default: bool) -> bool:
+    """A yes/no environment variable (1/0, true/false, yes/no, on/off); ``default`` unset."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    return text not in ("0", "false", "no", "off")
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
@@ -187,6 +202,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         default=default(10.0),
         metavar="SECONDS",
         help="how long to wait for the server (default: 10)",
+    )
+    group.add_argument(
+        "--shared-memory",
+        action=argparse.BooleanOptionalAction,
+        default=default(_env_flag("TMS_SHARED_MEMORY", default=True)),
+        help="pass images to a server on this host through shared memory (default: "
+        "$TMS_SHARED_MEMORY, else on; --no-shared-memory always sends bytes)",
     )
     group.add_argument(
         "--json", action="store_true", default=default(False), help="machine-readable output"

@@ -14,10 +14,11 @@ from typing import Any, TextIO, TypeVar
 from PIL import Image
 
 from tms_cli.connection import Options, check_model, connect, describe_error
-from tms_cli.errors import CliError
+from tms_cli.errors import CliError, UsageError
 from tms_cli.inputs import IMAGE_EXTENSIONS, STDIN, ImageSource, collect
 from tms_cli.outputs import save_image, save_preview, to_json
 from tms_cli.progress import Progress
+from tms_cli.video import is_video, run_videos
 from tms_client import (
     ConnectError,
     ModelNotFoundError,
@@ -50,7 +51,12 @@ _PER_IMAGE = (TMSError, ValueError, OSError, Image.DecompressionBombError)
 
 def run_images(options: Options, args: argparse.Namespace) -> int:
     """``tms run``: one result per image, as JSON (one image) or JSON Lines (several, or
-    any number with ``--json``)."""
+    any number with ``--json``); for video files, one JSON line per frame (tms_cli.video)."""
+    videos = [path for path in args.paths if is_video(path)]
+    if videos:
+        if len(videos) < len(args.paths):
+            raise UsageError("give either videos or images to run on, not both")
+        return run_videos(options, args, videos)
     sources, missing = _sources(args.paths)
     single = len(args.paths) == 1 and not sources[0].in_folder and not options.json
     with ExitStack() as stack:

@@ -11,7 +11,7 @@ from importlib.metadata import version as _version
 from tms_client.admin import AdminClient, ReloadOutcome, WorkerStatus
 from tms_client.aio import AsyncModelClient
 from tms_client.balancers import Balancer, LeastLoaded, RandomBalancer, RoundRobin
-from tms_client.calls import ImageToImageResult, ModelInfo
+from tms_client.calls import FrameResult, ImageToImageResult, ModelInfo
 from tms_client.client import ModelClient
 from tms_client.exceptions import (
     CallError,
@@ -42,6 +42,7 @@ __all__ = [  # noqa: RUF022 - plain sorted order, as tests/unit/test_exported_me
     "ClientOptions",
     "ConnectError",
     "DeadlineExceededError",
+    "FrameResult",
     "ImageError",
     "ImageToImageResult",
     "InvalidInputError",

@@ -9,14 +9,17 @@ It shares everything but the waiting with the sync client: the options, the call
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from tms_client import calls
 from tms_client.aio_pool import AsyncWorkerPool
-from tms_client.calls import Builder, ModelInfo, as_method
+from tms_client.calls import Builder, FrameResult, Frames, FrameStream, ModelInfo, as_method
 from tms_client.exceptions import ModelNotFoundError
+from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
 from tms_client.transport import Request
 from tms_client.workers import WorkerInfo
@@ -79,6 +82,42 @@ class AsyncModelClient(calls.AsyncioClient):
 
         return as_method(method, build)
 
+    async def _stream(self, stream: FrameStream) -> AsyncIterator[FrameResult]:
+        # The frames are read on the event loop (pass an async iterable to read them off it),
+        # and sent while there is room in the window; the answers make room.
+        await self.start()
+        assert self._pool is not None
+        frames = _frames(stream.frames)
+        first = await anext(frames, _END)
+        if first is _END:
+            return
+        room = asyncio.Event()
+
+        async def more() -> AsyncIterator[ImageMessage]:
+            while True:
+                while not stream.has_room():
+                    room.clear()
+                    await room.wait()
+                frame = _END if stream.ended else await anext(frames, _END)
+                if frame is _END:
+                    return
+                yield stream.request(frame)
+
+        with call_span(stream.path, self.model) as metadata:
+            request = Request(stream.path, stream.request(first), stream.timeout, metadata)
+            replies = self._pool.stream(request, more(), self.model)
+            async with contextlib.aclosing(replies):
+                try:
+                    async for reply in replies:
+                        try:
+                            answer = stream.answer(reply)
+                        finally:
+                            room.set()
+                        yield answer
+                finally:
+                    stream.ended = True
+                    room.set()
+
     async def list_models(self) -> list[ModelInfo]:
         """See ModelClient.list_models."""
         return await self._send(calls.list_models())
@@ -93,3 +132,15 @@ class AsyncModelClient(calls.AsyncioClient):
     def workers(self) -> list[WorkerInfo]:
         """See ModelClient.workers."""
         return [] if self._pool is None else self._pool.worker_infos()
+
+
+_END: Any = object()  # the end of the frames
+
+
+async def _frames(frames: Frames) -> AsyncIterator[Any]:
+    if isinstance(frames, AsyncIterable):
+        async for frame in frames:
+            yield frame
+    else:
+        for frame in frames:
+            yield frame

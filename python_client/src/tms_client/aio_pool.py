@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any, TypeVar
 
-from tms_client.core import Action, Open, Plan, PoolCore, Resolve, Search, Send, Sleep, Step, Wait
+from tms_client import shm
+from tms_client.core import (
+    Action,
+    Open,
+    Plan,
+    PoolCore,
+    Relay,
+    Resolve,
+    Search,
+    Send,
+    Sleep,
+    Step,
+    Wait,
+)
 from tms_client.options import ClientOptions
+from tms_client.protocol.wire import ImageMessage
 from tms_client.targets import resolve
-from tms_client.transport import AioTransport, AsyncTransport, Request
+from tms_client.transport import AioTransport, AsyncChannel, AsyncTransport, More, Request
 from tms_client.workers import WorkerInfo
 
 __all__ = ["AsyncWorkerPool"]
@@ -51,6 +66,34 @@ class AsyncWorkerPool:
         (``request.timeout`` bounds all attempts); the reply."""
         return await self.run(self.core.call(request, model))
 
+    async def stream(
+        self,
+        request: Request,
+        more: More | AsyncIterable[bytes | ImageMessage],
+        model: str = "",
+    ) -> AsyncGenerator[bytes, None]:
+        """See WorkerPool.stream; ``more`` may be an async iterable (read on the loop)."""
+        plan = self.core.stream(request, model)
+        step = self.core.advance(plan)
+        while True:
+            await self._settle(step)
+            if step.action is None:
+                step.result()
+                return
+            try:
+                if isinstance(step.action, Relay):
+                    replies = step.action.channel.stream(step.action.request, more)
+                    async with contextlib.aclosing(aiter(replies)) as relayed:
+                        async for reply in relayed:
+                            yield reply
+                    outcome = await replies.trailers()
+                else:
+                    outcome = await self._carry_out(step.action)
+            except BaseException as exc:  # thrown into the plan (GeneratorExit too)
+                step = self.core.advance(plan, error=exc)
+            else:
+                step = self.core.advance(plan, outcome)
+
     async def run(self, plan: Plan[R]) -> R:
         """Carry out ``plan`` to its end; what it returns (or raises)."""
         step = self.core.advance(plan)
@@ -70,7 +113,7 @@ class AsyncWorkerPool:
             case Send(channel, request):
                 return await channel.unary(request)
             case Open(address):
-                return self.transport.open(address)
+                return self._open(address)
             case Sleep(seconds):
                 await asyncio.sleep(seconds)
             case Resolve():
@@ -83,6 +126,14 @@ class AsyncWorkerPool:
                     await asyncio.wait_for(self._wake.wait(), seconds)
                 self._wake.clear()
         return None
+
+    def _open(self, address: str) -> AsyncChannel:
+        channel = self.transport.open(address)
+        if not (self.options.shared_memory and shm.available()):
+            return channel
+        return shm.AsyncSharedMemoryChannel(
+            channel, max_bytes=self.options.max_message_bytes, metadata=self.options.metadata
+        )
 
     async def _resolve(self) -> list[str]:
         # A dns:/// name is looked up in a thread, away from the event loop.

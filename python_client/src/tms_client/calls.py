@@ -8,36 +8,51 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
-from typing import Any, Concatenate, Generic, NamedTuple, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, NamedTuple, ParamSpec, TypeVar, overload
 
+import grpc
 import numpy.typing as npt
 from google.protobuf import wrappers_pb2
 
 from tms.v1 import image_pb2, model_service_pb2
+from tms_client.exceptions import CallError, from_status
 from tms_client.images import ImageInput, from_message, to_parts
 from tms_client.options import ClientOptions
 from tms_client.protocol.colors import color_name
 from tms_client.protocol.jsontext import from_json
 from tms_client.protocol.methods import HEALTH_CHECK, IMAGE_FIELD, OUTPUT_FIELD, method_path
-from tms_client.protocol.wire import join_images, split_images
+from tms_client.protocol.wire import ImageMessage, split_images
 
 __all__ = [
     "Args",
     "AsyncioClient",
     "Builder",
     "Call",
+    "FrameResult",
+    "FrameStream",
     "ImageToImageResult",
     "ModelClientBase",
     "ModelInfo",
     "ModelMethod",
+    "StreamMethod",
     "ThreadClient",
     "as_method",
     "health",
     "info",
     "list_models",
     "run_image",
+    "run_image_stream",
     "run_image_to_image",
     "run_images",
     "run_text",
@@ -81,12 +96,13 @@ def as_method(method: F, build: Callable[..., Any]) -> F:
 
 @dataclass(frozen=True)
 class Call(Generic[R]):
-    """One call: ``path`` gets ``request`` (serialized); ``parse`` turns the reply bytes into
-    what the API method returns. ``model`` is the model it is about ("" for the whole
-    server): the pool sends it to a worker that has that model."""
+    """One call: ``path`` gets ``request`` (serialized, or an ImageMessage whose images the
+    channel writes: as bytes, or into shared memory on the same host); ``parse`` turns the
+    reply bytes into what the API method returns. ``model`` is the model it is about ("" for
+    the whole server): the pool sends it to a worker that has that model."""
 
     path: str
-    request: bytes
+    request: bytes | ImageMessage
     parse: Callable[[bytes], R]
     model: str = ""
 
@@ -168,7 +184,7 @@ def run_image(
     PIL images, paths and PNG/JPEG bytes carry their own.
     """
     head = pb.RunImageRequest(model=model, args_json=_args_json(args))
-    request = join_images(head, IMAGE_FIELD, [to_parts(image, color=color)])
+    request = ImageMessage(head, IMAGE_FIELD, [to_parts(image, color=color)])
     return Call(method_path("RunImage"), request, _result, model)
 
 
@@ -182,7 +198,7 @@ def run_images(
     """Run the model on several images in one call; one result per image."""
     head = pb.RunImageBatchRequest(model=model, args_json=_args_json(args))
     parts = [to_parts(image, color=color) for image in images]
-    request = join_images(head, IMAGE_FIELD, parts)
+    request = ImageMessage(head, IMAGE_FIELD, parts)
     return Call(method_path("RunImageBatch"), request, _results, model)
 
 
@@ -218,7 +234,7 @@ def run_image_to_image(
         arrays = [from_message(o, color=output_color) for o in outputs]
         return ImageToImageResult(arrays, from_json(response.result_json), colors)
 
-    request = join_images(head, IMAGE_FIELD, parts)
+    request = ImageMessage(head, IMAGE_FIELD, parts)
     return Call(method_path("RunImageToImage"), request, parse, model)
 
 
@@ -272,6 +288,131 @@ def health(service: str) -> Call[str]:
     return Call(HEALTH_CHECK, request, _health, service)
 
 
+# -- streams of frames --------------------------------------------------------------------------
+
+
+class FrameResult(NamedTuple):
+    """The answer to one frame of ``run_image_stream``."""
+
+    #: The frame's index among the frames given: 0, 1, 2...
+    frame_id: int
+    #: The model's result for the frame (parsed JSON); None when the frame failed.
+    result: Any
+    #: Why the frame failed (the CallError a RunImage of it would raise), else None; only
+    #: with ``errors="yield"`` (by default a failed frame raises it).
+    error: CallError | None = None
+
+
+#: The frames of a stream: numpy arrays, PIL images, paths or PNG/JPEG bytes; the asyncio
+#: client also takes an async iterable.
+Frames = Iterable[ImageInput] | AsyncIterable[ImageInput]
+
+
+class FrameStream:
+    """One ``run_image_stream`` apart from its I/O, for both clients: the frames' requests
+    built, the answers parsed and checked, and the window: at most ``window`` frames sent and
+    not yet answered. The server reads a frame only once it has answered the one before, so
+    the window bounds the frames in flight, and a producer faster than the model (a video
+    file) waits for room instead of piling frames up. The clients wait for room with their
+    own condition or event (``has_room``), and set ``ended`` when they stop."""
+
+    path = method_path("RunImageStream")
+
+    def __init__(
+        self,
+        model: str,
+        frames: Frames,
+        args: Args,
+        *,
+        window: int,
+        color: str | None,
+        errors: Literal["raise", "yield"],
+        timeout: float | None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        if errors not in ("raise", "yield"):
+            raise ValueError(f"errors must be 'raise' or 'yield', not {errors!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (or None: no deadline)")
+        self.model = model
+        self.frames = frames
+        self.window = window
+        self.color = color
+        self.errors = errors
+        self.timeout = timeout
+        self.sent = 0
+        self.answered = 0
+        self.ended = False
+        self._args_json = _args_json(args)
+
+    def __repr__(self) -> str:
+        return (
+            f"<FrameStream model={self.model!r} sent={self.sent} answered={self.answered} "
+            f"window={self.window}{' ended' if self.ended else ''}>"
+        )
+
+    def has_room(self) -> bool:
+        """Whether another frame may be sent now (or the stream has ended: stop waiting)."""
+        return self.ended or self.sent - self.answered < self.window
+
+    def request(self, image: ImageInput) -> ImageMessage:
+        """The next frame's request, its id the frame's index; the first also names the
+        model and carries the stream's args. Images are written by the channel (as bytes,
+        or into shared memory on the same host)."""
+        first = self.sent == 0
+        head = pb.RunImageStreamRequest(
+            model=self.model if first else "",
+            args_json=self._args_json if first else "",
+            frame_id=self.sent,
+        )
+        parts = [to_parts(image, color=self.color)]
+        self.sent += 1
+        return ImageMessage(head, IMAGE_FIELD, parts)
+
+    def answer(self, reply: bytes) -> FrameResult:
+        """The next frame's answer; raises its error unless ``errors="yield"``."""
+        response = pb.RunImageStreamResponse.FromString(reply)
+        expected, self.answered = self.answered, self.answered + 1
+        if response.frame_id != expected:
+            raise CallError(
+                grpc.StatusCode.INTERNAL,
+                f"the server answered frame {response.frame_id} where frame {expected} was due",
+            )
+        if not response.error_status:
+            return FrameResult(expected, from_json(response.result_json))
+        error = from_status(response.error_status)
+        if self.errors == "raise":
+            raise error
+        return FrameResult(expected, None, error)
+
+
+def run_image_stream(
+    model: str,
+    frames: Frames,
+    args: Args = None,
+    *,
+    window: int = 4,
+    color: str | None = "bgr",
+    errors: Literal["raise", "yield"] = "raise",
+    timeout: float | None = None,
+) -> FrameStream:
+    """Run the model on a stream of frames (a video) and yield a FrameResult for each, in
+    order, as they come.
+
+    The whole stream goes to one worker, whose model may keep state across its frames (a
+    tracker); ``args`` are the stream's. At most ``window`` frames are in flight: the next
+    frame is read from ``frames`` only when there is room (with the thread client, on a
+    gRPC thread). A frame that fails raises its error (CallError: InvalidInputError...) and
+    ends the stream, unless ``errors="yield"``: then its FrameResult carries the error and
+    the stream goes on. ``timeout`` bounds the whole stream (the client's per-call timeout
+    does not apply); the stream is not retried. Stop iterating to end it early.
+    """
+    return FrameStream(
+        model, frames, args, window=window, color=color, errors=errors, timeout=timeout
+    )
+
+
 # -- the clients' model methods, declared once -------------------------------------------------
 
 
@@ -303,6 +444,44 @@ class ModelMethod(Generic[P, R]):
         return method
 
 
+class StreamMethod(Generic[P]):
+    """A method of both clients that runs the stream ``build`` declares for the client's
+    model: ModelClient's returns an iterator of FrameResult, AsyncModelClient's an async
+    iterator (see ``ThreadClient._stream`` and ``AsyncioClient._stream``)."""
+
+    def __init__(self, build: Callable[Concatenate[str, P], FrameStream]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, client: None, owner: type) -> StreamMethod[P]: ...
+    @overload
+    def __get__(self, client: ThreadClient, owner: type) -> Callable[P, Iterator[FrameResult]]: ...
+    @overload
+    def __get__(
+        self, client: AsyncioClient, owner: type
+    ) -> Callable[P, AsyncIterator[FrameResult]]: ...
+    def __get__(self, client: ModelClientBase | None, owner: type) -> Any:
+        if client is None:
+            return self
+        build = self.build
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return client._stream(build(client.model, *args, **kwargs))
+
+        bound = as_method(method, build)
+        returns = "AsyncIterator" if isinstance(client, AsyncioClient) else "Iterator"
+        bound.__signature__ = bound.__signature__.replace(  # type: ignore[attr-defined]
+            return_annotation=f"{returns}[FrameResult]"
+        )
+        client.__dict__[self.name] = bound  # made once per client
+        return bound
+
+
 class ModelClientBase:
     """What ModelClient and AsyncModelClient share: the model, the options, the deadline."""
 
@@ -327,12 +506,17 @@ class ModelClientBase:
         """``build``'s call as a method of this client (see ModelMethod)."""
         raise NotImplementedError
 
+    def _stream(self, stream: FrameStream) -> Any:
+        """Run ``stream``: its answers, as an iterator or an async iterator (StreamMethod)."""
+        raise NotImplementedError
+
     run_image = ModelMethod(run_image)
     run_images = ModelMethod(run_images)
     run_image_to_image = ModelMethod(run_image_to_image)
     run_text = ModelMethod(run_text)
     run_texts = ModelMethod(run_texts)
     info = ModelMethod(info)
+    run_image_stream = StreamMethod(run_image_stream)
 
     @property
     def target(self) -> str:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from tms_client import calls
-from tms_client.calls import Builder, ImageToImageResult, ModelInfo, as_method
+from tms_client.calls import (
+    Builder,
+    FrameResult,
+    FrameStream,
+    ImageToImageResult,
+    ModelInfo,
+    as_method,
+)
 from tms_client.exceptions import ModelNotFoundError
 from tms_client.pool import WorkerPool
+from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
 from tms_client.transport import Request
 from tms_client.workers import WorkerInfo
@@ -74,6 +84,47 @@ class ModelClient(calls.ThreadClient):
 
         return as_method(method, build)
 
+    def _stream(self, stream: FrameStream) -> Iterator[FrameResult]:
+        # A gRPC thread reads the frames and sends them while there is room in the window;
+        # this thread takes the answers and makes room.
+        frames = iter(stream.frames)  # type: ignore[arg-type]
+        first = next(frames, _END)
+        if first is _END:
+            return
+        room = threading.Condition()
+        failed: list[BaseException] = []  # what reading the frames raised
+
+        def more() -> Iterator[ImageMessage]:
+            try:
+                while True:
+                    with room:
+                        room.wait_for(stream.has_room)
+                    frame = _END if stream.ended else next(frames, _END)
+                    if frame is _END:
+                        return
+                    yield stream.request(frame)
+            except Exception as exc:  # gRPC would only log it: raised to the caller
+                failed.append(exc)
+
+        with call_span(stream.path, self.model) as metadata:
+            request = Request(stream.path, stream.request(first), stream.timeout, metadata)
+            replies = self._pool.stream(request, more(), self.model)
+            with contextlib.closing(replies):
+                try:
+                    for reply in replies:
+                        with room:
+                            try:
+                                answer = stream.answer(reply)
+                            finally:
+                                room.notify()
+                        yield answer
+                finally:
+                    with room:
+                        stream.ended = True
+                        room.notify()
+        if failed:
+            raise failed[0]
+
     def list_models(self) -> list[ModelInfo]:
         """Every model the server has loaded."""
         return self._send(calls.list_models())
@@ -89,3 +140,6 @@ class ModelClient(calls.ThreadClient):
     def workers(self) -> list[WorkerInfo]:
         """The worker processes this client is connected to, with their load."""
         return self._pool.worker_infos()
+
+
+_END: Any = object()  # the end of the frames

@@ -7,7 +7,8 @@ workers and how often to heal. No I/O, no locks, no sleeping (after h11 and http
 
 Each job is a *plan*: a generator that yields the actions it needs carried out (open a
 connection, send a request, sleep, look for workers, wait to be woken) and receives their
-results, or their exceptions, back. ``WorkerPool`` (threads) and ``AsyncWorkerPool``
+results, or their exceptions, back (a stream's plan, ``stream``, places it on a worker and
+has the pool relay its replies: ``Relay``). ``WorkerPool`` (threads) and ``AsyncWorkerPool``
 (asyncio) run plans with ``advance`` and carry out the actions with their own transport,
 locks and sleeps; the core's state changes only inside ``advance``, so a lock held around it
 guards everything. Tests run the same pools over a scripted transport, in milliseconds.
@@ -49,6 +50,7 @@ __all__ = [
     "Open",
     "Plan",
     "PoolCore",
+    "Relay",
     "Resolve",
     "Search",
     "Send",
@@ -87,6 +89,16 @@ class Send:
 
 
 @dataclass(frozen=True)
+class Relay:
+    """Open a streaming call of ``request`` on ``channel`` (the pool sends the caller's
+    messages after it) and relay its replies to the caller as they come; the result is its
+    trailers once it has ended, or its CallError."""
+
+    channel: Any
+    request: Request
+
+
+@dataclass(frozen=True)
 class Sleep:
     seconds: float
 
@@ -110,7 +122,7 @@ class Resolve:
     """Look up the addresses behind the targets (``dns:///`` names); the result is a list."""
 
 
-Action = Open | Send | Sleep | Search | Wait | Resolve
+Action = Open | Send | Relay | Sleep | Search | Wait | Resolve
 Plan = Generator[Action, Any, R]
 
 
@@ -343,6 +355,34 @@ class PoolCore:
         worker.record_latency(self.clock() - started, self.clock())
         self._observe(worker, reply.trailers)
         return bytes(reply.data)
+
+    def stream(self, request: Request, model: str = "") -> Plan[None]:
+        """Place a streaming call on one worker that has ``model`` and relay it there
+        (``request.timeout`` bounds the whole stream).
+
+        A stream stays on the worker it was placed on, and is not retried: its replies have
+        gone to the caller as they came, and the model may keep state for it. While it lasts
+        it counts as one call in flight of its worker, so the balancer spreads streams; when
+        it fails with UNAVAILABLE the worker is dropped, as after any call."""
+        attempts = Attempts(self.options.retry, request.timeout, self.clock)
+        attempts.begin()
+        worker = self._take(attempts, model)
+        if worker is None:
+            worker = yield from self._search(attempts, model)
+        metadata = self.options.metadata + request.metadata
+        relayed = Request(request.path, request.data, request.timeout, metadata)
+        try:
+            trailers = yield Relay(worker.channel, relayed)
+        except CallError as error:
+            self._observe(worker, error.trailers)
+            if error.code == grpc.StatusCode.UNAVAILABLE:
+                self._drop(worker, error.details)
+            raise
+        finally:
+            worker.in_flight -= 1
+            if worker.retired and worker.in_flight == 0:
+                self._closing.append(worker.channel)
+        self._observe(worker, trailers)
 
     def _observe(self, worker: Worker, trailers: Metadata) -> None:
         identity, report = read_trailers(trailers)

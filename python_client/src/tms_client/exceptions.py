@@ -38,7 +38,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 # Neither ships py.typed (google.rpc has .pyi files, which mypy skips without it).
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "UnsupportedCallError",
     "from_code",
     "from_rpc_error",
+    "from_status",
     "status_of",
 ]
 
@@ -193,6 +194,25 @@ def _status_details(error: grpc.RpcError) -> dict[str, Any]:
         return {}
     if status is None:
         return {}
+    return _details(status)
+
+
+def from_status(data: bytes) -> CallError:
+    """The client exception for a serialized google.rpc.Status, as a RunImageStream answer
+    carries a frame's error (a status that cannot be read is an UNKNOWN CallError)."""
+    try:
+        status = status_pb2.Status.FromString(data)
+        code = _CODES[status.code]
+    except (DecodeError, KeyError):
+        return CallError(grpc.StatusCode.UNKNOWN, "an error status that cannot be read")
+    return from_code(code, status.message, **_details(status))
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _details(status: Any) -> dict[str, Any]:
+    """CallError's keyword arguments from a google.rpc.Status's details."""
     found: dict[str, Any] = {}
     info = error_details_pb2.ErrorInfo()
     bad_request = error_details_pb2.BadRequest()

@@ -44,6 +44,8 @@ class ClientOptions:
     - ``refresh_interval``: seconds between background searches for missing workers.
     - ``tls``: connect over TLS (see ``TLS``); ``token``: sent as ``authorization: Bearer
       <token>`` with every call.
+    - ``shared_memory``: pass images to workers on the same host through shared memory
+      (proven by the worker, never assumed; see tms_client.shm); False: always as bytes.
     """
 
     target: str | Sequence[str]
@@ -56,6 +58,7 @@ class ClientOptions:
     refresh_interval: float = 2.0
     tls: TLS | None = None
     token: str | None = field(default=None, repr=False)
+    shared_memory: bool = True
     #: ``target`` checked and as a tuple.
     targets: tuple[str, ...] = field(init=False, repr=False)
     #: The metadata sent with every call (the token).

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from tms_client import shm
 from tms_client.core import (
     Action,
     Open,
     Plan,
     PoolCore,
+    Relay,
     Resolve,
     Search,
     Send,
@@ -26,7 +29,7 @@ from tms_client.core import (
 )
 from tms_client.options import ClientOptions
 from tms_client.targets import resolve
-from tms_client.transport import GrpcTransport, Request, Transport
+from tms_client.transport import Channel, GrpcTransport, More, Request, Transport
 from tms_client.workers import WorkerInfo
 
 __all__ = ["WorkerPool"]
@@ -73,6 +76,30 @@ class WorkerPool:
         (``request.timeout`` bounds all attempts); the reply."""
         return self.run(self.core.call(request, model))
 
+    def stream(self, request: Request, more: More, model: str = "") -> Generator[bytes, None, None]:
+        """Send ``request``, then each of ``more`` (read by a gRPC thread), to one worker that
+        has ``model``; the replies as they come (see PoolCore.stream). Close the iterator to
+        end the call early."""
+        plan = self.core.stream(request, model)
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            with self._lock:
+                step = self.core.advance(plan, result, error)
+            self._settle(step)
+            if step.action is None:
+                step.result()
+                return
+            try:
+                if isinstance(step.action, Relay):
+                    replies = step.action.channel.stream(step.action.request, more)
+                    yield from replies
+                    result, error = replies.trailers(), None
+                else:
+                    result, error = self._carry_out(step.action), None
+            except BaseException as exc:  # thrown into the plan (GeneratorExit too)
+                result, error = None, exc
+
     def run(self, plan: Plan[R]) -> R:
         """Carry out ``plan`` to its end; what it returns (or raises)."""
         result: Any = None
@@ -93,7 +120,7 @@ class WorkerPool:
             case Send(channel, request):
                 return channel.unary(request)
             case Open(address):
-                return self.transport.open(address)
+                return self._open(address)
             case Sleep(seconds):
                 time.sleep(seconds)
             case Resolve():
@@ -105,6 +132,14 @@ class WorkerPool:
                 self._wake.wait(seconds)
                 self._wake.clear()
         return None
+
+    def _open(self, address: str) -> Channel:
+        channel = self.transport.open(address)
+        if not (self.options.shared_memory and shm.available()):
+            return channel
+        return shm.SharedMemoryChannel(
+            channel, max_bytes=self.options.max_message_bytes, metadata=self.options.metadata
+        )
 
     def _settle(self, step: Step) -> None:
         for channel in step.closing:

@@ -13,7 +13,7 @@ and TLS credentials live here. Tests drive the pool with a scripted transport in
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 
 from tms_client.exceptions import from_rpc_error
+from tms_client.protocol.wire import ImageMessage
 from tms_client.tls import TLS
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Channel",
     "GrpcTransport",
     "Metadata",
+    "More",
     "Reply",
     "Request",
     "Stream",
@@ -38,18 +40,26 @@ __all__ = [
 ]
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+#: The messages a streaming call sends after its request's (serialized, or to be written).
+More = Iterable[bytes | ImageMessage]
 
 
 @dataclass(frozen=True)
 class Request:
-    """One call to a worker: ``data`` (a serialized message) to the method ``path``."""
+    """One call to a worker: ``data`` (a serialized message, or one carrying images still to
+    be written: see ``payload``) to the method ``path``."""
 
     path: str
-    data: bytes
+    data: bytes | ImageMessage
     timeout: float | None  # seconds
     metadata: Metadata = ()
     #: Wait for the connection to be ready instead of failing at once when it is not.
     wait_for_ready: bool = False
+
+    def payload(self) -> bytes:
+        """``data`` as bytes, its images written in (tms_client.shm may send them otherwise)."""
+        data = self.data
+        return data.join() if isinstance(data, ImageMessage) else data
 
 
 class Reply(NamedTuple):
@@ -81,7 +91,7 @@ class Channel(Protocol):
 
     def unary(self, request: Request) -> Reply: ...
 
-    def stream(self, request: Request, more: Iterable[bytes] = ()) -> Stream: ...
+    def stream(self, request: Request, more: More = ()) -> Stream: ...
 
     def close(self) -> None: ...
 
@@ -91,7 +101,9 @@ class AsyncChannel(Protocol):
 
     async def unary(self, request: Request) -> Reply: ...
 
-    def stream(self, request: Request, more: Iterable[bytes] = ()) -> AsyncStream: ...
+    def stream(
+        self, request: Request, more: More | AsyncIterable[bytes | ImageMessage] = ()
+    ) -> AsyncStream: ...
 
     async def close(self) -> None: ...
 
@@ -155,10 +167,15 @@ class _Methods:
             method = self._unary.setdefault(path, self._channel.unary_unary(path))
         return method
 
-    def _streaming(self, request: Request, more: Iterable[bytes]) -> Any:
+    def _streaming(self, request: Request, more: More | AsyncIterable[bytes | ImageMessage]) -> Any:
         method = self._channel.stream_stream(request.path)
+        messages: Any
+        if isinstance(more, AsyncIterable):  # grpc.aio reads it on the event loop
+            messages = _async_messages(request, more)
+        else:  # grpc reads it in a thread of its own (grpc.aio: on the event loop)
+            messages = itertools.chain((request.payload(),), map(_payload, more))
         return method(
-            itertools.chain((request.data,), more),
+            messages,
             timeout=request.timeout,
             metadata=request.metadata,
             wait_for_ready=request.wait_for_ready,
@@ -169,7 +186,7 @@ class GrpcChannel(_Methods):
     def unary(self, request: Request) -> Reply:
         try:
             reply, call = self._method(request.path).with_call(
-                request.data,
+                request.payload(),
                 timeout=request.timeout,
                 metadata=request.metadata,
                 wait_for_ready=request.wait_for_ready,
@@ -178,7 +195,7 @@ class GrpcChannel(_Methods):
             raise from_rpc_error(exc) from exc
         return Reply(bytes(reply), tuple(call.trailing_metadata() or ()))
 
-    def stream(self, request: Request, more: Iterable[bytes] = ()) -> GrpcStream:
+    def stream(self, request: Request, more: More = ()) -> GrpcStream:
         return GrpcStream(self._streaming(request, more))
 
     def close(self) -> None:
@@ -195,6 +212,8 @@ class GrpcStream:
                 yield bytes(message)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+        finally:
+            self._call.cancel()  # a reader that stops early ends the call (else: no-op)
 
     def trailers(self) -> Metadata:
         return tuple(self._call.trailing_metadata() or ())
@@ -203,7 +222,7 @@ class GrpcStream:
 class AioChannel(_Methods):
     async def unary(self, request: Request) -> Reply:
         call = self._method(request.path)(
-            request.data,
+            request.payload(),
             timeout=request.timeout,
             metadata=request.metadata,
             wait_for_ready=request.wait_for_ready,
@@ -215,7 +234,9 @@ class AioChannel(_Methods):
             raise from_rpc_error(exc) from exc
         return Reply(bytes(reply), tuple(trailers or ()))
 
-    def stream(self, request: Request, more: Iterable[bytes] = ()) -> AioStream:
+    def stream(
+        self, request: Request, more: More | AsyncIterable[bytes | ImageMessage] = ()
+    ) -> AioStream:
         return AioStream(self._streaming(request, more))
 
     async def close(self) -> None:
@@ -232,6 +253,20 @@ class AioStream:
                 yield bytes(message)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+        finally:
+            self._call.cancel()  # a reader that stops early ends the call (else: no-op)
 
     async def trailers(self) -> Metadata:
         return tuple(await self._call.trailing_metadata() or ())
+
+
+def _payload(message: bytes | ImageMessage) -> bytes:
+    return message.join() if isinstance(message, ImageMessage) else message
+
+
+async def _async_messages(
+    request: Request, more: AsyncIterable[bytes | ImageMessage]
+) -> AsyncIterator[bytes]:
+    yield request.payload()
+    async for message in more:
+        yield _payload(message)

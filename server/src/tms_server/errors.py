@@ -75,6 +75,10 @@ class Reason(enum.StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"  # UNAUTHENTICATED: no call token, or a wrong one
     PERMISSION_DENIED = "PERMISSION_DENIED"  # PERMISSION_DENIED: admin off, or no admin token
     INTERNAL = "INTERNAL"  # INTERNAL: a bug in the server (its traceback is logged)
+    # FAILED_PRECONDITION: shared memory off, or the region cannot be attached here
+    SHARED_MEMORY_UNAVAILABLE = "SHARED_MEMORY_UNAVAILABLE"
+    # FAILED_PRECONDITION: an image names a region this worker has not attached
+    SHARED_MEMORY_NOT_ATTACHED = "SHARED_MEMORY_NOT_ATTACHED"
 
 
 class ServiceError(Exception):

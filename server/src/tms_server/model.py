@@ -18,6 +18,10 @@ colour order named by ``color`` and the dtype named by ``dtype``; a text model r
 ``args`` is the request's JSON object as a dict. Results must be JSON-serializable (numpy
 scalars and arrays are converted). Raise :class:`InvalidInput` for input the model rejects;
 any other exception becomes INTERNAL for that call, with the traceback logged.
+
+Streams: an image model serves RunImageStream (a video, frame by frame) with ``run``; one
+that keeps state across a stream's frames (a tracker) returns an object of its own from
+``open_stream``, whose ``run`` takes the frames and whose ``close`` ends it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,13 @@ class Model:
     #: The most inputs one batch call may carry for this model; the server's
     #: ``--max-batch-size`` when None or larger.
     max_batch_size: ClassVar[int | None] = None
+    #: Dynamic batching, in seconds: how long a RunImage call may wait in its worker for other
+    #: calls to this model to run with it as one ``run_batch`` call (of at most
+    #: ``max_batch_size`` images, all with the same args); each caller still gets its own
+    #: result or error. 0 batches only calls that came while the model was busy; at most 1.
+    #: None: each RunImage call runs alone, through ``run``. The server's
+    #: ``--model-max-batch-delay-ms`` overrides it; GetModelInfo reports it.
+    max_batch_delay: ClassVar[float | None] = None
     #: JSON Schema (Draft 2020-12) of ``args``, as a dict: the server checks every call's args
     #: against it (INVALID_ARGUMENT, one field violation per problem) and GetModelInfo reports
     #: it; a schema that is not valid makes the model fail to load. None: any JSON object.
@@ -94,7 +105,8 @@ class Model:
         raise NotImplementedError
 
     def run_batch(self, data: list[Any], args: dict[str, Any]) -> list[Any]:
-        """Run on several inputs; called for RunImageBatch / RunTextBatch.
+        """Run on several inputs; called for RunImageBatch / RunTextBatch, and for the
+        RunImage calls a worker gathers when the model sets ``max_batch_delay``.
 
         Returns one result per input, in order. The default calls ``run`` for each; override it
         when the model is faster on a batch.
@@ -109,6 +121,22 @@ class Model:
         Returns one array, a list of arrays, or a pair (array(s), JSON-serializable result).
         """
         raise NotImplementedError
+
+    def open_stream(self, args: dict[str, Any]) -> Any:
+        """Begin a stream of frames (RunImageStream); called by the server when a stream
+        opens, with the stream's args (those of its first message), in the worker the whole
+        stream stays on.
+
+        Returns what runs the stream's frames: None (this default) to call ``run`` for each,
+        or an object of the stream's own that keeps state from frame to frame (a tracker):
+        its ``run(image, args)`` is called for each frame, one at a time and in order, and
+        its ``close()``, if it has one, once when the stream ends, however it ends (the
+        caller finished or left, a stream error, the worker stopping). Streams are
+        independent: each gets its own object, and calls of different streams may come in
+        any interleaving (one at a time unless ``thread_safe``). ``open_stream``, the frames
+        and ``close`` run on the worker's threads; raise InvalidInput to refuse the stream.
+        """
+        return None
 
     def get_input_shape(self) -> tuple[int, ...] | None:
         """The input shape reported by GetModelInfo; defaults to ``input_shape``."""

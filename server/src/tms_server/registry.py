@@ -32,10 +32,12 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import numpy as np
+from google.protobuf import duration_pb2
 
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.protocol.codec import DTypeValue, dtype_of
 from tms_client.protocol.colors import ColorValue, color_order
+from tms_server.batching import MAX_BATCH_DELAY, Batcher, BatchSettings
 from tms_server.devices import Placement
 from tms_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from tms_server.model import Model
@@ -66,7 +68,8 @@ class LoadedModel:
     """A model instance with what the server needs to call it: its description (``info``,
     as ListModels sends it), the numpy dtype and shape it takes, and the validator of its
     ``args_schema`` (None without one). ``instance`` is None in the description of a model
-    placed on other workers (see ``ModelRegistry.elsewhere``)."""
+    placed on other workers (see ``ModelRegistry.elsewhere``). ``batcher`` gathers its
+    RunImage calls into batches when it has a ``max_batch_delay`` (tms_server.batching)."""
 
     instance: Any
     info: model_service_pb2.ModelInfo
@@ -74,6 +77,7 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None
     lock: contextlib.AbstractContextManager[Any]
     args_validator: Any = None  # a jsonschema Draft202012Validator
+    batcher: Batcher | None = None
 
     @property
     def name(self) -> str:
@@ -117,13 +121,41 @@ def _version(cls: Any) -> str:
     return declared
 
 
-def _max_batch_size(cls: Any, server: int) -> int:
-    declared = getattr(cls, "max_batch_size", None)
+def _max_batch_size(cls: Any, name: str, server: int, batching: BatchSettings) -> int:
+    """The most inputs of one batch: the server's setting for the model, else the model's
+    own, at most the server's --max-batch-size."""
+    declared = batching.sizes.get(name, getattr(cls, "max_batch_size", None))
     if declared is None:
         return server
     if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
         raise TypeError(f"max_batch_size = {declared!r}; expected an int >= 1 or None")
     return min(declared, server)
+
+
+def _max_batch_delay(cls: Any, name: str, batching: BatchSettings) -> float | None:
+    """The model's batch delay in seconds (None: no batching): the server's, else its own."""
+    if name in batching.delays:
+        return batching.delays[name]
+    declared = getattr(cls, "max_batch_delay", None)
+    if declared is None:
+        return None
+    if (
+        isinstance(declared, bool)
+        or not isinstance(declared, (int, float))
+        or not 0 <= declared <= MAX_BATCH_DELAY
+    ):
+        raise TypeError(
+            f"max_batch_delay = {declared!r}; expected seconds, 0 to {MAX_BATCH_DELAY:g}, or None"
+        )
+    return float(declared)
+
+
+def _duration(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
 
 
 def _schema(cls: Any, attribute: str) -> tuple[str, Any]:
@@ -188,12 +220,15 @@ def describe(
     *,
     ask_shape: bool = True,
     max_batch_size: int = 64,
+    batching: BatchSettings | None = None,
 ) -> LoadedModel:
     """Read a model class's declarations (see tms_server.model) into a LoadedModel of
     ``instance``; its ``get_input_shape()`` is asked if there is an instance and ``ask_shape``,
-    else the class's ``input_shape`` is the shape. ``max_batch_size`` is the server's; the
-    version is the declared one, else ``content_version``. TypeError for a declaration
-    that cannot be used (an args or result schema that is not a valid JSON Schema among them)."""
+    else the class's ``input_shape`` is the shape. ``max_batch_size`` is the server's, and
+    ``batching`` its per-model batch settings, which win over the model's; the version is
+    the declared one, else ``content_version``. TypeError for a declaration that cannot be
+    used (an args or result schema that is not a valid JSON Schema among them)."""
+    batching = batching if batching is not None else BatchSettings()
     inputs = getattr(cls, "inputs", "image")
     if inputs not in ("image", "text"):
         raise TypeError(f"inputs = {inputs!r}; expected 'image' or 'text'")
@@ -222,6 +257,8 @@ def describe(
     thread_safe = bool(getattr(cls, "thread_safe", False))
     args_schema, args_validator = _schema(cls, "args_schema")
     result_schema, _ = _schema(cls, "result_schema")
+    batch_size = _max_batch_size(cls, name, max_batch_size, batching)
+    batch_delay = _max_batch_delay(cls, name, batching) if inputs == "image" else None
     info = model_service_pb2.ModelInfo(
         name=name,
         description=inspect.cleandoc(getattr(cls, "description", "") or cls.__doc__ or ""),
@@ -232,12 +269,17 @@ def describe(
         thread_safe=thread_safe,
         output_color_order=output_color,
         version=_version(cls),
-        max_batch_size=_max_batch_size(cls, max_batch_size),
+        max_batch_size=batch_size,
         args_schema_json=args_schema,
         result_schema_json=result_schema,
+        max_batch_delay=_duration(batch_delay),
     )
     lock = contextlib.nullcontext() if thread_safe else threading.Lock()
-    return LoadedModel(instance, info, dtype, input_shape, lock, args_validator)
+    batcher = None
+    if instance is not None and batch_delay is not None:
+        size = min(batch_size, batching.threads or batch_size)
+        batcher = Batcher(max_size=size, delay=batch_delay)
+    return LoadedModel(instance, info, dtype, input_shape, lock, args_validator, batcher)
 
 
 def instantiate(cls: Any, placement: Placement) -> Any:
@@ -343,7 +385,8 @@ class Elsewhere:
 class ModelRegistry:
     """The models of one worker process, by name: those it loaded (``models``), those placed
     on other workers (``elsewhere``) and those that failed to load (``failed``, with why);
-    ``on_load`` (the worker's metrics) is told of every load, at start and on reloads."""
+    ``on_load`` (the worker's metrics) is told of every load, at start and on reloads;
+    ``batching`` holds the server's per-model batch settings."""
 
     def __init__(
         self,
@@ -356,6 +399,7 @@ class ModelRegistry:
         entry_points: bool = False,
         on_load: OnLoad | None = None,
         max_batch_size: int = 64,
+        batching: BatchSettings | None = None,
     ) -> None:
         self.models = dict(sorted(models.items()))
         self.failed = dict(sorted(failed.items()))
@@ -365,6 +409,7 @@ class ModelRegistry:
         self._entry_points = entry_points
         self._on_load = on_load
         self.max_batch_size = max_batch_size
+        self.batching = batching if batching is not None else BatchSettings()
 
     def __repr__(self) -> str:
         return (
@@ -381,10 +426,12 @@ class ModelRegistry:
         on_load: OnLoad | None = None,
         placement: Placement | None = None,
         max_batch_size: int = 64,
+        batching: BatchSettings | None = None,
     ) -> ModelRegistry:
         """Import every model's class, and load those placed on the worker at ``placement``
         (default: a worker alone, on the CPU); ``max_batch_size`` is the server's
-        (--max-batch-size), which a model may lower for itself."""
+        (--max-batch-size), which a model may lower for itself; ``batching``, the server's
+        per-model batch settings (tms_server.batching)."""
         placement = placement if placement is not None else Placement()
         registry = cls(
             {},
@@ -394,6 +441,7 @@ class ModelRegistry:
             entry_points=entry_points,
             on_load=on_load,
             max_batch_size=max_batch_size,
+            batching=batching,
         )
         for name, load_class in _sources(folder, entry_points):
             if not NAME_PATTERN.fullmatch(name):
@@ -409,6 +457,9 @@ class ModelRegistry:
         registry.models = dict(sorted(registry.models.items()))
         registry.failed = dict(sorted(registry.failed.items()))
         registry.elsewhere = dict(sorted(registry.elsewhere.items()))
+        batching, known = registry.batching, {*registry.models, *registry.elsewhere}
+        for name in sorted({*batching.delays, *batching.sizes} - known - set(registry.failed)):
+            log.warning("the batch settings name model %r, which is not among the models", name)
         return registry
 
     def _add(self, name: str, load_class: Callable[[], Any], verb: str = "loaded") -> None:
@@ -421,7 +472,12 @@ class ModelRegistry:
         # On every worker alike: from the class alone, unless every worker has an instance.
         everywhere = len(workers) == len(placement.devices)
         if placement.index not in workers:
-            model = describe(name, model_class, max_batch_size=self.max_batch_size)
+            model = describe(
+                name,
+                model_class,
+                max_batch_size=self.max_batch_size,
+                batching=self.batching,
+            )
             self.elsewhere = {**self.elsewhere, name: Elsewhere(model, workers)}
             self.models = {k: v for k, v in self.models.items() if k != name}
             self.failed = {k: v for k, v in self.failed.items() if k != name}
@@ -429,7 +485,12 @@ class ModelRegistry:
             return
         instance = instantiate(model_class, placement)
         model = describe(
-            name, model_class, instance, ask_shape=everywhere, max_batch_size=self.max_batch_size
+            name,
+            model_class,
+            instance,
+            ask_shape=everywhere,
+            max_batch_size=self.max_batch_size,
+            batching=self.batching,
         )
         # Swap whole dicts: readers (other threads) see the old or the new, never a mix.
         self.models = dict(sorted({**self.models, name: model}.items()))

@@ -18,16 +18,26 @@ Open Inference Protocol, admin) ``add_service`` registers one handler, made here
 Each call gets a CallInfo (tms_server.callinfo) as it starts: the caller's ``x-request-id`` or
 a new one, and the model the request names. When the call is over the handler counts it in
 the metrics (``--metrics-port``) and logs it (``--log-requests``), if those are on.
+
+A method whose requests and responses both stream (RunImageStream) gets the same handler,
+once per stream: one CallInfo, request id, log line and metrics count for the whole stream,
+refused while the worker drains (when it opens, and between its messages), ended with the
+status of what it raises. Its servicer method is an async generator of responses reading a
+``Stream`` of requests: the StallWatch times the caller sending the first request and taking
+each answer (not the wait between messages: a stream may idle, holding no thread), and
+``Stream.run`` admits each piece of work, a frame say, as one call of its own (a thread, a
+place in the queue, its pixels), so a stream holds a call slot only while its work runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -43,9 +53,11 @@ from tms_server.metrics import WorkerMetrics
 from tms_server.stalls import Context, StallWatch
 from tms_server.tracing import end_call_span, start_call_span
 
-__all__ = ["Method", "Worker", "add_service", "quick"]
+__all__ = ["Method", "Stream", "Worker", "add_service", "quick", "raw"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+Q = TypeVar("Q")
+T = TypeVar("T")
 #: Trailing metadata, as grpc takes it.
 Trailers = tuple[tuple[str, str | bytes], ...]
 
@@ -53,6 +65,13 @@ Trailers = tuple[tuple[str, str | bytes], ...]
 def quick(method: F) -> F:
     """Mark a servicer method to run on the event loop: it neither calls a model nor waits."""
     method.quick = True  # type: ignore[attr-defined]
+    return method
+
+
+def raw(method: F) -> F:
+    """Mark a servicer method to take its requests as bytes, as ``add_service``'s
+    ``raw_requests`` does (it reads its images in place)."""
+    method.raw = True  # type: ignore[attr-defined]
     return method
 
 
@@ -67,6 +86,7 @@ class Method:
     on_loop: bool  # a quick method, run on the event loop
     calls_models: bool = False  # it calls the model its request names (see QuickCalls)
     names_model: bool = False  # its requests name a model in field 1 (for logs and metrics)
+    streams: bool = False  # requests and responses both stream (see Worker.handle_stream)
 
     @functools.cached_property
     def rpc(self) -> str:
@@ -146,6 +166,34 @@ class Worker:
         context.add_done_callback(watch.end)  # type: ignore[arg-type]
         return response
 
+    async def handle_stream(self, method: Method, context: Context) -> None:
+        """Serve a stream: the servicer method's answers written as they come, the stream's
+        status and trailers at its end."""
+        load = self.load
+        began = time.perf_counter()
+        metadata = context.invocation_metadata()
+        call = CallInfo(method.rpc, request_id(metadata))
+        CURRENT.set(call)
+        call.span = start_call_span(method.name, metadata)
+        tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
+        stream: Stream[Any] = Stream(self, method, context, call)
+        try:
+            if load.draining:
+                raise Unavailable("this worker is shutting down; try another", retry_after=0.0)
+            async with contextlib.aclosing(method.function(stream, context)) as responses:
+                async for response in responses:
+                    await stream.write(response)
+        except asyncio.CancelledError:  # the caller left
+            self.finished(call, grpc.StatusCode.CANCELLED, began)
+            raise
+        except Exception as exc:
+            status = status_of(exc, method.name, model=call.model)
+            self.finished(call, status.code, began)
+            trailers = load.trailers() + tail + tuple(status.trailing_metadata)
+            await context.abort(status.code, status.details, trailers)
+        self.finished(call, grpc.StatusCode.OK, began)
+        context.set_trailing_metadata(load.trailers() + tail)
+
     def finished(self, call: CallInfo, code: grpc.StatusCode, began: float) -> None:
         """Count, log and trace a call that is over, as far as each is on."""
         if call.span is not None:
@@ -157,6 +205,71 @@ class Worker:
             self.metrics.finished(call, code, seconds)
         if self.log_requests:
             log_call(call, code, seconds)
+
+
+class Stream(Generic[Q]):
+    """The requests of one streaming call as its servicer method reads them (``async for``),
+    parsed as the method takes them (``Q``: a message, or bytes for a ``raw`` method), and
+    the worker's admission for the work they ask for (``run``)."""
+
+    def __init__(self, worker: Worker, method: Method, context: Context, call: CallInfo) -> None:
+        self._worker = worker
+        self._method = method
+        self._context = context
+        self._call = call
+        self._key: tuple[str, bytes | None] | None = None  # its model's, for QuickCalls
+
+    def __repr__(self) -> str:
+        return f"<Stream {self._method.rpc} model={self._call.model!r}>"
+
+    async def __aiter__(self) -> AsyncIterator[Q]:
+        """Each request until the caller ends the stream; UNAVAILABLE once the worker drains.
+        The StallWatch times the first request only: between requests a stream may idle."""
+        context, watch = self._context, self._worker.watch
+        watch.begin(context)
+        try:
+            request = await context.read()
+        finally:
+            watch.end(context)
+        if isinstance(request, bytes) and self._method.names_model:
+            model = _model_of(request)
+            self._call.model = model.decode(errors="replace") if model else ""
+            self._key = (self._method.name, model)
+        while request is not grpc.aio.EOF:
+            if self._worker.load.draining:
+                raise Unavailable("this worker is shutting down; open the stream again")
+            yield self._method.parsed(request)
+            request = await context.read()
+
+    async def run(
+        self, function: Callable[..., T], *args: Any, pixels: int = 0, timed: bool = True
+    ) -> T:
+        """``function(*args)`` admitted as a call of its own (tms_server.admission): on one of
+        the worker's threads, or on the event loop once the stream model's ``timed`` work
+        (its frames) is proven quick; ResourceExhausted when the worker is full."""
+        key = self._key if timed else None
+        return await self._worker.runner.run(function, *args, pixels=pixels, key=key)
+
+    async def write(self, response: Any) -> None:
+        """Send one answer; the StallWatch times the caller taking it."""
+        size = len(response) if isinstance(response, bytes) else response.ByteSize()
+        watch = self._worker.watch
+        watch.begin(self._context, size)
+        try:
+            await self._context.write(response)
+        finally:
+            watch.end(self._context)
+
+    def error_status(self, exc: Exception) -> bytes:
+        """What ``exc`` stands for as a serialized google.rpc.Status, the one a call ending
+        with it would carry in its grpc-status-details-bin trailer (for an answer that fails
+        alone, while its stream goes on)."""
+        status = status_of(exc, self._method.name, model=self._call.model)
+        details = dict(status.trailing_metadata)[_STATUS_DETAILS_KEY]
+        return details if isinstance(details, bytes) else details.encode()
+
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def _model_of(request: bytes) -> bytes | None:
@@ -184,15 +297,17 @@ def add_service(
 ) -> None:
     """Register ``servicer``'s methods (named after the RPCs) for ``service`` on ``server``.
 
-    Methods named in ``raw_requests`` take the request as bytes, those in ``raw_responses``
-    return bytes (they read and write images in place, see tms_client.protocol.wire); the
-    others take and return messages. Bytes that are not the request message end the call with
-    INVALID_ARGUMENT (gRPC's own parsing would say INTERNAL). ``weighers`` give, for methods
+    Methods named in ``raw_requests`` (or marked ``raw``) take the request as bytes, those in
+    ``raw_responses`` return bytes (they read and write images in place, see
+    tms_client.protocol.wire); the others take and return messages. Bytes that are not the
+    request message end the call with INVALID_ARGUMENT (gRPC's own parsing would say
+    INTERNAL). ``weighers`` give, for methods
     of raw requests, the pixels a request declares (see admission.PixelBudget); the methods
     in ``model_calls`` call the model their request names first, and may run on the event
     loop once that model's calls are proven quick (see admission.QuickCalls). A method whose
-    request's field 1 is a string called model, model_name or name names a model: its calls
-    are logged and counted by that name.
+    request names a model (see _names_model) is logged and counted by that name. A method
+    whose requests and responses both stream is served by ``Worker.handle_stream``: it reads
+    a ``Stream`` and yields its responses.
     """
     raw_requests, raw_responses = set(raw_requests), set(raw_responses)
     model_calls = set(model_calls)
@@ -200,7 +315,7 @@ def add_service(
     for name, descriptor in service.methods_by_name.items():
         function = getattr(servicer, name)
         parse = None
-        if name not in raw_requests:
+        if name not in raw_requests and not getattr(function, "raw", False):
             parse = message_factory.GetMessageClass(descriptor.input_type).FromString
         serialize: Callable[[Message], bytes] | None = None
         if name not in raw_responses:
@@ -213,21 +328,29 @@ def add_service(
             on_loop=getattr(function, "quick", False),
             calls_models=name in model_calls,
             names_model=_names_model(descriptor.input_type),
+            streams=descriptor.client_streaming and descriptor.server_streaming,
         )
-        handlers[name] = grpc.stream_unary_rpc_method_handler(
-            _handler(worker, method), response_serializer=serialize
-        )
+        if method.streams:
+            handlers[name] = grpc.stream_stream_rpc_method_handler(
+                _stream_handler(worker, method), response_serializer=serialize
+            )
+        else:
+            handlers[name] = grpc.stream_unary_rpc_method_handler(
+                _handler(worker, method), response_serializer=serialize
+            )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
 
 
 def _names_model(request: Descriptor) -> bool:
+    """Field 1 is a string called model or model_name, or name in a Model...Request (OIP's
+    ModelReadyRequest, ModelMetadataRequest; not AttachSharedMemoryRequest's region name)."""
     field = request.fields_by_number.get(1)
-    return (
-        field is not None
-        and field.type == FieldDescriptor.TYPE_STRING
-        and field.name in ("model", "model_name", "name")
+    if field is None or field.type != FieldDescriptor.TYPE_STRING:
+        return False
+    return field.name in ("model", "model_name") or (
+        field.name == "name" and request.name.startswith("Model")
     )
 
 
@@ -236,5 +359,14 @@ def _handler(worker: Worker, method: Method) -> Callable[[Any, Context], Any]:
     # runs before the request arrives and can time it.
     async def handle(requests: Any, context: Context) -> Any:
         return await worker.handle(method, context)
+
+    return handle
+
+
+def _stream_handler(worker: Worker, method: Method) -> Callable[[Any, Context], Any]:
+    # It reads with context.read() and writes with context.write(), so that the StallWatch
+    # can time both; the request iterator gRPC passes is left alone.
+    async def handle(requests: Any, context: Context) -> None:
+        await worker.handle_stream(method, context)
 
     return handle

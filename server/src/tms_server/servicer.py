@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from tms_client.protocol.wire import (
     split_images,
 )
 from tms_server.callinfo import CURRENT
-from tms_server.errors import Internal, InvalidArgument, Reason, Unimplemented
+from tms_server.errors import Internal, InvalidArgument, Reason, ServiceError, Unimplemented
 from tms_server.invoke import (
     declared_pixels,
     encode_output,
@@ -36,7 +36,9 @@ from tms_server.invoke import (
 from tms_server.limits import check_args, parse_args
 from tms_server.load import WorkerLoad
 from tms_server.registry import LoadedModel, ModelRegistry
-from tms_server.rpc import quick
+from tms_server.rpc import Stream, quick, raw
+from tms_server.shm import Regions
+from tms_server.streams import image_stream
 
 __all__ = ["MODEL_CALLS", "RAW_REQUESTS", "RAW_RESPONSES", "ModelServicer", "WorkerIdentity"]
 
@@ -102,12 +104,25 @@ def _received(images: Sequence[ImageParts]) -> None:
     """Count the bytes of the images a call received (tms_image_bytes_total)."""
     call = CURRENT.get()
     if call is not None:
-        call.image_bytes += sum(memoryview(parts.data).nbytes for parts in images)
+        call.image_bytes += sum(
+            memoryview(parts.data).nbytes or parts.meta.shared_memory.size for parts in images
+        )
 
 
 def _too_many(what: str, limit: int, model: str = "") -> str:
     source = f"model {model!r}'s max_batch_size" if model else "--max-batch-size"
     return f"a call takes at most {limit} {what} ({source}); split them over several calls"
+
+
+def _run_batch(model: LoadedModel, args: dict[str, Any], images: list[Any]) -> list[Any]:
+    """RunImage calls gathered by the model's batcher, through one ``run_batch``."""
+    results = list(run_model(model, model.instance.run_batch, images, args))
+    if len(results) != len(images):
+        raise Internal(
+            f"model {model.name!r} returned {len(results)} results for {len(images)} inputs",
+            reason=Reason.MODEL_FAILED,
+        )
+    return results
 
 
 class ModelServicer:
@@ -126,8 +141,11 @@ class ModelServicer:
         max_pixels: int,
         max_batch_size: int = 64,
         load: WorkerLoad | None = None,
+        regions: Regions | None = None,
     ) -> None:
         self.load = load if load is not None else WorkerLoad(identity.key)
+        #: The shared-memory regions callers on this host lent this worker.
+        self.regions = regions if regions is not None else Regions()
         self._registry = registry
         self.max_pixels = max_pixels
         self.max_batch_size = max_batch_size
@@ -163,9 +181,24 @@ class ModelServicer:
         if not occurrences:
             raise InvalidArgument("no images in the request", field="images")
         return [
-            prepare_image(model, parts, self.max_pixels, f"images[{index}]")
-            for index, parts in enumerate(occurrences)
+            prepare_image(
+                model, self._bytes(parts, f"images[{i}]"), self.max_pixels, f"images[{i}]"
+            )
+            for i, parts in enumerate(occurrences)
         ]
+
+    def _bytes(self, parts: ImageParts, field: str) -> ImageParts:
+        """``parts`` with the bytes an Image.shared_memory names in place of its data: a
+        read-only view of the region (see tms_server.shm)."""
+        if not parts.meta.HasField("shared_memory"):
+            return parts
+        if memoryview(parts.data).nbytes:
+            raise InvalidArgument(
+                "an image holds data or shared_memory, not both", field=f"{field}.shared_memory"
+            )
+        return ImageParts(
+            parts.meta, self.regions.view(parts.meta.shared_memory, f"{field}.shared_memory")
+        )
 
     def pixels(self, request_class: type[Message], request: bytes) -> int:
         """The pixels a request's images declare, before anything is decoded (for admission:
@@ -174,7 +207,14 @@ class ModelServicer:
             _, images = _read(request_class, request, self.max_batch_size)
         except InvalidArgument:
             return 0  # refused as soon as it runs
-        return sum(declared_pixels(parts, unknown=self.max_pixels) for parts in images)
+        total = 0
+        for parts in images:
+            try:
+                resolved = self._bytes(parts, "image")
+            except ServiceError:
+                return 0  # refused as soon as it runs
+            total += declared_pixels(resolved, unknown=self.max_pixels)
+        return total
 
     def weighers(self) -> dict[str, Callable[[bytes], int]]:
         """``pixels`` for each method whose requests carry images."""
@@ -202,8 +242,13 @@ class ModelServicer:
         parts = merge_singular(occurrences)
         if parts is None:
             raise InvalidArgument("no image in the request", field="image")
-        image = prepare_image(model, parts, self.max_pixels, "image")
-        result = run_model(model, model.instance.run, image, self._args(model, message.args_json))
+        image = prepare_image(model, self._bytes(parts, "image"), self.max_pixels, "image")
+        args = self._args(model, message.args_json)
+        if model.batcher is None:
+            result = run_model(model, model.instance.run, image, args)
+        else:  # run with the calls of the same args gathered meanwhile: tms_server.batching
+            batch = functools.partial(_run_batch, model, args)
+            result = model.batcher.run(image, message.args_json, batch)
         return pb.RunImageResponse(
             result_json=result_json(model, result), model_version=model.info.version
         )
@@ -238,6 +283,8 @@ class ModelServicer:
         output = run_model(model, model.instance.run_image_to_image, images, args)
         arrays, result = image_outputs(model, output)
         parts = [encode_output(model, a, message.output_encoding) for a in arrays]
+        if message.HasField("output_shared_memory"):
+            parts = self._lend_outputs(parts, message.output_shared_memory)
         head = pb.RunImageToImageResponse(
             result_json=result_json(model, result), model_version=model.info.version
         )
@@ -268,6 +315,28 @@ class ModelServicer:
             model_version=model.info.version,
         )
 
+    def _lend_outputs(
+        self, parts: list[ImageParts], where: image_pb2.SharedMemory
+    ) -> list[ImageParts]:
+        """Output images written one after another into the span ``where`` names, as
+        references to it; those that do not fit stay bytes."""
+        span = self.regions.span(where, "output_shared_memory")
+        placed, offset = [], 0
+        for image in parts:
+            data = memoryview(image.data).cast("B")
+            if offset + data.nbytes > span.nbytes:
+                placed.append(image)
+                continue
+            span[offset : offset + data.nbytes] = data
+            meta = image_pb2.Image()
+            meta.CopyFrom(image.meta)
+            meta.shared_memory.region = where.region
+            meta.shared_memory.offset = where.offset + offset
+            meta.shared_memory.size = data.nbytes
+            placed.append(ImageParts(meta, b""))
+            offset += data.nbytes
+        return placed
+
     @staticmethod
     def _batch_json(model: LoadedModel, results: Any, expected: int) -> list[str]:
         results = list(results)
@@ -292,19 +361,30 @@ class ModelServicer:
         response.models.extend(models)
         return response
 
+    @raw
     def RunImageStream(
-        self, request: pb.RunImageStreamRequest, context: grpc.ServicerContext
-    ) -> pb.RunImageStreamResponse:
-        raise Unimplemented("RunImageStream is not served yet")
+        self, stream: Stream[bytes], context: grpc.ServicerContext
+    ) -> AsyncIterator[pb.RunImageStreamResponse]:
+        # Each frame as RunImage takes its request (tms_server.streams), its image in bytes
+        # or in shared memory; the stream's model must take RunImage.
+        return image_stream(
+            stream,
+            lambda name: self._model(name, pb.MODEL_CALL_RUN_IMAGE),
+            self._args,
+            self._bytes,
+            self.max_pixels,
+        )
 
     @quick
     def AttachSharedMemory(
         self, request: pb.AttachSharedMemoryRequest, context: grpc.ServicerContext
     ) -> pb.AttachSharedMemoryResponse:
-        raise Unimplemented("shared memory is not served yet")
+        region = self.regions.attach(request.name, request.size, request.proof)
+        return pb.AttachSharedMemoryResponse(region=region)
 
     @quick
     def DetachSharedMemory(
         self, request: pb.DetachSharedMemoryRequest, context: grpc.ServicerContext
     ) -> pb.DetachSharedMemoryResponse:
-        raise Unimplemented("shared memory is not served yet")
+        self.regions.detach(request.region)
+        return pb.DetachSharedMemoryResponse()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tms_server.batching import MAX_BATCH_DELAY, BatchSettings
 from tms_server.cpus import available_cpus
 from tms_server.devices import CPU, DeviceError, assign, check_devices
 
@@ -22,6 +23,7 @@ __all__ = ["Settings", "parse_settings"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
 _MAX_WORKERS = 256
+_MAX_BATCH_SIZE = 100_000
 
 
 def _meta(
@@ -131,6 +133,26 @@ class Settings:
         default=64,
         metadata=_meta("images or texts one call may carry (batch calls, OIP inputs)", 1, 100_000),
     )
+    model_max_batch_delay_ms: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "dynamic batching, per model: MODEL=MS,... sets how long a RunImage call to MODEL "
+            f"may wait in its worker for others to run with it as one batch (0 to "
+            f"{MAX_BATCH_DELAY * 1000:g} ms), MODEL=off turns it off; over the model's "
+            "max_batch_delay",
+            parse=_split_list,
+            shown="the models' own",
+        ),
+    )
+    model_max_batch_size: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "per model: MODEL=N,... sets the most inputs of one batch of MODEL (batch calls and "
+            "dynamic batches), at most --max-batch-size; over the model's max_batch_size",
+            parse=_split_list,
+            shown="the models' own",
+        ),
+    )
     grace_seconds: float = field(
         default=10.0,
         metadata=_meta("on SIGTERM/SIGINT, how long in-flight calls may take to finish", 0, 3600),
@@ -149,6 +171,22 @@ class Settings:
             0,
             65535,
             int,
+        ),
+    )
+    shared_memory: bool = field(
+        default=True,
+        metadata=_meta(
+            "let callers on this host pass images in shared memory (AttachSharedMemory) "
+            "instead of bytes; false: they send bytes"
+        ),
+    )
+    max_shared_memory_mb: int = field(
+        default=1024,
+        metadata=_meta(
+            "shared memory one worker keeps attached, in MiB (the least recently used region "
+            "beyond it is dropped); also the largest region",
+            1,
+            2**20,
         ),
     )
     # -- limits: what one call, one connection or one worker may take ------------------------
@@ -291,6 +329,25 @@ class Settings:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
         object.__setattr__(self, "workers", self._resolve_workers())
+        self.batching  # noqa: B018 - checks the per-model batch settings
+
+    @property
+    def batching(self) -> BatchSettings:
+        """The per-model batch settings (seconds, sizes) and the worker's threads;
+        ValueError, naming the setting, for an entry that is not MODEL=VALUE in bounds."""
+        delays = _per_model(
+            "model_max_batch_delay_ms",
+            self.model_max_batch_delay_ms,
+            _delay,
+            f"MODEL=MS, MS from 0 to {MAX_BATCH_DELAY * 1000:g}, or MODEL=off",
+        )
+        sizes = _per_model(
+            "model_max_batch_size",
+            self.model_max_batch_size,
+            _batch_size,
+            f"MODEL=N, N from 1 to {_MAX_BATCH_SIZE}",
+        )
+        return BatchSettings(delays, sizes, self.threads)
 
     def _resolve_workers(self) -> int:
         """The number of workers: ``workers`` when given; else ``devices`` x
@@ -338,6 +395,40 @@ class Settings:
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+
+def _delay(text: str) -> float | None:
+    """A batch delay in ms, as seconds; None for off."""
+    if text.lower() == "off":
+        return None
+    ms = float(text)
+    if not 0 <= ms <= MAX_BATCH_DELAY * 1000:
+        raise ValueError(text)
+    return ms / 1000
+
+
+def _batch_size(text: str) -> int:
+    size = int(text)
+    if not 1 <= size <= _MAX_BATCH_SIZE:
+        raise ValueError(text)
+    return size
+
+
+def _per_model(
+    setting: str, entries: Sequence[str], parse: Callable[[str], Any], rule: str
+) -> dict[str, Any]:
+    """MODEL=VALUE entries as {model: parsed value}; ValueError naming the setting and
+    ``rule`` for an entry that breaks it."""
+    values = {}
+    for entry in entries:
+        name, equals, text = (part.strip() for part in entry.partition("="))
+        try:
+            if not name or not equals:
+                raise ValueError(entry)
+            values[name] = parse(text)
+        except ValueError:
+            raise ValueError(f"{setting}: {entry!r} is not valid; expected {rule}") from None
+    return values
 
 
 def _env_name(name: str) -> str:

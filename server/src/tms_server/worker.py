@@ -38,6 +38,7 @@ from tms_server.rpc import Worker
 from tms_server.servicer import ModelServicer, WorkerIdentity
 from tms_server.services import grpc_options, new_grpc_server, report_serving
 from tms_server.settings import Settings
+from tms_server.shm import Regions
 from tms_server.stalls import StallWatch
 
 # grpc_options now lives in tms_server.services; it stays importable from here.
@@ -164,6 +165,7 @@ def build_server(
             on_load=metrics.model_loaded if metrics is not None else None,
             placement=placement,
             max_batch_size=settings.max_batch_size,
+            batching=settings.batching,
         )
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
@@ -226,6 +228,9 @@ async def _start(
         max_pixels=settings.max_pixels,
         max_batch_size=settings.max_batch_size,
         load=load,
+        regions=Regions(
+            enabled=settings.shared_memory, max_bytes=settings.max_shared_memory_mb * 1024 * 1024
+        ),
     )
     inference = oip.InferenceServicer(models, registry)
     admin_tokens = (

@@ -21,6 +21,7 @@ from tms.v1 import image_pb2
 
 __all__ = [
     "Buffer",
+    "ImageMessage",
     "ImageParts",
     "TooManyImagesError",
     "WireError",
@@ -62,6 +63,24 @@ class ImageParts:
         message.CopyFrom(self.meta)
         message.data = bytes(self.data)
         return message
+
+
+@dataclass(frozen=True)
+class ImageMessage:
+    """A message that carries images, not written yet: ``head`` with ``images`` as the
+    occurrences of its message field ``field``.
+
+    Written as late as possible, by whoever sends it: ``join`` writes the bytes (see
+    ``join_images``); a channel to a worker on the same host writes the pixels into shared
+    memory instead and sends references (tms_client.shm).
+    """
+
+    head: Message
+    field: int
+    images: Sequence[ImageParts]
+
+    def join(self) -> bytes:
+        return join_images(self.head, self.field, self.images)
 
 
 def varint(value: int) -> bytes:

@@ -1,0 +1,426 @@
+"""The benchmark report: every TMS benchmark in one run, written to ``benchmarks/REPORT.md``
+with PNG plots beside it (``benchmarks/report/``).
+
+    python3 -m uv run python benchmarks/report.py [--seconds 1.5] [--out benchmarks/REPORT.md]
+
+Sections: latency against image size (64x64 to 3840x2160) for TMS's bytes path, its
+shared-memory path, raw grpcio moving the same frame, and the model called in-process;
+throughput against concurrency, TMS and raw grpcio; a CPU-bound model on one worker and on
+two; dynamic batching on and off; a video stream against one unary call per frame. Every
+ratio comes from one run: the systems a ratio compares are measured in alternating slices
+(A B, B A, ...), so that a noisy machine slows them alike. The targets are checked here, in
+the report, never by timed assertions in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from tms_client import ModelClient, RoundRobin
+
+# Run as a script (python benchmarks/report.py): make the benchmarks folder importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import bench_batching, bench_shm, bench_stream
+from benchmarks.bench_mean import (
+    CALL_TIMEOUT,
+    THREADS,
+    RawClient,
+    Samples,
+    machine,
+    models_folder,
+    run_load,
+    server_process,
+)
+
+HERE = Path(__file__).resolve().parent
+SIZES = ((64, 64), (256, 256), (640, 480), (1280, 720), (1920, 1080), (3840, 2160))
+CONCURRENCY = (1, 2, 4, 8, 16)
+BUSY_SOURCE = '''\
+"""Pure-Python work of about 10 ms a call: a CPU-bound model for the scaling check."""
+import tms_server
+
+
+class Model(tms_server.Model):
+    inputs = "text"
+    thread_safe = True
+
+    def run(self, text, args):
+        return {"sum": sum(i * i for i in range(int(args.get("n", 150000))))}
+'''
+
+
+@dataclass
+class Target:
+    """A number the issue set, checked against what this run measured."""
+
+    what: str
+    value: float
+    limit: float
+    at_most: bool  # value <= limit is met; else value >= limit
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    def row(self) -> str:
+        sign = "≤" if self.at_most else "≥"
+        verdict = "met" if self.met else "**missed**"
+        return f"| {self.what} | {self.value:.3f} | {sign} {self.limit:g} | {verdict} |"
+
+
+@dataclass
+class Report:
+    """What the sections found: Markdown parts, plots, targets."""
+
+    folder: Path
+    seconds: float
+    rounds: int
+    parts: list[str] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+
+    def plot(self, name: str, draw: Callable[[Any], None], title: str) -> None:
+        figure, axes = plt.subplots(figsize=(7, 4.2))
+        draw(axes)
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        figure.savefig(self.folder / f"{name}.png", dpi=110)
+        plt.close(figure)
+        self.parts.append(f"![{title}](report/{name}.png)\n")
+
+
+def alternate(
+    calls: Mapping[str, Callable[[], object]],
+    concurrency: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, Samples]:
+    """Warm each system up, then measure them in ``rounds`` alternating slices each."""
+    for call in calls.values():
+        run_load(call, concurrency, min(0.5, seconds / 2))
+    samples = {name: Samples() for name in calls}
+    names = list(calls)
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else names[::-1]:
+            samples[name].add(run_load(calls[name], concurrency, seconds / rounds))
+    return samples
+
+
+def in_process(image: np.ndarray[Any, Any]) -> float:
+    """What the mean model does, called in this process: the floor under any transport."""
+    return float(image.mean())
+
+
+def client(target: str, **options: Any) -> ModelClient:
+    return ModelClient("mean", target, timeout=CALL_TIMEOUT, balancer=RoundRobin(), **options)
+
+
+# -- sections ------------------------------------------------------------------------------------
+
+
+def latency_by_size(report: Report, tms_target: str, raw: RawClient) -> None:
+    rng = np.random.default_rng(0)
+    with contextlib.ExitStack() as stack:
+        systems: dict[str, ModelClient] = {
+            "TMS bytes": stack.enter_context(client(tms_target, shared_memory=False)),
+            "TMS shared memory": stack.enter_context(client(tms_target, shared_memory=True)),
+        }
+        rows: list[str] = []
+        p50s: dict[str, list[float]] = {n: [] for n in ("in-process", "raw grpcio", *systems)}
+        for width, height in SIZES:
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            calls: dict[str, Callable[[], object]] = {
+                "in-process": functools.partial(in_process, image),
+                "raw grpcio": functools.partial(raw.mean, image),
+            }
+            calls |= {name: functools.partial(c.run_image, image) for name, c in systems.items()}
+            print(f"latency: {width}x{height} ...", file=sys.stderr)
+            samples = alternate(calls, 1, report.seconds, report.rounds)
+            base = samples["raw grpcio"].percentile_ms(50)
+            for name, measured in samples.items():
+                p50 = measured.percentile_ms(50)
+                p50s[name].append(p50)
+                ratio = f"{p50 / base:.3f}"
+                rows.append(
+                    f"| {width}x{height}x3 | {name} | {p50:.3f} | "
+                    f"{measured.percentile_ms(99):.3f} | {ratio} |"
+                )
+            if (width, height) == (1920, 1080):
+                shm = samples["TMS shared memory"].percentile_ms(50) / base
+                report.targets.append(
+                    Target("1920x1080 RunImage p50 / raw, shared memory", shm, 0.4, True)
+                )
+    report.parts.append(
+        "## Latency against image size (concurrency 1)\n\n"
+        "The `mean` model on random 3-channel uint8 frames; p50 and p99 per call as the client "
+        "sees it; the ratio is to raw grpcio moving the same frame and computing the same mean.\n\n"
+        "| image | system | p50 ms | p99 ms | p50 / raw |\n| --- | --- | ---: | ---: | ---: |\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    pixels = [w * h for w, h in SIZES]
+
+    def draw(axes: Any) -> None:
+        for name, values in p50s.items():
+            axes.plot(pixels, values, marker="o", label=name)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("pixels per frame")
+        axes.set_ylabel("p50 latency (ms)")
+
+    report.plot("latency", draw, "p50 latency against image size")
+
+
+def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    rows: list[str] = []
+    rates: dict[str, list[float]] = {"TMS": [], "raw grpcio": []}
+    with client(tms_target, shared_memory=False) as tms:
+        for concurrency in CONCURRENCY:
+            print(f"throughput: concurrency {concurrency} ...", file=sys.stderr)
+            calls: dict[str, Callable[[], object]] = {
+                "TMS": functools.partial(tms.run_image, image),
+                "raw grpcio": functools.partial(raw.mean, image),
+            }
+            samples = alternate(calls, concurrency, report.seconds, report.rounds)
+            ratio = samples["TMS"].throughput / samples["raw grpcio"].throughput
+            p50_ratio = samples["TMS"].percentile_ms(50) / samples["raw grpcio"].percentile_ms(50)
+            for name, measured in samples.items():
+                rates[name].append(measured.throughput)
+                rows.append(
+                    f"| {concurrency} | {name} | {measured.throughput:.0f} | "
+                    f"{measured.percentile_ms(50):.3f} | {ratio:.3f} |"
+                )
+            if concurrency == 1:
+                report.targets.append(Target("224x224 p50 / raw, c=1", p50_ratio, 1.1, True))
+            if concurrency == 8:
+                report.targets.append(Target("224x224 throughput / raw, c=8", ratio, 0.95, False))
+    report.parts.append(
+        "## Throughput against concurrency (224x224x3, bytes path)\n\n"
+        "| callers | system | calls/s | p50 ms | throughput TMS / raw |\n"
+        "| ---: | --- | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
+    )
+
+    def draw(axes: Any) -> None:
+        for name, values in rates.items():
+            axes.plot(CONCURRENCY, values, marker="o", label=name)
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("concurrent callers")
+        axes.set_ylabel("calls per second")
+
+    report.plot("throughput", draw, "throughput against concurrency (224x224x3)")
+
+
+def scaling(report: Report, temp: Path, log: IO[bytes]) -> None:
+    folder = temp / "busy-models"
+    (folder / "busy").mkdir(parents=True)
+    (folder / "busy" / "__init__.py").write_text(BUSY_SOURCE)
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for workers in (1, 2):
+            target = stack.enter_context(tms_server(folder, workers, log))
+            clients[f"{workers} worker{'s' if workers > 1 else ''}"] = stack.enter_context(
+                ModelClient("busy", target, timeout=CALL_TIMEOUT, balancer=RoundRobin())
+            )
+        calls = {name: functools.partial(c.run_text, "x") for name, c in clients.items()}
+        print("scaling ...", file=sys.stderr)
+        samples = alternate(calls, 8, report.seconds * 2, report.rounds)
+    one, two = (samples[name].throughput for name in calls)
+    report.targets.append(
+        Target("CPU-bound model, throughput 2 workers / 1", two / one, 1.8, False)
+    )
+    report.parts.append(
+        "## Scaling over worker processes\n\n"
+        "A CPU-bound model (about 10 ms of pure Python a call), 8 concurrent callers, one "
+        "server with one worker and one with two, measured alternately.\n\n"
+        "| server | calls/s | p50 ms |\n| --- | ---: | ---: |\n"
+        + "\n".join(
+            f"| {name} | {s.throughput:.1f} | {s.percentile_ms(50):.1f} |"
+            for name, s in samples.items()
+        )
+        + f"\n\nRatio: {two / one:.3f}.\n"
+    )
+
+
+def embedded(
+    report: Report, title: str, main: Callable[[list[str]], int], argv: list[str]
+) -> list[list[str]]:
+    """Run another benchmark script's ``main`` (its own servers, its own alternating slices),
+    put its Markdown under ``title``, and return the rows of its table, split into cells."""
+    with tempfile.TemporaryDirectory(prefix="tms-report-") as folder:
+        out = Path(folder) / "part.md"
+        print(f"{title} ...", file=sys.stderr)
+        if main([*argv, "--out", str(out)]) != 0:
+            raise RuntimeError(f"{title}: the benchmark failed")
+        text = out.read_text()
+    # Less what the report says once for all: titles, the command, the machine.
+    said = ("#", "Command:", "- CPU:", "- OS:", "- Python", "- environment:")
+    body = "\n".join(line for line in text.splitlines() if not line.startswith(said))
+    report.parts.append(f"## {title}\n\n`{' '.join(argv)}`\n{body}\n")
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    ]
+
+
+def number(text: str) -> float:
+    found = re.search(r"-?\d+(\.\d+)?", text)
+    if found is None:
+        raise ValueError(f"no number in {text!r}")
+    return float(found.group(0))
+
+
+def shared_memory_image_to_image(report: Report) -> None:
+    seconds = str(report.seconds * 2)
+    rows = embedded(
+        report,
+        "Shared memory: RunImage and RunImageToImage of a 1080p frame",
+        bench_shm.main,
+        ["--duration", seconds, "--rounds", str(report.rounds), "--concurrency", "1"],
+    )
+    for row in rows:
+        if row[0] == "RunImageToImage" and row[2] == "1" and row[3] == "shm":
+            ratio = number(row[8])
+            report.targets.append(
+                Target("1920x1080 image-to-image p50 / raw, shared memory", ratio, 0.5, True)
+            )
+
+
+def batching(report: Report) -> None:
+    seconds = str(report.seconds * 3)
+    rows = embedded(
+        report,
+        "Dynamic batching on and off (the upright example)",
+        bench_batching.main,
+        ["--duration", seconds, "--rounds", str(report.rounds), "--warmup", "1"],
+    )
+    for row in rows:
+        if row[1] != "batched":
+            continue
+        if row[0] == "16":
+            report.targets.append(
+                Target("batching on / off, throughput at 16 callers", number(row[7]), 2.0, False)
+            )
+        if row[0] == "1":
+            growth, wait = (float(x) for x in re.findall(r"[\d.]+(?= ms)", row[8])[:2])
+            report.targets.append(
+                Target(
+                    f"batching: p50 growth at 1 caller, ms (wait {wait:g} ms)", growth, wait, True
+                )
+            )
+
+
+def streaming(report: Report) -> None:
+    seconds = str(report.seconds * 2)
+    rows = embedded(
+        report,
+        "A video stream against one unary call per frame (640x480)",
+        bench_stream.main,
+        ["--duration", seconds, "--rounds", str(report.rounds), "--windows", "4"],
+    )
+    for row in rows:
+        if row[2] == "stream" and row[0] == "640x480x3":
+            report.targets.append(
+                Target(
+                    "640x480 stream / unary frames per second (window 4)",
+                    number(row[6]),
+                    1.3,
+                    False,
+                )
+            )
+
+
+@contextlib.contextmanager
+def tms_server(models: Path, workers: int, log: IO[bytes]) -> Iterator[str]:
+    command = [
+        *(sys.executable, "-m", "tms_server"),
+        *("--models", str(models), "--entry-points", "false"),
+        *("--host", "127.0.0.1", "--port", "0"),
+        *("--workers", str(workers), "--threads", str(THREADS)),
+        *("--grace-seconds", "1", "--log-level", "WARNING"),
+    ]
+    with server_process(f"tms-server ({workers})", command, log) as target:
+        yield target
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--seconds", type=float, default=1.5, help="measured seconds per system and point [1.5]"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="alternating slices per point [4]")
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "REPORT.md", help="[benchmarks/REPORT.md]"
+    )
+    args = parser.parse_args(argv)
+    command = "python3 -m uv run python benchmarks/report.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    began = time.perf_counter()
+    started = datetime.datetime.now(datetime.UTC)
+    about = machine()
+    workers = len(os.sched_getaffinity(0))
+    report = Report(args.out.parent / "report", args.seconds, args.rounds)
+    with contextlib.ExitStack() as stack:
+        temp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tms-report-")))
+        log = stack.enter_context((temp / "servers.log").open("wb"))
+        tms_target = stack.enter_context(tms_server(models_folder(temp), workers, log))
+        raw_command = [
+            *(sys.executable, str(HERE / "raw_server.py")),
+            *("--host", "127.0.0.1", "--port", "0"),
+            *("--workers", str(workers), "--threads", str(THREADS)),
+        ]
+        raw = RawClient(
+            stack.enter_context(server_process("raw-server", raw_command, log)), workers
+        )
+        stack.callback(raw.close)
+        latency_by_size(report, tms_target, raw)
+        throughput_by_concurrency(report, tms_target, raw)
+        scaling(report, temp, log)
+    shared_memory_image_to_image(report)
+    batching(report)
+    streaming(report)
+    minutes = (time.perf_counter() - began) / 60
+    args.out.write_text(
+        "# TMS benchmark report\n\n"
+        f"Command: `{command.strip()}` ({minutes:.1f} min)\n\n"
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; servers of {workers} worker processes x {THREADS} "
+        f"threads (TMS and raw grpcio alike); {args.seconds:g}s measured per system and point "
+        f"in {args.rounds} alternating slices. Client and servers share the machine.\n\n"
+        + "\n".join(about)
+        + "\n\n## Targets\n\n| target | measured | limit | |\n| --- | ---: | ---: | --- |\n"
+        + "\n".join(target.row() for target in report.targets)
+        + "\n\n"
+        + "\n".join(report.parts)
+    )
+    print(f"wrote {args.out} in {minutes:.1f} min", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,576 @@
+"""The same-host shared-memory fast path: real servers, real images, /dev/shm watched.
+
+The ``where`` model reports what its input array is a view of: ``mmap`` when the pixels came
+through a shared-memory region the worker attached, ``bytes`` when they came in the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from skimage import data
+
+from tests.support import ROOT, start_process, wait_for, write_models
+from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
+from tms_cli.connection import Options
+from tms_cli.parser import build_parser
+from tms_client import AsyncModelClient, DeadlineExceededError, ModelClient, RetryPolicy
+from tms_client import shm as client_shm
+from tms_client.exceptions import from_rpc_error
+from tms_client.protocol.codec import encode_parts
+from tms_client.protocol.methods import IMAGE_FIELD
+from tms_client.protocol.wire import join_images
+from tms_server.errors import Unimplemented
+from tms_server.servicer import ModelServicer
+
+pytestmark = pytest.mark.skipif(not client_shm.available(), reason="needs /dev/shm (Linux)")
+
+pb = model_service_pb2
+SHM = Path("/dev/shm")
+
+MODELS = {
+    "where": """
+        import time
+
+        import numpy as np
+        import tms_server
+
+        def backing(array):
+            base = array
+            while isinstance(base, np.ndarray) and base.base is not None:
+                base = base.base
+            if isinstance(base, memoryview):
+                base = base.obj
+            return type(base).__name__
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):
+                time.sleep(args.get("sleep", 0))
+                return {
+                    "backing": backing(image),
+                    "dtype": str(image.dtype),
+                    "shape": list(image.shape),
+                    "sum": float(image.astype("float64").sum()),
+                }
+
+            def run_batch(self, images, args):
+                return [self.run(image, args) for image in images]
+    """,
+    "flip": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run_image_to_image(self, images, args):
+                return [image[::-1].copy() for image in images] + [images[0]], {"n": len(images)}
+    """,
+    "gray": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            color = "gray"
+            dtype = "float32"
+
+            def run(self, image, args):
+                return {"sum": float(image.sum()), "shape": list(image.shape)}
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("shm-models"), MODELS)
+
+
+def regions() -> set[str]:
+    """The shared-memory names a TMS client makes."""
+    return {name for name in os.listdir(SHM) if name.startswith("tms-")}
+
+
+def none_left(before: set[str], timeout: float = 10.0) -> bool:
+    """Whether no region made since ``before`` remains (others' calls leave theirs only for
+    the moment of an attach, so wait a little)."""
+    return wait_for(lambda: not (regions() - before), timeout)
+
+
+def images() -> list[np.ndarray]:
+    astronaut = data.astronaut()[:, :, ::-1].copy()  # BGR, as OpenCV reads
+    camera = data.camera()
+    return [
+        astronaut,
+        camera,  # gray uint8
+        camera.astype(np.uint16) * 257,
+        camera.astype(np.float32) / 255,
+        camera > 128,  # bool
+        (camera.astype(np.int16) - 128).astype(np.int8),
+    ]
+
+
+# -- results: the same as bytes, but through a region --------------------------------------------
+
+
+def test_every_image_call_matches_the_bytes_path(in_process_server, models):
+    server = in_process_server(models)
+    before = regions()
+    with (
+        ModelClient("where", server.target) as fast,
+        ModelClient("where", server.target, shared_memory=False) as slow,
+    ):
+        for image in images():
+            got, expected = fast.run_image(image), slow.run_image(image)
+            assert got.pop("backing") == "mmap"
+            assert expected.pop("backing") == "bytes"
+            assert got == expected
+        batch = images()[:3]
+        got_batch, expected_batch = fast.run_images(batch), slow.run_images(batch)
+        assert [r.pop("backing") for r in got_batch] == ["mmap"] * 3
+        assert [r.pop("backing") for r in expected_batch] == ["bytes"] * 3
+        assert got_batch == expected_batch
+    with (
+        ModelClient("flip", server.target) as fast,
+        ModelClient("flip", server.target, shared_memory=False) as slow,
+    ):
+        for image in images():
+            got, expected = fast.run_image_to_image(image), slow.run_image_to_image(image)
+            assert len(got.images) == 2
+            for a, b in zip(got.images, expected.images, strict=True):
+                assert a.dtype == b.dtype
+                assert np.array_equal(a, b)
+                assert a.flags.writeable
+            assert np.array_equal(got.images[0], image[::-1])
+            assert (got.result, got.colors) == (expected.result, expected.colors)
+        pair = [images()[1], images()[1][:, ::-1].copy()]
+        got = fast.run_image_to_image(pair)
+        assert np.array_equal(got.images[1], pair[1][::-1])
+        assert got.result == {"n": 2}
+    with ModelClient("gray", server.target) as converted:  # colour and dtype conversions apply
+        astronaut = images()[0]
+        result = converted.run_image(astronaut)
+        assert result["shape"] == list(astronaut.shape[:2])
+    assert none_left(before)
+
+
+def test_the_asyncio_client_uses_it_too(in_process_server, models):
+    server = in_process_server(models)
+    before = regions()
+    image = images()[0]
+
+    async def main() -> tuple[list[dict], list[np.ndarray]]:
+        async with (
+            AsyncModelClient("where", server.target) as where,
+            AsyncModelClient("flip", server.target) as flip,
+        ):
+            results = await asyncio.gather(*(where.run_image(image) for _ in range(6)))
+            flipped = await flip.run_image_to_image(image)
+            return results, flipped.images
+
+    results, outputs = asyncio.run(main())
+    assert {r["backing"] for r in results} == {"mmap"}
+    assert np.array_equal(outputs[0], image[::-1])
+    assert none_left(before)
+
+
+def test_calls_in_flight_at_once_get_a_region_each(in_process_server, models):
+    server = in_process_server(models, threads=8)
+    pictures = images()
+    with ModelClient("where", server.target) as client:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(client.run_image, pictures * 8))
+        (channel,) = [w.channel for w in client._pool.core.workers.workers()]
+        assert isinstance(channel, client_shm.SharedMemoryChannel)
+        assert "regions" in repr(channel.lender)
+    for image, result in zip(pictures * 8, results, strict=True):
+        assert result["sum"] == float(image.astype("float64").sum())
+        assert result["backing"] in ("mmap", "bytes")  # more in flight than regions: bytes
+    assert sum(r["backing"] == "mmap" for r in results) >= len(results) // 2
+
+
+def test_a_region_of_an_abandoned_call_is_never_reused(in_process_server, models):
+    """A call that timed out may still run on the worker, reading its region: the client
+    detaches that region and uses another."""
+    server = in_process_server(models)
+    image = images()[1]
+    before = regions()
+    with ModelClient("where", server.target, retry=RetryPolicy.never()) as client:
+        assert client.run_image(image)["backing"] == "mmap"
+        (channel,) = [w.channel for w in client._pool.core.workers.workers()]
+        (region,) = channel.lender._free
+        client.timeout = 0.2
+        with pytest.raises(DeadlineExceededError):
+            client.run_image(image, {"sleep": 1.0})
+        client.timeout = 10
+        assert channel.lender._doomed == [region]
+        result = client.run_image(image)
+        assert result["backing"] == "mmap"
+        assert result["sum"] == float(image.sum())
+        assert region not in channel.lender._free
+        assert channel.lender._doomed == []
+    assert none_left(before)
+
+
+# -- turned off ------------------------------------------------------------------------------------
+
+
+def test_the_client_option_turns_it_off(in_process_server, models):
+    server = in_process_server(models)
+    before = regions()
+    with ModelClient("where", server.target, shared_memory=False) as client:
+        assert client.run_image(images()[0])["backing"] == "bytes"
+    assert regions() - before == set()
+
+
+def test_the_server_flag_turns_it_off(in_process_server, models):
+    server = in_process_server(models, shared_memory=False)
+    before = regions()
+    with ModelClient("where", server.target) as client:
+        for _ in range(3):
+            assert client.run_image(images()[0])["backing"] == "bytes"
+        (channel,) = [w.channel for w in client._pool.core.workers.workers()]
+        assert channel.lender.refused  # asked once, then bytes without asking
+    assert none_left(before)
+    with grpc.insecure_channel(server.target) as channel, Lent(1 << 20) as region:
+        error = attach_error(channel, region.name, region.size, region.proof)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "turned off" in error.details()
+        assert reason(error) == "SHARED_MEMORY_UNAVAILABLE"
+
+
+# -- safety, over raw gRPC ------------------------------------------------------------------------
+
+
+class Lent:
+    """A region made by hand, as a client would, removed on exit."""
+
+    def __init__(self, size: int, *, mode: int = 0o600) -> None:
+        self.name = f"/tms-test-{secrets.token_hex(8)}"
+        self.path = SHM / self.name[1:]
+        self.size = size
+        self.proof = secrets.token_bytes(32)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+        os.ftruncate(fd, size)
+        os.pwrite(fd, self.proof, 0)
+        self.fd = fd
+
+    def __enter__(self) -> Lent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+
+
+def stub(channel: grpc.Channel) -> model_service_pb2_grpc.ModelServiceStub:
+    return model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+def attach_error(channel: grpc.Channel, name: str, size: int, proof: bytes) -> grpc.RpcError:
+    request = pb.AttachSharedMemoryRequest(name=name, size=size, proof=proof)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub(channel).AttachSharedMemory(request, timeout=10)
+    return caught.value
+
+
+def reason(error: grpc.RpcError) -> str | None:
+    return from_rpc_error(error).reason
+
+
+def test_attach_refuses_what_it_must(in_process_server, models):
+    server = in_process_server(models, max_shared_memory_mb=4)
+    with grpc.insecure_channel(server.target) as channel, Lent(1 << 20) as region:
+        cases = {
+            "bad name": (("tms-no-slash", region.size, region.proof), "INVALID_REQUEST"),
+            "dotdot": (("/..", region.size, region.proof), "INVALID_REQUEST"),
+            "nested": (("/a/b", region.size, region.proof), "INVALID_REQUEST"),
+            "short proof": ((region.name, region.size, b"x"), "INVALID_REQUEST"),
+            "wrong proof": ((region.name, region.size, secrets.token_bytes(32)), "UNAVAILABLE"),
+            "wrong size": ((region.name, region.size * 2, region.proof), "UNAVAILABLE"),
+            "too large": ((region.name, 8 << 20, region.proof), "UNAVAILABLE"),
+            "missing": (("/tms-test-" + secrets.token_hex(8), region.size, region.proof), "no"),
+        }
+        for case, ((name, size, proof), expected) in cases.items():
+            error = attach_error(channel, name, size, proof)
+            if expected == "INVALID_REQUEST":
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+            else:
+                assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, case
+                assert reason(error) == "SHARED_MEMORY_UNAVAILABLE", case
+        assert (
+            "another host"
+            in attach_error(channel, "/tms-test-gone", 1 << 20, region.proof).details()
+        )
+        assert region.path.exists()  # refused regions keep their names: the caller owns them
+        # A symbolic link is not followed, whatever it points to.
+        link = SHM / f"tms-test-{secrets.token_hex(8)}"
+        link.symlink_to(region.path)
+        try:
+            error = attach_error(channel, "/" + link.name, region.size, region.proof)
+            assert reason(error) == "SHARED_MEMORY_UNAVAILABLE"
+            assert "symbolic link" in error.details()
+        finally:
+            link.unlink()
+        # Nor is anything but a regular file.
+        fifo = SHM / f"tms-test-{secrets.token_hex(8)}"
+        os.mkfifo(fifo, 0o600)
+        try:
+            error = attach_error(channel, "/" + fifo.name, region.size, region.proof)
+            assert "not a regular file" in error.details()
+        finally:
+            fifo.unlink()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a region to another user")
+def test_a_region_of_another_user_is_refused(in_process_server, models):
+    server = in_process_server(models)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    with grpc.insecure_channel(server.target) as channel, Lent(1 << 20) as region:
+        os.chown(region.path, nobody, -1)
+        error = attach_error(channel, region.name, region.size, region.proof)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason(error) == "SHARED_MEMORY_UNAVAILABLE"
+        assert "another user" in error.details()
+        assert region.path.exists()
+
+
+def run_image_request(where: image_pb2.SharedMemory, image: np.ndarray) -> bytes:
+    parts = encode_parts(image)
+    meta = image_pb2.Image()
+    meta.CopyFrom(parts.meta)
+    meta.shared_memory.CopyFrom(where)
+    head = pb.RunImageRequest(model="where")
+    return join_images(head, IMAGE_FIELD, [type(parts)(meta, b"")])
+
+
+def raw_call(channel: grpc.Channel, method: str, request: bytes) -> bytes:
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        f"/tms.v1.ModelService/{method}"
+    )
+    return call(request, timeout=10)
+
+
+def test_references_are_checked(in_process_server, models):
+    server = in_process_server(models)
+    image = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    before = regions()
+    with grpc.insecure_channel(server.target) as channel, Lent(1 << 16) as region:
+        attached = stub(channel).AttachSharedMemory(
+            pb.AttachSharedMemoryRequest(name=region.name, size=region.size, proof=region.proof)
+        )
+        assert not region.path.exists()  # attached: the name is gone, the memory is not
+        os.pwrite(region.fd, image.tobytes(), 128)
+        ok = image_pb2.SharedMemory(region=attached.region, offset=128, size=image.nbytes)
+        reply = pb.RunImageResponse.FromString(
+            raw_call(channel, "RunImage", run_image_request(ok, image))
+        )
+        assert '"backing":"mmap"' in reply.result_json
+
+        past = image_pb2.SharedMemory(region=attached.region, offset=region.size - 10, size=4096)
+        with pytest.raises(grpc.RpcError) as caught:
+            raw_call(channel, "RunImage", run_image_request(past, image))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason(caught.value) == "INVALID_IMAGE"
+        assert "image.shared_memory" in caught.value.details()
+
+        unknown = image_pb2.SharedMemory(region="no-such-region", offset=0, size=image.nbytes)
+        with pytest.raises(grpc.RpcError) as caught:
+            raw_call(channel, "RunImage", run_image_request(unknown, image))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert reason(caught.value) == "SHARED_MEMORY_NOT_ATTACHED"
+
+        # Outputs by reference: written into the span offered, answered as references.
+        head = pb.RunImageToImageRequest(model="flip")
+        head.output_shared_memory.region = attached.region
+        head.output_shared_memory.offset = 8192
+        head.output_shared_memory.size = region.size - 8192
+        parts = encode_parts(image)
+        request = join_images(head, IMAGE_FIELD, [parts])
+        reply = pb.RunImageToImageResponse.FromString(raw_call(channel, "RunImageToImage", request))
+        first, second = reply.images
+        assert first.data == b""
+        assert first.shared_memory.region == attached.region
+        assert first.shared_memory.offset == 8192
+        assert first.shared_memory.size == image.nbytes
+        written = os.pread(region.fd, image.nbytes, 8192)
+        assert written == image[::-1].tobytes()
+        assert second.shared_memory.offset == 8192 + image.nbytes
+        # A span too small for the outputs: they come back as bytes.
+        head.output_shared_memory.size = 10
+        request = join_images(head, IMAGE_FIELD, [parts])
+        reply = pb.RunImageToImageResponse.FromString(raw_call(channel, "RunImageToImage", request))
+        assert [i.data for i in reply.images] == [image[::-1].tobytes(), image.tobytes()]
+        assert not reply.images[0].HasField("shared_memory")
+
+        stub(channel).DetachSharedMemory(pb.DetachSharedMemoryRequest(region=attached.region))
+        with pytest.raises(grpc.RpcError) as caught:
+            raw_call(channel, "RunImage", run_image_request(ok, image))
+        assert reason(caught.value) == "SHARED_MEMORY_NOT_ATTACHED"
+        stub(channel).DetachSharedMemory(pb.DetachSharedMemoryRequest(region=attached.region))
+    assert regions() - before == set()
+
+
+def test_an_older_server_gets_bytes(in_process_server, models, monkeypatch):
+    """A worker that does not know AttachSharedMemory (UNIMPLEMENTED) gets bytes."""
+
+    def unimplemented(self, request, context):
+        raise Unimplemented("no such method")
+
+    unimplemented.quick = True
+    monkeypatch.setattr(ModelServicer, "AttachSharedMemory", unimplemented)
+    server = in_process_server(models)
+    before = regions()
+    with ModelClient("where", server.target) as client:
+        assert client.run_image(images()[0])["backing"] == "bytes"
+        assert client.run_image(images()[0])["backing"] == "bytes"
+    assert none_left(before)
+
+
+def test_a_region_the_worker_dropped_is_replaced_transparently(in_process_server, models):
+    """Beyond --max-shared-memory-mb a worker drops the least recently used region; the
+    client it belonged to gets its call answered (as bytes), then attaches a new region."""
+    server = in_process_server(models, max_shared_memory_mb=1)
+    image = images()[1]  # 512 x 512 gray: fits a region of 1 MiB
+    before = regions()
+    with (
+        ModelClient("where", server.target) as first,
+        ModelClient("where", server.target) as second,
+    ):
+        assert first.run_image(image)["backing"] == "mmap"
+        assert second.run_image(image)["backing"] == "mmap"  # the first's region is dropped
+        again = first.run_image(image)
+        assert again["backing"] == "bytes"  # SHARED_MEMORY_NOT_ATTACHED, sent again as bytes
+        assert again["sum"] == float(image.sum())
+        assert first.run_image(image)["backing"] == "mmap"  # a new region
+    assert none_left(before)
+
+
+# -- nothing left behind ------------------------------------------------------------------------
+
+CLIENT = """
+import sys, time
+import numpy as np
+from tms_client import ModelClient
+
+image = np.zeros((1080, 1920, 3), np.uint8)
+with ModelClient("where", sys.argv[1]) as client:
+    print(client.run_image(image)["backing"], flush=True)
+    while True:
+        client.run_image(image)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_client_killed_mid_run_leaves_nothing(models):
+    server = start_process(models, workers=2)
+    before = regions()
+    try:
+        client = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(CLIENT), server.target],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline().strip() == "mmap"
+            time.sleep(0.5)  # calls back to back
+        finally:
+            client.send_signal(signal.SIGKILL)
+            client.wait(10)
+            if client.stdout is not None:
+                client.stdout.close()
+        assert none_left(before)
+    finally:
+        server.stop()
+    assert none_left(before)
+
+
+def test_a_server_restart_leaves_nothing(models):
+    port = str(free_port())
+    image = images()[0]
+    before = regions()
+    first = start_process(models, workers=2, args=("--port", port))
+    try:
+        client = ModelClient("where", first.target, refresh_interval=0.2, timeout=30)
+        for _ in range(4):
+            assert client.run_image(image)["backing"] == "mmap"
+    finally:
+        first.stop()
+    assert none_left(before)
+    second = start_process(models, workers=2, args=("--port", port))
+    try:
+        assert wait_for(lambda: len(client.workers()) == 2, 20)
+        results = [client.run_image(image) for _ in range(8)]
+        assert {r["sum"] for r in results} == {float(image.astype("float64").sum())}
+        assert results[-1]["backing"] == "mmap"  # attached again to the new workers
+        client.close()
+        assert none_left(before)
+    finally:
+        second.stop()
+    assert none_left(before)
+
+
+# -- the client's parts ---------------------------------------------------------------------------
+
+
+def test_a_lender_reuses_grows_and_bounds_its_regions(monkeypatch):
+    made: list[int] = []
+
+    class FakeRegion:
+        def __init__(self, size: int) -> None:
+            self.size = size
+            made.append(size)
+
+        def close(self) -> None:
+            pass
+
+    lender = client_shm.Lender(max_bytes=64 << 20)
+    first = lender.take(1000)
+    assert first == client_shm.MIN_REGION  # make one
+    region = FakeRegion(first)
+    lender.give_back(region)
+    assert lender.take(1000) is region  # reused
+    lender.give_back(region)
+    assert lender.take(3 << 20) == 4 << 20  # too small: another, a power of two
+    assert lender.take(65 << 20) is None  # beyond the largest message: bytes
+    taken = [lender.take(100) for _ in range(client_shm.MAX_REGIONS)]
+    assert taken[0] is region
+    assert taken[-1] is None
+    lender.failed(refused=True)
+    assert lender.refused
+    assert lender.take(10) is None
+    assert "refused" in repr(lender)
+
+
+def test_the_cli_flag_and_variable(monkeypatch):
+    def shared_memory(*argv: str) -> bool:
+        parser, _ = build_parser()
+        return Options.from_args(parser.parse_args([*argv, "models"])).client.shared_memory
+
+    monkeypatch.delenv("TMS_SHARED_MEMORY", raising=False)
+    assert shared_memory()
+    assert not shared_memory("--no-shared-memory")
+    monkeypatch.setenv("TMS_SHARED_MEMORY", "false")
+    assert not shared_memory()
+    assert shared_memory("--shared-memory")

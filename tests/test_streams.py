@@ -1,0 +1,327 @@
+"""RunImageStream end to end: real servers, real models, both clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+from tests.support import InProcessServer, ServerProcess, wait_for, write_models
+from tms.v1 import model_service_pb2
+from tms_client import (
+    AsyncModelClient,
+    FrameResult,
+    InvalidInputError,
+    ModelClient,
+    ModelFailedError,
+    ModelNotFoundError,
+)
+from tms_client.images import to_parts
+from tms_client.protocol.methods import method_path
+
+pb = model_service_pb2
+
+MODELS = {
+    # Keeps a count per stream (the tracker's state) and notes, in the folder the stream's
+    # args name, when a stream closes and how many of its frames ever ran at once.
+    "tracker": """
+        import os
+        import threading
+        import time
+        from pathlib import Path
+
+        import tms_server
+
+        class Tracker:
+            def __init__(self, args):
+                self.name = args.get("name", "")
+                self.notes = Path(args["notes"]) if "notes" in args else None
+                self.count = 0
+                self.running = 0
+                self.most = 0
+                self.lock = threading.Lock()
+
+            def run(self, image, args):
+                with self.lock:
+                    self.running += 1
+                    self.most = max(self.most, self.running)
+                try:
+                    if args.get("fail"):
+                        raise tms_server.InvalidInput(f"frame refused: {args['fail']}")
+                    time.sleep(args.get("sleep", 0))
+                    self.count += 1
+                    return {
+                        "name": self.name,
+                        "count": self.count,
+                        "pid": os.getpid(),
+                        "mean": float(image.mean()),
+                        "most": self.most,
+                    }
+                finally:
+                    with self.lock:
+                        self.running -= 1
+
+            def close(self):
+                if self.notes is not None:
+                    (self.notes / f"closed-{self.name}").write_text(str(self.count))
+
+        class Model(tms_server.Model):
+            color = "bgr"
+            thread_safe = True
+            dtype = "uint8"
+
+            def open_stream(self, args):
+                if args.get("refuse"):
+                    raise tms_server.InvalidInput("this stream is refused")
+                return Tracker(args)
+
+            def run(self, image, args):
+                return {"mean": float(image.mean()), "pid": os.getpid()}
+    """,
+    # No stream hook: each frame goes to run.
+    "plain": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run(self, image, args):
+                return {"mean": float(image.mean())}
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("models"), MODELS)
+
+
+@pytest.fixture
+def server(models: Path, in_process_server: Callable[..., InProcessServer]) -> InProcessServer:
+    return in_process_server(models)
+
+
+def frame(value: int) -> np.ndarray:
+    return np.full((8, 8, 3), value, np.uint8)
+
+
+def test_results_come_in_order_with_their_frame_ids(server: InProcessServer) -> None:
+    with ModelClient("tracker", server.target) as client:
+        results = list(client.run_image_stream(frame(i) for i in range(20)))
+    assert [r.frame_id for r in results] == list(range(20))
+    assert [r.result["mean"] for r in results] == [float(i) for i in range(20)]
+    assert [r.result["count"] for r in results] == list(range(1, 21))  # one tracker
+    assert all(r.error is None for r in results)
+    assert all(r.result["most"] == 1 for r in results)  # one frame of a stream at a time
+
+
+def test_a_model_without_a_stream_hook_runs_each_frame(server: InProcessServer) -> None:
+    with ModelClient("plain", server.target) as client:
+        results = list(client.run_image_stream([frame(3), frame(5)], window=1))
+    assert results == [FrameResult(0, {"mean": 3.0}), FrameResult(1, {"mean": 5.0})]
+    with ModelClient("plain", server.target) as client:
+        assert list(client.run_image_stream([])) == []
+
+
+def raw_stream(target: str, requests: list[pb.RunImageStreamRequest]) -> Any:
+    """The answers of a RunImageStream sent with plain grpcio, and its call."""
+    with grpc.insecure_channel(target) as channel:
+        method = channel.stream_stream(
+            method_path("RunImageStream"),
+            request_serializer=pb.RunImageStreamRequest.SerializeToString,
+            response_deserializer=pb.RunImageStreamResponse.FromString,
+        )
+        call = method(iter(requests), timeout=30)
+        return list(call), call
+
+
+def image(value: int, dtype: Any = np.uint8) -> Any:
+    return to_parts(np.full((4, 4, 3), value, dtype), color="bgr").to_message()
+
+
+def test_a_bad_frame_is_answered_with_its_error_and_the_stream_goes_on(
+    server: InProcessServer,
+) -> None:
+    requests = [
+        pb.RunImageStreamRequest(model="tracker", image=image(1), frame_id=10),
+        pb.RunImageStreamRequest(image=image(2), frame_id=11, args_json='{"fail": "no"}'),
+        pb.RunImageStreamRequest(image=image(3, np.float32), frame_id=12),  # not uint8
+        pb.RunImageStreamRequest(image=image(4), frame_id=13),
+    ]
+    answers, call = raw_stream(server.target, requests)
+    assert call.code() == grpc.StatusCode.OK
+    assert [a.frame_id for a in answers] == [10, 11, 12, 13]
+    assert [bool(a.error_status) for a in answers] == [False, True, True, False]
+    assert json.loads(answers[3].result_json)["count"] == 2
+    reasons = []
+    for answer in answers[1:3]:
+        status = status_pb2.Status.FromString(answer.error_status)
+        assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info)
+        assert info.domain == "tms"
+        assert info.metadata["model"] == "tracker"
+        reasons.append(info.reason)
+    assert reasons == ["INVALID_INPUT", "INVALID_IMAGE"]
+    assert "frame refused: no" in status_pb2.Status.FromString(answers[1].error_status).message
+
+
+def test_the_client_raises_a_failed_frame_or_yields_it(server: InProcessServer) -> None:
+    frames = [frame(1), np.zeros((4, 4, 3), np.float32), frame(3)]  # not uint8
+    with ModelClient("tracker", server.target) as client:
+        results = list(client.run_image_stream(frames, errors="yield"))
+        assert [r.frame_id for r in results] == [0, 1, 2]
+        failed = results[1]
+        assert failed.result is None
+        assert isinstance(failed.error, InvalidInputError)
+        assert failed.error.reason == "INVALID_IMAGE"
+        assert failed.error.field_violations[0][0] == "image.dtype"
+        assert results[2].result["count"] == 2
+        stream = client.run_image_stream(frames)
+        assert next(stream).frame_id == 0
+        with pytest.raises(InvalidInputError) as raised:
+            next(stream)
+        assert raised.value.reason == "INVALID_IMAGE"
+
+
+def test_stream_errors_end_the_stream_with_their_status(server: InProcessServer) -> None:
+    with ModelClient("nope", server.target) as client, pytest.raises(ModelNotFoundError) as nf:
+        list(client.run_image_stream([frame(1), frame(2)]))
+    assert nf.value.reason == "MODEL_NOT_FOUND"
+    with ModelClient("tracker", server.target) as client:
+        with pytest.raises(InvalidInputError) as refused:
+            list(client.run_image_stream([frame(1)], {"refuse": True}))
+        assert refused.value.reason == "INVALID_INPUT"
+        assert "refused" in refused.value.details
+        with pytest.raises(ModelFailedError) as failed:  # open_stream raised TypeError
+            list(client.run_image_stream([frame(1)], {"notes": 5}))
+        assert failed.value.reason == "MODEL_FAILED"
+
+
+def test_at_most_window_frames_are_in_flight(server: InProcessServer) -> None:
+    pulled = 0
+
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal pulled
+        for i in range(12):
+            pulled += 1
+            yield frame(i)
+
+    window = 3
+    most_ahead = 0
+    with ModelClient("tracker", server.target) as client:
+        stream = client.run_image_stream(frames(), {"sleep": 0.02}, window=window)
+        for result in stream:
+            ahead = pulled - (result.frame_id + 1)
+            assert ahead <= window, (result.frame_id, pulled)
+            most_ahead = max(most_ahead, ahead)
+            assert result.result["most"] == 1
+    assert most_ahead >= 1  # the window was used: frames were sent ahead of their answers
+
+
+def test_streams_keep_their_own_state_and_close(server: InProcessServer, tmp_path: Path) -> None:
+    def run(name: str, count: int) -> list[Any]:
+        with ModelClient("tracker", server.target) as client:
+            args = {"name": name, "notes": str(tmp_path), "sleep": 0.005}
+            stream = client.run_image_stream((frame(i) for i in range(count)), args)
+            return [(r.result["name"], r.result["count"]) for r in stream]
+
+    with_threads: dict[str, list[Any]] = {}
+    threads = [
+        threading.Thread(target=lambda n=n, c=c: with_threads.__setitem__(n, run(n, c)))
+        for n, c in (("a", 15), ("b", 9))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert with_threads["a"] == [("a", i) for i in range(1, 16)]
+    assert with_threads["b"] == [("b", i) for i in range(1, 10)]
+    assert (tmp_path / "closed-a").read_text() == "15"
+    assert (tmp_path / "closed-b").read_text() == "9"
+
+
+def test_close_is_called_when_the_caller_leaves(server: InProcessServer, tmp_path: Path) -> None:
+    def endless() -> Iterator[np.ndarray]:
+        while True:
+            yield frame(1)
+
+    with ModelClient("tracker", server.target) as client:
+        stream = client.run_image_stream(endless(), {"name": "left", "notes": str(tmp_path)})
+        for result in stream:
+            if result.frame_id == 5:
+                break
+        stream.close()  # type: ignore[attr-defined]
+    closed = tmp_path / "closed-left"
+    assert wait_for(lambda: closed.exists() and closed.read_text(), timeout=10)
+    assert int(closed.read_text()) >= 6
+
+
+def test_a_stream_stays_on_one_worker(
+    models: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    served = server_process(models, workers=2)
+    with ModelClient("tracker", served.target) as client:
+        assert len(client.workers()) == 2
+        pids = []
+        for _ in range(4):
+            results = list(client.run_image_stream(frame(i) for i in range(10)))
+            assert [r.result["count"] for r in results] == list(range(1, 11))
+            assert len({r.result["pid"] for r in results}) == 1
+            pids.append(results[0].result["pid"])
+        # two streams at once go to the two workers (each counts as a call in flight)
+        barrier = threading.Barrier(2)
+
+        def slow() -> Iterator[np.ndarray]:
+            barrier.wait(10)
+            for i in range(5):
+                time.sleep(0.05)
+                yield frame(i)
+
+        first = client.run_image_stream(slow(), window=1)
+        second = client.run_image_stream(slow(), window=1)
+        both: list[int] = []
+        threads = [
+            threading.Thread(target=lambda s=s: both.extend({r.result["pid"] for r in s}))
+            for s in (first, second)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(set(both)) == 2
+
+
+def test_the_asyncio_client_streams_too(server: InProcessServer, tmp_path: Path) -> None:
+    async def frames() -> Any:
+        for i in range(10):
+            await asyncio.sleep(0)
+            yield frame(i)
+
+    async def main() -> tuple[list[FrameResult], list[FrameResult]]:
+        async with AsyncModelClient("tracker", server.target) as client:
+            args = {"name": "aio", "notes": str(tmp_path)}
+            from_async = [r async for r in client.run_image_stream(frames(), args, window=2)]
+            from_sync = [
+                r
+                async for r in client.run_image_stream(
+                    [frame(1), frame(2), np.zeros((4, 4, 3), np.float32)], errors="yield"
+                )
+            ]
+            async with AsyncModelClient("nope", server.target) as missing:
+                with pytest.raises(ModelNotFoundError):
+                    await anext(missing.run_image_stream([frame(1)]))
+            return from_async, from_sync
+
+    from_async, from_sync = asyncio.run(main())
+    assert [(r.frame_id, r.result["count"]) for r in from_async] == [(i, i + 1) for i in range(10)]
+    assert [r.frame_id for r in from_sync] == [0, 1, 2]
+    assert isinstance(from_sync[2].error, InvalidInputError)
+    assert (tmp_path / "closed-aio").read_text() == "10"
