@@ -7,6 +7,7 @@ through a shared-memory region the worker attached, ``bytes`` when they came in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import secrets
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +30,13 @@ from tests.support import ROOT, start_process, wait_for, write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_cli.connection import Options
 from tms_cli.parser import build_parser
-from tms_client import AsyncModelClient, DeadlineExceededError, ModelClient, RetryPolicy
+from tms_client import (
+    AsyncModelClient,
+    DeadlineExceededError,
+    FrameResult,
+    ModelClient,
+    RetryPolicy,
+)
 from tms_client import shm as client_shm
 from tms_client.exceptions import from_rpc_error
 from tms_client.protocol.codec import encode_parts
@@ -62,6 +70,8 @@ MODELS = {
 
             def run(self, image, args):
                 time.sleep(args.get("sleep", 0))
+                if "refuse" in args and image.flat[0] == args["refuse"]:
+                    raise tms_server.InvalidInput(f"first pixel {args['refuse']}: refused")
                 return {
                     "backing": backing(image),
                     "dtype": str(image.dtype),
@@ -222,6 +232,206 @@ def test_a_region_of_an_abandoned_call_is_never_reused(in_process_server, models
         assert result["sum"] == float(image.sum())
         assert region not in channel.lender._free
         assert channel.lender._doomed == []
+    assert none_left(before)
+
+
+# -- streams: each frame through a region, given back with its answer ----------------------------
+
+
+def video(count: int, shape: tuple[int, ...] = (480, 640, 3)) -> list[np.ndarray]:
+    """Distinct frames: a frame read from a region reused too early would show in its sum."""
+    rng = np.random.default_rng(7)
+    return [rng.integers(1, 256, shape, dtype=np.uint8) for _ in range(count)]
+
+
+def stream_channel(client: ModelClient | AsyncModelClient) -> client_shm.SharedMemoryChannel:
+    (channel,) = [w.channel for w in client._pool.core.workers.workers()]  # type: ignore[union-attr]
+    return channel
+
+
+def all_back(lender: client_shm.Lender) -> bool:
+    """Whether every region the lender has is free (none held by a frame)."""
+    return len(lender._free) == lender._count
+
+
+def answers(results: list[FrameResult]) -> list[tuple[object, ...]]:
+    """What a stream answered, less where the pixels came from."""
+    out: list[tuple[object, ...]] = []
+    for r in results:
+        if r.error is not None:
+            out.append((r.frame_id, type(r.error).__name__, r.error.reason))
+        else:
+            out.append((r.frame_id, {k: v for k, v in r.result.items() if k != "backing"}))
+    return out
+
+
+def backings(results: list[FrameResult]) -> list[str | None]:
+    return [r.result["backing"] if r.error is None else None for r in results]
+
+
+def test_a_stream_moves_its_frames_by_reference(in_process_server, models):
+    """Frames go through regions (the model sees mmap-backed pixels), with the answers of
+    bytes; a bad frame is answered with its error and the stream goes on."""
+    server = in_process_server(models)
+    frames = video(12)
+    frames[5][0, 0, 0] = 1  # refused by the model
+    frames.insert(8, np.full((480, 640, 3), 0.5, np.float32))  # larger than the regions: bytes
+    before = regions()
+    with (
+        ModelClient("where", server.target) as fast,
+        ModelClient("where", server.target, shared_memory=False) as slow,
+    ):
+        args = {"refuse": 1}
+        got = list(fast.run_image_stream(frames, args, errors="yield", window=4))
+        expected = list(slow.run_image_stream(frames, args, errors="yield", window=4))
+        assert answers(got) == answers(expected)
+        assert [i for i, r in enumerate(got) if r.error is not None] == [5]
+        assert backings(got) == ["mmap"] * 5 + [None] + ["mmap"] * 2 + ["bytes"] + ["mmap"] * 4
+        assert set(backings(expected)) == {"bytes", None}
+        for frame, result in zip(frames, got, strict=True):
+            if result.error is None:
+                assert result.result["sum"] == float(frame.astype("float64").sum())
+        lender = stream_channel(fast).lender
+        assert 1 <= lender._count <= 4  # at most a region per frame in flight
+        assert all_back(lender)
+        assert fast.run_image(frames[0])["backing"] == "mmap"  # the regions serve calls too
+    assert none_left(before)
+
+
+def test_a_stream_with_more_frames_in_flight_than_regions(in_process_server, models, monkeypatch):
+    """Frames that find no free region go as bytes; the others still go by reference."""
+    monkeypatch.setattr(client_shm, "MAX_REGIONS", 2)
+    server = in_process_server(models, threads=4)
+    frames = video(16, (120, 160, 3))
+    before = regions()
+    with ModelClient("where", server.target) as client:
+        got = list(client.run_image_stream(frames, {"sleep": 0.02}, window=6))
+        assert [r.result["sum"] for r in got] == [float(f.astype("float64").sum()) for f in frames]
+        assert "mmap" in backings(got)
+        assert "bytes" in backings(got)  # six frames in flight, two regions
+        lender = stream_channel(client).lender
+        assert lender._count == 2
+        assert all_back(lender)
+    assert none_left(before)
+
+
+def test_a_frame_larger_than_the_streams_regions_goes_as_bytes(in_process_server, models):
+    server = in_process_server(models)
+    small, large = video(1, (64, 64, 3))[0], video(1, (1024, 1024, 3))[0]  # 12 KiB, 3 MiB
+    frames = [small, large, small, large]
+    before = regions()
+    with ModelClient("where", server.target) as client:
+        got = list(client.run_image_stream(frames, window=2))
+        assert backings(got) == ["mmap", "bytes", "mmap", "bytes"]
+        assert [r.result["sum"] for r in got] == [float(f.astype("float64").sum()) for f in frames]
+        assert [r.size for r in stream_channel(client).lender._free] == [client_shm.MIN_REGION]
+    assert none_left(before)
+
+
+def test_a_stream_the_caller_leaves_gives_up_its_regions(in_process_server, models):
+    """Frames still in flight when the caller stops reading may still run on the worker:
+    their regions are detached and never written again; the pool goes on with new ones."""
+    server = in_process_server(models, threads=4)
+    frames = video(10, (120, 160, 3))
+    before = regions()
+    with ModelClient("where", server.target) as client:
+        stream = client.run_image_stream(frames, {"sleep": 0.05}, window=4)
+        assert next(stream).result["backing"] == "mmap"
+        stream.close()  # the caller leaves, with frames in flight
+        lender = stream_channel(client).lender
+        held = set(map(id, lender._doomed))
+        assert held  # given up: the worker may still read them
+        assert wait_for(lambda: all_back(lender), 10)  # and a frame being sent: never sent
+        got = list(client.run_image_stream(frames[:4]))
+        assert backings(got) == ["mmap"] * 4
+        assert not held & set(map(id, lender._free))  # never reused
+        assert lender._doomed == []  # detached meanwhile
+        assert client.run_image(frames[0])["backing"] == "mmap"
+        # Ended by a frame's error it raises: the same.
+        frames[2][0, 0, 0] = 1
+        with pytest.raises(Exception, match="refused"):
+            list(client.run_image_stream(frames, {"refuse": 1}, window=4))
+        assert wait_for(lambda: all_back(lender), 10)
+        assert backings(list(client.run_image_stream(frames[3:6]))) == ["mmap"] * 3
+    assert none_left(before)
+
+
+def test_a_stream_whose_region_the_worker_dropped_goes_on_as_bytes(in_process_server, models):
+    """A frame whose region the worker dropped (beyond --max-shared-memory-mb) is answered
+    SHARED_MEMORY_NOT_ATTACHED; later frames are on their way, so it is not sent again: the
+    rest of the stream goes as bytes."""
+    server = in_process_server(models, max_shared_memory_mb=1)
+    image = images()[1]  # 512 x 512 gray: fits a region of 1 MiB
+    before = regions()
+    with (
+        ModelClient("where", server.target) as first,
+        ModelClient("where", server.target) as second,
+    ):
+
+        def frames() -> Iterator[np.ndarray]:
+            yield image
+            assert second.run_image(image)["backing"] == "mmap"  # the first's region dropped
+            yield from [image] * 3
+
+        got = list(first.run_image_stream(frames(), window=1, errors="yield"))
+        assert got[1].error is not None
+        assert got[1].error.reason == "SHARED_MEMORY_NOT_ATTACHED"
+        assert backings(got) == ["mmap", None, "bytes", "bytes"]
+        assert [r.result["sum"] for r in got if r.error is None] == [float(image.sum())] * 3
+        assert first.run_image(image)["backing"] == "mmap"  # a new region for calls
+    assert none_left(before)
+
+
+def test_a_stream_to_a_worker_without_shared_memory_sends_bytes(in_process_server, models):
+    server = in_process_server(models, shared_memory=False)
+    frames = video(3, (60, 80, 3))
+    with ModelClient("where", server.target) as client:
+        assert client.run_image(frames[0])["backing"] == "bytes"  # refused once
+        got = list(client.run_image_stream(frames))
+        assert backings(got) == ["bytes"] * 3
+        assert [r.result["sum"] for r in got] == [float(f.astype("float64").sum()) for f in frames]
+        assert backings(list(client.run_image_stream(frames))) == ["bytes"] * 3  # known
+    with ModelClient("where", server.target) as client:
+        got = list(client.run_image_stream(frames))  # refused by the stream's first frame
+        assert backings(got) == ["bytes"] * 3
+
+
+def test_the_asyncio_client_streams_through_regions(in_process_server, models):
+    server = in_process_server(models, threads=4)
+    frames = video(8, (240, 320, 3))
+    frames[3][0, 0, 0] = 1
+    before = regions()
+
+    async def main() -> tuple[list, list, list, client_shm.Lender]:
+        async with (
+            AsyncModelClient("where", server.target) as fast,
+            AsyncModelClient("where", server.target, shared_memory=False) as slow,
+        ):
+
+            async def camera():  # an async source, read on the event loop
+                for frame in frames:
+                    yield frame
+
+            args = {"refuse": 1}
+            got = [r async for r in fast.run_image_stream(camera(), args, errors="yield")]
+            expected = [r async for r in slow.run_image_stream(frames, args, errors="yield")]
+            stream = fast.run_image_stream(frames, {"sleep": 0.05}, window=4)
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for _ in stream:
+                    break  # the caller leaves, with frames in flight
+            lender = stream_channel(fast).lender
+            assert lender._doomed
+            again = [r async for r in fast.run_image_stream(frames[4:])]
+            assert lender._doomed == []
+            assert all_back(lender)
+            return got, expected, again, lender
+
+    got, expected, again, lender = asyncio.run(main())
+    assert answers(got) == answers(expected)
+    assert backings(got) == ["mmap"] * 3 + [None] + ["mmap"] * 4
+    assert backings(expected) == ["bytes"] * 3 + [None] + ["bytes"] * 4
+    assert backings(again) == ["mmap"] * 4
+    assert lender.closed
     assert none_left(before)
 
 

@@ -17,6 +17,20 @@ turned off, an older server) gets bytes from then on; a worker that restarted an
 knows the region (SHARED_MEMORY_NOT_ATTACHED) gets the call again as bytes, and a new region
 with the next one. ``close`` detaches and unmaps the regions. Only Linux has ``/dev/shm``;
 elsewhere every call sends bytes.
+
+A stream of frames (RunImageStream) borrows a region for each frame it sends and gives it
+back when that frame's answer comes: the worker reads a frame only after answering the one
+before, and answers a frame only once its model is done with it (tms_server.streams), so a
+stream with ``window`` frames unanswered holds at most ``window`` regions, reused in turn.
+Its regions are all of the size its first frame needed; a larger frame, a frame that finds
+no free region (more in flight than ``MAX_REGIONS``), or any frame to a worker that refuses
+regions goes as bytes. A frame answered SHARED_MEMORY_NOT_ATTACHED (the worker dropped the
+region beyond its limits) cannot be sent again in its place, since later frames are on
+their way and a tracker must see frames in order: its answer is that error, and the rest of
+the stream goes as bytes. When the stream ends with frames unanswered, their regions go
+back if the worker is done with the stream (an error status it ended with), and are
+given up as for a call (``_ABANDONED``) if it may still run one: cancelled, timed out, or
+the caller stopped reading.
 """
 
 from __future__ import annotations
@@ -29,13 +43,14 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import grpc
 
 from tms.v1 import image_pb2, model_service_pb2
-from tms_client.exceptions import CallError
+from tms_client.exceptions import CallError, from_status
 from tms_client.protocol.methods import OUTPUT_FIELD, method_path
 from tms_client.protocol.wire import ImageMessage, ImageParts, join_images, split_images
 from tms_client.transport import (
@@ -43,6 +58,7 @@ from tms_client.transport import (
     AsyncStream,
     Channel,
     Metadata,
+    More,
     Reply,
     Request,
     Stream,
@@ -71,6 +87,7 @@ ATTACH_TIMEOUT = 5.0
 DETACH_TIMEOUT = 1.0
 _ALIGN = 64  # each image starts at a multiple of it
 _ATTACH = method_path("AttachSharedMemory")
+_STREAM = method_path("RunImageStream")
 _DETACH = method_path("DetachSharedMemory")
 #: Why a worker cannot take regions at all: it will get bytes from then on.
 _REFUSED = "SHARED_MEMORY_UNAVAILABLE"
@@ -98,6 +115,11 @@ def available() -> bool:
 
 def _aligned(offset: int) -> int:
     return -(-offset // _ALIGN) * _ALIGN
+
+
+def _region_size(need: int) -> int:
+    """The size of a region made for ``need`` bytes: a power of two, at least MIN_REGION."""
+    return max(MIN_REGION, 1 << (need - 1).bit_length())
 
 
 class Region:
@@ -187,7 +209,7 @@ class Lender:
                 self._doomed.append(smallest)
                 self._count -= 1
             self._count += 1
-            return min(max(MIN_REGION, 1 << (need - 1).bit_length()), self.max_bytes)
+            return min(_region_size(need), self.max_bytes)
 
     def failed(self, *, refused: bool) -> None:
         """Making or attaching a region failed; ``refused``: the worker will take none."""
@@ -374,12 +396,147 @@ class SharedMemoryChannel:
                 log.debug("detaching %r failed: %s", region, error)
             region.close()
 
-    def stream(self, *args: Any, **kwargs: Any) -> Stream:
-        return self.inner.stream(*args, **kwargs)  # streams send bytes
+    def stream(self, request: Request, more: More = ()) -> Stream:
+        if request.path != _STREAM or self.lender.refused or self.lender.closed:
+            return self.inner.stream(request, more)
+        return _FrameStream(self, request, more)
+
+    def _frames(
+        self, spans: _Spans, more: More, timeout: float | None
+    ) -> Iterator[bytes | ImageMessage]:
+        """Each of ``more`` (read by a gRPC thread) as ``spans`` sends it; until the stream ends."""
+        for message in more:
+            payload = self._frame(spans, message, timeout)
+            if payload is None:
+                return
+            yield payload
+
+    def _frame(
+        self, spans: _Spans, message: bytes | ImageMessage, timeout: float | None
+    ) -> bytes | ImageMessage | None:
+        size = spans.size(message)
+        region = None if size is None else self._borrow(size, timeout)
+        return spans.send(message, region)
 
     def close(self) -> None:
         self._detach(self.lender.close())
         self.inner.close()
+
+
+class _FrameStream:
+    """A RunImageStream whose frames go through ``channel``'s regions (see ``_Spans``);
+    opened when it is first read."""
+
+    def __init__(self, channel: SharedMemoryChannel, request: Request, more: More) -> None:
+        self._channel = channel
+        self._request = request
+        self._more = more
+        self._inner: Stream | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        channel, request = self._channel, self._request
+        spans = _Spans(channel.lender)
+        error: BaseException | None = None
+        try:
+            first = channel._frame(spans, request.data, request.timeout)
+            self._inner = channel.inner.stream(
+                dataclasses.replace(request, data=request.data if first is None else first),
+                channel._frames(spans, self._more, request.timeout),
+            )
+            replies = iter(self._inner)
+            try:
+                for reply in replies:
+                    spans.answered(reply)  # before the caller sees it: room for the next frame
+                    yield reply
+            finally:
+                close = getattr(replies, "close", None)
+                if close is not None:
+                    close()  # ends the call if the caller stopped reading
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            spans.end(error)
+
+    def trailers(self) -> Metadata:
+        assert self._inner is not None, "read the stream first"
+        return self._inner.trailers()
+
+
+class _Spans:
+    """The regions one stream's frames were written into, in the order they were sent, and
+    whether the stream still uses shared memory; safe to share between the thread that sends
+    the frames and the one that reads the answers. It borrows nothing and calls nobody: the
+    channel does. See the module docstring for when a region goes back."""
+
+    def __init__(self, lender: Lender) -> None:
+        self.lender = lender
+        self.span = 0  # bytes of the stream's regions, set by its first frame
+        self.bytes_only = False  # from now on every frame goes as bytes
+        self.ended = False
+        self._sent: deque[Region | None] = deque()  # one per message sent, not yet answered
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        how = "bytes" if self.bytes_only else f"spans of {self.span} bytes"
+        return f"<_Spans {how}, {len(self._sent)} unanswered{' ended' if self.ended else ''}>"
+
+    def size(self, message: bytes | ImageMessage) -> int | None:
+        """The size of region to borrow for ``message``; None: send it as bytes."""
+        if not isinstance(message, ImageMessage) or self.bytes_only or self.ended:
+            return None
+        need = self.lender.need(message)
+        if not self.span:
+            self.span = _region_size(need)
+        return self.span if need <= self.span else None
+
+    def send(
+        self, message: bytes | ImageMessage, region: Region | None
+    ) -> bytes | ImageMessage | None:
+        """``message`` as it goes (written into ``region`` if any), counted as unanswered;
+        None if the stream has ended meanwhile (it is not sent)."""
+        payload: bytes | ImageMessage = message
+        if region is not None:
+            try:
+                assert isinstance(message, ImageMessage)  # only images get a region
+                payload = self.lender.write(region, message)
+            except BaseException:
+                self.lender.give_back(region)
+                raise
+        with self._lock:
+            if not self.ended:
+                self._sent.append(region)
+                return payload
+        if region is not None:
+            self.lender.give_back(region)  # never sent
+        return None
+
+    def answered(self, reply: bytes) -> None:
+        """The oldest frame's answer came: the worker is done with its region."""
+        with self._lock:
+            region = self._sent.popleft() if self._sent else None
+        if region is None:
+            return
+        failed = pb.RunImageStreamResponse.FromString(reply).error_status
+        if failed and from_status(failed).reason == _NOT_ATTACHED:
+            log.info("the worker dropped %r: the rest of the stream goes as bytes", region)
+            self.bytes_only = True
+            self.lender.discard(region)
+        else:
+            self.lender.give_back(region)
+
+    def end(self, error: BaseException | None) -> None:
+        """The stream ended (with ``error``): the regions of frames never answered go back,
+        or are given up if the worker may still read them."""
+        with self._lock:
+            self.ended = True
+            left, self._sent = [r for r in self._sent if r is not None], deque()
+        done = error is None or (isinstance(error, CallError) and error.code not in _ABANDONED)
+        for region in left:
+            if done:
+                self.lender.give_back(region)
+            else:
+                self.lender.retire(region)
 
 
 class AsyncSharedMemoryChannel:
@@ -456,12 +613,98 @@ class AsyncSharedMemoryChannel:
                 log.debug("detaching %r failed: %s", region, error)
             region.close()
 
-    def stream(self, *args: Any, **kwargs: Any) -> AsyncStream:
-        return self.inner.stream(*args, **kwargs)  # streams send bytes
+    def stream(
+        self, request: Request, more: More | AsyncIterable[bytes | ImageMessage] = ()
+    ) -> AsyncStream:
+        if request.path != _STREAM or self.lender.refused or self.lender.closed:
+            return self.inner.stream(request, more)
+        return _AsyncFrameStream(self, request, more)
+
+    async def _frames(
+        self, spans: _Spans, more: AsyncIterable[bytes | ImageMessage], timeout: float | None
+    ) -> AsyncIterator[bytes | ImageMessage]:
+        """As ``SharedMemoryChannel._frames``, read on the event loop."""
+        async for message in more:
+            payload = await self._frame(spans, message, timeout)
+            if payload is None:
+                return
+            yield payload
+
+    def _frames_now(self, spans: _Spans, more: More) -> Iterator[bytes | ImageMessage]:
+        """As ``_frames`` for a plain iterable, read where nothing can be awaited: only the
+        regions already attached are used (a frame that needs a new one goes as bytes)."""
+        for message in more:
+            size = spans.size(message)
+            region = None if size is None else self._attached(size)
+            payload = spans.send(message, region)
+            if payload is None:
+                return
+            yield payload
+
+    def _attached(self, size: int) -> Region | None:
+        taken = self.lender.take(size)
+        if isinstance(taken, int):  # one to make and attach: not here
+            self.lender.failed(refused=False)
+            return None
+        return taken
+
+    async def _frame(
+        self, spans: _Spans, message: bytes | ImageMessage, timeout: float | None
+    ) -> bytes | ImageMessage | None:
+        size = spans.size(message)
+        region = None if size is None else await self._borrow(size, timeout)
+        return spans.send(message, region)
 
     async def close(self) -> None:
         await self._detach(self.lender.close())
         await self.inner.close()
+
+
+class _AsyncFrameStream:
+    """As ``_FrameStream``, for asyncio."""
+
+    def __init__(
+        self,
+        channel: AsyncSharedMemoryChannel,
+        request: Request,
+        more: More | AsyncIterable[bytes | ImageMessage],
+    ) -> None:
+        self._channel = channel
+        self._request = request
+        self._more = more
+        self._inner: AsyncStream | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        channel, request = self._channel, self._request
+        spans = _Spans(channel.lender)
+        error: BaseException | None = None
+        try:
+            first = await channel._frame(spans, request.data, request.timeout)
+            more = self._more
+            self._inner = channel.inner.stream(
+                dataclasses.replace(request, data=request.data if first is None else first),
+                channel._frames(spans, more, request.timeout)
+                if isinstance(more, AsyncIterable)
+                else channel._frames_now(spans, more),
+            )
+            replies = aiter(self._inner)
+            try:
+                async for reply in replies:
+                    spans.answered(reply)
+                    yield reply
+            finally:
+                close = getattr(replies, "aclose", None)
+                if close is not None:
+                    await close()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            spans.end(error)
+
+    async def trailers(self) -> Metadata:
+        assert self._inner is not None, "read the stream first"
+        return await self._inner.trailers()
 
 
 def _within(timeout: float | None) -> float:

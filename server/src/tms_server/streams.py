@@ -14,7 +14,11 @@ worker is such an error too (QUEUE_FULL, RESOURCE_EXHAUSTED with RetryInfo). Wha
 stream itself (no such model, bad stream args, ``open_stream`` raising, a message that is not
 a RunImageStreamRequest) ends it with that status. The next frame is read only after the
 previous is answered, so a caller that keeps at most N frames unanswered has at most N in
-flight, and one stream never runs two frames at once.
+flight, and one stream never runs two frames at once. A frame is answered only once the work
+on it is over (its thread done, whether it succeeded or failed), so an answer tells the caller
+the worker no longer reads that frame's pixels: a caller on the same host reuses its shared
+memory for a later frame (tms_client.shm). Only a stream that ends unanswered (cancelled, past
+its deadline) may leave a frame running.
 
 When the stream ends, however it ends, the object's ``close()`` runs on a thread (after any
 frame of the stream still running), awaited unless the caller left.
@@ -87,7 +91,9 @@ async def image_stream(
             message, occurrences = _read(request)
             call = CURRENT.get()
             if call is not None:
-                call.image_bytes += sum(memoryview(p.data).nbytes for p in occurrences)
+                call.image_bytes += sum(
+                    memoryview(p.data).nbytes or p.meta.shared_memory.size for p in occurrences
+                )
             first = opened is None
             if opened is None:
                 model = find_model(message.model)
