@@ -73,7 +73,7 @@ SERVING = re.compile(r"serving on (\S+):(\d+) with (\d+) worker")
 THREADS = 8  # per worker process, tms-server's default
 START_TIMEOUT = 120.0
 CALL_TIMEOUT = 30.0
-TARGETS = "p50 ratio (TMS/raw) <= 1.2 at concurrency 1; throughput ratio (TMS/raw) >= 0.85 at 8"
+TARGETS = "p50 ratio (TMS/raw) <= 1.1 at concurrency 1; throughput ratio (TMS/raw) >= 0.95 at 8"
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -279,9 +279,9 @@ def ratios(cell: Cell) -> tuple[float, float]:
 def verdict(cell: Cell) -> str:
     p50_ratio, throughput_ratio = ratios(cell)
     if cell.concurrency == 1:
-        return "met" if p50_ratio <= 1.2 else "**missed** (p50 ratio > 1.2)"
+        return "met" if p50_ratio <= 1.1 else "**missed** (p50 ratio > 1.1)"
     if cell.concurrency == 8:
-        return "met" if throughput_ratio >= 0.85 else "**missed** (throughput ratio < 0.85)"
+        return "met" if throughput_ratio >= 0.95 else "**missed** (throughput ratio < 0.95)"
     return "-"
 
 

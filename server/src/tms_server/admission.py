@@ -130,7 +130,10 @@ class QuickCalls:
 QUEUE_FULL_RETRY_SECONDS = 0.1
 #: A model's calls run on the event loop once this many in a row took under QUICK_SECONDS.
 PROVEN_AFTER = 16
-QUICK_SECONDS = 0.001
+#: A call this long counts as slow. Timed on a busy machine, a fast model's call is now and
+#: then stretched by preemption or a wait for the GIL (a thread may hold it 5 ms): at 1 ms
+#: such stretches kept sending fast models to the threads, about half their calls under load.
+QUICK_SECONDS = 0.005
 _FORGET = 0.95  # each call shrinks the memory of the slowest one by this factor
 _MAX_PACES = 256
 

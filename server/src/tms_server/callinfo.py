@@ -36,6 +36,7 @@ class CallInfo:
     model_seconds: float | None = None  # time inside the model's methods, once it ran
     image_bytes: int = 0  # bytes of the images the request carried
     span: Any = None  # its OpenTelemetry span, when tracing is on (tms_server.tracing)
+    read: tuple[bytes, Any] | None = None  # its request, and what the servicer read in it
 
     def ran_model(self, seconds: float) -> None:
         self.model_seconds = (self.model_seconds or 0.0) + seconds

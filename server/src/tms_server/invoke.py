@@ -134,8 +134,9 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
     (tms_model_seconds).
     """
     call = CURRENT.get()
+    traced = call is None or call.span is not None
     try:
-        with model.lock, model_span(model.name):
+        with model.lock, model_span(model.name, traced):
             began = time.perf_counter()
             try:
                 return method(*args)

@@ -14,6 +14,7 @@ them (FAILED_PRECONDITION, naming those workers).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -95,6 +96,12 @@ class LoadedModel:
 
     def supports(self, call: int) -> bool:
         return call in self.info.calls
+
+    @functools.cached_property
+    def takes_no_args(self) -> bool:
+        """Whether a call without args passes the model's args_schema (known once, so that
+        such calls skip the check)."""
+        return self.args_validator is None or bool(self.args_validator.is_valid({}))
 
 
 def _overrides(cls: type, method: str) -> bool:

@@ -89,15 +89,22 @@ class WorkerIdentity:
 
 
 def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageParts]]:
-    """A request message and the images it carries (field 2 in every such request)."""
+    """A request message and the images it carries (field 2 in every such request); read
+    once per call, when its pixels are weighed, and kept in its CallInfo for the method."""
+    call = CURRENT.get()
+    if call is not None and call.read is not None and call.read[0] is request:
+        return call.read[1]  # type: ignore[no-any-return]
     try:
-        return split_images(cls, request, IMAGE_FIELD, max_images=max_images)
+        read = split_images(cls, request, IMAGE_FIELD, max_images=max_images)
     except WireError as exc:
         raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
     except TooManyImagesError:
         raise InvalidArgument(
             _too_many("images", max_images), reason=Reason.BATCH_TOO_LARGE, field="images"
         ) from None
+    if call is not None:
+        call.read = (request, read)
+    return read
 
 
 def _received(images: Sequence[ImageParts]) -> None:
@@ -163,6 +170,8 @@ class ModelServicer:
     @staticmethod
     def _args(model: LoadedModel, text: str) -> dict[str, Any]:
         """A call's args, parsed and checked against the model's args_schema."""
+        if not text and model.takes_no_args:
+            return {}
         args = parse_args(text)
         check_args(model.args_validator, args)
         return args

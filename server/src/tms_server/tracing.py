@@ -60,9 +60,10 @@ def end_call_span(span: Any, code: grpc.StatusCode, model: str) -> None:
     span.end()
 
 
-def model_span(model: str) -> contextlib.AbstractContextManager[Any]:
-    """A child span of the current call for the time inside ``model``."""
-    if not _on():
+def model_span(model: str, traced: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """A child span of the current call for the time inside ``model``; none for a call that
+    is not ``traced`` (it began without a span: no tracer provider to ask again)."""
+    if not traced or not _on():
         return _NO_SPAN
     return trace.get_tracer("tms_server").start_as_current_span(
         f"model {model}", attributes={"tms.model": model}

@@ -40,6 +40,8 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _DATA_KEY = (3 << 3) | _LEN  # Image.data is field 3
 _DATA_FIELD = image_pb2.Image.DESCRIPTOR.fields_by_name["data"].number
 assert _DATA_FIELD == 3
+#: Image fields of at most this many bytes are first parsed whole (see _split_image).
+_SMALL_IMAGE = 4096
 
 
 class WireError(ValueError):
@@ -95,8 +97,10 @@ def varint(value: int) -> bytes:
 
 def read_varint(buffer: memoryview, pos: int) -> tuple[int, int]:
     """The varint at ``pos`` and the position after it."""
-    result = shift = 0
     end = len(buffer)
+    if pos < end and buffer[pos] < 0x80:  # one byte: keys, and most lengths in a message
+        return buffer[pos], pos + 1
+    result = shift = 0
     while True:
         if pos >= end or shift > 63:
             raise WireError("truncated or overlong varint")
@@ -179,6 +183,12 @@ def split_images(
 
 
 def _split_image(view: memoryview, start: int, end: int) -> ImageParts:
+    if end - start <= _SMALL_IMAGE:
+        # Few bytes, likely no data (an image in shared memory): protobuf parses them faster
+        # than the loop below. An image with data is read below, so its data stays a view.
+        image = image_pb2.Image.FromString(bytes(view[start:end]))
+        if not image.data:
+            return ImageParts(image, view[start:start])
     meta: list[memoryview] = []
     data: memoryview = view[start:start]
     pos = start
