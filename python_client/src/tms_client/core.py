@@ -344,14 +344,10 @@ class PoolCore:
             reply = yield Send(worker.channel, request)
         except CallError as error:
             worker.record_latency(self.clock() - started, self.clock())
-            self._observe(worker, error.trailers)
-            if error.code == grpc.StatusCode.UNAVAILABLE:
-                self._drop(worker, error.details)
+            self._failed(worker, error)
             raise
         finally:
-            worker.in_flight -= 1
-            if worker.retired and worker.in_flight == 0:
-                self._closing.append(worker.channel)
+            self._done(worker)
         worker.record_latency(self.clock() - started, self.clock())
         self._observe(worker, reply.trailers)
         return bytes(reply.data)
@@ -374,15 +370,23 @@ class PoolCore:
         try:
             trailers = yield Relay(worker.channel, relayed)
         except CallError as error:
-            self._observe(worker, error.trailers)
-            if error.code == grpc.StatusCode.UNAVAILABLE:
-                self._drop(worker, error.details)
+            self._failed(worker, error)
             raise
         finally:
-            worker.in_flight -= 1
-            if worker.retired and worker.in_flight == 0:
-                self._closing.append(worker.channel)
+            self._done(worker)
         self._observe(worker, trailers)
+
+    def _failed(self, worker: Worker, error: CallError) -> None:
+        """What a failed call says of its worker: its load, and whether it is gone."""
+        self._observe(worker, error.trailers)
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            self._drop(worker, error.details)
+
+    def _done(self, worker: Worker) -> None:
+        """A call of ``worker`` is over: close its channel if it was retired meanwhile."""
+        worker.in_flight -= 1
+        if worker.retired and worker.in_flight == 0:
+            self._closing.append(worker.channel)
 
     def _observe(self, worker: Worker, trailers: Metadata) -> None:
         identity, report = read_trailers(trailers)

@@ -37,7 +37,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -156,10 +156,7 @@ class Worker:
             self.finished(call, grpc.StatusCode.CANCELLED, began)
             raise
         except Exception as exc:
-            status = status_of(exc, method.name, model=call.model)
-            self.finished(call, status.code, began)
-            trailers = load.trailers() + tail + tuple(status.trailing_metadata)
-            await context.abort(status.code, status.details, trailers)
+            await self._abort(exc, method, context, call=call, began=began, tail=tail)
         self.finished(call, grpc.StatusCode.OK, began)
         size = len(response) if isinstance(response, bytes) else response.ByteSize()
         watch.begin(context, size)  # until the caller has taken the answer
@@ -187,12 +184,25 @@ class Worker:
             self.finished(call, grpc.StatusCode.CANCELLED, began)
             raise
         except Exception as exc:
-            status = status_of(exc, method.name, model=call.model)
-            self.finished(call, status.code, began)
-            trailers = load.trailers() + tail + tuple(status.trailing_metadata)
-            await context.abort(status.code, status.details, trailers)
+            await self._abort(exc, method, context, call=call, began=began, tail=tail)
         self.finished(call, grpc.StatusCode.OK, began)
         context.set_trailing_metadata(load.trailers() + tail)
+
+    async def _abort(
+        self,
+        exc: Exception,
+        method: Method,
+        context: Context,
+        *,
+        call: CallInfo,
+        began: float,
+        tail: Trailers,
+    ) -> NoReturn:
+        """End the call with the status ``exc`` stands for, counted, with the trailers."""
+        status = status_of(exc, method.name, model=call.model)
+        self.finished(call, status.code, began)
+        trailers = self.load.trailers() + tail + tuple(status.trailing_metadata)
+        await context.abort(status.code, status.details, trailers)
 
     def finished(self, call: CallInfo, code: grpc.StatusCode, began: float) -> None:
         """Count, log and trace a call that is over, as far as each is on."""
