@@ -11,14 +11,24 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from tms_cli.connection import describe_error
+from tms_cli.errors import CliError
 from tms_cli.preview import preview
 
-__all__ = ["print_table", "save_image", "save_preview", "to_json"]
+__all__ = ["open_output", "print_table", "save_image", "save_preview", "to_json"]
 
 
 def to_json(value: Any, *, pretty: bool = False) -> str:
     """``value`` as JSON text: indented when ``pretty``, else on one line (JSON Lines)."""
     return json.dumps(value, ensure_ascii=False, indent=2 if pretty else None)
+
+
+def open_output(path: Path) -> TextIO:
+    """``path`` opened for writing text (``--out``); CliError saying why it cannot be."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {describe_error(exc)}") from exc
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], stream: TextIO) -> None:

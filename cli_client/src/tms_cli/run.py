@@ -9,14 +9,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from tms_cli.connection import Options, check_model, connect, describe_error
 from tms_cli.errors import CliError, UsageError
 from tms_cli.inputs import IMAGE_EXTENSIONS, STDIN, ImageSource, collect
-from tms_cli.outputs import save_image, save_preview, to_json
+from tms_cli.outputs import open_output, save_image, save_preview, to_json
 from tms_cli.progress import Progress
 from tms_cli.video import is_video, run_videos
 from tms_client import (
@@ -60,7 +60,7 @@ def run_images(options: Options, args: argparse.Namespace) -> int:
     sources, missing = _sources(args.paths)
     single = len(args.paths) == 1 and not sources[0].in_folder and not options.json
     with ExitStack() as stack:
-        out = sys.stdout if args.out is None else stack.enter_context(_open_output(args.out))
+        out = sys.stdout if args.out is None else stack.enter_context(open_output(args.out))
         client = stack.enter_context(connect(options, args.model))
         check_model(client, "run_image")
 
@@ -201,13 +201,6 @@ def _reason(exc: BaseException, source: ImageSource) -> str:
     if filename is not None and str(filename) != source.label:  # an output file, say
         reason = f"{reason}: {filename}"
     return reason
-
-
-def _open_output(path: Path) -> TextIO:
-    try:
-        return path.open("w", encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {describe_error(exc)}") from exc
 
 
 def _report(message: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tms_cli.connection import Options, check_model, connect, describe_error
 from tms_cli.errors import CliError
-from tms_cli.outputs import to_json
+from tms_cli.outputs import open_output, to_json
 from tms_cli.progress import Progress
 
 __all__ = ["VIDEO_EXTENSIONS", "is_video", "run_videos"]
@@ -34,7 +34,7 @@ def run_videos(options: Options, args: argparse.Namespace, videos: list[str]) ->
     cv2 = _opencv()
     failed = frames_seen = 0
     with ExitStack() as stack:
-        out = sys.stdout if args.out is None else stack.enter_context(_open(args.out))
+        out = sys.stdout if args.out is None else stack.enter_context(open_output(args.out))
         client = stack.enter_context(connect(options, args.model))
         check_model(client, "run_image")
         for label in videos:
@@ -84,10 +84,3 @@ def _frames(capture: Any) -> Iterator[Any]:
         if not ok:
             return
         yield frame
-
-
-def _open(path: Path) -> Any:
-    try:
-        return path.open("w", encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {describe_error(exc)}") from exc
