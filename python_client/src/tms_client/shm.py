@@ -240,6 +240,20 @@ class Lender:
             self._count -= 1
         region.close()
 
+    def settle(self, region: Region, error: BaseException) -> bool:
+        """``region``'s call failed with ``error``: the region goes back to the free ones,
+        is given up if the worker may still use it (a call it may not have finished), or is
+        discarded if the worker no longer knows it; True in that last case, when the call
+        may go again as bytes."""
+        if isinstance(error, CallError) and error.reason == _NOT_ATTACHED:
+            self.discard(region)
+            return True
+        if _finished(error):
+            self.give_back(region)
+        else:
+            self.retire(region)
+        return False
+
     def doomed(self) -> list[Region]:
         """Attached regions given up: to detach, then close."""
         with self._lock:
@@ -308,6 +322,12 @@ class Lender:
         return join_images(response, OUTPUT_FIELD, parts)
 
 
+def _finished(error: BaseException) -> bool:
+    """Whether the worker is done with a call that failed with ``error``: it answered it with
+    a status (not one of ``_ABANDONED``), so it reads and writes its region no more."""
+    return isinstance(error, CallError) and error.code not in _ABANDONED
+
+
 def _refuses(error: CallError) -> bool:
     """Whether an Attach failed because the worker will take no region (not just now)."""
     return error.reason == _REFUSED or error.code == grpc.StatusCode.UNIMPLEMENTED
@@ -344,18 +364,10 @@ class SharedMemoryChannel:
             data = self.lender.write(region, message)
             try:
                 reply = self.inner.unary(dataclasses.replace(request, data=data))
-            except CallError as error:
-                if error.reason != _NOT_ATTACHED:
-                    if error.code in _ABANDONED:
-                        self.lender.retire(region)  # the worker may still use it
-                        region = None
-                    raise
-                self.lender.discard(region)  # the worker restarted: bytes now, a region next
-                region = None
-                return self.inner.unary(request)
-            except BaseException:
-                self.lender.retire(region)
-                region = None
+            except BaseException as error:
+                lost, region = self.lender.settle(region, error), None
+                if lost:  # the worker restarted: bytes now, a region next
+                    return self.inner.unary(request)
                 raise
             return Reply(self.lender.read(message, reply.data, region), reply.trailers)
         finally:
@@ -531,7 +543,7 @@ class _Spans:
         with self._lock:
             self.ended = True
             left, self._sent = [r for r in self._sent if r is not None], deque()
-        done = error is None or (isinstance(error, CallError) and error.code not in _ABANDONED)
+        done = error is None or _finished(error)
         for region in left:
             if done:
                 self.lender.give_back(region)
@@ -561,18 +573,10 @@ class AsyncSharedMemoryChannel:
             data = self.lender.write(region, message)
             try:
                 reply = await self.inner.unary(dataclasses.replace(request, data=data))
-            except CallError as error:
-                if error.reason != _NOT_ATTACHED:
-                    if error.code in _ABANDONED:
-                        self.lender.retire(region)  # the worker may still use it
-                        region = None
-                    raise
-                self.lender.discard(region)
-                region = None
-                return await self.inner.unary(request)
-            except BaseException:
-                self.lender.retire(region)
-                region = None
+            except BaseException as error:
+                lost, region = self.lender.settle(region, error), None
+                if lost:  # the worker restarted: bytes now, a region next
+                    return await self.inner.unary(request)
                 raise
             return Reply(self.lender.read(message, reply.data, region), reply.trailers)
         finally:
