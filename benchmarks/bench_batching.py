@@ -41,7 +41,7 @@ from tms_client import ModelClient, RoundRobin
 
 # Run as a script (python benchmarks/bench_batching.py): make the benchmarks folder importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_mean import Samples, machine, run_load, server_process
+from benchmarks.bench_mean import Samples, alternate, machine, server_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -87,23 +87,6 @@ class Cell:
     samples: dict[str, Samples] = field(
         default_factory=lambda: {name: Samples() for name in SYSTEMS}
     )
-
-
-def measure(
-    cell: Cell,
-    calls: dict[str, Callable[[], object]],
-    *,
-    duration: float,
-    warmup: float,
-    rounds: int,
-) -> None:
-    """Warm both servers up, then measure them in ``rounds`` alternating slices each."""
-    for call in calls.values():
-        run_load(call, cell.concurrency, warmup)
-    for index in range(rounds):
-        order = SYSTEMS if index % 2 == 0 else SYSTEMS[::-1]  # A B, B A, A B, ...
-        for name in order:
-            cell.samples[name].add(run_load(calls[name], cell.concurrency, duration / rounds))
 
 
 def verdict(cell: Cell, delay_ms: float) -> str:
@@ -242,7 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name: functools.partial(client.run_image, line) for name, client in clients.items()
             }
             print(f"measuring concurrency {cell.concurrency} ...", file=sys.stderr)
-            measure(cell, calls, duration=args.duration, warmup=args.warmup, rounds=args.rounds)
+            alternate(
+                cell.samples,
+                calls,
+                cell.concurrency,
+                duration=args.duration,
+                warmup=args.warmup,
+                rounds=args.rounds,
+            )
 
     result = table(cells, delay_ms)
     print(result)

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -252,22 +252,24 @@ class Cell:
         return self.width * self.height * 3
 
 
-def measure(
-    cell: Cell,
-    calls: dict[str, Callable[[], object]],
+def alternate(
+    samples: Mapping[str, Samples],
+    calls: Mapping[str, Callable[[], object]],
+    concurrency: int,
     *,
     duration: float,
     warmup: float,
     rounds: int,
 ) -> None:
-    """Warm both systems up, then measure them in ``rounds`` alternating slices each."""
+    """Warm every system of ``calls`` up, then measure them in ``rounds`` alternating slices
+    each (A B, B A, A B, ...), adding to their ``samples``, so that drift on a noisy machine
+    hits them alike. The benchmarks' one way of comparing systems."""
     for call in calls.values():
-        run_load(call, cell.concurrency, warmup)
+        run_load(call, concurrency, warmup)
     names = list(calls)
     for index in range(rounds):
-        order = names if index % 2 == 0 else names[::-1]  # A B, B A, A B, ...
-        for name in order:
-            cell.samples[name].add(run_load(calls[name], cell.concurrency, duration / rounds))
+        for name in names if index % 2 == 0 else names[::-1]:
+            samples[name].add(run_load(calls[name], concurrency, duration / rounds))
 
 
 def ratios(cell: Cell) -> tuple[float, float]:
@@ -424,7 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "raw": functools.partial(raw.mean, image),
             }
             print(f"measuring {cell.label}, concurrency {cell.concurrency} ...", file=sys.stderr)
-            measure(cell, calls, duration=args.duration, warmup=args.warmup, rounds=args.rounds)
+            alternate(
+                cell.samples,
+                calls,
+                cell.concurrency,
+                duration=args.duration,
+                warmup=args.warmup,
+                rounds=args.rounds,
+            )
 
     result = table(cells)
     print(result)

@@ -48,9 +48,9 @@ from benchmarks.bench_mean import (
     THREADS,
     RawClient,
     Samples,
+    alternate,
     machine,
     models_folder,
-    run_load,
     server_process,
 )
 from benchmarks.raw_server import ECHO_METHOD, HEADER, RESULT
@@ -115,18 +115,6 @@ class Cell:
             return "-"
         p50 = self.ratio("shm")[0]
         return "met" if p50 <= target else f"**missed** (p50 ratio > {target})"
-
-
-def measure(cell: Cell, calls: dict[str, Callable[[], object]], args: argparse.Namespace) -> None:
-    """Warm every system up, then measure them in ``args.rounds`` alternating slices each."""
-    for call in calls.values():
-        run_load(call, cell.concurrency, args.warmup)
-    names = list(calls)
-    for index in range(args.rounds):
-        order = names if index % 2 == 0 else names[::-1]
-        for name in order:
-            slice_ = run_load(calls[name], cell.concurrency, args.duration / args.rounds)
-            cell.samples[name].add(slice_)
 
 
 def table(cells: Sequence[Cell], label: str) -> str:
@@ -255,7 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "raw": functools.partial(raw.echo, image),
                 }
             print(f"measuring {cell.call}, concurrency {cell.concurrency} ...", file=sys.stderr)
-            measure(cell, calls, args)
+            alternate(
+                cell.samples,
+                calls,
+                cell.concurrency,
+                duration=args.duration,
+                warmup=args.warmup,
+                rounds=args.rounds,
+            )
 
     result = table(cells, label)
     print(result)

@@ -45,9 +45,9 @@ from benchmarks.bench_mean import (
     THREADS,
     RawClient,
     Samples,
+    alternate,
     machine,
     models_folder,
-    run_load,
     server_process,
 )
 
@@ -110,20 +110,13 @@ class Report:
         self.parts.append(f"![{title}](report/{name}.png)\n")
 
 
-def alternate(
-    calls: Mapping[str, Callable[[], object]],
-    concurrency: int,
-    seconds: float,
-    rounds: int,
+def sampled(
+    calls: Mapping[str, Callable[[], object]], concurrency: int, seconds: float, rounds: int
 ) -> dict[str, Samples]:
-    """Warm each system up, then measure them in ``rounds`` alternating slices each."""
-    for call in calls.values():
-        run_load(call, concurrency, min(0.5, seconds / 2))
+    """The samples of each system of ``calls``, measured in alternating slices."""
     samples = {name: Samples() for name in calls}
-    names = list(calls)
-    for index in range(rounds):
-        for name in names if index % 2 == 0 else names[::-1]:
-            samples[name].add(run_load(calls[name], concurrency, seconds / rounds))
+    warmup = min(0.5, seconds / 2)
+    alternate(samples, calls, concurrency, duration=seconds, warmup=warmup, rounds=rounds)
     return samples
 
 
@@ -156,7 +149,7 @@ def latency_by_size(report: Report, tms_target: str, raw: RawClient) -> None:
             }
             calls |= {name: functools.partial(c.run_image, image) for name, c in systems.items()}
             print(f"latency: {width}x{height} ...", file=sys.stderr)
-            samples = alternate(calls, 1, report.seconds, report.rounds)
+            samples = sampled(calls, 1, report.seconds, report.rounds)
             base = samples["raw grpcio"].percentile_ms(50)
             for name, measured in samples.items():
                 p50 = measured.percentile_ms(50)
@@ -203,7 +196,7 @@ def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -
                 "TMS": functools.partial(tms.run_image, image),
                 "raw grpcio": functools.partial(raw.mean, image),
             }
-            samples = alternate(calls, concurrency, report.seconds, report.rounds)
+            samples = sampled(calls, concurrency, report.seconds, report.rounds)
             ratio = samples["TMS"].throughput / samples["raw grpcio"].throughput
             p50_ratio = samples["TMS"].percentile_ms(50) / samples["raw grpcio"].percentile_ms(50)
             for name, measured in samples.items():
@@ -245,7 +238,7 @@ def scaling(report: Report, temp: Path, log: IO[bytes]) -> None:
             )
         calls = {name: functools.partial(c.run_text, "x") for name, c in clients.items()}
         print("scaling ...", file=sys.stderr)
-        samples = alternate(calls, 8, report.seconds * 2, report.rounds)
+        samples = sampled(calls, 8, report.seconds * 2, report.rounds)
     one, two = (samples[name].throughput for name in calls)
     report.targets.append(
         Target("CPU-bound model, throughput 2 workers / 1", two / one, 1.8, False)
