@@ -210,6 +210,8 @@ class RawClient:
         if len(self._channels) < workers:
             self.close()
             raise RuntimeError(f"raw client found only {len(self._channels)} of {workers} workers")
+        #: The worker processes' pids.
+        self.pids = [int(who) for who in self._channels]
         self._methods: list[grpc.UnaryUnaryMultiCallable[bytes, bytes]] = [
             channel.unary_unary(MEAN_METHOD) for channel in self._channels.values()
         ]

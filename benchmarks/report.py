@@ -5,8 +5,9 @@ with PNG plots beside it (``benchmarks/report/``).
 
 Sections: latency against image size (64x64 to 3840x2160) for TMS's bytes path, its
 shared-memory path, raw grpcio moving the same frame, and the model called in-process;
-throughput against concurrency, TMS and raw grpcio; a CPU-bound model on one worker and on
-two; dynamic batching on and off; a video stream against one unary call per frame. Every
+throughput against concurrency, TMS and raw grpcio; where a small call's time goes (the TMS
+client and server each against raw grpcio); a CPU-bound model on one worker and on two;
+dynamic batching on and off; a video stream against one unary call per frame. Every
 ratio comes from one run: the systems a ratio compares are measured in alternating slices
 (A B, B A, ...), so that a noisy machine slows them alike. The targets are checked here, in
 the report, never by timed assertions in the tests.
@@ -18,8 +19,10 @@ import argparse
 import contextlib
 import datetime
 import functools
+import itertools
 import os
 import re
+import resource
 import shlex
 import sys
 import tempfile
@@ -29,13 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
 import matplotlib as mpl
 
 mpl.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tms_client import ModelClient, RoundRobin
+from tms.v1 import model_service_pb2 as pb
+from tms_client import ModelClient, RoundRobin, calls
+from tms_client.protocol.methods import method_path
+from tms_client.protocol.wire import ImageMessage
 
 # Run as a script (python benchmarks/report.py): make the benchmarks folder importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,6 +55,7 @@ from benchmarks.bench_mean import (
     alternate,
     machine,
     models_folder,
+    run_load,
     server_process,
 )
 
@@ -225,6 +233,100 @@ def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -
     report.plot("throughput", draw, "throughput against concurrency (224x224x3)")
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def own_cpu_seconds() -> float:
+    """CPU time this process (the clients, all threads) has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def per_worker(
+    target: str, workers: int, stack: contextlib.ExitStack
+) -> list[grpc.UnaryUnaryMultiCallable[bytes, bytes]]:
+    """RunImage on one raw grpcio channel to each of the ``workers`` worker processes of the
+    TMS server at ``target`` (found by asking new connections for their pid), round-robin
+    over them as the TMS client and RawClient are."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    found: dict[int, grpc.Channel] = {}
+    for _ in range(10 * workers + 10):
+        if len(found) == workers:
+            break
+        channel = stack.enter_context(grpc.insecure_channel(target, options=options))
+        ask: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            method_path("GetWorkerInfo")
+        )
+        info = pb.GetWorkerInfoResponse.FromString(ask(b"", timeout=CALL_TIMEOUT))
+        found.setdefault(info.pid, channel)
+    return [channel.unary_unary(method_path("RunImage")) for channel in found.values()]
+
+
+def small_call_costs(report: Report, tms_target: str, raw: RawClient) -> None:
+    """Where a 224x224 call's time goes: the TMS client and server each against raw grpcio.
+
+    Three ways of making the same call, at concurrency 1, in alternating slices: the TMS
+    client calling the TMS server; raw grpcio calling the TMS server (a RunImageRequest,
+    its pixels joined in per call as the TMS client does); raw grpcio calling the raw
+    server. The first two differ only in the client, the last two only in the server. CPU
+    time per call is read from /proc for the servers' workers and from getrusage for this
+    process (the clients)."""
+    image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    request = calls.run_image("mean", image).request
+    assert isinstance(request, ImageMessage)
+    with contextlib.ExitStack() as stack:
+        tms = stack.enter_context(client(tms_target, shared_memory=False))
+        tms.run_image(image)
+        tms_pids = [w.pid for w in tms.workers()]
+        methods = itertools.cycle(per_worker(tms_target, len(tms_pids), stack))
+        ways: dict[str, tuple[Callable[[], object], list[int]]] = {
+            "TMS client, TMS server": (functools.partial(tms.run_image, image), tms_pids),
+            "raw client, TMS server": (
+                lambda: next(methods)(request.join(), timeout=CALL_TIMEOUT),
+                tms_pids,
+            ),
+            "raw client, raw server": (functools.partial(raw.mean, image), raw.pids),
+        }
+        print("small call costs ...", file=sys.stderr)
+        samples = {name: Samples() for name in ways}
+        spent = {name: [0.0, 0.0] for name in ways}  # client, server CPU seconds
+        for call, _ in ways.values():
+            run_load(call, 1, 0.5)
+        names = list(ways)
+        for index in range(report.rounds * 2):
+            for name in names if index % 2 == 0 else names[::-1]:
+                call, pids = ways[name]
+                mine, theirs = own_cpu_seconds(), cpu_seconds(pids)
+                samples[name].add(run_load(call, 1, report.seconds / report.rounds))
+                spent[name][0] += own_cpu_seconds() - mine
+                spent[name][1] += cpu_seconds(pids) - theirs
+    base = samples["raw client, raw server"]
+    rows = []
+    for name, measured in samples.items():
+        count = len(measured.latencies)
+        client_us, server_us = (seconds / count * 1e6 for seconds in spent[name])
+        rows.append(
+            f"| {name} | {measured.percentile_ms(50):.3f} | "
+            f"{measured.percentile_ms(50) / base.percentile_ms(50):.3f} | "
+            f"{client_us:.0f} | {server_us:.0f} |"
+        )
+    report.parts.append(
+        "## Where a small call's time goes (224x224x3, concurrency 1)\n\n"
+        "The same call made three ways in alternating slices: the first two rows differ only "
+        "in the client, the last two only in the server. CPU per call: the client (this "
+        "process) and the server's workers.\n\n"
+        "| way | p50 ms | p50 / raw | client CPU µs/call | server CPU µs/call |\n"
+        "| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
+    )
+
+
 def scaling(report: Report, temp: Path, log: IO[bytes]) -> None:
     folder = temp / "busy-models"
     (folder / "busy").mkdir(parents=True)
@@ -390,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.callback(raw.close)
         latency_by_size(report, tms_target, raw)
         throughput_by_concurrency(report, tms_target, raw)
+        small_call_costs(report, tms_target, raw)
         scaling(report, temp, log)
     shared_memory_image_to_image(report)
     batching(report)
