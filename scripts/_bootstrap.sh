@@ -5,8 +5,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 UV_VERSION=0.13.8
 PYTHON=${PYTHON:-python3}
-export UV_PYTHON=${UV_PYTHON:-$(command -v "$PYTHON")}
+# The interpreter itself, not a pyenv shim in front of it: uv checks the request against the
+# interpreter of .venv, and warns of an "incompatible environment" when they differ.
+export UV_PYTHON=${UV_PYTHON:-$("$PYTHON" -c 'import sys; print(sys.executable)')}
 export UV_PYTHON_DOWNLOADS=never
+# The scripts run the project's .venv; uv warns about any other active environment (an
+# activated venv, pyenv-virtualenv), which it would ignore anyway.
+unset VIRTUAL_ENV
 
 if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
   echo "installing uv $UV_VERSION with pip" >&2

@@ -23,6 +23,15 @@ if ! command -v dnsmasq >/dev/null; then
       || { apt-get update -qq && apt-get install -y -qq dnsmasq-base >/dev/null; }
   fi
 fi
+# The HTTP page's test drives Debian's chromium (headless, through Playwright): no browser
+# download of Playwright's own.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium (the HTTP page's browser test)" >&2
+    apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+  fi
+fi
 run() { step "$PYTHON" -m uv run --frozen --no-sync "$@"; }
 
 run ruff format --check .

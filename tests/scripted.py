@@ -227,6 +227,11 @@ class ScriptedTransport:
             self.opened.append((time.monotonic(), address))
             return AsyncScriptedChannel(self, address)
 
+    def refuses(self, address: str, timeout: float) -> bool:
+        """Nothing listens at an address without a server, or whose server is stopped."""
+        server = self.servers.get(address)
+        return server is None or not server.up
+
 
 class AsyncScripted:
     """The asyncio face of a ScriptedTransport (the same world)."""
@@ -236,3 +241,6 @@ class AsyncScripted:
 
     def open(self, address: str) -> AsyncScriptedChannel:
         return self.world.open_async(address)
+
+    async def refuses(self, address: str, timeout: float) -> bool:
+        return self.world.refuses(address, timeout)

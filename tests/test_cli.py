@@ -203,11 +203,17 @@ def test_version(tms):
 def test_models_table(tms):
     code, out, err = tms("models")
     assert (code, err) == (0, "")
-    header, *rows = out.splitlines()
+    loaded, failed = out.split("\n\n")
+    header, *rows = loaded.splitlines()
     assert header.split() == ["NAME", "INPUT", "SHAPE", "DTYPE", "COLOUR", "CALLS"]
     assert [row.split()[0] for row in rows] == ["depth", "flaky", "invert", "mean", "upper"]
     mean = next(row for row in rows if row.startswith("mean"))
     assert mean.split() == ["mean", "*x*x3", "uint8", "rgb", "run_image,", "run_images"]
+    # The model that failed to load comes after, with why.
+    assert failed.splitlines() == [
+        "FAILED TO LOAD  REASON",
+        "broken          RuntimeError: weights.bin not found",
+    ]
 
 
 def test_models_json_with_options_after_the_command(tms, target):
@@ -279,9 +285,9 @@ def test_model_that_failed_to_load(tms):
 
 def test_health(tms, target):
     code, out, _ = tms("health")
-    assert code == 0
+    assert code == 1  # the server is not ready: a model failed to load
     lines = out.splitlines()
-    assert lines[0] == f"server {target}: SERVING"
+    assert lines[0] == f"server {target}: NOT_SERVING"
     assert lines[1].split() == ["MODEL", "STATUS"]
     assert {tuple(line.split()) for line in lines[2:]} == {
         (name, "SERVING") for name in ("depth", "flaky", "invert", "mean", "upper")
@@ -293,7 +299,7 @@ def test_health_of_named_models_fails_unless_all_serve(tms, target):
     assert code == 1
     assert json.loads(out) == {
         "target": target,
-        "server": "SERVING",
+        "server": "NOT_SERVING",
         "models": {"mean": "SERVING", "broken": "NOT_SERVING", "nope": "SERVICE_UNKNOWN"},
     }
 
@@ -325,9 +331,10 @@ def test_workers(tms, target):
     for worker in workers:
         assert worker["calls"] >= 1  # each was asked for its load
         assert worker["in_flight"] == 0
-        # Nothing else runs on this server now: no load besides the probe (where reported).
-        assert worker["running"] in (0, None)
-        assert worker["queued"] in (0, None)
+        # A TMS worker reports its load; nothing else runs on this server now, and the
+        # probe that asked is left out of what it reports.
+        assert worker["running"] == 0
+        assert worker["queued"] == 0
 
 
 def test_worker_load_leaves_out_the_probe():
@@ -499,13 +506,13 @@ def test_run_i2i_together_and_name_clashes(tms, photos, tmp_path):
     code, out, _ = tms("run-i2i", "invert", *inputs, "--out-dir", str(tmp_path / "o"))
     assert code == 0
     assert out.splitlines() == [
-        f"{inputs[0]} -> {tmp_path / 'o' / 'astronaut.png'}",
-        f"{inputs[1]} -> {tmp_path / 'o' / 'astronaut-2.png'}",
+        f'{inputs[0]} -> {tmp_path / "o" / "astronaut.png"}  {{"count": 1}}',
+        f'{inputs[1]} -> {tmp_path / "o" / "astronaut-2.png"}  {{"count": 1}}',
     ]
     code, out, _ = tms("run-i2i", "invert", *inputs, "--out-dir", str(tmp_path / "t"), "--together")
     assert code == 0
     outputs = [tmp_path / "t" / "astronaut-0.png", tmp_path / "t" / "astronaut-1.png"]
-    assert out == f"{inputs[0]} -> {outputs[0]}, {outputs[1]}\n"
+    assert out == f'{inputs[0]} + {inputs[1]} -> {outputs[0]}, {outputs[1]}  {{"count": 2}}\n'
 
 
 def test_run_i2i_writes_other_dtypes_as_npy(tms, photos, tmp_path):
@@ -542,14 +549,11 @@ def test_run_i2i_preview_skips_outputs_that_are_pictures(tms, photos, tmp_path):
         "run-i2i", "invert", str(photos / "camera.png"), "--out-dir", str(tmp_path), "--preview"
     )
     assert code == 0
-    assert out == f"{photos / 'camera.png'} -> {tmp_path / 'camera.png'}\n"
+    assert out == f'{photos / "camera.png"} -> {tmp_path / "camera.png"}  {{"count": 1}}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.png"]
 
 
 def test_run_i2i_usage_and_output_errors(tms, photos, tmp_path):
-    code, _, err = tms("run-i2i", "invert", str(photos))
-    assert code == 2
-    assert "--out-dir" in err
     a_file = tmp_path / "file"
     a_file.write_text("")
     code, _, err = tms("run-i2i", "invert", str(photos), "--out-dir", str(a_file))
@@ -606,7 +610,7 @@ def test_bench_summary_with_a_live_view(tms, target, monkeypatch):
     match = re.fullmatch(r"requests  (\d+) \((\d+) ok, 0 failed\), ([\d.]+)/s", lines[3])
     assert match is not None
     requests = int(match.group(1))
-    assert requests == int(match.group(2)) > 20
+    assert requests == int(match.group(2)) > 0  # a count, not a speed: any machine
     assert re.fullmatch(r"data      [\d.]+ MB/s sent", lines[4])
     latency = [float(x) for x in re.findall(r"([\d.]+) ms", lines[5])]
     assert lines[5].startswith("latency   p50 ")
@@ -707,16 +711,33 @@ def test_help_lists_every_command(tms):
 
 
 def test_unreachable_server(tms):
-    target = f"127.0.0.1:{free_port()}"
-    code, out, err = tms("--connect-timeout", "0.3", "models", server=target)
+    with socket.socket() as silent:  # takes connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        code, out, err = tms("--connect-timeout", "0.3", "models", server=target)
     assert (code, out) == (1, "")
     assert err == f"tms: cannot reach a TMS server at {target} (no answer within 0.3s)\n"
 
 
 def test_debug_shows_the_traceback(tms):
     target = f"127.0.0.1:{free_port()}"
-    with pytest.raises(CliError, match="cannot reach a TMS server"):
+    with pytest.raises(CliError, match="connection refused"):
         tms("--debug", "--connect-timeout", "0.3", "workers", server=target)
+    # What a user sees: the real command prints the traceback with --debug, one line without.
+    command = [sys.executable, "-m", "tms_cli", "--target", target, "--connect-timeout", "0.3"]
+    plain = subprocess.run([*command, "workers"], capture_output=True, text=True, check=False)
+    assert plain.returncode == 1
+    assert plain.stderr.startswith("tms: ")
+    assert "connection refused" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    debug = subprocess.run(
+        [*command, "--debug", "workers"], capture_output=True, text=True, check=False
+    )
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last):" in debug.stderr
+    assert "tms_cli.errors.CliError:" in debug.stderr
+    assert "connection refused" in debug.stderr
 
 
 # -- progress -----------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana-dashboard.json"
+#: The health service the startup and liveness probes ask for: SERVING while a worker answers.
+MODEL_SERVICE = "tms.v1.ModelService"
 
 BASE_IMAGE = "python:3.11-slim-bookworm"
 #: What BASE_IMAGE's own ENV sets that a process can notice (`docker inspect`); the image
@@ -252,7 +254,8 @@ def test_image_entrypoint_serves_and_stops_cleanly_on_sigterm(image: Stage) -> N
         assert server.wait_started(120), "tms-server did not start:\n" + server.logs()
         port = int(server.target.rsplit(":", 1)[1])
         with ModelClient("mean", f"localhost:{port}", connect_timeout=30) as client:
-            assert client.health("") == "SERVING"  # what the Kubernetes probes ask
+            assert client.health("") == "SERVING"  # what the readiness probe asks
+            assert client.health(MODEL_SERVICE) == "SERVING"  # startup and liveness
             assert client.health() == "SERVING"
             assert client.run_image(np.full((4, 6, 3), 7, np.uint8)) == {"mean": 7.0}
     finally:
@@ -405,10 +408,17 @@ def test_deployment_essentials(rendered, image):
     assert serving == int(image.env()["TMS_PORT"]) == ports["grpc"]
     assert container["image"] == "tms-server:latest"  # kustomization.yaml's images entry
 
-    # Probes ask grpc.health.v1 on the serving port, for the whole server (no service name).
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    # Probes ask grpc.health.v1 on the serving port: readiness for the whole server (no service
+    # name: NOT_SERVING while a model failed to load), startup and liveness for the model
+    # service (SERVING while a worker answers), so a pod with a broken model stays up, unready.
+    probes = {
+        "startupProbe": {"port": serving, "service": MODEL_SERVICE},
+        "readinessProbe": {"port": serving},
+        "livenessProbe": {"port": serving, "service": MODEL_SERVICE},
+    }
+    for probe, asks in probes.items():
         handler = container[probe]
-        assert handler["grpc"] == {"port": serving}, probe
+        assert handler["grpc"] == asks, probe
         assert not {"httpGet", "tcpSocket", "exec"} & handler.keys(), probe
 
     # One worker per CPU of the limit, which must be set.

@@ -45,15 +45,20 @@ MODELS = {
                 return {"pid": os.getpid(), "sum": int(image.sum()), "id": args.get("id")}
     """,
     "serial": """
-        import os, time
+        import os, pathlib, time
         import tms_server
 
         class Model(tms_server.Model):
-            thread_safe = False  # calls queue behind a slow one
+            thread_safe = False  # calls queue behind a held one
 
             def run(self, image, args):
-                if args.get("slow_pid") == os.getpid():
-                    time.sleep(args["sleep"])
+                if "gate" in args:  # hold this worker until the test opens the gate
+                    gate = pathlib.Path(args["gate"])
+                    gate.with_suffix(".started").write_text(str(os.getpid()))
+                    for _ in range(3000):
+                        if gate.exists():
+                            break
+                        time.sleep(0.02)
                 return os.getpid()
     """,
 }
@@ -86,6 +91,7 @@ def sync_load(
     *,
     concurrency: int,
     duration: float,
+    done: threading.Event,
 ) -> Load:
     load = Load()
     stop = time.monotonic() + duration
@@ -93,7 +99,7 @@ def sync_load(
 
     def caller(who: int) -> None:
         n = 0
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not done.is_set():
             image, args = call(who, n)
             started = time.monotonic()
             try:
@@ -122,13 +128,14 @@ async def async_load(
     *,
     concurrency: int,
     duration: float,
+    done: threading.Event,
 ) -> Load:
     load = Load()
     stop = time.monotonic() + duration
 
     async def caller(who: int) -> None:
         n = 0
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not done.is_set():
             image, args = call(who, n)
             started = time.monotonic()
             try:
@@ -160,11 +167,14 @@ class Driver:
         concurrency: int,
         duration: float,
         during: Callable[[], None] = lambda: None,
+        done: threading.Event | None = None,
         **options: Any,
     ) -> tuple[Load, list[Any]]:
         """The load's outcome and the client's workers at the end; ``during`` runs in a
-        thread beside the load (an exception there fails the run). ``settle`` seconds after the
-        load are given to the pool to find every worker, as it does in the background."""
+        thread beside the load (an exception there fails the run). The load stops after
+        ``duration`` seconds or once ``done`` is set. ``settle`` seconds after the load are
+        given to the pool to find every worker, as it does in the background."""
+        done = done or threading.Event()
         failures: list[BaseException] = []
 
         def side_body() -> None:
@@ -180,7 +190,9 @@ class Driver:
         if self.kind == "sync":
             with ModelClient(model, target, **options) as client:
                 side.start()
-                load = sync_load(client, call, concurrency=concurrency, duration=duration)
+                load = sync_load(
+                    client, call, concurrency=concurrency, duration=duration, done=done
+                )
                 side.join()
                 deadline = time.monotonic() + settle
                 while len(client.workers()) != expected and time.monotonic() < deadline:
@@ -192,13 +204,13 @@ class Driver:
                 async with AsyncModelClient(model, target, **options) as client:
                     side.start()
                     load = await async_load(
-                        client, call, concurrency=concurrency, duration=duration
+                        client, call, concurrency=concurrency, duration=duration, done=done
                     )
                     await asyncio.to_thread(side.join)
                     deadline = time.monotonic() + settle
-                    while len(client.workers()) != expected and time.monotonic() < deadline:
+                    while len(await client.workers()) != expected and time.monotonic() < deadline:
                         await asyncio.sleep(0.1)
-                    return load, client.workers()
+                    return load, await client.workers()
 
             load, workers = asyncio.run(main())
         if failures:
@@ -223,42 +235,56 @@ def check_answers(load: Load) -> None:
         assert result["id"] == f"{who}-{n}"
 
 
-def test_kill_a_worker_every_second_loses_no_call(server_process, models, driver):
+def test_killing_workers_under_load_loses_no_call(server_process, models, driver):
+    # Ten kills, each once the last victim's replacement serves and the load has sent 20 more
+    # calls: what is counted is kills and calls, not how many fit in some seconds here.
     server = server_process(models, workers=3)
     supervisor = server.process.pid
-    stop = threading.Event()
+    done = threading.Event()
     killed: list[int] = []
+    sent = [0]
+    lock = threading.Lock()
 
-    def kill_every_second() -> None:
+    def counted(who: int, n: int) -> tuple[Any, dict[str, Any]]:
+        with lock:
+            sent[0] += 1
+        return numbered(who, n)
+
+    def twenty_more_calls() -> None:
+        mark = sent[0]
+        assert wait_for(lambda: sent[0] >= mark + 20, 60), "the load stopped"
+
+    def serving() -> int:  # workers that said they serve: three, then one per replacement
+        return server.logs().count(" model(s) on port ")
+
+    def kill_ten_workers() -> None:
         rng = random.Random(7)
-        while not stop.wait(1.0):
-            pids = children(supervisor)
-            if pids:
-                victim = rng.choice(pids)
+        try:
+            while len(killed) < 10:
+                # The last one killed is replaced and serving, and calls went on meanwhile.
+                assert wait_for(lambda: serving() == 3 + len(killed), 60), server.logs()
+                twenty_more_calls()
+                victim = rng.choice(children(supervisor))
                 os.kill(victim, signal.SIGKILL)
                 killed.append(victim)
+            twenty_more_calls()
+        finally:
+            done.set()
 
-    def during() -> None:
-        time.sleep(20)
-        stop.set()
-
-    killer = threading.Thread(target=kill_every_second)
-    killer.start()
-    try:
-        load, _ = driver.run(
-            "whoami", server.target, numbered, concurrency=8, duration=20, during=during
-        )
-    finally:
-        stop.set()
-        killer.join()
+    load, _ = driver.run(
+        "whoami",
+        server.target,
+        counted,
+        concurrency=8,
+        duration=600,
+        during=kill_ten_workers,
+        done=done,
+    )
     assert load.errors == []
-    assert len(load.results) > 500
+    assert len(killed) == 10
+    assert len(load.results) == sent[0] >= 11 * 20  # every call sent was answered
     check_answers(load)
-    assert len(killed) >= 15
-    deadline = time.monotonic() + 20
-    while len(children(supervisor)) != 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(children(supervisor)) == 3
+    assert wait_for(lambda: len(children(supervisor)) == 3, 20)
     # A worker replaced a moment ago may still be loading its models, not yet listening, when
     # a new client starts: the client finds it in the background.
     with ModelClient("whoami", server.target) as client:
@@ -342,35 +368,67 @@ def test_restart_without_retries_fails_only_in_the_window(models, driver):
     assert load.results[-1][2]["pid"] in {w.pid for w in workers}
 
 
-def test_least_loaded_keeps_calls_away_from_a_slow_worker(server_process, models, driver):
-    server = server_process(models, workers=2)
-    with ModelClient("serial", server.target) as client:
-        slow_pid = client.workers()[0].pid
-
-    def call(who: int, n: int) -> tuple[Any, dict[str, Any]]:
-        # Caller 0 sends calls that are slow on one worker; the others' calls are fast
-        # unless they queue behind one of those.
-        args = {"slow_pid": slow_pid, "sleep": 0.3} if who == 0 else {}
-        return np.zeros((2, 2), np.uint8), args
-
-    stuck: dict[str, float] = {}
-    for name, balancer in (("round-robin", RoundRobin()), ("least-loaded", LeastLoaded(1))):
-        load, _ = driver.run(
-            "serial", server.target, call, concurrency=6, duration=4, balancer=balancer
+def gated_call(client: ModelClient, gate: Path) -> tuple[threading.Thread, list[int]]:
+    """A call to the ``serial`` model that holds its worker until ``gate`` exists, in a
+    thread, started on its worker when this returns; the list gets the worker's pid."""
+    started = gate.with_suffix(".started")
+    answer: list[int] = []
+    thread = threading.Thread(
+        target=lambda: answer.append(
+            client.run_image(np.zeros((2, 2), np.uint8), {"gate": str(gate)})
         )
-        assert load.errors == []
-        others = [
-            lat for (who, _, _), lat in zip(load.results, load.latencies, strict=True) if who != 0
-        ]
-        # A fast call that took most of a slow call's 0.3 s queued behind one: count those,
-        # not how fast this machine is today.
-        stuck[name] = sum(lat > 0.2 for lat in others) / len(others)
-    print(
-        f"\n{driver.kind}: share of the other calls stuck behind a slow one: "
-        + ", ".join(f"{k} {v:.1%}" for k, v in stuck.items())
     )
-    assert stuck["round-robin"] > 0.05  # the slow worker does hold calls up ...
-    assert stuck["least-loaded"] < stuck["round-robin"] / 2  # ... and least-loaded avoids it
+    thread.start()
+    assert wait_for(started.exists, 30)
+    return thread, answer
+
+
+def test_least_loaded_keeps_calls_away_from_a_slow_worker(server_process, models, tmp_path):
+    # One call holds a worker (and the calls queued behind it): least-loaded sends every
+    # other call to the free worker, where round-robin sends every second one to the held
+    # worker. A call that went to the held worker would wait for the gate, opened only at the
+    # end, so the outcome does not depend on how fast the calls are. How much faster
+    # least-loaded is is measured by benchmarks/bench_skew.py.
+    server = server_process(models, workers=2)
+    fast = np.zeros((2, 2), np.uint8)
+    # Reports ignored (max_report_age 0): the balancer goes by this client's calls in flight.
+    with ModelClient(
+        "serial", server.target, timeout=60, balancer=LeastLoaded(max_report_age=0.0)
+    ) as client:
+        assert wait_for(lambda: len(client.workers()) == 2, 30)
+        gate = tmp_path / "least-loaded"
+        held, answer = gated_call(client, gate)
+        try:
+            held_pid = int((gate.with_suffix(".started")).read_text())
+            answered_by = {client.run_image(fast) for _ in range(20)}
+        finally:
+            gate.touch()
+            held.join(30)
+    assert answer == [held_pid]
+    assert len(answered_by) == 1
+    assert held_pid not in answered_by
+
+    with ModelClient("serial", server.target, timeout=60, balancer=RoundRobin()) as client:
+        assert wait_for(lambda: len(client.workers()) == 2, 30)
+        gate = tmp_path / "round-robin"
+        held, answer = gated_call(client, gate)
+        replies: list[int] = []
+        callers = [
+            threading.Thread(target=lambda: replies.append(client.run_image(fast)))
+            for _ in range(4)
+        ]
+        try:
+            for caller in callers:
+                caller.start()
+            assert wait_for(lambda: len(replies) == 2, 30)  # the two on the free worker
+            held_pid = int((gate.with_suffix(".started")).read_text())
+            assert held_pid not in replies
+        finally:
+            gate.touch()
+            for caller in callers:
+                caller.join(30)
+            held.join(30)
+    assert sorted(replies).count(held_pid) == 2  # they waited behind the held call
 
 
 def test_two_hosts_behind_one_client(server_process, models, driver):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.support import start_in_process, write_models
+from tests.support import start_in_process, start_process, wait_for, write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client import (
     InvalidInputError,
@@ -404,16 +405,25 @@ def test_model_not_thread_safe_runs_one_call_at_a_time(server):
 
 
 def test_thread_safe_model_runs_calls_concurrently(tmp_path, in_process_server):
-    source = MODELS["serial"].replace("thread_safe = False", "thread_safe = True")
+    # Each call waits inside the model until all four are there: they can only all return
+    # if the worker runs them at the same time (run one at a time, the first times out).
+    source = """
+        import threading
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def __init__(self):
+                self.together = threading.Barrier(4, timeout=60)
+
+            def run(self, image, args):
+                return self.together.wait()
+    """
     server = in_process_server(write_models(tmp_path, {"parallel": source}), threads=8)
-    barrier = threading.Barrier(4)
     with client(server, "parallel") as c, ThreadPoolExecutor(4) as pool:
-
-        def call(_):
-            barrier.wait()
-            return c.run_image(np.zeros((2, 2), np.uint8))
-
-        assert max(pool.map(call, range(4))) > 1
+        arrivals = pool.map(lambda _: c.run_image(np.zeros((2, 2), np.uint8)), range(4))
+        assert sorted(arrivals) == [0, 1, 2, 3]
 
 
 def test_health_per_model(server, stub):
@@ -423,7 +433,8 @@ def test_health_per_model(server, stub):
         def status(service):
             return health.Check(health_pb2.HealthCheckRequest(service=service)).status
 
-        assert status("") == health_pb2.HealthCheckResponse.SERVING
+        # Some models failed to load: the server is not ready, its model service answers.
+        assert status("") == health_pb2.HealthCheckResponse.NOT_SERVING
         assert status("tms.v1.ModelService") == health_pb2.HealthCheckResponse.SERVING
         assert status("probe") == health_pb2.HealthCheckResponse.SERVING
         assert status("broken") == health_pb2.HealthCheckResponse.NOT_SERVING
@@ -476,39 +487,117 @@ def test_malformed_request_bytes_are_invalid_argument(server, payload):
         assert c.run_image(np.zeros((2, 2, 3), np.uint8))["shape"] == [2, 2, 3]
 
 
-def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(tmp_path):
-    source = """
-        import time
-        import tms_server
+GATED = """
+    import pathlib
+    import time
+    import tms_server
 
-        class Model(tms_server.Model):
-            thread_safe = True
+    class Model(tms_server.Model):
+        thread_safe = True
 
-            def run(self, image, args):
-                time.sleep(args.get("sleep", 0))
-                return "done"
-    """
-    server = start_in_process(write_models(tmp_path, {"slow": source}))
+        def run(self, image, args):
+            if "gate" not in args:
+                return "quick"
+            pathlib.Path(args["started"]).touch()
+            gate = pathlib.Path(args["gate"])
+            for _ in range(3000):  # until the test opens the gate (60 s at most)
+                if gate.exists():
+                    return "done"
+                time.sleep(0.02)
+            return "the gate never opened"
+"""
+
+
+def gated_call(stub, tmp_path: Path) -> tuple[threading.Thread, dict[str, object]]:
+    """A call to the gated model, in a thread, that has reached the model when this returns;
+    it finishes once ``tmp_path / "gate"`` exists."""
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    args = json.dumps({"gate": str(gate), "started": str(started)})
+    request = pb.RunImageRequest(model="gated", image=raw(), args_json=args)
     outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["reply"] = stub.RunImage(request, timeout=60)
+        except grpc.RpcError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert wait_for(started.exists, 30)
+    return thread, outcome
+
+
+def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(tmp_path):
+    server = start_in_process(write_models(tmp_path / "models", {"gated": GATED}))
     with grpc.insecure_channel(server.target) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
-        request = pb.RunImageRequest(model="slow", image=raw(), args_json='{"sleep": 1.0}')
-        slow = threading.Thread(target=lambda: outcome.update(reply=stub.RunImage(request)))
-        slow.start()
-        time.sleep(0.3)
-        server.running.parts.load.draining = True  # what stop() does first
-        server.running.parts.health.enter_graceful_shutdown()
-        status = health.Check(health_pb2.HealthCheckRequest(service="slow")).status
-        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-        quick = pb.RunImageRequest(model="slow", image=raw())
-        details = expect_status(grpc.StatusCode.UNAVAILABLE, stub.RunImage, quick)
-        assert "shutting down" in details
-        stopper = threading.Thread(target=server.running.stop, args=(5,))
-        stopper.start()
-        slow.join(5)
-        stopper.join(10)
+        slow, outcome = gated_call(stub, tmp_path)
+        try:
+            server.running.drain()
+            status = health.Check(health_pb2.HealthCheckRequest(service="gated")).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            quick = pb.RunImageRequest(model="gated", image=raw())
+            details = expect_status(grpc.StatusCode.UNAVAILABLE, stub.RunImage, quick)
+            assert "shutting down" in details
+            assert slow.is_alive()  # the call in flight goes on
+        finally:
+            (tmp_path / "gate").touch()
+            slow.join(30)
+            server.running.stop(5)
     assert json.loads(outcome["reply"].result_json) == "done"
+
+
+@pytest.mark.slow
+def test_sigterm_drains_the_worker_and_finishes_the_call_in_flight(tmp_path):
+    # Through the signal, as Kubernetes stops a pod: health watchers hear NOT_SERVING, new
+    # calls are refused, and the call in flight still gets its answer before the exit.
+    server = start_process(
+        write_models(tmp_path / "models", {"gated": GATED}),
+        workers=1,
+        args=("--grace-seconds", "60"),
+    )
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="gated"), timeout=120
+            )
+            statuses: list[int] = []
+
+            def listen() -> None:
+                with contextlib.suppress(grpc.RpcError):  # the stream ends with the worker
+                    statuses.extend(reply.status for reply in watch)
+
+            watcher = threading.Thread(target=listen, daemon=True)
+            watcher.start()
+            assert wait_for(lambda: statuses, 30)
+            assert statuses == [health_pb2.HealthCheckResponse.SERVING]
+            slow, outcome = gated_call(stub, tmp_path)
+            try:
+                server.process.send_signal(signal.SIGTERM)
+                assert wait_for(lambda: len(statuses) > 1, 30), statuses
+                assert statuses[1] == health_pb2.HealthCheckResponse.NOT_SERVING
+                quick = pb.RunImageRequest(model="gated", image=raw())
+                with pytest.raises(grpc.RpcError) as refused:  # refused: clients retry it
+                    stub.RunImage(quick, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "shutting down" in refused.value.details()
+                health = health_pb2_grpc.HealthStub(channel)
+                checked = health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+                assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                assert slow.is_alive()
+                assert server.process.poll() is None
+            finally:
+                (tmp_path / "gate").touch()
+                slow.join(30)
+            watch.cancel()
+        assert json.loads(outcome["reply"].result_json) == "done"
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    assert "worker 0 stopping; in-flight calls have 60s" in server.logs()
 
 
 def test_every_answer_reports_the_workers_load(server):

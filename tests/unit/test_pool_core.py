@@ -28,7 +28,7 @@ from tms_client import (
     UnavailableError,
 )
 from tms_client.aio_pool import AsyncWorkerPool
-from tms_client.core import Open, PoolCore, Search, Send, Sleep
+from tms_client.core import Open, PoolCore, Probe, Search, Send, Sleep
 from tms_client.pool import WorkerPool
 from tms_client.protocol.methods import method_path
 from tms_client.transport import Reply, Request
@@ -149,7 +149,8 @@ def sent(world: ScriptedTransport) -> list[Any]:
 def test_the_core_decides_and_leaves_every_action_to_its_pool() -> None:
     core = PoolCore(ClientOptions(target="a:1"))
     finding = core.find("a:1", 1.0, wait=True)
-    assert core.advance(finding).action == Open("a:1")
+    assert core.advance(finding).action == Probe("a:1", 1.0)  # does anything listen there?
+    assert core.advance(finding, False).action == Open("a:1")
     step = core.advance(finding, "channel-1")
     assert isinstance(step.action, Send)
     assert step.action.request.path == WORKER_INFO

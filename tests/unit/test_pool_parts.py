@@ -189,7 +189,9 @@ def test_targets_are_checked_and_dns_names_expand() -> None:
     assert parse_targets("h:1") == ("h:1",)
     assert parse_targets(["a:1", "[::1]:2", "dns:///b:3"]) == ("a:1", "[::1]:2", "dns:///b:3")
     bad: str | list[str]
-    for bad in ("nohost", "h:", ":5", "h:0", "h:99999", []):
+    assert parse_targets("nohost") == ("nohost:50051",)  # a host alone: the default port
+    assert parse_targets("dns:///b") == ("dns:///b:50051",)
+    for bad in ("h:", ":5", "h:0", "h:99999", "http://h:5", []):
         with pytest.raises(ValueError, match="target"):
             parse_targets(bad)
     assert resolve(["a:1"]) == ["a:1"]

@@ -9,10 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tms_cli.connection import Options, describe_error
+from tms_cli.connection import Options, describe_error, refusal
 from tms_cli.errors import CliError, UsageError
 from tms_cli.parser import build_parser
-from tms_client import TMSError, UnavailableError
+from tms_client import PermissionDeniedError, TMSError, UnauthenticatedError, UnavailableError
 
 __all__ = ["main"]
 
@@ -20,11 +20,10 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tms`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser, commands = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        options = _options(parser, args)
-    except SystemExit as exc:  # --help, --version and usage errors
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    parsed = _parse(parser, argv)
+    if isinstance(parsed, int):
+        return parsed
+    args, options = parsed
     if options.debug:
         logging.basicConfig(
             level=logging.DEBUG, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
@@ -34,9 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         if options.debug:
             raise
-        command = commands[args.command_name]
-        command.print_usage(sys.stderr)
-        sys.stderr.write(f"{command.prog}: error: {exc}\n")
+        sys.stderr.write(f"{commands[args.command_name].prog}: error: {exc}\n")
         return 2
     except BrokenPipeError:
         # The reader of stdout went away (``tms run ... | head``): stop quietly, and keep
@@ -55,11 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Options:
+def _parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, Options] | int:
+    """The arguments and the global options; or the exit code when there is nothing to run
+    (--help, --version, a usage error)."""
     try:
-        return Options.from_args(args)
-    except ValueError as exc:  # --tls-cert without --tls-key, say: a usage error
-        parser.error(str(exc))
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    try:
+        return args, Options.from_args(args)
+    except ValueError as exc:  # --tls-cert without --tls-key, a URL as target: one line
+        sys.stderr.write(f"tms: error: {exc}\n")
+        return 2
 
 
 def _message(exc: Exception, options: Options) -> str:
@@ -67,6 +73,8 @@ def _message(exc: Exception, options: Options) -> str:
         return str(exc)
     if isinstance(exc, UnavailableError):
         return f"lost the TMS server at {options.target} ({describe_error(exc)})"
+    if isinstance(exc, (UnauthenticatedError, PermissionDeniedError)):
+        return refusal(exc, options)
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {describe_error(exc)}"
     return describe_error(exc)

@@ -17,10 +17,21 @@ from tms_client import (
     ModelInfo,
     ModelNotFoundError,
     ModelNotReadyError,
+    PermissionDeniedError,
     TMSError,
+    UnauthenticatedError,
+    check_health,
 )
 
-__all__ = ["COMMAND_OF_CALL", "Options", "check_model", "connect", "describe_error"]
+__all__ = [
+    "COMMAND_OF_CALL",
+    "Options",
+    "check_model",
+    "connect",
+    "describe_error",
+    "refusal",
+    "server_health",
+]
 
 #: The ``tms`` command that makes each client call, for hints in error messages.
 COMMAND_OF_CALL = {
@@ -65,6 +76,7 @@ class Options:
             tls=tls,
             token=args.token,
             shared_memory=args.shared_memory,
+            max_message_mb=args.max_message_mb,
         )
         return cls(client=client, json=args.json, debug=args.debug)
 
@@ -76,14 +88,47 @@ def connect(options: Options, model: str = "", *, balancer: Balancer | None = No
     """
     try:
         return ModelClient(model, options=options.client, balancer=balancer)
-    except ConnectError as exc:
+    except (ConnectError, ValueError, TMSError) as exc:
+        raise _unreached(options, exc) from exc
+
+
+def server_health(options: Options, services: list[str]) -> dict[str, str]:
+    """The health of each of ``services`` ("" for the server) at the target, asked on one
+    connection without worker discovery: health checks need no token."""
+    try:
+        return check_health(services=services, options=options.client)
+    except (ConnectError, ValueError, TMSError) as exc:
+        raise _unreached(options, exc) from exc
+
+
+def _unreached(options: Options, exc: Exception) -> CliError:
+    """What to say when connecting failed with ``exc``."""
+    if isinstance(exc, (UnauthenticatedError, PermissionDeniedError)):
+        return CliError(refusal(exc, options))
+    if isinstance(exc, ConnectError) and exc.refused:
+        return CliError(str(exc))
+    if isinstance(exc, ConnectError):
         reason = f"no answer within {options.client.connect_timeout:g}s"
-        raise CliError(f"cannot reach a TMS server at {options.target} ({reason})") from exc
-    except ValueError as exc:  # a TLS file that cannot be read
-        raise CliError(str(exc)) from exc
-    except TMSError as exc:  # something answered, but not as a TMS server does
+    elif isinstance(exc, TMSError):  # something answered, but not as a TMS server does
         reason = describe_error(exc)
-        raise CliError(f"cannot reach a TMS server at {options.target} ({reason})") from exc
+    else:  # a ValueError: a TLS file that cannot be read
+        return CliError(str(exc))
+    return CliError(f"cannot reach a TMS server at {options.target} ({reason})")
+
+
+def refusal(exc: CallError, options: Options) -> str:
+    """What to say when the server refused the call's credentials (UNAUTHENTICATED or
+    PERMISSION_DENIED): which option gives a token."""
+    code = exc.code.name
+    if options.client.token is None:
+        return (
+            f"the TMS server at {options.target} refused a call without a token ({code}): "
+            "pass --token TOKEN or set TMS_TOKEN"
+        )
+    return (
+        f"the TMS server at {options.target} refused the token ({code}: {exc.details}): "
+        "check --token or TMS_TOKEN"
+    )
 
 
 def check_model(client: ModelClient, call: str | None = None) -> ModelInfo:

@@ -15,12 +15,40 @@ from tms_cli.connection import describe_error
 from tms_cli.errors import CliError
 from tms_cli.preview import preview
 
-__all__ = ["open_output", "print_table", "save_image", "save_preview", "to_json"]
+__all__ = [
+    "open_output",
+    "print_table",
+    "readable_json",
+    "save_image",
+    "save_preview",
+    "to_json",
+]
+
+#: The widest list ``readable_json`` keeps on one line (a list of plain values always is).
+_LINE = 72
 
 
 def to_json(value: Any, *, pretty: bool = False) -> str:
     """``value`` as JSON text: indented when ``pretty``, else on one line (JSON Lines)."""
     return json.dumps(value, ensure_ascii=False, indent=2 if pretty else None)
+
+
+def readable_json(value: Any, indent: str = "") -> str:
+    """``value`` as indented JSON for people: unlike ``to_json(pretty=True)`` a list of
+    plain values (a point, a box) stays on one line, and so does a short list of them."""
+    line = to_json(value)
+    if isinstance(value, dict) and value:
+        inner = indent + "  "
+        items = [f"{inner}{to_json(k)}: {readable_json(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    if not isinstance(value, list) or not value:
+        return line
+    flat = not any(isinstance(item, (dict, list)) for item in value)
+    if flat or (len(line) <= _LINE and not any(isinstance(item, dict) for item in value)):
+        return line
+    inner = indent + "  "
+    items = [inner + readable_json(item, inner) for item in value]
+    return "[\n" + ",\n".join(items) + f"\n{indent}]"
 
 
 def open_output(path: Path) -> TextIO:

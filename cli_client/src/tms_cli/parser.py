@@ -94,8 +94,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--out-dir",
         type=Path,
         metavar="DIR",
-        required=True,
-        help="where output images go (uint8 as PNG, other dtypes as .npy), named after inputs",
+        help="where output images go (uint8 as PNG, other dtypes as .npy), named after inputs "
+        "(default: next to each input as NAME.MODEL.png; stdin's in the current folder)",
     )
     i2i.add_argument(
         "--together",
@@ -202,6 +202,15 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         default=default(10.0),
         metavar="SECONDS",
         help="how long to wait for the server (default: 10)",
+    )
+    group.add_argument(
+        "--max-message-mb",
+        type=positive_int,
+        # A string default goes through ``type`` as a value given would: checked the same.
+        default=default(os.environ.get("TMS_MAX_MESSAGE_MB") or "64"),
+        metavar="MB",
+        help="largest request or reply, in MiB, as the server's --max-message-mb (default: "
+        "$TMS_MAX_MESSAGE_MB, else 64); a larger raw image is sent as PNG if that fits",
     )
     group.add_argument(
         "--shared-memory",

@@ -7,22 +7,28 @@ import sys
 import textwrap
 from typing import Any
 
-from tms_cli.connection import Options, check_model, connect
-from tms_cli.outputs import print_table, to_json
-from tms_client import ModelClient, ModelInfo, WorkerInfo
+from tms_cli.connection import Options, check_model, connect, server_health
+from tms_cli.errors import CliError
+from tms_cli.outputs import print_table, readable_json, to_json
+from tms_client import ModelClient, ModelInfo, UnauthenticatedError, WorkerInfo
 
 __all__ = ["list_models", "show_health", "show_model", "show_workers", "worker_json"]
 
 
 def list_models(options: Options, args: argparse.Namespace) -> int:
-    """``tms models``: every loaded model, one line each (``--names``: only the names)."""
+    """``tms models``: every loaded model, one line each, then those that failed to load and
+    why (``--names``: only the names of the loaded ones)."""
     with connect(options) as client:
         models = client.list_models()
+        failed = {} if args.names else client.failed_models()
     if args.names:
         sys.stdout.write("".join(f"{m.name}\n" for m in models))
-    elif options.json:
-        _print_json([_model_json(info) for info in models])
-    elif not models:
+        return 0
+    if options.json:
+        loaded = [_model_json(info) for info in models]
+        _print_json(loaded + [{"name": name, "failed": why} for name, why in failed.items()])
+        return 0
+    if not models:
         sys.stderr.write(f"no models are loaded at {options.target}\n")
     else:
         rows = [
@@ -30,6 +36,9 @@ def list_models(options: Options, args: argparse.Namespace) -> int:
             for m in models
         ]
         print_table(["name", "input shape", "dtype", "colour", "calls"], rows, sys.stdout)
+    if failed:
+        sys.stdout.write("\n" if models else "")
+        print_table(["failed to load", "reason"], list(failed.items()), sys.stdout)
     return 0
 
 
@@ -59,18 +68,17 @@ def show_model(options: Options, args: argparse.Namespace) -> int:
         if schema is None:
             sys.stdout.write(f"{key}: -\n")
         else:
-            sys.stdout.write(f"{key}:\n{textwrap.indent(to_json(schema, pretty=True), '  ')}\n")
+            sys.stdout.write(f"{key}:\n{textwrap.indent(readable_json(schema), '  ')}\n")
     sys.stdout.write(f"description:\n{description}\n")
     return 0
 
 
 def show_health(options: Options, args: argparse.Namespace) -> int:
     """``tms health [MODEL...]``: the server's status and each model's; exit code 1 unless
-    all are SERVING."""
-    with connect(options) as client:
-        server = client.health("")
-        names = args.models or [info.name for info in client.list_models()]
-        models = {name: client.health(name) for name in names}
+    all are SERVING. Health checks need no token; listing the models does, so without one
+    only the models named are checked."""
+    models = server_health(options, ["", *(args.models or _loaded(options))])
+    server = models.pop("")
     if options.json:
         _print_json({"target": options.target, "server": server, "models": models})
     else:
@@ -79,6 +87,21 @@ def show_health(options: Options, args: argparse.Namespace) -> int:
             print_table(["model", "status"], list(models.items()), sys.stdout)
     healthy = server == "SERVING" and all(status == "SERVING" for status in models.values())
     return 0 if healthy else 1
+
+
+def _loaded(options: Options) -> list[str]:
+    """The names of the models loaded; none, said on stderr, when that needs a token."""
+    try:
+        with connect(options) as client:
+            return [info.name for info in client.list_models()]
+    except CliError as exc:
+        if options.client.token is not None or not isinstance(exc.__cause__, UnauthenticatedError):
+            raise
+    sys.stderr.write(
+        "tms: listing the models needs a token (--token or TMS_TOKEN); showing the server's "
+        "health only\n"
+    )
+    return []
 
 
 def show_workers(options: Options, args: argparse.Namespace) -> int:

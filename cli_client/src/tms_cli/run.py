@@ -16,7 +16,7 @@ from PIL import Image
 from tms_cli.connection import Options, check_model, connect, describe_error
 from tms_cli.errors import CliError, UsageError
 from tms_cli.inputs import IMAGE_EXTENSIONS, STDIN, ImageSource, collect
-from tms_cli.outputs import open_output, save_image, save_preview, to_json
+from tms_cli.outputs import open_output, readable_json, save_image, save_preview, to_json
 from tms_cli.progress import Progress
 from tms_cli.video import is_video, run_videos
 from tms_client import (
@@ -69,7 +69,7 @@ def run_images(options: Options, args: argparse.Namespace) -> int:
 
         def write(source: ImageSource, result: Any) -> None:
             if single:
-                out.write(to_json(result, pretty=True) + "\n")
+                out.write(readable_json(result) + "\n")
             else:
                 out.write(to_json({"path": source.label, "result": result}) + "\n")
             out.flush()
@@ -82,16 +82,27 @@ def run_images(options: Options, args: argparse.Namespace) -> int:
 
 
 def run_images_to_images(options: Options, args: argparse.Namespace) -> int:
-    """``tms run-i2i``: the output images of each input, written under ``--out-dir``."""
+    """``tms run-i2i``: the output images of each input, written under ``--out-dir``, or
+    next to the input as NAME.MODEL.png (stdin's in the current folder)."""
     sources, missing = _sources(args.paths)
     if args.together and missing:
         raise CliError("--together needs every image; nothing was run")
-    out_dir: Path = args.out_dir
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create {out_dir}: {describe_error(exc)}") from exc
+    out_dir: Path | None = args.out_dir
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"cannot create {out_dir}: {describe_error(exc)}") from exc
     together: list[ImageSource] = sources if args.together else []
+    inputs = {s.path.resolve() for s in sources if s.path is not None}
+
+    def stem_of(source: ImageSource) -> Path:
+        """Where the outputs of ``source`` go, before their suffixes."""
+        if out_dir is not None:
+            return out_dir / source.name
+        here = source.path.parent if source.path is not None else Path()
+        return here / f"{source.name.name}.{args.model}"
+
     with connect(options, args.model) as client:
         check_model(client, "run_image_to_image")
 
@@ -99,11 +110,12 @@ def run_images_to_images(options: Options, args: argparse.Namespace) -> int:
             images = [s.load() for s in together] if together else source.load()
             # RGBA holds every colour order without loss; save_image drops what is not needed.
             output = client.run_image_to_image(images, args.args, output_color="rgba")
-            stem = out_dir / source.name
+            stem = stem_of(source)
             several = len(output.images) > 1
             written = []
             for i, image in enumerate(output.images):
                 name = stem.with_name(f"{stem.name}-{i}") if several else stem
+                _keep_inputs(name, inputs)
                 written.append(save_image(image, name))
                 if args.preview:
                     written += save_preview(image, name)
@@ -113,7 +125,9 @@ def run_images_to_images(options: Options, args: argparse.Namespace) -> int:
             if options.json:
                 sys.stdout.write(to_json({"path": source.label, **done}) + "\n")
             else:
-                sys.stdout.write(f"{source.label} -> {', '.join(done['outputs'])}\n")
+                label = " + ".join(s.label for s in together) or source.label
+                result = "" if done["result"] is None else f"  {to_json(done['result'])}"
+                sys.stdout.write(f"{label} -> {', '.join(done['outputs'])}{result}\n")
             sys.stdout.flush()
 
         # With --together there is one call, its outputs named after the first image.
@@ -122,13 +136,21 @@ def run_images_to_images(options: Options, args: argparse.Namespace) -> int:
     return _summary(failed + missing, (1 if together else len(sources)) + missing)
 
 
+def _keep_inputs(stem: Path, inputs: set[Path]) -> None:
+    """ValueError (this image fails) when an output named ``stem`` would overwrite an input."""
+    for suffix in (".png", ".npy", ".preview.png"):
+        path = stem.with_name(stem.name + suffix)
+        if path.resolve() in inputs:
+            raise ValueError(f"its output would overwrite the input {path}; give --out-dir")
+
+
 def run_text(options: Options, args: argparse.Namespace) -> int:
     """``tms text``: the model's result for one text, as JSON."""
     text: str = sys.stdin.read() if args.text == STDIN else args.text
     with connect(options, args.model) as client:
         check_model(client, "run_text")
         result = client.run_text(text, args.args)
-    sys.stdout.write(to_json(result, pretty=not options.json) + "\n")
+    sys.stdout.write((to_json(result) if options.json else readable_json(result)) + "\n")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``ModelClient(model, "host:port")`` finds every worker process behind the address, balances
 calls over them and converts images (numpy, PIL, files, PNG/JPEG bytes) for you. ``ClientOptions``
-holds every setting; ``TLS`` and ``token=`` secure it; ``AdminClient`` makes the operator's calls.
+holds every setting; ``TLS`` and ``token=`` secure it; ``AdminClient`` makes the operator's calls;
+``check_health`` asks a server whether it is up, with no token.
 """
 
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
@@ -29,6 +30,7 @@ from tms_client.exceptions import (
     UnsupportedCallError,
 )
 from tms_client.options import ClientOptions
+from tms_client.probe import check_health
 from tms_client.protocol.codec import ImageError
 from tms_client.retry import RetryPolicy
 from tms_client.tls import TLS
@@ -66,6 +68,7 @@ __all__ = [  # noqa: RUF022 - plain sorted order, as tests/unit/test_exported_me
     "WorkerInfo",
     "WorkerStatus",
     "__version__",
+    "check_health",
 ]
 
 try:

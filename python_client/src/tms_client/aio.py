@@ -19,6 +19,7 @@ from tms_client import calls
 from tms_client.aio_pool import AsyncWorkerPool
 from tms_client.calls import Builder, FrameResult, Frames, FrameStream, ModelInfo, as_method
 from tms_client.exceptions import ModelNotFoundError
+from tms_client.images import fit
 from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
 from tms_client.transport import Request
@@ -72,7 +73,8 @@ class AsyncModelClient(calls.AsyncioClient):
         await self.start()
         assert self._pool is not None
         with call_span(call.path, call.model) as metadata:
-            request = Request(call.path, call.request, self.timeout, metadata)
+            data = fit(call.request, self.options.max_message_bytes)
+            request = Request(call.path, data, self.timeout, metadata)
             reply = await self._pool.call(request, call.model)
         return call.parse(reply)
 
@@ -122,6 +124,10 @@ class AsyncModelClient(calls.AsyncioClient):
         """See ModelClient.list_models."""
         return await self._send(calls.list_models())
 
+    async def failed_models(self) -> dict[str, str]:
+        """See ModelClient.failed_models."""
+        return await self._send(calls.failed_models())
+
     async def health(self, service: str | None = None) -> str:
         """See ModelClient.health."""
         try:
@@ -129,9 +135,12 @@ class AsyncModelClient(calls.AsyncioClient):
         except ModelNotFoundError:
             return "SERVICE_UNKNOWN"
 
-    def workers(self) -> list[WorkerInfo]:
-        """See ModelClient.workers."""
-        return [] if self._pool is None else self._pool.worker_infos()
+    async def workers(self) -> list[WorkerInfo]:
+        """See ModelClient.workers; awaited like every method, it starts a client not
+        started yet."""
+        await self.start()
+        assert self._pool is not None
+        return self._pool.worker_infos()
 
 
 _END: Any = object()  # the end of the frames

@@ -17,6 +17,7 @@ from tms_client.core import (
     Open,
     Plan,
     PoolCore,
+    Probe,
     Relay,
     Resolve,
     Search,
@@ -114,6 +115,8 @@ class AsyncWorkerPool:
                 return await channel.unary(request)
             case Open(address):
                 return self._open(address)
+            case Probe(address, timeout):
+                return await self.transport.refuses(address, timeout)
             case Sleep(seconds):
                 await asyncio.sleep(seconds)
             case Resolve():

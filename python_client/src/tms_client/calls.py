@@ -48,6 +48,7 @@ __all__ = [
     "StreamMethod",
     "ThreadClient",
     "as_method",
+    "failed_models",
     "health",
     "info",
     "list_models",
@@ -274,6 +275,15 @@ def _models(reply: bytes) -> list[ModelInfo]:
 
 def list_models() -> Call[list[ModelInfo]]:
     return Call(method_path("ListModels"), b"", _models)
+
+
+def _failed(reply: bytes) -> dict[str, str]:
+    return {m.name: m.reason for m in pb.ListModelsResponse.FromString(reply).failed}
+
+
+def failed_models() -> Call[dict[str, str]]:
+    """The models the answering worker failed to load, by name, and why."""
+    return Call(method_path("ListModels"), b"", _failed)
 
 
 def _health(reply: bytes) -> str:

@@ -18,6 +18,7 @@ from tms_client.calls import (
     as_method,
 )
 from tms_client.exceptions import ModelNotFoundError
+from tms_client.images import fit
 from tms_client.pool import WorkerPool
 from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
@@ -40,7 +41,8 @@ class ModelClient(calls.ThreadClient):
     which override those of ``options``.
 
     On creation the client waits up to ``connect_timeout`` seconds for the servers (raising
-    ``ConnectError`` after that), then connects to every worker process behind them and
+    ``ConnectError`` after that, or at once where nothing listens, unless ``wait_for_server``),
+    then connects to every worker process behind them and
     spreads calls over them with the balancer (``LeastLoaded()`` by default, which steers
     calls away from a slow or stuck worker). A call that fails with a code the retry policy
     names (UNAVAILABLE by default) is sent again, to another worker, within ``timeout``. Lost
@@ -74,7 +76,8 @@ class ModelClient(calls.ThreadClient):
 
     def _send(self, call: calls.Call[R]) -> R:
         with call_span(call.path, call.model) as metadata:
-            request = Request(call.path, call.request, self.timeout, metadata)
+            data = fit(call.request, self.options.max_message_bytes)
+            request = Request(call.path, data, self.timeout, metadata)
             reply = self._pool.call(request, call.model)
         return call.parse(reply)
 
@@ -128,6 +131,11 @@ class ModelClient(calls.ThreadClient):
     def list_models(self) -> list[ModelInfo]:
         """Every model the server has loaded."""
         return self._send(calls.list_models())
+
+    def failed_models(self) -> dict[str, str]:
+        """The models the server failed to load, by name, and why (empty when all loaded;
+        their calls raise ModelNotReadyError)."""
+        return self._send(calls.failed_models())
 
     def health(self, service: str | None = None) -> str:
         """The standard gRPC health status of this model (or of ``service``; "" for the

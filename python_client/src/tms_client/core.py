@@ -5,13 +5,14 @@ what a reply means (a load report, a worker that turns out to be another process
 error means (drop the worker, retry elsewhere after a backoff, give up), when to look for
 workers and how often to heal. No I/O, no locks, no sleeping (after h11 and httpcore).
 
-Each job is a *plan*: a generator that yields the actions it needs carried out (open a
-connection, send a request, sleep, look for workers, wait to be woken) and receives their
-results, or their exceptions, back (a stream's plan, ``stream``, places it on a worker and
-has the pool relay its replies: ``Relay``). ``WorkerPool`` (threads) and ``AsyncWorkerPool``
-(asyncio) run plans with ``advance`` and carry out the actions with their own transport,
-locks and sleeps; the core's state changes only inside ``advance``, so a lock held around it
-guards everything. Tests run the same pools over a scripted transport, in milliseconds.
+Each job is a *plan*: a generator that yields the actions it needs carried out (ask whether
+anything listens at an address, open a connection, send a request, sleep, look for workers,
+wait to be woken) and receives their results, or their exceptions, back (a stream's plan,
+``stream``, places it on a worker and has the pool relay its replies: ``Relay``).
+``WorkerPool`` (threads) and ``AsyncWorkerPool`` (asyncio) run plans with ``advance`` and
+carry out the actions with their own transport, locks and sleeps; the core's state changes
+only inside ``advance``, so a lock held around it guards everything. Tests run the same
+pools over a scripted transport, in milliseconds.
 
 What a pool does (see tms_client.pool): a TMS server runs several worker processes on one
 port (SO_REUSEPORT), and the kernel hands each new connection to one of them. The pool opens
@@ -45,11 +46,13 @@ from tms_client.workers import Worker, WorkerInfo, WorkerSet
 
 __all__ = [
     "EMPTY_RETRY_GAP",
+    "PROBE_TIMEOUT",
     "REFUSED",
     "Action",
     "Open",
     "Plan",
     "PoolCore",
+    "Probe",
     "Relay",
     "Resolve",
     "Search",
@@ -57,6 +60,7 @@ __all__ = [
     "Sleep",
     "Step",
     "Wait",
+    "refused_error",
 ]
 
 log = logging.getLogger("tms_client")
@@ -65,9 +69,18 @@ R = TypeVar("R")
 
 WORKER_INFO = method_path("GetWorkerInfo")
 IDENTIFY_TIMEOUT = 5.0  # one GetWorkerInfo while healing
+PROBE_TIMEOUT = 2.0  # the most a start waits to learn whether an address refuses connections
 EMPTY_RETRY_GAP = 0.1  # seconds between searches on demand that find no worker
 #: Codes with which a server refuses a client's credentials: waiting would not help.
 REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+def refused_error(addresses: list[str]) -> ConnectError:
+    """The error for a start where every address refused the connection."""
+    return ConnectError(
+        f"connection refused at {', '.join(addresses)}: is tms-server running?",
+        refused=addresses,
+    )
 
 
 # -- the actions a plan asks for ----------------------------------------------------------------
@@ -78,6 +91,15 @@ class Open:
     """Open a connection (a transport channel) to ``address``; the result is the channel."""
 
     address: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Learn whether ``address`` refuses connections (nothing listens there) within
+    ``timeout`` seconds; the result is True if it does (see Transport.refuses)."""
+
+    address: str
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -122,7 +144,7 @@ class Resolve:
     """Look up the addresses behind the targets (``dns:///`` names); the result is a list."""
 
 
-Action = Open | Send | Relay | Sleep | Search | Wait | Resolve
+Action = Open | Probe | Send | Relay | Sleep | Search | Wait | Resolve
 Plan = Generator[Action, Any, R]
 
 
@@ -174,6 +196,7 @@ class PoolCore:
         self.workers = WorkerSet()
         self.closed = False
         self._search_after = 0.0  # no search for workers on demand before this time
+        self._refused: dict[str, bool] = {}  # address -> whether it refused, at start
         self._closing: list[Any] = []
         self._wake = False
 
@@ -204,6 +227,8 @@ class PoolCore:
         """After the first search: the error to raise when no server answered."""
         if len(self.workers):
             return None
+        if self._refused and all(self._refused.values()):
+            return refused_error(list(self._refused))
         hint = (
             "is it running, and does it serve TLS (then pass tls=TLS(...))?"
             if self.options.tls is None
@@ -234,9 +259,17 @@ class PoolCore:
     def find(self, address: str, timeout: float, *, wait: bool = False) -> Plan[None]:
         """Open connections to ``address`` until every worker of its server is known.
 
-        With ``wait`` the first connection waits up to ``timeout`` for a server that is
-        starting; otherwise an address where nothing listens is given up at once (the
-        retry policy, or the next round of healing, tries again later)."""
+        With ``wait`` (the client's start) an address that refuses connections is given
+        up at once, unless the options say ``wait_for_server``, and the first connection
+        waits up to ``timeout`` for the server to answer; otherwise an address where nothing
+        listens is given up at once (the retry policy, or the next round of healing, tries
+        again later)."""
+        if wait and not self.options.wait_for_server:
+            started = self.clock()
+            self._refused[address] = yield Probe(address, min(timeout, PROBE_TIMEOUT))
+            if self._refused[address]:
+                return
+            timeout = max(0.1, timeout - (self.clock() - started))
         opened = 0
         while opened < self._attempts_for(self.workers.expected(address) or 1):
             if self.workers.complete(address) or self.closed:

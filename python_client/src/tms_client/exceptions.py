@@ -3,7 +3,7 @@
 The tree::
 
     TMSError                      anything the client raises on purpose
-    ├── ConnectError              no server answered within the connect timeout
+    ├── ConnectError              no server answered within the connect timeout (or refused)
     └── CallError                 a call ended with a gRPC status other than OK (.code, .details)
         ├── InvalidInputError     INVALID_ARGUMENT: malformed image, text or args
         ├── ModelNotFoundError    NOT_FOUND: no model of that name
@@ -67,7 +67,13 @@ class TMSError(Exception):
 
 
 class ConnectError(TMSError):
-    """No server answered at the target within the connect timeout."""
+    """No server answered at the target within the connect timeout, or every address
+    refused the connection (then ``refused`` names them)."""
+
+    def __init__(self, message: str, *, refused: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        #: The addresses that refused the connection (nothing listens there), if that is why.
+        self.refused = tuple(refused)
 
 
 class CallError(TMSError):

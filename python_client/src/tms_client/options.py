@@ -33,7 +33,12 @@ class ClientOptions:
     - ``target``: ``"host:port"``, a list of them, or ``"dns:///name:port"`` for every
       address the name resolves to (looked up again whenever the client looks for workers).
     - ``connect_timeout``: seconds to wait for the servers when the client starts (then
-      ``ConnectError``).
+      ``ConnectError``). A server that accepts the connection is waited for (its TLS
+      handshake, its first answer); an address that refuses it (nothing listens there) raises
+      ``ConnectError`` at once, unless ``wait_for_server``.
+    - ``wait_for_server``: also wait, up to ``connect_timeout``, at an address that refuses
+      connections: a server still starting (tms-server listens only once its workers have
+      loaded their models) or restarting.
     - ``timeout``: each call's deadline in seconds, retries included (None: no deadline).
     - ``balancer``: which worker gets a call (None: ``LeastLoaded()``; see tms_client.balancers).
     - ``retry``: which failures are tried again, on another worker (``RetryPolicy.never()``
@@ -50,6 +55,7 @@ class ClientOptions:
 
     target: str | Sequence[str]
     connect_timeout: float = 10.0
+    wait_for_server: bool = False
     timeout: float | None = 60.0
     balancer: Balancer | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)

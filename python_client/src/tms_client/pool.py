@@ -19,6 +19,7 @@ from tms_client.core import (
     Open,
     Plan,
     PoolCore,
+    Probe,
     Relay,
     Resolve,
     Search,
@@ -121,6 +122,8 @@ class WorkerPool:
                 return channel.unary(request)
             case Open(address):
                 return self._open(address)
+            case Probe(address, timeout):
+                return self.transport.refuses(address, timeout)
             case Sleep(seconds):
                 time.sleep(seconds)
             case Resolve():

@@ -1,6 +1,7 @@
 """Where the servers are: a client target is one address, a list, or a DNS name to expand.
 
-- ``"host:port"``: one server (gRPC resolves the name, as for any channel);
+- ``"host:port"``: one server (gRPC resolves the name, as for any channel); ``"host"`` alone
+  means port 50051, the server's default;
 - ``["10.0.0.1:50051", "10.0.0.2:50051"]``: several servers;
 - ``"dns:///name:port"``: every address the name resolves to, looked up again whenever the
   pool looks for workers, so servers that join later (a Kubernetes headless service scaling
@@ -13,19 +14,39 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-__all__ = ["parse_targets", "resolve"]
+__all__ = ["DEFAULT_PORT", "parse_targets", "refused", "resolve"]
 
 _DNS = "dns:///"
+#: The port of a target given without one: tms-server's default.
+DEFAULT_PORT = 50051
 
 
 def parse_targets(target: str | Sequence[str]) -> tuple[str, ...]:
-    """The targets of a client, checked: each ``host:port`` or ``dns:///host:port``."""
+    """The targets of a client, checked: each ``host:port`` or ``dns:///host:port`` (a host
+    alone gets DEFAULT_PORT)."""
     targets = (target,) if isinstance(target, str) else tuple(target)
     if not targets:
         raise ValueError("no target given; expected 'host:port' or a list of them")
-    for item in targets:
-        _split(item.removeprefix(_DNS))
-    return targets
+    return tuple(_checked(item) for item in targets)
+
+
+def _checked(target: str) -> str:
+    dns = target.startswith(_DNS)
+    address = target.removeprefix(_DNS)
+    if "://" in address:
+        example = _with_port(address.partition("://")[2].strip("/"))
+        raise ValueError(
+            f"target {target!r} is a URL; give 'host:port' (e.g. {example!r}) or "
+            "'dns:///host:port', with no scheme"
+        )
+    address = _with_port(address)
+    _split(address)
+    return _DNS + address if dns else address
+
+
+def _with_port(address: str) -> str:
+    """``address`` with DEFAULT_PORT when it has no port (an IPv6 address is in brackets)."""
+    return address if ":" in address.rpartition("]")[2] else f"{address}:{DEFAULT_PORT}"
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -37,6 +58,19 @@ def _split(address: str) -> tuple[str, int]:
 
 def _format(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}"
+
+
+def refused(address: str, timeout: float) -> bool:
+    """Whether a TCP connection to ``address`` (``host:port``) is refused: nothing listens
+    there. False when one is accepted, and when that cannot be told within ``timeout``
+    seconds (no answer at all, a name that does not resolve)."""
+    try:
+        socket.create_connection(_split(address), timeout).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def resolve(targets: Sequence[str]) -> list[str]:

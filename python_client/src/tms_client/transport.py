@@ -12,6 +12,7 @@ and TLS credentials live here. Tests drive the pool with a scripted transport in
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import grpc.aio
 
 from tms_client.exceptions import from_rpc_error
 from tms_client.protocol.wire import ImageMessage
+from tms_client.targets import refused
 from tms_client.tls import TLS
 
 __all__ = [
@@ -109,11 +111,18 @@ class AsyncChannel(Protocol):
 
 
 class Transport(Protocol):
+    """Opens channels; ``refuses`` tells an address where nothing listens (a client that
+    starts says so at once instead of waiting for a server that is not there)."""
+
     def open(self, address: str) -> Channel: ...
+
+    def refuses(self, address: str, timeout: float) -> bool: ...
 
 
 class AsyncTransport(Protocol):
     def open(self, address: str) -> AsyncChannel: ...
+
+    async def refuses(self, address: str, timeout: float) -> bool: ...
 
 
 class _Grpc:
@@ -146,12 +155,20 @@ class GrpcTransport(_Grpc):
     def open(self, address: str) -> GrpcChannel:
         return GrpcChannel(self._open(grpc, address))
 
+    def refuses(self, address: str, timeout: float) -> bool:
+        """Whether a TCP connection to ``address`` is refused (see targets.refused)."""
+        return refused(address, timeout)
+
 
 class AioTransport(_Grpc):
     """As ``GrpcTransport``, on grpc.aio channels."""
 
     def open(self, address: str) -> AioChannel:
         return AioChannel(self._open(grpc.aio, address))
+
+    async def refuses(self, address: str, timeout: float) -> bool:
+        """As GrpcTransport.refuses, in a thread (the name may need looking up)."""
+        return await asyncio.to_thread(refused, address, timeout)
 
 
 class _Methods:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tms_server import logs
 from tms_server.devices import DeviceError
+from tms_server.registry import NoModelsError
 from tms_server.security import SecurityError, check_files
 from tms_server.settings import parse_settings
 from tms_server.supervisor import Supervisor
@@ -29,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tms-server: error: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except DeviceError as exc:  # a device this machine does not show, before any worker starts
+        print(f"tms-server: error: {exc}", file=sys.stderr)
+        return 2
+    except NoModelsError as exc:  # no models folder, or nothing in it, before any worker starts
         print(f"tms-server: error: {exc}", file=sys.stderr)
         return 2
 

@@ -45,6 +45,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             if not self._shutting_down:
                 self._set(service, status)
 
+    def serving(self, service: str = "") -> bool:
+        """Whether ``service`` ("" for the server as a whole) is SERVING now."""
+        return self._status.get(service) == health_pb2.HealthCheckResponse.SERVING
+
     def enter_graceful_shutdown(self) -> None:
         """Report every service NOT_SERVING from now on, for good."""
         with self._lock:

@@ -51,6 +51,10 @@ class Reloader:
         here = name in self._registry.models
         status = health_pb2.HealthCheckResponse.SERVING if here else _NOT_SERVING
         self._health.set(name, status)
+        # A reload adds no failure (a model that fails to reload keeps serving its old
+        # instance), but it may end the last: the server is ready again (report_serving).
+        if not self._registry.failed:
+            self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         return None
 
 

@@ -2,8 +2,8 @@
 
 Models come from the sub-folders of the models folder (a package whose ``__init__.py``
 defines ``class Model``) and from the ``tms.models`` entry-point group (name -> class), so a
-pip-installed package can ship models. A model that fails to import or load is logged and
-kept aside with its error; the others load regardless.
+pip-installed package can ship models. A model that fails to import or load is kept aside
+with its error (the supervisor logs it, once for all workers); the others load regardless.
 
 Every worker imports every model's class, but makes an instance only of the models placed on
 it (tms_server.devices); it describes the others from their classes, so ListModels and
@@ -48,7 +48,9 @@ __all__ = [
     "Elsewhere",
     "LoadedModel",
     "ModelRegistry",
+    "NoModelsError",
     "content_version",
+    "find_models",
     "import_model_class",
     "instantiate",
 ]
@@ -372,6 +374,31 @@ def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any
             yield ep.name, ep.load
 
 
+class NoModelsError(ValueError):
+    """The server has no model to load: its models folder is missing, is no folder, or holds
+    no model (and no entry point names one)."""
+
+
+def find_models(folder: Path, entry_points: bool) -> list[str]:
+    """The names of the models the server would load, found without importing any;
+    NoModelsError, naming the folder, if there are none. The supervisor asks before it starts
+    a worker: a server serving no model at all is a mistake, not a start."""
+    shown = f"models folder {str(folder)!r}"
+    if not folder.is_absolute():
+        shown += f" ({folder.absolute()})"
+    if not folder.is_dir():
+        problem = "does not exist" if not folder.exists() else "is not a folder"
+        raise NoModelsError(f"{shown} {problem} (set it with --models or TMS_MODELS)")
+    names = [name for name, _ in _sources(folder, entry_points)]
+    if not names:
+        where = ", and no package registers one under the tms.models entry point"
+        raise NoModelsError(
+            f"{shown} holds no model{where if entry_points else ''}: a model is a sub-folder "
+            "with an __init__.py that defines class Model"
+        )
+    return names
+
+
 def _check_name(name: str) -> None:
     """INVALID_ARGUMENT for a name that cannot be a model's."""
     if not NAME_PATTERN.fullmatch(name):
@@ -457,7 +484,10 @@ class ModelRegistry:
             try:
                 registry._add(name, load_class)
             except Exception as exc:
-                log.exception("model %r failed to load", name)
+                # One line per model for the whole server comes from the supervisor, which
+                # gathers every worker's failures (tms_server.supervisor); the traceback, only
+                # at --log-level DEBUG, from each worker.
+                log.debug("model %r failed to load", name, exc_info=True)
                 registry.failed[name] = f"{type(exc).__name__}: {exc}"
                 if on_load is not None:
                     on_load(name, None)
@@ -577,6 +607,11 @@ class ModelRegistry:
         found = {name: model.info for name, model in models.items()}
         found.update({name: away.model.info for name, away in elsewhere.items()})
         return [found[name] for name in sorted(found)]
+
+    def failures(self) -> list[model_service_pb2.FailedModel]:
+        """What ListModels sends about the models that failed to load here: each, and why."""
+        failed = self.failed  # one look: reloads swap it
+        return [model_service_pb2.FailedModel(name=n, reason=failed[n]) for n in sorted(failed)]
 
     def here(self) -> list[str]:
         """The models this worker has, loaded or failed to load (GetWorkerInfo.models)."""

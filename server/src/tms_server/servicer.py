@@ -236,7 +236,8 @@ class ModelServicer:
     ) -> pb.ListModelsResponse:
         # Built on each call: an admin may have reloaded a model since. Models placed on
         # other workers are listed too: every worker answers alike.
-        return pb.ListModelsResponse(models=self._registry.infos())
+        registry = self._registry
+        return pb.ListModelsResponse(models=registry.infos(), failed=registry.failures())
 
     @quick
     def GetModelInfo(

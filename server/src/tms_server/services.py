@@ -105,11 +105,16 @@ def new_grpc_server(
     return server, port
 
 
-def report_serving(health: HealthServicer, registry: ModelRegistry) -> None:
+def report_serving(
+    health: HealthServicer, registry: ModelRegistry, *, allow_failed_models: bool = False
+) -> None:
     """The health of a server that has just started: each model loaded SERVING, each that
     failed to load NOT_SERVING, and so is each placed on other workers (this worker does not
-    serve it: its calls get FAILED_PRECONDITION here); then the model services and last the
-    server as a whole ("")."""
+    serve it: its calls get FAILED_PRECONDITION here); then the model services SERVING (they
+    answer: what a liveness probe asks), and last the server as a whole (""): SERVING only if
+    every model loaded, or with ``allow_failed_models`` (what a readiness probe asks, so that
+    a deploy with a broken model never takes traffic). A reload that loads every failed model
+    makes it SERVING (tms_server.parts.Reloader)."""
     serving, not_serving = (
         health_pb2.HealthCheckResponse.SERVING,
         health_pb2.HealthCheckResponse.NOT_SERVING,
@@ -118,5 +123,7 @@ def report_serving(health: HealthServicer, registry: ModelRegistry) -> None:
         health.set(name, serving)
     for name in [*registry.failed, *registry.elsewhere]:
         health.set(name, not_serving)
-    for name in (MODEL_SERVICE.full_name, oip.SERVICE_NAME, ""):
+    for name in (MODEL_SERVICE.full_name, oip.SERVICE_NAME):
         health.set(name, serving)
+    ready = allow_failed_models or not registry.failed
+    health.set("", serving if ready else not_serving)

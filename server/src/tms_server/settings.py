@@ -113,6 +113,14 @@ class Settings:
     entry_points: bool = field(
         default=True, metadata=_meta("also load models registered under the tms.models entry point")
     )
+    allow_failed_models: bool = field(
+        default=False,
+        metadata=_meta(
+            "report the server SERVING even when some models failed to load; by default it "
+            "still starts and serves the others, but its health as a whole (what a readiness "
+            "probe asks) is NOT_SERVING until every model loads"
+        ),
+    )
     max_message_mb: int = field(
         default=64, metadata=_meta("largest request or response, in MiB", 1, 2047)
     )
@@ -168,6 +176,17 @@ class Settings:
         metadata=_meta(
             "serve Prometheus metrics of all workers on http://HOST:PORT/metrics (0 picks a "
             "free port, printed at start; unset: no metrics)",
+            0,
+            65535,
+            int,
+        ),
+    )
+    http_port: int | None = field(
+        default=None,
+        metadata=_meta(
+            "also serve HTTP/JSON on this port: the Open Inference Protocol's REST form "
+            "(/v2/...) and a page to try the models at / (0 picks a free port, printed at "
+            "start; unset: no HTTP)",
             0,
             65535,
             int,

@@ -5,6 +5,10 @@ workers come and go; a port something else holds stops it at start), forks the w
 any gRPC object exists, restarts a worker that dies (with backoff), kills and replaces one that
 stops sending heartbeats, and on SIGTERM/SIGINT asks every worker to stop gracefully. With
 ``--metrics-port`` it also serves /metrics for all of them (tms_server.exporter).
+
+It refuses to start a server with no model to load (tms_server.registry.find_models), and
+says each model that failed to load once, for all workers: every worker reports its failures
+when it is ready, and the line that says the server serves names them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from types import FrameType
 from tms_server.board import WorkerBoard
 from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
+from tms_server.registry import find_models
 from tms_server.settings import Settings
 from tms_server.worker import EXIT_HUNG, run_worker
 
@@ -94,6 +99,7 @@ class Supervisor:
         # Shared memory the workers inherit: their pids and load, and reloads for all.
         self._board = WorkerBoard(len(self._slots))
         self._metrics: MetricsExporter | None = None
+        self._failed: dict[str, str] = {}  # models that failed to load in a worker, and why
 
     def __repr__(self) -> str:
         return (
@@ -116,7 +122,7 @@ class Supervisor:
                 self.settings,
                 index,
                 self.instance_id,
-                ready=lambda: ready.put((index, os.getpid())),
+                ready=lambda failed: ready.put((index, os.getpid(), failed)),
                 board=board,
                 supervisor=supervisor,
             )
@@ -136,11 +142,16 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
         check_visible(self.settings.devices, os.environ)  # DeviceError before anything starts
+        find_models(self.settings.models, self.settings.entry_points)  # NoModelsError, too
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         sock, port = reserve_port(self.settings.host, self.settings.port)
         with sock, contextlib.ExitStack() as cleanup:
             self.settings = replace(self.settings, port=port)
+            if self.settings.http_port is not None:  # reserved like the gRPC port
+                http_sock, http_port = reserve_port(self.settings.host, self.settings.http_port)
+                cleanup.enter_context(http_sock)
+                self.settings = replace(self.settings, http_port=http_port)
             if self.settings.metrics_port is not None:  # before the workers fork: they need it
                 self._metrics = MetricsExporter.start(
                     self.settings.host, self.settings.metrics_port
@@ -158,10 +169,13 @@ class Supervisor:
             if not self._wait_ready():
                 self._shutdown()
                 return 1
+            if self.settings.http_port is not None:
+                where = f"{self.settings.host}:{self.settings.http_port}"
+                print(f"tms-server: HTTP on http://{where}/", flush=True)
             # One line on stdout that scripts and tests can wait for.
             print(
                 f"tms-server: serving on {self.settings.host}:{port} "
-                f"with {len(self._slots)} worker(s)",
+                f"with {len(self._slots)} worker(s){self._failures()}",
                 flush=True,
             )
             while not self._stop.wait(0.1):
@@ -170,17 +184,35 @@ class Supervisor:
         return 0
 
     def _collect_ready(self, timeout: float) -> None:
-        """Note which workers reported ready (waiting up to ``timeout`` for the first)."""
+        """Note which workers reported ready (waiting up to ``timeout`` for the first), and
+        log each model failure they report that no worker reported before."""
         block = True
         while True:
             try:
-                index, pid = self._ready.get(block, timeout)
+                index, pid, failed = self._ready.get(block, timeout)
             except queue.Empty:
                 return
             slot = self._slots[index]
             if slot.process is not None and slot.process.pid == pid:
                 slot.ready_at = time.monotonic()
+            for name, reason in failed.items():
+                if self._failed.get(name) != reason:
+                    log.error("model %r failed to load: %s", name, reason)
+                    self._failed[name] = reason
             block = False
+
+    def _failures(self) -> str:
+        """What the line saying the server serves adds about models that failed to load."""
+        if not self._failed:
+            return ""
+        if self.settings.allow_failed_models:
+            health = "health SERVING all the same (--allow-failed-models)"
+        else:
+            health = "health NOT_SERVING until they load (or --allow-failed-models)"
+        return (
+            f"; {len(self._failed)} model(s) failed to load: {', '.join(sorted(self._failed))} "
+            f"(see above; --log-level DEBUG shows tracebacks); {health}"
+        )
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + _READY_TIMEOUT

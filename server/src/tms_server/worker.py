@@ -29,6 +29,7 @@ from tms_server.board import WorkerBoard
 from tms_server.cpus import limit_loaded_blas, model_threads, thread_environment
 from tms_server.devices import VISIBLE, Placement, cuda_visible_devices
 from tms_server.health import HealthServicer
+from tms_server.http import HttpServer
 from tms_server.load import WorkerLoad
 from tms_server.metrics import WorkerMetrics
 from tms_server.monitor import WorkerMonitor
@@ -58,6 +59,7 @@ log = logging.getLogger("tms_server")
 EXIT_HUNG = 3
 #: How long past the grace period a stop waits for the event loop to wind down.
 STOP_MARGIN_SECONDS = 5.0
+_DRAIN_POLL_SECONDS = 0.01  # how often a stop looks whether the calls in flight have ended
 
 
 @dataclass
@@ -74,6 +76,7 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     thread: threading.Thread = field(default_factory=threading.current_thread, repr=False)
     monitor: WorkerMonitor | None = field(default=None, repr=False)
+    http: HttpServer | None = None  # with --http-port
     pulse: asyncio.Task[None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,7 +94,9 @@ class RunningServer:
         an event loop stuck in a model call: the stop gives up on it after the grace period."""
         self.drain()
         if self.thread.is_alive():
-            stopping = asyncio.run_coroutine_threadsafe(_stop(self.server, grace), self.loop)
+            stopping = asyncio.run_coroutine_threadsafe(
+                _stop(self.server, grace, self.http, self.parts.load), self.loop
+            )
             with contextlib.suppress(TimeoutError):
                 stopping.result((grace or 0.0) + STOP_MARGIN_SECONDS)
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -121,8 +126,18 @@ async def _pulse(load: WorkerLoad) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _stop(server: grpc.aio.Server, grace: float | None) -> None:
-    await server.stop(grace)
+async def _stop(
+    server: grpc.aio.Server, grace: float | None, http: HttpServer | None, load: WorkerLoad
+) -> None:
+    """Let the calls in flight finish within ``grace`` (None: however long they take) while the
+    drained worker refuses new ones with UNAVAILABLE and its health says NOT_SERVING (clients
+    and load balancers go elsewhere), then stop gRPC and HTTP, cancelling what is left."""
+    loop = asyncio.get_running_loop()
+    deadline = None if grace is None else loop.time() + grace
+    while load.in_flight + load.queued and (deadline is None or loop.time() < deadline):
+        await asyncio.sleep(_DRAIN_POLL_SECONDS)
+    left = None if deadline is None else max(0.0, deadline - loop.time())
+    await asyncio.gather(server.stop(left), *([http.stop()] if http is not None else []))
     tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
     for task in tasks:
         task.cancel()
@@ -232,7 +247,7 @@ async def _start(
             enabled=settings.shared_memory, max_bytes=settings.max_shared_memory_mb * 1024 * 1024
         ),
     )
-    inference = oip.InferenceServicer(models, registry)
+    inference = oip.InferenceServicer(models, registry, health)
     admin_tokens = (
         security.TokenFile(settings.admin_tokens_file, "admin_tokens_file")
         if settings.admin_tokens_file is not None
@@ -244,9 +259,22 @@ async def _start(
     )
     watch.port = port
     await server.start()
-    report_serving(health, registry)
+    http = None
+    if settings.http_port is not None:
+        http = await HttpServer.start(
+            settings,
+            settings.http_port,
+            worker=worker,
+            models=models,
+            inference=inference,
+            registry=registry,
+            health=health,
+        )
+    report_serving(health, registry, allow_failed_models=settings.allow_failed_models)
     watch.start()
-    return RunningServer(server=server, parts=parts, port=port, runner=runner, watch=watch)
+    return RunningServer(
+        server=server, parts=parts, port=port, runner=runner, watch=watch, http=http
+    )
 
 
 #: How often a worker checks that its supervisor is still alive.
@@ -288,13 +316,16 @@ def run_worker(
     index: int,
     instance_id: str,
     *,
-    ready: Callable[[], None] | None = None,
+    ready: Callable[[dict[str, str]], None] | None = None,
     board: WorkerBoard | None = None,
     supervisor: int | None = None,
 ) -> None:
     """Body of a worker process: serve until SIGTERM or SIGINT, then stop gracefully and
     exit; the process ends here, without waiting for model calls still running (Python cannot
     stop a thread, and a hung one would keep the process alive).
+
+    Once serving it calls ``ready`` with the models that failed to load and why: the
+    supervisor says each failure once, for all workers.
 
     If a call runs past the call time limit, stop the same way and exit with EXIT_HUNG, to be
     replaced. If ``supervisor`` (the pid of the parent process) dies, stop the same way too:
@@ -332,14 +363,15 @@ def run_worker(
     running = build_server(settings, identity, board=board, on_hung=on_hung, placement=placement)
     registry = running.parts.registry
     log.info(
-        "worker %d serving %d model(s) on port %d%s",
+        "worker %d serving %d model(s) on port %d%s%s",
         index,
         len(registry.models),
         running.port,
         f" ({len(registry.elsewhere)} more on other workers)" if registry.elsewhere else "",
+        f"; {len(registry.failed)} failed to load" if registry.failed else "",
     )
     if ready is not None:
-        ready()
+        ready(registry.failed)
     while not stop.wait(SUPERVISOR_CHECK_SECONDS):
         if supervisor is not None and os.getppid() != supervisor:
             log.warning("worker %d: supervisor (pid %d) is gone; stopping", index, supervisor)

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from tms.v1 import image_pb2 as tms_dot_v1_dot_image__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atms/v1/model_service.proto\x12\x06tms.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x12tms/v1/image.proto\"\xae\x04\n\tModelInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x1f\n\x0binput_shape\x18\x03 \x03(\x03R\ninputShape\x12.\n\x0binput_dtype\x18\x04 \x01(\x0e\x32\r.tms.v1.DTypeR\ninputDtype\x12\x33\n\x0b\x63olor_order\x18\x05 \x01(\x0e\x32\x12.tms.v1.ColorOrderR\ncolorOrder\x12\'\n\x05\x63\x61lls\x18\x06 \x03(\x0e\x32\x11.tms.v1.ModelCallR\x05\x63\x61lls\x12\x1f\n\x0bthread_safe\x18\x07 \x01(\x08R\nthreadSafe\x12@\n\x12output_color_order\x18\x08 \x01(\x0e\x32\x12.tms.v1.ColorOrderR\x10outputColorOrder\x12\x18\n\x07version\x18\t \x01(\tR\x07version\x12$\n\x0emax_batch_size\x18\n \x01(\x05R\x0cmaxBatchSize\x12(\n\x10\x61rgs_schema_json\x18\x0b \x01(\tR\x0e\x61rgsSchemaJson\x12,\n\x12result_schema_json\x18\x0c \x01(\tR\x10resultSchemaJson\x12\x41\n\x0fmax_batch_delay\x18\r \x01(\x0b\x32\x19.google.protobuf.DurationR\rmaxBatchDelay\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x11.tms.v1.ModelInfoR\x06models\"+\n\x13GetModelInfoRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\"=\n\x14GetModelInfoResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x11.tms.v1.ModelInfoR\x04info\"i\n\x0fRunImageRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12#\n\x05image\x18\x02 \x01(\x0b\x32\r.tms.v1.ImageR\x05image\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"X\n\x10RunImageResponse\x12\x1f\n\x0bresult_json\x18\x01 \x01(\tR\nresultJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"p\n\x14RunImageBatchRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12%\n\x06images\x18\x02 \x03(\x0b\x32\r.tms.v1.ImageR\x06images\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"_\n\x15RunImageBatchResponse\x12!\n\x0cresults_json\x18\x01 \x03(\tR\x0bresultsJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"\xf5\x01\n\x16RunImageToImageRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12%\n\x06images\x18\x02 \x03(\x0b\x32\r.tms.v1.ImageR\x06images\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\x12\x39\n\x0foutput_encoding\x18\x04 \x01(\x0e\x32\x10.tms.v1.EncodingR\x0eoutputEncoding\x12\x46\n\x14output_shared_memory\x18\x05 \x01(\x0b\x32\x14.tms.v1.SharedMemoryR\x12outputSharedMemory\"\x86\x01\n\x17RunImageToImageResponse\x12%\n\x06images\x18\x01 \x03(\x0b\x32\r.tms.v1.ImageR\x06images\x12\x1f\n\x0bresult_json\x18\x02 \x01(\tR\nresultJson\x12#\n\rmodel_version\x18\x03 \x01(\tR\x0cmodelVersion\"W\n\x0eRunTextRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"W\n\x0fRunTextResponse\x12\x1f\n\x0bresult_json\x18\x01 \x01(\tR\nresultJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"^\n\x13RunTextBatchRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x05texts\x18\x02 \x03(\tR\x05texts\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"^\n\x14RunTextBatchResponse\x12!\n\x0cresults_json\x18\x01 \x03(\tR\x0bresultsJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"\x16\n\x14GetWorkerInfoRequest\"\x83\x02\n\x15GetWorkerInfoResponse\x12\x1f\n\x0binstance_id\x18\x01 \x01(\tR\ninstanceId\x12\x10\n\x03pid\x18\x02 \x01(\x03R\x03pid\x12!\n\x0cworker_index\x18\x03 \x01(\x05R\x0bworkerIndex\x12!\n\x0cworker_count\x18\x04 \x01(\x05R\x0bworkerCount\x12%\n\x0eserver_version\x18\x05 \x01(\tR\rserverVersion\x12\x1a\n\x08hostname\x18\x06 \x01(\tR\x08hostname\x12\x16\n\x06\x64\x65vice\x18\x07 \x01(\tR\x06\x64\x65vice\x12\x16\n\x06models\x18\x08 \x03(\tR\x06models\"\x8a\x01\n\x15RunImageStreamRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12#\n\x05image\x18\x02 \x01(\x0b\x32\r.tms.v1.ImageR\x05image\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\x12\x19\n\x08\x66rame_id\x18\x04 \x01(\x04R\x07\x66rameId\"\x9c\x01\n\x16RunImageStreamResponse\x12\x19\n\x08\x66rame_id\x18\x01 \x01(\x04R\x07\x66rameId\x12\x1f\n\x0bresult_json\x18\x02 \x01(\tR\nresultJson\x12!\n\x0c\x65rror_status\x18\x03 \x01(\x0cR\x0b\x65rrorStatus\x12#\n\rmodel_version\x18\x04 \x01(\tR\x0cmodelVersion\"Y\n\x19\x41ttachSharedMemoryRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n\x05proof\x18\x03 \x01(\x0cR\x05proof\"4\n\x1a\x41ttachSharedMemoryResponse\x12\x16\n\x06region\x18\x01 \x01(\tR\x06region\"3\n\x19\x44\x65tachSharedMemoryRequest\x12\x16\n\x06region\x18\x01 \x01(\tR\x06region\"\x1c\n\x1a\x44\x65tachSharedMemoryResponse*\xbc\x01\n\tModelCall\x12\x1a\n\x16MODEL_CALL_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_CALL_RUN_IMAGE\x10\x01\x12\x1e\n\x1aMODEL_CALL_RUN_IMAGE_BATCH\x10\x02\x12!\n\x1dMODEL_CALL_RUN_IMAGE_TO_IMAGE\x10\x03\x12\x17\n\x13MODEL_CALL_RUN_TEXT\x10\x04\x12\x1d\n\x19MODEL_CALL_RUN_TEXT_BATCH\x10\x05\x32\xe3\x06\n\x0cModelService\x12\x43\n\nListModels\x12\x19.tms.v1.ListModelsRequest\x1a\x1a.tms.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.tms.v1.GetModelInfoRequest\x1a\x1c.tms.v1.GetModelInfoResponse\x12=\n\x08RunImage\x12\x17.tms.v1.RunImageRequest\x1a\x18.tms.v1.RunImageResponse\x12L\n\rRunImageBatch\x12\x1c.tms.v1.RunImageBatchRequest\x1a\x1d.tms.v1.RunImageBatchResponse\x12R\n\x0fRunImageToImage\x12\x1e.tms.v1.RunImageToImageRequest\x1a\x1f.tms.v1.RunImageToImageResponse\x12:\n\x07RunText\x12\x16.tms.v1.RunTextRequest\x1a\x17.tms.v1.RunTextResponse\x12I\n\x0cRunTextBatch\x12\x1b.tms.v1.RunTextBatchRequest\x1a\x1c.tms.v1.RunTextBatchResponse\x12L\n\rGetWorkerInfo\x12\x1c.tms.v1.GetWorkerInfoRequest\x1a\x1d.tms.v1.GetWorkerInfoResponse\x12S\n\x0eRunImageStream\x12\x1d.tms.v1.RunImageStreamRequest\x1a\x1e.tms.v1.RunImageStreamResponse(\x01\x30\x01\x12[\n\x12\x41ttachSharedMemory\x12!.tms.v1.AttachSharedMemoryRequest\x1a\".tms.v1.AttachSharedMemoryResponse\x12[\n\x12\x44\x65tachSharedMemory\x12!.tms.v1.DetachSharedMemoryRequest\x1a\".tms.v1.DetachSharedMemoryResponseB\x85\x01\n\x19io.tinymodelserver.tms.v1B\x11ModelServiceProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atms/v1/model_service.proto\x12\x06tms.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x12tms/v1/image.proto\"\xae\x04\n\tModelInfo\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x1f\n\x0binput_shape\x18\x03 \x03(\x03R\ninputShape\x12.\n\x0binput_dtype\x18\x04 \x01(\x0e\x32\r.tms.v1.DTypeR\ninputDtype\x12\x33\n\x0b\x63olor_order\x18\x05 \x01(\x0e\x32\x12.tms.v1.ColorOrderR\ncolorOrder\x12\'\n\x05\x63\x61lls\x18\x06 \x03(\x0e\x32\x11.tms.v1.ModelCallR\x05\x63\x61lls\x12\x1f\n\x0bthread_safe\x18\x07 \x01(\x08R\nthreadSafe\x12@\n\x12output_color_order\x18\x08 \x01(\x0e\x32\x12.tms.v1.ColorOrderR\x10outputColorOrder\x12\x18\n\x07version\x18\t \x01(\tR\x07version\x12$\n\x0emax_batch_size\x18\n \x01(\x05R\x0cmaxBatchSize\x12(\n\x10\x61rgs_schema_json\x18\x0b \x01(\tR\x0e\x61rgsSchemaJson\x12,\n\x12result_schema_json\x18\x0c \x01(\tR\x10resultSchemaJson\x12\x41\n\x0fmax_batch_delay\x18\r \x01(\x0b\x32\x19.google.protobuf.DurationR\rmaxBatchDelay\"\x13\n\x11ListModelsRequest\"l\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x11.tms.v1.ModelInfoR\x06models\x12+\n\x06\x66\x61iled\x18\x02 \x03(\x0b\x32\x13.tms.v1.FailedModelR\x06\x66\x61iled\"9\n\x0b\x46\x61iledModel\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"+\n\x13GetModelInfoRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\"=\n\x14GetModelInfoResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x11.tms.v1.ModelInfoR\x04info\"i\n\x0fRunImageRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12#\n\x05image\x18\x02 \x01(\x0b\x32\r.tms.v1.ImageR\x05image\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"X\n\x10RunImageResponse\x12\x1f\n\x0bresult_json\x18\x01 \x01(\tR\nresultJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"p\n\x14RunImageBatchRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12%\n\x06images\x18\x02 \x03(\x0b\x32\r.tms.v1.ImageR\x06images\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"_\n\x15RunImageBatchResponse\x12!\n\x0cresults_json\x18\x01 \x03(\tR\x0bresultsJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"\xf5\x01\n\x16RunImageToImageRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12%\n\x06images\x18\x02 \x03(\x0b\x32\r.tms.v1.ImageR\x06images\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\x12\x39\n\x0foutput_encoding\x18\x04 \x01(\x0e\x32\x10.tms.v1.EncodingR\x0eoutputEncoding\x12\x46\n\x14output_shared_memory\x18\x05 \x01(\x0b\x32\x14.tms.v1.SharedMemoryR\x12outputSharedMemory\"\x86\x01\n\x17RunImageToImageResponse\x12%\n\x06images\x18\x01 \x03(\x0b\x32\r.tms.v1.ImageR\x06images\x12\x1f\n\x0bresult_json\x18\x02 \x01(\tR\nresultJson\x12#\n\rmodel_version\x18\x03 \x01(\tR\x0cmodelVersion\"W\n\x0eRunTextRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"W\n\x0fRunTextResponse\x12\x1f\n\x0bresult_json\x18\x01 \x01(\tR\nresultJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"^\n\x13RunTextBatchRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n\x05texts\x18\x02 \x03(\tR\x05texts\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\"^\n\x14RunTextBatchResponse\x12!\n\x0cresults_json\x18\x01 \x03(\tR\x0bresultsJson\x12#\n\rmodel_version\x18\x02 \x01(\tR\x0cmodelVersion\"\x16\n\x14GetWorkerInfoRequest\"\x83\x02\n\x15GetWorkerInfoResponse\x12\x1f\n\x0binstance_id\x18\x01 \x01(\tR\ninstanceId\x12\x10\n\x03pid\x18\x02 \x01(\x03R\x03pid\x12!\n\x0cworker_index\x18\x03 \x01(\x05R\x0bworkerIndex\x12!\n\x0cworker_count\x18\x04 \x01(\x05R\x0bworkerCount\x12%\n\x0eserver_version\x18\x05 \x01(\tR\rserverVersion\x12\x1a\n\x08hostname\x18\x06 \x01(\tR\x08hostname\x12\x16\n\x06\x64\x65vice\x18\x07 \x01(\tR\x06\x64\x65vice\x12\x16\n\x06models\x18\x08 \x03(\tR\x06models\"\x8a\x01\n\x15RunImageStreamRequest\x12\x14\n\x05model\x18\x01 \x01(\tR\x05model\x12#\n\x05image\x18\x02 \x01(\x0b\x32\r.tms.v1.ImageR\x05image\x12\x1b\n\targs_json\x18\x03 \x01(\tR\x08\x61rgsJson\x12\x19\n\x08\x66rame_id\x18\x04 \x01(\x04R\x07\x66rameId\"\x9c\x01\n\x16RunImageStreamResponse\x12\x19\n\x08\x66rame_id\x18\x01 \x01(\x04R\x07\x66rameId\x12\x1f\n\x0bresult_json\x18\x02 \x01(\tR\nresultJson\x12!\n\x0c\x65rror_status\x18\x03 \x01(\x0cR\x0b\x65rrorStatus\x12#\n\rmodel_version\x18\x04 \x01(\tR\x0cmodelVersion\"Y\n\x19\x41ttachSharedMemoryRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n\x05proof\x18\x03 \x01(\x0cR\x05proof\"4\n\x1a\x41ttachSharedMemoryResponse\x12\x16\n\x06region\x18\x01 \x01(\tR\x06region\"3\n\x19\x44\x65tachSharedMemoryRequest\x12\x16\n\x06region\x18\x01 \x01(\tR\x06region\"\x1c\n\x1a\x44\x65tachSharedMemoryResponse*\xbc\x01\n\tModelCall\x12\x1a\n\x16MODEL_CALL_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_CALL_RUN_IMAGE\x10\x01\x12\x1e\n\x1aMODEL_CALL_RUN_IMAGE_BATCH\x10\x02\x12!\n\x1dMODEL_CALL_RUN_IMAGE_TO_IMAGE\x10\x03\x12\x17\n\x13MODEL_CALL_RUN_TEXT\x10\x04\x12\x1d\n\x19MODEL_CALL_RUN_TEXT_BATCH\x10\x05\x32\xe3\x06\n\x0cModelService\x12\x43\n\nListModels\x12\x19.tms.v1.ListModelsRequest\x1a\x1a.tms.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.tms.v1.GetModelInfoRequest\x1a\x1c.tms.v1.GetModelInfoResponse\x12=\n\x08RunImage\x12\x17.tms.v1.RunImageRequest\x1a\x18.tms.v1.RunImageResponse\x12L\n\rRunImageBatch\x12\x1c.tms.v1.RunImageBatchRequest\x1a\x1d.tms.v1.RunImageBatchResponse\x12R\n\x0fRunImageToImage\x12\x1e.tms.v1.RunImageToImageRequest\x1a\x1f.tms.v1.RunImageToImageResponse\x12:\n\x07RunText\x12\x16.tms.v1.RunTextRequest\x1a\x17.tms.v1.RunTextResponse\x12I\n\x0cRunTextBatch\x12\x1b.tms.v1.RunTextBatchRequest\x1a\x1c.tms.v1.RunTextBatchResponse\x12L\n\rGetWorkerInfo\x12\x1c.tms.v1.GetWorkerInfoRequest\x1a\x1d.tms.v1.GetWorkerInfoResponse\x12S\n\x0eRunImageStream\x12\x1d.tms.v1.RunImageStreamRequest\x1a\x1e.tms.v1.RunImageStreamResponse(\x01\x30\x01\x12[\n\x12\x41ttachSharedMemory\x12!.tms.v1.AttachSharedMemoryRequest\x1a\".tms.v1.AttachSharedMemoryResponse\x12[\n\x12\x44\x65tachSharedMemory\x12!.tms.v1.DetachSharedMemoryRequest\x1a\".tms.v1.DetachSharedMemoryResponseB\x85\x01\n\x19io.tinymodelserver.tms.v1B\x11ModelServiceProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,54 +34,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tms.v1.model_service_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\031io.tinymodelserver.tms.v1B\021ModelServiceProtoP\001Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\252\002\026TinyModelServer.Tms.V1'
-  _globals['_MODELCALL']._serialized_start=2823
-  _globals['_MODELCALL']._serialized_end=3011
+  _globals['_MODELCALL']._serialized_start=2927
+  _globals['_MODELCALL']._serialized_end=3115
   _globals['_MODELINFO']._serialized_start=91
   _globals['_MODELINFO']._serialized_end=649
   _globals['_LISTMODELSREQUEST']._serialized_start=651
   _globals['_LISTMODELSREQUEST']._serialized_end=670
   _globals['_LISTMODELSRESPONSE']._serialized_start=672
-  _globals['_LISTMODELSRESPONSE']._serialized_end=735
-  _globals['_GETMODELINFOREQUEST']._serialized_start=737
-  _globals['_GETMODELINFOREQUEST']._serialized_end=780
-  _globals['_GETMODELINFORESPONSE']._serialized_start=782
-  _globals['_GETMODELINFORESPONSE']._serialized_end=843
-  _globals['_RUNIMAGEREQUEST']._serialized_start=845
-  _globals['_RUNIMAGEREQUEST']._serialized_end=950
-  _globals['_RUNIMAGERESPONSE']._serialized_start=952
-  _globals['_RUNIMAGERESPONSE']._serialized_end=1040
-  _globals['_RUNIMAGEBATCHREQUEST']._serialized_start=1042
-  _globals['_RUNIMAGEBATCHREQUEST']._serialized_end=1154
-  _globals['_RUNIMAGEBATCHRESPONSE']._serialized_start=1156
-  _globals['_RUNIMAGEBATCHRESPONSE']._serialized_end=1251
-  _globals['_RUNIMAGETOIMAGEREQUEST']._serialized_start=1254
-  _globals['_RUNIMAGETOIMAGEREQUEST']._serialized_end=1499
-  _globals['_RUNIMAGETOIMAGERESPONSE']._serialized_start=1502
-  _globals['_RUNIMAGETOIMAGERESPONSE']._serialized_end=1636
-  _globals['_RUNTEXTREQUEST']._serialized_start=1638
-  _globals['_RUNTEXTREQUEST']._serialized_end=1725
-  _globals['_RUNTEXTRESPONSE']._serialized_start=1727
-  _globals['_RUNTEXTRESPONSE']._serialized_end=1814
-  _globals['_RUNTEXTBATCHREQUEST']._serialized_start=1816
-  _globals['_RUNTEXTBATCHREQUEST']._serialized_end=1910
-  _globals['_RUNTEXTBATCHRESPONSE']._serialized_start=1912
-  _globals['_RUNTEXTBATCHRESPONSE']._serialized_end=2006
-  _globals['_GETWORKERINFOREQUEST']._serialized_start=2008
-  _globals['_GETWORKERINFOREQUEST']._serialized_end=2030
-  _globals['_GETWORKERINFORESPONSE']._serialized_start=2033
-  _globals['_GETWORKERINFORESPONSE']._serialized_end=2292
-  _globals['_RUNIMAGESTREAMREQUEST']._serialized_start=2295
-  _globals['_RUNIMAGESTREAMREQUEST']._serialized_end=2433
-  _globals['_RUNIMAGESTREAMRESPONSE']._serialized_start=2436
-  _globals['_RUNIMAGESTREAMRESPONSE']._serialized_end=2592
-  _globals['_ATTACHSHAREDMEMORYREQUEST']._serialized_start=2594
-  _globals['_ATTACHSHAREDMEMORYREQUEST']._serialized_end=2683
-  _globals['_ATTACHSHAREDMEMORYRESPONSE']._serialized_start=2685
-  _globals['_ATTACHSHAREDMEMORYRESPONSE']._serialized_end=2737
-  _globals['_DETACHSHAREDMEMORYREQUEST']._serialized_start=2739
-  _globals['_DETACHSHAREDMEMORYREQUEST']._serialized_end=2790
-  _globals['_DETACHSHAREDMEMORYRESPONSE']._serialized_start=2792
-  _globals['_DETACHSHAREDMEMORYRESPONSE']._serialized_end=2820
-  _globals['_MODELSERVICE']._serialized_start=3014
-  _globals['_MODELSERVICE']._serialized_end=3881
+  _globals['_LISTMODELSRESPONSE']._serialized_end=780
+  _globals['_FAILEDMODEL']._serialized_start=782
+  _globals['_FAILEDMODEL']._serialized_end=839
+  _globals['_GETMODELINFOREQUEST']._serialized_start=841
+  _globals['_GETMODELINFOREQUEST']._serialized_end=884
+  _globals['_GETMODELINFORESPONSE']._serialized_start=886
+  _globals['_GETMODELINFORESPONSE']._serialized_end=947
+  _globals['_RUNIMAGEREQUEST']._serialized_start=949
+  _globals['_RUNIMAGEREQUEST']._serialized_end=1054
+  _globals['_RUNIMAGERESPONSE']._serialized_start=1056
+  _globals['_RUNIMAGERESPONSE']._serialized_end=1144
+  _globals['_RUNIMAGEBATCHREQUEST']._serialized_start=1146
+  _globals['_RUNIMAGEBATCHREQUEST']._serialized_end=1258
+  _globals['_RUNIMAGEBATCHRESPONSE']._serialized_start=1260
+  _globals['_RUNIMAGEBATCHRESPONSE']._serialized_end=1355
+  _globals['_RUNIMAGETOIMAGEREQUEST']._serialized_start=1358
+  _globals['_RUNIMAGETOIMAGEREQUEST']._serialized_end=1603
+  _globals['_RUNIMAGETOIMAGERESPONSE']._serialized_start=1606
+  _globals['_RUNIMAGETOIMAGERESPONSE']._serialized_end=1740
+  _globals['_RUNTEXTREQUEST']._serialized_start=1742
+  _globals['_RUNTEXTREQUEST']._serialized_end=1829
+  _globals['_RUNTEXTRESPONSE']._serialized_start=1831
+  _globals['_RUNTEXTRESPONSE']._serialized_end=1918
+  _globals['_RUNTEXTBATCHREQUEST']._serialized_start=1920
+  _globals['_RUNTEXTBATCHREQUEST']._serialized_end=2014
+  _globals['_RUNTEXTBATCHRESPONSE']._serialized_start=2016
+  _globals['_RUNTEXTBATCHRESPONSE']._serialized_end=2110
+  _globals['_GETWORKERINFOREQUEST']._serialized_start=2112
+  _globals['_GETWORKERINFOREQUEST']._serialized_end=2134
+  _globals['_GETWORKERINFORESPONSE']._serialized_start=2137
+  _globals['_GETWORKERINFORESPONSE']._serialized_end=2396
+  _globals['_RUNIMAGESTREAMREQUEST']._serialized_start=2399
+  _globals['_RUNIMAGESTREAMREQUEST']._serialized_end=2537
+  _globals['_RUNIMAGESTREAMRESPONSE']._serialized_start=2540
+  _globals['_RUNIMAGESTREAMRESPONSE']._serialized_end=2696
+  _globals['_ATTACHSHAREDMEMORYREQUEST']._serialized_start=2698
+  _globals['_ATTACHSHAREDMEMORYREQUEST']._serialized_end=2787
+  _globals['_ATTACHSHAREDMEMORYRESPONSE']._serialized_start=2789
+  _globals['_ATTACHSHAREDMEMORYRESPONSE']._serialized_end=2841
+  _globals['_DETACHSHAREDMEMORYREQUEST']._serialized_start=2843
+  _globals['_DETACHSHAREDMEMORYREQUEST']._serialized_end=2894
+  _globals['_DETACHSHAREDMEMORYRESPONSE']._serialized_start=2896
+  _globals['_DETACHSHAREDMEMORYRESPONSE']._serialized_end=2924
+  _globals['_MODELSERVICE']._serialized_start=3118
+  _globals['_MODELSERVICE']._serialized_end=3985
 # @@protoc_insertion_point(module_scope)

@@ -241,7 +241,8 @@ class ModelServiceServicer:
     """
 
     def ListModels(self, request, context):
-        """ListModels lists the models that loaded successfully, sorted by name.
+        """ListModels lists the models that loaded successfully, sorted by name, and those that
+        failed to load, with why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

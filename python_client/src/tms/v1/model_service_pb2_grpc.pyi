@@ -107,7 +107,9 @@ class ModelServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ModelServiceAsyncStub: ...
     ListModels: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.ListModelsRequest, _model_service_pb2.ListModelsResponse]
-    """ListModels lists the models that loaded successfully, sorted by name."""
+    """ListModels lists the models that loaded successfully, sorted by name, and those that
+    failed to load, with why.
+    """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.GetModelInfoRequest, _model_service_pb2.GetModelInfoResponse]
     """GetModelInfo describes one model: its input and the calls it supports."""
     RunImage: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.RunImageRequest, _model_service_pb2.RunImageResponse]
@@ -226,7 +228,9 @@ class ModelServiceAsyncStub(ModelServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListModels: _aio.UnaryUnaryMultiCallable[_model_service_pb2.ListModelsRequest, _model_service_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """ListModels lists the models that loaded successfully, sorted by name."""
+    """ListModels lists the models that loaded successfully, sorted by name, and those that
+    failed to load, with why.
+    """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_model_service_pb2.GetModelInfoRequest, _model_service_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """GetModelInfo describes one model: its input and the calls it supports."""
     RunImage: _aio.UnaryUnaryMultiCallable[_model_service_pb2.RunImageRequest, _model_service_pb2.RunImageResponse]  # type: ignore[assignment]
@@ -348,7 +352,9 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_service_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_model_service_pb2.ListModelsResponse, _abc.Awaitable[_model_service_pb2.ListModelsResponse]]:
-        """ListModels lists the models that loaded successfully, sorted by name."""
+        """ListModels lists the models that loaded successfully, sorted by name, and those that
+        failed to load, with why.
+        """
 
     @_abc_1.abstractmethod
     def GetModelInfo(

@@ -16,6 +16,7 @@ from tms_client.protocol.wire import Buffer, ImageParts
 from tms_server import __version__
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 from tms_server.errors import Internal, InvalidArgument, NotFound, Reason
+from tms_server.health import HealthServicer
 
 # The tms.v1 servicer's input checks and model calls, shared so both APIs behave alike.
 from tms_server.invoke import (
@@ -63,9 +64,12 @@ class InferenceServicer:
     made either way is validated, run and counted alike.
     """
 
-    def __init__(self, models: ModelServicer, registry: ModelRegistry) -> None:
+    def __init__(
+        self, models: ModelServicer, registry: ModelRegistry, health: HealthServicer | None = None
+    ) -> None:
         self._models = models
         self._registry = registry
+        self._health = health  # ServerReady says what it says for the server as a whole
         self.load = models.load
 
     def _model(self, name: str, version: str, *, here: bool = False) -> DescribedModel:
@@ -89,7 +93,8 @@ class InferenceServicer:
     def ServerReady(
         self, request: oip.ServerReadyRequest, context: grpc.ServicerContext
     ) -> oip.ServerReadyResponse:
-        return oip.ServerReadyResponse(ready=True)
+        ready = self._health is None or self._health.serving()
+        return oip.ServerReadyResponse(ready=ready)
 
     @quick
     def ModelReady(

@@ -287,11 +287,15 @@ func (*ListModelsRequest) Descriptor() ([]byte, []int) {
 	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{1}
 }
 
-// ListModelsResponse lists the loaded models.
+// ListModelsResponse lists the loaded models, and those that failed to load.
 type ListModelsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The models, sorted by name.
-	Models        []*ModelInfo `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
+	Models []*ModelInfo `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
+	// The models the worker that answered found but failed to load, sorted by name. Their
+	// calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+	// server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+	Failed        []*FailedModel `protobuf:"bytes,2,rep,name=failed,proto3" json:"failed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -333,6 +337,69 @@ func (x *ListModelsResponse) GetModels() []*ModelInfo {
 	return nil
 }
 
+func (x *ListModelsResponse) GetFailed() []*FailedModel {
+	if x != nil {
+		return x.Failed
+	}
+	return nil
+}
+
+// FailedModel is a model the server found but could not load.
+type FailedModel struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Why it failed: the exception's type and message, e.g. "ModuleNotFoundError: No module
+	// named 'torch'". The server's log has the traceback at --log-level DEBUG.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailedModel) Reset() {
+	*x = FailedModel{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailedModel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailedModel) ProtoMessage() {}
+
+func (x *FailedModel) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailedModel.ProtoReflect.Descriptor instead.
+func (*FailedModel) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FailedModel) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FailedModel) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // GetModelInfoRequest names one model.
 type GetModelInfoRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -344,7 +411,7 @@ type GetModelInfoRequest struct {
 
 func (x *GetModelInfoRequest) Reset() {
 	*x = GetModelInfoRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[3]
+	mi := &file_tms_v1_model_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +423,7 @@ func (x *GetModelInfoRequest) String() string {
 func (*GetModelInfoRequest) ProtoMessage() {}
 
 func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[3]
+	mi := &file_tms_v1_model_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +436,7 @@ func (x *GetModelInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetModelInfoRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{3}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetModelInfoRequest) GetModel() string {
@@ -390,7 +457,7 @@ type GetModelInfoResponse struct {
 
 func (x *GetModelInfoResponse) Reset() {
 	*x = GetModelInfoResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[4]
+	mi := &file_tms_v1_model_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +469,7 @@ func (x *GetModelInfoResponse) String() string {
 func (*GetModelInfoResponse) ProtoMessage() {}
 
 func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[4]
+	mi := &file_tms_v1_model_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +482,7 @@ func (x *GetModelInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetModelInfoResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{4}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetModelInfoResponse) GetInfo() *ModelInfo {
@@ -440,7 +507,7 @@ type RunImageRequest struct {
 
 func (x *RunImageRequest) Reset() {
 	*x = RunImageRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[5]
+	mi := &file_tms_v1_model_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +519,7 @@ func (x *RunImageRequest) String() string {
 func (*RunImageRequest) ProtoMessage() {}
 
 func (x *RunImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[5]
+	mi := &file_tms_v1_model_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +532,7 @@ func (x *RunImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageRequest.ProtoReflect.Descriptor instead.
 func (*RunImageRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{5}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RunImageRequest) GetModel() string {
@@ -502,7 +569,7 @@ type RunImageResponse struct {
 
 func (x *RunImageResponse) Reset() {
 	*x = RunImageResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[6]
+	mi := &file_tms_v1_model_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +581,7 @@ func (x *RunImageResponse) String() string {
 func (*RunImageResponse) ProtoMessage() {}
 
 func (x *RunImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[6]
+	mi := &file_tms_v1_model_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +594,7 @@ func (x *RunImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageResponse.ProtoReflect.Descriptor instead.
 func (*RunImageResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{6}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RunImageResponse) GetResultJson() string {
@@ -559,7 +626,7 @@ type RunImageBatchRequest struct {
 
 func (x *RunImageBatchRequest) Reset() {
 	*x = RunImageBatchRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[7]
+	mi := &file_tms_v1_model_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +638,7 @@ func (x *RunImageBatchRequest) String() string {
 func (*RunImageBatchRequest) ProtoMessage() {}
 
 func (x *RunImageBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[7]
+	mi := &file_tms_v1_model_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +651,7 @@ func (x *RunImageBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageBatchRequest.ProtoReflect.Descriptor instead.
 func (*RunImageBatchRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{7}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RunImageBatchRequest) GetModel() string {
@@ -621,7 +688,7 @@ type RunImageBatchResponse struct {
 
 func (x *RunImageBatchResponse) Reset() {
 	*x = RunImageBatchResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[8]
+	mi := &file_tms_v1_model_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +700,7 @@ func (x *RunImageBatchResponse) String() string {
 func (*RunImageBatchResponse) ProtoMessage() {}
 
 func (x *RunImageBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[8]
+	mi := &file_tms_v1_model_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +713,7 @@ func (x *RunImageBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageBatchResponse.ProtoReflect.Descriptor instead.
 func (*RunImageBatchResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{8}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RunImageBatchResponse) GetResultsJson() []string {
@@ -685,7 +752,7 @@ type RunImageToImageRequest struct {
 
 func (x *RunImageToImageRequest) Reset() {
 	*x = RunImageToImageRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[9]
+	mi := &file_tms_v1_model_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +764,7 @@ func (x *RunImageToImageRequest) String() string {
 func (*RunImageToImageRequest) ProtoMessage() {}
 
 func (x *RunImageToImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[9]
+	mi := &file_tms_v1_model_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +777,7 @@ func (x *RunImageToImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageToImageRequest.ProtoReflect.Descriptor instead.
 func (*RunImageToImageRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{9}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RunImageToImageRequest) GetModel() string {
@@ -763,7 +830,7 @@ type RunImageToImageResponse struct {
 
 func (x *RunImageToImageResponse) Reset() {
 	*x = RunImageToImageResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[10]
+	mi := &file_tms_v1_model_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +842,7 @@ func (x *RunImageToImageResponse) String() string {
 func (*RunImageToImageResponse) ProtoMessage() {}
 
 func (x *RunImageToImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[10]
+	mi := &file_tms_v1_model_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +855,7 @@ func (x *RunImageToImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageToImageResponse.ProtoReflect.Descriptor instead.
 func (*RunImageToImageResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{10}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RunImageToImageResponse) GetImages() []*Image {
@@ -827,7 +894,7 @@ type RunTextRequest struct {
 
 func (x *RunTextRequest) Reset() {
 	*x = RunTextRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[11]
+	mi := &file_tms_v1_model_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +906,7 @@ func (x *RunTextRequest) String() string {
 func (*RunTextRequest) ProtoMessage() {}
 
 func (x *RunTextRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[11]
+	mi := &file_tms_v1_model_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +919,7 @@ func (x *RunTextRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunTextRequest.ProtoReflect.Descriptor instead.
 func (*RunTextRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{11}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RunTextRequest) GetModel() string {
@@ -889,7 +956,7 @@ type RunTextResponse struct {
 
 func (x *RunTextResponse) Reset() {
 	*x = RunTextResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[12]
+	mi := &file_tms_v1_model_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +968,7 @@ func (x *RunTextResponse) String() string {
 func (*RunTextResponse) ProtoMessage() {}
 
 func (x *RunTextResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[12]
+	mi := &file_tms_v1_model_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +981,7 @@ func (x *RunTextResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunTextResponse.ProtoReflect.Descriptor instead.
 func (*RunTextResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{12}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RunTextResponse) GetResultJson() string {
@@ -946,7 +1013,7 @@ type RunTextBatchRequest struct {
 
 func (x *RunTextBatchRequest) Reset() {
 	*x = RunTextBatchRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[13]
+	mi := &file_tms_v1_model_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1025,7 @@ func (x *RunTextBatchRequest) String() string {
 func (*RunTextBatchRequest) ProtoMessage() {}
 
 func (x *RunTextBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[13]
+	mi := &file_tms_v1_model_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1038,7 @@ func (x *RunTextBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunTextBatchRequest.ProtoReflect.Descriptor instead.
 func (*RunTextBatchRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{13}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RunTextBatchRequest) GetModel() string {
@@ -1008,7 +1075,7 @@ type RunTextBatchResponse struct {
 
 func (x *RunTextBatchResponse) Reset() {
 	*x = RunTextBatchResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[14]
+	mi := &file_tms_v1_model_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1087,7 @@ func (x *RunTextBatchResponse) String() string {
 func (*RunTextBatchResponse) ProtoMessage() {}
 
 func (x *RunTextBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[14]
+	mi := &file_tms_v1_model_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1100,7 @@ func (x *RunTextBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunTextBatchResponse.ProtoReflect.Descriptor instead.
 func (*RunTextBatchResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{14}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunTextBatchResponse) GetResultsJson() []string {
@@ -1059,7 +1126,7 @@ type GetWorkerInfoRequest struct {
 
 func (x *GetWorkerInfoRequest) Reset() {
 	*x = GetWorkerInfoRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[15]
+	mi := &file_tms_v1_model_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1138,7 @@ func (x *GetWorkerInfoRequest) String() string {
 func (*GetWorkerInfoRequest) ProtoMessage() {}
 
 func (x *GetWorkerInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[15]
+	mi := &file_tms_v1_model_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1151,7 @@ func (x *GetWorkerInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWorkerInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetWorkerInfoRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{15}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{16}
 }
 
 // GetWorkerInfoResponse identifies one worker process of a server.
@@ -1116,7 +1183,7 @@ type GetWorkerInfoResponse struct {
 
 func (x *GetWorkerInfoResponse) Reset() {
 	*x = GetWorkerInfoResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[16]
+	mi := &file_tms_v1_model_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1195,7 @@ func (x *GetWorkerInfoResponse) String() string {
 func (*GetWorkerInfoResponse) ProtoMessage() {}
 
 func (x *GetWorkerInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[16]
+	mi := &file_tms_v1_model_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1208,7 @@ func (x *GetWorkerInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWorkerInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetWorkerInfoResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{16}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetWorkerInfoResponse) GetInstanceId() string {
@@ -1218,7 +1285,7 @@ type RunImageStreamRequest struct {
 
 func (x *RunImageStreamRequest) Reset() {
 	*x = RunImageStreamRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[17]
+	mi := &file_tms_v1_model_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1297,7 @@ func (x *RunImageStreamRequest) String() string {
 func (*RunImageStreamRequest) ProtoMessage() {}
 
 func (x *RunImageStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[17]
+	mi := &file_tms_v1_model_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1310,7 @@ func (x *RunImageStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageStreamRequest.ProtoReflect.Descriptor instead.
 func (*RunImageStreamRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{17}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RunImageStreamRequest) GetModel() string {
@@ -1293,7 +1360,7 @@ type RunImageStreamResponse struct {
 
 func (x *RunImageStreamResponse) Reset() {
 	*x = RunImageStreamResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[18]
+	mi := &file_tms_v1_model_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1372,7 @@ func (x *RunImageStreamResponse) String() string {
 func (*RunImageStreamResponse) ProtoMessage() {}
 
 func (x *RunImageStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[18]
+	mi := &file_tms_v1_model_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1385,7 @@ func (x *RunImageStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunImageStreamResponse.ProtoReflect.Descriptor instead.
 func (*RunImageStreamResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{18}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RunImageStreamResponse) GetFrameId() uint64 {
@@ -1366,7 +1433,7 @@ type AttachSharedMemoryRequest struct {
 
 func (x *AttachSharedMemoryRequest) Reset() {
 	*x = AttachSharedMemoryRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[19]
+	mi := &file_tms_v1_model_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1445,7 @@ func (x *AttachSharedMemoryRequest) String() string {
 func (*AttachSharedMemoryRequest) ProtoMessage() {}
 
 func (x *AttachSharedMemoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[19]
+	mi := &file_tms_v1_model_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1458,7 @@ func (x *AttachSharedMemoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachSharedMemoryRequest.ProtoReflect.Descriptor instead.
 func (*AttachSharedMemoryRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{19}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AttachSharedMemoryRequest) GetName() string {
@@ -1426,7 +1493,7 @@ type AttachSharedMemoryResponse struct {
 
 func (x *AttachSharedMemoryResponse) Reset() {
 	*x = AttachSharedMemoryResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[20]
+	mi := &file_tms_v1_model_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1505,7 @@ func (x *AttachSharedMemoryResponse) String() string {
 func (*AttachSharedMemoryResponse) ProtoMessage() {}
 
 func (x *AttachSharedMemoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[20]
+	mi := &file_tms_v1_model_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1518,7 @@ func (x *AttachSharedMemoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachSharedMemoryResponse.ProtoReflect.Descriptor instead.
 func (*AttachSharedMemoryResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{20}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AttachSharedMemoryResponse) GetRegion() string {
@@ -1472,7 +1539,7 @@ type DetachSharedMemoryRequest struct {
 
 func (x *DetachSharedMemoryRequest) Reset() {
 	*x = DetachSharedMemoryRequest{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[21]
+	mi := &file_tms_v1_model_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1551,7 @@ func (x *DetachSharedMemoryRequest) String() string {
 func (*DetachSharedMemoryRequest) ProtoMessage() {}
 
 func (x *DetachSharedMemoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[21]
+	mi := &file_tms_v1_model_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1564,7 @@ func (x *DetachSharedMemoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachSharedMemoryRequest.ProtoReflect.Descriptor instead.
 func (*DetachSharedMemoryRequest) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{21}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DetachSharedMemoryRequest) GetRegion() string {
@@ -1516,7 +1583,7 @@ type DetachSharedMemoryResponse struct {
 
 func (x *DetachSharedMemoryResponse) Reset() {
 	*x = DetachSharedMemoryResponse{}
-	mi := &file_tms_v1_model_service_proto_msgTypes[22]
+	mi := &file_tms_v1_model_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1595,7 @@ func (x *DetachSharedMemoryResponse) String() string {
 func (*DetachSharedMemoryResponse) ProtoMessage() {}
 
 func (x *DetachSharedMemoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tms_v1_model_service_proto_msgTypes[22]
+	mi := &file_tms_v1_model_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1608,7 @@ func (x *DetachSharedMemoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachSharedMemoryResponse.ProtoReflect.Descriptor instead.
 func (*DetachSharedMemoryResponse) Descriptor() ([]byte, []int) {
-	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{22}
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{23}
 }
 
 var File_tms_v1_model_service_proto protoreflect.FileDescriptor
@@ -1568,9 +1635,13 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x10args_schema_json\x18\v \x01(\tR\x0eargsSchemaJson\x12,\n" +
 	"\x12result_schema_json\x18\f \x01(\tR\x10resultSchemaJson\x12A\n" +
 	"\x0fmax_batch_delay\x18\r \x01(\v2\x19.google.protobuf.DurationR\rmaxBatchDelay\"\x13\n" +
-	"\x11ListModelsRequest\"?\n" +
+	"\x11ListModelsRequest\"l\n" +
 	"\x12ListModelsResponse\x12)\n" +
-	"\x06models\x18\x01 \x03(\v2\x11.tms.v1.ModelInfoR\x06models\"+\n" +
+	"\x06models\x18\x01 \x03(\v2\x11.tms.v1.ModelInfoR\x06models\x12+\n" +
+	"\x06failed\x18\x02 \x03(\v2\x13.tms.v1.FailedModelR\x06failed\"9\n" +
+	"\vFailedModel\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"+\n" +
 	"\x13GetModelInfoRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\"=\n" +
 	"\x14GetModelInfoResponse\x12%\n" +
@@ -1682,81 +1753,83 @@ func file_tms_v1_model_service_proto_rawDescGZIP() []byte {
 }
 
 var file_tms_v1_model_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tms_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_tms_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_tms_v1_model_service_proto_goTypes = []any{
 	(ModelCall)(0),                     // 0: tms.v1.ModelCall
 	(*ModelInfo)(nil),                  // 1: tms.v1.ModelInfo
 	(*ListModelsRequest)(nil),          // 2: tms.v1.ListModelsRequest
 	(*ListModelsResponse)(nil),         // 3: tms.v1.ListModelsResponse
-	(*GetModelInfoRequest)(nil),        // 4: tms.v1.GetModelInfoRequest
-	(*GetModelInfoResponse)(nil),       // 5: tms.v1.GetModelInfoResponse
-	(*RunImageRequest)(nil),            // 6: tms.v1.RunImageRequest
-	(*RunImageResponse)(nil),           // 7: tms.v1.RunImageResponse
-	(*RunImageBatchRequest)(nil),       // 8: tms.v1.RunImageBatchRequest
-	(*RunImageBatchResponse)(nil),      // 9: tms.v1.RunImageBatchResponse
-	(*RunImageToImageRequest)(nil),     // 10: tms.v1.RunImageToImageRequest
-	(*RunImageToImageResponse)(nil),    // 11: tms.v1.RunImageToImageResponse
-	(*RunTextRequest)(nil),             // 12: tms.v1.RunTextRequest
-	(*RunTextResponse)(nil),            // 13: tms.v1.RunTextResponse
-	(*RunTextBatchRequest)(nil),        // 14: tms.v1.RunTextBatchRequest
-	(*RunTextBatchResponse)(nil),       // 15: tms.v1.RunTextBatchResponse
-	(*GetWorkerInfoRequest)(nil),       // 16: tms.v1.GetWorkerInfoRequest
-	(*GetWorkerInfoResponse)(nil),      // 17: tms.v1.GetWorkerInfoResponse
-	(*RunImageStreamRequest)(nil),      // 18: tms.v1.RunImageStreamRequest
-	(*RunImageStreamResponse)(nil),     // 19: tms.v1.RunImageStreamResponse
-	(*AttachSharedMemoryRequest)(nil),  // 20: tms.v1.AttachSharedMemoryRequest
-	(*AttachSharedMemoryResponse)(nil), // 21: tms.v1.AttachSharedMemoryResponse
-	(*DetachSharedMemoryRequest)(nil),  // 22: tms.v1.DetachSharedMemoryRequest
-	(*DetachSharedMemoryResponse)(nil), // 23: tms.v1.DetachSharedMemoryResponse
-	(DType)(0),                         // 24: tms.v1.DType
-	(ColorOrder)(0),                    // 25: tms.v1.ColorOrder
-	(*durationpb.Duration)(nil),        // 26: google.protobuf.Duration
-	(*Image)(nil),                      // 27: tms.v1.Image
-	(Encoding)(0),                      // 28: tms.v1.Encoding
-	(*SharedMemory)(nil),               // 29: tms.v1.SharedMemory
+	(*FailedModel)(nil),                // 4: tms.v1.FailedModel
+	(*GetModelInfoRequest)(nil),        // 5: tms.v1.GetModelInfoRequest
+	(*GetModelInfoResponse)(nil),       // 6: tms.v1.GetModelInfoResponse
+	(*RunImageRequest)(nil),            // 7: tms.v1.RunImageRequest
+	(*RunImageResponse)(nil),           // 8: tms.v1.RunImageResponse
+	(*RunImageBatchRequest)(nil),       // 9: tms.v1.RunImageBatchRequest
+	(*RunImageBatchResponse)(nil),      // 10: tms.v1.RunImageBatchResponse
+	(*RunImageToImageRequest)(nil),     // 11: tms.v1.RunImageToImageRequest
+	(*RunImageToImageResponse)(nil),    // 12: tms.v1.RunImageToImageResponse
+	(*RunTextRequest)(nil),             // 13: tms.v1.RunTextRequest
+	(*RunTextResponse)(nil),            // 14: tms.v1.RunTextResponse
+	(*RunTextBatchRequest)(nil),        // 15: tms.v1.RunTextBatchRequest
+	(*RunTextBatchResponse)(nil),       // 16: tms.v1.RunTextBatchResponse
+	(*GetWorkerInfoRequest)(nil),       // 17: tms.v1.GetWorkerInfoRequest
+	(*GetWorkerInfoResponse)(nil),      // 18: tms.v1.GetWorkerInfoResponse
+	(*RunImageStreamRequest)(nil),      // 19: tms.v1.RunImageStreamRequest
+	(*RunImageStreamResponse)(nil),     // 20: tms.v1.RunImageStreamResponse
+	(*AttachSharedMemoryRequest)(nil),  // 21: tms.v1.AttachSharedMemoryRequest
+	(*AttachSharedMemoryResponse)(nil), // 22: tms.v1.AttachSharedMemoryResponse
+	(*DetachSharedMemoryRequest)(nil),  // 23: tms.v1.DetachSharedMemoryRequest
+	(*DetachSharedMemoryResponse)(nil), // 24: tms.v1.DetachSharedMemoryResponse
+	(DType)(0),                         // 25: tms.v1.DType
+	(ColorOrder)(0),                    // 26: tms.v1.ColorOrder
+	(*durationpb.Duration)(nil),        // 27: google.protobuf.Duration
+	(*Image)(nil),                      // 28: tms.v1.Image
+	(Encoding)(0),                      // 29: tms.v1.Encoding
+	(*SharedMemory)(nil),               // 30: tms.v1.SharedMemory
 }
 var file_tms_v1_model_service_proto_depIdxs = []int32{
-	24, // 0: tms.v1.ModelInfo.input_dtype:type_name -> tms.v1.DType
-	25, // 1: tms.v1.ModelInfo.color_order:type_name -> tms.v1.ColorOrder
+	25, // 0: tms.v1.ModelInfo.input_dtype:type_name -> tms.v1.DType
+	26, // 1: tms.v1.ModelInfo.color_order:type_name -> tms.v1.ColorOrder
 	0,  // 2: tms.v1.ModelInfo.calls:type_name -> tms.v1.ModelCall
-	25, // 3: tms.v1.ModelInfo.output_color_order:type_name -> tms.v1.ColorOrder
-	26, // 4: tms.v1.ModelInfo.max_batch_delay:type_name -> google.protobuf.Duration
+	26, // 3: tms.v1.ModelInfo.output_color_order:type_name -> tms.v1.ColorOrder
+	27, // 4: tms.v1.ModelInfo.max_batch_delay:type_name -> google.protobuf.Duration
 	1,  // 5: tms.v1.ListModelsResponse.models:type_name -> tms.v1.ModelInfo
-	1,  // 6: tms.v1.GetModelInfoResponse.info:type_name -> tms.v1.ModelInfo
-	27, // 7: tms.v1.RunImageRequest.image:type_name -> tms.v1.Image
-	27, // 8: tms.v1.RunImageBatchRequest.images:type_name -> tms.v1.Image
-	27, // 9: tms.v1.RunImageToImageRequest.images:type_name -> tms.v1.Image
-	28, // 10: tms.v1.RunImageToImageRequest.output_encoding:type_name -> tms.v1.Encoding
-	29, // 11: tms.v1.RunImageToImageRequest.output_shared_memory:type_name -> tms.v1.SharedMemory
-	27, // 12: tms.v1.RunImageToImageResponse.images:type_name -> tms.v1.Image
-	27, // 13: tms.v1.RunImageStreamRequest.image:type_name -> tms.v1.Image
-	2,  // 14: tms.v1.ModelService.ListModels:input_type -> tms.v1.ListModelsRequest
-	4,  // 15: tms.v1.ModelService.GetModelInfo:input_type -> tms.v1.GetModelInfoRequest
-	6,  // 16: tms.v1.ModelService.RunImage:input_type -> tms.v1.RunImageRequest
-	8,  // 17: tms.v1.ModelService.RunImageBatch:input_type -> tms.v1.RunImageBatchRequest
-	10, // 18: tms.v1.ModelService.RunImageToImage:input_type -> tms.v1.RunImageToImageRequest
-	12, // 19: tms.v1.ModelService.RunText:input_type -> tms.v1.RunTextRequest
-	14, // 20: tms.v1.ModelService.RunTextBatch:input_type -> tms.v1.RunTextBatchRequest
-	16, // 21: tms.v1.ModelService.GetWorkerInfo:input_type -> tms.v1.GetWorkerInfoRequest
-	18, // 22: tms.v1.ModelService.RunImageStream:input_type -> tms.v1.RunImageStreamRequest
-	20, // 23: tms.v1.ModelService.AttachSharedMemory:input_type -> tms.v1.AttachSharedMemoryRequest
-	22, // 24: tms.v1.ModelService.DetachSharedMemory:input_type -> tms.v1.DetachSharedMemoryRequest
-	3,  // 25: tms.v1.ModelService.ListModels:output_type -> tms.v1.ListModelsResponse
-	5,  // 26: tms.v1.ModelService.GetModelInfo:output_type -> tms.v1.GetModelInfoResponse
-	7,  // 27: tms.v1.ModelService.RunImage:output_type -> tms.v1.RunImageResponse
-	9,  // 28: tms.v1.ModelService.RunImageBatch:output_type -> tms.v1.RunImageBatchResponse
-	11, // 29: tms.v1.ModelService.RunImageToImage:output_type -> tms.v1.RunImageToImageResponse
-	13, // 30: tms.v1.ModelService.RunText:output_type -> tms.v1.RunTextResponse
-	15, // 31: tms.v1.ModelService.RunTextBatch:output_type -> tms.v1.RunTextBatchResponse
-	17, // 32: tms.v1.ModelService.GetWorkerInfo:output_type -> tms.v1.GetWorkerInfoResponse
-	19, // 33: tms.v1.ModelService.RunImageStream:output_type -> tms.v1.RunImageStreamResponse
-	21, // 34: tms.v1.ModelService.AttachSharedMemory:output_type -> tms.v1.AttachSharedMemoryResponse
-	23, // 35: tms.v1.ModelService.DetachSharedMemory:output_type -> tms.v1.DetachSharedMemoryResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	4,  // 6: tms.v1.ListModelsResponse.failed:type_name -> tms.v1.FailedModel
+	1,  // 7: tms.v1.GetModelInfoResponse.info:type_name -> tms.v1.ModelInfo
+	28, // 8: tms.v1.RunImageRequest.image:type_name -> tms.v1.Image
+	28, // 9: tms.v1.RunImageBatchRequest.images:type_name -> tms.v1.Image
+	28, // 10: tms.v1.RunImageToImageRequest.images:type_name -> tms.v1.Image
+	29, // 11: tms.v1.RunImageToImageRequest.output_encoding:type_name -> tms.v1.Encoding
+	30, // 12: tms.v1.RunImageToImageRequest.output_shared_memory:type_name -> tms.v1.SharedMemory
+	28, // 13: tms.v1.RunImageToImageResponse.images:type_name -> tms.v1.Image
+	28, // 14: tms.v1.RunImageStreamRequest.image:type_name -> tms.v1.Image
+	2,  // 15: tms.v1.ModelService.ListModels:input_type -> tms.v1.ListModelsRequest
+	5,  // 16: tms.v1.ModelService.GetModelInfo:input_type -> tms.v1.GetModelInfoRequest
+	7,  // 17: tms.v1.ModelService.RunImage:input_type -> tms.v1.RunImageRequest
+	9,  // 18: tms.v1.ModelService.RunImageBatch:input_type -> tms.v1.RunImageBatchRequest
+	11, // 19: tms.v1.ModelService.RunImageToImage:input_type -> tms.v1.RunImageToImageRequest
+	13, // 20: tms.v1.ModelService.RunText:input_type -> tms.v1.RunTextRequest
+	15, // 21: tms.v1.ModelService.RunTextBatch:input_type -> tms.v1.RunTextBatchRequest
+	17, // 22: tms.v1.ModelService.GetWorkerInfo:input_type -> tms.v1.GetWorkerInfoRequest
+	19, // 23: tms.v1.ModelService.RunImageStream:input_type -> tms.v1.RunImageStreamRequest
+	21, // 24: tms.v1.ModelService.AttachSharedMemory:input_type -> tms.v1.AttachSharedMemoryRequest
+	23, // 25: tms.v1.ModelService.DetachSharedMemory:input_type -> tms.v1.DetachSharedMemoryRequest
+	3,  // 26: tms.v1.ModelService.ListModels:output_type -> tms.v1.ListModelsResponse
+	6,  // 27: tms.v1.ModelService.GetModelInfo:output_type -> tms.v1.GetModelInfoResponse
+	8,  // 28: tms.v1.ModelService.RunImage:output_type -> tms.v1.RunImageResponse
+	10, // 29: tms.v1.ModelService.RunImageBatch:output_type -> tms.v1.RunImageBatchResponse
+	12, // 30: tms.v1.ModelService.RunImageToImage:output_type -> tms.v1.RunImageToImageResponse
+	14, // 31: tms.v1.ModelService.RunText:output_type -> tms.v1.RunTextResponse
+	16, // 32: tms.v1.ModelService.RunTextBatch:output_type -> tms.v1.RunTextBatchResponse
+	18, // 33: tms.v1.ModelService.GetWorkerInfo:output_type -> tms.v1.GetWorkerInfoResponse
+	20, // 34: tms.v1.ModelService.RunImageStream:output_type -> tms.v1.RunImageStreamResponse
+	22, // 35: tms.v1.ModelService.AttachSharedMemory:output_type -> tms.v1.AttachSharedMemoryResponse
+	24, // 36: tms.v1.ModelService.DetachSharedMemory:output_type -> tms.v1.DetachSharedMemoryResponse
+	26, // [26:37] is the sub-list for method output_type
+	15, // [15:26] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_tms_v1_model_service_proto_init() }
@@ -1771,7 +1844,7 @@ func file_tms_v1_model_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tms_v1_model_service_proto_rawDesc), len(file_tms_v1_model_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

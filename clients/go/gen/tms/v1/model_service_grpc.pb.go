@@ -135,7 +135,8 @@ const (
 //
 // Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
 type ModelServiceClient interface {
-	// ListModels lists the models that loaded successfully, sorted by name.
+	// ListModels lists the models that loaded successfully, sorted by name, and those that
+	// failed to load, with why.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// GetModelInfo describes one model: its input and the calls it supports.
 	GetModelInfo(ctx context.Context, in *GetModelInfoRequest, opts ...grpc.CallOption) (*GetModelInfoResponse, error)
@@ -397,7 +398,8 @@ func (c *modelServiceClient) DetachSharedMemory(ctx context.Context, in *DetachS
 //
 // Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
 type ModelServiceServer interface {
-	// ListModels lists the models that loaded successfully, sorted by name.
+	// ListModels lists the models that loaded successfully, sorted by name, and those that
+	// failed to load, with why.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// GetModelInfo describes one model: its input and the calls it supports.
 	GetModelInfo(context.Context, *GetModelInfoRequest) (*GetModelInfoResponse, error)

@@ -160,10 +160,27 @@ export interface ModelInfo {
 export interface ListModelsRequest {
 }
 
-/** ListModelsResponse lists the loaded models. */
+/** ListModelsResponse lists the loaded models, and those that failed to load. */
 export interface ListModelsResponse {
   /** The models, sorted by name. */
   models: ModelInfo[];
+  /**
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   */
+  failed: FailedModel[];
+}
+
+/** FailedModel is a model the server found but could not load. */
+export interface FailedModel {
+  /** The model's name. */
+  name: string;
+  /**
+   * Why it failed: the exception's type and message, e.g. "ModuleNotFoundError: No module
+   * named 'torch'". The server's log has the traceback at --log-level DEBUG.
+   */
+  reason: string;
 }
 
 /** GetModelInfoRequest names one model. */
@@ -770,13 +787,16 @@ export const ListModelsRequest: MessageFns<ListModelsRequest> = {
 };
 
 function createBaseListModelsResponse(): ListModelsResponse {
-  return { models: [] };
+  return { models: [], failed: [] };
 }
 
 export const ListModelsResponse: MessageFns<ListModelsResponse> = {
   encode(message: ListModelsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.models) {
       ModelInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.failed) {
+      FailedModel.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -802,6 +822,14 @@ export const ListModelsResponse: MessageFns<ListModelsResponse> = {
             message.models.push(ModelInfo.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.failed.push(FailedModel.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -817,6 +845,7 @@ export const ListModelsResponse: MessageFns<ListModelsResponse> = {
   fromJSON(object: any): ListModelsResponse {
     return {
       models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => ModelInfo.fromJSON(e)) : [],
+      failed: globalThis.Array.isArray(object?.failed) ? object.failed.map((e: any) => FailedModel.fromJSON(e)) : [],
     };
   },
 
@@ -824,6 +853,9 @@ export const ListModelsResponse: MessageFns<ListModelsResponse> = {
     const obj: any = {};
     if (message.models?.length) {
       obj.models = message.models.map((e) => ModelInfo.toJSON(e));
+    }
+    if (message.failed?.length) {
+      obj.failed = message.failed.map((e) => FailedModel.toJSON(e));
     }
     return obj;
   },
@@ -834,6 +866,92 @@ export const ListModelsResponse: MessageFns<ListModelsResponse> = {
   fromPartial<I extends Exact<DeepPartial<ListModelsResponse>, I>>(object: I): ListModelsResponse {
     const message = createBaseListModelsResponse();
     message.models = object.models?.map((e) => ModelInfo.fromPartial(e)) || [];
+    message.failed = object.failed?.map((e) => FailedModel.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseFailedModel(): FailedModel {
+  return { name: "", reason: "" };
+}
+
+export const FailedModel: MessageFns<FailedModel> = {
+  encode(message: FailedModel, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailedModel {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailedModel();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailedModel {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: FailedModel): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FailedModel>, I>>(base?: I): FailedModel {
+    return FailedModel.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FailedModel>, I>>(object: I): FailedModel {
+    const message = createBaseFailedModel();
+    message.name = object.name ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };
@@ -2902,7 +3020,10 @@ export const DetachSharedMemoryResponse: MessageFns<DetachSharedMemoryResponse> 
  */
 export type ModelServiceService = typeof ModelServiceService;
 export const ModelServiceService = {
-  /** ListModels lists the models that loaded successfully, sorted by name. */
+  /**
+   * ListModels lists the models that loaded successfully, sorted by name, and those that
+   * failed to load, with why.
+   */
   listModels: {
     path: "/tms.v1.ModelService/ListModels" as const,
     requestStream: false as const,
@@ -3049,7 +3170,10 @@ export const ModelServiceService = {
 } as const;
 
 export interface ModelServiceServer extends UntypedServiceImplementation {
-  /** ListModels lists the models that loaded successfully, sorted by name. */
+  /**
+   * ListModels lists the models that loaded successfully, sorted by name, and those that
+   * failed to load, with why.
+   */
   listModels: handleUnaryCall<ListModelsRequest, ListModelsResponse>;
   /** GetModelInfo describes one model: its input and the calls it supports. */
   getModelInfo: handleUnaryCall<GetModelInfoRequest, GetModelInfoResponse>;
@@ -3096,7 +3220,10 @@ export interface ModelServiceServer extends UntypedServiceImplementation {
 }
 
 export interface ModelServiceClient extends Client {
-  /** ListModels lists the models that loaded successfully, sorted by name. */
+  /**
+   * ListModels lists the models that loaded successfully, sorted by name, and those that
+   * failed to load, with why.
+   */
   listModels(
     request: ListModelsRequest,
     callback: (error: ServiceError | null, response: ListModelsResponse) => void,

@@ -7,7 +7,7 @@ package io.tinymodelserver.tms.v1;
 
 /**
  * <pre>
- * ListModelsResponse lists the loaded models.
+ * ListModelsResponse lists the loaded models, and those that failed to load.
  * </pre>
  *
  * Protobuf type {@code tms.v1.ListModelsResponse}
@@ -33,6 +33,7 @@ private static final long serialVersionUID = 0L;
   }
   private ListModelsResponse() {
     models_ = java.util.Collections.emptyList();
+    failed_ = java.util.Collections.emptyList();
   }
 
   public static final com.google.protobuf.Descriptors.Descriptor
@@ -114,6 +115,77 @@ private static final long serialVersionUID = 0L;
     return models_.get(index);
   }
 
+  public static final int FAILED_FIELD_NUMBER = 2;
+  @SuppressWarnings("serial")
+  private java.util.List<io.tinymodelserver.tms.v1.FailedModel> failed_;
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  @java.lang.Override
+  public java.util.List<io.tinymodelserver.tms.v1.FailedModel> getFailedList() {
+    return failed_;
+  }
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  @java.lang.Override
+  public java.util.List<? extends io.tinymodelserver.tms.v1.FailedModelOrBuilder> 
+      getFailedOrBuilderList() {
+    return failed_;
+  }
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  @java.lang.Override
+  public int getFailedCount() {
+    return failed_.size();
+  }
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  @java.lang.Override
+  public io.tinymodelserver.tms.v1.FailedModel getFailed(int index) {
+    return failed_.get(index);
+  }
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  @java.lang.Override
+  public io.tinymodelserver.tms.v1.FailedModelOrBuilder getFailedOrBuilder(
+      int index) {
+    return failed_.get(index);
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -131,6 +203,9 @@ private static final long serialVersionUID = 0L;
     for (int i = 0; i < models_.size(); i++) {
       output.writeMessage(1, models_.get(i));
     }
+    for (int i = 0; i < failed_.size(); i++) {
+      output.writeMessage(2, failed_.get(i));
+    }
     getUnknownFields().writeTo(output);
   }
   private int computeSerializedSize_0() {
@@ -141,6 +216,15 @@ private static final long serialVersionUID = 0L;
           for (int i = 0; i < count; i++) {
             size += com.google.protobuf.CodedOutputStream
               .computeMessageSizeNoTag(models_.get(i));
+          }
+          size += 1 * count;
+        }
+
+        {
+          final int count = failed_.size();
+          for (int i = 0; i < count; i++) {
+            size += com.google.protobuf.CodedOutputStream
+              .computeMessageSizeNoTag(failed_.get(i));
           }
           size += 1 * count;
         }
@@ -170,6 +254,8 @@ private static final long serialVersionUID = 0L;
 
     if (!getModelsList()
         .equals(other.getModelsList())) return false;
+    if (!getFailedList()
+        .equals(other.getFailedList())) return false;
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -184,6 +270,10 @@ private static final long serialVersionUID = 0L;
     if (getModelsCount() > 0) {
       hash = (37 * hash) + MODELS_FIELD_NUMBER;
       hash = (53 * hash) + getModelsList().hashCode();
+    }
+    if (getFailedCount() > 0) {
+      hash = (37 * hash) + FAILED_FIELD_NUMBER;
+      hash = (53 * hash) + getFailedList().hashCode();
     }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
@@ -284,7 +374,7 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * ListModelsResponse lists the loaded models.
+   * ListModelsResponse lists the loaded models, and those that failed to load.
    * </pre>
    *
    * Protobuf type {@code tms.v1.ListModelsResponse}
@@ -327,6 +417,13 @@ private static final long serialVersionUID = 0L;
         modelsBuilder_.clear();
       }
       bitField0_ = (bitField0_ & ~0x00000001);
+      if (failedBuilder_ == null) {
+        failed_ = java.util.Collections.emptyList();
+      } else {
+        failed_ = null;
+        failedBuilder_.clear();
+      }
+      bitField0_ = (bitField0_ & ~0x00000002);
       return this;
     }
 
@@ -368,6 +465,15 @@ private static final long serialVersionUID = 0L;
         result.models_ = models_;
       } else {
         result.models_ = modelsBuilder_.build();
+      }
+      if (failedBuilder_ == null) {
+        if (((bitField0_ & 0x00000002) != 0)) {
+          failed_ = java.util.Collections.unmodifiableList(failed_);
+          bitField0_ = (bitField0_ & ~0x00000002);
+        }
+        result.failed_ = failed_;
+      } else {
+        result.failed_ = failedBuilder_.build();
       }
     }
 
@@ -413,6 +519,32 @@ private static final long serialVersionUID = 0L;
           }
         }
       }
+      if (failedBuilder_ == null) {
+        if (!other.failed_.isEmpty()) {
+          if (failed_.isEmpty()) {
+            failed_ = other.failed_;
+            bitField0_ = (bitField0_ & ~0x00000002);
+          } else {
+            ensureFailedIsMutable();
+            failed_.addAll(other.failed_);
+          }
+          onChanged();
+        }
+      } else {
+        if (!other.failed_.isEmpty()) {
+          if (failedBuilder_.isEmpty()) {
+            failedBuilder_.dispose();
+            failedBuilder_ = null;
+            failed_ = other.failed_;
+            bitField0_ = (bitField0_ & ~0x00000002);
+            failedBuilder_ = 
+              com.google.protobuf.GeneratedMessage.alwaysUseFieldBuilders ?
+                 internalGetFailedFieldBuilder() : null;
+          } else {
+            failedBuilder_.addAllMessages(other.failed_);
+          }
+        }
+      }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
       return this;
@@ -450,6 +582,19 @@ private static final long serialVersionUID = 0L;
               }
               break;
             } // case 10
+            case 18: {
+              io.tinymodelserver.tms.v1.FailedModel m =
+                  input.readMessage(
+                      io.tinymodelserver.tms.v1.FailedModel.parser(),
+                      extensionRegistry);
+              if (failedBuilder_ == null) {
+                ensureFailedIsMutable();
+                failed_.add(m);
+              } else {
+                failedBuilder_.addMessage(m);
+              }
+              break;
+            } // case 18
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -771,6 +916,348 @@ private static final long serialVersionUID = 0L;
         models_ = null;
       }
       return modelsBuilder_;
+    }
+
+    private java.util.List<io.tinymodelserver.tms.v1.FailedModel> failed_ =
+      java.util.Collections.emptyList();
+    private void ensureFailedIsMutable() {
+      if (!((bitField0_ & 0x00000002) != 0)) {
+        failed_ = new java.util.ArrayList<io.tinymodelserver.tms.v1.FailedModel>(failed_);
+        bitField0_ |= 0x00000002;
+       }
+    }
+
+    private com.google.protobuf.RepeatedFieldBuilder<
+        io.tinymodelserver.tms.v1.FailedModel, io.tinymodelserver.tms.v1.FailedModel.Builder, io.tinymodelserver.tms.v1.FailedModelOrBuilder> failedBuilder_;
+
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public java.util.List<io.tinymodelserver.tms.v1.FailedModel> getFailedList() {
+      if (failedBuilder_ == null) {
+        return java.util.Collections.unmodifiableList(failed_);
+      } else {
+        return failedBuilder_.getMessageList();
+      }
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public int getFailedCount() {
+      if (failedBuilder_ == null) {
+        return failed_.size();
+      } else {
+        return failedBuilder_.getCount();
+      }
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public io.tinymodelserver.tms.v1.FailedModel getFailed(int index) {
+      if (failedBuilder_ == null) {
+        return failed_.get(index);
+      } else {
+        return failedBuilder_.getMessage(index);
+      }
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder setFailed(
+        int index, io.tinymodelserver.tms.v1.FailedModel value) {
+      if (failedBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        ensureFailedIsMutable();
+        failed_.set(index, value);
+        onChanged();
+      } else {
+        failedBuilder_.setMessage(index, value);
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder setFailed(
+        int index, io.tinymodelserver.tms.v1.FailedModel.Builder builderForValue) {
+      if (failedBuilder_ == null) {
+        ensureFailedIsMutable();
+        failed_.set(index, builderForValue.build());
+        onChanged();
+      } else {
+        failedBuilder_.setMessage(index, builderForValue.build());
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder addFailed(io.tinymodelserver.tms.v1.FailedModel value) {
+      if (failedBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        ensureFailedIsMutable();
+        failed_.add(value);
+        onChanged();
+      } else {
+        failedBuilder_.addMessage(value);
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder addFailed(
+        int index, io.tinymodelserver.tms.v1.FailedModel value) {
+      if (failedBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        ensureFailedIsMutable();
+        failed_.add(index, value);
+        onChanged();
+      } else {
+        failedBuilder_.addMessage(index, value);
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder addFailed(
+        io.tinymodelserver.tms.v1.FailedModel.Builder builderForValue) {
+      if (failedBuilder_ == null) {
+        ensureFailedIsMutable();
+        failed_.add(builderForValue.build());
+        onChanged();
+      } else {
+        failedBuilder_.addMessage(builderForValue.build());
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder addFailed(
+        int index, io.tinymodelserver.tms.v1.FailedModel.Builder builderForValue) {
+      if (failedBuilder_ == null) {
+        ensureFailedIsMutable();
+        failed_.add(index, builderForValue.build());
+        onChanged();
+      } else {
+        failedBuilder_.addMessage(index, builderForValue.build());
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder addAllFailed(
+        java.lang.Iterable<? extends io.tinymodelserver.tms.v1.FailedModel> values) {
+      if (failedBuilder_ == null) {
+        ensureFailedIsMutable();
+        com.google.protobuf.AbstractMessageLite.Builder.addAll(
+            values, failed_);
+        onChanged();
+      } else {
+        failedBuilder_.addAllMessages(values);
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder clearFailed() {
+      if (failedBuilder_ == null) {
+        failed_ = java.util.Collections.emptyList();
+        bitField0_ = (bitField0_ & ~0x00000002);
+        onChanged();
+      } else {
+        failedBuilder_.clear();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public Builder removeFailed(int index) {
+      if (failedBuilder_ == null) {
+        ensureFailedIsMutable();
+        failed_.remove(index);
+        onChanged();
+      } else {
+        failedBuilder_.remove(index);
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public io.tinymodelserver.tms.v1.FailedModel.Builder getFailedBuilder(
+        int index) {
+      return internalGetFailedFieldBuilder().getBuilder(index);
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public io.tinymodelserver.tms.v1.FailedModelOrBuilder getFailedOrBuilder(
+        int index) {
+      if (failedBuilder_ == null) {
+        return failed_.get(index);  } else {
+        return failedBuilder_.getMessageOrBuilder(index);
+      }
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public java.util.List<? extends io.tinymodelserver.tms.v1.FailedModelOrBuilder> 
+         getFailedOrBuilderList() {
+      if (failedBuilder_ != null) {
+        return failedBuilder_.getMessageOrBuilderList();
+      } else {
+        return java.util.Collections.unmodifiableList(failed_);
+      }
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public io.tinymodelserver.tms.v1.FailedModel.Builder addFailedBuilder() {
+      return internalGetFailedFieldBuilder().addBuilder(
+          io.tinymodelserver.tms.v1.FailedModel.getDefaultInstance());
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public io.tinymodelserver.tms.v1.FailedModel.Builder addFailedBuilder(
+        int index) {
+      return internalGetFailedFieldBuilder().addBuilder(
+          index, io.tinymodelserver.tms.v1.FailedModel.getDefaultInstance());
+    }
+    /**
+     * <pre>
+     * The models the worker that answered found but failed to load, sorted by name. Their
+     * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+     * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+     * </pre>
+     *
+     * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+     */
+    public java.util.List<io.tinymodelserver.tms.v1.FailedModel.Builder> 
+         getFailedBuilderList() {
+      return internalGetFailedFieldBuilder().getBuilderList();
+    }
+    private com.google.protobuf.RepeatedFieldBuilder<
+        io.tinymodelserver.tms.v1.FailedModel, io.tinymodelserver.tms.v1.FailedModel.Builder, io.tinymodelserver.tms.v1.FailedModelOrBuilder> 
+        internalGetFailedFieldBuilder() {
+      if (failedBuilder_ == null) {
+        failedBuilder_ = new com.google.protobuf.RepeatedFieldBuilder<
+            io.tinymodelserver.tms.v1.FailedModel, io.tinymodelserver.tms.v1.FailedModel.Builder, io.tinymodelserver.tms.v1.FailedModelOrBuilder>(
+                failed_,
+                ((bitField0_ & 0x00000002) != 0),
+                getParentForChildren(),
+                isClean());
+        failed_ = null;
+      }
+      return failedBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:tms.v1.ListModelsResponse)

@@ -53,4 +53,58 @@ public interface ListModelsResponseOrBuilder extends
    */
   io.tinymodelserver.tms.v1.ModelInfoOrBuilder getModelsOrBuilder(
       int index);
+
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  java.util.List<io.tinymodelserver.tms.v1.FailedModel> 
+      getFailedList();
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  io.tinymodelserver.tms.v1.FailedModel getFailed(int index);
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  int getFailedCount();
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  java.util.List<? extends io.tinymodelserver.tms.v1.FailedModelOrBuilder> 
+      getFailedOrBuilderList();
+  /**
+   * <pre>
+   * The models the worker that answered found but failed to load, sorted by name. Their
+   * calls fail with FAILED_PRECONDITION (MODEL_NOT_LOADED), and while there are any the
+   * server's health ("") is NOT_SERVING, unless it runs with --allow-failed-models.
+   * </pre>
+   *
+   * <code>repeated .tms.v1.FailedModel failed = 2 [json_name = "failed"];</code>
+   */
+  io.tinymodelserver.tms.v1.FailedModelOrBuilder getFailedOrBuilder(
+      int index);
 }

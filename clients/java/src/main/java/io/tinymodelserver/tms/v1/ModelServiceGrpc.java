@@ -554,7 +554,8 @@ public final class ModelServiceGrpc {
 
     /**
      * <pre>
-     * ListModels lists the models that loaded successfully, sorted by name.
+     * ListModels lists the models that loaded successfully, sorted by name, and those that
+     * failed to load, with why.
      * </pre>
      */
     default void listModels(io.tinymodelserver.tms.v1.ListModelsRequest request,
@@ -842,7 +843,8 @@ public final class ModelServiceGrpc {
 
     /**
      * <pre>
-     * ListModels lists the models that loaded successfully, sorted by name.
+     * ListModels lists the models that loaded successfully, sorted by name, and those that
+     * failed to load, with why.
      * </pre>
      */
     public void listModels(io.tinymodelserver.tms.v1.ListModelsRequest request,
@@ -1062,7 +1064,8 @@ public final class ModelServiceGrpc {
 
     /**
      * <pre>
-     * ListModels lists the models that loaded successfully, sorted by name.
+     * ListModels lists the models that loaded successfully, sorted by name, and those that
+     * failed to load, with why.
      * </pre>
      */
     public io.tinymodelserver.tms.v1.ListModelsResponse listModels(io.tinymodelserver.tms.v1.ListModelsRequest request) throws io.grpc.StatusException {
@@ -1273,7 +1276,8 @@ public final class ModelServiceGrpc {
 
     /**
      * <pre>
-     * ListModels lists the models that loaded successfully, sorted by name.
+     * ListModels lists the models that loaded successfully, sorted by name, and those that
+     * failed to load, with why.
      * </pre>
      */
     public io.tinymodelserver.tms.v1.ListModelsResponse listModels(io.tinymodelserver.tms.v1.ListModelsRequest request) {
@@ -1466,7 +1470,8 @@ public final class ModelServiceGrpc {
 
     /**
      * <pre>
-     * ListModels lists the models that loaded successfully, sorted by name.
+     * ListModels lists the models that loaded successfully, sorted by name, and those that
+     * failed to load, with why.
      * </pre>
      */
     public com.google.common.util.concurrent.ListenableFuture<io.tinymodelserver.tms.v1.ListModelsResponse> listModels(

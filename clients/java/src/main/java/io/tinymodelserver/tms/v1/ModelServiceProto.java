@@ -42,6 +42,11 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_tms_v1_ListModelsResponse_fieldAccessorTable;
   static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_FailedModel_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_FailedModel_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
     internal_static_tms_v1_GetModelInfoRequest_descriptor;
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
@@ -166,91 +171,94 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
       "R\016argsSchemaJson\022,\n\022result_schema_json\030\014" +
       " \001(\tR\020resultSchemaJson\022A\n\017max_batch_dela" +
       "y\030\r \001(\0132\031.google.protobuf.DurationR\rmaxB" +
-      "atchDelay\"\023\n\021ListModelsRequest\"?\n\022ListMo" +
+      "atchDelay\"\023\n\021ListModelsRequest\"l\n\022ListMo" +
       "delsResponse\022)\n\006models\030\001 \003(\0132\021.tms.v1.Mo" +
-      "delInfoR\006models\"+\n\023GetModelInfoRequest\022\024" +
-      "\n\005model\030\001 \001(\tR\005model\"=\n\024GetModelInfoResp" +
-      "onse\022%\n\004info\030\001 \001(\0132\021.tms.v1.ModelInfoR\004i" +
-      "nfo\"i\n\017RunImageRequest\022\024\n\005model\030\001 \001(\tR\005m" +
+      "delInfoR\006models\022+\n\006failed\030\002 \003(\0132\023.tms.v1" +
+      ".FailedModelR\006failed\"9\n\013FailedModel\022\022\n\004n" +
+      "ame\030\001 \001(\tR\004name\022\026\n\006reason\030\002 \001(\tR\006reason\"" +
+      "+\n\023GetModelInfoRequest\022\024\n\005model\030\001 \001(\tR\005m" +
+      "odel\"=\n\024GetModelInfoResponse\022%\n\004info\030\001 \001" +
+      "(\0132\021.tms.v1.ModelInfoR\004info\"i\n\017RunImageR" +
+      "equest\022\024\n\005model\030\001 \001(\tR\005model\022#\n\005image\030\002 " +
+      "\001(\0132\r.tms.v1.ImageR\005image\022\033\n\targs_json\030\003" +
+      " \001(\tR\010argsJson\"X\n\020RunImageResponse\022\037\n\013re" +
+      "sult_json\030\001 \001(\tR\nresultJson\022#\n\rmodel_ver" +
+      "sion\030\002 \001(\tR\014modelVersion\"p\n\024RunImageBatc" +
+      "hRequest\022\024\n\005model\030\001 \001(\tR\005model\022%\n\006images" +
+      "\030\002 \003(\0132\r.tms.v1.ImageR\006images\022\033\n\targs_js" +
+      "on\030\003 \001(\tR\010argsJson\"_\n\025RunImageBatchRespo" +
+      "nse\022!\n\014results_json\030\001 \003(\tR\013resultsJson\022#" +
+      "\n\rmodel_version\030\002 \001(\tR\014modelVersion\"\365\001\n\026" +
+      "RunImageToImageRequest\022\024\n\005model\030\001 \001(\tR\005m" +
+      "odel\022%\n\006images\030\002 \003(\0132\r.tms.v1.ImageR\006ima" +
+      "ges\022\033\n\targs_json\030\003 \001(\tR\010argsJson\0229\n\017outp" +
+      "ut_encoding\030\004 \001(\0162\020.tms.v1.EncodingR\016out" +
+      "putEncoding\022F\n\024output_shared_memory\030\005 \001(" +
+      "\0132\024.tms.v1.SharedMemoryR\022outputSharedMem" +
+      "ory\"\206\001\n\027RunImageToImageResponse\022%\n\006image" +
+      "s\030\001 \003(\0132\r.tms.v1.ImageR\006images\022\037\n\013result" +
+      "_json\030\002 \001(\tR\nresultJson\022#\n\rmodel_version" +
+      "\030\003 \001(\tR\014modelVersion\"W\n\016RunTextRequest\022\024" +
+      "\n\005model\030\001 \001(\tR\005model\022\022\n\004text\030\002 \001(\tR\004text" +
+      "\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"W\n\017RunText" +
+      "Response\022\037\n\013result_json\030\001 \001(\tR\nresultJso" +
+      "n\022#\n\rmodel_version\030\002 \001(\tR\014modelVersion\"^" +
+      "\n\023RunTextBatchRequest\022\024\n\005model\030\001 \001(\tR\005mo" +
+      "del\022\024\n\005texts\030\002 \003(\tR\005texts\022\033\n\targs_json\030\003" +
+      " \001(\tR\010argsJson\"^\n\024RunTextBatchResponse\022!" +
+      "\n\014results_json\030\001 \003(\tR\013resultsJson\022#\n\rmod" +
+      "el_version\030\002 \001(\tR\014modelVersion\"\026\n\024GetWor" +
+      "kerInfoRequest\"\203\002\n\025GetWorkerInfoResponse" +
+      "\022\037\n\013instance_id\030\001 \001(\tR\ninstanceId\022\020\n\003pid" +
+      "\030\002 \001(\003R\003pid\022!\n\014worker_index\030\003 \001(\005R\013worke" +
+      "rIndex\022!\n\014worker_count\030\004 \001(\005R\013workerCoun" +
+      "t\022%\n\016server_version\030\005 \001(\tR\rserverVersion" +
+      "\022\032\n\010hostname\030\006 \001(\tR\010hostname\022\026\n\006device\030\007" +
+      " \001(\tR\006device\022\026\n\006models\030\010 \003(\tR\006models\"\212\001\n" +
+      "\025RunImageStreamRequest\022\024\n\005model\030\001 \001(\tR\005m" +
       "odel\022#\n\005image\030\002 \001(\0132\r.tms.v1.ImageR\005imag" +
-      "e\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"X\n\020RunIma" +
-      "geResponse\022\037\n\013result_json\030\001 \001(\tR\nresultJ" +
-      "son\022#\n\rmodel_version\030\002 \001(\tR\014modelVersion" +
-      "\"p\n\024RunImageBatchRequest\022\024\n\005model\030\001 \001(\tR" +
-      "\005model\022%\n\006images\030\002 \003(\0132\r.tms.v1.ImageR\006i" +
-      "mages\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"_\n\025Ru" +
-      "nImageBatchResponse\022!\n\014results_json\030\001 \003(" +
-      "\tR\013resultsJson\022#\n\rmodel_version\030\002 \001(\tR\014m" +
-      "odelVersion\"\365\001\n\026RunImageToImageRequest\022\024" +
-      "\n\005model\030\001 \001(\tR\005model\022%\n\006images\030\002 \003(\0132\r.t" +
-      "ms.v1.ImageR\006images\022\033\n\targs_json\030\003 \001(\tR\010" +
-      "argsJson\0229\n\017output_encoding\030\004 \001(\0162\020.tms." +
-      "v1.EncodingR\016outputEncoding\022F\n\024output_sh" +
-      "ared_memory\030\005 \001(\0132\024.tms.v1.SharedMemoryR" +
-      "\022outputSharedMemory\"\206\001\n\027RunImageToImageR" +
-      "esponse\022%\n\006images\030\001 \003(\0132\r.tms.v1.ImageR\006" +
-      "images\022\037\n\013result_json\030\002 \001(\tR\nresultJson\022" +
-      "#\n\rmodel_version\030\003 \001(\tR\014modelVersion\"W\n\016" +
-      "RunTextRequest\022\024\n\005model\030\001 \001(\tR\005model\022\022\n\004" +
-      "text\030\002 \001(\tR\004text\022\033\n\targs_json\030\003 \001(\tR\010arg" +
-      "sJson\"W\n\017RunTextResponse\022\037\n\013result_json\030" +
-      "\001 \001(\tR\nresultJson\022#\n\rmodel_version\030\002 \001(\t" +
-      "R\014modelVersion\"^\n\023RunTextBatchRequest\022\024\n" +
-      "\005model\030\001 \001(\tR\005model\022\024\n\005texts\030\002 \003(\tR\005text" +
-      "s\022\033\n\targs_json\030\003 \001(\tR\010argsJson\"^\n\024RunTex" +
-      "tBatchResponse\022!\n\014results_json\030\001 \003(\tR\013re" +
-      "sultsJson\022#\n\rmodel_version\030\002 \001(\tR\014modelV" +
-      "ersion\"\026\n\024GetWorkerInfoRequest\"\203\002\n\025GetWo" +
-      "rkerInfoResponse\022\037\n\013instance_id\030\001 \001(\tR\ni" +
-      "nstanceId\022\020\n\003pid\030\002 \001(\003R\003pid\022!\n\014worker_in" +
-      "dex\030\003 \001(\005R\013workerIndex\022!\n\014worker_count\030\004" +
-      " \001(\005R\013workerCount\022%\n\016server_version\030\005 \001(" +
-      "\tR\rserverVersion\022\032\n\010hostname\030\006 \001(\tR\010host" +
-      "name\022\026\n\006device\030\007 \001(\tR\006device\022\026\n\006models\030\010" +
-      " \003(\tR\006models\"\212\001\n\025RunImageStreamRequest\022\024" +
-      "\n\005model\030\001 \001(\tR\005model\022#\n\005image\030\002 \001(\0132\r.tm" +
-      "s.v1.ImageR\005image\022\033\n\targs_json\030\003 \001(\tR\010ar" +
-      "gsJson\022\031\n\010frame_id\030\004 \001(\004R\007frameId\"\234\001\n\026Ru" +
-      "nImageStreamResponse\022\031\n\010frame_id\030\001 \001(\004R\007" +
-      "frameId\022\037\n\013result_json\030\002 \001(\tR\nresultJson" +
-      "\022!\n\014error_status\030\003 \001(\014R\013errorStatus\022#\n\rm" +
-      "odel_version\030\004 \001(\tR\014modelVersion\"Y\n\031Atta" +
-      "chSharedMemoryRequest\022\022\n\004name\030\001 \001(\tR\004nam" +
-      "e\022\022\n\004size\030\002 \001(\004R\004size\022\024\n\005proof\030\003 \001(\014R\005pr" +
-      "oof\"4\n\032AttachSharedMemoryResponse\022\026\n\006reg" +
-      "ion\030\001 \001(\tR\006region\"3\n\031DetachSharedMemoryR" +
-      "equest\022\026\n\006region\030\001 \001(\tR\006region\"\034\n\032Detach" +
-      "SharedMemoryResponse*\274\001\n\tModelCall\022\032\n\026MO" +
-      "DEL_CALL_UNSPECIFIED\020\000\022\030\n\024MODEL_CALL_RUN" +
-      "_IMAGE\020\001\022\036\n\032MODEL_CALL_RUN_IMAGE_BATCH\020\002" +
-      "\022!\n\035MODEL_CALL_RUN_IMAGE_TO_IMAGE\020\003\022\027\n\023M" +
-      "ODEL_CALL_RUN_TEXT\020\004\022\035\n\031MODEL_CALL_RUN_T" +
-      "EXT_BATCH\020\0052\343\006\n\014ModelService\022C\n\nListMode" +
-      "ls\022\031.tms.v1.ListModelsRequest\032\032.tms.v1.L" +
-      "istModelsResponse\022I\n\014GetModelInfo\022\033.tms." +
-      "v1.GetModelInfoRequest\032\034.tms.v1.GetModel" +
-      "InfoResponse\022=\n\010RunImage\022\027.tms.v1.RunIma" +
-      "geRequest\032\030.tms.v1.RunImageResponse\022L\n\rR" +
-      "unImageBatch\022\034.tms.v1.RunImageBatchReque" +
-      "st\032\035.tms.v1.RunImageBatchResponse\022R\n\017Run" +
-      "ImageToImage\022\036.tms.v1.RunImageToImageReq" +
-      "uest\032\037.tms.v1.RunImageToImageResponse\022:\n" +
-      "\007RunText\022\026.tms.v1.RunTextRequest\032\027.tms.v" +
-      "1.RunTextResponse\022I\n\014RunTextBatch\022\033.tms." +
-      "v1.RunTextBatchRequest\032\034.tms.v1.RunTextB" +
-      "atchResponse\022L\n\rGetWorkerInfo\022\034.tms.v1.G" +
-      "etWorkerInfoRequest\032\035.tms.v1.GetWorkerIn" +
-      "foResponse\022S\n\016RunImageStream\022\035.tms.v1.Ru" +
-      "nImageStreamRequest\032\036.tms.v1.RunImageStr" +
-      "eamResponse(\0010\001\022[\n\022AttachSharedMemory\022!." +
-      "tms.v1.AttachSharedMemoryRequest\032\".tms.v" +
-      "1.AttachSharedMemoryResponse\022[\n\022DetachSh" +
-      "aredMemory\022!.tms.v1.DetachSharedMemoryRe" +
-      "quest\032\".tms.v1.DetachSharedMemoryRespons" +
-      "eB\205\001\n\031io.tinymodelserver.tms.v1B\021ModelSe" +
-      "rviceProtoP\001Z:github.com/tinymodelserver" +
-      "/tms/clients/go/gen/tms/v1;tmsv1\252\002\026TinyM" +
-      "odelServer.Tms.V1b\006proto3"
+      "e\022\033\n\targs_json\030\003 \001(\tR\010argsJson\022\031\n\010frame_" +
+      "id\030\004 \001(\004R\007frameId\"\234\001\n\026RunImageStreamResp" +
+      "onse\022\031\n\010frame_id\030\001 \001(\004R\007frameId\022\037\n\013resul" +
+      "t_json\030\002 \001(\tR\nresultJson\022!\n\014error_status" +
+      "\030\003 \001(\014R\013errorStatus\022#\n\rmodel_version\030\004 \001" +
+      "(\tR\014modelVersion\"Y\n\031AttachSharedMemoryRe" +
+      "quest\022\022\n\004name\030\001 \001(\tR\004name\022\022\n\004size\030\002 \001(\004R" +
+      "\004size\022\024\n\005proof\030\003 \001(\014R\005proof\"4\n\032AttachSha" +
+      "redMemoryResponse\022\026\n\006region\030\001 \001(\tR\006regio" +
+      "n\"3\n\031DetachSharedMemoryRequest\022\026\n\006region" +
+      "\030\001 \001(\tR\006region\"\034\n\032DetachSharedMemoryResp" +
+      "onse*\274\001\n\tModelCall\022\032\n\026MODEL_CALL_UNSPECI" +
+      "FIED\020\000\022\030\n\024MODEL_CALL_RUN_IMAGE\020\001\022\036\n\032MODE" +
+      "L_CALL_RUN_IMAGE_BATCH\020\002\022!\n\035MODEL_CALL_R" +
+      "UN_IMAGE_TO_IMAGE\020\003\022\027\n\023MODEL_CALL_RUN_TE" +
+      "XT\020\004\022\035\n\031MODEL_CALL_RUN_TEXT_BATCH\020\0052\343\006\n\014" +
+      "ModelService\022C\n\nListModels\022\031.tms.v1.List" +
+      "ModelsRequest\032\032.tms.v1.ListModelsRespons" +
+      "e\022I\n\014GetModelInfo\022\033.tms.v1.GetModelInfoR" +
+      "equest\032\034.tms.v1.GetModelInfoResponse\022=\n\010" +
+      "RunImage\022\027.tms.v1.RunImageRequest\032\030.tms." +
+      "v1.RunImageResponse\022L\n\rRunImageBatch\022\034.t" +
+      "ms.v1.RunImageBatchRequest\032\035.tms.v1.RunI" +
+      "mageBatchResponse\022R\n\017RunImageToImage\022\036.t" +
+      "ms.v1.RunImageToImageRequest\032\037.tms.v1.Ru" +
+      "nImageToImageResponse\022:\n\007RunText\022\026.tms.v" +
+      "1.RunTextRequest\032\027.tms.v1.RunTextRespons" +
+      "e\022I\n\014RunTextBatch\022\033.tms.v1.RunTextBatchR" +
+      "equest\032\034.tms.v1.RunTextBatchResponse\022L\n\r" +
+      "GetWorkerInfo\022\034.tms.v1.GetWorkerInfoRequ" +
+      "est\032\035.tms.v1.GetWorkerInfoResponse\022S\n\016Ru" +
+      "nImageStream\022\035.tms.v1.RunImageStreamRequ" +
+      "est\032\036.tms.v1.RunImageStreamResponse(\0010\001\022" +
+      "[\n\022AttachSharedMemory\022!.tms.v1.AttachSha" +
+      "redMemoryRequest\032\".tms.v1.AttachSharedMe" +
+      "moryResponse\022[\n\022DetachSharedMemory\022!.tms" +
+      ".v1.DetachSharedMemoryRequest\032\".tms.v1.D" +
+      "etachSharedMemoryResponseB\205\001\n\031io.tinymod" +
+      "elserver.tms.v1B\021ModelServiceProtoP\001Z:gi" +
+      "thub.com/tinymodelserver/tms/clients/go/" +
+      "gen/tms/v1;tmsv1\252\002\026TinyModelServer.Tms.V" +
+      "1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -275,123 +283,129 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
     internal_static_tms_v1_ListModelsResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_ListModelsResponse_descriptor,
-        new java.lang.String[] { "Models", });
-    internal_static_tms_v1_GetModelInfoRequest_descriptor =
+        new java.lang.String[] { "Models", "Failed", });
+    internal_static_tms_v1_FailedModel_descriptor =
       getDescriptor().getMessageType(3);
+    internal_static_tms_v1_FailedModel_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_FailedModel_descriptor,
+        new java.lang.String[] { "Name", "Reason", });
+    internal_static_tms_v1_GetModelInfoRequest_descriptor =
+      getDescriptor().getMessageType(4);
     internal_static_tms_v1_GetModelInfoRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_GetModelInfoRequest_descriptor,
         new java.lang.String[] { "Model", });
     internal_static_tms_v1_GetModelInfoResponse_descriptor =
-      getDescriptor().getMessageType(4);
+      getDescriptor().getMessageType(5);
     internal_static_tms_v1_GetModelInfoResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_GetModelInfoResponse_descriptor,
         new java.lang.String[] { "Info", });
     internal_static_tms_v1_RunImageRequest_descriptor =
-      getDescriptor().getMessageType(5);
+      getDescriptor().getMessageType(6);
     internal_static_tms_v1_RunImageRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageRequest_descriptor,
         new java.lang.String[] { "Model", "Image", "ArgsJson", });
     internal_static_tms_v1_RunImageResponse_descriptor =
-      getDescriptor().getMessageType(6);
+      getDescriptor().getMessageType(7);
     internal_static_tms_v1_RunImageResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageResponse_descriptor,
         new java.lang.String[] { "ResultJson", "ModelVersion", });
     internal_static_tms_v1_RunImageBatchRequest_descriptor =
-      getDescriptor().getMessageType(7);
+      getDescriptor().getMessageType(8);
     internal_static_tms_v1_RunImageBatchRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageBatchRequest_descriptor,
         new java.lang.String[] { "Model", "Images", "ArgsJson", });
     internal_static_tms_v1_RunImageBatchResponse_descriptor =
-      getDescriptor().getMessageType(8);
+      getDescriptor().getMessageType(9);
     internal_static_tms_v1_RunImageBatchResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageBatchResponse_descriptor,
         new java.lang.String[] { "ResultsJson", "ModelVersion", });
     internal_static_tms_v1_RunImageToImageRequest_descriptor =
-      getDescriptor().getMessageType(9);
+      getDescriptor().getMessageType(10);
     internal_static_tms_v1_RunImageToImageRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageToImageRequest_descriptor,
         new java.lang.String[] { "Model", "Images", "ArgsJson", "OutputEncoding", "OutputSharedMemory", });
     internal_static_tms_v1_RunImageToImageResponse_descriptor =
-      getDescriptor().getMessageType(10);
+      getDescriptor().getMessageType(11);
     internal_static_tms_v1_RunImageToImageResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageToImageResponse_descriptor,
         new java.lang.String[] { "Images", "ResultJson", "ModelVersion", });
     internal_static_tms_v1_RunTextRequest_descriptor =
-      getDescriptor().getMessageType(11);
+      getDescriptor().getMessageType(12);
     internal_static_tms_v1_RunTextRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunTextRequest_descriptor,
         new java.lang.String[] { "Model", "Text", "ArgsJson", });
     internal_static_tms_v1_RunTextResponse_descriptor =
-      getDescriptor().getMessageType(12);
+      getDescriptor().getMessageType(13);
     internal_static_tms_v1_RunTextResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunTextResponse_descriptor,
         new java.lang.String[] { "ResultJson", "ModelVersion", });
     internal_static_tms_v1_RunTextBatchRequest_descriptor =
-      getDescriptor().getMessageType(13);
+      getDescriptor().getMessageType(14);
     internal_static_tms_v1_RunTextBatchRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunTextBatchRequest_descriptor,
         new java.lang.String[] { "Model", "Texts", "ArgsJson", });
     internal_static_tms_v1_RunTextBatchResponse_descriptor =
-      getDescriptor().getMessageType(14);
+      getDescriptor().getMessageType(15);
     internal_static_tms_v1_RunTextBatchResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunTextBatchResponse_descriptor,
         new java.lang.String[] { "ResultsJson", "ModelVersion", });
     internal_static_tms_v1_GetWorkerInfoRequest_descriptor =
-      getDescriptor().getMessageType(15);
+      getDescriptor().getMessageType(16);
     internal_static_tms_v1_GetWorkerInfoRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_GetWorkerInfoRequest_descriptor,
         new java.lang.String[] { });
     internal_static_tms_v1_GetWorkerInfoResponse_descriptor =
-      getDescriptor().getMessageType(16);
+      getDescriptor().getMessageType(17);
     internal_static_tms_v1_GetWorkerInfoResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_GetWorkerInfoResponse_descriptor,
         new java.lang.String[] { "InstanceId", "Pid", "WorkerIndex", "WorkerCount", "ServerVersion", "Hostname", "Device", "Models", });
     internal_static_tms_v1_RunImageStreamRequest_descriptor =
-      getDescriptor().getMessageType(17);
+      getDescriptor().getMessageType(18);
     internal_static_tms_v1_RunImageStreamRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageStreamRequest_descriptor,
         new java.lang.String[] { "Model", "Image", "ArgsJson", "FrameId", });
     internal_static_tms_v1_RunImageStreamResponse_descriptor =
-      getDescriptor().getMessageType(18);
+      getDescriptor().getMessageType(19);
     internal_static_tms_v1_RunImageStreamResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_RunImageStreamResponse_descriptor,
         new java.lang.String[] { "FrameId", "ResultJson", "ErrorStatus", "ModelVersion", });
     internal_static_tms_v1_AttachSharedMemoryRequest_descriptor =
-      getDescriptor().getMessageType(19);
+      getDescriptor().getMessageType(20);
     internal_static_tms_v1_AttachSharedMemoryRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_AttachSharedMemoryRequest_descriptor,
         new java.lang.String[] { "Name", "Size", "Proof", });
     internal_static_tms_v1_AttachSharedMemoryResponse_descriptor =
-      getDescriptor().getMessageType(20);
+      getDescriptor().getMessageType(21);
     internal_static_tms_v1_AttachSharedMemoryResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_AttachSharedMemoryResponse_descriptor,
         new java.lang.String[] { "Region", });
     internal_static_tms_v1_DetachSharedMemoryRequest_descriptor =
-      getDescriptor().getMessageType(21);
+      getDescriptor().getMessageType(22);
     internal_static_tms_v1_DetachSharedMemoryRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_DetachSharedMemoryRequest_descriptor,
         new java.lang.String[] { "Region", });
     internal_static_tms_v1_DetachSharedMemoryResponse_descriptor =
-      getDescriptor().getMessageType(22);
+      getDescriptor().getMessageType(23);
     internal_static_tms_v1_DetachSharedMemoryResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_DetachSharedMemoryResponse_descriptor,

@@ -1,0 +1,462 @@
+"""The HTTP server of one worker (aiohttp), on the worker's event loop, beside its gRPC server.
+
+Every call that runs a model goes through the worker's admission (tms_server.admission: its
+threads, queue and pixel budget) to the servicer methods the gRPC calls run, is counted and
+logged as they are (``--metrics-port``, ``--log-requests``), and needs the same call token
+(``--tokens-file``); the page and the health endpoints are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.resources
+import json
+import math
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from aiohttp import web
+
+from tms.v1 import image_pb2, model_service_pb2
+from tms_client.protocol.methods import OUTPUT_FIELD
+from tms_client.protocol.wire import ImageParts, split_images
+from tms_server import __version__, oip, security
+from tms_server._gen.inference import grpc_predict_v2_pb2 as oip_pb
+from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
+from tms_server.errors import (
+    InvalidArgument,
+    Reason,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+    status_of,
+)
+from tms_server.health import HealthServicer
+from tms_server.http.tensors import (
+    HEADER_LENGTH,
+    infer_response,
+    parse_infer,
+    tensor_values,
+    to_json,
+)
+from tms_server.oip.tensors import DATATYPES
+from tms_server.registry import ModelRegistry
+from tms_server.rpc import Worker
+from tms_server.servicer import ModelServicer
+from tms_server.settings import Settings
+from tms_server.tracing import start_call_span
+
+__all__ = ["HttpServer"]
+
+pb = model_service_pb2
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: The HTTP status of each gRPC status code a call can end with.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.FAILED_PRECONDITION: 503,  # a model that failed to load, or is elsewhere
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+#: Reasons of INVALID_ARGUMENT that say the input is too large.
+TOO_LARGE = {Reason.IMAGE_TOO_LARGE, Reason.BATCH_TOO_LARGE}
+#: Paths open without a token: the page (it holds no data) and the health endpoints.
+OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
+#: The page's content security: its own inline script and style, images from data and blobs.
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src 'self' data: blob:; frame-ancestors 'none'"
+)
+
+
+class HttpServer:
+    """The HTTP/JSON API and page of one worker, served on ``port``."""
+
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
+        self._runner = runner
+        self.port = port
+
+    def __repr__(self) -> str:
+        return f"<HttpServer port={self.port}>"
+
+    @classmethod
+    async def start(
+        cls,
+        settings: Settings,
+        port: int,
+        *,
+        worker: Worker,
+        models: ModelServicer,
+        inference: oip.InferenceServicer,
+        registry: ModelRegistry,
+        health: HealthServicer,
+    ) -> HttpServer:
+        """Serve on ``settings.host``:``port`` (shared with the other workers by SO_REUSEPORT),
+        with TLS when the server has it. Call it on the worker's event loop."""
+        tokens = (
+            security.TokenFile(settings.tokens_file, "tokens_file")
+            if settings.tokens_file is not None
+            else None
+        )
+        api = _Api(
+            settings=settings,
+            worker=worker,
+            models=models,
+            inference=inference,
+            registry=registry,
+            health=health,
+            tokens=tokens,
+        )
+        app = web.Application(client_max_size=settings.max_message_bytes, middlewares=[api.guard])
+        api.add_routes(app.router)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.grace_seconds)
+        await runner.setup()
+        sock = _bind(settings.host, port)
+        site = web.SockSite(runner, sock, ssl_context=_tls(settings), backlog=1024)
+        await site.start()
+        return cls(runner, sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening and end the calls in flight after the grace period."""
+        await self._runner.cleanup()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    return sock
+
+
+def _tls(settings: Settings) -> ssl.SSLContext | None:
+    """The server's certificate (and client CA, for mutual TLS), read once at start."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(cafile=settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class _Api:
+    """The routes, each a method; ``guard`` checks tokens and turns errors into responses."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        worker: Worker,
+        models: ModelServicer,
+        inference: oip.InferenceServicer,
+        registry: ModelRegistry,
+        health: HealthServicer,
+        tokens: security.TokenFile | None,
+    ) -> None:
+        self._settings = settings
+        self._worker = worker
+        self._models = models
+        self._inference = inference
+        self._registry = registry
+        self._health = health
+        self._tokens = tokens
+        page = importlib.resources.files(__package__).joinpath("page.html")
+        self._page = page.read_bytes()
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/", self.page)
+        router.add_get("/v2", self.server_metadata)
+        router.add_get("/v2/health/live", self.live)
+        router.add_get("/v2/health/ready", self.ready)
+        router.add_get("/v2/models", self.list_models)
+        for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            router.add_get(model, self.model_metadata)
+            router.add_get(f"{model}/ready", self.model_ready)
+            router.add_post(f"{model}/infer", self.infer)
+        router.add_post("/v2/models/{name}/run", self.run)
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if self._tokens is not None and request.path not in OPEN_PATHS:
+                self._check_token(request.headers.get("Authorization"))
+            response = await handler(request)
+        except web.HTTPException as exc:  # aiohttp's own: no such path, body too large, ...
+            if exc.status == 413:
+                message = (
+                    f"the request body is larger than {self._settings.max_message_mb} MiB "
+                    "(--max-message-mb)"
+                )
+            else:
+                message = f"{exc.reason}: {request.method} {request.path}"
+            return _error(exc.status, message, headers=exc.headers)
+        except Exception as exc:
+            return _failure(exc, "http", "")[1]
+        call = CURRENT.get()  # set by _call, in this same task
+        if call is not None:
+            response.headers[REQUEST_ID_KEY] = call.request_id
+        return response
+
+    def _check_token(self, header: str | None) -> None:
+        assert self._tokens is not None
+        token = security.bearer_token([("authorization", header)] if header else None)
+        if token is None:
+            raise Unauthenticated(
+                "this server needs a token: send the header 'Authorization: Bearer <token>'"
+            )
+        if not self._tokens.accepts(token):
+            raise Unauthenticated("the token is not valid here")
+
+    async def page(self, request: web.Request) -> web.Response:
+        headers = {"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff"}
+        return web.Response(body=self._page, content_type="text/html", headers=headers)
+
+    async def live(self, request: web.Request) -> web.Response:
+        return _json({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """200 while the worker's gRPC health says SERVING for the server as a whole."""
+        ready = self._health.serving()
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "name": "tms",
+                "version": __version__,
+                "extensions": ["model_configuration", "parameters", "binary_tensor_data"],
+            }
+        )
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        """Every model, as ``GET /v2/models/{name}`` describes it (a TMS extension)."""
+        names = [info.name for info in self._registry.infos()]
+        return _json({"models": [self._describe(name, "") for name in names]})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        return _json(self._describe(info["name"], info.get("version", "")))
+
+    def _describe(self, name: str, version: str) -> dict[str, Any]:
+        """OIP model metadata, and in ``parameters`` what TMS says of the model."""
+        request = oip_pb.ModelMetadataRequest(name=name, version=version)
+        reply = self._inference.ModelMetadata(request, _NO_CONTEXT)
+        info = self._registry.find(name).info
+
+        def tensors(items: Any) -> list[dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+        calls = [pb.ModelCall.Name(call).removeprefix("MODEL_CALL_") for call in info.calls]
+        return {
+            "name": reply.name,
+            "versions": list(reply.versions),
+            "platform": reply.platform,
+            "inputs": tensors(reply.inputs),
+            "outputs": tensors(reply.outputs),
+            "parameters": {
+                "description": info.description,
+                "version": info.version,
+                "calls": calls,
+                "args_schema": info.args_schema_json,
+            },
+        }
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        self._registry.find(info["name"])  # 404 for a model nobody has
+        ready = self._inference.ModelReady(
+            oip_pb.ModelReadyRequest(name=info["name"], version=info.get("version", "")),
+            _NO_CONTEXT,
+        ).ready
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        """OIP inference: JSON tensors, and binary ones by the binary tensor data extension."""
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        self._registry.find(name)  # 404 for a model nobody has, whatever the body
+        body = await self._body(request)
+        header = request.headers.get(HEADER_LENGTH)
+
+        def call() -> tuple[bytes, int]:
+            parsed = parse_infer(name, version, body, header)
+            return infer_response(parsed, self._inference.ModelInfer(parsed.message, _NO_CONTEXT))
+
+        outcome = await self._call(request, "ModelInfer", name, call)
+        if isinstance(outcome, web.Response):
+            return outcome
+        data, length = outcome
+        if length == len(data):
+            return web.Response(body=data, content_type="application/json")
+        headers = {HEADER_LENGTH: str(length)}
+        return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+
+    async def run(self, request: web.Request) -> web.Response:
+        """A TMS extension for people, pages and curl: the body is an image file (PNG or JPEG)
+        or, for a text model, UTF-8 text; ``?args=`` the model's args as JSON. The answer is
+        JSON: the model's result, and the images an image-to-image model returns (PNG in
+        base64, or tensors when they are not pictures)."""
+        name = request.match_info["name"]
+        model = self._registry.find(name)
+        args = request.query.get("args", "")
+        body = await self._body(request)
+        models = self._models
+        if model.supports(pb.MODEL_CALL_RUN_TEXT):
+            try:
+                text = pb.RunTextRequest(model=name, text=body.decode(), args_json=args)
+            except UnicodeDecodeError as exc:
+                raise InvalidArgument(f"model {name!r} takes UTF-8 text: {exc}") from None
+            rpc, pixels = "RunText", 0
+
+            def call() -> bytes:
+                return _answer(name, models.RunText(text, _NO_CONTEXT))
+
+        elif not body:
+            raise InvalidArgument("send an image file (PNG or JPEG) as the request body")
+        elif not model.supports(pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE):
+            raw = pb.RunImageRequest(
+                model=name, image=_image_file(body), args_json=args
+            ).SerializeToString()
+            rpc, pixels = "RunImage", models.pixels(pb.RunImageRequest, raw)
+
+            def call() -> bytes:
+                return _answer(name, models.RunImage(raw, _NO_CONTEXT))
+
+        else:
+            png = model.output_color != image_pb2.COLOR_ORDER_UNSPECIFIED
+            raw = pb.RunImageToImageRequest(
+                model=name,
+                images=[_image_file(body)],
+                args_json=args,
+                output_encoding=image_pb2.ENCODING_PNG if png else image_pb2.ENCODING_RAW,
+            ).SerializeToString()
+            rpc, pixels = "RunImageToImage", models.pixels(pb.RunImageToImageRequest, raw)
+
+            def call() -> bytes:
+                reply = models.RunImageToImage(raw, _NO_CONTEXT)
+                head, parts = split_images(pb.RunImageToImageResponse, reply, OUTPUT_FIELD)
+                return _answer(name, head, images=[_output_image(part, png) for part in parts])
+
+        outcome = await self._call(request, rpc, name, call, pixels=pixels)
+        if isinstance(outcome, web.Response):
+            return outcome
+        return web.Response(body=outcome, content_type="application/json")
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, within --slow-client-seconds and --max-message-mb."""
+        seconds = self._settings.slow_client_seconds or None
+        try:
+            async with asyncio.timeout(seconds):
+                return await request.read()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(
+                reason=f"the request body took over {seconds:g}s (--slow-client-seconds)"
+            ) from None
+
+    async def _call(
+        self,
+        request: web.Request,
+        rpc: str,
+        model: str,
+        function: Callable[..., T],
+        *args: Any,
+        pixels: int = 0,
+    ) -> T | web.Response:
+        """``function(*args)`` admitted, run, counted and logged as the worker's gRPC calls
+        are; what it raised as an error response."""
+        worker = self._worker
+        began = time.perf_counter()
+        metadata = [(key.lower(), value) for key, value in request.headers.items()]
+        call = CallInfo(f"http:{rpc}", request_id(metadata), model=model)
+        CURRENT.set(call)  # aiohttp runs each request in a task of its own
+        call.span = start_call_span(f"/http/{rpc}", metadata)
+        try:
+            if worker.load.draining:
+                raise Unavailable("this worker is shutting down; try again", retry_after=0.0)
+            result = await worker.runner.run(function, *args, pixels=pixels, key=(call.rpc, model))
+        except asyncio.CancelledError:  # the caller left
+            worker.finished(call, grpc.StatusCode.CANCELLED, began)
+            raise
+        except Exception as exc:
+            code, response = _failure(exc, rpc, model)
+            worker.finished(call, code, began)
+            return response
+        worker.finished(call, grpc.StatusCode.OK, began)
+        return result
+
+
+class _NoContext:
+    """The context of a servicer method called from HTTP: it has no gRPC call to end."""
+
+    async def abort(self, code: grpc.StatusCode, details: str, *rest: Any) -> NoReturn:
+        raise LookupError(details)
+
+
+_NO_CONTEXT: Any = _NoContext()
+
+
+def _json(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=to_json(document), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _error(status: int, message: str, reason: str = "", headers: Any = None) -> web.Response:
+    """``{"error": message}`` as OIP's REST form has it, and the TMS reason when there is one."""
+    document = {"error": message, **({"reason": reason} if reason else {})}
+    extra = {k: v for k, v in (headers or {}).items() if k.lower() in ("allow", "retry-after")}
+    return _json(document, status, extra)
+
+
+def _failure(exc: Exception, rpc: str, model: str) -> tuple[grpc.StatusCode, web.Response]:
+    """The gRPC status code ``exc`` stands for (tms_server.errors) and its HTTP response."""
+    status = status_of(exc, rpc, model=model)  # logs the traceback of an unexpected error
+    code = status.code
+    http = HTTP_STATUS.get(code, 500)
+    reason = str(exc.reason) if isinstance(exc, ServiceError) else Reason.INTERNAL
+    if reason in TOO_LARGE:
+        http = 413
+    headers = {}
+    if isinstance(exc, ServiceError) and exc.retry_after is not None and http in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = "Bearer"
+    response = _error(http, status.details, reason)
+    response.headers.update(headers)
+    return code, response
+
+
+def _image_file(data: bytes) -> image_pb2.Image:
+    jpeg = data[:2] == b"\xff\xd8"
+    return image_pb2.Image(
+        encoding=image_pb2.ENCODING_JPEG if jpeg else image_pb2.ENCODING_PNG, data=data
+    )
+
+
+def _answer(name: str, reply: Any, **extra: Any) -> bytes:
+    """A tms.v1 reply as JSON: the model, its version and result (parsed), and ``extra``."""
+    result = json.loads(reply.result_json) if reply.result_json else None
+    document = {"model_name": name, "model_version": reply.model_version, "result": result}
+    return to_json({**document, **extra})
+
+
+def _output_image(part: ImageParts, png: bool) -> dict[str, Any]:
+    """An output image as PNG in base64, or as a tensor when it is no picture (a flow field)."""
+    shape = list(part.meta.shape)
+    if png:
+        return {"png": base64.b64encode(part.data).decode(), "shape": shape}
+    datatype = DATATYPES[part.meta.dtype]
+    return {"datatype": datatype, "shape": shape, "data": tensor_values(datatype, shape, part.data)}

@@ -1,0 +1,276 @@
+"""Open Inference Protocol REST bodies as the messages the OIP servicer takes, and back.
+
+A request body is JSON (``inputs``, ``outputs``, ``parameters``, ``id``), its tensors' ``data``
+flat or nested in row-major order; with the binary tensor data extension the JSON is the
+first ``Inference-Header-Content-Length`` bytes and each input with a ``binary_data_size``
+parameter takes its bytes, in turn, from the rest (BYTES elements each prefixed by their
+length, 4 bytes little-endian, as in the gRPC form). Outputs go back as JSON ``data``, or as
+binary after the JSON when asked (``binary_data`` on an output, ``binary_data_output`` on the
+request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tms_client.protocol.codec import numpy_dtype
+from tms_client.protocol.wire import Buffer
+from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
+from tms_server.errors import InvalidArgument
+from tms_server.oip.tensors import BYTES, TMS_DTYPES, pack_bytes, unpack_bytes
+
+__all__ = [
+    "HEADER_LENGTH",
+    "InferRequest",
+    "infer_response",
+    "parse_infer",
+    "tensor_values",
+    "to_json",
+]
+
+#: The header of the binary tensor data extension: the length of the JSON part of a body.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass
+class InferRequest:
+    """A REST inference request as the gRPC message, and which outputs go back binary."""
+
+    message: oip.ModelInferRequest
+    binary_outputs: set[str] = field(default_factory=set)
+    binary_by_default: bool = False
+
+    def binary(self, name: str) -> bool:
+        return name in self.binary_outputs or self.binary_by_default
+
+
+def parse_infer(name: str, version: str, body: bytes, header_length: str | None) -> InferRequest:
+    """The request ``body`` for model ``name`` (``version``; "" for the default one), with
+    ``header_length`` the binary extension's header if given; InvalidArgument if malformed."""
+    head, rest = _split(body, header_length)
+    document = _object(_json(head), "the request")
+    message = oip.ModelInferRequest(model_name=name, model_version=version)
+    if "id" in document:
+        message.id = _text(document["id"], "id")
+    _parameters(message.parameters, document.get("parameters"), "parameters")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidArgument("the request needs 'inputs', a list of tensors", field="inputs")
+    offset = 0
+    for index, item in enumerate(inputs):
+        where = f"inputs[{index}]"
+        tensor = _object(item, where)
+        datatype = _text(tensor.get("datatype"), f"{where}.datatype")
+        shape = _shape(tensor.get("shape"), f"{where}.shape")
+        params = dict(_object(tensor.get("parameters") or {}, f"{where}.parameters"))
+        size = params.pop("binary_data_size", None)
+        added = message.inputs.add(
+            name=_text(tensor.get("name"), f"{where}.name"), datatype=datatype, shape=shape
+        )
+        _parameters(added.parameters, params, f"{where}.parameters")
+        if size is None:
+            data = _data(tensor.get("data"), datatype, shape, f"{where}.data")
+        else:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidArgument("binary_data_size must be a count of bytes", field=where)
+            if offset + size > len(rest):
+                raise InvalidArgument(
+                    f"{where} has binary_data_size {size}, past the end of the binary data "
+                    f"({len(rest) - offset} bytes left)",
+                    field=where,
+                )
+            data, offset = rest[offset : offset + size], offset + size
+        message.raw_input_contents.append(data)
+    if offset != len(rest):
+        raise InvalidArgument(
+            f"the body holds {len(rest) - offset} bytes of binary data that no input's "
+            "binary_data_size claims"
+        )
+    return _outputs(InferRequest(message), document)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON and the binary part of a body."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= len(body):
+        raise InvalidArgument(
+            f"{HEADER_LENGTH} must be the length of the JSON part of the body "
+            f"(0 to {len(body)}), not {header_length!r}"
+        )
+    return body[:length], body[length:]
+
+
+def _outputs(request: InferRequest, document: Mapping[str, Any]) -> InferRequest:
+    """The outputs ``document`` asks for, and which of them go back binary."""
+    params = _object(document.get("parameters") or {}, "parameters")
+    request.binary_by_default = params.get("binary_data_output") is True
+    for index, item in enumerate(_list(document.get("outputs", []), "outputs")):
+        output = _object(item, f"outputs[{index}]")
+        wanted = _text(output.get("name"), f"outputs[{index}].name")
+        request.message.outputs.add(name=wanted)
+        if _object(output.get("parameters") or {}, "parameters").get("binary_data") is True:
+            request.binary_outputs.add(wanted)
+    return request
+
+
+def infer_response(request: InferRequest, response: oip.ModelInferResponse) -> tuple[bytes, int]:
+    """The REST body of ``response``, and the length of its JSON part (the whole body unless
+    some outputs go binary)."""
+    outputs, blobs = [], []
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        item: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if request.binary(tensor.name):
+            item["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            item["data"] = tensor_values(tensor.datatype, list(tensor.shape), raw)
+        outputs.append(item)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id:
+        document["id"] = response.id
+    head = to_json(document)
+    return head + b"".join(blobs), len(head)
+
+
+def to_json(document: Any) -> bytes:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _json(text: bytes) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object", field=what)
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{what} must be a JSON list", field=what)
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string", field=what)
+    return value
+
+
+def _shape(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < 2**31 for dim in value
+    ):
+        raise InvalidArgument(f"{what} must be a list of sizes (integers >= 0)", field=what)
+    return value
+
+
+def _parameters(target: Any, values: Any, what: str) -> None:
+    """JSON parameters into a map of InferParameter; an object or list (``args``, say) goes
+    as its JSON text, which is how the OIP servicer takes ``args``."""
+    for key, value in _object(values or {}, what).items():
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise InvalidArgument(f"{what}.{key} is out of range", field=f"{what}.{key}")
+            param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        elif isinstance(value, str):
+            param.string_param = value
+        elif isinstance(value, dict | list):
+            param.string_param = json.dumps(value)
+        else:
+            raise InvalidArgument(f"{what}.{key} cannot be null", field=f"{what}.{key}")
+
+
+def _data(values: Any, datatype: str, shape: list[int], what: str) -> bytes:
+    """A tensor's JSON ``data`` as raw bytes (little-endian, row-major)."""
+    count = math.prod(shape)
+    if values is None:
+        raise InvalidArgument(f"{what} is missing (or give binary_data_size)", field=what)
+    if datatype == BYTES:
+        items = _flat(values, what)
+        if not all(isinstance(item, str) for item in items):
+            raise InvalidArgument(f"{what} of BYTES must hold strings", field=what)
+        data = [item.encode("utf-8", "surrogatepass") for item in items]
+        _count(len(data), count, shape, what)
+        return pack_bytes(data)
+    dtype = TMS_DTYPES.get(datatype)
+    if dtype is None:
+        known = ", ".join([*TMS_DTYPES, BYTES])
+        raise InvalidArgument(f"datatype {datatype!r} is not one of {known}", field=what)
+    target = numpy_dtype(dtype)
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        raise InvalidArgument(f"{what} is not a list of numbers in row-major order") from None
+    kinds = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[target.kind]
+    if array.dtype.kind not in kinds:
+        wanted = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers"}
+        raise InvalidArgument(f"{what} must hold {wanted[target.kind]} for {datatype}", field=what)
+    _count(array.size, count, shape, what)
+    if target.kind in "iu" and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidArgument(f"{what} has a value out of range for {datatype}", field=what)
+    return array.astype(target.newbyteorder("<")).tobytes()
+
+
+def _flat(values: Any, what: str) -> list[Any]:
+    if not isinstance(values, list):
+        raise InvalidArgument(f"{what} must be a JSON list", field=what)
+    flat: list[Any] = []
+    stack = [iter(values)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) > 8:
+                    raise InvalidArgument(f"{what} nests too deep", field=what)
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _count(found: int, count: int, shape: list[int], what: str) -> None:
+    if found != count:
+        raise InvalidArgument(
+            f"{what} holds {found} elements; shape {shape} needs {count}", field=what
+        )
+
+
+def tensor_values(datatype: str, shape: list[int], raw: Buffer) -> list[Any]:
+    """An output's raw bytes as a flat JSON list (BYTES as text: TMS outputs are JSON)."""
+    if datatype == BYTES:
+        return [item.decode("utf-8", "replace") for item in unpack_bytes(raw, math.prod(shape))]
+    dtype = numpy_dtype(TMS_DTYPES[datatype]).newbyteorder("<")
+    values: list[Any] = np.frombuffer(raw, dtype).tolist()
+    return values

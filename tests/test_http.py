@@ -1,0 +1,558 @@
+"""HTTP/JSON on --http-port: the Open Inference Protocol's REST form, TMS's /run, the page.
+
+A real tms-server (supervisor and two workers) serves the example models on gRPC and HTTP;
+requests go as curl would send them (urllib), and headless Chromium (Debian's, driven by
+Playwright) uses the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import struct
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from tests.support import (
+    EXAMPLE_MODELS,
+    ServerProcess,
+    start_in_process,
+    start_process,
+    write_models,
+)
+from tms_client import ModelClient
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "http-test-token-0123456789"
+
+
+class Reply:
+    def __init__(self, status: int, headers: Any, body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(
+    url: str,
+    body: bytes | dict[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """One request, as curl sends it; errors are replies too."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return Reply(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Reply(error.code, error.headers, error.read())
+
+
+def http_base(server: ServerProcess) -> str:
+    """The HTTP address the server printed: 'tms-server: HTTP on http://HOST:PORT/'."""
+    for line in server.output:
+        if line.startswith("tms-server: HTTP on "):
+            return line.split()[3].rstrip("/")
+    raise AssertionError("the server printed no HTTP address:\n" + server.logs())
+
+
+@pytest.fixture(scope="module")
+def server():
+    started = start_process(EXAMPLE_MODELS, workers=2, args=("--http-port", "0"), timeout=120)
+    try:
+        yield started
+    finally:
+        assert started.stop() == 0, started.logs()
+
+
+@pytest.fixture(scope="module")
+def base(server):
+    return http_base(server)
+
+
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grpc_faces(server, astronaut_bgr):
+    """The boxes the gRPC client gets for the astronaut: what HTTP must answer too."""
+    with ModelClient("face", server.target) as client:
+        faces = client.run_image(astronaut_bgr)["faces"]
+    assert len(faces) == 1
+    return faces
+
+
+def tensor(name: str, array: np.ndarray, **parameters: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": {"uint8": "UINT8", "float32": "FP32"}[array.dtype.name],
+        "shape": list(array.shape),
+        "data": array.reshape(-1).tolist(),
+        **({"parameters": parameters} if parameters else {}),
+    }
+
+
+def result_of(reply: Reply) -> Any:
+    """The model's result in an OIP reply: its RESULT output, JSON in a BYTES tensor."""
+    assert reply.status == 200, reply.body
+    (text,) = next(o for o in reply.json()["outputs"] if o["name"] == "RESULT")["data"]
+    return json.loads(text)
+
+
+# -- health and metadata ------------------------------------------------------------------------
+
+
+def test_health(base):
+    live = http(f"{base}/v2/health/live")
+    assert (live.status, live.json()) == (200, {"live": True})
+    ready = http(f"{base}/v2/health/ready")
+    assert (ready.status, ready.json()) == (200, {"ready": True})
+    assert http(f"{base}/v2/models/face/ready").status == 200
+    assert http(f"{base}/v2/models/face/versions/1/ready").status == 200
+
+
+def test_server_and_model_metadata(base):
+    server = http(f"{base}/v2").json()
+    assert server["name"] == "tms"
+    assert "binary_tensor_data" in server["extensions"]
+    face = http(f"{base}/v2/models/face").json()
+    assert face["name"] == "face"
+    assert face["versions"] == ["1"]
+    assert face["inputs"] == [{"name": "IMAGE", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    assert face["outputs"] == [{"name": "RESULT", "datatype": "BYTES", "shape": [-1, 1]}]
+    assert "RUN_IMAGE" in face["parameters"]["calls"]
+    assert http(f"{base}/v2/models/face/versions/1").json() == face
+    listed = http(f"{base}/v2/models").json()["models"]
+    assert [m["name"] for m in listed] == [
+        "edges",
+        "face",
+        "mean",
+        "ocr",
+        "optical_flow",
+        "text_stats",
+        "upright",
+    ]
+    assert listed[1] == face
+    edges = http(f"{base}/v2/models/edges").json()
+    assert [o["name"] for o in edges["outputs"]] == ["OUTPUT_IMAGE", "RESULT"]
+
+
+# -- inference: JSON tensors --------------------------------------------------------------------
+
+
+def test_infer_json_on_mean(base):
+    image = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    body = {"id": "call-1", "inputs": [tensor("IMAGE", image)]}
+    reply = http(f"{base}/v2/models/mean/infer", body)
+    assert reply.headers["Content-Type"].startswith("application/json")
+    answer = reply.json()
+    assert answer["model_name"] == "mean"
+    assert answer["model_version"] == "1"
+    assert answer["id"] == "call-1"
+    assert result_of(reply) == {"mean": pytest.approx(float(image.mean()))}
+    # Nested data (row-major) is the same tensor.
+    nested = {"inputs": [{**tensor("IMAGE", image), "data": image.tolist()}]}
+    assert result_of(http(f"{base}/v2/models/mean/versions/1/infer", nested)) == result_of(reply)
+
+
+def test_infer_json_on_face_finds_what_grpc_finds(base, grpc_faces):
+    rgb = data.astronaut()
+    body = {"inputs": [tensor("IMAGE", rgb, color_order="rgb")]}
+    assert result_of(http(f"{base}/v2/models/face/infer", body)) == {"faces": grpc_faces}
+    # Args go as the 'args' parameter: a JSON object, or its text.
+    body["parameters"] = {"args": {"min_size": 400}}
+    assert result_of(http(f"{base}/v2/models/face/infer", body)) == {"faces": []}
+    body["parameters"] = {"args": '{"min_size": 400}'}
+    assert result_of(http(f"{base}/v2/models/face/infer", body)) == {"faces": []}
+
+
+def test_infer_json_on_text(base):
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], "data": ["a b", "c"]}]}
+    reply = http(f"{base}/v2/models/text_stats/infer", body)
+    assert reply.status == 200, reply.body
+    (result,) = reply.json()["outputs"]
+    assert [json.loads(text)["words"] for text in result["data"]] == [2, 1]
+
+
+def test_image_to_image_as_grpc_gives_it(server, base):
+    gray = np.zeros((32, 48), np.uint8)
+    gray[:, 24:] = 255
+    with ModelClient("edges", server.target) as client:
+        expected = client.run_image_to_image(gray).image
+    reply = http(f"{base}/v2/models/edges/infer", {"inputs": [tensor("IMAGE", gray)]})
+    assert reply.status == 200, reply.body
+    image, result = reply.json()["outputs"]
+    assert (image["name"], image["datatype"], image["shape"]) == ("OUTPUT_IMAGE", "UINT8", [32, 48])
+    np.testing.assert_array_equal(np.array(image["data"], np.uint8).reshape(32, 48), expected)
+    assert result["data"] == ["null"]
+    assert expected.max() == 255  # there are edges to compare
+
+
+# -- inference: the binary tensor data extension ------------------------------------------------
+
+
+def binary_body(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(header).encode()
+    headers = {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
+    return head + b"".join(blobs), headers
+
+
+def test_binary_inputs_and_outputs(base, grpc_faces):
+    rgb = data.astronaut()
+    header = {
+        "inputs": [
+            {
+                "name": "IMAGE",
+                "datatype": "UINT8",
+                "shape": list(rgb.shape),
+                "parameters": {"binary_data_size": rgb.nbytes, "color_order": "rgb"},
+            }
+        ],
+        "outputs": [{"name": "RESULT", "parameters": {"binary_data": True}}],
+    }
+    body, headers = binary_body(header, rgb.tobytes())
+    reply = http(f"{base}/v2/models/face/infer", body, headers=headers)
+    assert reply.status == 200, reply.body
+    length = int(reply.headers["Inference-Header-Content-Length"])
+    answer = json.loads(reply.body[:length])
+    (output,) = answer["outputs"]
+    assert "data" not in output
+    blob = reply.body[length:]
+    assert output["parameters"]["binary_data_size"] == len(blob)
+    (size,) = struct.unpack_from("<I", blob)  # BYTES elements are length-prefixed
+    assert json.loads(blob[4 : 4 + size]) == {"faces": grpc_faces}
+
+
+def test_binary_output_image(base):
+    gray = np.tile(np.array([0, 255], np.uint8).repeat(8), (16, 1))
+    body = {
+        "inputs": [tensor("IMAGE", gray)],
+        "outputs": [{"name": "OUTPUT_IMAGE"}],
+        "parameters": {"binary_data_output": True},
+    }
+    reply = http(f"{base}/v2/models/edges/infer", body)
+    assert reply.status == 200, reply.body
+    length = int(reply.headers["Inference-Header-Content-Length"])
+    (output,) = json.loads(reply.body[:length])["outputs"]
+    assert output["name"] == "OUTPUT_IMAGE"
+    edges = np.frombuffer(reply.body[length:], np.uint8).reshape(output["shape"])
+    assert edges.shape == (16, 16)
+    assert edges[:, 8].max() == 255 or edges[:, 7].max() == 255
+
+
+# -- TMS's /run: a file in, JSON out ------------------------------------------------------------
+
+
+def test_run_an_image_file(base, astronaut_png, grpc_faces):
+    png = astronaut_png.read_bytes()
+    headers = {"Content-Type": "image/png", "X-Request-Id": "page-call-1"}
+    reply = http(f"{base}/v2/models/face/run", png, headers=headers)
+    assert reply.status == 200, reply.body
+    assert reply.headers["X-Request-Id"] == "page-call-1"
+    assert reply.json() == {
+        "model_name": "face",
+        "model_version": "1.0",
+        "result": {"faces": grpc_faces},
+    }
+    jpeg = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(jpeg, format="JPEG", quality=95)
+    args = "?args=" + urllib.request.quote('{"min_size": 400}')
+    reply = http(f"{base}/v2/models/face/run{args}", jpeg.getvalue())
+    assert reply.json()["result"] == {"faces": []}
+
+
+def test_run_image_to_image_answers_png(base, server):
+    gray = np.zeros((40, 40), np.uint8)
+    gray[10:30, 10:30] = 200
+    file = io.BytesIO()
+    Image.fromarray(gray).save(file, format="PNG")
+    reply = http(f"{base}/v2/models/edges/run", file.getvalue())
+    assert reply.status == 200, reply.body
+    (image,) = reply.json()["images"]
+    edges = np.asarray(Image.open(io.BytesIO(base64.b64decode(image["png"]))))
+    with ModelClient("edges", server.target) as client:
+        np.testing.assert_array_equal(edges, client.run_image_to_image(gray).image)
+
+
+def test_run_a_text(base):
+    reply = http(
+        f"{base}/v2/models/text_stats/run", b"one two three", headers={"Content-Type": "text/plain"}
+    )
+    assert reply.status == 200, reply.body
+    assert reply.json()["result"]["words"] == 3
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def assert_error(reply: Reply, status: int, *words: str) -> None:
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.headers["Content-Type"].startswith("application/json")
+    message = reply.json()["error"]
+    for word in words:
+        assert word in message, message
+
+
+def test_errors_are_http_statuses_with_a_message(base):
+    infer = f"{base}/v2/models/mean/infer"
+    good = {"inputs": [tensor("IMAGE", np.zeros((2, 2), np.uint8))]}
+    assert_error(http(f"{base}/v2/models/nope/infer", good), 404, "no model named 'nope'")
+    assert http(f"{base}/v2/models/nope/infer", good).json()["reason"] == "MODEL_NOT_FOUND"
+    assert_error(http(f"{base}/v2/models/nope"), 404, "nope")
+    assert_error(http(f"{base}/v2/models/nope/ready"), 404, "nope")
+    assert_error(http(f"{base}/v2/models/face/versions/2"), 404, "version")
+    assert_error(http(f"{base}/v2/models/nope/run", b"x"), 404, "nope")
+    assert_error(http(infer, b"{not json"), 400, "not valid JSON")
+    assert_error(http(infer, b"[1, 2]"), 400, "JSON object")
+    assert_error(http(infer, {"inputs": []}), 400, "inputs")
+    wrong_count = {"inputs": [{**good["inputs"][0], "data": [1, 2, 3]}]}
+    assert_error(http(infer, wrong_count), 400, "3 elements", "needs 4")
+    wrong_type = {"inputs": [{**good["inputs"][0], "datatype": "NOPE"}]}
+    assert_error(http(infer, wrong_type), 400, "NOPE")
+    strings = {"inputs": [{**good["inputs"][0], "data": ["a", "b", "c", "d"]}]}
+    assert_error(http(infer, strings), 400, "integers")
+    wrong_name = {"inputs": [{**good["inputs"][0], "name": "PIXELS"}]}
+    assert_error(http(infer, wrong_name), 400, "IMAGE")
+    assert_error(http(infer, {**good, "outputs": [{"name": "NOPE"}]}), 400, "no output 'NOPE'")
+    bad_args = {**good, "parameters": {"args": {"min_size": "big"}}}
+    assert_error(http(f"{base}/v2/models/face/infer", bad_args), 400)
+    body, headers = binary_body({"inputs": [{**good["inputs"][0], "data": None}]}, b"1234")
+    assert_error(http(infer, body, headers=headers), 400)
+    headers["Inference-Header-Content-Length"] = "999999"
+    assert_error(http(infer, body, headers=headers), 400, "Inference-Header-Content-Length")
+    assert_error(http(f"{base}/v2/models/face/run", b"not an image"), 400, "decode")
+    assert_error(http(f"{base}/v2/no/such/path"), 404)
+    assert_error(http(f"{base}/v2/models/face", method="DELETE"), 405)
+
+
+def test_bad_input_never_breaks_the_worker(base):
+    garbage = [b"", b"\x00" * 100, b'{"inputs": [{"name": "IMAGE"' * 1000, b"[" * 100_000]
+    for body in garbage:
+        for path in ("mean/infer", "face/run", "edges/run"):
+            reply = http(f"{base}/v2/models/{path}", body)
+            assert 400 <= reply.status < 500, (path, body[:20], reply.status, reply.body)
+    assert http(f"{base}/v2/health/ready").status == 200
+    good = {"inputs": [tensor("IMAGE", np.full((2, 2), 7, np.uint8))]}
+    assert result_of(http(f"{base}/v2/models/mean/infer", good)) == {"mean": 7.0}
+
+
+def test_grpc_keeps_working_alongside(server, base, astronaut_bgr, grpc_faces):
+    good = {"inputs": [tensor("IMAGE", np.full((8, 8), 3, np.uint8))]}
+    failures: list[str] = []
+
+    def over_http() -> None:
+        for _ in range(20):
+            reply = http(f"{base}/v2/models/mean/infer", good)
+            if reply.status != 200:
+                failures.append(reply.body.decode())
+
+    threads = [threading.Thread(target=over_http) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    with ModelClient("face", server.target) as client:
+        for _ in range(5):
+            assert client.run_image(astronaut_bgr)["faces"] == grpc_faces
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+# -- limits and tokens: a server of its own -----------------------------------------------------
+
+SLOW = """
+import time
+import tms_server
+
+class Model(tms_server.Model):
+    thread_safe = True
+
+    def run(self, image, args):
+        time.sleep(1.0)
+        return {"slept": 1.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """One worker of one thread and no queue, tokens required, messages of at most 1 MiB."""
+    folder = tmp_path_factory.mktemp("guarded")
+    models = write_models(folder / "models", {"slow": SLOW})
+    shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
+    tokens = folder / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    args = ("--http-port", "0", "--tokens-file", str(tokens), "--threads", "1")
+    args += ("--max-queued-calls", "0", "--max-message-mb", "1")
+    started = start_process(models, workers=1, args=args)
+    try:
+        yield started, http_base(started)
+    finally:
+        started.stop()
+
+
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_tokens_as_for_grpc(guarded):
+    server, base = guarded
+    good = {"inputs": [tensor("IMAGE", np.full((2, 2), 5, np.uint8))]}
+    missing = http(f"{base}/v2/models/mean/infer", good)
+    assert_error(missing, 401, "Authorization: Bearer")
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert_error(http(f"{base}/v2/models/mean/infer", good, headers=wrong), 401, "not valid")
+    assert_error(http(f"{base}/v2/models"), 401)
+    assert_error(http(f"{base}/v2/models/mean"), 401)
+    assert result_of(http(f"{base}/v2/models/mean/infer", good, headers=BEARER)) == {"mean": 5.0}
+    assert http(f"{base}/v2/models", headers=BEARER).status == 200
+    # Probes and the page need none; gRPC takes the same token.
+    assert http(f"{base}/v2/health/ready").status == 200
+    assert http(f"{base}/v2/health/live").status == 200
+    assert http(f"{base}/").status == 200
+    with ModelClient("mean", server.target, token=TOKEN) as client:
+        assert client.run_image(np.full((2, 2), 5, np.uint8)) == {"mean": 5.0}
+
+
+def test_too_large_is_413(guarded):
+    _, base = guarded
+    big = np.zeros((420, 1024), np.uint8)  # "0, " a pixel: a little over 1 MiB of JSON
+    reply = http(f"{base}/v2/models/mean/infer", {"inputs": [tensor("IMAGE", big)]}, headers=BEARER)
+    assert_error(reply, 413, "--max-message-mb")
+
+
+def test_a_full_worker_says_429(guarded):
+    _, base = guarded
+    good = {"inputs": [tensor("IMAGE", np.zeros((2, 2), np.uint8))]}
+    replies: list[Reply] = []
+
+    def call() -> None:
+        replies.append(http(f"{base}/v2/models/slow/infer", good, headers=BEARER))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(reply.status for reply in replies)
+    assert statuses[0] == 200
+    assert 429 in statuses, [reply.body for reply in replies]
+    busy = next(reply for reply in replies if reply.status == 429)
+    assert_error(busy, 429, "busy")
+    assert int(busy.headers["Retry-After"]) >= 1
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+
+def test_the_page_is_served(base):
+    reply = http(f"{base}/")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/html")
+    assert "Content-Security-Policy" in reply.headers
+    assert b'type="file"' in reply.body
+
+
+@pytest.fixture
+def browser_page(base):
+    """The page, open in headless Chromium (Debian's, as scripts/check.sh installs it)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
+            "as scripts/check.sh does"
+        )
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only these tests
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/")
+            page.wait_for_selector("#model option[value=face]", state="attached")
+            yield page
+        finally:
+            browser.close()
+
+
+def shown_result(page) -> tuple[str, Any]:
+    """Wait for the page to show its answer: the status line and the JSON shown."""
+    page.wait_for_selector("#result:not(:empty)", timeout=30_000)  # JSON, or an error
+    return page.inner_text("#status"), json.loads(page.inner_text("#result"))
+
+
+def test_page_in_chromium_finds_the_face(browser_page, astronaut_png, grpc_faces):
+    """Pick the astronaut photo for `face` with the file input: the JSON shows the box the
+    gRPC client gets, and the box is drawn over the photo."""
+    page = browser_page
+    page.select_option("#model", "face")
+    page.set_input_files("#file", str(astronaut_png))
+    status, shown = shown_result(page)
+    assert status == "done: face", shown
+    assert shown["result"] == {"faces": grpc_faces}
+    assert page.get_attribute("#input-image", "data-boxes") == "1"
+
+
+def test_page_in_chromium_takes_a_dropped_image(browser_page, astronaut_png):
+    """Drop the photo on the page for `edges`: it shows the output image."""
+    page = browser_page
+    page.select_option("#model", "edges")
+    png = base64.b64encode(astronaut_png.read_bytes()).decode()
+    page.evaluate(
+        """(png) => {
+            const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "astronaut.png", { type: "image/png" }));
+            const drop = document.getElementById("drop");
+            drop.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+        }""",
+        png,
+    )
+    status, shown = shown_result(page)
+    assert status == "done: edges", shown
+    assert shown["images"][0]["shape"] == [512, 512]
+    size = page.locator("img.output-image").evaluate(
+        "(image) => image.decode().then(() => image.naturalWidth)"
+    )
+    assert size == 512
+
+
+def test_a_worker_in_process_serves_http_until_it_stops(tmp_path):
+    """``build_server`` (what run_worker and tests call) starts HTTP with gRPC, and its stop
+    ends both."""
+    models = tmp_path / "models"
+    shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
+    server = start_in_process(models, http_port=0, host="127.0.0.1")
+    try:
+        assert server.running.http is not None
+        base = f"http://127.0.0.1:{server.running.http.port}"
+        good = {"inputs": [tensor("IMAGE", np.full((2, 2), 9, np.uint8))]}
+        assert result_of(http(f"{base}/v2/models/mean/infer", good)) == {"mean": 9.0}
+        with ModelClient("mean", server.target) as client:
+            assert client.run_image(np.full((2, 2), 9, np.uint8)) == {"mean": 9.0}
+    finally:
+        server.running.stop(None)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{base}/v2/health/live", timeout=5)

@@ -1,0 +1,232 @@
+"""A new user's first start: no models is an error, broken models make the server unready and
+are said once, `tms models` lists them with why, and scripts/serve.sh starts without warnings.
+Real servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.support import ROOT, ServerProcess, write_models
+from tests.test_devices import health_of, per_worker
+from tests.test_oip import Inference
+from tms_cli.__main__ import main as tms
+from tms_client import AdminClient, ModelClient
+from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
+
+pytestmark = pytest.mark.slow
+
+GOOD = '''
+    import tms_server
+
+    class Model(tms_server.Model):
+        """Mean pixel value."""
+        thread_safe = True
+
+        def run(self, image, args):
+            return {"mean": float(image.mean())}
+'''
+BROKEN = {
+    "needs_weights": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def __init__(self):
+                raise RuntimeError("weights.bin not found")
+
+            def run(self, image, args):
+                return {}
+    """,
+    "needs_torch": """
+        import torch_that_is_not_installed
+    """,
+    "typo": """
+        class Model(
+    """,
+    "no_class": """
+        MODEL = None
+    """,
+}
+ADMIN_TOKEN = "admin-token-0123456789"
+NO_MODEL = "a model is a sub-folder with an __init__.py that defines class Model"
+
+
+def serve(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``tms-server ARGS`` in ``cwd`` to its end (it should not get to serve)."""
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--workers", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "problem"),
+    [
+        (None, ["--models", "absent"], "does not exist (set it with --models or TMS_MODELS)"),
+        ("a file", ["--models", "absent"], "is not a folder (set it with --models or TMS_MODELS)"),
+        (
+            "a folder",
+            [],  # the default folder, models, in the working directory
+            "holds no model, and no package registers one under the tms.models entry point: "
+            + NO_MODEL,
+        ),
+        (
+            "a folder",
+            ["--models", "models", "--entry-points", "false"],
+            "holds no model: " + NO_MODEL,
+        ),
+    ],
+    ids=["missing", "a-file", "default-and-empty", "no-model-package"],
+)
+def test_no_models_stops_the_server_at_start_naming_the_folder(tmp_path, make, args, problem):
+    given = args[1] if args else "models"
+    if make == "a file":
+        (tmp_path / given).write_text("not a folder")
+    elif make == "a folder":
+        (tmp_path / given / "notes").mkdir(parents=True)  # a sub-folder, but no package
+    done = serve(args, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    message = f"tms-server: error: models folder {given!r} ({tmp_path / given}) {problem}"
+    assert done.stderr.splitlines() == [message]
+    assert done.stdout == ""  # no worker started, nothing served
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    """Three good models and four that fail to load, each its own way."""
+    return write_models(tmp_path / "models", {"alpha": GOOD, "beta": GOOD, "gamma": GOOD, **BROKEN})
+
+
+def oip_ready(channel: grpc.Channel) -> bool:
+    """The Open Inference Protocol's ServerReady of the worker at the end of ``channel``."""
+    return bool(Inference(channel)("ServerReady", oip.ServerReadyRequest()).ready)
+
+
+def test_failed_models_make_the_server_not_ready_and_are_said_once(server_process, broken):
+    server = server_process(broken, workers=2, args=("--entry-points", "false"))
+    lines = server.logs().splitlines()
+    ready = next(line for line in lines if line.startswith("tms-server: serving on "))
+    assert ready.endswith(
+        " with 2 worker(s); 4 model(s) failed to load: needs_torch, needs_weights, no_class, "
+        "typo (see above; --log-level DEBUG shows tracebacks); "
+        "health NOT_SERVING until they load (or --allow-failed-models)"
+    )
+    # Each failure once for the whole server, with its reason, and no traceback.
+    for name, reason in [
+        ("needs_weights", "RuntimeError: weights.bin not found"),
+        ("needs_torch", "ModuleNotFoundError: No module named 'torch_that_is_not_installed'"),
+        ("typo", "SyntaxError: "),
+        ("no_class", "TypeError: "),
+    ]:
+        said = [line for line in lines if f"model {name!r} failed to load" in line]
+        assert len(said) == 1, said
+        assert f"model {name!r} failed to load: {reason}" in said[0]
+    assert "Traceback" not in server.logs()
+    # Nothing else names them but the line that says the server serves.
+    about = [line for line in lines if any(name in line for name in BROKEN)]
+    assert len(about) == len(BROKEN) + 1
+    assert all(" failed to load: " in line for line in about), about
+
+    # Readiness ("") is NOT_SERVING on every worker; the model service and good models serve.
+    with per_worker(server.target) as channels:
+        assert set(channels) == {0, 1}
+        for channel in channels.values():
+            assert health_of(channel, "") == "NOT_SERVING"
+            assert health_of(channel, "tms.v1.ModelService") == "SERVING"
+            assert health_of(channel, "alpha") == "SERVING"
+            assert health_of(channel, "needs_weights") == "NOT_SERVING"
+            assert not oip_ready(channel)  # the Open Inference Protocol's readiness agrees
+    with ModelClient("alpha", server.target) as client:
+        assert client.run_image(np.full((4, 4, 3), 9, np.uint8)) == {"mean": 9.0}
+        assert client.failed_models()["needs_weights"] == "RuntimeError: weights.bin not found"
+        assert sorted(client.failed_models()) == sorted(BROKEN)
+
+
+def test_debug_logs_show_each_workers_traceback(server_process, broken):
+    args = ("--entry-points", "false", "--log-level", "DEBUG")
+    server = server_process(broken, workers=2, args=args)
+    # The one line per failure is still one; each worker's traceback is there at DEBUG.
+    assert server.logs().count("model 'needs_weights' failed to load:") == 1
+    assert server.logs().count('raise RuntimeError("weights.bin not found")') == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--allow-failed-models",), {}), ((), {"TMS_ALLOW_FAILED_MODELS": "true"})],
+    ids=["flag", "environment"],
+)
+def test_allow_failed_models_keeps_the_server_ready(server_process, broken, args, env):
+    server = server_process(broken, workers=2, args=("--entry-points", "false", *args), env=env)
+    assert "health SERVING all the same (--allow-failed-models)" in server.logs()
+    with per_worker(server.target) as channels:
+        assert {health_of(channel, "") for channel in channels.values()} == {"SERVING"}
+        assert {health_of(c, "needs_weights") for c in channels.values()} == {"NOT_SERVING"}
+        assert all(oip_ready(channel) for channel in channels.values())
+
+
+def test_a_reload_that_loads_the_last_failed_model_makes_the_server_ready(server_process, tmp_path):
+    models = write_models(tmp_path / "models", {"alpha": GOOD, "late": BROKEN["needs_weights"]})
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(ADMIN_TOKEN + "\n")
+    args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
+    server = server_process(models, workers=2, args=args)
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+        # A reload that fails again changes nothing: the server stays unready.
+        assert not any(outcome.reloaded for outcome in admin.reload_model("late"))
+        with per_worker(server.target) as channels:
+            assert {health_of(channel, "") for channel in channels.values()} == {"NOT_SERVING"}
+        write_models(models, {"late": GOOD})
+        assert all(outcome.reloaded for outcome in admin.reload_model("late"))
+    with per_worker(server.target) as channels:
+        assert {health_of(channel, "") for channel in channels.values()} == {"SERVING"}
+        assert {health_of(channel, "late") for channel in channels.values()} == {"SERVING"}
+
+
+def test_tms_models_lists_failed_models_with_their_reason(server_process, broken, capsys):
+    server = server_process(broken, workers=2, args=("--entry-points", "false"))
+    assert tms(["--target", server.target, "models"]) == 0
+    out = capsys.readouterr().out
+    loaded, failed = out.split("\n\n")
+    assert [row.split()[0] for row in loaded.splitlines()[1:]] == ["alpha", "beta", "gamma"]
+    header, *rows = (re.split(r"\s{2,}", line) for line in failed.splitlines())
+    assert header == ["FAILED TO LOAD", "REASON"]
+    assert [name for name, _ in rows] == ["needs_torch", "needs_weights", "no_class", "typo"]
+    assert dict(rows)["needs_weights"] == "RuntimeError: weights.bin not found"
+
+    assert tms(["--target", server.target, "--json", "models"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listed if "failed" not in m] == ["alpha", "beta", "gamma"]
+    failures = {m["name"]: m["failed"] for m in listed if "failed" in m}
+    assert failures["needs_weights"] == "RuntimeError: weights.bin not found"
+
+    assert tms(["--target", server.target, "models", "--names"]) == 0
+    assert capsys.readouterr().out == "alpha\nbeta\ngamma\n"
+    assert tms(["--target", server.target, "health"]) == 1  # the server is not ready
+    assert capsys.readouterr().out.splitlines()[0] == f"server {server.target}: NOT_SERVING"
+
+
+def test_serve_sh_starts_without_uv_warnings_in_an_active_environment(tmp_path):
+    """Under an activated virtual environment or pyenv's shims, uv warned on every start."""
+    env = {**os.environ, "VIRTUAL_ENV": str(tmp_path / "other-venv")}
+    command = ["bash", "scripts/serve.sh", "--host", "127.0.0.1", "--port", "0", "--workers", "1"]
+    server = ServerProcess(
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    )
+    try:
+        assert server.wait_started(180), server.logs()
+    finally:
+        code = server.stop(signal.SIGTERM, timeout=60)
+    assert code == 0, server.logs()
+    # uv's warnings: "warning: `VIRTUAL_ENV=...` does not match the project environment path",
+    # and under pyenv "warning: Using incompatible environment (`.venv`) due to `--no-sync`".
+    assert [line for line in server.logs().splitlines() if line.startswith("warning:")] == []

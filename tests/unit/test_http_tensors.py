@@ -1,0 +1,175 @@
+"""OIP REST bodies to gRPC messages and back (tms_server.http.tensors): no server."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
+from tms_server.errors import InvalidArgument
+from tms_server.http.tensors import infer_response, parse_infer
+
+
+def body(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+def test_json_tensors_become_raw_contents():
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    document = {
+        "id": "x",
+        "parameters": {"color_order": "rgb", "args": {"k": [1, 2]}, "n": 3, "on": True},
+        "inputs": [
+            {"name": "IMAGE", "datatype": "UINT8", "shape": [2, 2, 3], "data": image.tolist()}
+        ],
+    }
+    message = parse_infer("face", "", body(document), None).message
+    assert (message.model_name, message.id) == ("face", "x")
+    assert message.parameters["color_order"].string_param == "rgb"
+    assert json.loads(message.parameters["args"].string_param) == {"k": [1, 2]}
+    assert message.parameters["n"].int64_param == 3
+    assert message.parameters["on"].bool_param is True
+    assert list(message.inputs[0].shape) == [2, 2, 3]
+    assert message.raw_input_contents[0] == image.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "dtype"),
+    [
+        ("FP16", [0.5, -2.0], "<f2"),
+        ("FP32", [1, 2.5], "<f4"),
+        ("INT16", [-3, 300], "<i2"),
+        ("BOOL", [True, False], "?"),
+    ],
+)
+def test_datatypes(datatype, data, dtype):
+    document = {"inputs": [{"name": "IMAGE", "datatype": datatype, "shape": [2], "data": data}]}
+    raw = parse_infer("m", "", body(document), None).message.raw_input_contents[0]
+    np.testing.assert_array_equal(np.frombuffer(raw, dtype), np.array(data, dtype))
+
+
+def test_bytes_are_length_prefixed():
+    document = {
+        "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], "data": ["a", "hé"]}]
+    }
+    raw = parse_infer("m", "", body(document), None).message.raw_input_contents[0]
+    assert raw == struct.pack("<I", 1) + b"a" + struct.pack("<I", 3) + "hé".encode()
+
+
+def test_binary_inputs_come_after_the_json():
+    head = body(
+        {
+            "inputs": [
+                {
+                    "name": "A",
+                    "datatype": "UINT8",
+                    "shape": [3],
+                    "parameters": {"binary_data_size": 3},
+                },
+                {"name": "B", "datatype": "UINT8", "shape": [1], "data": [9]},
+                {
+                    "name": "C",
+                    "datatype": "UINT8",
+                    "shape": [2],
+                    "parameters": {"binary_data_size": 2},
+                },
+            ],
+            "outputs": [{"name": "X", "parameters": {"binary_data": True}}, {"name": "Y"}],
+        }
+    )
+    request = parse_infer("m", "", head + b"abcde", str(len(head)))
+    assert list(request.message.raw_input_contents) == [b"abc", b"\x09", b"de"]
+    assert "binary_data_size" not in request.message.inputs[0].parameters
+    assert [o.name for o in request.message.outputs] == ["X", "Y"]
+    assert request.binary("X")
+    assert not request.binary("Y")
+
+
+@pytest.mark.parametrize(
+    ("document", "header", "words"),
+    [
+        (
+            {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [2], "data": [1]}]},
+            None,
+            "needs 2",
+        ),
+        (
+            {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [256]}]},
+            None,
+            "range",
+        ),
+        (
+            {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1.5]}]},
+            None,
+            "integers",
+        ),
+        (
+            {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [2], "data": [[1], 2]}]},
+            None,
+            "row-major",
+        ),
+        ({"inputs": [{"name": "A", "datatype": "NOPE", "shape": [1], "data": [1]}]}, None, "NOPE"),
+        (
+            {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [-1], "data": []}]},
+            None,
+            "sizes",
+        ),
+        ({"inputs": [{"name": 1, "datatype": "UINT8", "shape": [1], "data": [1]}]}, None, "name"),
+        ({"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1]}]}, None, "missing"),
+        ({"inputs": "no"}, None, "inputs"),
+        (
+            {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1]}]},
+            "x",
+            "Length",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "A",
+                        "datatype": "UINT8",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 5},
+                    }
+                ]
+            },
+            "auto",
+            "past the end",
+        ),
+    ],
+)
+def test_malformed_requests_say_what_is_wrong(document, header, words):
+    data = body(document)
+    if header == "auto":
+        header = str(len(data))
+    with pytest.raises(InvalidArgument, match=words):
+        parse_infer("m", "", data, header)
+
+
+def test_responses_in_json_or_binary():
+    response = oip.ModelInferResponse(model_name="m", model_version="1", id="r")
+    response.outputs.add(name="RESULT", datatype="BYTES", shape=[1])
+    response.outputs.add(name="OUTPUT_IMAGE", datatype="UINT8", shape=[1, 2])
+    result = struct.pack("<I", 2) + b"{}"
+    response.raw_output_contents.extend([result, b"\x01\x02"])
+    document = {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1]}]}
+    request = parse_infer("m", "", body(document), None)
+    data, length = infer_response(request, response)
+    assert length == len(data)
+    assert json.loads(data) == {
+        "model_name": "m",
+        "model_version": "1",
+        "id": "r",
+        "outputs": [
+            {"name": "RESULT", "datatype": "BYTES", "shape": [1], "data": ["{}"]},
+            {"name": "OUTPUT_IMAGE", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]},
+        ],
+    }
+    request.binary_by_default = True
+    data, length = infer_response(request, response)
+    outputs = json.loads(data[:length])["outputs"]
+    assert [o["parameters"]["binary_data_size"] for o in outputs] == [6, 2]
+    assert data[length:] == result + b"\x01\x02"
