@@ -9,15 +9,19 @@ The test command runs a bounded number of examples (about 20 s in all). A long c
 
     TMS_FUZZ_EXAMPLES=100000 python3 -m uv run pytest tests/test_fuzz.py -p no:cacheprovider
 
-(Hypothesis keeps the failing examples it finds in ``.hypothesis/`` when the variable is set,
-and replays them first on the next run.)
+The bounded run is derandomized: it sends the same examples on every run, so a failure in CI
+is reproduced by running the test again. A campaign draws new examples (add
+``--hypothesis-seed=N`` to pytest to draw a given set again), keeps the failing examples it
+finds in ``.hypothesis/`` and replays them first on the next run. Any failure prints
+``@reproduce_failure(...)``, which replays that one example when pasted above the test.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -40,6 +44,11 @@ FUZZ = settings(
     max_examples=EXAMPLES or 300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # The bounded run (CI's) draws the same examples every time, so a red run is red again
+    # on any machine; a campaign draws new ones (pytest's --hypothesis-seed=N replays one).
+    derandomize=not EXAMPLES,
+    # A failure prints @reproduce_failure(...), the exact failing example to paste back in.
+    print_blob=True,
     # The bounded run leaves no files behind; a campaign keeps what it finds.
     database=DirectoryBasedExampleDatabase(".hypothesis/examples") if EXAMPLES else None,
 )
@@ -196,61 +205,131 @@ def images(draw: st.DrawFn) -> image_pb2.Image:
     )
 
 
-def valid_image(draw: st.DrawFn) -> image_pb2.Image:
+@dataclass(frozen=True)
+class ValidImage:
+    """An image message, what the probe model must report of it, and the raw array sent
+    (None when encoded as PNG or JPEG)."""
+
+    message: image_pb2.Image
+    shape: tuple[int, int]
+    dtype: str
+    array: np.ndarray | None
+
+
+def valid_image(draw: st.DrawFn) -> ValidImage:
     h, w = draw(st.integers(1, 16)), draw(st.integers(1, 16))
     kind = draw(st.sampled_from(["gray", "rgb", "bgr", "rgba", "float", "png", "jpeg"]))
     pixels = draw(st.binary(min_size=h * w * 4, max_size=h * w * 4))
     array = np.frombuffer(pixels, np.uint8)
     if kind == "gray":
-        return encode_array(array[: h * w].reshape(h, w), image_pb2.COLOR_ORDER_GRAY)
+        gray = array[: h * w].reshape(h, w)
+        return ValidImage(encode_array(gray, image_pb2.COLOR_ORDER_GRAY), (h, w), "uint8", gray)
     if kind == "float":
         values = array[: h * w].astype(np.float32).reshape(h, w) * 1e30
-        return encode_array(values)
+        return ValidImage(encode_array(values), (h, w), "float32", values)
     if kind in ("png", "jpeg"):
         encoding = image_pb2.ENCODING_PNG if kind == "png" else image_pb2.ENCODING_JPEG
         rgb = array[: h * w * 3].reshape(h, w, 3)
-        return encode_array(rgb, image_pb2.COLOR_ORDER_RGB, encoding=encoding)
+        message = encode_array(rgb, image_pb2.COLOR_ORDER_RGB, encoding=encoding)
+        return ValidImage(message, (h, w), "uint8", None)
     channels = 4 if kind == "rgba" else 3
     order = {"rgb": image_pb2.COLOR_ORDER_RGB, "bgr": image_pb2.COLOR_ORDER_BGR}
     color = order.get(kind, image_pb2.COLOR_ORDER_RGBA)
-    return encode_array(array[: h * w * channels].reshape(h, w, channels), color)
+    raw = array[: h * w * channels].reshape(h, w, channels)
+    return ValidImage(encode_array(raw, color), (h, w), "uint8", raw)
+
+
+def probe_saw(image: ValidImage) -> dict[str, object]:
+    """What the probe model answers for ``image``: converted to its RGB, dtype kept."""
+    return {"shape": [*image.shape, 3], "dtype": image.dtype}
+
+
+Check = Callable[[bytes], None]
+
+
+def check_inverted(reply: bytes, image: ValidImage) -> None:
+    (out,) = pb.RunImageToImageResponse.FromString(reply).images
+    assert tuple(out.shape[:2]) == image.shape
+    if image.array is not None:  # raw in, raw out: exactly the inverse
+        got = np.frombuffer(out.data, image.array.dtype).reshape(image.array.shape)
+        inverse = ~image.array if image.array.dtype.kind == "u" else -image.array
+        assert np.array_equal(got, inverse)
 
 
 @st.composite
-def valid_requests(draw: st.DrawFn) -> tuple[str, bytes]:
-    """Requests that must succeed."""
+def valid_requests(draw: st.DrawFn) -> tuple[str, bytes, Check]:
+    """Requests that must succeed, each with a check of its answer."""
     which = draw(st.sampled_from(["image", "batch", "i2i", "text", "texts", "info", "infer"]))
     args = draw(st.dictionaries(st.text(max_size=8), json_values, max_size=3))
     args_text = json.dumps(args)
     if which == "image":
+        image = valid_image(draw)
         request: Message = pb.RunImageRequest(
-            model="probe", image=valid_image(draw), args_json=args_text
+            model="probe", image=image.message, args_json=args_text
         )
-        return "/tms.v1.ModelService/RunImage", request.SerializeToString()
+
+        def check_image(reply: bytes) -> None:
+            result = json.loads(pb.RunImageResponse.FromString(reply).result_json)
+            assert result == probe_saw(image)
+
+        return "/tms.v1.ModelService/RunImage", request.SerializeToString(), check_image
     if which == "batch":
         batch = [valid_image(draw) for _ in range(draw(st.integers(1, 3)))]
-        request = pb.RunImageBatchRequest(model="probe", images=batch, args_json=args_text)
-        return "/tms.v1.ModelService/RunImageBatch", request.SerializeToString()
+        request = pb.RunImageBatchRequest(
+            model="probe", images=[i.message for i in batch], args_json=args_text
+        )
+
+        def check_batch(reply: bytes) -> None:
+            results = pb.RunImageBatchResponse.FromString(reply).results_json
+            assert [json.loads(r) for r in results] == [probe_saw(i) for i in batch]
+
+        return "/tms.v1.ModelService/RunImageBatch", request.SerializeToString(), check_batch
     if which == "i2i":
-        request = pb.RunImageToImageRequest(model="invert", images=[valid_image(draw)])
-        return "/tms.v1.ModelService/RunImageToImage", request.SerializeToString()
+        image = valid_image(draw)
+        request = pb.RunImageToImageRequest(model="invert", images=[image.message])
+        return (
+            "/tms.v1.ModelService/RunImageToImage",
+            request.SerializeToString(),
+            lambda reply: check_inverted(reply, image),
+        )
     if which == "text":
-        request = pb.RunTextRequest(model="upper", text=draw(st.text()), args_json=args_text)
-        return "/tms.v1.ModelService/RunText", request.SerializeToString()
+        text = draw(st.text())
+        request = pb.RunTextRequest(model="upper", text=text, args_json=args_text)
+
+        def check_text(reply: bytes) -> None:
+            assert json.loads(pb.RunTextResponse.FromString(reply).result_json) == text.upper()
+
+        return "/tms.v1.ModelService/RunText", request.SerializeToString(), check_text
     if which == "texts":
         texts = draw(st.lists(st.text(max_size=50), min_size=1, max_size=5))
         request = pb.RunTextBatchRequest(model="upper", texts=texts)
-        return "/tms.v1.ModelService/RunTextBatch", request.SerializeToString()
+
+        def check_texts(reply: bytes) -> None:
+            results = pb.RunTextBatchResponse.FromString(reply).results_json
+            assert [json.loads(r) for r in results] == [t.upper() for t in texts]
+
+        return "/tms.v1.ModelService/RunTextBatch", request.SerializeToString(), check_texts
     if which == "info":
-        request = pb.GetModelInfoRequest(model=draw(st.sampled_from(NAMES)))
-        return "/tms.v1.ModelService/GetModelInfo", request.SerializeToString()
+        name = draw(st.sampled_from(NAMES))
+        request = pb.GetModelInfoRequest(model=name)
+
+        def check_info(reply: bytes) -> None:
+            assert pb.GetModelInfoResponse.FromString(reply).info.name == name
+
+        return "/tms.v1.ModelService/GetModelInfo", request.SerializeToString(), check_info
     h, w = draw(st.integers(1, 16)), draw(st.integers(1, 16))
     pixels = draw(st.binary(min_size=h * w * 3, max_size=h * w * 3))
     tensor = oip.ModelInferRequest.InferInputTensor(name="IMAGE", datatype="UINT8", shape=[h, w, 3])
     request = oip.ModelInferRequest(
         model_name="probe", inputs=[tensor], raw_input_contents=[pixels]
     )
-    return "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString()
+
+    def check_infer(reply: bytes) -> None:
+        answer = oip.ModelInferResponse.FromString(reply)
+        assert answer.model_name == "probe"
+        assert answer.outputs
+
+    return "/inference.GRPCInferenceService/ModelInfer", request.SerializeToString(), check_infer
 
 
 @st.composite
@@ -311,7 +390,7 @@ def random_requests(draw: st.DrawFn) -> tuple[str, bytes]:
 @st.composite
 def mutated_requests(draw: st.DrawFn) -> tuple[str, bytes]:
     """A valid request with bytes flipped, inserted, deleted, or cut off."""
-    method, request = draw(valid_requests())
+    method, request, _ = draw(valid_requests())
     data = bytearray(request)
     for _ in range(draw(st.integers(1, 4))):
         if not data:
@@ -336,10 +415,10 @@ def mutated_requests(draw: st.DrawFn) -> tuple[str, bytes]:
 
 @FUZZ
 @given(request=valid_requests())
-def test_valid_requests_succeed(channel: grpc.Channel, request: tuple[str, bytes]) -> None:
-    method, data = request
+def test_valid_requests_succeed(channel: grpc.Channel, request: tuple[str, bytes, Check]) -> None:
+    method, data, check = request
     call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
-    METHODS[method].FromString(call(data, timeout=30))
+    check(call(data, timeout=30))
 
 
 @FUZZ

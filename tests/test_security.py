@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certificates import CertificateAuthority
-from tests.support import write_models
+from tests.support import wait_for, write_models
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_client import (
     TLS,
@@ -156,7 +157,8 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(in_process_server, mo
     assert echo(server.target, tls=mutual)  # still serving
 
 
-def test_certificates_reload_without_restart(in_process_server, models, pki, tmp_path):
+def test_certificates_reload_without_restart(in_process_server, models, pki, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tms_server")
     cert, key = tmp_path / "live.crt", tmp_path / "live.key"
     shutil.copy(pki["server"].cert, cert)
     shutil.copy(pki["server"].key, key)
@@ -168,9 +170,15 @@ def test_certificates_reload_without_restart(in_process_server, models, pki, tmp
         shutil.copy(pki["other_server"].cert, cert)
         os.utime(cert, (time.time() + 5, time.time() + 5))
         assert echo(server.target, tls=old_ca)  # mismatched pair: the old one stays
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert [r.getMessage().split(":")[0] for r in warnings] == [
+            "keeping the current TLS certificate"
+        ]
+        assert f"cannot use tls_cert {cert} with tls_key" in warnings[0].getMessage()
         shutil.copy(pki["other_server"].key, key)
         os.utime(key, (time.time() + 10, time.time() + 10))
         assert echo(server.target, tls=new_ca)["text"] == "hi"  # new connections: new pair
+        assert f"TLS certificate reloaded from {cert}" in caplog.messages
         with pytest.raises(ConnectError):
             echo(server.target, tls=old_ca, connect_timeout=1)
         assert kept.run_text("after")["text"] == "after"  # open connections keep theirs
@@ -369,6 +377,61 @@ def test_admin_needs_an_admin_token(in_process_server, models, tokens):
     assert worker.pid == os.getpid()
     assert worker.serving
     assert worker.index == 0
+
+
+GATED = """
+    import pathlib
+    import time
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+        thread_safe = True
+
+        def run(self, text, args):
+            gate = pathlib.Path(text)
+            for _ in range(3000):  # until the test opens the gate (60 s at most)
+                if gate.exists():
+                    return "opened"
+                time.sleep(0.02)
+            return "never opened"
+"""
+
+
+def test_admin_lists_each_workers_load_calls_and_uptime(in_process_server, tmp_path, tokens):
+    models = write_models(tmp_path / "load", {"echo": echo_source(1), "gated": GATED})
+    server = in_process_server(models, admin_tokens_file=tokens["admin"], threads=1)
+    gate = tmp_path / "gate"
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=10) as admin:
+        (idle,) = admin.list_workers()
+        assert (idle.pid, idle.index, idle.serving) == (os.getpid(), 0, True)
+        assert (idle.in_flight, idle.queued) == (0, 0)
+        assert idle.uptime > 0
+        for _ in range(3):
+            echo(server.target)
+        (after,) = admin.list_workers()
+        assert after.calls == idle.calls + 3  # the three echo calls, answered
+        assert after.uptime >= idle.uptime
+        # One call holds the worker's only thread, a second waits for it.
+        with ModelClient("gated", server.target, timeout=60) as client:
+            held = [threading.Thread(target=client.run_text, args=(str(gate),)) for _ in range(2)]
+            try:
+                for thread in held:
+                    thread.start()
+                assert wait_for(
+                    lambda: (
+                        (admin.list_workers()[0].in_flight, admin.list_workers()[0].queued)
+                        == (1, 1)
+                    ),
+                    30,
+                ), admin.list_workers()
+            finally:
+                gate.touch()
+                for thread in held:
+                    thread.join(30)
+        (done,) = admin.list_workers()
+    assert (done.in_flight, done.queued) == (0, 0)
+    assert done.calls == after.calls + 2
 
 
 def test_admin_reloads_a_model_from_disk(in_process_server, models, tokens):

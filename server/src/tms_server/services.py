@@ -38,6 +38,9 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
         # Ping every connection, idle ones too, and drop those whose peer does not answer.
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
+        # grpcio drops a connection whose ping goes unanswered after the ping timeout (60 s by
+        # default), whatever keepalive_timeout_ms says: give both the same value.
+        ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         # A connection that never finishes its handshake (a silent socket) is closed.

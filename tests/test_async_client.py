@@ -1,0 +1,134 @@
+"""AsyncModelClient beyond run_image and health: batches, image to image, texts, model info,
+the model list, a server that never answers (ConnectError) and call timeouts, against a real
+server in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support import InProcessServer, write_models
+from tms_client import (
+    AsyncModelClient,
+    ConnectError,
+    DeadlineExceededError,
+    ModelNotFoundError,
+    RetryPolicy,
+)
+
+MODELS = {
+    "probe": '''
+        import tms_server
+
+        class Model(tms_server.Model):
+            """Reports the shape it was given."""
+            color = "rgb"
+            thread_safe = True
+
+            def run(self, image, args):
+                return {"shape": image.shape, "sum": int(image.sum()), "args": args}
+    ''',
+    "invert": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run_image_to_image(self, images, args):
+                return [255 - image for image in images], {"count": len(images)}
+    """,
+    "upper": """
+        import time
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+            thread_safe = True
+
+            def run(self, text, args):
+                time.sleep(min(float(args.get("sleep", 0)), 10))
+                return text.upper()
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("async"), MODELS)
+
+
+@pytest.fixture
+def server(in_process_server, models) -> InProcessServer:
+    return in_process_server(models, threads=4)
+
+
+def test_batches_image_to_image_and_texts(server):
+    images = [np.full((2, 3, 3), value, np.uint8) for value in (1, 2, 3)]
+
+    async def main() -> None:
+        async with AsyncModelClient("probe", server.target) as probe:
+            results = await probe.run_images(images, {"k": 1})
+            assert results == [
+                {"shape": [2, 3, 3], "sum": 18 * value, "args": {"k": 1}} for value in (1, 2, 3)
+            ]
+        async with AsyncModelClient("invert", server.target) as invert:
+            gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+            answer = await invert.run_image_to_image(gray)
+            assert np.array_equal(answer.image, 255 - gray)
+            assert answer.result == {"count": 1}
+        async with AsyncModelClient("upper", server.target) as upper:
+            assert await upper.run_texts(["a", "bc", ""]) == ["A", "BC", ""]
+
+    asyncio.run(main())
+
+
+def test_info_and_the_model_list(server):
+    async def main() -> None:
+        async with AsyncModelClient("probe", server.target) as probe:
+            info = await probe.info()
+            assert info.name == "probe"
+            assert info.description.startswith("Reports the shape")
+            assert info.color == "rgb"
+            assert "run_image" in info.calls
+            assert info.thread_safe
+            listed = await probe.list_models()
+            assert sorted(m.name for m in listed) == ["invert", "probe", "upper"]
+            assert {m.name: m for m in listed}["probe"] == info
+        async with AsyncModelClient("nope", server.target) as nope:
+            with pytest.raises(ModelNotFoundError, match="probe"):  # the message lists them
+                await nope.info()
+
+    asyncio.run(main())
+
+
+def test_a_server_that_never_answers_is_a_connect_error():
+    # A socket that accepts connections and says nothing: no HTTP/2, no gRPC.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        async def main() -> None:
+            async with AsyncModelClient("probe", target, connect_timeout=0.5):
+                pass
+
+        with pytest.raises(ConnectError, match=target):
+            asyncio.run(main())
+
+
+def test_a_call_past_its_timeout_and_the_next_call_with_a_longer_one(server):
+    async def main() -> None:
+        async with AsyncModelClient(
+            "upper", server.target, timeout=0.3, retry=RetryPolicy.never()
+        ) as upper:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError):
+                await upper.run_text("zzz", {"sleep": 5})
+            assert time.monotonic() - started < 4  # the deadline ended it, not the model
+            upper.timeout = 20
+            assert await upper.run_text("awake") == "AWAKE"
+
+    asyncio.run(main())

@@ -1,0 +1,167 @@
+"""The supervisor with real worker processes: restart backoff for workers that die quickly, a
+worker that crashes while the server starts, SIGINT (Ctrl-C) stopping as gracefully as
+SIGTERM, and --log-level deciding which lines the supervisor, workers and models write."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import start_process, wait_for, write_models
+from tms_client import ModelClient, RetryPolicy
+
+pytestmark = pytest.mark.slow
+
+# Crashes in __init__ (as a native library might) while the file named by TMS_TEST_CRASH
+# exists; otherwise serves, holding a call until the file named by its text exists.
+CRASHY = """
+    import os
+    import pathlib
+    import time
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+        thread_safe = True
+
+        def __init__(self):
+            if pathlib.Path(os.environ["TMS_TEST_CRASH"]).exists():
+                os._exit(7)
+
+        def run(self, text, args):
+            if args.get("hold"):
+                pathlib.Path(args["started"]).touch()
+                for _ in range(3000):  # until the test opens the gate (60 s at most)
+                    if pathlib.Path(text).exists():
+                        break
+                    time.sleep(0.02)
+            return {"pid": os.getpid()}
+"""
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    return write_models(tmp_path / "models", {"crashy": CRASHY})
+
+
+def test_a_worker_that_keeps_dying_is_restarted_after_a_doubling_delay(models, tmp_path):
+    crash = tmp_path / "crash"
+    server = start_process(models, workers=1, env={"TMS_TEST_CRASH": str(crash)})
+    try:
+        with ModelClient("crashy", server.target, retry=RetryPolicy.never()) as client:
+            first = client.run_text("x")["pid"]
+        crash.touch()  # from now on every new worker crashes while loading its model
+        time.sleep(1.5)  # the first worker has served a while (the supervisor's 1 s)
+        os.kill(first, signal.SIGKILL)
+        delays = re.compile(r"worker 0 \(pid \d+\) died: [^;]*; restarting in ([\d.]+)s")
+        assert wait_for(lambda: len(delays.findall(server.logs())) >= 5, 60), server.logs()
+        crash.unlink()  # the next one loads and serves
+        seen = [float(d) for d in delays.findall(server.logs())]
+        # The worker that had served a while: at once. Each quick death after: twice as long.
+        assert seen[:5] == [0.0, 0.1, 0.2, 0.4, 0.8], server.logs()
+        assert "died: exit code 7" in server.logs()
+        assert wait_for(lambda: server.logs().count("worker 0 serving") == 2, 60)
+        with ModelClient("crashy", server.target) as client:
+            assert client.run_text("x")["pid"] != first
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_worker_crashing_while_the_server_starts_stops_the_server(models, tmp_path):
+    crash = tmp_path / "crash"
+    crash.touch()
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--models", str(models), "--workers", "2"]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMS_TEST_CRASH": str(crash)},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert re.search(r"worker \d exited with 7 while starting", done.stderr), done.stderr
+    assert "serving on" not in done.stdout
+
+
+def test_sigint_stops_like_sigterm_and_finishes_the_call_in_flight(models, tmp_path):
+    server = start_process(
+        models,
+        workers=1,
+        args=("--grace-seconds", "60"),
+        env={"TMS_TEST_CRASH": str(tmp_path / "never")},
+    )
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    answer: list[dict[str, int]] = []
+    try:
+        with ModelClient("crashy", server.target, timeout=60, retry=RetryPolicy.never()) as c:
+            held = threading.Thread(
+                target=lambda: answer.append(
+                    c.run_text(str(gate), {"hold": True, "started": str(started)})
+                )
+            )
+            held.start()
+            try:
+                assert wait_for(started.exists, 30)
+                server.process.send_signal(signal.SIGINT)  # Ctrl-C in a terminal
+                assert wait_for(lambda: "received SIGINT; stopping" in server.logs(), 30)
+                assert held.is_alive()
+            finally:
+                gate.touch()
+                held.join(30)
+        assert answer == [{"pid": answer[0]["pid"]}]  # answered by the stopping worker
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    logs = server.logs()
+    assert "worker 0 stopping; in-flight calls have 60s" in logs
+
+
+CHATTY = """
+    import logging
+    import tms_server
+
+    log = logging.getLogger("chatty")
+
+    class Model(tms_server.Model):
+        inputs = "text"
+
+        def __init__(self):
+            log.debug("chatty debug line")
+            log.info("chatty info line")
+            log.warning("chatty warning line")
+
+        def run(self, text, args):
+            return text
+"""
+
+
+@pytest.mark.parametrize(
+    ("level", "shown", "hidden"),
+    [
+        ("WARNING", ["chatty warning line"], ["chatty info line", "INFO", "chatty debug line"]),
+        ("INFO", ["chatty warning line", "chatty info line", "worker 0 serving"], ["DEBUG"]),
+        ("DEBUG", ["chatty warning line", "chatty info line", "chatty debug line"], []),
+    ],
+)
+def test_log_level_decides_which_lines_are_written(tmp_path, level, shown, hidden):
+    models = write_models(tmp_path / "models", {"chatty": CHATTY})
+    server = start_process(models, workers=1, args=("--log-level", level))
+    with ModelClient("chatty", server.target) as client:
+        assert client.run_text("hi") == "hi"
+    assert server.stop() == 0
+    logs = server.logs()
+    assert "tms-server: serving on" in logs  # the line scripts wait for, at any level
+    for text in shown:
+        assert text in logs, (level, text, logs)
+    for text in hidden:
+        assert text not in logs, (level, text, logs)
