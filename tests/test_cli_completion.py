@@ -1,9 +1,10 @@
-"""``tms completion bash|zsh|fish``: the scripts are valid and complete what they should.
+"""``tms completion bash|zsh|fish``: real shells complete real partial words with the scripts.
 
-Bash and fish complete for real here (fish's ``complete -C`` and bash's ``_tms`` given a
-command line), with model names asked of a real server; zsh, which needs a terminal to
-complete, is checked for syntax and that it registers itself. The shells must be installed
-(scripts/check.sh installs them from Debian's packages).
+Bash calls the script's function as it does on Tab (given COMP_LINE and COMP_POINT); zsh
+completes for real in a pseudo-terminal (zpty), pressing Tab; fish runs ``complete -C``. Model
+names are asked of a real server. The expected words are written out here, not read from the
+command line's definition. The shells must be installed (scripts/check.sh installs them from
+Debian's packages).
 """
 
 from __future__ import annotations
@@ -18,11 +19,34 @@ from pathlib import Path
 import pytest
 
 from tms_cli.__main__ import main
-from tms_cli.completion import read_parser
-from tms_cli.parser import build_parser
 
 COMMANDS = ["models", "info", "health", "workers", "run", "run-i2i", "text", "bench", "completion"]
 EXAMPLE_MODELS = ["edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
+GLOBAL_OPTIONS = [
+    "--target",
+    "--timeout",
+    "--connect-timeout",
+    "--max-message-mb",
+    "--shared-memory",
+    "--no-shared-memory",
+    "--json",
+    "--debug",
+    "--tls",
+    "--tls-ca",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-server-name",
+    "--token",
+]
+BENCH_OPTIONS = [
+    "--image",
+    "--size",
+    "--text",
+    "--concurrency",
+    "--duration",
+    "--balancer",
+    "--args",
+]
 
 
 def script(shell: str, capsys) -> str:
@@ -52,72 +76,12 @@ def env(example_server):
     }
 
 
-# Written out by hand from the CLI's documented usage (cli_client/README.md), not read from
-# the parser the scripts are generated from: a new option is added here on purpose.
-COMMON_OPTIONS = [
-    "--help",
-    "--target",
-    "--timeout",
-    "--connect-timeout",
-    "--max-message-mb",
-    "--shared-memory",
-    "--json",
-    "--debug",
-    "--tls",
-    "--tls-ca",
-    "--tls-cert",
-    "--tls-key",
-    "--tls-server-name",
-    "--token",
-]
-OWN_OPTIONS = {
-    "models": ["--names"],
-    "info": [],
-    "health": [],
-    "workers": [],
-    "run": ["--out", "--args", "--concurrency"],
-    "run-i2i": ["--out-dir", "--together", "--preview", "--args", "--concurrency"],
-    "text": ["--args"],
-    "bench": [
-        "--image",
-        "--size",
-        "--text",
-        "--concurrency",
-        "--duration",
-        "--balancer",
-        "--args",
-    ],
-    "completion": [],
-}
-# What a command line needs before the options of each command, for the shells to complete.
-BEFORE_OPTIONS = {"run-i2i": "edges x ", "text": "text_stats hi ", "completion": ""}
-
-
-def test_the_parser_has_the_commands_and_options_written_here():
-    line = read_parser(build_parser()[0])
-    assert [command.name for command in line.commands] == COMMANDS == list(OWN_OPTIONS)
-    for command in line.commands:
-        options = sorted(option.long for option in command.options)
-        assert options == sorted(COMMON_OPTIONS + OWN_OPTIONS[command.name]), command.name
-
-
-@pytest.mark.parametrize("command", COMMANDS)
-def test_zsh_script_names_every_option_whole(command, capsys):
-    text = script("zsh", capsys)
-    for option in COMMON_OPTIONS + OWN_OPTIONS[command]:
-        # the option as a word of its own, not a piece of a longer one (--out in --out-dir)
-        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), option
-
-
-def partial_lines(command: str) -> list[tuple[str, str]]:
-    """(a command line ending in a partial option, the option it must complete to)."""
-    before = BEFORE_OPTIONS.get(command, "mean ")
-    if command in ("models", "workers", "completion"):
-        before = ""
-    return [
-        (f"tms {command} {before}{option[:-1]}", option)
-        for option in OWN_OPTIONS[command] + ["--connect-timeout", "--tls-server-name"]
-    ]
+@pytest.fixture
+def photos(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"")
+    (tmp_path / "photos" / "b.png").write_bytes(b"")
+    return tmp_path / "photos"
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
@@ -129,35 +93,21 @@ def test_script_is_valid(shell, capsys, tmp_path):
     assert (done.returncode, done.stderr) == (0, "")
 
 
-def test_zsh_script_registers_tms(capsys, tmp_path):
-    zsh = needs("zsh")
-    path = tmp_path / "_tms"
-    path.write_text(script("zsh", capsys))
-    program = f"autoload -Uz compinit && compinit -u -d {tmp_path}/zcompdump; "
-    program += f"source {path} && print -r -- ${{_comps[tms]}}"
-    done = subprocess.run([zsh, "-f", "-c", program], capture_output=True, text=True, check=False)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "_tms\n", "")
-
-
+# What bash does on Tab: set COMP_LINE and COMP_POINT, and call the function the script
+# registered (with COMP_WORDS too, split at ':' and '=' as well, which the script does not read).
 BASH_COMPLETE = """
 source "$1"
 COMP_LINE=$2
 COMP_POINT=${#COMP_LINE}
-read -ra COMP_WORDS <<< "$COMP_LINE"
-[[ $COMP_LINE == *" " ]] && COMP_WORDS+=("")
-COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
-_tms
+"$(complete -p tms | awk '{print $(NF-1)}')" tms
 printf '%s\\n' "${COMPREPLY[@]}"
 """
 
 
-def test_bash_completes(capsys, tmp_path, env, example_server):
+def test_bash_completes(capsys, tmp_path, env, example_server, photos):
     bash = needs("bash")
     path = tmp_path / "tms.bash"
     path.write_text(script("bash", capsys))
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "a.jpg").write_bytes(b"")
-    (tmp_path / "photos" / "b.png").write_bytes(b"")
 
     def complete(line: str) -> list[str]:
         done = subprocess.run(
@@ -172,7 +122,9 @@ def test_bash_completes(capsys, tmp_path, env, example_server):
     assert complete("tms ") == COMMANDS
     assert complete("tms r") == ["run", "run-i2i"]
     assert complete("tms --json --timeout 5 wor") == ["workers"]
-    assert "--connect-timeout" in complete("tms --")
+    assert complete("tms --") == [*GLOBAL_OPTIONS, "--version", "--help"]
+    assert complete("tms bench mean --") == [*BENCH_OPTIONS, *GLOBAL_OPTIONS, "--help"]
+    assert complete("tms models --j") == ["--json"]  # global options after the command too
     assert complete("tms bench mean --bal") == ["--balancer"]
     assert complete("tms bench mean --balancer ") == ["round-robin", "least-loaded", "random"]
     assert complete("tms run-i2i edges x --out-d") == ["--out-dir"]
@@ -182,18 +134,55 @@ def test_bash_completes(capsys, tmp_path, env, example_server):
     assert complete("tms text t") == ["text_stats"]
     line = f"tms --target {example_server.target} info o"
     assert complete(line) == ["ocr", "optical_flow"]
+    assert complete(f"tms health --target={example_server.target} e") == ["edges"]
+    assert complete("tms --target 127.0.0.1:9 run ") == []  # nothing listens there
     assert complete("tms info face ") == []  # info takes one model
-    assert sorted(complete(f"tms run face {tmp_path}/photos/")) == [
-        f"{tmp_path}/photos/a.jpg",
-        f"{tmp_path}/photos/b.png",
-    ]
+    assert complete(f"tms run face {photos}/") == [f"{photos}/a.jpg", f"{photos}/b.png"]
+    assert complete(f"tms run-i2i edges a.png --out-dir {photos.parent}/ph") == [str(photos)]
     assert complete("tms text text_stats ") == []  # a free text
-    for command in COMMANDS:
-        for line, option in partial_lines(command):
-            assert option in complete(line), line
 
 
-def test_fish_completes(capsys, tmp_path, env):
+ZSH_COMPLETE = r"""
+zmodload zsh/zpty
+zpty shell zsh -f -i
+zpty -w shell "autoload -Uz compinit; compinit -u -d $1/zcompdump; source $1/_tms"
+zpty -w shell 'show() { print -r -- "BUFFER[${BUFFER}]" }; zle -N show; bindkey "^X" show'
+zpty -w -n shell "$2"$'\t\x18'
+zpty -r -m shell out '*BUFFER\[tms*\]*'
+print -r -- "$out"
+zpty -d shell
+"""
+
+
+def test_zsh_completes(capsys, tmp_path, env, example_server, photos):
+    """Tab pressed in an interactive zsh, then a key that prints the line as it now is."""
+    zsh = needs("zsh")
+    (tmp_path / "_tms").write_text(script("zsh", capsys))
+
+    def complete(line: str) -> str:
+        done = subprocess.run(
+            [zsh, "-f", "-c", ZSH_COMPLETE, "-", str(tmp_path), line],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            timeout=60,
+        )
+        return re.findall(r"BUFFER\[(tms[^\]]*)\]", done.stdout)[-1]
+
+    assert complete("tms wor") == "tms workers "
+    assert complete("tms r") == "tms run"  # run or run-i2i: as far as they agree
+    assert complete("tms --json --timeout 5 hea") == "tms --json --timeout 5 health "
+    assert complete("tms bench mean --bal") == "tms bench mean --balancer "
+    assert complete("tms bench mean --balancer le") == "tms bench mean --balancer least-loaded "
+    assert complete("tms completion f") == "tms completion fish "
+    assert complete("tms info tex") == "tms info text_stats "
+    line = f"tms --target {example_server.target} run up"
+    assert complete(line) == f"{line}right "
+    assert complete(f"tms run face {photos}/a") == f"tms run face {photos}/a.jpg "
+
+
+def test_fish_completes(capsys, tmp_path, env, photos):
     fish = needs("fish")
     path = tmp_path / "tms.fish"
     path.write_text(script("fish", capsys))
@@ -211,9 +200,8 @@ def test_fish_completes(capsys, tmp_path, env):
 
     assert sorted(complete("tms ")) == sorted(COMMANDS)
     assert complete("tms bench mean --balancer ") == ["least-loaded", "random", "round-robin"]
+    assert complete("tms models --j") == ["--json"]
     assert complete("tms run ") == EXAMPLE_MODELS
     assert complete("tms info face ") == []
     assert complete("tms completion ") == ["bash", "fish", "zsh"]
-    for command in COMMANDS:
-        for line, option in partial_lines(command):
-            assert option in complete(line), line
+    assert complete(f"tms run face {photos}/") == [f"{photos}/a.jpg", f"{photos}/b.png"]

@@ -15,21 +15,12 @@ import grpc
 import numpy as np
 import pytest
 
+from tests import test_hostile_input as hostile
 from tests.support import wait_for, write_models
 from tms.v1 import model_service_pb2
 from tms_client import ModelClient
 
-MODELS = {
-    "probe": """
-        import tms_server
-
-        class Model(tms_server.Model):
-            thread_safe = True
-
-            def run(self, image, args):
-                return {"shape": image.shape}
-    """,
-}
+MODELS = {"probe": hostile.MODELS["probe"]}  # answers the shape of the image it gets
 
 # A client that opens a health Watch stream, says so, and then waits: the test freezes one
 # (SIGSTOP: it answers no keepalive ping, while its kernel keeps the TCP connection up).

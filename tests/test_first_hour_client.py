@@ -29,8 +29,8 @@ from tests.scripted import FakeServer, ScriptedTransport
 from tests.support import InProcessServer, start_in_process, write_models
 from tests.unit.test_pool_core import Asyncio, Threads
 from tms_cli.__main__ import main
+from tms_cli.cli import tms as tms_command
 from tms_cli.connection import Options
-from tms_cli.parser import build_parser
 from tms_client import (
     AsyncModelClient,
     ClientOptions,
@@ -247,10 +247,8 @@ def test_targets_default_the_port_and_refuse_urls(capsys) -> None:
     for url in ("http://localhost:50051", "https://gpu-box:50051/"):
         with pytest.raises(ValueError, match=r"is a URL; give 'host:port'.*'dns:///host:port'"):
             ClientOptions(target=url)
-    parser, _ = build_parser()
-    assert Options.from_args(parser.parse_args(["--target", "localhost", "models"])).target == (
-        "localhost:50051"
-    )
+    parsed = tms_command.main(["--target", "localhost", "models"], standalone_mode=False)
+    assert Options.from_values(parsed.options).target == "localhost:50051"  # parsed, not run
     code, out, err = tms(
         capsys, "--connect-timeout", "2", "--target", "http://localhost:50051", "models"
     )

@@ -28,8 +28,8 @@ from skimage import data
 
 from tests.support import ROOT, start_process, wait_for, write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
+from tms_cli.cli import tms
 from tms_cli.connection import Options
-from tms_cli.parser import build_parser
 from tms_client import (
     AsyncModelClient,
     DeadlineExceededError,
@@ -775,8 +775,8 @@ def test_a_lender_reuses_grows_and_bounds_its_regions(monkeypatch):
 
 def test_the_cli_flag_and_variable(monkeypatch):
     def shared_memory(*argv: str) -> bool:
-        parser, _ = build_parser()
-        return Options.from_args(parser.parse_args([*argv, "models"])).client.shared_memory
+        parsed = tms.main([*argv, "models"], standalone_mode=False)  # parsed, not run
+        return Options.from_values(parsed.options).client.shared_memory
 
     monkeypatch.delenv("TMS_SHARED_MEMORY", raising=False)
     assert shared_memory()

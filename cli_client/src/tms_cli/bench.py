@@ -13,18 +13,20 @@ This module is the command: it picks the payload and the call, then hands over t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+from tms_cli import values
 from tms_cli.bench_live import LiveView, Rate
 from tms_cli.bench_load import Run, generate_load
-from tms_cli.bench_payload import Payload, image_file, image_size, random_pixels, text_payload
+from tms_cli.bench_payload import Payload, image_file, random_pixels, text_payload
 from tms_cli.bench_report import print_summary, summary_json
 from tms_cli.connection import Options, check_model, connect, describe_error
-from tms_cli.errors import CliError
-from tms_cli.outputs import to_json
+from tms_cli.errors import CliError, UsageError
+from tms_cli.outputs import print_json, to_json
+from tms_cli.values import image_size
 from tms_client import (
     Balancer,
     LeastLoaded,
@@ -36,26 +38,25 @@ from tms_client import (
 )
 
 # LiveView and Rate are re-exported: they were defined here, and tests import them from here.
-__all__ = ["BALANCERS", "DEFAULT_SIZE", "DEFAULT_TEXT", "LiveView", "Rate", "bench", "image_size"]
+__all__ = ["BALANCERS", "DEFAULT_TEXT", "LiveView", "Rate", "bench", "image_size"]
 
-BALANCERS: dict[str, Callable[[], Balancer]] = {
-    "round-robin": RoundRobin,
-    "least-loaded": LeastLoaded,
-    "random": RandomBalancer,
-}
-DEFAULT_SIZE = "480x640x3"
+BALANCERS: dict[str, Callable[[], Balancer]] = dict(
+    zip(values.BALANCERS, (RoundRobin, LeastLoaded, RandomBalancer), strict=True)
+)
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog. " * 4
 
 
-def bench(options: Options, args: argparse.Namespace) -> int:
+def bench(options: Options, args: SimpleNamespace) -> int:
     """``tms bench MODEL``: exit code 0 if every call succeeded, 1 if any failed, 130 if
     interrupted (after the summary of what was done)."""
+    if sum(given is not None for given in (args.image, args.size, args.text)) > 1:
+        raise UsageError("give one of --image, --size and --text")
     if args.image is not None:
         payload = image_file(args.image)
     elif args.text is not None:
         payload = text_payload(args.text)
     else:
-        payload = random_pixels(args.size or image_size(DEFAULT_SIZE))
+        payload = random_pixels(args.size or image_size(values.DEFAULT_SIZE))
     with connect(options, args.model, balancer=BALANCERS[args.balancer]()) as client:
         info = check_model(client)
         if args.text is None and args.image is None and args.size is None and _takes_text(info):
@@ -80,7 +81,7 @@ def bench(options: Options, args: argparse.Namespace) -> int:
     if run.stats.crash is not None:
         raise run.stats.crash
     if options.json:
-        sys.stdout.write(to_json(summary_json(run), pretty=True) + "\n")
+        print_json(to_json(summary_json(run), pretty=True), sys.stdout)
     else:
         print_summary(run, sys.stdout)
     if run.interrupted:

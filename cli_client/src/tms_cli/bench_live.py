@@ -6,9 +6,9 @@ import shutil
 from collections import deque
 from typing import TextIO
 
-from tms_cli.progress import CLEAR_LINE
-
 __all__ = ["LiveView", "Rate"]
+
+CLEAR_LINE = "\r\x1b[K"
 
 
 class Rate:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,27 +13,10 @@ from PIL import Image, UnidentifiedImageError
 from tms_cli.connection import describe_error
 from tms_cli.errors import CliError
 
-__all__ = ["Payload", "image_file", "image_size", "random_pixels", "text_payload"]
+__all__ = ["Payload", "image_file", "random_pixels", "text_payload"]
 
-MAX_BYTES = 1 << 30  # a --size larger than this is surely a typo
 _COLOR_OF_CHANNELS = {1: "gray", 3: "rgb", 4: "rgba"}
 _SENT_ENCODED = ("PNG", "JPEG")  # image files sent as they are; others decoded here once
-
-
-def image_size(text: str) -> tuple[int, ...]:
-    """An argparse type: ``HxW`` (gray) or ``HxWxC`` with C 1, 3 or 4 (gray, RGB, RGBA)."""
-    parts = text.lower().split("x")
-    try:
-        dims = tuple(int(part) for part in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) not in (2, 3) or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected HxW or HxWxC such as 1080x1920x3, not {text!r}")
-    if len(dims) == 3 and dims[2] not in _COLOR_OF_CHANNELS:
-        raise argparse.ArgumentTypeError(f"channels must be 1, 3 or 4, not {dims[2]}")
-    if int(np.prod(dims)) > MAX_BYTES:
-        raise argparse.ArgumentTypeError(f"{text} is more than {MAX_BYTES >> 30} GiB of pixels")
-    return dims
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tms_cli.errors import CliError
 from tms_client import (
@@ -57,28 +58,23 @@ class Options:
         return ", ".join(self.client.targets)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Options:
-        """The global options as parsed (see ``parser._add_global_options``); ValueError for
+    def from_values(cls, args: Mapping[str, Any]) -> Options:
+        """The global options, by name (see ``tms_cli.cli.global_params``); ValueError for
         options that do not go together or cannot be used (a malformed target or token)."""
-        files = (args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+        files = (args["tls_ca"], args["tls_cert"], args["tls_key"], args["tls_server_name"])
         tls = None
-        if args.tls or any(value is not None for value in files):
-            tls = TLS(
-                ca=args.tls_ca,
-                cert=args.tls_cert,
-                key=args.tls_key,
-                server_name=args.tls_server_name,
-            )
+        if args["tls"] or any(value is not None for value in files):
+            tls = TLS(ca=files[0], cert=files[1], key=files[2], server_name=files[3])
         client = ClientOptions(
-            target=args.target,
-            timeout=args.timeout,
-            connect_timeout=args.connect_timeout,
+            target=args["target"],
+            timeout=args["timeout"],
+            connect_timeout=args["connect_timeout"],
             tls=tls,
-            token=args.token,
-            shared_memory=args.shared_memory,
-            max_message_mb=args.max_message_mb,
+            token=args["token"],
+            shared_memory=args["shared_memory"],
+            max_message_mb=args["max_message_mb"],
         )
-        return cls(client=client, json=args.json, debug=args.debug)
+        return cls(client=client, json=args["json"], debug=args["debug"])
 
 
 def connect(options: Options, model: str = "", *, balancer: Balancer | None = None) -> ModelClient:

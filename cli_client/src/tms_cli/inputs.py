@@ -11,11 +11,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from tms_cli.errors import UsageError
+from tms_cli.values import IMAGE_EXTENSIONS
 from tms_client import ImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "STDIN", "ImageSource", "Inputs", "collect"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 STDIN = "-"
 # Sent as they are; the server decodes them. Other formats are decoded here by Pillow.
 _SENT_ENCODED = ("PNG", "JPEG")

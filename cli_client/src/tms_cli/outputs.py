@@ -1,4 +1,8 @@
-"""Writing what commands produce: JSON, plain tables, and output images as PNG or ``.npy``."""
+"""Writing what commands print: JSON and tables (output images: ``tms_cli.image_files``).
+
+Tables and JSON go through Rich: on a terminal, headers in bold and JSON highlighted (no
+colours when $NO_COLOR is set, as Rich reads it); elsewhere plain text, rows never wrapped,
+what scripts parse byte for byte the same."""
 
 from __future__ import annotations
 
@@ -7,20 +11,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-import numpy.typing as npt
-from PIL import Image
+from rich.console import Console
+from rich.highlighter import JSONHighlighter
+from rich.table import Table
 
 from tms_cli.connection import describe_error
 from tms_cli.errors import CliError
-from tms_cli.preview import preview
 
 __all__ = [
+    "console",
     "open_output",
+    "print_json",
     "print_table",
     "readable_json",
-    "save_image",
-    "save_preview",
     "to_json",
 ]
 
@@ -59,57 +62,25 @@ def open_output(path: Path) -> TextIO:
         raise CliError(f"cannot write {path}: {describe_error(exc)}") from exc
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], stream: TextIO) -> None:
-    """Left-aligned columns separated by two spaces, the header in capitals."""
-    lines = [[h.upper() for h in header], *[list(row) for row in rows]]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        stream.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-        stream.write("\n")
+def console(stream: TextIO) -> Console:
+    """A Rich console on ``stream``; off a terminal, wide enough that no row wraps."""
+    return Console(file=stream, soft_wrap=True, width=None if stream.isatty() else 10_000)
 
 
-def save_image(image: npt.NDArray[Any], stem: Path) -> Path:
-    """Write ``image`` next to ``stem``: uint8 pixels as PNG, anything else as ``.npy``.
-
-    ``image`` comes as RGB(A) when the model named its colour order (it may be gray expanded
-    to RGBA); it is stored in the fewest channels that hold the same pixels.
-    """
-    image = _fewest_channels(image)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    if image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] in (3, 4)):
-        path = stem.with_name(stem.name + ".png")
-        Image.fromarray(image).save(path)
+def print_json(text: str, stream: TextIO) -> None:
+    """JSON ``text`` and a newline: highlighted on a terminal, else as it is."""
+    if stream.isatty():
+        console(stream).print(JSONHighlighter()(text))
     else:
-        path = stem.with_name(stem.name + ".npy")
-        np.save(path, image, allow_pickle=False)
-    return path
+        stream.write(text + "\n")
 
 
-def save_preview(image: npt.NDArray[Any], stem: Path) -> list[Path]:
-    """Write a colour picture of ``image`` as ``<stem>.preview.png`` when it is no picture
-    itself (a flow field, a float map; see tms_cli.preview); the paths written."""
-    picture = preview(_fewest_channels(image))
-    if picture is None:
-        return []
-    path = stem.with_name(stem.name + ".preview.png")
-    Image.fromarray(picture).save(path)
-    return [path]
-
-
-def _fewest_channels(image: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """Without an alpha channel that is opaque everywhere, and gray if R, G and B agree."""
-    if image.ndim != 3 or image.dtype.kind not in "iufb":
-        return image
-    if image.shape[2] == 4 and bool((image[..., 3] == _opaque(image.dtype)).all()):
-        image = image[..., :3]
-    if image.shape[2] == 3 and bool((image[..., 1:] == image[..., :1]).all()):
-        image = image[..., :1]
-    if image.shape[2] == 1:
-        image = image[..., 0]
-    return np.ascontiguousarray(image)
-
-
-def _opaque(dtype: np.dtype[Any]) -> Any:
-    if dtype.kind in "iu":
-        return np.iinfo(dtype).max
-    return True if dtype.kind == "b" else 1.0
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], stream: TextIO) -> None:
+    """Left-aligned columns two spaces apart, the header in capitals (and bold)."""
+    table = Table(*(h.upper() for h in header), box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*row)
+    out = console(stream)
+    with out.capture() as captured:  # Rich pads every cell: no blanks at the ends of lines
+        out.print(table)
+    stream.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))

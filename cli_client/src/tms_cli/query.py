@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import textwrap
+from types import SimpleNamespace
 from typing import Any
 
 from tms_cli.connection import Options, check_model, connect, server_health
 from tms_cli.errors import CliError
-from tms_cli.outputs import print_table, readable_json, to_json
+from tms_cli.outputs import print_json, print_table, readable_json, to_json
 from tms_client import ModelClient, ModelInfo, UnauthenticatedError, WorkerInfo
 
 __all__ = ["list_models", "show_health", "show_model", "show_workers", "worker_json"]
 
 
-def list_models(options: Options, args: argparse.Namespace) -> int:
+def list_models(options: Options, args: SimpleNamespace) -> int:
     """``tms models``: every loaded model, one line each, then those that failed to load and
     why (``--names``: only the names of the loaded ones)."""
     with connect(options) as client:
@@ -42,7 +42,7 @@ def list_models(options: Options, args: argparse.Namespace) -> int:
     return 0
 
 
-def show_model(options: Options, args: argparse.Namespace) -> int:
+def show_model(options: Options, args: SimpleNamespace) -> int:
     """``tms info MODEL``: one model in detail."""
     with connect(options, args.model) as client:
         info = check_model(client)
@@ -73,7 +73,7 @@ def show_model(options: Options, args: argparse.Namespace) -> int:
     return 0
 
 
-def show_health(options: Options, args: argparse.Namespace) -> int:
+def show_health(options: Options, args: SimpleNamespace) -> int:
     """``tms health [MODEL...]``: the server's status and each model's; exit code 1 unless
     all are SERVING. Health checks need no token; listing the models does, so without one
     only the models named are checked."""
@@ -104,7 +104,7 @@ def _loaded(options: Options) -> list[str]:
     return []
 
 
-def show_workers(options: Options, args: argparse.Namespace) -> int:
+def show_workers(options: Options, args: SimpleNamespace) -> int:
     """``tms workers``: the worker processes found behind the target, their device, and
     their load.
 
@@ -196,4 +196,4 @@ def _calls(info: ModelInfo) -> str:
 
 
 def _print_json(value: Any) -> None:
-    sys.stdout.write(to_json(value, pretty=True) + "\n")
+    print_json(to_json(value, pretty=True), sys.stdout)

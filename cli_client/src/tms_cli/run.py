@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from PIL import Image
 
 from tms_cli.connection import Options, check_model, connect, describe_error
 from tms_cli.errors import CliError, UsageError
+from tms_cli.image_files import save_image, save_preview
 from tms_cli.inputs import IMAGE_EXTENSIONS, STDIN, ImageSource, collect
-from tms_cli.outputs import open_output, readable_json, save_image, save_preview, to_json
+from tms_cli.outputs import open_output, print_json, readable_json, to_json
 from tms_cli.progress import Progress
 from tms_cli.video import is_video, run_videos
 from tms_client import (
@@ -49,7 +50,7 @@ _FATAL = (
 _PER_IMAGE = (TMSError, ValueError, OSError, Image.DecompressionBombError)
 
 
-def run_images(options: Options, args: argparse.Namespace) -> int:
+def run_images(options: Options, args: SimpleNamespace) -> int:
     """``tms run``: one result per image, as JSON (one image) or JSON Lines (several, or
     any number with ``--json``); for video files, one JSON line per frame (tms_cli.video)."""
     videos = [path for path in args.paths if is_video(path)]
@@ -69,7 +70,7 @@ def run_images(options: Options, args: argparse.Namespace) -> int:
 
         def write(source: ImageSource, result: Any) -> None:
             if single:
-                out.write(readable_json(result) + "\n")
+                print_json(readable_json(result), out)
             else:
                 out.write(to_json({"path": source.label, "result": result}) + "\n")
             out.flush()
@@ -81,7 +82,7 @@ def run_images(options: Options, args: argparse.Namespace) -> int:
     return _summary(failed + missing, len(sources) + missing)
 
 
-def run_images_to_images(options: Options, args: argparse.Namespace) -> int:
+def run_images_to_images(options: Options, args: SimpleNamespace) -> int:
     """``tms run-i2i``: the output images of each input, written under ``--out-dir``, or
     next to the input as NAME.MODEL.png (stdin's in the current folder)."""
     sources, missing = _sources(args.paths)
@@ -144,13 +145,13 @@ def _keep_inputs(stem: Path, inputs: set[Path]) -> None:
             raise ValueError(f"its output would overwrite the input {path}; give --out-dir")
 
 
-def run_text(options: Options, args: argparse.Namespace) -> int:
+def run_text(options: Options, args: SimpleNamespace) -> int:
     """``tms text``: the model's result for one text, as JSON."""
     text: str = sys.stdin.read() if args.text == STDIN else args.text
     with connect(options, args.model) as client:
         check_model(client, "run_text")
         result = client.run_text(text, args.args)
-    sys.stdout.write((to_json(result) if options.json else readable_json(result)) + "\n")
+    print_json(to_json(result) if options.json else readable_json(result), sys.stdout)
     return 0
 
 

@@ -4,21 +4,20 @@ which the command imports only when it is given a video."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tms_cli.connection import Options, check_model, connect, describe_error
 from tms_cli.errors import CliError
 from tms_cli.outputs import open_output, to_json
 from tms_cli.progress import Progress
+from tms_cli.values import VIDEO_EXTENSIONS
 
 __all__ = ["VIDEO_EXTENSIONS", "is_video", "run_videos"]
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
 def is_video(path: str) -> bool:
@@ -26,7 +25,7 @@ def is_video(path: str) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS and Path(path).is_file()
 
 
-def run_videos(options: Options, args: argparse.Namespace, videos: list[str]) -> int:
+def run_videos(options: Options, args: SimpleNamespace, videos: list[str]) -> int:
     """``tms run MODEL video.mp4 ...``: one JSON line per frame, ``{"path", "frame",
     "result"}``, frame being the frame's index in its video; a frame that fails is reported
     on stderr as "path frame N: reason" and the video goes on. At most ``--concurrency``
