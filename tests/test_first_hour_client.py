@@ -419,6 +419,33 @@ def test_run_i2i_shows_the_result_and_writes_next_to_the_input(
     assert clash.read_bytes() == before
 
 
+def test_run_i2i_on_a_folder_again_leaves_its_outputs_out(
+    server: InProcessServer, capsys, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(smooth((16, 16, 3))).save(folder / "a.png")
+    Image.fromarray(smooth((8, 8, 3))).save(folder / "b.edges.png")  # another model's output
+    command = ["--target", server.target, "run-i2i", "invert", str(folder)]
+    for _ in range(2):  # the second run finds a.invert.png and leaves it out
+        code, out, _ = tms(capsys, *command)
+        assert code == 0
+        assert sorted(out.splitlines()) == [
+            f'{folder / "a.png"} -> {folder / "a.invert.png"}  {{"count": 1}}',
+            f'{folder / "b.edges.png"} -> {folder / "b.edges.invert.png"}  {{"count": 1}}',
+        ]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "a.invert.png",
+        "a.png",
+        "b.edges.invert.png",
+        "b.edges.png",
+    ]
+    # Named on the command line, an output is an input like any other file.
+    code, out, _ = tms(capsys, *command[:-1], str(folder / "a.invert.png"))
+    assert code == 0
+    assert out == f'{folder / "a.invert.png"} -> {folder / "a.invert.invert.png"}  {{"count": 1}}\n'
+
+
 def test_pretty_json_keeps_points_on_one_line(server: InProcessServer, capsys, tmp_path) -> None:
     Image.fromarray(smooth((16, 16, 3))).save(tmp_path / "page.png")
     base = ["--target", server.target]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -86,9 +87,16 @@ def run_images_to_images(options: Options, args: SimpleNamespace) -> int:
     """``tms run-i2i``: the output images of each input, written under ``--out-dir``, or
     next to the input as NAME.MODEL.png (stdin's in the current folder)."""
     sources, missing = _sources(args.paths)
+    out_dir: Path | None = args.out_dir
+    if out_dir is None:
+        # Outputs go next to their inputs: in a folder run again, those of this model are
+        # no inputs (a file named on the command line is run whatever its name).
+        output = re.compile(rf".*\.{re.escape(args.model)}(-\d+)?(\.preview)?")
+        sources = [s for s in sources if not (s.in_folder and output.fullmatch(s.name.name))]
+        if not sources:
+            raise CliError(f"no images to run on but outputs of {args.model}; give --out-dir")
     if args.together and missing:
         raise CliError("--together needs every image; nothing was run")
-    out_dir: Path | None = args.out_dir
     if out_dir is not None:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
