@@ -60,6 +60,8 @@ Q = TypeVar("Q")
 T = TypeVar("T")
 #: Trailing metadata, as grpc takes it.
 Trailers = tuple[tuple[str, str | bytes], ...]
+#: A call's metadata, as grpc and the HTTP server give it.
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 def quick(method: F) -> F:
@@ -122,13 +124,25 @@ class Worker:
     metrics: WorkerMetrics | None = field(default=None, kw_only=True)
     log_requests: bool = field(default=False, kw_only=True)
 
+    def begin(self, rpc: str, path: str, metadata: Metadata | None, model: str = "") -> CallInfo:
+        """A call that starts: its CallInfo (the caller's request id or a new one), current in
+        the running task (grpc.aio and aiohttp run each call in a task of its own), with its
+        span when tracing is on."""
+        call = CallInfo(rpc, request_id(metadata), model=model)
+        CURRENT.set(call)
+        call.span = start_call_span(path, metadata)
+        return call
+
+    def check_serving(self, hint: str = "try another") -> None:
+        """UNAVAILABLE while the worker drains: another worker can take the call at once
+        (RetryInfo of no delay)."""
+        if self.load.draining:
+            raise Unavailable(f"this worker is shutting down; {hint}", retry_after=0.0)
+
     async def handle(self, method: Method, context: Context) -> Any:
         watch, load = self.watch, self.load
         began = time.perf_counter()
-        metadata = context.invocation_metadata()
-        call = CallInfo(method.rpc, request_id(metadata))
-        CURRENT.set(call)  # in this call's own context: grpc.aio runs each call in a task
-        call.span = start_call_span(method.name, metadata)
+        call = self.begin(method.rpc, method.name, context.invocation_metadata())
         tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
         watch.begin(context)
         try:
@@ -141,9 +155,7 @@ class Worker:
             model = _model_of(request) if method.names_model else None
             if model:
                 call.model = model.decode(errors="replace")
-            if load.draining:
-                # Another worker can take the call at once: RetryInfo of no delay.
-                raise Unavailable("this worker is shutting down; try another", retry_after=0.0)
+            self.check_serving()
             if method.on_loop:
                 response = method.call(request, context, load, tail)
             else:
@@ -168,15 +180,11 @@ class Worker:
         status and trailers at its end."""
         load = self.load
         began = time.perf_counter()
-        metadata = context.invocation_metadata()
-        call = CallInfo(method.rpc, request_id(metadata))
-        CURRENT.set(call)
-        call.span = start_call_span(method.name, metadata)
+        call = self.begin(method.rpc, method.name, context.invocation_metadata())
         tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
         stream: Stream[Any] = Stream(self, method, context, call)
         try:
-            if load.draining:
-                raise Unavailable("this worker is shutting down; try another", retry_after=0.0)
+            self.check_serving()
             async with contextlib.aclosing(method.function(stream, context)) as responses:
                 async for response in responses:
                     await stream.write(response)

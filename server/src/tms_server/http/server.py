@@ -27,13 +27,12 @@ from tms_client.protocol.methods import OUTPUT_FIELD
 from tms_client.protocol.wire import ImageParts, split_images
 from tms_server import __version__, oip, security
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip_pb
-from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
+from tms_server.callinfo import CURRENT, REQUEST_ID_KEY
 from tms_server.errors import (
     InvalidArgument,
     Reason,
     ServiceError,
     Unauthenticated,
-    Unavailable,
     status_of,
 )
 from tms_server.health import HealthServicer
@@ -49,7 +48,6 @@ from tms_server.registry import ModelRegistry
 from tms_server.rpc import Worker
 from tms_server.servicer import ModelServicer
 from tms_server.settings import Settings
-from tms_server.tracing import start_call_span
 
 __all__ = ["HttpServer"]
 
@@ -380,12 +378,9 @@ class _Api:
         worker = self._worker
         began = time.perf_counter()
         metadata = [(key.lower(), value) for key, value in request.headers.items()]
-        call = CallInfo(f"http:{rpc}", request_id(metadata), model=model)
-        CURRENT.set(call)  # aiohttp runs each request in a task of its own
-        call.span = start_call_span(f"/http/{rpc}", metadata)
+        call = worker.begin(f"http:{rpc}", f"/http/{rpc}", metadata, model)
         try:
-            if worker.load.draining:
-                raise Unavailable("this worker is shutting down; try again", retry_after=0.0)
+            worker.check_serving("try again")
             result = await worker.runner.run(function, *args, pixels=pixels, key=(call.rpc, model))
         except asyncio.CancelledError:  # the caller left
             worker.finished(call, grpc.StatusCode.CANCELLED, began)
