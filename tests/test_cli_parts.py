@@ -7,7 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from tms_cli.bench import LiveView, Rate, image_size
+from tms_cli.bench import Rate, image_size
+from tms_cli.bench_live import live_view, show
 from tms_cli.latency import LatencyHistogram
 from tms_cli.preview import colormap, flow_to_rgb, preview
 
@@ -79,12 +80,23 @@ def test_rate_over_the_last_second():
     assert rate.update(2.0, 400) == pytest.approx(300.0)  # only the last second counts
 
 
-def test_live_view_redraws_in_place():
-    stream = io.StringIO()
-    view = LiveView(stream, enabled=True)
-    view.draw(["one", "two"])
-    view.draw(["three", "four"])
-    view.clear()
-    assert stream.getvalue() == (
-        "\r\x1b[Kone\n\r\x1b[Ktwo\n\x1b[2F\r\x1b[Kthree\n\r\x1b[Kfour\n\x1b[2F\x1b[J"
-    )
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_view_redraws_in_place_and_goes_at_the_end(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "20")
+    monkeypatch.setenv("LINES", "4")
+    assert live_view(io.StringIO()) is None  # not a terminal: no view
+    stream = Terminal()
+    live = live_view(stream)
+    with live:
+        show(live, ["one", "two"])
+        show(live, ["three", "a line longer than the terminal", *(f"w{i}" for i in range(9))])
+    out = stream.getvalue()
+    assert "one\ntwo" in out
+    # Redrawn over it: cut at the width, not wrapped, and only as many lines as fit.
+    assert "\x1b[1A\x1b[2Kthree\na line longer than …\n  ... and 9 more" in out
+    assert "w0" not in out
+    assert out.endswith("\x1b[1A\x1b[2K" * 3)  # and erased at the end

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import click
 
-from tms_cli import completion
 from tms_cli.cli import Invocation, tms
 
 __all__ = ["main"]
@@ -16,7 +15,6 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tms`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    completion.register()
     try:
         parsed = tms.main(list(argv) if argv is not None else None, "tms", standalone_mode=False)
     except click.ClickException as exc:  # a usage error: the usage, then the error

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tms_cli import values
-from tms_cli.bench_live import LiveView, Rate
+from tms_cli.bench_live import Rate, live_view
 from tms_cli.bench_load import Run, generate_load
 from tms_cli.bench_payload import Payload, image_file, random_pixels, text_payload
 from tms_cli.bench_report import print_summary, summary_json
@@ -37,8 +37,8 @@ from tms_client import (
     TMSError,
 )
 
-# LiveView and Rate are re-exported: they were defined here, and tests import them from here.
-__all__ = ["BALANCERS", "DEFAULT_TEXT", "LiveView", "Rate", "bench", "image_size"]
+# Rate is re-exported: it was defined here, and tests import it from here.
+__all__ = ["BALANCERS", "DEFAULT_TEXT", "Rate", "bench", "image_size"]
 
 BALANCERS: dict[str, Callable[[], Balancer]] = dict(
     zip(values.BALANCERS, (RoundRobin, LeastLoaded, RandomBalancer), strict=True)
@@ -77,7 +77,7 @@ def bench(options: Options, args: SimpleNamespace) -> int:
             args.duration,
             args.balancer,
         )
-        generate_load(client, call, run, LiveView(sys.stderr, enabled=sys.stderr.isatty()))
+        generate_load(client, call, run, live_view(sys.stderr))
     if run.stats.crash is not None:
         raise run.stats.crash
     if options.json:

@@ -1,14 +1,16 @@
-"""The live view of ``tms bench``: lines redrawn in place on a terminal, and the current rate."""
+"""The live view of ``tms bench`` (Rich's Live, redrawn in place on a terminal and removed at
+the end), and the current rate."""
 
 from __future__ import annotations
 
-import shutil
 from collections import deque
 from typing import TextIO
 
-__all__ = ["LiveView", "Rate"]
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
-CLEAR_LINE = "\r\x1b[K"
+__all__ = ["Rate", "live_view", "show"]
 
 
 class Rate:
@@ -26,33 +28,18 @@ class Rate:
         return (done - before) / (now - then) if now > then else 0.0
 
 
-class LiveView:
-    """Lines redrawn in place on a terminal, and removed at the end."""
+def live_view(stream: TextIO) -> Live | None:
+    """A live view on ``stream`` if it is a terminal."""
+    if not stream.isatty():
+        return None
+    console = Console(file=stream, markup=False, emoji=False, highlight=False)
+    return Live(console=console, auto_refresh=False, transient=True)
 
-    def __init__(self, stream: TextIO, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self._stream = stream
-        self._drawn = 0
 
-    def __repr__(self) -> str:
-        return f"<LiveView enabled={self.enabled} lines={self._drawn}>"
-
-    def draw(self, lines: list[str]) -> None:
-        columns, rows = shutil.get_terminal_size()
-        if len(lines) > rows - 2:  # lines that scroll away cannot be redrawn
-            hidden = len(lines) - (rows - 3)
-            lines = [*lines[: rows - 3], f"  ... and {hidden} more workers"]
-        # Lines that wrap cannot be redrawn in place either.
-        text = "".join(CLEAR_LINE + line[: columns - 1] + "\n" for line in lines)
-        self._stream.write(self._up() + text)
-        self._stream.flush()
-        self._drawn = len(lines)
-
-    def clear(self) -> None:
-        if self.enabled and self._drawn:
-            self._stream.write(self._up() + "\x1b[J")
-            self._stream.flush()
-            self._drawn = 0
-
-    def _up(self) -> str:
-        return f"\x1b[{self._drawn}F" if self._drawn else ""
+def show(live: Live, lines: list[str]) -> None:
+    """Draw ``lines`` now, in place of what was drawn before: cut at the terminal's width, and
+    as many as fit its height (lines scrolled away could not be redrawn)."""
+    rows = live.console.size.height - 1
+    if len(lines) > rows:
+        lines = [*lines[: rows - 1], f"  ... and {len(lines) - rows + 1} more"]
+    live.update(Text("\n".join(lines), no_wrap=True, overflow="ellipsis"), refresh=True)

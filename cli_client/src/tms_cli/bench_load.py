@@ -3,13 +3,16 @@ deadline, and what their calls did (counts, latency, errors), shown live as they
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tms_cli.bench_live import LiveView, Rate
+from rich.live import Live
+
+from tms_cli.bench_live import Rate, show
 from tms_cli.bench_payload import Payload
 from tms_cli.connection import describe_error
 from tms_cli.latency import LatencyHistogram
@@ -77,8 +80,10 @@ class Run:
     workers: list[tuple[WorkerInfo, int]] = field(default_factory=list)  # (worker, its calls)
 
 
-def generate_load(client: ModelClient, call: Callable[[], int], run: Run, view: LiveView) -> None:
-    """Make the calls of ``run``, showing them on ``view``, and fill in its results."""
+def generate_load(
+    client: ModelClient, call: Callable[[], int], run: Run, live: Live | None
+) -> None:
+    """Make the calls of ``run``, showing them on ``live`` if any, and fill in its results."""
     stats, stop = run.stats, threading.Event()
     before = {(w.instance_id, w.pid): w.calls for w in client.workers()}
     started = time.monotonic()
@@ -96,19 +101,19 @@ def generate_load(client: ModelClient, call: Callable[[], int], run: Run, view: 
         thread.start()
     rate = Rate(started)
     try:
-        while any(thread.is_alive() for thread in threads):
-            stop.wait(_REDRAW)
-            if view.enabled:
-                view.draw(_live_lines(run, client, before, rate, time.monotonic() - started))
-            if stop.is_set():  # a load thread crashed
-                break
+        with live or contextlib.nullcontext():  # the view is removed at the end
+            while any(thread.is_alive() for thread in threads):
+                stop.wait(_REDRAW)
+                if live is not None:
+                    show(live, _live_lines(run, client, before, rate, time.monotonic() - started))
+                if stop.is_set():  # a load thread crashed
+                    break
     except KeyboardInterrupt:
         run.interrupted = True
     finally:
         stop.set()
         for thread in threads:  # calls end within their timeout; after Ctrl-C wait briefly
             thread.join(timeout=1.0 if run.interrupted else None)
-        view.clear()
     # The last call's end, not this loop's (it only looks every _REDRAW seconds).
     run.elapsed = (time.monotonic() if run.interrupted else stats.last_end or started) - started
     run.workers = [(w, w.calls - before.get((w.instance_id, w.pid), 0)) for w in client.workers()]

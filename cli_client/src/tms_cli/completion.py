@@ -22,9 +22,7 @@ from click.shell_completion import (
     split_arg_string,
 )
 
-from tms_cli.values import global_values
-
-__all__ = ["SHELLS", "complete_folders", "complete_models", "register", "script"]
+__all__ = ["SHELLS", "complete_folders", "complete_models", "script"]
 
 SHELLS = ("bash", "zsh", "fish")
 _ASK_FOR = 0.5  # seconds to connect, then as much for the call
@@ -71,9 +69,7 @@ class _Bash(BashComplete):
         return words[1:], incomplete
 
 
-def register() -> None:
-    """Make Click complete bash lines as ``_Bash`` does (before ``tms`` is run)."""
-    add_completion_class(_Bash)
+add_completion_class(_Bash)  # in place of Click's own, for bash
 
 
 def script(shell: str, command: click.Command) -> str:
@@ -94,6 +90,7 @@ def complete_models(
 ) -> list[CompletionItem]:
     """The names of the models the server lists that start with ``incomplete``."""
     # Only now the client: completing anything else must not wait for it to load.
+    from tms_cli.cli import global_values  # noqa: PLC0415
     from tms_cli.connection import Options  # noqa: PLC0415
     from tms_client import ModelClient, TMSError  # noqa: PLC0415
 

@@ -67,7 +67,7 @@ class Options:
             tls = TLS(ca=files[0], cert=files[1], key=files[2], server_name=files[3])
         client = ClientOptions(
             target=args["target"],
-            timeout=args["timeout"],
+            timeout=args["timeout"] or None,  # 0: no deadline
             connect_timeout=args["connect_timeout"],
             tls=tls,
             token=args["token"],

@@ -18,14 +18,7 @@ from rich.table import Table
 from tms_cli.connection import describe_error
 from tms_cli.errors import CliError
 
-__all__ = [
-    "console",
-    "open_output",
-    "print_json",
-    "print_table",
-    "readable_json",
-    "to_json",
-]
+__all__ = ["console", "open_output", "print_json", "print_table", "readable_json", "to_json"]
 
 #: The widest list ``readable_json`` keeps on one line (a list of plain values always is).
 _LINE = 72

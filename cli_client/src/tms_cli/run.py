@@ -196,6 +196,7 @@ def _run_all(
     images costs no more memory than one of ten.
     """
     progress = Progress.on(sys.stderr, len(sources), allowed=not quiet)
+    progress.start()
     failed = 0
     pending: deque[tuple[ImageSource, Future[T]]] = deque()
     queued = iter(sources)
@@ -216,11 +217,11 @@ def _run_all(
                 progress.note(f"{source.label}: {_reason(exc, source)}")
             else:
                 write(source, result)
-            progress.advance()
+            progress.advance(progress.task)
     finally:
         # On an error or Ctrl-C, drop what is queued; closing the client ends running calls.
         pool.shutdown(wait=False, cancel_futures=True)
-        progress.finish()
+        progress.stop()
     return failed
 
 

@@ -42,6 +42,7 @@ def run_videos(options: Options, args: SimpleNamespace, videos: list[str]) -> in
                 raise CliError(f"{label}: OpenCV cannot read this video")
             total = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
             progress = Progress.on(sys.stderr, total, allowed=not out.isatty())
+            progress.start()
             try:
                 answers = client.run_image_stream(
                     _frames(capture), args.args, window=args.concurrency, errors="yield"
@@ -56,9 +57,9 @@ def run_videos(options: Options, args: SimpleNamespace, videos: list[str]) -> in
                         line = {"path": label, "frame": answer.frame_id, "result": answer.result}
                         out.write(to_json(line) + "\n")
                         out.flush()
-                    progress.advance()
+                    progress.advance(progress.task)
             finally:
-                progress.finish()
+                progress.stop()
                 capture.release()
     if failed:
         sys.stderr.write(f"tms: {failed} of {frames_seen} frames failed\n")
