@@ -20,7 +20,7 @@ from skimage import data
 
 from tms_cli.__main__ import main
 from tms_cli.errors import CliError
-from tms_cli.progress import Progress
+from tms_cli.progress import progress_bar
 from tms_cli.query import worker_json
 from tms_client import WorkerInfo
 
@@ -752,14 +752,13 @@ class Terminal(io.StringIO):
 def test_progress_bar_on_a_terminal():
     now = [100.0]
     stream = Terminal()
-    progress = Progress(120, stream, enabled=True, clock=lambda: now[0])
+    progress = progress_bar(stream, 120, clock=lambda: now[0])
     progress.start()
     for _ in range(30):
         now[0] += 0.1
-        progress.advance(progress.task)
-    progress.note("a.png: broken")
+        progress.advance(progress.task_ids[0])
+    progress.console.print("a.png: broken")
     progress.stop()
-    assert repr(progress) == "<Progress 30/120 enabled=True>"
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())  # without colours
     assert "a.png: broken\n" in text
     assert re.search(r"30/120 images +25% +10\.0/s +ETA 0:00:09\s*$", text)
@@ -767,16 +766,17 @@ def test_progress_bar_on_a_terminal():
 
 def test_progress_off_a_terminal_writes_only_the_notes():
     stream = io.StringIO()
-    progress = Progress.on(stream, 100)
+    progress = progress_bar(stream, 100)
     progress.start()
-    progress.advance(progress.task)
-    progress.note("a.png: broken")
+    progress.advance(progress.task_ids[0])
+    long = "a.png: " + "broken " * 30  # a line of its own, however long
+    progress.console.print(long)
     progress.stop()
-    assert stream.getvalue() == "a.png: broken\n"
+    assert stream.getvalue() == long + "\n"
 
 
 def test_progress_only_on_a_terminal_and_for_many_images():
-    assert "enabled=True" in repr(Progress.on(Terminal(), 6))
-    assert "enabled=False" in repr(Progress.on(Terminal(), 5))
-    assert "enabled=False" in repr(Progress.on(io.StringIO(), 100))
-    assert "enabled=False" in repr(Progress.on(Terminal(), 100, allowed=False))
+    assert not progress_bar(Terminal(), 6).disable
+    assert progress_bar(Terminal(), 5).disable
+    assert progress_bar(io.StringIO(), 100).disable
+    assert progress_bar(Terminal(), 100, allowed=False).disable

@@ -81,6 +81,8 @@ TARGET = _Checked("host:port", str)  # any text: the server says if it is none
 _PEM = click.Path(dir_okay=False)
 _MESSAGE = "Largest request or reply in MiB, as the server's (a larger raw image goes as PNG)."
 _SHM = "Pass images to a server on this host through shared memory."
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True}
+_VERSION = f"%(prog)s %(version)s (tms-client {version('tms-client')})"
 _EPILOG = """\b
 Examples:
   tms models                                  the models of the server at $TMS_TARGET
@@ -137,11 +139,7 @@ def global_params(*, listed: bool = True) -> list[click.Parameter]:
         option("--tls-cert", "Client certificate (PEM), for mutual TLS.", _PEM),
         option("--tls-key", "Private key of --tls-cert.", _PEM),
         option("--tls-server-name", "The name the server's certificate must have, if not HOST."),
-        option(
-            "--token",
-            "Bearer token sent with every call (prefer the variable).",
-            envvar="TMS_TOKEN",
-        ),
+        option("--token", "Bearer token for every call (prefer the variable).", envvar="TMS_TOKEN"),
     ]
 
 
@@ -165,33 +163,16 @@ class _Command(click.Command):
         return Invocation(self.run, global_values(ctx), args, ctx.command_path)
 
 
-@click.group(
-    cls=_Group,
-    params=global_params(),
-    epilog=_EPILOG,
-    context_settings={
-        "help_option_names": ["-h", "--help"],
-        "max_content_width": 100,
-        "show_default": True,
-    },
-)
-@click.version_option(
-    __version__,
-    prog_name="tms",
-    message=f"%(prog)s %(version)s (tms-client {version('tms-client')})",
-)
+@click.group(cls=_Group, params=global_params(), epilog=_EPILOG, context_settings=_SETTINGS)
+@click.version_option(__version__, prog_name="tms", message=_VERSION)
 def tms(**_: Any) -> None:
     """Call the models of a TMS server (Tiny Model Server)."""
 
 
 _model = click.argument("model", shell_complete=complete_models)
 _paths = click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=click.Path())
-_args = click.option(
-    "--args", type=JSON_OBJECT, help="""The model's args, a JSON object: '{"k": 1}'."""
-)
-_concurrency = click.option(
-    "--concurrency", type=POSITIVE_INT, default=4, help="Calls at once.", metavar="N"
-)
+_args = click.option("--args", type=JSON_OBJECT, help="""Args for the model: '{"k": 1}'.""")
+_concurrency = click.option("--concurrency", type=POSITIVE_INT, default=4, help="Calls at once.")
 _file = click.Path(path_type=Path)
 _images = f"PATH: image files, folders (searched for {' '.join(IMAGE_EXTENSIONS)}) or - for stdin"
 _videos = f"or video files ({' '.join(VIDEO_EXTENSIONS)}), frame by frame"

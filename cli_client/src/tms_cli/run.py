@@ -19,7 +19,7 @@ from tms_cli.errors import CliError, UsageError
 from tms_cli.image_files import save_image, save_preview
 from tms_cli.inputs import IMAGE_EXTENSIONS, STDIN, ImageSource, collect
 from tms_cli.outputs import open_output, print_json, readable_json, to_json
-from tms_cli.progress import Progress
+from tms_cli.progress import progress_bar
 from tms_cli.video import is_video, run_videos
 from tms_client import (
     ConnectError,
@@ -195,7 +195,7 @@ def _run_all(
     Only a few calls are queued ahead of the one written next, so a folder of a million
     images costs no more memory than one of ten.
     """
-    progress = Progress.on(sys.stderr, len(sources), allowed=not quiet)
+    progress = progress_bar(sys.stderr, len(sources), allowed=not quiet)
     progress.start()
     failed = 0
     pending: deque[tuple[ImageSource, Future[T]]] = deque()
@@ -214,10 +214,10 @@ def _run_all(
                 raise
             except _PER_IMAGE as exc:
                 failed += 1
-                progress.note(f"{source.label}: {_reason(exc, source)}")
+                progress.console.print(f"{source.label}: {_reason(exc, source)}")
             else:
                 write(source, result)
-            progress.advance(progress.task)
+            progress.advance(progress.task_ids[0])
     finally:
         # On an error or Ctrl-C, drop what is queued; closing the client ends running calls.
         pool.shutdown(wait=False, cancel_futures=True)

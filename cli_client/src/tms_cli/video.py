@@ -14,7 +14,7 @@ from typing import Any
 from tms_cli.connection import Options, check_model, connect, describe_error
 from tms_cli.errors import CliError
 from tms_cli.outputs import open_output, to_json
-from tms_cli.progress import Progress
+from tms_cli.progress import progress_bar
 from tms_cli.values import VIDEO_EXTENSIONS
 
 __all__ = ["VIDEO_EXTENSIONS", "is_video", "run_videos"]
@@ -41,7 +41,7 @@ def run_videos(options: Options, args: SimpleNamespace, videos: list[str]) -> in
             if not capture.isOpened():
                 raise CliError(f"{label}: OpenCV cannot read this video")
             total = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
-            progress = Progress.on(sys.stderr, total, allowed=not out.isatty())
+            progress = progress_bar(sys.stderr, total, allowed=not out.isatty())
             progress.start()
             try:
                 answers = client.run_image_stream(
@@ -52,12 +52,12 @@ def run_videos(options: Options, args: SimpleNamespace, videos: list[str]) -> in
                     if answer.error is not None:
                         failed += 1
                         reason = describe_error(answer.error)
-                        progress.note(f"{label} frame {answer.frame_id}: {reason}")
+                        progress.console.print(f"{label} frame {answer.frame_id}: {reason}")
                     else:
                         line = {"path": label, "frame": answer.frame_id, "result": answer.result}
                         out.write(to_json(line) + "\n")
                         out.flush()
-                    progress.advance(progress.task)
+                    progress.advance(progress.task_ids[0])
             finally:
                 progress.stop()
                 capture.release()
