@@ -70,7 +70,8 @@ class AsyncModelClient(calls.AsyncioClient):
             self._pool = None
 
     async def _send(self, call: calls.Call[R]) -> R:
-        await self.start()
+        if self._pool is None:
+            await self.start()
         assert self._pool is not None
         with call_span(call.path, call.model) as metadata:
             data = fit(call.request, self.options.max_message_bytes)

@@ -23,9 +23,9 @@ from tms_client.core import (
     Search,
     Send,
     Sleep,
-    Step,
     Wait,
 )
+from tms_client.exceptions import CallError
 from tms_client.options import ClientOptions
 from tms_client.protocol.wire import ImageMessage
 from tms_client.targets import resolve
@@ -64,8 +64,23 @@ class AsyncWorkerPool:
 
     async def call(self, request: Request, model: str = "") -> bytes:
         """Send ``request`` to a worker that has ``model``, retrying as the policy says
-        (``request.timeout`` bounds all attempts); the reply."""
-        return await self.run(self.core.call(request, model))
+        (``request.timeout`` bounds all attempts); the reply. See WorkerPool.call."""
+        attempt = self.core.first(request, model)
+        if attempt is None:
+            return await self.run(self.core.call(request, model))
+        try:
+            reply = await attempt.worker.channel.unary(attempt.request)
+        except CallError as error:
+            return await self.run(self.core.retry(request, model, attempt, error))
+        except BaseException:
+            self.core.abandoned(attempt)
+            await self._settle(*self.core.pending())
+            raise
+        data = self.core.answered(attempt, reply)
+        closing, wake = self.core.pending()
+        if closing or wake:
+            await self._settle(closing, wake)
+        return data
 
     async def stream(
         self,
@@ -77,7 +92,7 @@ class AsyncWorkerPool:
         plan = self.core.stream(request, model)
         step = self.core.advance(plan)
         while True:
-            await self._settle(step)
+            await self._settle(step.closing, step.wake)
             if step.action is None:
                 step.result()
                 return
@@ -99,7 +114,7 @@ class AsyncWorkerPool:
         """Carry out ``plan`` to its end; what it returns (or raises)."""
         step = self.core.advance(plan)
         while True:
-            await self._settle(step)
+            await self._settle(step.closing, step.wake)
             if step.action is None:
                 return step.result()  # type: ignore[no-any-return]
             try:
@@ -144,10 +159,11 @@ class AsyncWorkerPool:
             return await asyncio.to_thread(resolve, self.options.targets)
         return resolve(self.options.targets)
 
-    async def _settle(self, step: Step) -> None:
-        for channel in step.closing:
+    async def _settle(self, closing: list[Any], wake: bool) -> None:
+        """Close ``closing``, and wake the background search if ``wake``."""
+        for channel in closing:
             await channel.close()
-        if step.wake:
+        if wake:
             self._wake.set()
 
     def worker_infos(self) -> list[WorkerInfo]:

@@ -93,15 +93,16 @@ class LeastLoaded:
         calls = worker.in_flight
         report = worker.load
         if report is not None and now - report.received <= self.max_report_age:
-            calls = max(calls, report.total)
+            calls = max(calls, report.in_flight + report.queued)
         return (calls + 1) * (worker.latency or unknown_latency)
 
     def pick(self, workers: Sequence[W]) -> W:
-        if len(workers) == 1:
+        n = len(workers)
+        if n == 1:
             return workers[0]
-        # Two distinct workers, uniformly (what random.sample does, at a fraction of its cost).
-        first = self._random.randrange(len(workers))
-        second = self._random.randrange(len(workers) - 1)
+        # Two distinct workers, uniformly: one draw among the n * (n - 1) ordered pairs (what
+        # random.sample does, at a fraction of its cost: this runs on every call).
+        first, second = divmod(int(self._random.random() * n * (n - 1)), n - 1)
         a, b = workers[first], workers[second + (second >= first)]
         now = time.monotonic()
         # A worker with no latency yet counts as the other: compared by calls alone, so one

@@ -11,8 +11,12 @@ wait to be woken) and receives their results, or their exceptions, back (a strea
 ``stream``, places it on a worker and has the pool relay its replies: ``Relay``).
 ``WorkerPool`` (threads) and ``AsyncWorkerPool`` (asyncio) run plans with ``advance`` and
 carry out the actions with their own transport, locks and sleeps; the core's state changes
-only inside ``advance``, so a lock held around it guards everything. Tests run the same
-pools over a scripted transport, in milliseconds.
+only inside its methods, so a lock held around each call of one guards everything. Tests
+run the same pools over a scripted transport, in milliseconds.
+
+A call's first attempt needs no plan: ``first`` picks its worker, the pool sends it, and
+``answered`` takes the reply in. Only when that attempt fails does a plan (``retry``) take
+the call over, with its backoff, other workers and deadline, exactly as ``call`` would.
 
 What a pool does (see tms_client.pool): a TMS server runs several worker processes on one
 port (SO_REUSEPORT), and the kernel hands each new connection to one of them. The pool opens
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -41,14 +45,15 @@ from tms_client.options import ClientOptions
 from tms_client.protocol.load import read_trailers
 from tms_client.protocol.methods import method_path
 from tms_client.retry import Attempts
-from tms_client.transport import Metadata, Request
-from tms_client.workers import Worker, WorkerInfo, WorkerSet
+from tms_client.transport import Metadata, Reply, Request
+from tms_client.workers import Key, Worker, WorkerInfo, WorkerSet
 
 __all__ = [
     "EMPTY_RETRY_GAP",
     "PROBE_TIMEOUT",
     "REFUSED",
     "Action",
+    "Attempt",
     "Open",
     "Plan",
     "PoolCore",
@@ -164,6 +169,14 @@ class Step(NamedTuple):
         return self.value
 
 
+class Attempt(NamedTuple):
+    """The first attempt of a call, made by the pool without a plan (see PoolCore.first)."""
+
+    worker: Worker
+    request: Request  # as sent to the worker
+    started: float  # the clock when the call began
+
+
 class HealLog:
     """Says why background discovery fails: one warning per new reason (a wrong token would
     otherwise fill the log every round), a traceback only for what is not a call error."""
@@ -217,9 +230,15 @@ class PoolCore:
             value = done.value
         except BaseException as exc:  # handed to the pool, which raises it
             raised = exc
+        closing, wake = self.pending()
+        return Step(action, value, raised, closing, wake)
+
+    def pending(self) -> tuple[list[Any], bool]:
+        """What the pool must do besides, since it last asked: the channels to close, and
+        whether to wake the background search (see Step)."""
         closing, self._closing = self._closing, []
         wake, self._wake = self._wake, False
-        return Step(action, value, raised, closing, wake)
+        return closing, wake
 
     # -- finding workers --------------------------------------------------------------------
 
@@ -332,11 +351,59 @@ class PoolCore:
         """Send ``request`` to a worker that has ``model``, retrying as the policy says
         (``request.timeout`` bounds all attempts); the reply."""
         attempts = Attempts(self.options.retry, request.timeout, self.clock)
+        return (yield from self._attempts(request, model, attempts))
+
+    def first(self, request: Request, model: str = "") -> Attempt | None:
+        """The first attempt of ``call``, made without a plan: most calls need no other,
+        and running a plan would cost a small call a good part of its time. The worker is
+        taken (its count raised) as ``call`` takes it; the pool sends ``attempt.request``
+        on its channel and hands the reply to ``answered`` or, on a CallError, runs the
+        plan ``retry``, which goes on as ``call`` would.
+
+        None when only a plan can go on: no worker is known (``call`` looks for one) or
+        no time is left (``call`` raises DeadlineExceededError)."""
+        timeout = Attempts.limit(self.options.retry, request.timeout)
+        if timeout is not None and timeout <= 0:
+            return None
+        worker = self._take((), model)
+        if worker is None:
+            return None
+        started = self.clock()
+        metadata = self.options.metadata + request.metadata
+        if timeout != request.timeout or metadata is not request.metadata or request.wait_for_ready:
+            request = Request(request.path, request.data, timeout, metadata)
+        return Attempt(worker, request, started)
+
+    def answered(self, attempt: Attempt, reply: Reply) -> bytes:
+        """The reply to ``attempt``, what it says of its worker taken in (see ``first``)."""
+        worker = attempt.worker
+        self._done(worker)
+        self._answered(worker, attempt.started, reply.trailers)
+        return bytes(reply.data)
+
+    def abandoned(self, attempt: Attempt) -> None:
+        """``attempt`` ended without an answer or a CallError (the caller was interrupted)."""
+        self._done(attempt.worker)
+
+    def retry(
+        self, request: Request, model: str, attempt: Attempt, error: CallError
+    ) -> Plan[bytes]:
+        """The rest of ``call(request, model)`` after its first ``attempt`` (see ``first``)
+        failed with ``error``: as ``call`` goes on after a failed attempt."""
+        self._attempt_failed(attempt.worker, attempt.started, error)
+        self._done(attempt.worker)
+        attempts = Attempts(self.options.retry, request.timeout, self.clock, attempt.started)
+        attempts.number = 1
+        attempts.tried.add(attempt.worker.key)
+        yield Sleep(attempts.delay_after(error))
+        return (yield from self._attempts(request, model, attempts))
+
+    def _attempts(self, request: Request, model: str, attempts: Attempts) -> Plan[bytes]:
         metadata = self.options.metadata + request.metadata
         while True:
             try:
                 attempts.begin()
-                worker = self._take(attempts, model)
+                worker = self._take(attempts.tried, model)
                 if worker is None:
                     worker = yield from self._search(attempts, model)
                 attempts.tried.add(worker.key)
@@ -352,7 +419,7 @@ class PoolCore:
         worker = None
         if self.clock() >= self._search_after:
             yield Search(attempts.remaining())
-            worker = self._take(attempts, model)
+            worker = self._take(attempts.tried, model)
         if worker is None:
             self._search_after = self.clock() + EMPTY_RETRY_GAP
             raise UnavailableError(
@@ -361,9 +428,9 @@ class PoolCore:
             )
         return worker
 
-    def _take(self, attempts: Attempts, model: str) -> Worker | None:
+    def _take(self, tried: Collection[Key], model: str) -> Worker | None:
         """A worker for the next attempt (one not tried yet if possible), its count raised."""
-        candidates = self.workers.candidates(attempts.tried, model)
+        candidates = self.workers.candidates(tried, model)
         if not candidates:
             return None
         worker = self.balancer.pick(candidates)
@@ -376,14 +443,23 @@ class PoolCore:
         try:
             reply = yield Send(worker.channel, request)
         except CallError as error:
-            worker.record_latency(self.clock() - started, self.clock())
-            self._failed(worker, error)
+            self._attempt_failed(worker, started, error)
             raise
         finally:
             self._done(worker)
-        worker.record_latency(self.clock() - started, self.clock())
-        self._observe(worker, reply.trailers)
+        self._answered(worker, started, reply.trailers)
         return bytes(reply.data)
+
+    def _answered(self, worker: Worker, started: float, trailers: Metadata) -> None:
+        """What an answer says of its worker: its latency and load, whether it moved."""
+        now = self.clock()
+        worker.record_latency(now - started, now)
+        self._observe(worker, trailers)
+
+    def _attempt_failed(self, worker: Worker, started: float, error: CallError) -> None:
+        now = self.clock()
+        worker.record_latency(now - started, now)
+        self._failed(worker, error)
 
     def stream(self, request: Request, model: str = "") -> Plan[None]:
         """Place a streaming call on one worker that has ``model`` and relay it there
@@ -395,7 +471,7 @@ class PoolCore:
         it fails with UNAVAILABLE the worker is dropped, as after any call."""
         attempts = Attempts(self.options.retry, request.timeout, self.clock)
         attempts.begin()
-        worker = self._take(attempts, model)
+        worker = self._take(attempts.tried, model)
         if worker is None:
             worker = yield from self._search(attempts, model)
         metadata = self.options.metadata + request.metadata

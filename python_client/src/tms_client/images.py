@@ -179,8 +179,10 @@ def _nbytes(image: ImageParts) -> int:
 def _size(message: ImageMessage) -> int:
     """At least the bytes ``message.join()`` writes (each image's field keys and lengths
     take at most 16 bytes)."""
-    head = message.head.ByteSize()
-    return head + sum(image.meta.ByteSize() + _nbytes(image) + 16 for image in message.images)
+    size = message.head.ByteSize()
+    for image in message.images:
+        size += image.meta.ByteSize() + _nbytes(image) + 16
+    return size
 
 
 _PNG_COLORS = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type: gray, RGB, RGBA

@@ -25,9 +25,9 @@ from tms_client.core import (
     Search,
     Send,
     Sleep,
-    Step,
     Wait,
 )
+from tms_client.exceptions import CallError
 from tms_client.options import ClientOptions
 from tms_client.targets import resolve
 from tms_client.transport import Channel, GrpcTransport, More, Request, Transport
@@ -74,8 +74,29 @@ class WorkerPool:
 
     def call(self, request: Request, model: str = "") -> bytes:
         """Send ``request`` to a worker that has ``model``, retrying as the policy says
-        (``request.timeout`` bounds all attempts); the reply."""
-        return self.run(self.core.call(request, model))
+        (``request.timeout`` bounds all attempts); the reply.
+
+        The first attempt is sent without a plan (see PoolCore.first); a plan takes over
+        when it fails, or when there is no worker to send it to."""
+        with self._lock:
+            attempt = self.core.first(request, model)
+        if attempt is None:
+            return self.run(self.core.call(request, model))
+        try:
+            reply = attempt.worker.channel.unary(attempt.request)
+        except CallError as error:
+            return self.run(self.core.retry(request, model, attempt, error))
+        except BaseException:
+            with self._lock:
+                self.core.abandoned(attempt)
+                closing, wake = self.core.pending()
+            self._settle(closing, wake)
+            raise
+        with self._lock:
+            data = self.core.answered(attempt, reply)
+            closing, wake = self.core.pending()
+        self._settle(closing, wake)
+        return data
 
     def stream(self, request: Request, more: More, model: str = "") -> Generator[bytes, None, None]:
         """Send ``request``, then each of ``more`` (read by a gRPC thread), to one worker that
@@ -87,7 +108,7 @@ class WorkerPool:
         while True:
             with self._lock:
                 step = self.core.advance(plan, result, error)
-            self._settle(step)
+            self._settle(step.closing, step.wake)
             if step.action is None:
                 step.result()
                 return
@@ -108,7 +129,7 @@ class WorkerPool:
         while True:
             with self._lock:
                 step = self.core.advance(plan, result, error)
-            self._settle(step)
+            self._settle(step.closing, step.wake)
             if step.action is None:
                 return step.result()  # type: ignore[no-any-return]
             try:
@@ -144,10 +165,11 @@ class WorkerPool:
             channel, max_bytes=self.options.max_message_bytes, metadata=self.options.metadata
         )
 
-    def _settle(self, step: Step) -> None:
-        for channel in step.closing:
+    def _settle(self, closing: list[Any], wake: bool) -> None:
+        """Close ``closing``, and wake the background search if ``wake``."""
+        for channel in closing:
             channel.close()
-        if step.wake:
+        if wake:
             self._wake.set()
 
     def worker_infos(self) -> list[WorkerInfo]:

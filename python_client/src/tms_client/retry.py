@@ -116,14 +116,26 @@ class Attempts:
         policy: RetryPolicy,
         timeout: float | None,
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
+        """``started``: when the call began, on ``clock`` (None: now)."""
         self.policy = policy
         self.number = 0
         self.tried: set[tuple[str, int]] = set()
         self._clock = clock
-        now = clock()
-        limits = [t for t in (timeout, policy.deadline) if t is not None]
-        self.deadline = now + min(limits) if limits else None
+        limit = self.limit(policy, timeout)
+        if limit is None:
+            self.deadline = None
+        else:
+            self.deadline = (clock() if started is None else started) + limit
+
+    @staticmethod
+    def limit(policy: RetryPolicy, timeout: float | None) -> float | None:
+        """Seconds a call may take, all attempts together: the smaller of its ``timeout``
+        and the policy's deadline (None: no limit)."""
+        if policy.deadline is None:
+            return timeout
+        return policy.deadline if timeout is None else min(timeout, policy.deadline)
 
     def __repr__(self) -> str:
         return f"<Attempts number={self.number} tried={len(self.tried)}>"

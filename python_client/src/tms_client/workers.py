@@ -7,17 +7,20 @@ asyncio pools both drive one, so they find, count and drop workers the same way.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tms.v1 import model_service_pb2
 from tms_client.protocol.load import LoadReport
 
-__all__ = ["Worker", "WorkerInfo", "WorkerSet"]
+__all__ = ["Key", "Worker", "WorkerInfo", "WorkerSet"]
 
 Key = tuple[str, int]
+#: The most models whose candidates WorkerSet keeps at once (health checks name any service).
+_MODELS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,14 @@ class Worker:
         """Whether this worker has ``model`` ("" for calls about the whole server)."""
         return not model or not self.models or model in self.models
 
-    @property
+    @functools.cached_property
     def key(self) -> Key:
         """What tells workers apart, across hosts too: (server instance id, pid)."""
         return (self.instance_id, self.pid)
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
-        """How the worker names itself in trailing metadata."""
+        """How the worker names itself in trailing metadata (read after every call)."""
         return f"{self.instance_id}/{self.pid}"
 
     def info(self) -> WorkerInfo:
@@ -114,6 +117,8 @@ class WorkerSet:
         self._workers: dict[Key, Worker] = {}
         # address -> (instance id, worker count) of the server last seen there
         self._servers: dict[str, tuple[str, int]] = {}
+        # model -> the workers a call for it may go to; cleared whenever workers change
+        self._for_model: dict[str, tuple[Worker, ...]] = {}
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -141,12 +146,14 @@ class WorkerSet:
                 del self._workers[old.key]
         self._servers[worker.address] = (worker.instance_id, worker.count)
         self._workers[worker.key] = worker
+        self._for_model.clear()
         return stale
 
     def remove(self, worker: Worker) -> bool:
         """Forget ``worker`` (if this very object is known); whether it was."""
         if self._workers.get(worker.key) is worker:
             del self._workers[worker.key]
+            self._for_model.clear()
             return True
         return False
 
@@ -172,12 +179,22 @@ class WorkerSet:
         seen = self._servers.get(address)
         return None if seen is None else seen[1]
 
-    def candidates(self, exclude: Collection[Key] = (), model: str = "") -> list[Worker]:
+    def candidates(self, exclude: Collection[Key] = (), model: str = "") -> Sequence[Worker]:
         """Workers a call for ``model`` may go to: those that have it (all, when none has it:
         any worker then says it has no such model), without those in ``exclude`` unless
         that leaves none."""
-        workers = list(self._workers.values())
+        workers = self._for_model.get(model)
+        if workers is None:
+            if len(self._for_model) >= _MODELS_KEPT:
+                self._for_model.clear()
+            workers = self._for_model[model] = self._with_model(model)
+        if not exclude:
+            return workers
+        return [w for w in workers if w.key not in exclude] or list(workers)
+
+    def _with_model(self, model: str) -> tuple[Worker, ...]:
+        """The workers that have ``model``, or all when none has it (see ``candidates``)."""
+        workers = tuple(self._workers.values())
         if model:
-            workers = [w for w in workers if w.has(model)] or workers
-        fresh = [w for w in workers if w.key not in exclude] if exclude else workers
-        return fresh or workers
+            workers = tuple(w for w in workers if w.has(model)) or workers
+        return workers

@@ -145,13 +145,10 @@ def encode_parts(
     dtype = dtype_of(array.dtype)
     if encoding in (image_pb2.ENCODING_RAW, image_pb2.ENCODING_UNSPECIFIED):
         pixels = np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[dtype])
-        meta = image_pb2.Image(
-            dtype=dtype,
-            shape=array.shape,
-            color_order=color_order,
-            encoding=image_pb2.ENCODING_RAW,
-        )
-        return ImageParts(meta, pixels.reshape(-1).view(np.uint8).data)
+        meta = _raw_meta(dtype, array.shape, color_order)
+        # The pixels' bytes, flat, as a view (an empty array's cannot be cast: no bytes).
+        data = pixels.data.cast("B") if pixels.size else memoryview(b"")
+        return ImageParts(meta, data)
     fmt = _PIL_FORMATS.get(encoding)
     if fmt is None:
         raise ImageError(f"unknown encoding {encoding}")
@@ -180,6 +177,28 @@ def encode_parts(
         dtype=dtype, shape=array.shape, color_order=color_order, encoding=encoding
     )
     return ImageParts(meta, buffer.getvalue())
+
+
+#: The serialized metadata of raw images, by (dtype, shape, colour order): callers send
+#: the same few again and again, and parsing it is cheaper than building it from fields.
+_RAW_META: dict[tuple[DTypeValue, tuple[int, ...], ColorValue], bytes] = {}
+_RAW_META_MAX = 256
+
+
+def _raw_meta(
+    dtype: DTypeValue, shape: tuple[int, ...], color_order: ColorValue
+) -> image_pb2.Image:
+    """A new ``Image`` describing raw pixels of ``dtype``, ``shape`` and ``color_order``."""
+    key = (dtype, shape, color_order)
+    known = _RAW_META.get(key)
+    if known is not None:
+        return image_pb2.Image.FromString(known)
+    meta = image_pb2.Image(
+        dtype=dtype, shape=shape, color_order=color_order, encoding=image_pb2.ENCODING_RAW
+    )
+    if len(_RAW_META) < _RAW_META_MAX:
+        _RAW_META[key] = meta.SerializeToString()
+    return meta
 
 
 def _pil() -> Any:

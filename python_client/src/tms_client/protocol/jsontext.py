@@ -34,6 +34,23 @@ def to_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+_DECODER = json.JSONDecoder()
+
+
 def from_json(text: str) -> Any:
-    """The value of JSON text; empty text is None."""
-    return json.loads(text) if text else None
+    """The value of JSON text; empty text is None.
+
+    Text that is one JSON value and nothing else (what servers write) is read by the
+    decoder directly, which spares ``json.loads`` its checks for a BOM and for whitespace
+    around the value; anything else goes to ``json.loads``, which reads it or raises."""
+    if not text:
+        return None
+    if type(text) is str:
+        try:
+            value, end = _DECODER.raw_decode(text)
+        except ValueError:
+            pass  # json.loads says what is wrong, or reads a value with whitespace around it
+        else:
+            if end == len(text):
+                return value
+    return json.loads(text)

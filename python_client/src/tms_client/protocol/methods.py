@@ -3,6 +3,8 @@ the messages that carry them, computed once from the generated descriptors."""
 
 from __future__ import annotations
 
+import functools
+
 from tms.v1 import model_service_pb2 as pb
 
 __all__ = ["HEALTH_CHECK", "IMAGE_FIELD", "OUTPUT_FIELD", "SERVICE", "method_path"]
@@ -19,6 +21,7 @@ assert pb.RunImageBatchRequest.DESCRIPTOR.fields_by_name["images"].number == IMA
 assert pb.RunImageToImageRequest.DESCRIPTOR.fields_by_name["images"].number == IMAGE_FIELD
 
 
+@functools.cache  # called for every call the client makes
 def method_path(name: str) -> str:
     """The gRPC path of a ModelService method, e.g. ``/tms.v1.ModelService/RunImage``."""
     return f"/{SERVICE.full_name}/{name}"

@@ -38,6 +38,7 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _DATA_KEY = (3 << 3) | _LEN  # Image.data is field 3
+_DATA_KEY_BYTES = bytes([_DATA_KEY])
 _DATA_FIELD = image_pb2.Image.DESCRIPTOR.fields_by_name["data"].number
 assert _DATA_FIELD == 3
 #: Image fields of at most this many bytes are first parsed whole (see _split_image).
@@ -141,7 +142,7 @@ def join_images(head: Message, field: int, images: Sequence[ImageParts]) -> byte
     for image in images:
         meta = image.meta.SerializeToString()
         size = memoryview(image.data).nbytes
-        data_header = bytes([_DATA_KEY]) + varint(size)
+        data_header = _DATA_KEY_BYTES + varint(size)
         parts += [key, varint(len(meta) + len(data_header) + size), meta, data_header, image.data]
     return b"".join(parts)
 
