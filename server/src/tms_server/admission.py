@@ -113,9 +113,12 @@ class QuickCalls:
 
     def started(self, key: Hashable) -> None:
         with self._lock:
-            if key not in self._paces and len(self._paces) >= _MAX_PACES:
-                self._paces.clear()  # names callers made up; the real ones come back
-            self._paces.setdefault(key, _Pace()).running += 1
+            pace = self._paces.get(key)
+            if pace is None:
+                if len(self._paces) >= _MAX_PACES:
+                    self._paces.clear()  # names callers made up; the real ones come back
+                pace = self._paces[key] = _Pace()
+            pace.running += 1
 
     def finished(self, key: Hashable, seconds: float) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ from tms_client.protocol.wire import (
     join_images,
     merge_singular,
     split_images,
+    varint,
 )
 from tms_server.callinfo import CURRENT
 from tms_server.errors import Internal, InvalidArgument, Reason, ServiceError, Unimplemented
@@ -90,21 +91,80 @@ class WorkerIdentity:
 
 def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageParts]]:
     """A request message and the images it carries (field 2 in every such request); read
-    once per call, when its pixels are weighed, and kept in its CallInfo for the method."""
+    once per call, when its pixels are weighed, and kept in its CallInfo for the method. A
+    request laid out as a recent one is read by its layout (see _Layouts)."""
     call = CURRENT.get()
     if call is not None and call.read is not None and call.read[0] is request:
         return call.read[1]  # type: ignore[no-any-return]
-    try:
-        read = split_images(cls, request, IMAGE_FIELD, max_images=max_images)
-    except WireError as exc:
-        raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
-    except TooManyImagesError:
-        raise InvalidArgument(
-            _too_many("images", max_images), reason=Reason.BATCH_TOO_LARGE, field="images"
-        ) from None
+    read = _LAYOUTS.read(cls, request) if max_images else None  # a layout holds one image
+    if read is None:
+        try:
+            read = split_images(cls, request, IMAGE_FIELD, max_images=max_images)
+        except WireError as exc:
+            raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
+        except TooManyImagesError:
+            raise InvalidArgument(
+                _too_many("images", max_images), reason=Reason.BATCH_TOO_LARGE, field="images"
+            ) from None
+        _LAYOUTS.learn(cls, request, *read)
     if call is not None:
         call.read = (request, read)
     return read
+
+
+class _Layouts:
+    """How recent requests of one image were laid out, so that the next one laid out alike (a
+    client sending images of one size to one model) is read without walking its fields.
+
+    A layout is kept for a request that is its message, then its image: the image's metadata,
+    then its data to the end of the request, each as protobuf serializes it (as the TMS
+    clients write them). Those first bytes fix every field's bounds, so a request of the same
+    length that starts with the same bytes holds the same message and metadata, and its
+    pixels are the rest. Those messages are shared by every call that reads them: only read.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[type[Message], int], tuple[_Layout, ...]] = {}
+
+    def read(self, cls: type[M], request: bytes) -> tuple[M, list[ImageParts]] | None:
+        """The message and image of a request laid out as a known one; None for any other."""
+        for head, message, meta in self._known.get((cls, len(request)), ()):
+            if request.startswith(head):
+                data = memoryview(request)[len(head) :]  # read-only: a view of bytes
+                return message, [ImageParts(meta, data)]  # type: ignore[return-value]
+        return None
+
+    def learn(
+        self, cls: type[Message], request: bytes, message: Message, images: list[ImageParts]
+    ) -> None:
+        """Keep the layout of a request just read, if it has one image laid out as above."""
+        if len(images) != 1:
+            return
+        meta = images[0].meta
+        size = memoryview(images[0].data).nbytes
+        image = meta.SerializeToString() + _DATA_KEY + varint(size)
+        head = message.SerializeToString() + _IMAGE_KEY + varint(len(image) + size) + image
+        if (
+            len(head) > _MAX_HEAD
+            or len(head) + size != len(request)
+            or not request.startswith(head)
+        ):
+            return
+        if len(self._known) >= _MAX_LENGTHS:
+            self._known.clear()  # callers that keep changing; the steady ones come back
+        key = (cls, len(request))
+        kept = self._known.get(key, ())[1 - _LAYOUTS_PER_LENGTH :]
+        self._known[key] = (*kept, (head, message, meta))
+
+
+#: A request's bytes up to its image's data, its message, and its image's metadata.
+_Layout = tuple[bytes, Message, image_pb2.Image]
+_LAYOUTS = _Layouts()
+_IMAGE_KEY = varint((IMAGE_FIELD << 3) | 2)  # a length-delimited field
+_DATA_KEY = varint((image_pb2.Image.DESCRIPTOR.fields_by_name["data"].number << 3) | 2)
+_MAX_HEAD = 4096  # bytes of a layout kept: a request with long args is read anew
+_MAX_LENGTHS = 64  # request lengths with layouts kept
+_LAYOUTS_PER_LENGTH = 4  # say, calls to models of names as long, of images of one size
 
 
 def _received(images: Sequence[ImageParts]) -> None:
