@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import queue
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -739,6 +743,77 @@ def test_debug_shows_the_traceback(tms):
     assert "Traceback (most recent call last):" in debug.stderr
     assert "tms_cli.errors.CliError:" in debug.stderr
     assert "connection refused" in debug.stderr
+
+
+# -- on a real terminal -------------------------------------------------------------------------
+
+COLOUR = re.compile(rb"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|9[0-7]|38)[;m]")  # a foreground colour
+ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_a_terminal(args: list[str], **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The real ``tms`` with ``args``, its stdout and stderr a pseudo-terminal (whose other end
+    is returned), and without any colour settings of this environment but ``env``'s."""
+    master, slave = pty.openpty()
+    settings = ("NO_COLOR", "FORCE_COLOR", "TERM", "COLORTERM")
+    environ = {k: v for k, v in os.environ.items() if k not in settings} | env
+    command = [sys.executable, "-m", "tms_cli", *args]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=environ
+    )
+    os.close(slave)
+    return process, master
+
+
+def read_terminal(master: int, until: bytes | None = None, timeout: float = 60.0) -> bytes:
+    """What the terminal shows, up to ``until`` or, when None, until the program ends."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while until is None or until not in ESCAPE.sub(b"", seen):
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"nothing more within {timeout}s; so far: {seen[-500:]!r}"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the program ended and the terminal closed
+            chunk = b""
+        if not chunk:
+            assert until is None, f"ended before {until!r}: {seen[-500:]!r}"
+            break
+        seen += chunk
+    return seen
+
+
+def test_colours_on_a_terminal_unless_no_color(target):
+    shown = {}
+    for no_color in ("", "1"):
+        env = {"TERM": "xterm-256color"} | ({"NO_COLOR": no_color} if no_color else {})
+        process, terminal = on_a_terminal(["--target", target, "--json", "info", "mean"], **env)
+        try:
+            shown[no_color] = read_terminal(terminal)
+            assert process.wait(30) == 0
+        finally:
+            os.close(terminal)
+    assert COLOUR.search(shown[""])  # highlighted JSON
+    assert not COLOUR.search(shown["1"])
+    # The same text either way.
+    plain = {k: ESCAPE.sub(b"", v).replace(b"\r\n", b"\n") for k, v in shown.items()}
+    assert plain[""] == plain["1"]
+    assert json.loads(plain[""])["name"] == "mean"
+
+
+def test_ctrl_c_ends_bench_with_its_summary_and_exit_code_130(target):
+    args = ["--target", target, "bench", "upper", "--text", "hi", "--duration", "600"]
+    process, terminal = on_a_terminal([*args, "--args", '{"sleep": 0.05}'])
+    try:
+        read_terminal(terminal, until=b" calls ")  # the live view: calls are being made
+        process.send_signal(signal.SIGINT)
+        shown = ESCAPE.sub(b"", read_terminal(terminal)).decode()
+        assert process.wait(30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(terminal)
+    assert re.search(r"requests  \d+ \(\d+ ok, 0 failed\)", shown)  # the summary, then 130
+    assert "Traceback" not in shown
 
 
 # -- progress -----------------------------------------------------------------------------------
