@@ -48,27 +48,14 @@ from benchmarks.raw_server import (
     HEADER,
     MAX_MESSAGE_BYTES,
     MEAN_METHOD,
+    MEAN_MODEL,
     PID_METHOD,
     RESULT,
+    pixel_mean,
 )
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MEAN_MODEL = ROOT / "examples" / "models" / "mean"
-# Used when examples/models/mean is not there (yet).
-MEAN_SOURCE = '''\
-"""Mean of all pixels."""
-import tms_server
-
-
-class Model(tms_server.Model):
-    """Mean of all pixels."""
-
-    thread_safe = True
-
-    def run(self, image, args):
-        return {"mean": float(image.mean())}
-'''
 SERVING = re.compile(r"serving on (\S+):(\d+) with (\d+) worker")
 THREADS = 8  # per worker process, tms-server's default
 START_TIMEOUT = 120.0
@@ -175,11 +162,7 @@ def models_folder(parent: Path) -> Path:
     """A models folder holding only the mean model, so no heavy model loads."""
     folder = parent / "models"
     folder.mkdir()
-    if (MEAN_MODEL / "__init__.py").is_file():
-        (folder / "mean").symlink_to(MEAN_MODEL, target_is_directory=True)
-    else:
-        (folder / "mean").mkdir()
-        (folder / "mean" / "__init__.py").write_text(MEAN_SOURCE)
+    (folder / "mean").symlink_to(MEAN_MODEL, target_is_directory=True)
     return folder
 
 
@@ -416,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise RuntimeError(f"TMS client found {len(tms.workers())} of {args.workers} workers")
 
         for size, image in images.items():
-            expected = float(image.mean())
+            expected = pixel_mean(image)
             got = (tms.run_image(image)["mean"], raw.mean(image))
             if not np.allclose(got, expected):
                 raise RuntimeError(f"wrong means for {size}: {got}, expected {expected}")

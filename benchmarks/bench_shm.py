@@ -53,12 +53,18 @@ from benchmarks.bench_mean import (
     models_folder,
     server_process,
 )
-from benchmarks.raw_server import ECHO_METHOD, HEADER, RESULT
+from benchmarks.raw_server import ECHO_METHOD, HEADER, MEAN_MODEL, RESULT, pixel_mean
 
 HERE = Path(__file__).resolve().parent
-ECHO_SOURCE = '''\
-"""Returns the image it got, and its mean."""
+ECHO_SOURCE = f'''\
+"""Returns the image it got, and its mean (the mean model's pixel_mean, as the baseline's)."""
+import importlib.util
+
 import tms_server
+
+_spec = importlib.util.spec_from_file_location("mean_model", {str(MEAN_MODEL / "__init__.py")!r})
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
 
 
 class Model(tms_server.Model):
@@ -67,7 +73,7 @@ class Model(tms_server.Model):
     thread_safe = True
 
     def run_image_to_image(self, images, args):
-        return images[0], {"mean": float(images[0].mean())}
+        return images[0], {{"mean": _module.pixel_mean(images[0])}}
 '''
 SYSTEMS = ("shm", "bytes", "raw")
 #: The targets of the issue: p50 ratio shm/raw at concurrency 1, per call.
@@ -219,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw = RawEcho(raw_target, args.workers)
         stack.callback(raw.close)
 
-        expected = float(image.mean())
+        expected = pixel_mean(image)
         for name in ("shm", "bytes"):
             got = clients["mean", name].run_image(image)["mean"]
             echoed = clients["echo", name].run_image_to_image(image)

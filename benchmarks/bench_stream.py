@@ -40,6 +40,7 @@ from tms_client import ModelClient
 # Run as a script (python benchmarks/bench_stream.py): make the benchmarks folder importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_mean import THREADS, machine, models_folder, parse_sizes, server_process
+from benchmarks.raw_server import pixel_mean
 
 #: Targets, 640x480x3: frames/s of a way over those of sequential unary calls sending bytes.
 TARGETS = {"stream": 1.3, "stream+shm": 2.0}
@@ -231,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ModelClient("mean", target, timeout=CALL_TIMEOUT, shared_memory=False)
         )
         for size, frame in frames.items():
-            expected = float(frame.mean())
+            expected = pixel_mean(frame)
             for client in (shm, plain):
                 got = [r.result["mean"] for r in client.run_image_stream([frame, frame])]
                 if not np.allclose([client.run_image(frame)["mean"], *got], expected):

@@ -18,6 +18,7 @@ Run ``python benchmarks/raw_server.py --port 0``; when every worker is serving i
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import os
 import signal
@@ -26,12 +27,14 @@ import struct
 import threading
 from concurrent import futures
 from multiprocessing.connection import Connection
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 import numpy as np
 
-__all__ = ["ECHO_METHOD", "HEADER", "MEAN_METHOD", "PID_METHOD", "RESULT", "main"]
+__all__ = ["ECHO_METHOD", "HEADER", "MEAN_METHOD", "PID_METHOD", "RESULT", "main", "pixel_mean"]
 
 SERVICE = "bench.Raw"
 MEAN_METHOD = f"/{SERVICE}/Mean"
@@ -41,20 +44,34 @@ HEADER = struct.Struct("<3I")  # H, W, C of the uint8 pixels that follow
 RESULT = struct.Struct("<d")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as tms-server's default --max-message-mb
 _READY_TIMEOUT = 60.0
+MEAN_MODEL = Path(__file__).resolve().parent.parent / "examples" / "models" / "mean"
+
+
+def _example_mean() -> Any:
+    """The ``pixel_mean`` of the example ``mean`` model: the baseline does the model's work."""
+    spec = importlib.util.spec_from_file_location("mean_model", MEAN_MODEL / "__init__.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {MEAN_MODEL}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.pixel_mean
+
+
+pixel_mean = _example_mean()
 
 
 def mean(request: bytes, context: grpc.ServicerContext) -> bytes:
     """The mean of the pixels of a request (a view of its bytes: no copy)."""
     shape = HEADER.unpack_from(request)
     pixels = np.frombuffer(request, dtype=np.uint8, offset=HEADER.size).reshape(shape)
-    return RESULT.pack(float(pixels.mean()))
+    return RESULT.pack(pixel_mean(pixels))
 
 
 def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
     """The mean of the pixels of a request, then the pixels (one copy, into the response)."""
     shape = HEADER.unpack_from(request)
     pixels = np.frombuffer(request, dtype=np.uint8, offset=HEADER.size).reshape(shape)
-    return b"".join((RESULT.pack(float(pixels.mean())), pixels.data.cast("B")))
+    return b"".join((RESULT.pack(pixel_mean(pixels)), pixels.data.cast("B")))
 
 
 def pid(request: bytes, context: grpc.ServicerContext) -> bytes:

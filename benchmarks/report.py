@@ -58,6 +58,7 @@ from benchmarks.bench_mean import (
     run_load,
     server_process,
 )
+from benchmarks.raw_server import pixel_mean
 
 HERE = Path(__file__).resolve().parent
 SIZES = ((64, 64), (256, 256), (640, 480), (1280, 720), (1920, 1080), (3840, 2160))
@@ -130,7 +131,7 @@ def sampled(
 
 def in_process(image: np.ndarray[Any, Any]) -> float:
     """What the mean model does, called in this process: the floor under any transport."""
-    return float(image.mean())
+    return pixel_mean(image)
 
 
 def client(target: str, **options: Any) -> ModelClient:
