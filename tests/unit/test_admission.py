@@ -10,6 +10,7 @@ import pytest
 
 from tms_server.admission import (
     PROVEN_AFTER,
+    QUICK_PIXELS,
     QUICK_SECONDS,
     CallRunner,
     PixelBudget,
@@ -93,6 +94,24 @@ def test_a_model_is_quick_once_proven_and_slow_again_after_one_slow_call() -> No
     assert not quick.allows("unknown")
 
 
+def test_calls_are_proven_quick_by_the_size_of_their_images() -> None:
+    quick = QuickCalls()
+    for _ in range(PROVEN_AFTER):
+        quick.started("m")
+        quick.finished("m", QUICK_SECONDS / 10, 50_000)
+    assert quick.allows("m", 50_000)
+    assert quick.allows("m", 60_000)  # within a factor of two: the same size
+    assert not quick.allows("m", 2_000_000)  # never seen
+    for _ in range(PROVEN_AFTER):
+        quick.started("m")
+        quick.finished("m", 0.5, 2_000_000)
+    assert not quick.allows("m", 2_000_000)  # slow at that size...
+    assert quick.allows("m", 50_000)  # ...quick still at the other
+    quick.started("m")
+    assert not quick.allows("m", 50_000)  # but not while a call of any size runs
+    assert repr(quick) == "<QuickCalls models=1 quick=1>"
+
+
 def test_made_up_model_names_cannot_grow_the_table_without_bound() -> None:
     quick = QuickCalls()
     for i in range(10_000):
@@ -121,6 +140,13 @@ def test_the_runner_refuses_past_threads_and_queue_and_runs_proven_calls_on_the_
             assert await runner.run(threading.get_ident, key="m") != loop_thread
         assert await runner.run(threading.get_ident, key="m") == loop_thread
         assert await runner.run(threading.get_ident, key="m", pixels=2_000_000) != loop_thread
+        for _ in range(PROVEN_AFTER):
+            await runner.run(threading.get_ident, key="m", pixels=2_000_000)
+        assert await runner.run(threading.get_ident, key="m", pixels=2_000_000) == loop_thread
+        for _ in range(PROVEN_AFTER):
+            await runner.run(threading.get_ident, key="m", pixels=QUICK_PIXELS + 1)
+        got = await runner.run(threading.get_ident, key="m", pixels=QUICK_PIXELS + 1)
+        assert got != loop_thread  # too large to run on the loop, however quick
 
     try:
         asyncio.run(scenario())

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tms_server.errors import ResourceExhausted
@@ -77,20 +77,37 @@ class PixelBudget:
 
 
 @dataclass
-class _Pace:
-    """How long the recent calls of one model took."""
+class _Speed:
+    """How long the recent calls of one model with images of about one size took."""
 
     calls: int = 0
     slowest: float = 0.0  # seconds; decays as faster calls come
+
+    @property
+    def quick(self) -> bool:
+        return self.calls >= PROVEN_AFTER and self.slowest < QUICK_SECONDS
+
+
+@dataclass
+class _Pace:
+    """How long the recent calls of one model took, by size, and how many of them run."""
+
     running: int = 0
+    sizes: dict[int, _Speed] = field(default_factory=dict)  # by _size(pixels)
+
+
+def _size(pixels: int) -> int:
+    """The size class of a call's ``pixels``: calls within a factor of two share it."""
+    return pixels.bit_length()
 
 
 class QuickCalls:
     """Which calls may run on the event loop itself, skipping the hand-over to a thread and
     back (two thread switches, as costly as a small model call): calls of a model whose last
-    ``PROVEN_AFTER`` calls or more all took under ``QUICK_SECONDS``, none of whose calls is
-    running, while no call waits for a thread. One slow call sends its model back to the
-    threads until fast calls have made it forgotten. A model that hangs on the loop stops the
+    ``PROVEN_AFTER`` calls or more with images of about the same size all took under
+    ``QUICK_SECONDS``, none of whose calls is running, while no call waits for a thread. One
+    slow call sends its model's calls of that size back to the threads until fast calls have
+    made it forgotten. A model that hangs on the loop stops the
     worker's heartbeat, and the supervisor replaces the worker (--worker-timeout-seconds).
     """
 
@@ -99,17 +116,15 @@ class QuickCalls:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        quick = sum(1 for key in self._paces if self.allows(key))
+        quick = sum(any(s.quick for s in pace.sizes.values()) for pace in self._paces.values())
         return f"<QuickCalls models={len(self._paces)} quick={quick}>"
 
-    def allows(self, key: Hashable) -> bool:
+    def allows(self, key: Hashable, pixels: int = 0) -> bool:
         pace = self._paces.get(key)
-        return (
-            pace is not None
-            and pace.calls >= PROVEN_AFTER
-            and pace.slowest < QUICK_SECONDS
-            and not pace.running
-        )
+        if pace is None or pace.running:
+            return False
+        speed = pace.sizes.get(_size(pixels))
+        return speed is not None and speed.quick
 
     def started(self, key: Hashable) -> None:
         with self._lock:
@@ -120,13 +135,14 @@ class QuickCalls:
                 pace = self._paces[key] = _Pace()
             pace.running += 1
 
-    def finished(self, key: Hashable, seconds: float) -> None:
+    def finished(self, key: Hashable, seconds: float, pixels: int = 0) -> None:
         with self._lock:
             pace = self._paces.get(key)
             if pace is not None:
                 pace.running -= 1
-                pace.calls += 1
-                pace.slowest = max(seconds, pace.slowest * _FORGET)
+                speed = pace.sizes.setdefault(_size(pixels), _Speed())
+                speed.calls += 1
+                speed.slowest = max(seconds, speed.slowest * _FORGET)
 
 
 #: How long a caller refused by a full queue is told to wait (RetryInfo): a call's time, about.
@@ -182,8 +198,8 @@ class CallRunner:
                 retry_after=QUEUE_FULL_RETRY_SECONDS,
             )
         quick = key is not None and pixels <= QUICK_PIXELS and not load.queued
-        if quick and self.quick.allows(key):
-            return _timed(load, self.quick, key, function, args)
+        if quick and self.quick.allows(key, pixels):
+            return _timed(load, self.quick, function, args, key=key, pixels=pixels)
         load.submitted()
         taken = 0
         try:
@@ -217,7 +233,8 @@ class CallRunner:
     @staticmethod
     def _run(call: _Call, load: WorkerLoad, quick: QuickCalls) -> tuple[Any, BaseException | None]:
         try:
-            return call.context.run(_timed, load, quick, call.key, call.function, call.args), None
+            timed = functools.partial(_timed, key=call.key, pixels=call.pixels)
+            return call.context.run(timed, load, quick, call.function, call.args), None
         except BaseException as exc:  # handed to the caller, whatever it is
             return None, exc
         finally:
@@ -228,9 +245,11 @@ class CallRunner:
 def _timed(
     load: WorkerLoad,
     quick: QuickCalls,
-    key: Hashable,
     function: Callable[..., T],
     args: tuple[Any, ...],
+    *,
+    key: Hashable,
+    pixels: int,
 ) -> T:
     """``function(*args)``, counted in ``load`` and, for a model's calls, timed for QuickCalls."""
     load.begin()
@@ -241,7 +260,7 @@ def _timed(
         return function(*args)
     finally:
         if key is not None:
-            quick.finished(key, time.perf_counter() - began)
+            quick.finished(key, time.perf_counter() - began, pixels)
         load.end()
 
 
@@ -270,8 +289,9 @@ def _settle(call: _Call, budget: PixelBudget, value: Any, error: BaseException |
         call.result.set_result(value)
 
 
-#: Calls of more pixels than this always go to a thread (decoding them is no small work).
-QUICK_PIXELS = 1_000_000
+#: Calls of more pixels than this always go to a thread: such images take much memory, given
+#: back once the worker is idle (RELEASE_AFTER_PIXELS), and their calls are rarely quick.
+QUICK_PIXELS = 4_000_000
 #: After a call of at least this many pixels the worker gives memory back to the system, once
 #: it is idle (the worker's monitor does it: not on the call's time).
 RELEASE_AFTER_PIXELS = 4_000_000
