@@ -11,9 +11,12 @@ import base64
 import io
 import json
 import shutil
+import socket
 import struct
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -397,14 +400,15 @@ class Model(tms_server.Model):
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
-    """One worker of one thread and no queue, tokens required, messages of at most 1 MiB."""
+    """One worker of one thread and no queue, tokens required, messages of at most 1 MiB,
+    callers given 2 s to send a request."""
     folder = tmp_path_factory.mktemp("guarded")
     models = write_models(folder / "models", {"slow": SLOW})
     shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
     tokens = folder / "tokens"
     tokens.write_text(TOKEN + "\n")
     args = ("--http-port", "0", "--tokens-file", str(tokens), "--threads", "1")
-    args += ("--max-queued-calls", "0", "--max-message-mb", "1")
+    args += ("--max-queued-calls", "0", "--max-message-mb", "1", "--slow-client-seconds", "2")
     started = start_process(models, workers=1, args=args)
     try:
         yield started, http_base(started)
@@ -461,6 +465,35 @@ def test_a_full_worker_says_429(guarded):
     busy = next(reply for reply in replies if reply.status == 429)
     assert_error(busy, 429, "busy")
     assert int(busy.headers["Retry-After"]) >= 1
+
+
+def closed_by_the_server(connection: socket.socket) -> bool:
+    try:
+        return connection.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_request_trickled_in_holds_its_connection_no_longer_than_slow_client_seconds(guarded):
+    # Slowloris: headers sent a line at a time and never finished, or nothing sent at all.
+    # Past --slow-client-seconds (2 here) the worker closes both connections; meanwhile, and
+    # after, it serves other callers.
+    _, base = guarded
+    address = urllib.parse.urlsplit(base)
+    began = time.monotonic()
+    with (
+        socket.create_connection((address.hostname, address.port), timeout=30) as trickling,
+        socket.create_connection((address.hostname, address.port), timeout=30) as silent,
+    ):
+        trickling.sendall(b"POST /v2/models/mean/infer HTTP/1.1\r\nHost: tms\r\n")
+        for line in range(3):
+            time.sleep(0.4)
+            trickling.sendall(b"X-Line-%d: more to come\r\n" % line)
+        assert http(f"{base}/v2/health/ready").status == 200
+        assert closed_by_the_server(trickling)
+        assert closed_by_the_server(silent)
+    assert time.monotonic() - began < 15
+    assert http(f"{base}/v2/health/ready").status == 200
 
 
 # -- the page -----------------------------------------------------------------------------------

@@ -118,7 +118,12 @@ class HttpServer:
         )
         app = web.Application(client_max_size=settings.max_message_bytes, middlewares=[api.guard])
         api.add_routes(app.router)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.grace_seconds)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=settings.grace_seconds,
+            keepalive_timeout=_idle_seconds(settings),
+        )
         await runner.setup()
         sock = _bind(settings.host, port)
         site = web.SockSite(runner, sock, ssl_context=_tls(settings), backlog=1024)
@@ -128,6 +133,18 @@ class HttpServer:
     async def stop(self) -> None:
         """Stop listening and end the calls in flight after the grace period."""
         await self._runner.cleanup()
+
+
+def _idle_seconds(settings: Settings) -> float:
+    """How long a connection may go without a whole request: --slow-client-seconds, so that a
+    caller trickling its headers in (or sending nothing) holds it no longer, and at most
+    --max-connection-idle-seconds between requests (aiohttp keeps one timer for both; it never
+    closes a connection whose request is being read or answered)."""
+    bounds = (settings.slow_client_seconds, settings.max_connection_idle_seconds)
+    return min((seconds for seconds in bounds if seconds > 0), default=_NEVER)
+
+
+_NEVER = 365 * 86_400.0
 
 
 def _bind(host: str, port: int) -> socket.socket:
