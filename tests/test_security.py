@@ -10,11 +10,13 @@ import contextlib
 import logging
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,56 @@ def test_certificates_reload_without_restart(in_process_server, models, pki, tmp
         with pytest.raises(ConnectError):
             echo(server.target, tls=old_ca, connect_timeout=1)
         assert kept.run_text("after")["text"] == "after"  # open connections keep theirs
+
+
+def https_status(url: str, ca: Path, client: Any = None) -> int:
+    """GET ``url`` trusting ``ca``, showing ``client``'s certificate if given."""
+    context = ssl.create_default_context(cafile=ca)
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    with urllib.request.urlopen(url, context=context, timeout=10) as response:
+        return int(response.status)
+
+
+def test_https_checks_client_certificates_and_follows_a_renewed_certificate(
+    in_process_server, models, pki, tmp_path
+):
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    shutil.copy(pki["server"].cert, cert)
+    shutil.copy(pki["server"].key, key)
+    server = in_process_server(
+        models,
+        tls_cert=cert,
+        tls_key=key,
+        tls_client_ca=pki["ca"].cert,
+        http_port=0,
+        host="127.0.0.1",
+    )
+    assert server.running.http is not None
+    url = f"https://127.0.0.1:{server.running.http.port}/v2/health/ready"
+    assert https_status(url, pki["ca"].cert, pki["client"]) == 200
+    # Refused in the handshake: no client certificate, or one from another CA.
+    refused = r"closed connection|CERTIFICATE_REQUIRED|UNKNOWN_CA"
+    with pytest.raises(OSError, match=refused):
+        https_status(url, pki["ca"].cert)
+    with pytest.raises(OSError, match=refused):
+        https_status(url, pki["ca"].cert, pki["stranger"])
+    # Renewed: a pair from another CA, used by new connections without a restart.
+    shutil.copy(pki["other_server"].cert, cert)
+    shutil.copy(pki["other_server"].key, key)
+    for path in (cert, key):
+        os.utime(path, (time.time() + 10, time.time() + 10))
+    assert https_status(url, pki["other"].cert, pki["client"]) == 200
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+        https_status(url, pki["ca"].cert, pki["client"])
+    assert https_status(url, pki["other"].cert, pki["client"]) == 200
+    assert (
+        echo(
+            server.target,
+            tls=TLS(ca=pki["other"].cert, cert=pki["client"].cert, key=pki["client"].key),
+        )["text"]
+        == "hi"
+    )
 
 
 def test_tls_value_object():

@@ -5,6 +5,7 @@
   ``CertificateFiles.fetch`` before every new handshake; it looks at the files' mtimes and
   hands over a new configuration only when they changed and the new pair loads, so renewed
   certificates are used by new connections without a restart (existing ones keep theirs).
+  HTTPS (``https_context``) does the same from the TLS handshake's server-name callback.
 - Tokens: ``--tokens-file`` holds call tokens, one a line (blank lines and ``#`` comments
   ignored). ``TokenInterceptor`` checks ``authorization: Bearer <token>`` on every call except
   health checks (``Health/Check``: load balancers and Kubernetes probe without credentials)
@@ -79,7 +80,7 @@ class CertificateFiles:
         self.cert, self.key, self.client_ca = cert, key, client_ca
         self._lock = threading.Lock()
         self._stamp = self._stamps()
-        self.initial = self._configuration()
+        self.context, self.initial = self._load()
         self._rejected: tuple[int | None, ...] | None = None
 
     def __repr__(self) -> str:
@@ -88,8 +89,9 @@ class CertificateFiles:
     def _stamps(self) -> tuple[int | None, ...]:
         return (_mtime(self.cert), _mtime(self.key), _mtime(self.client_ca))
 
-    def _configuration(self) -> Any:
-        """The files as a gRPC certificate configuration; SecurityError if they do not load."""
+    def _load(self) -> tuple[ssl.SSLContext, Any]:
+        """The files as a server SSLContext (for HTTPS) and as a gRPC certificate
+        configuration; SecurityError if they do not load."""
         cert, key = _read(self.cert, "tls_cert"), _read(self.key, "tls_key")
         client_ca = _read(self.client_ca, "tls_client_ca") if self.client_ca else None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -98,12 +100,19 @@ class CertificateFiles:
             context.load_cert_chain(self.cert, self.key)
             if self.client_ca is not None:
                 context.load_verify_locations(cafile=self.client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise SecurityError(f"cannot use tls_cert {self.cert} with tls_key: {exc}") from None
-        return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
+        return context, grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
 
     def fetch(self) -> Any:
         """Called by gRPC before each new handshake: a new configuration, or None (no change)."""
+        renewed = self.renewed()
+        return None if renewed is None else renewed[1]
+
+    def renewed(self) -> tuple[ssl.SSLContext, Any] | None:
+        """The files loaded again if they changed since they were last loaded and the new ones
+        load (see ``_load``), else None."""
         stamp = self._stamps()
         if stamp in (self._stamp, self._rejected):
             return None
@@ -111,7 +120,7 @@ class CertificateFiles:
             if stamp == self._stamp:
                 return None
             try:
-                configuration = self._configuration()
+                loaded = self._load()
             except SecurityError as exc:
                 log.warning("keeping the current TLS certificate: %s", exc)
                 self._rejected = stamp
@@ -120,7 +129,28 @@ class CertificateFiles:
                 return None
             self._stamp = stamp
             log.info("TLS certificate reloaded from %s", self.cert)
-            return configuration
+            return loaded
+
+
+def https_context(settings: Settings) -> ssl.SSLContext:
+    """The HTTPS port's TLS (mutual with a client CA), following changes to the files: each
+    handshake starts on this context, whose server-name callback (called for every client,
+    with or without a name) moves it to the newest pair that loads."""
+    assert settings.tls_cert is not None
+    assert settings.tls_key is not None
+    files = CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    first = current = files.context
+
+    def newest(connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        nonlocal current
+        renewed = files.renewed()
+        if renewed is not None:
+            current = renewed[0]
+        if current is not first:
+            connection.context = current
+
+    first.sni_callback = newest
+    return first
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials:

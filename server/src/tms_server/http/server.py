@@ -157,15 +157,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _tls(settings: Settings) -> ssl.SSLContext | None:
-    """The server's certificate (and client CA, for mutual TLS), read once at start."""
+    """The server's certificate (and client CA, for mutual TLS), following renewals."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    if settings.tls_client_ca is not None:
-        context.load_verify_locations(cafile=settings.tls_client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return security.https_context(settings)
 
 
 class _Api:
