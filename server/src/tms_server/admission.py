@@ -107,8 +107,8 @@ class QuickCalls:
     ``PROVEN_AFTER`` calls or more with images of about the same size all took under
     ``QUICK_SECONDS``, none of whose calls is running, while no call waits for a thread. One
     slow call sends its model's calls of that size back to the threads until fast calls have
-    made it forgotten. A model that hangs on the loop stops the
-    worker's heartbeat, and the supervisor replaces the worker (--worker-timeout-seconds).
+    made it forgotten. A model that hangs on the loop stops the worker's heartbeat, and the
+    supervisor replaces the worker (--worker-timeout-seconds).
     """
 
     def __init__(self) -> None:
