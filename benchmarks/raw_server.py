@@ -11,6 +11,10 @@ with identity serializers (raw bytes in, raw bytes out):
   pixels, sent back (the baseline of an image-to-image call, for ``bench_shm.py``).
 - ``/bench.Raw/Pid``: the worker's pid as text, so a client can hold one channel per worker.
 
+With ``--aio`` each worker serves with grpc.aio instead, on uvloop where it is installed, the
+handlers running on the event loop: the transport tms-server's workers use, with nothing else
+of TMS (report.py's "where a small call's time goes" compares the two).
+
 Run ``python benchmarks/raw_server.py --port 0``; when every worker is serving it prints
 ``raw-server: serving on HOST:PORT with N worker(s)`` and serves until SIGTERM/SIGINT.
 """
@@ -18,6 +22,7 @@ Run ``python benchmarks/raw_server.py --port 0``; when every worker is serving i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import multiprocessing
 import os
@@ -78,6 +83,14 @@ def pid(request: bytes, context: grpc.ServicerContext) -> bytes:
     return str(os.getpid()).encode()
 
 
+FUNCTIONS = {"Mean": mean, "Echo": echo, "Pid": pid}
+OPTIONS = [
+    ("grpc.so_reuseport", 1),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
 def _serve(host: str, port: int, threads: int, ready: Connection) -> None:
     """Body of one worker process: serve on the shared port until SIGTERM/SIGINT."""
     stop = threading.Event()
@@ -87,18 +100,9 @@ def _serve(host: str, port: int, threads: int, ready: Connection) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads),
-        options=[
-            ("grpc.so_reuseport", 1),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=OPTIONS)
     handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
-        "Mean": grpc.unary_unary_rpc_method_handler(mean),
-        "Echo": grpc.unary_unary_rpc_method_handler(echo),
-        "Pid": grpc.unary_unary_rpc_method_handler(pid),
+        name: grpc.unary_unary_rpc_method_handler(function) for name, function in FUNCTIONS.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"{host}:{port}")
@@ -110,12 +114,47 @@ def _serve(host: str, port: int, threads: int, ready: Connection) -> None:
     server.stop(1.0).wait()
 
 
+def _serve_aio(host: str, port: int, threads: int, ready: Connection) -> None:
+    """Body of one worker process with grpc.aio: the same handlers, on the event loop."""
+
+    def on_loop(function: Any) -> Any:
+        async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            return bytes(function(request, context))
+
+        return handle
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=OPTIONS)
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
+            name: grpc.unary_unary_rpc_method_handler(on_loop(function))
+            for name, function in FUNCTIONS.items()
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        ready.send(os.getpid())
+        ready.close()
+        await stop.wait()
+        await server.stop(1.0)
+
+    try:
+        import uvloop  # noqa: PLC0415 - as tms-server's workers: uvloop where installed
+
+        uvloop.run(serve())
+    except ImportError:
+        asyncio.run(serve())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument("--aio", action="store_true", help="grpc.aio workers (see above)")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -133,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.workers):
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(
-                target=_serve,
+                target=_serve_aio if args.aio else _serve,
                 args=(args.host, port, args.threads, sender),
                 name=f"raw-worker-{index}",
             )

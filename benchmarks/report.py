@@ -6,7 +6,8 @@ with PNG plots beside it (``benchmarks/report/``).
 Sections: latency against image size (64x64 to 3840x2160) for TMS's bytes path, its
 shared-memory path, raw grpcio moving the same frame, and the model called in-process;
 throughput against concurrency, TMS and raw grpcio; where a small call's time goes (the TMS
-client and server each against raw grpcio); a CPU-bound model on one worker and on two;
+client and server each against raw grpcio, and raw grpcio on grpc.aio, the workers'
+transport, at 1 and 8 callers); a CPU-bound model on one worker and on two;
 dynamic batching on and off; a video stream against one unary call per frame. Every
 ratio comes from one run: the systems a ratio compares are measured in alternating slices
 (A B, B A, ...), so that a noisy machine slows them alike. The targets are checked here, in
@@ -265,18 +266,20 @@ def per_worker(
     return [channel.unary_unary(method_path("RunImage")) for channel in found.values()]
 
 
-def small_call_costs(report: Report, tms_target: str, raw: RawClient) -> None:
+def small_call_costs(report: Report, tms_target: str, raw: RawClient, raw_aio: RawClient) -> None:
     """Where a 224x224 call's time goes: the TMS client and server each against raw grpcio.
 
-    Three ways of making the same call, at concurrency 1, in alternating slices: the TMS
-    client calling the TMS server; raw grpcio calling the TMS server (a RunImageRequest,
-    its pixels joined in per call as the TMS client does); raw grpcio calling the raw
-    server. The first two differ only in the client, the last two only in the server. CPU
+    Four ways of making the same call, at 1 and at 8 callers, in alternating slices: the TMS
+    client calling the TMS server; raw grpcio calling the TMS server (a RunImageRequest, its
+    pixels joined in per call as the TMS client does); raw grpcio calling the raw server on
+    grpc.aio (the TMS workers' transport, nothing else of TMS); raw grpcio calling the raw
+    server. The first two differ only in the client, the last three only in the server. CPU
     time per call is read from /proc for the servers' workers and from getrusage for this
     process (the clients)."""
     image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     request = calls.run_image("mean", image).request
     assert isinstance(request, ImageMessage)
+    rows = []
     with contextlib.ExitStack() as stack:
         tms = stack.enter_context(client(tms_target, shared_memory=False))
         tms.run_image(image)
@@ -288,38 +291,47 @@ def small_call_costs(report: Report, tms_target: str, raw: RawClient) -> None:
                 lambda: next(methods)(request.join(), timeout=CALL_TIMEOUT),
                 tms_pids,
             ),
+            "raw client, raw grpc.aio server": (
+                functools.partial(raw_aio.mean, image),
+                raw_aio.pids,
+            ),
             "raw client, raw server": (functools.partial(raw.mean, image), raw.pids),
         }
-        print("small call costs ...", file=sys.stderr)
-        samples = {name: Samples() for name in ways}
-        spent = {name: [0.0, 0.0] for name in ways}  # client, server CPU seconds
-        for call, _ in ways.values():
-            run_load(call, 1, 0.5)
-        names = list(ways)
-        for index in range(report.rounds * 2):
-            for name in names if index % 2 == 0 else names[::-1]:
-                call, pids = ways[name]
-                mine, theirs = own_cpu_seconds(), cpu_seconds(pids)
-                samples[name].add(run_load(call, 1, report.seconds / report.rounds))
-                spent[name][0] += own_cpu_seconds() - mine
-                spent[name][1] += cpu_seconds(pids) - theirs
-    base = samples["raw client, raw server"]
-    rows = []
-    for name, measured in samples.items():
-        count = len(measured.latencies)
-        client_us, server_us = (seconds / count * 1e6 for seconds in spent[name])
-        rows.append(
-            f"| {name} | {measured.percentile_ms(50):.3f} | "
-            f"{measured.percentile_ms(50) / base.percentile_ms(50):.3f} | "
-            f"{client_us:.0f} | {server_us:.0f} |"
-        )
+        for concurrency in (1, 8):
+            print(f"small call costs, {concurrency} caller(s) ...", file=sys.stderr)
+            samples = {name: Samples() for name in ways}
+            spent = {name: [0.0, 0.0] for name in ways}  # client, server CPU seconds
+            for call, _ in ways.values():
+                run_load(call, concurrency, 0.5)
+            names = list(ways)
+            for index in range(report.rounds * 2):
+                for name in names if index % 2 == 0 else names[::-1]:
+                    call, pids = ways[name]
+                    mine, theirs = own_cpu_seconds(), cpu_seconds(pids)
+                    slice_seconds = report.seconds / report.rounds
+                    samples[name].add(run_load(call, concurrency, slice_seconds))
+                    spent[name][0] += own_cpu_seconds() - mine
+                    spent[name][1] += cpu_seconds(pids) - theirs
+            base = samples["raw client, raw server"]
+            for name, measured in samples.items():
+                count = len(measured.latencies)
+                client_us, server_us = (seconds / count * 1e6 for seconds in spent[name])
+                rows.append(
+                    f"| {name} | {concurrency} | {measured.percentile_ms(50):.3f} | "
+                    f"{measured.percentile_ms(50) / base.percentile_ms(50):.3f} | "
+                    f"{measured.throughput:.0f} | {measured.throughput / base.throughput:.3f} | "
+                    f"{client_us:.0f} | {server_us:.0f} |"
+                )
     report.parts.append(
-        "## Where a small call's time goes (224x224x3, concurrency 1)\n\n"
-        "The same call made three ways in alternating slices: the first two rows differ only "
-        "in the client, the last two only in the server. CPU per call: the client (this "
-        "process) and the server's workers.\n\n"
-        "| way | p50 ms | p50 / raw | client CPU µs/call | server CPU µs/call |\n"
-        "| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
+        "## Where a small call's time goes (224x224x3)\n\n"
+        "The same call made four ways in alternating slices: the first two rows differ only "
+        "in the client, the last three only in the server (the third is raw grpcio on "
+        "grpc.aio, the transport the TMS workers use, with nothing else of TMS). Ratios are "
+        "to raw client and raw server at the same number of callers. CPU per call: the client "
+        "(this process) and the server's workers.\n\n"
+        "| way | callers | p50 ms | p50 / raw | calls/s | calls/s / raw "
+        "| client CPU µs/call | server CPU µs/call |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
     )
 
 
@@ -491,9 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.enter_context(server_process("raw-server", raw_command, log)), workers
         )
         stack.callback(raw.close)
+        raw_aio = RawClient(
+            stack.enter_context(server_process("raw-server --aio", [*raw_command, "--aio"], log)),
+            workers,
+        )
+        stack.callback(raw_aio.close)
         latency_by_size(report, tms_target, raw)
         throughput_by_concurrency(report, tms_target, raw)
-        small_call_costs(report, tms_target, raw)
+        small_call_costs(report, tms_target, raw, raw_aio)
         scaling(report, temp, log)
     shared_memory_image_to_image(report)
     batching(report)
