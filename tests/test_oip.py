@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -332,6 +333,54 @@ def test_model_errors_are_internal(in_process_server, tmp_path):
         )
     assert status == grpc.StatusCode.INTERNAL
     assert "boom" in details
+
+
+def test_images_count_against_the_pixels_in_flight(in_process_server, tmp_path):
+    # Two calls at once meet at a barrier when the worker runs them together. Small images fit
+    # --max-pixels-in-flight side by side; images larger than it run one at a time, as for
+    # tms.v1: the pixels an OIP request declares are weighed before it runs.
+    models = write_models(
+        tmp_path,
+        {
+            "meet": """
+                import threading
+                import tms_server
+
+                barriers = {}
+                lock = threading.Lock()
+
+                class Model(tms_server.Model):
+                    thread_safe = True
+                    args_schema = {"type": "object"}
+
+                    def run(self, image, args):
+                        with lock:
+                            barrier = barriers.setdefault(args["phase"], threading.Barrier(2))
+                        try:
+                            barrier.wait(timeout=3)
+                        except threading.BrokenBarrierError:
+                            return {"together": False}
+                        return {"together": True}
+            """
+        },
+    )
+    server = in_process_server(models, threads=4, max_pixels_in_flight=1000)
+
+    def together(phase: str, side: int) -> list[bool]:
+        request = oip.ModelInferRequest(
+            model_name="meet",
+            inputs=[Tensor(name="IMAGE", datatype="UINT8", shape=[side, side])],
+            raw_input_contents=[bytes(side * side)],
+            parameters={"args": string(json.dumps({"phase": phase}))},
+        )
+        with grpc.insecure_channel(server.target) as channel:
+            inference = Inference(channel)
+            with ThreadPoolExecutor(2) as pool:
+                replies = list(pool.map(inference, ["ModelInfer"] * 2, [request] * 2))
+        return [json.loads(reply.raw_output_contents[0][4:])["together"] for reply in replies]
+
+    assert together("small", 10) == [True, True]  # 100 pixels each
+    assert together("large", 40) == [False, False]  # 1600 pixels each: one at a time
 
 
 @pytest.mark.slow

@@ -88,7 +88,14 @@ def new_grpc_server(
         weighers=models.weighers(),
         model_calls=MODEL_CALLS,
     )
-    add_service(server, oip.SERVICE, inference, worker, model_calls={"ModelInfer"})
+    add_service(
+        server,
+        oip.SERVICE,
+        inference,
+        worker,
+        weighers={"ModelInfer": oip.declared_pixels},
+        model_calls={"ModelInfer"},
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     add_service(server, admin_service.SERVICE, admin, worker)
     reflection.enable_server_reflection(

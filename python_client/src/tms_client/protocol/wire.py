@@ -11,7 +11,7 @@ writes them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
 
@@ -25,6 +25,7 @@ __all__ = [
     "ImageParts",
     "TooManyImagesError",
     "WireError",
+    "fields",
     "join_images",
     "merge_singular",
     "read_varint",
@@ -130,6 +131,20 @@ def _skip(buffer: memoryview, pos: int, wire_type: int) -> tuple[int, int]:
     if end > len(buffer):
         raise WireError("field runs past the end of the message")
     return start, end
+
+
+def fields(buffer: memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """(number, wire type, start, end) of each field of the message in ``buffer``, in order:
+    where its payload starts and ends (a varint's own bytes; a length-delimited field's
+    bytes after its length). Nothing is parsed or copied; WireError if it is malformed."""
+    pos, end = 0, len(buffer)
+    while pos < end:
+        key, pos = read_varint(buffer, pos)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
+        start, pos = _skip(buffer, pos, wire_type)
+        yield number, wire_type, start, pos
 
 
 def join_images(head: Message, field: int, images: Sequence[ImageParts]) -> bytes:

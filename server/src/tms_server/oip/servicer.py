@@ -12,7 +12,7 @@ import numpy.typing as npt
 from tms.v1 import image_pb2
 from tms_client.protocol.codec import numpy_dtype
 from tms_client.protocol.colors import ColorValue, color_order
-from tms_client.protocol.wire import Buffer, ImageParts
+from tms_client.protocol.wire import Buffer, ImageParts, WireError, fields, read_varint
 from tms_server import __version__
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 from tms_server.errors import Internal, InvalidArgument, NotFound, Reason
@@ -339,6 +339,44 @@ class InferenceServicer:
             )
         data = pack_bytes([result_json(model, result).encode() for result in results])
         return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), data)]
+
+
+_INPUTS = oip.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
+_TENSOR = oip.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name
+_DATATYPE, _SHAPE = _TENSOR["datatype"].number, _TENSOR["shape"].number
+_LEN = 2  # the wire type of a length-delimited field (a packed shape)
+
+
+def declared_pixels(request: bytes) -> int:
+    """The pixels (N x H x W) the image input of a ModelInferRequest declares by its shape,
+    read from the wire without parsing or copying any data, for the worker's admission
+    (--max-pixels-in-flight, see tms_server.admission); 0 for a text input, or for a request
+    that cannot tell (it is refused as soon as it runs)."""
+    view = memoryview(request)
+    try:
+        for number, wire_type, start, end in fields(view):
+            if number == _INPUTS and wire_type == _LEN:
+                return _tensor_pixels(view[start:end])
+    except WireError:
+        pass
+    return 0
+
+
+def _tensor_pixels(tensor: memoryview) -> int:
+    datatype, shape = b"", []
+    for number, wire_type, start, end in fields(tensor):
+        if number == _DATATYPE:
+            datatype = bytes(tensor[start:end])
+        elif number == _SHAPE and wire_type == _LEN:  # packed, as protobuf writes it
+            packed, pos = tensor[:end], start
+            while pos < end:
+                dim, pos = read_varint(packed, pos)
+                shape.append(dim)
+        elif number == _SHAPE:
+            shape.append(read_varint(tensor, start)[0])
+    if datatype == b"BYTES" or len(shape) not in (2, 3, 4) or max(shape) >= 1 << 31:
+        return 0  # text; or a shape the call refuses (a negative dimension reads as huge)
+    return math.prod(shape[:3]) if len(shape) == 4 else shape[0] * shape[1]
 
 
 def _color(
