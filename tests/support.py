@@ -25,6 +25,30 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MODELS = ROOT / "examples" / "models"
 
 
+#: A model whose two calls of one ``args["phase"]`` meet at a barrier: each answers
+#: {"together": true} when the worker ran them at once, false after 3 s alone.
+MEET = """
+import threading
+import tms_server
+
+barriers = {}
+lock = threading.Lock()
+
+class Model(tms_server.Model):
+    thread_safe = True
+    args_schema = {"type": "object"}
+
+    def run(self, image, args):
+        with lock:
+            barrier = barriers.setdefault(args["phase"], threading.Barrier(2))
+        try:
+            barrier.wait(timeout=3)
+        except threading.BrokenBarrierError:
+            return {"together": False}
+        return {"together": True}
+"""
+
+
 def write_models(folder: Path, sources: dict[str, str]) -> Path:
     """Write one model package per (name, source of its __init__.py) into ``folder``."""
     for name, source in sources.items():

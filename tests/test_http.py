@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from skimage import data
 
 from tests.support import (
     EXAMPLE_MODELS,
+    MEET,
     ServerProcess,
     start_in_process,
     start_process,
@@ -570,6 +572,51 @@ def test_page_in_chromium_takes_a_dropped_image(browser_page, astronaut_png):
         "(image) => image.decode().then(() => image.naturalWidth)"
     )
     assert size == 512
+
+
+def test_infer_bodies_count_against_the_pixels_in_flight(tmp_path):
+    # As over gRPC (test_oip.py): two calls whose images fit --max-pixels-in-flight side by
+    # side run together, two larger than it one at a time. A binary body weighs the image its
+    # JSON header declares; a body all JSON, half its length.
+    models = write_models(tmp_path / "models", {"meet": MEET})
+    server = start_in_process(
+        models, http_port=0, host="127.0.0.1", threads=4, max_pixels_in_flight=1000
+    )
+    try:
+        assert server.running.http is not None
+        url = f"http://127.0.0.1:{server.running.http.port}/v2/models/meet/infer"
+
+        def together(phase: str, side: int, binary: bool) -> list[bool]:
+            image = np.zeros((side, side), np.uint8)
+            params = {"args": {"phase": phase}}
+            if binary:
+                header = {
+                    "inputs": [
+                        {
+                            "name": "IMAGE",
+                            "datatype": "UINT8",
+                            "shape": list(image.shape),
+                            "parameters": {"binary_data_size": image.nbytes},
+                        }
+                    ],
+                    "parameters": params,
+                }
+                body, headers = binary_body(header, image.tobytes())
+            else:
+                body = json.dumps({"inputs": [tensor("IMAGE", image)], "parameters": params})
+                body, headers = body.encode(), {}
+            with ThreadPoolExecutor(2) as pool:
+                replies = list(
+                    pool.map(lambda _: http(url, body, method="POST", headers=headers), range(2))
+                )
+            return [result_of(reply)["together"] for reply in replies]
+
+        assert together("binary small", 10, binary=True) == [True, True]  # 100 pixels each
+        assert together("binary large", 40, binary=True) == [False, False]  # 1600 each
+        assert together("json small", 10, binary=False) == [True, True]  # about 200 bytes
+        assert together("json large", 40, binary=False) == [False, False]  # about 3200 bytes
+    finally:
+        server.running.stop(None)
 
 
 def test_a_worker_in_process_serves_http_until_it_stops(tmp_path):

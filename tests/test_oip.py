@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.support import EXAMPLE_MODELS, write_models
+from tests.support import EXAMPLE_MODELS, MEET, write_models
 from tests.toolchains import TRITONCLIENT_CALLS, tritonclient_python
 from tms_client import ModelClient
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
@@ -339,31 +339,7 @@ def test_images_count_against_the_pixels_in_flight(in_process_server, tmp_path):
     # Two calls at once meet at a barrier when the worker runs them together. Small images fit
     # --max-pixels-in-flight side by side; images larger than it run one at a time, as for
     # tms.v1: the pixels an OIP request declares are weighed before it runs.
-    models = write_models(
-        tmp_path,
-        {
-            "meet": """
-                import threading
-                import tms_server
-
-                barriers = {}
-                lock = threading.Lock()
-
-                class Model(tms_server.Model):
-                    thread_safe = True
-                    args_schema = {"type": "object"}
-
-                    def run(self, image, args):
-                        with lock:
-                            barrier = barriers.setdefault(args["phase"], threading.Barrier(2))
-                        try:
-                            barrier.wait(timeout=3)
-                        except threading.BrokenBarrierError:
-                            return {"together": False}
-                        return {"together": True}
-            """
-        },
-    )
+    models = write_models(tmp_path, {"meet": MEET})
     server = in_process_server(models, threads=4, max_pixels_in_flight=1000)
 
     def together(phase: str, side: int) -> list[bool]:

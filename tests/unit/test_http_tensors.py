@@ -10,7 +10,12 @@ import pytest
 
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 from tms_server.errors import InvalidArgument
-from tms_server.http.tensors import infer_response, parse_infer
+from tms_server.http.tensors import (
+    DECLARED_HEADER_BYTES,
+    declared_input,
+    infer_response,
+    parse_infer,
+)
 
 
 def body(document: object) -> bytes:
@@ -173,3 +178,15 @@ def test_responses_in_json_or_binary():
     outputs = json.loads(data[:length])["outputs"]
     assert [o["parameters"]["binary_data_size"] for o in outputs] == [6, 2]
     assert data[length:] == result + b"\x01\x02"
+
+
+def test_the_input_a_binary_header_declares_is_read_without_the_data():
+    header = {"inputs": [{"name": "IMAGE", "datatype": "UINT8", "shape": [4, 5, 3]}]}
+    head = json.dumps(header).encode()
+    body = head + bytes(60)
+    assert declared_input(body, str(len(head))) == ("UINT8", [4, 5, 3])
+    assert declared_input(body, "not a length") is None
+    for head in (b"[1, 2]", b'{"inputs": []}', b'{"inputs": [{"shape": [-1]}]}', b"{"):
+        assert declared_input(head + bytes(60), str(len(head))) is None
+    padded = json.dumps({**header, "id": "x" * DECLARED_HEADER_BYTES}).encode()
+    assert declared_input(padded, str(len(padded))) is None  # too large to read on the loop

@@ -38,6 +38,7 @@ from tms_server.errors import (
 from tms_server.health import HealthServicer
 from tms_server.http.tensors import (
     HEADER_LENGTH,
+    declared_input,
     infer_response,
     parse_infer,
     tensor_values,
@@ -133,6 +134,17 @@ class HttpServer:
     async def stop(self) -> None:
         """Stop listening and end the calls in flight after the grace period."""
         await self._runner.cleanup()
+
+
+def _infer_pixels(body: bytes, header_length: str | None) -> int:
+    """What an inference body weighs against --max-pixels-in-flight, told before it is parsed
+    (on the event loop): with the binary extension, N x H x W of the image its JSON header
+    declares (0 for text); else half the body's length (an element takes two bytes at least,
+    so that is never less than its elements; bodies all JSON are small, or should be binary)."""
+    declared = None if header_length is None else declared_input(body, header_length)
+    if declared is None:
+        return len(body) // 2
+    return 0 if declared[0] == "BYTES" else oip.image_pixels(declared[1])
 
 
 def _idle_seconds(settings: Settings) -> float:
@@ -305,7 +317,8 @@ class _Api:
             parsed = parse_infer(name, version, body, header)
             return infer_response(parsed, self._inference.ModelInfer(parsed.message, _NO_CONTEXT))
 
-        outcome = await self._call(request, "ModelInfer", name, call)
+        pixels = _infer_pixels(body, header)
+        outcome = await self._call(request, "ModelInfer", name, call, pixels=pixels)
         if isinstance(outcome, web.Response):
             return outcome
         data, length = outcome

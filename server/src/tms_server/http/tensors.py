@@ -28,6 +28,7 @@ from tms_server.oip.tensors import BYTES, TMS_DTYPES, pack_bytes, unpack_bytes
 __all__ = [
     "HEADER_LENGTH",
     "InferRequest",
+    "declared_input",
     "infer_response",
     "parse_infer",
     "tensor_values",
@@ -93,6 +94,25 @@ def parse_infer(name: str, version: str, body: bytes, header_length: str | None)
             "binary_data_size claims"
         )
     return _outputs(InferRequest(message), document)
+
+
+#: The largest JSON header ``declared_input`` reads (on the event loop: it must be quick).
+DECLARED_HEADER_BYTES = 64 * 1024
+
+
+def declared_input(body: bytes, header_length: str) -> tuple[str, list[int]] | None:
+    """The datatype and shape of the first input a binary body's JSON header declares (its
+    data follows the header), or None if it does not tell: a header that is malformed (the
+    call is refused when it runs) or over DECLARED_HEADER_BYTES."""
+    try:
+        head, _ = _split(body, header_length)
+        if len(head) > DECLARED_HEADER_BYTES:
+            return None
+        inputs = _list(_object(_json(head), "the request").get("inputs"), "inputs")
+        tensor = _object(inputs[0] if inputs else None, "inputs[0]")
+        return str(tensor.get("datatype")), _shape(tensor.get("shape"), "inputs[0].shape")
+    except InvalidArgument:
+        return None
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:

@@ -25,6 +25,12 @@ in ``raw_output_contents`` (what tritonclient reads). Errors are status codes, a
 NOT_FOUND for an unknown model or version, INVALID_ARGUMENT for a malformed request, and so on.
 """
 
-from tms_server.oip.servicer import SERVICE, SERVICE_NAME, InferenceServicer, declared_pixels
+from tms_server.oip.servicer import (
+    SERVICE,
+    SERVICE_NAME,
+    InferenceServicer,
+    declared_pixels,
+    image_pixels,
+)
 
-__all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer", "declared_pixels"]
+__all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer", "declared_pixels", "image_pixels"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -374,8 +374,14 @@ def _tensor_pixels(tensor: memoryview) -> int:
                 shape.append(dim)
         elif number == _SHAPE:
             shape.append(read_varint(tensor, start)[0])
-    if datatype == b"BYTES" or len(shape) not in (2, 3, 4) or max(shape) >= 1 << 31:
-        return 0  # text; or a shape the call refuses (a negative dimension reads as huge)
+    return 0 if datatype == b"BYTES" else image_pixels(shape)  # text weighs nothing
+
+
+def image_pixels(shape: Sequence[int]) -> int:
+    """N x H x W of an IMAGE tensor of ``shape`` ([N, H, W, C], [H, W, C] or [H, W]); 0 for a
+    shape the call refuses (a negative dimension read from the wire is huge)."""
+    if len(shape) not in (2, 3, 4) or not all(0 <= dim < 1 << 31 for dim in shape):
+        return 0
     return math.prod(shape[:3]) if len(shape) == 4 else shape[0] * shape[1]
 
 
