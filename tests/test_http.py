@@ -603,8 +603,8 @@ def test_infer_bodies_count_against_the_pixels_in_flight(tmp_path):
                 }
                 body, headers = binary_body(header, image.tobytes())
             else:
-                body = json.dumps({"inputs": [tensor("IMAGE", image)], "parameters": params})
-                body, headers = body.encode(), {}
+                document = {"inputs": [tensor("IMAGE", image)], "parameters": params}
+                body, headers = json.dumps(document).encode(), {}
             with ThreadPoolExecutor(2) as pool:
                 replies = list(
                     pool.map(lambda _: http(url, body, method="POST", headers=headers), range(2))
