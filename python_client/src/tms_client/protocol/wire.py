@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from tms.v1 import image_pb2
 
 __all__ = [
+    "LENGTH_DELIMITED",
     "Buffer",
     "ImageMessage",
     "ImageParts",
@@ -38,6 +39,8 @@ M = TypeVar("M", bound=Message)
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+#: The wire type of a length-delimited field (bytes, strings, messages, packed numbers).
+LENGTH_DELIMITED = _LEN
 _DATA_KEY = (3 << 3) | _LEN  # Image.data is field 3
 _DATA_KEY_BYTES = bytes([_DATA_KEY])
 _DATA_FIELD = image_pb2.Image.DESCRIPTOR.fields_by_name["data"].number
@@ -133,18 +136,20 @@ def _skip(buffer: memoryview, pos: int, wire_type: int) -> tuple[int, int]:
     return start, end
 
 
-def fields(buffer: memoryview) -> Iterator[tuple[int, int, int, int]]:
-    """(number, wire type, start, end) of each field of the message in ``buffer``, in order:
-    where its payload starts and ends (a varint's own bytes; a length-delimited field's
-    bytes after its length). Nothing is parsed or copied; WireError if it is malformed."""
+def fields(buffer: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """(number, wire type, key, start, end) of each field of the message in ``buffer``, in
+    order: where the field begins (its key), and where its payload starts and ends (a
+    varint's own bytes; a length-delimited field's bytes after its length). Nothing is
+    parsed or copied; WireError if it is malformed."""
     pos, end = 0, len(buffer)
     while pos < end:
+        key_start = pos
         key, pos = read_varint(buffer, pos)
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise WireError("field number 0")
         start, pos = _skip(buffer, pos, wire_type)
-        yield number, wire_type, start, pos
+        yield number, wire_type, key_start, start, pos
 
 
 def join_images(head: Message, field: int, images: Sequence[ImageParts]) -> bytes:
@@ -175,21 +180,14 @@ def split_images(
     view = memoryview(buffer).toreadonly()
     rest: list[memoryview] = []
     images: list[ImageParts] = []
-    pos, end = 0, len(view)
     try:
-        while pos < end:
-            key_start = pos
-            key, pos = read_varint(view, pos)
-            number, wire_type = key >> 3, key & 7
-            if number == 0:
-                raise WireError("field number 0")
-            start, pos = _skip(view, pos, wire_type)
-            if number == field and wire_type == _LEN:
+        for number, wire_type, key_start, start, end in fields(view):
+            if number == field and wire_type == LENGTH_DELIMITED:
                 if max_images is not None and len(images) == max_images:
                     raise TooManyImagesError(f"more than {max_images} images")
-                images.append(_split_image(view, start, pos))
+                images.append(_split_image(view, start, end))
             else:
-                rest.append(view[key_start:pos])
+                rest.append(view[key_start:end])
         message = cls.FromString(b"".join(rest))
     except (WireError, TooManyImagesError):
         raise

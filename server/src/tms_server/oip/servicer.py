@@ -12,7 +12,14 @@ import numpy.typing as npt
 from tms.v1 import image_pb2
 from tms_client.protocol.codec import numpy_dtype
 from tms_client.protocol.colors import ColorValue, color_order
-from tms_client.protocol.wire import Buffer, ImageParts, WireError, fields, read_varint
+from tms_client.protocol.wire import (
+    LENGTH_DELIMITED,
+    Buffer,
+    ImageParts,
+    WireError,
+    fields,
+    read_varint,
+)
 from tms_server import __version__
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 from tms_server.errors import Internal, InvalidArgument, NotFound, Reason
@@ -344,7 +351,6 @@ class InferenceServicer:
 _INPUTS = oip.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
 _TENSOR = oip.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name
 _DATATYPE, _SHAPE = _TENSOR["datatype"].number, _TENSOR["shape"].number
-_LEN = 2  # the wire type of a length-delimited field (a packed shape)
 
 
 def declared_pixels(request: bytes) -> int:
@@ -354,8 +360,8 @@ def declared_pixels(request: bytes) -> int:
     that cannot tell (it is refused as soon as it runs)."""
     view = memoryview(request)
     try:
-        for number, wire_type, start, end in fields(view):
-            if number == _INPUTS and wire_type == _LEN:
+        for number, wire_type, _, start, end in fields(view):
+            if number == _INPUTS and wire_type == LENGTH_DELIMITED:
                 return _tensor_pixels(view[start:end])
     except WireError:
         pass
@@ -364,10 +370,10 @@ def declared_pixels(request: bytes) -> int:
 
 def _tensor_pixels(tensor: memoryview) -> int:
     datatype, shape = b"", []
-    for number, wire_type, start, end in fields(tensor):
+    for number, wire_type, _, start, end in fields(tensor):
         if number == _DATATYPE:
             datatype = bytes(tensor[start:end])
-        elif number == _SHAPE and wire_type == _LEN:  # packed, as protobuf writes it
+        elif number == _SHAPE and wire_type == LENGTH_DELIMITED:  # packed, as protobuf writes it
             packed, pos = tensor[:end], start
             while pos < end:
                 dim, pos = read_varint(packed, pos)
