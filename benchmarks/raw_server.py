@@ -30,6 +30,7 @@ import signal
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -117,9 +118,9 @@ def _serve(host: str, port: int, threads: int, ready: Connection) -> None:
 def _serve_aio(host: str, port: int, threads: int, ready: Connection) -> None:
     """Body of one worker process with grpc.aio: the same handlers, on the event loop."""
 
-    def on_loop(function: Any) -> Any:
+    def on_loop(function: Callable[[bytes, Any], bytes]) -> Any:
         async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            return bytes(function(request, context))
+            return function(request, context)
 
         return handle
 
