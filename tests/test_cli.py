@@ -753,16 +753,26 @@ ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
 def on_a_terminal(args: list[str], **env: str) -> tuple[subprocess.Popen[bytes], int]:
     """The real ``tms`` with ``args``, its stdout and stderr a pseudo-terminal (whose other end
-    is returned), and without any colour settings of this environment but ``env``'s."""
+    is returned), and without any colour settings of this environment but ``env``'s.
+
+    Ctrl-C (SIGINT) raises KeyboardInterrupt in it, as in a terminal's foreground job, even
+    when these tests run where SIGINT is ignored (a shell's background job): a process
+    inherits that, and Python then leaves SIGINT ignored."""
     master, slave = pty.openpty()
     settings = ("NO_COLOR", "FORCE_COLOR", "TERM", "COLORTERM")
     environ = {k: v for k, v in os.environ.items() if k not in settings} | env
-    command = [sys.executable, "-m", "tms_cli", *args]
+    command = [sys.executable, "-c", _AS_FOREGROUND, *args]
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=environ
     )
     os.close(slave)
     return process, master
+
+
+_AS_FOREGROUND = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('tms_cli', run_name='__main__', alter_sys=True)"
+)
 
 
 def read_terminal(master: int, until: bytes | None = None, timeout: float = 60.0) -> bytes:
@@ -811,6 +821,7 @@ def test_ctrl_c_ends_bench_with_its_summary_and_exit_code_130(target):
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()
         os.close(terminal)
     assert re.search(r"requests  \d+ \(\d+ ok, 0 failed\)", shown)  # the summary, then 130
     assert "Traceback" not in shown
