@@ -45,7 +45,10 @@ from tms_client.protocol.wire import join_images
 from tms_server.errors import Unimplemented
 from tms_server.servicer import ModelServicer
 
-pytestmark = pytest.mark.skipif(not client_shm.available(), reason="needs /dev/shm (Linux)")
+pytestmark = [
+    pytest.mark.skipif(not client_shm.available(), reason="needs /dev/shm (Linux)"),
+    pytest.mark.alone,  # it counts the regions in /dev/shm: no other test's may come and go
+]
 
 pb = model_service_pb2
 SHM = Path("/dev/shm")
