@@ -45,8 +45,8 @@ run buf breaking proto-oip --against proto-oip/releases/v0.1.0.binpb
 run buf format --exit-code --diff
 run python codegen/generate.py --check
 # The tests in parallel, one process per core (pytest-xdist; a file's tests stay in one
-# process, so a module's server starts once), then those marked alone by themselves. Exit code 5: nothing
-# was selected in that part (say, `-k` named tests of the other part only).
+# process, so a module's server starts once), then those marked alone by themselves. Exit
+# code 5: nothing was selected in that part (say, `-k` named tests of the other part only).
 tests() { run pytest "$@" || [ $? -eq 5 ]; }
 tests --numprocesses auto --maxprocesses 4 --dist loadfile -m "not alone" "$@"
 tests -m alone "$@"
