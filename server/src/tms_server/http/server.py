@@ -144,7 +144,7 @@ def _infer_pixels(body: bytes, header_length: str | None) -> int:
     declared = None if header_length is None else declared_input(body, header_length)
     if declared is None:
         return len(body) // 2
-    return 0 if declared[0] == "BYTES" else oip.image_pixels(declared[1])
+    return oip.input_pixels(*declared)
 
 
 def _idle_seconds(settings: Settings) -> float:

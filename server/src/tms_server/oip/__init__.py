@@ -30,7 +30,7 @@ from tms_server.oip.servicer import (
     SERVICE_NAME,
     InferenceServicer,
     declared_pixels,
-    image_pixels,
+    input_pixels,
 )
 
-__all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer", "declared_pixels", "image_pixels"]
+__all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer", "declared_pixels", "input_pixels"]

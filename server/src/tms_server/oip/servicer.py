@@ -369,10 +369,10 @@ def declared_pixels(request: bytes) -> int:
 
 
 def _tensor_pixels(tensor: memoryview) -> int:
-    datatype, shape = b"", []
+    datatype, shape = "", []
     for number, wire_type, _, start, end in fields(tensor):
         if number == _DATATYPE:
-            datatype = bytes(tensor[start:end])
+            datatype = bytes(tensor[start:end]).decode(errors="replace")
         elif number == _SHAPE and wire_type == LENGTH_DELIMITED:  # packed, as protobuf writes it
             packed, pos = tensor[:end], start
             while pos < end:
@@ -380,12 +380,15 @@ def _tensor_pixels(tensor: memoryview) -> int:
                 shape.append(dim)
         elif number == _SHAPE:
             shape.append(read_varint(tensor, start)[0])
-    return 0 if datatype == b"BYTES" else image_pixels(shape)  # text weighs nothing
+    return input_pixels(datatype, shape)
 
 
-def image_pixels(shape: Sequence[int]) -> int:
-    """N x H x W of an IMAGE tensor of ``shape`` ([N, H, W, C], [H, W, C] or [H, W]); 0 for a
-    shape the call refuses (a negative dimension read from the wire is huge)."""
+def input_pixels(datatype: str, shape: Sequence[int]) -> int:
+    """What an input of ``datatype`` and ``shape`` weighs against --max-pixels-in-flight: N x H
+    x W of an image ([N, H, W, C], [H, W, C] or [H, W]); 0 for text (BYTES), which holds no
+    pixels, and for a shape the call refuses (a negative dimension read from the wire is huge)."""
+    if datatype == BYTES:
+        return 0
     if len(shape) not in (2, 3, 4) or not all(0 <= dim < 1 << 31 for dim in shape):
         return 0
     return math.prod(shape[:3]) if len(shape) == 4 else shape[0] * shape[1]
