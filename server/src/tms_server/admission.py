@@ -233,8 +233,10 @@ class CallRunner:
     @staticmethod
     def _run(call: _Call, load: WorkerLoad, quick: QuickCalls) -> tuple[Any, BaseException | None]:
         try:
-            timed = functools.partial(_timed, key=call.key, pixels=call.pixels)
-            return call.context.run(timed, load, quick, call.function, call.args), None
+            result = call.context.run(
+                _timed, load, quick, call.function, call.args, key=call.key, pixels=call.pixels
+            )
+            return result, None
         except BaseException as exc:  # handed to the caller, whatever it is
             return None, exc
         finally:
