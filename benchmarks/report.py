@@ -297,18 +297,18 @@ def small_call_costs(report: Report, tms_target: str, raw: RawClient, raw_aio: R
             ),
             "raw client, raw server": (functools.partial(raw.mean, image), raw.pids),
         }
+        names = list(ways)
+        slice_seconds = report.seconds / report.rounds
         for concurrency in (1, 8):
             print(f"small call costs, {concurrency} caller(s) ...", file=sys.stderr)
             samples = {name: Samples() for name in ways}
             spent = {name: [0.0, 0.0] for name in ways}  # client, server CPU seconds
             for call, _ in ways.values():
                 run_load(call, concurrency, 0.5)
-            names = list(ways)
             for index in range(report.rounds * 2):
                 for name in names if index % 2 == 0 else names[::-1]:
                     call, pids = ways[name]
                     mine, theirs = own_cpu_seconds(), cpu_seconds(pids)
-                    slice_seconds = report.seconds / report.rounds
                     samples[name].add(run_load(call, concurrency, slice_seconds))
                     spent[name][0] += own_cpu_seconds() - mine
                     spent[name][1] += cpu_seconds(pids) - theirs
