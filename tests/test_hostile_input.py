@@ -720,7 +720,11 @@ def test_large_images_are_decoded_a_few_at_a_time_and_memory_given_back(server_p
         before = memory_mb(worker.pid, "VmRSS")
         large = np.zeros((2000, 2000), np.uint8)  # 4 million pixels: a large call
         assert client.run_image(large) == {"bytes": 256 << 20}
-        deadline = time.monotonic() + 5  # given back once the worker is idle
+        returned = time.monotonic()
+        time.sleep(0.5)  # the worker's monitor looks every 0.2 s
+        kept = memory_mb(worker.pid, "VmRSS")  # kept for a next large call, not given back yet
+        assert kept - before >= 100, (before, kept, time.monotonic() - returned)
+        deadline = time.monotonic() + 5  # given back once the worker has been idle 2 s
         while (after := memory_mb(worker.pid, "VmRSS")) - before >= 100:
             assert time.monotonic() < deadline, (before, after)  # the freed pages stayed
             time.sleep(0.05)

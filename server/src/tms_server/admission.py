@@ -241,7 +241,7 @@ class CallRunner:
             return None, exc
         finally:
             if call.pixels >= RELEASE_AFTER_PIXELS:
-                load.memory_to_release = True  # by the monitor, once the worker is idle
+                load.large_call_ended = time.monotonic()  # see WorkerMonitor.tick
 
 
 def _timed(
@@ -295,8 +295,12 @@ def _settle(call: _Call, budget: PixelBudget, value: Any, error: BaseException |
 #: back once the worker is idle (RELEASE_AFTER_PIXELS), and their calls are rarely quick.
 QUICK_PIXELS = 4_000_000
 #: After a call of at least this many pixels the worker gives memory back to the system, once
-#: it is idle (the worker's monitor does it: not on the call's time).
+#: it is idle and has had no such call for RELEASE_AFTER_SECONDS (the worker's monitor does it:
+#: not on the call's time). A steady run of large images keeps its pages and reuses them: given
+#: back after every call, each next call would fault them in again (a 3840x2160 frame a call
+#: took a third longer).
 RELEASE_AFTER_PIXELS = 4_000_000
+RELEASE_AFTER_SECONDS = 2.0
 
 
 #: glibc malloc arenas the threads of a worker share (see limit_arenas).

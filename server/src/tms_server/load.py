@@ -29,7 +29,7 @@ class WorkerLoad:
         self.answered = 0
         self.draining = False
         self.pulse = time.monotonic()  # set by the event loop while it runs (worker.pulse)
-        self.memory_to_release = False  # a large call has ended since memory was given back
+        self.large_call_ended = 0.0  # time.monotonic() when the last large call ended
         self._lock = threading.Lock()
         self._began: dict[int, float] = {}
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tms_server.admission import release_memory
+from tms_server.admission import RELEASE_AFTER_SECONDS, release_memory
 from tms_server.metrics import WorkerMetrics
 from tms_server.parts import WorkerParts
 
@@ -48,6 +48,7 @@ class WorkerMonitor:
         self._limit = call_time_limit
         self._on_hung = on_hung
         self._interval = interval
+        self._released = 0.0  # the end of the last large call memory was given back after
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tms-monitor", daemon=True)
 
@@ -71,7 +72,7 @@ class WorkerMonitor:
 
     def tick(self) -> None:
         """One round: post the load (the worker's heartbeat, sent only while its event loop
-        runs) and sample it for the metrics, give memory back after a large call once idle,
+        runs) and sample it for the metrics, give memory back after large calls once idle,
         follow a pending reload, look for a hung call."""
         load, board, index = self.parts.load, self.parts.board, self.parts.index
         if time.monotonic() - load.pulse < LOOP_SILENT_SECONDS:
@@ -84,8 +85,13 @@ class WorkerMonitor:
             )
         if self.metrics is not None:
             self.metrics.sample(load.in_flight, load.queued)
-        if load.memory_to_release and not load.in_flight:
-            load.memory_to_release = False
+        ended = load.large_call_ended  # set by the calls' threads, read here only
+        if (
+            ended != self._released
+            and not load.in_flight
+            and time.monotonic() - ended >= RELEASE_AFTER_SECONDS
+        ):
+            self._released = ended
             release_memory()
         pending = board.pending_reload(index)
         if pending is not None:
