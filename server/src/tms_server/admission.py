@@ -4,8 +4,8 @@ A call takes one of the worker's ``--threads`` threads to run; up to ``--max-que
 wait for one, and beyond that calls are refused (RESOURCE_EXHAUSTED). Calls that carry images
 also wait, on the event loop and without a thread, until the pixels they declare fit in the
 worker's ``--max-pixels-in-flight``: a burst of large images is decoded a few at a time, not
-all at once. After a call of many pixels the worker hands the freed memory back to the system
-once it is idle.
+all at once. After calls of many pixels the worker hands the freed memory back to the system
+once it is idle and such calls have stopped coming.
 """
 
 from __future__ import annotations
