@@ -439,6 +439,11 @@ def batching(report: Report) -> None:
                     f"batching: p50 growth at 1 caller, ms (wait {wait:g} ms)", growth, wait, True
                 )
             )
+    # Not a target: what the batching gives when a run costs the same for one image or many
+    # (a model on an accelerator), beside upright's compute-bound CPU model.
+    title = "Dynamic batching on and off (a fixed cost a run: an accelerator's stand-in)"
+    argv = ["--model", "fixed_cost", "--duration", seconds, "--rounds", str(report.rounds)]
+    embedded(report, title, bench_batching.main, [*argv, "--warmup", "1", "--concurrency", "16"])
 
 
 def streaming(report: Report) -> None:
