@@ -137,6 +137,8 @@ def test_batcher_runs_calls_together_and_gives_each_its_own_result():
     assert sorted(seen[0]) == [0, 1, 2, 3]
     # The calls that waited for the leader count the batch's time in the model as theirs.
     assert sum(info.model_seconds is not None for info in infos) >= 3
+    # The call that ran the batch counts its size (tms_batch_size), the others nothing.
+    assert sorted(info.batch_size for info in infos) == [0, 0, 0, 4]
     assert "gathering=0" in repr(batcher)
 
 

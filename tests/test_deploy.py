@@ -66,10 +66,12 @@ KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
 #: running (tms_server/supervisor.py, Supervisor._shutdown).
 SUPERVISOR_KILL_MARGIN = 5
 #: The metrics the server exports (tms_server), by type; the dashboard shows each of them.
+#: tests/test_metrics.py checks the list against what a real server exports.
 METRICS = {
     "tms_calls_total": "counter",
     "tms_call_seconds": "histogram",
     "tms_model_seconds": "histogram",
+    "tms_batch_size": "histogram",
     "tms_in_flight": "gauge",
     "tms_queued": "gauge",
     "tms_image_bytes_total": "counter",

@@ -9,6 +9,7 @@ import signal
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServerProcess, listening_ports, wait_for, write_models
+from tests.test_deploy import METRICS as DASHBOARD_METRICS
 from tms_client import InvalidInputError, ModelClient, ModelNotFoundError, RoundRobin
 
 pytestmark = pytest.mark.slow
@@ -41,6 +43,19 @@ MODELS = {
 
             def run(self, text, args):
                 return {"words": len(text.split())}
+    """,
+    "gathered": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            max_batch_size = 4  # 4 calls at once fill a batch long before its delay
+            max_batch_delay = 1.0
+
+            def run(self, image, args):
+                return -1  # not called: RunImage calls to a batched model go to run_batch
+
+            def run_batch(self, images, args):
+                return [len(images) for _ in images]
     """,
     "broken": """
         import tms_server
@@ -146,10 +161,11 @@ def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(
     assert set(by_labels(samples, "tms_in_flight", "worker")) == {("0",), ("1",)}
     assert set(by_labels(samples, "tms_queued", "worker")) == {("0",), ("1",)}
     loads = by_labels(samples, "tms_model_load_seconds", "model", "worker")
-    assert set(loads) == {(m, w) for m in ("pixels", "words") for w in ("0", "1")}
+    assert set(loads) == {(m, w) for m in ("gathered", "pixels", "words") for w in ("0", "1")}
     assert all(seconds > 0 for seconds in loads.values())
     assert by_labels(samples, "tms_model_load_failures_total", "model") == {
         ("broken",): 2.0,  # once in each worker
+        ("gathered",): 0.0,
         ("pixels",): 0.0,
         ("words",): 0.0,
     }
@@ -166,7 +182,7 @@ def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(
         return (
             by_labels(samples, "tms_worker_restarts_total") == {(): 1.0}
             and by_labels(samples, "tms_workers") == {(): 2.0}
-            and len(by_labels(samples, "tms_model_load_seconds", "model", "worker")) == 4
+            and len(by_labels(samples, "tms_model_load_seconds", "model", "worker")) == 6
         )
 
     assert wait_for(replaced, timeout=30), server.logs()
@@ -187,6 +203,40 @@ def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(
 
     assert server.stop() == 0
     assert not directory.exists()  # removed at exit
+
+
+def test_dynamic_batches_are_counted_and_every_metric_is_on_the_dashboard(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    server = server_process(
+        models, workers=1, args=("--metrics-port", "0"), env={"TMPDIR": str(tmp_path)}
+    )
+    url = metrics_url(server)
+    with ModelClient("gathered", server.target) as client:
+        client.workers()  # connected before the calls start
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(2):  # two batches of four calls
+                sizes = list(pool.map(client.run_image, [np.zeros((2, 2), np.uint8)] * 4))
+                assert sizes == [4, 4, 4, 4]
+    samples = scrape(url)
+    assert model_calls(samples)["gathered", "RunImage", "OK"] == 8.0
+    assert by_labels(samples, "tms_batch_size_count", "model") == {("gathered",): 2.0}
+    assert by_labels(samples, "tms_batch_size_sum", "model") == {("gathered",): 8.0}
+    buckets = by_labels(samples, "tms_batch_size_bucket", "model", "le")
+    assert buckets["gathered", "2.0"] == 0.0
+    assert buckets["gathered", "4.0"] == 2.0
+    # Calls that no batcher gathers are not batches.
+    assert ("pixels",) not in by_labels(samples, "tms_batch_size_count", "model")
+    # Every metric a server exports, once each has been written: those the Grafana dashboard
+    # must show (tests/test_deploy.py), and the worker's device, which it need not.
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+        exported = {
+            f.name + ("_total" if f.type == "counter" else ""): f.type
+            for f in families
+            if f.name.startswith("tms_")
+        }
+    assert exported == {**DASHBOARD_METRICS, "tms_worker_info": "gauge"}
 
 
 def test_no_metrics_port_no_metrics(

@@ -21,7 +21,8 @@ lone call pays the delay only the first time, or after a burst.
 If ``run_batch`` raises for a batch of several inputs, each input runs again alone, in its
 own caller's context (logs name that call), so that a bad input fails only its own call and
 the others get their results; a model that fails on every input fails every call. The time
-a batch takes in the model counts for each call in it (tms_model_seconds).
+a batch takes in the model counts for each call in it (tms_model_seconds); the number of calls
+in it counts once, for the call that ran it (tms_batch_size).
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ class Batcher:
                     if self._gathering.get(batch.key) is batch:
                         del self._gathering[batch.key]
                     self._last_size = len(batch.items)
+                call = CURRENT.get()
+                if call is not None:
+                    call.batch_size = len(batch.items)
                 began = time.perf_counter()
                 batch.outcomes = _outcomes(batch, run_batch)
                 batch.seconds = time.perf_counter() - began

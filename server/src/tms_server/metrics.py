@@ -26,7 +26,7 @@ from tms_server.callinfo import CallInfo
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
 
-__all__ = ["CALL_BUCKETS", "UNKNOWN_MODEL", "WorkerMetrics"]
+__all__ = ["BATCH_BUCKETS", "CALL_BUCKETS", "UNKNOWN_MODEL", "WorkerMetrics"]
 
 #: The model label of calls naming a model this worker has not loaded (it cannot be a name).
 UNKNOWN_MODEL = "(unknown)"
@@ -50,6 +50,8 @@ CALL_BUCKETS = (
     60.0,
     float("inf"),
 )
+#: Calls in a dynamic batch: at most the worker's threads.
+BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, float("inf"))
 
 
 class WorkerMetrics:
@@ -89,6 +91,13 @@ class WorkerMetrics:
             buckets=CALL_BUCKETS,
             registry=None,
         )
+        self._batch_size = Histogram(
+            "tms_batch_size",
+            "Calls gathered into each dynamic batch of a model (once a batch).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=None,
+        )
         self._image_bytes = Counter(
             "tms_image_bytes", "Image bytes received in requests.", ["model"], registry=None
         )
@@ -126,6 +135,7 @@ class WorkerMetrics:
         self._models: set[str] = set()  # the names this worker loaded or failed to load
         self._by_call: dict[tuple[str, str, grpc.StatusCode], tuple[Counter, Histogram, str]] = {}
         self._model_time: dict[str, Histogram] = {}
+        self._batched: dict[str, Histogram] = {}
         self._received: dict[str, Counter] = {}
 
     def __repr__(self) -> str:
@@ -144,6 +154,11 @@ class WorkerMetrics:
             if in_model is None:
                 in_model = self._model_time[model] = self._model_seconds.labels(model)
             in_model.observe(call.model_seconds)
+        if call.batch_size:
+            batched = self._batched.get(model)
+            if batched is None:
+                batched = self._batched[model] = self._batch_size.labels(model)
+            batched.observe(call.batch_size)
         if call.image_bytes:
             received = self._received.get(model)
             if received is None:
