@@ -105,6 +105,17 @@ def metrics_url(server: ServerProcess) -> str:
     return match.group(1)
 
 
+def with_metrics(
+    server_process: StartServer, models: Path, tmp_path: Path, *, workers: int
+) -> tuple[ServerProcess, str]:
+    """A server of ``workers`` serving metrics on a free port (its metrics directory in
+    ``tmp_path``), and the URL of its /metrics."""
+    server = server_process(
+        models, workers=workers, args=("--metrics-port", "0"), env={"TMPDIR": str(tmp_path)}
+    )
+    return server, metrics_url(server)
+
+
 def model_calls(samples: Samples) -> dict[tuple[str, ...], float]:
     """tms_calls_total by (model, rpc, code), without the clients' own housekeeping calls
     (finding workers, attaching shared memory)."""
@@ -116,10 +127,7 @@ def model_calls(samples: Samples) -> dict[tuple[str, ...], float]:
 def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(
     server_process: StartServer, models: Path, tmp_path: Path
 ) -> None:
-    server = server_process(
-        models, workers=2, args=("--metrics-port", "0"), env={"TMPDIR": str(tmp_path)}
-    )
-    url = metrics_url(server)
+    server, url = with_metrics(server_process, models, tmp_path, workers=2)
     metrics_port = int(url.rsplit(":", 1)[1].split("/")[0])
     (directory,) = tmp_path.glob("tms-metrics-*")  # made fresh by the supervisor
     images = [np.full((8, 8, 3), i, np.uint8) for i in range(10)]
@@ -208,10 +216,7 @@ def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(
 def test_dynamic_batches_are_counted_and_every_metric_is_on_the_dashboard(
     server_process: StartServer, models: Path, tmp_path: Path
 ) -> None:
-    server = server_process(
-        models, workers=1, args=("--metrics-port", "0"), env={"TMPDIR": str(tmp_path)}
-    )
-    url = metrics_url(server)
+    server, url = with_metrics(server_process, models, tmp_path, workers=1)
     with ModelClient("gathered", server.target) as client:
         client.workers()  # connected before the calls start
         with ThreadPoolExecutor(4) as pool:
