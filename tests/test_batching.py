@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import pytest
 
 from tests.support import EXAMPLE_MODELS, start_process, write_models
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
+from tms_cli.__main__ import main as cli_main
 from tms_client import InvalidInputError, ModelClient, ModelFailedError
 from tms_server.batching import Batcher
 from tms_server.callinfo import CURRENT, CallInfo
@@ -237,6 +239,18 @@ def test_model_info_reports_the_batch_settings(server):
     assert info.max_batch_delay.ToMilliseconds() == 1000
     assert info.max_batch_size == 4
     assert not model_info(server.target, "plain").HasField("max_batch_delay")
+    # The Python client's ModelInfo, and the CLI's `tms info`, say the same.
+    with ModelClient("recorder", server.target) as client:
+        assert (client.info().max_batch_delay, client.info().max_batch_size) == (1.0, 4)
+    with ModelClient("plain", server.target) as client:
+        assert client.info().max_batch_delay is None
+
+
+def test_tms_info_shows_the_batching(server, capsys):
+    assert cli_main(["--target", server.target, "info", "recorder"]) == 0
+    assert "batching:     calls within 1000 ms run as one batch\n" in capsys.readouterr().out
+    assert cli_main(["--target", server.target, "--json", "info", "recorder"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_batch_delay"] == 1.0
 
 
 def test_flags_override_the_models_batch_settings(in_process_server, models):

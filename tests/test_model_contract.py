@@ -283,6 +283,7 @@ def test_tms_info_shows_version_batch_and_schemas(server, capsys):
     out = capsys.readouterr().out
     assert "version:      1.2\n" in out
     assert "max batch:    2\n" in out
+    assert "batching:     off (each call runs alone)\n" in out
     shown = out.split("args schema:\n", 1)[1].split("result schema:\n", 1)[0]
     assert json.loads(shown) == ARGS_SCHEMA  # indented JSON, whatever the layout
     assert shown.startswith("  {\n")
@@ -294,6 +295,7 @@ def test_tms_info_shows_version_batch_and_schemas(server, capsys):
     assert main(["--target", server.target, "--json", "info", "declared"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert (described["version"], described["max_batch_size"]) == ("1.2", 2)
+    assert described["max_batch_delay"] is None
     assert described["args_schema"] == ARGS_SCHEMA
 
 

@@ -61,6 +61,7 @@ def show_model(options: Options, args: SimpleNamespace) -> int:
         "thread safe": "yes" if info.thread_safe else "no (one call at a time per worker)",
         "version": info.version or "-",
         "max batch": _count(info.max_batch_size),
+        "batching": _batching(info.max_batch_delay),
     }
     for key, value in fields.items():
         sys.stdout.write(f"{key + ':':14}{value}\n")
@@ -168,6 +169,12 @@ def _count(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
+def _batching(delay: float | None) -> str:
+    if delay is None:
+        return "off (each call runs alone)"
+    return f"calls within {delay * 1000:g} ms run as one batch"
+
+
 def _model_json(info: ModelInfo) -> dict[str, Any]:
     return {
         "name": info.name,
@@ -180,6 +187,7 @@ def _model_json(info: ModelInfo) -> dict[str, Any]:
         "output_color": info.output_color,
         "version": info.version,
         "max_batch_size": info.max_batch_size,
+        "max_batch_delay": info.max_batch_delay,
         "args_schema": info.args_schema,
         "result_schema": info.result_schema,
     }

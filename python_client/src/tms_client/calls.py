@@ -125,6 +125,9 @@ class ModelInfo:
     version: str = ""
     #: The most inputs one batch call may carry (None from servers that send none).
     max_batch_size: int | None = None
+    #: Dynamic batching: how long, in seconds, a ``run_image`` call may wait in its worker for
+    #: other calls to run with it as one batch (None: the model's calls run one at a time).
+    max_batch_delay: float | None = None
     #: The JSON Schema (a dict) the model's args must match, None when it declares none.
     args_schema: dict[str, Any] | None = None
     #: The JSON Schema of the model's results, None when it declares none.
@@ -145,6 +148,11 @@ class ModelInfo:
             output_color=color_name(info.output_color_order),
             version=info.version,
             max_batch_size=info.max_batch_size or None,
+            max_batch_delay=(
+                info.max_batch_delay.ToNanoseconds() / 1e9
+                if info.HasField("max_batch_delay")
+                else None
+            ),
             args_schema=json.loads(info.args_schema_json) if info.args_schema_json else None,
             result_schema=json.loads(info.result_schema_json) if info.result_schema_json else None,
         )
