@@ -71,6 +71,7 @@ def run(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
                 "name": info.name,
                 "version": info.version,
                 "max_batch_size": info.max_batch_size,
+                "max_batch_delay": info.max_batch_delay,
                 "args_schema": info.args_schema,
             }
         }

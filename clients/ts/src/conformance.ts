@@ -80,7 +80,9 @@ async function run(client: ModelClient, vector: Vector, folder: string): Promise
     case "GetModelInfo": {
       const info = await client.info();
       const model = { name: info.name, version: info.version, max_batch_size: info.maxBatchSize };
-      return { model: { ...model, args_schema: parse(info.argsSchemaJson) } };
+      const delay = info.maxBatchDelay; // seconds, null when the model does not batch
+      const max_batch_delay = delay ? delay.seconds + delay.nanos / 1e9 : null;
+      return { model: { ...model, max_batch_delay, args_schema: parse(info.argsSchemaJson) } };
     }
     case "RunText":
       return { result: await client.runText(texts[0], args) };

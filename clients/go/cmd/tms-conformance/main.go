@@ -121,9 +121,14 @@ func run(ctx context.Context, c *tmsclient.Client, dir string, v vector) (outcom
 		return outcome{"models": names}, err
 	case "GetModelInfo":
 		info, err := c.GetModelInfo(ctx, v.Model)
+		var delay any // seconds, null when the model does not batch
+		if d := info.GetMaxBatchDelay(); d != nil {
+			delay = d.AsDuration().Seconds()
+		}
 		return outcome{"model": map[string]any{
 			"name": info.GetName(), "version": info.GetVersion(),
-			"max_batch_size": info.GetMaxBatchSize(), "args_schema": parsed(info.GetArgsSchemaJson()),
+			"max_batch_size": info.GetMaxBatchSize(), "max_batch_delay": delay,
+			"args_schema": parsed(info.GetArgsSchemaJson()),
 		}}, err
 	case "RunImage":
 		result, err := c.RunImage(ctx, v.Model, images[0], args)

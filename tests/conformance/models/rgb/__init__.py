@@ -12,6 +12,7 @@ class Model(tms_server.Model):
     dtype = "uint8"
     output_color = "bgr"
     input_shape = (-1, -1, 3)
+    max_batch_delay = 0.001  # RunImage calls within 1 ms run as one batch (run_batch loops)
 
     def run(self, image, args):
         return {"shape": list(image.shape), "first_pixel": image[0, 0].tolist()}

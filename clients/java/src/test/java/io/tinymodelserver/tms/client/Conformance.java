@@ -7,6 +7,7 @@ import com.google.gson.JsonElement;
 import com.google.gson.JsonNull;
 import com.google.gson.JsonObject;
 import com.google.gson.JsonParser;
+import com.google.gson.JsonPrimitive;
 import io.tinymodelserver.tms.v1.ColorOrder;
 import io.tinymodelserver.tms.v1.DType;
 import io.tinymodelserver.tms.v1.Image;
@@ -104,6 +105,12 @@ public final class Conformance {
         described.addProperty("name", info.getName());
         described.addProperty("version", info.getVersion());
         described.addProperty("max_batch_size", info.getMaxBatchSize());
+        described.add(
+            "max_batch_delay",
+            info.hasMaxBatchDelay()
+                ? new JsonPrimitive(
+                    info.getMaxBatchDelay().getSeconds() + info.getMaxBatchDelay().getNanos() / 1e9)
+                : JsonNull.INSTANCE);
         described.add("args_schema", parse(info.getArgsSchemaJson()));
         outcome.add("model", described);
       }
