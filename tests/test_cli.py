@@ -235,6 +235,7 @@ def test_models_json_with_options_after_the_command(tms, target):
         "thread_safe": True,
         "output_color": None,
         "max_batch_size": 64,
+        "max_batch_delay": None,
         "args_schema": None,
         "result_schema": None,
     }
