@@ -17,7 +17,7 @@ grow the series without bound.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -52,6 +52,17 @@ CALL_BUCKETS = (
 )
 #: Calls in a dynamic batch: at most the worker's threads.
 BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, float("inf"))
+
+
+M = TypeVar("M", "Counter", "Histogram")
+
+
+def _of_model(children: dict[str, M], family: M, model: str) -> M:
+    """The child of ``family`` labelled ``model``: made once, then kept in ``children``."""
+    child = children.get(model)
+    if child is None:
+        child = children[model] = family.labels(model)
+    return child
 
 
 class WorkerMetrics:
@@ -150,20 +161,11 @@ class WorkerMetrics:
         total.inc()
         timing.observe(seconds)
         if call.model_seconds is not None:
-            in_model = self._model_time.get(model)
-            if in_model is None:
-                in_model = self._model_time[model] = self._model_seconds.labels(model)
-            in_model.observe(call.model_seconds)
+            _of_model(self._model_time, self._model_seconds, model).observe(call.model_seconds)
         if call.batch_size:
-            batched = self._batched.get(model)
-            if batched is None:
-                batched = self._batched[model] = self._batch_size.labels(model)
-            batched.observe(call.batch_size)
+            _of_model(self._batched, self._batch_size, model).observe(call.batch_size)
         if call.image_bytes:
-            received = self._received.get(model)
-            if received is None:
-                received = self._received[model] = self._image_bytes.labels(model)
-            received.inc(call.image_bytes)
+            _of_model(self._received, self._image_bytes, model).inc(call.image_bytes)
 
     def _children(
         self, rpc: str, model: str, code: grpc.StatusCode
