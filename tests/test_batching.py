@@ -241,7 +241,8 @@ def test_model_info_reports_the_batch_settings(server):
     assert not model_info(server.target, "plain").HasField("max_batch_delay")
     # The Python client's ModelInfo, and the CLI's `tms info`, say the same.
     with ModelClient("recorder", server.target) as client:
-        assert (client.info().max_batch_delay, client.info().max_batch_size) == (1.0, 4)
+        described = client.info()
+    assert (described.max_batch_delay, described.max_batch_size) == (1.0, 4)
     with ModelClient("plain", server.target) as client:
         assert client.info().max_batch_delay is None
 

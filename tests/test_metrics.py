@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServerProcess, listening_ports, wait_for, write_models
@@ -78,13 +79,17 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_models(tmp_path_factory.mktemp("models"), MODELS)
 
 
+def families(url: str) -> list[Metric]:
+    """The metric families of /metrics."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return list(text_string_to_metric_families(answer.read().decode()))
+
+
 def scrape(url: str) -> Samples:
     """Every sample of /metrics, by (sample name, sorted labels)."""
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
+        for family in families(url)
         for sample in family.samples
     }
 
@@ -234,13 +239,11 @@ def test_dynamic_batches_are_counted_and_every_metric_is_on_the_dashboard(
     assert ("pixels",) not in by_labels(samples, "tms_batch_size_count", "model")
     # Every metric a server exports, once each has been written: those the Grafana dashboard
     # must show (tests/test_deploy.py), and the worker's device, which it need not.
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        families = text_string_to_metric_families(answer.read().decode())
-        exported = {
-            f.name + ("_total" if f.type == "counter" else ""): f.type
-            for f in families
-            if f.name.startswith("tms_")
-        }
+    exported = {
+        f.name + ("_total" if f.type == "counter" else ""): f.type
+        for f in families(url)
+        if f.name.startswith("tms_")
+    }
     assert exported == {**DASHBOARD_METRICS, "tms_worker_info": "gauge"}
 
 
