@@ -1,12 +1,14 @@
-"""The Go SDK (clients/go/tmsclient) against real multi-worker servers: one client reaches every
-worker process, loses no call when a worker is killed, balances both ways, sends tokens, and
-carries every RPC and dtype. Runs clients/go's cmd/tms-go-load and examples/hello (the main
-README's Go snippet), built with the Go toolchain."""
+"""The Go SDK (clients/go/tmsclient): its unit tests (``go test``), and against real
+multi-worker servers: one client reaches every worker process, loses no call when a worker is
+killed, balances both ways, sends tokens, and carries every RPC and dtype. Runs clients/go's
+cmd/tms-go-load and examples/hello (the main README's Go snippet), built with the Go
+toolchain."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -94,6 +96,11 @@ def go_load(
 def children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (the supervisor's workers)."""
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_unit_tests_pass():
+    output = run([find_go(), "test", "-count=1", "./..."], cwd=GO_MODULE, timeout=600)
+    assert re.search(r"^ok\s+\S+/tmsclient\s", output, re.MULTILINE), output
 
 
 def test_one_client_reaches_every_worker(server_process: Start, models, programs):

@@ -41,8 +41,8 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // WithConnectTimeout bounds Dial's first search for workers (10 s by default).
 func WithConnectTimeout(d time.Duration) Option { return func(o *options) { o.connectTimeout = d } }
 
-// WithRefreshInterval is how often the client looks for missing workers (2 s by default);
-// it also looks at once after dropping one.
+// WithRefreshInterval is how often the client looks for missing workers (2 s by default;
+// every 250 ms at most while some are missing); it also looks at once after dropping one.
 func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.refresh = d } }
 
 // WithBalancer picks the worker of each call: LeastLoaded() (the default) or RoundRobin().

@@ -70,7 +70,7 @@ type workerKey struct {
 }
 
 // pool holds one connection per worker process and finds missing ones: at Dial, every
-// refresh interval, and at once after a drop.
+// refresh interval (every soon while some are missing), and at once after a drop.
 type pool struct {
 	target string
 	opts   options
@@ -80,6 +80,7 @@ type pool struct {
 	workers map[workerKey]*Worker
 	counts  map[string]int32 // address -> the worker count its server last said
 	closed  bool
+	whole   bool // the last search found every worker at every address
 
 	searching sync.Mutex // one search at a time
 	wake      chan struct{}
@@ -196,14 +197,22 @@ func (p *pool) search(ctx context.Context) error {
 		return err
 	}
 	var last error
+	whole := true
 	for _, addr := range addrs {
-		if err := p.searchAddress(ctx, addr); err != nil {
+		err := p.searchAddress(ctx, addr)
+		p.mu.Lock()
+		whole = whole && p.counts[addr] > 0 && p.heldLocked(addr) >= int(p.counts[addr])
+		p.mu.Unlock()
+		if err != nil {
 			if code := status.Code(err); code == codes.Unauthenticated || code == codes.PermissionDenied {
 				return err
 			}
 			last = err
 		}
 	}
+	p.mu.Lock()
+	p.whole = whole
+	p.mu.Unlock()
 	if len(p.snapshot("")) == 0 {
 		if last == nil {
 			last = errors.New("no worker answered")
@@ -216,6 +225,10 @@ func (p *pool) search(ctx context.Context) error {
 func (p *pool) held(addr string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.heldLocked(addr)
+}
+
+func (p *pool) heldLocked(addr string) int {
 	n := 0
 	for _, w := range p.workers {
 		if w.Address == addr {
@@ -283,10 +296,15 @@ func (p *pool) open(ctx context.Context, addr string) error {
 	return nil
 }
 
-// heal looks for missing workers every refresh interval and when woken, until closed.
+// soon is how often the search runs while workers are missing: a worker starting or
+// restarting is usually listening within a second.
+const soon = 250 * time.Millisecond
+
+// heal looks for missing workers every refresh interval (every soon while some are
+// missing) and when woken, until closed.
 func (p *pool) heal() {
 	defer close(p.done)
-	timer := time.NewTimer(p.opts.refresh)
+	timer := time.NewTimer(p.interval())
 	defer timer.Stop()
 	for {
 		select {
@@ -298,8 +316,18 @@ func (p *pool) heal() {
 		ctx, cancel := context.WithTimeout(p.life, p.opts.connectTimeout)
 		_ = p.search(ctx) // calls report their own errors; the next round tries again
 		cancel()
-		timer.Reset(p.opts.refresh)
+		timer.Reset(p.interval())
 	}
+}
+
+// interval is the wait before the next search.
+func (p *pool) interval() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.whole {
+		return p.opts.refresh
+	}
+	return min(p.opts.refresh, soon)
 }
 
 func (p *pool) close() error {

@@ -79,3 +79,52 @@ func TestDetailsCrossTheWireAndQueueFullIsRetried(t *testing.T) {
 		t.Fatalf("err %+v, %d calls", err, f.calls.Load())
 	}
 }
+
+// lateWorker is a server of two workers whose second starts listening late: its first
+// answers the first search's connections (4 x 2 + 4) alone, then every other one.
+type lateWorker struct {
+	tmsv1.UnimplementedModelServiceServer
+	calls atomic.Int32
+}
+
+func (f *lateWorker) GetWorkerInfo(context.Context, *tmsv1.GetWorkerInfoRequest) (*tmsv1.GetWorkerInfoResponse, error) {
+	pid := int64(1)
+	if n := f.calls.Add(1); n > 12 && n%2 == 0 {
+		pid = 2
+	}
+	return &tmsv1.GetWorkerInfoResponse{InstanceId: "late", Pid: pid, WorkerIndex: int32(pid - 1), WorkerCount: 2}, nil
+}
+
+func TestAWorkerStartedLateIsFoundSoonerThanTheRefreshInterval(t *testing.T) {
+	f := &lateWorker{}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	tmsv1.RegisterModelServiceServer(s, f)
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	c, err := Dial(context.Background(), lis.Addr().String(), WithRefreshInterval(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if n := len(c.Workers()); n != 1 {
+		t.Fatalf("%d workers before the second is up", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(c.Workers()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second worker was not found within 5 s; the refresh interval is a minute")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Once every worker is held the search waits the refresh interval again: no more
+	// connections are opened.
+	calls := f.calls.Load()
+	time.Sleep(time.Second)
+	if f.calls.Load() != calls {
+		t.Fatalf("%d more GetWorkerInfo calls with every worker held", f.calls.Load()-calls)
+	}
+}
