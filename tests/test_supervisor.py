@@ -1,6 +1,7 @@
 """The supervisor with real worker processes: restart backoff for workers that die quickly, a
 worker that crashes while the server starts, SIGINT (Ctrl-C) stopping as gracefully as
-SIGTERM, and --log-level deciding which lines the supervisor, workers and models write."""
+SIGTERM, a stop signal sent again and again still ending in exit code 0, and --log-level
+deciding which lines the supervisor, workers and models write."""
 
 from __future__ import annotations
 
@@ -124,6 +125,21 @@ def test_sigint_stops_like_sigterm_and_finishes_the_call_in_flight(models, tmp_p
         server.stop(signal.SIGKILL)
     logs = server.logs()
     assert "worker 0 stopping; in-flight calls have 60s" in logs
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_sent_again_and_again_still_ends_in_a_clean_exit(models, tmp_path, sig):
+    # As a process manager, or an impatient user, may: the stop under way finishes, and the
+    # exit code says it did.
+    server = start_process(models, workers=1, env={"TMS_TEST_CRASH": str(tmp_path / "never")})
+    try:
+        deadline = time.monotonic() + 60
+        while server.process.poll() is None and time.monotonic() < deadline:
+            server.process.send_signal(sig)
+            time.sleep(0.002)
+        assert server.process.wait(30) == 0, server.logs()
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 CHATTY = """

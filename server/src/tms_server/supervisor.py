@@ -181,6 +181,11 @@ class Supervisor:
             while not self._stop.wait(0.1):
                 self._reap()
             self._shutdown()
+        # Stopped: the process only exits now. Python puts back the default handlers as it
+        # exits, so a stop signal sent again meanwhile (a second SIGTERM, a Ctrl-C) would end
+        # a clean stop as killed by that signal; ignored, it changes nothing.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 0
 
     def _collect_ready(self, timeout: float) -> None:
