@@ -59,6 +59,7 @@ class FakeServer:
         self.refuse = False  # answer every call UNAUTHENTICATED
         self.reconnect = False  # a connection to a dead worker reconnects to another
         self.workers: list[FakeWorker] = []
+        self.lands: list[int] = []  # the workers (indices) the next connections land on
         self._instances = itertools.count(1)
         self._turn = itertools.count()
         self.restart()
@@ -88,6 +89,8 @@ class FakeServer:
         live = [w for w in self.workers if w.alive]
         if not self.up or not live:
             return None
+        if self.lands:
+            return self.workers[self.lands.pop(0)]
         return live[next(self._turn) % len(live)]
 
     def answer(self, worker: FakeWorker, request: Request) -> Reply:

@@ -187,6 +187,18 @@ def test_start_finds_every_worker_and_spreads_calls(make_pool: MakePool) -> None
     assert [w.calls for w in a.workers + b.workers] == [2, 2, 2, 2, 2]
 
 
+def test_the_start_finds_a_worker_the_first_20_connections_missed(make_pool: MakePool) -> None:
+    # The kernel hands connections to workers at random: a start whose first 20 connections
+    # all miss one worker of three still finds it (up to 8 x 3 + 8 connections; a
+    # background search gives up after 4 x 3 + 4, and tries again soon).
+    server = FakeServer("a:1", 3)
+    server.lands = [0, 1] * 10 + [2]
+    world = ScriptedTransport(server)
+    pool = make_pool(world)
+    assert pids(pool) == live_pids(server)
+    assert len(world.opened) == 21
+
+
 def test_a_worker_dying_mid_call_is_retried_elsewhere_and_replaced(make_pool: MakePool) -> None:
     # the twin of test_kill_a_worker_every_second_loses_no_call
     server = FakeServer("a:1", 2)

@@ -60,7 +60,7 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	go p.heal()
 	searchCtx, cancel := context.WithTimeout(ctx, o.connectTimeout)
 	defer cancel()
-	if err := p.search(searchCtx); err != nil {
+	if err := p.search(searchCtx, true); err != nil {
 		_ = p.close()
 		hint := "is it running, and does it serve TLS (then pass WithTLS)?"
 		if o.tls != nil {
@@ -147,7 +147,7 @@ func (c *Client) pick(ctx context.Context, model string, tried map[*Worker]bool)
 		if w := c.choose(model, tried); w != nil {
 			return w, nil
 		}
-		err := c.pool.search(ctx)
+		err := c.pool.search(ctx, false)
 		if w := c.choose(model, tried); w != nil {
 			return w, nil
 		}

@@ -186,10 +186,10 @@ func (p *pool) addresses(ctx context.Context) ([]string, error) {
 }
 
 // search opens connections to every address until it holds one per worker process of its
-// server, at most 4 x workers + 4 attempts per address. It returns the error of a server
-// that refused the credentials (waiting would not help) or, when no worker is known after
-// it, the last error.
-func (p *pool) search(ctx context.Context) error {
+// server, at most 4 x workers + 4 attempts per address (8 x workers + 8 at the start: see
+// attempts). It returns the error of a server that refused the credentials (waiting would
+// not help) or, when no worker is known after it, the last error.
+func (p *pool) search(ctx context.Context, start bool) error {
 	p.searching.Lock()
 	defer p.searching.Unlock()
 	addrs, err := p.addresses(ctx)
@@ -199,7 +199,7 @@ func (p *pool) search(ctx context.Context) error {
 	var last error
 	whole := true
 	for _, addr := range addrs {
-		err := p.searchAddress(ctx, addr)
+		err := p.searchAddress(ctx, addr, start)
 		p.mu.Lock()
 		whole = whole && p.counts[addr] > 0 && p.heldLocked(addr) >= int(p.counts[addr])
 		p.mu.Unlock()
@@ -238,7 +238,20 @@ func (p *pool) heldLocked(addr string) int {
 	return n
 }
 
-func (p *pool) searchAddress(ctx context.Context, addr string) error {
+// attempts is how many connections a search opens at an address whose server runs count
+// workers. The kernel hands each new connection to a worker at random: the start opens up
+// to eight per worker and eight more (a worker missed in about one start in 100,000 at 3
+// workers), a background search half that (it runs again soon while workers are missing,
+// and a worker that is not listening, a restarting one, costs it every connection).
+func attempts(count int32, start bool) int {
+	per := 4
+	if start {
+		per = 8
+	}
+	return per * (int(max(count, 1)) + 1)
+}
+
+func (p *pool) searchAddress(ctx context.Context, addr string, start bool) error {
 	var last error
 	for attempt := 0; ; attempt++ {
 		p.mu.Lock()
@@ -250,7 +263,7 @@ func (p *pool) searchAddress(ctx context.Context, addr string) error {
 		if count > 0 && p.held(addr) >= int(count) {
 			return nil
 		}
-		if attempt >= 4*int(max(count, 1))+4 {
+		if attempt >= attempts(count, start) {
 			return last
 		}
 		if err := p.open(ctx, addr); err != nil {
@@ -314,7 +327,7 @@ func (p *pool) heal() {
 		case <-timer.C:
 		}
 		ctx, cancel := context.WithTimeout(p.life, p.opts.connectTimeout)
-		_ = p.search(ctx) // calls report their own errors; the next round tries again
+		_ = p.search(ctx, false) // calls report their own errors; the next round tries again
 		cancel()
 		timer.Reset(p.interval())
 	}

@@ -81,7 +81,7 @@ func TestDetailsCrossTheWireAndQueueFullIsRetried(t *testing.T) {
 }
 
 // lateWorker is a server of two workers whose second starts listening late: its first
-// answers the first search's connections (4 x 2 + 4) alone, then every other one.
+// answers the connections of Dial's search (8 x 2 + 8) alone, then every other one.
 type lateWorker struct {
 	tmsv1.UnimplementedModelServiceServer
 	calls atomic.Int32
@@ -89,7 +89,7 @@ type lateWorker struct {
 
 func (f *lateWorker) GetWorkerInfo(context.Context, *tmsv1.GetWorkerInfoRequest) (*tmsv1.GetWorkerInfoResponse, error) {
 	pid := int64(1)
-	if n := f.calls.Add(1); n > 12 && n%2 == 0 {
+	if n := f.calls.Add(1); n > int32(attempts(2, true)) && n%2 == 0 {
 		pid = 2
 	}
 	return &tmsv1.GetWorkerInfoResponse{InstanceId: "late", Pid: pid, WorkerIndex: int32(pid - 1), WorkerCount: 2}, nil

@@ -40,7 +40,8 @@ export interface ClientOptions {
   retry?: RetryPolicy;
   /** The largest request or reply, in bytes (64 MiB). */
   maxMessageBytes?: number;
-  /** Connections to open at an address to find its workers (four per worker, plus four). */
+  /** Connections to open at an address to find its workers (eight per worker, plus eight, at
+   * the start; four and four in a background search). */
   discoveryAttempts?: number;
   /** Between background searches for missing workers (2 000). */
   refreshIntervalMs?: number;

@@ -3,8 +3,8 @@
  *
  * A TMS server runs several worker processes on one port (SO_REUSEPORT), and the kernel hands
  * each new connection to one of them. The pool opens connections and asks each who answered
- * (GetWorkerInfo) until it holds one to every worker of every server (at most 4 x workers + 4
- * connections per address and search). Calls go to the worker the balancer picks, among those
+ * (GetWorkerInfo) until it holds one to every worker of every server (at most 8 x workers + 8
+ * connections per address at the start, 4 x workers + 4 in a background search). Calls go to the worker the balancer picks, among those
  * that have the call's model; a call that fails with a code the retry policy names, or with
  * the server's RetryInfo, is sent again, to another worker, after a backoff (or the RetryInfo
  * delay), within the call's deadline. A worker whose call fails UNAVAILABLE, or whose
@@ -149,7 +149,8 @@ export class WorkerPool {
   /** Open connections to `address` until every worker of its server is known. With `wait`
    * the first connection waits up to `timeoutMs` for a server that is starting. */
   private async find(address: string, timeoutMs: number, wait: boolean): Promise<void> {
-    for (let opened = 0; opened < this.attemptsFor(this.workers.expected(address) ?? 1); opened++) {
+    const start = wait;
+    for (let opened = 0; opened < this.attemptsFor(this.workers.expected(address) ?? 1, start); opened++) {
       if (this.workers.complete(address) || this.closed) return;
       const worker = await this.identify(address, timeoutMs, wait);
       if (worker === undefined) return;
@@ -159,8 +160,13 @@ export class WorkerPool {
     }
   }
 
-  private attemptsFor(expected: number): number {
-    return this.settings.discoveryAttempts ?? 4 * expected + 4;
+  /** Connections to open at an address to find `expected` workers. The kernel hands each
+   * new connection to a worker at random: the start opens up to eight per worker and eight
+   * more (a worker missed in about one start in 100,000 at 3 workers), a background search
+   * half that (it runs again soon while workers are missing, and a worker that is not
+   * listening costs it every connection). */
+  private attemptsFor(expected: number, start: boolean): number {
+    return this.settings.discoveryAttempts ?? (start ? 8 : 4) * (expected + 1);
   }
 
   /** Open a connection to `address` and ask who answered; undefined if nobody did. A server

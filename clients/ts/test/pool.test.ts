@@ -86,11 +86,11 @@ describe("worker pool", () => {
     workers.close();
   });
 
-  it("gives up on an address after 4 x workers + 4 connections", async () => {
+  it("gives up on an address after 8 x workers + 8 connections at the start", async () => {
     const server = new ScriptedServer([10, 11], Array(50).fill(0));
     const workers = pool(server);
     await workers.start();
-    assert.equal(server.opened, 4 * 2 + 4);
+    assert.equal(server.opened, 8 * 2 + 8);
     workers.close();
   });
 

@@ -45,7 +45,8 @@ class ClientOptions:
       turns retries off).
     - ``max_message_mb``: the largest request or reply, in MiB.
     - ``discovery_attempts``: connections to open at an address to find its workers
-      (None: four per worker the server says it runs, plus four).
+      (None: four per worker the server says it runs, plus four; eight and eight when the
+      client starts).
     - ``refresh_interval``: seconds between background searches for missing workers.
     - ``tls``: connect over TLS (see ``TLS``); ``token``: sent as ``authorization: Bearer
       <token>`` with every call.

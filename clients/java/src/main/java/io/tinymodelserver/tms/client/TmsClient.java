@@ -89,7 +89,7 @@ public final class TmsClient implements AutoCloseable {
   }
 
   private void start() {
-    pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS));
+    pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS), true);
     long every = options.refreshInterval.toMillis();
     refresher.scheduleWithFixedDelay(this::refresh, every, every, TimeUnit.MILLISECONDS);
   }
@@ -99,7 +99,7 @@ public final class TmsClient implements AutoCloseable {
       return;
     }
     try {
-      pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS));
+      pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS), false);
     } catch (RuntimeException error) {
       LOG.log(Level.FINE, "looking for missing workers failed", error);
     }

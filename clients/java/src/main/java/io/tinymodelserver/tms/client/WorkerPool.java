@@ -46,7 +46,7 @@ final class WorkerPool implements AutoCloseable {
   Member pick(Deadline deadline) {
     List<Member> now = members;
     if (now.isEmpty()) {
-      discover(deadline);
+      discover(deadline, false);
       now = members;
       if (now.isEmpty()) {
         throw new TmsException(Status.Code.UNAVAILABLE, "no worker of the server answered", null);
@@ -61,16 +61,20 @@ final class WorkerPool implements AutoCloseable {
   }
 
   /**
-   * Open connections until one is held to each worker process, within 4 x workers + 4 attempts and
-   * {@code deadline} (and the connect timeout). Throws when nothing is held and the server refused
-   * for a reason other than being unreachable (a bad token, say).
+   * Open connections until one is held to each worker process, within {@code deadline} (and the
+   * connect timeout) and 4 x workers + 4 attempts, or 8 x workers + 8 at the {@code start}: the
+   * kernel hands each new connection to a worker at random, and the start should find them all (a
+   * worker missed in about one start in 100,000 at 3 workers), while a later search, which runs
+   * again soon, spends every attempt on a worker that is not listening (a restarting one). Throws
+   * when nothing is held and the server refused for a reason other than being unreachable (a bad
+   * token, say).
    */
-  void discover(Deadline deadline) {
+  void discover(Deadline deadline, boolean start) {
     synchronized (discovering) {
       Deadline limit =
           Deadline.after(connectTimeout.toNanos(), TimeUnit.NANOSECONDS).minimum(deadline);
       int attempts = 0;
-      while (!closed && attempts < 4 * Math.max(expected, 1) + 4) {
+      while (!closed && attempts < (start ? 8 : 4) * (Math.max(expected, 1) + 1)) {
         if (expected > 0 && members.size() >= expected) {
           return;
         }
