@@ -101,7 +101,9 @@ def verdict(cell: Cell, delay_ms: float) -> str:
     return "-"
 
 
-def table(cells: Sequence[Cell], delay_ms: float) -> str:
+def table(cells: Sequence[Cell], delay_ms: float, judged: bool = True) -> str:
+    """The Markdown table of ``cells``; the target column says "stand-in" unless ``judged``
+    (the issue's targets are upright's)."""
     head = (
         "| conc. | batching | calls | p50 ms | p99 ms | req/s "
         "| p50 ratio (batched/off) | throughput ratio (batched/off) | target |\n"
@@ -120,7 +122,7 @@ def table(cells: Sequence[Cell], delay_ms: float) -> str:
                 f"| {samples.throughput:.0f} "
                 f"| {f'{p50_ratio:.3f}' if first else ''} "
                 f"| {f'{throughput_ratio:.3f}' if first else ''} "
-                f"| {verdict(cell, delay_ms) if first else ''} |"
+                f"| {(verdict(cell, delay_ms) if judged else 'stand-in') if first else ''} |"
             )
     return head + "\n".join(rows) + "\n"
 
@@ -234,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds,
             )
 
-    result = table(cells, delay_ms)
+    result = table(cells, delay_ms, judged=model == "upright")
     print(result)
     if args.out is not None:
         heading = SECTION if model == "upright" else f"{SECTION}, fixed-cost model"
@@ -254,8 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.rounds} alternating slices after {args.warmup:g}s of warm-up. Client and "
             "servers share the machine.\n\n"
             + "\n".join(about)
-            + "\n\nTargets: throughput ratio (batched/off) >= 2 at concurrency 16; p50 at "
-            "concurrency 1 no more than the wait above off's.\n\n" + result
+            + "\n\n"
+            + (
+                "Targets: throughput ratio (batched/off) >= 2 at concurrency 16; p50 at "
+                "concurrency 1 no more than the wait above off's."
+                if model == "upright"
+                else "Not a target (the targets are upright's): what batching gives a model "
+                "whose run costs the same for one image or many."
+            )
+            + "\n\n"
+            + result
         )
         previous = args.out.read_text() if args.out.exists() else ""
         before, found, after = previous.partition(heading + "\n")
