@@ -63,7 +63,8 @@ def run(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
     call = vector["call"]
     args = vector.get("args")
     if call == "ListModels":
-        return {"models": [info.name for info in client.list_models()]}
+        models = [info.name for info in client.list_models()]
+        return {"models": models, "failed": client.failed_models()}
     if call == "GetModelInfo":
         info = client.info()
         return {

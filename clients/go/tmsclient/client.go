@@ -199,12 +199,32 @@ func (c *Client) observe(w *Worker, trailer metadata.MD) {
 
 // ListModels lists the models the server loaded, sorted by name.
 func (c *Client) ListModels(ctx context.Context) ([]*tmsv1.ModelInfo, error) {
+	resp, err := c.listModels(ctx)
+	return resp.GetModels(), err
+}
+
+// FailedModels is the models the server found but failed to load, by name, and why (the
+// exception's type and message; empty when all loaded). Their calls fail with
+// codes.FailedPrecondition, reason ReasonModelNotLoaded.
+func (c *Client) FailedModels(ctx context.Context) (map[string]string, error) {
+	resp, err := c.listModels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	failed := map[string]string{}
+	for _, f := range resp.GetFailed() {
+		failed[f.GetName()] = f.GetReason()
+	}
+	return failed, nil
+}
+
+func (c *Client) listModels(ctx context.Context) (*tmsv1.ListModelsResponse, error) {
 	var resp *tmsv1.ListModelsResponse
 	err := c.invoke(ctx, "ListModels", "", func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
 		resp, err = w.stub.ListModels(ctx, &tmsv1.ListModelsRequest{}, o...)
 		return err
 	})
-	return resp.GetModels(), err
+	return resp, err
 }
 
 // GetModelInfo describes one model: its input, its calls, whether it is thread-safe.

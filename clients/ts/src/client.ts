@@ -220,8 +220,19 @@ export class ModelClient {
 
   /** Every model the server has loaded, sorted by name. */
   async listModels(options?: CallOptions): Promise<ModelInfo[]> {
-    const reply = await this.send("ListModels", new Uint8Array(0), "", options);
-    return ListModelsResponse.decode(reply).models;
+    return (await this.listing(options)).models;
+  }
+
+  /** The models the server found but failed to load, by name, and why (the exception's type
+   * and message; empty when all loaded). Their calls fail FAILED_PRECONDITION, reason
+   * MODEL_NOT_LOADED. */
+  async failedModels(options?: CallOptions): Promise<Record<string, string>> {
+    const failed = (await this.listing(options)).failed;
+    return Object.fromEntries(failed.map((model) => [model.name, model.reason]));
+  }
+
+  private async listing(options?: CallOptions): Promise<ListModelsResponse> {
+    return ListModelsResponse.decode(await this.send("ListModels", new Uint8Array(0), "", options));
   }
 
   /** The standard gRPC health status of this model (or of `service`; "" for the whole

@@ -76,7 +76,10 @@ async function run(client: ModelClient, vector: Vector, folder: string): Promise
   const texts = vector.texts ?? [];
   switch (call) {
     case "ListModels":
-      return { models: (await client.listModels()).map((info) => info.name) };
+      return {
+        models: (await client.listModels()).map((info) => info.name),
+        failed: await client.failedModels(),
+      };
     case "GetModelInfo": {
       const info = await client.info();
       const model = { name: info.name, version: info.version, max_batch_size: info.maxBatchSize };

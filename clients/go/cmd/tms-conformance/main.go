@@ -114,11 +114,15 @@ func run(ctx context.Context, c *tmsclient.Client, dir string, v vector) (outcom
 	switch v.Call {
 	case "ListModels":
 		models, err := c.ListModels(ctx)
+		if err != nil {
+			return nil, err
+		}
 		names := []string{}
 		for _, m := range models {
 			names = append(names, m.GetName())
 		}
-		return outcome{"models": names}, err
+		failed, err := c.FailedModels(ctx)
+		return outcome{"models": names, "failed": failed}, err
 	case "GetModelInfo":
 		info, err := c.GetModelInfo(ctx, v.Model)
 		var delay any // seconds, null when the model does not batch

@@ -11,6 +11,7 @@ import io.grpc.StatusRuntimeException;
 import io.tinymodelserver.tms.v1.GetModelInfoRequest;
 import io.tinymodelserver.tms.v1.Image;
 import io.tinymodelserver.tms.v1.ListModelsRequest;
+import io.tinymodelserver.tms.v1.ListModelsResponse;
 import io.tinymodelserver.tms.v1.ModelInfo;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
 import io.tinymodelserver.tms.v1.RunImageBatchRequest;
@@ -22,9 +23,11 @@ import io.tinymodelserver.tms.v1.RunTextRequest;
 import java.io.IOException;
 import java.time.Duration;
 import java.util.List;
+import java.util.Map;
 import java.util.Objects;
 import java.util.Optional;
 import java.util.Set;
+import java.util.TreeMap;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
@@ -174,9 +177,21 @@ public final class TmsClient implements AutoCloseable {
     return call(stub -> stub.runTextBatch(request).getResultsJsonList());
   }
 
-  /** The models the server serves. */
+  /** The models the server has loaded, sorted by name. */
   public List<ModelInfo> listModels() {
     return call(stub -> stub.listModels(ListModelsRequest.getDefaultInstance()).getModelsList());
+  }
+
+  /**
+   * The models the server found but failed to load, by name, and why (the exception's type and
+   * message; empty when all loaded). Their calls fail FAILED_PRECONDITION, reason MODEL_NOT_LOADED.
+   */
+  public Map<String, String> failedModels() {
+    ListModelsResponse listed =
+        call(stub -> stub.listModels(ListModelsRequest.getDefaultInstance()));
+    Map<String, String> failed = new TreeMap<>();
+    listed.getFailedList().forEach(model -> failed.put(model.getName(), model.getReason()));
+    return failed;
   }
 
   /** One model's description; NOT_FOUND when the server has no such model. */

@@ -98,6 +98,9 @@ public final class Conformance {
         JsonArray names = new JsonArray();
         client.listModels().forEach(info -> names.add(info.getName()));
         outcome.add("models", names);
+        JsonObject failed = new JsonObject();
+        client.failedModels().forEach(failed::addProperty);
+        outcome.add("failed", failed);
       }
       case "GetModelInfo" -> {
         ModelInfo info = client.getModelInfo(model);
