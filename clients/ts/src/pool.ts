@@ -4,13 +4,14 @@
  * A TMS server runs several worker processes on one port (SO_REUSEPORT), and the kernel hands
  * each new connection to one of them. The pool opens connections and asks each who answered
  * (GetWorkerInfo) until it holds one to every worker of every server (at most 8 x workers + 8
- * connections per address at the start, 4 x workers + 4 in a background search). Calls go to the worker the balancer picks, among those
- * that have the call's model; a call that fails with a code the retry policy names, or with
- * the server's RetryInfo, is sent again, to another worker, after a backoff (or the RetryInfo
- * delay), within the call's deadline. A worker whose call fails UNAVAILABLE, or whose
- * `tms-worker` trailer names another process (grpc-js reconnected its channel and reached
- * another worker), is dropped; the pool looks for missing workers in the background every
- * refreshIntervalMs, at once after a drop, and on demand when a call finds none.
+ * connections per address at the start, 4 x workers + 4 in a background search). Calls go to
+ * the worker the balancer picks, among those that have the call's model; a call that fails
+ * with a code the retry policy names, or with the server's RetryInfo, is sent again, to
+ * another worker, after a backoff (or the RetryInfo delay), within the call's deadline. A
+ * worker whose call fails UNAVAILABLE, or whose `tms-worker` trailer names another process
+ * (grpc-js reconnected its channel and reached another worker), is dropped; the pool looks for
+ * missing workers in the background every refreshIntervalMs (every 250 ms while some are
+ * missing), at once after a drop, and on demand when a call finds none.
  */
 import { Metadata, status } from "@grpc/grpc-js";
 
