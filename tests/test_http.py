@@ -8,6 +8,7 @@ Playwright) uses the page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import shutil
@@ -33,6 +34,7 @@ from tests.support import (
     ServerProcess,
     start_in_process,
     start_process,
+    wait_for,
     write_models,
 )
 from tms_client import ModelClient
@@ -496,6 +498,40 @@ def test_a_request_trickled_in_holds_its_connection_no_longer_than_slow_client_s
         assert closed_by_the_server(silent)
     assert time.monotonic() - began < 15
     assert http(f"{base}/v2/health/ready").status == 200
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of ``url`` gets 200 (False when the connection is closed on it)."""
+    try:
+        return http(url).status == 200
+    except OSError:
+        return False
+
+
+def test_a_worker_holds_at_most_max_connections(tmp_path):
+    # As on the gRPC port: past --max-connections a new connection is closed as it arrives,
+    # and once one closes another is taken.
+    models = write_models(tmp_path / "models", {})
+    shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
+    args = ("--http-port", "0", "--max-connections", "3")
+    server = start_process(models, workers=1, args=args)
+    try:
+        base = http_base(server)
+        address = urllib.parse.urlsplit(base)
+        where = (address.hostname, address.port)
+        with contextlib.ExitStack() as stack:
+            held = [stack.enter_context(socket.create_connection(where, timeout=30)) for _ in "abc"]
+            for connection in held:  # answered, and kept open (HTTP/1.1 keep-alive)
+                connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: tms\r\n\r\n")
+                assert connection.recv(1024).startswith(b"HTTP/1.1 200")
+            with socket.create_connection(where, timeout=30) as extra:
+                assert closed_by_the_server(extra)
+            held.pop().close()
+            assert wait_for(lambda: answers(f"{base}/v2/health/live"), 10)
+        with ModelClient("mean", server.target) as client:  # gRPC counts its own
+            assert client.run_image(np.full((2, 2), 5, np.uint8)) == {"mean": 5.0}
+    finally:
+        assert server.stop() == 0, server.logs()
 
 
 # -- the page -----------------------------------------------------------------------------------

@@ -261,7 +261,9 @@ class Settings:
     )
     max_connections: int = field(
         default=1000,
-        metadata=_meta("connections a worker accepts at once; more are closed", 1, 1_000_000),
+        metadata=_meta(
+            "connections a worker accepts at once, on each port; more are closed", 1, 1_000_000
+        ),
     )
     max_streams_per_connection: int = field(
         default=100,

@@ -127,7 +127,7 @@ class HttpServer:
         )
         await runner.setup()
         sock = _bind(settings.host, port)
-        site = web.SockSite(runner, sock, ssl_context=_tls(settings), backlog=1024)
+        site = _BoundedSite(runner, sock, settings.max_connections, ssl_context=_tls(settings))
         await site.start()
         return cls(runner, sock.getsockname()[1])
 
@@ -157,6 +157,40 @@ def _idle_seconds(settings: Settings) -> float:
 
 
 _NEVER = 365 * 86_400.0
+
+
+class _BoundedSite(web.SockSite):
+    """A SockSite that holds at most ``limit`` connections at once (--max-connections, as on
+    the gRPC port): one more is closed as it arrives."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        sock: socket.socket,
+        limit: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=1024)
+        self._held = (sock, ssl_context)
+        self._limit = limit
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # not SockSite.start: it serves every connection
+        server, (sock, ssl_context) = self._runner.server, self._held
+        assert server is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            return _Refused() if len(server.connections) >= self._limit else server()
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(protocol, sock=sock, ssl=ssl_context, backlog=1024)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
 
 
 def _bind(host: str, port: int) -> socket.socket:
