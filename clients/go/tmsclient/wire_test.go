@@ -34,7 +34,8 @@ func (f *fakeWorker) RunText(_ context.Context, req *tmsv1.RunTextRequest) (*tms
 	return &tmsv1.RunTextResponse{ResultJson: `{"ok": true}`}, nil
 }
 
-func serveFake(t *testing.T, f *fakeWorker) *Client {
+// serveFake serves f on loopback and dials it with opts (a 5 s call timeout first).
+func serveFake(t *testing.T, f tmsv1.ModelServiceServer, opts ...Option) *Client {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -44,7 +45,7 @@ func serveFake(t *testing.T, f *fakeWorker) *Client {
 	tmsv1.RegisterModelServiceServer(s, f)
 	go func() { _ = s.Serve(lis) }()
 	t.Cleanup(s.Stop)
-	c, err := Dial(context.Background(), lis.Addr().String(), WithTimeout(5*time.Second))
+	c, err := Dial(context.Background(), lis.Addr().String(), append([]Option{WithTimeout(5 * time.Second)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,19 +98,7 @@ func (f *lateWorker) GetWorkerInfo(context.Context, *tmsv1.GetWorkerInfoRequest)
 
 func TestAWorkerStartedLateIsFoundSoonerThanTheRefreshInterval(t *testing.T) {
 	f := &lateWorker{}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer()
-	tmsv1.RegisterModelServiceServer(s, f)
-	go func() { _ = s.Serve(lis) }()
-	t.Cleanup(s.Stop)
-	c, err := Dial(context.Background(), lis.Addr().String(), WithRefreshInterval(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := serveFake(t, f, WithRefreshInterval(time.Minute))
 	if n := len(c.Workers()); n != 1 {
 		t.Fatalf("%d workers before the second is up", n)
 	}
