@@ -9,9 +9,7 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from tests.support import ROOT, InProcessServer, start_in_process, write_models
-from tests.toolchains import find_go, run
+from tests.toolchains import find_buf, find_go, run
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client import (
     AsyncModelClient,
@@ -344,16 +342,8 @@ def test_a_wrong_token_is_unauthenticated(models, tmp_path):
 # -- other tools ----------------------------------------------------------------------------------
 
 
-def _buf() -> str:
-    """buf from the codegen dependencies (beside this Python), else on PATH; never missing."""
-    beside = Path(sys.executable).with_name("buf")
-    found = str(beside) if beside.exists() else shutil.which("buf")
-    assert found is not None, "buf is missing: run `python3 -m uv sync` (the codegen group)"
-    return found
-
-
 def test_buf_curl_shows_the_error_info(server):
-    buf = _buf()
+    buf = find_buf()
     result = subprocess.run(
         [
             buf,

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.toolchains import GO_MODULE, build_go_client, build_ts_client, find_go, run
+from tests.toolchains import (
+    GO_MODULE,
+    build_go_client,
+    build_ts_client,
+    find_buf,
+    find_go,
+    run,
+)
 from tms_client import ModelClient
 
 pytestmark = pytest.mark.slow
@@ -106,7 +113,7 @@ def test_go_code_is_formatted_and_vetted():
 
 def buf_curl(target: str, path: str, *options: str) -> subprocess.CompletedProcess[str]:
     """``buf curl`` over plaintext HTTP/2 at ``http://target/path``; schemas from reflection."""
-    command = ["buf", "curl", "--protocol", "grpc", "--http2-prior-knowledge", *options]
+    command = [find_buf(), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *options]
     return subprocess.run(
         [*command, f"http://{target}/{path}"],
         capture_output=True,

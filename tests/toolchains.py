@@ -29,6 +29,15 @@ def find_go() -> str:
     raise RuntimeError("the Go toolchain is needed (https://go.dev/dl/); set GO=/path/to/go")
 
 
+def find_buf() -> str:
+    """buf from the codegen dependencies (beside this Python), else on PATH."""
+    beside = Path(sys.executable).with_name("buf")
+    found = str(beside) if beside.exists() else shutil.which("buf")
+    if found is None:
+        raise RuntimeError("buf is missing: run `python3 -m uv sync` (the codegen group)")
+    return found
+
+
 def find_npm() -> str:
     npm = shutil.which("npm")
     if npm is None:
