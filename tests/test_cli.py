@@ -704,6 +704,17 @@ def test_help_of_every_command(tms, command):
     code, out, err = tms(command, "--help", server=None)
     assert (code, err) == (0, "")
     assert out.startswith(f"Usage: tms {command} ")
+    # Every option that takes a value names what it takes (FILE, JSON, N), not click's TEXT
+    # (bench's --text takes a text).
+    assert not re.search(r"--(?!text )[\w-]+ TEXT\b", out), out
+
+
+def test_every_global_option_names_its_value(tms):
+    code, out, _ = tms("--help", server=None)
+    assert code == 0
+    assert not re.search(r"--[\w-]+ TEXT\b", out), out
+    assert "--tls-server-name NAME" in out
+    assert "--token TOKEN" in out
 
 
 def test_help_lists_every_command(tms):

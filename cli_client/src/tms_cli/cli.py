@@ -138,8 +138,17 @@ def global_params(*, listed: bool = True) -> list[click.Parameter]:
         option("--tls-ca", "CA bundle (PEM) to trust, not the system's.", _PEM),
         option("--tls-cert", "Client certificate (PEM), for mutual TLS.", _PEM),
         option("--tls-key", "Private key of --tls-cert.", _PEM),
-        option("--tls-server-name", "The name the server's certificate must have, if not HOST."),
-        option("--token", "Bearer token for every call (prefer the variable).", envvar="TMS_TOKEN"),
+        option(
+            "--tls-server-name",
+            "The name the server's certificate must have, if not HOST.",
+            metavar="NAME",
+        ),
+        option(
+            "--token",
+            "Bearer token for every call (prefer the variable).",
+            envvar="TMS_TOKEN",
+            metavar="TOKEN",
+        ),
     ]
 
 
