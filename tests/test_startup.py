@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.support import ROOT, ServerProcess, write_models
+from tests.support import ROOT, ServerProcess, wait_for, write_models
 from tests.test_devices import health_of, per_worker
 from tests.test_oip import Inference
 from tms_cli.__main__ import main as tms
@@ -179,8 +179,12 @@ def test_a_reload_that_loads_the_last_failed_model_makes_the_server_ready(server
     args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
     server = server_process(models, workers=2, args=args)
     with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
-        # A reload that fails again changes nothing: the server stays unready.
+        # A reload that fails again changes nothing: the server stays unready. Each worker
+        # logs why in a line (the traceback only at DEBUG, as when the server started).
         assert not any(outcome.reloaded for outcome in admin.reload_model("late"))
+        why = "model 'late' failed to reload: RuntimeError: weights.bin not found"
+        assert wait_for(lambda: server.logs().count(why) == 2, 10), server.logs()
+        assert "Traceback" not in server.logs()
         with per_worker(server.target) as channels:
             assert {health_of(channel, "") for channel in channels.values()} == {"NOT_SERVING"}
         write_models(models, {"late": GOOD})

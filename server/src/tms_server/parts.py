@@ -45,8 +45,12 @@ class Reloader:
             except ServiceError as exc:
                 return str(exc)
             except Exception as exc:
-                log.exception("model %r failed to reload", name)
-                return f"{type(exc).__name__}: {exc}"
+                # As when a start fails to load it: the reason at ERROR, and the traceback
+                # (one per worker) at DEBUG.
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("model %r failed to reload: %s", name, reason)
+                log.debug("model %r failed to reload", name, exc_info=True)
+                return reason
         # NOT_SERVING if its placement now leaves this worker out (see report_serving).
         here = name in self._registry.models
         status = health_pb2.HealthCheckResponse.SERVING if here else _NOT_SERVING
