@@ -19,11 +19,13 @@ from tests.support import InProcessServer, ServerProcess, wait_for, write_models
 from tms.v1 import model_service_pb2
 from tms_client import (
     AsyncModelClient,
+    ClientOptions,
     FrameResult,
     InvalidInputError,
     ModelClient,
     ModelFailedError,
     ModelNotFoundError,
+    ResourceExhaustedError,
 )
 from tms_client.images import to_parts
 from tms_client.protocol.methods import method_path
@@ -297,6 +299,30 @@ def test_a_stream_stays_on_one_worker(
         for thread in threads:
             thread.join(30)
         assert len(set(both)) == 2
+
+
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["bytes", "same-host default"])
+def test_frames_larger_than_a_message_go_as_png(
+    server: InProcessServer, shared_memory: bool
+) -> None:
+    # As a unary call's image does: a raw frame over the client's max_message_mb is sent as
+    # PNG (lossless), so the stream goes on; a frame that cannot fit even so fails the stream
+    # with what to do.
+    ramp = np.arange(600 * 600 * 3, dtype=np.uint32).reshape(600, 600, 3)
+    big = (ramp // 7 % 256).astype(np.uint8)  # 1.08 MB raw, over 1 MiB; small as PNG
+    noise = np.random.default_rng(7).integers(0, 256, (600, 600, 3), np.uint8)
+    options = ClientOptions(target=server.target, max_message_mb=1, shared_memory=shared_memory)
+    with ModelClient("plain", options=options) as client:
+        results = list(client.run_image_stream([frame(3), big, frame(5)], color="rgb"))
+        assert [r.result["mean"] for r in results] == [3.0, float(big.mean()), 5.0]
+        with pytest.raises(ResourceExhaustedError, match="raise the limit on both sides"):
+            list(client.run_image_stream([frame(3), noise], color="rgb"))
+
+    async def from_asyncio() -> list[float]:
+        async with AsyncModelClient("plain", options=options) as client:
+            return [r.result["mean"] async for r in client.run_image_stream([big], color="rgb")]
+
+    assert asyncio.run(from_asyncio()) == [float(big.mean())]
 
 
 def test_the_asyncio_client_streams_too(server: InProcessServer, tmp_path: Path) -> None:

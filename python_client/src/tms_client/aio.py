@@ -104,10 +104,15 @@ class AsyncModelClient(calls.AsyncioClient):
                 frame = _END if stream.ended else await anext(frames, _END)
                 if frame is _END:
                     return
-                yield stream.request(frame)
+                yield stream.request(frame, self.options.max_message_bytes)
 
         with call_span(stream.path, self.model) as metadata:
-            request = Request(stream.path, stream.request(first), stream.timeout, metadata)
+            request = Request(
+                stream.path,
+                stream.request(first, self.options.max_message_bytes),
+                stream.timeout,
+                metadata,
+            )
             replies = self._pool.stream(request, more(), self.model)
             async with contextlib.aclosing(replies):
                 try:

@@ -27,7 +27,7 @@ from google.protobuf import wrappers_pb2
 
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.exceptions import CallError, from_status
-from tms_client.images import ImageInput, from_message, to_parts
+from tms_client.images import ImageInput, fit, from_message, to_parts
 from tms_client.options import ClientOptions
 from tms_client.protocol.colors import color_name
 from tms_client.protocol.jsontext import from_json
@@ -374,19 +374,22 @@ class FrameStream:
         """Whether another frame may be sent now (or the stream has ended: stop waiting)."""
         return self.ended or self.sent - self.answered < self.window
 
-    def request(self, image: ImageInput) -> ImageMessage:
+    def request(self, image: ImageInput, max_bytes: int) -> ImageMessage:
         """The next frame's request, its id the frame's index; the first also names the
         model and carries the stream's args. Images are written by the channel (as bytes,
-        or into shared memory on the same host)."""
+        or into shared memory on the same host); a raw frame that would make a message of
+        over ``max_bytes`` goes as PNG, as a unary call's image does (images.fit)."""
         first = self.sent == 0
         head = pb.RunImageStreamRequest(
             model=self.model if first else "",
             args_json=self._args_json if first else "",
             frame_id=self.sent,
         )
-        parts = [to_parts(image, color=self.color)]
+        message = fit(
+            ImageMessage(head, IMAGE_FIELD, [to_parts(image, color=self.color)]), max_bytes
+        )
         self.sent += 1
-        return ImageMessage(head, IMAGE_FIELD, parts)
+        return message
 
     def answer(self, reply: bytes) -> FrameResult:
         """The next frame's answer; raises its error unless ``errors="yield"``."""

@@ -105,12 +105,17 @@ class ModelClient(calls.ThreadClient):
                     frame = _END if stream.ended else next(frames, _END)
                     if frame is _END:
                         return
-                    yield stream.request(frame)
+                    yield stream.request(frame, self.options.max_message_bytes)
             except Exception as exc:  # gRPC would only log it: raised to the caller
                 failed.append(exc)
 
         with call_span(stream.path, self.model) as metadata:
-            request = Request(stream.path, stream.request(first), stream.timeout, metadata)
+            request = Request(
+                stream.path,
+                stream.request(first, self.options.max_message_bytes),
+                stream.timeout,
+                metadata,
+            )
             replies = self._pool.stream(request, more(), self.model)
             with contextlib.closing(replies):
                 try:

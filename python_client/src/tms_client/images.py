@@ -13,7 +13,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -145,7 +145,10 @@ def from_message(
     return array.copy() if not array.flags.writeable else array
 
 
-def fit(request: bytes | ImageMessage, max_bytes: int) -> bytes | ImageMessage:
+Sendable = TypeVar("Sendable", bound=bytes | ImageMessage)
+
+
+def fit(request: Sendable, max_bytes: int) -> Sendable:
     """``request`` as it can be sent in a message of at most ``max_bytes``: its raw images
     re-encoded as PNG (lossless), largest first, until it fits. ResourceExhaustedError
     saying the sizes and what to do when it cannot fit."""
