@@ -3,6 +3,7 @@ targets and load reports."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from tms_client import LeastLoaded, RetryPolicy
 from tms_client.exceptions import CallError, DeadlineExceededError, UnavailableError
 from tms_client.protocol.load import LoadReport, decode_orca, encode_orca, read_trailers
 from tms_client.retry import Attempts
-from tms_client.targets import parse_targets, resolve
+from tms_client.targets import parse_targets, proxied, refused, resolve
 from tms_client.workers import Worker, WorkerSet
 
 UNAVAILABLE = UnavailableError(grpc.StatusCode.UNAVAILABLE, "gone")
@@ -183,6 +184,37 @@ def test_candidates_skip_tried_workers_unless_none_is_left() -> None:
     workers.add(b)
     assert workers.candidates({a.key}) == [b]
     assert sorted(w.pid for w in workers.candidates({a.key, b.key})) == [1, 2]
+
+
+def test_an_address_reached_through_a_proxy_is_never_called_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gRPC's own variables decide (grpc_proxy, https_proxy, http_proxy; no_grpc_proxy,
+    # no_proxy): through a proxy, a refused direct connection says nothing.
+    assert not proxied("a.example.com:1", {})
+    env = {"https_proxy": "http://proxy:3128"}
+    assert proxied("a.example.com:1", env)
+    for listed in ("a.example.com", "example.com", ".example.com", "*", "x, a.example.com"):
+        assert not proxied("a.example.com:1", {**env, "no_proxy": listed}), listed
+    assert proxied("a.example.com:1", {**env, "no_proxy": "b.example.com,ample.com"})
+    assert not proxied("10.1.2.3:1", {**env, "no_proxy": "10.0.0.0/8"})
+    assert proxied("11.1.2.3:1", {**env, "no_proxy": "10.0.0.0/8"})
+    assert not proxied("[::1]:1", {**env, "no_proxy": "::1"})
+    # no_grpc_proxy, when set, is read instead of no_proxy.
+    assert proxied("a.example.com:1", {**env, "no_grpc_proxy": "b", "no_proxy": "*"})
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.delenv("no_grpc_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    for name in ("grpc_proxy", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert refused(address, 1.0)
+    monkeypatch.setenv("grpc_proxy", "http://127.0.0.1:9")
+    assert not refused(address, 1.0)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert refused(address, 1.0)
 
 
 def test_targets_are_checked_and_dns_names_expand() -> None:

@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-__all__ = ["DEFAULT_PORT", "parse_targets", "refused", "resolve"]
+__all__ = ["DEFAULT_PORT", "parse_targets", "proxied", "refused", "resolve"]
 
 _DNS = "dns:///"
 #: The port of a target given without one: tms-server's default.
@@ -62,8 +63,11 @@ def _format(ip: str, port: int) -> str:
 
 def refused(address: str, timeout: float) -> bool:
     """Whether a TCP connection to ``address`` (``host:port``) is refused: nothing listens
-    there. False when one is accepted, and when that cannot be told within ``timeout``
-    seconds (no answer at all, a name that does not resolve)."""
+    there. False when one is accepted, when that cannot be told within ``timeout`` seconds
+    (no answer at all, a name that does not resolve), and when gRPC reaches the address
+    through a proxy (see proxied), where a direct connection tells nothing."""
+    if proxied(address):
+        return False
     try:
         socket.create_connection(_split(address), timeout).close()
     except ConnectionRefusedError:
@@ -71,6 +75,31 @@ def refused(address: str, timeout: float) -> bool:
     except OSError:
         return False
     return False
+
+
+def proxied(address: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether gRPC connects to ``address`` through an HTTP CONNECT proxy, as its environment
+    variables say: the first of grpc_proxy, https_proxy and http_proxy that is set names the
+    proxy, and the first of no_grpc_proxy and no_proxy lists the hosts reached without it
+    (names, which also cover their subdomains, addresses, CIDR blocks, or ``*``)."""
+    if not any(environ.get(name) for name in ("grpc_proxy", "https_proxy", "http_proxy")):
+        return False
+    host = _split(address)[0].lower()
+    listed = environ.get("no_grpc_proxy") or environ.get("no_proxy") or ""
+    return not any(_exempts(entry.strip().lower(), host) for entry in listed.split(","))
+
+
+def _exempts(entry: str, host: str) -> bool:
+    """Whether a no_proxy ``entry`` covers ``host``."""
+    if entry == "*":
+        return True
+    if "/" in entry:  # a CIDR block
+        try:
+            return ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return False
+    name = entry.lstrip(".")
+    return bool(name) and (host == name or host.endswith("." + name))
 
 
 def resolve(targets: Sequence[str]) -> list[str]:
