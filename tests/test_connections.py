@@ -1,9 +1,10 @@
 """Connections the server ends on its own: keepalive reclaiming one whose peer went silent
 (a frozen or vanished client), and --max-connection-age-seconds closing old ones while their
-callers go on without an error."""
+callers go on without an error; and which connections gRPC makes through an HTTP proxy."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from tests import test_hostile_input as hostile
 from tests.support import wait_for, write_models
 from tms.v1 import model_service_pb2
 from tms_client import ModelClient
+from tms_client.targets import proxied
 
 MODELS = {"probe": hostile.MODELS["probe"]}  # answers the shape of the image it gets
 
@@ -111,3 +113,42 @@ def test_connections_past_the_maximum_age_are_replaced_without_a_failed_call(
         while time.monotonic() < deadline:
             assert client.run_image(np.zeros((2, 2), np.uint8)) == {"shape": [2, 2]}
             time.sleep(0.05)
+
+
+# What a channel does with a proxy that does not exist: gRPC's own verdict on whether it goes
+# through the proxy (the channel never gets ready) or straight to the server.
+READY = """
+import sys
+import grpc
+
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    try:
+        grpc.channel_ready_future(channel).result(timeout=2)
+        print("direct")
+    except grpc.FutureTimeoutError:
+        print("proxied")
+"""
+
+
+@pytest.mark.parametrize(
+    "no_proxy", [None, "127.0.0.1", "0.0.1", "127.0.0.0/8", "10.0.0.0/8", "localhost", "*"]
+)
+def test_the_client_knows_which_addresses_grpc_reaches_through_a_proxy(
+    in_process_server, models, no_proxy
+):
+    # The fast refusal at start (targets.refused) trusts a direct connection only where gRPC
+    # makes one: targets.proxied must read gRPC's variables as gRPC does.
+    server = in_process_server(models)
+    env = {name: value for name, value in os.environ.items() if "proxy" not in name.lower()}
+    env["https_proxy"] = "http://127.0.0.1:9"  # nothing listens there
+    if no_proxy is not None:
+        env["no_proxy"] = no_proxy
+    ran = subprocess.run(
+        [sys.executable, "-c", READY, server.target],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert ran.stdout.strip() == ("proxied" if proxied(server.target, env) else "direct")

@@ -80,8 +80,8 @@ def refused(address: str, timeout: float) -> bool:
 def proxied(address: str, environ: Mapping[str, str] = os.environ) -> bool:
     """Whether gRPC connects to ``address`` through an HTTP CONNECT proxy, as its environment
     variables say: the first of grpc_proxy, https_proxy and http_proxy that is set names the
-    proxy, and the first of no_grpc_proxy and no_proxy lists the hosts reached without it
-    (names, which also cover their subdomains, addresses, CIDR blocks, or ``*``)."""
+    proxy, and the first of no_grpc_proxy and no_proxy lists the hosts reached without it:
+    CIDR blocks, and names that a host's name ends with (as gRPC matches them)."""
     if not any(environ.get(name) for name in ("grpc_proxy", "https_proxy", "http_proxy")):
         return False
     host = _split(address)[0].lower()
@@ -91,15 +91,12 @@ def proxied(address: str, environ: Mapping[str, str] = os.environ) -> bool:
 
 def _exempts(entry: str, host: str) -> bool:
     """Whether a no_proxy ``entry`` covers ``host``."""
-    if entry == "*":
-        return True
     if "/" in entry:  # a CIDR block
         try:
             return ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False)
         except ValueError:
             return False
-    name = entry.lstrip(".")
-    return bool(name) and (host == name or host.endswith("." + name))
+    return bool(entry) and host.endswith(entry)
 
 
 def resolve(targets: Sequence[str]) -> list[str]:
