@@ -171,26 +171,26 @@ class _BoundedSite(web.SockSite):
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context, backlog=1024)
-        self._held = (sock, ssl_context)
         self._limit = limit
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # not SockSite.start: it serves every connection
-        server, (sock, ssl_context) = self._runner.server, self._held
+        server = self._runner.server
         assert server is not None
 
         def protocol() -> asyncio.BaseProtocol:
             return _Refused() if len(server.connections) >= self._limit else server()
 
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(protocol, sock=sock, ssl=ssl_context, backlog=1024)
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog
+        )
 
 
 class _Refused(asyncio.Protocol):
     """A connection over the limit: closed at once."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()  # type: ignore[attr-defined]
+        transport.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

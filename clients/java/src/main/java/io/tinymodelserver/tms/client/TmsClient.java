@@ -179,7 +179,7 @@ public final class TmsClient implements AutoCloseable {
 
   /** The models the server has loaded, sorted by name. */
   public List<ModelInfo> listModels() {
-    return call(stub -> stub.listModels(ListModelsRequest.getDefaultInstance()).getModelsList());
+    return listing().getModelsList();
   }
 
   /**
@@ -187,11 +187,13 @@ public final class TmsClient implements AutoCloseable {
    * message; empty when all loaded). Their calls fail FAILED_PRECONDITION, reason MODEL_NOT_LOADED.
    */
   public Map<String, String> failedModels() {
-    ListModelsResponse listed =
-        call(stub -> stub.listModels(ListModelsRequest.getDefaultInstance()));
     Map<String, String> failed = new TreeMap<>();
-    listed.getFailedList().forEach(model -> failed.put(model.getName(), model.getReason()));
+    listing().getFailedList().forEach(model -> failed.put(model.getName(), model.getReason()));
     return failed;
+  }
+
+  private ListModelsResponse listing() {
+    return call(stub -> stub.listModels(ListModelsRequest.getDefaultInstance()));
   }
 
   /** One model's description; NOT_FOUND when the server has no such model. */
