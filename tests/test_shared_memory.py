@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import os
 import pwd
+import re
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -745,6 +747,28 @@ def test_a_server_restart_leaves_nothing(models):
 
 
 # -- the client's parts ---------------------------------------------------------------------------
+
+
+def test_a_region_is_private_to_its_user_and_its_name_unguessable():
+    old_umask = os.umask(0)  # even with no umask, nobody else may read or write it
+    try:
+        regions = [client_shm.Region(1 << 20) for _ in range(2)]
+    finally:
+        os.umask(old_umask)
+    try:
+        for region in regions:
+            status = (SHM / region.name.lstrip("/")).stat()
+            assert stat.S_IMODE(status.st_mode) == 0o600
+            assert status.st_uid == os.getuid()
+            assert re.fullmatch(r"/tms-[0-9a-f]{32}", region.name)  # 128 random bits
+            assert status.st_size == region.size  # never read beyond: the worker checks it
+            assert bytes(region.view[:32]) == region.proof  # what the worker must find there
+        assert regions[0].name != regions[1].name
+        assert regions[0].proof != regions[1].proof
+    finally:
+        for region in regions:
+            region.unlink()
+            region.close()
 
 
 def test_a_lender_reuses_grows_and_bounds_its_regions(monkeypatch):
