@@ -10,7 +10,7 @@ from typing import Any
 from tms_cli.connection import Options, check_model, connect, server_health
 from tms_cli.errors import CliError
 from tms_cli.outputs import print_json, print_table, readable_json, to_json
-from tms_client import ModelClient, ModelInfo, UnauthenticatedError, WorkerInfo
+from tms_client import ModelClient, ModelInfo, RoundRobin, UnauthenticatedError, WorkerInfo
 
 __all__ = ["list_models", "show_health", "show_model", "show_workers", "worker_json"]
 
@@ -110,9 +110,10 @@ def show_workers(options: Options, args: SimpleNamespace) -> int:
     their load.
 
     Each worker is asked once (a ListModels call) for its load: the calls it is running
-    besides that one, and those waiting for one of its threads.
+    besides that one, and those waiting for one of its threads. RoundRobin sends those calls
+    to each worker in turn (LeastLoaded may send them all to the one that answers fastest).
     """
-    with connect(options) as client:
+    with connect(options, balancer=RoundRobin()) as client:
         workers = _probe_each(client)
     rows = [worker_json(w) for w in workers]
     if options.json:
@@ -138,7 +139,7 @@ def show_workers(options: Options, args: SimpleNamespace) -> int:
 
 def _probe_each(client: ModelClient) -> list[WorkerInfo]:
     """The client's workers after each has answered at least one call (a bounded number of
-    tries: the balancer, not this function, picks where calls go)."""
+    tries, for a worker that fails its call: the client retries it on another)."""
     workers = client.workers()
     for _ in range(3 * len(workers)):
         if all(w.calls for w in workers):
