@@ -19,7 +19,6 @@ from tms_client import (
     AdminClient,
     ModelClient,
     RetryPolicy,
-    RoundRobin,
     TMSError,
     UnavailableError,
 )
@@ -133,28 +132,31 @@ def test_calls_get_around_a_stopped_worker_which_is_replaced(server_process, mod
         assert victim not in answers
 
 
+class Pinned:
+    """A balancer that sends every call to the worker with ``pid`` while it is known."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def pick(self, workers):
+        return next((w for w in workers if w.pid == self.pid), workers[0])
+
+
 def test_a_call_held_by_a_stopped_worker_ends_unavailable_when_it_is_killed(server_process, models):
     """What the client's default retry relies on: the connection of a killed worker fails
     its calls with UNAVAILABLE, which the client tries again on another worker."""
     assert RetryPolicy().retries(grpc.StatusCode.UNAVAILABLE)
     server = server_process(models, workers=2, args=WORKER_TIMEOUT)
+    victim = Pinned(0)
     with ModelClient(
-        "whoami",
-        server.target,
-        timeout=CALL_TIMEOUT,
-        balancer=RoundRobin(),  # every other call goes to the stopped worker
-        retry=RetryPolicy.never(),
+        "whoami", server.target, timeout=CALL_TIMEOUT, balancer=victim, retry=RetryPolicy.never()
     ) as client:
-        victim = client.workers()[0].pid
-        with stopped(victim), pytest.raises(UnavailableError):
-            call_each_worker(client)  # the call that reaches the victim waits for its end
-        assert_replaced(server, client, victim)
-
-
-def call_each_worker(client: ModelClient) -> None:
-    """One call per worker, as a round-robin client sends them."""
-    for _ in client.workers():
-        client.run_text("who")
+        assert wait_for(lambda: len(client.workers()) == 2, 10), client.workers()
+        victim.pid = client.workers()[0].pid
+        assert client.run_text("who")["pid"] == victim.pid
+        with stopped(victim.pid), pytest.raises(UnavailableError):
+            client.run_text("who")  # waits for the end of the worker it reached
+        assert_replaced(server, client, victim.pid)
 
 
 def test_a_worker_reloading_a_slow_model_is_not_killed(server_process, tmp_path):
