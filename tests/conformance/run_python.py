@@ -108,6 +108,8 @@ def run(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
 def outcome(target: str, vector: dict[str, Any]) -> dict[str, Any]:
     try:
         with ModelClient(vector.get("model", ""), target, timeout=30) as client:
+            for _ in range(vector.get("repeat", 1) - 1):
+                run(client, vector)  # a failure ends the vector with its outcome
             return run(client, vector)
     except CallError as error:
         failed: dict[str, Any] = {"code": error.code.name, "reason": error.reason or ""}

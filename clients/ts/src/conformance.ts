@@ -32,6 +32,7 @@ interface Vector {
   images?: ImageSpec[];
   texts?: string[];
   args?: Args;
+  repeat?: number;
 }
 
 type ImageSpec = { generate: { dtype: string; shape: number[] }; color_order: string } | { file: string };
@@ -115,6 +116,7 @@ async function run(client: ModelClient, vector: Vector, folder: string): Promise
 async function outcome(target: string, vector: Vector, folder: string): Promise<unknown> {
   const client = new ModelClient(vector.model ?? "", target, { timeoutMs: 30_000 });
   try {
+    for (let i = 1; i < (vector.repeat ?? 1); i++) await run(client, vector, folder); // a failure ends the vector
     return await run(client, vector, folder);
   } catch (error) {
     if (!(error instanceof TmsError)) throw error;

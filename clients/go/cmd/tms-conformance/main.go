@@ -39,6 +39,7 @@ type vector struct {
 	Images []imageSpec     `json:"images"`
 	Texts  []string        `json:"texts"`
 	Args   json.RawMessage `json:"args"`
+	Repeat int             `json:"repeat"` // calls to make (0: one); a failure ends the vector
 }
 
 // imageSpec is raw pixels made by the README's formula, or a PNG/JPEG file beside the vectors.
@@ -83,9 +84,12 @@ func main() {
 	for _, v := range file.Vectors {
 		result := failure(dialErr)
 		if dialErr == nil {
-			result, err = run(ctx, c, dir, v)
-			if err != nil {
-				result = failure(err)
+			var callErr error
+			for i := 0; i < max(v.Repeat, 1) && callErr == nil; i++ {
+				result, callErr = run(ctx, c, dir, v)
+			}
+			if callErr != nil {
+				result = failure(callErr)
 			}
 		}
 		if err := out.Encode(map[string]any{"name": v.Name, "outcome": result}); err != nil {

@@ -116,7 +116,7 @@ public final class TmsClient implements AutoCloseable {
             .setImage(image)
             .setArgsJson(orEmpty(argsJson))
             .build();
-    return call(stub -> stub.runImage(request).getResultJson());
+    return call(model, stub -> stub.runImage(request).getResultJson());
   }
 
   /**
@@ -130,7 +130,7 @@ public final class TmsClient implements AutoCloseable {
             .addAllImages(images)
             .setArgsJson(orEmpty(argsJson))
             .build();
-    return call(stub -> stub.runImageBatch(request).getResultsJsonList());
+    return call(model, stub -> stub.runImageBatch(request).getResultsJsonList());
   }
 
   /** What an image-to-image model returned: its images, and its JSON result ("null": none). */
@@ -148,7 +148,7 @@ public final class TmsClient implements AutoCloseable {
             .addAllImages(images)
             .setArgsJson(orEmpty(argsJson))
             .build();
-    RunImageToImageResponse response = call(stub -> stub.runImageToImage(request));
+    RunImageToImageResponse response = call(model, stub -> stub.runImageToImage(request));
     return new ImageToImage(response.getImagesList(), response.getResultJson());
   }
 
@@ -160,7 +160,7 @@ public final class TmsClient implements AutoCloseable {
             .setText(text)
             .setArgsJson(orEmpty(argsJson))
             .build();
-    return call(stub -> stub.runText(request).getResultJson());
+    return call(model, stub -> stub.runText(request).getResultJson());
   }
 
   /**
@@ -174,7 +174,7 @@ public final class TmsClient implements AutoCloseable {
             .addAllTexts(texts)
             .setArgsJson(orEmpty(argsJson))
             .build();
-    return call(stub -> stub.runTextBatch(request).getResultsJsonList());
+    return call(model, stub -> stub.runTextBatch(request).getResultsJsonList());
   }
 
   /** The models the server has loaded, sorted by name. */
@@ -193,13 +193,13 @@ public final class TmsClient implements AutoCloseable {
   }
 
   private ListModelsResponse listing() {
-    return call(stub -> stub.listModels(ListModelsRequest.getDefaultInstance()));
+    return call("", stub -> stub.listModels(ListModelsRequest.getDefaultInstance()));
   }
 
   /** One model's description; NOT_FOUND when the server has no such model. */
   public ModelInfo getModelInfo(String model) {
     GetModelInfoRequest request = GetModelInfoRequest.newBuilder().setModel(model).build();
-    return call(stub -> stub.getModelInfo(request).getInfo());
+    return call(model, stub -> stub.getModelInfo(request).getInfo());
   }
 
   /** The worker processes this client holds a connection to, now. */
@@ -207,11 +207,12 @@ public final class TmsClient implements AutoCloseable {
     return pool.workers();
   }
 
-  private <T> T call(Function<ModelServiceBlockingStub, T> rpc) {
+  /** Make {@code rpc} on a worker that serves {@code model}, retried as the class says. */
+  private <T> T call(String model, Function<ModelServiceBlockingStub, T> rpc) {
     Deadline deadline = Deadline.after(options.timeout.toNanos(), TimeUnit.NANOSECONDS);
     TmsException last = null;
     for (int attempt = 0; attempt < options.attempts; attempt++) {
-      WorkerPool.Member member = pool.pick(deadline);
+      WorkerPool.Member member = pool.pick(deadline, model);
       try {
         return rpc.apply(member.stub().withDeadline(deadline));
       } catch (StatusRuntimeException error) {

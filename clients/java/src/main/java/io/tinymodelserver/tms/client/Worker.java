@@ -23,6 +23,11 @@ public record Worker(
         info.getModelsList());
   }
 
+  /** Whether this worker serves {@code model} ("" or an empty model list: any model). */
+  public boolean has(String model) {
+    return model.isEmpty() || models.isEmpty() || models.contains(model);
+  }
+
   /** {@code <instance id>/<pid>}, as the server's {@code tms-worker} trailer names it. */
   public String key() {
     return instanceId + "/" + pid;

@@ -22,8 +22,8 @@ import java.util.function.Supplier;
  * channels and asks each {@code GetWorkerInfo} until it holds one per worker process, within 4 x
  * workers + 4 attempts; a channel that lands on a worker already held is closed. A worker whose
  * connection leaves READY (the process died, the server closed it) is dropped at once, since
- * letting its channel reconnect would put it on whichever worker the kernel picks. Calls go to the
- * workers in turn (round-robin).
+ * letting its channel reconnect would put it on whichever worker the kernel picks. Calls go in
+ * turn (round-robin) to the workers that serve the call's model.
  */
 final class WorkerPool implements AutoCloseable {
   /** A worker and the channel that reaches it. */
@@ -42,8 +42,12 @@ final class WorkerPool implements AutoCloseable {
     this.connectTimeout = connectTimeout;
   }
 
-  /** The next worker in turn, discovering workers first when none is held. */
-  Member pick(Deadline deadline) {
+  /**
+   * The next worker in turn of those that serve {@code model} (a model placed on some workers only
+   * is called there; when none has it, any worker answers that it has no such model), discovering
+   * workers first when none is held.
+   */
+  Member pick(Deadline deadline, String model) {
     List<Member> now = members;
     if (now.isEmpty()) {
       discover(deadline, false);
@@ -52,7 +56,9 @@ final class WorkerPool implements AutoCloseable {
         throw new TmsException(Status.Code.UNAVAILABLE, "no worker of the server answered", null);
       }
     }
-    return now.get((int) Math.floorMod(turn.getAndIncrement(), (long) now.size()));
+    List<Member> having = now.stream().filter(member -> member.worker().has(model)).toList();
+    List<Member> from = having.isEmpty() ? now : having;
+    return from.get((int) Math.floorMod(turn.getAndIncrement(), (long) from.size()));
   }
 
   /** Whether some worker the server reported is not held (a restarted one, say). */
