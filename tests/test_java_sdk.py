@@ -1,6 +1,7 @@
 """The Java client (clients/java, built with Maven) against a real three-worker server: one
-client reaches every worker process, loses no call when a worker is killed, lists the server's
-models; and codegen/generate.py's drift check covers its generated stubs. Runs the client's
+client reaches every worker process, loses no call when a worker is killed, keeps its calls
+away from a worker another client holds busy (least-loaded, from the load reports), lists the
+server's models; and codegen/generate.py's drift check covers its generated stubs. Runs the client's
 example command, io.tinymodelserver.tms.client.Example, its conformance runner
 (io.tinymodelserver.tms.client.Conformance, in src/test/java: tests/conformance/README.md) and the
 main README's Java snippet."""
@@ -14,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,22 @@ MODELS = {
 
             def run(self, image, args):
                 time.sleep(0.01)
+                return {"pid": os.getpid()}
+    """,
+    "held": """
+        import os, pathlib, time, uuid
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):  # holds its thread until the test opens the gate
+                gate = pathlib.Path(args["gate"])
+                (gate.parent / f"started-{uuid.uuid4().hex}").write_text(str(os.getpid()))
+                for _ in range(3000):
+                    if gate.exists():
+                        break
+                    time.sleep(0.02)
                 return {"pid": os.getpid()}
     """,
 }
@@ -132,12 +150,62 @@ def test_a_killed_worker_costs_no_call(server_process: Start, models, example):
     assert set(answer["pids"]) & (after - before), "the restarted worker was found and called"
 
 
+class Lowest:
+    """A balancer that sends every call to the worker with the lowest pid."""
+
+    def pick(self, workers):
+        return min(workers, key=lambda w: w.pid)
+
+
+def test_least_loaded_reads_the_load_other_clients_put_on_a_worker(
+    server_process: Start, models, example, tmp_path
+):
+    """Another client holds three calls on one worker: the Java client's least-loaded balancer
+    learns it from the load report in that worker's answers and sends its calls to the other
+    worker; round-robin sends it every second call."""
+    server = server_process(models, workers=2)
+    gate = tmp_path / "gate"
+    tiny = np.zeros((2, 2, 3), np.uint8)
+    with ModelClient("held", server.target, timeout=60, balancer=Lowest()) as holder:
+        assert wait_for(lambda: len(holder.workers()) == 2, 30)
+        held = min(w.pid for w in holder.workers())
+        callers = [
+            threading.Thread(target=holder.run_image, args=(tiny, {"gate": str(gate)}))
+            for _ in range(3)
+        ]
+        try:
+            for caller in callers:
+                caller.start()
+            assert wait_for(lambda: len(list(tmp_path.glob("started-*"))) == 3, 30)
+            assert {int(p.read_text()) for p in tmp_path.glob("started-*")} == {held}
+            by_balancer = {
+                name: load(
+                    example, server.target, "--calls", "40", "--threads", "1", "--balancer", name
+                )
+                for name in ("least-loaded", "round-robin")
+            }
+        finally:
+            gate.touch()
+            for caller in callers:
+                caller.join(30)
+    for answer in by_balancer.values():
+        assert answer["failures"] == []
+        assert answer["calls"] == 40
+    least, robin = (
+        {int(pid): n for pid, n in by_balancer[name]["calls_by_pid"].items()}
+        for name in ("least-loaded", "round-robin")
+    )
+    assert robin[held] == 20
+    # A report is trusted for a second; between reports a call may go there to learn anew.
+    assert least.get(held, 0) <= 8, least
+
+
 def test_list_models_matches_the_server(server_process: Start, models, example):
     server = three_workers(server_process, models)
     listed = run([*example, server.target, "models"], cwd=ROOT, timeout=120).split()
     with ModelClient("whoami", server.target) as client:
         assert listed == [info.name for info in client.list_models()]
-    assert listed == ["whoami"]
+    assert listed == ["held", "whoami"]
 
 
 def test_drift_check_covers_the_java_stubs(tmp_path):

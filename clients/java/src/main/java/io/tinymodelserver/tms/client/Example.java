@@ -9,7 +9,9 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
-import java.util.Set;
+import java.util.Map;
+import java.util.StringJoiner;
+import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -20,16 +22,18 @@ import java.util.regex.Pattern;
  * An example command, also what tests/test_java_sdk.py drives:
  *
  * <pre>
- * java -cp ... io.tinymodelserver.tms.client.Example [--token T] [--attempts N] TARGET models
- * java -cp ... io.tinymodelserver.tms.client.Example [--token T] [--attempts N] TARGET load MODEL
+ * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET models
+ * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET load MODEL
  *     [--threads N] [--calls N | --seconds S]
+ * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin]
  * </pre>
  *
  * {@code models} prints the model names, one a line. {@code load} sends a 2x2 BGR image to MODEL
  * from N threads and prints one JSON line: calls, failures (each "CODE REASON: details"), the pids
- * the results name (the model's {@code "pid"}) and the workers held at the start; it writes "calls
- * flowing" to stderr once every thread has had an answer. {@code --attempts} is the client's
- * attempts per call (default 5).
+ * the results name (the model's {@code "pid"}) and how many calls each answered, and the workers
+ * held at the start; it writes "calls flowing" to stderr once every thread has had an answer.
+ * {@code --attempts} is the client's attempts per call (default 5), {@code --balancer} its
+ * balancer (default least-loaded).
  */
 public final class Example {
   private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d+)");
@@ -40,17 +44,26 @@ public final class Example {
     List<String> rest = new ArrayList<>(List.of(args));
     String token = option(rest, "--token", null);
     int attempts = Integer.parseInt(option(rest, "--attempts", "5"));
+    String balancer = option(rest, "--balancer", "least-loaded");
     int threads = Integer.parseInt(option(rest, "--threads", "4"));
     int calls = Integer.parseInt(option(rest, "--calls", "0"));
     double seconds = Double.parseDouble(option(rest, "--seconds", "0"));
     if (rest.size() < 2) {
       System.err.println(
-          "usage: Example [--token T] [--attempts N] TARGET models"
+          "usage: Example [--token T] [--attempts N] [--balancer B] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]");
       System.exit(2);
     }
     TmsClient.Builder builder =
-        TmsClient.builder(rest.get(0)).timeout(Duration.ofSeconds(20)).attempts(attempts);
+        TmsClient.builder(rest.get(0))
+            .timeout(Duration.ofSeconds(20))
+            .attempts(attempts)
+            .balancer(
+                switch (balancer) {
+                  case "least-loaded" -> Balancer.leastLoaded();
+                  case "round-robin" -> Balancer.roundRobin();
+                  default -> throw new IllegalArgumentException("unknown balancer " + balancer);
+                });
     if (token != null) {
       builder.token(token);
     }
@@ -80,7 +93,7 @@ public final class Example {
     long end = System.nanoTime() + (long) (seconds * 1e9);
     AtomicInteger started = new AtomicInteger();
     AtomicInteger done = new AtomicInteger();
-    Set<Long> pids = ConcurrentHashMap.newKeySet();
+    Map<Long, Integer> pids = new ConcurrentHashMap<>();
     List<String> failures = Collections.synchronizedList(new ArrayList<>());
     List<Thread> running = new ArrayList<>();
     for (int i = 0; i < threads; i++) {
@@ -91,7 +104,7 @@ public final class Example {
                   try {
                     Matcher pid = PID.matcher(client.runImage(model, image, "{}"));
                     if (pid.find()) {
-                      pids.add(Long.parseLong(pid.group(1)));
+                      pids.merge(Long.parseLong(pid.group(1)), 1, Integer::sum);
                     }
                     done.incrementAndGet();
                   } catch (TmsException error) {
@@ -111,7 +124,10 @@ public final class Example {
     }
     StringBuilder json = new StringBuilder("{\"calls\": ").append(done.get());
     json.append(", \"workers\": ").append(workersAtStart).append(", \"pids\": ");
-    json.append(new TreeSet<>(pids)).append(", \"failures\": [");
+    StringJoiner byPid = new StringJoiner(", ", "{", "}");
+    new TreeMap<>(pids).forEach((pid, n) -> byPid.add("\"" + pid + "\": " + n));
+    json.append(new TreeSet<>(pids.keySet())).append(", \"calls_by_pid\": ").append(byPid);
+    json.append(", \"failures\": [");
     synchronized (failures) {
       for (int i = 0; i < failures.size(); i++) {
         json.append(i == 0 ? "" : ", ").append(quote(failures.get(i)));

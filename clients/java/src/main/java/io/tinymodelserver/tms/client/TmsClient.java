@@ -46,9 +46,11 @@ import java.util.logging.Logger;
  * }</pre>
  *
  * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server) and finds
- * the workers. Each call has a deadline ({@link Builder#timeout}), retries included; a call that
- * fails with UNAVAILABLE or CANCELLED (its worker went away, or a stopping server cancelled it), or
- * because its connection broke under it, is retried on another worker, and that worker is dropped.
+ * the workers. Each call goes to a worker that serves its model, the one the {@link Balancer} picks
+ * (least-loaded by default). Each call has a deadline ({@link Builder#timeout}), retries included;
+ * a call that fails with UNAVAILABLE or CANCELLED (its worker went away, or a stopping server
+ * cancelled it), or because its connection broke under it, is retried on another worker, and that
+ * worker is dropped.
  * A call whose error carries a {@code google.rpc.RetryInfo} (QUEUE_FULL: its worker is busy;
  * DRAINING: it is stopping) is retried on another worker after the delay it names, unless the
  * deadline would pass first. A background thread looks for missing workers (a restarted one, say).
@@ -65,7 +67,7 @@ public final class TmsClient implements AutoCloseable {
 
   private TmsClient(Builder options) {
     this.options = options;
-    this.pool = new WorkerPool(this::newChannel, options.connectTimeout);
+    this.pool = new WorkerPool(this::newChannel, options.connectTimeout, options.balancer);
     this.refresher =
         Executors.newSingleThreadScheduledExecutor(
             task -> {
@@ -213,21 +215,26 @@ public final class TmsClient implements AutoCloseable {
     TmsException last = null;
     for (int attempt = 0; attempt < options.attempts; attempt++) {
       WorkerPool.Member member = pool.pick(deadline, model);
+      StatusRuntimeException error;
+      member.begin();
       try {
         return rpc.apply(member.stub().withDeadline(deadline));
-      } catch (StatusRuntimeException error) {
-        last = TmsException.from(error);
-        boolean gone = RETRIED.contains(error.getStatus().getCode()) || connectionLost(error);
-        Optional<Duration> delay = last.retryDelay();
-        if (!(gone || delay.isPresent()) || deadline.isExpired()) {
-          break;
-        }
-        if (gone) {
-          pool.drop(member);
-        }
-        if (delay.isPresent() && !pause(delay.get(), deadline)) {
-          break;
-        }
+      } catch (StatusRuntimeException failed) {
+        error = failed;
+      } finally {
+        member.end();
+      }
+      last = TmsException.from(error);
+      boolean gone = RETRIED.contains(error.getStatus().getCode()) || connectionLost(error);
+      Optional<Duration> delay = last.retryDelay();
+      if (!(gone || delay.isPresent()) || deadline.isExpired()) {
+        break;
+      }
+      if (gone) {
+        pool.drop(member);
+      }
+      if (delay.isPresent() && !pause(delay.get(), deadline)) {
+        break;
       }
     }
     throw last;
@@ -291,6 +298,7 @@ public final class TmsClient implements AutoCloseable {
     private int maxMessageBytes = 64 * 1024 * 1024;
     private String token;
     private ChannelCredentials credentials = InsecureChannelCredentials.create();
+    private Balancer balancer = Balancer.leastLoaded();
 
     private Builder(String target) {
       this.target = Objects.requireNonNull(target, "target");
@@ -329,6 +337,15 @@ public final class TmsClient implements AutoCloseable {
       return this;
     }
 
+    /**
+     * Which worker gets each call (default {@link Balancer#leastLoaded()}; {@link
+     * Balancer#roundRobin()}, or a balancer of your own).
+     */
+    public Builder balancer(Balancer balancer) {
+      this.balancer = Objects.requireNonNull(balancer, "balancer");
+      return this;
+    }
+
     /** Channel credentials, for TLS (default: plaintext). */
     public Builder credentials(ChannelCredentials credentials) {
       this.credentials = Objects.requireNonNull(credentials, "credentials");
@@ -356,6 +373,7 @@ public final class TmsClient implements AutoCloseable {
       copy.maxMessageBytes = maxMessageBytes;
       copy.token = token;
       copy.credentials = credentials;
+      copy.balancer = balancer;
       return copy;
     }
 
@@ -369,7 +387,8 @@ public final class TmsClient implements AutoCloseable {
     @Override
     public String toString() {
       return "target=" + target + ", timeout=" + timeout + ", connectTimeout=" + connectTimeout
-          + ", attempts=" + attempts + ", token=" + (token == null ? "none" : "***");
+          + ", attempts=" + attempts + ", balancer=" + balancer
+          + ", token=" + (token == null ? "none" : "***");
     }
   }
 }

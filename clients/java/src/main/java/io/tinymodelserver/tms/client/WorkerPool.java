@@ -1,8 +1,17 @@
 package io.tinymodelserver.tms.client;
 
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
+import io.grpc.ClientInterceptors;
 import io.grpc.ConnectivityState;
 import io.grpc.Deadline;
+import io.grpc.ForwardingClientCall.SimpleForwardingClientCall;
+import io.grpc.ForwardingClientCallListener.SimpleForwardingClientCallListener;
 import io.grpc.ManagedChannel;
+import io.grpc.Metadata;
+import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.tinymodelserver.tms.v1.GetWorkerInfoRequest;
@@ -11,8 +20,9 @@ import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Supplier;
 
 /**
@@ -22,30 +32,107 @@ import java.util.function.Supplier;
  * channels and asks each {@code GetWorkerInfo} until it holds one per worker process, within 4 x
  * workers + 4 attempts; a channel that lands on a worker already held is closed. A worker whose
  * connection leaves READY (the process died, the server closed it) is dropped at once, since
- * letting its channel reconnect would put it on whichever worker the kernel picks. Calls go in
- * turn (round-robin) to the workers that serve the call's model.
+ * letting its channel reconnect would put it on whichever worker the kernel picks. Each call goes
+ * to the worker the {@link Balancer} picks of those that serve the call's model.
  */
 final class WorkerPool implements AutoCloseable {
-  /** A worker and the channel that reaches it. */
-  record Member(Worker worker, ManagedChannel channel, ModelServiceBlockingStub stub) {}
+  /**
+   * A worker, the channel that reaches it, and its load: this client's calls on it, and the load
+   * report of its last answer (read from the trailers of every call on the channel).
+   */
+  static final class Member implements Balancer.LoadedWorker {
+    private final Worker worker;
+    private final ManagedChannel channel;
+    private final ModelServiceBlockingStub stub;
+    private final AtomicInteger inFlight = new AtomicInteger();
+    private volatile LoadReport load;
+
+    Member(Worker worker, ManagedChannel channel) {
+      this.worker = worker;
+      this.channel = channel;
+      this.stub = ModelServiceGrpc.newBlockingStub(ClientInterceptors.intercept(channel, watch()));
+    }
+
+    @Override
+    public Worker worker() {
+      return worker;
+    }
+
+    @Override
+    public int inFlight() {
+      return inFlight.get();
+    }
+
+    @Override
+    public Optional<LoadReport> load() {
+      return Optional.ofNullable(load);
+    }
+
+    ManagedChannel channel() {
+      return channel;
+    }
+
+    ModelServiceBlockingStub stub() {
+      return stub;
+    }
+
+    /** Count a call on this worker until {@link #end()}. */
+    void begin() {
+      inFlight.incrementAndGet();
+    }
+
+    void end() {
+      inFlight.decrementAndGet();
+    }
+
+    /** An interceptor that keeps the load report in the trailers of each call that ends. */
+    private ClientInterceptor watch() {
+      return new ClientInterceptor() {
+        @Override
+        public <Q, R> ClientCall<Q, R> interceptCall(
+            MethodDescriptor<Q, R> method, CallOptions options, Channel next) {
+          return new SimpleForwardingClientCall<>(next.newCall(method, options)) {
+            @Override
+            public void start(Listener<R> listener, Metadata headers) {
+              super.start(
+                  new SimpleForwardingClientCallListener<>(listener) {
+                    @Override
+                    public void onClose(Status status, Metadata trailers) {
+                      LoadReport.of(trailers, System.nanoTime()).ifPresent(r -> load = r);
+                      super.onClose(status, trailers);
+                    }
+                  },
+                  headers);
+            }
+          };
+        }
+      };
+    }
+
+    @Override
+    public String toString() {
+      return "Member(" + worker.key() + ", in flight " + inFlight + ", load " + load + ")";
+    }
+  }
 
   private final Supplier<ManagedChannel> channels;
   private final Duration connectTimeout;
+  private final Balancer balancer;
   private final Object discovering = new Object();
-  private final AtomicLong turn = new AtomicLong();
   private volatile List<Member> members = List.of();
   private volatile int expected; // worker_count last reported, 0 before any
   private volatile boolean closed;
 
-  WorkerPool(Supplier<ManagedChannel> channels, Duration connectTimeout) {
+  WorkerPool(Supplier<ManagedChannel> channels, Duration connectTimeout, Balancer balancer) {
     this.channels = channels;
     this.connectTimeout = connectTimeout;
+    this.balancer = balancer;
   }
 
   /**
-   * The next worker in turn of those that serve {@code model} (a model placed on some workers only
-   * is called there; when none has it, any worker answers that it has no such model), discovering
-   * workers first when none is held.
+   * The worker the balancer picks of those that serve {@code model} (a model placed on some workers
+   * only is called there; when none has it, any worker answers that it has no such model),
+   * discovering workers first when none is held.
    */
   Member pick(Deadline deadline, String model) {
     List<Member> now = members;
@@ -58,7 +145,7 @@ final class WorkerPool implements AutoCloseable {
     }
     List<Member> having = now.stream().filter(member -> member.worker().has(model)).toList();
     List<Member> from = having.isEmpty() ? now : having;
-    return from.get((int) Math.floorMod(turn.getAndIncrement(), (long) from.size()));
+    return balancer.pick(from);
   }
 
   /** Whether some worker the server reported is not held (a restarted one, say). */
@@ -106,7 +193,7 @@ final class WorkerPool implements AutoCloseable {
           return; // keep the workers held; a later discovery finds the rest
         }
         expected = worker.workerCount();
-        if (!add(new Member(worker, channel, stub))) {
+        if (!add(new Member(worker, channel))) {
           channel.shutdownNow(); // a second connection to a worker already held
         }
       }
