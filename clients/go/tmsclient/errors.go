@@ -104,7 +104,11 @@ func errorOf(method string, err error, attempts int) *Error {
 	if errors.As(err, &already) {
 		return already
 	}
-	st := status.Convert(err)
+	return statusError(method, status.Convert(err), attempts)
+}
+
+// statusError is the *Error of a status: its code and message, and its details decoded.
+func statusError(method string, st *status.Status, attempts int) *Error {
 	e := &Error{
 		Method: method, Code: st.Code(), Message: st.Message(), Details: st.Details(),
 		Attempts: attempts, status: st,

@@ -24,6 +24,7 @@ import {
 import { fromMessage, type Image, type ImageInput, toMessage } from "./images.js";
 import { type PoolCall, WorkerPool } from "./pool.js";
 import { RetryPolicy } from "./retry.js";
+import { exchange, type FrameErrors, type FrameResult, FrameStream } from "./stream.js";
 import { parseTargets } from "./targets.js";
 import type { TlsOptions } from "./transport.js";
 import type { WorkerInfo } from "./workers.js";
@@ -59,6 +60,17 @@ export interface CallOptions {
   timeoutMs?: number | null;
   /** Extra request metadata. */
   metadata?: Record<string, string>;
+}
+
+/** Options of runImageStream. */
+export interface StreamOptions extends CallOptions {
+  /** The whole stream's deadline (default: none; the client's timeoutMs does not apply). */
+  timeoutMs?: number | null;
+  /** Frames sent and not yet answered, at most (4). */
+  window?: number;
+  /** "raise" (the default): a failed frame throws its error and ends the stream; "yield": its
+   * FrameResult carries the error and the stream goes on. */
+  errors?: FrameErrors;
 }
 
 /** A model's arguments: a JSON object. */
@@ -189,6 +201,47 @@ export class ModelClient {
     const reply = await this.send("RunImageToImage", request.finish(), this.model, options);
     const response = RunImageToImageResponse.decode(reply);
     return { images: response.images.map(fromMessage), result: parse(response.resultJson) };
+  }
+
+  /**
+   * Runs the model on a stream of frames (a video) over one RunImageStream call, and yields a
+   * FrameResult for each, in order, as the answers come (`for await (const answer of ...)`).
+   *
+   * The whole stream goes to one worker, whose model may keep state across its frames; `args`
+   * are the stream's. At most `window` frames are in flight: the next frame is taken from
+   * `frames` only when there is room. A frame that fails throws its TmsError and ends the
+   * stream, unless `errors: "yield"`: then its FrameResult carries the error and the stream goes
+   * on. An error of the stream itself (no such model, bad args) is thrown. The stream is not
+   * retried. Stop iterating (break) to end it early: the call is cancelled.
+   */
+  runImageStream(
+    frames: Iterable<ImageInput> | AsyncIterable<ImageInput>,
+    args?: Args,
+    options: StreamOptions = {},
+  ): AsyncGenerator<FrameResult, void, undefined> {
+    const state = new FrameStream(this.model, argsJson(args), options.window ?? 4, options.errors ?? "raise");
+    const timeoutMs = options.timeoutMs ?? null;
+    if (timeoutMs !== null && !(timeoutMs > 0)) throw new RangeError("timeoutMs must be positive (or null: none)");
+    return this.streamFrames(state, frames, { ...this.callOf(options), timeoutMs });
+  }
+
+  private async *streamFrames(
+    state: FrameStream,
+    frames: Iterable<ImageInput> | AsyncIterable<ImageInput>,
+    call: Pick<PoolCall, "timeoutMs" | "signal" | "metadata">,
+  ): AsyncGenerator<FrameResult, void, undefined> {
+    const source = (async function* () {
+      yield* frames;
+    })();
+    try {
+      const first = await source.next();
+      if (first.done) return; // no frames, no call
+      call.signal?.throwIfAborted();
+      const stream = await this.pool.stream({ ...call, path: SERVICE + "RunImageStream", model: this.model });
+      yield* exchange(stream, state, first.value, source, call.signal);
+    } finally {
+      source.return().catch(() => undefined); // the caller's generator closes (after a read in progress)
+    }
   }
 
   /** Runs a text model on one text; its result, parsed from JSON. */

@@ -109,8 +109,21 @@ async function run(client: ModelClient, vector: Vector, folder: string): Promise
       }));
       return { images: outputs, result: answer.result };
     }
+    case "RunImageStream": {
+      const frames = [];
+      for await (const answer of client.runImageStream(images, args, { errors: "yield" })) {
+        frames.push(answer.error === undefined ? { result: answer.result } : errorOutcome(answer.error));
+      }
+      return { frames };
+    }
   }
   throw new TypeError(`unknown call ${JSON.stringify(call)}`);
+}
+
+/** The outcome of a failed call (or of a failed frame of a stream). */
+function errorOutcome(error: TmsError): { error: unknown } {
+  const field_violations = error.fieldViolations.map((violation) => violation.field);
+  return { error: { code: status[error.code], reason: error.reason, field_violations } };
 }
 
 async function outcome(target: string, vector: Vector, folder: string): Promise<unknown> {
@@ -120,8 +133,7 @@ async function outcome(target: string, vector: Vector, folder: string): Promise<
     return await run(client, vector, folder);
   } catch (error) {
     if (!(error instanceof TmsError)) throw error;
-    const field_violations = error.fieldViolations.map((violation) => violation.field);
-    return { error: { code: status[error.code], reason: error.reason, field_violations } };
+    return errorOutcome(error);
   } finally {
     client.close();
   }

@@ -112,6 +112,21 @@ export class TmsError extends Error implements ErrorDetails {
   static from(error: ServiceError): TmsError {
     return new TmsError(error.code, error.details, error.metadata ?? new Metadata());
   }
+
+  /** The TmsError for a serialized google.rpc.Status, as a RunImageStream answer carries a
+   * frame's error: its code, message and details, as a failed call's trailer gives them (its
+   * `metadata` holds that one trailer). A status that cannot be read is UNKNOWN. */
+  static fromStatus(data: Uint8Array): TmsError {
+    const metadata = new Metadata();
+    metadata.set(DETAILS_KEY, Buffer.from(data));
+    try {
+      const { code, message } = Status.decode(data);
+      if (status[code] !== undefined) return new TmsError(code, message, metadata);
+    } catch {
+      // read as UNKNOWN below
+    }
+    return new TmsError(status.UNKNOWN, "an error status that cannot be read");
+  }
 }
 
 /** No TMS server answered at the targets within the connect timeout. */

@@ -21,6 +21,7 @@ export {
   type HealthStatus,
   type ImageToImageResult,
   ModelClient,
+  type StreamOptions,
 } from "./client.js";
 export { ConnectError, type ErrorDetails, errorDetails, type FieldViolation, TmsError } from "./errors.js";
 export { ColorOrder, DType, Encoding } from "./gen/tms/v1/image.js";
@@ -38,5 +39,6 @@ export {
 } from "./images.js";
 export { decodeOrca, type LoadReport, readTrailers } from "./load.js";
 export { RetryPolicy, type RetrySettings } from "./retry.js";
+export type { FrameErrors, FrameResult } from "./stream.js";
 export type { TlsOptions } from "./transport.js";
 export type { WorkerInfo } from "./workers.js";

@@ -21,7 +21,15 @@ import { GetWorkerInfoResponse } from "./gen/tms/v1/model_service.js";
 import { readTrailers } from "./load.js";
 import { Attempts, type RetryPolicy } from "./retry.js";
 import { resolveTargets } from "./targets.js";
-import { type Connection, type Connector, type Reply, type Request, Transport, type TlsOptions } from "./transport.js";
+import {
+  type Connection,
+  type Connector,
+  type Reply,
+  type Request,
+  type Stream,
+  Transport,
+  type TlsOptions,
+} from "./transport.js";
 import { Worker, type WorkerInfo, WorkerSet } from "./workers.js";
 
 const WORKER_INFO = "/tms.v1.ModelService/GetWorkerInfo";
@@ -74,6 +82,26 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, ms);
     signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/** A stream's replies, calling `end` once they end: with the trailers, or with the failure. */
+async function* relay(
+  replies: AsyncIterator<Buffer, Metadata>,
+  end: (trailers?: Metadata, error?: unknown) => void,
+): AsyncGenerator<Buffer, Metadata> {
+  try {
+    for (;;) {
+      const next = await replies.next();
+      if (next.done) {
+        end(next.value);
+        return next.value;
+      }
+      yield next.value;
+    }
+  } catch (error) {
+    end(undefined, error);
+    throw error;
+  }
 }
 
 export class WorkerPool {
@@ -235,8 +263,7 @@ export class WorkerPool {
   async call(call: PoolCall): Promise<Reply> {
     await this.start();
     const attempts = new Attempts(this.settings.retry, call.timeoutMs);
-    const metadata = this.settings.metadata.clone();
-    if (call.metadata !== undefined) metadata.merge(call.metadata);
+    const metadata = this.metadataOf(call);
     for (;;) {
       call.signal?.throwIfAborted();
       try {
@@ -287,15 +314,63 @@ export class WorkerPool {
       return reply;
     } catch (error) {
       worker.recordLatency(performance.now() - started, performance.now());
-      if (error instanceof TmsError) {
-        this.observe(worker, error.metadata);
-        if (error.code === status.UNAVAILABLE) this.drop(worker);
-      }
+      this.failed(worker, error);
       throw error;
     } finally {
-      worker.inFlight -= 1;
-      if (worker.retired && worker.inFlight === 0) worker.channel.close();
+      this.done(worker);
     }
+  }
+
+  /** Open a streaming call on one worker that has `call.model`, picked as for a call (found by
+   * a search when none is known); `call.timeoutMs` bounds the whole stream. It is not retried:
+   * its replies go to the caller as they come, and the model may keep state for it. While it
+   * lasts it counts as one call in flight of its worker; when it ends its trailers are read,
+   * and when it fails UNAVAILABLE the worker is dropped, as after any call. */
+  async stream(call: Omit<PoolCall, "data" | "signal">): Promise<Stream> {
+    await this.start();
+    const attempts = new Attempts(this.settings.retry, call.timeoutMs);
+    attempts.begin();
+    const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model));
+    let open = true;
+    const end = (trailers?: Metadata, error?: unknown): void => {
+      if (!open) return;
+      open = false;
+      if (trailers !== undefined) this.observe(worker, trailers);
+      if (error !== undefined) this.failed(worker, error);
+      this.done(worker);
+    };
+    let stream: Stream;
+    try {
+      const deadline = Number.isFinite(attempts.deadline) ? Date.now() + attempts.remaining() : Infinity;
+      stream = worker.channel.stream({ path: call.path, deadline, metadata: this.metadataOf(call) });
+    } catch (error) {
+      end(undefined, error);
+      throw error;
+    }
+    const cancel = (): void => {
+      stream.cancel();
+      end();
+    };
+    return { write: (data) => stream.write(data), end: () => stream.end(), cancel, replies: relay(stream.replies, end) };
+  }
+
+  private metadataOf(call: Pick<PoolCall, "metadata">): Metadata {
+    const metadata = this.settings.metadata.clone();
+    if (call.metadata !== undefined) metadata.merge(call.metadata);
+    return metadata;
+  }
+
+  /** What a failed call says of its worker: its load, and whether it is gone. */
+  private failed(worker: Worker<Connection>, error: unknown): void {
+    if (!(error instanceof TmsError)) return;
+    this.observe(worker, error.metadata);
+    if (error.code === status.UNAVAILABLE) this.drop(worker);
+  }
+
+  /** A call of `worker` is over: close its channel if it was retired meanwhile. */
+  private done(worker: Worker<Connection>): void {
+    worker.inFlight -= 1;
+    if (worker.retired && worker.inFlight === 0) worker.channel.close();
   }
 
   private observe(worker: Worker<Connection>, trailers: Metadata): void {

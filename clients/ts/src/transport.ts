@@ -13,9 +13,11 @@ import {
   type ChannelCredentials,
   type ChannelOptions,
   Client,
+  type ClientDuplexStream,
   credentials,
   Metadata,
   type ServiceError,
+  status,
   type StatusObject,
 } from "@grpc/grpc-js";
 
@@ -61,9 +63,26 @@ function pem(source: Uint8Array | string | undefined, what: string): Buffer | nu
   }
 }
 
+/** What a streaming call needs: a unary request's settings without its bytes. */
+export type StreamRequest = Pick<Request, "path" | "deadline" | "metadata">;
+
+/** One bidirectional streaming call: messages written as the caller likes, replies read. */
+export interface Stream {
+  /** Send one message (buffered; the caller bounds how many it sends ahead). */
+  write(data: Buffer): void;
+  /** Send no more messages (half-close). */
+  end(): void;
+  /** Cancel the call; replies not yet read then fail CANCELLED. Harmless once it ended. */
+  cancel(): void;
+  /** The replies, in order, then the trailers as the iterator's return value; rejects with a
+   * TmsError (carrying the trailers) when the call fails. */
+  readonly replies: AsyncIterator<Buffer, Metadata>;
+}
+
 /** One connection to one worker: what the pool needs of a channel. */
 export interface Connection {
   unary(request: Request): Promise<Reply>;
+  stream(request: StreamRequest): Stream;
   close(): void;
 }
 
@@ -148,7 +167,51 @@ export class Channel implements Connection {
     });
   }
 
+  /** Open a bidirectional streaming call. */
+  stream(request: StreamRequest): Stream {
+    const options: Partial<CallOptions> = Number.isFinite(request.deadline) ? { deadline: request.deadline } : {};
+    const call = this.client.makeBidiStreamRequest(request.path, identity, identity, request.metadata.clone(), options);
+    return {
+      write: (data) => call.write(data),
+      end: () => call.end(),
+      cancel: () => call.cancel(),
+      replies: replies(call),
+    };
+  }
+
   close(): void {
     this.client.close();
   }
+}
+
+/** The replies of a grpc-js streaming call, then its trailers. Listens at once, so that no
+ * status is missed before the first read; ends once both the status and the last reply came
+ * (grpc-js may emit the status before the replies it still holds). */
+function replies(call: ClientDuplexStream<Buffer, Buffer>): AsyncGenerator<Buffer, Metadata> {
+  const queue: Buffer[] = [];
+  let ended: StatusObject | undefined;
+  let drained = false;
+  let wake = (): void => undefined;
+  call.on("data", (data: Buffer) => {
+    queue.push(data);
+    wake();
+  });
+  call.on("end", () => {
+    drained = true;
+    wake();
+  });
+  call.on("error", () => undefined); // the status says it
+  call.on("status", (end: StatusObject) => {
+    ended = end;
+    wake();
+  });
+  return (async function* () {
+    for (;;) {
+      const data = queue.shift();
+      if (data !== undefined) yield data;
+      else if (ended === undefined || !drained) await new Promise<void>((resolve) => (wake = resolve));
+      else if (ended.code === status.OK) return ended.metadata;
+      else throw new TmsError(ended.code, ended.details, ended.metadata);
+    }
+  })();
 }

@@ -49,6 +49,9 @@ class ScriptedServer implements Connector {
         if (failure !== undefined) throw failure;
         return { data: Buffer.from(String(pid)), trailers };
       },
+      stream: () => {
+        throw new Error("no streams here (see stream.test.ts)");
+      },
       close: () => undefined,
     };
   }
@@ -120,6 +123,7 @@ describe("worker pool", () => {
         reply.trailers.set("tms-worker", "id/99");
         return reply;
       },
+      stream: (request) => original.stream(request),
       close: () => undefined,
     };
     Object.assign(first, { channel: moved });

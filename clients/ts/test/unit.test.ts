@@ -132,6 +132,13 @@ describe("errors", () => {
     const noReason = new TmsError(status.UNAVAILABLE, "x", detailsTrailers(status.UNAVAILABLE, { retryDelayMs: 0 }));
     assert.deepEqual([noReason.reason, noReason.retryDelayMs], ["", 0]);
   });
+  it("are read from a serialized google.rpc.Status, as a stream's frame carries one", () => {
+    const [bytes] = detailsTrailers(status.INVALID_ARGUMENT, { reason: "IMAGE_TOO_LARGE", fields: ["image"] }).get("grpc-status-details-bin");
+    const error = TmsError.fromStatus(bytes as Buffer);
+    assert.deepEqual([error.code, error.details, error.reason], [status.INVALID_ARGUMENT, "m", "IMAGE_TOO_LARGE"]);
+    assert.deepEqual(error.fieldViolations.map((v) => v.field), ["image"]);
+    assert.equal(TmsError.fromStatus(Buffer.from([0x1a, 0xff])).code, status.UNKNOWN);
+  });
 });
 
 describe("retry", () => {

@@ -21,6 +21,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -160,6 +161,19 @@ func run(ctx context.Context, c *tmsclient.Client, dir string, v vector) (outcom
 			})
 		}
 		return outcome{"images": described, "result": parsed(string(answer.Result))}, nil
+	case "RunImageStream":
+		frames := []outcome{}
+		for r, err := range c.RunImageStream(ctx, v.Model, slices.Values(images), args) {
+			if err != nil {
+				return nil, err
+			}
+			if r.Err != nil {
+				frames = append(frames, failure(r.Err))
+			} else {
+				frames = append(frames, outcome{"result": parsed(string(r.Result))})
+			}
+		}
+		return outcome{"frames": frames}, nil
 	case "RunText":
 		result, err := c.RunText(ctx, v.Model, v.Texts[0], args)
 		return outcome{"result": parsed(string(result))}, err

@@ -22,6 +22,7 @@ import io.tinymodelserver.tms.v1.RunTextBatchRequest;
 import io.tinymodelserver.tms.v1.RunTextRequest;
 import java.io.IOException;
 import java.time.Duration;
+import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
@@ -154,6 +155,50 @@ public final class TmsClient implements AutoCloseable {
     return new ImageToImage(response.getImagesList(), response.getResultJson());
   }
 
+  /**
+   * One frame's answer in a {@link #runImageStream} stream: its index ({@code frameId}, 0, 1, ...)
+   * and either the model's JSON result or, when that frame failed alone, its error.
+   */
+  public record FrameResult(long frameId, String resultJson, TmsException error) {}
+
+  /**
+   * Run an image model on a sequence of frames (a video) over one RunImageStream call; returns
+   * their results, one per frame, in order, as they come. {@code argsJson} (may be empty) are the
+   * stream's. At most {@code window} (at least 1) frames are in flight: the next is taken from
+   * {@code frames} only when there is room. The whole stream goes to one worker, whose model may
+   * keep state across its frames, and counts as one call in flight there; it is not retried.
+   * {@code timeout} bounds the whole stream (null: no bound; the client's per-call timeout does not
+   * apply, since a video may run for hours). Close the returned stream to end it early:
+   *
+   * <pre>{@code
+   * try (FrameStream results = client.runImageStream("track", frames, "{}", 4, null)) {
+   *   results.forEachRemaining(result -> show(result.frameId(), result.resultJson()));
+   * }
+   * }</pre>
+   */
+  public FrameStream runImageStream(
+      String model, Iterator<Image> frames, String argsJson, int window, Duration timeout) {
+    if (window < 1) {
+      throw new IllegalArgumentException("window must be at least 1, not " + window);
+    }
+    Deadline found = Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS);
+    Deadline deadline =
+        timeout == null ? null : Deadline.after(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    return new FrameStream(
+        pool,
+        found,
+        deadline,
+        model,
+        Objects.requireNonNull(frames, "frames"),
+        orEmpty(argsJson),
+        window);
+  }
+
+  /** {@link #runImageStream(String, Iterator, String, int, Duration)}: 4 frames, no timeout. */
+  public FrameStream runImageStream(String model, Iterator<Image> frames, String argsJson) {
+    return runImageStream(model, frames, argsJson, 4, null);
+  }
+
   /** Run a text model on one text; returns its JSON result. {@code argsJson} may be empty. */
   public String runText(String model, String text, String argsJson) {
     RunTextRequest request =
@@ -263,7 +308,7 @@ public final class TmsClient implements AutoCloseable {
    * reports a write on a closed Netty channel as UNKNOWN "channel closed"): its cause is a local
    * I/O error, which a status sent by the server never has.
    */
-  private static boolean connectionLost(StatusRuntimeException error) {
+  static boolean connectionLost(StatusRuntimeException error) {
     for (Throwable cause = error.getStatus().getCause(); cause != null; cause = cause.getCause()) {
       if (cause instanceof IOException) {
         return true;

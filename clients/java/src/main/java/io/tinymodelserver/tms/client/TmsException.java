@@ -1,6 +1,7 @@
 package io.tinymodelserver.tms.client;
 
 import com.google.protobuf.Any;
+import com.google.protobuf.ByteString;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.BadRequest;
 import com.google.rpc.ErrorInfo;
@@ -67,10 +68,28 @@ public final class TmsException extends RuntimeException {
   static TmsException from(StatusRuntimeException error) {
     Status status = error.getStatus();
     String details = status.getDescription() == null ? "" : status.getDescription();
+    return of(status.getCode(), details, StatusProto.fromThrowable(error), error);
+  }
+
+  /**
+   * The exception for a serialized {@code google.rpc.Status}, as a RunImageStream answer carries a
+   * frame's error (a status that cannot be read is UNKNOWN).
+   */
+  static TmsException fromStatus(ByteString serialized) {
+    com.google.rpc.Status full;
+    try {
+      full = com.google.rpc.Status.parseFrom(serialized);
+    } catch (InvalidProtocolBufferException malformed) {
+      return new TmsException(Status.Code.UNKNOWN, "an error status that cannot be read", null);
+    }
+    return of(Status.fromCodeValue(full.getCode()).getCode(), full.getMessage(), full, null);
+  }
+
+  private static TmsException of(
+      Status.Code code, String details, com.google.rpc.Status full, Throwable cause) {
     ErrorInfo info = ErrorInfo.getDefaultInstance();
     List<FieldViolation> violations = List.of();
     Duration delay = null;
-    com.google.rpc.Status full = StatusProto.fromThrowable(error);
     for (Any detail : full == null ? List.<Any>of() : full.getDetailsList()) {
       try {
         if (detail.is(ErrorInfo.class)) {
@@ -88,7 +107,7 @@ public final class TmsException extends RuntimeException {
         // a detail that does not parse is left out; the code and description still hold
       }
     }
-    return new TmsException(status.getCode(), details, error, info, violations, delay);
+    return new TmsException(code, details, cause, info, violations, delay);
   }
 
   /** The gRPC status code. */

@@ -17,6 +17,7 @@ import io.grpc.StatusRuntimeException;
 import io.tinymodelserver.tms.v1.GetWorkerInfoRequest;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
+import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceStub;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -44,13 +45,16 @@ final class WorkerPool implements AutoCloseable {
     private final Worker worker;
     private final ManagedChannel channel;
     private final ModelServiceBlockingStub stub;
+    private final ModelServiceStub asyncStub; // for streams
     private final AtomicInteger inFlight = new AtomicInteger();
     private volatile LoadReport load;
 
     Member(Worker worker, ManagedChannel channel) {
       this.worker = worker;
       this.channel = channel;
-      this.stub = ModelServiceGrpc.newBlockingStub(ClientInterceptors.intercept(channel, watch()));
+      Channel watched = ClientInterceptors.intercept(channel, watch());
+      this.stub = ModelServiceGrpc.newBlockingStub(watched);
+      this.asyncStub = ModelServiceGrpc.newStub(watched);
     }
 
     @Override
@@ -74,6 +78,10 @@ final class WorkerPool implements AutoCloseable {
 
     ModelServiceBlockingStub stub() {
       return stub;
+    }
+
+    ModelServiceStub asyncStub() {
+      return asyncStub;
     }
 
     /** Count a call on this worker until {@link #end()}. */

@@ -80,16 +80,21 @@ public final class Conformance {
       }
       return run(vector);
     } catch (TmsException error) {
-      JsonObject failed = new JsonObject();
-      failed.addProperty("code", error.code().name());
-      failed.addProperty("reason", error.reason());
-      JsonArray fields = new JsonArray();
-      error.fieldViolations().forEach(violation -> fields.add(violation.field()));
-      failed.add("field_violations", fields);
       JsonObject outcome = new JsonObject();
-      outcome.add("error", failed);
+      outcome.add("error", error(error));
       return outcome;
     }
+  }
+
+  /** An error as outcomes show it: its code, reason and the fields at fault. */
+  private static JsonObject error(TmsException error) {
+    JsonObject failed = new JsonObject();
+    failed.addProperty("code", error.code().name());
+    failed.addProperty("reason", error.reason());
+    JsonArray fields = new JsonArray();
+    error.fieldViolations().forEach(violation -> fields.add(violation.field()));
+    failed.add("field_violations", fields);
+    return failed;
   }
 
   private JsonObject run(JsonObject vector) throws IOException {
@@ -135,6 +140,23 @@ public final class Conformance {
         answer.images().forEach(image -> described.add(describe(image)));
         outcome.add("images", described);
         outcome.add("result", parse(answer.resultJson()));
+      }
+      case "RunImageStream" -> {
+        JsonArray frames = new JsonArray();
+        try (FrameStream results =
+            client.runImageStream(model, images(vector).iterator(), args)) {
+          results.forEachRemaining(
+              frame -> {
+                JsonObject described = new JsonObject();
+                if (frame.error() == null) {
+                  described.add("result", parse(frame.resultJson()));
+                } else {
+                  described.add("error", error(frame.error()));
+                }
+                frames.add(described);
+              });
+        }
+        outcome.add("frames", frames);
       }
       default -> throw new IllegalArgumentException("unknown call " + call);
     }
