@@ -145,6 +145,7 @@ def test_the_vectors_cover_every_call_and_dtype():
         "RunImage",
         "RunImageBatch",
         "RunImageToImage",
+        "RunImageStream",
         "RunText",
         "RunTextBatch",
     }

@@ -88,6 +88,14 @@ def run(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
         return {"result": client.run_image(images[0], args, color=color)}
     if call == "RunImageBatch":
         return {"results": client.run_images(images, args, color=color)}
+    if call == "RunImageStream":
+        frames = client.run_image_stream(images, args, color=color, errors="yield")
+        return {
+            "frames": [
+                {"result": frame.result} if frame.error is None else failure(frame.error)
+                for frame in frames
+            ]
+        }
     if call == "RunImageToImage":
         answer = client.run_image_to_image(images, args, color=color)
         return {
@@ -112,9 +120,14 @@ def outcome(target: str, vector: dict[str, Any]) -> dict[str, Any]:
                 run(client, vector)  # a failure ends the vector with its outcome
             return run(client, vector)
     except CallError as error:
-        failed: dict[str, Any] = {"code": error.code.name, "reason": error.reason or ""}
-        failed["field_violations"] = [field for field, _ in error.field_violations]
-        return {"error": failed}
+        return failure(error)
+
+
+def failure(error: CallError) -> dict[str, Any]:
+    """The outcome of a call (or a stream's frame) that failed with ``error``."""
+    failed: dict[str, Any] = {"code": error.code.name, "reason": error.reason or ""}
+    failed["field_violations"] = [field for field, _ in error.field_violations]
+    return {"error": failed}
 
 
 def main() -> int:
