@@ -11,11 +11,15 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from tms.v1 import model_service_pb2
 from tms_server import __version__
 from tms_server.servicer import WorkerIdentity
 from tms_server.settings import Settings
@@ -198,3 +202,35 @@ def listening_ports(pid: int) -> set[int]:
                 if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                     ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+@contextlib.contextmanager
+def early_ending_server() -> Iterator[str]:
+    """A stand-in server on loopback (none of TMS's does this), its target: a worker that
+    reads two frames of a stream, answers the first and ends the stream well, so the second
+    frame is lost. A client must fail such a stream (INTERNAL), not end it quietly."""
+    pb = model_service_pb2
+
+    def worker_info(request: bytes, context: grpc.ServicerContext) -> bytes:
+        info = pb.GetWorkerInfoResponse(instance_id="early", pid=1, worker_index=0, worker_count=1)
+        return info.SerializeToString()
+
+    def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        next(requests)
+        next(requests)
+        yield pb.RunImageStreamResponse(frame_id=0, result_json="{}").SerializeToString()
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetWorkerInfo": grpc.unary_unary_rpc_method_handler(worker_info),
+        "RunImageStream": grpc.stream_stream_rpc_method_handler(stream),
+    }
+    fake = grpc.server(ThreadPoolExecutor(4))
+    fake.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("tms.v1.ModelService", handlers),)
+    )
+    port = fake.add_insecure_port("127.0.0.1:0")
+    fake.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        fake.stop(None)

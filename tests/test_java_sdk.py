@@ -25,7 +25,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import EXAMPLE_MODELS, ROOT, ServerProcess, wait_for, write_models
+from tests.support import (
+    EXAMPLE_MODELS,
+    ROOT,
+    ServerProcess,
+    early_ending_server,
+    wait_for,
+    write_models,
+)
 from tests.toolchains import JAVA_PROJECT, build_java_client, run
 from tms_client import ModelClient
 
@@ -198,6 +205,36 @@ def test_least_loaded_reads_the_load_other_clients_put_on_a_worker(
     assert robin[held] == 20
     # A report is trusted for a second; between reports a call may go there to learn anew.
     assert least.get(held, 0) <= 8, least
+
+
+def stream(example: list[str], target: str, model: str, frames: int) -> dict[str, Any]:
+    result = run(
+        [*example, target, "stream", model, "--frames", str(frames)], cwd=ROOT, timeout=120
+    )
+    answer: dict[str, Any] = json.loads(result)
+    return answer
+
+
+def test_a_stream_answers_every_frame_in_order(server_process: Start, models, example):
+    server = server_process(models, workers=2)
+    assert stream(example, server.target, "whoami", 30) == {
+        "answered": 30,
+        "failed": [],
+        "failure": None,
+    }
+    missing = stream(example, server.target, "nope", 3)
+    assert missing["answered"] == 0
+    assert missing["failure"].startswith("NOT_FOUND: ")
+
+
+def test_a_stream_ended_with_a_frame_unanswered_fails_internal(example):
+    with early_ending_server() as target:
+        answer = stream(example, target, "any", 2)
+    assert answer == {
+        "answered": 1,
+        "failed": [],
+        "failure": "INTERNAL: the stream ended before frame 1 was answered",
+    }
 
 
 def test_list_models_matches_the_server(server_process: Start, models, example):

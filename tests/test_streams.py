@@ -15,10 +15,17 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from tests.support import InProcessServer, ServerProcess, wait_for, write_models
+from tests.support import (
+    InProcessServer,
+    ServerProcess,
+    early_ending_server,
+    wait_for,
+    write_models,
+)
 from tms.v1 import model_service_pb2
 from tms_client import (
     AsyncModelClient,
+    CallError,
     ClientOptions,
     FrameResult,
     InvalidInputError,
@@ -351,3 +358,28 @@ def test_the_asyncio_client_streams_too(server: InProcessServer, tmp_path: Path)
     assert [r.frame_id for r in from_sync] == [0, 1, 2]
     assert isinstance(from_sync[2].error, InvalidInputError)
     assert (tmp_path / "closed-aio").read_text() == "10"
+
+
+@pytest.fixture
+def early_ender() -> Iterator[str]:
+    with early_ending_server() as target:
+        yield target
+
+
+def test_a_stream_ended_with_a_frame_unanswered_fails_internal(early_ender: str) -> None:
+    frames = [frame(0), frame(1)]
+    with ModelClient("any", early_ender, shared_memory=False) as client:
+        answers = client.run_image_stream(frames)
+        assert next(answers).frame_id == 0
+        with pytest.raises(CallError, match="ended before frame 1 was answered") as raised:
+            next(answers)
+        assert raised.value.code == grpc.StatusCode.INTERNAL
+
+    async def main() -> None:
+        async with AsyncModelClient("any", early_ender, shared_memory=False) as client:
+            answers = client.run_image_stream(frames)
+            assert (await anext(answers)).frame_id == 0
+            with pytest.raises(CallError, match="ended before frame 1 was answered"):
+                await anext(answers)
+
+    asyncio.run(main())

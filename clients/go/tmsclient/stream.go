@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"sync/atomic"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -97,16 +98,21 @@ func (c *Client) stream(ctx context.Context, model, argsJSON string, frames iter
 		return c.streamFailed(w, nil, err)
 	}
 	room := make(chan struct{}, window) // a token per frame sent and not yet answered
-	sent := make(chan struct{})
+	var sent atomic.Int64               // frames sent
+	done := make(chan struct{})
 	go func() {
-		defer close(sent)
-		sendFrames(ctx, call, model, argsJSON, frames, room)
+		defer close(done)
+		sendFrames(ctx, call, model, argsJSON, frames, room, &sent)
 	}()
-	defer func() { stop(); <-sent }()
+	defer func() { stop(); <-done }()
 	for next := 0; ; next++ {
 		resp, err := call.Recv()
 		if err == io.EOF {
 			c.observe(w, call.Trailer())
+			if int64(next) < sent.Load() { // none of TMS's servers ends so; a frame would be lost
+				return errorOf(streamMethod, status.Errorf(codes.Internal,
+					"the stream ended before frame %d was answered", next), 1)
+			}
 			return nil
 		}
 		if err != nil {
@@ -142,7 +148,7 @@ func (c *Client) streamFailed(w *Worker, call tmsv1.ModelService_RunImageStreamC
 // and carrying the stream's args, then closes the sending side. It stops when ctx is done or
 // a send fails (Recv then returns why).
 func sendFrames(ctx context.Context, call tmsv1.ModelService_RunImageStreamClient, model, argsJSON string,
-	frames iter.Seq[Image], room chan<- struct{}) {
+	frames iter.Seq[Image], room chan<- struct{}, sent *atomic.Int64) {
 	id := uint64(0)
 	for img := range frames {
 		select {
@@ -157,6 +163,7 @@ func sendFrames(ctx context.Context, call tmsv1.ModelService_RunImageStreamClien
 		if call.Send(req) != nil {
 			return
 		}
+		sent.Add(1)
 		id++
 	}
 	_ = call.CloseSend()

@@ -211,6 +211,33 @@ func TestAFrameAnsweredOutOfOrderFailsTheStream(t *testing.T) {
 	}
 }
 
+func TestAStreamEndedWithAFrameUnansweredFailsInternal(t *testing.T) {
+	serve := func(s frameStream) error { // reads two frames, answers one, ends well
+		for range 2 {
+			if _, err := s.Recv(); err != nil {
+				return err
+			}
+		}
+		return s.Send(&tmsv1.RunImageStreamResponse{FrameId: 0, ResultJson: "{}"})
+	}
+	c := serveFake(t, &streamWorker{serve: serve})
+	var got []string
+	for r, err := range c.RunImageStream(context.Background(), "m", grayFrames(2), nil) {
+		var e *Error
+		switch {
+		case err == nil:
+			got = append(got, fmt.Sprint(r.FrameID))
+		case errors.As(err, &e) && e.Code == codes.Internal && strings.Contains(e.Message, "before frame 1"):
+			got = append(got, "internal")
+		default:
+			t.Fatalf("got %v", err)
+		}
+	}
+	if strings.Join(got, " ") != "0 internal" {
+		t.Fatalf("got %v", got)
+	}
+}
+
 func TestAStreamFailedAsAWholeEndsWithItsError(t *testing.T) {
 	serve := func(frameStream) error { return detailed(codes.NotFound, ReasonModelNotFound) }
 	c := serveFake(t, &streamWorker{serve: serve})

@@ -125,6 +125,7 @@ class AsyncModelClient(calls.AsyncioClient):
                 finally:
                     stream.ended = True
                     room.set()
+        stream.finished()
 
     async def list_models(self) -> list[ModelInfo]:
         """See ModelClient.list_models."""

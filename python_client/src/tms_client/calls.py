@@ -407,6 +407,14 @@ class FrameStream:
             raise error
         return FrameResult(expected, None, error)
 
+    def finished(self) -> None:
+        """The server ended the stream well: INTERNAL if it left a frame sent unanswered."""
+        if self.answered < self.sent:
+            raise CallError(
+                grpc.StatusCode.INTERNAL,
+                f"the stream ended before frame {self.answered} was answered",
+            )
+
 
 def run_image_stream(
     model: str,

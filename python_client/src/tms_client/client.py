@@ -132,6 +132,7 @@ class ModelClient(calls.ThreadClient):
                         room.notify()
         if failed:
             raise failed[0]
+        stream.finished()
 
     def list_models(self) -> list[ModelInfo]:
         """Every model the server has loaded."""

@@ -25,6 +25,7 @@ import java.util.regex.Pattern;
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET models
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET load MODEL
  *     [--threads N] [--calls N | --seconds S]
+ * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET stream MODEL [--frames N]
  * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin]
  * </pre>
  *
@@ -32,8 +33,10 @@ import java.util.regex.Pattern;
  * from N threads and prints one JSON line: calls, failures (each "CODE REASON: details"), the pids
  * the results name (the model's {@code "pid"}) and how many calls each answered, and the workers
  * held at the start; it writes "calls flowing" to stderr once every thread has had an answer.
- * {@code --attempts} is the client's attempts per call (default 5), {@code --balancer} its
- * balancer (default least-loaded).
+ * {@code stream} sends N 2x2 BGR frames (default 10) to MODEL over one stream and prints one
+ * JSON line: the frames answered, the ids of those that failed alone, and the stream's failure
+ * ("CODE: details", or null). {@code --attempts} is the client's attempts per call (default 5),
+ * {@code --balancer} its balancer (default least-loaded).
  */
 public final class Example {
   private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d+)");
@@ -48,10 +51,12 @@ public final class Example {
     int threads = Integer.parseInt(option(rest, "--threads", "4"));
     int calls = Integer.parseInt(option(rest, "--calls", "0"));
     double seconds = Double.parseDouble(option(rest, "--seconds", "0"));
+    int frames = Integer.parseInt(option(rest, "--frames", "10"));
     if (rest.size() < 2) {
       System.err.println(
           "usage: Example [--token T] [--attempts N] [--balancer B] TARGET models"
-              + " | load MODEL [--threads N] [--calls N | --seconds S]");
+              + " | load MODEL [--threads N] [--calls N | --seconds S]"
+              + " | stream MODEL [--frames N]");
       System.exit(2);
     }
     TmsClient.Builder builder =
@@ -72,6 +77,7 @@ public final class Example {
         case "models" ->
             client.listModels().stream().map(ModelInfo::getName).forEach(System.out::println);
         case "load" -> load(client, rest.get(2), threads, calls, seconds);
+        case "stream" -> stream(client, rest.get(2), frames);
         default -> throw new IllegalArgumentException("unknown command " + rest.get(1));
       }
     } catch (TmsException error) {
@@ -80,15 +86,38 @@ public final class Example {
     }
   }
 
+  private static final Image TINY =
+      Image.newBuilder()
+          .setDtype(DType.D_TYPE_UINT8)
+          .addShape(2).addShape(2).addShape(3)
+          .setColorOrder(ColorOrder.COLOR_ORDER_BGR)
+          .setData(ByteString.copyFrom(new byte[12]))
+          .build();
+
+  private static void stream(TmsClient client, String model, int frames) {
+    int answered = 0;
+    List<Long> failed = new ArrayList<>();
+    String failure = null;
+    try (FrameStream results =
+        client.runImageStream(model, Collections.nCopies(frames, TINY).iterator(), "{}")) {
+      while (results.hasNext()) {
+        TmsClient.FrameResult result = results.next();
+        answered++;
+        if (result.error() != null) {
+          failed.add(result.frameId());
+        }
+      }
+    } catch (TmsException error) {
+      failure = quote(error.code() + ": " + error.details());
+    }
+    System.out.println(
+        "{\"answered\": " + answered + ", \"failed\": " + failed + ", \"failure\": " + failure
+            + "}");
+  }
+
   private static void load(TmsClient client, String model, int threads, int calls, double seconds)
       throws InterruptedException {
-    Image image =
-        Image.newBuilder()
-            .setDtype(DType.D_TYPE_UINT8)
-            .addShape(2).addShape(2).addShape(3)
-            .setColorOrder(ColorOrder.COLOR_ORDER_BGR)
-            .setData(ByteString.copyFrom(new byte[12]))
-            .build();
+    Image image = TINY;
     int workersAtStart = client.workers().size();
     long end = System.nanoTime() + (long) (seconds * 1e9);
     AtomicInteger started = new AtomicInteger();

@@ -117,6 +117,13 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
       }
       if (answer == COMPLETED) {
         end();
+        if (answered < sent) { // none of TMS's servers ends so: a frame would be lost
+          throw failure =
+              new TmsException(
+                  Status.Code.INTERNAL,
+                  "the stream ended before frame " + answered + " was answered",
+                  null);
+        }
         return false;
       }
       if (answer instanceof Throwable thrown) {

@@ -68,6 +68,7 @@ public record LoadReport(int inFlight, int queued, long receivedNanos) {
   }
 
   private static boolean is(int tag, int number, int wireType) {
-    return WireFormat.getTagFieldNumber(tag) == number && WireFormat.getTagWireType(tag) == wireType;
+    return WireFormat.getTagFieldNumber(tag) == number
+        && WireFormat.getTagWireType(tag) == wireType;
   }
 }
