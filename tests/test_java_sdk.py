@@ -1,8 +1,9 @@
-"""The Java client (clients/java, built with Maven) against a real three-worker server: one
-client reaches every worker process, loses no call when a worker is killed, keeps its calls
-away from a worker another client holds busy (least-loaded, from the load reports), lists the
-server's models; and codegen/generate.py's drift check covers its generated stubs. Runs the client's
-example command, io.tinymodelserver.tms.client.Example, its conformance runner
+"""The Java client (clients/java, built with Maven) against real servers: one client reaches
+every worker process, loses no call when a worker is killed, keeps its calls away from a worker
+another client holds busy (least-loaded, from the load reports), streams frames in order (and
+fails a stream a server ends too early), lists the server's models; and codegen/generate.py's
+drift check covers its generated stubs. Runs the client's example command,
+io.tinymodelserver.tms.client.Example, its conformance runner
 (io.tinymodelserver.tms.client.Conformance, in src/test/java: tests/conformance/README.md) and the
 main README's Java snippet."""
 
