@@ -142,6 +142,7 @@ def test_the_vectors_cover_every_call_and_dtype():
     assert {vector["call"] for vector in vectors} == {
         "ListModels",
         "GetModelInfo",
+        "Health",
         "RunImage",
         "RunImageBatch",
         "RunImageToImage",

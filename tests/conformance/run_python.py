@@ -65,6 +65,8 @@ def run(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
     if call == "ListModels":
         models = [info.name for info in client.list_models()]
         return {"models": models, "failed": client.failed_models()}
+    if call == "Health":
+        return {"health": client.health()}
     if call == "GetModelInfo":
         info = client.info()
         return {
@@ -114,11 +116,24 @@ def run(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
 
 
 def outcome(target: str, vector: dict[str, Any]) -> dict[str, Any]:
+    """The vector's outcome: of its one call, or, made ``repeat`` times with one client, the
+    first that differs from the first call's (else that one)."""
     try:
         with ModelClient(vector.get("model", ""), target, timeout=30) as client:
+            first = attempt(client, vector)
             for _ in range(vector.get("repeat", 1) - 1):
-                run(client, vector)  # a failure ends the vector with its outcome
-            return run(client, vector)
+                other = attempt(client, vector)
+                if other != first:
+                    return other
+            return first
+    except CallError as error:
+        return failure(error)
+
+
+def attempt(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
+    """The outcome of making the vector's call once."""
+    try:
+        return run(client, vector)
     except CallError as error:
         return failure(error)
 

@@ -348,15 +348,20 @@ func (c *Client) RunTextBatch(ctx context.Context, model string, texts []string,
 	return rawMessages(resp.GetResultsJson()), nil
 }
 
-// Health asks the standard gRPC health service whether service ("" for the whole server)
-// is SERVING; it needs no token.
+// Health asks the standard gRPC health service whether service ("" for the whole server, or
+// a model's name) is SERVING, on a worker that has that model (as a call for it would go:
+// a model placed on some workers is NOT_SERVING on the others); a service the server does
+// not know is SERVICE_UNKNOWN. It needs no token.
 func (c *Client) Health(ctx context.Context, service string) (grpc_health_v1.HealthCheckResponse_ServingStatus, error) {
 	var resp *grpc_health_v1.HealthCheckResponse
-	err := c.invoke(ctx, "Health", "", func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
+	err := c.invoke(ctx, "Health", service, func(ctx context.Context, w *Worker, o ...grpc.CallOption) (err error) {
 		resp, err = grpc_health_v1.NewHealthClient(w.conn).Check(ctx,
 			&grpc_health_v1.HealthCheckRequest{Service: service}, o...)
 		return err
 	})
+	if e := (*Error)(nil); errors.As(err, &e) && e.Code == codes.NotFound {
+		return grpc_health_v1.HealthCheckResponse_SERVICE_UNKNOWN, nil
+	}
 	return resp.GetStatus(), err
 }
 

@@ -40,7 +40,7 @@ type vector struct {
 	Images []imageSpec     `json:"images"`
 	Texts  []string        `json:"texts"`
 	Args   json.RawMessage `json:"args"`
-	Repeat int             `json:"repeat"` // calls to make (0: one); a failure ends the vector
+	Repeat int             `json:"repeat"` // calls to make (0: one); the first outcome that differs is printed
 }
 
 // imageSpec is raw pixels made by the README's formula, or a PNG/JPEG file beside the vectors.
@@ -85,12 +85,14 @@ func main() {
 	for _, v := range file.Vectors {
 		result := failure(dialErr)
 		if dialErr == nil {
-			var callErr error
-			for i := 0; i < max(v.Repeat, 1) && callErr == nil; i++ {
-				result, callErr = run(ctx, c, dir, v)
-			}
-			if callErr != nil {
-				result = failure(callErr)
+			result = attempt(ctx, c, dir, v)
+			first, _ := json.Marshal(result)
+			for i := 1; i < v.Repeat; i++ { // the first outcome that differs, else the first
+				other := attempt(ctx, c, dir, v)
+				if again, _ := json.Marshal(other); string(again) != string(first) {
+					result = other
+					break
+				}
 			}
 		}
 		if err := out.Encode(map[string]any{"name": v.Name, "outcome": result}); err != nil {
@@ -98,6 +100,15 @@ func main() {
 			os.Exit(1)
 		}
 	}
+}
+
+// attempt makes the call of v once: its outcome, or its failure's.
+func attempt(ctx context.Context, c *tmsclient.Client, dir string, v vector) outcome {
+	result, err := run(ctx, c, dir, v)
+	if err != nil {
+		return failure(err)
+	}
+	return result
 }
 
 // run makes the call of v and returns its outcome, or the error it failed with.
@@ -117,6 +128,12 @@ func run(ctx context.Context, c *tmsclient.Client, dir string, v vector) (outcom
 		images[i] = img
 	}
 	switch v.Call {
+	case "Health":
+		health, err := c.Health(ctx, v.Model)
+		if err != nil {
+			return nil, err
+		}
+		return outcome{"health": health.String()}, nil
 	case "ListModels":
 		models, err := c.ListModels(ctx)
 		if err != nil {

@@ -243,6 +243,24 @@ public final class TmsClient implements AutoCloseable {
     return call("", stub -> stub.listModels(ListModelsRequest.getDefaultInstance()));
   }
 
+  /**
+   * The standard gRPC health check ({@code grpc.health.v1.Health/Check}) of {@code service} ("" for
+   * the whole server, or a model's name), asked of a worker that has that model, as a call for it
+   * would go (a model placed on some workers is NOT_SERVING on the others): {@code "SERVING"},
+   * {@code "NOT_SERVING"}, or {@code "SERVICE_UNKNOWN"} for a service the server does not know.
+   * It needs no token.
+   */
+  public String health(String service) {
+    try {
+      return call(service, stub -> Health.check(stub, service));
+    } catch (TmsException error) {
+      if (error.code() == Status.Code.NOT_FOUND) {
+        return "SERVICE_UNKNOWN";
+      }
+      throw error;
+    }
+  }
+
   /** One model's description; NOT_FOUND when the server has no such model. */
   public ModelInfo getModelInfo(String model) {
     GetModelInfoRequest request = GetModelInfoRequest.newBuilder().setModel(model).build();
