@@ -116,7 +116,8 @@ def model_info(target: str, model: str) -> pb.ModelInfo:
 
 
 def test_batcher_runs_calls_together_and_gives_each_its_own_result():
-    batcher = Batcher(max_size=4, delay=1.0)
+    sizes: list[int] = []
+    batcher = Batcher(max_size=4, delay=1.0, observe=sizes.append)
     seen: list[list[int]] = []
     infos = [CallInfo("RunImage", f"call-{i}") for i in range(4)]
     results: list[object] = [None] * 4
@@ -139,9 +140,30 @@ def test_batcher_runs_calls_together_and_gives_each_its_own_result():
     assert sorted(seen[0]) == [0, 1, 2, 3]
     # The calls that waited for the leader count the batch's time in the model as theirs.
     assert sum(info.model_seconds is not None for info in infos) >= 3
-    # The call that ran the batch counts its size (tms_batch_size), the others nothing.
-    assert sorted(info.batch_size for info in infos) == [0, 0, 0, 4]
+    # The batch's size is told once, as it runs (tms_batch_size).
+    assert sizes == [4]
     assert "gathering=0" in repr(batcher)
+
+
+def test_a_batch_is_counted_whatever_became_of_the_call_that_leads_it():
+    """The size of a batch is told by the batcher as the batch runs, not through the leading
+    call's record, which a caller that left (cancelled) has already closed; here no call
+    record exists at all."""
+    sizes: list[int] = []
+    batcher = Batcher(max_size=3, delay=1.0, observe=sizes.append)
+    results: list[object] = [None] * 3
+
+    def caller(index: int) -> None:
+        CURRENT.set(None)
+        results[index] = batcher.run(index, "", lambda items: [item + 1 for item in items])
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == [1, 2, 3]
+    assert sizes == [3]
 
 
 def test_batcher_keeps_calls_of_different_keys_apart():

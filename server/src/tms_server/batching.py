@@ -22,7 +22,8 @@ If ``run_batch`` raises for a batch of several inputs, each input runs again alo
 own caller's context (logs name that call), so that a bad input fails only its own call and
 the others get their results; a model that fails on every input fails every call. The time
 a batch takes in the model counts for each call in it (tms_model_seconds); the number of calls
-in it counts once, for the call that ran it (tms_batch_size).
+in it is told to ``observe`` once per batch as it runs (tms_batch_size), whatever became of
+the call that leads it (a caller that left does not stop its batch).
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ MAX_BATCH_DELAY = 1.0
 class BatchSettings:
     """What the server's flags say of dynamic batching: per-model delays (seconds; None
     turns batching off) and batch sizes, over what the models declare, and the worker's
-    threads (a batch holds at most that many calls; None: no such bound)."""
+    threads (a batch holds at most that many calls; None: no such bound); and ``observe``,
+    told a model's name and the size of each batch it runs (the worker's metrics)."""
 
     delays: Mapping[str, float | None] = field(default_factory=dict)
     sizes: Mapping[str, int] = field(default_factory=dict)
     threads: int | None = None
+    observe: Callable[[str, int], None] | None = field(default=None, compare=False)
 
 
 class _Batch(Generic[T]):
@@ -72,9 +75,13 @@ class _Batch(Generic[T]):
 class Batcher:
     """Gathers the calls of one model instance into batches: see the module docstring."""
 
-    def __init__(self, *, max_size: int, delay: float) -> None:
+    def __init__(
+        self, *, max_size: int, delay: float, observe: Callable[[int], None] | None = None
+    ) -> None:
+        """``observe`` is told the size of each batch as it runs."""
         self.max_size = max_size
         self.delay = delay
+        self._observe = observe
         self._lock = threading.Lock()  # guards _gathering and the batches in it
         self._turn = threading.Lock()  # held by the batch that runs
         self._gathering: dict[Hashable, _Batch[Any]] = {}
@@ -132,9 +139,8 @@ class Batcher:
                     if self._gathering.get(batch.key) is batch:
                         del self._gathering[batch.key]
                     self._last_size = len(batch.items)
-                call = CURRENT.get()
-                if call is not None:
-                    call.batch_size = len(batch.items)
+                if self._observe is not None:
+                    self._observe(len(batch.items))
                 began = time.perf_counter()
                 batch.outcomes = _outcomes(batch, run_batch)
                 batch.seconds = time.perf_counter() - began

@@ -35,7 +35,6 @@ class CallInfo:
     model: str = ""  # the model the request names ("" for RPCs that name none)
     model_seconds: float | None = None  # time inside the model's methods, once it ran
     image_bytes: int = 0  # bytes of the images the request carried
-    batch_size: int = 0  # the calls in the dynamic batch this call ran (tms_server.batching)
     span: Any = None  # its OpenTelemetry span, when tracing is on (tms_server.tracing)
     read: tuple[bytes, Any] | None = None  # its request, and what the servicer read in it
 

@@ -162,10 +162,12 @@ class WorkerMetrics:
         timing.observe(seconds)
         if call.model_seconds is not None:
             _of_model(self._model_time, self._model_seconds, model).observe(call.model_seconds)
-        if call.batch_size:
-            _of_model(self._batched, self._batch_size, model).observe(call.batch_size)
         if call.image_bytes:
             _of_model(self._received, self._image_bytes, model).inc(call.image_bytes)
+
+    def batched(self, model: str, size: int) -> None:
+        """Count a dynamic batch of ``size`` calls that model ``model`` runs."""
+        _of_model(self._batched, self._batch_size, model).observe(size)
 
     def _children(
         self, rpc: str, model: str, code: grpc.StatusCode

@@ -287,7 +287,8 @@ def describe(
     batcher = None
     if instance is not None and batch_delay is not None:
         size = min(batch_size, batching.threads or batch_size)
-        batcher = Batcher(max_size=size, delay=batch_delay)
+        observe = functools.partial(batching.observe, name) if batching.observe else None
+        batcher = Batcher(max_size=size, delay=batch_delay, observe=observe)
     return LoadedModel(instance, info, dtype, input_shape, lock, args_validator, batcher)
 
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 import grpc
@@ -180,7 +180,9 @@ def build_server(
             on_load=metrics.model_loaded if metrics is not None else None,
             placement=placement,
             max_batch_size=settings.max_batch_size,
-            batching=settings.batching,
+            batching=settings.batching
+            if metrics is None
+            else replace(settings.batching, observe=metrics.batched),
         )
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
