@@ -109,17 +109,18 @@ def three_workers(server_process: Start, models: Path) -> ServerProcess:
     return server
 
 
-def load(example: list[str], target: str, *args: str, model: str = "whoami") -> dict[str, Any]:
+def example_json(example: list[str], target: str, *args: str) -> dict[str, Any]:
+    """Run the example command against ``target``; the JSON line it prints."""
     result = subprocess.run(
-        [*example, target, "load", model, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [*example, target, *args], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
+
+
+def load(example: list[str], target: str, *args: str, model: str = "whoami") -> dict[str, Any]:
+    return example_json(example, target, "load", model, *args)
 
 
 def test_calls_land_on_every_worker(server_process: Start, models, example):
@@ -209,11 +210,7 @@ def test_least_loaded_reads_the_load_other_clients_put_on_a_worker(
 
 
 def stream(example: list[str], target: str, model: str, frames: int) -> dict[str, Any]:
-    result = run(
-        [*example, target, "stream", model, "--frames", str(frames)], cwd=ROOT, timeout=120
-    )
-    answer: dict[str, Any] = json.loads(result)
-    return answer
+    return example_json(example, target, "stream", model, "--frames", str(frames))
 
 
 def test_a_stream_answers_every_frame_in_order(server_process: Start, models, example):
