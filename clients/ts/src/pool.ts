@@ -270,7 +270,7 @@ export class WorkerPool {
         attempts.begin();
         const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model));
         attempts.tried.add(worker.key);
-        const deadline = Number.isFinite(attempts.deadline) ? Date.now() + attempts.remaining() : Infinity;
+        const deadline = attempts.wallDeadline();
         return await this.attempt(worker, { path: call.path, data: call.data, deadline, metadata, signal: call.signal });
       } catch (error) {
         call.signal?.throwIfAborted();
@@ -341,8 +341,7 @@ export class WorkerPool {
     };
     let stream: Stream;
     try {
-      const deadline = Number.isFinite(attempts.deadline) ? Date.now() + attempts.remaining() : Infinity;
-      stream = worker.channel.stream({ path: call.path, deadline, metadata: this.metadataOf(call) });
+      stream = worker.channel.stream({ path: call.path, deadline: attempts.wallDeadline(), metadata: this.metadataOf(call) });
     } catch (error) {
       end(undefined, error);
       throw error;

@@ -122,6 +122,11 @@ export class Attempts {
     return this.deadline - this.clock();
   }
 
+  /** The deadline as grpc-js takes it, a Date.now() time (Infinity: none). */
+  wallDeadline(): number {
+    return Date.now() + this.remaining();
+  }
+
   /** Start the next attempt; throws DEADLINE_EXCEEDED when no time is left. */
   begin(): void {
     this.number += 1;
