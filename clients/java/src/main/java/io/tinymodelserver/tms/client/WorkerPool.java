@@ -31,7 +31,8 @@ import java.util.function.Supplier;
  *
  * <p>The kernel hands each new connection to one worker process (SO_REUSEPORT), so discovery opens
  * channels and asks each {@code GetWorkerInfo} until it holds one per worker process, within 4 x
- * workers + 4 attempts; a channel that lands on a worker already held is closed. A worker whose
+ * workers + 4 attempts (8 x workers + 8 at the start: see {@link #discover}); a channel that lands
+ * on a worker already held is closed. A worker whose
  * connection leaves READY (the process died, the server closed it) is dropped at once, since
  * letting its channel reconnect would put it on whichever worker the kernel picks. Each call goes
  * to the worker the {@link Balancer} picks of those that serve the call's model.
