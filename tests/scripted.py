@@ -5,7 +5,7 @@ It behaves as the real transport does where the pool can tell: a new connection 
 the server's workers in turn (as the kernel spreads SO_REUSEPORT connections), a call on it
 is answered by that worker with its identity in the trailers, and a connection to a worker
 that is gone fails with UNAVAILABLE, unless it reconnects to another worker, as gRPC does.
-Tests change the world between calls: kill or slow a worker, restart or stop a server,
+Tests change the world between calls: kill, slow or stall a worker, restart or stop a server,
 refuse the token.
 """
 
@@ -40,6 +40,7 @@ class FakeWorker:
     delay: float = 0.0  # seconds each model call takes
     fail: grpc.StatusCode | None = None  # every model call ends with this code
     doomed: bool = False  # dies (and is replaced) during its next model call
+    stalled: bool = False  # answers nothing: every call on it waits out its deadline
     models: tuple[str, ...] = ()  # the models it says it has (empty: all)
     calls: int = 0  # model calls answered
 
@@ -136,10 +137,14 @@ class _Connection:
             worker = self.worker = server.accept()
         if worker is None or not worker.alive:
             raise _unavailable("connection refused")
+        if worker.stalled:
+            return worker, request.timeout or 60.0
         return worker, 0.0 if request.path == WORKER_INFO else worker.delay
 
     def finish(self, worker: FakeWorker, request: Request) -> Reply:
         assert self.server is not None
+        if worker.stalled:
+            raise from_code(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ())
         if worker.doomed and request.path != WORKER_INFO:
             self.server.replace(worker)
         if not worker.alive:  # it died while the call ran

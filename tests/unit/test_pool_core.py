@@ -8,6 +8,7 @@ by hand, with no pool at all. Together they take well under two seconds.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -21,11 +22,13 @@ from tms.v1 import model_service_pb2
 from tms_client import (
     CallError,
     ClientOptions,
+    ConnectError,
     LeastLoaded,
     RetryPolicy,
     RoundRobin,
     UnauthenticatedError,
     UnavailableError,
+    core,
 )
 from tms_client.aio_pool import AsyncWorkerPool
 from tms_client.core import Open, PoolCore, Probe, Search, Send, Sleep
@@ -197,6 +200,56 @@ def test_the_start_finds_a_worker_the_first_20_connections_missed(make_pool: Mak
     pool = make_pool(world)
     assert pids(pool) == live_pids(server)
     assert len(world.opened) == 21
+
+
+def worker_info_waits(world: ScriptedTransport) -> list[float]:
+    """How long each GetWorkerInfo the pool sent was given to be answered (inf: no limit)."""
+    return [
+        math.inf if r.timeout is None else r.timeout
+        for r in world.requests
+        if r.path == WORKER_INFO
+    ]
+
+
+@pytest.mark.parametrize("first", ["stalled", "live"])
+def test_a_stalled_worker_costs_the_start_one_short_wait(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    # A stopped or wedged worker: the kernel still hands it connections, and nothing answers
+    # on them. The start waits ANSWER_WAIT on such a connection, not its connect timeout, and
+    # a first connection that lands there does not fail a start a live worker can serve.
+    monkeypatch.setattr(core, "ANSWER_WAIT", 0.05)
+    server = FakeServer("a:1", 2)
+    stalled, live = server.workers
+    stalled.stalled = True
+    server.lands = [0, 1, 0] if first == "stalled" else [1, 0]
+    world = ScriptedTransport(server)
+    started = time.monotonic()
+    pool = make_pool(world, connect_timeout=10)
+    assert time.monotonic() - started < 2
+    assert pids(pool) == {live.pid}
+    # a connection to the stalled worker ends the start's search once a worker is known
+    assert worker_info_waits(world) == ([0.05, 0.05, 0.05] if first == "stalled" else [0.05, 0.05])
+    assert pool.call(b"x") == b"x"
+
+
+def test_the_start_gives_a_slow_server_half_its_connect_timeout(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Connections get ANSWER_WAIT while half the connect timeout would be left after them;
+    # the last gets the rest, so a server slower to answer (far away, overloaded) is answered.
+    monkeypatch.setattr(core, "ANSWER_WAIT", 0.1)
+    server = FakeServer("a:1", 1)
+    server.workers[0].stalled = True
+    world = ScriptedTransport(server)
+    with pytest.raises(ConnectError, match="no TMS server answered"):
+        make_pool(world, connect_timeout=1)
+    waits = worker_info_waits(world)
+    *short, last = waits
+    assert short == [0.1] * len(short)
+    assert len(short) in (4, 5)
+    assert 0.5 <= last <= 0.65
+    assert sum(waits) == pytest.approx(1, abs=0.05)
 
 
 def test_a_worker_dying_mid_call_is_retried_elsewhere_and_replaced(make_pool: MakePool) -> None:

@@ -75,6 +75,11 @@ R = TypeVar("R")
 WORKER_INFO = method_path("GetWorkerInfo")
 IDENTIFY_TIMEOUT = 5.0  # one GetWorkerInfo while healing
 PROBE_TIMEOUT = 2.0  # the most a start waits to learn whether an address refuses connections
+#: The start's wait for one connection's worker to answer while half its connect timeout
+#: would still be left after it (then the last connection gets the rest): a stalled worker
+#: (stopped, wedged) costs a start about a second, and a slow but live server (far away,
+#: overloaded) is still answered.
+ANSWER_WAIT = 1.0
 EMPTY_RETRY_GAP = 0.1  # seconds between searches on demand that find no worker
 #: Codes with which a server refuses a client's credentials: waiting would not help.
 REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
@@ -280,23 +285,36 @@ class PoolCore:
 
         With ``wait`` (the client's start) an address that refuses connections is given
         up at once, unless the options say ``wait_for_server``, the first connection waits
-        up to ``timeout`` for the server to answer, and more connections may be opened (see
-        _attempts_for); otherwise an address where nothing listens is given up at once (the
-        retry policy, or the next round of healing, tries again later)."""
+        for the server to answer, and more connections may be opened (see _attempts_for),
+        all within ``timeout``. A connection is waited for ANSWER_WAIT seconds while half
+        of ``timeout`` would be left after it, the last one for the rest; when it is not
+        answered (its worker is stalled), the start opens another while no worker of the
+        address is known, and stops there once one is (the background search finds the
+        rest). Otherwise an
+        address where nothing listens, or a connection not answered in ``timeout``, ends
+        the search (the retry policy, or the next round of healing, tries again later)."""
+        start = wait
+        deadline = self.clock() + timeout
         if wait and not self.options.wait_for_server:
-            started = self.clock()
             self._refused[address] = yield Probe(address, min(timeout, PROBE_TIMEOUT))
             if self._refused[address]:
                 return
-            timeout = max(0.1, timeout - (self.clock() - started))
-        opened, start = 0, wait
+        opened = 0
         while opened < self._attempts_for(self.workers.expected(address) or 1, start):
             if self.workers.complete(address) or self.closed:
                 return
-            worker = yield from self.identify(address, timeout, wait)
+            patience = timeout
+            if start:
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                patience = ANSWER_WAIT if left - ANSWER_WAIT >= timeout / 2 else left
+            worker = yield from self.identify(address, patience, wait)
             opened += 1
             if worker is None:
-                return
+                if not start or self.workers.expected(address) is not None:
+                    return
+                continue  # nothing known here yet: another connection may reach a live worker
             wait = False
             for old in self.workers.add(worker):
                 self._retire(old)
