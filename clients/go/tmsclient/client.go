@@ -46,8 +46,10 @@ type Client struct {
 
 // Dial finds the workers of the server at target ("host:port", or "dns:///name:port" for
 // every address of a name) and returns a Client holding one connection per worker process.
-// It fails when no worker answers within the connect timeout, or at once when the server
-// refuses the credentials (codes.Unauthenticated, codes.PermissionDenied).
+// A worker that does not answer (a stalled one) costs it a second: Dial returns with the
+// workers that answered, and the client finds the rest in the background. It fails when no
+// worker answers within the connect timeout, or at once when the server refuses the
+// credentials (codes.Unauthenticated, codes.PermissionDenied).
 func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {

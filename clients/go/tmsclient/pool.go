@@ -187,8 +187,9 @@ func (p *pool) addresses(ctx context.Context) ([]string, error) {
 
 // search opens connections to every address until it holds one per worker process of its
 // server, at most 4 x workers + 4 attempts per address (8 x workers + 8 at the start: see
-// attempts). It returns the error of a server that refused the credentials (waiting would
-// not help) or, when no worker is known after it, the last error.
+// attempts), or until a connection is not answered once a worker of the address is held
+// (see searchAddress). It returns the error of a server that refused the credentials (waiting
+// would not help) or, when no worker is known after it, the last error.
 func (p *pool) search(ctx context.Context, start bool) error {
 	p.searching.Lock()
 	defer p.searching.Unlock()
@@ -251,6 +252,20 @@ func attempts(count int32, start bool) int {
 	return per * (int(max(count, 1)) + 1)
 }
 
+// answerWait is how long the start waits for a connection's GetWorkerInfo while half its
+// connect timeout would be left after it (the last connection waits for the rest): a stalled
+// worker (stopped, wedged: the kernel still completes the handshake, nothing answers) costs
+// the start a second, and a slow but live server (far away, overloaded) is still answered. A
+// variable: the tests shorten it.
+var answerWait = time.Second
+
+// searchAddress opens connections to addr until it holds every worker of its server or the
+// attempts run out. The start waits answerWait for a connection's answer while half the
+// connect timeout would be left after it, the last connection all that is left of ctx (the
+// connect timeout); a background search waits up to 5 s. A connection not answered (a
+// stalled or dead worker, nothing listening) ends the search at addr once a worker of addr
+// is held: the background search finds the rest soon. Until then the start opens another,
+// and a background search does only where a server answered before.
 func (p *pool) searchAddress(ctx context.Context, addr string, start bool) error {
 	var last error
 	for attempt := 0; ; attempt++ {
@@ -258,6 +273,9 @@ func (p *pool) searchAddress(ctx context.Context, addr string, start bool) error
 		count, closed := p.counts[addr], p.closed
 		p.mu.Unlock()
 		if closed || ctx.Err() != nil {
+			if last != nil {
+				return last // what the last connection met: the deadline, a refusal, ...
+			}
 			return ctx.Err()
 		}
 		if count > 0 && p.held(addr) >= int(count) {
@@ -266,27 +284,41 @@ func (p *pool) searchAddress(ctx context.Context, addr string, start bool) error
 		if attempt >= attempts(count, start) {
 			return last
 		}
-		if err := p.open(ctx, addr); err != nil {
-			last = err
-			if code := status.Code(err); code != codes.AlreadyExists {
-				if count == 0 || code == codes.Unauthenticated || code == codes.PermissionDenied {
-					return err // nothing answers there (or refuses us): do not insist
-				}
+		wait := min(p.opts.connectTimeout, 5*time.Second)
+		if deadline, ok := ctx.Deadline(); start && ok {
+			wait = time.Until(deadline)
+			if wait-answerWait >= p.opts.connectTimeout/2 {
+				wait = answerWait
 			}
+		}
+		err := p.open(ctx, addr, wait)
+		if err == nil {
+			continue
+		}
+		last = err
+		switch status.Code(err) {
+		case codes.AlreadyExists:
+			continue // answered by a worker already held
+		case codes.Unauthenticated, codes.PermissionDenied:
+			return err // the server refuses us: do not insist
+		}
+		if p.held(addr) > 0 || (!start && count == 0) {
+			return err // the rest is left to the background search, or nothing answers there
 		}
 	}
 }
 
 var errKnown = status.Error(codes.AlreadyExists, "a worker already held")
 
-// open makes one new connection to addr and asks who answered; a new worker is kept.
-func (p *pool) open(ctx context.Context, addr string) error {
+// open makes one new connection to addr and asks who answered, waiting at most wait; a new
+// worker is kept.
+func (p *pool) open(ctx context.Context, addr string, wait time.Duration) error {
 	conn, err := grpc.NewClient("passthrough:///"+addr, p.dial...)
 	if err != nil {
 		return err
 	}
 	stub := tmsv1.NewModelServiceClient(conn)
-	callCtx, cancel := context.WithTimeout(ctx, min(p.opts.connectTimeout, 5*time.Second))
+	callCtx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	info, err := stub.GetWorkerInfo(callCtx, &tmsv1.GetWorkerInfoRequest{})
 	if err != nil {

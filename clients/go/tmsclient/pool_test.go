@@ -1,0 +1,192 @@
+package tmsclient
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
+)
+
+// stallingListener hands the gRPC server every connection but those stall names (by their
+// order, from 0): those it holds open and never reads, as a stopped worker's (the kernel
+// completes the handshake, nothing answers).
+type stallingListener struct {
+	net.Listener
+	stall    func(n int) bool
+	accepted atomic.Int32
+
+	mu      sync.Mutex
+	stalled []net.Conn
+}
+
+func (l *stallingListener) Accept() (net.Conn, error) {
+	for {
+		conn, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if !l.stall(int(l.accepted.Add(1)) - 1) {
+			return conn, nil
+		}
+		l.mu.Lock()
+		l.stalled = append(l.stalled, conn)
+		l.mu.Unlock()
+	}
+}
+
+func (l *stallingListener) Close() error {
+	l.mu.Lock()
+	for _, conn := range l.stalled {
+		_ = conn.Close()
+	}
+	l.mu.Unlock()
+	return l.Listener.Close()
+}
+
+// serveStalling serves f on loopback behind a stallingListener.
+func serveStalling(t *testing.T, f tmsv1.ModelServiceServer, stall func(n int) bool) *stallingListener {
+	t.Helper()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := &stallingListener{Listener: inner, stall: stall}
+	s := grpc.NewServer()
+	tmsv1.RegisterModelServiceServer(s, f)
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	return lis
+}
+
+// halfStopped is the live worker of a server of two whose other worker is stopped (of one
+// when alone): every connection that is answered reaches worker 1, after delay.
+type halfStopped struct {
+	tmsv1.UnimplementedModelServiceServer
+	delay time.Duration
+	alone bool
+}
+
+func (f *halfStopped) GetWorkerInfo(ctx context.Context, _ *tmsv1.GetWorkerInfoRequest) (*tmsv1.GetWorkerInfoResponse, error) {
+	select {
+	case <-time.After(f.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	count := int32(2)
+	if f.alone {
+		count = 1
+	}
+	return &tmsv1.GetWorkerInfoResponse{InstanceId: "half", Pid: 1, WorkerIndex: 0, WorkerCount: count}, nil
+}
+
+// dialAt dials lis with opts, closing the client at the end of the test; it returns how long
+// Dial took.
+func dialAt(t *testing.T, lis net.Listener, opts ...Option) (*Client, time.Duration, error) {
+	t.Helper()
+	start := time.Now()
+	c, err := Dial(context.Background(), lis.Addr().String(), opts...)
+	took := time.Since(start)
+	if err == nil {
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	return c, took, err
+}
+
+// quickAnswers shortens the start's wait for an answer for the rest of the test.
+func quickAnswers(t *testing.T, d time.Duration) {
+	was := answerWait
+	answerWait = d
+	t.Cleanup(func() { answerWait = was })
+}
+
+func holdsOnlyTheLiveWorker(t *testing.T, c *Client) {
+	t.Helper()
+	if ws := c.Workers(); len(ws) != 1 || ws[0].PID != 1 {
+		t.Fatalf("workers %v, not the live one alone", ws)
+	}
+}
+
+func TestAStalledWorkerCostsTheStartASecond(t *testing.T) {
+	// The connect timeout is the default 10 s; the stopped worker gets every other connection.
+	lis := serveStalling(t, &halfStopped{}, func(n int) bool { return n%2 == 1 })
+	c, took, err := dialAt(t, lis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took > 2500*time.Millisecond {
+		t.Fatalf("the start took %s with a worker stalled, not about 1 s", took)
+	}
+	holdsOnlyTheLiveWorker(t, c)
+}
+
+func TestAStalledFirstConnectionDoesNotFailTheStart(t *testing.T) {
+	quickAnswers(t, 100*time.Millisecond)
+	lis := serveStalling(t, &halfStopped{}, func(n int) bool { return n%2 == 0 })
+	c, took, err := dialAt(t, lis, WithConnectTimeout(2*time.Second))
+	if err != nil {
+		t.Fatalf("the start failed after %s: %v", took, err)
+	}
+	if took > time.Second {
+		t.Fatalf("the start took %s, not about 2 x 100 ms", took)
+	}
+	holdsOnlyTheLiveWorker(t, c)
+}
+
+func TestASlowServerIsAnsweredWithinHalfTheConnectTimeout(t *testing.T) {
+	quickAnswers(t, 120*time.Millisecond)
+	lis := serveStalling(t, &halfStopped{delay: 250 * time.Millisecond, alone: true}, func(int) bool { return false })
+	c, took, err := dialAt(t, lis, WithConnectTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 120 ms is too short, four times (three on a busy machine) while half the second would be
+	// left after it; the next connection waits all that is left and is answered.
+	if n := lis.accepted.Load(); n < 4 || n > 5 || took < 600*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("%d connections in %s", n, took)
+	}
+	holdsOnlyTheLiveWorker(t, c)
+}
+
+func TestAStartNothingAnswersFailsAtTheConnectTimeout(t *testing.T) {
+	quickAnswers(t, 120*time.Millisecond)
+	lis := serveStalling(t, &halfStopped{}, func(int) bool { return true })
+	_, took, err := dialAt(t, lis, WithConnectTimeout(time.Second))
+	var e *Error
+	if !errors.As(err, &e) || e.Code != codes.DeadlineExceeded || !strings.Contains(e.Message, "no TMS worker answered") {
+		t.Fatalf("err %v", err)
+	}
+	// 120 ms four times (or three), then the rest of the second (and maybe one of the
+	// background search's, begun as Dial gave up).
+	if n := lis.accepted.Load(); n < 4 || n > 6 || took < 900*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("%d connections, failed after %s", n, took)
+	}
+}
+
+func TestABackgroundSearchEndsAtAConnectionNotAnswered(t *testing.T) {
+	lis := serveStalling(t, &halfStopped{}, func(n int) bool { return n%2 == 1 })
+	c, _, err := dialAt(t, lis, WithConnectTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holdsOnlyTheLiveWorker(t, c)
+	// With the live worker held, a search reaching the stopped one ends there: at most two
+	// connections (one answered by the worker held, one not answered), not 4 x 2 + 4.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before := lis.accepted.Load()
+	if err := c.pool.search(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := lis.accepted.Load() - before; n < 1 || n > 2 {
+		t.Fatalf("the search opened %d connections", n)
+	}
+}
