@@ -4,14 +4,15 @@
  * A TMS server runs several worker processes on one port (SO_REUSEPORT), and the kernel hands
  * each new connection to one of them. The pool opens connections and asks each who answered
  * (GetWorkerInfo) until it holds one to every worker of every server (at most 8 x workers + 8
- * connections per address at the start, 4 x workers + 4 in a background search). Calls go to
- * the worker the balancer picks, among those that have the call's model; a call that fails
- * with a code the retry policy names, or with the server's RetryInfo, is sent again, to
- * another worker, after a backoff (or the RetryInfo delay), within the call's deadline. A
- * worker whose call fails UNAVAILABLE, or whose `tms-worker` trailer names another process
- * (grpc-js reconnected its channel and reached another worker), is dropped; the pool looks for
- * missing workers in the background every refreshIntervalMs (every 250 ms while some are
- * missing), at once after a drop, and on demand when a call finds none.
+ * connections per address at the start, 4 x workers + 4 in a background search); a connection
+ * that does not answer (a stalled worker) costs the start a second, not its connect timeout.
+ * Calls go to the worker the balancer picks, among those that have the call's model; a call
+ * that fails with a code the retry policy names, or with the server's RetryInfo, is sent
+ * again, to another worker, after a backoff (or the RetryInfo delay), within the call's
+ * deadline. A worker whose call fails UNAVAILABLE, or whose `tms-worker` trailer names another
+ * process (grpc-js reconnected its channel and reached another worker), is dropped; the pool
+ * looks for missing workers in the background every refreshIntervalMs (every 250 ms while some
+ * are missing), at once after a drop, and on demand when a call finds none.
  */
 import { Metadata, status } from "@grpc/grpc-js";
 
@@ -34,6 +35,10 @@ import { Worker, type WorkerInfo, WorkerSet } from "./workers.js";
 
 const WORKER_INFO = "/tms.v1.ModelService/GetWorkerInfo";
 const IDENTIFY_TIMEOUT_MS = 5_000; // one GetWorkerInfo while healing
+/** How long the start waits for one connection's GetWorkerInfo while half its connect timeout
+ * would be left after it (the last connection waits for the rest): a stalled worker costs a
+ * second, a slow but live server (far away, overloaded) still answers. */
+const ANSWER_WAIT_MS = 1_000;
 const EMPTY_RETRY_GAP_MS = 100; // between searches on demand that find no worker
 /** Codes with which a server refuses the client's credentials: waiting would not help. */
 const REFUSED = new Set([status.UNAUTHENTICATED, status.PERMISSION_DENIED]);
@@ -52,6 +57,9 @@ export interface PoolSettings {
   metadata: Metadata;
   /** How connections are opened (default: grpc-js channels with tls and maxMessageBytes). */
   connector?: Connector;
+  /** The start's wait for one connection's answer (default ANSWER_WAIT_MS; tests shorten
+   * it). */
+  answerWaitMs?: number;
 }
 
 /** One call as the pool sends it. */
@@ -122,8 +130,9 @@ export class WorkerPool {
     return `WorkerPool targets=${this.settings.targets.join(",")} ${this.workers}`;
   }
 
-  /** Find the workers (the first connection waits up to connectTimeoutMs for a server that is
-   * starting) and start the background search; once, however often it is called. */
+  /** Find the workers within connectTimeoutMs (waiting for a server that is starting, giving
+   * up on a connection that does not answer for another: see find) and start the background
+   * search; once, however often it is called. */
   start(): Promise<void> {
     this.started ??= this.firstSearch().catch((error: unknown) => {
       this.started = undefined; // the next call tries again
@@ -162,28 +171,46 @@ export class WorkerPool {
 
   // -- finding workers ------------------------------------------------------------------------
 
-  /** Look for missing workers at every address; one search at a time. */
-  search(timeoutMs = IDENTIFY_TIMEOUT_MS, wait = false): Promise<void> {
-    this.searching ??= this.discover(Math.max(100, timeoutMs), wait).finally(() => {
+  /** Look for missing workers at every address; one search at a time. A background search
+   * waits `timeoutMs` for each connection's answer; the `start` has `timeoutMs` in all. */
+  search(timeoutMs = IDENTIFY_TIMEOUT_MS, start = false): Promise<void> {
+    this.searching ??= this.discover(Math.max(100, timeoutMs), start).finally(() => {
       this.searching = undefined;
     });
     return this.searching;
   }
 
-  private async discover(timeoutMs: number, wait: boolean): Promise<void> {
+  private async discover(timeoutMs: number, start: boolean): Promise<void> {
+    const deadline = start ? Date.now() + timeoutMs : undefined;
     const addresses = await resolveTargets(this.settings.targets);
-    await Promise.all(this.workers.missing(addresses).map((address) => this.find(address, timeoutMs, wait)));
+    await Promise.all(this.workers.missing(addresses).map((address) => this.find(address, timeoutMs, deadline)));
   }
 
-  /** Open connections to `address` until every worker of its server is known. With `wait`
-   * the first connection waits up to `timeoutMs` for a server that is starting. */
-  private async find(address: string, timeoutMs: number, wait: boolean): Promise<void> {
-    const start = wait;
+  /** Open connections to `address` until every worker of its server is known or the attempts
+   * run out. A background search waits up to `timeoutMs` for each answer and ends at the
+   * first connection that does not answer. The start (by `startDeadline`, `timeoutMs` after it
+   * began) waits ANSWER_WAIT_MS for each answer while half of `timeoutMs` would be left after
+   * it, the last connection for the rest; a connection that does not answer (stalled, or failing) ends its search here
+   * once it holds a worker of this address (the background search finds the rest), and until
+   * then it opens another, each waiting for a server that is starting, while time is left. */
+  private async find(address: string, timeoutMs: number, startDeadline?: number): Promise<void> {
+    const start = startDeadline !== undefined;
+    let held = false;
     for (let opened = 0; opened < this.attemptsFor(this.workers.expected(address) ?? 1, start); opened++) {
       if (this.workers.complete(address) || this.closed) return;
-      const worker = await this.identify(address, timeoutMs, wait);
-      if (worker === undefined) return;
-      wait = false;
+      let waitMs = timeoutMs;
+      if (start) {
+        const leftMs = startDeadline - Date.now();
+        const answerMs = this.settings.answerWaitMs ?? ANSWER_WAIT_MS;
+        waitMs = leftMs - answerMs >= timeoutMs / 2 ? answerMs : leftMs;
+      }
+      if (waitMs <= 0) return;
+      const worker = await this.identify(address, waitMs, start && !held);
+      if (worker === undefined) {
+        if (!start || held) return;
+        continue;
+      }
+      held = true;
       for (const old of this.workers.add(worker)) this.retire(old);
       if (this.closed) this.close();
     }

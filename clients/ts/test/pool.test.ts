@@ -13,9 +13,15 @@ import type { Connection, Connector, Reply, Request } from "../src/transport.js"
 import { detailsTrailers } from "./details.js";
 
 /** A server whose connections land on its workers in the order `landings` gives (then in
- * turn); a worker in `dead` fails every call UNAVAILABLE. Replies carry the worker's pid. */
+ * turn); a worker in `dead` fails every call UNAVAILABLE, one in `stalled` answers none (its
+ * calls fail DEADLINE_EXCEEDED at their deadline, as grpc-js's do). Replies carry the worker's
+ * pid. */
 class ScriptedServer implements Connector {
   readonly dead = new Set<number>();
+  readonly stalled = new Set<number>();
+  /** Each GetWorkerInfo's wait (ms to its deadline) and wait-for-ready, in order. */
+  readonly asked: { waitMs: number; ready: boolean }[] = [];
+  private readonly stalls = new Set<() => void>();
   /** Workers that fail every model call with this error. */
   readonly failing = new Map<number, TmsError>();
   refuse = false;
@@ -35,6 +41,10 @@ class ScriptedServer implements Connector {
     return {
       unary: async (request: Request): Promise<Reply> => {
         this.paths.push(request.path);
+        if (request.path.endsWith("GetWorkerInfo")) {
+          this.asked.push({ waitMs: request.deadline - Date.now(), ready: request.waitForReady === true });
+        }
+        if (this.stalled.has(pid)) await this.stall(request.deadline);
         const trailers = new Metadata();
         trailers.set("tms-worker", `id/${pid}`);
         if (this.refuse) throw new TmsError(status.UNAUTHENTICATED, "bad token");
@@ -54,6 +64,25 @@ class ScriptedServer implements Connector {
       },
       close: () => undefined,
     };
+  }
+
+  private stall(deadline: number): Promise<never> {
+    return new Promise((_, reject) => {
+      const end = (error: TmsError): void => {
+        clearTimeout(timer);
+        this.stalls.delete(cancel);
+        reject(error);
+      };
+      const cancel = (): void => end(new TmsError(status.CANCELLED, "server closed"));
+      const expire = (): void => end(new TmsError(status.DEADLINE_EXCEEDED, "deadline exceeded"));
+      const timer = setTimeout(expire, deadline - Date.now());
+      this.stalls.add(cancel);
+    });
+  }
+
+  /** End the calls a stalled worker holds (a background search's wait would outlast the test). */
+  hangUp(): void {
+    for (const cancel of [...this.stalls]) cancel();
   }
 }
 
@@ -95,6 +124,65 @@ describe("worker pool", () => {
     await workers.start();
     assert.equal(server.opened, 8 * 2 + 8);
     workers.close();
+  });
+
+  it("waits 1 s for each connection's answer at the start, not the connect timeout", async () => {
+    const server = new ScriptedServer([10, 11]);
+    const workers = pool(server, { connectTimeoutMs: 10_000 });
+    await workers.start();
+    assert.equal(server.asked.length, 2);
+    for (const { waitMs } of server.asked) assert.ok(waitMs > 900 && waitMs <= 1_000, `waited ${waitMs} ms`);
+    workers.close();
+  });
+
+  it("ends the start at a stalled worker once it holds a live one, well within the connect timeout", async () => {
+    const server = new ScriptedServer([10, 11], [0, 1]);
+    server.stalled.add(11);
+    const workers = pool(server, { connectTimeoutMs: 10_000, answerWaitMs: 50 });
+    const started = performance.now();
+    await workers.start();
+    assert.ok(performance.now() - started < 1_000, `took ${performance.now() - started} ms`);
+    assert.deepEqual(workers.workerInfos().map((w) => w.pid), [10]);
+    assert.equal(server.opened, 2); // no connection after the one that did not answer
+    assert.equal(await callPid(workers), 10);
+    workers.close();
+    server.hangUp();
+  });
+
+  it("opens another connection when the start's first lands on a stalled worker", async () => {
+    const server = new ScriptedServer([10, 11], [1, 1, 0, 1]);
+    server.stalled.add(11);
+    const workers = pool(server, { connectTimeoutMs: 10_000, answerWaitMs: 20 });
+    const started = performance.now();
+    await workers.start();
+    assert.ok(performance.now() - started < 1_000, `took ${performance.now() - started} ms`);
+    assert.deepEqual(workers.workerInfos().map((w) => w.pid), [10]);
+    // 20 ms each; each waits for a server that is starting until one answers
+    assert.deepEqual(
+      server.asked.map(({ waitMs, ready }) => [Math.ceil(waitMs / 20) * 20, ready]),
+      [[20, true], [20, true], [20, true], [20, false]],
+    );
+    workers.close();
+    server.hangUp();
+  });
+
+  it("gives up when no connection answers within the connect timeout", async () => {
+    const server = new ScriptedServer([10]);
+    server.stalled.add(10);
+    const workers = pool(server, { connectTimeoutMs: 300, answerWaitMs: 60 });
+    const started = performance.now();
+    await assert.rejects(workers.start(), { name: "ConnectError", message: /within 300 ms/ });
+    const took = performance.now() - started;
+    assert.ok(took >= 280 && took < 1_000, `took ${took} ms`);
+    // 60 ms while half the connect timeout would be left after it (twice), then what is left
+    // (about 180 ms, less on a busy machine; and when a timer fires a millisecond early, one
+    // more for the millisecond left)
+    const waits = server.asked.map(({ waitMs }) => waitMs);
+    assert.deepEqual(waits.slice(0, 2).map((ms) => Math.round(ms / 10) * 10), [60, 60]);
+    const rest = waits.slice(2);
+    assert.ok(rest.length >= 1 && rest[0]! > 100 && rest.every((ms) => ms <= 180), `waited ${waits.join(", ")} ms`);
+    workers.close();
+    server.hangUp();
   });
 
   it("retries on another worker, drops the dead one, and finds its successor", async () => {
