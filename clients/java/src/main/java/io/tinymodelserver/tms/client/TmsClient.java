@@ -46,9 +46,10 @@ import java.util.logging.Logger;
  * }
  * }</pre>
  *
- * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server) and finds
- * the workers. Each call goes to a worker that serves its model, the one the {@link Balancer} picks
- * (least-loaded by default). Each call has a deadline ({@link Builder#timeout}), retries included;
+ * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server; a worker
+ * that does not answer, a stalled one, costs it about a second) and finds the workers. Each call
+ * goes to a worker that serves its model, the one the {@link Balancer} picks (least-loaded by
+ * default). Each call has a deadline ({@link Builder#timeout}), retries included;
  * a call that fails with UNAVAILABLE or CANCELLED (its worker went away, or a stopping server
  * cancelled it), or because its connection broke under it, is retried on another worker, and that
  * worker is dropped.

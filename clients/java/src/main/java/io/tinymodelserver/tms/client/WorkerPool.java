@@ -32,12 +32,19 @@ import java.util.function.Supplier;
  * <p>The kernel hands each new connection to one worker process (SO_REUSEPORT), so discovery opens
  * channels and asks each {@code GetWorkerInfo} until it holds one per worker process, within 4 x
  * workers + 4 attempts (8 x workers + 8 at the start: see {@link #discover}); a channel that lands
- * on a worker already held is closed. A worker whose
- * connection leaves READY (the process died, the server closed it) is dropped at once, since
- * letting its channel reconnect would put it on whichever worker the kernel picks. Each call goes
- * to the worker the {@link Balancer} picks of those that serve the call's model.
+ * on a worker already held is closed, and at the start one that does not answer within a second or
+ * so (a stalled worker) is given up. A worker whose connection leaves READY (the process died, the
+ * server closed it) is dropped at once, since letting its channel reconnect would put it on
+ * whichever worker the kernel picks. Each call goes to the worker the {@link Balancer} picks of
+ * those that serve the call's model.
  */
 final class WorkerPool implements AutoCloseable {
+  /**
+   * How long the start waits for a connection's answer while half its connect timeout would be left
+   * after it (the last connection waits for the rest).
+   */
+  static final Duration ANSWER_WAIT = Duration.ofSeconds(1);
+
   /**
    * A worker, the channel that reaches it, and its load: this client's calls on it, and the load
    * report of its last answer (read from the trailers of every call on the channel).
@@ -167,15 +174,23 @@ final class WorkerPool implements AutoCloseable {
    * connect timeout) and 4 x workers + 4 attempts, or 8 x workers + 8 at the {@code start}: the
    * kernel hands each new connection to a worker at random, and the start should find them all (a
    * worker missed in about one start in 100,000 at 3 workers), while a later search, which runs
-   * again soon, spends every attempt on a worker that is not listening (a restarting one). Throws
-   * when nothing is held and the server refused for a reason other than being unreachable (a bad
-   * token, say).
+   * again soon, spends every attempt on a worker that is not listening (a restarting one).
+   *
+   * <p>At the start each connection waits {@link #ANSWER_WAIT} while half the connect timeout would
+   * be left after it, and the last one all that is left (a slow but live server still answers), so
+   * a stalled worker (one the kernel still hands connections to, but that never answers) costs about
+   * a second: the search ends there once a worker is held (the background search finds the rest),
+   * and tries another connection while none is and time is left. A later search gives each
+   * connection all the time left, and ends at the first that does not answer once a worker is
+   * held. Throws when nothing is held and the server refused (a bad token, say), or nothing
+   * answered in time.
    */
   void discover(Deadline deadline, boolean start) {
     synchronized (discovering) {
       Deadline limit =
           Deadline.after(connectTimeout.toNanos(), TimeUnit.NANOSECONDS).minimum(deadline);
       int attempts = 0;
+      StatusRuntimeException last = null;
       while (!closed && attempts < (start ? 8 : 4) * (Math.max(expected, 1) + 1)) {
         if (expected > 0 && members.size() >= expected) {
           return;
@@ -183,18 +198,30 @@ final class WorkerPool implements AutoCloseable {
         attempts++;
         ManagedChannel channel = channels.get();
         ModelServiceBlockingStub stub = ModelServiceGrpc.newBlockingStub(channel);
+        Deadline wait = limit;
+        long answer = ANSWER_WAIT.toNanos();
+        long left = limit.timeRemaining(TimeUnit.NANOSECONDS);
+        if (start && left - answer >= connectTimeout.toNanos() / 2) {
+          wait = Deadline.after(answer, TimeUnit.NANOSECONDS);
+        }
         Worker worker;
         try {
           worker =
               Worker.of(
                   stub.withWaitForReady()
-                      .withDeadline(limit)
+                      .withDeadline(wait)
                       .getWorkerInfo(GetWorkerInfoRequest.getDefaultInstance()));
         } catch (StatusRuntimeException error) {
           channel.shutdownNow();
+          last = error;
           Status.Code code = error.getStatus().getCode();
           if (code == Status.Code.UNAVAILABLE && !limit.isExpired()) {
             continue; // that worker went away while we connected: try another connection
+          }
+          boolean refused =
+              code == Status.Code.UNAUTHENTICATED || code == Status.Code.PERMISSION_DENIED;
+          if (start && !refused && members.isEmpty() && !limit.isExpired()) {
+            continue; // a stalled worker, say: another connection may land on a live one
           }
           if (members.isEmpty()) {
             throw TmsException.from(error);
@@ -205,6 +232,9 @@ final class WorkerPool implements AutoCloseable {
         if (!add(new Member(worker, channel))) {
           channel.shutdownNow(); // a second connection to a worker already held
         }
+      }
+      if (members.isEmpty() && last != null && !closed) {
+        throw TmsException.from(last); // the attempts ran out, and none answered
       }
     }
   }
