@@ -1,7 +1,7 @@
 """The Python client's conformance runner: runs every vector of a vectors file against a live
 server and prints one JSON line per vector, ``{"name": ..., "outcome": ...}``, in file order.
 
-    python tests/conformance/run_python.py --target HOST:PORT [--vectors FILE]
+    python tests/conformance/run_python.py --target HOST:PORT [--vectors FILE] [--connect-timeout S]
 
 tests/conformance/README.md defines the vectors and the outcomes; the Go, TypeScript and Java
 runners print the same lines for the same server.
@@ -115,11 +115,12 @@ def run(client: ModelClient, vector: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown call {call!r}")
 
 
-def outcome(target: str, vector: dict[str, Any]) -> dict[str, Any]:
+def outcome(target: str, vector: dict[str, Any], connect_timeout: float = 10.0) -> dict[str, Any]:
     """The vector's outcome: of its one call, or, made ``repeat`` times with one client, the
     first that differs from the first call's (else that one)."""
     try:
-        with ModelClient(vector.get("model", ""), target, timeout=30) as client:
+        model = vector.get("model", "")
+        with ModelClient(model, target, timeout=30, connect_timeout=connect_timeout) as client:
             first = attempt(client, vector)
             for _ in range(vector.get("repeat", 1) - 1):
                 other = attempt(client, vector)
@@ -149,10 +150,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True)
     parser.add_argument("--vectors", type=Path, default=HERE / "vectors.json")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (10)")
     options = parser.parse_args()
     vectors = json.loads(options.vectors.read_text())["vectors"]
     for vector in vectors:
-        line = {"name": vector["name"], "outcome": outcome(options.target, vector)}
+        found = outcome(options.target, vector, options.connect_timeout)
+        line = {"name": vector["name"], "outcome": found}
         print(json.dumps(line, sort_keys=True), flush=True)
     return 0
 

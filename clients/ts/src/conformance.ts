@@ -4,7 +4,7 @@
  * file order (tests/conformance/README.md defines both; the other clients' runners print the
  * same lines for the same server). Not part of the package.
  *
- *   node dist/conformance.js --target HOST:PORT --vectors tests/conformance/vectors.json
+ *   node dist/conformance.js --target HOST:PORT --vectors tests/conformance/vectors.json [--connect-timeout S]
  */
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -128,8 +128,8 @@ function errorOutcome(error: TmsError): { error: unknown } {
   return { error: { code: status[error.code], reason: error.reason, field_violations } };
 }
 
-async function outcome(target: string, vector: Vector, folder: string): Promise<unknown> {
-  const client = new ModelClient(vector.model ?? "", target, { timeoutMs: 30_000 });
+async function outcome(target: string, vector: Vector, folder: string, connectTimeoutMs: number): Promise<unknown> {
+  const client = new ModelClient(vector.model ?? "", target, { timeoutMs: 30_000, connectTimeoutMs });
   try {
     const first = await attempt(client, vector, folder);
     for (let i = 1; i < (vector.repeat ?? 1); i++) {
@@ -153,13 +153,17 @@ async function attempt(client: ModelClient, vector: Vector, folder: string): Pro
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { target: { type: "string" }, vectors: { type: "string" } } });
-  if (values.target === undefined || values.vectors === undefined) {
-    throw new TypeError("usage: node dist/conformance.js --target HOST:PORT --vectors FILE");
+  const { values } = parseArgs({
+    options: { target: { type: "string" }, vectors: { type: "string" }, "connect-timeout": { type: "string" } },
+  });
+  const connectTimeoutMs = Number(values["connect-timeout"] ?? "10") * 1000;
+  if (values.target === undefined || values.vectors === undefined || !(connectTimeoutMs > 0)) {
+    throw new TypeError("usage: node dist/conformance.js --target HOST:PORT --vectors FILE [--connect-timeout S]");
   }
   const { vectors } = JSON.parse(await readFile(values.vectors, "utf8")) as { vectors: Vector[] };
   for (const vector of vectors) {
-    const line = { name: vector.name, outcome: await outcome(values.target, vector, dirname(values.vectors)) };
+    const found = await outcome(values.target, vector, dirname(values.vectors), connectTimeoutMs);
+    const line = { name: vector.name, outcome: found };
     process.stdout.write(`${JSON.stringify(line)}\n`);
   }
 }

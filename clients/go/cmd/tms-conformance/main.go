@@ -3,7 +3,7 @@
 // and prints one JSON line per vector, {"name": ..., "outcome": ...}, in file order, as
 // tests/conformance/README.md defines them.
 //
-//	tms-conformance --target HOST:PORT --vectors FILE
+//	tms-conformance --target HOST:PORT --vectors FILE [--connect-timeout S]
 //
 // It exits 0 once it has printed a line for every vector, whatever the outcomes; 2 when it
 // cannot read the vectors.
@@ -61,6 +61,7 @@ const callTimeout = 30 * time.Second
 func main() {
 	target := flag.String("target", "", "server address, HOST:PORT")
 	vectorsFile := flag.String("vectors", "vectors.json", "the vectors file")
+	connectTimeout := flag.Float64("connect-timeout", 10, "seconds the start may take")
 	flag.Parse()
 	var file struct {
 		Vectors []vector `json:"vectors"`
@@ -76,7 +77,7 @@ func main() {
 	dir := filepath.Dir(*vectorsFile)
 
 	ctx := context.Background()
-	c, dialErr := tmsclient.Dial(ctx, *target, tmsclient.WithTimeout(callTimeout))
+	c, dialErr := tmsclient.Dial(ctx, *target, tmsclient.WithTimeout(callTimeout), tmsclient.WithConnectTimeout(time.Duration(*connectTimeout*float64(time.Second))))
 	if dialErr == nil {
 		defer c.Close()
 	}

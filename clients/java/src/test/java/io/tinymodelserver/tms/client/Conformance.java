@@ -32,7 +32,7 @@ import java.util.Locale;
  *
  * <pre>
  * java -cp target/test-classes:target/classes:$(cat target/classpath.txt) \
- *     io.tinymodelserver.tms.client.Conformance --target HOST:PORT --vectors FILE
+ *     io.tinymodelserver.tms.client.Conformance --target HOST:PORT --vectors FILE [--connect-timeout S]
  * </pre>
  */
 public final class Conformance {
@@ -52,14 +52,22 @@ public final class Conformance {
     int target = rest.indexOf("--target");
     int vectors = rest.indexOf("--vectors");
     if (target < 0 || vectors < 0 || target + 1 >= args.length || vectors + 1 >= args.length) {
-      System.err.println("usage: Conformance --target HOST:PORT --vectors FILE");
+      System.err.println("usage: Conformance --target HOST:PORT --vectors FILE [--connect-timeout S]");
       System.exit(2);
     }
     Path file = Path.of(args[vectors + 1]);
     JsonArray all =
         JsonParser.parseString(Files.readString(file)).getAsJsonObject().getAsJsonArray("vectors");
+    int connect = rest.indexOf("--connect-timeout");
+    Duration connectTimeout =
+        connect >= 0 && connect + 1 < args.length
+            ? Duration.ofMillis((long) (Double.parseDouble(args[connect + 1]) * 1000))
+            : Duration.ofSeconds(10);
     try (TmsClient client =
-        TmsClient.builder(args[target + 1]).timeout(Duration.ofSeconds(30)).build()) {
+        TmsClient.builder(args[target + 1])
+            .timeout(Duration.ofSeconds(30))
+            .connectTimeout(connectTimeout)
+            .build()) {
       Conformance runner = new Conformance(client, file.toAbsolutePath().getParent());
       for (JsonElement vector : all) {
         JsonObject line = new JsonObject();
