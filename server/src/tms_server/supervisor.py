@@ -20,18 +20,17 @@ import os
 import queue
 import signal
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
-from types import FrameType
 
 from tms_server.board import WorkerBoard
 from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
 from tms_server.registry import find_models
 from tms_server.settings import Settings
+from tms_server.signals import StopFlag, stop_on_signals
 from tms_server.worker import EXIT_HUNG, run_worker
 
 __all__ = ["Supervisor"]
@@ -92,7 +91,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.instance_id = uuid.uuid4().hex
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._context = multiprocessing.get_context("fork")
         self._ready = self._context.Queue()
         self._slots = [_Slot() for _ in settings.worker_devices]
@@ -134,17 +133,11 @@ class Supervisor:
         if self._metrics is not None:
             self._metrics.workers = self._running()
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if not self._stop.is_set():
-            log.info("received %s; stopping", signal.Signals(signum).name)
-        self._stop.set()
-
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
         check_visible(self.settings.devices, os.environ)  # DeviceError before anything starts
         find_models(self.settings.models, self.settings.entry_points)  # NoModelsError, too
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        stop_on_signals(self._stop)
         sock, port = reserve_port(self.settings.host, self.settings.port)
         with sock, contextlib.ExitStack() as cleanup:
             self.settings = replace(self.settings, port=port)
@@ -180,6 +173,7 @@ class Supervisor:
             )
             while not self._stop.wait(0.1):
                 self._reap()
+            log.info("received %s; stopping", self._stop.reason)
             self._shutdown()
         # Stopped: the process only exits now. Python puts back the default handlers as it
         # exits, so a stop signal sent again meanwhile (a second SIGTERM, a Ctrl-C) would end

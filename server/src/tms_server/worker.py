@@ -11,13 +11,11 @@ import contextlib
 import logging
 import os
 import resource
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from types import FrameType
 
 import grpc
 from PIL import Image as PILImage
@@ -40,6 +38,7 @@ from tms_server.servicer import ModelServicer, WorkerIdentity
 from tms_server.services import grpc_options, new_grpc_server, report_serving
 from tms_server.settings import Settings
 from tms_server.shm import Regions
+from tms_server.signals import StopFlag, stop_on_signals
 from tms_server.stalls import StallWatch
 
 # grpc_options now lives in tms_server.services; it stays importable from here.
@@ -337,18 +336,14 @@ def run_worker(
     identity = WorkerIdentity(
         instance_id, index, len(placement.devices), __version__, device=placement.device
     )
-    stop = threading.Event()
+    stop = StopFlag()
     hung = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
 
     def on_hung() -> None:
         hung.set()
-        stop.set()
+        stop.set("a call past the call time limit")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop)
     logs.configure(settings.log_level, settings.log_format, worker=index)  # its lines name it
     limit_arenas()
     if settings.worker_memory_mb:

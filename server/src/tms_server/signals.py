@@ -1,0 +1,63 @@
+"""Stop signals: SIGTERM and SIGINT raise a flag the main thread waits on.
+
+A Python signal handler runs in the main thread between two bytecodes: possibly while that
+thread holds a lock, and, when signals come fast, inside another run of itself. So raising the
+flag takes no lock (``threading.Event.set`` does: a handler that ran while the main thread
+was inside ``Event.wait`` would wait for itself forever, and a storm of signals nested
+handlers until a RecursionError killed the process), and the first stop signal turns both
+off: a stop signal sent again while the stop is under way changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+from types import FrameType
+
+__all__ = ["StopFlag", "stop_on_signals"]
+
+
+class StopFlag:
+    """A stop that a signal handler or any thread may ask for, once; the main thread waits
+    for it. Raising it sets an attribute and writes a byte to a pipe ``wait`` watches."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._set = False
+        self.reason = ""  # what asked for the stop (a signal's name), once set
+
+    def __repr__(self) -> str:
+        return f"<StopFlag {'set: ' + self.reason if self._set else 'clear'}>"
+
+    def set(self, reason: str = "") -> None:
+        if self._set:
+            return
+        self.reason = reason
+        self._set = True
+        with contextlib.suppress(OSError):  # full (it cannot be: one byte) or closed
+            os.write(self._write, b"!")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the flag is set, waiting up to ``timeout`` seconds for it."""
+        if not self._set:
+            select.select([self._read], [], [], timeout)
+        return self._set
+
+
+def stop_on_signals(flag: StopFlag) -> None:
+    """Make the first SIGTERM or SIGINT set ``flag`` (with the signal's name) and ignore both
+    from then on. Call from the main thread."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        flag.set(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
