@@ -1,7 +1,8 @@
 """The supervisor with real worker processes: restart backoff for workers that die quickly, a
 worker that crashes while the server starts, SIGINT (Ctrl-C) stopping as gracefully as
 SIGTERM, a stop signal sent again and again (as fast as a shell can) still ending in exit
-code 0, and --log-level deciding which lines the supervisor, workers and models write."""
+code 0, a stop signal while the models load, and --log-level deciding which lines the
+supervisor, workers and models write."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import start_process, wait_for, write_models
+from tests.support import ServerProcess, start_process, wait_for, write_models
 from tms_client import ModelClient, RetryPolicy
 
 pytestmark = pytest.mark.slow
@@ -148,6 +149,49 @@ def test_a_stop_signal_sent_again_and_again_still_ends_in_a_clean_exit(models, t
         logs = server.logs()
         assert logs.count(f"received {sig.name}; stopping") == 1, logs
         assert "is gone; stopping" not in logs, logs  # the supervisor stopped its worker
+
+
+def test_a_stop_signal_while_models_load_stops_the_server(tmp_path):
+    # A pod deleted, or Ctrl-C pressed, while the workers still load their models: the stop
+    # is logged, the worker stops once its load ends, and the server exits.
+    gate = tmp_path / "loaded"
+    models = write_models(
+        tmp_path / "models",
+        {
+            "slow": f"""
+                import pathlib, time
+                import tms_server
+
+                class Model(tms_server.Model):
+                    inputs = "text"
+
+                    def __init__(self):
+                        pathlib.Path({str(tmp_path / "loading")!r}).touch()
+                        while not pathlib.Path({str(gate)!r}).exists():
+                            time.sleep(0.02)
+
+                    def run(self, text, args):
+                        return {{}}
+            """
+        },
+    )
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--models", str(models), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = ServerProcess(process)
+    try:
+        assert wait_for((tmp_path / "loading").exists, 60), server.logs()
+        process.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "received SIGTERM while starting; stopping" in server.logs(), 30)
+        gate.touch()
+        process.wait(30)
+        assert "is gone; stopping" not in server.logs()  # the supervisor stopped its worker
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 CHATTY = """

@@ -229,6 +229,7 @@ class Supervisor:
                 pending = [i for i, slot in enumerate(self._slots) if slot.ready_at is None]
                 log.error("workers %s not ready after %.0fs", pending, _READY_TIMEOUT)
                 return False
+        log.info("received %s while starting; stopping", self._stop.reason)
         return False
 
     def _reap(self) -> None:
