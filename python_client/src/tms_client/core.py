@@ -290,9 +290,9 @@ class PoolCore:
         of ``timeout`` would be left after it, the last one for the rest; when it is not
         answered (its worker is stalled), the start opens another while no worker of the
         address is known, and stops there once one is (the background search finds the
-        rest). Otherwise an
-        address where nothing listens, or a connection not answered in ``timeout``, ends
-        the search (the retry policy, or the next round of healing, tries again later)."""
+        rest). Otherwise an address where nothing listens, or a connection not answered in
+        ``timeout``, ends the search (the retry policy, or the next round of healing, tries
+        again later)."""
         start = wait
         deadline = self.clock() + timeout
         if wait and not self.options.wait_for_server:
