@@ -22,11 +22,12 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from tests.support import start_process, wait_for, write_models
 from tms_cli.__main__ import main
 from tms_cli.errors import CliError
 from tms_cli.progress import progress_bar
 from tms_cli.query import worker_json
-from tms_client import WorkerInfo
+from tms_client import ModelClient, WorkerInfo
 
 pytestmark = pytest.mark.slow
 
@@ -340,6 +341,32 @@ def test_workers(tms, target):
         # probe that asked is left out of what it reports.
         assert worker["running"] == 0
         assert worker["queued"] == 0
+
+
+def test_workers_names_a_worker_that_does_not_answer(capsys, tmp_path):
+    # A stopped worker (a wedged one in real life, until the supervisor replaces it): the
+    # command answers within seconds with the worker that does answer, and says which not.
+    models = write_models(tmp_path / "models", {"mean": MODELS["mean"]})
+    server = start_process(models, workers=2, args=("--worker-timeout-seconds", "600"))
+    try:
+        with ModelClient("mean", server.target) as client:
+            assert wait_for(lambda: len(client.workers()) == 2, 30)
+            stopped = client.workers()[0]
+        os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            code = main(["--target", server.target, "workers", "--json"])
+            took = time.monotonic() - started
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+        out, err = capsys.readouterr()
+        assert code == 0
+        assert [w["pid"] for w in json.loads(out)] != [stopped.pid]
+        assert len(json.loads(out)) == 1
+        assert f"worker {stopped.index} of 2 did not answer" in err
+        assert took < 8, took  # its connect timeout is 10 s
+    finally:
+        server.stop()
 
 
 def test_worker_load_leaves_out_the_probe():

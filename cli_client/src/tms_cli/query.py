@@ -116,6 +116,7 @@ def show_workers(options: Options, args: SimpleNamespace) -> int:
     with connect(options, balancer=RoundRobin()) as client:
         workers = _probe_each(client)
     rows = [worker_json(w) for w in workers]
+    _say_missing(workers)
     if options.json:
         _print_json(rows)
         return 0
@@ -135,6 +136,24 @@ def show_workers(options: Options, args: SimpleNamespace) -> int:
     header = ["address", "worker", "device", "pid", "running", "queued", "in flight", "calls"]
     print_table(header, table, sys.stdout)
     return 0
+
+
+def _say_missing(workers: list[WorkerInfo]) -> None:
+    """On stderr: the workers a server says it runs that did not answer (a worker stopped or
+    wedged is given up after a second; the supervisor replaces it after
+    --worker-timeout-seconds)."""
+    found: dict[str, tuple[int, set[int]]] = {}
+    for worker in workers:
+        count, indexes = found.setdefault(worker.address, (worker.count, set()))
+        indexes.add(worker.index)
+    for address, (count, indexes) in found.items():
+        missing = sorted(set(range(count)) - indexes)
+        if missing:
+            which = ", ".join(str(i) for i in missing)
+            sys.stderr.write(
+                f"{address}: worker {which} of {count} did not answer "
+                "(starting, restarting, or stuck until the server replaces it)\n"
+            )
 
 
 def _probe_each(client: ModelClient) -> list[WorkerInfo]:
