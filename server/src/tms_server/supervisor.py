@@ -161,7 +161,7 @@ class Supervisor:
                 self._start(index)
             if not self._wait_ready():
                 self._shutdown()
-                return 1
+                return 0 if self._stop.is_set() else 1  # asked to stop, or failed to start
             if self.settings.http_port is not None:
                 where = f"{self.settings.host}:{self.settings.http_port}"
                 print(f"tms-server: HTTP on http://{where}/", flush=True)
