@@ -26,6 +26,8 @@ class StopFlag:
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
+        self._poll = select.poll()  # not select.select: no limit on the descriptor's number
+        self._poll.register(self._read, select.POLLIN)
         self._set = False
         self.reason = ""  # what asked for the stop (a signal's name), once set
 
@@ -46,7 +48,7 @@ class StopFlag:
     def wait(self, timeout: float) -> bool:
         """Whether the flag is set, waiting up to ``timeout`` seconds for it."""
         if not self._set:
-            select.select([self._read], [], [], timeout)
+            self._poll.poll(max(0, round(timeout * 1000)))
         return self._set
 
 

@@ -1,0 +1,27 @@
+"""tms_server.signals.StopFlag: the stop the supervisor and each worker wait for."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tms_server.signals import StopFlag
+
+
+def test_a_flag_not_raised_waits_out_its_timeout() -> None:
+    flag = StopFlag()
+    started = time.monotonic()
+    assert not flag.wait(0.05)
+    assert time.monotonic() - started >= 0.04
+    assert not flag.is_set()
+
+
+def test_a_flag_raised_by_another_thread_wakes_the_waiter_at_once() -> None:
+    flag = StopFlag()
+    threading.Timer(0.05, flag.set, args=("SIGTERM",)).start()
+    started = time.monotonic()
+    assert flag.wait(30)
+    assert time.monotonic() - started < 10
+    assert flag.wait(30)  # and stays raised
+    flag.set("SIGINT")  # a second stop changes nothing
+    assert flag.reason == "SIGTERM"
