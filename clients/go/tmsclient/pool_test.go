@@ -148,9 +148,9 @@ func TestASlowServerIsAnsweredWithinHalfTheConnectTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 120 ms is too short, four times (three on a busy machine) while half the second would be
-	// left after it; the next connection waits all that is left and is answered.
-	if n := lis.accepted.Load(); n < 4 || n > 5 || took < 600*time.Millisecond || took > 2*time.Second {
+	// 120 ms is too short, four times (two or three on a busy machine) while half the second
+	// would be left after it; the next connection waits all that is left and is answered.
+	if n := lis.accepted.Load(); n < 3 || n > 5 || took < 500*time.Millisecond || took > 2*time.Second {
 		t.Fatalf("%d connections in %s", n, took)
 	}
 	holdsOnlyTheLiveWorker(t, c)
@@ -164,9 +164,9 @@ func TestAStartNothingAnswersFailsAtTheConnectTimeout(t *testing.T) {
 	if !errors.As(err, &e) || e.Code != codes.DeadlineExceeded || !strings.Contains(e.Message, "no TMS worker answered") {
 		t.Fatalf("err %v", err)
 	}
-	// 120 ms four times (or three), then the rest of the second (and maybe one of the
-	// background search's, begun as Dial gave up).
-	if n := lis.accepted.Load(); n < 4 || n > 6 || took < 900*time.Millisecond || took > 2*time.Second {
+	// 120 ms four times (two or three on a busy machine), then the rest of the second (and
+	// maybe one of the background search's, begun as Dial gave up).
+	if n := lis.accepted.Load(); n < 3 || n > 6 || took < 900*time.Millisecond || took > 2*time.Second {
 		t.Fatalf("%d connections, failed after %s", n, took)
 	}
 }

@@ -178,7 +178,8 @@ describe("worker pool", () => {
     // (about 180 ms, less on a busy machine; and when a timer fires a millisecond early, one
     // more for the millisecond left)
     const waits = server.asked.map(({ waitMs }) => waitMs);
-    assert.deepEqual(waits.slice(0, 2).map((ms) => Math.round(ms / 10) * 10), [60, 60]);
+    // (each short one seen by the server a little under 60 ms: time passes as it is sent)
+    assert.ok(waits.slice(0, 2).every((ms) => ms > 30 && ms <= 60), `waited ${waits.join(", ")} ms`);
     const rest = waits.slice(2);
     assert.ok(rest.length >= 1 && rest[0]! > 100 && rest.every((ms) => ms <= 180), `waited ${waits.join(", ")} ms`);
     workers.close();
