@@ -157,6 +157,18 @@ def start_process(
     raise RuntimeError("tms-server did not start:\n" + server.logs())
 
 
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """SIGSTOP ``pid`` for the block (a wedged process, to its peers); SIGCONT it afterwards
+    if it still exists."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
     """Whether ``condition`` came true within ``timeout`` seconds (polled every ``interval``)."""
     deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from tests.support import start_process, wait_for, write_models
+from tests.support import start_process, stopped, wait_for, write_models
 from tms_cli.__main__ import main
 from tms_cli.errors import CliError
 from tms_cli.progress import progress_bar
@@ -351,19 +351,16 @@ def test_workers_names_a_worker_that_does_not_answer(capsys, tmp_path):
     try:
         with ModelClient("mean", server.target) as client:
             assert wait_for(lambda: len(client.workers()) == 2, 30)
-            stopped = client.workers()[0]
-        os.kill(stopped.pid, signal.SIGSTOP)
-        try:
+            victim = client.workers()[0]
+        with stopped(victim.pid):
             started = time.monotonic()
             code = main(["--target", server.target, "workers", "--json"])
             took = time.monotonic() - started
-        finally:
-            os.kill(stopped.pid, signal.SIGCONT)
         out, err = capsys.readouterr()
         assert code == 0
-        assert [w["pid"] for w in json.loads(out)] != [stopped.pid]
+        assert [w["pid"] for w in json.loads(out)] != [victim.pid]
         assert len(json.loads(out)) == 1
-        assert f"worker {stopped.index} of 2 did not answer" in err
+        assert f"worker {victim.index} of 2 did not answer" in err
         assert took < 8, took  # its connect timeout is 10 s
     finally:
         server.stop()

@@ -7,8 +7,6 @@ a stalled worker."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conformance.run_python import digest, generate
-from tests.support import ROOT, ServerProcess, start_process, wait_for
+from tests.support import ROOT, ServerProcess, start_process, stopped, wait_for
 from tests.toolchains import GO_MODULE, build_java_client, build_ts_client, find_go, run
 from tms_client import ModelClient
 
@@ -127,11 +125,8 @@ def stalled_server() -> Iterator[ServerProcess]:
         with ModelClient("describe", started.target) as client:
             assert wait_for(lambda: len(client.workers()) == 2, timeout=30)
             victim = client.workers()[0].pid
-        os.kill(victim, signal.SIGSTOP)
-        try:
+        with stopped(victim):
             yield started
-        finally:
-            os.kill(victim, signal.SIGCONT)
     finally:
         started.stop()
 

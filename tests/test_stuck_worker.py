@@ -4,17 +4,14 @@ get around it: by default nothing a client sends is lost to a stuck worker."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
 import threading
 import time
 
 import grpc
 import pytest
 
-from tests.support import ServerProcess, alive, wait_for, write_models
+from tests.support import ServerProcess, alive, stopped, wait_for, write_models
 from tms_client import (
     AdminClient,
     ModelClient,
@@ -63,17 +60,6 @@ CALL_TIMEOUT = 10.0  # well past the worker timeout: a call waits out the kill, 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return write_models(tmp_path_factory.mktemp("models"), MODELS)
-
-
-@contextlib.contextmanager
-def stopped(pid: int):
-    """SIGSTOP ``pid`` for the block; SIGCONT it afterwards if it still exists."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 def assert_replaced(server: ServerProcess, client: ModelClient, victim: int) -> None:
