@@ -175,12 +175,7 @@ class Supervisor:
                 self._reap()
             log.info("received %s; stopping", self._stop.reason)
             self._shutdown()
-        # Stopped: the process only exits now. Python puts back the default handlers as it
-        # exits, so a stop signal sent again meanwhile (a second SIGTERM, a Ctrl-C) would end
-        # a clean stop as killed by that signal; ignored, it changes nothing.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return 0
+        return 0  # stop signals sent again meanwhile were ignored (see stop_on_signals)
 
     def _collect_ready(self, timeout: float) -> None:
         """Note which workers reported ready (waiting up to ``timeout`` for the first), and
