@@ -190,9 +190,10 @@ export class WorkerPool {
    * run out. A background search waits up to `timeoutMs` for each answer and ends at the
    * first connection that does not answer. The start (by `startDeadline`, `timeoutMs` after it
    * began) waits ANSWER_WAIT_MS for each answer while half of `timeoutMs` would be left after
-   * it, the last connection for the rest; a connection that does not answer (stalled, or failing) ends its search here
-   * once it holds a worker of this address (the background search finds the rest), and until
-   * then it opens another, each waiting for a server that is starting, while time is left. */
+   * it, the last connection for the rest; a connection that does not answer (stalled, or
+   * failing) ends its search here once it holds a worker of this address (the background
+   * search finds the rest), and until then it opens another, each waiting for a server that is
+   * starting, while time is left. */
   private async find(address: string, timeoutMs: number, startDeadline?: number): Promise<void> {
     const start = startDeadline !== undefined;
     let held = false;
