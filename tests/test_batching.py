@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -250,6 +251,25 @@ def test_a_lone_call_after_lone_calls_runs_at_once():
 
     def caller() -> None:
         assert batcher.run(7, "", lambda items: [i * 2 for i in items]) == 14
+        done.set()
+
+    threading.Thread(target=caller, daemon=True).start()
+    assert done.wait(30)
+
+
+def test_a_call_on_the_event_loop_never_waits_for_company():
+    # A call proven quick runs on the worker's event loop, through which every other call
+    # comes: none can join while it waits, and every other call of the worker would wait too.
+    batcher = Batcher(max_size=4, delay=60.0)  # a wait would outlast the test
+    batcher._last_size = 3  # after a burst: a call on a thread would wait for company
+
+    async def on_the_loop() -> int:
+        return batcher.run(7, "", lambda items: [i * 2 for i in items])
+
+    done = threading.Event()
+
+    def caller() -> None:
+        assert asyncio.run(on_the_loop()) == 14
         done.set()
 
     threading.Thread(target=caller, daemon=True).start()

@@ -91,10 +91,31 @@ MODELS = {
             def open_stream(self, args):
                 if args.get("refuse"):
                     raise tms_server.InvalidInput("this stream is refused")
+                time.sleep(args.get("open_sleep", 0))
                 return Tracker(args)
 
             def run(self, image, args):
                 return {"mean": float(image.mean()), "pid": os.getpid()}
+    """,
+    # Not thread-safe (one call at a time, under its lock); says which thread ran it, and
+    # when asked, holds its lock until a file exists (noting that it holds it).
+    "where": """
+        import threading
+        import time
+        from pathlib import Path
+
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run(self, image, args):
+                if "hold" in args:
+                    Path(args["hold"], "holding").touch()
+                    deadline = time.monotonic() + 10
+                    while not Path(args["hold"], "release").exists():
+                        if time.monotonic() > deadline:
+                            break
+                        time.sleep(0.01)
+                return {"thread": threading.current_thread().name}
     """,
     # No stream hook: each frame goes to run.
     "plain": """
@@ -383,3 +404,78 @@ def test_a_stream_ended_with_a_frame_unanswered_fails_internal(early_ender: str)
                 await anext(answers)
 
     asyncio.run(main())
+
+
+def bogus(value: int) -> pb.RunImageStreamRequest:
+    """A frame whose image declares 64x64x3 pixels and carries one byte: refused at once."""
+    message = image(value)
+    message.ClearField("shape")
+    message.shape.extend([64, 64, 3])
+    return pb.RunImageStreamRequest(frame_id=value, image=message)
+
+
+def test_frames_refused_at_once_never_send_a_model_to_the_event_loop(
+    server: InProcessServer,
+) -> None:
+    # Else a caller could have the worker's event loop, which every call needs, run the next
+    # real frame of that size: every other call of the worker would wait for it.
+    requests = [bogus(i) for i in range(1, 41)]
+    requests[0].model = "where"
+    real = to_parts(np.zeros((64, 64, 3), np.uint8), color="bgr").to_message()
+    requests.append(pb.RunImageStreamRequest(frame_id=41, image=real))
+    answers, _ = raw_stream(server.target, requests)
+    assert [bool(a.error_status) for a in answers] == [True] * 40 + [False]
+    assert json.loads(answers[-1].result_json)["thread"].startswith("tms-call-")
+
+
+def test_no_frame_waits_on_the_event_loop_for_a_model_busy_on_a_thread(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    # A model that is not thread-safe runs one call at a time: a frame proven quick must not
+    # wait for its lock on the event loop while a RunImage of it runs on a thread.
+    holding = tmp_path / "holding"
+    loop_thread: list[str] = []
+    load = server.running.runner.load
+
+    def release() -> None:  # once the frame runs too (waiting for the lock, on a thread)
+        wait_for(lambda: load.in_flight == 2, timeout=30)
+        (tmp_path / "release").touch()
+
+    def frames() -> Iterator[np.ndarray]:
+        yield from (frame(i) for i in range(40))  # proven quick: the last run on the loop
+        assert wait_for(holding.exists, timeout=30)
+        threading.Thread(target=release, daemon=True).start()
+        yield frame(40)
+
+    with ModelClient("where", server.target) as client:
+        held = threading.Thread(
+            target=lambda: client.run_image(frame(0), {"hold": str(tmp_path)}), daemon=True
+        )
+        results = []
+        for result in client.run_image_stream(frames(), window=1):
+            results.append(result.result["thread"])
+            if len(results) == 40:
+                loop_thread.append(result.result["thread"])
+                held.start()
+        held.join(30)
+    assert not loop_thread[0].startswith("tms-call-")  # frames ran on the loop...
+    assert results[-1].startswith("tms-call-")  # ...but not while the model was busy
+
+
+def test_close_runs_for_a_stream_left_while_open_stream_ran(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        method = channel.stream_stream(
+            method_path("RunImageStream"),
+            request_serializer=pb.RunImageStreamRequest.SerializeToString,
+            response_deserializer=pb.RunImageStreamResponse.FromString,
+        )
+        args = {"name": "left-early", "notes": str(tmp_path), "open_sleep": 0.5}
+        first = pb.RunImageStreamRequest(model="tracker", args_json=json.dumps(args))
+        call = method(iter([first]), timeout=30)
+        time.sleep(0.2)  # open_stream sleeps 0.5 s
+        call.cancel()
+    closed = tmp_path / "closed-left-early"
+    assert wait_for(closed.exists, timeout=10)
+    assert closed.read_text() == "0"  # no frame ran

@@ -74,50 +74,90 @@ def test_a_call_that_leaves_while_waiting_gives_its_place_back() -> None:
     asyncio.run(scenario())
 
 
+M = ("RunImage", "m")  # a kind of call to model m
+
+
+def _call(quick: QuickCalls, key: tuple[str, str], seconds: float, pixels: int = 0) -> None:
+    quick.started(key[1])
+    quick.finished(key, seconds, pixels)
+
+
 def test_a_model_is_quick_once_proven_and_slow_again_after_one_slow_call() -> None:
     quick = QuickCalls()
     for _ in range(PROVEN_AFTER - 1):
-        quick.started("m")
-        quick.finished("m", QUICK_SECONDS / 10)
-    assert not quick.allows("m")  # not yet proven
+        _call(quick, M, QUICK_SECONDS / 10)
+    assert not quick.allows(M)  # not yet proven
+    _call(quick, M, QUICK_SECONDS / 10)
+    assert quick.allows(M)
     quick.started("m")
-    quick.finished("m", QUICK_SECONDS / 10)
-    assert quick.allows("m")
-    quick.started("m")
-    assert not quick.allows("m")  # one of its calls runs (on a thread, holding its lock)
-    quick.finished("m", 0.5)
-    assert not quick.allows("m")  # one slow call is remembered...
+    assert not quick.allows(M)  # one of its calls runs (on a thread, holding its lock)
+    quick.finished(M, 0.5)
+    assert not quick.allows(M)  # one slow call is remembered...
     for _ in range(200):
-        quick.started("m")
-        quick.finished("m", QUICK_SECONDS / 10)
-    assert quick.allows("m")  # ...until many fast ones make it forgotten
-    assert not quick.allows("unknown")
+        _call(quick, M, QUICK_SECONDS / 10)
+    assert quick.allows(M)  # ...until many fast ones make it forgotten
+    assert not quick.allows(("RunImage", "unknown"))
 
 
 def test_calls_are_proven_quick_by_the_size_of_their_images() -> None:
     quick = QuickCalls()
     for _ in range(PROVEN_AFTER):
-        quick.started("m")
-        quick.finished("m", QUICK_SECONDS / 10, 50_000)
-    assert quick.allows("m", 50_000)
-    assert quick.allows("m", 60_000)  # within a factor of two: the same size
-    assert not quick.allows("m", 2_000_000)  # never seen
+        _call(quick, M, QUICK_SECONDS / 10, 50_000)
+    assert quick.allows(M, 50_000)
+    assert quick.allows(M, 60_000)  # within a factor of two: the same size
+    assert not quick.allows(M, 2_000_000)  # never seen
     for _ in range(PROVEN_AFTER):
-        quick.started("m")
-        quick.finished("m", 0.5, 2_000_000)
-    assert not quick.allows("m", 2_000_000)  # slow at that size...
-    assert quick.allows("m", 50_000)  # ...quick still at the other
+        _call(quick, M, 0.5, 2_000_000)
+    assert not quick.allows(M, 2_000_000)  # slow at that size...
+    assert quick.allows(M, 50_000)  # ...quick still at the other
     quick.started("m")
-    assert not quick.allows("m", 50_000)  # but not while a call of any size runs
-    assert repr(quick) == "<QuickCalls models=1 quick=1>"
+    assert not quick.allows(M, 50_000)  # but not while a call of any size runs
+    assert repr(quick) == "<QuickCalls quick=['m'] running=1>"
+
+
+def test_work_of_any_kind_on_a_model_keeps_its_calls_off_the_loop() -> None:
+    # A stream's frames and a RunImage of the same model share its lock: while one runs on a
+    # thread, a call of the other kind on the loop would wait for it there.
+    quick = QuickCalls()
+    frames = ("RunImageStream", "m")
+    for _ in range(PROVEN_AFTER):
+        _call(quick, frames, QUICK_SECONDS / 10)
+    assert quick.allows(frames)
+    assert not quick.allows(M)  # each kind is proven on its own
+    quick.started("m")  # a RunImage, or a stream's open_stream (not timed)
+    assert not quick.allows(frames)
+    quick.finished(M, None)
+    assert quick.allows(frames)
+    assert quick.allows(("RunImageStream", "other")) is False
+
+
+def test_calls_that_fail_never_prove_a_model_quick() -> None:
+    # Input refused at once (a frame declaring 2000x2000 pixels, carrying one byte) costs
+    # nothing; the next real image of that size may take seconds.
+    quick = QuickCalls()
+    for _ in range(10 * PROVEN_AFTER):
+        quick.started("m")
+        quick.finished(M, QUICK_SECONDS / 10, 4_000_000, ok=False)
+    assert not quick.allows(M, 4_000_000)
+    for _ in range(PROVEN_AFTER):
+        _call(quick, M, QUICK_SECONDS / 10)
+    quick.started("m")
+    quick.finished(M, 0.5, ok=False)  # slow, and it failed: still slow
+    assert not quick.allows(M)
+    for _ in range(10 * PROVEN_AFTER):
+        quick.started("m")
+        quick.finished(M, QUICK_SECONDS / 10, ok=False)
+    assert not quick.allows(M)  # fast failures do not make the slow call forgotten
 
 
 def test_made_up_model_names_cannot_grow_the_table_without_bound() -> None:
     quick = QuickCalls()
     for i in range(10_000):
-        quick.started(f"made-up-{i}")
-        quick.finished(f"made-up-{i}", 0.0)
-    assert len(quick._paces) <= 256
+        key = ("RunImage", f"made-up-{i}")
+        quick.started(key[1])
+        quick.finished(key, 1.0, ok=False)  # no such model (on a slow machine)
+    assert len(quick._speeds) <= 1024
+    assert quick._running == {}
 
 
 def test_the_runner_refuses_past_threads_and_queue_and_runs_proven_calls_on_the_loop() -> None:
@@ -137,15 +177,15 @@ def test_the_runner_refuses_past_threads_and_queue_and_runs_proven_calls_on_the_
         assert await first is True
         assert await second != loop_thread  # on the runner's thread
         for _ in range(PROVEN_AFTER):
-            assert await runner.run(threading.get_ident, key="m") != loop_thread
-        assert await runner.run(threading.get_ident, key="m") == loop_thread
-        assert await runner.run(threading.get_ident, key="m", pixels=2_000_000) != loop_thread
+            assert await runner.run(threading.get_ident, key=M) != loop_thread
+        assert await runner.run(threading.get_ident, key=M) == loop_thread
+        assert await runner.run(threading.get_ident, key=M, pixels=2_000_000) != loop_thread
         for _ in range(PROVEN_AFTER):
-            await runner.run(threading.get_ident, key="m", pixels=2_000_000)
-        assert await runner.run(threading.get_ident, key="m", pixels=2_000_000) == loop_thread
+            await runner.run(threading.get_ident, key=M, pixels=2_000_000)
+        assert await runner.run(threading.get_ident, key=M, pixels=2_000_000) == loop_thread
         for _ in range(PROVEN_AFTER):
-            await runner.run(threading.get_ident, key="m", pixels=QUICK_PIXELS + 1)
-        got = await runner.run(threading.get_ident, key="m", pixels=QUICK_PIXELS + 1)
+            await runner.run(threading.get_ident, key=M, pixels=QUICK_PIXELS + 1)
+        got = await runner.run(threading.get_ident, key=M, pixels=QUICK_PIXELS + 1)
         assert got != loop_thread  # too large to run on the loop, however quick
 
     try:
@@ -153,6 +193,41 @@ def test_the_runner_refuses_past_threads_and_queue_and_runs_proven_calls_on_the_
     finally:
         runner.shutdown()
     assert (load.in_flight, load.queued) == (0, 0)
+
+
+def test_the_runner_runs_no_call_of_a_model_on_the_loop_while_other_work_of_it_runs() -> None:
+    load = WorkerLoad("test/1")
+    runner = CallRunner(load, threads=2, max_queued=4, max_pixels=100)
+    gate = threading.Event()
+    other = ("RunImage", "n")
+
+    def fail() -> None:
+        raise ValueError("refused at once")
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        for _ in range(PROVEN_AFTER):
+            await runner.run(threading.get_ident, key=M)
+        assert await runner.run(threading.get_ident, key=M) == loop_thread
+        hook = asyncio.create_task(
+            runner.run(gate.wait, 10, key=("RunImageStream", "m"), timed=False)
+        )
+        await asyncio.sleep(0.05)
+        assert await runner.run(threading.get_ident, key=M) != loop_thread  # the hook runs
+        gate.set()
+        assert await hook is True
+        assert await runner.run(threading.get_ident, key=M) == loop_thread
+        for _ in range(4 * PROVEN_AFTER):
+            with pytest.raises(ValueError, match="refused at once"):
+                await runner.run(fail, key=other)
+        assert await runner.run(threading.get_ident, key=other) != loop_thread
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        runner.shutdown()
+    assert (load.in_flight, load.queued) == (0, 0)
+    assert runner.quick._running == {}
 
 
 def test_a_call_cancelled_while_queued_never_runs() -> None:

@@ -20,8 +20,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tms_server.errors import ResourceExhausted
@@ -78,7 +78,7 @@ class PixelBudget:
 
 @dataclass
 class _Speed:
-    """How long the recent calls of one model with images of about one size took."""
+    """How long the recent calls of one kind to one model with images of about one size took."""
 
     calls: int = 0
     slowest: float = 0.0  # seconds; decays as faster calls come
@@ -88,61 +88,75 @@ class _Speed:
         return self.calls >= PROVEN_AFTER and self.slowest < QUICK_SECONDS
 
 
-@dataclass
-class _Pace:
-    """How long the recent calls of one model took, by size, and how many of them run."""
-
-    running: int = 0
-    sizes: dict[int, _Speed] = field(default_factory=dict)  # by _size(pixels)
-
-
 def _size(pixels: int) -> int:
     """The size class of a call's ``pixels``: calls within a factor of two share it."""
     return pixels.bit_length()
 
 
+#: What QuickCalls times calls by: what is called (an RPC, a stream's frames) and the model.
+Key = tuple[str, str]
+
+
 class QuickCalls:
     """Which calls may run on the event loop itself, skipping the hand-over to a thread and
     back (two thread switches, as costly as a small model call): calls of a model whose last
-    ``PROVEN_AFTER`` calls or more with images of about the same size all took under
-    ``QUICK_SECONDS``, none of whose calls is running, while no call waits for a thread. One
-    slow call sends its model's calls of that size back to the threads until fast calls have
-    made it forgotten. A model that hangs on the loop stops the worker's heartbeat, and the
-    supervisor replaces the worker (--worker-timeout-seconds).
+    ``PROVEN_AFTER`` successful calls or more of the same kind with images of about the same
+    size all took under ``QUICK_SECONDS``, while no work of that model runs (a call of any
+    kind, or a stream's hooks: its lock, if it has one, is free) and no call waits for a
+    thread. One slow call sends its model's calls of that kind and size back to the threads
+    until fast calls have made it forgotten; a call that fails never proves anything fast
+    (input refused at once says nothing of what the model costs). A model that hangs on the
+    loop stops the worker's heartbeat, and the supervisor replaces the worker
+    (--worker-timeout-seconds).
     """
 
     def __init__(self) -> None:
-        self._paces: dict[Hashable, _Pace] = {}
+        self._speeds: dict[tuple[Key, int], _Speed] = {}  # by key and size class
+        self._running: dict[str, int] = {}  # by model; only models with work running
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        quick = sum(any(s.quick for s in pace.sizes.values()) for pace in self._paces.values())
-        return f"<QuickCalls models={len(self._paces)} quick={quick}>"
+        quick = {key[1] for (key, _), speed in self._speeds.items() if speed.quick}
+        running = sum(self._running.values())
+        return f"<QuickCalls quick={sorted(quick)} running={running}>"
 
-    def allows(self, key: Hashable, pixels: int = 0) -> bool:
-        pace = self._paces.get(key)
-        if pace is None or pace.running:
+    def allows(self, key: Key, pixels: int = 0) -> bool:
+        if key[1] in self._running:
             return False
-        speed = pace.sizes.get(_size(pixels))
+        speed = self._speeds.get((key, _size(pixels)))
         return speed is not None and speed.quick
 
-    def started(self, key: Hashable) -> None:
+    def started(self, model: str) -> None:
+        """Work of ``model`` begins (a call, or work that is not timed, holding its lock)."""
         with self._lock:
-            pace = self._paces.get(key)
-            if pace is None:
-                if len(self._paces) >= _MAX_PACES:
-                    self._paces.clear()  # names callers made up; the real ones come back
-                pace = self._paces[key] = _Pace()
-            pace.running += 1
+            self._running[model] = self._running.get(model, 0) + 1
 
-    def finished(self, key: Hashable, seconds: float, pixels: int = 0) -> None:
+    def finished(
+        self, key: Key, seconds: float | None, pixels: int = 0, *, ok: bool = True
+    ) -> None:
+        """Work of ``key``'s model that began is over; a call of ``key`` that took ``seconds``
+        (None: not timed) and succeeded, unless not ``ok``."""
         with self._lock:
-            pace = self._paces.get(key)
-            if pace is not None:
-                pace.running -= 1
-                speed = pace.sizes.setdefault(_size(pixels), _Speed())
+            model = key[1]
+            left = self._running.get(model, 0) - 1
+            if left > 0:
+                self._running[model] = left
+            else:
+                self._running.pop(model, None)
+            if seconds is None:
+                return
+            speed = self._speeds.get((key, _size(pixels)))
+            if speed is None:
+                if not ok and seconds < QUICK_SECONDS:
+                    return  # fast failures (of a model that may not exist) teach nothing
+                if len(self._speeds) >= _MAX_SPEEDS:
+                    self._speeds.clear()  # names callers made up; the real ones come back
+                speed = self._speeds[key, _size(pixels)] = _Speed()
+            if ok:
                 speed.calls += 1
                 speed.slowest = max(seconds, speed.slowest * _FORGET)
+            else:  # slow, perhaps; never proof of fast
+                speed.slowest = max(seconds, speed.slowest)
 
 
 #: How long a caller refused by a full queue is told to wait (RetryInfo): a call's time, about.
@@ -154,7 +168,7 @@ PROVEN_AFTER = 16
 #: such stretches kept sending fast models to the threads, about half their calls under load.
 QUICK_SECONDS = 0.005
 _FORGET = 0.95  # each call shrinks the memory of the slowest one by this factor
-_MAX_PACES = 256
+_MAX_SPEEDS = 1024  # kinds of call x models x sizes
 
 
 class CallRunner:
@@ -185,10 +199,17 @@ class CallRunner:
         )
 
     async def run(
-        self, function: Callable[..., T], *args: Any, pixels: int = 0, key: Hashable = None
+        self,
+        function: Callable[..., T],
+        *args: Any,
+        pixels: int = 0,
+        key: Key | None = None,
+        timed: bool = True,
     ) -> T:
         """``function(*args)`` on a thread, once admitted and once ``pixels`` fit; on the event
-        loop if calls of ``key`` (a model) are proven quick and the call is small."""
+        loop if calls of ``key`` (a kind of call to a model) are proven quick and the call is
+        small. Work of a model that is not ``timed`` (a stream's hooks) never runs on the loop,
+        but keeps the model's other calls off it while it runs."""
         load = self.load
         if load.in_flight + load.queued >= self.threads + self.max_queued:
             raise ResourceExhausted(
@@ -197,9 +218,15 @@ class CallRunner:
                 "try again later",
                 retry_after=QUEUE_FULL_RETRY_SECONDS,
             )
-        quick = key is not None and pixels <= QUICK_PIXELS and not load.queued
-        if quick and self.quick.allows(key, pixels):
-            return _timed(load, self.quick, function, args, key=key, pixels=pixels)
+        if (
+            key is not None
+            and timed
+            and pixels <= QUICK_PIXELS
+            and not load.queued
+            and self.quick.allows(key, pixels)
+        ):
+            self.quick.started(key[1])
+            return _timed(load, self.quick, function, args, key=key, pixels=pixels, timed=True)
         load.submitted()
         taken = 0
         try:
@@ -211,7 +238,8 @@ class CallRunner:
         result: asyncio.Future[T] = loop.create_future()
         # The thread gives the pixels back when the call is over, even if its caller left;
         # it runs the call in the call's context, which its logs read (tms_server.callinfo).
-        call = _Call(loop, result, function, args, pixels, taken, key, contextvars.copy_context())
+        context = contextvars.copy_context()
+        call = _Call(loop, result, function, args, pixels, taken, key, timed, context)
         self._calls.put(call)
         return await result  # a call cancelled while queued is skipped by its thread
 
@@ -223,10 +251,14 @@ class CallRunner:
     def _serve(self) -> None:
         load, quick = self.load, self.quick
         while (call := self._calls.get()) is not None:
+            if call.key is not None:  # before it leaves the queue: see QuickCalls.allows
+                quick.started(call.key[1])
             load.started()
             outcome: tuple[Any, BaseException | None] = (None, None)
             if not call.result.cancelled():
                 outcome = self._run(call, load, quick)
+            elif call.key is not None:
+                quick.finished(call.key, None)
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
                 call.loop.call_soon_threadsafe(_settle, call, self.pixels, *outcome)
 
@@ -234,7 +266,14 @@ class CallRunner:
     def _run(call: _Call, load: WorkerLoad, quick: QuickCalls) -> tuple[Any, BaseException | None]:
         try:
             result = call.context.run(
-                _timed, load, quick, call.function, call.args, key=call.key, pixels=call.pixels
+                _timed,
+                load,
+                quick,
+                call.function,
+                call.args,
+                key=call.key,
+                pixels=call.pixels,
+                timed=call.timed,
             )
             return result, None
         except BaseException as exc:  # handed to the caller, whatever it is
@@ -250,19 +289,22 @@ def _timed(
     function: Callable[..., T],
     args: tuple[Any, ...],
     *,
-    key: Hashable,
+    key: Key | None,
     pixels: int,
+    timed: bool,
 ) -> T:
-    """``function(*args)``, counted in ``load`` and, for a model's calls, timed for QuickCalls."""
+    """``function(*args)``, counted in ``load`` and, for a model's work (counted as started
+    in ``quick`` already), over in ``quick``, timed when ``timed``."""
     load.begin()
-    if key is not None:
-        quick.started(key)
     began = time.perf_counter()
+    ok = False
     try:
-        return function(*args)
+        result = function(*args)
+        ok = True
+        return result
     finally:
         if key is not None:
-            quick.finished(key, time.perf_counter() - began, pixels)
+            quick.finished(key, time.perf_counter() - began if timed else None, pixels, ok=ok)
         load.end()
 
 
@@ -276,7 +318,8 @@ class _Call:
     args: tuple[Any, ...]
     pixels: int  # as the request declares them
     taken: int  # from the pixel budget, given back when the call is over
-    key: Hashable  # its model, for QuickCalls
+    key: Key | None  # its kind and model, for QuickCalls
+    timed: bool  # for QuickCalls
     context: contextvars.Context  # the call's context variables
 
 

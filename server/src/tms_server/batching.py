@@ -16,7 +16,8 @@ Every call waits in a thread of the worker, so a batch holds at most ``--threads
 batch that holds as many is full. A leader waits for company only where company is likely:
 while another call to the model is in the batcher (running, or waiting its turn), or when
 the last batch held more than one call. So calls that come one at a time run at once, and a
-lone call pays the delay only the first time, or after a burst.
+lone call pays the delay only the first time, or after a burst; never one on the event loop
+(a call proven quick), where waiting would hold up every other call of the worker.
 
 If ``run_batch`` raises for a batch of several inputs, each input runs again alone, in its
 own caller's context (logs name that call), so that a bad input fails only its own call and
@@ -28,6 +29,7 @@ the call that leads it (a caller that left does not stop its batch).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 import time
@@ -132,7 +134,7 @@ class Batcher:
         try:
             with self._lock:
                 company = self._active > 1 or self._last_size != 1
-            if company:
+            if company and not _on_event_loop():
                 batch.full.wait(self.delay)
             with self._turn:
                 with self._lock:  # closed: what it holds now runs
@@ -146,6 +148,16 @@ class Batcher:
                 batch.seconds = time.perf_counter() - began
         finally:
             batch.done.set()
+
+
+def _on_event_loop() -> bool:
+    """Whether this is the worker's event loop (a call proven quick runs there): no call can
+    join a batch while the loop waits, since calls reach the batcher through it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _outcomes(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -160,7 +161,7 @@ class Worker:
                 response = method.call(request, context, load, tail)
             else:
                 pixels = method.weigh(request) if method.weigh is not None else 0
-                key = (method.name, model) if method.calls_models else None
+                key = (method.name, call.model) if method.calls_models else None
                 response = await self.runner.run(
                     method.call, request, context, load, tail, pixels=pixels, key=key
                 )
@@ -235,7 +236,7 @@ class Stream(Generic[Q]):
         self._method = method
         self._context = context
         self._call = call
-        self._key: tuple[str, bytes | None] | None = None  # its model's, for QuickCalls
+        self._key: tuple[str, str] | None = None  # its kind and model, for QuickCalls
 
     def __repr__(self) -> str:
         return f"<Stream {self._method.rpc} model={self._call.model!r}>"
@@ -252,7 +253,7 @@ class Stream(Generic[Q]):
         if isinstance(request, bytes) and self._method.names_model:
             model = _model_of(request)
             self._call.model = model.decode(errors="replace") if model else ""
-            self._key = (self._method.name, model)
+            self._key = (self._method.name, self._call.model)
         while request is not grpc.aio.EOF:
             if self._worker.load.draining:
                 raise Unavailable("this worker is shutting down; open the stream again")
@@ -265,8 +266,27 @@ class Stream(Generic[Q]):
         """``function(*args)`` admitted as a call of its own (tms_server.admission): on one of
         the worker's threads, or on the event loop once the stream model's ``timed`` work
         (its frames) is proven quick; ResourceExhausted when the worker is full."""
-        key = self._key if timed else None
-        return await self._worker.runner.run(function, *args, pixels=pixels, key=key)
+        runner = self._worker.runner
+        return await runner.run(function, *args, pixels=pixels, key=self._key, timed=timed)
+
+    async def aside(self, function: Callable[[], T]) -> T:
+        """``function()`` on a thread of its own, not admitted (it runs however full the
+        worker is, and even if the caller leaves meanwhile), counted as work of the stream's
+        model (no call of the model runs on the event loop meanwhile): a stream's close()."""
+        quick, key = self._worker.runner.quick, self._key
+        if key is not None:
+            quick.started(key[1])
+
+        def counted() -> T:
+            try:
+                return function()
+            finally:
+                if key is not None:
+                    quick.finished(key, None)
+
+        context = contextvars.copy_context()  # its log lines name the stream's call
+        running = asyncio.get_running_loop().run_in_executor(None, context.run, counted)
+        return await asyncio.shield(running)
 
     async def write(self, response: Any) -> None:
         """Send one answer; the StallWatch times the caller taking it."""

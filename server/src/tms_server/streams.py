@@ -21,14 +21,14 @@ memory for a later frame (tms_client.shm). Only a stream that ends unanswered (c
 its deadline) may leave a frame running.
 
 When the stream ends, however it ends, the object's ``close()`` runs on a thread (after any
-frame of the stream still running), awaited unless the caller left.
+frame of the stream, or its ``open_stream``, still running), awaited unless the caller left.
+``open_stream``, frames and ``close()`` are all work of the model: while one runs, none of the
+model's calls runs on the event loop (tms_server.admission.QuickCalls).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import functools
 import logging
 import threading
@@ -48,6 +48,7 @@ from tms_client.protocol.wire import (
 from tms_server.callinfo import CURRENT
 from tms_server.errors import InvalidArgument
 from tms_server.invoke import declared_pixels, prepare_image, result_json, run_model
+from tms_server.model import Model
 from tms_server.registry import LoadedModel
 from tms_server.rpc import Stream
 
@@ -74,7 +75,8 @@ class _Opened:
     model: LoadedModel
     args: dict[str, Any]  # the stream's
     runs: Any  # what runs its frames: the model, or the object open_stream returned
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one frame (or close) at once
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one frame (or hook) at once
+    closed: bool = False  # under the lock: no open_stream once the stream is over
 
 
 async def image_stream(
@@ -98,9 +100,8 @@ async def image_stream(
             if opened is None:
                 model = find_model(message.model)
                 opened = _Opened(model, parse_args(model, message.args_json), model.instance)
-                runs = await stream.run(_open, opened, timed=False)
-                if runs is not None:
-                    opened.runs = runs
+                if _opens(model):
+                    await stream.run(_open, opened, timed=False)
             answer = pb.RunImageStreamResponse(
                 frame_id=message.frame_id, model_version=opened.model.info.version
             )
@@ -120,8 +121,8 @@ async def image_stream(
                 answer.error_status = stream.error_status(exc)
             yield answer
     finally:
-        if opened is not None:
-            await _close(opened)
+        if opened is not None and _opens(opened.model):
+            await stream.aside(functools.partial(_close, opened))
 
 
 def _read(request: bytes) -> tuple[pb.RunImageStreamRequest, list[ImageParts]]:
@@ -133,12 +134,20 @@ def _read(request: bytes) -> tuple[pb.RunImageStreamRequest, list[ImageParts]]:
         raise InvalidArgument(f"malformed RunImageStreamRequest: {exc}") from None
 
 
-def _open(opened: _Opened) -> Any:
-    """The model's open_stream(args), if it has one: what runs the frames, or None."""
-    hook = getattr(opened.model.instance, "open_stream", None)
-    if hook is None:
-        return None
-    return run_model(opened.model, hook, opened.args)
+def _opens(model: LoadedModel) -> bool:
+    """Whether ``model`` has an open_stream of its own (the default returns None)."""
+    hook = getattr(type(model.instance), "open_stream", None)
+    return hook is not None and hook is not Model.open_stream
+
+
+def _open(opened: _Opened) -> None:
+    """The model's open_stream(args), on a thread: what it returns runs the frames. Not once
+    the stream is over (a caller that left while the call waited for a thread)."""
+    with opened.lock:
+        if not opened.closed:
+            runs = run_model(opened.model, opened.model.instance.open_stream, opened.args)
+            if runs is not None:
+                opened.runs = runs
 
 
 def _frame(opened: _Opened, parts: ImageParts, args: dict[str, Any], max_pixels: int) -> str:
@@ -150,21 +159,13 @@ def _frame(opened: _Opened, parts: ImageParts, args: dict[str, Any], max_pixels:
     return result_json(model, result)
 
 
-async def _close(opened: _Opened) -> None:
-    """Call the stream object's close() on a thread, once its frame running (if any) is
-    over; awaited, unless the stream's task is cancelled meanwhile (then it runs anyway)."""
-    own = opened.runs is not opened.model.instance  # the model's own close() is not the stream's
-    close = getattr(opened.runs, "close", None) if own else None
-    if close is None:
-        return
-    context = contextvars.copy_context()  # its log lines name the stream's call
-    closing = asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(context.run, _closed, opened, close)
-    )
-    await asyncio.shield(closing)
-
-
-def _closed(opened: _Opened, close: Callable[[], Any]) -> None:
-    # What close() raises is logged by run_model; the stream is over either way.
-    with opened.lock, contextlib.suppress(Exception):
-        run_model(opened.model, close)
+def _close(opened: _Opened) -> None:
+    """The stream object's close(), if it has one, on a thread, once the stream's hook or
+    frame running (if any) is over; whatever it raises is logged by run_model."""
+    with opened.lock:
+        opened.closed = True
+        own = opened.runs is not opened.model.instance  # the model's close() is not the stream's
+        close = getattr(opened.runs, "close", None) if own else None
+        if close is not None:
+            with contextlib.suppress(Exception):
+                run_model(opened.model, close)
