@@ -479,3 +479,50 @@ def test_close_runs_for_a_stream_left_while_open_stream_ran(
     closed = tmp_path / "closed-left-early"
     assert wait_for(closed.exists, timeout=10)
     assert closed.read_text() == "0"  # no frame ran
+
+
+def test_a_worker_holds_at_most_max_streams_open(
+    models: Path, in_process_server: Callable[..., InProcessServer]
+) -> None:
+    # An open stream may idle for as long as its caller likes (a paused video), holding its
+    # model's state: a worker takes no more than --max-streams of them at once.
+    server = in_process_server(models, max_streams=3)
+    ended = threading.Event()
+
+    def one_frame() -> Iterator[pb.RunImageStreamRequest]:
+        yield pb.RunImageStreamRequest(model="tracker", frame_id=1, image=image(5))
+        ended.wait(30)
+
+    with grpc.insecure_channel(server.target) as channel:
+        method = channel.stream_stream(
+            method_path("RunImageStream"),
+            request_serializer=pb.RunImageStreamRequest.SerializeToString,
+            response_deserializer=pb.RunImageStreamResponse.FromString,
+        )
+        try:
+            idle = [method(one_frame(), timeout=30) for _ in range(3)]
+            assert [next(call).frame_id for call in idle] == [1, 1, 1]
+            refused = method(one_frame(), timeout=30)
+            with pytest.raises(grpc.RpcError) as caught:
+                next(refused)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "3 streams open, its most (--max-streams)" in caught.value.details()
+            with ModelClient("tracker", server.target) as client:  # calls go on
+                assert client.run_image(frame(2))["mean"] == 2.0
+            idle.pop().cancel()
+            opened: list[Any] = []
+
+            def opens() -> bool:
+                call = method(one_frame(), timeout=30)
+                try:
+                    next(call)
+                except grpc.RpcError:
+                    return False
+                opened.append(call)
+                return True
+
+            assert wait_for(opens, timeout=10)  # once the worker has seen the cancel
+            assert not opens()
+            idle += opened
+        finally:
+            ended.set()

@@ -47,7 +47,7 @@ from google.protobuf.message import DecodeError, Message
 
 from tms_server.admission import CallRunner
 from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
-from tms_server.errors import InvalidArgument, Unavailable, status_of
+from tms_server.errors import InvalidArgument, ResourceExhausted, Unavailable, status_of
 from tms_server.load import WorkerLoad
 from tms_server.logs import log_call
 from tms_server.metrics import WorkerMetrics
@@ -59,6 +59,9 @@ __all__ = ["Method", "Stream", "Worker", "add_service", "quick", "raw"]
 F = TypeVar("F", bound=Callable[..., Any])
 Q = TypeVar("Q")
 T = TypeVar("T")
+
+#: How long a caller refused for a worker's streams is told to wait (RetryInfo).
+STREAMS_FULL_RETRY_SECONDS = 1.0
 #: Trailing metadata, as grpc takes it.
 Trailers = tuple[tuple[str, str | bytes], ...]
 #: A call's metadata, as grpc and the HTTP server give it.
@@ -124,6 +127,8 @@ class Worker:
     watch: StallWatch
     metrics: WorkerMetrics | None = field(default=None, kw_only=True)
     log_requests: bool = field(default=False, kw_only=True)
+    max_streams: int = field(default=256, kw_only=True)  # open at once (--max-streams)
+    streams: int = field(default=0, init=False)  # open now
 
     def begin(self, rpc: str, path: str, metadata: Metadata | None, model: str = "") -> CallInfo:
         """A call that starts: its CallInfo (the caller's request id or a new one), current in
@@ -184,7 +189,14 @@ class Worker:
         call = self.begin(method.rpc, method.name, context.invocation_metadata())
         tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
         stream: Stream[Any] = Stream(self, method, context, call)
+        self.streams += 1
         try:
+            if self.streams > self.max_streams:
+                raise ResourceExhausted(
+                    f"this worker has {self.max_streams} streams open, its most "
+                    "(--max-streams); try again once one has closed",
+                    retry_after=STREAMS_FULL_RETRY_SECONDS,
+                )
             self.check_serving()
             async with contextlib.aclosing(method.function(stream, context)) as responses:
                 async for response in responses:
@@ -194,6 +206,8 @@ class Worker:
             raise
         except Exception as exc:
             await self._abort(exc, method, context, call=call, began=began, tail=tail)
+        finally:
+            self.streams -= 1
         self.finished(call, grpc.StatusCode.OK, began)
         context.set_trailing_metadata(load.trailers() + tail)
 

@@ -287,6 +287,10 @@ class Settings:
             2**20,
         ),
     )
+    max_streams: int = field(
+        default=256,
+        metadata=_meta("video streams (RunImageStream) a worker has open at once", 1, 100_000),
+    )
     max_health_watches: int = field(
         default=100,
         metadata=_meta("open health Watch streams a worker allows at once", 1, 100_000),

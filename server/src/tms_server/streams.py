@@ -12,7 +12,8 @@ Each frame gets one answer, in order: its result, or its error as a google.rpc.S
 same as a failed call's status details) while the stream goes on; a frame refused by a full
 worker is such an error too (QUEUE_FULL, RESOURCE_EXHAUSTED with RetryInfo). What fails the
 stream itself (no such model, bad stream args, ``open_stream`` raising, a message that is not
-a RunImageStreamRequest) ends it with that status. The next frame is read only after the
+a RunImageStreamRequest, a worker with ``--max-streams`` open: rpc.Worker.handle_stream) ends
+it with that status. The next frame is read only after the
 previous is answered, so a caller that keeps at most N frames unanswered has at most N in
 flight, and one stream never runs two frames at once. A frame is answered only once the work
 on it is over (its thread done, whether it succeeded or failed), so an answer tells the caller

@@ -237,7 +237,14 @@ async def _start(
         max_pixels=settings.max_pixels_in_flight,
     )
     watch = StallWatch(settings.slow_client_seconds, settings.max_untaken_mb * 1024 * 1024)
-    worker = Worker(load, runner, watch, metrics=metrics, log_requests=settings.log_requests)
+    worker = Worker(
+        load,
+        runner,
+        watch,
+        metrics=metrics,
+        log_requests=settings.log_requests,
+        max_streams=settings.max_streams,
+    )
     models = ModelServicer(
         registry,
         identity,
