@@ -4,7 +4,10 @@ get around it: by default nothing a client sends is lost to a stuck worker."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import threading
 import time
 
@@ -146,23 +149,51 @@ def test_a_call_held_by_a_stopped_worker_ends_unavailable_when_it_is_killed(serv
 
 
 def test_a_worker_reloading_a_slow_model_is_not_killed(server_process, tmp_path):
-    """Other workers follow a reload in their monitor thread, which sends no heartbeat
-    meanwhile: a reload longer than the worker timeout must not cost them their life."""
+    """Workers follow a reload in their monitor thread, which sends no heartbeat meanwhile:
+    a reload longer than the worker timeout must not cost them their life; nor is the
+    ReloadModel call, which waits for them, a model call bound by --call-time-limit."""
     models = write_models(tmp_path / "models", MODELS)
     tokens = tmp_path / "admin_tokens"
     tokens.write_text(f"{ADMIN_TOKEN}\n")
-    args = (*WORKER_TIMEOUT, "--admin-tokens-file", str(tokens))
+    args = (*WORKER_TIMEOUT, "--call-time-limit", "2", "--admin-tokens-file", str(tokens))
     server = server_process(models, workers=2, args=args)
     with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
         pids = sorted(w.pid for w in admin.list_workers())
         (models / "slow_to_load" / "delay").write_text("4")  # twice the worker timeout
-        admin.reload_model("slow_to_load")  # returns when the other worker's row goes stale
-
-        def reloaded_everywhere() -> bool:
-            return "reloaded model 'slow_to_load'" in server.logs().replace(
-                "reloaded model 'slow_to_load'", "", 1
-            )
-
-        assert wait_for(reloaded_everywhere, 20), server.logs()
+        outcomes = admin.reload_model("slow_to_load")  # once every worker has reloaded it
+        assert [(o.reloaded, o.error) for o in outcomes] == [(True, "")] * 2
         assert sorted(w.pid for w in admin.list_workers()) == pids
     assert "heartbeat" not in server.logs()
+    assert "call time limit" not in server.logs()
+
+
+def test_a_worker_killed_during_a_reload_leaves_no_reload_lock_behind(server_process, tmp_path):
+    """The worker asked for a reload holds the server's reload lock until every worker has
+    reloaded; killed meanwhile, it must not take the lock to its grave."""
+    models = write_models(tmp_path / "models", MODELS)
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(f"{ADMIN_TOKEN}\n")
+    server = server_process(models, workers=2, args=("--admin-tokens-file", str(tokens)))
+    delay = models / "slow_to_load" / "delay"
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=60) as admin:
+        pids = [w.pid for w in admin.list_workers()]
+        delay.write_text("60")
+        asked = threading.Thread(target=_reload_ignoring_errors, args=(admin,), daemon=True)
+        asked.start()
+        assert wait_for(lambda: "reloading model 'slow_to_load'" in server.logs(), 20)
+        delay.write_text("0")  # for the workers to come
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        asked.join(60)
+
+        def replaced() -> bool:
+            return len({w.pid for w in admin.list_workers()} - set(pids)) == 2
+
+        assert wait_for(replaced, 30), server.logs()
+        outcomes = admin.reload_model("slow_to_load")
+        assert [o.reloaded for o in outcomes] == [True, True], server.logs()
+
+
+def _reload_ignoring_errors(admin: AdminClient) -> None:
+    with contextlib.suppress(TMSError):
+        admin.reload_model("slow_to_load")

@@ -20,7 +20,7 @@ import grpc
 from tms.v1 import admin_service_pb2, admin_service_pb2_grpc
 from tms_server.errors import PermissionDenied, Reason, Unavailable
 from tms_server.parts import WorkerParts
-from tms_server.rpc import quick
+from tms_server.rpc import aside, quick
 from tms_server.security import TokenFile, bearer_token
 
 __all__ = ["SERVICE", "SERVICE_NAME", "AdminServicer"]
@@ -82,12 +82,15 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
             )
         return pb.ListWorkersResponse(workers=workers)
 
+    @aside
     def ReloadModel(  # noqa: N802
         self, request: pb.ReloadModelRequest, context: grpc.ServicerContext
     ) -> pb.ReloadModelResponse:
+        # On a thread of its own: it waits for every worker's reload, which may take as long
+        # as loading the model does, and is no model call (--call-time-limit, --threads).
         self._authorize(context)
         name = request.model
-        board, index = self.parts.board, self.parts.index
+        board = self.parts.board
         self.parts.registry.source(name)  # INVALID_ARGUMENT or NOT_FOUND before anything happens
         remaining = context.time_remaining()
         wait = _RELOAD_WAIT if remaining is None else max(0.0, min(remaining, _RELOAD_WAIT))
@@ -98,13 +101,12 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
                 reason=Reason.RELOAD_IN_PROGRESS,
             )
         try:
-            seq = board.announce_reload(index, name)
+            seq = board.announce_reload(name)
             log.info("reloading model %r in every worker (reload %d)", name, seq)
-            board.finish_reload(index, seq, self.parts.reloader.reload(name))
             rows = board.rows()
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline:  # each follows it in its monitor thread
                 rows = board.rows()
-                if all(row.reload_done >= seq or not row.fresh for row in rows):
+                if all(row.reload_done >= seq or not (row.fresh or row.reloading) for row in rows):
                     break
                 time.sleep(_POLL)
         finally:

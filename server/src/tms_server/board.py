@@ -6,12 +6,20 @@ through the board's reload slot. The supervisor makes the board before it forks 
 (they inherit the same memory); a server run inside a test process gets a board of one row.
 
 Each row has one writer, its worker; the reload slot is written under ``reload_lock``.
+A reload is posted there and every worker, the one asked included, follows it in its monitor
+thread (tms_server.monitor), which posts no heartbeat meanwhile: the supervisor gives a
+reloading worker the time a worker has to load its models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import multiprocessing
+import os
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +67,7 @@ class BoardRow:
     calls: int
     serving: bool
     fresh: bool  # updated within STALE_SECONDS
+    reloading: bool  # it has taken a reload it has not finished
     reload_done: int
     reload_ok: bool
     reload_error: str
@@ -73,7 +82,7 @@ class WorkerBoard:
         self._rows: Any = context.RawArray(_Row, workers)
         self._header: Any = context.RawValue(_Header)
         #: Held by the worker that runs a reload across the server, one at a time.
-        self.reload_lock = context.Lock()
+        self.reload_lock = ReloadLock(shared=workers > 1)
 
     def __repr__(self) -> str:
         pids = [row.pid for row in self._rows]
@@ -115,11 +124,10 @@ class WorkerBoard:
         row.reload_taken = seq
         return seq, self._header.reload_model.decode()
 
-    def announce_reload(self, index: int, model: str) -> int:
-        """Post a reload of ``model`` for every worker (taken already by ``index``, which
-        runs it itself); hold ``reload_lock``. Returns its number."""
+    def announce_reload(self, model: str) -> int:
+        """Post a reload of ``model`` for every worker to follow; hold ``reload_lock``.
+        Returns its number."""
         seq = int(self._header.reload_seq) + 1
-        self._rows[index].reload_taken = seq
         self._header.reload_model = model.encode()[: _NAME_BYTES - 1]
         self._header.reload_seq = seq
         return seq
@@ -157,9 +165,51 @@ class WorkerBoard:
                     calls=int(row.calls),
                     serving=bool(row.serving),
                     fresh=now - row.beat < STALE_SECONDS,
+                    reloading=row.reload_taken > row.reload_done,
                     reload_done=int(row.reload_done),
                     reload_ok=bool(row.reload_ok),
                     reload_error=row.reload_error.decode("utf-8", "replace"),
                 )
             )
         return found
+
+
+class ReloadLock:
+    """One reload across the server at a time, whatever becomes of the worker that holds it.
+
+    Between worker processes: a POSIX record lock (``lockf``) on a file they inherit from the
+    supervisor, which the kernel lets go of when its holder exits, however it exits (a worker
+    killed during a reload leaves no lock behind). Record locks belong to a process, so the
+    threads of one worker take a thread lock first.
+    """
+
+    def __init__(self, *, shared: bool) -> None:
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        if shared:
+            self._fd, path = tempfile.mkstemp(prefix="tms-reload-")
+            os.unlink(path)  # the descriptor is all the workers need
+
+    def acquire(self, timeout: float) -> bool:
+        """Whether the lock was taken within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        if not self._threads.acquire(timeout=max(0.0, timeout)):
+            return False
+        if self._fd is None:
+            return True
+        while True:
+            with contextlib.suppress(BlockingIOError, PermissionError):
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            if time.monotonic() >= deadline:
+                self._threads.release()
+                return False
+            time.sleep(_LOCK_POLL)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
+_LOCK_POLL = 0.05  # seconds between tries for a reload lock another worker holds

@@ -96,7 +96,7 @@ class WorkerMonitor:
         pending = board.pending_reload(index)
         if pending is not None:
             seq, name = pending
-            log.info("reloading model %r (reload %d, asked of another worker)", name, seq)
+            log.info("reloading model %r (reload %d)", name, seq)
             board.finish_reload(index, seq, self.parts.reloader.reload(name))
         if self._limit and not self.hung:
             longest = load.longest_call()

@@ -74,6 +74,14 @@ def quick(method: F) -> F:
     return method
 
 
+def aside(method: F) -> F:
+    """Mark a servicer method to run on a thread of its own, outside the worker's calls: not
+    admitted, not counted in its load, not bound by --call-time-limit (an admin operation
+    that waits for the other workers)."""
+    method.aside = True  # type: ignore[attr-defined]
+    return method
+
+
 def raw(method: F) -> F:
     """Mark a servicer method to take its requests as bytes, as ``add_service``'s
     ``raw_requests`` does (it reads its images in place)."""
@@ -90,6 +98,7 @@ class Method:
     parse: Callable[[bytes], Any] | None  # bytes to request message (None: keep the bytes)
     weigh: Callable[[bytes], int] | None  # the pixels a request declares
     on_loop: bool  # a quick method, run on the event loop
+    on_own_thread: bool = False  # an aside method
     calls_models: bool = False  # it calls the model its request names (see QuickCalls)
     names_model: bool = False  # its requests name a model in field 1 (for logs and metrics)
     streams: bool = False  # requests and responses both stream (see Worker.handle_stream)
@@ -164,6 +173,8 @@ class Worker:
             self.check_serving()
             if method.on_loop:
                 response = method.call(request, context, load, tail)
+            elif method.on_own_thread:
+                response = await asyncio.to_thread(method.call, request, context, load, tail)
             else:
                 pixels = method.weigh(request) if method.weigh is not None else 0
                 key = (method.name, call.model) if method.calls_models else None
@@ -378,6 +389,7 @@ def add_service(
             parse=parse,
             weigh=(weighers or {}).get(name),
             on_loop=getattr(function, "quick", False),
+            on_own_thread=getattr(function, "aside", False),
             calls_models=name in model_calls,
             names_model=_names_model(descriptor.input_type),
             streams=descriptor.client_streaming and descriptor.server_streaming,
