@@ -195,7 +195,7 @@ def test_a_model_no_worker_can_load_fails_on_every_worker(server_process, models
     server = server_process(models, workers=2)  # on the cpu: gpu_only asks for a GPU
     with ModelClient("gpu_only", server.target) as gpu_only:
         assert all(w.device == "cpu" for w in gpu_only.workers())
-        assert all("gpu_only" in w.models for w in gpu_only.workers())
+        assert all("gpu_only" not in w.models for w in gpu_only.workers())  # none serves it
         with pytest.raises(ModelNotReadyError, match="no worker runs on cuda"):
             gpu_only.run_image(PIXEL)
 

@@ -20,7 +20,7 @@ from tests.support import ROOT, ServerProcess, wait_for, write_models
 from tests.test_devices import health_of, per_worker
 from tests.test_oip import Inference
 from tms_cli.__main__ import main as tms
-from tms_client import AdminClient, ModelClient
+from tms_client import AdminClient, ModelClient, RoundRobin
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 
 pytestmark = pytest.mark.slow
@@ -192,6 +192,40 @@ def test_a_reload_that_loads_the_last_failed_model_makes_the_server_ready(server
     with per_worker(server.target) as channels:
         assert {health_of(channel, "") for channel in channels.values()} == {"SERVING"}
         assert {health_of(channel, "late") for channel in channels.values()} == {"SERVING"}
+
+
+ONCE = """
+    import os
+    from pathlib import Path
+
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+
+        def __init__(self):  # the first worker to load it has it; the others fail to
+            os.close(os.open(Path(__file__).with_name("taken"), os.O_CREAT | os.O_EXCL))
+
+        def run(self, text, args):
+            return {"pid": os.getpid()}
+"""
+
+
+def test_calls_go_to_the_workers_that_loaded_their_model(server_process, tmp_path):
+    # A worker that failed to load a model others serve (its files broken on disk since the
+    # others loaded them, say) does not list it in GetWorkerInfo.models, which every client
+    # routes by (the conformance suite's placed model): every call succeeds.
+    models = write_models(tmp_path / "models", {"alpha": GOOD, "once": ONCE})
+    server = server_process(models, workers=2, args=("--entry-points", "false"))
+    with ModelClient("once", server.target, balancer=RoundRobin()) as client:
+        assert wait_for(lambda: len(client.workers()) == 2, 10)
+        pids = {client.run_text("x")["pid"] for _ in range(10)}
+    assert len(pids) == 1
+    with per_worker(server.target) as channels:
+        assert sorted(health_of(channel, "once") for channel in channels.values()) == [
+            "NOT_SERVING",
+            "SERVING",
+        ]
 
 
 def test_tms_models_lists_failed_models_with_their_reason(server_process, broken, capsys):

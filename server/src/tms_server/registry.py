@@ -615,5 +615,6 @@ class ModelRegistry:
         return [model_service_pb2.FailedModel(name=n, reason=failed[n]) for n in sorted(failed)]
 
     def here(self) -> list[str]:
-        """The models this worker has, loaded or failed to load (GetWorkerInfo.models)."""
-        return sorted([*self.models, *self.failed])
+        """The models this worker serves (GetWorkerInfo.models): not those it failed to load,
+        which clients then send to workers that have them, if any."""
+        return sorted(self.models)

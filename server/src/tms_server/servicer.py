@@ -421,11 +421,12 @@ class ModelServicer:
     def GetWorkerInfo(
         self, request: pb.GetWorkerInfoRequest, context: grpc.ServicerContext
     ) -> pb.GetWorkerInfoResponse:
-        # The models this worker has, as of now (a reload may move one). An empty list would
-        # mean "every model" (older servers send none), so a worker that has none while
-        # others have some sends [""], which names no model.
+        # The models this worker serves, as of now (a reload may move one). An empty list
+        # would mean "every model" (older servers send none), so a worker that serves none
+        # while it knows of some (placed elsewhere, or failed to load) sends [""], which names
+        # no model.
         registry = self._registry
-        models = registry.here() or ([""] if registry.elsewhere else [])
+        models = registry.here() or ([""] if registry.elsewhere or registry.failed else [])
         response = pb.GetWorkerInfoResponse()
         response.CopyFrom(self._worker_info)
         response.models.extend(models)

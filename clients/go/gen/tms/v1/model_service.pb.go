@@ -1172,10 +1172,11 @@ type GetWorkerInfoResponse struct {
 	// The device this worker's models run on: "cpu", or one of the server's --devices such as
 	// "cuda:0" (the worker sees it as its only GPU).
 	Device string `protobuf:"bytes,7,opt,name=device,proto3" json:"device,omitempty"`
-	// The models this worker has (loaded, or failed to load). A model placed on some workers
-	// only is missing from the others' lists, and clients send its calls to those that have
-	// it. Empty from servers older than this field: every worker has every model. A worker
-	// that has no model at all sends one empty name ("").
+	// The models this worker serves (loaded; not those it failed to load). A model placed on
+	// some workers only, or that failed to load on some, is missing from the others' lists,
+	// and clients send its calls to those that have it (to any worker when none has it).
+	// Empty from servers older than this field: every worker has every model. A worker that
+	// serves no model at all sends one empty name ("").
 	Models        []string `protobuf:"bytes,8,rep,name=models,proto3" json:"models,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -322,10 +322,11 @@ export interface GetWorkerInfoResponse {
    */
   device: string;
   /**
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    */
   models: string[];
 }

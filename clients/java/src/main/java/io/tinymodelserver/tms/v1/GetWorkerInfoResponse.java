@@ -299,10 +299,11 @@ private static final long serialVersionUID = 0L;
       com.google.protobuf.LazyStringArrayList.emptyList();
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -314,10 +315,11 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -328,10 +330,11 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -343,10 +346,11 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1353,10 +1357,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1369,10 +1374,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1383,10 +1389,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1398,10 +1405,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1414,10 +1422,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1436,10 +1445,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1457,10 +1467,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1478,10 +1489,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -1496,10 +1508,11 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The models this worker has (loaded, or failed to load). A model placed on some workers
-     * only is missing from the others' lists, and clients send its calls to those that have
-     * it. Empty from servers older than this field: every worker has every model. A worker
-     * that has no model at all sends one empty name ("").
+     * The models this worker serves (loaded; not those it failed to load). A model placed on
+     * some workers only, or that failed to load on some, is missing from the others' lists,
+     * and clients send its calls to those that have it (to any worker when none has it).
+     * Empty from servers older than this field: every worker has every model. A worker that
+     * serves no model at all sends one empty name ("").
      * </pre>
      *
      * <code>repeated string models = 8 [json_name = "models"];</code>

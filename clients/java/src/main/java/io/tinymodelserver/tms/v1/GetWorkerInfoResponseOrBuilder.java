@@ -124,10 +124,11 @@ public interface GetWorkerInfoResponseOrBuilder extends
 
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -137,10 +138,11 @@ public interface GetWorkerInfoResponseOrBuilder extends
       getModelsList();
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -149,10 +151,11 @@ public interface GetWorkerInfoResponseOrBuilder extends
   int getModelsCount();
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
@@ -162,10 +165,11 @@ public interface GetWorkerInfoResponseOrBuilder extends
   java.lang.String getModels(int index);
   /**
    * <pre>
-   * The models this worker has (loaded, or failed to load). A model placed on some workers
-   * only is missing from the others' lists, and clients send its calls to those that have
-   * it. Empty from servers older than this field: every worker has every model. A worker
-   * that has no model at all sends one empty name ("").
+   * The models this worker serves (loaded; not those it failed to load). A model placed on
+   * some workers only, or that failed to load on some, is missing from the others' lists,
+   * and clients send its calls to those that have it (to any worker when none has it).
+   * Empty from servers older than this field: every worker has every model. A worker that
+   * serves no model at all sends one empty name ("").
    * </pre>
    *
    * <code>repeated string models = 8 [json_name = "models"];</code>
