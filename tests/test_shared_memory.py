@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from tests.support import ROOT, start_process, wait_for, write_models
+from tests.support import ROOT, start_process, stopped, wait_for, write_models
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_cli.cli import tms
 from tms_cli.connection import Options
@@ -694,6 +694,48 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("abandoned", [0, 4], ids=["first-attach", "detaches-pending"])
+@pytest.mark.parametrize("kind", ["thread", "asyncio"])
+def test_a_call_through_shared_memory_keeps_to_its_timeout(server_process, models, abandoned, kind):
+    # Attaching a region, detaching those of calls abandoned earlier and falling back to
+    # bytes all come out of the call's own timeout: a stalled worker (stopped here; frozen
+    # or wedged in real life) costs a caller its timeout, no more.
+    server = server_process(models, workers=1, args=("--worker-timeout-seconds", "600"))
+    image = np.zeros((64, 64, 3), np.uint8)
+    options = {"timeout": 2.0, "retry": RetryPolicy.never()}
+
+    async def from_asyncio() -> float:
+        async with AsyncModelClient("where", server.target, **options) as client:
+            (worker,) = await client.workers()
+            calls = [client.run_image(image, {"sleep": 3}) for _ in range(abandoned)]
+            for outcome in await asyncio.gather(*calls, return_exceptions=True):
+                assert isinstance(outcome, DeadlineExceededError)
+            with stopped(worker.pid):
+                began = time.monotonic()
+                with pytest.raises(DeadlineExceededError):
+                    await client.run_image(image)
+                return time.monotonic() - began
+
+    def from_threads() -> float:
+        with ModelClient("where", server.target, **options) as client:
+            (worker,) = client.workers()
+            with ThreadPoolExecutor(4) as pool:  # abandoned at their timeout: regions to detach
+                calls = [
+                    pool.submit(client.run_image, image, {"sleep": 3}) for _ in range(abandoned)
+                ]
+                for call in calls:
+                    with pytest.raises(DeadlineExceededError):
+                        call.result()
+            with stopped(worker.pid):
+                began = time.monotonic()
+                with pytest.raises(DeadlineExceededError):
+                    client.run_image(image)
+                return time.monotonic() - began
+
+    took = asyncio.run(from_asyncio()) if kind == "asyncio" else from_threads()
+    assert took < 3.0  # 2 s and what a busy machine adds; 4 s and more before
 
 
 def test_a_client_killed_mid_run_leaves_nothing(models):

@@ -43,6 +43,7 @@ import os
 import secrets
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -357,26 +358,27 @@ class SharedMemoryChannel:
         message = request.data
         if not isinstance(message, ImageMessage):
             return self.inner.unary(request)
-        region = self._borrow(self.lender.need(message), request.timeout)
+        deadline = _deadline(request.timeout)  # the call's, for every step it takes
+        region = self._borrow(self.lender.need(message), deadline)
         if region is None:
-            return self.inner.unary(request)
+            return self.inner.unary(_left(request, deadline))
         try:
             data = self.lender.write(region, message)
             try:
-                reply = self.inner.unary(dataclasses.replace(request, data=data))
+                reply = self.inner.unary(_left(request, deadline, data))
             except BaseException as error:
                 lost, region = self.lender.settle(region, error), None
                 if lost:  # the worker restarted: bytes now, a region next
-                    return self.inner.unary(request)
+                    return self.inner.unary(_left(request, deadline))
                 raise
             return Reply(self.lender.read(message, reply.data, region), reply.trailers)
         finally:
             if region is not None:
                 self.lender.give_back(region)
 
-    def _borrow(self, need: int, timeout: float | None) -> Region | None:
+    def _borrow(self, need: int, deadline: float | None) -> Region | None:
         taken = self.lender.take(need)
-        self._detach(self.lender.doomed())
+        self._detach(self.lender.doomed(), deadline)
         if not isinstance(taken, int):
             return taken
         region = _made(taken)
@@ -384,7 +386,7 @@ class SharedMemoryChannel:
             self.lender.failed(refused=True)
             return None
         try:
-            attach = Request(_ATTACH, region.attach_request(), _within(timeout), self._metadata)
+            attach = Request(_ATTACH, region.attach_request(), _within(deadline), self._metadata)
             reply = self.inner.unary(attach)
         except CallError as error:
             region.close()
@@ -399,13 +401,15 @@ class SharedMemoryChannel:
         region.id = pb.AttachSharedMemoryResponse.FromString(reply.data).region
         return region
 
-    def _detach(self, regions: Iterable[Region]) -> None:
+    def _detach(self, regions: Iterable[Region], deadline: float | None = None) -> None:
         for region in regions:
-            detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
-            try:
-                self.inner.unary(Request(_DETACH, detach, DETACH_TIMEOUT, self._metadata))
-            except CallError as error:  # gone with its worker, or dropped already
-                log.debug("detaching %r failed: %s", region, error)
+            timeout = _detach_timeout(deadline)
+            if timeout:
+                detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
+                try:
+                    self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
+                except CallError as error:  # gone with its worker, or dropped already
+                    log.debug("detaching %r failed: %s", region, error)
             region.close()
 
     def stream(self, request: Request, more: More = ()) -> Stream:
@@ -427,11 +431,11 @@ class SharedMemoryChannel:
         self, spans: _Spans, message: bytes | ImageMessage, timeout: float | None
     ) -> bytes | ImageMessage | None:
         size = spans.size(message)
-        region = None if size is None else self._borrow(size, timeout)
+        region = None if size is None else self._borrow(size, _deadline(timeout))
         return spans.send(message, region)
 
     def close(self) -> None:
-        self._detach(self.lender.close())
+        self._detach(self.lender.close(), _deadline(DETACH_TIMEOUT))  # all in one timeout
         self.inner.close()
 
 
@@ -566,26 +570,27 @@ class AsyncSharedMemoryChannel:
         message = request.data
         if not isinstance(message, ImageMessage):
             return await self.inner.unary(request)
-        region = await self._borrow(self.lender.need(message), request.timeout)
+        deadline = _deadline(request.timeout)  # the call's, for every step it takes
+        region = await self._borrow(self.lender.need(message), deadline)
         if region is None:
-            return await self.inner.unary(request)
+            return await self.inner.unary(_left(request, deadline))
         try:
             data = self.lender.write(region, message)
             try:
-                reply = await self.inner.unary(dataclasses.replace(request, data=data))
+                reply = await self.inner.unary(_left(request, deadline, data))
             except BaseException as error:
                 lost, region = self.lender.settle(region, error), None
                 if lost:  # the worker restarted: bytes now, a region next
-                    return await self.inner.unary(request)
+                    return await self.inner.unary(_left(request, deadline))
                 raise
             return Reply(self.lender.read(message, reply.data, region), reply.trailers)
         finally:
             if region is not None:
                 self.lender.give_back(region)
 
-    async def _borrow(self, need: int, timeout: float | None) -> Region | None:
+    async def _borrow(self, need: int, deadline: float | None) -> Region | None:
         taken = self.lender.take(need)
-        await self._detach(self.lender.doomed())
+        await self._detach(self.lender.doomed(), deadline)
         if not isinstance(taken, int):
             return taken
         region = _made(taken)
@@ -593,7 +598,7 @@ class AsyncSharedMemoryChannel:
             self.lender.failed(refused=True)
             return None
         try:
-            attach = Request(_ATTACH, region.attach_request(), _within(timeout), self._metadata)
+            attach = Request(_ATTACH, region.attach_request(), _within(deadline), self._metadata)
             reply = await self.inner.unary(attach)
         except CallError as error:
             region.close()
@@ -608,13 +613,15 @@ class AsyncSharedMemoryChannel:
         region.id = pb.AttachSharedMemoryResponse.FromString(reply.data).region
         return region
 
-    async def _detach(self, regions: Iterable[Region]) -> None:
+    async def _detach(self, regions: Iterable[Region], deadline: float | None = None) -> None:
         for region in regions:
-            detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
-            try:
-                await self.inner.unary(Request(_DETACH, detach, DETACH_TIMEOUT, self._metadata))
-            except CallError as error:
-                log.debug("detaching %r failed: %s", region, error)
+            timeout = _detach_timeout(deadline)
+            if timeout:
+                detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
+                try:
+                    await self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
+                except CallError as error:
+                    log.debug("detaching %r failed: %s", region, error)
             region.close()
 
     def stream(
@@ -656,11 +663,11 @@ class AsyncSharedMemoryChannel:
         self, spans: _Spans, message: bytes | ImageMessage, timeout: float | None
     ) -> bytes | ImageMessage | None:
         size = spans.size(message)
-        region = None if size is None else await self._borrow(size, timeout)
+        region = None if size is None else await self._borrow(size, _deadline(timeout))
         return spans.send(message, region)
 
     async def close(self) -> None:
-        await self._detach(self.lender.close())
+        await self._detach(self.lender.close(), _deadline(DETACH_TIMEOUT))  # all in one
         await self.inner.close()
 
 
@@ -711,5 +718,31 @@ class _AsyncFrameStream:
         return await self._inner.trailers()
 
 
-def _within(timeout: float | None) -> float:
-    return ATTACH_TIMEOUT if timeout is None else min(timeout, ATTACH_TIMEOUT)
+def _deadline(timeout: float | None) -> float | None:
+    """When a call of ``timeout`` seconds (None: none) must be over, on the monotonic clock."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _left(request: Request, deadline: float | None, data: Any = None) -> Request:
+    """``request`` (with ``data`` instead of its own) given what is left of its timeout: a
+    call's attach, detaches and fallback to bytes all come out of the one timeout."""
+    timeout = _remaining(deadline)
+    return dataclasses.replace(
+        request, data=request.data if data is None else data, timeout=timeout
+    )
+
+
+def _within(deadline: float | None) -> float:
+    remaining = _remaining(deadline)
+    return ATTACH_TIMEOUT if remaining is None else min(remaining, ATTACH_TIMEOUT)
+
+
+def _detach_timeout(deadline: float | None) -> float:
+    """A detach's timeout within a call's ``deadline``; 0: none is left, skip it (the
+    worker drops a region it is not told to when it needs the room, or when it exits)."""
+    remaining = _remaining(deadline)
+    return DETACH_TIMEOUT if remaining is None else min(remaining, DETACH_TIMEOUT)
