@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import io
 import json
 import shutil
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -363,6 +365,21 @@ def test_bad_input_never_breaks_the_worker(base):
             assert 400 <= reply.status < 500, (path, body[:20], reply.status, reply.body)
     assert http(f"{base}/v2/health/ready").status == 200
     good = {"inputs": [tensor("IMAGE", np.full((2, 2), 7, np.uint8))]}
+    assert result_of(http(f"{base}/v2/models/mean/infer", good)) == {"mean": 7.0}
+
+
+def test_compressed_bodies_are_refused_unread(base):
+    # aiohttp would inflate them on the worker's event loop, which every call needs, before
+    # any size limit applies: 256 KiB of gzip here is 256 MiB of zeros.
+    good = json.dumps({"inputs": [tensor("IMAGE", np.full((2, 2), 7, np.uint8))]}).encode()
+    bomb = zlib.compressobj(wbits=31)  # gzip
+    chunks = [bomb.compress(bytes(1 << 20)) for _ in range(256)]
+    bodies = {"gzip": gzip.compress(good), "deflate": zlib.compress(good)}
+    bodies["gzip bomb"] = b"".join(chunks) + bomb.flush()
+    for name, body in bodies.items():
+        encoding = name.split()[0]
+        reply = http(f"{base}/v2/models/mean/infer", body, headers={"Content-Encoding": encoding})
+        assert_error(reply, 415, f"not with Content-Encoding {encoding}")
     assert result_of(http(f"{base}/v2/models/mean/infer", good)) == {"mean": 7.0}
 
 

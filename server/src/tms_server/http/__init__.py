@@ -13,8 +13,8 @@
 - ``GET /``: a page that lists the models and runs one on an image picked or dropped.
 
 Errors are HTTP status codes with ``{"error": "...", "reason": "..."}``: 400 for bad input,
-401 for a missing or wrong token, 404 for an unknown model, 413 for too large, 429 while the
-worker's queue is full, 503 while it drains.
+401 for a missing or wrong token, 404 for an unknown model, 413 for too large, 415 for a
+compressed body (never inflated), 429 while the worker's queue is full, 503 while it drains.
 """
 
 from tms_server.http.server import HttpServer

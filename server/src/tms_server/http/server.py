@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.protocol.methods import OUTPUT_FIELD
@@ -124,6 +125,9 @@ class HttpServer:
             access_log=None,
             shutdown_timeout=settings.grace_seconds,
             keepalive_timeout=_idle_seconds(settings),
+            # Bodies are read as sent: aiohttp would inflate a compressed one on the event
+            # loop before any limit applies (1 MB of gzip is 1 GiB); such bodies get 415.
+            auto_decompress=False,
         )
         await runner.setup()
         sock = _bind(settings.host, port)
@@ -247,6 +251,10 @@ class _Api:
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            message = f"request bodies are taken as they are, not with Content-Encoding {encoding}"
+            return _error(415, message, Reason.INVALID_REQUEST)
         try:
             if self._tokens is not None and request.path not in OPEN_PATHS:
                 self._check_token(request.headers.get("Authorization"))
@@ -260,6 +268,8 @@ class _Api:
             else:
                 message = f"{exc.reason}: {request.method} {request.path}"
             return _error(exc.status, message, headers=exc.headers)
+        except RequestPayloadError as exc:  # a body that breaks off, or lies about its chunks
+            return _error(400, f"the request body could not be read: {exc}", Reason.INVALID_REQUEST)
         except Exception as exc:
             return _failure(exc, "http", "")[1]
         call = CURRENT.get()  # set by _call, in this same task
