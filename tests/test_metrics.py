@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import ServerProcess, listening_ports, wait_for, write_models
 from tests.test_deploy import METRICS as DASHBOARD_METRICS
 from tms_client import InvalidInputError, ModelClient, ModelNotFoundError, RoundRobin
+from tms_server.exporter import MAX_SCRAPES
 
 pytestmark = pytest.mark.slow
 
@@ -259,3 +262,42 @@ def test_no_metrics_port_no_metrics(
     assert all(listening_ports(pid) == {int(server.target.rsplit(":", 1)[1])} for pid in pids)
     assert list(tmp_path.glob("tms-metrics-*")) == []  # no metrics directory was made
     assert server.stop() == 0
+
+
+def test_connections_held_open_cost_the_supervisor_a_few_threads(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    # Each connection to the metrics port had a thread of the supervisor of its own, for as
+    # long as it stayed open: thousands held open could exhaust its threads and descriptors.
+    server, url = with_metrics(server_process, models, tmp_path, workers=1)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    supervisor = server.process.pid
+    before = threads_of(supervisor)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4 * MAX_SCRAPES)]
+    try:
+        for connection in held:
+            connection.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+        time.sleep(0.5)
+        assert threads_of(supervisor) <= before + MAX_SCRAPES
+        assert sum(map(closed_by_peer, held)) == 3 * MAX_SCRAPES  # those beyond the bound
+    finally:
+        for connection in held:
+            connection.close()
+    assert wait_for(lambda: "tms_workers" in by_name(scrape(url)), timeout=20)
+
+
+def closed_by_peer(connection: socket.socket) -> bool:
+    connection.settimeout(0.2)  # closed ones say so at once
+    try:
+        return connection.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+def threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+
+def by_name(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}

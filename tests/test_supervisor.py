@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -71,6 +72,29 @@ def test_a_worker_that_keeps_dying_is_restarted_after_a_doubling_delay(models, t
         assert seen[:5] == [0.0, 0.1, 0.2, 0.4, 0.8], server.logs()
         assert "died: exit code 7" in server.logs()
         assert wait_for(lambda: server.logs().count("worker 0 serving") == 2, 60)
+        with ModelClient("crashy", server.target) as client:
+            assert client.run_text("x")["pid"] != first
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_worker_that_cannot_be_started_is_tried_again(models, tmp_path):
+    # A fork can fail for want of descriptors or processes (connections held open, a
+    # neighbour's leak): the supervisor says so and tries again, and never stops replacing.
+    server = start_process(models, workers=1, env={"TMS_TEST_CRASH": str(tmp_path / "crash")})
+    supervisor = server.process.pid
+    try:
+        with ModelClient("crashy", server.target, retry=RetryPolicy.never()) as client:
+            first = client.run_text("x")["pid"]
+        limits = resource.prlimit(supervisor, resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir(f"/proc/{supervisor}/fd"))
+        resource.prlimit(supervisor, resource.RLIMIT_NOFILE, (in_use, limits[1]))
+        try:
+            os.kill(first, signal.SIGKILL)
+            assert wait_for(lambda: "cannot start worker 0" in server.logs(), 20), server.logs()
+        finally:
+            resource.prlimit(supervisor, resource.RLIMIT_NOFILE, limits)
+        assert wait_for(lambda: server.logs().count("worker 0 serving") == 2, 60), server.logs()
         with ModelClient("crashy", server.target) as client:
             assert client.run_text("x")["pid"] != first
     finally:

@@ -9,25 +9,35 @@ in its files and keep counting, so the totals never go back; the ``live`` gauges
 worker (calls in flight and queued) are dropped when the supervisor notes its death
 (``process_gone``). The supervisor's own metrics, workers running and workers replaced, are
 read from it at each scrape and write no file. On exit the directory is removed.
+
+The port is served by a few threads at most (``MAX_SCRAPES``; one more connection is closed
+as it comes), each giving a scraper ``SCRAPE_TIMEOUT`` seconds to send its request and to take
+the answer: connections held open cost the supervisor no more than that.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import socketserver
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
-    from prometheus_client import Metric
+    from prometheus_client import CollectorRegistry, Metric
 
 __all__ = ["MULTIPROC_DIR_VARIABLE", "MetricsExporter"]
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+#: Scrapes served at once; one more connection is closed at once.
+MAX_SCRAPES = 8
+#: Seconds a scraper has to send its request, and to take each part of the answer.
+SCRAPE_TIMEOUT = 10.0
 
 
 class MetricsExporter:
@@ -55,7 +65,7 @@ class MetricsExporter:
         exporter = cls(Path(tempfile.mkdtemp(prefix="tms-metrics-")))
         os.environ[MULTIPROC_DIR_VARIABLE] = str(exporter.directory)
         try:
-            from prometheus_client import CollectorRegistry, start_http_server, values  # noqa: PLC0415
+            from prometheus_client import CollectorRegistry, values  # noqa: PLC0415
             from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
 
             if not getattr(values.ValueClass, "_multiprocess", False):
@@ -67,7 +77,7 @@ class MetricsExporter:
             # prometheus_client.multiprocess has no annotations.
             MultiProcessCollector(registry, path=str(exporter.directory))  # type: ignore[no-untyped-call]
             registry.register(_SupervisorCollector(exporter))
-            exporter._server, _ = start_http_server(port, addr=host, registry=registry)
+            exporter._server = _serve(host, port, registry)
         except OSError as exc:
             _remove(exporter.directory)
             reason = (exc.strerror or str(exc)).lower()
@@ -118,3 +128,50 @@ class _SupervisorCollector:
         yield CounterMetricFamily(
             "tms_worker_restarts", "Workers the supervisor replaced.", exporter.restarts
         )
+
+
+def _serve(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    """Serve ``registry`` on host:port from a daemon thread, as prometheus_client's
+    start_http_server does, within MAX_SCRAPES and SCRAPE_TIMEOUT."""
+    from prometheus_client import make_wsgi_app  # noqa: PLC0415
+
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    server_class = type("_Server", (_BoundedServer,), {"address_family": family})
+    app = make_wsgi_app(registry)
+    server: WSGIServer = make_server(str(address[0]), port, app, server_class, _Quiet)
+    threading.Thread(target=server.serve_forever, name="tms-metrics", daemon=True).start()
+    return server
+
+
+class _BoundedServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, MAX_SCRAPES at once."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Quiet(WSGIRequestHandler):
+    """No log line per scrape; SCRAPE_TIMEOUT on the connection's socket."""
+
+    timeout = SCRAPE_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

@@ -257,8 +257,17 @@ class Supervisor:
                     if self._metrics is not None:
                         self._metrics.process_gone(slot.process.pid)
             if now >= slot.restart_at:
+                try:
+                    self._start(index)
+                except OSError as exc:  # no descriptors or processes left, for now
+                    slot.failures += 1
+                    delay = min(_BACKOFF_MAX, 0.1 * 2 ** (slot.failures - 1))
+                    log.error(
+                        "cannot start worker %d: %s; trying again in %.1fs", index, exc, delay
+                    )
+                    slot.restart_at = now + delay
+                    continue
                 slot.restart_at = 0.0
-                self._start(index)
                 if self._metrics is not None:
                     self._metrics.restarts += 1
         if self._metrics is not None:
