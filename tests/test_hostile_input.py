@@ -647,6 +647,22 @@ def test_a_call_past_the_time_limit_recycles_its_worker(server_process, models, 
 
 
 @pytest.mark.slow
+def test_a_call_past_the_time_limit_is_not_sent_on_to_hang_another_worker(server_process, models):
+    # Its worker is replaced; sent again (UNAVAILABLE is retried), the same input would hang
+    # the next worker, and the next, for as long as the caller's deadline allowed.
+    server = server_process(
+        models, workers=2, args=("--call-time-limit", "1", "--grace-seconds", "1")
+    )
+    with ModelClient("sleepy", server.target, timeout=30) as hung:
+        began = time.monotonic()
+        with pytest.raises(ModelFailedError, match=r"call time limit of 1s \(--call-time-limit\)"):
+            hung.run_text("hang", {"seconds": 30})
+        assert time.monotonic() - began < 15  # the limit, and what a busy machine adds
+    server.stop()
+    assert server.logs().count("past the call time limit of 1s") == 1  # one worker, not more
+
+
+@pytest.mark.slow
 def test_memory_limit_per_worker(server_process, models):
     # 2.5 GiB of written pages fits this machine but not a 2000 MiB address space: without
     # the limit the same call succeeds, so this fails if the worker is not limited.

@@ -188,6 +188,7 @@ class CallRunner:
         self.pixels = PixelBudget(max_pixels)
         self.quick = QuickCalls()
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._running: dict[int, tuple[_Call, float]] = {}  # by thread: its call, since when
         for number in range(threads):
             name = f"tms-call-{number}"
             threading.Thread(target=self._serve, name=name, daemon=True).start()
@@ -243,20 +244,35 @@ class CallRunner:
         self._calls.put(call)
         return await result  # a call cancelled while queued is skipped by its thread
 
+    def end_calls_running_for(self, seconds: float, error: Exception) -> int:
+        """End the calls that have run on a thread for ``seconds`` or more with ``error``, at
+        once for their callers (a thread cannot be stopped: it goes on with its call);
+        how many. Safe from any thread."""
+        now, ended = time.monotonic(), 0
+        for call, began in list(self._running.values()):
+            if now - began >= seconds:
+                with contextlib.suppress(RuntimeError):  # the loop has closed
+                    call.loop.call_soon_threadsafe(_fail, call, error)
+                    ended += 1
+        return ended
+
     def shutdown(self) -> None:
         """Let the threads end once idle (a thread in a model call ends after it)."""
         for _ in range(self.threads):
             self._calls.put(None)
 
     def _serve(self) -> None:
-        load, quick = self.load, self.quick
+        load, quick, running = self.load, self.quick, self._running
+        thread = threading.get_ident()
         while (call := self._calls.get()) is not None:
             if call.key is not None:  # before it leaves the queue: see QuickCalls.allows
                 quick.started(call.key[1])
             load.started()
             outcome: tuple[Any, BaseException | None] = (None, None)
             if not call.result.cancelled():
+                running[thread] = (call, time.monotonic())
                 outcome = self._run(call, load, quick)
+                del running[thread]
             elif call.key is not None:
                 quick.finished(call.key, None)
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
@@ -321,6 +337,11 @@ class _Call:
     key: Key | None  # its kind and model, for QuickCalls
     timed: bool  # for QuickCalls
     context: contextvars.Context  # the call's context variables
+
+
+def _fail(call: _Call, error: Exception) -> None:
+    if not call.result.done():
+        call.result.set_exception(error)
 
 
 def _settle(call: _Call, budget: PixelBudget, value: Any, error: BaseException | None) -> None:

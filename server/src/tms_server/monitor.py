@@ -1,12 +1,14 @@
 """The monitor of one worker process: a thread that keeps the worker's row on the board,
-follows reloads posted by other workers, and bounds calls that hang.
+follows reloads (tms_server.board), and bounds calls that hang.
 
 Python cannot stop a thread, so a model call that never returns cannot be cut short: the
 client's deadline ends the call for the client (DEADLINE_EXCEEDED), but the worker's thread
 stays busy. When a call has run longer than ``--call-time-limit``, the monitor says so in the
-log and calls ``on_hung``; the worker process then stops taking calls (NOT_SERVING, new calls
-UNAVAILABLE so clients go to other workers), gives its calls in flight the grace period, and
-exits, and the supervisor starts a fresh one. So a hung model costs one thread for at most
+log, ends that call at once for its caller with INTERNAL (MODEL_FAILED, which clients do not
+retry: the same input would hang the next worker), and calls ``on_hung``; the worker process
+then stops taking calls (NOT_SERVING, new calls UNAVAILABLE so clients go to other workers),
+gives its other calls in flight the grace period, and exits, and the supervisor starts a
+fresh one. So a hung model costs one thread for at most
 the time limit plus the grace period, never forever.
 """
 
@@ -17,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from tms_server.admission import RELEASE_AFTER_SECONDS, release_memory
+from tms_server.admission import RELEASE_AFTER_SECONDS, CallRunner, release_memory
+from tms_server.errors import Internal, Reason
 from tms_server.metrics import WorkerMetrics
 from tms_server.parts import WorkerParts
 
@@ -39,6 +42,7 @@ class WorkerMonitor:
         *,
         call_time_limit: float,
         on_hung: Callable[[], None],
+        runner: CallRunner | None = None,
         interval: float = 0.2,
         metrics: WorkerMetrics | None = None,
     ) -> None:
@@ -47,6 +51,7 @@ class WorkerMonitor:
         self.hung = False
         self._limit = call_time_limit
         self._on_hung = on_hung
+        self._runner = runner
         self._interval = interval
         self._released = 0.0  # the end of the last large call memory was given back after
         self._stopped = threading.Event()
@@ -108,4 +113,16 @@ class WorkerMonitor:
                     longest,
                     self._limit,
                 )
+                if self._runner is not None:  # its caller hears why; not retried elsewhere
+                    self._runner.end_calls_running_for(self._limit, _past_limit(self._limit))
                 self._on_hung()
+
+
+def _past_limit(limit: float) -> Internal:
+    """What a call that ran past the time limit ends with: INTERNAL (MODEL_FAILED), which
+    clients do not retry; sent again, the same input would hang another worker."""
+    return Internal(
+        f"the model ran past the call time limit of {limit:g}s (--call-time-limit); "
+        "its worker is being replaced",
+        reason=Reason.MODEL_FAILED,
+    )

@@ -201,6 +201,7 @@ def build_server(
         running.parts,
         call_time_limit=settings.call_time_limit,
         on_hung=on_hung if on_hung is not None else running.drain,
+        runner=running.runner,
         metrics=metrics,
     )
     board.post(index, in_flight=0, queued=0, calls=0, serving=True)
