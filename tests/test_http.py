@@ -419,12 +419,24 @@ class Model(tms_server.Model):
 """
 
 
+BIG = """
+import tms_server
+
+class Model(tms_server.Model):
+    inputs = "text"
+    thread_safe = True
+
+    def run(self, text, args):
+        return {"text": text * args["times"]}
+"""
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     """One worker of one thread and no queue, tokens required, messages of at most 1 MiB,
     callers given 2 s to send a request."""
     folder = tmp_path_factory.mktemp("guarded")
-    models = write_models(folder / "models", {"slow": SLOW})
+    models = write_models(folder / "models", {"slow": SLOW, "big": BIG})
     shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
     tokens = folder / "tokens"
     tokens.write_text(TOKEN + "\n")
@@ -515,6 +527,31 @@ def test_a_request_trickled_in_holds_its_connection_no_longer_than_slow_client_s
         assert closed_by_the_server(silent)
     assert time.monotonic() - began < 15
     assert http(f"{base}/v2/health/ready").status == 200
+
+
+def test_an_answer_not_taken_holds_its_connection_no_longer_than_slow_client_seconds(guarded):
+    # A caller that never reads kept the connection, and the answer's memory, for good.
+    server, base = guarded
+    address = urllib.parse.urlsplit(base)
+    args = urllib.parse.quote(json.dumps({"times": 20_000_000}))  # a 20 MB answer
+    request = (
+        f"POST /v2/models/big/run?args={args} HTTP/1.1\r\nHost: tms\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1\r\n\r\nx"
+    )
+    with socket.socket() as caller:
+        caller.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        caller.connect((address.hostname, address.port))
+        caller.sendall(request.encode())
+        time.sleep(5)  # past the 2 s, taking nothing
+        caller.settimeout(30)
+        taken = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := caller.recv(1 << 20):
+                taken += len(chunk)
+    assert taken < 20_000_000  # cut off
+    assert http(f"{base}/v2/health/ready").status == 200
+    assert "caller took no answer for 2s" in server.logs()
+    assert "Traceback" not in server.logs()
 
 
 def answers(url: str) -> bool:

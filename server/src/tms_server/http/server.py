@@ -12,6 +12,7 @@ import asyncio
 import base64
 import importlib.resources
 import json
+import logging
 import math
 import socket
 import ssl
@@ -54,6 +55,7 @@ from tms_server.settings import Settings
 __all__ = ["HttpServer"]
 
 pb = model_service_pb2
+log = logging.getLogger("tms_server")
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -275,6 +277,22 @@ class _Api:
         call = CURRENT.get()  # set by _call, in this same task
         if call is not None:
             response.headers[REQUEST_ID_KEY] = call.request_id
+        return await self._send(request, response)
+
+    async def _send(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """Send the answer within --slow-client-seconds, as gRPC answers are: a caller that
+        does not take it by then has its connection closed, and the answer's memory freed."""
+        seconds = self._settings.slow_client_seconds
+        if not seconds or response.prepared:
+            return response
+        try:
+            async with asyncio.timeout(seconds):
+                await response.prepare(request)
+                await response.write_eof()
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()
+            log.info("closed an HTTP connection whose caller took no answer for %gs", seconds)
         return response
 
     def _check_token(self, header: str | None) -> None:
