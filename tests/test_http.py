@@ -383,6 +383,21 @@ def test_compressed_bodies_are_refused_unread(base):
     assert result_of(http(f"{base}/v2/models/mean/infer", good)) == {"mean": 7.0}
 
 
+def test_malformed_requests_get_400_and_no_traceback_in_the_log(server, base):
+    # Callers on a network send such things all day: each was an ERROR with a traceback.
+    address = urllib.parse.urlsplit(base)
+    for request in (
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /v2/models/mean/infer HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 10_000 + b"\r\n\r\n",
+    ):
+        with socket.create_connection((address.hostname, address.port), timeout=10) as caller:
+            caller.sendall(request)
+            assert caller.recv(1024).startswith(b"HTTP/1.0 400 Bad Request"), request[:20]
+    assert http(f"{base}/v2/health/ready").status == 200
+    assert "Error handling request" not in server.logs()
+
+
 def test_grpc_keeps_working_alongside(server, base, astronaut_bgr, grpc_faces):
     good = {"inputs": [tensor("IMAGE", np.full((8, 8), 3, np.uint8))]}
     failures: list[str] = []

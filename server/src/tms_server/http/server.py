@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from tms.v1 import image_pb2, model_service_pb2
@@ -130,6 +131,7 @@ class HttpServer:
             # Bodies are read as sent: aiohttp would inflate a compressed one on the event
             # loop before any limit applies (1 MB of gzip is 1 GiB); such bodies get 415.
             auto_decompress=False,
+            logger=_ProtocolLog(logging.getLogger("aiohttp.server")),
         )
         await runner.setup()
         sock = _bind(settings.host, port)
@@ -140,6 +142,18 @@ class HttpServer:
     async def stop(self) -> None:
         """Stop listening and end the calls in flight after the grace period."""
         await self._runner.cleanup()
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's log of its connections, where a request it cannot parse (answered 400) is one
+    DEBUG line, not an ERROR with a traceback: callers on a network must not fill the log."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError):
+            level, kwargs["exc_info"] = logging.DEBUG, None
+            msg, args = "refused a malformed HTTP request: %s", (str(error).splitlines()[0],)
+        super().log(level, msg, *args, **kwargs)
 
 
 def _infer_pixels(body: bytes, header_length: str | None) -> int:
