@@ -374,6 +374,8 @@ BAD_ARGS = {
     "a number": ("1e999", "must be a JSON object"),
     "not JSON": ("{'single': 'quotes'}", "not valid JSON"),
     "unbalanced": ('{"a": [1, 2}', "not valid JSON"),
+    "NaN": ('{"a": NaN}', "NaN is not a JSON value"),
+    "Infinity": ('{"a": [-Infinity]}', "-Infinity is not a JSON value"),
     "deeply nested": ("[" * 100_000 + "]" * 100_000, f"the limit is {MAX_ARGS_DEPTH}"),
     "nested one too deep": (
         '{"a": ' * MAX_ARGS_DEPTH + "{}" + "}" * MAX_ARGS_DEPTH,

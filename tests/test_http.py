@@ -335,6 +335,10 @@ def test_errors_are_http_statuses_with_a_message(base):
     assert_error(http(f"{base}/v2/models/face/versions/2"), 404, "version")
     assert_error(http(f"{base}/v2/models/nope/run", b"x"), 404, "nope")
     assert_error(http(infer, b"{not json"), 400, "not valid JSON")
+    nan = json.dumps(good).replace("[0, 0, 0, 0]", "[0, NaN, 0, 0]").encode()
+    assert_error(http(infer, nan), 400, "NaN is not a JSON value")
+    huge = {"inputs": [{**good["inputs"][0], "datatype": "FP32", "data": [1e39, 0, 0, 0]}]}
+    assert_error(http(infer, huge), 400, "out of range for FP32")
     assert_error(http(infer, b"[1, 2]"), 400, "JSON object")
     assert_error(http(infer, {"inputs": []}), 400, "inputs")
     wrong_count = {"inputs": [{**good["inputs"][0], "data": [1, 2, 3]}]}

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from tms_server.errors import InvalidArgument, Reason
 
-__all__ = ["MAX_ARGS_BYTES", "MAX_ARGS_DEPTH", "MAX_VIOLATIONS", "check_args", "parse_args"]
+__all__ = [
+    "MAX_ARGS_BYTES",
+    "MAX_ARGS_DEPTH",
+    "MAX_VIOLATIONS",
+    "check_args",
+    "not_json",
+    "parse_args",
+]
 
 #: Longest ``args_json`` accepted, in UTF-8 bytes.
 MAX_ARGS_BYTES = 1024 * 1024
@@ -66,7 +73,7 @@ def parse_args(text: str, field: str = "args_json") -> dict[str, Any]:
         message = f"args_json nests {depth} levels deep; the limit is {MAX_ARGS_DEPTH}"
         raise _bad_args(message, field)
     try:
-        args = json.loads(text)
+        args = json.loads(text, parse_constant=not_json)
     except (ValueError, RecursionError) as exc:
         raise _bad_args(f"args_json is not valid JSON: {exc}", field) from None
     if not isinstance(args, dict):
@@ -109,3 +116,9 @@ def _error_field(error: Any, field: str) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text
+
+
+def not_json(name: str) -> NoReturn:
+    """json.loads' parse_constant: NaN, Infinity and -Infinity, which Python's parser takes
+    and JSON does not (nor do answers: results are written with allow_nan=False)."""
+    raise ValueError(f"{name} is not a JSON value")

@@ -23,6 +23,7 @@ from tms_client.protocol.codec import numpy_dtype
 from tms_client.protocol.wire import Buffer
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 from tms_server.errors import InvalidArgument
+from tms_server.limits import not_json
 from tms_server.oip.tensors import BYTES, TMS_DTYPES, pack_bytes, unpack_bytes
 
 __all__ = [
@@ -177,7 +178,7 @@ def to_json(document: Any) -> bytes:
 
 def _json(text: bytes) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=not_json)
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
 
@@ -259,7 +260,10 @@ def _data(values: Any, datatype: str, shape: list[int], what: str) -> bytes:
         info = np.iinfo(target)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidArgument(f"{what} has a value out of range for {datatype}", field=what)
-    return array.astype(target.newbyteorder("<")).tobytes()
+    cast = array.astype(target.newbyteorder("<"))
+    if target.kind == "f" and not np.isfinite(cast).all():  # past FP16/FP32's range
+        raise InvalidArgument(f"{what} has a value out of range for {datatype}", field=what)
+    return cast.tobytes()
 
 
 def _flat(values: Any, what: str) -> list[Any]:
