@@ -573,6 +573,23 @@ def test_an_answer_not_taken_holds_its_connection_no_longer_than_slow_client_sec
     assert "Traceback" not in server.logs()
 
 
+def test_a_caller_that_leaves_mid_answer_costs_no_traceback(guarded):
+    server, base = guarded
+    address = urllib.parse.urlsplit(base)
+    args = urllib.parse.quote(json.dumps({"times": 20_000_000}))
+    request = (
+        f"POST /v2/models/big/run?args={args} HTTP/1.1\r\nHost: tms\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1\r\n\r\nx"
+    )
+    for _ in range(3):
+        with socket.create_connection((address.hostname, address.port), timeout=30) as caller:
+            caller.sendall(request.encode())
+            assert caller.recv(100).startswith(b"HTTP/1.1 200")
+            caller.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    assert http(f"{base}/v2/health/ready").status == 200  # closed with a reset, above
+    assert "Traceback" not in server.logs()
+
+
 def answers(url: str) -> bool:
     """Whether a GET of ``url`` gets 200 (False when the connection is closed on it)."""
     try:

@@ -307,6 +307,8 @@ class _Api:
             if request.transport is not None:
                 request.transport.abort()
             log.info("closed an HTTP connection whose caller took no answer for %gs", seconds)
+        except ConnectionError:  # the caller left: aiohttp notes it as it does any other
+            pass
         return response
 
     def _check_token(self, header: str | None) -> None:
