@@ -186,8 +186,9 @@ class ReloadLock:
     def __init__(self, *, shared: bool) -> None:
         self._threads = threading.Lock()
         self._fd: int | None = None
-        if shared:
-            self._fd, path = tempfile.mkstemp(prefix="tms-reload-")
+        if shared:  # where multiprocessing's locks live too: writable in any container
+            where = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+            self._fd, path = tempfile.mkstemp(prefix="reload-lock-", dir=where)
             os.unlink(path)  # the descriptor is all the workers need
 
     def acquire(self, timeout: float) -> bool:

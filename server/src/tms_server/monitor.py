@@ -8,8 +8,8 @@ log, ends that call at once for its caller with INTERNAL (MODEL_FAILED, which cl
 retry: the same input would hang the next worker), and calls ``on_hung``; the worker process
 then stops taking calls (NOT_SERVING, new calls UNAVAILABLE so clients go to other workers),
 gives its other calls in flight the grace period, and exits, and the supervisor starts a
-fresh one. So a hung model costs one thread for at most
-the time limit plus the grace period, never forever.
+fresh one. So a hung model costs one thread for at most the time limit plus the grace
+period, never forever.
 """
 
 from __future__ import annotations
