@@ -457,6 +457,7 @@ def guarded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("guarded")
     models = write_models(folder / "models", {"slow": SLOW, "big": BIG})
     shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
+    shutil.copytree(EXAMPLE_MODELS / "edges", models / "edges")
     tokens = folder / "tokens"
     tokens.write_text(TOKEN + "\n")
     args = ("--http-port", "0", "--tokens-file", str(tokens), "--threads", "1")
@@ -496,6 +497,23 @@ def test_too_large_is_413(guarded):
     big = np.zeros((420, 1024), np.uint8)  # "0, " a pixel: a little over 1 MiB of JSON
     reply = http(f"{base}/v2/models/mean/infer", {"inputs": [tensor("IMAGE", big)]}, headers=BEARER)
     assert_error(reply, 413, "--max-message-mb")
+
+
+def test_an_answer_too_large_for_json_is_413_and_fits_as_binary(guarded):
+    # 1000x1000 values are 2 MB of JSON at least, over the 1 MiB limit (and many times that
+    # in memory on the way): refused before it is made, with what to do instead.
+    _, base = guarded
+    gray = np.zeros((1000, 1000), np.uint8)
+    image = {"name": "IMAGE", "datatype": "UINT8", "shape": [1000, 1000]}
+    image["parameters"] = {"binary_data_size": gray.nbytes}
+    body, headers = binary_body({"inputs": [image]}, gray.tobytes())
+    reply = http(f"{base}/v2/models/edges/infer", body, headers={**headers, **BEARER})
+    assert_error(reply, 413, "1000000 values: as JSON, over the 1 MiB", "binary_data")
+    header = {"inputs": [image], "parameters": {"binary_data_output": True}}
+    body, headers = binary_body(header, gray.tobytes())
+    reply = http(f"{base}/v2/models/edges/infer", body, headers={**headers, **BEARER})
+    assert reply.status == 200, reply.body
+    assert len(reply.body) - int(reply.headers["Inference-Header-Content-Length"]) >= 10**6
 
 
 def test_a_full_worker_says_429(guarded):

@@ -162,7 +162,7 @@ def test_responses_in_json_or_binary():
     response.raw_output_contents.extend([result, b"\x01\x02"])
     document = {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1]}]}
     request = parse_infer("m", "", body(document), None)
-    data, length = infer_response(request, response)
+    data, length = infer_response(request, response, 1 << 20)
     assert length == len(data)
     assert json.loads(data) == {
         "model_name": "m",
@@ -174,10 +174,26 @@ def test_responses_in_json_or_binary():
         ],
     }
     request.binary_by_default = True
-    data, length = infer_response(request, response)
+    data, length = infer_response(request, response, 1 << 20)
     outputs = json.loads(data[:length])["outputs"]
     assert [o["parameters"]["binary_data_size"] for o in outputs] == [6, 2]
     assert data[length:] == result + b"\x01\x02"
+
+
+def test_an_output_too_large_for_json_is_refused_before_it_is_made():
+    # A number is two bytes of JSON at least (and tens of bytes in memory on the way): an
+    # output of more values than half the message limit cannot be an answer in JSON.
+    response = oip.ModelInferResponse(model_name="m", model_version="1")
+    response.outputs.add(name="OUTPUT_IMAGE", datatype="UINT8", shape=[600, 1000])
+    response.raw_output_contents.append(bytes(600_000))
+    document = {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1]}]}
+    request = parse_infer("m", "", body(document), None)
+    with pytest.raises(InvalidArgument, match="600000 values: as JSON, over the 1 MiB") as caught:
+        infer_response(request, response, 1 << 20)
+    assert caught.value.reason == "IMAGE_TOO_LARGE"
+    request.binary_outputs.add("OUTPUT_IMAGE")  # as binary data it fits
+    data, length = infer_response(request, response, 1 << 20)
+    assert len(data) - length == 600_000
 
 
 def test_the_input_a_binary_header_declares_is_read_without_the_data():

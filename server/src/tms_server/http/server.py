@@ -393,7 +393,8 @@ class _Api:
 
         def call() -> tuple[bytes, int]:
             parsed = parse_infer(name, version, body, header)
-            return infer_response(parsed, self._inference.ModelInfer(parsed.message, _NO_CONTEXT))
+            reply = self._inference.ModelInfer(parsed.message, _NO_CONTEXT)
+            return infer_response(parsed, reply, self._settings.max_message_bytes)
 
         pixels = _infer_pixels(body, header)
         outcome = await self._call(request, "ModelInfer", name, call, pixels=pixels)

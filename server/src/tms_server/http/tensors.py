@@ -22,7 +22,7 @@ import numpy as np
 from tms_client.protocol.codec import numpy_dtype
 from tms_client.protocol.wire import Buffer
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
-from tms_server.errors import InvalidArgument
+from tms_server.errors import InvalidArgument, Reason
 from tms_server.limits import not_json
 from tms_server.oip.tensors import BYTES, TMS_DTYPES, pack_bytes, unpack_bytes
 
@@ -145,11 +145,24 @@ def _outputs(request: InferRequest, document: Mapping[str, Any]) -> InferRequest
     return request
 
 
-def infer_response(request: InferRequest, response: oip.ModelInferResponse) -> tuple[bytes, int]:
+def infer_response(
+    request: InferRequest, response: oip.ModelInferResponse, max_bytes: int
+) -> tuple[bytes, int]:
     """The REST body of ``response``, and the length of its JSON part (the whole body unless
-    some outputs go binary)."""
+    some outputs go binary); IMAGE_TOO_LARGE (413) when an output as JSON would be longer
+    than ``max_bytes`` (--max-message-mb), told before the JSON is made: a number takes two
+    bytes of JSON at least, and many times that in memory on the way."""
     outputs, blobs = [], []
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        values = math.prod(tensor.shape)
+        if not request.binary(tensor.name) and tensor.datatype != BYTES and 2 * values > max_bytes:
+            raise InvalidArgument(
+                f"output {tensor.name} holds {values} values: as JSON, over the "
+                f"{max_bytes >> 20} MiB an answer may be (--max-message-mb); ask for it as "
+                'binary data (parameters {"binary_data": true}) or send a smaller image',
+                reason=Reason.IMAGE_TOO_LARGE,
+                field=f"outputs.{tensor.name}",
+            )
         item: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
