@@ -181,7 +181,8 @@ describe("worker pool", () => {
     // (each short one seen by the server a little under 60 ms: time passes as it is sent)
     assert.ok(waits.slice(0, 2).every((ms) => ms > 30 && ms <= 60), `waited ${waits.join(", ")} ms`);
     const rest = waits.slice(2);
-    assert.ok(rest.length >= 1 && rest[0]! > 100 && rest.every((ms) => ms <= 180), `waited ${waits.join(", ")} ms`);
+    // (up to a few ms more when the short waits' timers fired early)
+    assert.ok(rest.length >= 1 && rest[0]! > 100 && rest.every((ms) => ms <= 185), `waited ${waits.join(", ")} ms`);
     workers.close();
     server.hangUp();
   });
