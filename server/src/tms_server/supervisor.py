@@ -39,9 +39,16 @@ log = logging.getLogger("tms_server")
 
 _READY_TIMEOUT = 600.0  # loading models can take a while
 _BACKOFF_MAX = 10.0
+
 # A worker that loaded its models and then served this long is replaced at once when it dies;
 # one that dies sooner (a crash while loading, say) is replaced after a growing delay.
 _HEALTHY_AFTER = 1.0
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before a worker that failed ``failures`` times in a row is started again: none
+    after none, then 0.1 s, doubling each time, up to _BACKOFF_MAX."""
+    return min(_BACKOFF_MAX, 0.1 * 2 ** (failures - 1)) if failures else 0.0
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -241,7 +248,7 @@ class Supervisor:
             if slot.restart_at == 0.0:
                 healthy = slot.ready_at is not None and now - slot.ready_at >= _HEALTHY_AFTER
                 slot.failures = 0 if healthy else slot.failures + 1
-                delay = min(_BACKOFF_MAX, 0.1 * 2 ** (slot.failures - 1)) if slot.failures else 0.0
+                delay = _backoff(slot.failures)
                 log.error(
                     "worker %d (pid %s) died: %s; restarting in %.1fs",
                     index,
@@ -261,7 +268,7 @@ class Supervisor:
                     self._start(index)
                 except OSError as exc:  # no descriptors or processes left, for now
                     slot.failures += 1
-                    delay = min(_BACKOFF_MAX, 0.1 * 2 ** (slot.failures - 1))
+                    delay = _backoff(slot.failures)
                     log.error(
                         "cannot start worker %d: %s; trying again in %.1fs", index, exc, delay
                     )
