@@ -188,7 +188,7 @@ class CallRunner:
         self.pixels = PixelBudget(max_pixels)
         self.quick = QuickCalls()
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._running: dict[int, tuple[_Call, float]] = {}  # by thread: its call, since when
+        self._running: dict[int, _Call] = {}  # by thread: the call it runs
         for number in range(threads):
             name = f"tms-call-{number}"
             threading.Thread(target=self._serve, name=name, daemon=True).start()
@@ -248,9 +248,10 @@ class CallRunner:
         """End the calls that have run on a thread for ``seconds`` or more with ``error``, at
         once for their callers (a thread cannot be stopped: it goes on with its call);
         how many. Safe from any thread."""
-        now, ended = time.monotonic(), 0
-        for call, began in list(self._running.values()):
-            if now - began >= seconds:
+        ended = 0
+        for thread in self.load.running_for(seconds):
+            call = self._running.get(thread)  # None: a quick call, on the event loop itself
+            if call is not None:
                 with contextlib.suppress(RuntimeError):  # the loop has closed
                     call.loop.call_soon_threadsafe(_fail, call, error)
                     ended += 1
@@ -270,7 +271,7 @@ class CallRunner:
             load.started()
             outcome: tuple[Any, BaseException | None] = (None, None)
             if not call.result.cancelled():
-                running[thread] = (call, time.monotonic())
+                running[thread] = call
                 outcome = self._run(call, load, quick)
                 del running[thread]
             elif call.key is not None:

@@ -53,6 +53,12 @@ class WorkerLoad:
             oldest = min(self._began.values(), default=None)
         return 0.0 if oldest is None else time.monotonic() - oldest
 
+    def running_for(self, seconds: float) -> list[int]:
+        """The threads whose call in flight has run ``seconds`` or more."""
+        since = time.monotonic() - seconds
+        with self._lock:
+            return [thread for thread, began in self._began.items() if began <= since]
+
     def submitted(self) -> None:
         with self._lock:
             self.queued += 1
