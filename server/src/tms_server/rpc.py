@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -309,9 +308,8 @@ class Stream(Generic[Q]):
                 if key is not None:
                     quick.finished(key, None)
 
-        context = contextvars.copy_context()  # its log lines name the stream's call
-        running = asyncio.get_running_loop().run_in_executor(None, context.run, counted)
-        return await asyncio.shield(running)
+        # to_thread runs it in this task's context: its log lines name the stream's call
+        return await asyncio.shield(asyncio.to_thread(counted))
 
     async def write(self, response: Any) -> None:
         """Send one answer; the StallWatch times the caller taking it."""
