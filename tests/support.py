@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -190,11 +191,29 @@ def alive(pid: int) -> bool:
 
 def memory_mb(pid: int, field: str = "VmRSS") -> float:
     """A memory figure of process ``pid`` from /proc (VmRSS now, VmHWM its peak), in MiB."""
+    return status_of(pid, field) / 1024
+
+
+def status_of(pid: int, field: str) -> int:
+    """A number of process ``pid``'s /proc status: VmRSS (KiB), Threads..."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
+                return int(line.split()[1])
     raise AssertionError(f"no {field} for pid {pid}")
+
+
+def closed_by_peer(connection: socket.socket, timeout: float | None = None) -> bool:
+    """Whether the other end closes ``connection`` (an end of stream or a reset) within
+    ``timeout`` seconds (None: the socket's own timeout)."""
+    if timeout is not None:
+        connection.settimeout(timeout)
+    try:
+        return connection.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
 
 
 def listening_ports(pid: int) -> set[int]:

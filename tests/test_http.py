@@ -34,6 +34,7 @@ from tests.support import (
     EXAMPLE_MODELS,
     MEET,
     ServerProcess,
+    closed_by_peer,
     start_in_process,
     start_process,
     wait_for,
@@ -537,13 +538,6 @@ def test_a_full_worker_says_429(guarded):
     assert int(busy.headers["Retry-After"]) >= 1
 
 
-def closed_by_the_server(connection: socket.socket) -> bool:
-    try:
-        return connection.recv(1024) == b""
-    except ConnectionResetError:
-        return True
-
-
 def test_a_request_trickled_in_holds_its_connection_no_longer_than_slow_client_seconds(guarded):
     # Slowloris: headers sent a line at a time and never finished, or nothing sent at all.
     # Past --slow-client-seconds (2 here) the worker closes both connections; meanwhile, and
@@ -560,8 +554,8 @@ def test_a_request_trickled_in_holds_its_connection_no_longer_than_slow_client_s
             time.sleep(0.4)
             trickling.sendall(b"X-Line-%d: more to come\r\n" % line)
         assert http(f"{base}/v2/health/ready").status == 200
-        assert closed_by_the_server(trickling)
-        assert closed_by_the_server(silent)
+        assert closed_by_peer(trickling)
+        assert closed_by_peer(silent)
     assert time.monotonic() - began < 15
     assert http(f"{base}/v2/health/ready").status == 200
 
@@ -633,7 +627,7 @@ def test_a_worker_holds_at_most_max_connections(tmp_path):
                 connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: tms\r\n\r\n")
                 assert connection.recv(1024).startswith(b"HTTP/1.1 200")
             with socket.create_connection(where, timeout=30) as extra:
-                assert closed_by_the_server(extra)
+                assert closed_by_peer(extra)
             held.pop().close()
             assert wait_for(lambda: answers(f"{base}/v2/health/live"), 10)
         with ModelClient("mean", server.target) as client:  # gRPC counts its own

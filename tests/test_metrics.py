@@ -19,7 +19,14 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ServerProcess, listening_ports, wait_for, write_models
+from tests.support import (
+    ServerProcess,
+    closed_by_peer,
+    listening_ports,
+    status_of,
+    wait_for,
+    write_models,
+)
 from tests.test_deploy import METRICS as DASHBOARD_METRICS
 from tms_client import InvalidInputError, ModelClient, ModelNotFoundError, RoundRobin
 from tms_server.exporter import MAX_SCRAPES
@@ -272,31 +279,19 @@ def test_connections_held_open_cost_the_supervisor_a_few_threads(
     server, url = with_metrics(server_process, models, tmp_path, workers=1)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     supervisor = server.process.pid
-    before = threads_of(supervisor)
+    before = status_of(supervisor, "Threads")
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4 * MAX_SCRAPES)]
     try:
         for connection in held:
             connection.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
         time.sleep(0.5)
-        assert threads_of(supervisor) <= before + MAX_SCRAPES
-        assert sum(map(closed_by_peer, held)) == 3 * MAX_SCRAPES  # those beyond the bound
+        assert status_of(supervisor, "Threads") <= before + MAX_SCRAPES
+        closed = sum(closed_by_peer(c, timeout=0.2) for c in held)  # closed ones say so at once
+        assert closed == 3 * MAX_SCRAPES  # those beyond the bound
     finally:
         for connection in held:
             connection.close()
     assert wait_for(lambda: "tms_workers" in scraped_names(url), timeout=20)
-
-
-def closed_by_peer(connection: socket.socket) -> bool:
-    connection.settimeout(0.2)  # closed ones say so at once
-    try:
-        return connection.recv(1) == b""
-    except TimeoutError:
-        return False
-
-
-def threads_of(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
 def scraped_names(url: str) -> set[str]:
