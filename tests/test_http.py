@@ -451,12 +451,32 @@ class Model(tms_server.Model):
 """
 
 
+NOISE = """
+import numpy as np
+import tms_server
+
+class Model(tms_server.Model):
+    output_color = "bgr"
+    thread_safe = True
+
+    def run_image_to_image(self, images, args):
+        side = args["side"]
+        return [np.random.default_rng(0).integers(0, 256, (side, side, 3), np.uint8)]
+"""
+
+FIELD = NOISE.replace('"bgr"', "None").replace(
+    "integers(0, 256, (side, side, 3), np.uint8)", "random((side, side, 2), np.float32)"
+)
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     """One worker of one thread and no queue, tokens required, messages of at most 1 MiB,
     callers given 2 s to send a request."""
     folder = tmp_path_factory.mktemp("guarded")
-    models = write_models(folder / "models", {"slow": SLOW, "big": BIG})
+    models = write_models(
+        folder / "models", {"slow": SLOW, "big": BIG, "noise": NOISE, "field": FIELD}
+    )
     shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
     shutil.copytree(EXAMPLE_MODELS / "edges", models / "edges")
     tokens = folder / "tokens"
@@ -509,12 +529,28 @@ def test_an_answer_too_large_for_json_is_413_and_fits_as_binary(guarded):
     image["parameters"] = {"binary_data_size": gray.nbytes}
     body, headers = binary_body({"inputs": [image]}, gray.tobytes())
     reply = http(f"{base}/v2/models/edges/infer", body, headers={**headers, **BEARER})
-    assert_error(reply, 413, "1000000 values: as JSON, over the 1 MiB", "binary_data")
+    assert_error(reply, 413, "2000000 bytes or more as JSON, over the 1 MiB", "binary_data")
     header = {"inputs": [image], "parameters": {"binary_data_output": True}}
     body, headers = binary_body(header, gray.tobytes())
     reply = http(f"{base}/v2/models/edges/infer", body, headers={**headers, **BEARER})
     assert reply.status == 200, reply.body
     assert len(reply.body) - int(reply.headers["Inference-Header-Content-Length"]) >= 10**6
+
+
+@pytest.mark.parametrize(("model", "side"), [("noise", 600), ("field", 600)])
+def test_a_run_answer_too_large_for_json_is_413(guarded, model, side):
+    # A 600x600 picture of noise is over 1 MiB as PNG, and more in base64; a 600x600x2 field
+    # is 720000 values, 1.4 MB of JSON at least: over the 1 MiB limit, refused unmade.
+    _, base = guarded
+    file = io.BytesIO()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(file, format="PNG")
+    url = f"{base}/v2/models/{model}/run?args=" + urllib.parse.quote(json.dumps({"side": side}))
+    reply = http(url, file.getvalue(), headers=BEARER)
+    assert_error(reply, 413, "images[0] takes", "over the 1 MiB", "RunImageToImage over gRPC")
+    url = f"{base}/v2/models/{model}/run?args=" + urllib.parse.quote(json.dumps({"side": 40}))
+    small = http(url, file.getvalue(), headers=BEARER)
+    assert small.status == 200, small.body
+    assert small.json()["images"][0]["shape"][:2] == [40, 40]
 
 
 def test_a_full_worker_says_429(guarded):

@@ -188,7 +188,9 @@ def test_an_output_too_large_for_json_is_refused_before_it_is_made():
     response.raw_output_contents.append(bytes(600_000))
     document = {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1]}]}
     request = parse_infer("m", "", body(document), None)
-    with pytest.raises(InvalidArgument, match="600000 values: as JSON, over the 1 MiB") as caught:
+    with pytest.raises(
+        InvalidArgument, match="1200000 bytes or more as JSON, over the 1 MiB"
+    ) as caught:
         infer_response(request, response, 1 << 20)
     assert caught.value.reason == "IMAGE_TOO_LARGE"
     request.binary_outputs.add("OUTPUT_IMAGE")  # as binary data it fits

@@ -41,6 +41,7 @@ from tms_server.errors import (
 from tms_server.health import HealthServicer
 from tms_server.http.tensors import (
     HEADER_LENGTH,
+    check_json_size,
     declared_input,
     infer_response,
     parse_infer,
@@ -439,6 +440,7 @@ class _Api:
 
         else:
             png = model.output_color != image_pb2.COLOR_ORDER_UNSPECIFIED
+            limit = self._settings.max_message_bytes
             raw = pb.RunImageToImageRequest(
                 model=name,
                 images=[_image_file(body)],
@@ -450,7 +452,8 @@ class _Api:
             def call() -> bytes:
                 reply = models.RunImageToImage(raw, _NO_CONTEXT)
                 head, parts = split_images(pb.RunImageToImageResponse, reply, OUTPUT_FIELD)
-                return _answer(name, head, images=[_output_image(part, png) for part in parts])
+                images = [_output_image(i, part, png, limit) for i, part in enumerate(parts)]
+                return _answer(name, head, images=images)
 
         outcome = await self._call(request, rpc, name, call, pixels=pixels)
         if isinstance(outcome, web.Response):
@@ -552,10 +555,14 @@ def _answer(name: str, reply: Any, **extra: Any) -> bytes:
     return to_json({**document, **extra})
 
 
-def _output_image(part: ImageParts, png: bool) -> dict[str, Any]:
-    """An output image as PNG in base64, or as a tensor when it is no picture (a flow field)."""
+def _output_image(index: int, part: ImageParts, png: bool, max_bytes: int) -> dict[str, Any]:
+    """An output image as PNG in base64, or as a tensor when it is no picture (a flow field);
+    IMAGE_TOO_LARGE (413) when either is longer than ``max_bytes``."""
     shape = list(part.meta.shape)
+    instead = "call RunImageToImage over gRPC"
     if png:
+        check_json_size(f"images[{index}]", 4 * -(-len(part.data) // 3), max_bytes, instead)
         return {"png": base64.b64encode(part.data).decode(), "shape": shape}
+    check_json_size(f"images[{index}]", 2 * math.prod(shape), max_bytes, instead)
     datatype = DATATYPES[part.meta.dtype]
     return {"datatype": datatype, "shape": shape, "data": tensor_values(datatype, shape, part.data)}

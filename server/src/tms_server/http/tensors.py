@@ -29,6 +29,7 @@ from tms_server.oip.tensors import BYTES, TMS_DTYPES, pack_bytes, unpack_bytes
 __all__ = [
     "HEADER_LENGTH",
     "InferRequest",
+    "check_json_size",
     "declared_input",
     "infer_response",
     "parse_infer",
@@ -145,23 +146,33 @@ def _outputs(request: InferRequest, document: Mapping[str, Any]) -> InferRequest
     return request
 
 
+def check_json_size(name: str, size: int, max_bytes: int, instead: str) -> None:
+    """IMAGE_TOO_LARGE (413) when output ``name``, ``size`` bytes at least as JSON, would be
+    longer than ``max_bytes`` (--max-message-mb), told before the JSON is made: a number takes
+    two bytes of JSON at least, and many times that in memory on the way."""
+    if size > max_bytes:
+        raise InvalidArgument(
+            f"output {name} takes {size} bytes or more as JSON, over the {max_bytes >> 20} MiB "
+            f"an answer may be (--max-message-mb); {instead} or send a smaller image",
+            reason=Reason.IMAGE_TOO_LARGE,
+            field=f"outputs.{name}",
+        )
+
+
 def infer_response(
     request: InferRequest, response: oip.ModelInferResponse, max_bytes: int
 ) -> tuple[bytes, int]:
     """The REST body of ``response``, and the length of its JSON part (the whole body unless
     some outputs go binary); IMAGE_TOO_LARGE (413) when an output as JSON would be longer
-    than ``max_bytes`` (--max-message-mb), told before the JSON is made: a number takes two
-    bytes of JSON at least, and many times that in memory on the way."""
+    than ``max_bytes`` (check_json_size)."""
     outputs, blobs = [], []
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
-        values = math.prod(tensor.shape)
-        if not request.binary(tensor.name) and tensor.datatype != BYTES and 2 * values > max_bytes:
-            raise InvalidArgument(
-                f"output {tensor.name} holds {values} values: as JSON, over the "
-                f"{max_bytes >> 20} MiB an answer may be (--max-message-mb); ask for it as "
-                'binary data (parameters {"binary_data": true}) or send a smaller image',
-                reason=Reason.IMAGE_TOO_LARGE,
-                field=f"outputs.{tensor.name}",
+        if not request.binary(tensor.name) and tensor.datatype != BYTES:
+            check_json_size(
+                tensor.name,
+                2 * math.prod(tensor.shape),
+                max_bytes,
+                'ask for it as binary data (parameters {"binary_data": true})',
             )
         item: dict[str, Any] = {
             "name": tensor.name,
