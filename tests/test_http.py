@@ -334,6 +334,7 @@ def test_errors_are_http_statuses_with_a_message(base):
     assert_error(http(f"{base}/v2/models/nope"), 404, "nope")
     assert_error(http(f"{base}/v2/models/nope/ready"), 404, "nope")
     assert_error(http(f"{base}/v2/models/face/versions/2"), 404, "version")
+    assert_error(http(f"{base}/v2/models/face/versions/2/ready"), 404, "no version '2'")
     assert_error(http(f"{base}/v2/models/nope/run", b"x"), 404, "nope")
     assert_error(http(infer, b"{not json"), 400, "not valid JSON")
     nan = json.dumps(good).replace("[0, 0, 0, 0]", "[0, NaN, 0, 0]").encode()

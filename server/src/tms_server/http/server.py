@@ -378,7 +378,7 @@ class _Api:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         info = request.match_info
-        self._registry.find(info["name"])  # 404 for a model nobody has
+        self._inference.described(info["name"], info.get("version", ""))  # 404 for no such
         ready = self._inference.ModelReady(
             oip_pb.ModelReadyRequest(name=info["name"], version=info.get("version", "")),
             _NO_CONTEXT,

@@ -79,7 +79,7 @@ class InferenceServicer:
         self._health = health  # ServerReady says what it says for the server as a whole
         self.load = models.load
 
-    def _model(self, name: str, version: str, *, here: bool = False) -> DescribedModel:
+    def described(self, name: str, version: str, *, here: bool = False) -> DescribedModel:
         """Model ``name`` as OIP describes it; ``here``: loaded in this worker (to run it),
         else it may be placed on other workers (to describe it)."""
         model = self._registry.get(name) if here else self._registry.find(name)
@@ -122,7 +122,7 @@ class InferenceServicer:
     def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> oip.ModelMetadataResponse:
-        described = self._model(request.name, request.version)
+        described = self.described(request.name, request.version)
         name = TEXT if described.text else IMAGE
         return oip.ModelMetadataResponse(
             name=request.name,
@@ -145,7 +145,7 @@ class InferenceServicer:
     def ModelConfig(
         self, request: oip.ModelConfigRequest, context: grpc.ServicerContext
     ) -> oip.ModelConfigResponse:
-        described = self._model(request.name, request.version)
+        described = self.described(request.name, request.version)
         model_input = oip.ModelInput(
             name=TEXT if described.text else IMAGE,
             data_type=CONFIG_TYPES[described.input_datatype],
@@ -168,7 +168,7 @@ class InferenceServicer:
     def ModelInfer(
         self, request: oip.ModelInferRequest, context: grpc.ServicerContext
     ) -> oip.ModelInferResponse:
-        described = self._model(request.model_name, request.model_version, here=True)
+        described = self.described(request.model_name, request.model_version, here=True)
         tensor, raw = self._input(request, TEXT if described.text else IMAGE)
         args = parse_args(string_param(request.parameters, "args") or "", "parameters.args")
         check_args(described.model.args_validator, args, "parameters.args")
