@@ -4,6 +4,7 @@ Real servers on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from tests.support import ROOT, ServerProcess, wait_for, write_models
 from tests.test_devices import health_of, per_worker
 from tests.test_oip import Inference
 from tms_cli.__main__ import main as tms
-from tms_client import AdminClient, ModelClient, RoundRobin
+from tms_client import AdminClient, AsyncModelClient, ModelClient, RoundRobin
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 
 pytestmark = pytest.mark.slow
@@ -226,6 +227,77 @@ def test_calls_go_to_the_workers_that_loaded_their_model(server_process, tmp_pat
             "NOT_SERVING",
             "SERVING",
         ]
+
+
+LATE = """
+    import os
+    from pathlib import Path
+
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+        thread_safe = True
+
+        def __init__(self):  # the first worker to load it has it; the others fail to, unless
+            here = Path(__file__).parent  # the model's folder holds "ready"
+            if not (here / "ready").exists():
+                os.close(os.open(here / "taken", os.O_CREAT | os.O_EXCL))
+
+        def run(self, text, args):
+            return {"pid": os.getpid()}
+"""
+
+
+def _late_server(server_process, tmp_path):
+    """Two workers; "late" loaded on one, on both after the next reload of it."""
+    models = write_models(tmp_path / "models", {"alpha": GOOD, "late": LATE})
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(ADMIN_TOKEN + "\n")
+    args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
+    server = server_process(models, workers=2, args=args)
+
+    def reload() -> None:
+        (models / "late" / "ready").touch()
+        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+            assert all(outcome.reloaded for outcome in admin.reload_model("late"))
+
+    return server, reload
+
+
+def test_calls_follow_a_model_a_reload_loads_on_more_workers(server_process, tmp_path):
+    # The client sends "late" only to the worker that loaded it. After a reload loads it on
+    # the other worker too, the next answers carry the reload's number; the client asks both
+    # workers again which models they serve, and its calls go to both, though it had sent
+    # none to the other.
+    server, reload = _late_server(server_process, tmp_path)
+    with ModelClient("late", server.target, balancer=RoundRobin()) as client:
+        assert wait_for(lambda: len(client.workers()) == 2, 10)
+        assert len({client.run_text("x")["pid"] for _ in range(10)}) == 1
+        reload()
+        assert wait_for(lambda: len({client.run_text("x")["pid"] for _ in range(10)}) == 2, 10)
+        assert all(worker.models == {"alpha", "late"} for worker in client.workers())
+
+
+def test_asyncio_calls_follow_a_model_a_reload_loads_on_more_workers(server_process, tmp_path):
+    server, reload = _late_server(server_process, tmp_path)
+
+    async def main() -> None:
+        async with AsyncModelClient("late", server.target, balancer=RoundRobin()) as client:
+
+            async def pids() -> set[int]:
+                return {(await client.run_text("x"))["pid"] for _ in range(10)}
+
+            while len(await client.workers()) < 2:
+                await asyncio.sleep(0.05)
+            assert len(await pids()) == 1
+            await asyncio.to_thread(reload)
+            async with asyncio.timeout(10):
+                while len(await pids()) < 2:
+                    await asyncio.sleep(0.05)
+            assert all(w.models == {"alpha", "late"} for w in await client.workers())
+
+    asyncio.run(main())
 
 
 def test_tms_models_lists_failed_models_with_their_reason(server_process, broken, capsys):

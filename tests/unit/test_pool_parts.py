@@ -274,3 +274,6 @@ def test_trailers_give_identity_and_load() -> None:
     assert report == LoadReport(in_flight=0, queued=2)
     assert read_trailers(None) == (None, None)
     assert read_trailers([("tms-load-bin", b"\x0b")]) == (None, None)
+    # After a reload the report also names it (GetWorkerInfoResponse.reload).
+    _, report = read_trailers([("tms-load-bin", encode_orca({"queued": 1, "reload": 3}))])
+    assert report == LoadReport(in_flight=0, queued=1, reload=3)

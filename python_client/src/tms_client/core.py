@@ -25,7 +25,9 @@ worker of every server. Calls go to the worker the balancer picks; a call that f
 code the retry policy names is sent again, to another worker. A worker whose connection
 fails (UNAVAILABLE), or now reaches another process, is dropped, and the pool looks for
 missing workers in the background every ``refresh_interval`` seconds (at once after a drop),
-and on demand, at most every ``EMPTY_RETRY_GAP`` seconds, when a call finds none.
+and on demand, at most every ``EMPTY_RETRY_GAP`` seconds, when a call finds none. When a
+worker's load report says it has done a reload (which may change the models a worker
+serves), the workers of its server are asked again which they serve, in the background.
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ class PoolCore:
         self.closed = False
         self._search_after = 0.0  # no search for workers on demand before this time
         self._refused: dict[str, bool] = {}  # address -> whether it refused, at start
+        self._changed: set[Worker] = set()  # workers to ask for their models (a reload)
+        self._reloads: dict[str, int] = {}  # server instance id -> its last reload seen
         self._closing: list[Any] = []
         self._wake = False
 
@@ -352,16 +356,44 @@ class PoolCore:
                 return
             try:
                 yield Search(None)
+                yield from self._follow_models()
             except Exception as exc:  # keep healing whatever one round ran into
                 trouble.failed(exc)
             else:
                 trouble.succeeded()
+
+    def _follow_models(self) -> Plan[None]:
+        """Ask each worker of a server that has reloaded which models it serves now. One that
+        does not say, or has not done the server's last reload yet, is asked again next
+        round."""
+        for worker in list(self._changed):
+            request = Request(WORKER_INFO, b"", IDENTIFY_TIMEOUT, self.options.metadata)
+            try:
+                reply = yield Send(worker.channel, request)
+            except CallError as error:
+                self._failed(worker, error)
+                continue
+            info = model_service_pb2.GetWorkerInfoResponse.FromString(reply.data)
+            if (info.instance_id, info.pid) == worker.key:
+                self.workers.follow(worker, info)
+                log.debug("worker pid %s at %s serves %s", worker.pid, worker.address, info.models)
+            if worker.reload >= self._reloads.get(worker.instance_id, 0):
+                self._changed.discard(worker)
+            self._observe(worker, reply.trailers)
+
+    def _reloaded(self, instance_id: str, reload: int) -> None:
+        """Server ``instance_id`` has done reload number ``reload``: have the background
+        search ask its workers which models they serve now (_follow_models)."""
+        self._reloads[instance_id] = max(reload, self._reloads.get(instance_id, 0))
+        self._changed.update(w for w in self.workers.workers() if w.instance_id == instance_id)
+        self._wake = True
 
     def _drop(self, worker: Worker, reason: str) -> None:
         """Forget ``worker`` and look for its successor."""
         if self.workers.remove(worker):
             log.info("dropping worker pid %s at %s: %s", worker.pid, worker.address, reason)
             self._wake = True
+        self._changed.discard(worker)
         self._retire(worker)
 
     def _retire(self, worker: Worker) -> None:
@@ -526,6 +558,8 @@ class PoolCore:
         identity, report = read_trailers(trailers)
         if report is not None:
             worker.load = report
+            if report.reload > worker.reload and worker not in self._changed:
+                self._reloaded(worker.instance_id, report.reload)
         if identity is not None and identity != worker.identity:
             # The transport reconnected this channel and reached another process.
             self._drop(worker, f"its connection now reaches {identity}")

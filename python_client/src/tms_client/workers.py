@@ -52,6 +52,7 @@ class Worker:
     channel: Any = field(repr=False)
     device: str = ""
     models: frozenset[str] = frozenset()  # the models it has; empty: every model
+    reload: int = 0  # the server's last reload it had done when it said ``models``
     in_flight: int = 0
     calls: int = 0
     load: LoadReport | None = None
@@ -82,6 +83,7 @@ class Worker:
             channel,
             info.device,
             frozenset(info.models),
+            info.reload,
         )
 
     def has(self, model: str) -> bool:
@@ -148,6 +150,12 @@ class WorkerSet:
         self._workers[worker.key] = worker
         self._for_model.clear()
         return stale
+
+    def follow(self, worker: Worker, info: model_service_pb2.GetWorkerInfoResponse) -> None:
+        """Take in the models ``worker`` serves now."""
+        worker.models = frozenset(info.models)
+        worker.reload = info.reload
+        self._for_model.clear()
 
     def remove(self, worker: Worker) -> bool:
         """Forget ``worker`` (if this very object is known); whether it was."""

@@ -30,6 +30,7 @@ class WorkerLoad:
         self.draining = False
         self.pulse = time.monotonic()  # set by the event loop while it runs (worker.pulse)
         self.large_call_ended = 0.0  # time.monotonic() when the last large call ended
+        self.reload = 0  # the server's last reload this worker has done (GetWorkerInfo.reload)
         self._lock = threading.Lock()
         self._began: dict[int, float] = {}
 
@@ -68,11 +69,16 @@ class WorkerLoad:
             self.queued -= 1
 
     def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
-        """Trailing metadata reporting the load now."""
-        return ((LOAD_KEY, _report(self.in_flight, self.queued)), (WORKER_KEY, self.identity))
+        """Trailing metadata reporting the load now, and the last reload the worker has done,
+        once there has been one (then clients ask which models it serves)."""
+        report = _report(self.in_flight, self.queued, self.reload)
+        return ((LOAD_KEY, report), (WORKER_KEY, self.identity))
 
 
 @functools.lru_cache(maxsize=1024)
-def _report(in_flight: int, queued: int) -> bytes:
+def _report(in_flight: int, queued: int, reload: int) -> bytes:
     # The same few (in flight, queued) pairs recur call after call: encode each once.
-    return encode_orca({"in_flight": float(in_flight), "queued": float(queued)})
+    metrics = {"in_flight": float(in_flight), "queued": float(queued)}
+    if reload:
+        metrics["reload"] = float(reload)
+    return encode_orca(metrics)

@@ -103,6 +103,7 @@ class WorkerMonitor:
             seq, name = pending
             log.info("reloading model %r (reload %d)", name, seq)
             board.finish_reload(index, seq, self.parts.reloader.reload(name))
+            load.reload = seq  # answers from now on say so: clients ask for the models again
         if self._limit and not self.hung:
             longest = load.longest_call()
             if longest > self._limit:

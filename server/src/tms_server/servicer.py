@@ -425,11 +425,15 @@ class ModelServicer:
         # would mean "every model" (older servers send none), so a worker that serves none
         # while it knows of some (placed elsewhere, or failed to load) sends [""], which names
         # no model.
+        # The reload before the models: a reload between the two then makes the client ask
+        # once more, rather than keep the models it replaced.
+        reload = self.load.reload
         registry = self._registry
         models = registry.here() or ([""] if registry.elsewhere or registry.failed else [])
         response = pb.GetWorkerInfoResponse()
         response.CopyFrom(self._worker_info)
         response.models.extend(models)
+        response.reload = reload
         return response
 
     @raw

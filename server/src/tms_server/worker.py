@@ -170,7 +170,8 @@ def build_server(
     if placement is None:
         placement = worker_placement(settings, index)
     board = board if board is not None else WorkerBoard(1)
-    board.join(index, os.getpid())  # before loading: reloads posted from now on are ours too
+    # Before loading: reloads posted from now on are ours too, the last one is in our models.
+    reload = board.join(index, os.getpid())
     metrics = WorkerMetrics(index, placement.device) if settings.metrics_port is not None else None
     if registry is None:
         registry = ModelRegistry.load(
@@ -195,6 +196,7 @@ def build_server(
         index=index,
         bind=bind,
         metrics=metrics,
+        reload=reload,
     )
     running = asyncio.run_coroutine_threadsafe(start, loop).result()
     running.monitor = WorkerMonitor(
@@ -218,10 +220,12 @@ async def _start(
     index: int,
     bind: str,
     metrics: WorkerMetrics | None,
+    reload: int,
 ) -> RunningServer:
     """Make and start the server, on the event loop that is to serve it."""
     loop = asyncio.get_running_loop()
     load = WorkerLoad(identity.key)
+    load.reload = reload
     health = HealthServicer(loop, max_watches=settings.max_health_watches)
     parts = WorkerParts(
         index=index,

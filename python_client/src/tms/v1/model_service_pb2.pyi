@@ -616,6 +616,7 @@ class GetWorkerInfoResponse(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
+    RELOAD_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Random id chosen when the server started; equal for all its workers."""
     pid: _builtins.int
@@ -631,6 +632,13 @@ class GetWorkerInfoResponse(_message.Message):
     device: _builtins.str
     """The device this worker's models run on: "cpu", or one of the server's --devices such as
     "cuda:0" (the worker sees it as its only GPU).
+    """
+    reload: _builtins.int
+    """The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+    or of the last before it started (it loaded the models as they were then); 0 before any.
+    A reload may change the models a worker serves (one it had failed to load, say). Once it
+    is above 0, every answer's load report carries it too, as the named metric "reload": a
+    client that sees it change asks the server's workers again which models they serve.
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -652,10 +660,11 @@ class GetWorkerInfoResponse(_message.Message):
         hostname: _builtins.str = ...,
         device: _builtins.str = ...,
         models: _abc.Iterable[_builtins.str] | None = ...,
+        reload: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "hostname", b"hostname", "instance_id", b"instance_id", "models", b"models", "pid", b"pid", "server_version", b"server_version", "worker_count", b"worker_count", "worker_index", b"worker_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "hostname", b"hostname", "instance_id", b"instance_id", "models", b"models", "pid", b"pid", "reload", b"reload", "server_version", b"server_version", "worker_count", b"worker_count", "worker_index", b"worker_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

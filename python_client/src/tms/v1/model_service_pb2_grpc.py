@@ -96,7 +96,8 @@ class ModelServiceStub:
     tms-load-bin   The worker's load as the call ends: a serialized
     xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
     it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-    balance on load (least-loaded) read it; others may ignore it.
+    balance on load (least-loaded) read it; others may ignore it. After a
+    reload it also holds "reload" (GetWorkerInfoResponse.reload).
 
     Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
     """
@@ -235,7 +236,8 @@ class ModelServiceServicer:
     tms-load-bin   The worker's load as the call ends: a serialized
     xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
     it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-    balance on load (least-loaded) read it; others may ignore it.
+    balance on load (least-loaded) read it; others may ignore it. After a
+    reload it also holds "reload" (GetWorkerInfoResponse.reload).
 
     Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
     """
@@ -469,7 +471,8 @@ class ModelService:
     tms-load-bin   The worker's load as the call ends: a serialized
     xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
     it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-    balance on load (least-loaded) read it; others may ignore it.
+    balance on load (least-loaded) read it; others may ignore it. After a
+    reload it also holds "reload" (GetWorkerInfoResponse.reload).
 
     Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
     """

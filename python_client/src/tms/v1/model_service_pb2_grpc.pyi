@@ -97,7 +97,8 @@ class ModelServiceStub:
     tms-load-bin   The worker's load as the call ends: a serialized
                    xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
                    it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-                   balance on load (least-loaded) read it; others may ignore it.
+                   balance on load (least-loaded) read it; others may ignore it. After a
+                   reload it also holds "reload" (GetWorkerInfoResponse.reload).
 
     Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
     """
@@ -221,7 +222,8 @@ class ModelServiceAsyncStub(ModelServiceStub):
     tms-load-bin   The worker's load as the call ends: a serialized
                    xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
                    it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-                   balance on load (least-loaded) read it; others may ignore it.
+                   balance on load (least-loaded) read it; others may ignore it. After a
+                   reload it also holds "reload" (GetWorkerInfoResponse.reload).
 
     Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
     """
@@ -341,7 +343,8 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     tms-load-bin   The worker's load as the call ends: a serialized
                    xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
                    it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-                   balance on load (least-loaded) read it; others may ignore it.
+                   balance on load (least-loaded) read it; others may ignore it. After a
+                   reload it also holds "reload" (GetWorkerInfoResponse.reload).
 
     Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
     """

@@ -7,6 +7,8 @@ Two keys, written by the server and read by the client's pool:
   running, this one included) and ``queued`` (calls waiting for one of its threads). ORCA's own
   key, ``endpoint-load-metrics-bin``, is not used: grpcio takes that trailer for itself and
   never hands it to the application.
+  After a reload they also hold ``reload``, the number of the last reload the worker has
+  done (``GetWorkerInfoResponse.reload``).
 - ``tms-worker``: ``<instance id>/<pid>``, which worker answered.
 
 Only the ORCA fields used here are written and read (``named_metrics``, field 8, a
@@ -45,6 +47,7 @@ class LoadReport:
 
     in_flight: int
     queued: int
+    reload: int = 0
     received: float = field(default_factory=time.monotonic, compare=False)
 
     @property
@@ -123,10 +126,11 @@ def read_trailers(
 
 
 @functools.lru_cache(maxsize=1024)
-def _counts(value: bytes) -> tuple[int, int] | None:
+def _counts(value: bytes) -> tuple[int, int, int] | None:
     # Workers send the same few reports over and over: decode each once.
     try:
         metrics = decode_orca(value)
     except WireError:
         return None
-    return int(metrics.get("in_flight", 0)), int(metrics.get("queued", 0))
+    counts = (metrics.get("in_flight", 0), metrics.get("queued", 0), metrics.get("reload", 0))
+    return int(counts[0]), int(counts[1]), int(counts[2])

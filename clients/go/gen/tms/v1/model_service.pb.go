@@ -1177,7 +1177,13 @@ type GetWorkerInfoResponse struct {
 	// and clients send its calls to those that have it (to any worker when none has it).
 	// Empty from servers older than this field: every worker has every model. A worker that
 	// serves no model at all sends one empty name ("").
-	Models        []string `protobuf:"bytes,8,rep,name=models,proto3" json:"models,omitempty"`
+	Models []string `protobuf:"bytes,8,rep,name=models,proto3" json:"models,omitempty"`
+	// The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+	// or of the last before it started (it loaded the models as they were then); 0 before any.
+	// A reload may change the models a worker serves (one it had failed to load, say). Once it
+	// is above 0, every answer's load report carries it too, as the named metric "reload": a
+	// client that sees it change asks the server's workers again which models they serve.
+	Reload        int64 `protobuf:"varint,9,opt,name=reload,proto3" json:"reload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1266,6 +1272,13 @@ func (x *GetWorkerInfoResponse) GetModels() []string {
 		return x.Models
 	}
 	return nil
+}
+
+func (x *GetWorkerInfoResponse) GetReload() int64 {
+	if x != nil {
+		return x.Reload
+	}
+	return 0
 }
 
 // RunImageStreamRequest is one frame of a RunImageStream.
@@ -1688,7 +1701,7 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x14RunTextBatchResponse\x12!\n" +
 	"\fresults_json\x18\x01 \x03(\tR\vresultsJson\x12#\n" +
 	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\"\x16\n" +
-	"\x14GetWorkerInfoRequest\"\x83\x02\n" +
+	"\x14GetWorkerInfoRequest\"\x9b\x02\n" +
 	"\x15GetWorkerInfoResponse\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x10\n" +
@@ -1698,7 +1711,8 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x0eserver_version\x18\x05 \x01(\tR\rserverVersion\x12\x1a\n" +
 	"\bhostname\x18\x06 \x01(\tR\bhostname\x12\x16\n" +
 	"\x06device\x18\a \x01(\tR\x06device\x12\x16\n" +
-	"\x06models\x18\b \x03(\tR\x06models\"\x8a\x01\n" +
+	"\x06models\x18\b \x03(\tR\x06models\x12\x16\n" +
+	"\x06reload\x18\t \x01(\x03R\x06reload\"\x8a\x01\n" +
 	"\x15RunImageStreamRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\x05image\x18\x02 \x01(\v2\r.tms.v1.ImageR\x05image\x12\x1b\n" +

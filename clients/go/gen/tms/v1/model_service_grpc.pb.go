@@ -131,7 +131,8 @@ const (
 //
 //	xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
 //	it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-//	balance on load (least-loaded) read it; others may ignore it.
+//	balance on load (least-loaded) read it; others may ignore it. After a
+//	reload it also holds "reload" (GetWorkerInfoResponse.reload).
 //
 // Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
 type ModelServiceClient interface {
@@ -394,7 +395,8 @@ func (c *modelServiceClient) DetachSharedMemory(ctx context.Context, in *DetachS
 //
 //	xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
 //	it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-//	balance on load (least-loaded) read it; others may ignore it.
+//	balance on load (least-loaded) read it; others may ignore it. After a
+//	reload it also holds "reload" (GetWorkerInfoResponse.reload).
 //
 // Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
 type ModelServiceServer interface {

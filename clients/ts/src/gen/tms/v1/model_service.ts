@@ -329,6 +329,14 @@ export interface GetWorkerInfoResponse {
    * serves no model at all sends one empty name ("").
    */
   models: string[];
+  /**
+   * The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+   * or of the last before it started (it loaded the models as they were then); 0 before any.
+   * A reload may change the models a worker serves (one it had failed to load, say). Once it
+   * is above 0, every answer's load report carries it too, as the named metric "reload": a
+   * client that sees it change asks the server's workers again which models they serve.
+   */
+  reload: number;
 }
 
 /** RunImageStreamRequest is one frame of a RunImageStream. */
@@ -2201,6 +2209,7 @@ function createBaseGetWorkerInfoResponse(): GetWorkerInfoResponse {
     hostname: "",
     device: "",
     models: [],
+    reload: 0,
   };
 }
 
@@ -2229,6 +2238,9 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
     }
     for (const v of message.models) {
       writer.uint32(66).string(v!);
+    }
+    if (message.reload !== 0) {
+      writer.uint32(72).int64(message.reload);
     }
     return writer;
   },
@@ -2310,6 +2322,14 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
             message.models.push(reader.string());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.reload = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2350,6 +2370,7 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
       models: globalThis.Array.isArray(object?.models)
         ? object.models.map((e: any) => globalThis.String(e))
         : [],
+      reload: isSet(object.reload) ? globalThis.Number(object.reload) : 0,
     };
   },
 
@@ -2379,6 +2400,9 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
     if (message.models?.length) {
       obj.models = message.models;
     }
+    if (message.reload !== 0) {
+      obj.reload = Math.round(message.reload);
+    }
     return obj;
   },
 
@@ -2395,6 +2419,7 @@ export const GetWorkerInfoResponse: MessageFns<GetWorkerInfoResponse> = {
     message.hostname = object.hostname ?? "";
     message.device = object.device ?? "";
     message.models = object.models?.map((e) => e) || [];
+    message.reload = object.reload ?? 0;
     return message;
   },
 };
@@ -3015,7 +3040,8 @@ export const DetachSharedMemoryResponse: MessageFns<DetachSharedMemoryResponse> 
  * tms-load-bin   The worker's load as the call ends: a serialized
  *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
  *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
- *                balance on load (least-loaded) read it; others may ignore it.
+ *                balance on load (least-loaded) read it; others may ignore it. After a
+ *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
  *
  * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
  */

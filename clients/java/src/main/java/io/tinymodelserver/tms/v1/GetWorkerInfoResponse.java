@@ -362,6 +362,25 @@ private static final long serialVersionUID = 0L;
     return models_.getByteString(index);
   }
 
+  public static final int RELOAD_FIELD_NUMBER = 9;
+  private long reload_ = 0L;
+  /**
+   * <pre>
+   * The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+   * or of the last before it started (it loaded the models as they were then); 0 before any.
+   * A reload may change the models a worker serves (one it had failed to load, say). Once it
+   * is above 0, every answer's load report carries it too, as the named metric "reload": a
+   * client that sees it change asks the server's workers again which models they serve.
+   * </pre>
+   *
+   * <code>int64 reload = 9 [json_name = "reload"];</code>
+   * @return The reload.
+   */
+  @java.lang.Override
+  public long getReload() {
+    return reload_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -400,6 +419,9 @@ private static final long serialVersionUID = 0L;
     for (int i = 0; i < models_.size(); i++) {
       com.google.protobuf.GeneratedMessage.writeString(output, 8, models_.getRaw(i));
     }
+    if (reload_ != 0L) {
+      output.writeInt64(9, reload_);
+    }
     getUnknownFields().writeTo(output);
   }
   private int computeSerializedSize_0() {
@@ -435,6 +457,10 @@ private static final long serialVersionUID = 0L;
       }
       size += dataSize;
       size += 1 * getModelsList().size();
+    }
+    if (reload_ != 0L) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeInt64Size(9, reload_);
     }
     return size;
   }
@@ -476,6 +502,8 @@ private static final long serialVersionUID = 0L;
         .equals(other.getDevice())) return false;
     if (!getModelsList()
         .equals(other.getModelsList())) return false;
+    if (getReload()
+        != other.getReload()) return false;
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -506,6 +534,9 @@ private static final long serialVersionUID = 0L;
       hash = (37 * hash) + MODELS_FIELD_NUMBER;
       hash = (53 * hash) + getModelsList().hashCode();
     }
+    hash = (37 * hash) + RELOAD_FIELD_NUMBER;
+    hash = (53 * hash) + com.google.protobuf.Internal.hashLong(
+        getReload());
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -650,6 +681,7 @@ private static final long serialVersionUID = 0L;
       device_ = "";
       models_ =
           com.google.protobuf.LazyStringArrayList.emptyList();
+      reload_ = 0L;
       return this;
     }
 
@@ -708,6 +740,9 @@ private static final long serialVersionUID = 0L;
         models_.makeImmutable();
         result.models_ = models_;
       }
+      if (((from_bitField0_ & 0x00000100) != 0)) {
+        result.reload_ = reload_;
+      }
     }
 
     @java.lang.Override
@@ -760,6 +795,9 @@ private static final long serialVersionUID = 0L;
           models_.addAll(other.models_);
         }
         onChanged();
+      }
+      if (other.getReload() != 0L) {
+        setReload(other.getReload());
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -825,6 +863,11 @@ private static final long serialVersionUID = 0L;
               models_.add(input.readStringRequireUtf8());
               break;
             } // case 66
+            case 72: {
+              reload_ = input.readInt64();
+              bitField0_ |= 0x00000100;
+              break;
+            } // case 72
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -1526,6 +1569,62 @@ private static final long serialVersionUID = 0L;
       ensureModelsIsMutable();
       models_.add(value);
       bitField0_ |= 0x00000080;
+      onChanged();
+      return this;
+    }
+
+    private long reload_ ;
+    /**
+     * <pre>
+     * The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+     * or of the last before it started (it loaded the models as they were then); 0 before any.
+     * A reload may change the models a worker serves (one it had failed to load, say). Once it
+     * is above 0, every answer's load report carries it too, as the named metric "reload": a
+     * client that sees it change asks the server's workers again which models they serve.
+     * </pre>
+     *
+     * <code>int64 reload = 9 [json_name = "reload"];</code>
+     * @return The reload.
+     */
+    @java.lang.Override
+    public long getReload() {
+      return reload_;
+    }
+    /**
+     * <pre>
+     * The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+     * or of the last before it started (it loaded the models as they were then); 0 before any.
+     * A reload may change the models a worker serves (one it had failed to load, say). Once it
+     * is above 0, every answer's load report carries it too, as the named metric "reload": a
+     * client that sees it change asks the server's workers again which models they serve.
+     * </pre>
+     *
+     * <code>int64 reload = 9 [json_name = "reload"];</code>
+     * @param value The reload to set.
+     * @return This builder for chaining.
+     */
+    public Builder setReload(long value) {
+
+      reload_ = value;
+      bitField0_ |= 0x00000100;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+     * or of the last before it started (it loaded the models as they were then); 0 before any.
+     * A reload may change the models a worker serves (one it had failed to load, say). Once it
+     * is above 0, every answer's load report carries it too, as the named metric "reload": a
+     * client that sees it change asks the server's workers again which models they serve.
+     * </pre>
+     *
+     * <code>int64 reload = 9 [json_name = "reload"];</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearReload() {
+      bitField0_ = (bitField0_ & ~0x00000100);
+      reload_ = 0L;
       onChanged();
       return this;
     }

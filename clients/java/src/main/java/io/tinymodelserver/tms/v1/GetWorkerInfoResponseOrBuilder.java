@@ -178,4 +178,18 @@ public interface GetWorkerInfoResponseOrBuilder extends
    */
   com.google.protobuf.ByteString
       getModelsBytes(int index);
+
+  /**
+   * <pre>
+   * The number of the server's last reload (AdminService.ReloadModel) this worker has done,
+   * or of the last before it started (it loaded the models as they were then); 0 before any.
+   * A reload may change the models a worker serves (one it had failed to load, say). Once it
+   * is above 0, every answer's load report carries it too, as the named metric "reload": a
+   * client that sees it change asks the server's workers again which models they serve.
+   * </pre>
+   *
+   * <code>int64 reload = 9 [json_name = "reload"];</code>
+   * @return The reload.
+   */
+  long getReload();
 }

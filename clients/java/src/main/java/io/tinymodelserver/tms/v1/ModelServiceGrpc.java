@@ -68,7 +68,8 @@ import static io.grpc.MethodDescriptor.generateFullMethodName;
  * tms-load-bin   The worker's load as the call ends: a serialized
  *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
  *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
- *                balance on load (least-loaded) read it; others may ignore it.
+ *                balance on load (least-loaded) read it; others may ignore it. After a
+ *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
  * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
  * </pre>
  */
@@ -546,7 +547,8 @@ public final class ModelServiceGrpc {
    * tms-load-bin   The worker's load as the call ends: a serialized
    *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
    *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-   *                balance on load (least-loaded) read it; others may ignore it.
+   *                balance on load (least-loaded) read it; others may ignore it. After a
+   *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
    * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
@@ -745,7 +747,8 @@ public final class ModelServiceGrpc {
    * tms-load-bin   The worker's load as the call ends: a serialized
    *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
    *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-   *                balance on load (least-loaded) read it; others may ignore it.
+   *                balance on load (least-loaded) read it; others may ignore it. After a
+   *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
    * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
@@ -824,7 +827,8 @@ public final class ModelServiceGrpc {
    * tms-load-bin   The worker's load as the call ends: a serialized
    *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
    *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-   *                balance on load (least-loaded) read it; others may ignore it.
+   *                balance on load (least-loaded) read it; others may ignore it. After a
+   *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
    * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
@@ -1045,7 +1049,8 @@ public final class ModelServiceGrpc {
    * tms-load-bin   The worker's load as the call ends: a serialized
    *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
    *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-   *                balance on load (least-loaded) read it; others may ignore it.
+   *                balance on load (least-loaded) read it; others may ignore it. After a
+   *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
    * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
@@ -1257,7 +1262,8 @@ public final class ModelServiceGrpc {
    * tms-load-bin   The worker's load as the call ends: a serialized
    *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
    *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-   *                balance on load (least-loaded) read it; others may ignore it.
+   *                balance on load (least-loaded) read it; others may ignore it. After a
+   *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
    * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */
@@ -1451,7 +1457,8 @@ public final class ModelServiceGrpc {
    * tms-load-bin   The worker's load as the call ends: a serialized
    *                xds.data.orca.v3.OrcaLoadReport whose named_metrics hold "in_flight" (calls
    *                it is running, this one included) and "queued" (calls waiting for a thread). Clients that
-   *                balance on load (least-loaded) read it; others may ignore it.
+   *                balance on load (least-loaded) read it; others may ignore it. After a
+   *                reload it also holds "reload" (GetWorkerInfoResponse.reload).
    * Images: see tms.v1.Image for byte order, value ranges, casts, colour and EXIF rules.
    * </pre>
    */

@@ -208,57 +208,57 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
       " \001(\tR\010argsJson\"^\n\024RunTextBatchResponse\022!" +
       "\n\014results_json\030\001 \003(\tR\013resultsJson\022#\n\rmod" +
       "el_version\030\002 \001(\tR\014modelVersion\"\026\n\024GetWor" +
-      "kerInfoRequest\"\203\002\n\025GetWorkerInfoResponse" +
+      "kerInfoRequest\"\233\002\n\025GetWorkerInfoResponse" +
       "\022\037\n\013instance_id\030\001 \001(\tR\ninstanceId\022\020\n\003pid" +
       "\030\002 \001(\003R\003pid\022!\n\014worker_index\030\003 \001(\005R\013worke" +
       "rIndex\022!\n\014worker_count\030\004 \001(\005R\013workerCoun" +
       "t\022%\n\016server_version\030\005 \001(\tR\rserverVersion" +
       "\022\032\n\010hostname\030\006 \001(\tR\010hostname\022\026\n\006device\030\007" +
-      " \001(\tR\006device\022\026\n\006models\030\010 \003(\tR\006models\"\212\001\n" +
-      "\025RunImageStreamRequest\022\024\n\005model\030\001 \001(\tR\005m" +
-      "odel\022#\n\005image\030\002 \001(\0132\r.tms.v1.ImageR\005imag" +
-      "e\022\033\n\targs_json\030\003 \001(\tR\010argsJson\022\031\n\010frame_" +
-      "id\030\004 \001(\004R\007frameId\"\234\001\n\026RunImageStreamResp" +
-      "onse\022\031\n\010frame_id\030\001 \001(\004R\007frameId\022\037\n\013resul" +
-      "t_json\030\002 \001(\tR\nresultJson\022!\n\014error_status" +
-      "\030\003 \001(\014R\013errorStatus\022#\n\rmodel_version\030\004 \001" +
-      "(\tR\014modelVersion\"Y\n\031AttachSharedMemoryRe" +
-      "quest\022\022\n\004name\030\001 \001(\tR\004name\022\022\n\004size\030\002 \001(\004R" +
-      "\004size\022\024\n\005proof\030\003 \001(\014R\005proof\"4\n\032AttachSha" +
-      "redMemoryResponse\022\026\n\006region\030\001 \001(\tR\006regio" +
-      "n\"3\n\031DetachSharedMemoryRequest\022\026\n\006region" +
-      "\030\001 \001(\tR\006region\"\034\n\032DetachSharedMemoryResp" +
-      "onse*\274\001\n\tModelCall\022\032\n\026MODEL_CALL_UNSPECI" +
-      "FIED\020\000\022\030\n\024MODEL_CALL_RUN_IMAGE\020\001\022\036\n\032MODE" +
-      "L_CALL_RUN_IMAGE_BATCH\020\002\022!\n\035MODEL_CALL_R" +
-      "UN_IMAGE_TO_IMAGE\020\003\022\027\n\023MODEL_CALL_RUN_TE" +
-      "XT\020\004\022\035\n\031MODEL_CALL_RUN_TEXT_BATCH\020\0052\343\006\n\014" +
-      "ModelService\022C\n\nListModels\022\031.tms.v1.List" +
-      "ModelsRequest\032\032.tms.v1.ListModelsRespons" +
-      "e\022I\n\014GetModelInfo\022\033.tms.v1.GetModelInfoR" +
-      "equest\032\034.tms.v1.GetModelInfoResponse\022=\n\010" +
-      "RunImage\022\027.tms.v1.RunImageRequest\032\030.tms." +
-      "v1.RunImageResponse\022L\n\rRunImageBatch\022\034.t" +
-      "ms.v1.RunImageBatchRequest\032\035.tms.v1.RunI" +
-      "mageBatchResponse\022R\n\017RunImageToImage\022\036.t" +
-      "ms.v1.RunImageToImageRequest\032\037.tms.v1.Ru" +
-      "nImageToImageResponse\022:\n\007RunText\022\026.tms.v" +
-      "1.RunTextRequest\032\027.tms.v1.RunTextRespons" +
-      "e\022I\n\014RunTextBatch\022\033.tms.v1.RunTextBatchR" +
-      "equest\032\034.tms.v1.RunTextBatchResponse\022L\n\r" +
-      "GetWorkerInfo\022\034.tms.v1.GetWorkerInfoRequ" +
-      "est\032\035.tms.v1.GetWorkerInfoResponse\022S\n\016Ru" +
-      "nImageStream\022\035.tms.v1.RunImageStreamRequ" +
-      "est\032\036.tms.v1.RunImageStreamResponse(\0010\001\022" +
-      "[\n\022AttachSharedMemory\022!.tms.v1.AttachSha" +
-      "redMemoryRequest\032\".tms.v1.AttachSharedMe" +
-      "moryResponse\022[\n\022DetachSharedMemory\022!.tms" +
-      ".v1.DetachSharedMemoryRequest\032\".tms.v1.D" +
-      "etachSharedMemoryResponseB\205\001\n\031io.tinymod" +
-      "elserver.tms.v1B\021ModelServiceProtoP\001Z:gi" +
-      "thub.com/tinymodelserver/tms/clients/go/" +
-      "gen/tms/v1;tmsv1\252\002\026TinyModelServer.Tms.V" +
-      "1b\006proto3"
+      " \001(\tR\006device\022\026\n\006models\030\010 \003(\tR\006models\022\026\n\006" +
+      "reload\030\t \001(\003R\006reload\"\212\001\n\025RunImageStreamR" +
+      "equest\022\024\n\005model\030\001 \001(\tR\005model\022#\n\005image\030\002 " +
+      "\001(\0132\r.tms.v1.ImageR\005image\022\033\n\targs_json\030\003" +
+      " \001(\tR\010argsJson\022\031\n\010frame_id\030\004 \001(\004R\007frameI" +
+      "d\"\234\001\n\026RunImageStreamResponse\022\031\n\010frame_id" +
+      "\030\001 \001(\004R\007frameId\022\037\n\013result_json\030\002 \001(\tR\nre" +
+      "sultJson\022!\n\014error_status\030\003 \001(\014R\013errorSta" +
+      "tus\022#\n\rmodel_version\030\004 \001(\tR\014modelVersion" +
+      "\"Y\n\031AttachSharedMemoryRequest\022\022\n\004name\030\001 " +
+      "\001(\tR\004name\022\022\n\004size\030\002 \001(\004R\004size\022\024\n\005proof\030\003" +
+      " \001(\014R\005proof\"4\n\032AttachSharedMemoryRespons" +
+      "e\022\026\n\006region\030\001 \001(\tR\006region\"3\n\031DetachShare" +
+      "dMemoryRequest\022\026\n\006region\030\001 \001(\tR\006region\"\034" +
+      "\n\032DetachSharedMemoryResponse*\274\001\n\tModelCa" +
+      "ll\022\032\n\026MODEL_CALL_UNSPECIFIED\020\000\022\030\n\024MODEL_" +
+      "CALL_RUN_IMAGE\020\001\022\036\n\032MODEL_CALL_RUN_IMAGE" +
+      "_BATCH\020\002\022!\n\035MODEL_CALL_RUN_IMAGE_TO_IMAG" +
+      "E\020\003\022\027\n\023MODEL_CALL_RUN_TEXT\020\004\022\035\n\031MODEL_CA" +
+      "LL_RUN_TEXT_BATCH\020\0052\343\006\n\014ModelService\022C\n\n" +
+      "ListModels\022\031.tms.v1.ListModelsRequest\032\032." +
+      "tms.v1.ListModelsResponse\022I\n\014GetModelInf" +
+      "o\022\033.tms.v1.GetModelInfoRequest\032\034.tms.v1." +
+      "GetModelInfoResponse\022=\n\010RunImage\022\027.tms.v" +
+      "1.RunImageRequest\032\030.tms.v1.RunImageRespo" +
+      "nse\022L\n\rRunImageBatch\022\034.tms.v1.RunImageBa" +
+      "tchRequest\032\035.tms.v1.RunImageBatchRespons" +
+      "e\022R\n\017RunImageToImage\022\036.tms.v1.RunImageTo" +
+      "ImageRequest\032\037.tms.v1.RunImageToImageRes" +
+      "ponse\022:\n\007RunText\022\026.tms.v1.RunTextRequest" +
+      "\032\027.tms.v1.RunTextResponse\022I\n\014RunTextBatc" +
+      "h\022\033.tms.v1.RunTextBatchRequest\032\034.tms.v1." +
+      "RunTextBatchResponse\022L\n\rGetWorkerInfo\022\034." +
+      "tms.v1.GetWorkerInfoRequest\032\035.tms.v1.Get" +
+      "WorkerInfoResponse\022S\n\016RunImageStream\022\035.t" +
+      "ms.v1.RunImageStreamRequest\032\036.tms.v1.Run" +
+      "ImageStreamResponse(\0010\001\022[\n\022AttachSharedM" +
+      "emory\022!.tms.v1.AttachSharedMemoryRequest" +
+      "\032\".tms.v1.AttachSharedMemoryResponse\022[\n\022" +
+      "DetachSharedMemory\022!.tms.v1.DetachShared" +
+      "MemoryRequest\032\".tms.v1.DetachSharedMemor" +
+      "yResponseB\205\001\n\031io.tinymodelserver.tms.v1B" +
+      "\021ModelServiceProtoP\001Z:github.com/tinymod" +
+      "elserver/tms/clients/go/gen/tms/v1;tmsv1" +
+      "\252\002\026TinyModelServer.Tms.V1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -373,7 +373,7 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
     internal_static_tms_v1_GetWorkerInfoResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_GetWorkerInfoResponse_descriptor,
-        new java.lang.String[] { "InstanceId", "Pid", "WorkerIndex", "WorkerCount", "ServerVersion", "Hostname", "Device", "Models", });
+        new java.lang.String[] { "InstanceId", "Pid", "WorkerIndex", "WorkerCount", "ServerVersion", "Hostname", "Device", "Models", "Reload", });
     internal_static_tms_v1_RunImageStreamRequest_descriptor =
       getDescriptor().getMessageType(18);
     internal_static_tms_v1_RunImageStreamRequest_fieldAccessorTable = new
