@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,9 +25,10 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data
 
 from tests.scripted import FakeServer, ScriptedTransport
-from tests.support import InProcessServer, start_in_process, write_models
+from tests.support import EXAMPLE_MODELS, ROOT, InProcessServer, start_in_process, write_models
 from tests.unit.test_pool_core import Asyncio, Threads
 from tms_cli.__main__ import main
 from tms_cli.cli import tms as tms_command
@@ -475,3 +477,29 @@ def test_errors_the_parser_cannot_see_are_one_line(capsys) -> None:
     assert err.count("\n") == 1
     code, _, err = tms(capsys, "run", "pixels", "-", "-")
     assert (code, err) == (2, "tms run: error: '-' (stdin) may be given only once\n")
+
+
+def test_the_readme_model_runs_as_written(tmp_path: Path) -> None:
+    # "Writing a model": its face model, copied from README.md as it stands, answers as the
+    # bundled face model does (the same keys, the same face).
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```python\n# models/face/__init__.py\n", 1)[1].split("```", 1)[0]
+    folder = tmp_path / "models" / "face"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(block)
+    photo = np.ascontiguousarray(data.astronaut()[:, :, ::-1])  # BGR, as OpenCV reads
+    started = start_in_process(tmp_path / "models")
+    try:
+        with ModelClient("face", started.target) as written:
+            faces = written.run_image(photo)["faces"]
+    finally:
+        started.running.stop(None)
+    shutil.copytree(EXAMPLE_MODELS / "face", tmp_path / "bundled" / "face")
+    bundled = start_in_process(tmp_path / "bundled")
+    try:
+        with ModelClient("face", bundled.target) as example:
+            expected = example.run_image(photo)["faces"]
+    finally:
+        bundled.running.stop(None)
+    assert len(faces) == 1
+    assert faces[0].keys() == expected[0].keys() == {"x", "y", "width", "height"}

@@ -81,6 +81,17 @@ MODELS = {
             def run(self, text, args):
                 return len(text.split())
     """,
+    "batch_only": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+            max_batch_size = 16
+            max_batch_delay = 0.002
+
+            def run_batch(self, images, args):  # as in the README's Dynamic batching
+                return [{"mean": float(image.mean()), "batch": len(images)} for image in images]
+    """,
     "bad_schema": """
         import tms_server
 
@@ -330,3 +341,17 @@ def test_every_example_declares_a_valid_args_schema(name):
     assert model.args_validator is not None
     assert json.loads(model.info.args_schema_json)["type"] == "object"
     assert model.info.version
+
+
+def test_a_model_that_overrides_only_run_batch_takes_every_image_call(stub, server):
+    # RunImage alone (a batch of one), gathered (run_batch), and RunImageBatch.
+    calls = info(stub, "batch_only").calls
+    assert set(calls) == {pb.MODEL_CALL_RUN_IMAGE, pb.MODEL_CALL_RUN_IMAGE_BATCH}
+    reply = stub.RunImage(pb.RunImageRequest(model="batch_only", image=image(7)))
+    assert json.loads(reply.result_json) == {"mean": 7.0, "batch": 1}
+    batch = stub.RunImageBatch(
+        pb.RunImageBatchRequest(model="batch_only", images=[image(1), image(3)])
+    )
+    assert [json.loads(r)["mean"] for r in batch.results_json] == [1.0, 3.0]
+    with ModelClient("batch_only", server.target) as client:
+        assert client.run_image(np.full((2, 2), 5, np.uint8))["mean"] == 5.0

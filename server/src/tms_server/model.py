@@ -101,8 +101,14 @@ class Model:
         """Run on one input; called by the server for RunImage / RunText.
 
         ``data`` is an image array or a str (see ``inputs``); returns a JSON-serializable result.
+        The default, for a model that overrides only ``run_batch``, runs a batch of one.
         """
-        raise NotImplementedError
+        if type(self).run_batch is Model.run_batch:
+            raise NotImplementedError
+        results = self.run_batch([data], args)
+        if len(results) != 1:
+            raise ValueError(f"run_batch returned {len(results)} results for 1 input")
+        return results[0]
 
     def run_batch(self, data: list[Any], args: dict[str, Any]) -> list[Any]:
         """Run on several inputs; called for RunImageBatch / RunTextBatch, and for the

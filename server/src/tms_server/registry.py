@@ -242,7 +242,8 @@ def describe(
     if inputs not in ("image", "text"):
         raise TypeError(f"inputs = {inputs!r}; expected 'image' or 'text'")
     calls = []
-    if _overrides(cls, "run"):
+    # Model.run runs a batch of one for a model that overrides only run_batch.
+    if _overrides(cls, "run") or (_overrides(cls, "run_batch") and issubclass(cls, Model)):
         if inputs == "image":
             calls += [
                 model_service_pb2.MODEL_CALL_RUN_IMAGE,
@@ -256,7 +257,7 @@ def describe(
     if inputs == "image" and _overrides(cls, "run_image_to_image"):
         calls.append(model_service_pb2.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
     if not calls:
-        raise TypeError("the model overrides none of run, run_image_to_image")
+        raise TypeError("the model overrides none of run, run_batch, run_image_to_image")
     dtype_name = getattr(cls, "dtype", None)
     dtype = np.dtype(dtype_name) if dtype_name is not None else None
     get_shape = getattr(instance, "get_input_shape", None) if ask_shape else None
