@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support import write_models
 from tests.test_metrics import by_labels, metrics_url, scrape
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
+from tms_cli.__main__ import main as tms
 from tms_client import ModelClient, ModelNotReadyError, RoundRobin
 from tms_server.cpus import THREAD_VARIABLES, available_cpus
 
@@ -127,6 +128,8 @@ def test_two_gpus_one_worker_each(server_process, models, clean_environment):
     # asks with a client of the whole server).
     with ModelClient("", server.target) as whole:
         assert {whole.health("solo") for _ in range(20)} == {"SERVING"}
+    for _ in range(6):  # tms health too, whichever worker its first connection reaches
+        assert tms(["--target", server.target, "--json", "health"]) == 0
 
     with per_worker(server.target) as channels:
         assert set(channels) == {0, 1}

@@ -76,10 +76,15 @@ def show_model(options: Options, args: SimpleNamespace) -> int:
 
 def show_health(options: Options, args: SimpleNamespace) -> int:
     """``tms health [MODEL...]``: the server's status and each model's; exit code 1 unless
-    all are SERVING. Health checks need no token; listing the models does, so without one
-    only the models named are checked."""
-    models = server_health(options, ["", *(args.models or _loaded(options))])
-    server = models.pop("")
+    all are SERVING. Each model is asked of a worker that serves it (one placed on some
+    workers is NOT_SERVING on the others). Health checks need no token, but listing the
+    models and finding the workers do: without one, the models named are asked on one
+    connection, and none else."""
+    named = list(args.models or [])
+    models = _models_health(options, named)
+    statuses = server_health(options, ["", *(named if models is None else [])])
+    server = statuses.pop("")
+    models = statuses if models is None else models
     if options.json:
         _print_json({"target": options.target, "server": server, "models": models})
     else:
@@ -90,19 +95,23 @@ def show_health(options: Options, args: SimpleNamespace) -> int:
     return 0 if healthy else 1
 
 
-def _loaded(options: Options) -> list[str]:
-    """The names of the models loaded; none, said on stderr, when that needs a token."""
+def _models_health(options: Options, named: list[str]) -> dict[str, str] | None:
+    """The health of each model named (else of every model loaded), each asked of a worker
+    that serves it; None when finding the workers needs a token (said on stderr when no
+    model is named)."""
     try:
         with connect(options) as client:
-            return [info.name for info in client.list_models()]
+            names = named or [info.name for info in client.list_models()]
+            return {name: client.health(name) for name in names}
     except CliError as exc:
         if options.client.token is not None or not isinstance(exc.__cause__, UnauthenticatedError):
             raise
-    sys.stderr.write(
-        "tms: listing the models needs a token (--token or TMS_TOKEN); showing the server's "
-        "health only\n"
-    )
-    return []
+    if not named:
+        sys.stderr.write(
+            "tms: listing the models needs a token (--token or TMS_TOKEN); showing the "
+            "server's health only\n"
+        )
+    return None
 
 
 def show_workers(options: Options, args: SimpleNamespace) -> int:
