@@ -195,6 +195,17 @@ def https_status(url: str, ca: Path, client: Any = None) -> int:
         return int(response.status)
 
 
+def test_the_server_prints_its_https_address(server_process, models, pki):
+    cert, key = str(pki["server"].cert), str(pki["server"].key)
+    args = ("--tls-cert", cert, "--tls-key", key, "--http-port", "0")
+    server = server_process(models, workers=1, args=args)
+    (line,) = [line for line in server.output if line.startswith("tms-server: HTTP on ")]
+    url = line.split()[3]
+    assert url.startswith("https://"), line
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    assert https_status(f"https://localhost:{port}/v2/health/ready", pki["ca"].cert) == 200
+
+
 def test_https_checks_client_certificates_and_follows_a_renewed_certificate(
     in_process_server, models, pki, tmp_path
 ):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tms_server.batching import MAX_BATCH_DELAY, BatchSettings
 from tms_server.cpus import available_cpus
@@ -466,7 +467,10 @@ def _parse_bool(text: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    # argparse says this message as it is (a ValueError's, it would name this function).
+    raise argparse.ArgumentTypeError(
+        f"expected true or false (yes, no, on, off, 1, 0), not {text!r}"
+    )
 
 
 def parse_settings(
@@ -474,7 +478,7 @@ def parse_settings(
 ) -> Settings:
     """Settings from flags (``argv``) over ``TMS_*`` variables (``environ``) over defaults."""
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tms-server",
         description="Serve every model of a models folder over gRPC from several processes.",
         epilog="Each flag can also be set by the environment variable shown beside it.",
@@ -504,12 +508,23 @@ def parse_settings(
         elif env_value:
             try:
                 values[name] = convert(env_value)
-            except ValueError:
-                parser.error(f"{_env_name(name)}={env_value!r} is not a valid {name}")
+            except (ValueError, argparse.ArgumentTypeError):
+                _stop(f"{_env_name(name)}={env_value!r} is not a valid {name}")
     try:
         return Settings(**values)
     except ValueError as exc:
-        parser.error(str(exc))
+        _stop(str(exc))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _stop(f"{message} (tms-server --help lists every flag)")
+
+
+def _stop(message: str) -> NoReturn:
+    """Exit 2 with one line on stderr, without the usage text: it would hide the error."""
+    sys.stderr.write(f"tms-server: error: {message}\n")
+    raise SystemExit(2)
 
 
 def _version() -> str:

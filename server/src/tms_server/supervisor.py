@@ -170,8 +170,9 @@ class Supervisor:
                 self._shutdown()
                 return 0 if self._stop.is_set() else 1  # asked to stop, or failed to start
             if self.settings.http_port is not None:
+                scheme = "http" if self.settings.tls_cert is None else "https"
                 where = f"{self.settings.host}:{self.settings.http_port}"
-                print(f"tms-server: HTTP on http://{where}/", flush=True)
+                print(f"tms-server: HTTP on {scheme}://{where}/", flush=True)
             # One line on stdout that scripts and tests can wait for.
             print(
                 f"tms-server: serving on {self.settings.host}:{port} "
