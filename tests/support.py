@@ -63,6 +63,27 @@ def write_models(folder: Path, sources: dict[str, str]) -> Path:
     return folder
 
 
+def write_plugin(folder: Path) -> Path:
+    """An installed-looking package, ``tms_test_plugin``, whose ``tms.models`` entry point
+    names one text model, ``reverse``; put ``folder`` on the import path to install it."""
+    package = folder / "tms_test_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import tms_server\n\n"
+        "class Reverse(tms_server.Model):\n"
+        "    inputs = 'text'\n\n"
+        "    def run(self, text, args):\n"
+        "        return text[::-1]\n"
+    )
+    dist_info = folder / "tms_test_plugin-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tms-test-plugin\nVersion: 1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text("[tms.models]\nreverse = tms_test_plugin:Reverse\n")
+    return folder
+
+
 @dataclass
 class InProcessServer:
     running: RunningServer

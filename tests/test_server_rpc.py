@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.support import start_in_process, start_process, wait_for, write_models
+from tests.support import start_in_process, start_process, wait_for, write_models, write_plugin
 from tms.v1 import image_pb2, model_service_pb2, model_service_pb2_grpc
 from tms_client import (
     InvalidInputError,
@@ -454,22 +454,7 @@ def test_reflection_lists_the_services(server):
 
 
 def test_models_from_entry_points(tmp_path, monkeypatch, in_process_server):
-    package = tmp_path / "tms_test_plugin"
-    package.mkdir()
-    (package / "__init__.py").write_text(
-        "import tms_server\n\n"
-        "class Reverse(tms_server.Model):\n"
-        "    inputs = 'text'\n\n"
-        "    def run(self, text, args):\n"
-        "        return text[::-1]\n"
-    )
-    dist_info = tmp_path / "tms_test_plugin-1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: tms-test-plugin\nVersion: 1.0\n"
-    )
-    (dist_info / "entry_points.txt").write_text("[tms.models]\nreverse = tms_test_plugin:Reverse\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(write_plugin(tmp_path)))
     server = in_process_server(tmp_path / "no-such-folder", entry_points=True)
     with client(server, "reverse") as c:
         assert c.run_text("abc") == "cba"

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.support import ROOT, ServerProcess, wait_for, write_models
+from tests.support import ROOT, ServerProcess, wait_for, write_models, write_plugin
 from tests.test_devices import health_of, per_worker
 from tests.test_oip import Inference
 from tms_cli.__main__ import main as tms
@@ -98,6 +98,43 @@ def test_no_models_stops_the_server_at_start_naming_the_folder(tmp_path, make, a
     message = f"tms-server: error: models folder {given!r} ({tmp_path / given}) {problem}"
     assert done.stderr.splitlines() == [message]
     assert done.stdout == ""  # no worker started, nothing served
+
+
+def test_installed_models_alone_need_no_models_folder(tmp_path):
+    # The default folder, models, is missing, and an entry point names a model: the server
+    # serves it. A folder given (--models) that is missing still stops the server.
+    plugin = write_plugin(tmp_path / "site")
+    path = os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--workers", "1"]
+    server = ServerProcess(
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": path},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+    try:
+        assert server.wait_started(60), server.logs()
+        with ModelClient("reverse", server.target) as reverse:
+            assert reverse.run_text("abc") == "cba"
+    finally:
+        assert server.stop(signal.SIGTERM, timeout=60) == 0, server.logs()
+    assert "serving the models of the tms.models entry points" in server.logs()
+    done = subprocess.run(
+        [*command, "--models", "absent"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "does not exist (set it with --models or TMS_MODELS)" in done.stderr
 
 
 @pytest.fixture

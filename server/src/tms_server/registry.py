@@ -365,8 +365,6 @@ def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any
                 continue
             seen.add(path.name)
             yield path.name, lambda path=path: import_model_class(path)
-    elif folder is not None:
-        log.warning("models folder %s does not exist", folder)
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in seen:
@@ -381,13 +379,20 @@ class NoModelsError(ValueError):
     no model (and no entry point names one)."""
 
 
-def find_models(folder: Path, entry_points: bool) -> list[str]:
+def find_models(folder: Path, entry_points: bool, *, folder_given: bool = True) -> list[str]:
     """The names of the models the server would load, found without importing any;
     NoModelsError, naming the folder, if there are none. The supervisor asks before it starts
-    a worker: a server serving no model at all is a mistake, not a start."""
+    a worker: a server serving no model at all is a mistake, not a start. A folder that is
+    missing stops it too, unless it was not given (the default) and entry points name models:
+    a server of installed models alone needs no folder."""
     shown = f"models folder {str(folder)!r}"
     if not folder.is_absolute():
         shown += f" ({folder.absolute()})"
+    if not folder.exists() and not folder_given and entry_points:
+        names = [name for name, _ in _sources(None, entry_points)]
+        if names:
+            log.info("no %s: serving the models of the tms.models entry points", shown)
+            return names
     if not folder.is_dir():
         problem = "does not exist" if not folder.exists() else "is not a folder"
         raise NoModelsError(f"{shown} {problem} (set it with --models or TMS_MODELS)")

@@ -143,7 +143,8 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
         check_visible(self.settings.devices, os.environ)  # DeviceError before anything starts
-        find_models(self.settings.models, self.settings.entry_points)  # NoModelsError, too
+        given = self.settings.models != Settings().models  # the default may be missing
+        find_models(self.settings.models, self.settings.entry_points, folder_given=given)
         stop_on_signals(self._stop)
         sock, port = reserve_port(self.settings.host, self.settings.port)
         with sock, contextlib.ExitStack() as cleanup:
