@@ -514,6 +514,12 @@ def test_attach_refuses_what_it_must(in_process_server, models):
             "bad name": (("tms-no-slash", region.size, region.proof), "INVALID_REQUEST"),
             "dotdot": (("/..", region.size, region.proof), "INVALID_REQUEST"),
             "nested": (("/a/b", region.size, region.proof), "INVALID_REQUEST"),
+            # Another program's file (a worker run as root would read root's): not a region.
+            "not a TMS name": (
+                ("/victim_app_0123456789", region.size, region.proof),
+                "INVALID_REQUEST",
+            ),
+            "guessable": (("/tms-short", region.size, region.proof), "INVALID_REQUEST"),
             "short proof": ((region.name, region.size, b"x"), "INVALID_REQUEST"),
             "wrong proof": ((region.name, region.size, secrets.token_bytes(32)), "UNAVAILABLE"),
             "wrong size": ((region.name, region.size * 2, region.proof), "UNAVAILABLE"),
@@ -529,7 +535,7 @@ def test_attach_refuses_what_it_must(in_process_server, models):
                 assert reason(error) == "SHARED_MEMORY_UNAVAILABLE", case
         assert (
             "another host"
-            in attach_error(channel, "/tms-test-gone", 1 << 20, region.proof).details()
+            in attach_error(channel, "/tms-test-gone-0123456789", 1 << 20, region.proof).details()
         )
         assert region.path.exists()  # refused regions keep their names: the caller owns them
         # A symbolic link is not followed, whatever it points to.
@@ -541,6 +547,14 @@ def test_attach_refuses_what_it_must(in_process_server, models):
             assert "symbolic link" in error.details()
         finally:
             link.unlink()
+        # Nor a second name of a file (another file of the worker's user, linked in).
+        hard = SHM / f"tms-test-{secrets.token_hex(8)}"
+        os.link(region.path, hard)
+        try:
+            error = attach_error(channel, "/" + hard.name, region.size, region.proof)
+            assert "not a regular file of one name" in error.details()
+        finally:
+            hard.unlink()
         # Nor is anything but a regular file.
         fifo = SHM / f"tms-test-{secrets.token_hex(8)}"
         os.mkfifo(fifo, 0o600)

@@ -13,6 +13,9 @@ The proof is what shows the caller shares the host: a region of the same name on
 host has other bytes (or none). Requiring the worker's own user stops a worker run as root
 from reading another user's region, and limits what a hostile caller can do to what that
 user could do to the worker anyway (shrinking the region under it would kill it by SIGBUS).
+Requiring a TMS region's name ("/tms-..."), and a file of one name, keeps a worker from
+opening any other file of its user's in ``/dev/shm`` (another program's of root's, whose
+first bytes a caller could guess, for a worker run as root).
 
 Detaching, or dropping the least recently used region beyond the limits, only forgets the
 region: the views calls still hold keep its mapping alive until they are released, so no
@@ -39,8 +42,9 @@ __all__ = ["MAX_REGIONS", "NAME", "SHM_DIR", "Regions"]
 
 #: Where POSIX shared memory lives on Linux (shm_open's files).
 SHM_DIR = "/dev/shm"  # noqa: S108 - the shm_open namespace, not a temporary file
-#: What a region's name may be: a slash, then 1 to 200 of [A-Za-z0-9_.-] (not "." or "..").
-NAME = re.compile(r"/(?!\.\.?$)[A-Za-z0-9_.-]{1,200}")
+#: What a region's name may be: "/tms-", then 16 to 200 of [A-Za-z0-9_.-]. Only regions so
+#: named are attached: a worker run as root never opens another program's files.
+NAME = re.compile(r"/tms-[A-Za-z0-9_.-]{16,200}")
 #: Regions one worker keeps attached at most; the least recently used beyond it is dropped.
 MAX_REGIONS = 64
 _MIN_PROOF, _MAX_PROOF = 16, 64
@@ -85,7 +89,7 @@ class Regions:
             raise _unavailable("shared memory is turned off on this server (--shared-memory)")
         if not NAME.fullmatch(name):
             raise InvalidArgument(
-                "a region name is a slash, then 1 to 200 of A-Z a-z 0-9 _ . -", field="name"
+                'a region name is "/tms-", then 16 to 200 of A-Z a-z 0-9 _ . -', field="name"
             )
         if not _MIN_PROOF <= len(proof) <= _MAX_PROOF:
             raise InvalidArgument(
@@ -117,8 +121,8 @@ class Regions:
             raise _unavailable(_cannot_open(name, exc)) from None
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise _unavailable(f"region {name} is not a regular file")
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise _unavailable(f"region {name} is not a regular file of one name")
             if info.st_uid != os.geteuid():
                 raise _unavailable(
                     f"region {name} belongs to another user (uid {info.st_uid}); a worker "

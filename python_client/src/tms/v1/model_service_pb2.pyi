@@ -755,9 +755,9 @@ class AttachSharedMemoryRequest(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-    then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-    unguessable name.
+    """The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+    then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+    unguessable name; a worker attaches no region named otherwise.
     """
     size: _builtins.int
     """The region's size in bytes; the worker refuses a region of another size."""

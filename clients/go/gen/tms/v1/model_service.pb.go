@@ -1433,9 +1433,9 @@ func (x *RunImageStreamResponse) GetModelVersion() string {
 // AttachSharedMemoryRequest names a region for the worker to attach.
 type AttachSharedMemoryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-	// then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-	// unguessable name.
+	// The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+	// then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+	// unguessable name; a worker attaches no region named otherwise.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The region's size in bytes; the worker refuses a region of another size.
 	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`

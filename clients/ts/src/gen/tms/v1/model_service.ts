@@ -375,9 +375,9 @@ export interface RunImageStreamResponse {
 /** AttachSharedMemoryRequest names a region for the worker to attach. */
 export interface AttachSharedMemoryRequest {
   /**
-   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-   * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-   * unguessable name.
+   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+   * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+   * unguessable name; a worker attaches no region named otherwise.
    */
   name: string;
   /** The region's size in bytes; the worker refuses a region of another size. */

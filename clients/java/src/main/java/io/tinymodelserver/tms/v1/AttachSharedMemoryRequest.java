@@ -59,9 +59,9 @@ private static final long serialVersionUID = 0L;
   private volatile java.lang.Object name_ = "";
   /**
    * <pre>
-   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-   * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-   * unguessable name.
+   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+   * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+   * unguessable name; a worker attaches no region named otherwise.
    * </pre>
    *
    * <code>string name = 1 [json_name = "name"];</code>
@@ -82,9 +82,9 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-   * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-   * unguessable name.
+   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+   * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+   * unguessable name; a worker attaches no region named otherwise.
    * </pre>
    *
    * <code>string name = 1 [json_name = "name"];</code>
@@ -485,9 +485,9 @@ private static final long serialVersionUID = 0L;
     private java.lang.Object name_ = "";
     /**
      * <pre>
-     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-     * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-     * unguessable name.
+     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+     * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+     * unguessable name; a worker attaches no region named otherwise.
      * </pre>
      *
      * <code>string name = 1 [json_name = "name"];</code>
@@ -507,9 +507,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-     * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-     * unguessable name.
+     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+     * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+     * unguessable name; a worker attaches no region named otherwise.
      * </pre>
      *
      * <code>string name = 1 [json_name = "name"];</code>
@@ -530,9 +530,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-     * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-     * unguessable name.
+     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+     * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+     * unguessable name; a worker attaches no region named otherwise.
      * </pre>
      *
      * <code>string name = 1 [json_name = "name"];</code>
@@ -549,9 +549,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-     * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-     * unguessable name.
+     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+     * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+     * unguessable name; a worker attaches no region named otherwise.
      * </pre>
      *
      * <code>string name = 1 [json_name = "name"];</code>
@@ -565,9 +565,9 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-     * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-     * unguessable name.
+     * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+     * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+     * unguessable name; a worker attaches no region named otherwise.
      * </pre>
      *
      * <code>string name = 1 [json_name = "name"];</code>

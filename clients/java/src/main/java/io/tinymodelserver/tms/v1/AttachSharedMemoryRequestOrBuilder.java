@@ -12,9 +12,9 @@ public interface AttachSharedMemoryRequestOrBuilder extends
 
   /**
    * <pre>
-   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-   * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-   * unguessable name.
+   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+   * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+   * unguessable name; a worker attaches no region named otherwise.
    * </pre>
    *
    * <code>string name = 1 [json_name = "name"];</code>
@@ -23,9 +23,9 @@ public interface AttachSharedMemoryRequestOrBuilder extends
   java.lang.String getName();
   /**
    * <pre>
-   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): a slash,
-   * then 1 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
-   * unguessable name.
+   * The region's POSIX shared-memory name, as shm_open takes it ("/tms-1f0c..."): "/tms-",
+   * then 16 to 200 of [A-Za-z0-9_.-]. The caller creates it with mode 0600 and an
+   * unguessable name; a worker attaches no region named otherwise.
    * </pre>
    *
    * <code>string name = 1 [json_name = "name"];</code>
