@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certificates import CertificateAuthority
-from tests.support import wait_for, write_models
+from tests.support import closed_by_peer, wait_for, write_models
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_client import (
     TLS,
@@ -204,6 +205,43 @@ def test_the_server_prints_its_https_address(server_process, models, pki):
     assert url.startswith("https://"), line
     port = url.rstrip("/").rsplit(":", 1)[1]
     assert https_status(f"https://localhost:{port}/v2/health/ready", pki["ca"].cert) == 200
+
+
+def test_connections_in_their_tls_handshake_count_against_max_connections(
+    in_process_server, models, pki
+):
+    # Connections that never start their handshake are held at most --slow-client-seconds,
+    # and count against --max-connections meanwhile: one more is closed as it arrives, so a
+    # caller with no certificate or token cannot run the worker out of file descriptors.
+    server = tls_server(
+        in_process_server,
+        models,
+        pki,
+        http_port=0,
+        host="127.0.0.1",
+        max_connections=3,
+        slow_client_seconds=3,
+    )
+    assert server.running.http is not None
+    where = ("127.0.0.1", server.running.http.port)
+    url = f"https://localhost:{server.running.http.port}/v2/health/ready"
+    assert https_status(url, pki["ca"].cert) == 200
+    with contextlib.ExitStack() as stack:
+        silent = [stack.enter_context(socket.create_connection(where, timeout=30)) for _ in "abc"]
+        time.sleep(0.2)  # accepted
+        with socket.create_connection(where, timeout=30) as extra:
+            assert closed_by_peer(extra, 2)
+        started = time.monotonic()
+        assert all(closed_by_peer(connection, 10) for connection in silent)
+        assert time.monotonic() - started < 6  # the handshake's time ran out
+
+    def answers() -> bool:  # once the worker has counted them out (soon after they closed)
+        try:
+            return https_status(url, pki["ca"].cert) == 200
+        except OSError:
+            return False
+
+    assert wait_for(answers, 5)
 
 
 def test_https_checks_client_certificates_and_follows_a_renewed_certificate(

@@ -18,7 +18,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from aiohttp import web
@@ -136,7 +136,13 @@ class HttpServer:
         )
         await runner.setup()
         sock = _bind(settings.host, port)
-        site = _BoundedSite(runner, sock, settings.max_connections, ssl_context=_tls(settings))
+        site = _BoundedSite(
+            runner,
+            sock,
+            settings.max_connections,
+            tls=_tls(settings),
+            handshake_seconds=settings.slow_client_seconds or None,
+        )
         await site.start()
         return cls(runner, sock.getsockname()[1])
 
@@ -182,29 +188,77 @@ _NEVER = 365 * 86_400.0
 
 class _BoundedSite(web.SockSite):
     """A SockSite that holds at most ``limit`` connections at once (--max-connections, as on
-    the gRPC port): one more is closed as it arrives."""
+    the gRPC port), those still in their TLS handshake included: one more is closed as it
+    arrives, before any handshake. A handshake gets ``handshake_seconds``."""
 
     def __init__(
         self,
         runner: web.AppRunner,
         sock: socket.socket,
         limit: int,
-        ssl_context: ssl.SSLContext | None,
+        *,
+        tls: ssl.SSLContext | None,
+        handshake_seconds: float | None,
     ) -> None:
-        super().__init__(runner, sock, ssl_context=ssl_context, backlog=1024)
+        super().__init__(runner, sock, backlog=1024)
         self._limit = limit
+        self._tls = tls
+        self._handshake_seconds = handshake_seconds
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # not SockSite.start: it serves every connection
         server = self._runner.server
         assert server is not None
+        loop = asyncio.get_running_loop()
+        if self._tls is None:
 
-        def protocol() -> asyncio.BaseProtocol:
-            return _Refused() if len(server.connections) >= self._limit else server()
+            def protocol() -> asyncio.BaseProtocol:
+                return _Refused() if len(server.connections) >= self._limit else server()
 
-        self._server = await asyncio.get_running_loop().create_server(
-            protocol, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog
-        )
+            self._server = await loop.create_server(protocol, sock=self._sock, backlog=1024)
+            return
+        # With TLS, connections are taken here, counted while their handshake runs: asyncio
+        # would hand one to aiohttp (and count it) only once its handshake is over.
+        self._sock.listen(1024)
+        self._sock.setblocking(False)
+        self._server = cast(Any, _Acceptor(loop.create_task(self._accept(server)), self._sock))
+
+    async def _accept(self, server: web.Server) -> None:
+        loop = asyncio.get_running_loop()
+        handshakes: set[asyncio.Task[None]] = set()
+        while True:
+            connection, _ = await loop.sock_accept(self._sock)
+            if len(server.connections) + len(handshakes) >= self._limit:
+                connection.close()
+                continue
+            task = loop.create_task(self._secure(server, connection))
+            handshakes.add(task)
+            task.add_done_callback(handshakes.discard)
+
+    async def _secure(self, server: web.Server, connection: socket.socket) -> None:
+        """The TLS handshake of ``connection``, then it is aiohttp's; closed if it fails."""
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                server,
+                sock=connection,
+                ssl=self._tls,
+                ssl_handshake_timeout=self._handshake_seconds,
+            )
+        except Exception as exc:  # refused, reset, timed out: a caller's doing
+            log.debug("a TLS handshake on the HTTP port failed: %r", exc)
+            connection.close()
+
+
+class _Acceptor:
+    """What stops ``_BoundedSite``'s taking of TLS connections (its ``_server``)."""
+
+    def __init__(self, task: asyncio.Task[None], sock: socket.socket) -> None:
+        self._task = task
+        self._sock = sock
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._sock.close()
 
 
 class _Refused(asyncio.Protocol):
