@@ -867,3 +867,72 @@ def test_the_cli_flag_and_variable(monkeypatch):
     monkeypatch.setenv("TMS_SHARED_MEMORY", "false")
     assert not shared_memory()
     assert shared_memory("--shared-memory")
+
+
+def test_a_client_inherited_through_fork_answers_rightly(in_process_server, models):
+    # The child's regions would be the parent's too (the mapping is shared): each process
+    # would write its images into the same memory. The child's copy sends bytes instead,
+    # and every answer, the parent's and the child's, is its own image's.
+    server = in_process_server(models)
+    with ModelClient("where", server.target) as client:
+        assert client.run_image(np.full((480, 640, 3), 1, np.uint8))["backing"] == "mmap"
+
+        def wrong_answers(value: int) -> int:
+            image = np.full((480, 640, 3), value, np.uint8)
+            return sum(client.run_image(image)["sum"] != float(image.sum()) for _ in range(150))
+
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its wrong answers, and leave without cleaning up
+            code = 1
+            try:
+                os.write(write, str(wrong_answers(200)).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        try:
+            assert wrong_answers(7) == 0
+        finally:
+            _, status = os.waitpid(pid, 0)
+        with os.fdopen(read) as reply:
+            assert reply.read() == "0"
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert client.run_image(np.full((480, 640, 3), 3, np.uint8))["backing"] == "mmap"
+
+
+FULL_SHM = """
+import numpy as np
+from tests.support import start_in_process, write_models
+from tests.test_shared_memory import MODELS
+from tms_client import ModelClient
+import tempfile, pathlib
+
+folder = pathlib.Path(tempfile.mkdtemp())
+server = start_in_process(write_models(folder, {"where": MODELS["where"]}))
+with ModelClient("where", server.target) as client:
+    image = np.full((1080, 1920, 3), 2, np.uint8)  # 6 MB: more than /dev/shm has room for
+    print(client.run_image(image)["sum"] == float(image.sum()), flush=True)
+server.running.stop(None)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small /dev/shm")
+def test_a_full_dev_shm_sends_bytes(tmp_path):
+    # Making a region only reserves it in /dev/shm: with no room left, the first write into
+    # it killed the client with SIGBUS. Its pages are now taken when it is made, or the call
+    # goes as bytes.
+    script = tmp_path / "full.py"
+    script.write_text(FULL_SHM)
+    mount = f"mount -t tmpfs -o size=4m tmpfs /dev/shm && exec {sys.executable} {script}"
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", mount],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"

@@ -44,6 +44,7 @@ import secrets
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -109,6 +110,18 @@ _REPLIES: dict[str, type[Any]] = {
 }
 
 
+#: Every Lender of this process, for fork (see Lender.forked).
+_LENDERS: weakref.WeakSet[Lender] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for lender in list(_LENDERS):
+        lender.forked()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def available() -> bool:
     """Whether this host has POSIX shared memory as the fast path uses it (Linux)."""
     return sys.platform == "linux" and os.path.isdir(SHM_DIR)
@@ -135,6 +148,9 @@ class Region:
         fd = os.open(SHM_DIR + self.name, flags, 0o600)
         try:
             os.ftruncate(fd, size)
+            # Its pages now, or ENOSPC: a full /dev/shm would kill this process with SIGBUS
+            # at the first write into the mapping (its caller sends bytes instead).
+            os.posix_fallocate(fd, 0, size)
             self.memory = mmap.mmap(fd, size)
         except BaseException:
             self.unlink()
@@ -179,6 +195,7 @@ class Lender:
         self._count = 0  # regions made (or being made) and not given up
         self._doomed: list[Region] = []  # attached regions to detach
         self._lock = threading.Lock()
+        _LENDERS.add(self)
 
     def __repr__(self) -> str:
         state = "refused" if self.refused else f"{self._count} regions, {len(self._free)} free"
@@ -260,6 +277,13 @@ class Lender:
         with self._lock:
             doomed, self._doomed = self._doomed, []
         return doomed
+
+    def forked(self) -> None:
+        """In a child made by fork: the regions are the parent's too (its calls write them
+        as well), so this copy of the client sends bytes from now on, and forgets them."""
+        self._lock = threading.Lock()  # a thread of the parent may have held it: none here
+        self.refused = True
+        self._free, self._doomed = [], []
 
     def close(self) -> list[Region]:
         """Stop lending; the free regions (to detach, then close). Busy ones are closed
