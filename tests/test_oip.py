@@ -173,6 +173,18 @@ def test_infer_typed_contents(inference):
     assert json.loads(result)["mean"] == pytest.approx(float(pixels.mean()))
 
 
+def test_typed_contents_that_disagree_with_the_shape_are_refused_unread(inference):
+    # A shape of one pixel with a million values: refused on their count, before they are
+    # copied out eight bytes apiece (and weighed by their length, not the shape's one pixel).
+    tensor = Tensor(name="IMAGE", datatype="UINT8", shape=[1, 1])
+    tensor.contents.uint_contents.extend([1] * 1_000_000)
+    code, details = inference.error(
+        "ModelInfer", oip.ModelInferRequest(model_name="mean", inputs=[tensor])
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds 1000000 values in contents, not what its shape [1, 1] needs" in details
+
+
 def test_infer_image_to_image_returns_the_tensor(inference, example_server, astronaut_bgr):
     with ModelClient("edges", example_server.target) as edges:
         expected = edges.run_image_to_image(astronaut_bgr).image

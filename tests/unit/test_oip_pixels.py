@@ -37,10 +37,15 @@ def test_an_image_declares_its_shape(shape, pixels):
     )
 
 
-def test_typed_contents_count_as_raw_ones():
+def test_typed_contents_weigh_their_length_on_the_wire_at_least():
+    # Each value takes a byte on the wire at least, and eight once read: a shape that claims
+    # one pixel does not make a million values weigh one.
     tensor = Tensor(name="IMAGE", datatype="UINT8", shape=[3, 4])
     tensor.contents.uint_contents.extend(range(12))
-    assert declared_pixels(request(tensor)) == 12
+    assert declared_pixels(request(tensor)) == len(tensor.contents.SerializeToString())
+    liar = Tensor(name="IMAGE", datatype="UINT8", shape=[1, 1])
+    liar.contents.uint_contents.extend([1] * 1_000_000)
+    assert declared_pixels(request(liar)) >= 1_000_000
 
 
 def test_text_and_shapes_a_call_refuses_count_nothing():

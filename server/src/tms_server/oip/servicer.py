@@ -351,6 +351,7 @@ class InferenceServicer:
 _INPUTS = oip.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
 _TENSOR = oip.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name
 _DATATYPE, _SHAPE = _TENSOR["datatype"].number, _TENSOR["shape"].number
+_CONTENTS = _TENSOR["contents"].number
 
 
 def declared_pixels(request: bytes) -> int:
@@ -369,9 +370,13 @@ def declared_pixels(request: bytes) -> int:
 
 
 def _tensor_pixels(tensor: memoryview) -> int:
-    datatype, shape = "", []
+    """N x H x W by its shape, or the length of its typed ``contents`` if that is more: each
+    value takes a byte on the wire at least, and eight when it is read."""
+    datatype, shape, contents = "", [], 0
     for number, wire_type, _, start, end in fields(tensor):
-        if number == _DATATYPE:
+        if number == _CONTENTS:
+            contents += end - start
+        elif number == _DATATYPE:
             datatype = bytes(tensor[start:end]).decode(errors="replace")
         elif number == _SHAPE and wire_type == LENGTH_DELIMITED:  # packed, as protobuf writes it
             packed, pos = tensor[:end], start
@@ -380,7 +385,7 @@ def _tensor_pixels(tensor: memoryview) -> int:
                 shape.append(dim)
         elif number == _SHAPE:
             shape.append(read_varint(tensor, start)[0])
-    return input_pixels(datatype, shape)
+    return max(input_pixels(datatype, shape), contents if datatype != BYTES else 0)
 
 
 def input_pixels(datatype: str, shape: Sequence[int]) -> int:

@@ -126,6 +126,18 @@ def typed_contents(tensor: Tensor) -> bytes:
     values = getattr(tensor.contents, field)
     if tensor.datatype == BYTES:
         return pack_bytes(list(values))
+    # Told before they are copied out (eight bytes a value, and as many again on the way).
+    expected = 1
+    for dim in tensor.shape:
+        expected *= max(dim, 0)
+        if expected > len(values):
+            break
+    if len(values) != expected:
+        raise InvalidArgument(
+            f"input {tensor.name} holds {len(values)} values in contents, not what its shape "
+            f"{list(tensor.shape)[:8]} needs",
+            field="inputs[0].contents",
+        )
     dtype = numpy_dtype(TMS_DTYPES[tensor.datatype])
     try:
         array = np.array(values, dtype=np.float64 if dtype.kind == "f" else np.int64)
