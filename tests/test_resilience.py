@@ -4,12 +4,15 @@ load, driven by the sync client and by the asyncio client alike."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from tms_client import (
     ModelClient,
     RetryPolicy,
     RoundRobin,
+    TMSError,
     UnavailableError,
 )
 
@@ -473,3 +477,76 @@ def test_sigterm_under_load_loses_no_accepted_call(server_process, models, drive
     assert accepted - answered == set()  # every call a model started was answered
     assert load.errors, "calls after the server stopped should have failed"
     assert all(isinstance(e, UnavailableError) for e in load.errors)
+
+
+def _silence(server: ServerProcess) -> socket.socket:
+    """Listen on ``server``'s port (it is gone) without ever answering (a frozen host, a
+    proxy in front of nothing): connections complete, and no call on them does."""
+    host, port = server.target.rsplit(":", 1)
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind((host, int(port)))
+    silent.listen(64)
+    return silent
+
+
+def _timed(call: Callable[[], Any]) -> float:
+    began = time.monotonic()
+    with contextlib.suppress(TMSError):
+        call()
+    return time.monotonic() - began
+
+
+# The server is gone, and what listens on its port never answers: the background search waits
+# 5 s for an answer. A call that found no worker waited for that search to end, whatever its
+# own timeout; each now ends within its timeout (2 s).
+IMAGE = np.zeros((4, 4), np.uint8)
+
+
+def test_calls_keep_their_timeout_while_a_search_hangs(models):
+    server = start_process(models, workers=2)
+    silent = None
+    try:
+        with ModelClient("whoami", server.target, timeout=2.0, refresh_interval=0.5) as client:
+            assert wait_for(lambda: len(client.workers()) == 2, 10)
+            server.stop(signal.SIGKILL)
+            with ThreadPoolExecutor(8) as pool:  # refused: both workers dropped
+                list(pool.map(lambda _: _timed(lambda: client.run_image(IMAGE)), range(3)))
+                silent = _silence(server)
+                time.sleep(1)  # the background search is now waiting on the listener
+                took = list(pool.map(lambda _: _timed(lambda: client.run_image(IMAGE)), range(8)))
+        assert max(took) < 3.0, took
+    finally:
+        if silent is not None:
+            silent.close()
+        server.stop(signal.SIGKILL)
+
+
+def test_asyncio_calls_keep_their_timeout_while_a_search_hangs(models):
+    server = start_process(models, workers=2)
+    silent: list[socket.socket] = []
+
+    async def timed() -> float:
+        began = time.monotonic()
+        with contextlib.suppress(TMSError):
+            await client.run_image(IMAGE)
+        return time.monotonic() - began
+
+    async def main() -> list[float]:
+        async with client:
+            while len(await client.workers()) < 2:
+                await asyncio.sleep(0.05)
+            server.stop(signal.SIGKILL)
+            await asyncio.gather(*(timed() for _ in range(3)))  # refused: workers dropped
+            silent.append(_silence(server))
+            await asyncio.sleep(1)  # the background search is now waiting on the listener
+            return list(await asyncio.gather(*(timed() for _ in range(8))))
+
+    client = AsyncModelClient("whoami", server.target, timeout=2.0, refresh_interval=0.5)
+    try:
+        took = asyncio.run(main())
+        assert max(took) < 3.0, took
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop(signal.SIGKILL)

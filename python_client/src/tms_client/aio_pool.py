@@ -137,8 +137,16 @@ class AsyncWorkerPool:
             case Resolve():
                 return await self._resolve()
             case Search(timeout):
-                async with self._discovering:
+                # As in WorkerPool: a call waits for a search under way no longer than it may.
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._discovering.acquire()
+                except TimeoutError:
+                    return None
+                try:
                     await self.run(self.core.discover(timeout))
+                finally:
+                    self._discovering.release()
             case Wait(seconds):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), seconds)

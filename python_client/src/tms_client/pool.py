@@ -150,8 +150,16 @@ class WorkerPool:
             case Resolve():
                 return resolve(self.options.targets)
             case Search(timeout):
-                with self._discovering:
+                # A call's search waits for one under way (the background's) no longer than
+                # the call may: then it finds what that one found, or gives up in time.
+                if not self._discovering.acquire(
+                    timeout=-1 if timeout is None else max(0, timeout)
+                ):
+                    return None
+                try:
                     self.run(self.core.discover(timeout))
+                finally:
+                    self._discovering.release()
             case Wait(seconds):
                 self._wake.wait(seconds)
                 self._wake.clear()
