@@ -132,3 +132,21 @@ def test_a_call_past_its_timeout_and_the_next_call_with_a_longer_one(server):
             assert await upper.run_text("awake") == "AWAKE"
 
     asyncio.run(main())
+
+
+def test_calls_that_start_a_client_at_once_share_one_pool(server):
+    # Ten first calls at once on a client not started: one start, one pool, one background
+    # search; closing the client leaves no task of it running.
+    image = np.full((2, 3, 3), 1, np.uint8)
+
+    async def main() -> None:
+        before = set(asyncio.all_tasks())
+        probe = AsyncModelClient("probe", server.target)
+        results = await asyncio.gather(*(probe.run_image(image) for _ in range(10)))
+        assert [r["sum"] for r in results] == [18] * 10
+        assert len(asyncio.all_tasks() - before) == 2  # this one, and the one pool's search
+        await probe.close()
+        await asyncio.sleep(0.1)
+        assert set(asyncio.all_tasks()) - before - {asyncio.current_task()} == set()
+
+    asyncio.run(main())

@@ -40,16 +40,30 @@ class AsyncModelClient(calls.AsyncioClient):
 
     def _open(self) -> None:
         self._pool: AsyncWorkerPool | None = None
+        self._starting: asyncio.Future[None] | None = None  # the one start under way
 
     def __repr__(self) -> str:
         return f"<AsyncModelClient model={self.model!r} pool={self._pool!r}>"
 
     async def start(self) -> None:
-        """Wait for the servers and connect to their workers (ConnectError after the timeout)."""
-        if self._pool is None:
-            pool = AsyncWorkerPool(self.options)
-            await pool.start()
-            self._pool = pool
+        """Wait for the servers and connect to their workers (ConnectError after the timeout).
+        Calls that start the client at once share one start (and one pool)."""
+        if self._pool is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._connect())
+            self._starting.add_done_callback(_retrieve)
+        starting = self._starting
+        try:
+            await asyncio.shield(starting)  # a caller that leaves ends no one else's start
+        finally:
+            if starting.done() and self._starting is starting:
+                self._starting = None
+
+    async def _connect(self) -> None:
+        pool = AsyncWorkerPool(self.options)
+        await pool.start()
+        self._pool = pool
 
     async def __aenter__(self) -> AsyncModelClient:
         await self.start()
@@ -65,6 +79,9 @@ class AsyncModelClient(calls.AsyncioClient):
 
     async def close(self) -> None:
         """Close every connection and stop looking for workers."""
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._starting)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -160,3 +177,10 @@ async def _frames(frames: Frames) -> AsyncIterator[Any]:
     else:
         for frame in frames:
             yield frame
+
+
+def _retrieve(start: asyncio.Future[None]) -> None:
+    """Take a start's error in, so that asyncio does not log it when no caller awaits it
+    any more (each caller awaiting it gets it)."""
+    if not start.cancelled():
+        start.exception()
