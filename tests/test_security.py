@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import socket
 import ssl
@@ -18,10 +19,12 @@ import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -345,6 +348,43 @@ def test_token_file_changes_are_picked_up(in_process_server, models, tokens):
     assert echo(server.target, token="rotated-token-000000")
     with pytest.raises(UnauthenticatedError):
         echo(server.target, token=CALL_TOKEN)
+
+
+PIXELS = """
+    import tms_server
+
+    class Model(tms_server.Model):
+        thread_safe = True
+
+        def run(self, image, args):
+            return int(image.sum())
+"""
+
+
+def test_a_token_taken_out_of_the_file_ends_the_streams_opened_with_it(
+    in_process_server, models, tokens
+):
+    write_models(models, {"pixels": PIXELS})
+    server = in_process_server(models, tokens_file=tokens["calls"])
+    frames: queue.Queue[np.ndarray | None] = queue.Queue()
+
+    def produce() -> Iterator[np.ndarray]:
+        while (frame := frames.get(timeout=30)) is not None:
+            yield frame
+
+    with ModelClient("pixels", server.target, token=OTHER_CALL_TOKEN) as client:
+        results = client.run_image_stream(produce(), window=1)
+        frames.put(np.full((2, 2), 1, np.uint8))
+        assert next(results).result == 4
+        tokens["calls"].write_text(f"{CALL_TOKEN}\n")  # the stream's token is revoked
+        os.utime(tokens["calls"], (time.time() + 5, time.time() + 5))
+        time.sleep(1.1)  # files are looked at once a second at most
+        frames.put(np.full((2, 2), 2, np.uint8))
+        try:
+            with pytest.raises(UnauthenticatedError, match="no longer valid"):
+                next(results)
+        finally:
+            frames.put(None)
 
 
 def outcomes(target: str, *tokens: str) -> dict[str, str]:

@@ -46,7 +46,13 @@ from google.protobuf.message import DecodeError, Message
 
 from tms_server.admission import CallRunner
 from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
-from tms_server.errors import InvalidArgument, ResourceExhausted, Unavailable, status_of
+from tms_server.errors import (
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    status_of,
+)
 from tms_server.load import WorkerLoad
 from tms_server.logs import log_call
 from tms_server.metrics import WorkerMetrics
@@ -137,6 +143,9 @@ class Worker:
     log_requests: bool = field(default=False, kw_only=True)
     max_streams: int = field(default=256, kw_only=True)  # open at once (--max-streams)
     streams: int = field(default=0, init=False)  # open now
+    #: Whether a call's metadata still bears a valid token (--tokens-file): a stream is
+    #: asked again at each message, so that a token taken out of the file ends it.
+    allowed: Callable[[Metadata | None], bool] | None = field(default=None, kw_only=True)
 
     def begin(self, rpc: str, path: str, metadata: Metadata | None, model: str = "") -> CallInfo:
         """A call that starts: its CallInfo (the caller's request id or a new one), current in
@@ -278,9 +287,15 @@ class Stream(Generic[Q]):
             model = _model_of(request)
             self._call.model = model.decode(errors="replace") if model else ""
             self._key = (self._method.name, self._call.model)
+        allowed, metadata = self._worker.allowed, context.invocation_metadata()
         while request is not grpc.aio.EOF:
             if self._worker.load.draining:
                 raise Unavailable("this worker is shutting down; open the stream again")
+            if allowed is not None and not allowed(metadata):
+                raise Unauthenticated(
+                    "the token this stream was opened with is no longer valid here; open it "
+                    "again with a valid one"
+                )
             yield self._method.parsed(request)
             request = await context.read()
 

@@ -23,7 +23,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ class TokenFile:
         return found
 
 
-def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
     """The token of an ``authorization: Bearer <token>`` entry, if there is one."""
     for key, value in metadata or ():
         if key == "authorization":
