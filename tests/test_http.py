@@ -404,6 +404,22 @@ def test_malformed_requests_get_400_and_no_traceback_in_the_log(server, base):
     assert "Error handling request" not in server.logs()
 
 
+def test_a_caller_that_leaves_mid_body_leaves_no_traceback(server, base):
+    # A reset in the middle of a request body was an ERROR "http failed" with a traceback.
+    address = urllib.parse.urlsplit(base)
+    head = b"POST /v2/models/mean/infer HTTP/1.1\r\nHost: tms\r\nContent-Length: 100000\r\n\r\n"
+    for _ in range(3):
+        caller = socket.create_connection((address.hostname, address.port), timeout=10)
+        caller.sendall(head + b"{" * 1000)
+        time.sleep(0.1)
+        caller.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset
+        caller.close()
+    assert http(f"{base}/v2/health/ready").status == 200
+    time.sleep(0.5)
+    assert "http failed" not in server.logs()
+    assert "Traceback" not in server.logs()
+
+
 def test_grpc_keeps_working_alongside(server, base, astronaut_bgr, grpc_faces):
     good = {"inputs": [tensor("IMAGE", np.full((8, 8), 3, np.uint8))]}
     failures: list[str] = []

@@ -208,3 +208,10 @@ def test_the_input_a_binary_header_declares_is_read_without_the_data():
         assert declared_input(head + bytes(60), str(len(head))) is None
     padded = json.dumps({**header, "id": "x" * DECLARED_HEADER_BYTES}).encode()
     assert declared_input(padded, str(len(padded))) is None  # too large to read on the loop
+
+
+def test_a_shape_of_too_many_dimensions_is_refused_before_its_size_is_reckoned():
+    # 1000 dimensions of 2**31 - 1: their product has more digits than Python writes out.
+    tensor = {"name": "IMAGE", "datatype": "UINT8", "shape": [2**31 - 1] * 1000, "data": [1]}
+    with pytest.raises(InvalidArgument, match="at most 8 sizes"):
+        parse_infer("m", "", body({"inputs": [tensor]}), None)

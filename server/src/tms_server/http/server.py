@@ -341,6 +341,9 @@ class _Api:
             return _error(exc.status, message, headers=exc.headers)
         except RequestPayloadError as exc:  # a body that breaks off, or lies about its chunks
             return _error(400, f"the request body could not be read: {exc}", Reason.INVALID_REQUEST)
+        except ConnectionError as exc:  # the caller left mid-request: nobody to answer
+            log.debug("%s %s: the caller left: %r", request.method, request.path, exc)
+            return _error(400, "the connection was lost", Reason.INVALID_REQUEST)
         except Exception as exc:
             return _failure(exc, "http", "")[1]
         call = CURRENT.get()  # set by _call, in this same task

@@ -225,11 +225,22 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+#: The most dimensions a tensor may have (an image has 4 at most).
+MAX_DIMENSIONS = 8
+
+
 def _shape(value: Any, what: str) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < 2**31 for dim in value
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_DIMENSIONS
+        or not all(
+            isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < 2**31
+            for dim in value
+        )
     ):
-        raise InvalidArgument(f"{what} must be a list of sizes (integers >= 0)", field=what)
+        raise InvalidArgument(
+            f"{what} must be a list of at most {MAX_DIMENSIONS} sizes (integers >= 0)", field=what
+        )
     return value
 
 
