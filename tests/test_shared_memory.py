@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import random
 import re
 import secrets
 import signal
@@ -936,3 +937,24 @@ def test_a_full_dev_shm_sends_bytes(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "True"
+
+
+def test_cancelled_asyncio_calls_give_their_regions_back(in_process_server, models):
+    # Calls cancelled at any moment, while their regions were detached among them, kept the
+    # regions (or their slots) for good: after a while every call to the worker went as
+    # bytes. Each now gives back what it took.
+    server = in_process_server(models)
+    image = np.full((480, 640, 3), 1, np.uint8)
+    rng = random.Random(7)
+
+    async def main() -> list[str]:
+        async with AsyncModelClient("where", server.target) as client:
+            for _ in range(150):
+                tasks = [asyncio.create_task(client.run_image(image)) for _ in range(4)]
+                await asyncio.sleep(rng.uniform(0, 0.004))
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            return [(await client.run_image(image))["backing"] for _ in range(4)]
+
+    assert asyncio.run(main()) == ["mmap"] * 4

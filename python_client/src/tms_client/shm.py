@@ -272,6 +272,17 @@ class Lender:
             self.retire(region)
         return False
 
+    def doom(self, regions: list[Region]) -> None:
+        """Put ``regions``, given up already, back to be detached with the next call."""
+        if not regions:
+            return
+        with self._lock:
+            if not self.closed:
+                self._doomed.extend(regions)
+                return
+        for region in regions:
+            region.close()
+
     def doomed(self) -> list[Region]:
         """Attached regions given up: to detach, then close."""
         with self._lock:
@@ -613,8 +624,9 @@ class AsyncSharedMemoryChannel:
                 self.lender.give_back(region)
 
     async def _borrow(self, need: int, deadline: float | None) -> Region | None:
-        taken = self.lender.take(need)
+        # Detach first: a call cancelled meanwhile then holds nothing it took.
         await self._detach(self.lender.doomed(), deadline)
+        taken = self.lender.take(need)
         if not isinstance(taken, int):
             return taken
         region = _made(taken)
@@ -638,15 +650,21 @@ class AsyncSharedMemoryChannel:
         return region
 
     async def _detach(self, regions: Iterable[Region], deadline: float | None = None) -> None:
-        for region in regions:
-            timeout = _detach_timeout(deadline)
-            if timeout:
-                detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
-                try:
-                    await self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
-                except CallError as error:
-                    log.debug("detaching %r failed: %s", region, error)
-            region.close()
+        left = list(regions)
+        try:
+            while left:
+                region = left[0]
+                timeout = _detach_timeout(deadline)
+                if timeout:
+                    detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
+                    try:
+                        await self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
+                    except CallError as error:
+                        log.debug("detaching %r failed: %s", region, error)
+                region.close()
+                left.pop(0)
+        finally:
+            self.lender.doom(left)  # cancelled: those not detached yet go with the next call
 
     def stream(
         self, request: Request, more: More | AsyncIterable[bytes | ImageMessage] = ()
