@@ -958,3 +958,41 @@ def test_cancelled_asyncio_calls_give_their_regions_back(in_process_server, mode
             return [(await client.run_image(image))["backing"] for _ in range(4)]
 
     assert asyncio.run(main()) == ["mmap"] * 4
+
+
+SWEEP = """
+import sys
+import numpy as np
+from tms_client import ModelClient
+
+with ModelClient("where", sys.argv[1]) as client:
+    print(client.run_image(np.zeros((64, 64), np.uint8))["backing"])
+"""
+
+
+def test_a_new_client_removes_the_regions_a_killed_one_left(in_process_server, models, tmp_path):
+    # A client killed between making a region and its worker's attaching it left the name in
+    # /dev/shm. The next client of the user on the host removes such names once they are a
+    # minute old (a live one's lasts until its attach is answered).
+    server = in_process_server(models)
+    old = SHM / f"tms-{secrets.token_hex(16)}"
+    fresh = SHM / f"tms-{secrets.token_hex(16)}"
+    for path in (old, fresh):
+        path.write_bytes(bytes(4096))
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    try:
+        script = tmp_path / "sweep.py"
+        script.write_text(SWEEP)
+        done = subprocess.run(
+            [sys.executable, str(script), server.target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.stdout.strip() == "mmap", done.stderr[-2000:]
+        assert not old.exists()
+        assert fresh.exists()
+    finally:
+        for path in (old, fresh):
+            path.unlink(missing_ok=True)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import mmap
 import os
@@ -369,7 +370,40 @@ def _refuses(error: CallError) -> bool:
     return error.reason == _REFUSED or error.code == grpc.StatusCode.UNIMPLEMENTED
 
 
+#: A region's name exists only until its worker answers the Attach (ATTACH_TIMEOUT at most):
+#: a name older than this is a leftover of a client killed in between.
+LEFTOVER_SECONDS = 60.0
+
+
+def sweep(now: float | None = None) -> list[str]:
+    """Remove the region names of this user's that are older than LEFTOVER_SECONDS: left by
+    a client killed (SIGKILL) between making a region and its worker's attaching it. The
+    names removed."""
+    now = time.time() if now is None else now
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(SHM_DIR):
+            if not entry.name.startswith("tms-"):
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                old = now - info.st_mtime > LEFTOVER_SECONDS
+                if old and info.st_uid == os.geteuid() and entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    if removed:
+        log.info("removed %d shared-memory regions left by killed clients", len(removed))
+    return removed
+
+
+@functools.cache
+def _sweep_once() -> None:
+    """``sweep``, once a process: its first region made."""
+    sweep()
+
+
 def _made(size: int) -> Region | None:
+    _sweep_once()
     try:
         return Region(size)
     except OSError as exc:
