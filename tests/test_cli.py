@@ -762,7 +762,10 @@ def test_unreachable_server(tms):
         target = f"127.0.0.1:{silent.getsockname()[1]}"
         code, out, err = tms("--connect-timeout", "0.3", "models", server=target)
     assert (code, out) == (1, "")
-    assert err == f"tms: cannot reach a TMS server at {target} (no answer within 0.3s)\n"
+    assert err == (
+        f"tms: cannot reach a TMS server at {target}: no answer within 0.3s; is it running, "
+        "and does it serve TLS (then give --tls, or --tls-ca)?\n"
+    )
 
 
 def test_debug_shows_the_traceback(tms):

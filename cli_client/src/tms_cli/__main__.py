@@ -3,6 +3,7 @@ command (``tms_cli.running``); the exit code is 0 done, 1 failed, 2 usage, 130 C
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if not isinstance(parsed, Invocation):  # --help, --version: done
         return parsed if isinstance(parsed, int) else 0
+    # gRPC's C core logs each failed TLS handshake, twenty lines for one wrong CA: what went
+    # wrong is the one line tms says (a variable set by the caller wins).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # The client and the commands load only now: completing a word runs tms too.
     from tms_cli.running import run  # noqa: PLC0415
 

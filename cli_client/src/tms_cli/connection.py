@@ -104,12 +104,18 @@ def _unreached(options: Options, exc: Exception) -> CliError:
     if isinstance(exc, ConnectError) and exc.refused:
         return CliError(str(exc))
     if isinstance(exc, ConnectError):
-        reason = f"no answer within {options.client.connect_timeout:g}s"
-    elif isinstance(exc, TMSError):  # something answered, but not as a TMS server does
-        reason = describe_error(exc)
-    else:  # a ValueError: a TLS file that cannot be read
-        return CliError(str(exc))
-    return CliError(f"cannot reach a TMS server at {options.target} ({reason})")
+        hint = (
+            "is it running, and does it serve TLS (then give --tls, or --tls-ca)?"
+            if options.client.tls is None
+            else "do --tls-ca, --tls-server-name and the client certificate fit it?"
+        )
+        return CliError(
+            f"cannot reach a TMS server at {options.target}: no answer within "
+            f"{options.client.connect_timeout:g}s; {hint}"
+        )
+    if isinstance(exc, TMSError):  # something answered, but not as a TMS server does
+        return CliError(f"cannot reach a TMS server at {options.target} ({describe_error(exc)})")
+    return CliError(str(exc))  # a ValueError: a TLS file that cannot be read
 
 
 def refusal(exc: CallError, options: Options) -> str:
