@@ -321,9 +321,11 @@ def test_run_a_text(base):
 def assert_error(reply: Reply, status: int, *words: str) -> None:
     assert reply.status == status, (reply.status, reply.body)
     assert reply.headers["Content-Type"].startswith("application/json")
-    message = reply.json()["error"]
+    document = reply.json()
+    message = document["error"]
     for word in words:
         assert word in message, message
+    assert document["reason"], document  # every error names its reason, as README says
 
 
 def test_errors_are_http_statuses_with_a_message(base):

@@ -338,7 +338,7 @@ class _Api:
                 )
             else:
                 message = f"{exc.reason}: {request.method} {request.path}"
-            return _error(exc.status, message, headers=exc.headers)
+            return _error(exc.status, message, Reason.INVALID_REQUEST, headers=exc.headers)
         except RequestPayloadError as exc:  # a body that breaks off, or lies about its chunks
             return _error(400, f"the request body could not be read: {exc}", Reason.INVALID_REQUEST)
         except ConnectionError as exc:  # the caller left mid-request: nobody to answer
