@@ -342,8 +342,10 @@ def test_environment_sets_the_batch_settings():
         ("--model-max-batch-delay-ms", "a=nan", "MS from 0 to 1000"),
         ("--model-max-batch-delay-ms", "5", "expected MODEL=MS"),
         ("--model-max-batch-delay-ms", "=5", "expected MODEL=MS"),
-        ("--model-max-batch-size", "a=0", "N from 1 to 100000"),
-        ("--model-max-batch-size", "a=2.5", "N from 1 to 100000"),
+        ("--model-max-batch-size", "a=0", "N from 1 to 64"),
+        ("--model-max-batch-size", "a=2.5", "N from 1 to 64"),
+        # Over --max-batch-size (64 by default): no batch of the model could be that large.
+        ("--model-max-batch-size", "a=65", "N from 1 to 64 (max_batch_size)"),
     ],
 )
 def test_bad_batch_settings_stop_the_server_naming_the_setting(capsys, flag, value, expected):

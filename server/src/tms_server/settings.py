@@ -24,7 +24,6 @@ __all__ = ["Settings", "parse_settings"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
 _MAX_WORKERS = 256
-_MAX_BATCH_SIZE = 100_000
 
 
 def _meta(
@@ -367,11 +366,12 @@ class Settings:
             _delay,
             f"MODEL=MS, MS from 0 to {MAX_BATCH_DELAY * 1000:g}, or MODEL=off",
         )
+        most = self.max_batch_size  # a model's batches are no larger than the server's
         sizes = _per_model(
             "model_max_batch_size",
             self.model_max_batch_size,
-            _batch_size,
-            f"MODEL=N, N from 1 to {_MAX_BATCH_SIZE}",
+            lambda text: _batch_size(text, most),
+            f"MODEL=N, N from 1 to {most} (max_batch_size)",
         )
         return BatchSettings(delays, sizes, self.threads)
 
@@ -433,9 +433,9 @@ def _delay(text: str) -> float | None:
     return ms / 1000
 
 
-def _batch_size(text: str) -> int:
+def _batch_size(text: str, most: int) -> int:
     size = int(text)
-    if not 1 <= size <= _MAX_BATCH_SIZE:
+    if not 1 <= size <= most:
         raise ValueError(text)
     return size
 

@@ -234,8 +234,7 @@ def _shape(value: Any, what: str) -> list[int]:
         not isinstance(value, list)
         or len(value) > MAX_DIMENSIONS
         or not all(
-            isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < 2**31
-            for dim in value
+            isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < 2**31 for dim in value
         )
     ):
         raise InvalidArgument(
