@@ -416,7 +416,7 @@ def test_run_i2i_shows_the_result_and_writes_next_to_the_input(
         capsys, "--target", server.target, "run-i2i", "invert", str(first), str(clash)
     )
     assert code == 1
-    assert f"{first}: its output would overwrite the input {clash}; give --out-dir" in err
+    assert f"{first}: its output would overwrite the input {clash}; give --out-dir a" in err
     assert out == f'{clash} -> {tmp_path / "frame1.invert.invert.png"}  {{"count": 1}}\n'
     assert clash.read_bytes() == before
 

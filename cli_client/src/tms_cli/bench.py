@@ -50,7 +50,7 @@ def bench(options: Options, args: SimpleNamespace) -> int:
     """``tms bench MODEL``: exit code 0 if every call succeeded, 1 if any failed, 130 if
     interrupted (after the summary of what was done)."""
     if sum(given is not None for given in (args.image, args.size, args.text)) > 1:
-        raise UsageError("give one of --image, --size and --text")
+        raise UsageError("give at most one of --image, --size and --text")
     if args.image is not None:
         payload = image_file(args.image)
     elif args.text is not None:

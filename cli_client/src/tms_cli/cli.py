@@ -282,7 +282,7 @@ def text() -> None:
 def bench() -> None:
     """Load a model with calls for a while; show requests/s, MB/s, latency and workers.
 
-    Give one of --image, --size and --text."""
+    Give at most one of --image, --size and --text (random pixels of --size by default)."""
 
 
 @tms.command(cls=_Command, run="cli:print_completion")

@@ -150,7 +150,10 @@ def _keep_inputs(stem: Path, inputs: set[Path]) -> None:
     for suffix in (".png", ".npy", ".preview.png"):
         path = stem.with_name(stem.name + suffix)
         if path.resolve() in inputs:
-            raise ValueError(f"its output would overwrite the input {path}; give --out-dir")
+            raise ValueError(
+                f"its output would overwrite the input {path}; give --out-dir a folder that "
+                "holds no input"
+            )
 
 
 def run_text(options: Options, args: SimpleNamespace) -> int:
