@@ -17,8 +17,10 @@ from tms_client import (
     AsyncModelClient,
     ConnectError,
     DeadlineExceededError,
+    ModelClient,
     ModelNotFoundError,
     RetryPolicy,
+    TMSError,
 )
 
 MODELS = {
@@ -148,5 +150,25 @@ def test_calls_that_start_a_client_at_once_share_one_pool(server):
         await probe.close()
         await asyncio.sleep(0.1)
         assert set(asyncio.all_tasks()) - before - {asyncio.current_task()} == set()
+
+    asyncio.run(main())
+
+
+def test_a_closed_client_says_so(server):
+    # Not a retry for 0.6 s then "no TMS worker reachable" (threads), nor a new pool made
+    # behind the caller's back (asyncio): the client is closed, and the call says that.
+    image = np.full((2, 3, 3), 1, np.uint8)
+    client = ModelClient("probe", server.target)
+    client.close()
+    began = time.monotonic()
+    with pytest.raises(TMSError, match="client is closed"):
+        client.run_image(image)
+    assert time.monotonic() - began < 0.5
+
+    async def main() -> None:
+        async with AsyncModelClient("probe", server.target) as probe:
+            assert (await probe.run_image(image))["sum"] == 18
+        with pytest.raises(TMSError, match="client is closed"):
+            await probe.run_image(image)
 
     asyncio.run(main())

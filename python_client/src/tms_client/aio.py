@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 from tms_client import calls
 from tms_client.aio_pool import AsyncWorkerPool
 from tms_client.calls import Builder, FrameResult, Frames, FrameStream, ModelInfo, as_method
-from tms_client.exceptions import ModelNotFoundError
+from tms_client.exceptions import ModelNotFoundError, TMSError
 from tms_client.images import fit
 from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
@@ -41,13 +41,17 @@ class AsyncModelClient(calls.AsyncioClient):
     def _open(self) -> None:
         self._pool: AsyncWorkerPool | None = None
         self._starting: asyncio.Future[None] | None = None  # the one start under way
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<AsyncModelClient model={self.model!r} pool={self._pool!r}>"
 
     async def start(self) -> None:
         """Wait for the servers and connect to their workers (ConnectError after the timeout).
-        Calls that start the client at once share one start (and one pool)."""
+        Calls that start the client at once share one start (and one pool); TMSError once
+        the client is closed."""
+        if self._closed:
+            raise TMSError("this client is closed; make a new one to call again")
         if self._pool is not None:
             return
         if self._starting is None:
@@ -79,6 +83,7 @@ class AsyncModelClient(calls.AsyncioClient):
 
     async def close(self) -> None:
         """Close every connection and stop looking for workers."""
+        self._closed = True
         if self._starting is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._starting)

@@ -456,6 +456,7 @@ class PoolCore:
         return (yield from self._attempts(request, model, attempts))
 
     def _attempts(self, request: Request, model: str, attempts: Attempts) -> Plan[bytes]:
+        self._check_open()
         metadata = self.options.metadata + request.metadata
         while True:
             try:
@@ -526,6 +527,7 @@ class PoolCore:
         gone to the caller as they came, and the model may keep state for it. While it lasts
         it counts as one call in flight of its worker, so the balancer spreads streams; when
         it fails with UNAVAILABLE the worker is dropped, as after any call."""
+        self._check_open()
         attempts = Attempts(self.options.retry, request.timeout, self.clock)
         attempts.begin()
         worker = self._take(attempts.tried, model)
@@ -541,6 +543,10 @@ class PoolCore:
         finally:
             self._done(worker)
         self._observe(worker, trailers)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TMSError("this client is closed; make a new one to call again")
 
     def _failed(self, worker: Worker, error: CallError) -> None:
         """What a failed call says of its worker: its load, and whether it is gone."""
