@@ -410,7 +410,7 @@ def _check_name(name: str) -> None:
     """INVALID_ARGUMENT for a name that cannot be a model's."""
     if not NAME_PATTERN.fullmatch(name):
         shown = name if len(name) <= 80 else name[:80] + "..."
-        message = f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or -"
+        message = f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or - (not - first)"
         raise InvalidArgument(message, field="model")
 
 
