@@ -37,6 +37,7 @@ from tms_client import (
     AsyncModelClient,
     ClientOptions,
     ConnectError,
+    DeadlineExceededError,
     ModelClient,
     ResourceExhaustedError,
     check_health,
@@ -289,6 +290,18 @@ def test_large_raw_images_go_as_png(server: InProcessServer, shared_memory: bool
         halves = [bgr[:300], bgr[300:]]  # each fits, both together do not
         sums = [r["sum"] for r in client.run_images(halves)]
         assert sums == [int(h.astype(np.int64).sum()) for h in halves]
+
+
+def test_encoding_a_large_image_as_png_counts_in_the_calls_timeout(server: InProcessServer) -> None:
+    # 27 MB of pixels over a 1 MiB limit: the client encodes them as PNG first, which takes
+    # longer than this call's 10 ms. That time was not the call's: it ran past its timeout.
+    image = smooth((3000, 3000, 3))
+    client = ModelClient("pixels", server.target, max_message_mb=1, timeout=0.01)
+    with client:
+        began = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match="encoding the images as PNG"):
+            client.run_image(image)
+        assert time.monotonic() - began > 0.01
 
 
 def test_an_image_too_large_even_as_png_says_what_to_do(server: InProcessServer) -> None:

@@ -19,7 +19,7 @@ from tms_client import calls
 from tms_client.aio_pool import AsyncWorkerPool
 from tms_client.calls import Builder, FrameResult, Frames, FrameStream, ModelInfo, as_method
 from tms_client.exceptions import ModelNotFoundError, TMSError
-from tms_client.images import fit
+from tms_client.images import fit_within
 from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
 from tms_client.transport import Request
@@ -96,8 +96,8 @@ class AsyncModelClient(calls.AsyncioClient):
             await self.start()
         assert self._pool is not None
         with call_span(call.path, call.model) as metadata:
-            data = fit(call.request, self.options.max_message_bytes)
-            request = Request(call.path, data, self.timeout, metadata)
+            data, timeout = fit_within(call.request, self.options.max_message_bytes, self.timeout)
+            request = Request(call.path, data, timeout, metadata)
             reply = await self._pool.call(request, call.model)
         return call.parse(reply)
 

@@ -18,7 +18,7 @@ from tms_client.calls import (
     as_method,
 )
 from tms_client.exceptions import ModelNotFoundError
-from tms_client.images import fit
+from tms_client.images import fit_within
 from tms_client.pool import WorkerPool
 from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
@@ -76,8 +76,8 @@ class ModelClient(calls.ThreadClient):
 
     def _send(self, call: calls.Call[R]) -> R:
         with call_span(call.path, call.model) as metadata:
-            data = fit(call.request, self.options.max_message_bytes)
-            request = Request(call.path, data, self.timeout, metadata)
+            data, timeout = fit_within(call.request, self.options.max_message_bytes, self.timeout)
+            request = Request(call.path, data, timeout, metadata)
             reply = self._pool.call(request, call.model)
         return call.parse(reply)
 

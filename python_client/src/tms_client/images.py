@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tms.v1 import image_pb2
-from tms_client.exceptions import ResourceExhaustedError
+from tms_client.exceptions import DeadlineExceededError, ResourceExhaustedError
 from tms_client.protocol.codec import ImageError, decode_image, encode_parts, file_parts
 from tms_client.protocol.colors import (
     COLOR_ORDERS,
@@ -146,6 +147,26 @@ def from_message(
 
 
 Sendable = TypeVar("Sendable", bound=bytes | ImageMessage)
+
+
+def fit_within(
+    request: Sendable, max_bytes: int, timeout: float | None
+) -> tuple[Sendable, float | None]:
+    """``fit``, and the time left of the call's ``timeout`` once it has: re-encoding a large
+    image as PNG can take a second, which is the call's too (DeadlineExceededError when it
+    took all of it)."""
+    started = time.monotonic()
+    fitted = fit(request, max_bytes)
+    if fitted is request or timeout is None:
+        return fitted, timeout
+    left = timeout - (time.monotonic() - started)
+    if left <= 0:
+        raise DeadlineExceededError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"encoding the images as PNG, to fit them in a message, took the call's timeout "
+            f"of {timeout:g}s",
+        )
+    return fitted, left
 
 
 def fit(request: Sendable, max_bytes: int) -> Sendable:
