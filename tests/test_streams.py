@@ -477,7 +477,7 @@ def test_close_runs_for_a_stream_left_while_open_stream_ran(
         time.sleep(0.2)  # open_stream sleeps 0.5 s
         call.cancel()
     closed = tmp_path / "closed-left-early"
-    assert wait_for(closed.exists, timeout=10)
+    assert wait_for(lambda: closed.exists() and closed.read_text(), timeout=10)  # written
     assert closed.read_text() == "0"  # no frame ran
 
 
