@@ -550,3 +550,24 @@ def test_asyncio_calls_keep_their_timeout_while_a_search_hangs(models):
         for sock in silent:
             sock.close()
         server.stop(signal.SIGKILL)
+
+
+def test_close_does_not_wait_for_a_search_that_hangs(models):
+    # close() waited for the background search to end: up to 5 s on a connection nothing
+    # answers. It now returns within a second; the search ends on its own.
+    server = start_process(models, workers=2)
+    silent = None
+    try:
+        client = ModelClient("whoami", server.target, timeout=2.0, refresh_interval=0.5)
+        assert wait_for(lambda: len(client.workers()) == 2, 10)
+        server.stop(signal.SIGKILL)
+        with ThreadPoolExecutor(3) as pool:  # refused: both workers dropped
+            list(pool.map(lambda _: _timed(lambda: client.run_image(IMAGE)), range(3)))
+        silent = _silence(server)
+        time.sleep(1)  # the background search is now waiting on the listener
+        took = _timed(client.close)
+        assert took < 1.5, took
+    finally:
+        if silent is not None:
+            silent.close()
+        server.stop(signal.SIGKILL)

@@ -38,6 +38,10 @@ __all__ = ["WorkerPool"]
 R = TypeVar("R")
 
 
+#: The most ``close`` waits for the background search to end.
+CLOSE_WAIT = 1.0
+
+
 class WorkerPool:
     """Finds the workers behind the targets, keeps them, and sends calls to them; safe to
     share between threads."""
@@ -189,6 +193,8 @@ class WorkerPool:
             closing = self.core.close()
         self._wake.set()
         if self._healer is not None:
-            self._healer.join(timeout=10)
+            # It ends at its next step; one waiting on a worker that does not answer (5 s at
+            # most) ends on its own, closing what it opened, without holding up the caller.
+            self._healer.join(timeout=CLOSE_WAIT)
         for channel in closing:
             channel.close()
