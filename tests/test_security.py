@@ -29,7 +29,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certificates import CertificateAuthority
-from tests.support import closed_by_peer, wait_for, write_models
+from tests.support import ServerProcess, closed_by_peer, wait_for, write_models
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_client import (
     TLS,
@@ -766,3 +766,36 @@ def test_security_and_limit_settings_from_flags_and_environment():
     )
     assert aged["grpc.max_connection_age_ms"] == 60_000
     assert "grpc.max_connection_idle_ms" not in aged
+
+
+def test_the_https_port_accepts_again_once_descriptors_are_free(models, pki):
+    # A worker out of file descriptors cannot accept; the HTTPS port's accept loop died of
+    # the first such error, and the port never answered again. It now waits a moment and
+    # accepts again once descriptors are free.
+    cert, key = str(pki["server"].cert), str(pki["server"].key)
+    command = ["prlimit", "--nofile=160:160", sys.executable, "-m", "tms_server"]
+    command += ["--models", str(models), "--host", "127.0.0.1", "--port", "0", "--workers", "1"]
+    command += ["--http-port", "0", "--max-connections", "5000", "--tls-cert", cert]
+    command += ["--tls-key", key]
+    server = ServerProcess(
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
+    try:
+        assert server.wait_started(60), server.logs()
+        (line,) = [line for line in server.output if line.startswith("tms-server: HTTP on ")]
+        port = int(line.split()[3].rstrip("/").rsplit(":", 1)[1])
+        with contextlib.ExitStack() as stack:
+            for _ in range(300):  # past the 160 descriptors the worker may hold
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+            assert wait_for(lambda: "cannot accept connections for now" in server.logs(), 10)
+        url = f"https://localhost:{port}/v2/health/live"
+
+        def answers() -> bool:
+            try:
+                return https_status(url, pki["ca"].cert) == 200
+            except OSError:
+                return False
+
+        assert wait_for(answers, 15), server.logs()
+    finally:
+        server.stop()

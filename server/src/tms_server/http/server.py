@@ -184,6 +184,9 @@ def _idle_seconds(settings: Settings) -> float:
 
 
 _NEVER = 365 * 86_400.0
+#: How long the HTTPS port waits before accepting again after an accept failed (as asyncio's
+#: own servers do when the process is out of file descriptors).
+ACCEPT_PAUSE = 0.1
 
 
 class _BoundedSite(web.SockSite):
@@ -226,8 +229,17 @@ class _BoundedSite(web.SockSite):
     async def _accept(self, server: web.Server) -> None:
         loop = asyncio.get_running_loop()
         handshakes: set[asyncio.Task[None]] = set()
+        failing = False  # said once while accepting fails
         while True:
-            connection, _ = await loop.sock_accept(self._sock)
+            try:
+                connection, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:  # out of descriptors, say: accept again in a moment
+                if not failing:
+                    log.warning("the HTTP port cannot accept connections for now: %s", exc)
+                failing = True
+                await asyncio.sleep(ACCEPT_PAUSE)
+                continue
+            failing = False
             if len(server.connections) + len(handshakes) >= self._limit:
                 connection.close()
                 continue
