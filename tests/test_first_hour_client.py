@@ -501,18 +501,17 @@ def test_the_readme_model_runs_as_written(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "__init__.py").write_text(block)
     photo = np.ascontiguousarray(data.astronaut()[:, :, ::-1])  # BGR, as OpenCV reads
-    started = start_in_process(tmp_path / "models")
-    try:
-        with ModelClient("face", started.target) as written:
-            faces = written.run_image(photo)["faces"]
-    finally:
-        started.running.stop(None)
+
+    def faces_of(models: Path) -> list[dict[str, int]]:
+        started = start_in_process(models)
+        try:
+            with ModelClient("face", started.target) as face:
+                return list(face.run_image(photo)["faces"])
+        finally:
+            started.running.stop(None)
+
+    faces = faces_of(tmp_path / "models")
     shutil.copytree(EXAMPLE_MODELS / "face", tmp_path / "bundled" / "face")
-    bundled = start_in_process(tmp_path / "bundled")
-    try:
-        with ModelClient("face", bundled.target) as example:
-            expected = example.run_image(photo)["faces"]
-    finally:
-        bundled.running.stop(None)
+    expected = faces_of(tmp_path / "bundled")
     assert len(faces) == 1
     assert faces[0].keys() == expected[0].keys() == {"x", "y", "width", "height"}

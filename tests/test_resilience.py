@@ -481,13 +481,24 @@ def test_sigterm_under_load_loses_no_accepted_call(server_process, models, drive
 
 def _silence(server: ServerProcess) -> socket.socket:
     """Listen on ``server``'s port (it is gone) without ever answering (a frozen host, a
-    proxy in front of nothing): connections complete, and no call on them does."""
+    proxy in front of nothing): connections complete, and no call on them does. Returned
+    a second later, when the background search of a client is waiting on it."""
     host, port = server.target.rsplit(":", 1)
     silent = socket.socket()
     silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     silent.bind((host, int(port)))
     silent.listen(64)
+    time.sleep(1)
     return silent
+
+
+def _hang_the_search(server: ServerProcess, client: ModelClient) -> socket.socket:
+    """Kill ``server``, let three calls of ``client`` drop its workers (refused), then
+    ``_silence`` its port."""
+    server.stop(signal.SIGKILL)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: _timed(lambda: client.run_image(IMAGE)), range(3)))
+    return _silence(server)
 
 
 def _timed(call: Callable[[], Any]) -> float:
@@ -509,11 +520,8 @@ def test_calls_keep_their_timeout_while_a_search_hangs(models):
     try:
         with ModelClient("whoami", server.target, timeout=2.0, refresh_interval=0.5) as client:
             assert wait_for(lambda: len(client.workers()) == 2, 10)
-            server.stop(signal.SIGKILL)
-            with ThreadPoolExecutor(8) as pool:  # refused: both workers dropped
-                list(pool.map(lambda _: _timed(lambda: client.run_image(IMAGE)), range(3)))
-                silent = _silence(server)
-                time.sleep(1)  # the background search is now waiting on the listener
+            silent = _hang_the_search(server, client)
+            with ThreadPoolExecutor(8) as pool:
                 took = list(pool.map(lambda _: _timed(lambda: client.run_image(IMAGE)), range(8)))
         assert max(took) < 3.0, took
     finally:
@@ -538,8 +546,7 @@ def test_asyncio_calls_keep_their_timeout_while_a_search_hangs(models):
                 await asyncio.sleep(0.05)
             server.stop(signal.SIGKILL)
             await asyncio.gather(*(timed() for _ in range(3)))  # refused: workers dropped
-            silent.append(_silence(server))
-            await asyncio.sleep(1)  # the background search is now waiting on the listener
+            silent.append(await asyncio.to_thread(_silence, server))
             return list(await asyncio.gather(*(timed() for _ in range(8))))
 
     client = AsyncModelClient("whoami", server.target, timeout=2.0, refresh_interval=0.5)
@@ -560,11 +567,7 @@ def test_close_does_not_wait_for_a_search_that_hangs(models):
     try:
         client = ModelClient("whoami", server.target, timeout=2.0, refresh_interval=0.5)
         assert wait_for(lambda: len(client.workers()) == 2, 10)
-        server.stop(signal.SIGKILL)
-        with ThreadPoolExecutor(3) as pool:  # refused: both workers dropped
-            list(pool.map(lambda _: _timed(lambda: client.run_image(IMAGE)), range(3)))
-        silent = _silence(server)
-        time.sleep(1)  # the background search is now waiting on the listener
+        silent = _hang_the_search(server, client)
         took = _timed(client.close)
         assert took < 1.5, took
     finally:
