@@ -183,6 +183,14 @@ def test_typed_contents_that_disagree_with_the_shape_are_refused_unread(inferenc
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "holds 1000000 values in contents, not what its shape [1, 1] needs" in details
+    # Text too: a million strings for one are refused on their count, not read.
+    text = Tensor(name="TEXT", datatype="BYTES", shape=[1])
+    text.contents.bytes_contents.extend([b"x"] * 1_000_000)
+    code, details = inference.error(
+        "ModelInfer", oip.ModelInferRequest(model_name="text_stats", inputs=[text])
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds 1000000 values in contents, not what its shape [1] needs" in details
 
 
 def test_infer_image_to_image_returns_the_tensor(inference, example_server, astronaut_bgr):

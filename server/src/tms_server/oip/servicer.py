@@ -371,7 +371,8 @@ def declared_pixels(request: bytes) -> int:
 
 def _tensor_pixels(tensor: memoryview) -> int:
     """N x H x W by its shape, or the length of its typed ``contents`` if that is more: each
-    value takes a byte on the wire at least, and eight when it is read."""
+    value takes a byte on the wire at least, and eight (or a Python object) when it is read.
+    Text (BYTES) weighs its contents' length: it holds no pixels, but as much memory."""
     datatype, shape, contents = "", [], 0
     for number, wire_type, _, start, end in fields(tensor):
         if number == _CONTENTS:
@@ -385,7 +386,7 @@ def _tensor_pixels(tensor: memoryview) -> int:
                 shape.append(dim)
         elif number == _SHAPE:
             shape.append(read_varint(tensor, start)[0])
-    return max(input_pixels(datatype, shape), contents if datatype != BYTES else 0)
+    return max(input_pixels(datatype, shape), contents)
 
 
 def input_pixels(datatype: str, shape: Sequence[int]) -> int:

@@ -124,9 +124,8 @@ def typed_contents(tensor: Tensor) -> bytes:
             field="inputs[0].contents",
         )
     values = getattr(tensor.contents, field)
-    if tensor.datatype == BYTES:
-        return pack_bytes(list(values))
-    # Told before they are copied out (eight bytes a value, and as many again on the way).
+    # Told before they are copied out (eight bytes a value, or a Python object each for BYTES,
+    # and as many again on the way).
     expected = 1
     for dim in tensor.shape:
         expected *= max(dim, 0)
@@ -138,6 +137,8 @@ def typed_contents(tensor: Tensor) -> bytes:
             f"{list(tensor.shape)[:8]} needs",
             field="inputs[0].contents",
         )
+    if tensor.datatype == BYTES:
+        return pack_bytes(list(values))
     dtype = numpy_dtype(TMS_DTYPES[tensor.datatype])
     try:
         array = np.array(values, dtype=np.float64 if dtype.kind == "f" else np.int64)
