@@ -977,9 +977,11 @@ def test_a_new_client_removes_the_regions_a_killed_one_left(in_process_server, m
     server = in_process_server(models)
     old = SHM / f"tms-{secrets.token_hex(16)}"
     fresh = SHM / f"tms-{secrets.token_hex(16)}"
-    for path in (old, fresh):
+    other = SHM / "tms-another-programs-file"  # not a name a client makes: never removed
+    for path in (old, fresh, other):
         path.write_bytes(bytes(4096))
-    os.utime(old, (time.time() - 120, time.time() - 120))
+    for path in (old, other):
+        os.utime(path, (time.time() - 120, time.time() - 120))
     try:
         script = tmp_path / "sweep.py"
         script.write_text(SWEEP)
@@ -993,6 +995,7 @@ def test_a_new_client_removes_the_regions_a_killed_one_left(in_process_server, m
         assert done.stdout.strip() == "mmap", done.stderr[-2000:]
         assert not old.exists()
         assert fresh.exists()
+        assert other.exists()
     finally:
-        for path in (old, fresh):
+        for path in (old, fresh, other):
             path.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -21,7 +23,7 @@ from tests.support import ROOT, ServerProcess, wait_for, write_models, write_plu
 from tests.test_devices import health_of, per_worker
 from tests.test_oip import Inference
 from tms_cli.__main__ import main as tms
-from tms_client import AdminClient, AsyncModelClient, ModelClient, RoundRobin
+from tms_client import AdminClient, AsyncModelClient, ModelClient, ModelNotReadyError, RoundRobin
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
 
 pytestmark = pytest.mark.slow
@@ -335,6 +337,69 @@ def test_asyncio_calls_follow_a_model_a_reload_loads_on_more_workers(server_proc
             assert all(w.models == {"alpha", "late"} for w in await client.workers())
 
     asyncio.run(main())
+
+
+MOVED = """
+    import os
+    import time
+    from pathlib import Path
+
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+        thread_safe = True
+        # On every worker; on the first alone once the folder holds "one".
+        workers = 1 if (Path(__file__).parent / "one").exists() else None
+
+        def __init__(self):  # worker 1 reloads a second after worker 0
+            if self.worker_index == 1 and self.workers == 1:
+                time.sleep(1.0)
+
+        def run(self, text, args):
+            return {"pid": os.getpid()}
+"""
+
+
+def test_calls_leave_a_worker_a_reload_takes_a_model_off_at_once(server_process, tmp_path):
+    # A reload places the model on worker 0 alone. Worker 1's calls for it fail from when it
+    # has reloaded until the client asks it again which models it serves: that now happens
+    # at its first answer saying it has done the reload, not at the next round of the
+    # background search (2 s later), which could have asked it before it had done it.
+    models = write_models(tmp_path / "models", {"alpha": GOOD, "moved": MOVED})
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(ADMIN_TOKEN + "\n")
+    args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
+    server = server_process(models, workers=2, args=args)
+    failures: list[float] = []
+    stop = threading.Event()
+    with ModelClient("moved", server.target, balancer=RoundRobin()) as client:
+        assert wait_for(lambda: len(client.workers()) == 2, 10)
+        assert len({client.run_text("x")["pid"] for _ in range(10)}) == 2
+
+        def call() -> None:
+            while not stop.is_set():
+                try:
+                    client.run_text("x")
+                except ModelNotReadyError:
+                    failures.append(time.monotonic())
+
+        callers = [threading.Thread(target=call) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        (models / "moved" / "one").touch()
+        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+            assert all(outcome.reloaded for outcome in admin.reload_model("moved"))
+        reloaded = time.monotonic()
+        time.sleep(3)
+        stop.set()
+        for caller in callers:
+            caller.join(10)
+        assert len({client.run_text("x")["pid"] for _ in range(10)}) == 1
+    late = [when - reloaded for when in failures if when > reloaded + 0.3]
+    assert late == [], (
+        f"{len(failures)} failed calls, the last {max(failures) - reloaded:.2f} s after"
+    )
 
 
 def test_tms_models_lists_failed_models_with_their_reason(server_process, broken, capsys):

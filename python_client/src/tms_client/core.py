@@ -367,12 +367,18 @@ class PoolCore:
         does not say, or has not done the server's last reload yet, is asked again next
         round."""
         for worker in list(self._changed):
+            if worker.retired:  # its channel closes once its calls end: ask no more
+                self._changed.discard(worker)
+                continue
             request = Request(WORKER_INFO, b"", IDENTIFY_TIMEOUT, self.options.metadata)
+            worker.in_flight += 1  # its channel stays open meanwhile
             try:
                 reply = yield Send(worker.channel, request)
             except CallError as error:
                 self._failed(worker, error)
                 continue
+            finally:
+                self._done(worker)
             info = model_service_pb2.GetWorkerInfoResponse.FromString(reply.data)
             if (info.instance_id, info.pid) == worker.key:
                 self.workers.follow(worker, info)
@@ -381,11 +387,16 @@ class PoolCore:
                 self._changed.discard(worker)
             self._observe(worker, reply.trailers)
 
-    def _reloaded(self, instance_id: str, reload: int) -> None:
-        """Server ``instance_id`` has done reload number ``reload``: have the background
-        search ask its workers which models they serve now (_follow_models)."""
-        self._reloads[instance_id] = max(reload, self._reloads.get(instance_id, 0))
-        self._changed.update(w for w in self.workers.workers() if w.instance_id == instance_id)
+    def _reloaded(self, worker: Worker, reload: int) -> None:
+        """``worker`` says it has done reload number ``reload``, after it said which models
+        it serves: have the background search ask it at once (_follow_models), and, the first
+        time a server says so, all its workers (a worker asked before it had done the reload
+        is asked again when its own answers say it has)."""
+        instance_id = worker.instance_id
+        if reload > self._reloads.get(instance_id, 0):
+            self._reloads[instance_id] = reload
+            self._changed.update(w for w in self.workers.workers() if w.instance_id == instance_id)
+        self._changed.add(worker)
         self._wake = True
 
     def _drop(self, worker: Worker, reason: str) -> None:
@@ -564,8 +575,8 @@ class PoolCore:
         identity, report = read_trailers(trailers)
         if report is not None:
             worker.load = report
-            if report.reload > worker.reload and worker not in self._changed:
-                self._reloaded(worker.instance_id, report.reload)
+            if report.reload > worker.reload:
+                self._reloaded(worker, report.reload)
         if identity is not None and identity != worker.identity:
             # The transport reconnected this channel and reached another process.
             self._drop(worker, f"its connection now reaches {identity}")

@@ -41,6 +41,7 @@ import functools
 import logging
 import mmap
 import os
+import re
 import secrets
 import sys
 import threading
@@ -373,6 +374,8 @@ def _refuses(error: CallError) -> bool:
 #: A region's name exists only until its worker answers the Attach (ATTACH_TIMEOUT at most):
 #: a name older than this is a leftover of a client killed in between.
 LEFTOVER_SECONDS = 60.0
+#: The names ``Region`` makes, as /dev/shm lists them.
+_OURS = re.compile(r"tms-[0-9a-f]{32}")
 
 
 def sweep(now: float | None = None) -> list[str]:
@@ -383,7 +386,7 @@ def sweep(now: float | None = None) -> list[str]:
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(SHM_DIR):
-            if not entry.name.startswith("tms-"):
+            if not _OURS.fullmatch(entry.name):  # a name this client makes, no other's
                 continue
             with contextlib.suppress(OSError):
                 info = entry.stat(follow_symlinks=False)
