@@ -1,8 +1,8 @@
 """The Go SDK (clients/go/tmsclient): its unit tests (``go test``), and against real
 multi-worker servers: one client reaches every worker process, loses no call when a worker is
-killed, balances both ways, sends tokens, and carries every RPC and dtype. Runs clients/go's
-cmd/tms-go-load and examples/hello (the main README's Go snippet), built with the Go
-toolchain."""
+killed, balances both ways, sends tokens, carries every RPC and dtype, and ends its calls in
+flight when closed. Runs clients/go's cmd/tms-go-load and examples/hello (the main README's
+Go snippet), built with the Go toolchain."""
 
 from __future__ import annotations
 
@@ -214,6 +214,18 @@ def test_a_dns_target_is_resolved(server_process: Start, models, programs):
     assert answer["failures"] == []
     assert answer["workers"] == 2
     assert {int(pid) for pid in answer["pids"]} == set(children(server.process.pid))
+
+
+def test_close_ends_the_calls_in_flight(server_process: Start, models, programs):
+    """Calls in flight when the client closes end at once (the model would answer in 3 s,
+    the timeout is 30 s), and a call on the closed client fails at once."""
+    server = server_process(models, workers=2)
+    answer = go_load(programs, server.target, "-goroutines", "6", "close", "whoami")
+    assert len(answer["in_flight"]) == 6
+    for ended in [*answer["in_flight"], answer["after"]]:
+        assert ended["code"] == "Canceled", ended
+        assert "the client is closed" in ended["message"], ended
+        assert ended["seconds"] < 1.5, ended
 
 
 def test_every_rpc_and_dtype(server_process: Start, models, programs):

@@ -77,8 +77,24 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	return &Client{pool: p, opts: o}, nil
 }
 
-// Close closes every connection and stops the background search.
+// Close closes every connection and stops the background search. Calls in flight end at once,
+// and later calls fail at once, with codes.Canceled: the client is closed.
 func (c *Client) Close() error { return c.pool.close() }
+
+// errClosed is the status of a call made on a closed client, or ended by Close.
+var errClosed = status.Error(codes.Canceled, "the client is closed; make a new one to call again")
+
+// closedIf is err, or errClosed when Close ended the call (ctx was bound to the pool).
+func closedIf(ctx context.Context, method string, err error) error {
+	if err == nil || context.Cause(ctx) != errClosed {
+		return err
+	}
+	attempts := 0
+	if e := (*Error)(nil); errors.As(err, &e) {
+		attempts = e.Attempts
+	}
+	return errorOf(method, errClosed, attempts)
+}
 
 // Workers are the worker processes the client holds a connection to now.
 func (c *Client) Workers() []*Worker { return c.pool.snapshot("") }
@@ -89,14 +105,20 @@ func (c *Client) String() string {
 
 // invoke runs one call on the worker the balancer picks among those serving model, again on
 // another worker when it fails with a code the retry policy names (after a backoff) or with a
-// status carrying a google.rpc.RetryInfo (after the delay it names).
+// status carrying a google.rpc.RetryInfo (after the delay it names). Close ends it at once.
 func (c *Client) invoke(ctx context.Context, method, model string,
-	call func(ctx context.Context, w *Worker, opts ...grpc.CallOption) error) error {
+	call func(ctx context.Context, w *Worker, opts ...grpc.CallOption) error) (err error) {
+	if c.pool.isClosed() {
+		return errorOf(method, errClosed, 0)
+	}
 	if _, ok := ctx.Deadline(); !ok && c.opts.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.timeout)
 		defer cancel()
 	}
+	ctx, unbind := c.pool.bind(ctx)
+	defer unbind()
+	defer func() { err = closedIf(ctx, method, err) }()
 	policy := c.opts.retry
 	var last error
 	tried := map[*Worker]bool{}

@@ -375,6 +375,17 @@ func (p *pool) interval() time.Duration {
 	return min(p.opts.refresh, soon)
 }
 
+// isClosed says whether close was called.
+func (p *pool) isClosed() bool { return p.life.Err() != nil }
+
+// bind is ctx, also cancelled (with cause errClosed) when the pool closes: a call in flight
+// or waiting for a worker ends at once.
+func (p *pool) bind(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(p.life, func() { cancel(errClosed) })
+	return ctx, func() { stop(); cancel(nil) }
+}
+
 func (p *pool) close() error {
 	p.mu.Lock()
 	if p.closed {

@@ -79,8 +79,15 @@ func (c *Client) RunImageStream(ctx context.Context, model string, frames iter.S
 
 // stream runs one RunImageStream on the worker the balancer picks, a call in flight there
 // until it ends, and returns the stream's error (nil when it ended well or yield stopped it).
+// Close ends it at once.
 func (c *Client) stream(ctx context.Context, model, argsJSON string, frames iter.Seq[Image],
-	window int, yield func(FrameResult, error) bool) error {
+	window int, yield func(FrameResult, error) bool) (err error) {
+	if c.pool.isClosed() {
+		return errorOf(streamMethod, errClosed, 0)
+	}
+	ctx, unbind := c.pool.bind(ctx)
+	defer unbind()
+	defer func() { err = closedIf(ctx, streamMethod, err) }()
 	// No per-call timeout (a video may run for hours): ctx alone bounds the stream; finding
 	// a worker for it takes at most the connect timeout.
 	found, cancel := context.WithTimeout(ctx, c.opts.connectTimeout)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -115,5 +116,69 @@ func TestAWorkerStartedLateIsFoundSoonerThanTheRefreshInterval(t *testing.T) {
 	time.Sleep(time.Second)
 	if f.calls.Load() != calls {
 		t.Fatalf("%d more GetWorkerInfo calls with every worker held", f.calls.Load()-calls)
+	}
+}
+
+// busyWorker is a one-worker ModelService on loopback whose RunText answers only when its
+// caller gives up.
+type busyWorker struct {
+	fakeWorker
+	started chan struct{}
+}
+
+func (f *busyWorker) RunText(ctx context.Context, _ *tmsv1.RunTextRequest) (*tmsv1.RunTextResponse, error) {
+	f.started <- struct{}{}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// isClosedError says whether err is what a call ended by Close, or made after it, returns.
+func isClosedError(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == codes.Canceled && e.Method == "RunText" &&
+		strings.Contains(e.Message, "the client is closed")
+}
+
+func TestCloseEndsTheCallsInFlightAtOnce(t *testing.T) {
+	f := &busyWorker{started: make(chan struct{}, 4)}
+	c := serveFake(t, f)
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, err := c.RunText(context.Background(), "m", "x", nil)
+			errs <- err
+		}()
+	}
+	for range 4 {
+		<-f.started
+	}
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if err := <-errs; !isClosedError(err) {
+			t.Fatalf("a call in flight ended with %v", err)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the calls in flight ended %s after Close, not at once (the timeout is 5 s)", took)
+	}
+}
+
+func TestACallOnAClosedClientFailsAtOnce(t *testing.T) {
+	c := serveFake(t, &fakeWorker{})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := c.RunText(context.Background(), "m", "x", nil)
+	if !isClosedError(err) || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("a call on a closed client: %v after %s", err, time.Since(start))
+	}
+	for _, err = range c.RunImageStream(context.Background(), "m", grayFrames(1), nil) {
+	}
+	if e := (*Error)(nil); !errors.As(err, &e) || e.Code != codes.Canceled || e.Method != streamMethod {
+		t.Fatalf("a stream on a closed client: %v", err)
 	}
 }

@@ -4,10 +4,13 @@
 //
 //	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] load MODEL
 //	tms-go-load [-addr host:port] [-token T] tour IMAGE_MODEL TEXT_MODEL
+//	tms-go-load [-addr host:port] [-token T] [-goroutines N] close MODEL
 //
 // load calls MODEL (whose JSON result holds "pid") from N goroutines for D, or -calls times
 // in all, and prints {"calls", "failures", "pids": {pid: calls}}. tour calls every RPC once,
-// RunImage with every dtype, and prints what came back. Errors go to stderr as
+// RunImage with every dtype, and prints what came back. close starts N calls of MODEL with
+// args {"sleep": 3}, closes the client 300 ms later, makes one more call, and prints how each
+// call ended: {"in_flight": [{"code", "message", "seconds"}], "after": {...}}. Errors go to stderr as
 // "error: <gRPC code>: <message>", with exit status 1.
 package main
 
@@ -71,8 +74,10 @@ func main() {
 			err = load(ctx, client, args[1], *goroutines, *duration, int64(*calls))
 		case len(args) == 3 && args[0] == "tour":
 			err = tour(ctx, client, args[1], args[2])
+		case len(args) == 2 && args[0] == "close":
+			err = closeUnderLoad(ctx, client, args[1], *goroutines)
 		default:
-			err = fmt.Errorf("usage: tms-go-load [flags] load MODEL | tour IMAGE_MODEL TEXT_MODEL")
+			err = fmt.Errorf("usage: tms-go-load [flags] load MODEL | tour IMAGE_MODEL TEXT_MODEL | close MODEL")
 		}
 	}
 	if err != nil {
@@ -190,4 +195,40 @@ func tour(ctx context.Context, client *tmsclient.Client, imageModel, textModel s
 	}
 	out["unknown_model"] = map[string]any{"code": tmsErr.Code.String(), "method": tmsErr.Method}
 	return json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// closeUnderLoad closes client while goroutines calls of model are in flight, then calls it
+// once more, and reports how each call ended and after how long.
+func closeUnderLoad(ctx context.Context, client *tmsclient.Client, model string, goroutines int) error {
+	img, err := tmsclient.FromPixels([]uint8{1, 2, 3, 4}, []int64{2, 2}, tmsv1.ColorOrder_COLOR_ORDER_GRAY)
+	if err != nil {
+		return err
+	}
+	ended := func(err error, since time.Time) map[string]any {
+		return map[string]any{
+			"code": status.Code(err).String(), "message": fmt.Sprint(err),
+			"seconds": time.Since(since).Seconds(),
+		}
+	}
+	errs := make(chan error, goroutines)
+	for range goroutines {
+		go func() {
+			_, err := client.RunImage(ctx, model, img, map[string]any{"sleep": 3})
+			errs <- err
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	closed := time.Now()
+	if err := client.Close(); err != nil {
+		return err
+	}
+	var inFlight []map[string]any
+	for range goroutines {
+		inFlight = append(inFlight, ended(<-errs, closed)) // seconds: after Close
+	}
+	after := time.Now()
+	_, err = client.RunImage(ctx, model, img, nil)
+	return json.NewEncoder(os.Stdout).Encode(map[string]any{
+		"in_flight": inFlight, "after": ended(err, after),
+	})
 }
