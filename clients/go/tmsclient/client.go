@@ -165,7 +165,8 @@ func (c *Client) invoke(ctx context.Context, method, model string,
 
 // pick is the worker of the next attempt: one that has model (any worker when none has it:
 // it then says there is no such model) and, while there are others, not one this call tried.
-// When the client holds no worker it searches (at most every 100 ms) until the deadline.
+// When the client holds no worker it searches (at most every 100 ms) until the deadline,
+// waiting for a search under way no longer than ctx allows.
 func (c *Client) pick(ctx context.Context, model string, tried map[*Worker]bool) (*Worker, error) {
 	for {
 		if w := c.choose(model, tried); w != nil {

@@ -82,7 +82,7 @@ type pool struct {
 	closed  bool
 	whole   bool // the last search found every worker at every address
 
-	searching sync.Mutex // one search at a time
+	searching chan struct{} // one search at a time: holds a token while one runs
 	wake      chan struct{}
 	life      context.Context // cancelled by close: ends the background search
 	end       context.CancelFunc
@@ -106,7 +106,8 @@ func newPool(target string, o options) *pool {
 	return &pool{
 		target: target, opts: o, dial: dial,
 		workers: map[workerKey]*Worker{}, counts: map[string]int32{},
-		wake: make(chan struct{}, 1), life: life, end: end, done: make(chan struct{}),
+		searching: make(chan struct{}, 1), wake: make(chan struct{}, 1),
+		life: life, end: end, done: make(chan struct{}),
 	}
 }
 
@@ -189,10 +190,16 @@ func (p *pool) addresses(ctx context.Context) ([]string, error) {
 // server, at most 4 x workers + 4 attempts per address (8 x workers + 8 at the start: see
 // attempts), or until a connection is not answered once a worker of the address is held
 // (see searchAddress). It returns the error of a server that refused the credentials (waiting
-// would not help) or, when no worker is known after it, the last error.
+// would not help) or, when no worker is known after it, the last error. It waits for a search
+// under way (the background's may wait 5 s for a stalled connection) no longer than ctx
+// allows, and then returns ctx's error.
 func (p *pool) search(ctx context.Context, start bool) error {
-	p.searching.Lock()
-	defer p.searching.Unlock()
+	select {
+	case p.searching <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-p.searching }()
 	addrs, err := p.addresses(ctx)
 	if err != nil {
 		return err

@@ -190,3 +190,33 @@ func TestABackgroundSearchEndsAtAConnectionNotAnswered(t *testing.T) {
 		t.Fatalf("the search opened %d connections", n)
 	}
 }
+
+func TestACallWaitsForASearchUnderWayNoLongerThanItsDeadline(t *testing.T) {
+	// The first connection reaches the live worker; every later one stalls.
+	quickAnswers(t, 100*time.Millisecond)
+	lis := serveStalling(t, &halfStopped{}, func(n int) bool { return n > 0 })
+	c, _, err := dialAt(t, lis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// With the worker dropped the background search runs at once, and waits 5 s for a
+	// stalled connection's answer.
+	before := lis.accepted.Load()
+	c.pool.drop(c.Workers()[0])
+	deadline := time.Now().Add(5 * time.Second)
+	for lis.accepted.Load() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the background search opened no connection")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = c.RunText(ctx, "m", "x", nil)
+	took := time.Since(start)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != codes.Unavailable || took > time.Second {
+		t.Fatalf("a call with a 300 ms deadline failed with %v after %s", err, took)
+	}
+}
