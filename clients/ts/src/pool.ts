@@ -12,7 +12,8 @@
  * deadline. A worker whose call fails UNAVAILABLE, or whose `tms-worker` trailer names another
  * process (grpc-js reconnected its channel and reached another worker), is dropped; the pool
  * looks for missing workers in the background every refreshIntervalMs (every 250 ms while some
- * are missing), at once after a drop, and on demand when a call finds none.
+ * are missing), at once after a drop, and on demand when a call finds none (which waits for a
+ * search under way no longer than its deadline and AbortSignal allow).
  */
 import { Metadata, status } from "@grpc/grpc-js";
 
@@ -89,6 +90,42 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       resolve();
     }, ms);
     signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** `promise`, waited for no longer than `timeoutMs` (then DEADLINE_EXCEEDED) or until `signal`
+ * aborts (then its reason); the promise itself goes on. */
+function within<T>(promise: Promise<T>, timeoutMs: number, signal?: AbortSignal): Promise<T> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const settle = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    };
+    const onAbort = (): void => {
+      settle();
+      reject(signal?.reason);
+    };
+    const expire = (): void => {
+      settle();
+      reject(new TmsError(status.DEADLINE_EXCEEDED, "the call's deadline passed while looking for workers"));
+    };
+    // (no timer without a deadline: setTimeout takes Infinity, or more than 2^31 - 1 ms, as 1)
+    const timer = timeoutMs < 2 ** 31 ? setTimeout(expire, Math.max(0, timeoutMs)) : undefined;
+    signal?.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        settle();
+        resolve(value);
+      },
+      (error: unknown) => {
+        settle();
+        reject(error);
+      },
+    );
   });
 }
 
@@ -296,7 +333,7 @@ export class WorkerPool {
       call.signal?.throwIfAborted();
       try {
         attempts.begin();
-        const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model));
+        const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model, call.signal));
         attempts.tried.add(worker.key);
         const deadline = attempts.wallDeadline();
         return await this.attempt(worker, { path: call.path, data: call.data, deadline, metadata, signal: call.signal });
@@ -309,11 +346,14 @@ export class WorkerPool {
   }
 
   /** When no worker is known: look for workers, but not again within EMPTY_RETRY_GAP_MS of a
-   * search that found none (callers failing fast must not turn into a storm of connections). */
-  private async searchFor(attempts: Attempts, model: string): Promise<Worker<Connection>> {
+   * search that found none (callers failing fast must not turn into a storm of connections).
+   * A search under way (the background's, which may wait seconds on a connection that does not
+   * answer) is waited for no longer than the call's deadline and `signal` allow. */
+  private async searchFor(attempts: Attempts, model: string, signal?: AbortSignal): Promise<Worker<Connection>> {
     let worker: Worker<Connection> | undefined;
     if (performance.now() >= this.searchAfter) {
-      await this.search(Math.min(attempts.remaining(), IDENTIFY_TIMEOUT_MS));
+      const remaining = attempts.remaining();
+      await within(this.search(Math.min(remaining, IDENTIFY_TIMEOUT_MS)), remaining, signal);
       worker = this.take(attempts, model);
     }
     if (worker === undefined) {

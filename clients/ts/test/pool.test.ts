@@ -222,6 +222,30 @@ describe("worker pool", () => {
     workers.close();
   });
 
+  it("waits for a search under way no longer than the call's deadline or signal", async () => {
+    const server = new ScriptedServer([10]);
+    const workers = pool(server, { retry: RetryPolicy.never() });
+    await workers.start();
+    server.pids = [20]; // the server restarted, and its new worker does not answer
+    server.stalled.add(20);
+    await assert.rejects(callPid(workers), (e: TmsError) => e.code === status.UNAVAILABLE); // drops 10
+    // the background search waits five seconds for the stalled worker's answer
+    for (let i = 0; i < 100 && server.asked.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(server.asked.length === 2 && server.asked[1]!.waitMs > 4_000, `asked ${JSON.stringify(server.asked)}`);
+    const call = { path: "/tms.v1.ModelService/RunImage", data: Buffer.alloc(0), model: "" };
+    let started = performance.now();
+    await assert.rejects(workers.call({ ...call, timeoutMs: 200 }), (e: TmsError) => e.code === status.DEADLINE_EXCEEDED);
+    let took = performance.now() - started;
+    assert.ok(took >= 190 && took < 1_000, `took ${took} ms`);
+    started = performance.now();
+    await assert.rejects(workers.call({ ...call, timeoutMs: null, signal: AbortSignal.timeout(200) }), { name: "TimeoutError" });
+    took = performance.now() - started;
+    assert.ok(took >= 190 && took < 1_000, `took ${took} ms`);
+    assert.equal(server.asked.length, 2); // the calls waited for that search, and started none
+    workers.close();
+    server.hangUp();
+  });
+
   it("sends a model's calls only to the workers that have it", async () => {
     const server = new ScriptedServer([10, 11, 12], [], { 10: ["a"], 11: ["a", "b"], 12: ["a"] });
     const workers = pool(server);
