@@ -154,7 +154,8 @@ export class ModelClient {
     return this.pool.start();
   }
 
-  /** Close every connection and stop looking for workers. */
+  /** Close every connection and stop looking for workers. Calls made after it (and start())
+   * reject at once with a TmsError FAILED_PRECONDITION: make a new client to call again. */
   close(): void {
     this.pool.close();
   }

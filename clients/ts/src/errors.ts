@@ -11,7 +11,8 @@
  * (MODEL_NOT_FOUND, INVALID_IMAGE, QUEUE_FULL...). They come from the google.rpc.Status a TMS
  * server attaches to every error (the `grpc-status-details-bin` trailer): its ErrorInfo, its
  * BadRequest and its RetryInfo. A call cancelled through its AbortSignal rejects with the
- * signal's reason instead.
+ * signal's reason instead; a call on a closed client rejects at once with FAILED_PRECONDITION
+ * ("this client is closed").
  */
 import { Metadata, type ServiceError, status } from "@grpc/grpc-js";
 

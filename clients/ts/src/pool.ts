@@ -169,8 +169,12 @@ export class WorkerPool {
 
   /** Find the workers within connectTimeoutMs (waiting for a server that is starting, giving
    * up on a connection that does not answer for another: see find) and start the background
-   * search; once, however often it is called. */
+   * search; once, however often it is called. Once the pool is closed it rejects at once
+   * (FAILED_PRECONDITION), and so do calls and streams, which begin with it. */
   start(): Promise<void> {
+    if (this.closed) {
+      return Promise.reject(new TmsError(status.FAILED_PRECONDITION, "this client is closed; make a new one to call again"));
+    }
     this.started ??= this.firstSearch().catch((error: unknown) => {
       this.started = undefined; // the next call tries again
       throw error;

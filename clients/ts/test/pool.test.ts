@@ -246,6 +246,25 @@ describe("worker pool", () => {
     server.hangUp();
   });
 
+  it("rejects every call at once after close(), saying the client is closed", async () => {
+    const server = new ScriptedServer([10, 11]);
+    const workers = pool(server);
+    await workers.start();
+    workers.close();
+    const opened = server.opened;
+    const closed = (e: TmsError): boolean => e.code === status.FAILED_PRECONDITION && /this client is closed/.test(e.details);
+    const started = performance.now();
+    await assert.rejects(callPid(workers), closed);
+    await assert.rejects(workers.stream({ path: "/tms.v1.ModelService/RunImageStream", model: "", timeoutMs: null }), closed);
+    await assert.rejects(workers.start(), closed);
+    assert.ok(performance.now() - started < 50, `took ${performance.now() - started} ms`);
+    assert.equal(server.opened, opened); // no search
+    const never = pool(server); // closed before it started
+    never.close();
+    await assert.rejects(callPid(never), closed);
+    assert.equal(server.opened, opened);
+  });
+
   it("sends a model's calls only to the workers that have it", async () => {
     const server = new ScriptedServer([10, 11, 12], [], { 10: ["a"], 11: ["a", "b"], 12: ["a"] });
     const workers = pool(server);
