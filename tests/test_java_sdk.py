@@ -159,6 +159,34 @@ def test_a_killed_worker_costs_no_call(server_process: Start, models, example):
     assert set(answer["pids"]) & (after - before), "the restarted worker was found and called"
 
 
+def test_calls_keep_their_deadline_while_the_server_is_down(server_process: Start, models, example):
+    """The whole server is killed under calls of a 500 ms deadline: the background search then
+    waits up to the connect timeout (10 s) on the refused port, and a call that finds no worker
+    waits for that search no longer than its own deadline, then fails."""
+    server = server_process(models, workers=2)
+    supervisor = server.process.pid
+    assert wait_for(lambda: len(children(supervisor)) == 2, 30)
+    command = [*example, "--timeout", "0.5", server.target, "load", "whoami", "--seconds", "6"]
+    calls = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert calls.stderr is not None
+        assert calls.stderr.readline() == "calls flowing\n"
+        time.sleep(0.5)
+        for pid in [supervisor, *children(supervisor)]:
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = calls.communicate(timeout=120)
+    finally:
+        if calls.poll() is None:
+            calls.kill()
+            calls.wait()
+    assert calls.returncode == 0, stderr
+    answer = json.loads(stdout)
+    assert answer["calls"] > 0
+    assert answer["failures"], "calls after the kill found no server"
+    assert all(f.startswith(("DEADLINE_EXCEEDED", "UNAVAILABLE")) for f in answer["failures"])
+    assert answer["longest"] < 3.0, answer  # not the search's 10 s
+
+
 class Lowest:
     """A balancer that sends every call to the worker with the lowest pid."""
 

@@ -15,6 +15,7 @@ import java.util.TreeMap;
 import java.util.TreeSet;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
@@ -26,17 +27,18 @@ import java.util.regex.Pattern;
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET load MODEL
  *     [--threads N] [--calls N | --seconds S]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET stream MODEL [--frames N]
- * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin]
+ * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin] [--timeout S]
  * </pre>
  *
  * {@code models} prints the model names, one a line. {@code load} sends a 2x2 BGR image to MODEL
  * from N threads and prints one JSON line: calls, failures (each "CODE REASON: details"), the pids
- * the results name (the model's {@code "pid"}) and how many calls each answered, and the workers
- * held at the start; it writes "calls flowing" to stderr once every thread has had an answer.
- * {@code stream} sends N 2x2 BGR frames (default 10) to MODEL over one stream and prints one
- * JSON line: the frames answered, the ids of those that failed alone, and the stream's failure
- * ("CODE: details", or null). {@code --attempts} is the client's attempts per call (default 5),
- * {@code --balancer} its balancer (default least-loaded).
+ * the results name (the model's {@code "pid"}) and how many calls each answered, the workers held
+ * at the start, and the longest call in seconds (answered or failed); it writes "calls flowing"
+ * to stderr once every thread has had an answer. {@code stream} sends N 2x2 BGR frames (default
+ * 10) to MODEL over one stream and prints one JSON line: the frames answered, the ids of those
+ * that failed alone, and the stream's failure ("CODE: details", or null). {@code --attempts} is
+ * the client's attempts per call (default 5), {@code --balancer} its balancer (default
+ * least-loaded), {@code --timeout} each call's deadline in seconds (default 20).
  */
 public final class Example {
   private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d+)");
@@ -48,20 +50,21 @@ public final class Example {
     String token = option(rest, "--token", null);
     int attempts = Integer.parseInt(option(rest, "--attempts", "5"));
     String balancer = option(rest, "--balancer", "least-loaded");
+    double timeout = Double.parseDouble(option(rest, "--timeout", "20"));
     int threads = Integer.parseInt(option(rest, "--threads", "4"));
     int calls = Integer.parseInt(option(rest, "--calls", "0"));
     double seconds = Double.parseDouble(option(rest, "--seconds", "0"));
     int frames = Integer.parseInt(option(rest, "--frames", "10"));
     if (rest.size() < 2) {
       System.err.println(
-          "usage: Example [--token T] [--attempts N] [--balancer B] TARGET models"
+          "usage: Example [--token T] [--attempts N] [--balancer B] [--timeout S] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]"
               + " | stream MODEL [--frames N]");
       System.exit(2);
     }
     TmsClient.Builder builder =
         TmsClient.builder(rest.get(0))
-            .timeout(Duration.ofSeconds(20))
+            .timeout(Duration.ofNanos((long) (timeout * 1e9)))
             .attempts(attempts)
             .balancer(
                 switch (balancer) {
@@ -122,6 +125,7 @@ public final class Example {
     long end = System.nanoTime() + (long) (seconds * 1e9);
     AtomicInteger started = new AtomicInteger();
     AtomicInteger done = new AtomicInteger();
+    AtomicLong longest = new AtomicLong();
     Map<Long, Integer> pids = new ConcurrentHashMap<>();
     List<String> failures = Collections.synchronizedList(new ArrayList<>());
     List<Thread> running = new ArrayList<>();
@@ -130,6 +134,7 @@ public final class Example {
           new Thread(
               () -> {
                 while (calls > 0 ? started.getAndIncrement() < calls : System.nanoTime() < end) {
+                  long began = System.nanoTime();
                   try {
                     Matcher pid = PID.matcher(client.runImage(model, image, "{}"));
                     if (pid.find()) {
@@ -138,6 +143,8 @@ public final class Example {
                     done.incrementAndGet();
                   } catch (TmsException error) {
                     failures.add(error.getMessage());
+                  } finally {
+                    longest.accumulateAndGet(System.nanoTime() - began, Math::max);
                   }
                 }
               });
@@ -156,6 +163,7 @@ public final class Example {
     StringJoiner byPid = new StringJoiner(", ", "{", "}");
     new TreeMap<>(pids).forEach((pid, n) -> byPid.add("\"" + pid + "\": " + n));
     json.append(new TreeSet<>(pids.keySet())).append(", \"calls_by_pid\": ").append(byPid);
+    json.append(", \"longest\": ").append(longest.get() / 1e9);
     json.append(", \"failures\": [");
     synchronized (failures) {
       for (int i = 0; i < failures.size(); i++) {
@@ -176,6 +184,16 @@ public final class Example {
   }
 
   private static String quote(String text) {
-    return "\"" + text.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n") + "\"";
+    StringBuilder quoted = new StringBuilder("\"");
+    for (char c : text.toCharArray()) {
+      if (c == '"' || c == '\\') {
+        quoted.append('\\').append(c);
+      } else if (c < 0x20) {
+        quoted.append(String.format("\\u%04x", (int) c)); // a newline, a tab in gRPC's details
+      } else {
+        quoted.append(c);
+      }
+    }
+    return quoted.append('"').toString();
   }
 }

@@ -49,7 +49,9 @@ import java.util.logging.Logger;
  * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server; a worker
  * that does not answer, a stalled one, costs it about a second) and finds the workers. Each call
  * goes to a worker that serves its model, the one the {@link Balancer} picks (least-loaded by
- * default). Each call has a deadline ({@link Builder#timeout}), retries included;
+ * default). Each call has a deadline ({@link Builder#timeout}), retries included, and waits for
+ * a search for workers under way (the background's may take the whole connect timeout on a server
+ * that is down) no longer than that;
  * a call that fails with UNAVAILABLE or CANCELLED (its worker went away, or a stopping server
  * cancelled it), or because its connection broke under it, is retried on another worker, and that
  * worker is dropped.

@@ -24,6 +24,7 @@ import java.util.List;
 import java.util.Optional;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.ReentrantLock;
 import java.util.function.Supplier;
 
 /**
@@ -134,7 +135,7 @@ final class WorkerPool implements AutoCloseable {
   private final Supplier<ManagedChannel> channels;
   private final Duration connectTimeout;
   private final Balancer balancer;
-  private final Object discovering = new Object();
+  private final ReentrantLock discovering = new ReentrantLock(); // one search at a time
   private volatile List<Member> members = List.of();
   private volatile int expected; // worker_count last reported, 0 before any
   private volatile boolean closed;
@@ -184,9 +185,22 @@ final class WorkerPool implements AutoCloseable {
    * connection all the time left, and ends at the first that does not answer once a worker is
    * held. Throws when nothing is held and the server refused (a bad token, say), or nothing
    * answered in time.
+   *
+   * <p>A search under way (the background's, which may wait the whole connect timeout on a server
+   * that is down) is waited for until {@code deadline} at most; then this one returns having found
+   * nothing, so that a call keeps its deadline.
    */
   void discover(Deadline deadline, boolean start) {
-    synchronized (discovering) {
+    long remaining = deadline.timeRemaining(TimeUnit.NANOSECONDS);
+    try {
+      if (!discovering.tryLock(remaining, TimeUnit.NANOSECONDS)) {
+        return;
+      }
+    } catch (InterruptedException interrupted) {
+      Thread.currentThread().interrupt();
+      return;
+    }
+    try {
       Deadline limit =
           Deadline.after(connectTimeout.toNanos(), TimeUnit.NANOSECONDS).minimum(deadline);
       int attempts = 0;
@@ -236,6 +250,8 @@ final class WorkerPool implements AutoCloseable {
       if (members.isEmpty() && last != null && !closed) {
         throw TmsException.from(last); // the attempts ran out, and none answered
       }
+    } finally {
+      discovering.unlock();
     }
   }
 
