@@ -187,6 +187,15 @@ def test_calls_keep_their_deadline_while_the_server_is_down(server_process: Star
     assert answer["longest"] < 3.0, answer  # not the search's 10 s
 
 
+def test_a_closed_client_says_so(server_process: Start, models, example):
+    """A call, or a stream, after close() fails at once FAILED_PRECONDITION, saying why."""
+    server = server_process(models, workers=2)
+    answer = example_json(example, server.target, "closed", "whoami")
+    closed = "FAILED_PRECONDITION: this client is closed; make a new one to call again"
+    assert answer["call"] == answer["stream"] == closed
+    assert answer["seconds"] < 1
+
+
 class Lowest:
     """A balancer that sends every call to the worker with the lowest pid."""
 

@@ -27,6 +27,7 @@ import java.util.regex.Pattern;
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET load MODEL
  *     [--threads N] [--calls N | --seconds S]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET stream MODEL [--frames N]
+ * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET closed MODEL
  * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin] [--timeout S]
  * </pre>
  *
@@ -36,8 +37,10 @@ import java.util.regex.Pattern;
  * at the start, and the longest call in seconds (answered or failed); it writes "calls flowing"
  * to stderr once every thread has had an answer. {@code stream} sends N 2x2 BGR frames (default
  * 10) to MODEL over one stream and prints one JSON line: the frames answered, the ids of those
- * that failed alone, and the stream's failure ("CODE: details", or null). {@code --attempts} is
- * the client's attempts per call (default 5), {@code --balancer} its balancer (default
+ * that failed alone, and the stream's failure ("CODE: details", or null). {@code closed} closes
+ * the client, then calls MODEL and opens a stream to it, and prints one JSON line: the call's and
+ * the stream's failures ("CODE: details", or null) and the seconds both took. {@code --attempts}
+ * is the client's attempts per call (default 5), {@code --balancer} its balancer (default
  * least-loaded), {@code --timeout} each call's deadline in seconds (default 20).
  */
 public final class Example {
@@ -59,7 +62,7 @@ public final class Example {
       System.err.println(
           "usage: Example [--token T] [--attempts N] [--balancer B] [--timeout S] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]"
-              + " | stream MODEL [--frames N]");
+              + " | stream MODEL [--frames N] | closed MODEL");
       System.exit(2);
     }
     TmsClient.Builder builder =
@@ -81,6 +84,7 @@ public final class Example {
             client.listModels().stream().map(ModelInfo::getName).forEach(System.out::println);
         case "load" -> load(client, rest.get(2), threads, calls, seconds);
         case "stream" -> stream(client, rest.get(2), frames);
+        case "closed" -> closed(client, rest.get(2));
         default -> throw new IllegalArgumentException("unknown command " + rest.get(1));
       }
     } catch (TmsException error) {
@@ -116,6 +120,26 @@ public final class Example {
     System.out.println(
         "{\"answered\": " + answered + ", \"failed\": " + failed + ", \"failure\": " + failure
             + "}");
+  }
+
+  private static void closed(TmsClient client, String model) {
+    client.close();
+    long began = System.nanoTime();
+    String call = null;
+    try {
+      client.runImage(model, TINY, "{}");
+    } catch (TmsException error) {
+      call = quote(error.code() + ": " + error.details());
+    }
+    String stream = null;
+    try (FrameStream results = client.runImageStream(model, List.of(TINY).iterator(), "{}")) {
+      results.forEachRemaining(result -> {});
+    } catch (TmsException error) {
+      stream = quote(error.code() + ": " + error.details());
+    }
+    double seconds = (System.nanoTime() - began) / 1e9;
+    System.out.println(
+        "{\"call\": " + call + ", \"stream\": " + stream + ", \"seconds\": " + seconds + "}");
   }
 
   private static void load(TmsClient client, String model, int threads, int calls, double seconds)

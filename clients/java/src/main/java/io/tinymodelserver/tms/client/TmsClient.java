@@ -342,7 +342,10 @@ public final class TmsClient implements AutoCloseable {
     return argsJson == null ? "" : argsJson;
   }
 
-  /** Close every channel and stop looking for workers. */
+  /**
+   * Close every channel and stop looking for workers. A call made after it fails at once:
+   * FAILED_PRECONDITION, "this client is closed; make a new one to call again".
+   */
   @Override
   public void close() {
     refresher.shutdownNow();

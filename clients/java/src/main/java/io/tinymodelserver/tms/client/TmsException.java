@@ -17,8 +17,8 @@ import java.util.Optional;
 /**
  * A call that failed: the gRPC status code and the server's details (NOT_FOUND for an unknown
  * model, INVALID_ARGUMENT for a bad image or args, UNAUTHENTICATED for a missing or wrong token,
- * UNAVAILABLE when no worker answered, DEADLINE_EXCEEDED after the client's timeout). The gRPC
- * exception is the cause.
+ * UNAVAILABLE when no worker answered, DEADLINE_EXCEEDED after the client's timeout,
+ * FAILED_PRECONDITION for a call on a closed client). The gRPC exception, if any, is the cause.
  *
  * <p>The server attaches structured details to every error status (see the comment above {@code
  * service ModelService} in proto/tms/v1/model_service.proto): a {@code google.rpc.ErrorInfo}

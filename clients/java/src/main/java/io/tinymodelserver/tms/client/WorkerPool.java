@@ -149,12 +149,14 @@ final class WorkerPool implements AutoCloseable {
   /**
    * The worker the balancer picks of those that serve {@code model} (a model placed on some workers
    * only is called there; when none has it, any worker answers that it has no such model),
-   * discovering workers first when none is held.
+   * discovering workers first when none is held; FAILED_PRECONDITION at once when closed.
    */
   Member pick(Deadline deadline, String model) {
+    checkOpen();
     List<Member> now = members;
     if (now.isEmpty()) {
       discover(deadline, false);
+      checkOpen(); // closed while it searched
       now = members;
       if (now.isEmpty()) {
         throw new TmsException(Status.Code.UNAVAILABLE, "no worker of the server answered", null);
@@ -163,6 +165,15 @@ final class WorkerPool implements AutoCloseable {
     List<Member> having = now.stream().filter(member -> member.worker().has(model)).toList();
     List<Member> from = having.isEmpty() ? now : having;
     return balancer.pick(from);
+  }
+
+  private void checkOpen() {
+    if (closed) {
+      throw new TmsException(
+          Status.Code.FAILED_PRECONDITION,
+          "this client is closed; make a new one to call again",
+          null);
+    }
   }
 
   /** Whether some worker the server reported is not held (a restarted one, say). */
