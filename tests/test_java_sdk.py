@@ -132,25 +132,35 @@ def test_calls_land_on_every_worker(server_process: Start, models, example):
     assert set(answer["pids"]) == set(children(server.process.pid))
 
 
-def test_a_killed_worker_costs_no_call(server_process: Start, models, example):
-    server = three_workers(server_process, models)
-    supervisor = server.process.pid
-    before = set(children(supervisor))
-    command = [*example, server.target, "load", "whoami", "--threads", "6", "--seconds", "8"]
+def _load_while(command: list[str], during: Callable[[], None]) -> dict[str, Any]:
+    """Run the example's ``load`` ``command``, and ``during()`` once its calls flow; its
+    JSON answer."""
     calls = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert calls.stderr is not None
         assert calls.stderr.readline() == "calls flowing\n"
-        time.sleep(1)  # calls on every worker
-        victim = sorted(before)[0]
-        os.kill(victim, signal.SIGKILL)
+        during()
         stdout, stderr = calls.communicate(timeout=120)
     finally:
         if calls.poll() is None:
             calls.kill()
             calls.wait()
     assert calls.returncode == 0, stderr
-    answer = json.loads(stdout)
+    return dict(json.loads(stdout))
+
+
+def test_a_killed_worker_costs_no_call(server_process: Start, models, example):
+    server = three_workers(server_process, models)
+    supervisor = server.process.pid
+    before = set(children(supervisor))
+    command = [*example, server.target, "load", "whoami", "--threads", "6", "--seconds", "8"]
+    victim = sorted(before)[0]
+
+    def kill() -> None:
+        time.sleep(1)  # calls on every worker
+        os.kill(victim, signal.SIGKILL)
+
+    answer = _load_while(command, kill)
     assert answer["failures"] == []
     assert answer["calls"] > 0  # calls were made; how many in 8 s is the machine's business
     assert victim in answer["pids"]
@@ -167,20 +177,13 @@ def test_calls_keep_their_deadline_while_the_server_is_down(server_process: Star
     supervisor = server.process.pid
     assert wait_for(lambda: len(children(supervisor)) == 2, 30)
     command = [*example, "--timeout", "0.5", server.target, "load", "whoami", "--seconds", "6"]
-    calls = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert calls.stderr is not None
-        assert calls.stderr.readline() == "calls flowing\n"
+
+    def kill() -> None:
         time.sleep(0.5)
         for pid in [supervisor, *children(supervisor)]:
             os.kill(pid, signal.SIGKILL)
-        stdout, stderr = calls.communicate(timeout=120)
-    finally:
-        if calls.poll() is None:
-            calls.kill()
-            calls.wait()
-    assert calls.returncode == 0, stderr
-    answer = json.loads(stdout)
+
+    answer = _load_while(command, kill)
     assert answer["calls"] > 0
     assert answer["failures"], "calls after the kill found no server"
     assert all(f.startswith(("DEADLINE_EXCEEDED", "UNAVAILABLE")) for f in answer["failures"])

@@ -288,13 +288,18 @@ LATE = """
 """
 
 
-def _late_server(server_process, tmp_path):
-    """Two workers; "late" loaded on one, on both after the next reload of it."""
-    models = write_models(tmp_path / "models", {"alpha": GOOD, "late": LATE})
+def _admin_server(server_process, tmp_path, sources):
+    """Two workers serving ``sources`` (and alpha), admin on; the server and its folder."""
+    models = write_models(tmp_path / "models", {"alpha": GOOD, **sources})
     tokens = tmp_path / "admin_tokens"
     tokens.write_text(ADMIN_TOKEN + "\n")
     args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
-    server = server_process(models, workers=2, args=args)
+    return server_process(models, workers=2, args=args), models
+
+
+def _late_server(server_process, tmp_path):
+    """Two workers; "late" loaded on one, on both after the next reload of it."""
+    server, models = _admin_server(server_process, tmp_path, {"late": LATE})
 
     def reload() -> None:
         (models / "late" / "ready").touch()
@@ -366,11 +371,7 @@ def test_calls_leave_a_worker_a_reload_takes_a_model_off_at_once(server_process,
     # has reloaded until the client asks it again which models it serves: that now happens
     # at its first answer saying it has done the reload, not at the next round of the
     # background search (2 s later), which could have asked it before it had done it.
-    models = write_models(tmp_path / "models", {"alpha": GOOD, "moved": MOVED})
-    tokens = tmp_path / "admin_tokens"
-    tokens.write_text(ADMIN_TOKEN + "\n")
-    args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
-    server = server_process(models, workers=2, args=args)
+    server, models = _admin_server(server_process, tmp_path, {"moved": MOVED})
     failures: list[float] = []
     stop = threading.Event()
     with ModelClient("moved", server.target, balancer=RoundRobin()) as client:
