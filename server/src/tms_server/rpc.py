@@ -56,6 +56,7 @@ from tms_server.errors import (
 from tms_server.load import WorkerLoad
 from tms_server.logs import log_call
 from tms_server.metrics import WorkerMetrics
+from tms_server.security import TokenFile, bearer_token
 from tms_server.stalls import Context, StallWatch
 from tms_server.tracing import end_call_span, start_call_span
 
@@ -143,9 +144,9 @@ class Worker:
     log_requests: bool = field(default=False, kw_only=True)
     max_streams: int = field(default=256, kw_only=True)  # open at once (--max-streams)
     streams: int = field(default=0, init=False)  # open now
-    #: Whether a call's metadata still bears a valid token (--tokens-file): a stream is
-    #: asked again at each message, so that a token taken out of the file ends it.
-    allowed: Callable[[Metadata | None], bool] | None = field(default=None, kw_only=True)
+    #: The call tokens (--tokens-file), which a stream's token must still be one of at each
+    #: of its messages: a token taken out of the file ends it.
+    tokens: TokenFile | None = field(default=None, kw_only=True)
 
     def begin(self, rpc: str, path: str, metadata: Metadata | None, model: str = "") -> CallInfo:
         """A call that starts: its CallInfo (the caller's request id or a new one), current in
@@ -287,11 +288,12 @@ class Stream(Generic[Q]):
             model = _model_of(request)
             self._call.model = model.decode(errors="replace") if model else ""
             self._key = (self._method.name, self._call.model)
-        allowed, metadata = self._worker.allowed, context.invocation_metadata()
+        tokens = self._worker.tokens
+        token = bearer_token(context.invocation_metadata()) if tokens is not None else None
         while request is not grpc.aio.EOF:
             if self._worker.load.draining:
                 raise Unavailable("this worker is shutting down; open the stream again")
-            if allowed is not None and not allowed(metadata):
+            if tokens is not None and not tokens.accepts(token):
                 raise Unauthenticated(
                     "the token this stream was opened with is no longer valid here; open it "
                     "again with a valid one"

@@ -77,7 +77,7 @@ def new_grpc_server(
     if settings.tokens_file is not None:
         tokens = security.TokenFile(settings.tokens_file, "tokens_file")
         interceptors.append(security.TokenInterceptor(tokens))
-        worker.allowed = lambda metadata: tokens.accepts(security.bearer_token(metadata))
+        worker.tokens = tokens
     server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     add_service(
         server,
