@@ -19,7 +19,7 @@ from tms_server.batching import MAX_BATCH_DELAY, BatchSettings
 from tms_server.cpus import available_cpus
 from tms_server.devices import CPU, DeviceError, assign, check_devices
 
-__all__ = ["Settings", "parse_settings"]
+__all__ = ["DEFAULT_MODELS", "Settings", "parse_settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
@@ -50,6 +50,10 @@ def _meta(
 def _split_list(text: str) -> tuple[str, ...]:
     """A comma-separated list: "cuda:0, cuda:1" -> ("cuda:0", "cuda:1")."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+#: The models folder when none is given: ``models`` in the working directory.
+DEFAULT_MODELS = Path("models")
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ class Settings:
         ),
     )
     models: Path = field(
-        default=Path("models"), metadata=_meta("the models folder (sub-folders with class Model)")
+        default=DEFAULT_MODELS, metadata=_meta("the models folder (sub-folders with class Model)")
     )
     entry_points: bool = field(
         default=True, metadata=_meta("also load models registered under the tms.models entry point")

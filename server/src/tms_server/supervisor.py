@@ -29,7 +29,7 @@ from tms_server.board import WorkerBoard
 from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
 from tms_server.registry import find_models
-from tms_server.settings import Settings
+from tms_server.settings import DEFAULT_MODELS, Settings
 from tms_server.signals import StopFlag, stop_on_signals
 from tms_server.worker import EXIT_HUNG, run_worker
 
@@ -143,7 +143,7 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
         check_visible(self.settings.devices, os.environ)  # DeviceError before anything starts
-        given = self.settings.models != Settings().models  # the default may be missing
+        given = self.settings.models != DEFAULT_MODELS  # the default may be missing
         find_models(self.settings.models, self.settings.entry_points, folder_given=given)
         stop_on_signals(self._stop)
         sock, port = reserve_port(self.settings.host, self.settings.port)
