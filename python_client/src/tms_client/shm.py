@@ -90,6 +90,7 @@ MIN_REGION = 1 << 20
 ATTACH_TIMEOUT = 5.0
 DETACH_TIMEOUT = 1.0
 _ALIGN = 64  # each image starts at a multiple of it
+_NAME_BYTES = 16  # random bytes in a region's name: "/tms-" and their 32 hex digits
 _ATTACH = method_path("AttachSharedMemory")
 _STREAM = method_path("RunImageStream")
 _DETACH = method_path("DetachSharedMemory")
@@ -142,7 +143,7 @@ class Region:
     """One region this client made, mapped here, and (once ``id`` is set) by one worker."""
 
     def __init__(self, size: int) -> None:
-        self.name = f"/tms-{secrets.token_hex(16)}"
+        self.name = f"/tms-{secrets.token_hex(_NAME_BYTES)}"
         self.size = size
         self.proof = secrets.token_bytes(32)
         self.id = ""  # the worker's id for it, once attached
@@ -375,7 +376,7 @@ def _refuses(error: CallError) -> bool:
 #: a name older than this is a leftover of a client killed in between.
 LEFTOVER_SECONDS = 60.0
 #: The names ``Region`` makes, as /dev/shm lists them.
-_OURS = re.compile(r"tms-[0-9a-f]{32}")
+_OURS = re.compile(rf"tms-[0-9a-f]{{{2 * _NAME_BYTES}}}")
 
 
 def sweep(now: float | None = None) -> list[str]:
