@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
 from tms.v1 import model_service_pb2
 from tms_server import __version__
@@ -92,6 +93,17 @@ class InProcessServer:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.running.port}"
+
+
+def digit_scans() -> tuple[list[Any], Any]:
+    """scikit-learn's 1,797 scans of handwritten digits (what examples/models/digits learns
+    from) as a user would send them: 32x32 grayscale uint8 images, dark ink on white (each 8x8
+    count of ink spread back over the 4x4 pixels it counted), and their digits."""
+    import sklearn.datasets  # noqa: PLC0415 - seconds to import: only where it is used
+
+    scans = sklearn.datasets.load_digits()
+    images = 255 - np.rint(scans.images * (255 / 16)).astype(np.uint8)
+    return [np.kron(image, np.ones((4, 4), np.uint8)) for image in images], scans.target
 
 
 def start_in_process(

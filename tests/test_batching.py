@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.support import EXAMPLE_MODELS, start_process, write_models
+from tests.support import EXAMPLE_MODELS, digit_scans, start_process, write_models
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_cli.__main__ import main as cli_main
 from tms_client import InvalidInputError, ModelClient, ModelFailedError
@@ -404,3 +404,23 @@ def test_upright_gives_the_same_results_batched_as_one_at_a_time(in_process_serv
     assert [r["angle"] for r in alone] == [0, 0, 0, 180, 180, 180]
     assert [r["angle"] for r in batched] == [r["angle"] for r in alone]
     assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in alone], abs=1e-5)
+
+
+def test_digits_gives_the_same_results_batched_as_one_at_a_time(in_process_server, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "digits").symlink_to(EXAMPLE_MODELS / "digits", target_is_directory=True)
+    scans, truth = digit_scans()
+    images = scans[:48]
+    server = in_process_server(models)
+    assert model_info(server.target, "digits").max_batch_size == 16
+    off = in_process_server(models, model_max_batch_delay_ms=("digits=off",))
+    with ModelClient("digits", off.target, connect_timeout=5) as client:
+        alone = [client.run_image(image) for image in images]
+    with (
+        ModelClient("digits", server.target, connect_timeout=5) as client,
+        ThreadPoolExecutor(16) as pool,
+    ):
+        batched = list(pool.map(client.run_image, images))
+    assert [r["digit"] for r in alone] == list(truth[:48])
+    assert batched == alone

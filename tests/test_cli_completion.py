@@ -21,7 +21,7 @@ import pytest
 from tms_cli.__main__ import main
 
 COMMANDS = ["models", "info", "health", "workers", "run", "run-i2i", "text", "bench", "completion"]
-EXAMPLE_MODELS = ["edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
+EXAMPLE_MODELS = ["digits", "edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
 GLOBAL_OPTIONS = [
     "--target",
     "--timeout",

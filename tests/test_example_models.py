@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
 import tms_server
+from tests.support import digit_scans
 from tms_server.devices import Placement
 from tms_server.registry import import_model_class, instantiate
 
@@ -68,6 +69,11 @@ def mean():
 @pytest.fixture(scope="module")
 def upright():
     return load_model("upright")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_model("digits")
 
 
 def astronaut_bgr() -> np.ndarray:
@@ -297,6 +303,46 @@ def test_upright_asks_for_cuda_on_a_gpu_worker_and_says_what_it_got(monkeypatch,
     assert "upright: worker 1 runs on CPUExecutionProvider (device cuda:0" in caplog.text
 
 
+# --- digits
+
+
+def test_digits_reads_the_scans_it_was_trained_on_and_batches_alike(digits):
+    images, truth = digit_scans()
+    one_at_a_time = [digits.run(readonly(image), {}) for image in images[:64]]
+    assert digits.run_batch([readonly(image) for image in images[:64]], {}) == one_at_a_time
+    batched = [
+        result
+        for start in range(0, len(images), 16)
+        for result in digits.run_batch(
+            [readonly(image) for image in images[start : start + 16]], {}
+        )
+    ]
+    read = np.array([result["digit"] for result in batched])
+    assert (read == truth).mean() > 0.99  # its training scans, read back through 32x32 images
+    assert {type(result["digit"]) for result in batched} == {int}
+    assert all(0 < result["score"] <= 1 for result in batched)
+
+
+def test_digits_reads_a_scan_at_any_size(digits):
+    images, truth = digit_scans()
+    image, digit = images[5], truth[5]
+    for side in (8, 24, 64, 200):
+        scaled = cv2.resize(image, (side, side), interpolation=cv2.INTER_NEAREST)
+        assert digits.run(readonly(scaled), {})["digit"] == digit
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((32, 32, 3), np.uint8), "expected a grayscale image"),
+        (np.zeros((0, 32), np.uint8), "empty image"),
+    ],
+)
+def test_digits_refuses_what_it_cannot_read(digits, image, message):
+    with pytest.raises(tms_server.InvalidInput, match=message):
+        digits.run_batch([readonly(np.zeros((32, 32), np.uint8)), readonly(image)], {})
+
+
 # --- text stats
 
 
@@ -361,7 +407,16 @@ def test_mean_is_the_numpy_mean(mean, image):
 def test_declarations():
     declared = {
         name: load_model(name)
-        for name in ("face", "edges", "optical_flow", "ocr", "text_stats", "mean", "upright")
+        for name in (
+            "face",
+            "edges",
+            "optical_flow",
+            "ocr",
+            "text_stats",
+            "mean",
+            "upright",
+            "digits",
+        )
     }
     # The cascade and RapidOCR keep per-call state in the instance; the others do not.
     assert {name for name, model in declared.items() if not model.thread_safe} == {"face", "ocr"}
@@ -393,6 +448,7 @@ def test_declarations():
         ("text_stats", {"top": "5"}, "top must be an integer"),
         ("text_stats", {"n": 5}, "unknown args"),
         ("upright", {"min_score": 0.5}, "upright takes none"),
+        ("digits", {"top": 3}, "digits takes none"),
     ],
 )
 def test_bad_args_raise_invalid_input(request, name, args, message):
@@ -405,6 +461,8 @@ def call(name: str, model: Any, args: dict[str, Any]) -> Any:
     """Call ``model`` on input it accepts, with ``args``."""
     if name == "text_stats":
         return model.run("some text", args)
+    if name == "digits":
+        return model.run(readonly(data.camera()), args)
     if name in ("edges", "optical_flow"):
         camera = readonly(data.camera())
         return model.run_image_to_image([camera, camera], args)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
+from tests.support import digit_scans
 from tms_client import InvalidInputError, ModelClient
 
 # Where the astronaut's face is in skimage's 512x512 photo (x, y, width, height).
@@ -35,7 +36,16 @@ def jpeg_bytes(rgb: np.ndarray) -> bytes:
 def test_list_models(target):
     with ModelClient("face", target) as client:
         names = [m.name for m in client.list_models()]
-    assert names == ["edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
+    assert names == [
+        "digits",
+        "edges",
+        "face",
+        "mean",
+        "ocr",
+        "optical_flow",
+        "text_stats",
+        "upright",
+    ]
 
 
 def test_face_from_every_kind_of_input(target, astronaut_bgr, tmp_path):
@@ -119,3 +129,18 @@ def test_mean(target):
     image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     with ModelClient("mean", target) as client:
         assert client.run_image(image)["mean"] == pytest.approx(float(image.mean()))
+
+
+def test_digits_reads_scans_sent_every_way(target, tmp_path):
+    scans, truth = digit_scans()
+    gray, digit = scans[7], int(truth[7])
+    path = tmp_path / "digit.png"
+    Image.fromarray(gray).save(path)
+    bgr = np.dstack([gray] * 3)  # the server turns it gray, as the model declares
+    with ModelClient("digits", target) as client:
+        for image in (gray, bgr, Image.fromarray(gray), path):
+            assert client.run_image(image)["digit"] == digit
+        results = client.run_images(scans[:16])  # max_batch_size a call
+        with pytest.raises(InvalidInputError, match="expected to be empty"):
+            client.run_image(gray, args={"top": 3})
+    assert [r["digit"] for r in results] == list(truth[:16])

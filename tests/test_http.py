@@ -154,6 +154,7 @@ def test_server_and_model_metadata(base):
     assert http(f"{base}/v2/models/face/versions/1").json() == face
     listed = http(f"{base}/v2/models").json()["models"]
     assert [m["name"] for m in listed] == [
+        "digits",
         "edges",
         "face",
         "mean",
@@ -162,7 +163,7 @@ def test_server_and_model_metadata(base):
         "text_stats",
         "upright",
     ]
-    assert listed[1] == face
+    assert listed[2] == face
     edges = http(f"{base}/v2/models/edges").json()
     assert [o["name"] for o in edges["outputs"]] == ["OUTPUT_IMAGE", "RESULT"]
 

@@ -148,7 +148,16 @@ def test_example_models_in_worker_processes(server_process, astronaut_bgr):
             faces = client.run_image(astronaut_bgr)["faces"]
             assert len(faces) == 1
         names = [m.name for m in client.list_models()]
-    assert names == ["edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
+    assert names == [
+        "digits",
+        "edges",
+        "face",
+        "mean",
+        "ocr",
+        "optical_flow",
+        "text_stats",
+        "upright",
+    ]
 
 
 def test_help_documents_every_environment_variable():

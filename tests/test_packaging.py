@@ -104,7 +104,7 @@ def test_stubs_are_typed_and_a_live_server_answers(venv, example_server, tmp_pat
         "print(user_code.mean_over_client(sys.argv[1]))"
     )
     out = run(venv, "-c", script, example_server.target, cwd=tmp_path).split()
-    assert out == ["edges,face,mean,ocr,optical_flow,text_stats,upright", "3.0"]
+    assert out == ["digits,edges,face,mean,ocr,optical_flow,text_stats,upright", "3.0"]
     site = Path(run(venv, "-c", "import tms, sys; print(tms.__path__[0])").strip())
     assert (site / "py.typed").is_file()
     assert (site / "v1" / "model_service_pb2.pyi").is_file()
