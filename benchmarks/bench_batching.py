@@ -1,20 +1,21 @@
-"""Benchmark: dynamic batching on the ``upright`` model (ONNX Runtime), on against off.
+"""Benchmark: dynamic batching on the ``digits`` model (scikit-learn), on against off.
 
-One run starts two real ``tms-server`` processes serving examples/models/upright alike (the
+One run starts two real ``tms-server`` processes serving examples/models/digits alike (the
 same workers and threads), one with the model's dynamic batching (its ``max_batch_delay``,
-or ``--delay-ms``) and one with it off (``--model-max-batch-delay-ms upright=off``), and
-drives both with the same load loop: ``tms_client.ModelClient("upright", target)
-.run_image(line)``, a line of text as a BGR array, from 1 and from 16 threads. For every
-concurrency it warms both up, then measures them in alternating slices (batched, off, off,
-batched, ...) so that drift on a noisy machine hits both alike, and reports p50/p99 latency,
-throughput and the ratios batched/off as a Markdown table.
+or ``--delay-ms``) and one with it off (``--model-max-batch-delay-ms digits=off``), and
+drives both with the same load loop: ``tms_client.ModelClient("digits", target)
+.run_image(scan)``, a scan of a handwritten digit as a grayscale array, from 1 and from 16
+threads. For every concurrency it warms both up, then measures them in alternating slices
+(batched, off, off, batched, ...) so that drift on a noisy machine hits both alike, and
+reports p50/p99 latency, throughput and the ratios batched/off as a Markdown table.
 
     python3 -m uv run python benchmarks/bench_batching.py [--out benchmarks/RESULTS.md]
 
-``--out`` writes (or replaces) the "Dynamic batching" section of that file (with
-``--model fixed_cost``, the "Dynamic batching, fixed-cost model" section): ``fixed_cost``
-stands for a model on an accelerator, whose every run costs the same however many images it
-takes, to show what the batching itself can give apart from the model.
+``--out`` writes (or replaces) the "Dynamic batching" section of that file (with another
+``--model``, a section of its own). ``--model upright``: the ONNX Runtime example, a
+convolutional network that costs as much per image in a batch as alone on a CPU.
+``--model fixed_cost`` stands for a model on an accelerator, whose every run costs the same
+however many images it takes, to show what the batching itself can give apart from the model.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
@@ -70,6 +72,12 @@ class Model(tms_server.Model):
 START_TIMEOUT = 120.0
 CALL_TIMEOUT = 30.0
 SYSTEMS = ("batched", "off")
+#: Per model: its section's heading in --out's file, and what it is.
+MODELS = {
+    "digits": (SECTION, "(a scikit-learn random forest, CPU)"),
+    "upright": (f"{SECTION}, upright", "(ONNX Runtime, CPU)"),
+    "fixed_cost": (f"{SECTION}, fixed-cost model", "(20 ms a run, waiting: see the script)"),
+}
 
 
 def text_line() -> npt.NDArray[np.uint8]:
@@ -77,6 +85,27 @@ def text_line() -> npt.NDArray[np.uint8]:
     line = np.full((32, 200, 3), 255, np.uint8)
     cv2.putText(line, "Tiny Model Server", (4, 23), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2)
     return line
+
+
+def digit_scan() -> tuple[npt.NDArray[np.uint8], int]:
+    """The first of scikit-learn's scans of handwritten digits as a 32x32 grayscale image,
+    dark on white (as tests/support.py's digit_scans), and its digit."""
+    import sklearn.datasets  # noqa: PLC0415 - seconds to import: only for --model digits
+
+    scans = sklearn.datasets.load_digits()
+    scan = 255 - np.rint(scans.images[0] * (255 / 16)).astype(np.uint8)
+    return np.kron(scan, np.ones((4, 4), np.uint8)), int(scans.target[0])
+
+
+def call_input(model: str) -> tuple[npt.NDArray[np.uint8], str, Callable[[Any], bool]]:
+    """What every call sends to ``model``, its description, and a check of the answer."""
+    if model == "digits":
+        scan, digit = digit_scan()
+        about = f"a {scan.shape[1]}x{scan.shape[0]} grayscale scan of a handwritten digit"
+        return scan, about, lambda result: result["digit"] == digit
+    line = text_line()
+    about = f"a {line.shape[1]}x{line.shape[0]} BGR line of text"
+    return line, about, lambda result: result["angle"] == 0
 
 
 @dataclass
@@ -102,8 +131,8 @@ def verdict(cell: Cell, delay_ms: float) -> str:
 
 
 def table(cells: Sequence[Cell], delay_ms: float, judged: bool = True) -> str:
-    """The Markdown table of ``cells``; the target column says "stand-in" unless ``judged``
-    (the issue's targets are upright's)."""
+    """The Markdown table of ``cells``; the target column says "not a target" unless
+    ``judged`` (the targets are the digits model's)."""
     head = (
         "| conc. | batching | calls | p50 ms | p99 ms | req/s "
         "| p50 ratio (batched/off) | throughput ratio (batched/off) | target |\n"
@@ -122,7 +151,7 @@ def table(cells: Sequence[Cell], delay_ms: float, judged: bool = True) -> str:
                 f"| {samples.throughput:.0f} "
                 f"| {f'{p50_ratio:.3f}' if first else ''} "
                 f"| {f'{throughput_ratio:.3f}' if first else ''} "
-                f"| {(verdict(cell, delay_ms) if judged else 'stand-in') if first else ''} |"
+                f"| {(verdict(cell, delay_ms) if judged else 'not a target') if first else ''} |"
             )
     return head + "\n".join(rows) + "\n"
 
@@ -136,10 +165,10 @@ def model_info(target: str, model: str) -> model_service_pb2.ModelInfo:
 
 
 def models_folder(parent: Path, model: str) -> Path:
-    """A models folder holding only ``model``: the upright example or fixed_cost."""
+    """A models folder holding only ``model``: an example (digits, upright) or fixed_cost."""
     folder = parent / "models"
     (folder / model).mkdir(parents=True)
-    if model == "upright":
+    if model != "fixed_cost":
         (folder / model).rmdir()
         (folder / model).symlink_to(ROOT / "examples" / "models" / model, target_is_directory=True)
     else:
@@ -170,9 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--delay-ms", type=float, help="the batched server's wait [the model's max_batch_delay]"
     )
     parser.add_argument("--concurrency", default="1,16", help="client threads, comma-separated")
-    parser.add_argument(
-        "--model", choices=("upright", "fixed_cost"), default="upright", help="[upright]"
-    )
+    parser.add_argument("--model", choices=tuple(MODELS), default="digits", help="[digits]")
     parser.add_argument("--out", type=Path, help="also write the results to this Markdown file")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -181,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = datetime.datetime.now(datetime.UTC)
     about = machine()
-    line = text_line()
+    image, about_image, right = call_input(args.model)
     cells = [Cell(c) for c in concurrencies]
 
     with contextlib.ExitStack() as stack:
@@ -219,12 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, client in clients.items():
             if len(client.workers()) != args.workers:
                 raise RuntimeError(f"{name}: found {len(client.workers())} of {args.workers}")
-            if client.run_image(line)["angle"] != 0:
-                raise RuntimeError(f"{name}: the line is not upright")
+            if not right(client.run_image(image)):
+                raise RuntimeError(f"{name}: {args.model} answered wrongly")
 
         for cell in cells:
             calls: dict[str, Callable[[], object]] = {
-                name: functools.partial(client.run_image, line) for name, client in clients.items()
+                name: functools.partial(client.run_image, image) for name, client in clients.items()
             }
             print(f"measuring concurrency {cell.concurrency} ...", file=sys.stderr)
             alternate(
@@ -236,24 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds=args.rounds,
             )
 
-    judged = model == "upright"  # the targets are upright's; fixed_cost is a stand-in
+    judged = model == "digits"  # the targets are the digits model's
     result = table(cells, delay_ms, judged=judged)
     print(result)
     if args.out is not None:
-        heading = SECTION if model == "upright" else f"{SECTION}, fixed-cost model"
-        what = (
-            "(ONNX Runtime, CPU)"
-            if model == "upright"
-            else "(20 ms a run, waiting: see the script)"
-        )
+        heading, what = MODELS[model]
         section = (
             f"{heading}\n\n"
             f"Command: `{command.strip()}`\n\n"
             f"Date: {started:%Y-%m-%d %H:%M} UTC; `{model}` {what} on two servers "
             f"of {args.workers} worker processes x {args.threads} threads each, one with "
             f"dynamic batching (max_batch_delay {delay_ms:g} ms, max_batch_size "
-            f"{info.max_batch_size}) and one without; a {line.shape[1]}x{line.shape[0]} BGR "
-            f"line of text per call; {args.duration:g}s measured per server and cell in "
+            f"{info.max_batch_size}) and one without; {about_image} per call; "
+            f"{args.duration:g}s measured per server and cell in "
             f"{args.rounds} alternating slices after {args.warmup:g}s of warm-up. Client and "
             "servers share the machine.\n\n"
             + "\n".join(about)
@@ -262,8 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Targets: throughput ratio (batched/off) >= 2 at concurrency 16; p50 at "
                 "concurrency 1 no more than the wait above off's."
                 if judged
-                else "Not a target (the targets are upright's): what batching gives a model "
-                "whose run costs the same for one image or many."
+                else f"Not a target (the targets are the digits model's): what batching gives "
+                f"{model}."
             )
             + "\n\n"
             + result
