@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import write_models
+from tests.support import wait_for, write_models
 from tests.test_metrics import by_labels, metrics_url, scrape
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_cli.__main__ import main as tms
@@ -163,6 +166,42 @@ def test_two_gpus_one_worker_each(server_process, models, clean_environment):
     assert "workers on devices: 0 cuda:0, 1 cuda:1" in server.logs()
     assert "worker 1 on cuda:1 (CUDA_VISIBLE_DEVICES='1')" in server.logs()
     assert "model 'solo' is placed on worker 0 (cuda:0)" in server.logs()
+
+
+def test_calls_for_a_model_on_one_worker_wait_out_its_restart(server_process, models):
+    """While the one worker that has a model is replaced, the client knows no worker for it
+    and asks the others, which say where it is and to try again (RetryInfo): the calls wait
+    for the new worker instead of failing."""
+    server = server_process(models, workers=2)
+    failures: list[BaseException] = []
+    answered: set[int] = set()
+    stop = threading.Event()
+    with ModelClient("solo", server.target, timeout=30) as solo:
+        (holder,) = {w.pid for w in solo.workers() if "solo" in w.models}
+
+        def call() -> None:
+            while not stop.is_set():
+                try:
+                    answered.add(solo.run_image(PIXEL)["pid"])
+                except Exception as exc:
+                    failures.append(exc)
+
+        callers = [threading.Thread(target=call) for _ in range(8)]
+        for caller in callers:
+            caller.start()
+        try:
+            for _ in range(2):  # the holder killed twice, calls going on all the while
+                time.sleep(0.5)
+                os.kill(holder, signal.SIGKILL)
+                answered.clear()
+                assert wait_for(lambda old=holder: answered - {old}, 30), "no new worker answered"
+                (holder,) = answered - {holder}
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join(35)
+    assert failures == []
 
 
 def test_a_gpu_and_the_cpu_with_the_servers_own_gpu_list(server_process, models, clean_environment):

@@ -8,7 +8,8 @@ with its error (the supervisor logs it, once for all workers); the others load r
 Every worker imports every model's class, but makes an instance only of the models placed on
 it (tms_server.devices); it describes the others from their classes, so ListModels and
 GetModelInfo answer alike on every worker, and it sends their calls to the workers that have
-them (FAILED_PRECONDITION, naming those workers).
+them (FAILED_PRECONDITION, naming those workers, with RetryInfo: a client sends a call there
+only when it knows no worker that has the model, as while that worker is being replaced).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _PACKAGE = "tms_models"  # parent of the imported model packages in sys.modules
 #: Hex digits of a content hash kept as a model's version.
 VERSION_DIGITS = 12
+#: How long a call for a model placed on other workers is told to wait before it is tried
+#: again (RetryInfo): about the time a worker that died takes to be replaced and found.
+ELSEWHERE_RETRY_SECONDS = 1.0
 #: Told of each load of a model: its name, and the seconds it took or None if it failed.
 OnLoad = Callable[[str, float | None], None]
 
@@ -587,7 +591,8 @@ class ModelRegistry:
             raise FailedPrecondition(
                 f"model {name!r} is not loaded in worker {placement.index} "
                 f"({placement.device}): it is placed on {placement.where(away.workers)}; "
-                "send its calls there (tms_client does)"
+                "send its calls there (tms_client does)",
+                retry_after=ELSEWHERE_RETRY_SECONDS,
             )
         return self._missing(name)
 
