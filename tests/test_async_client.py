@@ -172,3 +172,28 @@ def test_a_closed_client_says_so(server):
             await probe.run_image(image)
 
     asyncio.run(main())
+
+
+def test_a_client_used_in_a_second_event_loop_says_so(server):
+    # gRPC's asyncio channels belong to the event loop that made them: a client kept from one
+    # asyncio.run() to the next cannot call, and says why (not "Event loop is closed").
+    image = np.full((2, 3, 3), 1, np.uint8)
+    probe = AsyncModelClient("probe", server.target)
+
+    async def call() -> int:
+        return int((await probe.run_image(image))["sum"])
+
+    assert asyncio.run(call()) == 18
+    with pytest.raises(TMSError, match="another event loop") as caught:
+        asyncio.run(call())
+    assert "make one client per event loop" in str(caught.value)
+    with pytest.raises(TMSError, match="another event loop"):
+        asyncio.run(probe.start())
+    asyncio.run(probe.close())  # still closes, from any loop
+    fresh = AsyncModelClient("probe", server.target)
+
+    async def call_fresh() -> int:
+        async with fresh:
+            return int((await fresh.run_image(image))["sum"])
+
+    assert asyncio.run(call_fresh()) == 18

@@ -41,6 +41,7 @@ class AsyncModelClient(calls.AsyncioClient):
     def _open(self) -> None:
         self._pool: AsyncWorkerPool | None = None
         self._starting: asyncio.Future[None] | None = None  # the one start under way
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pool belongs to
         self._closed = False
 
     def __repr__(self) -> str:
@@ -52,9 +53,17 @@ class AsyncModelClient(calls.AsyncioClient):
         the client is closed."""
         if self._closed:
             raise TMSError("this client is closed; make a new one to call again")
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            raise TMSError(
+                "this AsyncModelClient was started in another event loop, and gRPC's asyncio "
+                "channels belong to the loop that made them: make one client per event loop "
+                "(in the coroutine that asyncio.run runs, say)"
+            )
         if self._pool is not None:
             return
         if self._starting is None:
+            self._loop = loop
             self._starting = asyncio.ensure_future(self._connect())
             self._starting.add_done_callback(_retrieve)
         starting = self._starting
@@ -84,6 +93,11 @@ class AsyncModelClient(calls.AsyncioClient):
     async def close(self) -> None:
         """Close every connection and stop looking for workers."""
         self._closed = True
+        if self._loop is not asyncio.get_running_loop():
+            # Never started, or its loop is another's (most likely closed): nothing here can
+            # close its channels, which went with that loop.
+            self._pool = self._starting = None
+            return
         if self._starting is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._starting)
@@ -92,7 +106,7 @@ class AsyncModelClient(calls.AsyncioClient):
             self._pool = None
 
     async def _send(self, call: calls.Call[R]) -> R:
-        if self._pool is None:
+        if self._pool is None or self._loop is not asyncio.get_running_loop():
             await self.start()
         assert self._pool is not None
         with call_span(call.path, call.model) as metadata:
