@@ -1,14 +1,15 @@
 """The Java client (clients/java, built with Maven) against real servers: one client reaches
 every worker process, loses no call when a worker is killed, keeps its calls away from a worker
-another client holds busy (least-loaded, from the load reports), streams frames in order (and
-fails a stream a server ends too early), lists the server's models; and codegen/generate.py's
-drift check covers its generated stubs. Runs the client's example command,
-io.tinymodelserver.tms.client.Example, its conformance runner
+another client holds busy (least-loaded, from the load reports) and from a stopped one (from its
+latency), streams frames in order (and fails a stream a server ends too early), lists the
+server's models; and codegen/generate.py's drift check covers its generated stubs. Runs the
+client's example command, io.tinymodelserver.tms.client.Example, its conformance runner
 (io.tinymodelserver.tms.client.Conformance, in src/test/java: tests/conformance/README.md) and the
-main README's Java snippet."""
+main README's Java snippet; `mvn package` runs its unit tests (src/test/java, *Test.java)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from tests.support import (
     ROOT,
     ServerProcess,
     early_ending_server,
+    stopped,
     wait_for,
     write_models,
 )
@@ -247,6 +249,28 @@ def test_least_loaded_reads_the_load_other_clients_put_on_a_worker(
     assert robin[held] == 20
     # A report is trusted for a second; between reports a call may go there to learn anew.
     assert least.get(held, 0) <= 8, least
+
+
+def test_least_loaded_keeps_calls_away_from_a_stopped_worker(
+    server_process: Start, models, example
+):
+    """Once the client holds both workers, one is stopped (SIGSTOP: its connection stays up, it
+    answers nothing), under 100 calls one after another, each with a 300 ms deadline. A call
+    there times out, its in-flight count is 0 again and it sends no load report: by load alone
+    the stopped worker looks idler than the live one (whose reports count the call they answer)
+    and draws most calls, some 80 of 100. Least-loaded weighs the load by each worker's recent
+    latency, which the timed-out call raised to 300 ms, so the calls go to the live worker."""
+    args = ("--worker-timeout-seconds", "300")  # the supervisor leaves the stopped one alone
+    server = server_process(models, workers=2, args=args)
+    assert wait_for(lambda: len(children(server.process.pid)) == 2, 30)
+    victim = sorted(children(server.process.pid))[0]
+    command = [*example, "--timeout", "0.3", server.target, "load", "whoami"]
+    command += ["--threads", "1", "--calls", "100"]
+    with contextlib.ExitStack() as stack:
+        answer = _load_while(command, lambda: stack.enter_context(stopped(victim)))
+    assert answer["workers"] == 2
+    assert all(f.startswith("DEADLINE_EXCEEDED") for f in answer["failures"]), answer
+    assert answer["calls"] >= 90, answer
 
 
 def stream(example: list[str], target: str, model: str, frames: int) -> dict[str, Any]:

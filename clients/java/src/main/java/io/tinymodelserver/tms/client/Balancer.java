@@ -23,6 +23,12 @@ public interface Balancer {
 
     /** The load the worker reported in its last answer to this client. */
     Optional<LoadReport> load();
+
+    /**
+     * This client's recent calls on the worker, answered or failed: how long they took, a moving
+     * average that counts a slower call at once and decays over a second (zero before the first).
+     */
+    Duration latency();
   }
 
   <W extends LoadedWorker> W pick(List<W> workers);
@@ -52,8 +58,12 @@ public interface Balancer {
    * The less loaded of two workers chosen at random ("power of two choices"). A worker's load is
    * the larger of this client's calls in flight on it and the calls in flight and queued it last
    * reported (a report older than {@code maxReportAge} is ignored): the first is exact for this
-   * client, the second also sees other clients. Sampling two workers, not taking the least loaded
-   * of all, keeps many clients from piling onto the same idle worker.
+   * client, the second also sees other clients. The load is weighed by the worker's recent {@link
+   * LoadedWorker#latency() latency}: the cost of one more call there is (load + 1) x latency, so a
+   * slow call, or one that times out on a stopped worker, steers the next calls away from it. A
+   * worker with no latency yet (no call of this client has ended there) counts as having the
+   * other's, so one stuck before its first answer does not draw every call. Sampling two workers,
+   * not taking the least loaded of all, keeps many clients from piling onto the same idle worker.
    */
   static Balancer leastLoaded(Duration maxReportAge) {
     long maxAge = maxReportAge.toNanos();
@@ -69,16 +79,23 @@ public interface Balancer {
         W a = workers.get(first);
         W b = workers.get(second >= first ? second + 1 : second);
         long now = System.nanoTime();
-        return load(b, now) < load(a, now) ? b : a;
+        // A worker with no latency yet counts as the other: compared by load alone.
+        long unknown = Math.max(Math.max(a.latency().toNanos(), b.latency().toNanos()), 1);
+        return cost(b, unknown, now) < cost(a, unknown, now) ? b : a;
       }
 
-      private int load(LoadedWorker worker, long now) {
+      /**
+       * The expected cost of one more call on {@code worker}: (calls ahead + 1) x its latency, or
+       * {@code unknown} nanoseconds when it has none yet.
+       */
+      private double cost(LoadedWorker worker, long unknown, long now) {
         int calls = worker.inFlight();
         Optional<LoadReport> report = worker.load();
         if (report.isPresent() && now - report.get().receivedNanos() <= maxAge) {
           calls = Math.max(calls, report.get().total());
         }
-        return calls;
+        long latency = worker.latency().toNanos();
+        return (calls + 1.0) * (latency > 0 ? latency : unknown);
       }
 
       @Override

@@ -283,11 +283,13 @@ public final class TmsClient implements AutoCloseable {
       WorkerPool.Member member = pool.pick(deadline, model);
       StatusRuntimeException error;
       member.begin();
+      long began = System.nanoTime();
       try {
         return rpc.apply(member.stub().withDeadline(deadline));
       } catch (StatusRuntimeException failed) {
         error = failed;
       } finally {
+        member.recordLatency(began); // a call that timed out counts, too
         member.end();
       }
       last = TmsException.from(error);

@@ -47,8 +47,9 @@ final class WorkerPool implements AutoCloseable {
   static final Duration ANSWER_WAIT = Duration.ofSeconds(1);
 
   /**
-   * A worker, the channel that reaches it, and its load: this client's calls on it, and the load
-   * report of its last answer (read from the trailers of every call on the channel).
+   * A worker, the channel that reaches it, and its load: this client's calls on it, the load
+   * report of its last answer (read from the trailers of every call on the channel), and the
+   * latency of this client's calls there.
    */
   static final class Member implements Balancer.LoadedWorker {
     private final Worker worker;
@@ -57,6 +58,7 @@ final class WorkerPool implements AutoCloseable {
     private final ModelServiceStub asyncStub; // for streams
     private final AtomicInteger inFlight = new AtomicInteger();
     private volatile LoadReport load;
+    private final Latency latency = new Latency();
 
     Member(Worker worker, ManagedChannel channel) {
       this.worker = worker;
@@ -81,6 +83,11 @@ final class WorkerPool implements AutoCloseable {
       return Optional.ofNullable(load);
     }
 
+    @Override
+    public Duration latency() {
+      return latency.get();
+    }
+
     ManagedChannel channel() {
       return channel;
     }
@@ -100,6 +107,15 @@ final class WorkerPool implements AutoCloseable {
 
     void end() {
       inFlight.decrementAndGet();
+    }
+
+    /**
+     * Fold in the latency of a call on this worker, answered or failed, that began at {@code
+     * beganNanos} ({@link System#nanoTime()}) and ended now.
+     */
+    void recordLatency(long beganNanos) {
+      long now = System.nanoTime();
+      latency.record(now - beganNanos, now);
     }
 
     /** An interceptor that keeps the load report in the trailers of each call that ends. */
@@ -128,7 +144,8 @@ final class WorkerPool implements AutoCloseable {
 
     @Override
     public String toString() {
-      return "Member(" + worker.key() + ", in flight " + inFlight + ", load " + load + ")";
+      return "Member(" + worker.key() + ", in flight " + inFlight + ", load " + load
+          + ", latency " + latency + ")";
     }
   }
 
