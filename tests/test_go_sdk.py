@@ -1,8 +1,8 @@
 """The Go SDK (clients/go/tmsclient): its unit tests (``go test``), and against real
 multi-worker servers: one client reaches every worker process, loses no call when a worker is
-killed, balances both ways, sends tokens, carries every RPC and dtype, and ends its calls in
-flight when closed. Runs clients/go's cmd/tms-go-load and examples/hello (the main README's
-Go snippet), built with the Go toolchain."""
+killed, sends few calls to a stopped one, balances both ways, sends tokens, carries every RPC
+and dtype, and ends its calls in flight when closed. Runs clients/go's cmd/tms-go-load and
+examples/hello (the main README's Go snippet), built with the Go toolchain."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.certificates import CertificateAuthority
-from tests.support import EXAMPLE_MODELS, ServerProcess, wait_for, write_models
+from tests.support import EXAMPLE_MODELS, ServerProcess, stopped, wait_for, write_models
 from tests.toolchains import GO_MODULE, find_go, run
 
 pytestmark = pytest.mark.slow
@@ -150,6 +150,48 @@ def test_a_killed_worker_costs_no_call(server_process: Start, models, programs):
     after = set(children(supervisor))
     assert victim not in after
     assert pids & (after - before), "the restarted worker was found again and called"
+
+
+def test_a_stopped_worker_draws_few_calls(server_process: Start, models, programs):
+    """A stopped worker (SIGSTOP: its kernel still takes connections, nothing answers) times
+    out the calls sent to it. LeastLoaded weighs a worker's calls by its latency, which a
+    timed-out call raises at once, so the next calls go to the other worker: about one call in
+    100 fails. Weighed by calls alone, the stopped worker looked idle (its calls ended, its
+    load reports stopped) and three calls in four failed."""
+    server = server_process(models, workers=2, args=("--worker-timeout-seconds", "600"))
+    supervisor = server.process.pid
+    assert wait_for(lambda: len(children(supervisor)) == 2, 30)
+    # One call at a time, each within 500 ms: the live worker's calls stay well under half of
+    # it (its score counts its own reported call too) even on a busy machine.
+    load = subprocess.Popen(
+        [
+            str(programs["load"]), "-addr", server.target, "-goroutines", "1", "-calls", "100",
+            "-timeout", "500ms", "-pause", "load", "whoami",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert load.stdout is not None
+        assert load.stderr is not None
+        line = load.stdout.readline()  # the workers it holds, before any call
+        assert line, load.stderr.read()
+        held = json.loads(line)["workers"]
+        assert sorted(held) == sorted(children(supervisor))
+        victim = held[0]
+        with stopped(victim):
+            stdout, stderr = load.communicate("\n", timeout=120)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    assert load.returncode == 0, stderr
+    answer = json.loads(stdout)
+    assert answer["calls"] == 100
+    assert len(answer["failures"]) <= 10, answer["failures"]
+    assert str(victim) not in answer["pids"]
 
 
 def test_a_bad_token_fails_at_once(server_process: Start, models, programs, tmp_path):

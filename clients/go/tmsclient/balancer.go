@@ -1,6 +1,7 @@
 package tmsclient
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -26,9 +27,13 @@ func (b *roundRobin) String() string { return "RoundRobin()" }
 // LeastLoaded picks the less loaded of two workers chosen at random ("power of two
 // choices"); the default. A worker's load is the larger of this client's calls in flight on it
 // and the calls in flight and queued it last reported (reports older than a second are
-// ignored): the first is exact for this client, the second also sees other clients. Sampling
-// two workers instead of taking the least loaded keeps many clients from piling onto the
-// same idle worker.
+// ignored): the first is exact for this client, the second also sees other clients. The load
+// is weighed by the worker's Latency, each scored (load + 1) x latency, so one slow or
+// timed-out call steers the next ones away from it: a stopped worker, whose calls time out
+// and whose reports stop, does not look idle. A worker with no latency yet counts as having
+// the other's, so one stuck before its first answer does not draw every call. Sampling two
+// workers instead of taking the least loaded keeps many clients from piling onto the same
+// idle worker.
 func LeastLoaded() Balancer { return leastLoaded{maxReportAge: time.Second} }
 
 type leastLoaded struct{ maxReportAge time.Duration }
@@ -44,10 +49,17 @@ func (b leastLoaded) Pick(workers []*Worker) *Worker {
 	}
 	a, c := workers[first], workers[second]
 	now := time.Now()
-	if b.load(c, now) < b.load(a, now) {
+	unknown := cmp.Or(max(a.Latency(), c.Latency()), time.Second)
+	if b.score(c, now, unknown) < b.score(a, now, unknown) {
 		return c
 	}
 	return a
+}
+
+// score is the expected cost of one more call on w: (load + 1) x its latency, unknown when it
+// has none yet.
+func (b leastLoaded) score(w *Worker, now time.Time, unknown time.Duration) float64 {
+	return float64(b.load(w, now)+1) * cmp.Or(w.Latency(), unknown).Seconds()
 }
 
 func (b leastLoaded) load(w *Worker, now time.Time) int {

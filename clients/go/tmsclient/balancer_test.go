@@ -60,6 +60,68 @@ func TestLeastLoadedReadsFreshReportsOnly(t *testing.T) {
 	}
 }
 
+func TestLeastLoadedWeighsTheLoadByLatency(t *testing.T) {
+	ws := workers(2)
+	now := time.Now()
+	ws[0].recordLatency(300*time.Millisecond, now) // e.g. a call that timed out on it
+	ws[1].recordLatency(10*time.Millisecond, now)
+	b := LeastLoaded()
+	for range 50 {
+		if w := b.Pick(ws); w != ws[1] {
+			t.Fatalf("picked the slow worker %v with equal calls", w)
+		}
+	}
+	ws[1].inFlight.Store(5) // 6 x 10 ms still beats 1 x 300 ms
+	if w := b.Pick(ws); w != ws[1] {
+		t.Fatalf("picked the slow worker %v", w)
+	}
+	ws[1].inFlight.Store(30) // 31 x 10 ms does not
+	if w := b.Pick(ws); w != ws[0] {
+		t.Fatalf("picked the busy worker %v", w)
+	}
+}
+
+func TestLeastLoadedCountsAnUnknownLatencyAsTheOther(t *testing.T) {
+	ws := workers(2)
+	ws[0].inFlight.Store(5) // stuck before its first answer: no latency, yet not free
+	ws[1].inFlight.Store(1)
+	ws[1].recordLatency(10*time.Millisecond, time.Now())
+	b := LeastLoaded()
+	for range 50 {
+		if w := b.Pick(ws); w != ws[1] {
+			t.Fatalf("picked the worker with no latency and more calls %v", w)
+		}
+	}
+	fresh := workers(2) // neither has a latency: compared by calls alone
+	fresh[1].inFlight.Store(2)
+	for range 50 {
+		if w := b.Pick(fresh); w != fresh[0] {
+			t.Fatalf("picked the busier worker %v", w)
+		}
+	}
+}
+
+func TestLatencyJumpsUpAtOnceAndDecays(t *testing.T) {
+	w := &Worker{}
+	start := time.Now()
+	w.recordLatency(300*time.Millisecond, start)
+	if got := w.Latency(); got != 300*time.Millisecond {
+		t.Fatalf("latency %v after a 300 ms call", got)
+	}
+	w.recordLatency(time.Millisecond, start.Add(100*time.Millisecond))
+	if got := w.Latency(); got <= 250*time.Millisecond || got >= 300*time.Millisecond {
+		t.Fatalf("latency %v 100 ms after: a fast call pulls it down a little", got)
+	}
+	w.recordLatency(time.Millisecond, start.Add(5*time.Second))
+	if got := w.Latency(); got >= 10*time.Millisecond {
+		t.Fatalf("latency %v 5 s after: decayed to the fast calls", got)
+	}
+	w.recordLatency(200*time.Millisecond, start.Add(5*time.Second))
+	if got := w.Latency(); got != 200*time.Millisecond {
+		t.Fatalf("latency %v after a 200 ms call", got)
+	}
+}
+
 func TestLeastLoadedReachesEveryWorker(t *testing.T) {
 	ws := workers(4)
 	b := LeastLoaded()

@@ -133,7 +133,12 @@ func (c *Client) invoke(ctx context.Context, method, model string,
 		tried[w] = true
 		var trailer metadata.MD
 		w.inFlight.Add(1)
+		sent, started := ctx.Err() == nil, time.Now() // gRPC fails an ended ctx unsent
 		err = call(ctx, w, grpc.Trailer(&trailer))
+		if sent { // answered or failed, timed out too: LeastLoaded weighs it
+			now := time.Now()
+			w.recordLatency(now.Sub(started), now)
+		}
 		w.inFlight.Add(-1)
 		c.observe(w, trailer)
 		if err == nil {

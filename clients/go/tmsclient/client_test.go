@@ -153,6 +153,32 @@ func TestADefaultDeadlineIsSet(t *testing.T) {
 	}
 }
 
+func TestEveryAttemptSentRecordsItsLatency(t *testing.T) {
+	ws := workers(1)
+	c := fakeClient(ws, WithRetry(NoRetry()))
+	timesOut := func(ctx context.Context, _ *Worker, _ ...grpc.CallOption) error {
+		<-ctx.Done() // a stopped worker: no answer within the deadline
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := c.invoke(ctx, "RunImage", "m", timesOut); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("err %v", err)
+	}
+	if got := ws[0].Latency(); got < 50*time.Millisecond {
+		t.Fatalf("latency %v after an attempt that timed out at 50 ms", got)
+	}
+	before := ws[0].Latency()
+	ended, end := context.WithCancel(context.Background())
+	end() // gRPC sends nothing on an ended context: no latency to learn
+	_ = c.invoke(ended, "RunImage", "m", func(context.Context, *Worker, ...grpc.CallOption) error {
+		return status.Error(codes.Canceled, "context canceled")
+	})
+	if got := ws[0].Latency(); got != before {
+		t.Fatalf("latency %v, was %v: an attempt never sent counted", got, before)
+	}
+}
+
 // failWith fails the calls to some workers with the errors given and answers the others.
 func failWith(failing map[*Worker]error, calls *[]*Worker, at *[]time.Time) func(context.Context, *Worker, ...grpc.CallOption) error {
 	return func(_ context.Context, w *Worker, _ ...grpc.CallOption) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -34,9 +35,11 @@ type Worker struct {
 	stub     tmsv1.ModelServiceClient
 	inFlight atomic.Int64
 
-	mu       sync.Mutex
-	load     LoadReport
-	loadedAt time.Time
+	mu        sync.Mutex
+	load      LoadReport
+	loadedAt  time.Time
+	latency   time.Duration
+	latencyAt time.Time
 }
 
 // InFlight is this client's calls on the worker now.
@@ -53,6 +56,28 @@ func (w *Worker) setLoad(r LoadReport) {
 	w.mu.Lock()
 	w.load, w.loadedAt = r, time.Now()
 	w.mu.Unlock()
+}
+
+// Latency is the worker's recent call latency, a moving average of this client's attempts
+// on it (answered or failed): a slower one counts at once, faster ones pull it down over
+// about a second. 0 before its first attempt ends.
+func (w *Worker) Latency() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.latency
+}
+
+// recordLatency folds in an attempt that took d and ended at now.
+func (w *Worker) recordLatency(d time.Duration, now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if d >= w.latency {
+		w.latency = d
+	} else {
+		weight := 1 - math.Exp(-now.Sub(w.latencyAt).Seconds())
+		w.latency += time.Duration(float64(d-w.latency) * weight)
+	}
+	w.latencyAt = now
 }
 
 func (w *Worker) serves(model string) bool {

@@ -2,19 +2,22 @@
 // reports which worker processes answered: what tests/test_go_sdk.py runs against real
 // servers.
 //
-//	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] load MODEL
+//	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] [-timeout T] [-pause] load MODEL
 //	tms-go-load [-addr host:port] [-token T] tour IMAGE_MODEL TEXT_MODEL
 //	tms-go-load [-addr host:port] [-token T] [-goroutines N] close MODEL
 //
 // load calls MODEL (whose JSON result holds "pid") from N goroutines for D, or -calls times
-// in all, and prints {"calls", "failures", "pids": {pid: calls}}. tour calls every RPC once,
-// RunImage with every dtype, and prints what came back. close starts N calls of MODEL with
+// in all, each within -timeout, and prints {"calls", "failures", "pids": {pid: calls}}; with
+// -pause it first prints {"workers": [pid, ...]}, the workers it holds, and waits for a line
+// on stdin (a test stops one of them meanwhile). tour calls every RPC once, RunImage with
+// every dtype, and prints what came back. close starts N calls of MODEL with
 // args {"sleep": 3}, closes the client 300 ms later, makes one more call, and prints how each
 // call ended: {"in_flight": [{"code", "message", "seconds"}], "after": {...}}. Errors go to stderr as
 // "error: <gRPC code>: <message>", with exit status 1.
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -43,9 +46,11 @@ func main() {
 	calls := flag.Int("calls", 0, "stop after this many calls in all (0: after -duration)")
 	ca := flag.String("ca", "", "TLS: the CA certificate (PEM) to trust; plaintext without it")
 	refresh := flag.Duration("refresh", 2*time.Second, "how often to look for missing workers")
+	timeout := flag.Duration("timeout", 30*time.Second, "each call's deadline")
+	pause := flag.Bool("pause", false, "load: print the workers' pids, then wait for a line on stdin")
 	flag.Parse()
 	opts := []tmsclient.Option{
-		tmsclient.WithTimeout(30 * time.Second), tmsclient.WithConnectTimeout(10 * time.Second),
+		tmsclient.WithTimeout(*timeout), tmsclient.WithConnectTimeout(10 * time.Second),
 		tmsclient.WithRefreshInterval(*refresh),
 	}
 	if *token != "" {
@@ -71,7 +76,12 @@ func main() {
 		args := flag.Args()
 		switch {
 		case len(args) == 2 && args[0] == "load":
-			err = load(ctx, client, args[1], *goroutines, *duration, int64(*calls))
+			if *pause {
+				err = pauseAfterDial(client)
+			}
+			if err == nil {
+				err = load(ctx, client, args[1], *goroutines, *duration, int64(*calls))
+			}
 		case len(args) == 3 && args[0] == "tour":
 			err = tour(ctx, client, args[1], args[2])
 		case len(args) == 2 && args[0] == "close":
@@ -84,6 +94,19 @@ func main() {
 		fmt.Fprintf(os.Stderr, "error: %s: %s\n", status.Code(err), err)
 		os.Exit(1)
 	}
+}
+
+// pauseAfterDial prints the pids of the workers client holds and waits for a line on stdin.
+func pauseAfterDial(client *tmsclient.Client) error {
+	pids := []int64{}
+	for _, w := range client.Workers() {
+		pids = append(pids, w.PID)
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(map[string]any{"workers": pids}); err != nil {
+		return err
+	}
+	_, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	return err
 }
 
 func load(ctx context.Context, client *tmsclient.Client, model string, goroutines int, d time.Duration, limit int64) error {
