@@ -29,6 +29,8 @@ from tms_server.worker import RunningServer, build_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MODELS = ROOT / "examples" / "models"
+#: The names of the bundled example models, sorted: a server on EXAMPLE_MODELS lists them all.
+EXAMPLE_NAMES = sorted(path.parent.name for path in EXAMPLE_MODELS.glob("*/__init__.py"))
 
 
 #: A model whose two calls of one ``args["phase"]`` meet at a barrier: each answers

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import EXAMPLE_NAMES
 from tms_cli.__main__ import main
 
 COMMANDS = ["models", "info", "health", "workers", "run", "run-i2i", "text", "bench", "completion"]
-EXAMPLE_MODELS = ["digits", "edges", "face", "mean", "ocr", "optical_flow", "text_stats", "upright"]
 GLOBAL_OPTIONS = [
     "--target",
     "--timeout",
@@ -130,7 +130,7 @@ def test_bash_completes(capsys, tmp_path, env, example_server, photos):
     assert complete("tms run-i2i edges x --out-d") == ["--out-dir"]
     assert complete("tms completion ") == ["bash", "zsh", "fish"]
     # Model names come from the server: $TMS_TARGET, or the --target on the line.
-    assert complete("tms run ") == EXAMPLE_MODELS
+    assert complete("tms run ") == EXAMPLE_NAMES
     assert complete("tms text t") == ["text_stats"]
     line = f"tms --target {example_server.target} info o"
     assert complete(line) == ["ocr", "optical_flow"]
@@ -201,7 +201,7 @@ def test_fish_completes(capsys, tmp_path, env, photos):
     assert sorted(complete("tms ")) == sorted(COMMANDS)
     assert complete("tms bench mean --balancer ") == ["least-loaded", "random", "round-robin"]
     assert complete("tms models --j") == ["--json"]
-    assert complete("tms run ") == EXAMPLE_MODELS
+    assert complete("tms run ") == EXAMPLE_NAMES
     assert complete("tms info face ") == []
     assert complete("tms completion ") == ["bash", "fish", "zsh"]
     assert complete(f"tms run face {photos}/") == [f"{photos}/a.jpg", f"{photos}/b.png"]

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
 import tms_server
-from tests.support import digit_scans
+from tests.support import EXAMPLE_NAMES, digit_scans
 from tms_server.devices import Placement
 from tms_server.registry import import_model_class, instantiate
 
@@ -405,19 +405,7 @@ def test_mean_is_the_numpy_mean(mean, image):
 
 
 def test_declarations():
-    declared = {
-        name: load_model(name)
-        for name in (
-            "face",
-            "edges",
-            "optical_flow",
-            "ocr",
-            "text_stats",
-            "mean",
-            "upright",
-            "digits",
-        )
-    }
+    declared = {name: load_model(name) for name in EXAMPLE_NAMES}
     # The cascade and RapidOCR keep per-call state in the instance; the others do not.
     assert {name for name, model in declared.items() if not model.thread_safe} == {"face", "ocr"}
     assert declared["text_stats"].inputs == "text"

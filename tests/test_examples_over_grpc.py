@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
-from tests.support import digit_scans
+from tests.support import EXAMPLE_NAMES, digit_scans
 from tms_client import InvalidInputError, ModelClient
 
 # Where the astronaut's face is in skimage's 512x512 photo (x, y, width, height).
@@ -36,16 +36,7 @@ def jpeg_bytes(rgb: np.ndarray) -> bytes:
 def test_list_models(target):
     with ModelClient("face", target) as client:
         names = [m.name for m in client.list_models()]
-    assert names == [
-        "digits",
-        "edges",
-        "face",
-        "mean",
-        "ocr",
-        "optical_flow",
-        "text_stats",
-        "upright",
-    ]
+    assert names == EXAMPLE_NAMES
 
 
 def test_face_from_every_kind_of_input(target, astronaut_bgr, tmp_path):

@@ -32,6 +32,7 @@ from skimage import data
 
 from tests.support import (
     EXAMPLE_MODELS,
+    EXAMPLE_NAMES,
     MEET,
     ServerProcess,
     closed_by_peer,
@@ -153,16 +154,7 @@ def test_server_and_model_metadata(base):
     assert "RUN_IMAGE" in face["parameters"]["calls"]
     assert http(f"{base}/v2/models/face/versions/1").json() == face
     listed = http(f"{base}/v2/models").json()["models"]
-    assert [m["name"] for m in listed] == [
-        "digits",
-        "edges",
-        "face",
-        "mean",
-        "ocr",
-        "optical_flow",
-        "text_stats",
-        "upright",
-    ]
+    assert [m["name"] for m in listed] == EXAMPLE_NAMES
     assert listed[2] == face
     edges = http(f"{base}/v2/models/edges").json()
     assert [o["name"] for o in edges["outputs"]] == ["OUTPUT_IMAGE", "RESULT"]

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.support import EXAMPLE_MODELS, alive, write_models
+from tests.support import EXAMPLE_MODELS, EXAMPLE_NAMES, alive, write_models
 from tms_client import (
     ConnectError,
     DeadlineExceededError,
@@ -148,16 +148,7 @@ def test_example_models_in_worker_processes(server_process, astronaut_bgr):
             faces = client.run_image(astronaut_bgr)["faces"]
             assert len(faces) == 1
         names = [m.name for m in client.list_models()]
-    assert names == [
-        "digits",
-        "edges",
-        "face",
-        "mean",
-        "ocr",
-        "optical_flow",
-        "text_stats",
-        "upright",
-    ]
+    assert names == EXAMPLE_NAMES
 
 
 def test_help_documents_every_environment_variable():

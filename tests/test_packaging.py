@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.support import ROOT, ServerProcess
+from tests.support import EXAMPLE_NAMES, ROOT, ServerProcess
 
 # The SHA-256 of the Apache License 2.0 exactly as the ASF publishes it (LICENSE-2.0.txt).
 APACHE_2_0_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
@@ -104,7 +104,7 @@ def test_stubs_are_typed_and_a_live_server_answers(venv, example_server, tmp_pat
         "print(user_code.mean_over_client(sys.argv[1]))"
     )
     out = run(venv, "-c", script, example_server.target, cwd=tmp_path).split()
-    assert out == ["digits,edges,face,mean,ocr,optical_flow,text_stats,upright", "3.0"]
+    assert out == [",".join(EXAMPLE_NAMES), "3.0"]
     site = Path(run(venv, "-c", "import tms, sys; print(tms.__path__[0])").strip())
     assert (site / "py.typed").is_file()
     assert (site / "v1" / "model_service_pb2.pyi").is_file()
