@@ -1,18 +1,20 @@
 """The Go SDK (clients/go/tmsclient): its unit tests (``go test``), and against real
 multi-worker servers: one client reaches every worker process, loses no call when a worker is
 killed, sends few calls to a stopped one, balances both ways, sends tokens, carries every RPC
-and dtype, and ends its calls in flight when closed. Runs clients/go's cmd/tms-go-load and
-examples/hello (the main README's Go snippet), built with the Go toolchain."""
+and dtype, ends its calls in flight when closed, and follows a model a reload moves. Runs
+clients/go's cmd/tms-go-load and examples/hello (the main README's Go snippet), built with the
+Go toolchain."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 from tests.certificates import CertificateAuthority
 from tests.support import EXAMPLE_MODELS, ServerProcess, stopped, wait_for, write_models
 from tests.toolchains import GO_MODULE, find_go, run
+from tms_client import AdminClient
 
 pytestmark = pytest.mark.slow
 
@@ -306,3 +309,136 @@ def test_readme_example(server_process: Start, models, programs):
     lines = result.stdout.splitlines()
     assert lines[0] == "workers: 2"
     assert [json.loads(line) for line in lines[1:]] == [{"mean": 0.4375}] * 4
+
+
+ADMIN_TOKEN = "go-sdk-admin-token-0123456789"
+
+LATE = """
+    import os
+    from pathlib import Path
+
+    import tms_server
+
+    class Model(tms_server.Model):
+        thread_safe = True
+
+        def __init__(self):  # the first worker to load it has it; the others fail to, unless
+            here = Path(__file__).parent  # the model's folder holds "ready"
+            if not (here / "ready").exists():
+                os.close(os.open(here / "taken", os.O_CREAT | os.O_EXCL))
+
+        def run(self, image, args):
+            return {"pid": os.getpid()}
+"""
+
+MOVED = """
+    import os
+    from pathlib import Path
+
+    import tms_server
+
+    class Model(tms_server.Model):
+        thread_safe = True
+        # On every worker; on the first alone once the folder holds "one".
+        workers = 1 if (Path(__file__).parent / "one").exists() else None
+
+        def run(self, image, args):
+            return {"pid": os.getpid()}
+"""
+
+
+def admin_server(
+    start: Start, tmp_path: Path, sources: dict[str, str]
+) -> tuple[ServerProcess, Path]:
+    """A server of two workers (both up) serving ``sources`` (and mean), admin on; and its
+    models' folder."""
+    models = write_models(tmp_path / "models", {"mean": MODELS["mean"], **sources})
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(ADMIN_TOKEN + "\n")
+    args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
+    server = start(models, workers=2, args=args)
+    assert wait_for(lambda: len(children(server.process.pid)) == 2, 30)
+    return server, models
+
+
+def reload(server: ServerProcess, model: str) -> dict[int, int]:
+    """Reload ``model`` on every worker; the workers' pids by index."""
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+        assert all(outcome.reloaded for outcome in admin.reload_model(model))
+        return {worker.index: worker.pid for worker in admin.list_workers()}
+
+
+@contextlib.contextmanager
+def rounds(
+    programs: dict[str, Path], target: str, model: str, *args: str
+) -> Iterator[Callable[[], dict[str, Any]]]:
+    """One tms-go-load client calling ``model`` ten times, round-robin and one call at a time,
+    each time the function yielded is called; it returns what the round printed, once the
+    client holds both workers."""
+    command = [
+        str(programs["load"]), "-addr", target, "-balancer", "rr", "-goroutines", "1",
+        "-calls", "10", "-timeout", "5s", *args, "rounds", model,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdin is not None
+    assert process.stdout is not None
+
+    def one() -> dict[str, Any]:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write("\n")
+        process.stdin.flush()
+        line = process.stdout.readline()
+        assert line, process.communicate(timeout=30)[1]
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    try:
+        assert wait_for(lambda: one()["workers"] == 2, 10)
+        yield one
+    finally:
+        stderr = process.communicate(timeout=30)[1]  # closes stdin: the program ends
+    assert process.returncode == 0, stderr
+
+
+def pids_within(one: Callable[[], dict[str, Any]], want: set[int], seconds: float) -> bool:
+    """Whether a round reaches exactly the workers ``want``, and none fails, within
+    ``seconds``."""
+
+    def clean() -> bool:
+        answer = one()
+        return answer["failures"] == [] and {int(pid) for pid in answer["pids"]} == want
+
+    return wait_for(clean, seconds)
+
+
+def test_calls_follow_a_model_a_reload_loads_on_more_workers(
+    server_process: Start, programs, tmp_path
+):
+    """A model loads on one worker of two, and a reload loads it on both. The answers after
+    it carry the reload's number, the client asks both workers again which models they serve,
+    and its calls reach both, though it had sent none to the other."""
+    server, models = admin_server(server_process, tmp_path, {"late": LATE})
+    workers = set(children(server.process.pid))
+    with rounds(programs, server.target, "late") as one:
+        answer = one()
+        assert answer["failures"] == []
+        assert len(answer["pids"]) == 1
+        (models / "late" / "ready").touch()
+        reload(server, "late")
+        assert pids_within(one, workers, 5)
+
+
+def test_calls_leave_a_worker_a_reload_takes_a_model_off(server_process: Start, programs, tmp_path):
+    """A reload places "moved" on worker 0 alone. Each call is sent once (-attempts 1), so one
+    sent to worker 1 fails (FAILED_PRECONDITION): within moments none is."""
+    server, models = admin_server(server_process, tmp_path, {"moved": MOVED})
+    workers = set(children(server.process.pid))
+    with rounds(programs, server.target, "moved", "-attempts", "1") as one:
+        assert pids_within(one, workers, 5)
+        (models / "moved" / "one").touch()
+        pids = reload(server, "moved")
+        assert pids_within(one, {pids[0]}, 5)
+        assert one()["failures"] == []

@@ -136,7 +136,7 @@ func TestLeastLoadedReachesEveryWorker(t *testing.T) {
 
 func TestServes(t *testing.T) {
 	all := &Worker{}
-	some := &Worker{Models: []string{"face"}}
+	some := &Worker{models: []string{"face"}}
 	if !all.serves("edges") || !some.serves("face") || some.serves("edges") || !some.serves("") {
 		t.Fatal("serves is wrong")
 	}

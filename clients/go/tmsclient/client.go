@@ -7,7 +7,10 @@
 // CANCELLED is sent again to another worker, after a backoff, within the call's deadline, as
 // is one whose status carries a google.rpc.RetryInfo (QUEUE_FULL, DRAINING), after the delay
 // it names. A worker whose call fails UNAVAILABLE, or whose tms-worker trailer names another
-// process, is dropped, and the client looks for missing workers in the background.
+// process, is dropped, and the client looks for missing workers in the background. When a
+// worker's load report says it has done a reload of its server (which may change the models
+// a worker serves), the client asks that server's workers again which models they serve, in
+// the background, and calls follow.
 //
 //	c, err := tmsclient.Dial(ctx, "localhost:50051", tmsclient.WithToken(token))
 //	if err != nil { ... }
@@ -215,15 +218,22 @@ func (c *Client) choose(model string, tried map[*Worker]bool) *Worker {
 	return c.opts.balancer.Pick(workers)
 }
 
-// observe reads the trailers: the worker's load, and whether it is still the process the
-// connection reached (a restarted worker behind the same connection is dropped).
+// observe reads the trailers: the worker's load, whether it is still the process the
+// connection reached (a restarted worker behind the same connection is dropped), and whether
+// it has done a reload since it said its models (then it and its server's other workers are
+// asked again which they serve, in the background).
 func (c *Client) observe(w *Worker, trailer metadata.MD) {
-	if report, ok := parseLoad(trailer.Get(loadKey)); ok {
+	report, reported := parseLoad(trailer.Get(loadKey))
+	if reported {
 		w.setLoad(report)
 	}
 	if instance, pid, ok := parseIdentity(trailer.Get(identityKey)); ok &&
 		(instance != w.InstanceID || pid != w.PID) {
 		c.pool.drop(w)
+		return
+	}
+	if reported && report.Reload > w.reloadDone() {
+		c.pool.reloaded(w, report.Reload)
 	}
 }
 

@@ -32,7 +32,7 @@ func fakeClient(ws []*Worker, opts ...Option) *Client {
 
 func TestRoutesAModelToTheWorkersThatHaveIt(t *testing.T) {
 	ws := workers(3)
-	ws[0].Models, ws[1].Models, ws[2].Models = []string{"face"}, []string{"edges"}, []string{"face"}
+	ws[0].models, ws[1].models, ws[2].models = []string{"face"}, []string{"edges"}, []string{"face"}
 	c := fakeClient(ws)
 	for range 10 {
 		if w := c.choose("edges", nil); w != ws[1] {
@@ -138,6 +138,39 @@ func TestTrailersFeedTheLoadAndDropAnImpostor(t *testing.T) {
 	}
 	if got := c.Workers(); len(got) != 1 || got[0] != ws[0] {
 		t.Fatalf("workers %v: the impostor was kept", got)
+	}
+}
+
+func TestAReportOfAReloadHasTheServersWorkersAskedAgain(t *testing.T) {
+	ws := workers(2)
+	c := fakeClient(ws)
+	reload := func(n float64) metadata.MD {
+		return metadata.Pairs(loadKey, string(EncodeORCA(map[string]float64{"in_flight": 1, "reload": n})))
+	}
+	asked := func() int {
+		c.pool.mu.Lock()
+		defer c.pool.mu.Unlock()
+		return len(c.pool.changed)
+	}
+	c.observe(ws[0], reload(0))
+	if n := asked(); n != 0 {
+		t.Fatalf("%d workers to ask with no reload reported", n)
+	}
+	c.observe(ws[0], reload(2))
+	if n := asked(); n != 2 || c.pool.reloads["server"] != 2 || len(c.pool.wake) != 1 {
+		t.Fatalf("after reload 2: %d workers to ask, reload %d, woken %v", n, c.pool.reloads["server"], len(c.pool.wake) == 1)
+	}
+	ws[0].follow([]string{"m"}, 2) // as the background search does once it asked
+	c.pool.mu.Lock()
+	clear(c.pool.changed)
+	c.pool.mu.Unlock()
+	c.observe(ws[0], reload(2))
+	if n := asked(); n != 0 {
+		t.Fatalf("%d workers to ask after a report of the reload the worker said its models at", n)
+	}
+	c.observe(ws[1], reload(2)) // a worker asked before it had done the reload
+	if n := asked(); n != 1 {
+		t.Fatalf("%d workers to ask, not the one behind alone", n)
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 // The trailers every TMS response carries (see python_client/.../protocol/load.py).
 const (
 	// loadKey holds an ORCA load report (xds.data.orca.v3.OrcaLoadReport) whose
-	// named_metrics hold in_flight and queued.
+	// named_metrics hold in_flight and queued, and after a reload its number, reload.
 	loadKey = "tms-load-bin"
 	// identityKey holds "<instance id>/<pid>": which worker process answered.
 	identityKey = "tms-worker"
@@ -22,8 +22,9 @@ const orcaNamedMetrics = 8 // OrcaLoadReport.named_metrics, a map<string, double
 
 // LoadReport is a worker's load as it last reported it.
 type LoadReport struct {
-	InFlight int // calls the worker was running, the reporting one included
-	Queued   int // calls waiting for one of its threads
+	InFlight int   // calls the worker was running, the reporting one included
+	Queued   int   // calls waiting for one of its threads
+	Reload   int64 // the number of the server's last reload it had done; 0 before any
 }
 
 // Total is the calls ahead of a new one.
@@ -120,7 +121,9 @@ func parseLoad(values []string) (LoadReport, bool) {
 	if err != nil {
 		return LoadReport{}, false
 	}
-	return LoadReport{InFlight: int(metrics["in_flight"]), Queued: int(metrics["queued"])}, true
+	return LoadReport{
+		InFlight: int(metrics["in_flight"]), Queued: int(metrics["queued"]), Reload: int64(metrics["reload"]),
+	}, true
 }
 
 // parseIdentity reads the tms-worker trailer, "<instance id>/<pid>".

@@ -49,6 +49,10 @@ func TestTrailers(t *testing.T) {
 	if !ok || report != (LoadReport{InFlight: 2, Queued: 1}) || report.Total() != 3 {
 		t.Fatalf("got %v %v", report, ok)
 	}
+	report, ok = parseLoad([]string{string(EncodeORCA(map[string]float64{"in_flight": 1, "reload": 3}))})
+	if !ok || report != (LoadReport{InFlight: 1, Reload: 3}) {
+		t.Fatalf("got %v %v", report, ok)
+	}
 	if _, ok := parseLoad([]string{"\xff"}); ok {
 		t.Fatal("a malformed report was read")
 	}

@@ -29,13 +29,14 @@ type Worker struct {
 	Index       int32 // the worker's index among its server's WorkerCount workers
 	WorkerCount int32
 	Device      string
-	Models      []string // the models it serves; empty: every model
 
 	conn     *grpc.ClientConn
 	stub     tmsv1.ModelServiceClient
 	inFlight atomic.Int64
 
 	mu        sync.Mutex
+	models    []string // the models it serves; empty: every model
+	reload    int64    // the server's last reload it had done when it said models
 	load      LoadReport
 	loadedAt  time.Time
 	latency   time.Duration
@@ -80,8 +81,33 @@ func (w *Worker) recordLatency(d time.Duration, now time.Time) {
 	w.latencyAt = now
 }
 
+// Models are the models the worker serves (empty: every model), as it last said: when the
+// client found it, and again after each reload of its server (see GetWorkerInfoResponse.reload).
+func (w *Worker) Models() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.models)
+}
+
+// follow takes in the models the worker serves, as it said once it had done its server's
+// reload number reload.
+func (w *Worker) follow(models []string, reload int64) {
+	w.mu.Lock()
+	w.models, w.reload = models, reload
+	w.mu.Unlock()
+}
+
+// reloadDone is the server's last reload the worker had done when it said its models.
+func (w *Worker) reloadDone() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.reload
+}
+
 func (w *Worker) serves(model string) bool {
-	return model == "" || len(w.Models) == 0 || slices.Contains(w.Models, model)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return model == "" || len(w.models) == 0 || slices.Contains(w.models, model)
 }
 
 func (w *Worker) String() string {
@@ -95,7 +121,8 @@ type workerKey struct {
 }
 
 // pool holds one connection per worker process and finds missing ones: at Dial, every
-// refresh interval (every soon while some are missing), and at once after a drop.
+// refresh interval (every soon while some are missing), and at once after a drop. After a
+// reload it asks the workers of the server that reloaded again which models they serve.
 type pool struct {
 	target string
 	opts   options
@@ -104,6 +131,8 @@ type pool struct {
 	mu      sync.Mutex
 	workers map[workerKey]*Worker
 	counts  map[string]int32 // address -> the worker count its server last said
+	reloads map[string]int64 // instance id -> the last reload its workers reported
+	changed map[*Worker]bool // workers to ask again which models they serve (a reload)
 	closed  bool
 	whole   bool // the last search found every worker at every address
 
@@ -131,6 +160,7 @@ func newPool(target string, o options) *pool {
 	return &pool{
 		target: target, opts: o, dial: dial,
 		workers: map[workerKey]*Worker{}, counts: map[string]int32{},
+		reloads: map[string]int64{}, changed: map[*Worker]bool{},
 		searching: make(chan struct{}, 1), wake: make(chan struct{}, 1),
 		life: life, end: end, done: make(chan struct{}),
 	}
@@ -173,6 +203,7 @@ func (p *pool) drop(w *Worker) {
 	if held {
 		delete(p.workers, key)
 	}
+	delete(p.changed, w)
 	p.mu.Unlock()
 	if !held {
 		return
@@ -183,9 +214,72 @@ func (p *pool) drop(w *Worker) {
 			_ = w.conn.Close()
 		}()
 	}
+	p.wakeUp()
+}
+
+// wakeUp has the background search run at once.
+func (p *pool) wakeUp() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
+	}
+}
+
+// reloaded notes that w reports having done its server's reload number n, a later one than
+// when it said its models: the background search asks it again at once which models it
+// serves, and, the first time its server reports n, every worker of that server (one asked
+// before it had done the reload is asked again, and once its own reports say it has done it,
+// at once).
+func (p *pool) reloaded(w *Worker, n int64) {
+	p.mu.Lock()
+	if n > p.reloads[w.InstanceID] {
+		p.reloads[w.InstanceID] = n
+		for _, other := range p.workers {
+			if other.InstanceID == w.InstanceID {
+				p.changed[other] = true
+			}
+		}
+	}
+	p.changed[w] = true
+	p.mu.Unlock()
+	p.wakeUp()
+}
+
+// follow asks each worker whose server has reloaded which models it serves now, waiting up
+// to 5 s for each answer. One that does not answer, or has not done its server's last reload
+// yet, is asked again next round; one that is unavailable, or that another process answers
+// for, is dropped.
+func (p *pool) follow(ctx context.Context) {
+	p.mu.Lock()
+	changed := make([]*Worker, 0, len(p.changed))
+	for w := range p.changed {
+		if p.workers[workerKey{w.InstanceID, w.PID}] == w {
+			changed = append(changed, w)
+		} else {
+			delete(p.changed, w) // dropped: its connection is closing
+		}
+	}
+	p.mu.Unlock()
+	for _, w := range changed {
+		callCtx, cancel := context.WithTimeout(ctx, min(p.opts.connectTimeout, 5*time.Second))
+		info, err := w.stub.GetWorkerInfo(callCtx, &tmsv1.GetWorkerInfoRequest{})
+		cancel()
+		switch {
+		case status.Code(err) == codes.Unavailable:
+			p.drop(w)
+			continue
+		case err != nil:
+			continue
+		case info.GetInstanceId() != w.InstanceID || info.GetPid() != w.PID:
+			p.drop(w) // its connection now reaches another process
+			continue
+		}
+		w.follow(info.GetModels(), info.GetReload())
+		p.mu.Lock()
+		if info.GetReload() >= p.reloads[w.InstanceID] {
+			delete(p.changed, w)
+		}
+		p.mu.Unlock()
 	}
 }
 
@@ -368,7 +462,7 @@ func (p *pool) open(ctx context.Context, addr string, wait time.Duration) error 
 	p.workers[key] = &Worker{
 		Address: addr, InstanceID: info.GetInstanceId(), PID: info.GetPid(),
 		Index: info.GetWorkerIndex(), WorkerCount: info.GetWorkerCount(), Device: info.GetDevice(),
-		Models: info.GetModels(), conn: conn, stub: stub,
+		models: info.GetModels(), reload: info.GetReload(), conn: conn, stub: stub,
 	}
 	return nil
 }
@@ -377,8 +471,9 @@ func (p *pool) open(ctx context.Context, addr string, wait time.Duration) error 
 // restarting is usually listening within a second.
 const soon = 250 * time.Millisecond
 
-// heal looks for missing workers every refresh interval (every soon while some are
-// missing) and when woken, until closed.
+// heal looks for missing workers, and asks those of a server that has reloaded which models
+// they serve, every refresh interval (every soon while some are missing or yet to say) and
+// when woken, until closed.
 func (p *pool) heal() {
 	defer close(p.done)
 	timer := time.NewTimer(p.interval())
@@ -390,6 +485,7 @@ func (p *pool) heal() {
 		case <-p.wake:
 		case <-timer.C:
 		}
+		p.follow(p.life)
 		ctx, cancel := context.WithTimeout(p.life, p.opts.connectTimeout)
 		_ = p.search(ctx, false) // calls report their own errors; the next round tries again
 		cancel()
@@ -401,7 +497,7 @@ func (p *pool) heal() {
 func (p *pool) interval() time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.whole {
+	if p.whole && len(p.changed) == 0 {
 		return p.opts.refresh
 	}
 	return min(p.opts.refresh, soon)

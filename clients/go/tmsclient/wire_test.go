@@ -2,9 +2,14 @@ package tmsclient
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +17,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 
 	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
 )
@@ -181,4 +188,130 @@ func TestACallOnAClosedClientFailsAtOnce(t *testing.T) {
 	if e := (*Error)(nil); !errors.As(err, &e) || e.Code != codes.Canceled || e.Method != streamMethod {
 		t.Fatalf("a stream on a closed client: %v", err)
 	}
+}
+
+// reloadingServer is a server of two workers, told apart by connection (its first is pid 1,
+// every later one pid 2), whose models and last reload done a test sets per worker. RunText
+// answers with the pid, and its load report carries the reload as TMS's do.
+type reloadingServer struct {
+	tmsv1.UnimplementedModelServiceServer
+
+	mu      sync.Mutex
+	pids    map[string]int64 // peer address -> the worker it reached
+	models  map[int64][]string
+	reloads map[int64]int64
+	asked   map[int64]int // GetWorkerInfo calls, by worker
+}
+
+func (f *reloadingServer) worker(ctx context.Context) int64 {
+	p, _ := peer.FromContext(ctx)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	pid, ok := f.pids[p.Addr.String()]
+	if !ok {
+		pid = int64(min(len(f.pids)+1, 2))
+		f.pids[p.Addr.String()] = pid
+	}
+	return pid
+}
+
+// timesAsked is how many times worker pid answered GetWorkerInfo.
+func (f *reloadingServer) timesAsked(pid int64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.asked[pid]
+}
+
+// set has worker pid serve models once it has done reload.
+func (f *reloadingServer) set(pid int64, reload int64, models ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.models[pid], f.reloads[pid] = models, reload
+}
+
+func (f *reloadingServer) GetWorkerInfo(ctx context.Context, _ *tmsv1.GetWorkerInfoRequest) (*tmsv1.GetWorkerInfoResponse, error) {
+	pid := f.worker(ctx)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked[pid]++
+	return &tmsv1.GetWorkerInfoResponse{
+		InstanceId: "reloading", Pid: pid, WorkerIndex: int32(pid - 1), WorkerCount: 2,
+		Models: f.models[pid], Reload: f.reloads[pid],
+	}, nil
+}
+
+func (f *reloadingServer) RunText(ctx context.Context, _ *tmsv1.RunTextRequest) (*tmsv1.RunTextResponse, error) {
+	pid := f.worker(ctx)
+	f.mu.Lock()
+	report := EncodeORCA(map[string]float64{"in_flight": 1, "reload": float64(f.reloads[pid])})
+	f.mu.Unlock()
+	_ = grpc.SetTrailer(ctx, metadata.Pairs(loadKey, string(report), identityKey, fmt.Sprintf("reloading/%d", pid)))
+	return &tmsv1.RunTextResponse{ResultJson: fmt.Sprintf(`{"pid": %d}`, pid)}, nil
+}
+
+// pidsOf are the workers ten calls of model reach.
+func pidsOf(t *testing.T, c *Client, model string) map[int64]bool {
+	t.Helper()
+	pids := map[int64]bool{}
+	for range 10 {
+		result, err := c.RunText(context.Background(), model, "x", nil)
+		var reply struct{ PID int64 }
+		if err == nil {
+			err = json.Unmarshal(result, &reply)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids[reply.PID] = true
+	}
+	return pids
+}
+
+// eventually waits up to 2 s for ten calls of model to reach want, well within the refresh
+// interval of a minute.
+func eventually(t *testing.T, c *Client, model string, want map[int64]bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for got := pidsOf(t, c, model); !maps.Equal(got, want); got = pidsOf(t, c, model) {
+		if time.Now().After(deadline) {
+			t.Fatalf("calls of %s reach %v, not %v, 2 s after the reload", model, got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestCallsFollowAModelAReloadMoves(t *testing.T) {
+	f := &reloadingServer{
+		pids: map[string]int64{}, models: map[int64][]string{}, reloads: map[int64]int64{}, asked: map[int64]int{},
+	}
+	f.set(1, 0, "late", "other")
+	f.set(2, 0, "other") // "late" failed to load there
+	c := serveFake(t, f, WithBalancer(RoundRobin()), WithRefreshInterval(time.Minute))
+	if got := pidsOf(t, c, "late"); !maps.Equal(got, map[int64]bool{1: true}) {
+		t.Fatalf("late reached %v before the reload", got)
+	}
+	// Worker 1 has done reload 1 and says so; worker 2, asked then, has not yet: it is asked
+	// again (it draws no call of "late" that would say so) until it has.
+	f.set(1, 1, "late", "other")
+	before := f.timesAsked(2)
+	pidsOf(t, c, "late")
+	for deadline := time.Now().Add(2 * time.Second); f.timesAsked(2) == before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("worker 2 was not asked which models it serves after worker 1 said it had reloaded")
+		}
+	}
+	if got := pidsOf(t, c, "late"); !maps.Equal(got, map[int64]bool{1: true}) {
+		t.Fatalf("late reached %v before worker 2 had done the reload", got)
+	}
+	f.set(2, 1, "late", "other")
+	eventually(t, c, "late", map[int64]bool{1: true, 2: true})
+	for _, w := range c.Workers() {
+		if !slices.Equal(w.Models(), []string{"late", "other"}) {
+			t.Fatalf("%v serves %v", w, w.Models())
+		}
+	}
+	// Reload 2 takes "late" off worker 1: its next answer says so, and calls leave it.
+	f.set(2, 2, "late", "other")
+	f.set(1, 2, "other")
+	eventually(t, c, "late", map[int64]bool{2: true})
 }

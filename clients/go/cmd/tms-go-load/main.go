@@ -2,17 +2,20 @@
 // reports which worker processes answered: what tests/test_go_sdk.py runs against real
 // servers.
 //
-//	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] [-timeout T] [-pause] load MODEL
+//	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] [-timeout T] [-attempts A] [-pause] load MODEL
+//	tms-go-load [flags as load's] rounds MODEL
 //	tms-go-load [-addr host:port] [-token T] tour IMAGE_MODEL TEXT_MODEL
 //	tms-go-load [-addr host:port] [-token T] [-goroutines N] close MODEL
 //
 // load calls MODEL (whose JSON result holds "pid") from N goroutines for D, or -calls times
-// in all, each within -timeout, and prints {"calls", "failures", "pids": {pid: calls}}; with
-// -pause it first prints {"workers": [pid, ...]}, the workers it holds, and waits for a line
-// on stdin (a test stops one of them meanwhile). tour calls every RPC once, RunImage with
-// every dtype, and prints what came back. close starts N calls of MODEL with
-// args {"sleep": 3}, closes the client 300 ms later, makes one more call, and prints how each
-// call ended: {"in_flight": [{"code", "message", "seconds"}], "after": {...}}. Errors go to stderr as
+// in all, each within -timeout and sent at most -attempts times, and prints {"calls",
+// "failures", "pids": {pid: calls}, "workers": workers held}; with -pause it first prints
+// {"workers": [pid, ...]}, the workers it holds, and waits for a line on stdin (a test stops
+// one of them meanwhile). rounds does what load does each time a line comes on stdin, over
+// the same client, until stdin ends (a test reloads the model between rounds). tour calls
+// every RPC once, RunImage with every dtype, and prints what came back. close starts N calls
+// of MODEL with args {"sleep": 3}, closes the client 300 ms later, makes one more call, and
+// prints how each call ended: {"in_flight": [{"code", "message", "seconds"}], "after": {...}}. Errors go to stderr as
 // "error: <gRPC code>: <message>", with exit status 1.
 package main
 
@@ -48,10 +51,13 @@ func main() {
 	refresh := flag.Duration("refresh", 2*time.Second, "how often to look for missing workers")
 	timeout := flag.Duration("timeout", 30*time.Second, "each call's deadline")
 	pause := flag.Bool("pause", false, "load: print the workers' pids, then wait for a line on stdin")
+	attempts := flag.Int("attempts", tmsclient.DefaultRetry().Attempts, "sends of one call, the first included")
 	flag.Parse()
+	retry := tmsclient.DefaultRetry()
+	retry.Attempts = *attempts
 	opts := []tmsclient.Option{
 		tmsclient.WithTimeout(*timeout), tmsclient.WithConnectTimeout(10 * time.Second),
-		tmsclient.WithRefreshInterval(*refresh),
+		tmsclient.WithRefreshInterval(*refresh), tmsclient.WithRetry(retry),
 	}
 	if *token != "" {
 		opts = append(opts, tmsclient.WithToken(*token))
@@ -82,12 +88,20 @@ func main() {
 			if err == nil {
 				err = load(ctx, client, args[1], *goroutines, *duration, int64(*calls))
 			}
+		case len(args) == 2 && args[0] == "rounds":
+			lines := bufio.NewScanner(os.Stdin)
+			for err == nil && lines.Scan() {
+				err = load(ctx, client, args[1], *goroutines, *duration, int64(*calls))
+			}
+			if err == nil {
+				err = lines.Err()
+			}
 		case len(args) == 3 && args[0] == "tour":
 			err = tour(ctx, client, args[1], args[2])
 		case len(args) == 2 && args[0] == "close":
 			err = closeUnderLoad(ctx, client, args[1], *goroutines)
 		default:
-			err = fmt.Errorf("usage: tms-go-load [flags] load MODEL | tour IMAGE_MODEL TEXT_MODEL | close MODEL")
+			err = fmt.Errorf("usage: tms-go-load [flags] load MODEL | rounds MODEL | tour IMAGE_MODEL TEXT_MODEL | close MODEL")
 		}
 	}
 	if err != nil {
