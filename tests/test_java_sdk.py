@@ -1,7 +1,8 @@
 """The Java client (clients/java, built with Maven) against real servers: one client reaches
 every worker process, loses no call when a worker is killed, keeps its calls away from a worker
 another client holds busy (least-loaded, from the load reports) and from a stopped one (from its
-latency), streams frames in order (and fails a stream a server ends too early), lists the
+latency), follows a model that an admin reload loads on another worker (the same client's calls
+reach both), streams frames in order (and fails a stream a server ends too early), lists the
 server's models; and codegen/generate.py's drift check covers its generated stubs. Runs the
 client's example command, io.tinymodelserver.tms.client.Example, its conformance runner
 (io.tinymodelserver.tms.client.Conformance, in src/test/java: tests/conformance/README.md) and the
@@ -37,7 +38,7 @@ from tests.support import (
     write_models,
 )
 from tests.toolchains import JAVA_PROJECT, build_java_client, run
-from tms_client import ModelClient
+from tms_client import AdminClient, ModelClient
 
 pytestmark = pytest.mark.slow
 
@@ -271,6 +272,67 @@ def test_least_loaded_keeps_calls_away_from_a_stopped_worker(
     assert answer["workers"] == 2
     assert all(f.startswith("DEADLINE_EXCEEDED") for f in answer["failures"]), answer
     assert answer["calls"] >= 90, answer
+
+
+LATE = """
+    import os
+    from pathlib import Path
+
+    import tms_server
+
+    class Model(tms_server.Model):
+        thread_safe = True
+
+        def __init__(self):  # the first worker to load it has it; the others fail to, unless
+            here = Path(__file__).parent  # the model's folder holds "ready"
+            if not (here / "ready").exists():
+                os.close(os.open(here / "taken", os.O_CREAT | os.O_EXCL))
+
+        def run(self, image, args):
+            return {"pid": os.getpid()}
+"""
+ADMIN_TOKEN = "admin-token-0123456789"
+
+
+def test_calls_follow_a_model_a_reload_loads_on_more_workers(
+    server_process: Start, example, tmp_path
+):
+    """The model "late" loads on one of two workers, and the Java client sends its calls there
+    alone. An admin reload loads it on the other too: the answers that follow carry the reload's
+    number, the client asks both workers again which models they serve, and the same client's
+    calls reach both, though it had sent none to the other."""
+    models = write_models(tmp_path / "models", {"whoami": MODELS["whoami"], "late": LATE})
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(ADMIN_TOKEN + "\n")
+    args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
+    server = server_process(models, workers=2, args=args)
+    assert wait_for(lambda: len(children(server.process.pid)) == 2, 30)
+    command = [*example, "--balancer", "round-robin", server.target, "follow", "late"]
+    calls = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert calls.stdout is not None
+        line = calls.stdout.readline()
+        assert line, calls.communicate(timeout=60)[1]
+        before = json.loads(line)
+        (models / "late" / "ready").touch()
+        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+            assert all(outcome.reloaded for outcome in admin.reload_model("late"))
+        stdout, stderr = calls.communicate("reloaded\n", timeout=120)
+    finally:
+        if calls.poll() is None:
+            calls.kill()
+            calls.wait()
+    assert calls.returncode == 0, stderr
+    after = json.loads(stdout)
+    assert len(before["pids"]) == 1
+    assert set(after["pids"]) == set(children(server.process.pid)), after
+    assert all(names == ["late", "whoami"] for names in after["models"].values()), after
 
 
 def stream(example: list[str], target: str, model: str, frames: int) -> dict[str, Any]:

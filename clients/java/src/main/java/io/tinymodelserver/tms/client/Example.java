@@ -5,11 +5,16 @@ import io.tinymodelserver.tms.v1.ColorOrder;
 import io.tinymodelserver.tms.v1.DType;
 import io.tinymodelserver.tms.v1.Image;
 import io.tinymodelserver.tms.v1.ModelInfo;
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.StringJoiner;
 import java.util.TreeMap;
 import java.util.TreeSet;
@@ -28,6 +33,7 @@ import java.util.regex.Pattern;
  *     [--threads N] [--calls N | --seconds S]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET stream MODEL [--frames N]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET closed MODEL
+ * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET follow MODEL [--seconds S]
  * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin] [--timeout S]
  * </pre>
  *
@@ -39,7 +45,12 @@ import java.util.regex.Pattern;
  * 10) to MODEL over one stream and prints one JSON line: the frames answered, the ids of those
  * that failed alone, and the stream's failure ("CODE: details", or null). {@code closed} closes
  * the client, then calls MODEL and opens a stream to it, and prints one JSON line: the call's and
- * the stream's failures ("CODE: details", or null) and the seconds both took. {@code --attempts}
+ * the stream's failures ("CODE: details", or null) and the seconds both took. {@code follow}
+ * waits for every worker to be held, sends MODEL 10 calls one after another and prints one JSON
+ * line, the pids they reached; then it waits for a line on stdin (a test reloads the model
+ * meanwhile) and sends batches of 10 calls until one reaches every worker held, or S seconds
+ * (default 10) pass, and prints one JSON line: the last batch's pids, the seconds since the line,
+ * and the models each worker serves, by pid. {@code --attempts}
  * is the client's attempts per call (default 5), {@code --balancer} its balancer (default
  * least-loaded), {@code --timeout} each call's deadline in seconds (default 20).
  */
@@ -48,7 +59,7 @@ public final class Example {
 
   private Example() {}
 
-  public static void main(String[] args) throws InterruptedException {
+  public static void main(String[] args) throws IOException, InterruptedException {
     List<String> rest = new ArrayList<>(List.of(args));
     String token = option(rest, "--token", null);
     int attempts = Integer.parseInt(option(rest, "--attempts", "5"));
@@ -62,7 +73,7 @@ public final class Example {
       System.err.println(
           "usage: Example [--token T] [--attempts N] [--balancer B] [--timeout S] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]"
-              + " | stream MODEL [--frames N] | closed MODEL");
+              + " | stream MODEL [--frames N] | closed MODEL | follow MODEL [--seconds S]");
       System.exit(2);
     }
     TmsClient.Builder builder =
@@ -85,6 +96,7 @@ public final class Example {
         case "load" -> load(client, rest.get(2), threads, calls, seconds);
         case "stream" -> stream(client, rest.get(2), frames);
         case "closed" -> closed(client, rest.get(2));
+        case "follow" -> follow(client, rest.get(2), seconds > 0 ? seconds : 10);
         default -> throw new IllegalArgumentException("unknown command " + rest.get(1));
       }
     } catch (TmsException error) {
@@ -140,6 +152,45 @@ public final class Example {
     double seconds = (System.nanoTime() - began) / 1e9;
     System.out.println(
         "{\"call\": " + call + ", \"stream\": " + stream + ", \"seconds\": " + seconds + "}");
+  }
+
+  private static void follow(TmsClient client, String model, double seconds)
+      throws IOException, InterruptedException {
+    long end = System.nanoTime() + (long) (seconds * 1e9);
+    while (client.workers().size() < client.workers().get(0).workerCount()
+        && System.nanoTime() < end) {
+      Thread.sleep(10);
+    }
+    System.out.println("{\"pids\": " + batch(client, model) + "}");
+    System.out.flush();
+    new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8)).readLine();
+    long began = System.nanoTime();
+    end = began + (long) (seconds * 1e9);
+    Set<Long> pids = batch(client, model);
+    while (pids.size() < client.workers().size() && System.nanoTime() < end) {
+      pids = batch(client, model);
+    }
+    double waited = (System.nanoTime() - began) / 1e9;
+    StringJoiner models = new StringJoiner(", ", "{", "}");
+    for (Worker worker : client.workers()) {
+      StringJoiner names = new StringJoiner(", ", "[", "]");
+      new TreeSet<>(worker.models()).forEach(name -> names.add(quote(name)));
+      models.add("\"" + worker.pid() + "\": " + names);
+    }
+    System.out.println(
+        "{\"pids\": " + pids + ", \"seconds\": " + waited + ", \"models\": " + models + "}");
+  }
+
+  /** The pids that 10 calls of {@code model}, one after another, reached. */
+  private static Set<Long> batch(TmsClient client, String model) {
+    Set<Long> pids = new TreeSet<>();
+    for (int i = 0; i < 10; i++) {
+      Matcher pid = PID.matcher(client.runImage(model, TINY, "{}"));
+      if (pid.find()) {
+        pids.add(Long.parseLong(pid.group(1)));
+      }
+    }
+    return pids;
   }
 
   private static void load(TmsClient client, String model, int threads, int calls, double seconds)

@@ -57,7 +57,10 @@ import java.util.logging.Logger;
  * worker is dropped.
  * A call whose error carries a {@code google.rpc.RetryInfo} (QUEUE_FULL: its worker is busy;
  * DRAINING: it is stopping) is retried on another worker after the delay it names, unless the
- * deadline would pass first. A background thread looks for missing workers (a restarted one, say).
+ * deadline would pass first. A background thread looks for missing workers (a restarted one, say),
+ * and, when an answer says its worker has done a reload of the server ({@code
+ * AdminService.ReloadModel}, which may change which workers serve a model), asks that server's
+ * workers again which models they serve, so that calls follow the model.
  * Other failures raise {@link TmsException} at once.
  */
 public final class TmsClient implements AutoCloseable {
@@ -71,7 +74,6 @@ public final class TmsClient implements AutoCloseable {
 
   private TmsClient(Builder options) {
     this.options = options;
-    this.pool = new WorkerPool(this::newChannel, options.connectTimeout, options.balancer);
     this.refresher =
         Executors.newSingleThreadScheduledExecutor(
             task -> {
@@ -79,6 +81,8 @@ public final class TmsClient implements AutoCloseable {
               thread.setDaemon(true);
               return thread;
             });
+    this.pool =
+        new WorkerPool(this::newChannel, options.connectTimeout, options.balancer, refresher);
   }
 
   /** A builder for a client of {@code target} ({@code host:port}, or any gRPC target). */
@@ -103,14 +107,20 @@ public final class TmsClient implements AutoCloseable {
     refresher.scheduleWithFixedDelay(this::refresh, every, every, TimeUnit.MILLISECONDS);
   }
 
+  /** One round of the background search: missing workers, then the models of reloaded ones. */
   private void refresh() {
-    if (!pool.missing()) {
-      return;
-    }
     try {
-      pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS), false);
+      if (pool.missing()) {
+        pool.discover(
+            Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS), false);
+      }
     } catch (RuntimeException error) {
       LOG.log(Level.FINE, "looking for missing workers failed", error);
+    }
+    try {
+      pool.follow();
+    } catch (RuntimeException error) { // an exception would end the rounds
+      LOG.log(Level.WARNING, "asking workers for their models failed", error);
     }
   }
 
@@ -387,7 +397,10 @@ public final class TmsClient implements AutoCloseable {
       return this;
     }
 
-    /** How often missing workers are looked for (default 1 s). */
+    /**
+     * How often missing workers are looked for, and workers that had not yet done their server's
+     * last reload are asked again which models they serve (default 1 s).
+     */
     public Builder refreshInterval(Duration refreshInterval) {
       this.refreshInterval = positive(refreshInterval, "refreshInterval");
       return this;

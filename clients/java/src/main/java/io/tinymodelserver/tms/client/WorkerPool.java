@@ -15,17 +15,28 @@ import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.tinymodelserver.tms.v1.GetWorkerInfoRequest;
+import io.tinymodelserver.tms.v1.GetWorkerInfoResponse;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceStub;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
+import java.util.Set;
+import java.util.concurrent.Executor;
+import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.locks.ReentrantLock;
+import java.util.function.ObjLongConsumer;
 import java.util.function.Supplier;
+import java.util.logging.Level;
+import java.util.logging.Logger;
 
 /**
  * The worker processes behind one target, one {@link ManagedChannel} (so one TCP connection) each.
@@ -38,31 +49,48 @@ import java.util.function.Supplier;
  * server closed it) is dropped at once, since letting its channel reconnect would put it on
  * whichever worker the kernel picks. Each call goes to the worker the {@link Balancer} picks of
  * those that serve the call's model.
+ *
+ * <p>A reload ({@code AdminService.ReloadModel}) may change which workers serve a model. Every
+ * answer's load report says the number of the server's last reload its worker has done: when it
+ * is above what the worker said with its models, the pool asks the workers of that server again
+ * which models they serve ({@link #follow()}, on the background executor, never on a call's
+ * thread), so calls follow the model.
  */
 final class WorkerPool implements AutoCloseable {
+  private static final Logger LOG = Logger.getLogger(WorkerPool.class.getName());
+
   /**
    * How long the start waits for a connection's answer while half its connect timeout would be left
    * after it (the last connection waits for the rest).
    */
   static final Duration ANSWER_WAIT = Duration.ofSeconds(1);
 
+  /** The longest {@link #follow()} waits for one worker to say which models it serves. */
+  static final Duration FOLLOW_WAIT = Duration.ofSeconds(5);
+
   /**
    * A worker, the channel that reaches it, and its load: this client's calls on it, the load
    * report of its last answer (read from the trailers of every call on the channel), and the
-   * latency of this client's calls there.
+   * latency of this client's calls there. A report whose reload number is above the one the worker
+   * said with its models goes to {@code reloaded}.
    */
   static final class Member implements Balancer.LoadedWorker {
-    private final Worker worker;
+    private volatile Worker worker;
+    // the server's last reload the worker had done when it said its models
+    private volatile long reload;
     private final ManagedChannel channel;
+    private final ObjLongConsumer<Member> reloaded;
     private final ModelServiceBlockingStub stub;
     private final ModelServiceStub asyncStub; // for streams
     private final AtomicInteger inFlight = new AtomicInteger();
     private volatile LoadReport load;
     private final Latency latency = new Latency();
 
-    Member(Worker worker, ManagedChannel channel) {
-      this.worker = worker;
+    Member(GetWorkerInfoResponse info, ManagedChannel channel, ObjLongConsumer<Member> reloaded) {
+      this.worker = Worker.of(info);
+      this.reload = info.getReload();
       this.channel = channel;
+      this.reloaded = reloaded;
       Channel watched = ClientInterceptors.intercept(channel, watch());
       this.stub = ModelServiceGrpc.newBlockingStub(watched);
       this.asyncStub = ModelServiceGrpc.newStub(watched);
@@ -90,6 +118,17 @@ final class WorkerPool implements AutoCloseable {
 
     ManagedChannel channel() {
       return channel;
+    }
+
+    /** The number of the server's last reload the worker had done when it said its models. */
+    long reload() {
+      return reload;
+    }
+
+    /** Take in what the worker's {@code GetWorkerInfo} says now: the models it serves. */
+    void follow(GetWorkerInfoResponse info) {
+      worker = Worker.of(info);
+      reload = info.getReload();
     }
 
     ModelServiceBlockingStub stub() {
@@ -131,7 +170,7 @@ final class WorkerPool implements AutoCloseable {
                   new SimpleForwardingClientCallListener<>(listener) {
                     @Override
                     public void onClose(Status status, Metadata trailers) {
-                      LoadReport.of(trailers, System.nanoTime()).ifPresent(r -> load = r);
+                      LoadReport.of(trailers, System.nanoTime()).ifPresent(Member.this::observe);
                       super.onClose(status, trailers);
                     }
                   },
@@ -140,6 +179,13 @@ final class WorkerPool implements AutoCloseable {
           };
         }
       };
+    }
+
+    private void observe(LoadReport report) {
+      load = report;
+      if (report.reload() > reload) {
+        reloaded.accept(this, report.reload());
+      }
     }
 
     @Override
@@ -152,15 +198,31 @@ final class WorkerPool implements AutoCloseable {
   private final Supplier<ManagedChannel> channels;
   private final Duration connectTimeout;
   private final Balancer balancer;
+  private final Executor background; // runs follow()
   private final ReentrantLock discovering = new ReentrantLock(); // one search at a time
   private volatile List<Member> members = List.of();
   private volatile int expected; // worker_count last reported, 0 before any
   private volatile boolean closed;
+  // Guarded by this: server instance id -> its last reload seen; the workers to ask for their
+  // models (their server has reloaded since they said them).
+  private final Map<String, Long> reloads = new HashMap<>();
+  private final Set<Member> changed = new HashSet<>();
+  private final AtomicBoolean following = new AtomicBoolean(); // a follow() waits to run
 
-  WorkerPool(Supplier<ManagedChannel> channels, Duration connectTimeout, Balancer balancer) {
+  /**
+   * A pool of workers reached through {@code channels}; {@code background} runs {@link #follow()}
+   * when an answer says a worker has done a reload (a single thread, which also runs it every
+   * round of the search for missing workers).
+   */
+  WorkerPool(
+      Supplier<ManagedChannel> channels,
+      Duration connectTimeout,
+      Balancer balancer,
+      Executor background) {
     this.channels = channels;
     this.connectTimeout = connectTimeout;
     this.balancer = balancer;
+    this.background = background;
   }
 
   /**
@@ -246,13 +308,12 @@ final class WorkerPool implements AutoCloseable {
         if (start && left - answer >= connectTimeout.toNanos() / 2) {
           wait = Deadline.after(answer, TimeUnit.NANOSECONDS);
         }
-        Worker worker;
+        GetWorkerInfoResponse info;
         try {
-          worker =
-              Worker.of(
-                  stub.withWaitForReady()
-                      .withDeadline(wait)
-                      .getWorkerInfo(GetWorkerInfoRequest.getDefaultInstance()));
+          info =
+              stub.withWaitForReady()
+                  .withDeadline(wait)
+                  .getWorkerInfo(GetWorkerInfoRequest.getDefaultInstance());
         } catch (StatusRuntimeException error) {
           channel.shutdownNow();
           last = error;
@@ -270,8 +331,8 @@ final class WorkerPool implements AutoCloseable {
           }
           return; // keep the workers held; a later discovery finds the rest
         }
-        expected = worker.workerCount();
-        if (!add(new Member(worker, channel))) {
+        expected = info.getWorkerCount();
+        if (!add(new Member(info, channel, this::reloaded))) {
           channel.shutdownNow(); // a second connection to a worker already held
         }
       }
@@ -307,6 +368,7 @@ final class WorkerPool implements AutoCloseable {
 
   /** Forget a worker and close its channel (calls in flight on it end as they will). */
   synchronized void drop(Member member) {
+    changed.remove(member);
     if (!members.contains(member)) {
       return;
     }
@@ -314,6 +376,91 @@ final class WorkerPool implements AutoCloseable {
     next.remove(member);
     members = List.copyOf(next);
     member.channel().shutdown();
+  }
+
+  /**
+   * {@code member} answered that it has done reload number {@code reload}, above the one it said
+   * with its models: have {@link #follow()} ask it at once and, the first time its server says so,
+   * every worker of that server (one asked before it has done the reload is asked again when its
+   * own answers say it has). Called as a call ends, on gRPC's thread: it only takes note.
+   */
+  private void reloaded(Member member, long reload) {
+    synchronized (this) {
+      if (closed || !members.contains(member)) {
+        return;
+      }
+      String server = member.worker().instanceId();
+      if (reload > reloads.getOrDefault(server, 0L)) {
+        reloads.put(server, reload);
+        for (Member held : members) {
+          if (held.worker().instanceId().equals(server)) {
+            changed.add(held);
+          }
+        }
+      }
+      changed.add(member);
+    }
+    if (following.compareAndSet(false, true)) {
+      try {
+        background.execute(
+            () -> {
+              following.set(false);
+              follow();
+            });
+      } catch (RejectedExecutionException closing) {
+        following.set(false);
+      }
+    }
+  }
+
+  /**
+   * Ask each worker whose server has reloaded since it said its models which models it serves now,
+   * so that calls follow them. One that does not answer, or has not done its server's last reload
+   * yet, is asked again at the next call of this (every round of the background search, or sooner
+   * when its answers say it has). One whose connection fails is dropped. Run on the background
+   * executor only: it blocks on each worker's answer.
+   */
+  void follow() {
+    List<Member> asking;
+    synchronized (this) {
+      asking = List.copyOf(changed);
+    }
+    long wait = Math.min(connectTimeout.toNanos(), FOLLOW_WAIT.toNanos());
+    for (Member member : asking) {
+      if (closed) {
+        return;
+      }
+      if (!members.contains(member)) {
+        continue; // dropped meanwhile (drop() forgot it)
+      }
+      GetWorkerInfoResponse info;
+      try {
+        // Not through member.stub(): the report in this answer would be taken for news of the
+        // reload the answer itself says the worker has done.
+        info =
+            ModelServiceGrpc.newBlockingStub(member.channel())
+                .withDeadline(Deadline.after(wait, TimeUnit.NANOSECONDS))
+                .getWorkerInfo(GetWorkerInfoRequest.getDefaultInstance());
+      } catch (StatusRuntimeException error) {
+        if (error.getStatus().getCode() == Status.Code.UNAVAILABLE
+            || TmsClient.connectionLost(error)) {
+          drop(member);
+        }
+        LOG.log(Level.FINE, "asking " + member.worker().key() + " for its models failed", error);
+        continue;
+      }
+      if (!Worker.of(info).key().equals(member.worker().key())) {
+        drop(member); // its channel reaches another process now
+        continue;
+      }
+      member.follow(info);
+      LOG.fine(() -> "worker " + member.worker().key() + " serves " + info.getModelsList());
+      synchronized (this) {
+        if (member.reload() >= reloads.getOrDefault(member.worker().instanceId(), 0L)) {
+          changed.remove(member);
+        }
+      }
+    }
   }
 
   List<Worker> workers() {
@@ -327,6 +474,7 @@ final class WorkerPool implements AutoCloseable {
       member.channel().shutdownNow();
     }
     members = List.of();
+    changed.clear();
   }
 
   @Override
