@@ -2,11 +2,13 @@
 every worker process, loses no call when a worker is killed, keeps its calls away from a worker
 another client holds busy (least-loaded, from the load reports) and from a stopped one (from its
 latency), follows a model that an admin reload loads on another worker (the same client's calls
-reach both), streams frames in order (and fails a stream a server ends too early), lists the
-server's models; and codegen/generate.py's drift check covers its generated stubs. Runs the
-client's example command, io.tinymodelserver.tms.client.Example, its conformance runner
-(io.tinymodelserver.tms.client.Conformance, in src/test/java: tests/conformance/README.md) and the
-main README's Java snippet; `mvn package` runs its unit tests (src/test/java, *Test.java)."""
+reach both), fails its start at once where the connection is refused (and waits its connect
+timeout for a target that never answers), streams frames in order (and fails a stream a server
+ends too early), lists the server's models; and codegen/generate.py's drift check covers its
+generated stubs. Runs the client's example command, io.tinymodelserver.tms.client.Example, its
+conformance runner (io.tinymodelserver.tms.client.Conformance, in src/test/java:
+tests/conformance/README.md) and the main README's Java snippet; `mvn package` runs its unit
+tests (src/test/java, *Test.java)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -191,6 +194,35 @@ def test_calls_keep_their_deadline_while_the_server_is_down(server_process: Star
     assert answer["failures"], "calls after the kill found no server"
     assert all(f.startswith(("DEADLINE_EXCEEDED", "UNAVAILABLE")) for f in answer["failures"])
     assert answer["longest"] < 3.0, answer  # not the search's 10 s
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_connection_fails_at_once(example):
+    """Nothing listens at the target: the start fails at once, UNAVAILABLE, naming the target and
+    saying the connection was refused, not after its 5 s connect timeout (the bound leaves room
+    for the JVM loading gRPC's classes on a busy machine)."""
+    target = f"127.0.0.1:{free_port()}"
+    answer = example_json(example, "--connect-timeout", "5", target, "connect")
+    refused = f"UNAVAILABLE: connection refused at {target}: is tms-server running?"
+    assert answer["failure"] == refused, answer
+    assert answer["seconds"] < 2.5, answer
+
+
+def test_a_silent_target_is_waited_for_until_the_connect_timeout(example):
+    """A target that accepts connections and never answers (a listening socket nobody accepts
+    on) may be a slow server: the start waits for it until its connect timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        answer = example_json(example, "--connect-timeout", "2", target, "connect")
+    assert answer["failure"].startswith("DEADLINE_EXCEEDED: "), answer
+    assert answer["seconds"] >= 1.9, answer
 
 
 def test_a_closed_client_says_so(server_process: Start, models, example):

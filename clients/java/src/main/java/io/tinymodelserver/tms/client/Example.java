@@ -34,7 +34,9 @@ import java.util.regex.Pattern;
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET stream MODEL [--frames N]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET closed MODEL
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET follow MODEL [--seconds S]
+ * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET connect
  * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin] [--timeout S]
+ *     [--connect-timeout S]
  * </pre>
  *
  * {@code models} prints the model names, one a line. {@code load} sends a 2x2 BGR image to MODEL
@@ -50,9 +52,12 @@ import java.util.regex.Pattern;
  * line, the pids they reached; then it waits for a line on stdin (a test reloads the model
  * meanwhile) and sends batches of 10 calls until one reaches every worker held, or S seconds
  * (default 10) pass, and prints one JSON line: the last batch's pids, the seconds since the line,
- * and the models each worker serves, by pid. {@code --attempts}
+ * and the models each worker serves, by pid. {@code connect} starts a client and prints one JSON
+ * line: the workers it found, its failure ("CODE: details", or null) and the seconds the start
+ * took. {@code --attempts}
  * is the client's attempts per call (default 5), {@code --balancer} its balancer (default
- * least-loaded), {@code --timeout} each call's deadline in seconds (default 20).
+ * least-loaded), {@code --timeout} each call's deadline in seconds (default 20), {@code
+ * --connect-timeout} the client's connect timeout in seconds (default 10).
  */
 public final class Example {
   private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d+)");
@@ -65,20 +70,24 @@ public final class Example {
     int attempts = Integer.parseInt(option(rest, "--attempts", "5"));
     String balancer = option(rest, "--balancer", "least-loaded");
     double timeout = Double.parseDouble(option(rest, "--timeout", "20"));
+    double connectTimeout = Double.parseDouble(option(rest, "--connect-timeout", "10"));
     int threads = Integer.parseInt(option(rest, "--threads", "4"));
     int calls = Integer.parseInt(option(rest, "--calls", "0"));
     double seconds = Double.parseDouble(option(rest, "--seconds", "0"));
     int frames = Integer.parseInt(option(rest, "--frames", "10"));
     if (rest.size() < 2) {
       System.err.println(
-          "usage: Example [--token T] [--attempts N] [--balancer B] [--timeout S] TARGET models"
+          "usage: Example [--token T] [--attempts N] [--balancer B] [--timeout S]"
+              + " [--connect-timeout S] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]"
-              + " | stream MODEL [--frames N] | closed MODEL | follow MODEL [--seconds S]");
+              + " | stream MODEL [--frames N] | closed MODEL | follow MODEL [--seconds S]"
+              + " | connect");
       System.exit(2);
     }
     TmsClient.Builder builder =
         TmsClient.builder(rest.get(0))
             .timeout(Duration.ofNanos((long) (timeout * 1e9)))
+            .connectTimeout(Duration.ofNanos((long) (connectTimeout * 1e9)))
             .attempts(attempts)
             .balancer(
                 switch (balancer) {
@@ -88,6 +97,10 @@ public final class Example {
                 });
     if (token != null) {
       builder.token(token);
+    }
+    if (rest.get(1).equals("connect")) {
+      connect(builder);
+      return;
     }
     try (TmsClient client = builder.build()) {
       switch (rest.get(1)) {
@@ -112,6 +125,21 @@ public final class Example {
           .setColorOrder(ColorOrder.COLOR_ORDER_BGR)
           .setData(ByteString.copyFrom(new byte[12]))
           .build();
+
+  private static void connect(TmsClient.Builder builder) {
+    long began = System.nanoTime();
+    int workers = 0;
+    String failure = null;
+    try (TmsClient client = builder.build()) {
+      workers = client.workers().size();
+    } catch (TmsException error) {
+      failure = quote(error.code() + ": " + error.details());
+    }
+    double seconds = (System.nanoTime() - began) / 1e9;
+    System.out.println(
+        "{\"workers\": " + workers + ", \"failure\": " + failure + ", \"seconds\": " + seconds
+            + "}");
+  }
 
   private static void stream(TmsClient client, String model, int frames) {
     int answered = 0;

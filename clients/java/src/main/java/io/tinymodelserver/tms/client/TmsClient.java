@@ -46,8 +46,10 @@ import java.util.logging.Logger;
  * }
  * }</pre>
  *
- * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server; a worker
- * that does not answer, a stalled one, costs it about a second) and finds the workers. Each call
+ * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server to answer,
+ * but failing at once, UNAVAILABLE "connection refused at TARGET: is tms-server running?", where
+ * nothing listens; a worker that does not answer, a stalled one, costs it about a second) and
+ * finds the workers. Each call
  * goes to a worker that serves its model, the one the {@link Balancer} picks (least-loaded by
  * default). Each call has a deadline ({@link Builder#timeout}), retries included, and waits for
  * a search for workers under way (the background's may take the whole connect timeout on a server
@@ -82,7 +84,8 @@ public final class TmsClient implements AutoCloseable {
               return thread;
             });
     this.pool =
-        new WorkerPool(this::newChannel, options.connectTimeout, options.balancer, refresher);
+        new WorkerPool(
+            options.target, this::newChannel, options.connectTimeout, options.balancer, refresher);
   }
 
   /** A builder for a client of {@code target} ({@code host:port}, or any gRPC target). */
@@ -391,7 +394,10 @@ public final class TmsClient implements AutoCloseable {
       return this;
     }
 
-    /** How long {@link #build()} and discovery wait for the server (default 10 s). */
+    /**
+     * How long {@link #build()} and discovery wait for the server (default 10 s); {@link #build()}
+     * waits for none where the connection is refused (nothing listens there).
+     */
     public Builder connectTimeout(Duration connectTimeout) {
       this.connectTimeout = positive(connectTimeout, "connectTimeout");
       return this;

@@ -19,6 +19,7 @@ import io.tinymodelserver.tms.v1.GetWorkerInfoResponse;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceStub;
+import java.net.ConnectException;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -195,6 +196,7 @@ final class WorkerPool implements AutoCloseable {
     }
   }
 
+  private final String target; // as the caller gave it, for errors
   private final Supplier<ManagedChannel> channels;
   private final Duration connectTimeout;
   private final Balancer balancer;
@@ -210,15 +212,17 @@ final class WorkerPool implements AutoCloseable {
   private final AtomicBoolean following = new AtomicBoolean(); // a follow() waits to run
 
   /**
-   * A pool of workers reached through {@code channels}; {@code background} runs {@link #follow()}
-   * when an answer says a worker has done a reload (a single thread, which also runs it every
-   * round of the search for missing workers).
+   * A pool of the workers at {@code target} (named in errors), reached through {@code channels};
+   * {@code background} runs {@link #follow()} when an answer says a worker has done a reload (a
+   * single thread, which also runs it every round of the search for missing workers).
    */
   WorkerPool(
+      String target,
       Supplier<ManagedChannel> channels,
       Duration connectTimeout,
       Balancer balancer,
       Executor background) {
+    this.target = target;
     this.channels = channels;
     this.connectTimeout = connectTimeout;
     this.balancer = balancer;
@@ -276,6 +280,11 @@ final class WorkerPool implements AutoCloseable {
    * held. Throws when nothing is held and the server refused (a bad token, say), or nothing
    * answered in time.
    *
+   * <p>The start's first connection does not wait for the server to be ready: where nothing
+   * listens (its connection is refused) the start fails at once, UNAVAILABLE, saying so, instead of
+   * waiting out the connect timeout. A server that accepts the connection, or an address that does
+   * not answer at all, is waited for as before.
+   *
    * <p>A search under way (the background's, which may wait the whole connect timeout on a server
    * that is down) is waited for until {@code deadline} at most; then this one returns having found
    * nothing, so that a call keeps its deadline.
@@ -302,6 +311,7 @@ final class WorkerPool implements AutoCloseable {
         attempts++;
         ManagedChannel channel = channels.get();
         ModelServiceBlockingStub stub = ModelServiceGrpc.newBlockingStub(channel);
+        boolean probe = start && attempts == 1; // fails at once where nothing listens
         Deadline wait = limit;
         long answer = ANSWER_WAIT.toNanos();
         long left = limit.timeRemaining(TimeUnit.NANOSECONDS);
@@ -311,11 +321,17 @@ final class WorkerPool implements AutoCloseable {
         GetWorkerInfoResponse info;
         try {
           info =
-              stub.withWaitForReady()
+              (probe ? stub : stub.withWaitForReady())
                   .withDeadline(wait)
                   .getWorkerInfo(GetWorkerInfoRequest.getDefaultInstance());
         } catch (StatusRuntimeException error) {
           channel.shutdownNow();
+          if (probe && connectionRefused(error)) {
+            throw new TmsException(
+                Status.Code.UNAVAILABLE,
+                "connection refused at " + target + ": is tms-server running?",
+                error);
+          }
           last = error;
           Status.Code code = error.getStatus().getCode();
           if (code == Status.Code.UNAVAILABLE && !limit.isExpired()) {
@@ -342,6 +358,25 @@ final class WorkerPool implements AutoCloseable {
     } finally {
       discovering.unlock();
     }
+  }
+
+  /**
+   * Whether a call failed because its connection was refused (nothing listens at the address, or
+   * at any of the addresses its name resolves to): grpc-java fails a call that does not wait for
+   * ready with the transport's connect error as the status's cause.
+   */
+  static boolean connectionRefused(StatusRuntimeException error) {
+    if (error.getStatus().getCode() != Status.Code.UNAVAILABLE) {
+      return false;
+    }
+    for (Throwable cause = error.getStatus().getCause(); cause != null; cause = cause.getCause()) {
+      if (cause instanceof ConnectException connect
+          && connect.getMessage() != null
+          && connect.getMessage().contains("Connection refused")) {
+        return true;
+      }
+    }
+    return false;
   }
 
   private synchronized boolean add(Member member) {

@@ -168,6 +168,7 @@ class WorkerPoolTest {
     List<FakeWorker> workers = List.of(one, two);
     pool =
         new WorkerPool(
+            "fake",
             () -> {
               int port = workers.get(turn.getAndIncrement() % 2).server.getPort();
               return channel(port);
