@@ -1,5 +1,6 @@
 """The TypeScript SDK (clients/ts) against real servers: worker discovery, balancing, retries
-when a worker is killed under load, tokens, TLS, every RPC and dtype, and the READMEs' examples.
+when a worker is killed under load, calls following a model a reload moves, tokens, TLS, every
+RPC and dtype, and the READMEs' examples.
 
 The scenarios are clients/ts/test/scenarios.ts, compiled with the SDK by ``npm test`` (which
 also runs the SDK's unit tests, test/unit.test.ts); each prints one line of JSON.
@@ -31,7 +32,9 @@ from tests.support import (
     start_process,
     write_models,
 )
+from tests.test_startup import ADMIN_TOKEN, GOOD, LATE
 from tests.toolchains import TS_PACKAGE, build_ts_client, find_npm, run
+from tms_client import AdminClient
 
 pytestmark = pytest.mark.slow
 
@@ -159,6 +162,48 @@ def test_a_model_placed_on_some_workers_gets_calls_there_only(server: ServerProc
     assert len(answer["workers"]) == 3
     assert len(having) == 1
     assert answer["pids"] == having
+
+
+def test_calls_follow_a_model_a_reload_loads_on_more_workers(
+    tmp_path: Path, unit_output: str
+) -> None:
+    # "late" loads on one worker of two, and on both after a reload. The client sends its
+    # calls to the one worker that has it; once the reload's number comes in the answers'
+    # load reports, it asks both workers again which models they serve, and the same client's
+    # calls reach both.
+    models = write_models(tmp_path / "models", {"alpha": GOOD, "late": LATE})
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(ADMIN_TOKEN + "\n")
+    args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
+    server = start_process(models, workers=2, args=args)
+    try:
+        follow = subprocess.Popen(
+            ["node", str(SCENARIOS), "follow", server.target, json.dumps({"model": "late"})],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert follow.stdout is not None
+            assert follow.stdout.readline().strip() == "ready"
+            (models / "late" / "ready").touch()
+            with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+                assert all(outcome.reloaded for outcome in admin.reload_model("late"))
+            out, err = follow.communicate("reloaded\n", timeout=60)
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+                follow.wait()
+        assert follow.returncode == 0, err
+        answer = json.loads(out.splitlines()[-1])
+        workers = set(children(server.process.pid))
+        assert len(answer["before"]) == 1
+        assert set(answer["after"]) == workers
+        assert {w["pid"] for w in answer["workers"]} == workers
+        assert all(w["models"] == ["alpha", "late"] for w in answer["workers"])
+    finally:
+        server.stop()
 
 
 def test_every_call_and_dtype(server: ServerProcess, png_file: Path) -> None:

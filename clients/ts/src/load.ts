@@ -2,7 +2,9 @@
  * What a worker says about itself in the trailing metadata of every response.
  *
  * - `tms-load-bin`: an ORCA load report (xds.data.orca.v3.OrcaLoadReport) whose
- *   `named_metrics` (field 8, map<string, double>) hold `in_flight` and `queued`;
+ *   `named_metrics` (field 8, map<string, double>) hold `in_flight` and `queued`, and after a
+ *   reload `reload`, the number of the server's last reload the worker has done
+ *   (GetWorkerInfoResponse.reload);
  * - `tms-worker`: `<instance id>/<pid>`, which worker answered.
  *
  * Only named_metrics is read; other fields are skipped, as protobuf would.
@@ -16,6 +18,8 @@ export const WORKER_KEY = "tms-worker";
 export interface LoadReport {
   inFlight: number;
   queued: number;
+  /** The server's last reload the worker has done (0: none, or a server that does not say). */
+  reload: number;
   received: number;
 }
 
@@ -89,7 +93,12 @@ export function readTrailers(metadata: Metadata | undefined): { identity?: strin
   if (raw instanceof Uint8Array) {
     try {
       const metrics = decodeOrca(raw);
-      load = { inFlight: metrics.get("in_flight") ?? 0, queued: metrics.get("queued") ?? 0, received: performance.now() };
+      load = {
+        inFlight: metrics.get("in_flight") ?? 0,
+        queued: metrics.get("queued") ?? 0,
+        reload: metrics.get("reload") ?? 0,
+        received: performance.now(),
+      };
     } catch {
       load = undefined; // a malformed report is ignored
     }

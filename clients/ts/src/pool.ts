@@ -13,7 +13,10 @@
  * process (grpc-js reconnected its channel and reached another worker), is dropped; the pool
  * looks for missing workers in the background every refreshIntervalMs (every 250 ms while some
  * are missing), at once after a drop, and on demand when a call finds none (which waits for a
- * search under way no longer than its deadline and AbortSignal allow).
+ * search under way no longer than its deadline and AbortSignal allow). When a worker's load
+ * report says it has done a reload of its server newer than the pool knew (which may change
+ * the models a worker serves), the background search asks that server's workers again which
+ * models they serve (GetWorkerInfo), at once, so calls follow the model.
  */
 import { Metadata, status } from "@grpc/grpc-js";
 
@@ -157,7 +160,13 @@ export class WorkerPool {
   private searching: Promise<void> | undefined;
   private searchAfter = 0;
   private wake: (() => void) | undefined;
+  /** Woken while it was not waiting: the background search runs again at once. */
+  private woken = false;
   private healTimer: NodeJS.Timeout | undefined;
+  /** Workers to ask which models they serve (their server reloaded). */
+  private readonly changed = new Set<Worker<Connection>>();
+  /** Server instance id -> the last reload any of its workers said it had done. */
+  private readonly reloads = new Map<string, number>();
 
   constructor(readonly settings: PoolSettings) {
     this.connector = settings.connector ?? new Transport(settings.tls, settings.maxMessageBytes);
@@ -289,7 +298,9 @@ export class WorkerPool {
   }
 
   /** The background search, until the pool closes: soon while workers are missing, else
-   * every refreshIntervalMs, and at once when a worker is dropped. */
+   * every refreshIntervalMs, and at once when a worker is dropped or says its server
+   * reloaded (then, after looking for missing workers, it asks the workers of that server
+   * which models they serve). */
   private async heal(): Promise<void> {
     const interval = this.settings.refreshIntervalMs;
     while (!this.closed) {
@@ -299,24 +310,80 @@ export class WorkerPool {
       } catch {
         complete = false;
       }
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        this.healTimer = setTimeout(resolve, complete ? interval : Math.min(interval, 250));
-        this.healTimer.unref(); // a client left open does not keep the process alive
-      });
-      clearTimeout(this.healTimer);
-      this.wake = undefined;
+      if (!this.woken) {
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          this.healTimer = setTimeout(resolve, complete ? interval : Math.min(interval, 250));
+          this.healTimer.unref(); // a client left open does not keep the process alive
+        });
+        clearTimeout(this.healTimer);
+        this.wake = undefined;
+      }
+      this.woken = false;
       if (this.closed) return;
       try {
         await this.search();
       } catch {
         // a refused token or a server away: the next round tries again
       }
+      await Promise.all([...this.changed].map((worker) => this.followModels(worker)));
     }
   }
 
+  /** Have the background search run now, or once more as soon as its round ends. */
+  private wakeHeal(): void {
+    this.woken = true;
+    this.wake?.();
+  }
+
+  /** Ask `worker`, whose server has reloaded, which models it serves now. One that does not
+   * answer, or has not done its server's last reload yet, is asked again next round. */
+  private async followModels(worker: Worker<Connection>): Promise<void> {
+    if (worker.retired) {
+      this.changed.delete(worker); // its channel closes once its calls end: ask no more
+      return;
+    }
+    worker.inFlight += 1; // its channel stays open meanwhile
+    let reply: Reply;
+    let info: GetWorkerInfoResponse;
+    try {
+      reply = await worker.channel.unary({
+        path: WORKER_INFO,
+        data: Buffer.alloc(0),
+        deadline: Date.now() + IDENTIFY_TIMEOUT_MS,
+        metadata: this.settings.metadata,
+      });
+      info = GetWorkerInfoResponse.decode(reply.data);
+    } catch (error) {
+      this.failed(worker, error);
+      return;
+    } finally {
+      this.done(worker);
+    }
+    this.workers.follow(worker, info);
+    if (worker.reload >= (this.reloads.get(worker.info.instanceId) ?? 0)) this.changed.delete(worker);
+    this.observe(worker, reply.trailers);
+  }
+
+  /** `worker` says it has done reload number `reload` of its server, after it said which
+   * models it serves: have the background search ask it at once (followModels), and, the
+   * first time its server says so, all the server's workers (one asked before it had done the
+   * reload is asked again when its own answers say it has). */
+  private reloaded(worker: Worker<Connection>, reload: number): void {
+    const { instanceId } = worker.info;
+    if (reload > (this.reloads.get(instanceId) ?? 0)) {
+      this.reloads.set(instanceId, reload);
+      for (const other of this.workers.workers()) {
+        if (other.info.instanceId === instanceId) this.changed.add(other);
+      }
+    }
+    this.changed.add(worker);
+    this.wakeHeal();
+  }
+
   private drop(worker: Worker<Connection>): void {
-    if (this.workers.remove(worker)) this.wake?.();
+    if (this.workers.remove(worker)) this.wakeHeal();
+    this.changed.delete(worker);
     this.retire(worker);
   }
 
@@ -446,7 +513,10 @@ export class WorkerPool {
 
   private observe(worker: Worker<Connection>, trailers: Metadata): void {
     const { identity, load } = readTrailers(trailers);
-    if (load !== undefined) worker.load = load;
+    if (load !== undefined) {
+      worker.load = load;
+      if (load.reload > worker.reload) this.reloaded(worker, load.reload);
+    }
     // grpc-js reconnected this channel and reached another process.
     if (identity !== undefined && identity !== worker.identity) this.drop(worker);
   }

@@ -39,13 +39,20 @@ export class Worker<C = unknown> implements LoadedWorker {
 
   constructor(
     readonly address: string,
-    readonly info: GetWorkerInfoResponse,
+    /** What the worker said of itself; its models and reload as it last said them (see
+     * WorkerSet.follow). */
+    public info: GetWorkerInfoResponse,
     readonly channel: C,
   ) {}
 
   /** What tells workers apart, across hosts too. */
   get key(): string {
     return `${this.info.instanceId}/${this.info.pid}`;
+  }
+
+  /** The server's last reload this worker had done when it said which models it has. */
+  get reload(): number {
+    return this.info.reload;
   }
 
   /** How the worker names itself in the `tms-worker` trailer. */
@@ -117,6 +124,14 @@ export class WorkerSet<C = unknown> {
     this.servers.set(worker.address, [worker.info.instanceId, worker.info.workerCount]);
     this.byKey.set(worker.key, worker);
     return stale;
+  }
+
+  /** Take in the models `worker` serves now (and the reload it has done), from its
+   * GetWorkerInfo answer; false, changing nothing, when another process answered. */
+  follow(worker: Worker<C>, info: GetWorkerInfoResponse): boolean {
+    if (info.instanceId !== worker.info.instanceId || info.pid !== worker.info.pid) return false;
+    worker.info = info;
+    return true;
   }
 
   /** Forget `worker` (if this very object is known); whether it was. */

@@ -1,4 +1,4 @@
-/** Trailers carrying a google.rpc.Status's details, as a TMS server attaches them to an error. */
+/** Trailers as a TMS server writes them: a google.rpc.Status's details, a load report. */
 import { Metadata } from "@grpc/grpc-js";
 
 import { DETAILS_KEY } from "../src/errors.js";
@@ -33,4 +33,18 @@ export function detailsTrailers(code: number, details: Details): Metadata {
   const trailers = new Metadata();
   trailers.set(DETAILS_KEY, Buffer.from(Status.encode({ code, message: "m", details: parts }).finish()));
   return trailers;
+}
+
+/** An OrcaLoadReport with `metrics` as named_metrics (field 8), as the server writes it (after
+ * a field 1, which readers skip). */
+export function orca(metrics: Record<string, number>): Buffer {
+  const parts: Buffer[] = [];
+  for (const [name, value] of Object.entries(metrics)) {
+    const key = Buffer.from(name);
+    const double = Buffer.alloc(8);
+    double.writeDoubleLE(value);
+    const entry = Buffer.concat([Buffer.from([0x0a, key.length]), key, Buffer.from([0x11]), double]);
+    parts.push(Buffer.from([(8 << 3) | 2, entry.length]), entry);
+  }
+  return Buffer.concat([Buffer.from([0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]), ...parts]); // field 1 skipped
 }

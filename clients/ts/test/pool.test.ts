@@ -10,12 +10,13 @@ import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
 import { type PoolSettings, WorkerPool } from "../src/pool.js";
 import { RetryPolicy } from "../src/retry.js";
 import type { Connection, Connector, Reply, Request } from "../src/transport.js";
-import { detailsTrailers } from "./details.js";
+import { detailsTrailers, orca } from "./details.js";
 
 /** A server whose connections land on its workers in the order `landings` gives (then in
  * turn); a worker in `dead` fails every call UNAVAILABLE, one in `stalled` answers none (its
  * calls fail DEADLINE_EXCEEDED at their deadline, as grpc-js's do). Replies carry the worker's
- * pid. */
+ * pid; a worker that has done a reload (`reloads`) says so in GetWorkerInfo and, as a load
+ * report, in the trailers of every answer. */
 class ScriptedServer implements Connector {
   readonly dead = new Set<number>();
   readonly stalled = new Set<number>();
@@ -24,6 +25,8 @@ class ScriptedServer implements Connector {
   private readonly stalls = new Set<() => void>();
   /** Workers that fail every model call with this error. */
   readonly failing = new Map<number, TmsError>();
+  /** pid -> the server's last reload the worker has done. */
+  readonly reloads: Record<number, number> = {};
   refuse = false;
   opened = 0;
   paths: string[] = [];
@@ -47,16 +50,29 @@ class ScriptedServer implements Connector {
         if (this.stalled.has(pid)) await this.stall(request.deadline);
         const trailers = new Metadata();
         trailers.set("tms-worker", `id/${pid}`);
+        const reload = this.reloads[pid] ?? 0;
+        if (reload > 0) trailers.set("tms-load-bin", orca({ in_flight: 0, queued: 0, reload }));
         if (this.refuse) throw new TmsError(status.UNAUTHENTICATED, "bad token");
         if (this.dead.has(pid) || !this.pids.includes(pid)) throw new TmsError(status.UNAVAILABLE, "gone");
         if (request.path.endsWith("GetWorkerInfo")) {
           const info = GetWorkerInfoResponse.encode(
-            GetWorkerInfoResponse.fromPartial({ instanceId: "id", pid, workerIndex: index, workerCount: this.pids.length, models: this.models[pid] ?? [] }),
+            GetWorkerInfoResponse.fromPartial({
+              instanceId: "id",
+              pid,
+              workerIndex: index,
+              workerCount: this.pids.length,
+              models: this.models[pid] ?? [],
+              reload,
+            }),
           );
           return { data: Buffer.from(info.finish()), trailers };
         }
         const failure = this.failing.get(pid);
-        if (failure !== undefined) throw failure;
+        if (failure !== undefined) {
+          const metadata = failure.metadata.clone();
+          for (const [key, values] of Object.entries(trailers.toJSON())) metadata.set(key, values[0]!);
+          throw new TmsError(failure.code, failure.details, metadata);
+        }
         return { data: Buffer.from(String(pid)), trailers };
       },
       stream: () => {
@@ -271,6 +287,43 @@ describe("worker pool", () => {
     const pids = new Set<number>();
     for (let i = 0; i < 6; i++) pids.add(await callPid(workers, "b"));
     assert.deepEqual(pids, new Set([11]));
+    workers.close();
+  });
+
+  it("follows a model a reload loads on more workers, asking the server's workers at once", async () => {
+    const server = new ScriptedServer([10, 11], [], { 10: ["a", "b"], 11: ["b"] });
+    const workers = pool(server, { refreshIntervalMs: 60_000 }); // no background round meanwhile
+    await workers.start();
+    for (let i = 0; i < 4; i++) assert.equal(await callPid(workers, "a"), 10);
+    server.models[11] = ["a", "b"];
+    server.reloads[10] = 1;
+    server.reloads[11] = 1;
+    const pids = new Set<number>();
+    for (let i = 0; i < 100 && !pids.has(11); i++) {
+      pids.add(await callPid(workers, "a")); // 10's answers say it has done reload 1
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.deepEqual(pids, new Set([10, 11]));
+    assert.deepEqual(workers.workerInfos().map((w) => w.models), [["a", "b"], ["a", "b"]]);
+    const asked = server.asked.length;
+    for (let i = 0; i < 4; i++) await callPid(workers, "a");
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.asked.length, asked); // asked once: both had done the reload
+    workers.close();
+  });
+
+  it("leaves a worker a reload takes a model off at its first answer saying so", async () => {
+    const server = new ScriptedServer([10, 11], [], { 10: ["a"], 11: ["a"] });
+    const workers = pool(server, { refreshIntervalMs: 60_000, retry: RetryPolicy.never() });
+    await workers.start();
+    assert.deepEqual(new Set(await Promise.all([1, 2].map(() => callPid(workers, "a")))), new Set([10, 11]));
+    server.models[11] = ["b"]; // 11 has reloaded, and no longer has "a"; 10 has not yet
+    server.reloads[11] = 1;
+    server.failing.set(11, new TmsError(status.FAILED_PRECONDITION, "model a is not loaded"));
+    const failures = (await Promise.allSettled([1, 2].map(() => callPid(workers, "a")))).filter((r) => r.status === "rejected");
+    assert.equal(failures.length, 1);
+    for (let i = 0; i < 100 && workers.workerInfos()[1]!.models[0] !== "b"; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(await Promise.all([1, 2, 3, 4].map(() => callPid(workers, "a"))), [10, 10, 10, 10]);
     workers.close();
   });
 

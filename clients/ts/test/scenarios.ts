@@ -3,9 +3,12 @@
  *
  *   node build-test/test/scenarios.js SCENARIO TARGET [JSON settings]
  *
- * Each prints one line of JSON (load prints "started" first, when its calls are running).
+ * Each prints one line of JSON (load prints "started" first, when its calls are running;
+ * follow prints "ready", then waits for a line on stdin).
  */
+import { once } from "node:events";
 import { readFile } from "node:fs/promises";
+import { createInterface } from "node:readline";
 
 import {
   DType,
@@ -192,7 +195,35 @@ async function nobody(): Promise<unknown> {
   }
 }
 
-const scenarios: Record<string, () => Promise<unknown>> = { spread, load, auth, all, placed, abort, nobody };
+/** Calls to a model one worker of two has; once the test has reloaded it onto both (a line on
+ * stdin), the same client's calls until they reach both (10 s at most). */
+async function follow(): Promise<unknown> {
+  const client = new ModelClient(String(settings.model), target, { balancer: new RoundRobin() });
+  const pids = async (): Promise<number[]> => {
+    const seen = new Set<number>();
+    for (let i = 0; i < 10; i++) seen.add(((await client.runText("x")) as { pid: number }).pid);
+    return [...seen];
+  };
+  try {
+    await client.start();
+    for (let i = 0; i < 200 && client.workers().length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+    const before = await pids();
+    console.log("ready");
+    const input = createInterface({ input: process.stdin });
+    await once(input, "line");
+    input.close();
+    let after = await pids();
+    for (const stop = performance.now() + 10_000; after.length < 2 && performance.now() < stop; ) {
+      await new Promise((r) => setTimeout(r, 50));
+      after = await pids();
+    }
+    return { before, after, workers: client.workers().map((w) => ({ pid: w.pid, models: w.models })) };
+  } finally {
+    client.close();
+  }
+}
+
+const scenarios: Record<string, () => Promise<unknown>> = { spread, load, auth, all, placed, abort, nobody, follow };
 const run = scenarios[scenario];
 if (run === undefined) throw new Error(`no scenario ${scenario}`);
 console.log(JSON.stringify(await run()));

@@ -13,20 +13,7 @@ import { decodeOrca, readTrailers } from "../src/load.js";
 import { Attempts, RetryPolicy } from "../src/retry.js";
 import { parseTargets, resolveTargets } from "../src/targets.js";
 import { Worker, WorkerSet } from "../src/workers.js";
-import { detailsTrailers } from "./details.js";
-
-/** An OrcaLoadReport with `metrics` as named_metrics (field 8), as the server writes it. */
-function orca(metrics: Record<string, number>): Buffer {
-  const parts: Buffer[] = [];
-  for (const [name, value] of Object.entries(metrics)) {
-    const key = Buffer.from(name);
-    const double = Buffer.alloc(8);
-    double.writeDoubleLE(value);
-    const entry = Buffer.concat([Buffer.from([0x0a, key.length]), key, Buffer.from([0x11]), double]);
-    parts.push(Buffer.from([(8 << 3) | 2, entry.length]), entry);
-  }
-  return Buffer.concat([Buffer.from([0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]), ...parts]); // field 1 skipped
-}
+import { detailsTrailers, orca } from "./details.js";
 
 function info(pid: number, models: string[] = [], instanceId = "a", count = 2): GetWorkerInfoResponse {
   return GetWorkerInfoResponse.fromPartial({ instanceId, pid, workerIndex: pid % count, workerCount: count, device: "cpu", models });
@@ -43,6 +30,9 @@ describe("load reports", () => {
     const { identity, load } = readTrailers(metadata);
     assert.equal(identity, "abc/42");
     assert.deepEqual([load?.inFlight, load?.queued], [1, 4]);
+    assert.equal(load?.reload, 0); // no reload yet
+    metadata.set("tms-load-bin", orca({ in_flight: 1, queued: 0, reload: 3 }));
+    assert.equal(readTrailers(metadata).load?.reload, 3);
     const bad = new Metadata();
     bad.set("tms-load-bin", Buffer.from([0x42, 0xff]));
     assert.equal(readTrailers(bad).load, undefined);
@@ -102,7 +92,7 @@ describe("balancers", () => {
     const idle = worker(0);
     const busy = worker(5);
     for (let i = 0; i < 20; i++) assert.equal(balancer.pick([busy, idle]), idle);
-    const reported = { inFlight: 0, load: { inFlight: 9, queued: 3, received: performance.now() }, latencyMs: 1 };
+    const reported = { inFlight: 0, load: { inFlight: 9, queued: 3, reload: 0, received: performance.now() }, latencyMs: 1 };
     for (let i = 0; i < 20; i++) assert.equal(balancer.pick([reported, busy]), busy);
   });
 });
@@ -195,6 +185,16 @@ describe("worker set", () => {
     assert.deepEqual(set.candidates(new Set([b.key]), "edges"), [b]); // tried, but the only one
     assert.equal(set.candidates(new Set(), "nothing").length, 2);
     assert.match(String(set), /h:1 pid 10: 0 in flight, 0 calls, h:1 pid 11/);
+  });
+  it("takes in the models a worker serves after a reload, from that worker only", () => {
+    const set = new WorkerSet<null>();
+    const a = new Worker("h:1", info(10, ["face"]), null);
+    set.add(a);
+    set.add(new Worker("h:1", info(11, ["face", "edges"]), null));
+    assert.equal(set.follow(a, GetWorkerInfoResponse.fromPartial({ ...info(10, ["face", "edges"]), reload: 2 })), true);
+    assert.deepEqual([a.reload, set.candidates(new Set(), "edges").length], [2, 2]);
+    assert.equal(set.follow(a, info(12, [])), false); // another process answered
+    assert.deepEqual([a.info.pid, a.describe().models], [10, ["face", "edges"]]);
   });
   it("replaces the workers of a server that restarted", () => {
     const set = new WorkerSet<null>();
