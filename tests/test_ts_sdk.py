@@ -262,6 +262,54 @@ def test_no_server_is_a_connect_error(unit_output: str) -> None:
     assert answer["error"]["code"] == "UNAVAILABLE"
 
 
+@pytest.mark.parametrize("unanswered", ["stopped worker", "silent listener"])
+def test_close_ends_a_search_under_way_at_once(
+    models: Path, unit_output: str, unanswered: str
+) -> None:
+    # The background search waits up to 5 s for a connection's answer: on a stopped worker of
+    # the server, or at a second target whose listener accepts connections and never answers
+    # (the start waits its whole connect timeout there, then goes on without it). close()
+    # ends that wait, and the process exits at once.
+    server = start_process(models, workers=2)
+    silent = socket.socket()
+    stopped: int | None = None
+    try:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        settings: dict[str, Any] = {"waitMs": 1000}
+        if unanswered == "stopped worker":
+            stopped = children(server.process.pid)[0]
+            os.kill(stopped, signal.SIGSTOP)
+        else:
+            settings["more"] = [f"127.0.0.1:{silent.getsockname()[1]}"]
+            settings["connectTimeoutMs"] = 1000
+        node = subprocess.Popen(
+            ["node", str(SCENARIOS), "closing", server.target, json.dumps(settings)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert node.stdout is not None
+            line = node.stdout.readline().strip()
+            closed = time.monotonic()
+            out, err = node.communicate(timeout=30)
+            took = time.monotonic() - closed
+        finally:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+        assert line == "closed", err
+        assert node.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["workers"] >= 1
+        assert took < 1.0, f"the process lived {took:.2f} s after close()"
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        silent.close()
+        server.stop()
+
+
 def test_a_worker_killed_under_load_costs_no_call(models: Path, unit_output: str) -> None:
     server = start_process(models, workers=2)
     try:

@@ -154,8 +154,9 @@ export class ModelClient {
     return this.pool.start();
   }
 
-  /** Close every connection and stop looking for workers. Calls made after it (and start())
-   * reject at once with a TmsError FAILED_PRECONDITION: make a new client to call again. */
+  /** Close every connection and stop looking for workers, ending a search under way at once
+   * (and a start() under way with it). Calls made after it (and start()) reject at once with a
+   * TmsError FAILED_PRECONDITION: make a new client to call again. */
   close(): void {
     this.pool.close();
   }

@@ -18,6 +18,8 @@
  * the models a worker serves), the background search asks that server's workers again which
  * models they serve (GetWorkerInfo), at once, so calls follow the model.
  */
+import { setMaxListeners } from "node:events";
+
 import { Metadata, status } from "@grpc/grpc-js";
 
 import type { Balancer } from "./balancers.js";
@@ -46,6 +48,10 @@ const ANSWER_WAIT_MS = 1_000;
 const EMPTY_RETRY_GAP_MS = 100; // between searches on demand that find no worker
 /** Codes with which a server refuses the client's credentials: waiting would not help. */
 const REFUSED = new Set([status.UNAUTHENTICATED, status.PERMISSION_DENIED]);
+
+function closedError(): TmsError {
+  return new TmsError(status.FAILED_PRECONDITION, "this client is closed; make a new one to call again");
+}
 
 /** What the pool needs of the client's options, every field set. */
 export interface PoolSettings {
@@ -167,9 +173,12 @@ export class WorkerPool {
   private readonly changed = new Set<Worker<Connection>>();
   /** Server instance id -> the last reload any of its workers said it had done. */
   private readonly reloads = new Map<string, number>();
+  /** Aborted by close(): ends the GetWorkerInfo calls a search is waiting for. */
+  private readonly closing = new AbortController();
 
   constructor(readonly settings: PoolSettings) {
     this.connector = settings.connector ?? new Transport(settings.tls, settings.maxMessageBytes);
+    setMaxListeners(0, this.closing.signal); // one listener per call waited for, however many
   }
 
   toString(): string {
@@ -179,11 +188,10 @@ export class WorkerPool {
   /** Find the workers within connectTimeoutMs (waiting for a server that is starting, giving
    * up on a connection that does not answer for another: see find) and start the background
    * search; once, however often it is called. Once the pool is closed it rejects at once
-   * (FAILED_PRECONDITION), and so do calls and streams, which begin with it. */
+   * (FAILED_PRECONDITION), and so do calls and streams, which begin with it; a start under
+   * way when the pool closes rejects so too, at once. */
   start(): Promise<void> {
-    if (this.closed) {
-      return Promise.reject(new TmsError(status.FAILED_PRECONDITION, "this client is closed; make a new one to call again"));
-    }
+    if (this.closed) return Promise.reject(closedError());
     this.started ??= this.firstSearch().catch((error: unknown) => {
       this.started = undefined; // the next call tries again
       throw error;
@@ -193,6 +201,7 @@ export class WorkerPool {
 
   private async firstSearch(): Promise<void> {
     await this.search(this.settings.connectTimeoutMs, true);
+    if (this.closed) throw closedError();
     if (this.workers.size === 0) {
       const hint =
         this.settings.tls === undefined || this.settings.tls === false
@@ -205,9 +214,11 @@ export class WorkerPool {
     void this.heal();
   }
 
-  /** Forget every worker, close every connection and stop looking for workers. */
+  /** Forget every worker, close every connection and stop looking for workers: the calls a
+   * search is waiting for end at once (CANCELLED), and with them the search. */
   close(): void {
     this.closed = true;
+    this.closing.abort();
     this.wake?.();
     for (const worker of this.workers.workers()) {
       this.workers.remove(worker);
@@ -288,6 +299,7 @@ export class WorkerPool {
         deadline: Date.now() + timeoutMs,
         metadata: this.settings.metadata,
         waitForReady: wait,
+        signal: this.closing.signal,
       });
     } catch (error) {
       channel.close();
@@ -352,6 +364,7 @@ export class WorkerPool {
         data: Buffer.alloc(0),
         deadline: Date.now() + IDENTIFY_TIMEOUT_MS,
         metadata: this.settings.metadata,
+        signal: this.closing.signal,
       });
       info = GetWorkerInfoResponse.decode(reply.data);
     } catch (error) {

@@ -154,7 +154,8 @@ export class Channel implements Connection {
         },
       );
       const abort = (): void => call.cancel();
-      request.signal?.addEventListener("abort", abort, { once: true });
+      if (request.signal?.aborted) abort();
+      else request.signal?.addEventListener("abort", abort, { once: true });
       // grpc-js calls the callback, then emits the status, which carries the trailers.
       call.on("status", (status: StatusObject) => {
         request.signal?.removeEventListener("abort", abort);

@@ -47,7 +47,7 @@ class ScriptedServer implements Connector {
         if (request.path.endsWith("GetWorkerInfo")) {
           this.asked.push({ waitMs: request.deadline - Date.now(), ready: request.waitForReady === true });
         }
-        if (this.stalled.has(pid)) await this.stall(request.deadline);
+        if (this.stalled.has(pid)) await this.stall(request.deadline, request.signal);
         const trailers = new Metadata();
         trailers.set("tms-worker", `id/${pid}`);
         const reload = this.reloads[pid] ?? 0;
@@ -82,17 +82,26 @@ class ScriptedServer implements Connector {
     };
   }
 
-  private stall(deadline: number): Promise<never> {
+  /** Calls a stalled worker holds now. */
+  get stalling(): number {
+    return this.stalls.size;
+  }
+
+  private stall(deadline: number, signal?: AbortSignal): Promise<never> {
     return new Promise((_, reject) => {
       const end = (error: TmsError): void => {
         clearTimeout(timer);
+        signal?.removeEventListener("abort", cancelled);
         this.stalls.delete(cancel);
         reject(error);
       };
       const cancel = (): void => end(new TmsError(status.CANCELLED, "server closed"));
+      const cancelled = (): void => end(new TmsError(status.CANCELLED, "cancelled by the client"));
       const expire = (): void => end(new TmsError(status.DEADLINE_EXCEEDED, "deadline exceeded"));
       const timer = setTimeout(expire, deadline - Date.now());
       this.stalls.add(cancel);
+      if (signal?.aborted) cancelled();
+      else signal?.addEventListener("abort", cancelled, { once: true });
     });
   }
 
@@ -279,6 +288,37 @@ describe("worker pool", () => {
     never.close();
     await assert.rejects(callPid(never), closed);
     assert.equal(server.opened, opened);
+  });
+
+  it("ends a background search waiting on a stalled worker at close(), at once", async () => {
+    const server = new ScriptedServer([10, 11], [0, 1]);
+    server.stalled.add(11);
+    const workers = pool(server, { connectTimeoutMs: 10_000, answerWaitMs: 20 });
+    await workers.start();
+    // the background search waits five seconds for the stalled worker's answer
+    for (let i = 0; i < 100 && !server.asked.some(({ waitMs }) => waitMs > 4_000); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(server.stalling, 1);
+    const underWay = workers.search(); // the search under way, not a new one
+    const started = performance.now();
+    workers.close();
+    await underWay;
+    assert.ok(performance.now() - started < 100, `took ${performance.now() - started} ms`);
+    assert.equal(server.stalling, 0); // its call was cancelled
+  });
+
+  it("rejects a start under way at close(), at once, saying the client is closed", async () => {
+    const server = new ScriptedServer([10]);
+    server.stalled.add(10);
+    const workers = pool(server, { connectTimeoutMs: 10_000, answerWaitMs: 5_000 });
+    const start = workers.start();
+    await new Promise((r) => setTimeout(r, 20));
+    const started = performance.now();
+    workers.close();
+    await assert.rejects(start, (e: TmsError) => e.code === status.FAILED_PRECONDITION && /this client is closed/.test(e.details));
+    assert.ok(performance.now() - started < 100, `took ${performance.now() - started} ms`);
+    assert.equal(server.stalling, 0);
   });
 
   it("sends a model's calls only to the workers that have it", async () => {

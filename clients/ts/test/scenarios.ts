@@ -4,7 +4,8 @@
  *   node build-test/test/scenarios.js SCENARIO TARGET [JSON settings]
  *
  * Each prints one line of JSON (load prints "started" first, when its calls are running;
- * follow prints "ready", then waits for a line on stdin).
+ * follow prints "ready", then waits for a line on stdin; closing prints "closed" when it has
+ * closed its client).
  */
 import { once } from "node:events";
 import { readFile } from "node:fs/promises";
@@ -223,7 +224,30 @@ async function follow(): Promise<unknown> {
   }
 }
 
-const scenarios: Record<string, () => Promise<unknown>> = { spread, load, auth, all, placed, abort, nobody, follow };
+/** A client started at `targets` (TARGET and more), closed `waitMs` later while its background
+ * search waits on a connection that is not answered; the process should end at once. */
+async function closing(): Promise<unknown> {
+  const targets = [target, ...((settings.more as string[] | undefined) ?? [])];
+  const client = new ModelClient("whoami", targets, { connectTimeoutMs: Number(settings.connectTimeoutMs ?? 10_000) });
+  await client.start();
+  await new Promise((r) => setTimeout(r, Number(settings.waitMs ?? 1_000)));
+  const workers = client.workers().length;
+  client.close();
+  console.log("closed");
+  return { workers };
+}
+
+const scenarios: Record<string, () => Promise<unknown>> = {
+  spread,
+  load,
+  auth,
+  all,
+  placed,
+  abort,
+  nobody,
+  follow,
+  closing,
+};
 const run = scenarios[scenario];
 if (run === undefined) throw new Error(`no scenario ${scenario}`);
 console.log(JSON.stringify(await run()));
