@@ -253,13 +253,32 @@ def test_abort_signal_and_deadline(server: ServerProcess) -> None:
     assert answer["deadline"]["code"] == "DEADLINE_EXCEEDED"
 
 
-def test_no_server_is_a_connect_error(unit_output: str) -> None:
+def test_no_server_is_a_connect_error_at_once(unit_output: str) -> None:
+    # A refused connection says so at once, not after the 5 s connect timeout.
     with socket.socket() as probe:  # a port where nothing listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    answer = scenario("nobody", f"127.0.0.1:{port}")
+    answer = scenario("nobody", f"127.0.0.1:{port}", connectTimeoutMs=5000)
     assert answer["name"] == "ConnectError"
     assert answer["error"]["code"] == "UNAVAILABLE"
+    refused = f"connection refused at 127.0.0.1:{port}: is tms-server running?"
+    assert answer["error"]["details"] == refused
+    assert answer["ms"] < 1500
+
+
+def test_a_server_that_does_not_answer_is_waited_for(unit_output: str) -> None:
+    # A listener that takes connections and answers none may be a server that is slow to: the
+    # start waits for it until its connect timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        answer = scenario("nobody", target, connectTimeoutMs=1000)
+    assert answer["name"] == "ConnectError"
+    assert answer["error"]["details"].startswith(
+        f"no TMS server answered at {target} within 1000 ms"
+    )
+    assert answer["ms"] >= 950
 
 
 @pytest.mark.parametrize("unanswered", ["stopped worker", "silent listener"])

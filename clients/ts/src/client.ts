@@ -31,8 +31,12 @@ import type { WorkerInfo } from "./workers.js";
 
 /** Options of a ModelClient; every field has a default. Times are in milliseconds. */
 export interface ClientOptions {
-  /** How long start() (or the first call) waits for the servers, then ConnectError (10 000). */
+  /** How long start() (or the first call) waits for the servers, then ConnectError (10 000).
+   * An address where nothing listens (the connection is refused) fails the start at once. */
   connectTimeoutMs?: number;
+  /** Wait up to connectTimeoutMs for a server that refuses connections (one still starting or
+   * restarting) instead of failing at once (false). */
+  waitForServer?: boolean;
   /** Each call's deadline, retries included (60 000; null: none). */
   timeoutMs?: number | null;
   /** Which worker gets a call (new LeastLoaded(); or new RoundRobin()). */
@@ -110,9 +114,10 @@ function bearer(token: string | undefined): Metadata {
  *
  * `target` is "host:port", a list of them, or "dns:///name:port" for every address the name
  * resolves to. `await client.start()` waits up to connectTimeoutMs for the servers (rejecting
- * with ConnectError, or with a TmsError UNAUTHENTICATED when the token is refused) and finds
- * every worker process behind them; the first call does it if start() was not called. Calls
- * reject with TmsError. Call close() when done.
+ * with ConnectError, at once when every address refuses the connection, or with a TmsError
+ * UNAUTHENTICATED when the token is refused) and finds every worker process behind them; the
+ * first call does it if start() was not called. Calls reject with TmsError. Call close() when
+ * done.
  */
 export class ModelClient {
   readonly targets: string[];
@@ -142,6 +147,7 @@ export class ModelClient {
       tls: options.tls,
       maxMessageBytes: options.maxMessageBytes ?? 64 * 1024 * 1024,
       metadata: bearer(options.token),
+      waitForServer: options.waitForServer ?? false,
     });
   }
 

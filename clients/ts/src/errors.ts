@@ -3,7 +3,8 @@
  *
  *     TmsError        a call ended with a gRPC status other than OK (.code, .details, .metadata,
  *     │               and the server's error details: .reason, .fieldViolations, .retryDelayMs...)
- *     └── ConnectError  no server answered within the connect timeout (code UNAVAILABLE)
+ *     └── ConnectError  no server answered within the connect timeout, or every address
+ *                       refused the connection (code UNAVAILABLE)
  *
  * Compare `error.code` with grpc-js's `status` (re-exported here): NOT_FOUND for an unknown
  * model, INVALID_ARGUMENT for a malformed image, UNAUTHENTICATED for a missing or wrong token...
@@ -130,10 +131,15 @@ export class TmsError extends Error implements ErrorDetails {
   }
 }
 
-/** No TMS server answered at the targets within the connect timeout. */
+/** No TMS server answered at the targets within the connect timeout, or every address
+ * refused the connection at once (then `refused` names them). */
 export class ConnectError extends TmsError {
-  constructor(details: string) {
+  /** The addresses that refused the connection (nothing listens there), if that is why. */
+  readonly refused: readonly string[];
+
+  constructor(details: string, refused: readonly string[] = []) {
     super(status.UNAVAILABLE, details);
     this.name = "ConnectError";
+    this.refused = refused;
   }
 }

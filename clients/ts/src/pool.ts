@@ -5,7 +5,8 @@
  * each new connection to one of them. The pool opens connections and asks each who answered
  * (GetWorkerInfo) until it holds one to every worker of every server (at most 8 x workers + 8
  * connections per address at the start, 4 x workers + 4 in a background search); a connection
- * that does not answer (a stalled worker) costs the start a second, not its connect timeout.
+ * that does not answer (a stalled worker) costs the start a second, not its connect timeout,
+ * and an address that refuses connections (nothing listens there) is given up at once.
  * Calls go to the worker the balancer picks, among those that have the call's model; a call
  * that fails with a code the retry policy names, or with the server's RetryInfo, is sent
  * again, to another worker, after a backoff (or the RetryInfo delay), within the call's
@@ -46,6 +47,8 @@ const IDENTIFY_TIMEOUT_MS = 5_000; // one GetWorkerInfo while healing
  * second, a slow but live server (far away, overloaded) still answers. */
 const ANSWER_WAIT_MS = 1_000;
 const EMPTY_RETRY_GAP_MS = 100; // between searches on demand that find no worker
+/** The most the start waits to learn whether an address refuses connections. */
+const PROBE_TIMEOUT_MS = 2_000;
 /** Codes with which a server refuses the client's credentials: waiting would not help. */
 const REFUSED = new Set([status.UNAUTHENTICATED, status.PERMISSION_DENIED]);
 
@@ -65,6 +68,9 @@ export interface PoolSettings {
   maxMessageBytes: number;
   /** Sent with every call, discovery included (the bearer token). */
   metadata: Metadata;
+  /** At the start, wait for an address that refuses connections (a server still starting)
+   * instead of failing at once (default false). */
+  waitForServer?: boolean;
   /** How connections are opened (default: grpc-js channels with tls and maxMessageBytes). */
   connector?: Connector;
   /** The start's wait for one connection's answer (default ANSWER_WAIT_MS; tests shorten
@@ -173,6 +179,8 @@ export class WorkerPool {
   private readonly changed = new Set<Worker<Connection>>();
   /** Server instance id -> the last reload any of its workers said it had done. */
   private readonly reloads = new Map<string, number>();
+  /** At the start: address -> whether it refused the connection. */
+  private readonly refused = new Map<string, boolean>();
   /** Aborted by close(): ends the GetWorkerInfo calls a search is waiting for. */
   private readonly closing = new AbortController();
 
@@ -185,11 +193,12 @@ export class WorkerPool {
     return `WorkerPool targets=${this.settings.targets.join(",")} ${this.workers}`;
   }
 
-  /** Find the workers within connectTimeoutMs (waiting for a server that is starting, giving
-   * up on a connection that does not answer for another: see find) and start the background
-   * search; once, however often it is called. Once the pool is closed it rejects at once
-   * (FAILED_PRECONDITION), and so do calls and streams, which begin with it; a start under
-   * way when the pool closes rejects so too, at once. */
+  /** Find the workers within connectTimeoutMs (failing at once where every address refuses
+   * connections, unless waitForServer, and giving up on a connection that does not answer for
+   * another: see find) and start the background search; once, however often it is called.
+   * Once the pool is closed it rejects at once (FAILED_PRECONDITION), and so do calls and
+   * streams, which begin with it; a start under way when the pool closes rejects so too, at
+   * once. */
   start(): Promise<void> {
     if (this.closed) return Promise.reject(closedError());
     this.started ??= this.firstSearch().catch((error: unknown) => {
@@ -200,8 +209,13 @@ export class WorkerPool {
   }
 
   private async firstSearch(): Promise<void> {
+    this.refused.clear();
     await this.search(this.settings.connectTimeoutMs, true);
     if (this.closed) throw closedError();
+    const refused = [...this.refused].filter(([, said]) => said).map(([address]) => address);
+    if (this.workers.size === 0 && refused.length > 0 && refused.length === this.refused.size) {
+      throw new ConnectError(`connection refused at ${refused.join(", ")}: is tms-server running?`, refused);
+    }
     if (this.workers.size === 0) {
       const hint =
         this.settings.tls === undefined || this.settings.tls === false
@@ -250,13 +264,20 @@ export class WorkerPool {
   /** Open connections to `address` until every worker of its server is known or the attempts
    * run out. A background search waits up to `timeoutMs` for each answer and ends at the
    * first connection that does not answer. The start (by `startDeadline`, `timeoutMs` after it
-   * began) waits ANSWER_WAIT_MS for each answer while half of `timeoutMs` would be left after
-   * it, the last connection for the rest; a connection that does not answer (stalled, or
-   * failing) ends its search here once it holds a worker of this address (the background
-   * search finds the rest), and until then it opens another, each waiting for a server that is
-   * starting, while time is left. */
+   * began) first gives up an address that refuses connections (nothing listens there) at once,
+   * unless the settings say waitForServer; then it waits ANSWER_WAIT_MS for each answer while
+   * half of `timeoutMs` would be left after it, the last connection for the rest; a connection
+   * that does not answer (stalled, or failing) ends its search here once it holds a worker of
+   * this address (the background search finds the rest), and until then it opens another, each
+   * waiting for a server that is starting, while time is left. */
   private async find(address: string, timeoutMs: number, startDeadline?: number): Promise<void> {
     const start = startDeadline !== undefined;
+    if (start && !this.settings.waitForServer && this.connector.refuses !== undefined) {
+      const probeMs = Math.min(timeoutMs, PROBE_TIMEOUT_MS);
+      const refused = await this.connector.refuses(address, probeMs, this.closing.signal);
+      this.refused.set(address, refused);
+      if (refused) return;
+    }
     let held = false;
     for (let opened = 0; opened < this.attemptsFor(this.workers.expected(address) ?? 1, start); opened++) {
       if (this.workers.complete(address) || this.closed) return;

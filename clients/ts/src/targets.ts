@@ -2,9 +2,10 @@
  * Where the servers are: `"host:port"`, a list of them, or `"dns:///name:port"` for every
  * address the name resolves to, looked up again (with node:dns) whenever the client looks for
  * workers, so servers that join later (a Kubernetes headless service scaling up) are found.
+ * And whether anything listens at an address (`refused`), which the start asks first.
  */
 import { lookup } from "node:dns/promises";
-import { isIPv6 } from "node:net";
+import { connect, isIPv4, isIPv6 } from "node:net";
 
 const DNS = "dns:///";
 
@@ -24,6 +25,59 @@ export function parseTargets(target: string | readonly string[]): string[] {
   if (targets.length === 0) throw new TypeError("no target given; expected 'host:port' or a list of them");
   for (const item of targets) split(item.startsWith(DNS) ? item.slice(DNS.length) : item);
   return targets;
+}
+
+/**
+ * Whether a TCP connection to `address` ("host:port") is refused: nothing listens there. False
+ * when one is accepted, when that cannot be told within `timeoutMs` or before `signal` aborts
+ * (no answer at all, a name that does not resolve), and when grpc-js reaches the address
+ * through a proxy (see proxied), where a direct connection tells nothing.
+ */
+export function refused(address: string, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+  const [host, port] = split(address);
+  if (proxied(host) || signal?.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const socket = connect({ host, port, autoSelectFamily: true });
+    let settled = false;
+    const end = (refusedHere: boolean): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", abort);
+      socket.destroy();
+      resolve(refusedHere);
+    };
+    const abort = (): void => end(false);
+    const timer = setTimeout(abort, timeoutMs);
+    signal?.addEventListener("abort", abort, { once: true });
+    socket.once("connect", () => end(false));
+    socket.on("error", (error: NodeJS.ErrnoException) => end(error.code === "ECONNREFUSED"));
+  });
+}
+
+/**
+ * Whether grpc-js connects to `host` through an HTTP CONNECT proxy, as its environment
+ * variables say: the first of grpc_proxy, https_proxy and http_proxy that is set names the
+ * proxy, and the first of no_grpc_proxy and no_proxy lists the hosts reached without it (IPv4
+ * CIDR blocks, and names a host's name ends with), matched as grpc-js matches them.
+ */
+export function proxied(host: string, env: NodeJS.ProcessEnv = process.env): boolean {
+  if (!(env.grpc_proxy || env.https_proxy || env.http_proxy)) return false;
+  const listed = env.no_grpc_proxy || env.no_proxy;
+  if (!listed) return true;
+  return !listed.split(",").some((entry) => host.endsWith(entry) || (isIPv4(host) && inBlock(host, entry)));
+}
+
+/** Whether the IPv4 address `ip` is in the CIDR block `entry` ("10.0.0.0/8"). */
+function inBlock(ip: string, entry: string): boolean {
+  const [base, bits, ...rest] = entry.split("/");
+  const length = Number.parseInt(bits ?? "", 10);
+  if (rest.length > 0 || bits === undefined || !isIPv4(base!) || Number.isNaN(length) || length < 0 || length > 32) {
+    return false;
+  }
+  const number = (dotted: string): number => dotted.split(".").reduce((sum, octet) => (sum << 8) + Number(octet), 0);
+  const mask = -1 << (32 - length);
+  return (number(ip) & mask) === (number(base!) & mask);
 }
 
 /** The addresses to look for workers at now: `dns:///` names expanded (a name that does not

@@ -22,6 +22,7 @@ import {
 } from "@grpc/grpc-js";
 
 import { TmsError } from "./errors.js";
+import { refused } from "./targets.js";
 
 /** TLS settings: each of `ca`, `cert` and `key` is PEM bytes or a path to a PEM file (read
  * once, when the client is made). No `ca`: the system's root certificates. */
@@ -89,6 +90,9 @@ export interface Connection {
 /** Opens connections; the pool's one way to reach a server (tests pass a scripted one). */
 export interface Connector {
   open(address: string): Connection;
+  /** Whether `address` refuses connections (nothing listens there), as far as can be told
+   * within `timeoutMs` (see targets.refused); a connector without it never says so. */
+  refuses?(address: string, timeoutMs: number, signal?: AbortSignal): Promise<boolean>;
 }
 
 /** Opens grpc-js channels: credentials and channel options shared by every connection. */
@@ -124,6 +128,10 @@ export class Transport implements Connector {
 
   open(address: string): Channel {
     return new Channel(new Client(address, this.credentials, this.options));
+  }
+
+  refuses(address: string, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    return refused(address, timeoutMs, signal);
   }
 }
 

@@ -5,7 +5,7 @@ import { describe, it } from "node:test";
 import { Metadata, status } from "@grpc/grpc-js";
 
 import { RoundRobin } from "../src/balancers.js";
-import { TmsError } from "../src/errors.js";
+import { type ConnectError, TmsError } from "../src/errors.js";
 import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
 import { type PoolSettings, WorkerPool } from "../src/pool.js";
 import { RetryPolicy } from "../src/retry.js";
@@ -28,6 +28,9 @@ class ScriptedServer implements Connector {
   /** pid -> the server's last reload the worker has done. */
   readonly reloads: Record<number, number> = {};
   refuse = false;
+  /** Nothing listens: every connection is refused. */
+  down = false;
+  probed = 0;
   opened = 0;
   paths: string[] = [];
 
@@ -36,6 +39,11 @@ class ScriptedServer implements Connector {
     private landings: number[] = [],
     readonly models: Record<number, string[]> = {},
   ) {}
+
+  async refuses(): Promise<boolean> {
+    this.probed += 1;
+    return this.down;
+  }
 
   open(): Connection {
     const index = this.landings.shift() ?? this.opened % this.pids.length;
@@ -393,6 +401,33 @@ describe("worker pool", () => {
     const workers = pool(server);
     await assert.rejects(workers.start(), (e: TmsError) => e.code === status.UNAUTHENTICATED);
     assert.equal(server.opened, 1);
+    workers.close();
+  });
+
+  it("fails the start at once when nothing listens, saying the connection was refused", async () => {
+    const server = new ScriptedServer([10]);
+    server.down = true;
+    const workers = pool(server, { targets: ["h:1", "h:2"], connectTimeoutMs: 10_000 });
+    const started = performance.now();
+    await assert.rejects(workers.start(), (e: ConnectError) => {
+      assert.equal(e.name, "ConnectError");
+      assert.equal(e.code, status.UNAVAILABLE);
+      assert.equal(e.details, "connection refused at h:1, h:2: is tms-server running?");
+      assert.deepEqual(e.refused, ["h:1", "h:2"]);
+      return true;
+    });
+    assert.ok(performance.now() - started < 100, `took ${performance.now() - started} ms`);
+    assert.equal(server.opened, 0);
+    workers.close();
+  });
+
+  it("waits for a server that refuses connections with waitForServer", async () => {
+    const server = new ScriptedServer([10]);
+    server.down = true;
+    const workers = pool(server, { waitForServer: true });
+    await workers.start(); // the scripted server answers calls all the same
+    assert.equal(server.probed, 0);
+    assert.deepEqual(workers.workerInfos().map((w) => w.pid), [10]);
     workers.close();
   });
 

@@ -183,14 +183,15 @@ async function abort(): Promise<unknown> {
   }
 }
 
-/** start() with nothing listening: a ConnectError within the connect timeout. */
+/** start() where no server answers: a ConnectError, and how soon. */
 async function nobody(): Promise<unknown> {
-  const client = new ModelClient("whoami", target, { connectTimeoutMs: 500 });
+  const client = new ModelClient("whoami", target, { connectTimeoutMs: Number(settings.connectTimeoutMs ?? 500) });
+  const started = performance.now();
   try {
     await client.start();
     return { error: null };
   } catch (error) {
-    return { error: describeError(error), name: (error as Error).name };
+    return { error: describeError(error), name: (error as Error).name, ms: performance.now() - started };
   } finally {
     client.close();
   }

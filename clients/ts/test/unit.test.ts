@@ -1,5 +1,7 @@
 /** Unit tests of the pieces with no I/O: load reports, images, balancers, retry, worker set. */
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { createServer } from "node:net";
 import { describe, it } from "node:test";
 
 import { Metadata, status } from "@grpc/grpc-js";
@@ -11,7 +13,7 @@ import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
 import { encodedImage, float16, pixels, rawImage, toMessage } from "../src/images.js";
 import { decodeOrca, readTrailers } from "../src/load.js";
 import { Attempts, RetryPolicy } from "../src/retry.js";
-import { parseTargets, resolveTargets } from "../src/targets.js";
+import { parseTargets, proxied, refused, resolveTargets } from "../src/targets.js";
 import { Worker, WorkerSet } from "../src/workers.js";
 import { detailsTrailers, orca } from "./details.js";
 
@@ -211,5 +213,25 @@ describe("targets", () => {
     assert.throws(() => parseTargets([]), TypeError);
     assert.deepEqual(await resolveTargets(["10.0.0.1:5", "dns:///127.0.0.1:7"]), ["10.0.0.1:5", "127.0.0.1:7"]);
     assert.deepEqual(await resolveTargets(["dns:///no-such-host.invalid:1"]), []);
+  });
+  it("tells an address that refuses connections from one that takes them", async () => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const { port } = server.address() as { port: number };
+    assert.equal(await refused(`127.0.0.1:${port}`, 2_000), false);
+    server.close();
+    await once(server, "close");
+    assert.equal(await refused(`127.0.0.1:${port}`, 2_000), true);
+    assert.equal(await refused(`127.0.0.1:${port}`, 2_000, AbortSignal.abort()), false);
+  });
+  it("knows when grpc-js goes through a proxy, as its environment says", () => {
+    assert.equal(proxied("10.1.2.3", {}), false);
+    assert.equal(proxied("10.1.2.3", { https_proxy: "http://proxy:3128" }), true);
+    assert.equal(proxied("10.1.2.3", { http_proxy: "http://proxy:3128", no_proxy: "localhost,10.0.0.0/8" }), false);
+    assert.equal(proxied("tms.internal", { grpc_proxy: "proxy:3128", no_proxy: ".internal" }), false);
+    const env = { grpc_proxy: "proxy:3128", no_grpc_proxy: "192.168.0.0/16", no_proxy: "10.0.0.0/8" };
+    assert.equal(proxied("10.1.2.3", env), true); // no_grpc_proxy first
+    assert.equal(proxied("192.168.7.1", env), false);
   });
 });
