@@ -302,25 +302,28 @@ def test_close_ends_a_search_under_way_at_once(
         else:
             settings["more"] = [f"127.0.0.1:{silent.getsockname()[1]}"]
             settings["connectTimeoutMs"] = 1000
-        node = subprocess.Popen(
+        with subprocess.Popen(
             ["node", str(SCENARIOS), "closing", server.target, json.dumps(settings)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )
-        try:
-            assert node.stdout is not None
-            line = node.stdout.readline().strip()
-            closed = time.monotonic()
-            out, err = node.communicate(timeout=30)
-            took = time.monotonic() - closed
-        finally:
-            if node.poll() is None:
-                node.kill()
-                node.wait()
+        ) as node:
+            try:
+                assert node.stdout is not None
+                assert node.stderr is not None
+                # Line by line: communicate() would lose what readline() buffered past it.
+                line = node.stdout.readline().strip()
+                closed = time.monotonic()
+                result = node.stdout.readline()
+                node.wait(timeout=30)
+                took = time.monotonic() - closed
+                err = node.stderr.read()
+            finally:
+                if node.poll() is None:
+                    node.kill()
         assert line == "closed", err
         assert node.returncode == 0, err
-        assert json.loads(out.splitlines()[-1])["workers"] >= 1
+        assert json.loads(result)["workers"] >= 1
         assert took < 1.0, f"the process lived {took:.2f} s after close()"
     finally:
         if stopped is not None:
