@@ -129,7 +129,7 @@ def test_digits_reads_scans_sent_every_way(target, tmp_path):
     Image.fromarray(gray).save(path)
     bgr = np.dstack([gray] * 3)  # the server turns it gray, as the model declares
     with ModelClient("digits", target) as client:
-        for image in (gray, bgr, Image.fromarray(gray), path):
+        for image in (gray, gray[:, :, None], bgr, Image.fromarray(gray), path):
             assert client.run_image(image)["digit"] == digit
         results = client.run_images(scans[:16])  # max_batch_size a call
         with pytest.raises(InvalidInputError, match="expected to be empty"):

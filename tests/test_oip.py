@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.support import EXAMPLE_MODELS, MEET, write_models
+from tests.support import EXAMPLE_MODELS, MEET, digit_scans, write_models
 from tests.toolchains import TRITONCLIENT_CALLS, tritonclient_python
 from tms_client import ModelClient
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
@@ -162,6 +162,17 @@ def test_infer_a_batch_runs_run_batch_with_args(inference, astronaut_bgr):
     first, second = (json.loads(r) for r in bytes_elements(response.raw_output_contents[0]))
     assert first["faces"]
     assert second == {"faces": []}
+
+
+def test_infer_a_batch_of_gray_images_with_their_channel(inference):
+    # Gray is (H, W) or (H, W, 1); a batch with the channel, as ModelMetadata advertises it
+    # ([-1, -1, -1, 1]), reaches a gray model as (H, W) images.
+    scans, truth = digit_scans()
+    batch = np.stack(scans[:4])[..., None]
+    response = inference.infer("digits", image_tensor(batch), batch.tobytes())
+    assert list(response.outputs[0].shape) == [4, 1]
+    results = [json.loads(r) for r in bytes_elements(response.raw_output_contents[0])]
+    assert [r["digit"] for r in results] == list(truth[:4])
 
 
 def test_infer_typed_contents(inference):

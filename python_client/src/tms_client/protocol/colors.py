@@ -76,6 +76,8 @@ def convert_color(
     Gray comes out as (H, W); colour to gray uses the ITU-R BT.601 luma weights.
     """
     if source == target or image_pb2.COLOR_ORDER_UNSPECIFIED in (source, target):
+        if source == target == image_pb2.COLOR_ORDER_GRAY and array.ndim == 3:
+            return array[..., 0]  # (H, W, 1)
         return array
     src, dst = LAYOUT[source], LAYOUT[target]
     if src == "L":
