@@ -354,6 +354,11 @@ def test_errors_are_http_statuses_with_a_message(base):
     headers["Inference-Header-Content-Length"] = "999999"
     assert_error(http(infer, body, headers=headers), 400, "Inference-Header-Content-Length")
     assert_error(http(f"{base}/v2/models/face/run", b"not an image"), 400, "decode")
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
+    one_frame = http(f"{base}/v2/models/optical_flow/run", png.getvalue())
+    assert_error(one_frame, 400, "2 frames")  # the model raised InvalidInput: its reason
+    assert one_frame.json()["reason"] == "INVALID_INPUT"
     assert_error(http(f"{base}/v2/no/such/path"), 404)
     assert_error(http(f"{base}/v2/models/face", method="DELETE"), 405)
 

@@ -40,6 +40,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "as_service_error",
     "rich_status",
     "status_of",
 ]
@@ -168,14 +169,17 @@ def status_of(exc: Exception, method: str, *, model: str = "") -> grpc.Status:
     INVALID_ARGUMENT; anything else is a bug in the server: INTERNAL, with the traceback
     logged here.
     """
-    if not isinstance(exc, ServiceError):
-        exc = _service_error(exc, method)
+    exc = as_service_error(exc, method)
     metadata = {"model": model} if model else {}
     status: grpc.Status = rpc_status.to_status(rich_status(exc, metadata))
     return status
 
 
-def _service_error(exc: Exception, method: str) -> ServiceError:
+def as_service_error(exc: Exception, method: str) -> ServiceError:
+    """``exc`` as the ServiceError it stands for (see ``status_of``; an unexpected one is
+    logged with its traceback here)."""
+    if isinstance(exc, ServiceError):
+        return exc
     if isinstance(exc, InvalidInput):
         return InvalidArgument(str(exc), reason=Reason.INVALID_INPUT)
     if isinstance(exc, ImageError):

@@ -34,8 +34,8 @@ from tms_server.callinfo import CURRENT, REQUEST_ID_KEY
 from tms_server.errors import (
     InvalidArgument,
     Reason,
-    ServiceError,
     Unauthenticated,
+    as_service_error,
     status_of,
 )
 from tms_server.health import HealthServicer
@@ -594,15 +594,16 @@ def _error(status: int, message: str, reason: str = "", headers: Any = None) -> 
 
 def _failure(exc: Exception, rpc: str, model: str) -> tuple[grpc.StatusCode, web.Response]:
     """The gRPC status code ``exc`` stands for (tms_server.errors) and its HTTP response."""
-    status = status_of(exc, rpc, model=model)  # logs the traceback of an unexpected error
+    error = as_service_error(exc, rpc)  # logs the traceback of an unexpected error
+    status = status_of(error, rpc, model=model)
     code = status.code
     http = HTTP_STATUS.get(code, 500)
-    reason = str(exc.reason) if isinstance(exc, ServiceError) else Reason.INTERNAL
+    reason = str(error.reason)
     if reason in TOO_LARGE:
         http = 413
     headers = {}
-    if isinstance(exc, ServiceError) and exc.retry_after is not None and http in (429, 503):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if error.retry_after is not None and http in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if code == grpc.StatusCode.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = "Bearer"
     response = _error(http, status.details, reason)
