@@ -194,7 +194,7 @@ def test_a_model_smaller_max_batch_size_is_enforced(stub):
     with pytest.raises(grpc.RpcError) as caught:
         stub.RunImageBatch(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "at most 2 images (model 'declared''s max_batch_size)" in caught.value.details()
+    assert "at most 2 images (the max_batch_size of model 'declared')" in caught.value.details()
     status = rpc_status.from_call(caught.value)
     reason = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(reason)

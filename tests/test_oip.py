@@ -117,7 +117,9 @@ def test_model_metadata_describes_the_tensors(inference):
 def test_model_config_in_triton_terms(inference):
     config = inference("ModelConfig", oip.ModelConfigRequest(name="edges")).config
     assert config.name == "edges"
-    assert config.max_batch_size > 0
+    assert config.max_batch_size == 64  # --max-batch-size
+    digits = inference("ModelConfig", oip.ModelConfigRequest(name="digits")).config
+    assert digits.max_batch_size == 16  # its own
     [model_input] = config.input
     assert model_input.name == "IMAGE"
     assert model_input.data_type == oip.TYPE_UINT8
@@ -320,7 +322,15 @@ def test_infer_text(inference):
             b"\0" * 195,
             {},
             "INVALID_ARGUMENT",
-            "a batch holds 1 to 64",
+            "a batch holds 1 to 64 images (--max-batch-size), not 65",
+        ),
+        (  # the model's own max_batch_size, as over tms.v1
+            "digits",
+            Tensor(name="IMAGE", datatype="UINT8", shape=[17, 1, 1, 1]),
+            b"\0" * 17,
+            {},
+            "INVALID_ARGUMENT",
+            "a batch holds 1 to 16 images (the max_batch_size of model 'digits'), not 17",
         ),
     ],
 )

@@ -104,7 +104,10 @@ def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageP
             raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
         except TooManyImagesError:
             raise InvalidArgument(
-                _too_many("images", max_images), reason=Reason.BATCH_TOO_LARGE, field="images"
+                f"a call takes at most {max_images} images (--max-batch-size); split them "
+                "over several calls",
+                reason=Reason.BATCH_TOO_LARGE,
+                field="images",
             ) from None
         _LAYOUTS.learn(cls, request, *read)
     if call is not None:
@@ -176,11 +179,6 @@ def _received(images: Sequence[ImageParts]) -> None:
         )
 
 
-def _too_many(what: str, limit: int, model: str = "") -> str:
-    source = f"model {model!r}'s max_batch_size" if model else "--max-batch-size"
-    return f"a call takes at most {limit} {what} ({source}); split them over several calls"
-
-
 def _run_batch(model: LoadedModel, args: dict[str, Any], images: list[Any]) -> list[Any]:
     """RunImage calls gathered by the model's batcher, through one ``run_batch``."""
     results = list(run_model(model, model.instance.run_batch, images, args))
@@ -236,12 +234,20 @@ class ModelServicer:
         check_args(model.args_validator, args)
         return args
 
+    def batch_limit(self, model: LoadedModel) -> tuple[int, str]:
+        """The most inputs one call to ``model`` may carry (its max_batch_size, at most
+        --max-batch-size), and which of the two it is, as an error message names it."""
+        limit = min(model.info.max_batch_size or self.max_batch_size, self.max_batch_size)
+        if limit < self.max_batch_size:
+            return limit, f"the max_batch_size of model {model.name!r}"
+        return limit, "--max-batch-size"
+
     def _check_batch(self, model: LoadedModel, count: int, what: str) -> None:
         """BATCH_TOO_LARGE for more inputs than the model's max_batch_size (at most ours)."""
-        limit = min(model.info.max_batch_size or self.max_batch_size, self.max_batch_size)
+        limit, source = self.batch_limit(model)
         if count > limit:
             raise InvalidArgument(
-                _too_many(what, limit, model.name if limit < self.max_batch_size else ""),
+                f"a call takes at most {limit} {what} ({source}); split them over several calls",
                 reason=Reason.BATCH_TOO_LARGE,
                 field=what,
             )

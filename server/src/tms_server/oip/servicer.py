@@ -156,7 +156,7 @@ class InferenceServicer:
             name=request.name,
             platform=PLATFORM,
             backend="python",
-            max_batch_size=self._models.max_batch_size,
+            max_batch_size=self._models.batch_limit(described.model)[0],
             input=[model_input],
             output=[
                 oip.ModelOutput(name=out, data_type=CONFIG_TYPES[datatype], dims=dims)
@@ -258,10 +258,10 @@ class InferenceServicer:
             )
         batched = len(shape) == 4
         count, image_shape = (shape[0], shape[1:]) if batched else (1, shape)
-        most = self._models.max_batch_size
+        most, source = self._models.batch_limit(model)
         if batched and not 1 <= count <= most:
             raise InvalidArgument(
-                f"a batch holds 1 to {most} images (--max-batch-size), not {count}",
+                f"a batch holds 1 to {most} images ({source}), not {count}",
                 reason=Reason.BATCH_TOO_LARGE if count > most else Reason.INVALID_REQUEST,
                 field="inputs[0].shape",
             )
@@ -327,10 +327,10 @@ class InferenceServicer:
                 f"input TEXT must be BYTES of shape [N] or [N, 1], not {tensor.datatype} {shape}",
                 field="inputs[0]",
             )
-        most = self._models.max_batch_size
+        most, source = self._models.batch_limit(model)
         if not 1 <= shape[0] <= most:
             raise InvalidArgument(
-                f"a batch holds 1 to {most} texts (--max-batch-size), not {shape[0]}",
+                f"a batch holds 1 to {most} texts ({source}), not {shape[0]}",
                 reason=Reason.BATCH_TOO_LARGE if shape[0] > most else Reason.INVALID_REQUEST,
                 field="inputs[0].shape",
             )
