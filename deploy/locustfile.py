@@ -92,6 +92,23 @@ def two_frames() -> tuple[Image, Image]:
 
 
 @functools.cache
+def digit() -> Image:
+    """A 32x32 gray "1": a dark stroke on white, filling the image as digits wants."""
+    image = np.full((32, 32), 255, np.uint8)
+    image[3:29, 14:19] = 0
+    return image
+
+
+@functools.cache
+def text_line() -> Image:
+    """A 32x200 BGR strip of dark blocks on white, the shape of a line of text."""
+    line = np.full((32, 200, 3), 255, np.uint8)
+    for left in range(8, 192, 14):
+        line[8:24, left : left + 9] = 0
+    return line
+
+
+@functools.cache
 def _skimage_data() -> Any:
     """scikit-image's sample images, or None: it is optional (tms-client does not need it)."""
     try:
@@ -152,6 +169,18 @@ def call_optical_flow(client: ModelClient) -> int:
     return output.image.nbytes + _json_size(output.result)
 
 
+def call_digits(client: ModelClient) -> int:
+    result = client.run_image(digit())
+    _expect(isinstance(result, dict) and result.get("digit") in range(10), "digits", result)
+    return _json_size(result)
+
+
+def call_upright(client: ModelClient) -> int:
+    result = client.run_image(text_line())
+    _expect(isinstance(result, dict) and result.get("angle") in (0, 180), "upright", result)
+    return _json_size(result)
+
+
 @dataclass(frozen=True)
 class Scenario:
     """How the users call one model: ``call`` makes one call, checks the answer and returns
@@ -172,6 +201,8 @@ SCENARIOS = {
     "face": Scenario(call_face, astronaut, 1, needs_skimage=True),
     "ocr": Scenario(call_ocr, text_photo, 1, default=False, needs_skimage=True),
     "optical_flow": Scenario(call_optical_flow, two_frames, 1, default=False),
+    "digits": Scenario(call_digits, digit, 1, default=False),
+    "upright": Scenario(call_upright, text_line, 1, default=False),
 }
 
 

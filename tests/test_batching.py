@@ -345,14 +345,15 @@ def test_environment_sets_the_batch_settings():
         ("--model-max-batch-size", "a=0", "N from 1 to 64"),
         ("--model-max-batch-size", "a=2.5", "N from 1 to 64"),
         # Over --max-batch-size (64 by default): no batch of the model could be that large.
-        ("--model-max-batch-size", "a=65", "N from 1 to 64 (max_batch_size)"),
+        ("--model-max-batch-size", "a=65", "N from 1 to 64 (--max-batch-size)"),
     ],
 )
 def test_bad_batch_settings_stop_the_server_naming_the_setting(capsys, flag, value, expected):
     with pytest.raises(SystemExit):
         parse_settings([flag, value], {})
     error = capsys.readouterr().err
-    assert flag.removeprefix("--").replace("-", "_") in error
+    variable = "TMS_" + flag.removeprefix("--").replace("-", "_").upper()
+    assert f"{flag} ({variable}): {value!r} is not valid" in error
     assert expected in error
     with pytest.raises(SystemExit):
         parse_settings([], {"TMS_" + flag.removeprefix("--").replace("-", "_").upper(): value})

@@ -113,9 +113,10 @@ def test_default_mix_calls_each_model_on_every_worker(server, tmp_path):
 
 
 def test_models_and_weights_from_the_environment(server, tmp_path):
-    locust = Locust(tmp_path, server.target, models="ocr:1, optical_flow:2")
+    mix = "ocr:1, optical_flow:2, digits:1, upright:1"
+    locust = Locust(tmp_path, server.target, models=mix)
     assert locust.wait(STARTUP + 60) == 0, locust.log()
-    assert_calls_without_failures(locust, {"ocr", "optical_flow"})
+    assert_calls_without_failures(locust, {"ocr", "optical_flow", "digits", "upright"})
 
 
 def test_worker_killed_mid_run_is_replaced_and_called_without_failures(server, tmp_path):

@@ -230,6 +230,13 @@ def test_a_file_that_is_no_image_is_an_image_error(tmp_path: Path) -> None:
         to_message(path)
 
 
+def test_an_empty_file_says_it_is_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty\.png as an image: the file is empty"):
+        to_message(empty)
+
+
 def test_a_missing_file_is_a_file_not_found_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         to_message(tmp_path / "missing.png")

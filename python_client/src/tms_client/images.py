@@ -110,6 +110,8 @@ def _from_pil(image: Any) -> ImageParts:
 
 def _from_path(path: Path) -> ImageParts:
     data = path.read_bytes()
+    if not data:
+        raise ImageError(f"cannot read {path} as an image: the file is empty")
     try:
         return file_parts(data)
     except ImageError:

@@ -375,7 +375,7 @@ class Settings:
             "model_max_batch_size",
             self.model_max_batch_size,
             lambda text: _batch_size(text, most),
-            f"MODEL=N, N from 1 to {most} (max_batch_size)",
+            f"MODEL=N, N from 1 to {most} (--max-batch-size)",
         )
         return BatchSettings(delays, sizes, self.threads)
 
@@ -457,7 +457,8 @@ def _per_model(
                 raise ValueError(entry)
             values[name] = parse(text)
         except ValueError:
-            raise ValueError(f"{setting}: {entry!r} is not valid; expected {rule}") from None
+            named = f"--{setting.replace('_', '-')} ({_env_name(setting)})"
+            raise ValueError(f"{named}: {entry!r} is not valid; expected {rule}") from None
     return values
 
 

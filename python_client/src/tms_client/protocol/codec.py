@@ -221,6 +221,8 @@ def file_parts(data: Buffer) -> ImageParts:
         encoding = image_pb2.ENCODING_PNG
     elif head.startswith(b"\xff\xd8"):
         encoding = image_pb2.ENCODING_JPEG
+    elif not head:
+        raise ImageError("no bytes: an empty file is no image")
     else:
         raise ImageError("bytes are neither a PNG nor a JPEG file")
     return ImageParts(image_pb2.Image(encoding=encoding), data)
@@ -254,7 +256,10 @@ def _decode_raw(image: image_pb2.Image, data: Buffer, max_pixels: int | None) ->
     if any(dim <= 0 for dim in shape):
         raise ImageError(f"image shape {list(shape)} has a dimension that is not positive")
     if max_pixels is not None and shape[0] * shape[1] > max_pixels:
-        raise ImageError(f"image of {shape[0]}x{shape[1]} pixels exceeds the limit of {max_pixels}")
+        raise ImageError(
+            f"image of {shape[0]}x{shape[1]} pixels exceeds the limit of {max_pixels} pixels "
+            "(--max-pixels)"
+        )
     expected = math.prod(shape) * dtype.itemsize
     size = memoryview(data).nbytes
     if size != expected:
@@ -277,7 +282,7 @@ def _decode_file(
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(
                     f"{img.format} image of {height}x{width} pixels "
-                    f"exceeds the limit of {max_pixels}"
+                    f"exceeds the limit of {max_pixels} pixels (--max-pixels)"
                 )
             array, color = _pixels(pil, img, data)
     except ImageError:
