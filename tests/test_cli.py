@@ -764,7 +764,8 @@ def test_unreachable_server(tms):
     assert (code, out) == (1, "")
     assert err == (
         f"tms: cannot reach a TMS server at {target}: no answer within 0.3s; is it running, "
-        "and does it serve TLS (then give --tls, or --tls-ca)?\n"
+        "is that its gRPC port (not its --http-port), and does it serve TLS (then give --tls, "
+        "or --tls-ca)?\n"
     )
 
 

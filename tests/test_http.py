@@ -41,7 +41,7 @@ from tests.support import (
     wait_for,
     write_models,
 )
-from tms_client import ModelClient
+from tms_client import ConnectError, ModelClient
 
 pytestmark = pytest.mark.slow
 
@@ -827,3 +827,10 @@ def test_a_worker_in_process_serves_http_until_it_stops(tmp_path):
         server.running.stop(None)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{base}/v2/health/live", timeout=5)
+
+
+def test_a_client_sent_to_the_http_port_says_which_port_it_needs(base):
+    # Triton users know HTTP on 8000 and gRPC on 8001: a client given the HTTP port finds no
+    # gRPC server there, and the error says which port it wants.
+    with pytest.raises(ConnectError, match=r"its gRPC port \(not its --http-port\)"):
+        ModelClient("mean", base.removeprefix("http://"), connect_timeout=1).workers()

@@ -105,7 +105,8 @@ def _unreached(options: Options, exc: Exception) -> CliError:
         return CliError(str(exc))
     if isinstance(exc, ConnectError):
         hint = (
-            "is it running, and does it serve TLS (then give --tls, or --tls-ca)?"
+            "is it running, is that its gRPC port (not its --http-port), and does it serve "
+            "TLS (then give --tls, or --tls-ca)?"
             if options.client.tls is None
             else "do --tls-ca, --tls-server-name and the client certificate fit it?"
         )

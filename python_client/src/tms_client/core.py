@@ -258,7 +258,8 @@ class PoolCore:
         if self._refused and all(self._refused.values()):
             return refused_error(list(self._refused))
         hint = (
-            "is it running, and does it serve TLS (then pass tls=TLS(...))?"
+            "is it running, is that its gRPC port (not its --http-port), and does it serve "
+            "TLS (then pass tls=TLS(...))?"
             if self.options.tls is None
             else "is it running, and do the CA, server name and client certificate fit it?"
         )
