@@ -719,6 +719,7 @@ def test_bench_errors(tms, tmp_path):
     code, _, err = tms("bench", "invert", "--text", "hi")
     assert code == 1
     assert "model 'invert' does not support run_text" in err
+    assert err.rstrip().endswith("; leave out --text to send it images")  # not "use tms run"
 
 
 # -- everywhere ---------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def _call_for(
     """The client method a run calls, and a function making one call that returns the bytes
     of output images received."""
     if payload.is_text:
-        check_model(client, "run_text")
+        check_model(client, "run_text", hint="leave out --text to send it images")
         text: str = payload.value
         return "run_text", lambda: _no_output(client.run_text(text, args))
     if "run_image" in info.calls or "run_image_to_image" not in info.calls:

@@ -134,8 +134,9 @@ def refusal(exc: CallError, options: Options) -> str:
     )
 
 
-def check_model(client: ModelClient, call: str | None = None) -> ModelInfo:
-    """What the server says about ``client.model``, which must exist and support ``call``."""
+def check_model(client: ModelClient, call: str | None = None, hint: str = "") -> ModelInfo:
+    """What the server says about ``client.model``, which must exist and support ``call``
+    (else an error ending with ``hint``, or the ``tms`` commands that make its calls)."""
     name = client.model
     try:
         info = client.info()
@@ -147,10 +148,12 @@ def check_model(client: ModelClient, call: str | None = None) -> ModelInfo:
         raise CliError(exc.details) from exc
     if call is not None and call not in info.calls:
         commands = sorted({COMMAND_OF_CALL[c] for c in info.calls if c in COMMAND_OF_CALL})
-        hint = f"; use {' or '.join(commands)}" if commands else ""
+        if not hint and commands:
+            hint = f"use {' or '.join(commands)}"
         raise CliError(
             f"model {name!r} does not support {call} ({COMMAND_OF_CALL.get(call, call)}); "
-            f"it supports {', '.join(sorted(info.calls)) or 'no calls'}{hint}"
+            f"it supports {', '.join(sorted(info.calls)) or 'no calls'}"
+            + (f"; {hint}" if hint else "")
         )
     return info
 
