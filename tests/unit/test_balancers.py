@@ -103,6 +103,7 @@ class NamedWorker:
     in_flight: int = 0
     load: LoadReport | None = None
     latency: float = 0.0
+    latency_at: float = 0.0
 
 
 def spread(balancer: Balancer, workers: Sequence[str], calls: int) -> Counter[str]:

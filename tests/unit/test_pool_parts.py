@@ -4,7 +4,8 @@ targets and load reports."""
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from tms.v1 import model_service_pb2
 from tms_client import LeastLoaded, RetryPolicy
+from tms_client.balancers import faded
 from tms_client.exceptions import CallError, DeadlineExceededError, UnavailableError
 from tms_client.protocol.load import LoadReport, decode_orca, encode_orca, read_trailers
 from tms_client.retry import Attempts
@@ -92,6 +94,7 @@ class FakeWorker:
     in_flight: int = 0
     load: LoadReport | None = None
     latency: float = 0.001
+    latency_at: float = field(default_factory=time.monotonic)  # recorded just now
 
 
 def test_least_loaded_prefers_fewer_calls_and_lower_latency() -> None:
@@ -138,6 +141,26 @@ def test_peak_ewma_latency_jumps_up_and_decays() -> None:
     assert 0.25 < worker.latency < 0.3
     worker.record_latency(0.001, now=5.0)
     assert worker.latency < 0.01
+
+
+def test_a_latency_fades_without_calls_so_a_worker_is_tried_again() -> None:
+    # A worker whose call timed out (500 ms) and that gets no call since, because the other
+    # answers in 10 ms, would keep its 500 ms for good, and never be picked again; it fades
+    # instead (10 s a factor e), and after 40 s wins the pair again (0.5 * e**-4 = 9.2 ms).
+    assert faded(0.5, 30.0) < 0.03
+    assert faded(0.5, 0.0) == 0.5
+    balancer = LeastLoaded(seed=1)
+    now = time.monotonic()
+    resumed = FakeWorker("resumed", latency=0.5, latency_at=now - 40)
+    live = FakeWorker("live", latency=0.01, latency_at=now)
+    assert {balancer.pick([resumed, live]).name for _ in range(20)} == {"resumed"}
+    resumed.latency_at = now - 5  # 303 ms still
+    assert {balancer.pick([resumed, live]).name for _ in range(20)} == {"live"}
+    # A call after the gap starts from what the latency faded to, not from 500 ms.
+    worker = make_worker("a", 1)
+    worker.record_latency(0.5, now=0.0)
+    worker.record_latency(0.02, now=30.0)
+    assert worker.latency < 0.03
 
 
 def make_worker(instance: str, pid: int, address: str = "h:1", count: int = 2) -> Worker:

@@ -8,6 +8,7 @@ sent, or None). Pass one to ``ModelClient(..., balancer=...)``.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -15,7 +16,25 @@ from typing import Protocol, TypeVar
 
 from tms_client.protocol.load import LoadReport
 
-__all__ = ["Balancer", "LeastLoaded", "LoadedWorker", "RandomBalancer", "RoundRobin"]
+__all__ = [
+    "LATENCY_FADE",
+    "Balancer",
+    "LeastLoaded",
+    "LoadedWorker",
+    "RandomBalancer",
+    "RoundRobin",
+    "faded",
+]
+
+#: Seconds over which a worker's recent latency fades (by a factor e) while no call on it ends,
+#: as Finagle's peak EWMA fades when read: a worker that was slow once, or stopped and then
+#: resumed, is tried again in time, where a latency kept as it was would keep it out for good.
+LATENCY_FADE = 10.0
+
+
+def faded(latency: float, since: float) -> float:
+    """A latency recorded ``since`` seconds ago, as it counts now."""
+    return latency * math.exp(-since / LATENCY_FADE) if since > 0 else latency
 
 
 class LoadedWorker(Protocol):
@@ -29,6 +48,9 @@ class LoadedWorker(Protocol):
 
     @property
     def latency(self) -> float: ...
+
+    @property
+    def latency_at(self) -> float: ...  # when ``latency`` was recorded (time.monotonic)
 
 
 W = TypeVar("W", bound=LoadedWorker)
@@ -76,8 +98,10 @@ class LeastLoaded:
     seconds are ignored): the first is exact for this client, the second also sees other
     clients. The load is weighed by the worker's recent latency (a moving average that jumps
     up at once and decays over a second), so one slow call on a worker steers the next calls
-    away from it before a queue builds behind it. Sampling two workers instead of taking the
-    least loaded keeps many clients from all piling onto the same idle worker.
+    away from it before a queue builds behind it; without calls, a latency fades over about
+    ``LATENCY_FADE`` seconds, so that a worker once slow (or stopped) is tried again.
+    Sampling two workers instead of taking the least loaded keeps many clients from all
+    piling onto the same idle worker.
     """
 
     def __init__(self, seed: int | None = None, *, max_report_age: float = 1.0) -> None:
@@ -94,7 +118,7 @@ class LeastLoaded:
         report = worker.load
         if report is not None and now - report.received <= self.max_report_age:
             calls = max(calls, report.in_flight + report.queued)
-        return (calls + 1) * (worker.latency or unknown_latency)
+        return (calls + 1) * (faded(worker.latency, now - worker.latency_at) or unknown_latency)
 
     def pick(self, workers: Sequence[W]) -> W:
         n = len(workers)
@@ -107,5 +131,6 @@ class LeastLoaded:
         now = time.monotonic()
         # A worker with no latency yet counts as the other: compared by calls alone, so one
         # that is stuck before its first answer does not draw every call.
-        unknown = max(a.latency, b.latency) or 1.0
+        unknown = max(faded(a.latency, now - a.latency_at), faded(b.latency, now - b.latency_at))
+        unknown = unknown or 1.0
         return b if self.score(b, now, unknown) < self.score(a, now, unknown) else a

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tms.v1 import model_service_pb2
+from tms_client.balancers import faded
 from tms_client.protocol.load import LoadReport
 
 __all__ = ["Key", "Worker", "WorkerInfo", "WorkerSet"]
@@ -62,12 +63,14 @@ class Worker:
 
     def record_latency(self, seconds: float, now: float, decay: float = 1.0) -> None:
         """Fold one call's latency in: a slower call counts at once, faster ones pull the
-        average down with time constant ``decay`` seconds (Finagle's "peak EWMA")."""
-        if seconds >= self.latency:
+        average down with time constant ``decay`` seconds (Finagle's "peak EWMA"), from what
+        it has faded to since the last (balancers.faded)."""
+        current = faded(self.latency, now - self.latency_at)
+        if seconds >= current:
             self.latency = seconds
         else:
             weight = 1.0 - math.exp(-(now - self.latency_at) / decay)
-            self.latency += (seconds - self.latency) * weight
+            self.latency = current + (seconds - current) * weight
         self.latency_at = now
 
     @classmethod
