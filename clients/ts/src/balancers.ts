@@ -10,7 +10,8 @@ export interface LoadedWorker {
   readonly inFlight: number;
   /** The last load report the worker sent. */
   readonly load: LoadReport | undefined;
-  /** Recent latency in milliseconds (0: no call answered yet). */
+  /** Recent latency in milliseconds (0: no call answered yet); it fades over about ten seconds
+   * while no call on the worker ends, so a worker once slow is tried again. */
   readonly latencyMs: number;
 }
 
@@ -37,7 +38,9 @@ export class RoundRobin implements Balancer {
  *
  * A worker's load is the larger of this client's calls in flight on it and the calls in
  * flight and queued it last reported (reports older than `maxReportAgeMs` are ignored),
- * weighed by its recent latency, so one slow call steers the next ones elsewhere.
+ * weighed by its recent latency, so one slow call steers the next ones elsewhere. A latency
+ * fades over about ten seconds without calls, so a worker that was slow (or stopped, its calls
+ * timing out) gets calls again in time.
  */
 export class LeastLoaded implements Balancer {
   constructor(

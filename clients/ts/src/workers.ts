@@ -3,6 +3,13 @@ import type { LoadedWorker } from "./balancers.js";
 import type { GetWorkerInfoResponse } from "./gen/tms/v1/model_service.js";
 import type { LoadReport } from "./load.js";
 
+/** How fast a worker's recorded latency fades while no call on it ends: it is multiplied by
+ * exp(-elapsed / LATENCY_DECAY_MS) when read (10 s, as Finagle's peak EWMA). Latency is recorded
+ * only when a call ends, so without this a worker that once answered slowly (or timed out while
+ * stopped) would never be picked again and never record a faster call: a worker not picked must
+ * be tried again in time. */
+export const LATENCY_DECAY_MS = 10_000;
+
 /** What a client shows of one worker process it is connected to. */
 export interface WorkerInfo {
   /** The address the connection goes to. */
@@ -32,8 +39,9 @@ export class Worker<C = unknown> implements LoadedWorker {
   inFlight = 0;
   calls = 0;
   load: LoadReport | undefined = undefined;
-  latencyMs = 0;
-  private latencyAt = 0;
+  /** The latency as last recorded, and when (a performance.now() time). */
+  private recordedLatencyMs = 0;
+  private recordedAt = 0;
   /** Dropped or replaced: its channel closes when its calls end. */
   retired = false;
 
@@ -43,6 +51,8 @@ export class Worker<C = unknown> implements LoadedWorker {
      * WorkerSet.follow). */
     public info: GetWorkerInfoResponse,
     readonly channel: C,
+    /** performance.now() by default; tests pass their own. */
+    private readonly clock: () => number = () => performance.now(),
   ) {}
 
   /** What tells workers apart, across hosts too. */
@@ -65,16 +75,30 @@ export class Worker<C = unknown> implements LoadedWorker {
     return !model || this.info.models.length === 0 || this.info.models.includes(model);
   }
 
-  /** Fold one call's latency in: a slower call counts at once, faster ones pull the average
-   * down with a time constant of one second ("peak EWMA"). */
+  /** Recent latency in milliseconds, faded with the time since it was recorded (0: no call
+   * answered yet); what balancers read. */
+  get latencyMs(): number {
+    return this.latencyAt(this.clock());
+  }
+
+  /** The recorded latency at `now`: it fades with a time constant of LATENCY_DECAY_MS (about
+   * ten seconds) while no call on the worker ends. */
+  latencyAt(now: number): number {
+    const elapsed = Math.max(0, now - this.recordedAt);
+    return this.recordedLatencyMs * Math.exp(-elapsed / LATENCY_DECAY_MS);
+  }
+
+  /** Fold one call's latency in, starting from the faded latency: a slower call counts at once,
+   * faster ones pull the average down with a time constant of one second ("peak EWMA"). */
   recordLatency(ms: number, now: number): void {
-    if (ms >= this.latencyMs) {
-      this.latencyMs = ms;
+    const current = this.latencyAt(now);
+    if (ms >= current) {
+      this.recordedLatencyMs = ms;
     } else {
-      const weight = 1 - Math.exp(-(now - this.latencyAt) / 1_000);
-      this.latencyMs += (ms - this.latencyMs) * weight;
+      const weight = 1 - Math.exp(-Math.max(0, now - this.recordedAt) / 1_000);
+      this.recordedLatencyMs = current + (ms - current) * weight;
     }
-    this.latencyAt = now;
+    this.recordedAt = now;
   }
 
   describe(): WorkerInfo {

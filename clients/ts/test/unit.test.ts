@@ -97,6 +97,55 @@ describe("balancers", () => {
     const reported = { inFlight: 0, load: { inFlight: 9, queued: 3, reload: 0, received: performance.now() }, latencyMs: 1 };
     for (let i = 0; i < 20; i++) assert.equal(balancer.pick([reported, busy]), busy);
   });
+  it("least-loaded tries again a worker whose latency faded (one that timed out 40 s ago)", () => {
+    let now = 0;
+    const stopped = new Worker("h:1", info(10), null, () => now);
+    const fast = new Worker("h:1", info(11), null, () => now);
+    stopped.recordLatency(500, 0); // a 0.5 s call that timed out
+    fast.recordLatency(10, 30_000);
+    now = 30_000; // 500 ms * exp(-3) = 24.9 ms: still the slower
+    const balancer = new LeastLoaded();
+    for (let i = 0; i < 20; i++) assert.equal(balancer.pick([stopped, fast]), fast);
+    fast.recordLatency(10, 40_000);
+    now = 40_000; // 500 ms * exp(-4) = 9.2 ms < 10 ms
+    for (let i = 0; i < 20; i++) assert.equal(balancer.pick([stopped, fast]), stopped);
+  });
+});
+
+describe("worker latency", () => {
+  const near = (actual: number, expected: number) =>
+    assert.ok(Math.abs(actual - expected) < 1e-6, `${actual} is not ${expected}`);
+  it("fades with the time since it was recorded", () => {
+    let now = 0;
+    const worker = new Worker("h:1", info(10), null, () => now);
+    assert.equal(worker.latencyMs, 0); // nothing answered yet
+    worker.recordLatency(500, 1_000);
+    now = 1_000;
+    assert.equal(worker.latencyMs, 500);
+    now = 31_000;
+    assert.ok(worker.latencyMs > 0 && worker.latencyMs < 30, `${worker.latencyMs} ms after 30 s`);
+    near(worker.latencyMs, 500 * Math.exp(-3));
+  });
+  it("takes a sample in starting from the faded latency", () => {
+    let now = 0;
+    const worker = new Worker("h:1", info(10), null, () => now);
+    worker.recordLatency(500, 0);
+    worker.recordLatency(400, 3_000); // above 500 ms * exp(-0.3) = 370 ms: counts at once
+    now = 3_000;
+    assert.equal(worker.latencyMs, 400);
+    const faster = new Worker("h:1", info(11), null, () => now);
+    faster.recordLatency(500, 1_000);
+    faster.recordLatency(10, 3_000); // below: pulls the faded 409 ms down with weight 1 - exp(-2)
+    const faded = 500 * Math.exp(-0.2);
+    near(faster.latencyMs, faded + (10 - faded) * (1 - Math.exp(-2)));
+    const idle = new Worker("h:1", info(12), null, () => now);
+    idle.recordLatency(500, 0);
+    idle.recordLatency(100, 40_000); // after a long gap: 100 ms, fading from now on
+    now = 40_000;
+    near(idle.latencyMs, 100);
+    now = 50_000;
+    near(idle.latencyMs, 100 * Math.exp(-1));
+  });
 });
 
 describe("errors", () => {
