@@ -24,6 +24,7 @@ from tests.test_metrics import by_labels, metrics_url, scrape
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_cli.__main__ import main as tms
 from tms_client import ModelClient, ModelNotReadyError, RoundRobin
+from tms_server.board import SETTLED_SECONDS
 from tms_server.cpus import THREAD_VARIABLES, available_cpus
 
 pytestmark = pytest.mark.slow
@@ -202,6 +203,34 @@ def test_calls_for_a_model_on_one_worker_wait_out_its_restart(server_process, mo
             for caller in callers:
                 caller.join(35)
     assert failures == []
+
+
+def test_calls_for_a_model_that_failed_on_its_one_worker_fail_at_once(server_process, tmp_path):
+    """Its worker serves (the other models), and has for a while: the others do not ask to
+    try again, and a call fails at once wherever it lands, with no RetryInfo."""
+    broken = """
+        import tms_server
+
+        class Model(tms_server.Model):
+            workers = 1
+
+            def __init__(self):
+                raise RuntimeError("no weights")
+
+            def run(self, image, args):
+                return {}
+    """
+    models = write_models(tmp_path / "models", {"env": MODELS["env"], "broken": broken})
+    server = server_process(models, workers=3, args=("--allow-failed-models",))
+    time.sleep(SETTLED_SECONDS)  # until then, calls are asked to wait for a worker starting
+    with ModelClient("broken", server.target, balancer=RoundRobin()) as client:
+        for _ in range(6):
+            began = time.monotonic()
+            with pytest.raises(ModelNotReadyError) as caught:
+                client.run_image(PIXEL)
+            assert time.monotonic() - began < 0.5, caught.value
+            assert caught.value.retry_delay is None
+    assert "no weights" in server.logs()
 
 
 def test_a_gpu_and_the_cpu_with_the_servers_own_gpu_list(server_process, models, clean_environment):

@@ -30,6 +30,17 @@ _NAME_BYTES = 65
 _ERROR_BYTES = 512
 #: A row not updated for this long belongs to a worker that is gone or stuck.
 STALE_SECONDS = 3.0
+#: A worker serving for this long has been found by every client that looks for workers.
+SETTLED_SECONDS = 2.0
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 class _Row(ctypes.Structure):
@@ -147,6 +158,19 @@ class WorkerBoard:
         if row.pid != pid:
             return None
         return float(row.beat), row.reload_taken > row.reload_done
+
+    def settled(self, indices: tuple[int, ...]) -> bool:
+        """Whether the workers of these indices have all served for SETTLED_SECONDS (clients
+        have found them by then), beat lately and still run."""
+        now = time.time()
+        for index in indices:
+            row = self._rows[index]
+            pid = int(row.pid)
+            if not (pid and row.serving and now - row.started >= SETTLED_SECONDS):
+                return False
+            if now - row.beat >= STALE_SECONDS or not _running(pid):
+                return False
+        return True
 
     def rows(self) -> list[BoardRow]:
         """The rows of the workers running now (or lately), by index."""

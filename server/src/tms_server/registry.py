@@ -8,8 +8,9 @@ with its error (the supervisor logs it, once for all workers); the others load r
 Every worker imports every model's class, but makes an instance only of the models placed on
 it (tms_server.devices); it describes the others from their classes, so ListModels and
 GetModelInfo answer alike on every worker, and it sends their calls to the workers that have
-them (FAILED_PRECONDITION, naming those workers, with RetryInfo: a client sends a call there
-only when it knows no worker that has the model, as while that worker is being replaced).
+them (FAILED_PRECONDITION, naming those workers; with RetryInfo while one of them is starting
+or being replaced: a client sends a call there only when it knows no worker that has the
+model).
 """
 
 from __future__ import annotations
@@ -455,6 +456,9 @@ class ModelRegistry:
         self._on_load = on_load
         self.max_batch_size = max_batch_size
         self.batching = batching if batching is not None else BatchSettings()
+        #: Whether the workers of these indices have all served a while (the worker board's
+        #: rows); unset, none is known to have.
+        self.settled: Callable[[tuple[int, ...]], bool] = lambda workers: False
 
     def __repr__(self) -> str:
         return (
@@ -588,10 +592,15 @@ class ModelRegistry:
         away = self.elsewhere.get(name)
         if away is not None:
             placement = self.placement
+            where = f"it is placed on {placement.where(away.workers)}"
+            here = f"model {name!r} is not loaded in worker {placement.index} ({placement.device})"
+            if self.settled(away.workers):
+                # A client that knows them sends it there: this caller does not, or the model
+                # failed to load there.
+                raise FailedPrecondition(f"{here}: {where}; send its calls there (tms_client does)")
             raise FailedPrecondition(
-                f"model {name!r} is not loaded in worker {placement.index} "
-                f"({placement.device}): it is placed on {placement.where(away.workers)}; "
-                "send its calls there (tms_client does)",
+                f"{here}: {where}, which is starting or being replaced; try again in a moment "
+                "(tms_client does)",
                 retry_after=ELSEWHERE_RETRY_SECONDS,
             )
         return self._missing(name)

@@ -184,6 +184,7 @@ def build_server(
             if metrics is None
             else replace(settings.batching, observe=metrics.batched),
         )
+    registry.settled = board.settled  # whether the workers of models placed elsewhere are up
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
     thread.start()

@@ -42,9 +42,9 @@ class ModelServiceStub:
     MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
     MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
                                              workers than the one called (tms_client routes).
-                                             Placed elsewhere: RetryInfo 1 s (a client sends
-                                             it there only when it knows no worker that has
-                                             it, as while that worker is being replaced).
+                                             Placed elsewhere: RetryInfo 1 s while such a
+                                             worker is starting or being replaced (a client
+                                             sends it there only when it knows none).
     INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
                                              missing or empty (no image, no texts), a bad
                                              model name or output_encoding, a malformed OIP
@@ -170,9 +170,9 @@ class ModelServiceAsyncStub(ModelServiceStub):
     MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
     MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
                                              workers than the one called (tms_client routes).
-                                             Placed elsewhere: RetryInfo 1 s (a client sends
-                                             it there only when it knows no worker that has
-                                             it, as while that worker is being replaced).
+                                             Placed elsewhere: RetryInfo 1 s while such a
+                                             worker is starting or being replaced (a client
+                                             sends it there only when it knows none).
     INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
                                              missing or empty (no image, no texts), a bad
                                              model name or output_encoding, a malformed OIP
@@ -294,9 +294,9 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
     MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
                                              workers than the one called (tms_client routes).
-                                             Placed elsewhere: RetryInfo 1 s (a client sends
-                                             it there only when it knows no worker that has
-                                             it, as while that worker is being replaced).
+                                             Placed elsewhere: RetryInfo 1 s while such a
+                                             worker is starting or being replaced (a client
+                                             sends it there only when it knows none).
     INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
                                              missing or empty (no image, no texts), a bad
                                              model name or output_encoding, a malformed OIP

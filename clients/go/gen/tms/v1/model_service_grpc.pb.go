@@ -52,9 +52,9 @@ const (
 // MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
 //
 //	workers than the one called (tms_client routes).
-//	Placed elsewhere: RetryInfo 1 s (a client sends
-//	it there only when it knows no worker that has
-//	it, as while that worker is being replaced).
+//	Placed elsewhere: RetryInfo 1 s while such a
+//	worker is starting or being replaced (a client
+//	sends it there only when it knows none).
 //
 // INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
 //
@@ -319,9 +319,9 @@ func (c *modelServiceClient) DetachSharedMemory(ctx context.Context, in *DetachS
 // MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
 //
 //	workers than the one called (tms_client routes).
-//	Placed elsewhere: RetryInfo 1 s (a client sends
-//	it there only when it knows no worker that has
-//	it, as while that worker is being replaced).
+//	Placed elsewhere: RetryInfo 1 s while such a
+//	worker is starting or being replaced (a client
+//	sends it there only when it knows none).
 //
 // INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
 //

@@ -16,9 +16,9 @@ import static io.grpc.MethodDescriptor.generateFullMethodName;
  * MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
  * MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
  *                                          workers than the one called (tms_client routes).
- *                                          Placed elsewhere: RetryInfo 1 s (a client sends
- *                                          it there only when it knows no worker that has
- *                                          it, as while that worker is being replaced).
+ *                                          Placed elsewhere: RetryInfo 1 s while such a
+ *                                          worker is starting or being replaced (a client
+ *                                          sends it there only when it knows none).
  * INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
  *                                          missing or empty (no image, no texts), a bad
  *                                          model name or output_encoding, a malformed OIP
@@ -498,9 +498,9 @@ public final class ModelServiceGrpc {
    * MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
    * MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
    *                                          workers than the one called (tms_client routes).
-   *                                          Placed elsewhere: RetryInfo 1 s (a client sends
-   *                                          it there only when it knows no worker that has
-   *                                          it, as while that worker is being replaced).
+   *                                          Placed elsewhere: RetryInfo 1 s while such a
+   *                                          worker is starting or being replaced (a client
+   *                                          sends it there only when it knows none).
    * INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
    *                                          missing or empty (no image, no texts), a bad
    *                                          model name or output_encoding, a malformed OIP
@@ -701,9 +701,9 @@ public final class ModelServiceGrpc {
    * MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
    * MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
    *                                          workers than the one called (tms_client routes).
-   *                                          Placed elsewhere: RetryInfo 1 s (a client sends
-   *                                          it there only when it knows no worker that has
-   *                                          it, as while that worker is being replaced).
+   *                                          Placed elsewhere: RetryInfo 1 s while such a
+   *                                          worker is starting or being replaced (a client
+   *                                          sends it there only when it knows none).
    * INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
    *                                          missing or empty (no image, no texts), a bad
    *                                          model name or output_encoding, a malformed OIP
@@ -784,9 +784,9 @@ public final class ModelServiceGrpc {
    * MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
    * MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
    *                                          workers than the one called (tms_client routes).
-   *                                          Placed elsewhere: RetryInfo 1 s (a client sends
-   *                                          it there only when it knows no worker that has
-   *                                          it, as while that worker is being replaced).
+   *                                          Placed elsewhere: RetryInfo 1 s while such a
+   *                                          worker is starting or being replaced (a client
+   *                                          sends it there only when it knows none).
    * INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
    *                                          missing or empty (no image, no texts), a bad
    *                                          model name or output_encoding, a malformed OIP
@@ -1009,9 +1009,9 @@ public final class ModelServiceGrpc {
    * MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
    * MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
    *                                          workers than the one called (tms_client routes).
-   *                                          Placed elsewhere: RetryInfo 1 s (a client sends
-   *                                          it there only when it knows no worker that has
-   *                                          it, as while that worker is being replaced).
+   *                                          Placed elsewhere: RetryInfo 1 s while such a
+   *                                          worker is starting or being replaced (a client
+   *                                          sends it there only when it knows none).
    * INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
    *                                          missing or empty (no image, no texts), a bad
    *                                          model name or output_encoding, a malformed OIP
@@ -1225,9 +1225,9 @@ public final class ModelServiceGrpc {
    * MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
    * MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
    *                                          workers than the one called (tms_client routes).
-   *                                          Placed elsewhere: RetryInfo 1 s (a client sends
-   *                                          it there only when it knows no worker that has
-   *                                          it, as while that worker is being replaced).
+   *                                          Placed elsewhere: RetryInfo 1 s while such a
+   *                                          worker is starting or being replaced (a client
+   *                                          sends it there only when it knows none).
    * INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
    *                                          missing or empty (no image, no texts), a bad
    *                                          model name or output_encoding, a malformed OIP
@@ -1423,9 +1423,9 @@ public final class ModelServiceGrpc {
    * MODEL_NOT_FOUND     NOT_FOUND            No model of that name (or, OIP, no such version).
    * MODEL_NOT_LOADED    FAILED_PRECONDITION  The model failed to load, or is placed on other
    *                                          workers than the one called (tms_client routes).
-   *                                          Placed elsewhere: RetryInfo 1 s (a client sends
-   *                                          it there only when it knows no worker that has
-   *                                          it, as while that worker is being replaced).
+   *                                          Placed elsewhere: RetryInfo 1 s while such a
+   *                                          worker is starting or being replaced (a client
+   *                                          sends it there only when it knows none).
    * INVALID_REQUEST     INVALID_ARGUMENT     Malformed request message, a required field
    *                                          missing or empty (no image, no texts), a bad
    *                                          model name or output_encoding, a malformed OIP
