@@ -149,7 +149,9 @@ def test_two_gpus_one_worker_each(server_process, models, clean_environment):
             0: "SERVING",
             1: "NOT_SERVING",
         }
-        # Sent to the worker without it anyway (the client never does): FAILED_PRECONDITION.
+        # Sent to the worker without it anyway (the client never does): FAILED_PRECONDITION,
+        # with no RetryInfo once worker 0 has served a while.
+        time.sleep(SETTLED_SECONDS)
         request = model_service_pb2.RunImageRequest(model="solo")
         with pytest.raises(grpc.RpcError) as refused:
             models_of(channels[1]).RunImage(request)
