@@ -30,10 +30,11 @@ func (b *roundRobin) String() string { return "RoundRobin()" }
 // ignored): the first is exact for this client, the second also sees other clients. The load
 // is weighed by the worker's Latency, each scored (load + 1) x latency, so one slow or
 // timed-out call steers the next ones away from it: a stopped worker, whose calls time out
-// and whose reports stop, does not look idle. A worker with no latency yet counts as having
-// the other's, so one stuck before its first answer does not draw every call. Sampling two
-// workers instead of taking the least loaded keeps many clients from piling onto the same
-// idle worker.
+// and whose reports stop, does not look idle. The latency fades over about ten seconds
+// without calls, so a worker left aside for it (stopped and resumed, or once slow) is tried
+// again in time instead of never. A worker with no latency yet counts as having the other's,
+// so one stuck before its first answer does not draw every call. Sampling two workers instead
+// of taking the least loaded keeps many clients from piling onto the same idle worker.
 func LeastLoaded() Balancer { return leastLoaded{maxReportAge: time.Second} }
 
 type leastLoaded struct{ maxReportAge time.Duration }
@@ -49,7 +50,7 @@ func (b leastLoaded) Pick(workers []*Worker) *Worker {
 	}
 	a, c := workers[first], workers[second]
 	now := time.Now()
-	unknown := cmp.Or(max(a.Latency(), c.Latency()), time.Second)
+	unknown := cmp.Or(max(a.latencyAsOf(now), c.latencyAsOf(now)), time.Second)
 	if b.score(c, now, unknown) < b.score(a, now, unknown) {
 		return c
 	}
@@ -59,7 +60,7 @@ func (b leastLoaded) Pick(workers []*Worker) *Worker {
 // score is the expected cost of one more call on w: (load + 1) x its latency, unknown when it
 // has none yet.
 func (b leastLoaded) score(w *Worker, now time.Time, unknown time.Duration) float64 {
-	return float64(b.load(w, now)+1) * cmp.Or(w.Latency(), unknown).Seconds()
+	return float64(b.load(w, now)+1) * cmp.Or(w.latencyAsOf(now), unknown).Seconds()
 }
 
 func (b leastLoaded) load(w *Worker, now time.Time) int {

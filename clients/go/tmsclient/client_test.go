@@ -198,16 +198,17 @@ func TestEveryAttemptSentRecordsItsLatency(t *testing.T) {
 	if err := c.invoke(ctx, "RunImage", "m", timesOut); status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("err %v", err)
 	}
-	if got := ws[0].Latency(); got < 50*time.Millisecond {
+	at := time.Now() // read at one time: the latency fades as time goes by
+	if got := ws[0].latencyAsOf(at); got < 50*time.Millisecond {
 		t.Fatalf("latency %v after an attempt that timed out at 50 ms", got)
 	}
-	before := ws[0].Latency()
+	before := ws[0].latencyAsOf(at)
 	ended, end := context.WithCancel(context.Background())
 	end() // gRPC sends nothing on an ended context: no latency to learn
 	_ = c.invoke(ended, "RunImage", "m", func(context.Context, *Worker, ...grpc.CallOption) error {
 		return status.Error(codes.Canceled, "context canceled")
 	})
-	if got := ws[0].Latency(); got != before {
+	if got := ws[0].latencyAsOf(at); got != before {
 		t.Fatalf("latency %v, was %v: an attempt never sent counted", got, before)
 	}
 }

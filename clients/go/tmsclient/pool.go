@@ -59,24 +59,41 @@ func (w *Worker) setLoad(r LoadReport) {
 	w.mu.Unlock()
 }
 
+// latencyFade is the time constant over which a worker's latency fades while it records no
+// call: the balancer steers away from a worker with a high latency, so that worker may get no
+// call that could bring the latency down; fading it makes a worker not picked (one stopped
+// and resumed, or once slow) be tried again in time. Finagle's peak EWMA default.
+const latencyFade = 10 * time.Second
+
 // Latency is the worker's recent call latency, a moving average of this client's attempts
 // on it (answered or failed): a slower one counts at once, faster ones pull it down over
-// about a second. 0 before its first attempt ends.
-func (w *Worker) Latency() time.Duration {
+// about a second, and without calls it fades toward zero over about ten seconds. 0 before
+// its first attempt ends.
+func (w *Worker) Latency() time.Duration { return w.latencyAsOf(time.Now()) }
+
+// latencyAsOf is Latency at now: the latency last recorded, faded by the time since.
+func (w *Worker) latencyAsOf(now time.Time) time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.latency
+	return w.fadedLatency(now)
+}
+
+// fadedLatency is the latency recorded at latencyAt faded to now; w.mu must be held.
+func (w *Worker) fadedLatency(now time.Time) time.Duration {
+	since := max(now.Sub(w.latencyAt), 0)
+	return time.Duration(float64(w.latency) * math.Exp(-since.Seconds()/latencyFade.Seconds()))
 }
 
 // recordLatency folds in an attempt that took d and ended at now.
 func (w *Worker) recordLatency(d time.Duration, now time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if d >= w.latency {
+	current := w.fadedLatency(now)
+	if d >= current {
 		w.latency = d
 	} else {
-		weight := 1 - math.Exp(-now.Sub(w.latencyAt).Seconds())
-		w.latency += time.Duration(float64(d-w.latency) * weight)
+		weight := 1 - math.Exp(-max(now.Sub(w.latencyAt), 0).Seconds())
+		w.latency = current + time.Duration(float64(d-current)*weight)
 	}
 	w.latencyAt = now
 }
