@@ -26,7 +26,8 @@ public interface Balancer {
 
     /**
      * This client's recent calls on the worker, answered or failed: how long they took, a moving
-     * average that counts a slower call at once and decays over a second (zero before the first).
+     * average that counts a slower call at once and decays over a second, and that fades over
+     * about ten seconds without calls (zero before the first).
      */
     Duration latency();
   }
@@ -60,10 +61,12 @@ public interface Balancer {
    * reported (a report older than {@code maxReportAge} is ignored): the first is exact for this
    * client, the second also sees other clients. The load is weighed by the worker's recent {@link
    * LoadedWorker#latency() latency}: the cost of one more call there is (load + 1) x latency, so a
-   * slow call, or one that times out on a stopped worker, steers the next calls away from it. A
-   * worker with no latency yet (no call of this client has ended there) counts as having the
-   * other's, so one stuck before its first answer does not draw every call. Sampling two workers,
-   * not taking the least loaded of all, keeps many clients from piling onto the same idle worker.
+   * slow call, or one that times out on a stopped worker, steers the next calls away from it. The
+   * latency fades over about ten seconds without calls, so a worker left aside for it (stopped and
+   * resumed, or once slow) is tried again in time instead of never. A worker with no latency yet
+   * (no call of this client has ended there) counts as having the other's, so one stuck before its
+   * first answer does not draw every call. Sampling two workers, not taking the least loaded of
+   * all, keeps many clients from piling onto the same idle worker.
    */
   static Balancer leastLoaded(Duration maxReportAge) {
     long maxAge = maxReportAge.toNanos();
@@ -79,22 +82,24 @@ public interface Balancer {
         W a = workers.get(first);
         W b = workers.get(second >= first ? second + 1 : second);
         long now = System.nanoTime();
-        // A worker with no latency yet counts as the other: compared by load alone.
-        long unknown = Math.max(Math.max(a.latency().toNanos(), b.latency().toNanos()), 1);
-        return cost(b, unknown, now) < cost(a, unknown, now) ? b : a;
+        // Each latency read once (it fades as time goes by). A worker with no latency yet counts
+        // as the other: compared by load alone.
+        long latencyA = a.latency().toNanos();
+        long latencyB = b.latency().toNanos();
+        long unknown = Math.max(Math.max(latencyA, latencyB), 1);
+        return cost(b, latencyB, unknown, now) < cost(a, latencyA, unknown, now) ? b : a;
       }
 
       /**
-       * The expected cost of one more call on {@code worker}: (calls ahead + 1) x its latency, or
-       * {@code unknown} nanoseconds when it has none yet.
+       * The expected cost of one more call on {@code worker}: (calls ahead + 1) x its {@code
+       * latency} (nanoseconds), or {@code unknown} nanoseconds when it has none yet.
        */
-      private double cost(LoadedWorker worker, long unknown, long now) {
+      private double cost(LoadedWorker worker, long latency, long unknown, long now) {
         int calls = worker.inFlight();
         Optional<LoadReport> report = worker.load();
         if (report.isPresent() && now - report.get().receivedNanos() <= maxAge) {
           calls = Math.max(calls, report.get().total());
         }
-        long latency = worker.latency().toNanos();
         return (calls + 1.0) * (latency > 0 ? latency : unknown);
       }
 

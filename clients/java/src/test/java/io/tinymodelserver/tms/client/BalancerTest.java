@@ -24,10 +24,27 @@ class BalancerTest {
     }
   }
 
+  /** A worker whose latency is a {@link Latency} read at each pick, as a pool's member. */
+  record Recorded(Worker worker, int inFlight, Latency recorded) implements Balancer.LoadedWorker {
+    Recorded(long pid, Latency recorded) {
+      this(new Worker("test", pid, 0, 2, List.of()), 0, recorded);
+    }
+
+    @Override
+    public Optional<LoadReport> load() {
+      return Optional.empty();
+    }
+
+    @Override
+    public Duration latency() {
+      return recorded.get();
+    }
+  }
+
   /** The worker {@code leastLoaded()} picks of {@code a} and {@code b}, the same in 100 picks. */
-  private static Fake picked(Fake a, Fake b) {
+  private static Balancer.LoadedWorker picked(Balancer.LoadedWorker a, Balancer.LoadedWorker b) {
     Balancer balancer = Balancer.leastLoaded();
-    Fake first = balancer.pick(List.of(a, b));
+    Balancer.LoadedWorker first = balancer.pick(List.of(a, b));
     for (int i = 0; i < 100; i++) {
       assertEquals(first, balancer.pick(List.of(a, b)));
       assertEquals(first, balancer.pick(List.of(b, a)));
@@ -76,6 +93,20 @@ class BalancerTest {
     Optional<LoadReport> answered = Optional.of(new LoadReport(1, 0, System.nanoTime()));
     Fake live = new Fake(1, 0, answered, FAST);
     assertEquals(live, picked(new Fake(2, 0, SLOW), live));
+  }
+
+  @Test
+  void aWorkerWhoseCallTimedOutLongAgoIsTriedAgain() {
+    // A call timed out at 500 ms on one worker 40 s ago (stopped, since resumed) and none has
+    // been sent there since: its latency has faded to 500 x exp(-4) = 9.2 ms, under the 10 ms of
+    // the other, which just answered. With equal calls, the first is tried again.
+    long now = System.nanoTime();
+    Latency timedOut = new Latency();
+    timedOut.record(Duration.ofMillis(500).toNanos(), now - Duration.ofSeconds(40).toNanos());
+    Latency answered = new Latency();
+    answered.record(FAST.toNanos(), now);
+    Recorded resumed = new Recorded(2, timedOut);
+    assertEquals(resumed, picked(new Recorded(1, answered), resumed));
   }
 
   @Test
