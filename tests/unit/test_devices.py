@@ -296,12 +296,22 @@ def test_every_worker_describes_every_model_and_loads_only_its_own(tmp_path, cap
     assert list(first.find("everywhere").info.input_shape) == [8, 8, 3]  # asked: everywhere
     assert second.find("solo").instance is None
     assert first.get("solo").instance.made
+    # While worker 0 is not known to have served a while (no board says so): try again.
+    with pytest.raises(FailedPrecondition) as refused_call:
+        second.get("solo")
+    assert str(refused_call.value) == (
+        "model 'solo' is not loaded in worker 1 (cpu): it is placed on worker 0 (cuda:0), "
+        "which is starting or being replaced; try again in a moment (tms_client does)"
+    )
+    assert refused_call.value.retry_after == 1.0
+    second.settled = lambda workers: workers == (0,)  # worker 0 has served a while
     with pytest.raises(FailedPrecondition) as refused_call:
         second.get("solo")
     assert str(refused_call.value) == (
         "model 'solo' is not loaded in worker 1 (cpu): it is placed on worker 0 (cuda:0); "
         "send its calls there (tms_client does)"
     )
+    assert refused_call.value.retry_after is None
     with pytest.raises(NotFound, match="models: everywhere, gpu_only, solo"):
         second.get("nope")
 
