@@ -29,7 +29,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class StallWatch:
     """Closes the connections of callers that stall: a call waits more than ``limit`` seconds
     for its caller to send the request or to take the answer, or the answers waiting to be
-    taken add up to more than ``max_untaken`` bytes (the connections of the oldest go first).
+    taken add up to more than ``max_untaken`` bytes (the connections holding the most go
+    first, with every call on them).
 
     gRPC Python cannot cancel one call of a server, and a stalled call keeps what it has
     received, or is to send, until its connection ends; so the watch ends the connection,
@@ -65,16 +66,24 @@ class StallWatch:
         self.untaken -= size
 
     def _shed(self, newest: Context) -> None:
-        oldest_first = sorted(self._since.items(), key=lambda item: item[1][0])
-        for context, (_, size) in oldest_first:
-            if self.untaken <= self.max_untaken:
+        """Close connections, those holding the most untaken bytes first (``newest`` aside,
+        just handed over), until the rest fit: a caller taking nothing, not one whose small
+        answer happens to be on its way."""
+        calls: dict[str, list[Context]] = {}
+        held: dict[str, int] = {}
+        for context, (_, size) in self._since.items():
+            peer = _peer(context)
+            if size and peer is not None:
+                calls.setdefault(peer, []).append(context)
+                held[peer] = held.get(peer, 0) + (size if context is not newest else 0)
+        for peer in sorted(held, key=held.__getitem__, reverse=True):
+            if self.untaken <= self.max_untaken or not held[peer]:
                 break
-            if size and context is not newest:
-                self._close(
-                    [context],
-                    f"answers waiting to be taken exceed {self.max_untaken} bytes "
-                    "(--max-untaken-mb); its answer is the oldest",
-                )
+            self._close(
+                calls[peer],
+                f"answers waiting to be taken exceed {self.max_untaken} bytes "
+                f"(--max-untaken-mb); it holds {held[peer]} bytes of them, the most",
+            )
 
     def check(self) -> None:
         """Close the connections of calls that have waited past the limit."""
@@ -112,6 +121,14 @@ class StallWatch:
                 self.check()
             except Exception:  # keep watching whatever one round ran into
                 log.exception("stall watch failed")
+
+
+def _peer(context: Context) -> str | None:
+    """The caller's address, or None once the call has ended."""
+    try:
+        return context.peer()
+    except Exception:
+        return None
 
 
 def _address(peer: str) -> tuple[str, int] | None:
