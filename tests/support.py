@@ -57,6 +57,27 @@ class Model(tms_server.Model):
 """
 
 
+#: An image model that only the first worker to load it has, until its folder holds "ready"
+#: (the clients' reload-following tests load it on more workers with a reload).
+LATE_IMAGE_MODEL = """
+    import os
+    from pathlib import Path
+
+    import tms_server
+
+    class Model(tms_server.Model):
+        thread_safe = True
+
+        def __init__(self):  # the first worker to load it has it; the others fail to, unless
+            here = Path(__file__).parent  # the model's folder holds "ready"
+            if not (here / "ready").exists():
+                os.close(os.open(here / "taken", os.O_CREAT | os.O_EXCL))
+
+        def run(self, image, args):
+            return {"pid": os.getpid()}
+"""
+
+
 def write_models(folder: Path, sources: dict[str, str]) -> Path:
     """Write one model package per (name, source of its __init__.py) into ``folder``."""
     for name, source in sources.items():

@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 
 from tests.certificates import CertificateAuthority
-from tests.support import EXAMPLE_MODELS, ServerProcess, stopped, wait_for, write_models
+from tests.support import (
+    EXAMPLE_MODELS,
+    LATE_IMAGE_MODEL,
+    ServerProcess,
+    stopped,
+    wait_for,
+    write_models,
+)
 from tests.toolchains import GO_MODULE, find_go, run
 from tms_client import AdminClient
 
@@ -313,23 +320,6 @@ def test_readme_example(server_process: Start, models, programs):
 
 ADMIN_TOKEN = "go-sdk-admin-token-0123456789"
 
-LATE = """
-    import os
-    from pathlib import Path
-
-    import tms_server
-
-    class Model(tms_server.Model):
-        thread_safe = True
-
-        def __init__(self):  # the first worker to load it has it; the others fail to, unless
-            here = Path(__file__).parent  # the model's folder holds "ready"
-            if not (here / "ready").exists():
-                os.close(os.open(here / "taken", os.O_CREAT | os.O_EXCL))
-
-        def run(self, image, args):
-            return {"pid": os.getpid()}
-"""
 
 MOVED = """
     import os
@@ -420,7 +410,7 @@ def test_calls_follow_a_model_a_reload_loads_on_more_workers(
     """A model loads on one worker of two, and a reload loads it on both. The answers after
     it carry the reload's number, the client asks both workers again which models they serve,
     and its calls reach both, though it had sent none to the other."""
-    server, models = admin_server(server_process, tmp_path, {"late": LATE})
+    server, models = admin_server(server_process, tmp_path, {"late": LATE_IMAGE_MODEL})
     workers = set(children(server.process.pid))
     with rounds(programs, server.target, "late") as one:
         answer = one()

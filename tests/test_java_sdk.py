@@ -33,6 +33,7 @@ from PIL import Image
 
 from tests.support import (
     EXAMPLE_MODELS,
+    LATE_IMAGE_MODEL,
     ROOT,
     ServerProcess,
     early_ending_server,
@@ -306,23 +307,6 @@ def test_least_loaded_keeps_calls_away_from_a_stopped_worker(
     assert answer["calls"] >= 90, answer
 
 
-LATE = """
-    import os
-    from pathlib import Path
-
-    import tms_server
-
-    class Model(tms_server.Model):
-        thread_safe = True
-
-        def __init__(self):  # the first worker to load it has it; the others fail to, unless
-            here = Path(__file__).parent  # the model's folder holds "ready"
-            if not (here / "ready").exists():
-                os.close(os.open(here / "taken", os.O_CREAT | os.O_EXCL))
-
-        def run(self, image, args):
-            return {"pid": os.getpid()}
-"""
 ADMIN_TOKEN = "admin-token-0123456789"
 
 
@@ -333,7 +317,9 @@ def test_calls_follow_a_model_a_reload_loads_on_more_workers(
     alone. An admin reload loads it on the other too: the answers that follow carry the reload's
     number, the client asks both workers again which models they serve, and the same client's
     calls reach both, though it had sent none to the other."""
-    models = write_models(tmp_path / "models", {"whoami": MODELS["whoami"], "late": LATE})
+    models = write_models(
+        tmp_path / "models", {"whoami": MODELS["whoami"], "late": LATE_IMAGE_MODEL}
+    )
     tokens = tmp_path / "admin_tokens"
     tokens.write_text(ADMIN_TOKEN + "\n")
     args = ("--entry-points", "false", "--admin-tokens-file", str(tokens))
