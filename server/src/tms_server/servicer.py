@@ -104,8 +104,7 @@ def _read(cls: type[M], request: bytes, max_images: int) -> tuple[M, list[ImageP
             raise InvalidArgument(f"malformed {cls.DESCRIPTOR.name}: {exc}") from None
         except TooManyImagesError:
             raise InvalidArgument(
-                f"a call takes at most {max_images} images (--max-batch-size); split them "
-                "over several calls",
+                _too_many("images", max_images, "--max-batch-size"),
                 reason=Reason.BATCH_TOO_LARGE,
                 field="images",
             ) from None
@@ -179,6 +178,10 @@ def _received(images: Sequence[ImageParts]) -> None:
         )
 
 
+def _too_many(what: str, limit: int, source: str) -> str:
+    return f"a call takes at most {limit} {what} ({source}); split them over several calls"
+
+
 def _run_batch(model: LoadedModel, args: dict[str, Any], images: list[Any]) -> list[Any]:
     """RunImage calls gathered by the model's batcher, through one ``run_batch``."""
     results = list(run_model(model, model.instance.run_batch, images, args))
@@ -247,7 +250,7 @@ class ModelServicer:
         limit, source = self.batch_limit(model)
         if count > limit:
             raise InvalidArgument(
-                f"a call takes at most {limit} {what} ({source}); split them over several calls",
+                _too_many(what, limit, source),
                 reason=Reason.BATCH_TOO_LARGE,
                 field=what,
             )
