@@ -114,11 +114,17 @@ class LeastLoaded:
     def score(self, worker: LoadedWorker, now: float, unknown_latency: float = 1.0) -> float:
         """Expected cost of one more call on ``worker``: (calls ahead + 1) x latency, where a
         worker that has answered no call yet has ``unknown_latency``."""
+        latency = faded(worker.latency, now - worker.latency_at)
+        return self._score(worker, now, latency or unknown_latency)
+
+    def _score(self, worker: LoadedWorker, now: float, latency: float) -> float:
+        """(calls ahead + 1) x ``latency``: the calls are this client's on ``worker``, or as
+        many as its fresh report says."""
         calls = worker.in_flight
         report = worker.load
         if report is not None and now - report.received <= self.max_report_age:
             calls = max(calls, report.in_flight + report.queued)
-        return (calls + 1) * (faded(worker.latency, now - worker.latency_at) or unknown_latency)
+        return (calls + 1) * latency
 
     def pick(self, workers: Sequence[W]) -> W:
         n = len(workers)
@@ -130,7 +136,10 @@ class LeastLoaded:
         a, b = workers[first], workers[second + (second >= first)]
         now = time.monotonic()
         # A worker with no latency yet counts as the other: compared by calls alone, so one
-        # that is stuck before its first answer does not draw every call.
-        unknown = max(faded(a.latency, now - a.latency_at), faded(b.latency, now - b.latency_at))
-        unknown = unknown or 1.0
-        return b if self.score(b, now, unknown) < self.score(a, now, unknown) else a
+        # that is stuck before its first answer does not draw every call. Each latency is
+        # faded once.
+        latency_a = faded(a.latency, now - a.latency_at)
+        latency_b = faded(b.latency, now - b.latency_at)
+        unknown = max(latency_a, latency_b) or 1.0
+        score_b = self._score(b, now, latency_b or unknown)
+        return b if score_b < self._score(a, now, latency_a or unknown) else a
