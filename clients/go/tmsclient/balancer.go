@@ -50,17 +50,17 @@ func (b leastLoaded) Pick(workers []*Worker) *Worker {
 	}
 	a, c := workers[first], workers[second]
 	now := time.Now()
-	unknown := cmp.Or(max(a.latencyAsOf(now), c.latencyAsOf(now)), time.Second)
-	if b.score(c, now, unknown) < b.score(a, now, unknown) {
+	latencyA, latencyC := a.latencyAsOf(now), c.latencyAsOf(now) // each faded once
+	unknown := cmp.Or(max(latencyA, latencyC), time.Second)
+	if b.score(c, now, cmp.Or(latencyC, unknown)) < b.score(a, now, cmp.Or(latencyA, unknown)) {
 		return c
 	}
 	return a
 }
 
-// score is the expected cost of one more call on w: (load + 1) x its latency, unknown when it
-// has none yet.
-func (b leastLoaded) score(w *Worker, now time.Time, unknown time.Duration) float64 {
-	return float64(b.load(w, now)+1) * cmp.Or(w.latencyAsOf(now), unknown).Seconds()
+// score is the expected cost of one more call on w: (load + 1) x latency.
+func (b leastLoaded) score(w *Worker, now time.Time, latency time.Duration) float64 {
+	return float64(b.load(w, now)+1) * latency.Seconds()
 }
 
 func (b leastLoaded) load(w *Worker, now time.Time) int {

@@ -50,12 +50,17 @@ export class LeastLoaded implements Balancer {
 
   /** Expected cost of one more call on `worker`. */
   score(worker: LoadedWorker, now: number, unknownLatency = 1): number {
+    return this.cost(worker, now, worker.latencyMs || unknownLatency);
+  }
+
+  /** (calls ahead + 1) x `latencyMs`. */
+  private cost(worker: LoadedWorker, now: number, latencyMs: number): number {
     let calls = worker.inFlight;
     const report = worker.load;
     if (report !== undefined && now - report.received <= this.maxReportAgeMs) {
       calls = Math.max(calls, report.inFlight + report.queued);
     }
-    return (calls + 1) * (worker.latencyMs || unknownLatency);
+    return (calls + 1) * latencyMs;
   }
 
   pick<W extends LoadedWorker>(workers: readonly W[]): W {
@@ -65,8 +70,11 @@ export class LeastLoaded implements Balancer {
     const a = workers[first];
     const b = workers[second + (second >= first ? 1 : 0)];
     const now = performance.now();
-    const unknown = Math.max(a.latencyMs, b.latencyMs) || 1;
-    return this.score(b, now, unknown) < this.score(a, now, unknown) ? b : a;
+    const latencyA = a.latencyMs; // each faded once
+    const latencyB = b.latencyMs;
+    const unknown = Math.max(latencyA, latencyB) || 1;
+    const costB = this.cost(b, now, latencyB || unknown);
+    return costB < this.cost(a, now, latencyA || unknown) ? b : a;
   }
 
   toString(): string {
