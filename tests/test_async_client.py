@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from tests.support import InProcessServer, write_models
 from tms_client import (
     AsyncModelClient,
+    ClientClosedError,
     ConnectError,
     DeadlineExceededError,
     ModelClient,
@@ -25,6 +29,7 @@ from tms_client import (
 
 MODELS = {
     "probe": '''
+        import time
         import tms_server
 
         class Model(tms_server.Model):
@@ -33,6 +38,7 @@ MODELS = {
             thread_safe = True
 
             def run(self, image, args):
+                time.sleep(min(float(args.get("sleep", 0)), 10))
                 return {"shape": image.shape, "sum": int(image.sum()), "args": args}
     ''',
     "invert": """
@@ -161,15 +167,78 @@ def test_a_closed_client_says_so(server):
     client = ModelClient("probe", server.target)
     client.close()
     began = time.monotonic()
-    with pytest.raises(TMSError, match="client is closed"):
+    with pytest.raises(ClientClosedError, match="client is closed") as raised:
         client.run_image(image)
+    assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert time.monotonic() - began < 0.5
 
     async def main() -> None:
         async with AsyncModelClient("probe", server.target) as probe:
             assert (await probe.run_image(image))["sum"] == 18
-        with pytest.raises(TMSError, match="client is closed"):
+        with pytest.raises(ClientClosedError, match="client is closed"):
             await probe.run_image(image)
+        with pytest.raises(ClientClosedError):
+            await anext(aiter(probe.run_image_stream([image])))
+
+    asyncio.run(main())
+
+
+def test_close_ends_the_calls_in_flight_saying_so(server):
+    """Calls and streams in flight when their client closes end at once (the model would
+    answer in 3 s) with ClientClosedError, in both clients; not with asyncio.CancelledError
+    in a task no one cancelled, nor with CANCELLED."""
+    image = np.full((2, 3, 3), 1, np.uint8)
+    slow = {"sleep": 3}
+    with ModelClient("probe", server.target, timeout=30) as client:
+        assert client.run_image(image)["sum"] == 18
+        ended: list[tuple[BaseException | None, float]] = []
+
+        def run(call: Callable[[], object]) -> None:
+            began = time.monotonic()
+            try:
+                call()
+            except BaseException as error:
+                ended.append((error, time.monotonic() - began))
+            else:
+                ended.append((None, time.monotonic() - began))
+
+        callers = [
+            threading.Thread(target=run, args=(lambda: client.run_image(image, slow),)),
+            threading.Thread(
+                target=run, args=(lambda: list(client.run_image_stream([image, image], slow)),)
+            ),
+        ]
+        for caller in callers:
+            caller.start()
+        time.sleep(0.5)
+        client.close()
+        for caller in callers:
+            caller.join(10)
+    assert len(ended) == 2
+    for error, seconds in ended:
+        assert isinstance(error, ClientClosedError), repr(error)
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert seconds < 2, seconds
+
+    async def main() -> None:
+        probe = AsyncModelClient("probe", server.target, timeout=30)
+        assert (await probe.run_image(image))["sum"] == 18
+
+        async def stream() -> None:
+            async for _ in probe.run_image_stream([image, image], slow):
+                pass
+
+        tasks = [
+            asyncio.ensure_future(probe.run_image(image, slow)),
+            asyncio.ensure_future(stream()),
+        ]
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+        await probe.close()
+        for task in tasks:
+            with pytest.raises(ClientClosedError, match="client is closed"):
+                await task
+        assert time.monotonic() - began < 2
 
     asyncio.run(main())
 

@@ -16,6 +16,7 @@ from tms_client.calls import FrameResult, ImageToImageResult, ModelInfo
 from tms_client.client import ModelClient
 from tms_client.exceptions import (
     CallError,
+    ClientClosedError,
     ConnectError,
     DeadlineExceededError,
     InvalidInputError,
@@ -41,6 +42,7 @@ __all__ = [  # noqa: RUF022 - plain sorted order, as tests/unit/test_exported_me
     "AsyncModelClient",
     "Balancer",
     "CallError",
+    "ClientClosedError",
     "ClientOptions",
     "ConnectError",
     "DeadlineExceededError",

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 from tms_client import calls
 from tms_client.aio_pool import AsyncWorkerPool
 from tms_client.calls import Builder, FrameResult, Frames, FrameStream, ModelInfo, as_method
-from tms_client.exceptions import ModelNotFoundError, TMSError
+from tms_client.exceptions import ClientClosedError, ModelNotFoundError, TMSError
 from tms_client.images import fit_within
 from tms_client.protocol.wire import ImageMessage
 from tms_client.tracing import call_span
@@ -49,10 +49,10 @@ class AsyncModelClient(calls.AsyncioClient):
 
     async def start(self) -> None:
         """Wait for the servers and connect to their workers (ConnectError after the timeout).
-        Calls that start the client at once share one start (and one pool); TMSError once
-        the client is closed."""
+        Calls that start the client at once share one start (and one pool);
+        ClientClosedError once the client is closed."""
         if self._closed:
-            raise TMSError("this client is closed; make a new one to call again")
+            raise ClientClosedError()
         loop = asyncio.get_running_loop()
         if self._loop is not None and self._loop is not loop:
             raise TMSError(

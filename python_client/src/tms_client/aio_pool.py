@@ -25,7 +25,7 @@ from tms_client.core import (
     Sleep,
     Wait,
 )
-from tms_client.exceptions import CallError
+from tms_client.exceptions import CallError, ClientClosedError
 from tms_client.options import ClientOptions
 from tms_client.protocol.wire import ImageMessage
 from tms_client.targets import resolve
@@ -72,9 +72,11 @@ class AsyncWorkerPool:
             reply = await attempt.worker.channel.unary(attempt.request)
         except CallError as error:
             return await self.run(self.core.retry(request, model, attempt, error))
-        except BaseException:
+        except BaseException as exc:
             self.core.abandoned(attempt)
             await self._settle(*self.core.pending())
+            if self._closed_under(exc):
+                raise ClientClosedError() from None
             raise
         data = self.core.answered(attempt, reply)
         closing, wake = self.core.pending()
@@ -106,7 +108,7 @@ class AsyncWorkerPool:
                 else:
                     outcome = await self._carry_out(step.action)
             except BaseException as exc:  # thrown into the plan (GeneratorExit too)
-                step = self.core.advance(plan, error=exc)
+                step = self.core.advance(plan, error=self._ended(exc))
             else:
                 step = self.core.advance(plan, outcome)
 
@@ -120,9 +122,23 @@ class AsyncWorkerPool:
             try:
                 outcome = await self._carry_out(step.action)
             except BaseException as exc:  # thrown into the plan
-                step = self.core.advance(plan, error=exc)
+                step = self.core.advance(plan, error=self._ended(exc))
             else:
                 step = self.core.advance(plan, outcome)
+
+    def _closed_under(self, error: BaseException) -> bool:
+        """Whether ``error`` is how gRPC ends a call whose channel ``close`` closed: a
+        CancelledError in a task that no one cancelled."""
+        task = asyncio.current_task()
+        return (
+            isinstance(error, asyncio.CancelledError)
+            and self.core.closed
+            and (task is None or not task.cancelling())
+        )
+
+    def _ended(self, error: BaseException) -> BaseException:
+        """``error``, or ClientClosedError for a call ``close`` ended (see _closed_under)."""
+        return ClientClosedError() if self._closed_under(error) else error
 
     async def _carry_out(self, action: Action) -> Any:
         match action:

@@ -42,7 +42,13 @@ import grpc
 
 from tms.v1 import model_service_pb2
 from tms_client.balancers import Balancer, LeastLoaded
-from tms_client.exceptions import CallError, ConnectError, TMSError, UnavailableError
+from tms_client.exceptions import (
+    CallError,
+    ClientClosedError,
+    ConnectError,
+    TMSError,
+    UnavailableError,
+)
 from tms_client.options import ClientOptions
 from tms_client.protocol.load import read_trailers
 from tms_client.protocol.methods import method_path
@@ -468,9 +474,9 @@ class PoolCore:
         return (yield from self._attempts(request, model, attempts))
 
     def _attempts(self, request: Request, model: str, attempts: Attempts) -> Plan[bytes]:
-        self._check_open()
         metadata = self.options.metadata + request.metadata
         while True:
+            self._check_open()  # a retry ends once the client is closed
             try:
                 attempts.begin()
                 worker = self._take(attempts.tried, model)
@@ -551,6 +557,8 @@ class PoolCore:
             trailers = yield Relay(worker.channel, relayed)
         except CallError as error:
             self._failed(worker, error)
+            if self.closed and error.code == grpc.StatusCode.CANCELLED:
+                raise ClientClosedError() from None  # close() closed its channel
             raise
         finally:
             self._done(worker)
@@ -558,7 +566,7 @@ class PoolCore:
 
     def _check_open(self) -> None:
         if self.closed:
-            raise TMSError("this client is closed; make a new one to call again")
+            raise ClientClosedError()
 
     def _failed(self, worker: Worker, error: CallError) -> None:
         """What a failed call says of its worker: its load, and whether it is gone."""

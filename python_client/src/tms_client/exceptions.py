@@ -5,6 +5,7 @@ The tree::
     TMSError                      anything the client raises on purpose
     ├── ConnectError              no server answered within the connect timeout (or refused)
     └── CallError                 a call ended with a gRPC status other than OK (.code, .details)
+        ├── ClientClosedError     the client is closed (FAILED_PRECONDITION, said by the client)
         ├── InvalidInputError     INVALID_ARGUMENT: malformed image, text or args
         ├── ModelNotFoundError    NOT_FOUND: no model of that name
         ├── ModelNotReadyError    FAILED_PRECONDITION: the model failed to load
@@ -43,6 +44,7 @@ from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 __all__ = [
     "CallError",
+    "ClientClosedError",
     "ConnectError",
     "DeadlineExceededError",
     "InvalidInputError",
@@ -103,6 +105,18 @@ class CallError(TMSError):
         self.field_violations = list(field_violations)
         #: Seconds after which the server says trying again may succeed (RetryInfo), or None.
         self.retry_delay = retry_delay
+
+
+class ClientClosedError(CallError):
+    """FAILED_PRECONDITION: the client is closed. Every call and stream in flight when it
+    closed ends with this at once, as does every call after; make a new client to call again.
+    Raised by the client itself: no server said it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "this client is closed; make a new one to call again",
+        )
 
 
 class InvalidInputError(CallError):
