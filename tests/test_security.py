@@ -387,6 +387,45 @@ def test_a_token_taken_out_of_the_file_ends_the_streams_opened_with_it(
             frames.put(None)
 
 
+def test_a_stream_outlives_a_tokens_file_mid_rewrite(in_process_server, models, tokens):
+    """A tokens file edited in place (truncated, then written) can be read empty: new calls
+    are refused meanwhile, but a stream whose token the file still holds, once written, goes
+    on; only a file read well without its token ends it."""
+    write_models(models, {"pixels": PIXELS})
+    path = tokens["calls"]
+    path.write_text(f"{CALL_TOKEN}\n{OTHER_CALL_TOKEN}\n")
+    server = in_process_server(models, tokens_file=path)
+    frames: queue.Queue[np.ndarray | None] = queue.Queue()
+
+    def produce() -> Iterator[np.ndarray]:
+        while (frame := frames.get(timeout=30)) is not None:
+            yield frame
+
+    def rewrite(text: str) -> None:
+        path.write_text(text)
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        time.sleep(1.1)  # files are looked at once a second at most
+
+    with ModelClient("pixels", server.target, token=OTHER_CALL_TOKEN) as client:
+        results = client.run_image_stream(produce(), window=1)
+        try:
+            frames.put(np.full((2, 2), 1, np.uint8))
+            assert next(results).result == 4
+            rewrite("")  # truncated: every new call is refused
+            assert outcomes(server.target, OTHER_CALL_TOKEN) == {OTHER_CALL_TOKEN: "refused"}
+            frames.put(np.full((2, 2), 2, np.uint8))
+            assert next(results).result == 8
+            rewrite(f"{CALL_TOKEN}\n{OTHER_CALL_TOKEN}\n")  # written again
+            frames.put(np.full((2, 2), 3, np.uint8))
+            assert next(results).result == 12
+            rewrite(f"{CALL_TOKEN}\n")  # now revoked
+            frames.put(np.full((2, 2), 4, np.uint8))
+            with pytest.raises(UnauthenticatedError, match="no longer valid"):
+                next(results)
+        finally:
+            frames.put(None)
+
+
 def outcomes(target: str, *tokens: str) -> dict[str, str]:
     """Whether a call with each token is answered ("ok") or "refused" (UNAUTHENTICATED)."""
     seen = {}

@@ -293,7 +293,7 @@ class Stream(Generic[Q]):
         while request is not grpc.aio.EOF:
             if self._worker.load.draining:
                 raise Unavailable("this worker is shutting down; open the stream again")
-            if tokens is not None and not tokens.accepts(token):
+            if tokens is not None and tokens.revokes(token):
                 raise Unauthenticated(
                     "the token this stream was opened with is no longer valid here; open it "
                     "again with a valid one"

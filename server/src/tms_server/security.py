@@ -224,6 +224,12 @@ class TokenFile:
                     self._checked = time.monotonic()
         return self._tokens
 
+    def revokes(self, token: bytes | None) -> bool:
+        """Whether the file, read well, no longer holds ``token``: what ends a stream opened
+        with it. While the file is bad (mid-rewrite, say: truncated, then written) such a
+        stream goes on, though every new call is refused (``accepts``)."""
+        return not self.accepts(token) and self._problem is None
+
     def accepts(self, token: bytes | None) -> bool:
         """Whether ``token`` is one of the file's (compared in constant time)."""
         if token is None:
