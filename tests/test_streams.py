@@ -27,6 +27,7 @@ from tms_client import (
     AsyncModelClient,
     CallError,
     ClientOptions,
+    DeadlineExceededError,
     FrameResult,
     InvalidInputError,
     ModelClient,
@@ -379,6 +380,53 @@ def test_the_asyncio_client_streams_too(server: InProcessServer, tmp_path: Path)
     assert [r.frame_id for r in from_sync] == [0, 1, 2]
     assert isinstance(from_sync[2].error, InvalidInputError)
     assert (tmp_path / "closed-aio").read_text() == "10"
+
+
+def test_the_asyncio_client_raises_what_the_frames_raise_and_keeps_to_its_timeout(
+    server: InProcessServer,
+) -> None:
+    """Frames that raise (a camera unplugged, or something no image) end an asyncio stream
+    with that error after the frames sent are answered, as with threads, not with
+    asyncio.CancelledError in a task no one cancelled; and a stream whose blocking frames
+    outlast its timeout ends DEADLINE_EXCEEDED, not INTERNAL."""
+
+    def unplugged() -> Iterator[np.ndarray]:
+        yield frame(1)
+        yield frame(2)
+        raise RuntimeError("camera unplugged")
+
+    def slow() -> Iterator[np.ndarray]:  # a camera paced on the event loop
+        for i in range(6):
+            time.sleep(0.4)
+            yield frame(i)
+
+    async def drain(results: Any, answered: list[float]) -> None:
+        async for result in results:
+            answered.append(result.result["mean"])
+
+    def drain_sync(results: Any, answered: list[float]) -> None:
+        answered.extend(result.result["mean"] for result in results)
+
+    async def main() -> None:
+        async with AsyncModelClient("plain", server.target) as client:
+            answered: list[float] = []
+            with pytest.raises(RuntimeError, match="camera unplugged"):
+                await drain(client.run_image_stream(unplugged(), window=1), answered)
+            assert answered == [1.0, 2.0]
+            no_image: Any = 123
+            with pytest.raises(TypeError, match="cannot send int as an image"):
+                await drain(client.run_image_stream([frame(1), no_image]), [])
+            for _ in range(2):
+                with pytest.raises(DeadlineExceededError):
+                    await drain(client.run_image_stream(slow(), timeout=1), [])
+            assert [r.result async for r in client.run_image_stream([frame(4)])] == [{"mean": 4.0}]
+
+    asyncio.run(main())
+    with ModelClient("plain", server.target) as client:  # the thread client, alike
+        answered: list[float] = []
+        with pytest.raises(RuntimeError, match="camera unplugged"):
+            drain_sync(client.run_image_stream(unplugged(), window=1), answered)
+        assert answered == [1.0, 2.0]
 
 
 @pytest.fixture

@@ -131,16 +131,20 @@ class AsyncModelClient(calls.AsyncioClient):
         if first is _END:
             return
         room = asyncio.Event()
+        failed: list[BaseException] = []  # what reading the frames raised
 
         async def more() -> AsyncIterator[ImageMessage]:
-            while True:
-                while not stream.has_room():
-                    room.clear()
-                    await room.wait()
-                frame = _END if stream.ended else await anext(frames, _END)
-                if frame is _END:
-                    return
-                yield stream.request(frame, self.options.max_message_bytes)
+            try:
+                while True:
+                    while not stream.has_room():
+                        room.clear()
+                        await room.wait()
+                    frame = _END if stream.ended else await anext(frames, _END)
+                    if frame is _END:
+                        return
+                    yield stream.request(frame, self.options.max_message_bytes)
+            except Exception as exc:  # gRPC would cancel the call with it: raised to the caller
+                failed.append(exc)
 
         with call_span(stream.path, self.model) as metadata:
             request = Request(
@@ -161,6 +165,8 @@ class AsyncModelClient(calls.AsyncioClient):
                 finally:
                     stream.ended = True
                     room.set()
+        if failed:
+            raise failed[0]
         stream.finished()
 
     async def list_models(self) -> list[ModelInfo]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 import grpc.aio
 
-from tms_client.exceptions import from_rpc_error
+from tms_client.exceptions import CallError, DeadlineExceededError, from_rpc_error
 from tms_client.protocol.wire import ImageMessage
 from tms_client.targets import refused
 from tms_client.tls import TLS
@@ -254,27 +255,44 @@ class AioChannel(_Methods):
     def stream(
         self, request: Request, more: More | AsyncIterable[bytes | ImageMessage] = ()
     ) -> AioStream:
-        return AioStream(self._streaming(request, more))
+        return AioStream(self._streaming(request, more), request.timeout)
 
     async def close(self) -> None:
         await self._channel.close()
 
 
 class AioStream:
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, timeout: float | None = None) -> None:
         self._call = call
+        self._deadline = None if timeout is None else time.monotonic() + timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for message in self._call:
                 yield bytes(message)
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
+            error = from_rpc_error(exc)
+            if self._past_deadline(error):
+                raise DeadlineExceededError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "the stream outlasted its timeout"
+                ) from exc
+            raise error from exc
         finally:
             self._call.cancel()  # a reader that stops early ends the call (else: no-op)
 
     async def trailers(self) -> Metadata:
         return tuple(await self._call.trailing_metadata() or ())
+
+    def _past_deadline(self, error: CallError) -> bool:
+        """Whether ``error`` is how grpc.aio can end a stream whose deadline passed while
+        the event loop was busy (reading the frames of a blocking iterator, say): INTERNAL,
+        "Internal error from Core", with no trailers, as no server sent it."""
+        return (
+            error.code == grpc.StatusCode.INTERNAL
+            and not error.trailers
+            and self._deadline is not None
+            and time.monotonic() >= self._deadline
+        )
 
 
 def _payload(message: bytes | ImageMessage) -> bytes:
