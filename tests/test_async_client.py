@@ -5,6 +5,7 @@ server in this process."""
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import threading
 import time
@@ -138,6 +139,32 @@ def test_a_call_past_its_timeout_and_the_next_call_with_a_longer_one(server):
             assert time.monotonic() - started < 4  # the deadline ended it, not the model
             upper.timeout = 20
             assert await upper.run_text("awake") == "AWAKE"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("timeout", [1e10, math.inf])
+def test_a_timeout_too_long_for_grpc_means_no_deadline(server, timeout):
+    # gRPC fails at once a call whose deadline is a few decades off: such a timeout, and
+    # math.inf, mean none, in both clients, whether given as an option or set later.
+    image = np.full((2, 3, 3), 1, np.uint8)
+    with ModelClient("probe", server.target, timeout=timeout) as client:
+        assert client.timeout is None
+        assert client.run_image(image)["sum"] == 18
+        assert [r.result["sum"] for r in client.run_image_stream([image], timeout=timeout)] == [18]
+        client.timeout = 5
+        client.timeout = timeout
+        assert client.run_image(image)["sum"] == 18
+        with pytest.raises(ValueError, match="timeout must be positive"):
+            client.timeout = math.nan
+
+    async def main() -> None:
+        async with AsyncModelClient("probe", server.target, timeout=timeout) as probe:
+            assert (await probe.run_image(image))["sum"] == 18
+        async with AsyncModelClient(
+            "probe", server.target, retry=RetryPolicy(deadline=timeout)
+        ) as probe:
+            assert (await probe.run_image(image))["sum"] == 18
 
     asyncio.run(main())
 

@@ -33,6 +33,7 @@ from tms_client.protocol.colors import color_name
 from tms_client.protocol.jsontext import from_json
 from tms_client.protocol.methods import HEALTH_CHECK, IMAGE_FIELD, OUTPUT_FIELD, method_path
 from tms_client.protocol.wire import ImageMessage, split_images
+from tms_client.retry import no_deadline_past
 
 __all__ = [
     "Args",
@@ -351,14 +352,12 @@ class FrameStream:
             raise ValueError(f"window must be at least 1, not {window}")
         if errors not in ("raise", "yield"):
             raise ValueError(f"errors must be 'raise' or 'yield', not {errors!r}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive (or None: no deadline)")
         self.model = model
         self.frames = frames
         self.window = window
         self.color = color
         self.errors = errors
-        self.timeout = timeout
+        self.timeout = no_deadline_past(timeout)
         self.sent = 0
         self.answered = 0
         self.ended = False
@@ -524,9 +523,17 @@ class ModelClientBase:
     ) -> None:
         self.model = model
         self.options = ClientOptions.of(target, options, overrides)
-        #: Each call's deadline in seconds (None: none); may be changed between calls.
-        self.timeout = self.options.timeout
+        self._timeout = self.options.timeout
         self._open()
+
+    @property
+    def timeout(self) -> float | None:
+        """Each call's deadline in seconds (None: none); may be changed between calls."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None:
+        self._timeout = no_deadline_past(seconds)
 
     def _open(self) -> None:
         """Make the pool (and, for the sync client, connect)."""

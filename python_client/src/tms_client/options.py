@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tms_client.balancers import Balancer
-from tms_client.retry import RetryPolicy
+from tms_client.retry import LONGEST_TIMEOUT, RetryPolicy, no_deadline_past
 from tms_client.targets import parse_targets
 from tms_client.tls import TLS, auth_metadata
 
@@ -39,7 +39,8 @@ class ClientOptions:
     - ``wait_for_server``: also wait, up to ``connect_timeout``, at an address that refuses
       connections: a server still starting (tms-server listens only once its workers have
       loaded their models) or restarting.
-    - ``timeout``: each call's deadline in seconds, retries included (None: no deadline).
+    - ``timeout``: each call's deadline in seconds, retries included (None or math.inf: no
+      deadline).
     - ``balancer``: which worker gets a call (None: ``LeastLoaded()``; see tms_client.balancers).
     - ``retry``: which failures are tried again, on another worker (``RetryPolicy.never()``
       turns retries off).
@@ -74,10 +75,11 @@ class ClientOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", parse_targets(self.target))
         object.__setattr__(self, "metadata", auth_metadata(self.token))
-        if self.connect_timeout <= 0:
-            raise ValueError("connect_timeout must be positive")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be positive (or None: no deadline)")
+        if not 0 < self.connect_timeout < LONGEST_TIMEOUT:
+            raise ValueError(
+                f"connect_timeout must be positive, in seconds, below {LONGEST_TIMEOUT:g}"
+            )
+        object.__setattr__(self, "timeout", no_deadline_past(self.timeout))
         if self.max_message_mb < 1:
             raise ValueError("max_message_mb must be at least 1")
         if self.refresh_interval <= 0:

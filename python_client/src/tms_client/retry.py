@@ -32,7 +32,20 @@ import grpc
 
 from tms_client.exceptions import CallError, DeadlineExceededError
 
-__all__ = ["Attempts", "RetryPolicy"]
+__all__ = ["LONGEST_TIMEOUT", "Attempts", "RetryPolicy", "no_deadline_past"]
+
+
+#: The longest deadline a call is given, in seconds (over three years): gRPC fails a call
+#: whose deadline is further off at once, so a longer timeout (math.inf too) means none.
+LONGEST_TIMEOUT = 1e8
+
+
+def no_deadline_past(seconds: float | None, what: str = "timeout") -> float | None:
+    """``seconds``, or None (no deadline) from LONGEST_TIMEOUT on; ValueError unless it is
+    positive (NaN is not)."""
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"{what} must be positive (or None, or math.inf: no deadline)")
+    return None if seconds is None or seconds >= LONGEST_TIMEOUT else seconds
 
 
 @dataclass(frozen=True)
@@ -65,8 +78,7 @@ class RetryPolicy:
             raise ValueError("backoffs must be >= 0 and the multiplier >= 1")
         if not 0 <= self.jitter <= 1:
             raise ValueError("jitter must be between 0 and 1")
-        if self.deadline is not None and self.deadline <= 0:
-            raise ValueError("deadline must be positive")
+        object.__setattr__(self, "deadline", no_deadline_past(self.deadline, "deadline"))
 
     @classmethod
     def never(cls) -> RetryPolicy:
