@@ -608,10 +608,22 @@ def test_text(tms):
 
 
 def test_text_from_stdin(tms, monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("from stdin é".encode())))
     code, out, _ = tms("text", "upper", "-")
     assert code == 0
-    assert json.loads(out)["upper"] == "FROM STDIN"
+    assert json.loads(out)["upper"] == "FROM STDIN É"
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(tms, monkeypatch):
+    # Latin-1 "café" from stdin, and as the shell passes it in argv (PEP 383 surrogates).
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9\n")))
+    code, out, err = tms("text", "upper", "-")
+    assert (code, out) == (2, "")
+    assert "stdin is not UTF-8 (byte 3: b'\\xe9')" in err, err
+    code, out, err = tms("text", "upper", "caf\udce9")
+    assert (code, out) == (2, "")
+    assert "the text is not UTF-8" in err
+    assert "Traceback" not in err
 
 
 def test_text_json_is_one_line(tms):

@@ -158,12 +158,24 @@ def _keep_inputs(stem: Path, inputs: set[Path]) -> None:
 
 def run_text(options: Options, args: SimpleNamespace) -> int:
     """``tms text``: the model's result for one text, as JSON."""
-    text: str = sys.stdin.read() if args.text == STDIN else args.text
+    text = _utf8(sys.stdin.buffer.read(), "stdin") if args.text == STDIN else args.text
+    # The shell passes bytes that are not UTF-8 as surrogates (PEP 383): take them back.
+    text = _utf8(text.encode("utf-8", "surrogateescape"), "the text")
     with connect(options, args.model) as client:
         check_model(client, "run_text")
         result = client.run_text(text, args.args)
     print_json(to_json(result) if options.json else readable_json(result), sys.stdout)
     return 0
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{what} is not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); "
+            "a model's text is UTF-8: convert it first, e.g. with iconv"
+        ) from None
 
 
 def _sources(paths: list[str]) -> tuple[list[ImageSource], int]:
