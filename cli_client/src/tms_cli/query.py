@@ -96,12 +96,14 @@ def show_health(options: Options, args: SimpleNamespace) -> int:
 
 
 def _models_health(options: Options, named: list[str]) -> dict[str, str] | None:
-    """The health of each model named (else of every model loaded), each asked of a worker
-    that serves it; None when finding the workers needs a token (said on stderr when no
-    model is named)."""
+    """The health of each model named (else of every model, those that failed to load
+    included), each asked of a worker that serves it; None when finding the workers needs a
+    token (said on stderr when no model is named)."""
     try:
         with connect(options) as client:
-            names = named or [info.name for info in client.list_models()]
+            names = named or sorted(
+                {info.name for info in client.list_models()} | set(client.failed_models())
+            )
             return {name: client.health(name) for name in names}
     except CliError as exc:
         if options.client.token is not None or not isinstance(exc.__cause__, UnauthenticatedError):
