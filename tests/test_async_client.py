@@ -198,6 +198,10 @@ def test_a_closed_client_says_so(server):
         client.run_image(image)
     assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert time.monotonic() - began < 0.5
+    with pytest.raises(ClientClosedError):
+        client.workers()  # not [] as if it had lost them all
+    with pytest.raises(ClientClosedError), client:
+        pass
 
     async def main() -> None:
         async with AsyncModelClient("probe", server.target) as probe:
@@ -206,6 +210,11 @@ def test_a_closed_client_says_so(server):
             await probe.run_image(image)
         with pytest.raises(ClientClosedError):
             await anext(aiter(probe.run_image_stream([image])))
+        with pytest.raises(ClientClosedError):
+            await probe.workers()
+        with pytest.raises(ClientClosedError):
+            async with probe:
+                pass
 
     asyncio.run(main())
 

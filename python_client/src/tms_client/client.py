@@ -60,6 +60,7 @@ class ModelClient(calls.ThreadClient):
         return f"<ModelClient model={self.model!r} pool={self._pool!r}>"
 
     def __enter__(self) -> ModelClient:
+        self._pool.core.check_open()
         return self
 
     def __exit__(

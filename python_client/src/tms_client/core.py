@@ -476,7 +476,7 @@ class PoolCore:
     def _attempts(self, request: Request, model: str, attempts: Attempts) -> Plan[bytes]:
         metadata = self.options.metadata + request.metadata
         while True:
-            self._check_open()  # a retry ends once the client is closed
+            self.check_open()  # a retry ends once the client is closed
             try:
                 attempts.begin()
                 worker = self._take(attempts.tried, model)
@@ -545,7 +545,7 @@ class PoolCore:
         gone to the caller as they came, and the model may keep state for it. While it lasts
         it counts as one call in flight of its worker, so the balancer spreads streams; when
         it fails with UNAVAILABLE the worker is dropped, as after any call."""
-        self._check_open()
+        self.check_open()
         attempts = Attempts(self.options.retry, request.timeout, self.clock)
         attempts.begin()
         worker = self._take(attempts.tried, model)
@@ -564,7 +564,8 @@ class PoolCore:
             self._done(worker)
         self._observe(worker, trailers)
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """ClientClosedError once the pool is closed."""
         if self.closed:
             raise ClientClosedError()
 
@@ -593,6 +594,7 @@ class PoolCore:
     # -- state ------------------------------------------------------------------------------
 
     def worker_infos(self) -> list[WorkerInfo]:
+        self.check_open()
         return [w.info() for w in self.workers.workers()]
 
     def close(self) -> list[Any]:
