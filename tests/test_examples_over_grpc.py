@@ -86,9 +86,12 @@ def test_optical_flow_of_two_frames(target):
     frame1, frame2 = grass[20:-20, 20:-20], grass[17:-23, 22:-18]  # moved by (dx, dy) = (-2, 3)
     with ModelClient("optical_flow", target) as client:
         out = client.run_image_to_image([frame1, frame2])
+        as_rgb = client.run_image_to_image([frame1, frame2], output_color="rgb")
     flow = out.image
     assert flow.shape == (*frame1.shape, 2)
     assert flow.dtype == np.float32
+    assert out.colors == as_rgb.colors == [None]  # a flow field has no colour to convert
+    assert np.array_equal(as_rgb.image, flow)
     assert out.result["mean_dx"] == pytest.approx(-2, abs=0.2)
     assert out.result["mean_dy"] == pytest.approx(3, abs=0.2)
     assert np.median(flow[..., 0]) == pytest.approx(-2, abs=0.2)

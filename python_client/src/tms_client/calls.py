@@ -237,8 +237,10 @@ def run_image_to_image(
 
     def parse(reply: bytes) -> ImageToImageResult:
         response, outputs = split_images(pb.RunImageToImageResponse, reply, OUTPUT_FIELD)
-        colors = [
-            color_name(o.meta.color_order) if output_color is None else output_color
+        colors = [  # an image of no colour order (a flow field, say) is not converted
+            output_color
+            if output_color is not None and o.meta.color_order
+            else color_name(o.meta.color_order)
             for o in outputs
         ]
         arrays = [from_message(o, color=output_color) for o in outputs]
