@@ -87,11 +87,13 @@ def test_optical_flow_of_two_frames(target):
     with ModelClient("optical_flow", target) as client:
         out = client.run_image_to_image([frame1, frame2])
         as_rgb = client.run_image_to_image([frame1, frame2], output_color="rgb")
+        as_png = client.run_image_to_image([frame1, frame2], png=True)  # PNG cannot hold it
     flow = out.image
     assert flow.shape == (*frame1.shape, 2)
     assert flow.dtype == np.float32
     assert out.colors == as_rgb.colors == [None]  # a flow field has no colour to convert
     assert np.array_equal(as_rgb.image, flow)
+    assert np.array_equal(as_png.image, flow)  # raw, not a failure of the model
     assert out.result["mean_dx"] == pytest.approx(-2, abs=0.2)
     assert out.result["mean_dy"] == pytest.approx(3, abs=0.2)
     assert np.median(flow[..., 0]) == pytest.approx(-2, abs=0.2)

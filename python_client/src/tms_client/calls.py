@@ -225,7 +225,8 @@ def run_image_to_image(
 
     Returns the output images as numpy arrays (converted to ``output_color`` when given
     and the model names theirs) and the model's result. ``png`` asks the server to send
-    the outputs PNG-compressed (smaller over slow links, slower on fast ones).
+    the outputs PNG-compressed (smaller over slow links, slower on fast ones); those PNG
+    cannot hold (not 8- or 16-bit gray or 8-bit colour) come raw.
     """
     batch = list(images) if isinstance(images, (list, tuple)) else [images]
     head = pb.RunImageToImageRequest(

@@ -184,5 +184,7 @@ def encode_output(model: LoadedModel, array: Any, encoding: EncodingValue) -> Im
     try:
         return encode_parts(array, model.output_color, encoding=encoding)
     except ImageError as exc:
+        if encoding == image_pb2.ENCODING_PNG:  # what PNG cannot hold (a flow field) comes raw
+            return encode_output(model, array, image_pb2.ENCODING_RAW)
         message = f"model {model.name!r} returned an invalid image: {exc}"
         raise Internal(message, reason=Reason.MODEL_FAILED) from None

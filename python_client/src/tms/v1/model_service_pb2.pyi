@@ -407,7 +407,9 @@ class RunImageToImageRequest(_message.Message):
     args_json: _builtins.str
     """Arguments for the model: a JSON object; empty means {}."""
     output_encoding: _image_pb2.Encoding.ValueType
-    """Encode output images as this (RAW, PNG); UNSPECIFIED means RAW."""
+    """Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+    gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
+    """
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]:
         """The input images (one, or several for models such as optical flow)."""

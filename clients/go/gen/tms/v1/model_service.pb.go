@@ -739,7 +739,8 @@ type RunImageToImageRequest struct {
 	Images []*Image `protobuf:"bytes,2,rep,name=images,proto3" json:"images,omitempty"`
 	// Arguments for the model: a JSON object; empty means {}.
 	ArgsJson string `protobuf:"bytes,3,opt,name=args_json,json=argsJson,proto3" json:"args_json,omitempty"`
-	// Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+	// Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+	// gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
 	OutputEncoding Encoding `protobuf:"varint,4,opt,name=output_encoding,json=outputEncoding,proto3,enum=tms.v1.Encoding" json:"output_encoding,omitempty"`
 	// Where the server may write the output images instead of returning their bytes: a part
 	// of a region attached to the worker that answers. Outputs that fit are written there, one

@@ -241,7 +241,10 @@ export interface RunImageToImageRequest {
   images: Image[];
   /** Arguments for the model: a JSON object; empty means {}. */
   argsJson: string;
-  /** Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. */
+  /**
+   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+   * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
+   */
   outputEncoding: Encoding;
   /**
    * Where the server may write the output images instead of returning their bytes: a part

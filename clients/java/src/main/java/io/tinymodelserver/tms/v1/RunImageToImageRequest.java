@@ -216,7 +216,8 @@ private static final long serialVersionUID = 0L;
   private int outputEncoding_ = 0;
   /**
    * <pre>
-   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+   * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
    * </pre>
    *
    * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
@@ -227,7 +228,8 @@ private static final long serialVersionUID = 0L;
   }
   /**
    * <pre>
-   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+   * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
    * </pre>
    *
    * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
@@ -1247,7 +1249,8 @@ private static final long serialVersionUID = 0L;
     private int outputEncoding_ = 0;
     /**
      * <pre>
-     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+     * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
      * </pre>
      *
      * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
@@ -1258,7 +1261,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+     * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
      * </pre>
      *
      * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
@@ -1273,7 +1277,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+     * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
      * </pre>
      *
      * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
@@ -1286,7 +1291,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+     * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
      * </pre>
      *
      * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
@@ -1303,7 +1309,8 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+     * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+     * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
      * </pre>
      *
      * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>

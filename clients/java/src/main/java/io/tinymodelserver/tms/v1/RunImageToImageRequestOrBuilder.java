@@ -96,7 +96,8 @@ public interface RunImageToImageRequestOrBuilder extends
 
   /**
    * <pre>
-   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+   * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
    * </pre>
    *
    * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
@@ -105,7 +106,8 @@ public interface RunImageToImageRequestOrBuilder extends
   int getOutputEncodingValue();
   /**
    * <pre>
-   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW.
+   * Encode output images as this (RAW, PNG); UNSPECIFIED means RAW. PNG holds 8- and 16-bit
+   * gray and 8-bit colour images: any other output (a float flow field, say) comes RAW.
    * </pre>
    *
    * <code>.tms.v1.Encoding output_encoding = 4 [json_name = "outputEncoding"];</code>
