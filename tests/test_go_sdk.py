@@ -269,14 +269,15 @@ def test_a_dns_target_is_resolved(server_process: Start, models, programs):
 
 
 def test_close_ends_the_calls_in_flight(server_process: Start, models, programs):
-    """Calls in flight when the client closes end at once (the model would answer in 3 s,
-    the timeout is 30 s), and a call on the closed client fails at once."""
+    """Calls and a stream in flight when the client closes end at once (the model would
+    answer in 3 s, the timeout is 30 s), and a call on the closed client fails at once: all
+    FailedPrecondition, saying the client is closed."""
     server = server_process(models, workers=2)
     answer = go_load(programs, server.target, "-goroutines", "6", "close", "whoami")
     assert len(answer["in_flight"]) == 6
-    for ended in [*answer["in_flight"], answer["after"]]:
-        assert ended["code"] == "Canceled", ended
-        assert "the client is closed" in ended["message"], ended
+    for ended in [*answer["in_flight"], answer["stream"], answer["after"]]:
+        assert ended["code"] == "FailedPrecondition", ended
+        assert "this client is closed; make a new one to call again" in ended["message"], ended
         assert ended["seconds"] < 1.5, ended
 
 

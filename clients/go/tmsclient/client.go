@@ -80,12 +80,13 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	return &Client{pool: p, opts: o}, nil
 }
 
-// Close closes every connection and stops the background search. Calls in flight end at once,
-// and later calls fail at once, with codes.Canceled: the client is closed.
+// Close closes every connection and stops the background search. Calls and streams in flight
+// end at once, and later calls and streams fail at once, without retry: both with
+// codes.FailedPrecondition, "this client is closed; make a new one to call again".
 func (c *Client) Close() error { return c.pool.close() }
 
 // errClosed is the status of a call made on a closed client, or ended by Close.
-var errClosed = status.Error(codes.Canceled, "the client is closed; make a new one to call again")
+var errClosed = status.Error(codes.FailedPrecondition, "this client is closed; make a new one to call again")
 
 // closedIf is err, or errClosed when Close ended the call (ctx was bound to the pool).
 func closedIf(ctx context.Context, method string, err error) error {

@@ -142,8 +142,8 @@ func (f *busyWorker) RunText(ctx context.Context, _ *tmsv1.RunTextRequest) (*tms
 // isClosedError says whether err is what a call ended by Close, or made after it, returns.
 func isClosedError(err error) bool {
 	var e *Error
-	return errors.As(err, &e) && e.Code == codes.Canceled && e.Method == "RunText" &&
-		strings.Contains(e.Message, "the client is closed")
+	return errors.As(err, &e) && e.Code == codes.FailedPrecondition && e.Method == "RunText" &&
+		strings.Contains(e.Message, "this client is closed")
 }
 
 func TestCloseEndsTheCallsInFlightAtOnce(t *testing.T) {
@@ -185,7 +185,7 @@ func TestACallOnAClosedClientFailsAtOnce(t *testing.T) {
 	}
 	for _, err = range c.RunImageStream(context.Background(), "m", grayFrames(1), nil) {
 	}
-	if e := (*Error)(nil); !errors.As(err, &e) || e.Code != codes.Canceled || e.Method != streamMethod {
+	if e := (*Error)(nil); !errors.As(err, &e) || e.Code != codes.FailedPrecondition || e.Method != streamMethod {
 		t.Fatalf("a stream on a closed client: %v", err)
 	}
 }

@@ -14,8 +14,9 @@
 // one of them meanwhile). rounds does what load does each time a line comes on stdin, over
 // the same client, until stdin ends (a test reloads the model between rounds). tour calls
 // every RPC once, RunImage with every dtype, and prints what came back. close starts N calls
-// of MODEL with args {"sleep": 3}, closes the client 300 ms later, makes one more call, and
-// prints how each call ended: {"in_flight": [{"code", "message", "seconds"}], "after": {...}}. Errors go to stderr as
+// of MODEL and one stream of it with args {"sleep": 3}, closes the client 300 ms later, makes
+// one more call, and prints how each ended: {"in_flight": [{"code", "message", "seconds"}],
+// "stream": {...}, "after": {...}}. Errors go to stderr as
 // "error: <gRPC code>: <message>", with exit status 1.
 package main
 
@@ -234,8 +235,8 @@ func tour(ctx context.Context, client *tmsclient.Client, imageModel, textModel s
 	return json.NewEncoder(os.Stdout).Encode(out)
 }
 
-// closeUnderLoad closes client while goroutines calls of model are in flight, then calls it
-// once more, and reports how each call ended and after how long.
+// closeUnderLoad closes client while goroutines calls of model, and one stream, are in flight,
+// then calls it once more, and reports how each ended and after how long.
 func closeUnderLoad(ctx context.Context, client *tmsclient.Client, model string, goroutines int) error {
 	img, err := tmsclient.FromPixels([]uint8{1, 2, 3, 4}, []int64{2, 2}, tmsv1.ColorOrder_COLOR_ORDER_GRAY)
 	if err != nil {
@@ -254,6 +255,15 @@ func closeUnderLoad(ctx context.Context, client *tmsclient.Client, model string,
 			errs <- err
 		}()
 	}
+	streamed := make(chan error, 1)
+	go func() {
+		var last error
+		frames := func(yield func(tmsclient.Image) bool) { yield(img) }
+		for _, err := range client.RunImageStream(ctx, model, frames, map[string]any{"sleep": 3}) {
+			last = err
+		}
+		streamed <- last
+	}()
 	time.Sleep(300 * time.Millisecond)
 	closed := time.Now()
 	if err := client.Close(); err != nil {
@@ -263,9 +273,10 @@ func closeUnderLoad(ctx context.Context, client *tmsclient.Client, model string,
 	for range goroutines {
 		inFlight = append(inFlight, ended(<-errs, closed)) // seconds: after Close
 	}
+	stream := ended(<-streamed, closed)
 	after := time.Now()
 	_, err = client.RunImage(ctx, model, img, nil)
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"in_flight": inFlight, "after": ended(err, after),
+		"in_flight": inFlight, "stream": stream, "after": ended(err, after),
 	})
 }
