@@ -88,9 +88,10 @@ func (c *Client) Close() error { return c.pool.close() }
 // errClosed is the status of a call made on a closed client, or ended by Close.
 var errClosed = status.Error(codes.FailedPrecondition, "this client is closed; make a new one to call again")
 
-// closedIf is err, or errClosed when Close ended the call (ctx was bound to the pool).
-func closedIf(ctx context.Context, method string, err error) error {
-	if err == nil || context.Cause(ctx) != errClosed {
+// closedIf is err, or errClosed when the client is closed: Close ended the call, by its
+// context (bound to the pool) or by closing its connection, whichever came first.
+func (c *Client) closedIf(method string, err error) error {
+	if err == nil || !c.pool.isClosed() {
 		return err
 	}
 	attempts := 0
@@ -122,7 +123,7 @@ func (c *Client) invoke(ctx context.Context, method, model string,
 	}
 	ctx, unbind := c.pool.bind(ctx)
 	defer unbind()
-	defer func() { err = closedIf(ctx, method, err) }()
+	defer func() { err = c.closedIf(method, err) }()
 	policy := c.opts.retry
 	var last error
 	tried := map[*Worker]bool{}
@@ -154,7 +155,7 @@ func (c *Client) invoke(ctx context.Context, method, model string,
 			c.pool.drop(w)
 		}
 		delay, asked := retryDelay(err)
-		if ctx.Err() != nil || !(asked || policy.retries(code)) || attempt >= policy.Attempts {
+		if ctx.Err() != nil || c.pool.isClosed() || !(asked || policy.retries(code)) || attempt >= policy.Attempts {
 			return errorOf(method, err, attempt)
 		}
 		wait := policy.backoff(attempt)

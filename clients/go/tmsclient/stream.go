@@ -87,7 +87,7 @@ func (c *Client) stream(ctx context.Context, model, argsJSON string, frames iter
 	}
 	ctx, unbind := c.pool.bind(ctx)
 	defer unbind()
-	defer func() { err = closedIf(ctx, streamMethod, err) }()
+	defer func() { err = c.closedIf(streamMethod, err) }()
 	// No per-call timeout (a video may run for hours): ctx alone bounds the stream; finding
 	// a worker for it takes at most the connect timeout.
 	found, cancel := context.WithTimeout(ctx, c.opts.connectTimeout)
