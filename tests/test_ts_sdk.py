@@ -1,6 +1,6 @@
 """The TypeScript SDK (clients/ts) against real servers: worker discovery, balancing, retries
-when a worker is killed under load, calls following a model a reload moves, tokens, TLS, every
-RPC and dtype, and the READMEs' examples.
+when a worker is killed under load, calls following a model a reload moves, close() ending the
+calls and streams in flight, tokens, TLS, every RPC and dtype, and the READMEs' examples.
 
 The scenarios are clients/ts/test/scenarios.ts, compiled with the SDK by ``npm test`` (which
 also runs the SDK's unit tests, test/unit.test.ts); each prints one line of JSON.
@@ -330,6 +330,19 @@ def test_close_ends_a_search_under_way_at_once(
             os.kill(stopped, signal.SIGCONT)
         silent.close()
         server.stop()
+
+
+def test_close_ends_the_calls_and_streams_in_flight(server: ServerProcess) -> None:
+    """Calls and a stream in flight when the client closes end at once (the model would answer
+    in 3 s, the timeout is 30 s), and a call, a stream or a start on the closed client fails at
+    once: all FAILED_PRECONDITION, saying the client is closed."""
+    answer = scenario("close", server.target)
+    assert len(answer["inFlight"]) == 4
+    ended = [*answer["inFlight"], answer["stream"], *answer["after"].values()]
+    for end in ended:
+        assert end.get("code") == "FAILED_PRECONDITION", end
+        assert end["details"] == "this client is closed; make a new one to call again", end
+        assert end["ms"] < 1500, end
 
 
 def test_a_worker_killed_under_load_costs_no_call(models: Path, unit_output: str) -> None:

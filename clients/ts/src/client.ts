@@ -161,8 +161,9 @@ export class ModelClient {
   }
 
   /** Close every connection and stop looking for workers, ending a search under way at once
-   * (and a start() under way with it). Calls made after it (and start()) reject at once with a
-   * TmsError FAILED_PRECONDITION: make a new client to call again. */
+   * (and a start() under way with it). The calls and streams in flight end at once, and calls,
+   * streams and start() made after it reject at once, not retried: all with a TmsError
+   * FAILED_PRECONDITION, "this client is closed; make a new one to call again". */
   close(): void {
     this.pool.close();
   }

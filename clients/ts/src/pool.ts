@@ -144,10 +144,12 @@ function within<T>(promise: Promise<T>, timeoutMs: number, signal?: AbortSignal)
   });
 }
 
-/** A stream's replies, calling `end` once they end: with the trailers, or with the failure. */
+/** A stream's replies, calling `end` once they end: with the trailers, or with the failure,
+ * thrown as `failure` says. */
 async function* relay(
   replies: AsyncIterator<Buffer, Metadata>,
   end: (trailers?: Metadata, error?: unknown) => void,
+  failure: (error: unknown) => unknown,
 ): AsyncGenerator<Buffer, Metadata> {
   try {
     for (;;) {
@@ -160,7 +162,7 @@ async function* relay(
     }
   } catch (error) {
     end(undefined, error);
-    throw error;
+    throw failure(error);
   }
 }
 
@@ -181,7 +183,8 @@ export class WorkerPool {
   private readonly reloads = new Map<string, number>();
   /** At the start: address -> whether it refused the connection. */
   private readonly refused = new Map<string, boolean>();
-  /** Aborted by close(): ends the GetWorkerInfo calls a search is waiting for. */
+  /** Aborted by close(): ends the calls and streams in flight, and the GetWorkerInfo calls a
+   * search is waiting for. */
   private readonly closing = new AbortController();
 
   constructor(readonly settings: PoolSettings) {
@@ -228,8 +231,9 @@ export class WorkerPool {
     void this.heal();
   }
 
-  /** Forget every worker, close every connection and stop looking for workers: the calls a
-   * search is waiting for end at once (CANCELLED), and with them the search. */
+  /** Forget every worker, close every connection and stop looking for workers: the calls and
+   * streams in flight end at once (FAILED_PRECONDITION, as later ones fail), and so do the calls
+   * a search is waiting for (CANCELLED), and with them the search. */
   close(): void {
     this.closed = true;
     this.closing.abort();
@@ -429,23 +433,52 @@ export class WorkerPool {
 
   // -- calls ----------------------------------------------------------------------------------
 
-  /** Send `call` to a worker that has its model, retrying as the policy says; the reply. */
+  /** Send `call` to a worker that has its model, retrying as the policy says; the reply. When
+   * the pool closes, it rejects at once, FAILED_PRECONDITION. */
   async call(call: PoolCall): Promise<Reply> {
+    const [signal, release] = this.bind(call.signal);
+    try {
+      return await this.send(call, signal);
+    } catch (error) {
+      throw this.closed ? closedError() : error;
+    } finally {
+      release();
+    }
+  }
+
+  /** `signal`, also aborted when the pool closes, and a function that stops following both
+   * once the call is over (AbortSignal.any would hold every call's signal while the pool
+   * lives). */
+  private bind(signal?: AbortSignal): [AbortSignal, () => void] {
+    const bound = new AbortController();
+    const abort = (event: Event): void => bound.abort((event.target as AbortSignal).reason);
+    for (const source of [signal, this.closing.signal]) {
+      if (source?.aborted) bound.abort(source.reason);
+      else source?.addEventListener("abort", abort, { once: true });
+    }
+    const release = (): void => {
+      signal?.removeEventListener("abort", abort);
+      this.closing.signal.removeEventListener("abort", abort);
+    };
+    return [bound.signal, release];
+  }
+
+  private async send(call: PoolCall, signal: AbortSignal): Promise<Reply> {
     await this.start();
     const attempts = new Attempts(this.settings.retry, call.timeoutMs);
     const metadata = this.metadataOf(call);
     for (;;) {
-      call.signal?.throwIfAborted();
+      signal.throwIfAborted();
       try {
         attempts.begin();
-        const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model, call.signal));
+        const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model, signal));
         attempts.tried.add(worker.key);
         const deadline = attempts.wallDeadline();
-        return await this.attempt(worker, { path: call.path, data: call.data, deadline, metadata, signal: call.signal });
+        return await this.attempt(worker, { path: call.path, data: call.data, deadline, metadata, signal });
       } catch (error) {
-        call.signal?.throwIfAborted();
+        signal.throwIfAborted();
         if (!(error instanceof TmsError)) throw error;
-        await sleep(attempts.delayAfter(error), call.signal);
+        await sleep(attempts.delayAfter(error), signal);
       }
     }
   }
@@ -498,32 +531,42 @@ export class WorkerPool {
    * a search when none is known); `call.timeoutMs` bounds the whole stream. It is not retried:
    * its replies go to the caller as they come, and the model may keep state for it. While it
    * lasts it counts as one call in flight of its worker; when it ends its trailers are read,
-   * and when it fails UNAVAILABLE the worker is dropped, as after any call. */
+   * and when it fails UNAVAILABLE the worker is dropped, as after any call. When the pool
+   * closes, it is cancelled, and it fails at once, FAILED_PRECONDITION (its opening too). */
   async stream(call: Omit<PoolCall, "data" | "signal">): Promise<Stream> {
-    await this.start();
+    const failure = (error: unknown): unknown => (this.closed ? closedError() : error);
+    let worker: Worker<Connection>;
     const attempts = new Attempts(this.settings.retry, call.timeoutMs);
-    attempts.begin();
-    const worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model));
-    let open = true;
-    const end = (trailers?: Metadata, error?: unknown): void => {
-      if (!open) return;
-      open = false;
-      if (trailers !== undefined) this.observe(worker, trailers);
-      if (error !== undefined) this.failed(worker, error);
-      this.done(worker);
-    };
-    let stream: Stream;
     try {
-      stream = worker.channel.stream({ path: call.path, deadline: attempts.wallDeadline(), metadata: this.metadataOf(call) });
+      await this.start();
+      attempts.begin();
+      worker = this.take(attempts, call.model) ?? (await this.searchFor(attempts, call.model, this.closing.signal));
     } catch (error) {
-      end(undefined, error);
-      throw error;
+      throw failure(error);
     }
+    let stream: Stream;
     const cancel = (): void => {
       stream.cancel();
       end();
     };
-    return { write: (data) => stream.write(data), end: () => stream.end(), cancel, replies: relay(stream.replies, end) };
+    let open = true;
+    const end = (trailers?: Metadata, error?: unknown): void => {
+      if (!open) return;
+      open = false;
+      this.closing.signal.removeEventListener("abort", cancel);
+      if (trailers !== undefined) this.observe(worker, trailers);
+      if (error !== undefined) this.failed(worker, error);
+      this.done(worker);
+    };
+    try {
+      stream = worker.channel.stream({ path: call.path, deadline: attempts.wallDeadline(), metadata: this.metadataOf(call) });
+    } catch (error) {
+      end(undefined, error);
+      throw failure(error);
+    }
+    this.closing.signal.addEventListener("abort", cancel, { once: true });
+    const replies = relay(stream.replies, end, failure);
+    return { write: (data) => stream.write(data), end: () => stream.end(), cancel, replies };
   }
 
   private metadataOf(call: Pick<PoolCall, "metadata">): Metadata {

@@ -298,6 +298,22 @@ describe("worker pool", () => {
     assert.equal(server.opened, opened);
   });
 
+  it("ends the calls in flight at close(), at once, saying the client is closed", async () => {
+    const server = new ScriptedServer([10]);
+    const workers = pool(server);
+    await workers.start();
+    server.stalled.add(10); // holds its calls until their deadline (a second)
+    const calls = [callPid(workers), callPid(workers)];
+    for (let i = 0; i < 100 && server.stalling < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    const started = performance.now();
+    workers.close();
+    for (const call of calls) {
+      await assert.rejects(call, (e: TmsError) => e.code === status.FAILED_PRECONDITION && /this client is closed/.test(e.details));
+    }
+    assert.ok(performance.now() - started < 100, `took ${performance.now() - started} ms`);
+    assert.equal(server.stalling, 0); // cancelled, not retried
+  });
+
   it("ends a background search waiting on a stalled worker at close(), at once", async () => {
     const server = new ScriptedServer([10, 11], [0, 1]);
     server.stalled.add(11);

@@ -238,6 +238,38 @@ async function closing(): Promise<unknown> {
   return { workers };
 }
 
+/** Calls and a stream of a model that answers in 3 s (the timeout is 30 s), in flight when the
+ * client closes 300 ms after its start; then a call, a stream and a start on the closed client.
+ * How each ended, and when: ms since close() for those in flight, since the first of the rest
+ * began for the rest. */
+async function close(): Promise<unknown> {
+  const client = new ModelClient("whoami", target, { timeoutMs: 30_000 });
+  await client.start();
+  let since = 0;
+  const ended = (work: Promise<unknown>): Promise<unknown> =>
+    work.then(
+      () => ({ answered: true, ms: performance.now() - since }),
+      (error: unknown) => ({ ...describeError(error), ms: performance.now() - since }),
+    );
+  const stream = async (): Promise<void> => {
+    for await (const frame of client.runImageStream([tiny, tiny], { sleep: 3 })) void frame;
+  };
+  const calls = Array.from({ length: Number(settings.calls ?? 4) }, () => ended(client.runImage(tiny, { sleep: 3 })));
+  const streamed = ended(stream());
+  await new Promise((r) => setTimeout(r, 300));
+  since = performance.now();
+  client.close();
+  const inFlight = await Promise.all(calls);
+  const streamInFlight = await streamed;
+  since = performance.now();
+  const after = {
+    call: await ended(client.runImage(tiny)),
+    stream: await ended(stream()),
+    start: await ended(client.start()),
+  };
+  return { inFlight, stream: streamInFlight, after };
+}
+
 const scenarios: Record<string, () => Promise<unknown>> = {
   spread,
   load,
@@ -248,6 +280,7 @@ const scenarios: Record<string, () => Promise<unknown>> = {
   nobody,
   follow,
   closing,
+  close,
 };
 const run = scenarios[scenario];
 if (run === undefined) throw new Error(`no scenario ${scenario}`);
