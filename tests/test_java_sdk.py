@@ -4,11 +4,11 @@ another client holds busy (least-loaded, from the load reports) and from a stopp
 latency), follows a model that an admin reload loads on another worker (the same client's calls
 reach both), fails its start at once where the connection is refused (and waits its connect
 timeout for a target that never answers), streams frames in order (and fails a stream a server
-ends too early), lists the server's models; and codegen/generate.py's drift check covers its
-generated stubs. Runs the client's example command, io.tinymodelserver.tms.client.Example, its
-conformance runner (io.tinymodelserver.tms.client.Conformance, in src/test/java:
-tests/conformance/README.md) and the main README's Java snippet; `mvn package` runs its unit
-tests (src/test/java, *Test.java)."""
+ends too early), ends its calls and streams in flight when closed, lists the server's models;
+and codegen/generate.py's drift check covers its generated stubs. Runs the client's example
+command, io.tinymodelserver.tms.client.Example, its conformance runner
+(io.tinymodelserver.tms.client.Conformance, in src/test/java: tests/conformance/README.md) and
+the main README's Java snippet; `mvn package` runs its unit tests (src/test/java, *Test.java)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ MODELS = {
             thread_safe = True
 
             def run(self, image, args):
-                time.sleep(0.01)
+                time.sleep(args.get("sleep", 0.01))
                 return {"pid": os.getpid()}
     """,
     "held": """
@@ -233,6 +233,21 @@ def test_a_closed_client_says_so(server_process: Start, models, example):
     closed = "FAILED_PRECONDITION: this client is closed; make a new one to call again"
     assert answer["call"] == answer["stream"] == closed
     assert answer["seconds"] < 1
+
+
+def test_close_ends_the_calls_and_streams_in_flight(server_process: Start, models, example):
+    """Calls and a stream in flight when the client closes end at once (the model would answer
+    in 3 s, the timeout is 30 s), and a call or a stream on the closed client fails at once:
+    all FAILED_PRECONDITION, saying the client is closed."""
+    server = server_process(models, workers=2)
+    answer = example_json(
+        example, server.target, "--timeout", "30", "close", "whoami", "--threads", "4"
+    )
+    assert len(answer["in_flight"]) == 4
+    closed = "FAILED_PRECONDITION: this client is closed; make a new one to call again"
+    for ended in [*answer["in_flight"], answer["stream"], answer["call"], answer["stream_after"]]:
+        assert ended["failure"] == closed, ended
+        assert ended["seconds"] < 1.5, ended
 
 
 class Lowest:

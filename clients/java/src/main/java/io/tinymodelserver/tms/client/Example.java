@@ -33,6 +33,7 @@ import java.util.regex.Pattern;
  *     [--threads N] [--calls N | --seconds S]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET stream MODEL [--frames N]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET closed MODEL
+ * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET close MODEL [--threads N]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET follow MODEL [--seconds S]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET connect
  * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin] [--timeout S]
@@ -47,7 +48,12 @@ import java.util.regex.Pattern;
  * 10) to MODEL over one stream and prints one JSON line: the frames answered, the ids of those
  * that failed alone, and the stream's failure ("CODE: details", or null). {@code closed} closes
  * the client, then calls MODEL and opens a stream to it, and prints one JSON line: the call's and
- * the stream's failures ("CODE: details", or null) and the seconds both took. {@code follow}
+ * the stream's failures ("CODE: details", or null) and the seconds both took. {@code close}
+ * starts N calls of MODEL and one stream of two frames with args {"sleep": 3}, closes the client
+ * 300 ms later, then calls MODEL and opens a stream to it, and prints one JSON line: how each
+ * ended, {"failure": "CODE: details" or null, "seconds": since close() for those in flight, since
+ * they began for the others}, as "in_flight" (the calls), "stream", "call" and "stream_after".
+ * {@code follow}
  * waits for every worker to be held, sends MODEL 10 calls one after another and prints one JSON
  * line, the pids they reached; then it waits for a line on stdin (a test reloads the model
  * meanwhile) and sends batches of 10 calls until one reaches every worker held, or S seconds
@@ -80,7 +86,8 @@ public final class Example {
           "usage: Example [--token T] [--attempts N] [--balancer B] [--timeout S]"
               + " [--connect-timeout S] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]"
-              + " | stream MODEL [--frames N] | closed MODEL | follow MODEL [--seconds S]"
+              + " | stream MODEL [--frames N] | closed MODEL | close MODEL [--threads N]"
+              + " | follow MODEL [--seconds S]"
               + " | connect");
       System.exit(2);
     }
@@ -109,6 +116,7 @@ public final class Example {
         case "load" -> load(client, rest.get(2), threads, calls, seconds);
         case "stream" -> stream(client, rest.get(2), frames);
         case "closed" -> closed(client, rest.get(2));
+        case "close" -> closeUnderLoad(client, rest.get(2), threads);
         case "follow" -> follow(client, rest.get(2), seconds > 0 ? seconds : 10);
         default -> throw new IllegalArgumentException("unknown command " + rest.get(1));
       }
@@ -180,6 +188,62 @@ public final class Example {
     double seconds = (System.nanoTime() - began) / 1e9;
     System.out.println(
         "{\"call\": " + call + ", \"stream\": " + stream + ", \"seconds\": " + seconds + "}");
+  }
+
+  private static void closeUnderLoad(TmsClient client, String model, int threads)
+      throws InterruptedException {
+    String slow = "{\"sleep\": 3}";
+    AtomicLong since = new AtomicLong(System.nanoTime());
+    String[] ends = new String[threads + 1]; // the calls, then the stream
+    List<Thread> running = new ArrayList<>();
+    for (int i = 0; i <= threads; i++) {
+      int at = i;
+      Runnable work =
+          at < threads
+              ? () -> client.runImage(model, TINY, slow)
+              : () -> drain(client.runImageStream(model, List.of(TINY, TINY).iterator(), slow));
+      Thread thread = new Thread(() -> ends[at] = ended(work, since));
+      thread.start();
+      running.add(thread);
+    }
+    Thread.sleep(300);
+    since.set(System.nanoTime());
+    client.close();
+    for (Thread thread : running) {
+      thread.join();
+    }
+    since.set(System.nanoTime());
+    String call = ended(() -> client.runImage(model, TINY, "{}"), since);
+    since.set(System.nanoTime());
+    String after =
+        ended(() -> drain(client.runImageStream(model, List.of(TINY).iterator(), "{}")), since);
+    StringJoiner inFlight = new StringJoiner(", ", "[", "]");
+    List.of(ends).subList(0, threads).forEach(inFlight::add);
+    System.out.println(
+        "{\"in_flight\": " + inFlight + ", \"stream\": " + ends[threads] + ", \"call\": " + call
+            + ", \"stream_after\": " + after + "}");
+  }
+
+  /** Read every result of {@code results}, then close it. */
+  private static void drain(FrameStream results) {
+    try (results) {
+      results.forEachRemaining(result -> {});
+    }
+  }
+
+  /**
+   * Run {@code work}: how it ended, {"failure": "CODE: details" or null, "seconds": since the
+   * time in {@code since}}.
+   */
+  private static String ended(Runnable work, AtomicLong since) {
+    String failure = null;
+    try {
+      work.run();
+    } catch (TmsException error) {
+      failure = quote(error.code() + ": " + error.details());
+    }
+    double seconds = (System.nanoTime() - since.get()) / 1e9;
+    return "{\"failure\": " + failure + ", \"seconds\": " + seconds + "}";
   }
 
   private static void follow(TmsClient client, String model, double seconds)

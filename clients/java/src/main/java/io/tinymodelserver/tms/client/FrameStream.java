@@ -23,7 +23,8 @@ import java.util.concurrent.LinkedBlockingQueue;
  * caller's iterator, on the thread that calls {@link #hasNext()}, only when there is room. A frame
  * that fails alone comes back as a {@link FrameResult} with its error, and the stream goes on; a
  * failure of the stream as a whole (no such model, the deadline passed, its worker went away) is
- * thrown as {@link TmsException} from {@link #hasNext()} and {@link #next()}.
+ * thrown as {@link TmsException} from {@link #hasNext()} and {@link #next()}; closing the client
+ * ends the stream at once, FAILED_PRECONDITION.
  */
 public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
   private static final Object COMPLETED = new Object();
@@ -132,6 +133,7 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
                 ? known
                 : Status.fromThrowable(thrown).asRuntimeException();
         end();
+        pool.checkOpen(); // close() ended it
         if (status.getStatus().getCode() == Status.Code.UNAVAILABLE
             || TmsClient.connectionLost(status)) {
           pool.drop(member);

@@ -305,6 +305,7 @@ public final class TmsClient implements AutoCloseable {
         member.recordLatency(began); // a call that timed out counts, too
         member.end();
       }
+      pool.checkOpen(); // close() ended it: not retried
       last = TmsException.from(error);
       boolean gone = RETRIED.contains(error.getStatus().getCode()) || connectionLost(error);
       Optional<Duration> delay = last.retryDelay();
@@ -358,7 +359,8 @@ public final class TmsClient implements AutoCloseable {
   }
 
   /**
-   * Close every channel and stop looking for workers. A call made after it fails at once:
+   * Close every channel and stop looking for workers. The calls and streams in flight end at
+   * once, and calls and streams made after it fail at once, without retry: all with
    * FAILED_PRECONDITION, "this client is closed; make a new one to call again".
    */
   @Override

@@ -250,7 +250,11 @@ final class WorkerPool implements AutoCloseable {
     return balancer.pick(from);
   }
 
-  private void checkOpen() {
+  /**
+   * Throw FAILED_PRECONDITION, "this client is closed; make a new one to call again", once {@link
+   * #close()} was called: what every call and stream ends with then, in flight or later.
+   */
+  void checkOpen() {
     if (closed) {
       throw new TmsException(
           Status.Code.FAILED_PRECONDITION,
@@ -502,6 +506,11 @@ final class WorkerPool implements AutoCloseable {
     return members.stream().map(Member::worker).toList();
   }
 
+  /**
+   * Forget every worker and close its channel: the calls and streams in flight on it end at once
+   * (grpc-java cancels them, UNAVAILABLE, which the client turns into {@link #checkOpen()}'s
+   * error), and later ones fail at once.
+   */
   @Override
   public synchronized void close() {
     closed = true;
