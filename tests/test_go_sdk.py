@@ -1,7 +1,8 @@
 """The Go SDK (clients/go/tmsclient): its unit tests (``go test``), and against real
 multi-worker servers: one client reaches every worker process, loses no call when a worker is
 killed, sends few calls to a stopped one, balances both ways, sends tokens, carries every RPC
-and dtype, ends its calls in flight when closed, and follows a model a reload moves. Runs
+and dtype, ends its calls in flight when closed, follows a model a reload moves, fails its start
+at once where the connection is refused and, told to wait, finds a server that starts later. Runs
 clients/go's cmd/tms-go-load and examples/hello (the main README's Go snippet), built with the
 Go toolchain."""
 
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -226,6 +228,56 @@ def test_a_bad_token_fails_at_once(server_process: Start, models, programs, tmp_
     assert answer["calls"] == 20
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_connection_fails_the_start_at_once(programs):
+    """Nothing listens at the target: the start fails at once, Unavailable, naming the target
+    and saying the connection was refused, not after its 10 s connect timeout."""
+    target = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    refused = subprocess.run(
+        [str(programs["load"]), "-addr", target, "-calls", "1", "load", "whoami"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"error: Unavailable: tms: Dial: Unavailable: connection refused at {target}: "
+        "is tms-server running?\n"
+    )
+    assert time.monotonic() - started < 1
+
+
+def test_wait_for_server_finds_one_that_starts_later(server_process: Start, models, programs):
+    """With -wait-for-server (WithWaitForServer) the start waits at a target that refuses
+    connections: a server started there 2 s later is found, and the calls succeed."""
+    port = free_port()
+    command = [str(programs["load"]), "-addr", f"127.0.0.1:{port}", "-connect-timeout", "60s"]
+    load = subprocess.Popen(
+        [*command, "-wait-for-server", "-calls", "4", "load", "whoami"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        assert load.poll() is None  # still waiting, where it would have failed at once
+        server_process(models, workers=1, args=("--port", str(port)))
+        stdout, stderr = load.communicate(timeout=60)
+    finally:
+        load.kill()
+        load.wait()
+    assert load.returncode == 0, stderr
+    answer = json.loads(stdout)
+    assert (answer["calls"], answer["failures"]) == (4, [])
+
+
 def test_tls_and_a_token_on_every_call(server_process: Start, models, programs, tmp_path):
     ca = CertificateAuthority(tmp_path / "ca")
     pair = ca.issue("server")
@@ -248,8 +300,10 @@ def test_tls_and_a_token_on_every_call(server_process: Start, models, programs, 
     assert answer["failures"] == []
     assert {int(pid) for pid in answer["pids"]} == set(children(server.process.pid))
 
+    # Without TLS the start waits for a handshake that may yet come: 2 s, not the default 10.
+    plain = ("-token", TOKEN, "-connect-timeout", "2s")
     plaintext = subprocess.run(
-        [str(programs["load"]), "-addr", server.target, "-token", TOKEN, "load", "whoami"],
+        [str(programs["load"]), "-addr", server.target, *plain, "load", "whoami"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -52,7 +52,10 @@ type Client struct {
 // A worker that does not answer (a stalled one) costs it a second: Dial returns with the
 // workers that answered, and the client finds the rest in the background. It fails when no
 // worker answers within the connect timeout, or at once when the server refuses the
-// credentials (codes.Unauthenticated, codes.PermissionDenied).
+// credentials (codes.Unauthenticated, codes.PermissionDenied), or when every address refuses
+// the connection, nothing listening there (codes.Unavailable, "connection refused at
+// HOST:PORT: is tms-server running?"), unless WithWaitForServer(true): then a refused
+// connection is tried again until the connect timeout.
 func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -72,7 +75,8 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 			hint = "is it running, and do the CA, server name and client certificate fit it?"
 		}
 		e := errorOf("Dial", err, 1)
-		if e.Code != codes.Unauthenticated && e.Code != codes.PermissionDenied {
+		var refused refusedError
+		if e.Code != codes.Unauthenticated && e.Code != codes.PermissionDenied && !errors.As(err, &refused) {
 			e.Message = fmt.Sprintf("no TMS worker answered at %s (%s): %s", target, hint, e.Message)
 		}
 		return nil, e

@@ -15,6 +15,7 @@ type Option func(*options)
 type options struct {
 	timeout        time.Duration
 	connectTimeout time.Duration
+	waitForServer  bool
 	refresh        time.Duration
 	balancer       Balancer
 	tls            *tls.Config
@@ -38,8 +39,16 @@ func defaultOptions() options {
 // included.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
-// WithConnectTimeout bounds Dial's first search for workers (10 s by default).
+// WithConnectTimeout bounds Dial's first search for workers (10 s by default). A server that
+// accepts the connection is waited for; an address that refuses it (nothing listens there)
+// fails Dial at once, unless WithWaitForServer(true).
 func WithConnectTimeout(d time.Duration) Option { return func(o *options) { o.connectTimeout = d } }
+
+// WithWaitForServer(true) has Dial also wait, up to the connect timeout, at an address that
+// refuses connections: a server still starting (tms-server listens only once its workers have
+// loaded their models) or restarting. A refused connection is then tried again until the
+// connect timeout. False by default: Dial fails at once where every address refuses.
+func WithWaitForServer(wait bool) Option { return func(o *options) { o.waitForServer = wait } }
 
 // WithRefreshInterval is how often the client looks for missing workers (2 s by default;
 // every 250 ms at most while some are missing); it also looks at once after dropping one.

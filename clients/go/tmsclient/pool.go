@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -325,10 +328,12 @@ func (p *pool) addresses(ctx context.Context) ([]string, error) {
 // search opens connections to every address until it holds one per worker process of its
 // server, at most 4 x workers + 4 attempts per address (8 x workers + 8 at the start: see
 // attempts), or until a connection is not answered once a worker of the address is held
-// (see searchAddress). It returns the error of a server that refused the credentials (waiting
-// would not help) or, when no worker is known after it, the last error. It waits for a search
-// under way (the background's may wait 5 s for a stalled connection) no longer than ctx
-// allows, and then returns ctx's error.
+// (see searchAddress). The start first gives up an address that refuses connections (nothing
+// listens there: see refuses) at once, unless the options say waitForServer. It returns the
+// error of a server that refused the credentials (waiting would not help) or, when no worker
+// is known after it, a refusedError when every address refused, else the last error. It waits
+// for a search under way (the background's may wait 5 s for a stalled connection) no longer
+// than ctx allows, and then returns ctx's error.
 func (p *pool) search(ctx context.Context, start bool) error {
 	select {
 	case p.searching <- struct{}{}:
@@ -341,8 +346,13 @@ func (p *pool) search(ctx context.Context, start bool) error {
 		return err
 	}
 	var last error
+	var refused refusedError
 	whole := true
 	for _, addr := range addrs {
+		if start && !p.opts.waitForServer && refuses(ctx, addr, min(p.opts.connectTimeout, probeWait)) {
+			refused, whole = append(refused, addr), false
+			continue
+		}
 		err := p.searchAddress(ctx, addr, start)
 		p.mu.Lock()
 		whole = whole && p.counts[addr] > 0 && p.heldLocked(addr) >= int(p.counts[addr])
@@ -358,6 +368,9 @@ func (p *pool) search(ctx context.Context, start bool) error {
 	p.whole = whole
 	p.mu.Unlock()
 	if len(p.snapshot("")) == 0 {
+		if len(refused) > 0 && len(refused) == len(addrs) {
+			return refused
+		}
 		if last == nil {
 			last = errors.New("no worker answered")
 		}
@@ -365,6 +378,45 @@ func (p *pool) search(ctx context.Context, start bool) error {
 	}
 	return nil
 }
+
+// refusedError is the start's failure where every address refused the connection.
+type refusedError []string
+
+func (e refusedError) Error() string {
+	return fmt.Sprintf("connection refused at %s: is tms-server running?", strings.Join(e, ", "))
+}
+
+func (e refusedError) GRPCStatus() *status.Status { return status.New(codes.Unavailable, e.Error()) }
+
+// probeWait bounds how long the start waits to learn whether an address refuses connections.
+const probeWait = 2 * time.Second
+
+// refuses says whether a TCP connection to addr is refused: nothing listens there. False when
+// one is accepted, when that cannot be told within wait (no answer at all, a name that does
+// not resolve), and when gRPC reaches addr through a proxy (see proxied), where a direct
+// connection tells nothing.
+func refuses(ctx context.Context, addr string, wait time.Duration) bool {
+	if proxied(addr) {
+		return false
+	}
+	dialer := net.Dialer{Timeout: wait}
+	conn, err := dialer.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		_ = conn.Close()
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// proxied says whether gRPC connects to addr through an HTTP CONNECT proxy: grpc-go asks
+// net/http's ProxyFromEnvironment, as for an https URL of addr (HTTPS_PROXY or https_proxy
+// names the proxy, NO_PROXY or no_proxy the hosts reached without it; never localhost).
+func proxied(addr string) bool {
+	proxy, err := proxyFromEnvironment(&http.Request{URL: &url.URL{Scheme: "https", Host: addr}})
+	return proxy != nil || err != nil
+}
+
+// proxyFromEnvironment is the proxy grpc-go uses; a variable: the tests replace it.
+var proxyFromEnvironment = http.ProxyFromEnvironment
 
 func (p *pool) held(addr string) int {
 	p.mu.Lock()
@@ -405,7 +457,9 @@ var answerWait = time.Second
 // searchAddress opens connections to addr until it holds every worker of its server or the
 // attempts run out. The start waits answerWait for a connection's answer while half the
 // connect timeout would be left after it, the last connection all that is left of ctx (the
-// connect timeout); a background search waits up to 5 s. A connection not answered (a
+// connect timeout), and waits for the connection to be ready while no worker of addr is held
+// (a server refusing it, one still starting, is tried again meanwhile); a background search
+// waits up to 5 s, and not for a connection that fails. A connection not answered (a
 // stalled or dead worker, nothing listening) ends the search at addr once a worker of addr
 // is held: the background search finds the rest soon. Until then the start opens another,
 // and a background search does only where a server answered before.
@@ -434,7 +488,7 @@ func (p *pool) searchAddress(ctx context.Context, addr string, start bool) error
 				wait = answerWait
 			}
 		}
-		err := p.open(ctx, addr, wait)
+		err := p.open(ctx, addr, wait, start && p.held(addr) == 0)
 		if err == nil {
 			continue
 		}
@@ -453,9 +507,10 @@ func (p *pool) searchAddress(ctx context.Context, addr string, start bool) error
 
 var errKnown = status.Error(codes.AlreadyExists, "a worker already held")
 
-// open makes one new connection to addr and asks who answered, waiting at most wait; a new
-// worker is kept.
-func (p *pool) open(ctx context.Context, addr string, wait time.Duration) error {
+// open makes one new connection to addr and asks who answered, waiting at most wait (with
+// ready, for the server to be ready too: a connection refused, or failing its handshake, is
+// tried again meanwhile); a new worker is kept.
+func (p *pool) open(ctx context.Context, addr string, wait time.Duration, ready bool) error {
 	conn, err := grpc.NewClient("passthrough:///"+addr, p.dial...)
 	if err != nil {
 		return err
@@ -463,7 +518,7 @@ func (p *pool) open(ctx context.Context, addr string, wait time.Duration) error 
 	stub := tmsv1.NewModelServiceClient(conn)
 	callCtx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	info, err := stub.GetWorkerInfo(callCtx, &tmsv1.GetWorkerInfoRequest{})
+	info, err := stub.GetWorkerInfo(callCtx, &tmsv1.GetWorkerInfoRequest{}, grpc.WaitForReady(ready))
 	if err != nil {
 		_ = conn.Close()
 		return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,11 +91,12 @@ func (f *halfStopped) GetWorkerInfo(ctx context.Context, _ *tmsv1.GetWorkerInfoR
 }
 
 // dialAt dials lis with opts, closing the client at the end of the test; it returns how long
-// Dial took.
+// Dial took. WithWaitForServer(true) spares the start its probe of whether lis refuses
+// connections: a connection of its own, which the tests would count.
 func dialAt(t *testing.T, lis net.Listener, opts ...Option) (*Client, time.Duration, error) {
 	t.Helper()
 	start := time.Now()
-	c, err := Dial(context.Background(), lis.Addr().String(), opts...)
+	c, err := Dial(context.Background(), lis.Addr().String(), append([]Option{WithWaitForServer(true)}, opts...)...)
 	took := time.Since(start)
 	if err == nil {
 		t.Cleanup(func() { _ = c.Close() })
@@ -218,5 +221,81 @@ func TestACallWaitsForASearchUnderWayNoLongerThanItsDeadline(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || e.Code != codes.Unavailable || took > time.Second {
 		t.Fatalf("a call with a 300 ms deadline failed with %v after %s", err, took)
+	}
+}
+
+// refusingAddress is a loopback address where nothing listens: connections to it are refused.
+func refusingAddress(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	_ = lis.Close()
+	return addr
+}
+
+func TestARefusedConnectionFailsTheStartAtOnce(t *testing.T) {
+	addr := refusingAddress(t)
+	start := time.Now()
+	_, err := Dial(context.Background(), addr) // the default 10 s connect timeout
+	took := time.Since(start)
+	var e *Error
+	want := "connection refused at " + addr + ": is tms-server running?"
+	if !errors.As(err, &e) || e.Code != codes.Unavailable || e.Message != want {
+		t.Fatalf("err %v", err)
+	}
+	if took > time.Second {
+		t.Fatalf("the start failed after %s, not at once", took)
+	}
+}
+
+func TestWaitForServerWaitsForOneThatStartsLater(t *testing.T) {
+	addr := refusingAddress(t)
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := Dial(context.Background(), addr, WithWaitForServer(true), WithConnectTimeout(10*time.Second))
+		if err == nil {
+			t.Cleanup(func() { _ = c.Close() })
+		}
+		dialed <- err
+	}()
+	select {
+	case err := <-dialed:
+		t.Fatalf("the start ended before the server started: %v", err)
+	case <-time.After(time.Second):
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	tmsv1.RegisterModelServiceServer(s, &halfStopped{alone: true})
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	if err := <-dialed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBehindAProxyARefusedConnectionIsWaitedFor(t *testing.T) {
+	addr := refusingAddress(t)
+	was := proxyFromEnvironment
+	var asked atomic.Value
+	proxyFromEnvironment = func(r *http.Request) (*url.URL, error) {
+		asked.Store(r.URL.String())
+		return url.Parse("http://proxy.invalid:3128")
+	}
+	t.Cleanup(func() { proxyFromEnvironment = was })
+	start := time.Now()
+	_, err := Dial(context.Background(), addr, WithConnectTimeout(500*time.Millisecond))
+	took := time.Since(start)
+	var e *Error
+	if !errors.As(err, &e) || !strings.Contains(e.Message, "no TMS worker answered") || took < 450*time.Millisecond {
+		t.Fatalf("failed after %s with %v, not at the connect timeout", took, err)
+	}
+	if asked.Load() != "https://"+addr {
+		t.Fatalf("asked the proxy of %v", asked.Load())
 	}
 }

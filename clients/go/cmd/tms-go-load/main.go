@@ -2,7 +2,7 @@
 // reports which worker processes answered: what tests/test_go_sdk.py runs against real
 // servers.
 //
-//	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] [-timeout T] [-attempts A] [-pause] load MODEL
+//	tms-go-load [-addr host:port] [-token T] [-ca CA.pem] [-balancer least|rr] [-goroutines N] [-duration D] [-timeout T] [-attempts A] [-connect-timeout D] [-wait-for-server] [-pause] load MODEL
 //	tms-go-load [flags as load's] rounds MODEL
 //	tms-go-load [-addr host:port] [-token T] tour IMAGE_MODEL TEXT_MODEL
 //	tms-go-load [-addr host:port] [-token T] [-goroutines N] close MODEL
@@ -16,7 +16,9 @@
 // every RPC once, RunImage with every dtype, and prints what came back. close starts N calls
 // of MODEL and one stream of it with args {"sleep": 3}, closes the client 300 ms later, makes
 // one more call, and prints how each ended: {"in_flight": [{"code", "message", "seconds"}],
-// "stream": {...}, "after": {...}}. Errors go to stderr as
+// "stream": {...}, "after": {...}}. -connect-timeout bounds the start (10 s by default), and
+// -wait-for-server has it wait, within that, for a server that is not listening yet
+// (tmsclient.WithWaitForServer) instead of failing at once. Errors go to stderr as
 // "error: <gRPC code>: <message>", with exit status 1.
 package main
 
@@ -53,12 +55,15 @@ func main() {
 	timeout := flag.Duration("timeout", 30*time.Second, "each call's deadline")
 	pause := flag.Bool("pause", false, "load: print the workers' pids, then wait for a line on stdin")
 	attempts := flag.Int("attempts", tmsclient.DefaultRetry().Attempts, "sends of one call, the first included")
+	connectTimeout := flag.Duration("connect-timeout", 10*time.Second, "how long the start waits for the server")
+	waitForServer := flag.Bool("wait-for-server", false, "wait at an address that refuses connections, not fail at once")
 	flag.Parse()
 	retry := tmsclient.DefaultRetry()
 	retry.Attempts = *attempts
 	opts := []tmsclient.Option{
-		tmsclient.WithTimeout(*timeout), tmsclient.WithConnectTimeout(10 * time.Second),
-		tmsclient.WithRefreshInterval(*refresh), tmsclient.WithRetry(retry),
+		tmsclient.WithTimeout(*timeout), tmsclient.WithConnectTimeout(*connectTimeout),
+		tmsclient.WithWaitForServer(*waitForServer), tmsclient.WithRefreshInterval(*refresh),
+		tmsclient.WithRetry(retry),
 	}
 	if *token != "" {
 		opts = append(opts, tmsclient.WithToken(*token))
