@@ -3,7 +3,8 @@ every worker process, loses no call when a worker is killed, keeps its calls awa
 another client holds busy (least-loaded, from the load reports) and from a stopped one (from its
 latency), follows a model that an admin reload loads on another worker (the same client's calls
 reach both), fails its start at once where the connection is refused (and waits its connect
-timeout for a target that never answers), streams frames in order (and fails a stream a server
+timeout for a target that never answers, and with waitForServer for a server that starts
+later), streams frames in order (and fails a stream a server
 ends too early), ends its calls and streams in flight when closed, lists the server's models;
 and codegen/generate.py's drift check covers its generated stubs. Runs the client's example
 command, io.tinymodelserver.tms.client.Example, its conformance runner
@@ -224,6 +225,30 @@ def test_a_silent_target_is_waited_for_until_the_connect_timeout(example):
         answer = example_json(example, "--connect-timeout", "2", target, "connect")
     assert answer["failure"].startswith("DEADLINE_EXCEEDED: "), answer
     assert answer["seconds"] >= 1.9, answer
+
+
+def test_wait_for_server_finds_one_that_starts_later(server_process: Start, models, example):
+    """With waitForServer (--wait-for-server) the start waits at a target that refuses
+    connections: a server started there 2 s later is found, and the calls succeed."""
+    port = free_port()
+    command = [*example, "--connect-timeout", "30", "--wait-for-server", f"127.0.0.1:{port}"]
+    load = subprocess.Popen(
+        [*command, "load", "whoami", "--threads", "1", "--calls", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        assert load.poll() is None  # still waiting, where it would have failed at once
+        server_process(models, workers=1, args=("--port", str(port)))
+        stdout, stderr = load.communicate(timeout=60)
+    finally:
+        load.kill()
+        load.wait()
+    assert load.returncode == 0, stderr
+    answer = json.loads(stdout)
+    assert (answer["calls"], answer["failures"]) == (4, [])
 
 
 def test_a_closed_client_says_so(server_process: Start, models, example):

@@ -37,7 +37,7 @@ import java.util.regex.Pattern;
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET follow MODEL [--seconds S]
  * java -cp ... io.tinymodelserver.tms.client.Example [OPTIONS] TARGET connect
  * OPTIONS: [--token T] [--attempts N] [--balancer least-loaded | round-robin] [--timeout S]
- *     [--connect-timeout S]
+ *     [--connect-timeout S] [--wait-for-server]
  * </pre>
  *
  * {@code models} prints the model names, one a line. {@code load} sends a 2x2 BGR image to MODEL
@@ -63,7 +63,9 @@ import java.util.regex.Pattern;
  * took. {@code --attempts}
  * is the client's attempts per call (default 5), {@code --balancer} its balancer (default
  * least-loaded), {@code --timeout} each call's deadline in seconds (default 20), {@code
- * --connect-timeout} the client's connect timeout in seconds (default 10).
+ * --connect-timeout} the client's connect timeout in seconds (default 10), and {@code
+ * --wait-for-server} has the start wait, within it, for a server that refuses connections (one
+ * not listening yet) instead of failing at once.
  */
 public final class Example {
   private static final Pattern PID = Pattern.compile("\"pid\":\\s*(\\d+)");
@@ -77,6 +79,7 @@ public final class Example {
     String balancer = option(rest, "--balancer", "least-loaded");
     double timeout = Double.parseDouble(option(rest, "--timeout", "20"));
     double connectTimeout = Double.parseDouble(option(rest, "--connect-timeout", "10"));
+    boolean waitForServer = rest.remove("--wait-for-server");
     int threads = Integer.parseInt(option(rest, "--threads", "4"));
     int calls = Integer.parseInt(option(rest, "--calls", "0"));
     double seconds = Double.parseDouble(option(rest, "--seconds", "0"));
@@ -84,7 +87,7 @@ public final class Example {
     if (rest.size() < 2) {
       System.err.println(
           "usage: Example [--token T] [--attempts N] [--balancer B] [--timeout S]"
-              + " [--connect-timeout S] TARGET models"
+              + " [--connect-timeout S] [--wait-for-server] TARGET models"
               + " | load MODEL [--threads N] [--calls N | --seconds S]"
               + " | stream MODEL [--frames N] | closed MODEL | close MODEL [--threads N]"
               + " | follow MODEL [--seconds S]"
@@ -95,6 +98,7 @@ public final class Example {
         TmsClient.builder(rest.get(0))
             .timeout(Duration.ofNanos((long) (timeout * 1e9)))
             .connectTimeout(Duration.ofNanos((long) (connectTimeout * 1e9)))
+            .waitForServer(waitForServer)
             .attempts(attempts)
             .balancer(
                 switch (balancer) {

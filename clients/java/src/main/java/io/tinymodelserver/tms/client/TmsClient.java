@@ -48,7 +48,8 @@ import java.util.logging.Logger;
  *
  * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server to answer,
  * but failing at once, UNAVAILABLE "connection refused at TARGET: is tms-server running?", where
- * nothing listens; a worker that does not answer, a stalled one, costs it about a second) and
+ * nothing listens, unless {@link Builder#waitForServer}; a worker that does not answer, a stalled
+ * one, costs it about a second) and
  * finds the workers. Each call
  * goes to a worker that serves its model, the one the {@link Balancer} picks (least-loaded by
  * default). Each call has a deadline ({@link Builder#timeout}), retries included, and waits for
@@ -85,7 +86,12 @@ public final class TmsClient implements AutoCloseable {
             });
     this.pool =
         new WorkerPool(
-            options.target, this::newChannel, options.connectTimeout, options.balancer, refresher);
+            options.target,
+            this::newChannel,
+            options.connectTimeout,
+            options.waitForServer,
+            options.balancer,
+            refresher);
   }
 
   /** A builder for a client of {@code target} ({@code host:port}, or any gRPC target). */
@@ -379,6 +385,7 @@ public final class TmsClient implements AutoCloseable {
     private final String target;
     private Duration timeout = Duration.ofSeconds(30);
     private Duration connectTimeout = Duration.ofSeconds(10);
+    private boolean waitForServer;
     private Duration refreshInterval = Duration.ofSeconds(1);
     private int attempts = 5;
     private int maxMessageBytes = 64 * 1024 * 1024;
@@ -398,10 +405,22 @@ public final class TmsClient implements AutoCloseable {
 
     /**
      * How long {@link #build()} and discovery wait for the server (default 10 s); {@link #build()}
-     * waits for none where the connection is refused (nothing listens there).
+     * waits for none where the connection is refused (nothing listens there), unless {@link
+     * #waitForServer}.
      */
     public Builder connectTimeout(Duration connectTimeout) {
       this.connectTimeout = positive(connectTimeout, "connectTimeout");
+      return this;
+    }
+
+    /**
+     * Whether {@link #build()} also waits, up to the connect timeout, where the connection is
+     * refused: for a server still starting (tms-server listens only once its workers have loaded
+     * their models) or restarting, a refused connection tried again until the connect timeout
+     * (default false: it fails at once, UNAVAILABLE).
+     */
+    public Builder waitForServer(boolean waitForServer) {
+      this.waitForServer = waitForServer;
       return this;
     }
 
@@ -460,6 +479,7 @@ public final class TmsClient implements AutoCloseable {
       Builder copy = new Builder(target);
       copy.timeout = timeout;
       copy.connectTimeout = connectTimeout;
+      copy.waitForServer = waitForServer;
       copy.refreshInterval = refreshInterval;
       copy.attempts = attempts;
       copy.maxMessageBytes = maxMessageBytes;
@@ -479,7 +499,7 @@ public final class TmsClient implements AutoCloseable {
     @Override
     public String toString() {
       return "target=" + target + ", timeout=" + timeout + ", connectTimeout=" + connectTimeout
-          + ", attempts=" + attempts + ", balancer=" + balancer
+          + ", waitForServer=" + waitForServer + ", attempts=" + attempts + ", balancer=" + balancer
           + ", token=" + (token == null ? "none" : "***");
     }
   }

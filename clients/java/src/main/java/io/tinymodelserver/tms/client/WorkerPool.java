@@ -199,6 +199,7 @@ final class WorkerPool implements AutoCloseable {
   private final String target; // as the caller gave it, for errors
   private final Supplier<ManagedChannel> channels;
   private final Duration connectTimeout;
+  private final boolean waitForServer; // the start waits where the connection is refused
   private final Balancer balancer;
   private final Executor background; // runs follow()
   private final ReentrantLock discovering = new ReentrantLock(); // one search at a time
@@ -214,17 +215,21 @@ final class WorkerPool implements AutoCloseable {
   /**
    * A pool of the workers at {@code target} (named in errors), reached through {@code channels};
    * {@code background} runs {@link #follow()} when an answer says a worker has done a reload (a
-   * single thread, which also runs it every round of the search for missing workers).
+   * single thread, which also runs it every round of the search for missing workers). With {@code
+   * waitForServer} the start waits for a server that refuses connections too (see {@link
+   * #discover}).
    */
   WorkerPool(
       String target,
       Supplier<ManagedChannel> channels,
       Duration connectTimeout,
+      boolean waitForServer,
       Balancer balancer,
       Executor background) {
     this.target = target;
     this.channels = channels;
     this.connectTimeout = connectTimeout;
+    this.waitForServer = waitForServer;
     this.balancer = balancer;
     this.background = background;
   }
@@ -287,7 +292,8 @@ final class WorkerPool implements AutoCloseable {
    * <p>The start's first connection does not wait for the server to be ready: where nothing
    * listens (its connection is refused) the start fails at once, UNAVAILABLE, saying so, instead of
    * waiting out the connect timeout. A server that accepts the connection, or an address that does
-   * not answer at all, is waited for as before.
+   * not answer at all, is waited for as before. With {@code waitForServer} that connection waits
+   * too: a refused connection is tried again until the connect timeout (a server still starting).
    *
    * <p>A search under way (the background's, which may wait the whole connect timeout on a server
    * that is down) is waited for until {@code deadline} at most; then this one returns having found
@@ -315,7 +321,7 @@ final class WorkerPool implements AutoCloseable {
         attempts++;
         ManagedChannel channel = channels.get();
         ModelServiceBlockingStub stub = ModelServiceGrpc.newBlockingStub(channel);
-        boolean probe = start && attempts == 1; // fails at once where nothing listens
+        boolean probe = start && !waitForServer && attempts == 1; // fails where nothing listens
         Deadline wait = limit;
         long answer = ANSWER_WAIT.toNanos();
         long left = limit.timeRemaining(TimeUnit.NANOSECONDS);

@@ -174,6 +174,7 @@ class WorkerPoolTest {
               return channel(port);
             },
             Duration.ofSeconds(5),
+            false,
             Balancer.roundRobin(),
             background);
     pool.discover(Deadline.after(5, TimeUnit.SECONDS), true);
