@@ -56,6 +56,14 @@ MODELS = {
             def run(self, image, args):
                 raise RuntimeError("the model broke" + "!" * args.get("shout", 0))
     """,
+    "exits": """
+        import sys
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run(self, image, args):
+                sys.exit(3)
+    """,
     "sleepy": """
         import time
         import tms_server
@@ -253,6 +261,25 @@ def test_a_model_that_raises_is_model_failed(server):
     assert info.value.reason == "MODEL_FAILED"
 
 
+def test_a_model_that_calls_sys_exit_fails_its_call_not_its_worker(server_process, models):
+    """sys.exit in a model's run ends that call INTERNAL (MODEL_FAILED) at once; the worker
+    goes on serving, the same process (it did not stop its event loop and go silent)."""
+    server = server_process(models, workers=1)
+    image = np.zeros((2, 2), np.uint8)
+    with ModelClient("probe", server.target, timeout=10) as probe:
+        pids = {w.pid for w in probe.workers()}
+        with ModelClient("exits", server.target, timeout=10) as exits:
+            for _ in range(3):  # on a thread, then perhaps on the event loop (quick calls)
+                began = time.monotonic()
+                with pytest.raises(ModelFailedError, match="raised SystemExit: 3") as info:
+                    exits.run_image(image)
+                assert info.value.reason == "MODEL_FAILED"
+                assert time.monotonic() - began < 5
+        assert probe.run_image(image) == {"shape": [2, 2]}
+        assert {w.pid for w in probe.workers()} == pids
+    assert "died" not in server.logs()
+
+
 def test_a_long_message_is_cut_so_the_status_still_arrives(server):
     # The message goes twice into the trailers, which a client takes 8 KiB of by default.
     request = pb.RunImageRequest(model="boom", image=raw(), args_json='{"shout": 6000}')
@@ -365,7 +392,7 @@ def test_buf_curl_shows_the_error_info(server):
     # buf curl prints the error as JSON, each detail as its type and its bytes (base64).
     error = json.loads(result.stdout or result.stderr)
     assert error["code"] == "not_found"
-    assert error["message"] == "no model named 'nope'; models: boom, probe, sleepy"
+    assert error["message"] == "no model named 'nope'; models: boom, exits, probe, sleepy"
     [detail] = error["details"]
     assert detail["type"] == "google.rpc.ErrorInfo"
     value = detail["value"]

@@ -58,6 +58,25 @@ BROKEN = {
     "no_class": """
         MODEL = None
     """,
+    # Research code that parses its command line at import: tms-server's, which it refuses.
+    "argv_parser": """
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--weights")
+        OPTIONS = parser.parse_args()
+    """,
+    "exits": """
+        import sys
+        import tms_server
+
+        class Model(tms_server.Model):
+            def __init__(self):
+                sys.exit("CUDA not available")
+
+            def run(self, image, args):
+                return {}
+    """,
 }
 ADMIN_TOKEN = "admin-token-0123456789"
 NO_MODEL = "a model is a sub-folder with an __init__.py that defines class Model"
@@ -155,8 +174,8 @@ def test_failed_models_make_the_server_not_ready_and_are_said_once(server_proces
     lines = server.logs().splitlines()
     ready = next(line for line in lines if line.startswith("tms-server: serving on "))
     assert ready.endswith(
-        " with 2 worker(s); 4 model(s) failed to load: needs_torch, needs_weights, no_class, "
-        "typo (see above; --log-level DEBUG shows tracebacks); "
+        " with 2 worker(s); 6 model(s) failed to load: argv_parser, exits, needs_torch, "
+        "needs_weights, no_class, typo (see above; --log-level DEBUG shows tracebacks); "
         "health NOT_SERVING until they load (or --allow-failed-models)"
     )
     # Each failure once for the whole server, with its reason, and no traceback.
@@ -165,6 +184,8 @@ def test_failed_models_make_the_server_not_ready_and_are_said_once(server_proces
         ("needs_torch", "ModuleNotFoundError: No module named 'torch_that_is_not_installed'"),
         ("typo", "SyntaxError: "),
         ("no_class", "TypeError: "),
+        ("argv_parser", "SystemExit: the model called sys.exit(2) while loading (argparse at "),
+        ("exits", "SystemExit: the model called sys.exit('CUDA not available') while loading"),
     ]:
         said = [line for line in lines if f"model {name!r} failed to load" in line]
         assert len(said) == 1, said
@@ -411,7 +432,7 @@ def test_tms_models_lists_failed_models_with_their_reason(server_process, broken
     assert [row.split()[0] for row in loaded.splitlines()[1:]] == ["alpha", "beta", "gamma"]
     header, *rows = (re.split(r"\s{2,}", line) for line in failed.splitlines())
     assert header == ["FAILED TO LOAD", "REASON"]
-    assert [name for name, _ in rows] == ["needs_torch", "needs_weights", "no_class", "typo"]
+    assert [name for name, _ in rows] == sorted(BROKEN)
     assert dict(rows)["needs_weights"] == "RuntimeError: weights.bin not found"
 
     assert tms(["--target", server.target, "--json", "models"]) == 0

@@ -145,7 +145,7 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
                     call.ran_model(time.perf_counter() - began)
     except InvalidInput:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit in a model ends its call, not the worker
         log.exception("model %r raised", model.name)
         message = f"model {model.name!r} raised {type(exc).__name__}: {exc}"
         raise Internal(message, reason=Reason.MODEL_FAILED) from exc

@@ -21,7 +21,7 @@ from tms_server.board import WorkerBoard
 from tms_server.errors import ServiceError
 from tms_server.health import HealthServicer
 from tms_server.load import WorkerLoad
-from tms_server.registry import ModelRegistry
+from tms_server.registry import LOAD_ERRORS, ModelRegistry, load_error
 
 __all__ = ["Reloader", "WorkerParts"]
 
@@ -44,10 +44,10 @@ class Reloader:
                 self._registry.reload(name)
             except ServiceError as exc:
                 return str(exc)
-            except Exception as exc:
+            except LOAD_ERRORS as exc:
                 # As when a start fails to load it: the reason at ERROR, and the traceback
                 # (one per worker) at DEBUG.
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = load_error(exc)
                 log.error("model %r failed to reload: %s", name, reason)
                 log.debug("model %r failed to reload", name, exc_info=True)
                 return reason

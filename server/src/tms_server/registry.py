@@ -361,6 +361,21 @@ def import_model_class(folder: Path) -> type:
     return model_class
 
 
+#: What importing or loading a model may raise without stopping its worker: a model that
+#: calls sys.exit (argparse at import, reading tms-server's own command line) fails to load.
+LOAD_ERRORS = (Exception, SystemExit)
+
+
+def load_error(exc: BaseException) -> str:
+    """Why a model failed to load (or reload), in one line."""
+    if isinstance(exc, SystemExit):
+        return (
+            f"SystemExit: the model called sys.exit({exc.code!r}) while loading (argparse at "
+            "import reads tms-server's own command line, say); a model must not exit"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any]]:
     """(name, zero-argument loader returning the model class) for every model found."""
     seen = set()
@@ -498,12 +513,12 @@ class ModelRegistry:
                 continue
             try:
                 registry._add(name, load_class)
-            except Exception as exc:
+            except LOAD_ERRORS as exc:
                 # One line per model for the whole server comes from the supervisor, which
                 # gathers every worker's failures (tms_server.supervisor); the traceback, only
                 # at --log-level DEBUG, from each worker.
                 log.debug("model %r failed to load", name, exc_info=True)
-                registry.failed[name] = f"{type(exc).__name__}: {exc}"
+                registry.failed[name] = load_error(exc)
                 if on_load is not None:
                     on_load(name, None)
         registry.models = dict(sorted(registry.models.items()))
@@ -578,7 +593,7 @@ class ModelRegistry:
         importlib.invalidate_caches()
         try:
             self._add(name, load_class, "reloaded")
-        except Exception:
+        except LOAD_ERRORS:
             if self._on_load is not None:
                 self._on_load(name, None)
             raise
