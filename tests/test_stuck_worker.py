@@ -18,6 +18,7 @@ from tests.support import ServerProcess, alive, stopped, wait_for, write_models
 from tms_client import (
     AdminClient,
     ModelClient,
+    ModelFailedError,
     RetryPolicy,
     TMSError,
     UnavailableError,
@@ -52,6 +53,32 @@ MODELS = {
 
             def run(self, text, args):
                 return {"pid": os.getpid()}
+    """,
+    "sleeper": """
+        import time
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+            thread_safe = True
+
+            def run(self, text, args):
+                time.sleep(float(args.get("seconds", 0)))
+                return text
+    """,
+    "exits_on_reload": """
+        import pathlib, sys
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+
+            def __init__(self):
+                if pathlib.Path(__file__).with_name("exit").exists():
+                    sys.exit(2)
+
+            def run(self, text, args):
+                return text
     """,
 }
 ADMIN_TOKEN = "admin-token-0123456789"
@@ -149,9 +176,8 @@ def test_a_call_held_by_a_stopped_worker_ends_unavailable_when_it_is_killed(serv
 
 
 def test_a_worker_reloading_a_slow_model_is_not_killed(server_process, tmp_path):
-    """Workers follow a reload in their monitor thread, which sends no heartbeat meanwhile:
-    a reload longer than the worker timeout must not cost them their life; nor is the
-    ReloadModel call, which waits for them, a model call bound by --call-time-limit."""
+    """A reload longer than the worker timeout must not cost the workers their life; nor is
+    the ReloadModel call, which waits for them, a model call bound by --call-time-limit."""
     models = write_models(tmp_path / "models", MODELS)
     tokens = tmp_path / "admin_tokens"
     tokens.write_text(f"{ADMIN_TOKEN}\n")
@@ -165,6 +191,54 @@ def test_a_worker_reloading_a_slow_model_is_not_killed(server_process, tmp_path)
         assert sorted(w.pid for w in admin.list_workers()) == pids
     assert "heartbeat" not in server.logs()
     assert "call time limit" not in server.logs()
+
+
+def test_a_slow_reload_stops_neither_the_heartbeat_nor_the_call_time_limit(
+    server_process, tmp_path
+):
+    """Workers reload beside their monitor: while a reload runs, ListWorkers says they serve
+    (their heartbeat goes on), and a call past --call-time-limit still ends INTERNAL, at the
+    limit, not when the model returns."""
+    models = write_models(tmp_path / "models", MODELS)
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(f"{ADMIN_TOKEN}\n")
+    args = ("--call-time-limit", "2", "--admin-tokens-file", str(tokens))
+    server = server_process(models, workers=2, args=args)
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=60) as admin:
+        (models / "slow_to_load" / "delay").write_text("8")
+        asked = threading.Thread(target=_reload_ignoring_errors, args=(admin,), daemon=True)
+        asked.start()
+        assert wait_for(lambda: server.logs().count("reloading model 'slow_to_load'") >= 2, 20)
+        time.sleep(1.5)  # past the age at which a row without a heartbeat is stale
+        assert [w.serving for w in admin.list_workers()] == [True, True]
+        with ModelClient("sleeper", server.target, timeout=20, retry=RetryPolicy.never()) as c:
+            began = time.monotonic()
+            with pytest.raises(ModelFailedError, match="call time limit"):
+                c.run_text("zz", {"seconds": 6})
+            assert time.monotonic() - began < 5
+        asked.join(60)
+
+
+def test_a_model_that_exits_on_reload_fails_the_reload_not_the_worker(server_process, tmp_path):
+    """A model that calls sys.exit while it reloads fails that reload (the old instance
+    serves on); the reload is answered, the worker goes on, and the next reload works."""
+    models = write_models(tmp_path / "models", MODELS)
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(f"{ADMIN_TOKEN}\n")
+    args = ("--admin-tokens-file", str(tokens))
+    server = server_process(models, workers=2, args=args)
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+        pids = sorted(w.pid for w in admin.list_workers())
+        (models / "exits_on_reload" / "exit").write_text("")
+        outcomes = admin.reload_model("exits_on_reload")
+        assert [o.reloaded for o in outcomes] == [False, False]
+        assert all("called sys.exit(2)" in o.error for o in outcomes), outcomes
+        with ModelClient("exits_on_reload", server.target) as client:
+            assert client.run_text("still") == "still"
+        (models / "exits_on_reload" / "exit").unlink()
+        outcomes = admin.reload_model("exits_on_reload")
+        assert all(o.reloaded for o in outcomes), outcomes
+        assert sorted(w.pid for w in admin.list_workers()) == pids  # none was replaced
 
 
 def test_a_worker_killed_during_a_reload_leaves_no_reload_lock_behind(server_process, tmp_path):

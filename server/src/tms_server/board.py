@@ -6,9 +6,8 @@ through the board's reload slot. The supervisor makes the board before it forks 
 (they inherit the same memory); a server run inside a test process gets a board of one row.
 
 Each row has one writer, its worker; the reload slot is written under ``reload_lock``.
-A reload is posted there and every worker, the one asked included, follows it in its monitor
-thread (tms_server.monitor), which posts no heartbeat meanwhile: the supervisor gives a
-reloading worker the time a worker has to load its models.
+A reload is posted there and every worker, the one asked included, follows it on a thread its
+monitor starts (tms_server.monitor); the heartbeat goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -151,13 +150,13 @@ class WorkerBoard:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def beat(self, index: int, pid: int) -> tuple[float, bool] | None:
-        """The last heartbeat (``time.time()`` of the worker) in row ``index`` and whether the
-        worker is reloading a model now; None unless ``pid`` holds the row."""
+    def beat(self, index: int, pid: int) -> float | None:
+        """The last heartbeat (``time.time()`` of the worker) in row ``index``; None unless
+        ``pid`` holds the row."""
         row = self._rows[index]
         if row.pid != pid:
             return None
-        return float(row.beat), row.reload_taken > row.reload_done
+        return float(row.beat)
 
     def settled(self, indices: tuple[int, ...]) -> bool:
         """Whether the workers of these indices have all served for SETTLED_SECONDS (clients

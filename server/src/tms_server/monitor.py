@@ -1,5 +1,6 @@
 """The monitor of one worker process: a thread that keeps the worker's row on the board,
-follows reloads (tms_server.board), and bounds calls that hang.
+starts the reloads posted there (tms_server.board) on a thread of their own, and bounds calls
+that hang, and reloads.
 
 Python cannot stop a thread, so a model call that never returns cannot be cut short: the
 client's deadline ends the call for the client (DEADLINE_EXCEEDED), but the worker's thread
@@ -32,6 +33,10 @@ log = logging.getLogger("tms_server")
 #: (and the supervisor replaces it after --worker-timeout-seconds).
 LOOP_SILENT_SECONDS = 5.0
 
+#: A reload still running after this long is hung: the worker is replaced (and its
+#: successor loads the model's files as they are), as when loading at start takes longer.
+RELOAD_TIME_LIMIT = 600.0
+
 
 class WorkerMonitor:
     """Runs every ``interval`` seconds in a daemon thread until ``stop``."""
@@ -54,6 +59,8 @@ class WorkerMonitor:
         self._runner = runner
         self._interval = interval
         self._released = 0.0  # the end of the last large call memory was given back after
+        self._reload: threading.Thread | None = None  # the reload running, if any
+        self._reload_began = 0.0
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tms-monitor", daemon=True)
 
@@ -78,7 +85,8 @@ class WorkerMonitor:
     def tick(self) -> None:
         """One round: post the load (the worker's heartbeat, sent only while its event loop
         runs) and sample it for the metrics, give memory back after large calls once idle,
-        follow a pending reload, look for a hung call."""
+        start a reload posted (on a thread of its own, so that the heartbeat, the samples
+        and the call time limit go on meanwhile), look for a hung call or reload."""
         load, board, index = self.parts.load, self.parts.board, self.parts.index
         if time.monotonic() - load.pulse < LOOP_SILENT_SECONDS:
             board.post(
@@ -98,12 +106,23 @@ class WorkerMonitor:
         ):
             self._released = ended
             release_memory()
-        pending = board.pending_reload(index)
-        if pending is not None:
-            seq, name = pending
-            log.info("reloading model %r (reload %d)", name, seq)
-            board.finish_reload(index, seq, self.parts.reloader.reload(name))
-            load.reload = seq  # answers from now on say so: clients ask for the models again
+        if self._reload is None or not self._reload.is_alive():
+            pending = board.pending_reload(index)  # one at a time; a later one waits its turn
+            if pending is not None:
+                self._reload_began = time.monotonic()
+                self._reload = threading.Thread(
+                    target=self._reload_model, args=pending, name="tms-reload", daemon=True
+                )
+                self._reload.start()
+        elif not self.hung and time.monotonic() - self._reload_began > RELOAD_TIME_LIMIT:
+            self.hung = True
+            log.error(
+                "a reload has run for %.0fs, past %gs; this worker stops taking calls and will "
+                "be replaced",
+                time.monotonic() - self._reload_began,
+                RELOAD_TIME_LIMIT,
+            )
+            self._on_hung()
         if self._limit and not self.hung:
             longest = load.longest_call()
             if longest > self._limit:
@@ -117,6 +136,12 @@ class WorkerMonitor:
                 if self._runner is not None:  # its caller hears why; not retried elsewhere
                     self._runner.end_calls_running_for(self._limit, _past_limit(self._limit))
                 self._on_hung()
+
+    def _reload_model(self, seq: int, name: str) -> None:
+        """Reload number ``seq`` (of model ``name``) in this worker, its outcome posted."""
+        log.info("reloading model %r (reload %d)", name, seq)
+        self.parts.board.finish_reload(self.parts.index, seq, self.parts.reloader.reload(name))
+        self.parts.load.reload = seq  # answers from now on say so: clients ask for the models
 
 
 def _past_limit(limit: float) -> Internal:

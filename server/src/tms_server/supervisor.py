@@ -87,7 +87,6 @@ class _Slot:
     # the supervisor's monotonic clock, so a jump of the wall clock kills no one.
     beat: float = 0.0
     beat_seen: float = 0.0
-    reload_seen: float = 0.0  # when the supervisor last saw it reloading a model
     silent_for: float | None = None  # set when the supervisor kills it for going silent
 
 
@@ -259,7 +258,7 @@ class Supervisor:
                     delay,
                 )
                 slot.restart_at = now + delay
-                slot.beat = slot.beat_seen = slot.reload_seen = 0.0
+                slot.beat = slot.beat_seen = 0.0
                 slot.silent_for = None
                 if slot.process.pid is not None:
                     self._board.leave(index, slot.process.pid)
@@ -288,35 +287,28 @@ class Supervisor:
         stopped or stuck, and the calls the kernel still hands it would wait in vain.
 
         Silence counts from the last change of its heartbeat, or from when it reported ready;
-        a worker still loading its models is left alone. A worker reloading a model sends no
-        heartbeat meanwhile (its monitor thread runs the reload), so it gets the time allowed
-        for loading at start, and the timeout anew once the reload is over."""
+        a worker still loading its models is left alone. A reload runs beside the heartbeat
+        (tms_server.monitor bounds it)."""
         process = slot.process
         if process is None or process.pid is None or slot.ready_at is None:
             return
         if slot.silent_for is not None:  # killed already; its death is on the way
             return
-        found = self._board.beat(index, process.pid)
-        if found is not None and found[0] != slot.beat:
-            slot.beat, slot.beat_seen = found[0], now
+        beat = self._board.beat(index, process.pid)
+        if beat is not None and beat != slot.beat:
+            slot.beat, slot.beat_seen = beat, now
             return
         silent = now - max(slot.ready_at, slot.beat_seen)
         limit = self.settings.worker_timeout_seconds
-        reloading = found is not None and found[1]
-        if reloading:
-            slot.reload_seen = now
-            if silent < max(limit, _READY_TIMEOUT):
-                return
-        elif now - max(slot.ready_at, slot.beat_seen, slot.reload_seen) < limit:
+        if silent < limit:
             return
         log.error(
-            "worker %d (pid %d) sent no heartbeat for %.1fs (--worker-timeout-seconds %g%s); "
+            "worker %d (pid %d) sent no heartbeat for %.1fs (--worker-timeout-seconds %g); "
             "killing it",
             index,
             process.pid,
             silent,
             limit,
-            f", {_READY_TIMEOUT:g}s while reloading a model" if reloading else "",
         )
         slot.silent_for = silent
         process.kill()
