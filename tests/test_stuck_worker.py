@@ -241,6 +241,30 @@ def test_a_model_that_exits_on_reload_fails_the_reload_not_the_worker(server_pro
         assert sorted(w.pid for w in admin.list_workers()) == pids  # none was replaced
 
 
+def test_admin_calls_get_past_a_worker_shutting_down(server_process, tmp_path):
+    """The worker an AdminClient is connected to drains (a call holds it): it refuses the
+    admin's call UNAVAILABLE, and the client sends it again on a new connection until a
+    worker answers, within its timeout, instead of failing at once."""
+    models = write_models(tmp_path / "models", MODELS)
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(f"{ADMIN_TOKEN}\n")
+    server = server_process(models, workers=1, args=("--admin-tokens-file", str(tokens)))
+    with (
+        AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin,
+        ModelClient("sleeper", server.target, timeout=30) as sleeper,
+    ):
+        [old] = [w.pid for w in admin.list_workers()]
+        held = threading.Thread(target=sleeper.run_text, args=("zz", {"seconds": 3}))
+        held.start()
+        assert wait_for(lambda: admin.list_workers()[0].in_flight == 1, 10)
+        os.kill(old, signal.SIGTERM)  # it drains: its call goes on, new calls are refused
+        assert wait_for(lambda: "worker 0 stopping; in-flight calls have" in server.logs(), 10)
+        assert alive(old)  # draining
+        [new] = [w.pid for w in admin.list_workers()]  # waits for the worker that replaces it
+        assert new != old
+        held.join(30)
+
+
 def test_a_worker_killed_during_a_reload_leaves_no_reload_lock_behind(server_process, tmp_path):
     """The worker asked for a reload holds the server's reload lock until every worker has
     reloaded; killed meanwhile, it must not take the lock to its grave."""

@@ -6,17 +6,20 @@
 
 The server must have been started with ``--admin-tokens-file``, and ``token`` must be one of
 its admin tokens (call tokens are not); otherwise each call raises PermissionDeniedError.
-Any worker answers for all of them, so one connection is enough.
+Any worker answers for all of them, so one connection is enough; a call a worker going away
+refuses (UNAVAILABLE) is sent again on a new connection, within the call's timeout.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
 from tms.v1 import admin_service_pb2
+from tms_client.exceptions import UnavailableError
 from tms_client.options import ClientOptions
 from tms_client.transport import GrpcTransport, Request
 
@@ -24,6 +27,11 @@ __all__ = ["AdminClient", "ReloadOutcome", "WorkerStatus"]
 
 pb = admin_service_pb2
 _SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+#: A call refused UNAVAILABLE (its worker shutting down, or gone) is sent again on a new
+#: connection until its timeout, waiting this many seconds more each time (1 s at most);
+#: without a timeout, this many times in all.
+_BACKOFF = 0.2
+_ATTEMPTS = 10
 M = TypeVar("M", bound=Message)
 
 
@@ -73,8 +81,9 @@ class AdminClient:
         if self.options.token is None:
             raise ValueError("AdminClient needs an admin token (token=...)")
         self.target = self.options.targets[0]
-        transport = GrpcTransport(self.options.tls, self.options.max_message_bytes)
-        self._channel = transport.open(self.target.removeprefix("dns:///"))
+        self._transport = GrpcTransport(self.options.tls, self.options.max_message_bytes)
+        self._address = self.target.removeprefix("dns:///")
+        self._channel = self._transport.open(self._address)
 
     def __repr__(self) -> str:
         return f"<AdminClient target={self.target!r}>"
@@ -89,10 +98,27 @@ class AdminClient:
         self._channel.close()
 
     def _call(self, method: str, request: Message, response_class: type[M]) -> M:
-        path = f"/{_SERVICE}/{method}"
+        """Send ``request`` to ``method``; sent again (within ``timeout``) on a new connection,
+        which may reach another worker, when the worker going away refused it."""
+        path, data = f"/{_SERVICE}/{method}", request.SerializeToString()
         timeout, metadata = self.options.timeout, self.options.metadata
-        call = Request(path, request.SerializeToString(), timeout, metadata, wait_for_ready=True)
-        return response_class.FromString(self._channel.unary(call).data)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 1
+        while True:
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            call = Request(path, data, left, metadata, wait_for_ready=True)
+            try:
+                return response_class.FromString(self._channel.unary(call).data)
+            except UnavailableError:
+                pause = min(_BACKOFF * attempt, 1.0)
+                if deadline is None and attempt == _ATTEMPTS:
+                    raise
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise
+            self._channel.close()
+            time.sleep(pause)
+            self._channel = self._transport.open(self._address)
+            attempt += 1
 
     def list_workers(self) -> list[WorkerStatus]:
         """Every worker process of the server, with its pid and load."""
