@@ -211,6 +211,34 @@ def test_failed_models_make_the_server_not_ready_and_are_said_once(server_proces
         assert sorted(client.failed_models()) == sorted(BROKEN)
 
 
+def test_folders_whose_names_no_call_could_give_fail_to_load_and_are_said_once(
+    server_process, tmp_path
+):
+    # A folder named -dash, face.v2 or longer than 64 characters is a model deployed that no
+    # call can name: it fails to load like any other, with what is wrong with its name.
+    long = "a" * 70
+    reasons = {
+        "-dash": "it begins with -",
+        long: "it is 70 characters long",
+        "face.v2": "it has '.'",
+    }
+    models = write_models(tmp_path / "models", {"alpha": GOOD, **dict.fromkeys(reasons, GOOD)})
+    server = server_process(models, workers=2, args=("--entry-points", "false"))
+    lines = server.logs().splitlines()
+    ready = next(line for line in lines if line.startswith("tms-server: serving on "))
+    assert f" with 2 worker(s); 3 model(s) failed to load: -dash, {long}, face.v2 (" in ready
+    rule = "a name is 1 to 64 letters, digits, _ or - (not - first)"
+    for name, reason in reasons.items():
+        said = [line for line in lines if f"model {name!r}" in line]
+        assert len(said) == 1, said
+        assert said[0].endswith(f"failed to load: invalid model name: {reason}; {rule}")
+    with per_worker(server.target) as channels:
+        assert {health_of(channel, "") for channel in channels.values()} == {"NOT_SERVING"}
+    with ModelClient("alpha", server.target) as client:
+        assert sorted(client.failed_models()) == sorted(reasons)
+        assert client.run_image(np.full((4, 4, 3), 9, np.uint8)) == {"mean": 9.0}
+
+
 def test_debug_logs_show_each_workers_traceback(server_process, broken):
     args = ("--entry-points", "false", "--log-level", "DEBUG")
     server = server_process(broken, workers=2, args=args)

@@ -426,12 +426,27 @@ def find_models(folder: Path, entry_points: bool, *, folder_given: bool = True) 
     return names
 
 
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a model's (None if it can): each thing wrong with it, then the
+    rule."""
+    if NAME_PATTERN.fullmatch(name):
+        return None
+    odd = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "_-"))})
+    problems = [
+        *(["it is empty"] if not name else []),
+        *([f"it is {len(name)} characters long"] if len(name) > 64 else []),
+        *(["it begins with -"] if name.startswith("-") else []),
+        *([f"it has {', '.join(map(repr, odd))}"] if odd else []),
+    ]
+    return f"{', '.join(problems)}; a name is 1 to 64 letters, digits, _ or - (not - first)"
+
+
 def _check_name(name: str) -> None:
     """INVALID_ARGUMENT for a name that cannot be a model's."""
-    if not NAME_PATTERN.fullmatch(name):
+    problem = _name_problem(name)
+    if problem is not None:
         shown = name if len(name) <= 80 else name[:80] + "..."
-        message = f"invalid model name {shown!r}: 1 to 64 letters, digits, _ or - (not - first)"
-        raise InvalidArgument(message, field="model")
+        raise InvalidArgument(f"invalid model name {shown!r}: {problem}", field="model")
 
 
 @dataclass(frozen=True)
@@ -508,17 +523,20 @@ class ModelRegistry:
             batching=batching,
         )
         for name, load_class in _sources(folder, entry_points):
-            if not NAME_PATTERN.fullmatch(name):
-                log.error("skipping model %r: a name is letters, digits, _ and - only", name)
-                continue
-            try:
-                registry._add(name, load_class)
-            except LOAD_ERRORS as exc:
-                # One line per model for the whole server comes from the supervisor, which
-                # gathers every worker's failures (tms_server.supervisor); the traceback, only
-                # at --log-level DEBUG, from each worker.
-                log.debug("model %r failed to load", name, exc_info=True)
-                registry.failed[name] = load_error(exc)
+            # One line per model for the whole server comes from the supervisor, which
+            # gathers every worker's failures (tms_server.supervisor); the traceback, only
+            # at --log-level DEBUG, from each worker. A name no call could give is not even
+            # imported: it fails like a model that raises.
+            problem = _name_problem(name)
+            failure = None if problem is None else f"invalid model name: {problem}"
+            if failure is None:
+                try:
+                    registry._add(name, load_class)
+                except LOAD_ERRORS as exc:
+                    log.debug("model %r failed to load", name, exc_info=True)
+                    failure = load_error(exc)
+            if failure is not None:
+                registry.failed[name] = failure
                 if on_load is not None:
                     on_load(name, None)
         registry.models = dict(sorted(registry.models.items()))
@@ -631,9 +649,9 @@ class ModelRegistry:
         return away.model if away is not None else self._missing(name)
 
     def _missing(self, name: str) -> LoadedModel:
+        _check_name(name)  # first: a folder of such a name fails to load, but no call names it
         if name in self.failed:
             raise FailedPrecondition(f"model {name!r} failed to load: {self.failed[name]}")
-        _check_name(name)
         known = ", ".join(sorted([*self.models, *self.elsewhere])) or "none"
         raise NotFound(f"no model named {name!r}; models: {known}")
 
