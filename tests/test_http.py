@@ -810,6 +810,24 @@ def test_infer_bodies_count_against_the_pixels_in_flight(tmp_path):
         server.running.stop(None)
 
 
+def test_a_model_that_failed_to_load_is_not_ready(tmp_path):
+    # 503 {"ready": false}, as for a model placed on other workers and as gRPC's ModelReady
+    # says: not the error its calls get. No such model is still 404.
+    broken = "raise RuntimeError('weights.bin not found')"
+    models = write_models(tmp_path / "models", {"meet": MEET, "broken": broken})
+    args = ("--http-port", "0", "--entry-points", "false", "--allow-failed-models")
+    server = start_process(models, workers=1, args=args)
+    try:
+        base = http_base(server)
+        for path in ("broken/ready", "broken/versions/1/ready"):
+            ready = http(f"{base}/v2/models/{path}")
+            assert (ready.status, ready.json()) == (503, {"ready": False}), ready.body
+        assert http(f"{base}/v2/models/meet/ready").status == 200
+        assert http(f"{base}/v2/models/nope/ready").status == 404
+    finally:
+        assert server.stop() == 0, server.logs()
+
+
 def test_a_worker_in_process_serves_http_until_it_stops(tmp_path):
     """``build_server`` (what run_worker and tests call) starts HTTP with gRPC, and its stop
     ends both."""

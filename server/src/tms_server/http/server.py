@@ -447,7 +447,8 @@ class _Api:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         info = request.match_info
-        self._inference.described(info["name"], info.get("version", ""))  # 404 for no such
+        if info["name"] not in self._registry.failed:  # which is not ready, not an error
+            self._inference.described(info["name"], info.get("version", ""))  # 404 for no such
         ready = self._inference.ModelReady(
             oip_pb.ModelReadyRequest(name=info["name"], version=info.get("version", "")),
             _NO_CONTEXT,
