@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ServerProcess, start_process, wait_for, write_models
-from tms_client import ModelClient, RetryPolicy
+from tms_client import ModelClient, RetryPolicy, RoundRobin
 
 pytestmark = pytest.mark.slow
 
@@ -117,6 +117,45 @@ def test_a_worker_crashing_while_the_server_starts_stops_the_server(models, tmp_
     assert done.returncode == 1
     assert re.search(r"worker \d exited with 7 while starting", done.stderr), done.stderr
     assert "serving on" not in done.stdout
+
+
+PID = """
+    import os
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+        thread_safe = True
+
+        def run(self, text, args):
+            return {"pid": os.getpid()}
+"""
+
+
+def test_a_worker_that_finds_the_models_folder_gone_exits_and_is_tried_again(tmp_path):
+    # The folder goes while the server runs (a remount, a swap during a deploy), then a worker
+    # dies. Its replacement does not serve nothing while saying it serves (every call it got
+    # NOT_FOUND, which clients do not retry): it says why, naming the folder, and exits, to
+    # be started again after a growing delay. The other worker takes every call meanwhile.
+    models = write_models(tmp_path / "models", {"pid": PID})
+    server = start_process(models, workers=2)
+    try:
+        with ModelClient("pid", server.target, balancer=RoundRobin()) as client:
+            assert wait_for(lambda: len(client.workers()) == 2, 10)
+            gone = client.workers()[0].pid
+            models.rename(tmp_path / "away")
+            os.kill(gone, signal.SIGKILL)
+            deadline = time.monotonic() + 6  # the client looks for new workers every 2 s
+            while time.monotonic() < deadline:
+                assert client.run_text("x")["pid"] != gone
+            why = f"has no model to serve: models folder {str(models)!r} does not exist"
+            assert why in server.logs()
+            assert server.logs().count("died: exit code 4: it found no model to load") >= 2
+            (tmp_path / "away").rename(models)
+            assert wait_for(lambda: len(client.workers()) == 2, 30), server.logs()
+            assert wait_for(lambda: len({client.run_text("x")["pid"] for _ in range(4)}) == 2, 10)
+    finally:
+        assert server.stop() == 0
 
 
 def test_sigint_stops_like_sigterm_and_finishes_the_call_in_flight(models, tmp_path):

@@ -405,25 +405,32 @@ def find_models(folder: Path, entry_points: bool, *, folder_given: bool = True) 
     a worker: a server serving no model at all is a mistake, not a start. A folder that is
     missing stops it too, unless it was not given (the default) and entry points name models:
     a server of installed models alone needs no folder."""
-    shown = f"models folder {str(folder)!r}"
-    if not folder.is_absolute():
-        shown += f" ({folder.absolute()})"
     if not folder.exists() and not folder_given and entry_points:
         names = [name for name, _ in _sources(None, entry_points)]
         if names:
-            log.info("no %s: serving the models of the tms.models entry points", shown)
+            log.info("no %s: serving the models of the tms.models entry points", _shown(folder))
             return names
+    names = [name for name, _ in _sources(folder, entry_points)] if folder.is_dir() else []
+    if not names:
+        raise NoModelsError(_no_models(folder, entry_points))
+    return names
+
+
+def _shown(folder: Path) -> str:
+    shown = f"models folder {str(folder)!r}"
+    return shown if folder.is_absolute() else f"{shown} ({folder.absolute()})"
+
+
+def _no_models(folder: Path, entry_points: bool) -> str:
+    """Why ``folder`` (and the entry points) give no model."""
     if not folder.is_dir():
         problem = "does not exist" if not folder.exists() else "is not a folder"
-        raise NoModelsError(f"{shown} {problem} (set it with --models or TMS_MODELS)")
-    names = [name for name, _ in _sources(folder, entry_points)]
-    if not names:
-        where = ", and no package registers one under the tms.models entry point"
-        raise NoModelsError(
-            f"{shown} holds no model{where if entry_points else ''}: a model is a sub-folder "
-            "with an __init__.py that defines class Model"
-        )
-    return names
+        return f"{_shown(folder)} {problem} (set it with --models or TMS_MODELS)"
+    where = ", and no package registers one under the tms.models entry point"
+    return (
+        f"{_shown(folder)} holds no model{where if entry_points else ''}: a model is a "
+        "sub-folder with an __init__.py that defines class Model"
+    )
 
 
 def _name_problem(name: str) -> str | None:
@@ -508,7 +515,9 @@ class ModelRegistry:
         batching: BatchSettings | None = None,
     ) -> ModelRegistry:
         """Import every model's class, and load those placed on the worker at ``placement``
-        (default: a worker alone, on the CPU); ``max_batch_size`` is the server's
+        (default: a worker alone, on the CPU); NoModelsError, naming the folder, if there
+        is none to load (the supervisor found some; a worker started later may find the
+        folder gone). ``max_batch_size`` is the server's
         (--max-batch-size), which a model may lower for itself; ``batching``, the server's
         per-model batch settings (tms_server.batching)."""
         placement = placement if placement is not None else Placement()
@@ -522,7 +531,10 @@ class ModelRegistry:
             max_batch_size=max_batch_size,
             batching=batching,
         )
-        for name, load_class in _sources(folder, entry_points):
+        sources = list(_sources(folder, entry_points))
+        if not sources and folder is not None:  # gone since the server started, say
+            raise NoModelsError(_no_models(folder, entry_points))
+        for name, load_class in sources:
             # One line per model for the whole server comes from the supervisor, which
             # gathers every worker's failures (tms_server.supervisor); the traceback, only
             # at --log-level DEBUG, from each worker. A name no call could give is not even

@@ -31,7 +31,7 @@ from tms_server.exporter import MetricsExporter
 from tms_server.registry import find_models
 from tms_server.settings import DEFAULT_MODELS, Settings
 from tms_server.signals import StopFlag, stop_on_signals
-from tms_server.worker import EXIT_HUNG, run_worker
+from tms_server.worker import EXIT_HUNG, EXIT_NO_MODELS, run_worker
 
 __all__ = ["Supervisor"]
 
@@ -341,4 +341,6 @@ def _describe_exit(code: int, silent_for: float | None = None) -> str:
         return f"killed by {signal.Signals(-code).name}"
     if code == EXIT_HUNG:
         return f"exit code {code}: a call ran past --call-time-limit"
+    if code == EXIT_NO_MODELS:
+        return f"exit code {code}: it found no model to load (see above)"
     return f"exit code {code}"

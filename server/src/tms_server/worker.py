@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NoReturn
 
 import grpc
 from PIL import Image as PILImage
@@ -32,7 +33,7 @@ from tms_server.load import WorkerLoad
 from tms_server.metrics import WorkerMetrics
 from tms_server.monitor import WorkerMonitor
 from tms_server.parts import Reloader, WorkerParts
-from tms_server.registry import ModelRegistry
+from tms_server.registry import ModelRegistry, NoModelsError
 from tms_server.rpc import Worker
 from tms_server.servicer import ModelServicer, WorkerIdentity
 from tms_server.services import grpc_options, new_grpc_server, report_serving
@@ -44,6 +45,7 @@ from tms_server.stalls import StallWatch
 # grpc_options now lives in tms_server.services; it stays importable from here.
 __all__ = [
     "EXIT_HUNG",
+    "EXIT_NO_MODELS",
     "RunningServer",
     "build_server",
     "grpc_options",
@@ -56,6 +58,8 @@ log = logging.getLogger("tms_server")
 
 #: Exit code of a worker that stopped because a call ran past the call time limit.
 EXIT_HUNG = 3
+#: Exit code of a worker that found no model to load (its models folder gone, say).
+EXIT_NO_MODELS = 4
 #: How long past the grace period a stop waits for the event loop to wind down.
 STOP_MARGIN_SECONDS = 5.0
 _DRAIN_POLL_SECONDS = 0.01  # how often a stop looks whether the calls in flight have ended
@@ -343,7 +347,9 @@ def run_worker(
 
     If a call runs past the call time limit, stop the same way and exit with EXIT_HUNG, to be
     replaced. If ``supervisor`` (the pid of the parent process) dies, stop the same way too:
-    a worker never outlives the supervisor that would replace and stop it.
+    a worker never outlives the supervisor that would replace and stop it. If it finds no
+    model to load (the models folder gone since the server started), it says why and exits
+    with EXIT_NO_MODELS, to be started again after a delay.
     """
     placement = worker_placement(settings, index)
     identity = WorkerIdentity(
@@ -361,16 +367,24 @@ def run_worker(
     limit_arenas()
     if settings.worker_memory_mb:
         limit_memory(settings.worker_memory_mb)
-    environment = prepare_process(settings, placement)
-    log.info(
-        "worker %d on %s (%s=%r), model threads %d",
-        index,
-        placement.device,
-        VISIBLE,
-        environment[VISIBLE],
-        placement.threads,
-    )
-    running = build_server(settings, identity, board=board, on_hung=on_hung, placement=placement)
+    try:
+        environment = prepare_process(settings, placement)
+        log.info(
+            "worker %d on %s (%s=%r), model threads %d",
+            index,
+            placement.device,
+            VISIBLE,
+            environment[VISIBLE],
+            placement.threads,
+        )
+        running = build_server(
+            settings, identity, board=board, on_hung=on_hung, placement=placement
+        )
+    except NoModelsError as exc:
+        # Serving nothing would take calls it can only refuse: exit, and the supervisor
+        # starts it again after a delay that grows while the folder stays empty.
+        log.error("worker %d has no model to serve: %s; exiting", index, exc)
+        _exit(EXIT_NO_MODELS)
     registry = running.parts.registry
     log.info(
         "worker %d serving %d model(s) on port %d%s%s",
@@ -388,7 +402,12 @@ def run_worker(
             break
     log.info("worker %d stopping; in-flight calls have %.0fs", index, settings.grace_seconds)
     running.stop(settings.grace_seconds)
+    _exit(EXIT_HUNG if hung.is_set() else 0)
+
+
+def _exit(code: int) -> NoReturn:
+    """End the worker process at once, its log written out."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_HUNG if hung.is_set() else 0)
+    os._exit(code)
