@@ -158,6 +158,18 @@ def test_a_worker_that_finds_the_models_folder_gone_exits_and_is_tried_again(tmp
         assert server.stop() == 0
 
 
+def test_a_memory_limit_too_low_for_a_worker_to_start_says_so(tmp_path):
+    models = write_models(tmp_path / "models", {"pid": PID})
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--models", str(models), "--workers", "1", "--worker-memory-mb", "100"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    said = "worker 0 cannot start: --worker-memory-mb 100 is too low for the worker itself ("
+    assert said in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "serving on" not in done.stdout
+
+
 def test_sigint_stops_like_sigterm_and_finishes_the_call_in_flight(models, tmp_path):
     server = start_process(
         models,

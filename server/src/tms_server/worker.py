@@ -385,6 +385,20 @@ def run_worker(
         # starts it again after a delay that grows while the folder stays empty.
         log.error("worker %d has no model to serve: %s; exiting", index, exc)
         _exit(EXIT_NO_MODELS)
+    except (MemoryError, RuntimeError) as exc:
+        out = isinstance(exc, MemoryError) or "can't start new thread" in str(exc)
+        if not (out and settings.worker_memory_mb):
+            raise
+        log.debug("worker %d failed to start", index, exc_info=True)
+        log.error(
+            "worker %d cannot start: --worker-memory-mb %d is too low for the worker itself "
+            "(%s: %s); leave room for its threads, gRPC and libraries besides the models",
+            index,
+            settings.worker_memory_mb,
+            type(exc).__name__,
+            exc,
+        )
+        _exit(1)
     registry = running.parts.registry
     log.info(
         "worker %d serving %d model(s) on port %d%s%s",
