@@ -3,6 +3,7 @@ of the supervisor's /metrics summing both workers, and a worker killed on the wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from tests.support import (
 )
 from tests.test_deploy import METRICS as DASHBOARD_METRICS
 from tms_client import InvalidInputError, ModelClient, ModelNotFoundError, RoundRobin
-from tms_server.exporter import MAX_SCRAPES
+from tms_server.exporter import MAX_SCRAPES, SCRAPE_TIMEOUT
 
 pytestmark = pytest.mark.slow
 
@@ -292,6 +293,32 @@ def test_connections_held_open_cost_the_supervisor_a_few_threads(
         for connection in held:
             connection.close()
     assert wait_for(lambda: "tms_workers" in scraped_names(url), timeout=20)
+
+
+def test_a_request_sent_a_byte_at_a_time_is_cut_off_at_the_deadline(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    # SCRAPE_TIMEOUT was a time between reads: a byte every few seconds on each of
+    # MAX_SCRAPES connections held every slot for good, and no scrape got through.
+    server, url = with_metrics(server_process, models, tmp_path, workers=1)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    request = b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 100
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_SCRAPES)]
+    try:
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < SCRAPE_TIMEOUT + 2:
+            for connection in held:
+                with contextlib.suppress(OSError):  # closed by the server
+                    connection.send(request[sent : sent + 1])
+            sent += 1
+            time.sleep(1)
+        assert "tms_workers" in scraped_names(url)  # the trickles still going on
+        assert all(closed_by_peer(c, timeout=1) for c in held)
+    finally:
+        for connection in held:
+            connection.close()
+    assert "Traceback" not in server.logs()
 
 
 def scraped_names(url: str) -> set[str]:

@@ -11,18 +11,22 @@ worker (calls in flight and queued) are dropped when the supervisor notes its de
 read from it at each scrape and write no file. On exit the directory is removed.
 
 The port is served by a few threads at most (``MAX_SCRAPES``; one more connection is closed
-as it comes), each giving a scraper ``SCRAPE_TIMEOUT`` seconds to send its request and to take
-the answer: connections held open cost the supervisor no more than that.
+as it comes), each giving a scraper ``SCRAPE_TIMEOUT`` seconds in all to send its request (a
+deadline, not a time between bytes: one that trickles in a byte at a time is cut off too), then
+as long for each part of the answer: connections held open cost the supervisor no more than that.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
 import socketserver
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +40,7 @@ __all__ = ["MULTIPROC_DIR_VARIABLE", "MetricsExporter"]
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: Scrapes served at once; one more connection is closed at once.
 MAX_SCRAPES = 8
-#: Seconds a scraper has to send its request, and to take each part of the answer.
+#: Seconds a scraper has to send its whole request, and to take each part of the answer.
 SCRAPE_TIMEOUT = 10.0
 
 
@@ -169,9 +173,43 @@ class _BoundedServer(socketserver.ThreadingMixIn, WSGIServer):
 
 
 class _Quiet(WSGIRequestHandler):
-    """No log line per scrape; SCRAPE_TIMEOUT on the connection's socket."""
+    """No log line per scrape; SCRAPE_TIMEOUT to send the whole request (each read of it
+    waits only for what is left), then SCRAPE_TIMEOUT on each send of the answer. A scraper
+    too slow, or gone, just has its connection closed."""
 
     timeout = SCRAPE_TIMEOUT
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own file: reads go through the deadline instead
+        self.rfile = io.BufferedReader(_Deadline(self.connection, SCRAPE_TIMEOUT))
+
+    def handle(self) -> None:
+        with contextlib.suppress(OSError):  # TimeoutError included
+            super().handle()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # the request line and headers are in
+        self.connection.settimeout(SCRAPE_TIMEOUT)
+        return parsed
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class _Deadline(io.RawIOBase):
+    """Reads from ``connection`` that together take at most ``seconds``: TimeoutError after."""
+
+    def __init__(self, connection: socket.socket, seconds: float) -> None:
+        self._connection = connection
+        self._deadline = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self._connection.settimeout(left)
+        return self._connection.recv_into(buffer)
