@@ -1,11 +1,13 @@
 """The supervisor with real worker processes: restart backoff for workers that die quickly, a
-worker that crashes while the server starts, SIGINT (Ctrl-C) stopping as gracefully as
-SIGTERM, a stop signal sent again and again (as fast as a shell can) still ending in exit
-code 0, a stop signal while the models load, and --log-level deciding which lines the
-supervisor, workers and models write."""
+worker that crashes while the server starts, SIGINT (Ctrl-C) and SIGHUP stopping as
+gracefully as SIGTERM (SIGHUP left ignored under nohup), a stop signal sent again and again
+(as fast as a shell can) still ending in exit code 0, a stop signal before the supervisor runs
+and while the models load, and --log-level deciding which lines the supervisor, workers and
+models write."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -203,7 +205,7 @@ def test_sigint_stops_like_sigterm_and_finishes_the_call_in_flight(models, tmp_p
     assert "worker 0 stopping; in-flight calls have 60s" in logs
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_stop_signal_sent_again_and_again_still_ends_in_a_clean_exit(models, tmp_path, sig):
     # As a process manager, or an impatient user, may: the stop under way finishes, and the
     # exit code says it did. A shell loop sends the signal as fast as it can, for as long as
@@ -268,6 +270,92 @@ def test_a_stop_signal_while_models_load_stops_the_server(tmp_path):
         assert "is gone; stopping" not in server.logs()  # the supervisor stopped its worker
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_sighup_stops_like_sigterm_and_cleans_up(models, tmp_path):
+    # A closed terminal (or `kill -HUP`) killed the supervisor outright: exit 129, no log line,
+    # its workers left to notice it was gone, its metrics directory left in TMPDIR.
+    server = start_process(
+        models,
+        workers=1,
+        args=("--metrics-port", "0"),
+        env={"TMS_TEST_CRASH": str(tmp_path / "never"), "TMPDIR": str(tmp_path)},
+    )
+    try:
+        assert list(tmp_path.glob("tms-metrics-*"))
+        assert server.stop(signal.SIGHUP) == 0, server.logs()
+    finally:
+        server.stop(signal.SIGKILL)
+    logs = server.logs()
+    assert "received SIGHUP; stopping" in logs, logs
+    assert "worker 0 stopping; in-flight calls have" in logs
+    assert "is gone; stopping" not in logs, logs
+    assert list(tmp_path.glob("tms-metrics-*")) == []
+
+
+def test_sighup_is_left_ignored_under_nohup(models, tmp_path):
+    command = ["nohup", sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--models", str(models), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TMS_TEST_CRASH": str(tmp_path / "never")},
+    )
+    server = ServerProcess(process)
+    try:
+        assert server.wait_started(60), server.logs()
+        process.send_signal(signal.SIGHUP)
+        (worker,) = ModelClient("crashy", server.target).workers()
+        os.kill(worker.pid, signal.SIGHUP)  # a hangup reaches the whole process group
+        time.sleep(1)
+        with ModelClient("crashy", server.target, retry=RetryPolicy.never()) as crashy:
+            assert crashy.run_text("x") == {"pid": worker.pid}
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    assert "SIGHUP" not in server.logs()
+
+
+def test_a_stop_signal_before_the_supervisor_runs_stops_the_server(models, tmp_path):
+    # A stop signal in the first second or so, while Python imports the server and it reads
+    # its files, killed it (exit -15, nothing logged). Here it comes while the server reads
+    # its tokens file, a pipe that gives the tokens only after the signal.
+    tokens = tmp_path / "tokens"
+    os.mkfifo(tokens)
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--models", str(models), "--workers", "1", "--tokens-file", str(tokens)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TMS_TEST_CRASH": str(tmp_path / "never")},
+    )
+    server = ServerProcess(process)
+    writer = -1
+    try:
+
+        def reading() -> bool:  # the server has the pipe open: it waits for the tokens
+            nonlocal writer
+            try:
+                writer = os.open(tokens, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                return False
+            return True
+
+        assert wait_for(reading, 60), server.logs()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with contextlib.suppress(OSError):  # EPIPE: the server is gone
+            os.write(writer, b"a-token-0123456789\n")
+        os.close(writer)
+        assert process.wait(30) == 0, server.logs()
+    finally:
+        server.stop(signal.SIGKILL)
+    logs = server.logs()
+    assert "received SIGTERM while starting; stopping" in logs, logs
+    assert "serving on" not in logs
+    assert "worker 0" not in logs  # none was started
 
 
 CHATTY = """

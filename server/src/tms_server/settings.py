@@ -167,7 +167,7 @@ class Settings:
     )
     grace_seconds: float = field(
         default=10.0,
-        metadata=_meta("on SIGTERM/SIGINT, how long in-flight calls may take to finish", 0, 3600),
+        metadata=_meta("on a stop signal, how long in-flight calls may take to finish", 0, 3600),
     )
     log_level: str = field(default="INFO", metadata=_meta(f"one of {', '.join(LOG_LEVELS)}"))
     log_format: str = field(default="plain", metadata=_meta("plain or json (one object a line)"))

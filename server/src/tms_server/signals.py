@@ -1,10 +1,11 @@
-"""Stop signals: SIGTERM and SIGINT raise a flag the main thread waits on.
+"""Stop signals: SIGTERM, SIGINT and SIGHUP (a closed terminal; left alone where it is
+ignored already, as under nohup) raise a flag the main thread waits on.
 
 A Python signal handler runs in the main thread between two bytecodes: possibly while that
 thread holds a lock, and, when signals come fast, inside another run of itself. So raising the
 flag takes no lock (``threading.Event.set`` does: a handler that ran while the main thread
 was inside ``Event.wait`` would wait for itself forever, and a storm of signals nested
-handlers until a RecursionError killed the process), and the first stop signal turns both
+handlers until a RecursionError killed the process), and the first stop signal turns them all
 off: a stop signal sent again while the stop is under way changes nothing.
 """
 
@@ -16,7 +17,9 @@ import select
 import signal
 from types import FrameType
 
-__all__ = ["StopFlag", "stop_on_signals"]
+__all__ = ["STOP_SIGNALS", "StopFlag", "stop_on_signals"]
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StopFlag:
@@ -53,13 +56,16 @@ class StopFlag:
 
 
 def stop_on_signals(flag: StopFlag) -> None:
-    """Make the first SIGTERM or SIGINT set ``flag`` (with the signal's name) and ignore both
-    from then on. Call from the main thread."""
+    """Make the first SIGTERM, SIGINT or SIGHUP set ``flag`` (with the signal's name) and
+    ignore them all from then on; an ignored SIGHUP (nohup) stays ignored. Call from the main
+    thread."""
+    ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    signums = [signum for signum in STOP_SIGNALS if not (signum == signal.SIGHUP and ignored)]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for each in signums:
+            signal.signal(each, signal.SIG_IGN)
         flag.set(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in signums:
+        signal.signal(signum, on_signal)

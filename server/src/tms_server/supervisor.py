@@ -3,7 +3,8 @@
 It reserves the port with SO_REUSEPORT (so ``--port 0`` works and the port stays taken while
 workers come and go; a port something else holds stops it at start), forks the workers before
 any gRPC object exists, restarts a worker that dies (with backoff), kills and replaces one that
-stops sending heartbeats, and on SIGTERM/SIGINT asks every worker to stop gracefully. With
+stops sending heartbeats, and on a stop signal (SIGTERM, SIGINT, SIGHUP: tms_server.signals,
+caught by ``__main__`` before anything else) asks every worker to stop gracefully. With
 ``--metrics-port`` it also serves /metrics for all of them (tms_server.exporter).
 
 It refuses to start a server with no model to load (tms_server.registry.find_models), and
@@ -30,7 +31,7 @@ from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
 from tms_server.registry import find_models
 from tms_server.settings import DEFAULT_MODELS, Settings
-from tms_server.signals import StopFlag, stop_on_signals
+from tms_server.signals import STOP_SIGNALS, StopFlag
 from tms_server.worker import EXIT_HUNG, EXIT_NO_MODELS, run_worker
 
 __all__ = ["Supervisor"]
@@ -91,13 +92,13 @@ class _Slot:
 
 
 class Supervisor:
-    """Runs ``settings.workers`` worker processes, on ``settings.worker_devices``, until told
-    to stop."""
+    """Runs ``settings.workers`` worker processes, on ``settings.worker_devices``, until
+    ``stop`` (which the stop signals raise) is raised."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stop: StopFlag) -> None:
         self.settings = settings
         self.instance_id = uuid.uuid4().hex
-        self._stop = StopFlag()
+        self._stop = stop
         self._context = multiprocessing.get_context("fork")
         self._ready = self._context.Queue()
         self._slots = [_Slot() for _ in settings.worker_devices]
@@ -119,8 +120,10 @@ class Supervisor:
 
         def body() -> None:
             # The supervisor's handlers came along with fork; the worker installs its own.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # (A signal it ignores, as SIGHUP under nohup, stays ignored.)
+            for signum in STOP_SIGNALS:
+                if callable(signal.getsignal(signum)):
+                    signal.signal(signum, signal.SIG_DFL)
             if metrics is not None:
                 metrics.close_in_worker()
             run_worker(
@@ -140,11 +143,13 @@ class Supervisor:
             self._metrics.workers = self._running()
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        """Serve until a stop signal; returns the process exit code."""
         check_visible(self.settings.devices, os.environ)  # DeviceError before anything starts
         given = self.settings.models != DEFAULT_MODELS  # the default may be missing
         find_models(self.settings.models, self.settings.entry_points, folder_given=given)
-        stop_on_signals(self._stop)
+        if self._stop.is_set():  # before any worker, port or metrics directory
+            log.info("received %s while starting; stopping", self._stop.reason)
+            return 0
         sock, port = reserve_port(self.settings.host, self.settings.port)
         with sock, contextlib.ExitStack() as cleanup:
             self.settings = replace(self.settings, port=port)
