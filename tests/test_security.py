@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import queue
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -208,6 +210,33 @@ def test_the_server_prints_its_https_address(server_process, models, pki):
     assert url.startswith("https://"), line
     port = url.rstrip("/").rsplit(":", 1)[1]
     assert https_status(f"https://localhost:{port}/v2/health/ready", pki["ca"].cert) == 200
+
+
+def test_failed_handshakes_leave_json_logs_json(models, pki):
+    # gRPC's C core wrote an INFO line of its own (not JSON, whatever --log-level) to stderr
+    # for every connection that fails its TLS handshake: a port scanner could fill the logs.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--models", str(models), "--workers", "2", "--log-format", "json"]
+    command += ["--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    )
+    server = ServerProcess(process)
+    try:
+        assert server.wait_started(60), server.logs()
+        host, port = server.target.rsplit(":", 1)
+        for _ in range(8):  # the kernel spreads them over both workers
+            with socket.create_connection((host, int(port)), timeout=10) as scanner:
+                scanner.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                assert closed_by_peer(scanner)
+        assert echo(server.target, tls=TLS(ca=pki["ca"].cert))["text"] == "hi"
+        assert server.stop() == 0
+    finally:
+        server.stop(signal.SIGKILL)
+    lines = server.logs().splitlines()
+    assert [line for line in lines if not line.startswith(("{", "tms-server: "))] == []
+    assert all(json.loads(line)["message"] for line in lines if line.startswith("{"))
 
 
 def test_connections_in_their_tls_handshake_count_against_max_connections(

@@ -1,8 +1,9 @@
-"""``tms-server`` and ``python -m tms_server``: catch the stop signals, parse settings, set up
-the logs, check the security files, and run the supervisor."""
+"""``tms-server`` and ``python -m tms_server``: catch the stop signals, quiet gRPC's C core,
+parse settings, set up the logs, check the security files, and run the supervisor."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # it as cleanly as a later one (exit 0), instead of killing it with nothing logged.
     stop = StopFlag()
     stop_on_signals(stop)
+    # gRPC's C core writes its own lines to stderr, not through logging: one INFO line for
+    # each failed TLS handshake (a port scanner, a plaintext client), whatever --log-format
+    # and --log-level say. It reads GRPC_VERBOSITY once, as grpc is imported (below), and
+    # the workers fork with it; a variable set by the caller wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from tms_server import logs  # noqa: PLC0415
     from tms_server.devices import DeviceError  # noqa: PLC0415
     from tms_server.registry import NoModelsError  # noqa: PLC0415
