@@ -192,6 +192,25 @@ def test_certificates_reload_without_restart(in_process_server, models, pki, tmp
         assert kept.run_text("after")["text"] == "after"  # open connections keep theirs
 
 
+def test_a_client_ca_file_that_turns_bad_is_named_and_the_old_one_kept(
+    in_process_server, models, pki, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="tms_server")
+    client_ca = tmp_path / "client-ca.pem"
+    shutil.copy(pki["ca"].cert, client_ca)
+    server = tls_server(in_process_server, models, pki, tls_client_ca=client_ca)
+    client = pki["client"]
+    mutual = TLS(ca=pki["ca"].cert, cert=client.cert, key=client.key)
+    assert echo(server.target, tls=mutual)["text"] == "hi"
+    shutil.copy(pki["client"].key, client_ca)  # a key, not a certificate
+    os.utime(client_ca, (time.time() + 5, time.time() + 5))
+    assert echo(server.target, tls=mutual)["text"] == "hi"  # a new connection: the old CA
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"cannot use tls_client_ca {client_ca}: it must hold the CA certificates" in warnings[0]
+    assert "tls_key" not in warnings[0]
+
+
 def https_status(url: str, ca: Path, client: Any = None) -> int:
     """GET ``url`` trusting ``ca``, showing ``client``'s certificate if given."""
     context = ssl.create_default_context(cafile=ca)
@@ -759,6 +778,22 @@ def test_a_missing_certificate_stops_the_server_with_a_message(tmp_path):
     )
     assert result.returncode == 2
     assert "cannot read tls_cert" in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["text", "key"])
+def test_a_client_ca_that_is_no_certificate_stops_the_server_naming_it(tmp_path, models, pki, bad):
+    # It was reported as "cannot use tls_cert ... with tls_key", blaming a pair that was fine.
+    client_ca = pki["server"].key if bad == "key" else tmp_path / "notes.md"
+    if bad == "text":
+        client_ca.write_text("# Notes\n\nNot a certificate.\n")
+    command = [sys.executable, "-m", "tms_server", "--models", str(models), "--port", "0"]
+    command += ["--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key)]
+    command += ["--tls-client-ca", str(client_ca)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"tms-server: error: cannot use tls_client_ca {client_ca}: " in result.stderr
+    assert "NO_CERTIFICATE" in result.stderr
+    assert "tls_key" not in result.stderr
 
 
 # -- the tms command ----------------------------------------------------------------------------

@@ -98,11 +98,17 @@ class CertificateFiles:
         try:
             # Catches a key that does not belong to the certificate (say, mid-rotation).
             context.load_cert_chain(self.cert, self.key)
-            if self.client_ca is not None:
-                context.load_verify_locations(cafile=self.client_ca)
-                context.verify_mode = ssl.CERT_REQUIRED
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise SecurityError(f"cannot use tls_cert {self.cert} with tls_key: {exc}") from None
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise SecurityError(
+                    f"cannot use tls_client_ca {self.client_ca}: it must hold the CA "
+                    f"certificates (PEM) that client certificates are checked against: {exc}"
+                ) from None
+            context.verify_mode = ssl.CERT_REQUIRED
         return context, grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
 
     def fetch(self) -> Any:
