@@ -338,7 +338,7 @@ def run_worker(
     board: WorkerBoard | None = None,
     supervisor: int | None = None,
 ) -> None:
-    """Body of a worker process: serve until SIGTERM or SIGINT, then stop gracefully and
+    """Body of a worker process: serve until SIGTERM, SIGINT or SIGHUP, then stop gracefully and
     exit; the process ends here, without waiting for model calls still running (Python cannot
     stop a thread, and a hung one would keep the process alive).
 
