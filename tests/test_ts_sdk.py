@@ -253,6 +253,15 @@ def test_abort_signal_and_deadline(server: ServerProcess) -> None:
     assert answer["deadline"]["code"] == "DEADLINE_EXCEEDED"
 
 
+def test_a_timeout_too_far_off_for_grpc_is_no_deadline(server: ServerProcess) -> None:
+    """A timeoutMs of 1e15 (grpc-js throws on deadlines past about 3.6e14 ms, killing the
+    process) means none, as Infinity does, for the client, a call and a stream; NaN for a call
+    is a RangeError, as it is for the client."""
+    answer = scenario("timeouts", server.target)
+    assert [answer["client"], answer["call"], answer["stream"]] == ["answered"] * 3, answer
+    assert answer["nan"]["name"] == "RangeError", answer
+
+
 def test_no_server_is_a_connect_error_at_once(unit_output: str) -> None:
     # A refused connection says so at once, not after the 5 s connect timeout.
     with socket.socket() as probe:  # a port where nothing listens

@@ -37,7 +37,8 @@ export interface ClientOptions {
   /** Wait up to connectTimeoutMs for a server that refuses connections (one still starting or
    * restarting) instead of failing at once (false). */
   waitForServer?: boolean;
-  /** Each call's deadline, retries included (60 000; null: none). */
+  /** Each call's deadline, retries included (60 000; null, Infinity or 1e11, over three years,
+   * or more: none). */
   timeoutMs?: number | null;
   /** Which worker gets a call (new LeastLoaded(); or new RoundRobin()). */
   balancer?: Balancer;
@@ -60,7 +61,8 @@ export interface ClientOptions {
 export interface CallOptions {
   /** Aborts the call (and its retries); it then rejects with the signal's reason. */
   signal?: AbortSignal;
-  /** This call's deadline, retries included; overrides the client's timeoutMs. */
+  /** This call's deadline, retries included; overrides the client's timeoutMs (null, Infinity or
+   * 1e11 or more: none; NaN is a RangeError). */
   timeoutMs?: number | null;
   /** Extra request metadata. */
   metadata?: Record<string, string>;
@@ -68,7 +70,8 @@ export interface CallOptions {
 
 /** Options of runImageStream. */
 export interface StreamOptions extends CallOptions {
-  /** The whole stream's deadline (default: none; the client's timeoutMs does not apply). */
+  /** The whole stream's deadline (default: none, as is Infinity or 1e11 or more; the client's
+   * timeoutMs does not apply). */
   timeoutMs?: number | null;
   /** Frames sent and not yet answered, at most (4). */
   window?: number;
@@ -329,6 +332,7 @@ export class ModelClient {
       for (const [key, value] of Object.entries(options.metadata)) metadata.set(key, value);
     }
     const timeoutMs = options?.timeoutMs === undefined ? this.timeoutMs : options.timeoutMs;
+    if (Number.isNaN(timeoutMs)) throw new RangeError("timeoutMs must be a number of milliseconds (or null: none), not NaN");
     return { timeoutMs, signal: options?.signal, metadata };
   }
 

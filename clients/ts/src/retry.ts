@@ -101,6 +101,10 @@ export class RetryPolicy implements RetrySettings {
   }
 }
 
+/** The longest deadline a call is given, in milliseconds (over three years): grpc-js throws on a
+ * deadline further off, so a longer timeoutMs (Infinity too) means none, as in the Python client. */
+export const LONGEST_TIMEOUT_MS = 1e11;
+
 /** The attempts of one call under a policy and a deadline. */
 export class Attempts {
   number = 0;
@@ -114,7 +118,7 @@ export class Attempts {
     timeoutMs: number | null,
     private readonly clock: () => number = () => performance.now(),
   ) {
-    this.deadline = timeoutMs === null ? Infinity : clock() + timeoutMs;
+    this.deadline = timeoutMs === null || timeoutMs >= LONGEST_TIMEOUT_MS ? Infinity : clock() + timeoutMs;
   }
 
   /** Milliseconds left for this call (Infinity: no limit). */

@@ -183,6 +183,26 @@ async function abort(): Promise<unknown> {
   }
 }
 
+/** Timeouts further off than grpc-js takes, of the client, a call and a stream: no deadline, as
+ * Infinity is; and a call's timeoutMs of NaN. */
+async function timeouts(): Promise<unknown> {
+  const client = new ModelClient("whoami", target, { timeoutMs: 1e15 });
+  const ended = (work: Promise<unknown>): Promise<unknown> => work.then(() => "answered", describeError);
+  const stream = async (): Promise<void> => {
+    for await (const frame of client.runImageStream([tiny], undefined, { timeoutMs: 1e15 })) void frame;
+  };
+  try {
+    return {
+      client: await ended(client.runImage(tiny)),
+      call: await ended(client.runImage(tiny, undefined, { timeoutMs: Number.MAX_SAFE_INTEGER })),
+      stream: await ended(stream()),
+      nan: await ended(client.runImage(tiny, undefined, { timeoutMs: NaN })),
+    };
+  } finally {
+    client.close();
+  }
+}
+
 /** start() where no server answers: a ConnectError, and how soon. */
 async function nobody(): Promise<unknown> {
   const client = new ModelClient("whoami", target, { connectTimeoutMs: Number(settings.connectTimeoutMs ?? 500) });
@@ -281,6 +301,7 @@ const scenarios: Record<string, () => Promise<unknown>> = {
   follow,
   closing,
   close,
+  timeouts,
 };
 const run = scenarios[scenario];
 if (run === undefined) throw new Error(`no scenario ${scenario}`);

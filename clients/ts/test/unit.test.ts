@@ -12,7 +12,7 @@ import { DType, Encoding } from "../src/gen/tms/v1/image.js";
 import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
 import { encodedImage, float16, pixels, rawImage, toMessage } from "../src/images.js";
 import { decodeOrca, readTrailers } from "../src/load.js";
-import { Attempts, RetryPolicy } from "../src/retry.js";
+import { Attempts, LONGEST_TIMEOUT_MS, RetryPolicy } from "../src/retry.js";
 import { parseTargets, proxied, refused, resolveTargets } from "../src/targets.js";
 import { Worker, WorkerSet } from "../src/workers.js";
 import { detailsTrailers, orca } from "./details.js";
@@ -219,6 +219,13 @@ describe("retry", () => {
     const never = new Attempts(RetryPolicy.never(), null);
     never.begin();
     assert.throws(() => never.delayAfter(queueFull(0)), TmsError);
+  });
+  it("gives no deadline from LONGEST_TIMEOUT_MS on, as grpc-js takes none further off", () => {
+    for (const timeoutMs of [null, LONGEST_TIMEOUT_MS, 1e15, Number.MAX_SAFE_INTEGER, Infinity]) {
+      assert.equal(new Attempts(RetryPolicy.default(), timeoutMs).wallDeadline(), Infinity, String(timeoutMs));
+    }
+    const longest = new Attempts(RetryPolicy.default(), LONGEST_TIMEOUT_MS - 1).wallDeadline();
+    assert.ok(Math.abs(longest - (Date.now() + LONGEST_TIMEOUT_MS)) < 1_000);
   });
 });
 
