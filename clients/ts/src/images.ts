@@ -179,8 +179,14 @@ export function pixels(image: Image): PixelArray {
   }
 }
 
-/** An ImageInput as a tms.v1.Image message. */
+/** An ImageInput as a tms.v1.Image message; a TypeError for what is no image. */
 export function toMessage(image: ImageInput): ImageMessage {
+  if (!(image instanceof Uint8Array) && !((image as Image | null)?.data instanceof Uint8Array)) {
+    const kind = image === null ? "null" : typeof image === "object" ? (image.constructor?.name ?? "Object") : typeof image;
+    throw new TypeError(
+      `cannot send ${kind} as an image; pass rawImage(pixels, shape), encodedImage(file) or the bytes of a PNG or JPEG file`,
+    );
+  }
   const value = image instanceof Uint8Array ? encodedImage(image) : image;
   const data = Buffer.from(value.data.buffer, value.data.byteOffset, value.data.byteLength);
   return { ...value, data, sharedMemory: undefined };

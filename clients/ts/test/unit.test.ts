@@ -10,7 +10,7 @@ import { LeastLoaded, RoundRobin } from "../src/balancers.js";
 import { TmsError } from "../src/errors.js";
 import { DType, Encoding } from "../src/gen/tms/v1/image.js";
 import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
-import { encodedImage, float16, pixels, rawImage, toMessage } from "../src/images.js";
+import { encodedImage, float16, type ImageInput, pixels, rawImage, toMessage } from "../src/images.js";
 import { decodeOrca, readTrailers } from "../src/load.js";
 import { Attempts, LONGEST_TIMEOUT_MS, RetryPolicy } from "../src/retry.js";
 import { parseTargets, proxied, refused, resolveTargets } from "../src/targets.js";
@@ -73,6 +73,13 @@ describe("images", () => {
     assert.equal(toMessage(png).encoding, Encoding.ENCODING_PNG);
     assert.equal(toMessage(Buffer.from([0xff, 0xd8, 0xff, 0xe0])).encoding, Encoding.ENCODING_JPEG);
     assert.throws(() => encodedImage(Buffer.from("GIF89a")), TypeError);
+  });
+  it("says what was passed when it is no image", () => {
+    const cases: [unknown, string][] = [[{}, "Object"], [42, "number"], [null, "null"], [new Float32Array(4), "Float32Array"]];
+    for (const [value, kind] of cases) {
+      const message = `cannot send ${kind} as an image; pass rawImage(pixels, shape), encodedImage(file) or the bytes of a PNG or JPEG file`;
+      assert.throws(() => toMessage(value as ImageInput), { name: "TypeError", message });
+    }
   });
   it("reads pixels at an unaligned offset", () => {
     const bytes = new Uint8Array(9);
