@@ -262,6 +262,21 @@ def test_a_timeout_too_far_off_for_grpc_is_no_deadline(server: ServerProcess) ->
     assert answer["nan"]["name"] == "RangeError", answer
 
 
+def test_a_stream_whose_frames_fail_answers_the_frames_sent_first(server: ServerProcess) -> None:
+    """Frames that throw, or yield what is no image, after three frames: the three are answered
+    (0.3 s each, after the failure), then the source's error (or a TypeError) is thrown."""
+    answer = scenario("sourceError", server.target)
+    assert answer["throws"] == {
+        "answered": [0, 1, 2],
+        "error": {"name": "Error", "message": "Error: camera unplugged", "typed": False},
+    }
+    assert answer["noImage"]["answered"] == [0, 1, 2]
+    assert answer["noImage"]["error"]["name"] == "TypeError"
+    assert answer["noImage"]["error"]["message"].startswith(
+        "TypeError: cannot send number as an image; pass rawImage(pixels, shape)"
+    )
+
+
 def test_no_server_is_a_connect_error_at_once(unit_output: str) -> None:
     # A refused connection says so at once, not after the 5 s connect timeout.
     with socket.socket() as probe:  # a port where nothing listens

@@ -224,7 +224,8 @@ export class ModelClient {
    * `frames` only when there is room. A frame that fails throws its TmsError and ends the
    * stream, unless `errors: "yield"`: then its FrameResult carries the error and the stream goes
    * on. An error of the stream itself (no such model, bad args) is thrown. The stream is not
-   * retried. Stop iterating (break) to end it early: the call is cancelled.
+   * retried. Stop iterating (break) to end it early: the call is cancelled. When `frames` throws
+   * (or yields what is no image), the frames sent are answered, then that error is thrown.
    */
   runImageStream(
     frames: Iterable<ImageInput> | AsyncIterable<ImageInput>,

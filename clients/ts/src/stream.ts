@@ -87,7 +87,8 @@ export class FrameStream {
  * The answers of `stream`, a RunImageStream call just opened, for `first` and the rest of
  * `frames`: the frames are sent while the window has room, and the answers yielded as they come.
  * Stopping early (or an error, or `signal`) cancels the call. An error reading or encoding a
- * frame cancels the call and is thrown; an abort throws the signal's reason.
+ * frame ends the sending: the frames sent are answered (and yielded), then it is thrown; an
+ * abort throws the signal's reason.
  */
 export async function* exchange(
   stream: Stream,
@@ -112,7 +113,8 @@ export async function* exchange(
   signal?.addEventListener("abort", cancel, { once: true });
   void send().catch((error: unknown) => {
     failure = { error };
-    stream.cancel();
+    if (state.sent === 0) stream.cancel();
+    else if (!over) stream.end(); // the frames sent are answered first
   });
   try {
     signal?.throwIfAborted();

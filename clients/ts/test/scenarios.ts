@@ -13,6 +13,7 @@ import { createInterface } from "node:readline";
 
 import {
   DType,
+  type ImageInput,
   LeastLoaded,
   ModelClient,
   type ModelInfo,
@@ -203,6 +204,30 @@ async function timeouts(): Promise<unknown> {
   }
 }
 
+/** Streams whose frames throw, or yield what is no image, after three frames of a model that
+ * answers each in 0.3 s: the answers yielded, and what was thrown. */
+async function sourceError(): Promise<unknown> {
+  const client = new ModelClient("whoami", target);
+  async function* camera(): AsyncGenerator<ImageInput> {
+    for (let i = 0; i < 3; i++) yield tiny;
+    throw new Error("camera unplugged");
+  }
+  const run = async (frames: AsyncIterable<ImageInput> | ImageInput[]): Promise<unknown> => {
+    const answered: number[] = [];
+    try {
+      for await (const answer of client.runImageStream(frames, { sleep: 0.3 })) answered.push(answer.frameId);
+      return { answered, error: null };
+    } catch (error) {
+      return { answered, error: describeError(error) };
+    }
+  };
+  try {
+    return { throws: await run(camera()), noImage: await run([tiny, tiny, tiny, 42 as unknown as ImageInput]) };
+  } finally {
+    client.close();
+  }
+}
+
 /** start() where no server answers: a ConnectError, and how soon. */
 async function nobody(): Promise<unknown> {
   const client = new ModelClient("whoami", target, { connectTimeoutMs: Number(settings.connectTimeoutMs ?? 500) });
@@ -302,6 +327,7 @@ const scenarios: Record<string, () => Promise<unknown>> = {
   closing,
   close,
   timeouts,
+  sourceError,
 };
 const run = scenarios[scenario];
 if (run === undefined) throw new Error(`no scenario ${scenario}`);

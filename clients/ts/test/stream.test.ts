@@ -213,6 +213,41 @@ describe("image streams", () => {
     client.close();
   });
 
+  it("answer the frames sent when the frames throw (or are no image), then throw that error", async () => {
+    const server = new StreamServer(() => undefined); // answers only when told
+    const client = clientOf(server);
+    const unplugged = new Error("camera unplugged");
+    function* camera(): Generator<ImageInput> {
+      for (let i = 0; i < 3; i++) yield frame(i);
+      throw unplugged;
+    }
+    const sources: [Iterable<ImageInput>, (e: unknown) => boolean][] = [
+      [camera(), (e) => e === unplugged],
+      [[0, 1, 2].map(frame).concat({} as ImageInput), (e) => e instanceof TypeError && /cannot send Object as an image/.test(e.message)],
+    ];
+    for (const [index, [frames, thrown]] of sources.entries()) {
+      const results: unknown[] = [];
+      const run = async (): Promise<void> => {
+        for await (const answer of client.runImageStream(frames)) results.push(answer.result);
+      };
+      const ended = assert.rejects(run(), thrown);
+      await tick();
+      const stream = server.streams[index];
+      assert.deepEqual([stream.requests.length, stream.halfClosed, stream.cancelled], [3, true, false]);
+      for (const i of [0, 1, 2]) stream.answer(i, i);
+      stream.finish();
+      await ended;
+      assert.deepEqual(results, [0, 1, 2]);
+    }
+    const none = async (): Promise<void> => {
+      for await (const _ of client.runImageStream([42 as unknown as ImageInput])) assert.fail("no frame sent");
+    };
+    await assert.rejects(none(), (e: Error) => e instanceof TypeError && /cannot send number as an image/.test(e.message));
+    assert.equal(server.streams[2].cancelled, true);
+    assert.deepEqual(inFlight(client), [0]);
+    client.close();
+  });
+
   it("fail INTERNAL on an answer to another frame than the one due", async () => {
     const server = new StreamServer((stream, request) => {
       if (request !== undefined) stream.answer(request.frameId + 1, null);
