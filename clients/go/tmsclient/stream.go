@@ -47,9 +47,11 @@ func WithWindow(frames int) StreamOption { return func(o *streamOptions) { o.win
 // that fails alone is yielded with its Err set and the stream goes on; an error of the stream
 // as a whole (an unknown model, a lost worker, ctx done) is the yielded error, and ends it.
 // ctx alone bounds the whole stream (WithTimeout does not apply: a video may run for hours;
-// finding a worker takes at most the connect timeout). Frames are read on
-// another goroutine; stopping the loop early cancels the stream, then waits for frames to
-// yield again or return, so a sequence that may block (a camera) should also watch ctx.
+// finding a worker takes at most the connect timeout). Frames are read on another goroutine.
+// The stream's error (ctx done, Close, the server's) is yielded at once, even while frames is
+// blocked (a camera between frames); frames then stops at its next yield, and nothing more is
+// sent. Stopping the loop early cancels the stream, then waits for frames to yield again or
+// return, so a sequence that may block should also watch ctx.
 //
 //	for r, err := range c.RunImageStream(ctx, "tracker", slices.Values(frames), nil) {
 //		if err != nil { return err } // the stream failed
@@ -111,7 +113,13 @@ func (c *Client) stream(ctx context.Context, model, argsJSON string, frames iter
 		defer close(done)
 		sendFrames(ctx, call, model, argsJSON, frames, room, &sent)
 	}()
-	defer func() { stop(); <-done }()
+	// ended stops the frames and waits for them to end. Only a stream that ends well or a loop
+	// stopped early waits: an error is the caller's at once, the frames stopping at their next
+	// yield.
+	ended := func() {
+		stop()
+		<-done
+	}
 	for next := 0; ; next++ {
 		resp, err := call.Recv()
 		if err == io.EOF {
@@ -120,6 +128,7 @@ func (c *Client) stream(ctx context.Context, model, argsJSON string, frames iter
 				return errorOf(streamMethod, status.Errorf(codes.Internal,
 					"the stream ended before frame %d was answered", next), 1)
 			}
+			ended() // at once: a server ends the stream once the frames are done
 			return nil
 		}
 		if err != nil {
@@ -134,6 +143,7 @@ func (c *Client) stream(ctx context.Context, model, argsJSON string, frames iter
 		default:
 		}
 		if !yield(frameResult(next, resp), nil) {
+			ended()
 			return nil
 		}
 	}
@@ -153,11 +163,15 @@ func (c *Client) streamFailed(w *Worker, call tmsv1.ModelService_RunImageStreamC
 
 // sendFrames sends each frame once there is room in the window, the first naming the model
 // and carrying the stream's args, then closes the sending side. It stops when ctx is done or
-// a send fails (Recv then returns why).
+// a send fails (Recv then returns why), sending nothing more: a frame yielded after ctx is done
+// is dropped.
 func sendFrames(ctx context.Context, call tmsv1.ModelService_RunImageStreamClient, model, argsJSON string,
 	frames iter.Seq[Image], room chan<- struct{}, sent *atomic.Int64) {
 	id := uint64(0)
 	for img := range frames {
+		if ctx.Err() != nil {
+			return
+		}
 		select {
 		case room <- struct{}{}:
 		case <-ctx.Done():

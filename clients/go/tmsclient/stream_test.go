@@ -298,3 +298,85 @@ func TestStoppingEarlyCancelsTheStream(t *testing.T) {
 		t.Fatal("the server's stream was not cancelled")
 	}
 }
+
+// stalledFrames yields frame 0, then blocks until release is closed (a camera between frames)
+// before it yields frame 1; refused says that yield returned false, ended closes on return.
+type stalledFrames struct {
+	release, ended chan struct{}
+	refused        atomic.Bool
+}
+
+func (s *stalledFrames) frames(yield func(Image) bool) {
+	defer close(s.ended)
+	for img := range grayFrames(2) {
+		if img.Data[0] == 1 {
+			<-s.release
+		}
+		if !yield(img) {
+			s.refused.Store(true)
+			return
+		}
+	}
+}
+
+func TestAStreamErrorDoesNotWaitForBlockedFrames(t *testing.T) {
+	notFound := func(reqs *requests) func(frameStream) error {
+		return func(s frameStream) error {
+			req, err := s.Recv()
+			if err != nil {
+				return err
+			}
+			reqs.add(req)
+			return detailed(codes.NotFound, ReasonModelNotFound)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		serve   func(*requests) func(frameStream) error
+		timeout time.Duration // of ctx; 0: none, Close after 300 ms
+		want    codes.Code
+	}{
+		{"ctx deadline", func(r *requests) func(frameStream) error { return echo(r, none) }, 300 * time.Millisecond, codes.DeadlineExceeded},
+		{"Close", func(r *requests) func(frameStream) error { return echo(r, none) }, 0, codes.FailedPrecondition},
+		{"unknown model, then Close", notFound, 0, codes.NotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var reqs requests
+			c := serveFake(t, &streamWorker{serve: tc.serve(&reqs)})
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			} else {
+				time.AfterFunc(300*time.Millisecond, func() { _ = c.Close() })
+			}
+			s := &stalledFrames{release: make(chan struct{}), ended: make(chan struct{})}
+			late := time.AfterFunc(3*time.Second, func() { close(s.release) }) // the camera resumes
+			start := time.Now()
+			var got []string
+			for r, err := range c.RunImageStream(ctx, "m", s.frames, nil) {
+				got = append(got, fmt.Sprintf("%d %v", r.FrameID, status.Code(err)))
+			}
+			took := time.Since(start)
+			if late.Stop() {
+				close(s.release)
+			}
+			want := []string{fmt.Sprintf("0 %v", tc.want)}
+			if tc.want != codes.NotFound {
+				want = append([]string{"0 OK"}, want...)
+			}
+			if strings.Join(got, ", ") != strings.Join(want, ", ") || took > time.Second {
+				t.Fatalf("got %v after %s, not %v at once", got, took, want)
+			}
+			select {
+			case <-s.ended:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the frames did not end once they could")
+			}
+			if !s.refused.Load() || len(reqs.all()) != 1 {
+				t.Fatalf("frame 1 was taken (refused %v), %d frames sent", s.refused.Load(), len(reqs.all()))
+			}
+		})
+	}
+}
