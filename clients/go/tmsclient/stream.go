@@ -51,7 +51,10 @@ func WithWindow(frames int) StreamOption { return func(o *streamOptions) { o.win
 // The stream's error (ctx done, Close, the server's) is yielded at once, even while frames is
 // blocked (a camera between frames); frames then stops at its next yield, and nothing more is
 // sent. Stopping the loop early cancels the stream, then waits for frames to yield again or
-// return, so a sequence that may block should also watch ctx.
+// return, so a sequence that may block should also watch ctx. A panic in frames is recovered
+// there: the frames sent are answered and yielded, then the panic goes on, with its value, in
+// the loop's goroutine, as it would from a sequence ranged over directly (a stream that fails
+// first yields its error instead).
 //
 //	for r, err := range c.RunImageStream(ctx, "tracker", slices.Values(frames), nil) {
 //		if err != nil { return err } // the stream failed
@@ -109,16 +112,25 @@ func (c *Client) stream(ctx context.Context, model, argsJSON string, frames iter
 	room := make(chan struct{}, window) // a token per frame sent and not yet answered
 	var sent atomic.Int64               // frames sent
 	done := make(chan struct{})
+	var panicked any // what the frames panicked with; read once done is closed
 	go func() {
 		defer close(done)
+		defer func() {
+			if panicked = recover(); panicked != nil {
+				_ = call.CloseSend() // the frames sent are answered, then the stream ends
+			}
+		}()
 		sendFrames(ctx, call, model, argsJSON, frames, room, &sent)
 	}()
-	// ended stops the frames and waits for them to end. Only a stream that ends well or a loop
-	// stopped early waits: an error is the caller's at once, the frames stopping at their next
-	// yield.
+	// ended stops the frames, waits for them to end and re-panics with their panic, as a loop
+	// over them would. Only a stream that ends well or a loop stopped early waits: an error is
+	// the caller's at once, the frames stopping at their next yield.
 	ended := func() {
 		stop()
 		<-done
+		if panicked != nil {
+			panic(panicked)
+		}
 	}
 	for next := 0; ; next++ {
 		resp, err := call.Recv()

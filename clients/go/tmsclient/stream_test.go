@@ -380,3 +380,34 @@ func TestAStreamErrorDoesNotWaitForBlockedFrames(t *testing.T) {
 		})
 	}
 }
+
+func TestAPanicInTheFramesGoesOnInTheLoopOnceTheFramesSentAreAnswered(t *testing.T) {
+	var reqs requests
+	c := serveFake(t, &streamWorker{serve: echo(&reqs, none)})
+	frames := func(yield func(Image) bool) {
+		for img := range grayFrames(2) {
+			if !yield(img) {
+				return
+			}
+		}
+		panic("camera unplugged")
+	}
+	var got []string
+	func() {
+		defer func() {
+			if p := recover(); p != "camera unplugged" {
+				t.Errorf("recovered %v", p)
+			}
+		}()
+		for r, err := range c.RunImageStream(context.Background(), "m", frames, nil) {
+			got = append(got, fmt.Sprintf("%d %s %v", r.FrameID, r.Result, err))
+		}
+		t.Error("the loop ended without the panic")
+	}()
+	if strings.Join(got, ", ") != `0 {"pixel": 0} <nil>, 1 {"pixel": 1} <nil>` {
+		t.Fatalf("got %v", got)
+	}
+	if w := c.Workers()[0]; w.InFlight() != 0 {
+		t.Fatalf("%d calls in flight", w.InFlight())
+	}
+}
