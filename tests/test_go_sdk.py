@@ -254,6 +254,27 @@ def test_a_refused_connection_fails_the_start_at_once(programs):
     assert time.monotonic() - started < 1
 
 
+def test_a_silent_listener_fails_the_start_unavailable(programs):
+    """Something accepts connections at the target and never answers: the start fails at its
+    connect timeout, Unavailable (no worker could be reached), naming the target."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the handshakes; nothing is ever read
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        failed = subprocess.run(
+            [str(programs["load"]), "-addr", target, "-connect-timeout", "1s", "load", "whoami"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(
+        f"error: Unavailable: tms: Dial: Unavailable: no TMS worker answered at {target} "
+        "(is it running, and does it serve TLS (then pass WithTLS)?): "
+    ), failed.stderr
+
+
 def test_wait_for_server_finds_one_that_starts_later(server_process: Start, models, programs):
     """With -wait-for-server (WithWaitForServer) the start waits at a target that refuses
     connections: a server started there 2 s later is found, and the calls succeed."""

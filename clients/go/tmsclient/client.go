@@ -51,9 +51,10 @@ type Client struct {
 // every address of a name) and returns a Client holding one connection per worker process.
 // A worker that does not answer (a stalled one) costs it a second: Dial returns with the
 // workers that answered, and the client finds the rest in the background. It fails when no
-// worker answers within the connect timeout, or at once when the server refuses the
-// credentials (codes.Unauthenticated, codes.PermissionDenied), or when every address refuses
-// the connection, nothing listening there (codes.Unavailable, "connection refused at
+// worker answers within the connect timeout (codes.Unavailable, "no TMS worker answered at
+// HOST:PORT ..."; ctx's code, DeadlineExceeded or Canceled, when ctx ends first), or at once
+// when the server refuses the credentials (codes.Unauthenticated, codes.PermissionDenied), or
+// when every address refuses the connection, nothing listening there (codes.Unavailable, "connection refused at
 // HOST:PORT: is tms-server running?"), unless WithWaitForServer(true): then a refused
 // connection is tried again until the connect timeout.
 func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
@@ -77,7 +78,12 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		e := errorOf("Dial", err, 1)
 		var refused refusedError
 		if e.Code != codes.Unauthenticated && e.Code != codes.PermissionDenied && !errors.As(err, &refused) {
-			e.Message = fmt.Sprintf("no TMS worker answered at %s (%s): %s", target, hint, e.Message)
+			code := codes.Unavailable // no worker could be reached; ctx's own code when it ended first
+			if ctx.Err() != nil {
+				code = status.FromContextError(ctx.Err()).Code()
+			}
+			e = statusError("Dial", status.New(code,
+				fmt.Sprintf("no TMS worker answered at %s (%s): %s", target, hint, e.Message)), 1)
 		}
 		return nil, e
 	}

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	tmsv1 "github.com/tinymodelserver/tms/clients/go/gen/tms/v1"
 )
@@ -164,13 +165,22 @@ func TestAStartNothingAnswersFailsAtTheConnectTimeout(t *testing.T) {
 	lis := serveStalling(t, &halfStopped{}, func(int) bool { return true })
 	_, took, err := dialAt(t, lis, WithConnectTimeout(time.Second))
 	var e *Error
-	if !errors.As(err, &e) || e.Code != codes.DeadlineExceeded || !strings.Contains(e.Message, "no TMS worker answered") {
+	want := "no TMS worker answered at " + lis.Addr().String() + " (is it running, and does it serve TLS"
+	if !errors.As(err, &e) || e.Code != codes.Unavailable || !strings.HasPrefix(e.Message, want) ||
+		status.Convert(err).Message() != e.Message {
 		t.Fatalf("err %v", err)
 	}
 	// 120 ms four times (two or three on a busy machine), then the rest of the second (and
 	// maybe one of the background search's, begun as Dial gave up).
 	if n := lis.accepted.Load(); n < 3 || n > 6 || took < 900*time.Millisecond || took > 2*time.Second {
 		t.Fatalf("%d connections, failed after %s", n, took)
+	}
+	// A ctx that ends first has the start fail with its own code.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = Dial(ctx, lis.Addr().String(), WithWaitForServer(true))
+	if !errors.As(err, &e) || e.Code != codes.DeadlineExceeded || !strings.HasPrefix(e.Message, want) {
+		t.Fatalf("err %v", err)
 	}
 }
 
