@@ -206,13 +206,13 @@ def free_port() -> int:
 
 def test_a_refused_connection_fails_at_once(example):
     """Nothing listens at the target: the start fails at once, UNAVAILABLE, naming the target and
-    saying the connection was refused, not after its 5 s connect timeout (the bound leaves room
+    saying the connection was refused, not after its 30 s connect timeout (the bound leaves room
     for the JVM loading gRPC's classes on a busy machine)."""
     target = f"127.0.0.1:{free_port()}"
-    answer = example_json(example, "--connect-timeout", "5", target, "connect")
+    answer = example_json(example, "--connect-timeout", "30", target, "connect")
     refused = f"UNAVAILABLE: connection refused at {target}: is tms-server running?"
     assert answer["failure"] == refused, answer
-    assert answer["seconds"] < 2.5, answer
+    assert answer["seconds"] < 10, answer
 
 
 def test_a_silent_target_is_waited_for_until_the_connect_timeout(example):
