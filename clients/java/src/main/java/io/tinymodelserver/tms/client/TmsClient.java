@@ -71,6 +71,12 @@ public final class TmsClient implements AutoCloseable {
   private static final Set<Status.Code> RETRIED =
       Set.of(Status.Code.UNAVAILABLE, Status.Code.CANCELLED);
 
+  /**
+   * The shortest timeout that means no deadline (10^8 s, over three years), as in the Python
+   * client; a connect timeout must be shorter.
+   */
+  static final Duration NO_DEADLINE = Duration.ofSeconds(100_000_000);
+
   private final Builder options;
   private final WorkerPool pool;
   private final ScheduledExecutorService refresher;
@@ -111,7 +117,7 @@ public final class TmsClient implements AutoCloseable {
   }
 
   private void start() {
-    pool.discover(Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS), true);
+    pool.discover(connectDeadline(), true);
     long every = options.refreshInterval.toMillis();
     refresher.scheduleWithFixedDelay(this::refresh, every, every, TimeUnit.MILLISECONDS);
   }
@@ -120,8 +126,7 @@ public final class TmsClient implements AutoCloseable {
   private void refresh() {
     try {
       if (pool.missing()) {
-        pool.discover(
-            Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS), false);
+        pool.discover(connectDeadline(), false);
       }
     } catch (RuntimeException error) {
       LOG.log(Level.FINE, "looking for missing workers failed", error);
@@ -189,8 +194,9 @@ public final class TmsClient implements AutoCloseable {
    * stream's. At most {@code window} (at least 1) frames are in flight: the next is taken from
    * {@code frames} only when there is room. The whole stream goes to one worker, whose model may
    * keep state across its frames, and counts as one call in flight there; it is not retried.
-   * {@code timeout} bounds the whole stream (null: no bound; the client's per-call timeout does not
-   * apply, since a video may run for hours). Close the returned stream to end it early:
+   * {@code timeout} bounds the whole stream (null, or 10^8 s or more: no bound; the client's
+   * per-call timeout does not apply, since a video may run for hours). Close the returned stream
+   * to end it early:
    *
    * <pre>{@code
    * try (FrameStream results = client.runImageStream("track", frames, "{}", 4, null)) {
@@ -203,9 +209,8 @@ public final class TmsClient implements AutoCloseable {
     if (window < 1) {
       throw new IllegalArgumentException("window must be at least 1, not " + window);
     }
-    Deadline found = Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS);
-    Deadline deadline =
-        timeout == null ? null : Deadline.after(timeout.toNanos(), TimeUnit.NANOSECONDS);
+    Deadline found = connectDeadline();
+    Deadline deadline = deadlineAfter(timeout);
     return new FrameStream(
         pool,
         found,
@@ -296,10 +301,10 @@ public final class TmsClient implements AutoCloseable {
 
   /** Make {@code rpc} on a worker that serves {@code model}, retried as the class says. */
   private <T> T call(String model, Function<ModelServiceBlockingStub, T> rpc) {
-    Deadline deadline = Deadline.after(options.timeout.toNanos(), TimeUnit.NANOSECONDS);
+    Deadline deadline = deadlineAfter(options.timeout); // null: none
     TmsException last = null;
     for (int attempt = 0; attempt < options.attempts; attempt++) {
-      WorkerPool.Member member = pool.pick(deadline, model);
+      WorkerPool.Member member = pool.pick(deadline == null ? connectDeadline() : deadline, model);
       StatusRuntimeException error;
       member.begin();
       long began = System.nanoTime();
@@ -315,7 +320,7 @@ public final class TmsClient implements AutoCloseable {
       last = TmsException.from(error);
       boolean gone = RETRIED.contains(error.getStatus().getCode()) || connectionLost(error);
       Optional<Duration> delay = last.retryDelay();
-      if (!(gone || delay.isPresent()) || deadline.isExpired()) {
+      if (!(gone || delay.isPresent()) || (deadline != null && deadline.isExpired())) {
         break;
       }
       if (gone) {
@@ -328,13 +333,13 @@ public final class TmsClient implements AutoCloseable {
     throw last;
   }
 
-  /** Sleep for {@code delay}; false (at once) when the deadline would pass first. */
+  /** Sleep for {@code delay}; false (at once) when the deadline (null: none) would pass first. */
   private static boolean pause(Duration delay, Deadline deadline) {
     long nanos = delay.toNanos();
     if (nanos <= 0) {
       return true;
     }
-    if (deadline.timeRemaining(TimeUnit.NANOSECONDS) <= nanos) {
+    if (deadline != null && deadline.timeRemaining(TimeUnit.NANOSECONDS) <= nanos) {
       return false;
     }
     try {
@@ -358,6 +363,17 @@ public final class TmsClient implements AutoCloseable {
       }
     }
     return false;
+  }
+
+  /** The deadline {@code timeout} from now; null (none) for null or {@link #NO_DEADLINE} on. */
+  static Deadline deadlineAfter(Duration timeout) {
+    return timeout == null || timeout.compareTo(NO_DEADLINE) >= 0
+        ? null
+        : Deadline.after(timeout.toNanos(), TimeUnit.NANOSECONDS);
+  }
+
+  private Deadline connectDeadline() {
+    return Deadline.after(options.connectTimeout.toNanos(), TimeUnit.NANOSECONDS);
   }
 
   private static String orEmpty(String argsJson) {
@@ -397,19 +413,22 @@ public final class TmsClient implements AutoCloseable {
       this.target = Objects.requireNonNull(target, "target");
     }
 
-    /** Each call's deadline, retries included (default 30 s). */
+    /**
+     * Each call's deadline, retries included (default 30 s; 10^8 s or more, over three years: no
+     * deadline).
+     */
     public Builder timeout(Duration timeout) {
       this.timeout = positive(timeout, "timeout");
       return this;
     }
 
     /**
-     * How long {@link #build()} and discovery wait for the server (default 10 s); {@link #build()}
-     * waits for none where the connection is refused (nothing listens there), unless {@link
-     * #waitForServer}.
+     * How long {@link #build()} and discovery wait for the server (default 10 s, under 10^8 s, else
+     * IllegalArgumentException); {@link #build()} waits for none where the connection is refused
+     * (nothing listens there), unless {@link #waitForServer}.
      */
     public Builder connectTimeout(Duration connectTimeout) {
-      this.connectTimeout = positive(connectTimeout, "connectTimeout");
+      this.connectTimeout = bounded(connectTimeout, "connectTimeout");
       return this;
     }
 
@@ -426,10 +445,10 @@ public final class TmsClient implements AutoCloseable {
 
     /**
      * How often missing workers are looked for, and workers that had not yet done their server's
-     * last reload are asked again which models they serve (default 1 s).
+     * last reload are asked again which models they serve (default 1 s, under 10^8 s).
      */
     public Builder refreshInterval(Duration refreshInterval) {
-      this.refreshInterval = positive(refreshInterval, "refreshInterval");
+      this.refreshInterval = bounded(refreshInterval, "refreshInterval");
       return this;
     }
 
@@ -492,6 +511,13 @@ public final class TmsClient implements AutoCloseable {
     private static Duration positive(Duration value, String name) {
       if (value == null || value.isNegative() || value.isZero()) {
         throw new IllegalArgumentException(name + " must be positive, not " + value);
+      }
+      return value;
+    }
+
+    private static Duration bounded(Duration value, String name) {
+      if (positive(value, name).compareTo(NO_DEADLINE) >= 0) {
+        throw new IllegalArgumentException(name + " must be under 10^8 s, not " + value);
       }
       return value;
     }

@@ -1,0 +1,187 @@
+package io.tinymodelserver.tms.client;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+
+import io.grpc.Context;
+import io.grpc.Grpc;
+import io.grpc.InsecureServerCredentials;
+import io.grpc.Server;
+import io.grpc.stub.StreamObserver;
+import io.tinymodelserver.tms.v1.GetWorkerInfoRequest;
+import io.tinymodelserver.tms.v1.GetWorkerInfoResponse;
+import io.tinymodelserver.tms.v1.Image;
+import io.tinymodelserver.tms.v1.ModelServiceGrpc;
+import io.tinymodelserver.tms.v1.RunImageStreamRequest;
+import io.tinymodelserver.tms.v1.RunImageStreamResponse;
+import io.tinymodelserver.tms.v1.RunTextRequest;
+import io.tinymodelserver.tms.v1.RunTextResponse;
+import java.io.IOException;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+/**
+ * A {@link TmsClient} against a fake worker process (a gRPC server on loopback) that answers each
+ * frame of a stream at once: its timeouts.
+ */
+class TmsClientTest {
+  /**
+   * The one worker process of a server: it answers each frame at once, and its RunText says
+   * whether the call had a deadline.
+   */
+  static final class Answering extends ModelServiceGrpc.ModelServiceImplBase {
+    final Server server;
+
+    Answering() throws IOException {
+      server =
+          Grpc.newServerBuilderForPort(0, InsecureServerCredentials.create())
+              .addService(this)
+              .build()
+              .start();
+    }
+
+    @Override
+    public void getWorkerInfo(
+        GetWorkerInfoRequest request, StreamObserver<GetWorkerInfoResponse> answer) {
+      answer.onNext(
+          GetWorkerInfoResponse.newBuilder()
+              .setInstanceId("fake")
+              .setPid(1)
+              .setWorkerCount(1)
+              .addModels("any")
+              .build());
+      answer.onCompleted();
+    }
+
+    @Override
+    public StreamObserver<RunImageStreamRequest> runImageStream(
+        StreamObserver<RunImageStreamResponse> answers) {
+      return new StreamObserver<>() {
+        @Override
+        public void onNext(RunImageStreamRequest frame) {
+          answers.onNext(
+              RunImageStreamResponse.newBuilder()
+                  .setFrameId(frame.getFrameId())
+                  .setResultJson("{}")
+                  .build());
+        }
+
+        @Override
+        public void onError(Throwable error) {}
+
+        @Override
+        public void onCompleted() {
+          answers.onCompleted();
+        }
+      };
+    }
+
+    @Override
+    public void runText(RunTextRequest request, StreamObserver<RunTextResponse> answer) {
+      boolean bounded = Context.current().getDeadline() != null;
+      answer.onNext(RunTextResponse.newBuilder().setResultJson("" + bounded).build());
+      answer.onCompleted();
+    }
+  }
+
+  private Answering worker;
+  private TmsClient client;
+  private final CountDownLatch release = new CountDownLatch(1); // lets a held iterator go on
+
+  @BeforeEach
+  void start() throws IOException {
+    worker = new Answering();
+  }
+
+  @AfterEach
+  void stop() {
+    release.countDown();
+    if (client != null) {
+      client.close();
+    }
+    worker.server.shutdownNow();
+  }
+
+  private TmsClient.Builder builder() {
+    return TmsClient.builder("127.0.0.1:" + worker.server.getPort())
+        .connectTimeout(Duration.ofSeconds(5));
+  }
+
+  private TmsClient client() {
+    return client = builder().build();
+  }
+
+  /**
+   * Frames 0, 1, ... up to {@code count}, each after {@code pauseMillis} but the first; {@code
+   * last}, when not null, is what frame {@code count} does (throws, yields null); a pause of -1
+   * holds every frame but the first until {@link #release}.
+   */
+  private Iterator<Image> frames(int count, long pauseMillis, Runnable last) {
+    return new Iterator<>() {
+      int at;
+
+      @Override
+      public boolean hasNext() {
+        return at < count || (at == count && last != null);
+      }
+
+      @Override
+      public Image next() {
+        if (at++ > 0) {
+          try {
+            if (pauseMillis < 0) {
+              release.await();
+            } else {
+              Thread.sleep(pauseMillis);
+            }
+          } catch (InterruptedException interrupted) {
+            throw new IllegalStateException(interrupted);
+          }
+        }
+        if (at > count) {
+          last.run();
+          return null;
+        }
+        return Image.getDefaultInstance();
+      }
+    };
+  }
+
+  /** The ids of the frames answered, until the stream ends (or throws). */
+  private static List<Long> drain(FrameStream results, List<Long> answered) {
+    results.forEachRemaining(result -> answered.add(result.frameId()));
+    return answered;
+  }
+
+  @Test
+  void aTimeoutOfAHundredMillionSecondsOrMoreIsNone() {
+    for (Duration timeout :
+        List.of(
+            Duration.ofSeconds(100_000_000),
+            Duration.ofSeconds(10_000_000_000L),
+            Duration.ofSeconds(Long.MAX_VALUE))) {
+      try (TmsClient unbounded = builder().timeout(timeout).build()) {
+        assertEquals("false", unbounded.runText("any", "x", "")); // no deadline was sent
+        try (FrameStream results =
+            unbounded.runImageStream("any", frames(2, 0, null), "{}", 4, timeout)) {
+          assertEquals(List.of(0L, 1L), drain(results, new ArrayList<>()));
+        }
+      }
+    }
+    try (TmsClient bounded = builder().timeout(Duration.ofSeconds(99_999_999)).build()) {
+      assertEquals("true", bounded.runText("any", "x", ""));
+    }
+    for (Duration connect :
+        List.of(Duration.ofSeconds(100_000_000), Duration.ofSeconds(Long.MAX_VALUE))) {
+      IllegalArgumentException refused =
+          assertThrows(IllegalArgumentException.class, () -> builder().connectTimeout(connect));
+      assertEquals("connectTimeout must be under 10^8 s, not " + connect, refused.getMessage());
+    }
+  }
+}
