@@ -215,16 +215,32 @@ def test_a_refused_connection_fails_at_once(example):
     assert answer["seconds"] < 10, answer
 
 
+UNANSWERED = (
+    "no TMS server answered at {} within {}s; is it running, is that its gRPC port (not its"
+    " --http-port), and does it serve TLS (then pass .credentials(...))?"
+)
+
+
 def test_a_silent_target_is_waited_for_until_the_connect_timeout(example):
     """A target that accepts connections and never answers (a listening socket nobody accepts
-    on) may be a slow server: the start waits for it until its connect timeout."""
+    on) may be a slow server: the start waits for it until its connect timeout, then fails
+    UNAVAILABLE, saying in one line that no server answered there."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         target = f"127.0.0.1:{silent.getsockname()[1]}"
         answer = example_json(example, "--connect-timeout", "2", target, "connect")
-    assert answer["failure"].startswith("DEADLINE_EXCEEDED: "), answer
+    assert answer["failure"] == "UNAVAILABLE: " + UNANSWERED.format(target, 2), answer
     assert answer["seconds"] >= 1.9, answer
+
+
+def test_wait_for_server_that_never_starts_says_so_in_one_line(example):
+    """With waitForServer a target that refuses connections until the connect timeout fails
+    with the same one line, not gRPC's connect error and its stack trace."""
+    target = f"127.0.0.1:{free_port()}"
+    command = ["--connect-timeout", "1.5", "--wait-for-server", target, "connect"]
+    answer = example_json(example, *command)
+    assert answer["failure"] == "UNAVAILABLE: " + UNANSWERED.format(target, 1.5), answer
 
 
 def test_wait_for_server_finds_one_that_starts_later(server_process: Start, models, example):

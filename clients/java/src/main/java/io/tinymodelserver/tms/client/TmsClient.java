@@ -48,8 +48,9 @@ import java.util.logging.Logger;
  *
  * <p>{@link Builder#build()} connects (waiting up to the connect timeout for the server to answer,
  * but failing at once, UNAVAILABLE "connection refused at TARGET: is tms-server running?", where
- * nothing listens, unless {@link Builder#waitForServer}; a worker that does not answer, a stalled
- * one, costs it about a second) and
+ * nothing listens, unless {@link Builder#waitForServer}, and UNAVAILABLE "no TMS server answered
+ * at TARGET within ...; is it running, ...?" where none answers in time; a worker that does not
+ * answer, a stalled one, costs it about a second) and
  * finds the workers. Each call
  * goes to a worker that serves its model, the one the {@link Balancer} picks (least-loaded by
  * default). Each call has a deadline ({@link Builder#timeout}), retries included, and waits for
@@ -96,6 +97,7 @@ public final class TmsClient implements AutoCloseable {
             this::newChannel,
             options.connectTimeout,
             options.waitForServer,
+            options.credentials instanceof InsecureChannelCredentials,
             options.balancer,
             refresher);
   }

@@ -19,6 +19,7 @@ import io.tinymodelserver.tms.v1.GetWorkerInfoResponse;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceBlockingStub;
 import io.tinymodelserver.tms.v1.ModelServiceGrpc.ModelServiceStub;
+import java.math.BigDecimal;
 import java.net.ConnectException;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -200,6 +201,7 @@ final class WorkerPool implements AutoCloseable {
   private final Supplier<ManagedChannel> channels;
   private final Duration connectTimeout;
   private final boolean waitForServer; // the start waits where the connection is refused
+  private final boolean plaintext; // no TLS: named in the start's error when nothing answers
   private final Balancer balancer;
   private final Executor background; // runs follow()
   private final ReentrantLock discovering = new ReentrantLock(); // one search at a time
@@ -217,19 +219,21 @@ final class WorkerPool implements AutoCloseable {
    * {@code background} runs {@link #follow()} when an answer says a worker has done a reload (a
    * single thread, which also runs it every round of the search for missing workers). With {@code
    * waitForServer} the start waits for a server that refuses connections too (see {@link
-   * #discover}).
+   * #discover}); {@code plaintext}: the channels use no TLS.
    */
   WorkerPool(
       String target,
       Supplier<ManagedChannel> channels,
       Duration connectTimeout,
       boolean waitForServer,
+      boolean plaintext,
       Balancer balancer,
       Executor background) {
     this.target = target;
     this.channels = channels;
     this.connectTimeout = connectTimeout;
     this.waitForServer = waitForServer;
+    this.plaintext = plaintext;
     this.balancer = balancer;
     this.background = background;
   }
@@ -287,7 +291,8 @@ final class WorkerPool implements AutoCloseable {
    * and tries another connection while none is and time is left. A later search gives each
    * connection all the time left, and ends at the first that does not answer once a worker is
    * held. Throws when nothing is held and the server refused (a bad token, say), or nothing
-   * answered in time.
+   * answered in time (at the start: UNAVAILABLE, "no TMS server answered at TARGET within the
+   * connect timeout; is it running, ...?").
    *
    * <p>The start's first connection does not wait for the server to be ready: where nothing
    * listens (its connection is refused) the start fails at once, UNAVAILABLE, saying so, instead of
@@ -353,7 +358,7 @@ final class WorkerPool implements AutoCloseable {
             continue; // a stalled worker, say: another connection may land on a live one
           }
           if (members.isEmpty()) {
-            throw TmsException.from(error);
+            throw failure(error, start);
           }
           return; // keep the workers held; a later discovery finds the rest
         }
@@ -363,11 +368,33 @@ final class WorkerPool implements AutoCloseable {
         }
       }
       if (members.isEmpty() && last != null && !closed) {
-        throw TmsException.from(last); // the attempts ran out, and none answered
+        throw failure(last, start); // the attempts ran out, and none answered
       }
     } finally {
       discovering.unlock();
     }
+  }
+
+  /**
+   * The error of a search that holds no worker: at the {@code start}, where no server answered
+   * (UNAVAILABLE, DEADLINE_EXCEEDED), UNAVAILABLE and one line naming the target and what to
+   * check, as the other clients say it; else as the call failed.
+   */
+  private TmsException failure(StatusRuntimeException error, boolean start) {
+    Status.Code code = error.getStatus().getCode();
+    if (!start || (code != Status.Code.UNAVAILABLE && code != Status.Code.DEADLINE_EXCEEDED)) {
+      return TmsException.from(error);
+    }
+    String hint =
+        plaintext
+            ? "is it running, is that its gRPC port (not its --http-port), and does it serve TLS"
+                + " (then pass .credentials(...))?"
+            : "is it running, and do the CA, server name and client certificate fit it?";
+    String seconds = BigDecimal.valueOf(connectTimeout.toMillis(), 3).stripTrailingZeros()
+        .toPlainString();
+    return new TmsException(
+        Status.Code.UNAVAILABLE,
+        "no TMS server answered at " + target + " within " + seconds + "s; " + hint, error);
   }
 
   /**

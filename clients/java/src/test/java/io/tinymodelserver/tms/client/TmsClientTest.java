@@ -1,12 +1,14 @@
 package io.tinymodelserver.tms.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import io.grpc.Context;
 import io.grpc.Grpc;
 import io.grpc.InsecureServerCredentials;
 import io.grpc.Server;
+import io.grpc.Status;
 import io.grpc.stub.StreamObserver;
 import io.tinymodelserver.tms.v1.GetWorkerInfoRequest;
 import io.tinymodelserver.tms.v1.GetWorkerInfoResponse;
@@ -17,6 +19,8 @@ import io.tinymodelserver.tms.v1.RunImageStreamResponse;
 import io.tinymodelserver.tms.v1.RunTextRequest;
 import io.tinymodelserver.tms.v1.RunTextResponse;
 import java.io.IOException;
+import java.net.InetAddress;
+import java.net.ServerSocket;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Iterator;
@@ -28,7 +32,7 @@ import org.junit.jupiter.api.Test;
 
 /**
  * A {@link TmsClient} against a fake worker process (a gRPC server on loopback) that answers each
- * frame of a stream at once: its timeouts.
+ * frame of a stream at once: its timeouts; and its start where no server answers.
  */
 class TmsClientTest {
   /**
@@ -182,6 +186,40 @@ class TmsClientTest {
       IllegalArgumentException refused =
           assertThrows(IllegalArgumentException.class, () -> builder().connectTimeout(connect));
       assertEquals("connectTimeout must be under 10^8 s, not " + connect, refused.getMessage());
+    }
+  }
+
+  @Test
+  void aStartWhereNoServerAnswersSaysSoInOneLine() throws IOException {
+    String hint =
+        "s; is it running, is that its gRPC port (not its --http-port), and does it serve TLS"
+            + " (then pass .credentials(...))?";
+    try (ServerSocket silent = new ServerSocket(0, 50, InetAddress.getLoopbackAddress())) {
+      String target = "127.0.0.1:" + silent.getLocalPort(); // accepts, never answers
+      TmsException thrown =
+          assertThrows(
+              TmsException.class,
+              () -> TmsClient.builder(target).connectTimeout(Duration.ofMillis(1500)).build());
+      assertEquals(Status.Code.UNAVAILABLE, thrown.code());
+      assertEquals("no TMS server answered at " + target + " within 1.5" + hint, thrown.details());
+    }
+    String refused = "127.0.0.1:" + freePort();
+    TmsException waited =
+        assertThrows(
+            TmsException.class,
+            () ->
+                TmsClient.builder(refused)
+                    .connectTimeout(Duration.ofSeconds(1))
+                    .waitForServer(true)
+                    .build());
+    assertEquals(Status.Code.UNAVAILABLE, waited.code());
+    assertEquals("no TMS server answered at " + refused + " within 1" + hint, waited.details());
+    assertFalse(waited.getMessage().contains("\n"));
+  }
+
+  private static int freePort() throws IOException {
+    try (ServerSocket socket = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
+      return socket.getLocalPort();
     }
   }
 }

@@ -175,6 +175,7 @@ class WorkerPoolTest {
             },
             Duration.ofSeconds(5),
             false,
+            true,
             Balancer.roundRobin(),
             background);
     pool.discover(Deadline.after(5, TimeUnit.SECONDS), true);
