@@ -13,18 +13,23 @@ import java.util.Iterator;
 import java.util.NoSuchElementException;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.LinkedBlockingQueue;
+import java.util.function.Consumer;
 
 /**
  * One {@link TmsClient#runImageStream} call: an iterator of the frames' results, in order, as they
  * come. Close it (try-with-resources) to end the stream early; it ends by itself once every frame
  * is answered or the stream fails. Use it from one thread.
  *
- * <p>At most {@code window} frames are sent and not yet answered: the next frame is taken from the
- * caller's iterator, on the thread that calls {@link #hasNext()}, only when there is room. A frame
- * that fails alone comes back as a {@link FrameResult} with its error, and the stream goes on; a
- * failure of the stream as a whole (no such model, the deadline passed, its worker went away) is
- * thrown as {@link TmsException} from {@link #hasNext()} and {@link #next()}; closing the client
- * ends the stream at once, FAILED_PRECONDITION.
+ * <p>The caller's iterator is read on a thread of the stream's own, so each answer is there as
+ * soon as it comes, whatever the iterator is doing: at most {@code window} frames are sent and
+ * not yet answered, and the next frame is taken from the iterator only when there is room. A
+ * frame that fails alone comes back as a {@link FrameResult} with its error, and the stream goes
+ * on; a failure of the stream as a whole (no such model, the deadline passed, its worker went
+ * away) is thrown as {@link TmsException} from {@link #hasNext()} and {@link #next()}; closing
+ * the client ends the stream at once, FAILED_PRECONDITION, even while the iterator is between
+ * frames. When the iterator throws (or yields null: IllegalArgumentException), the frames already
+ * sent are answered, then {@link #hasNext()} throws that exception. A frame the iterator is still
+ * reading when the stream ends is not sent; its thread ends once the iterator returns it.
  */
 public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
   private static final Object COMPLETED = new Object();
@@ -34,13 +39,16 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
   private final Iterator<Image> frames;
   private final String model;
   private final String argsJson;
-  private final int window;
-  // the server's answers, then COMPLETED or its error: at most window + 1 items
+  // the server's answers, then COMPLETED or its error (and one a send failed with): at most
+  // window + 2 items
   private final BlockingQueue<Object> answers = new LinkedBlockingQueue<>();
-  private final StreamObserver<RunImageStreamRequest> requests;
-  private long sent;
+  private final StreamObserver<RunImageStreamRequest> requests; // used holding lock only
+  private final Object lock = new Object();
+  private int room; // guarded by lock: frames that may be sent before an answer comes
+  private boolean over; // guarded by lock: the call ended or was cancelled; nothing more is sent
+  private volatile long sent; // written by the reading thread, holding lock
+  private volatile Throwable sourceFailure; // what the caller's iterator threw
   private long answered;
-  private boolean halfClosed;
   private boolean ended; // the call is over (answered, failed or cancelled) and member.end() done
   private RuntimeException failure; // why it ended, when it failed
   private FrameResult next;
@@ -61,7 +69,7 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
     this.frames = frames;
     this.model = model;
     this.argsJson = argsJson;
-    this.window = window;
+    this.room = window;
     this.member = pool.pick(deadline == null ? found : found.minimum(deadline), model);
     member.begin();
     try {
@@ -70,6 +78,9 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
       member.end();
       throw error;
     }
+    Thread reader = new Thread(this::sendFrames, "tms-stream-frames");
+    reader.setDaemon(true);
+    reader.start();
   }
 
   /** Start the call; its answers, then its end, go to {@link #answers}. */
@@ -78,16 +89,22 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
         new StreamObserver<>() {
           @Override
           public void onNext(RunImageStreamResponse response) {
+            synchronized (lock) {
+              room++;
+              lock.notifyAll();
+            }
             answers.add(response);
           }
 
           @Override
           public void onError(Throwable error) {
+            stop();
             answers.add(error);
           }
 
           @Override
           public void onCompleted() {
+            stop();
             answers.add(COMPLETED);
           }
         };
@@ -95,7 +112,7 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
     return (deadline == null ? stub : stub.withDeadline(deadline)).runImageStream(observer);
   }
 
-  /** Whether another result comes; waits for it, sending frames as there is room. */
+  /** Whether another result comes; waits for it. */
   @Override
   public boolean hasNext() {
     if (next != null) {
@@ -108,7 +125,6 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
       return false;
     }
     try {
-      send();
       Object answer;
       try {
         answer = answers.take();
@@ -124,6 +140,9 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
                   Status.Code.INTERNAL,
                   "the stream ended before frame " + answered + " was answered",
                   null);
+        }
+        if (sourceFailure != null) { // every frame sent is answered: now the iterator's error
+          throw failure = unchecked(sourceFailure);
         }
         return false;
       }
@@ -142,9 +161,9 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
       }
       next = result((RunImageStreamResponse) answer);
       return true;
-    } catch (RuntimeException error) { // the frames' iterator may throw too
+    } catch (RuntimeException error) { // an answer out of order, or an interrupt
       if (!ended) {
-        requests.onError(Status.CANCELLED.withDescription("the stream failed").asException());
+        cancel("the stream failed");
         end();
       }
       throw failure = error;
@@ -162,22 +181,94 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
     return result;
   }
 
-  /** Send frames while there is room; once the caller's iterator has no more, half-close. */
-  private void send() {
-    while (!halfClosed && sent - answered < window) {
-      if (!frames.hasNext()) {
-        requests.onCompleted();
-        halfClosed = true;
-        return;
+  /**
+   * Read the caller's frames and send each once there is room, then half-close; on a thread of its
+   * own, until the call is over. When the iterator throws, or yields null, half-close all the same:
+   * {@link #hasNext()} throws that once the frames sent are answered.
+   */
+  private void sendFrames() {
+    try {
+      while (takeRoom()) {
+        if (!frames.hasNext()) {
+          break;
+        }
+        Image frame = frames.next();
+        if (frame == null) {
+          throw new IllegalArgumentException("frame " + sent + " of the stream is null");
+        }
+        RunImageStreamRequest.Builder request =
+            RunImageStreamRequest.newBuilder().setImage(frame).setFrameId(sent);
+        if (sent == 0) {
+          request.setModel(model).setArgsJson(argsJson);
+        }
+        RunImageStreamRequest built = request.build();
+        if (!send(requests -> {
+              sent++; // before the answer to it can come
+              requests.onNext(built);
+            })) {
+          return;
+        }
       }
-      RunImageStreamRequest.Builder request =
-          RunImageStreamRequest.newBuilder().setImage(frames.next()).setFrameId(sent);
-      if (sent == 0) {
-        request.setModel(model).setArgsJson(argsJson);
-      }
-      requests.onNext(request.build());
-      sent++;
+    } catch (RuntimeException | Error thrown) { // the caller's iterator failed
+      sourceFailure = thrown;
     }
+    send(StreamObserver::onCompleted);
+  }
+
+  /** Wait until a frame may be sent; false once the call is over. */
+  private boolean takeRoom() {
+    synchronized (lock) {
+      while (room == 0 && !over) {
+        try {
+          lock.wait();
+        } catch (InterruptedException interrupted) { // by the caller's iterator, on this thread
+          throw new IllegalStateException("interrupted while reading frames", interrupted);
+        }
+      }
+      room--;
+      return !over;
+    }
+  }
+
+  /**
+   * Do {@code action} on the call unless it is over; false if it is, or if the action failed (a
+   * connection the client's close() shut under it: the stream then fails with its error).
+   */
+  private boolean send(Consumer<StreamObserver<RunImageStreamRequest>> action) {
+    synchronized (lock) {
+      if (over) {
+        return false;
+      }
+      try {
+        action.accept(requests);
+        return true;
+      } catch (RuntimeException error) {
+        over = true;
+        answers.add(error);
+        return false;
+      }
+    }
+  }
+
+  /** Send nothing more: the call is over. */
+  private void stop() {
+    synchronized (lock) {
+      over = true;
+      lock.notifyAll();
+    }
+  }
+
+  /** Cancel the call, unless it is over already. */
+  private void cancel(String why) {
+    send(requests -> requests.onError(Status.CANCELLED.withDescription(why).asException()));
+    stop();
+  }
+
+  private static RuntimeException unchecked(Throwable thrown) {
+    if (thrown instanceof Error error) {
+      throw error;
+    }
+    return (RuntimeException) thrown;
   }
 
   private FrameResult result(RunImageStreamResponse response) {
@@ -205,7 +296,7 @@ public final class FrameStream implements Iterator<FrameResult>, AutoCloseable {
   public void close() {
     next = null;
     if (!ended) {
-      requests.onError(Status.CANCELLED.withDescription("the stream was closed").asException());
+      cancel("the stream was closed");
       end();
     }
   }

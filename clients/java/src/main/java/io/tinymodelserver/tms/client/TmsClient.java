@@ -194,11 +194,12 @@ public final class TmsClient implements AutoCloseable {
    * Run an image model on a sequence of frames (a video) over one RunImageStream call; returns
    * their results, one per frame, in order, as they come. {@code argsJson} (may be empty) are the
    * stream's. At most {@code window} (at least 1) frames are in flight: the next is taken from
-   * {@code frames} only when there is room. The whole stream goes to one worker, whose model may
-   * keep state across its frames, and counts as one call in flight there; it is not retried.
-   * {@code timeout} bounds the whole stream (null, or 10^8 s or more: no bound; the client's
-   * per-call timeout does not apply, since a video may run for hours). Close the returned stream
-   * to end it early:
+   * {@code frames}, on a thread of the stream's own, only when there is room; when {@code frames}
+   * throws (or yields null: IllegalArgumentException) the frames sent are answered, then the
+   * stream throws that. The whole stream goes to one worker, whose model may keep state across its
+   * frames, and counts as one call in flight there; it is not retried. {@code timeout} bounds the
+   * whole stream (null, or 10^8 s or more: no bound; the client's per-call timeout does not apply,
+   * since a video may run for hours). Close the returned stream to end it early:
    *
    * <pre>{@code
    * try (FrameStream results = client.runImageStream("track", frames, "{}", 4, null)) {

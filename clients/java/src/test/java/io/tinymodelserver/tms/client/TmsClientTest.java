@@ -3,6 +3,8 @@ package io.tinymodelserver.tms.client;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTimeoutPreemptively;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.grpc.Context;
 import io.grpc.Grpc;
@@ -26,15 +28,19 @@ import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
 /**
  * A {@link TmsClient} against a fake worker process (a gRPC server on loopback) that answers each
- * frame of a stream at once: its timeouts; and its start where no server answers.
+ * frame of a stream at once: its streams and its timeouts; and its start where no server answers.
  */
 class TmsClientTest {
+  static final String CLOSED =
+      "FAILED_PRECONDITION: this client is closed; make a new one to call again";
+
   /**
    * The one worker process of a server: it answers each frame at once, and its RunText says
    * whether the call had a deadline.
@@ -161,6 +167,70 @@ class TmsClientTest {
   private static List<Long> drain(FrameStream results, List<Long> answered) {
     results.forEachRemaining(result -> answered.add(result.frameId()));
     return answered;
+  }
+
+  @Test
+  void anIteratorThatThrowsHasItsFramesAnsweredFirst() {
+    List<Long> answered = new ArrayList<>();
+    FrameStream results =
+        client()
+            .runImageStream(
+                "any",
+                frames(3, 0, () -> {
+                  throw new IllegalStateException("camera unplugged");
+                }),
+                "{}",
+                4,
+                null);
+    IllegalStateException thrown =
+        assertThrows(IllegalStateException.class, () -> drain(results, answered));
+    assertEquals("camera unplugged", thrown.getMessage());
+    assertEquals(List.of(0L, 1L, 2L), answered);
+    assertThrows(IllegalStateException.class, results::hasNext); // and again
+  }
+
+  @Test
+  void aNullFrameIsAnIllegalArgumentAfterTheFramesBeforeIt() {
+    List<Long> answered = new ArrayList<>();
+    FrameStream results = client().runImageStream("any", frames(3, 0, () -> {}), "{}", 4, null);
+    IllegalArgumentException thrown =
+        assertThrows(IllegalArgumentException.class, () -> drain(results, answered));
+    assertEquals("frame 3 of the stream is null", thrown.getMessage());
+    assertEquals(List.of(0L, 1L, 2L), answered);
+  }
+
+  @Test
+  void anAnswerIsThereWhileTheIteratorReadsTheNextFrames() {
+    try (FrameStream results =
+        client().runImageStream("any", frames(3, 1000, null), "{}", 4, null)) {
+      long began = System.nanoTime();
+      assertEquals(0, results.next().frameId());
+      long millis = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - began);
+      assertTrue(millis < 700, millis + " ms: it waited for frames 1 and 2");
+    }
+  }
+
+  @Test
+  void closingTheClientEndsAStreamWhoseIteratorIsBetweenFrames() {
+    TmsClient closing = client();
+    FrameStream results = closing.runImageStream("any", frames(3, -1, null), "{}", 1, null);
+    assertEquals(0, results.next().frameId());
+    new Thread(
+            () -> {
+              try {
+                Thread.sleep(300);
+              } catch (InterruptedException interrupted) {
+                return;
+              }
+              closing.close();
+            })
+        .start();
+    TmsException thrown =
+        assertTimeoutPreemptively(
+            Duration.ofSeconds(2), () -> assertThrows(TmsException.class, results::hasNext));
+    assertEquals(CLOSED, thrown.getMessage());
+    release.countDown(); // the iterator yields its frame to a stream that is over: nothing more
+    assertThrows(TmsException.class, results::hasNext);
   }
 
   @Test
