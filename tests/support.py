@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -224,6 +225,23 @@ def stopped(pid: int) -> Iterator[None]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+def answer_once_started(command: list[str], start: Callable[[], object]) -> Any:
+    """Run ``command``, a client told to wait for a server at a port where none listens yet;
+    two seconds in, when it must still be waiting, ``start`` the server there. The client's
+    JSON answer (it must exit 0)."""
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        assert client.poll() is None  # still waiting, where it would have failed at once
+        start()
+        stdout, stderr = client.communicate(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    assert client.returncode == 0, stderr
+    return json.loads(stdout)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:

@@ -27,6 +27,7 @@ from tests.support import (
     EXAMPLE_MODELS,
     LATE_IMAGE_MODEL,
     ServerProcess,
+    answer_once_started,
     stopped,
     wait_for,
     write_models,
@@ -236,11 +237,12 @@ def free_port() -> int:
 
 def test_a_refused_connection_fails_the_start_at_once(programs):
     """Nothing listens at the target: the start fails at once, Unavailable, naming the target
-    and saying the connection was refused, not after its 10 s connect timeout."""
+    and saying the connection was refused, not after its 30 s connect timeout."""
     target = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
+    command = [str(programs["load"]), "-addr", target, "-connect-timeout", "30s"]
     refused = subprocess.run(
-        [str(programs["load"]), "-addr", target, "-calls", "1", "load", "whoami"],
+        [*command, "-calls", "1", "load", "whoami"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -251,7 +253,7 @@ def test_a_refused_connection_fails_the_start_at_once(programs):
         f"error: Unavailable: tms: Dial: Unavailable: connection refused at {target}: "
         "is tms-server running?\n"
     )
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10
 
 
 def test_a_silent_listener_fails_the_start_unavailable(programs):
@@ -280,22 +282,10 @@ def test_wait_for_server_finds_one_that_starts_later(server_process: Start, mode
     connections: a server started there 2 s later is found, and the calls succeed."""
     port = free_port()
     command = [str(programs["load"]), "-addr", f"127.0.0.1:{port}", "-connect-timeout", "60s"]
-    load = subprocess.Popen(
+    answer = answer_once_started(
         [*command, "-wait-for-server", "-calls", "4", "load", "whoami"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        lambda: server_process(models, workers=1, args=("--port", str(port))),
     )
-    try:
-        time.sleep(2)
-        assert load.poll() is None  # still waiting, where it would have failed at once
-        server_process(models, workers=1, args=("--port", str(port)))
-        stdout, stderr = load.communicate(timeout=60)
-    finally:
-        load.kill()
-        load.wait()
-    assert load.returncode == 0, stderr
-    answer = json.loads(stdout)
     assert (answer["calls"], answer["failures"]) == (4, [])
 
 

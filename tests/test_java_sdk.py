@@ -37,6 +37,7 @@ from tests.support import (
     LATE_IMAGE_MODEL,
     ROOT,
     ServerProcess,
+    answer_once_started,
     early_ending_server,
     stopped,
     wait_for,
@@ -248,22 +249,10 @@ def test_wait_for_server_finds_one_that_starts_later(server_process: Start, mode
     connections: a server started there 2 s later is found, and the calls succeed."""
     port = free_port()
     command = [*example, "--connect-timeout", "30", "--wait-for-server", f"127.0.0.1:{port}"]
-    load = subprocess.Popen(
+    answer = answer_once_started(
         [*command, "load", "whoami", "--threads", "1", "--calls", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        lambda: server_process(models, workers=1, args=("--port", str(port))),
     )
-    try:
-        time.sleep(2)
-        assert load.poll() is None  # still waiting, where it would have failed at once
-        server_process(models, workers=1, args=("--port", str(port)))
-        stdout, stderr = load.communicate(timeout=60)
-    finally:
-        load.kill()
-        load.wait()
-    assert load.returncode == 0, stderr
-    answer = json.loads(stdout)
     assert (answer["calls"], answer["failures"]) == (4, [])
 
 
