@@ -23,7 +23,7 @@ import {
 } from "./gen/tms/v1/model_service.js";
 import { fromMessage, type Image, type ImageInput, toMessage } from "./images.js";
 import { type PoolCall, WorkerPool } from "./pool.js";
-import { RetryPolicy } from "./retry.js";
+import { LONGEST_TIMEOUT_MS, RetryPolicy } from "./retry.js";
 import { exchange, type FrameErrors, type FrameResult, FrameStream } from "./stream.js";
 import { parseTargets } from "./targets.js";
 import type { TlsOptions } from "./transport.js";
@@ -139,6 +139,9 @@ export class ModelClient {
     const refreshIntervalMs = options.refreshIntervalMs ?? 2_000;
     if (!(connectTimeoutMs > 0) || !(refreshIntervalMs > 0) || (this.timeoutMs !== null && !(this.timeoutMs > 0))) {
       throw new RangeError("timeouts and the refresh interval must be positive");
+    }
+    if (!(connectTimeoutMs < LONGEST_TIMEOUT_MS)) {
+      throw new RangeError(`connectTimeoutMs must be below ${LONGEST_TIMEOUT_MS} (about three years)`);
     }
     this.pool = new WorkerPool({
       targets: this.targets,

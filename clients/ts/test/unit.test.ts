@@ -7,6 +7,7 @@ import { describe, it } from "node:test";
 import { Metadata, status } from "@grpc/grpc-js";
 
 import { LeastLoaded, RoundRobin } from "../src/balancers.js";
+import { ModelClient } from "../src/client.js";
 import { TmsError } from "../src/errors.js";
 import { DType, Encoding } from "../src/gen/tms/v1/image.js";
 import { GetWorkerInfoResponse } from "../src/gen/tms/v1/model_service.js";
@@ -233,6 +234,12 @@ describe("retry", () => {
     }
     const longest = new Attempts(RetryPolicy.default(), LONGEST_TIMEOUT_MS - 1).wallDeadline();
     assert.ok(Math.abs(longest - (Date.now() + LONGEST_TIMEOUT_MS)) < 1_000);
+  });
+  it("refuses a connect timeout from LONGEST_TIMEOUT_MS on, as the Python client does", () => {
+    for (const connectTimeoutMs of [LONGEST_TIMEOUT_MS, 1e15, Infinity]) {
+      assert.throws(() => new ModelClient("m", "localhost:1", { connectTimeoutMs }), /connectTimeoutMs must be below/);
+    }
+    new ModelClient("m", "localhost:1", { connectTimeoutMs: LONGEST_TIMEOUT_MS - 1 }).close();
   });
 });
 
