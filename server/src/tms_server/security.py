@@ -128,7 +128,7 @@ class CertificateFiles:
             try:
                 loaded = self._load()
             except SecurityError as exc:
-                log.warning("keeping the current TLS certificate: %s", exc)
+                log.warning("keeping the TLS files in use: %s", exc)
                 self._rejected = stamp
                 return None
             if stamp != self._stamps():  # changed while being read: try again next time
