@@ -67,7 +67,7 @@ MODELS = {
                 return text
     """,
     "exits_on_reload": """
-        import pathlib, sys
+        import os, pathlib, sys
         import tms_server
 
         class Model(tms_server.Model):
@@ -76,6 +76,8 @@ MODELS = {
             def __init__(self):
                 if pathlib.Path(__file__).with_name("exit").exists():
                     sys.exit(2)
+                if pathlib.Path(__file__).with_name("crash").exists():
+                    os._exit(9)  # a native library that cannot be set up twice, say
 
             def run(self, text, args):
                 return text
@@ -263,6 +265,24 @@ def test_admin_calls_get_past_a_worker_shutting_down(server_process, tmp_path):
         [new] = [w.pid for w in admin.list_workers()]  # waits for the worker that replaces it
         assert new != old
         held.join(30)
+
+
+def test_a_reload_that_kills_its_workers_is_not_sent_again(server_process, tmp_path):
+    """A reload cut off by its worker's death may have begun: AdminClient raises it at once
+    instead of sending it again (each resend would reload, and kill, every worker anew)."""
+    models = write_models(tmp_path / "models", MODELS)
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(f"{ADMIN_TOKEN}\n")
+    server = server_process(models, workers=2, args=("--admin-tokens-file", str(tokens)))
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+        (models / "exits_on_reload" / "crash").write_text("")
+        began = time.monotonic()
+        with pytest.raises(UnavailableError):
+            admin.reload_model("exits_on_reload")
+        assert time.monotonic() - began < 10
+    (models / "exits_on_reload" / "crash").unlink()
+    time.sleep(1)
+    assert server.logs().count("in every worker (reload") == 1, server.logs()
 
 
 def test_a_worker_killed_during_a_reload_leaves_no_reload_lock_behind(server_process, tmp_path):

@@ -6,8 +6,9 @@
 
 The server must have been started with ``--admin-tokens-file``, and ``token`` must be one of
 its admin tokens (call tokens are not); otherwise each call raises PermissionDeniedError.
-Any worker answers for all of them, so one connection is enough; a call a worker going away
-refuses (UNAVAILABLE) is sent again on a new connection, within the call's timeout.
+Any worker answers for all of them, so one connection is enough; a call a worker shutting
+down refuses (UNAVAILABLE, DRAINING) is sent again on a new connection, within the call's
+timeout. A call cut off (its worker died) is not: a reload may have begun.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ __all__ = ["AdminClient", "ReloadOutcome", "WorkerStatus"]
 
 pb = admin_service_pb2
 _SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
-#: A call refused UNAVAILABLE (its worker shutting down, or gone) is sent again on a new
-#: connection until its timeout, waiting this many seconds more each time (1 s at most);
-#: without a timeout, this many times in all.
+#: A call a worker refused because it is shutting down (UNAVAILABLE, DRAINING) is sent again
+#: on a new connection, waiting this many seconds more each time (1 s at most), within its
+#: timeout and this many attempts in all.
 _BACKOFF = 0.2
-_ATTEMPTS = 10
+_ATTEMPTS = 20
 M = TypeVar("M", bound=Message)
 
 
@@ -99,7 +100,7 @@ class AdminClient:
 
     def _call(self, method: str, request: Message, response_class: type[M]) -> M:
         """Send ``request`` to ``method``; sent again (within ``timeout``) on a new connection,
-        which may reach another worker, when the worker going away refused it."""
+        which may reach another worker, when a worker shutting down refused it."""
         path, data = f"/{_SERVICE}/{method}", request.SerializeToString()
         timeout, metadata = self.options.timeout, self.options.metadata
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -109,9 +110,11 @@ class AdminClient:
             call = Request(path, data, left, metadata, wait_for_ready=True)
             try:
                 return response_class.FromString(self._channel.unary(call).data)
-            except UnavailableError:
+            except UnavailableError as error:
+                # Only a worker's refusal while it shuts down, before it did anything: a call
+                # cut off (the worker died during a reload, say) may have been carried out.
                 pause = min(_BACKOFF * attempt, 1.0)
-                if deadline is None and attempt == _ATTEMPTS:
+                if error.reason != "DRAINING" or attempt == _ATTEMPTS:
                     raise
                 if deadline is not None and time.monotonic() + pause >= deadline:
                     raise
