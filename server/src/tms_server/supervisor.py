@@ -29,6 +29,7 @@ from multiprocessing.process import BaseProcess
 from tms_server.board import WorkerBoard
 from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
+from tms_server.monitor import RELOAD_TIME_LIMIT
 from tms_server.registry import find_models
 from tms_server.settings import DEFAULT_MODELS, Settings
 from tms_server.signals import STOP_SIGNALS, StopFlag
@@ -345,7 +346,10 @@ def _describe_exit(code: int, silent_for: float | None = None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     if code == EXIT_HUNG:
-        return f"exit code {code}: a call ran past --call-time-limit"
+        return (
+            f"exit code {code}: a call ran past --call-time-limit, or a reload past "
+            f"{RELOAD_TIME_LIMIT:g}s"
+        )
     if code == EXIT_NO_MODELS:
         return f"exit code {code}: it found no model to load (see above)"
     return f"exit code {code}"
