@@ -158,7 +158,7 @@ def _keep_inputs(stem: Path, inputs: set[Path]) -> None:
 
 def run_text(options: Options, args: SimpleNamespace) -> int:
     """``tms text``: the model's result for one text, as JSON."""
-    text = _utf8(sys.stdin.buffer.read(), "stdin") if args.text == STDIN else args.text
+    text = _stdin_text() if args.text == STDIN else args.text
     # The shell passes bytes that are not UTF-8 as surrogates (PEP 383): take them back.
     text = _utf8(text.encode("utf-8", "surrogateescape"), "the text")
     with connect(options, args.model) as client:
@@ -168,14 +168,30 @@ def run_text(options: Options, args: SimpleNamespace) -> int:
     return 0
 
 
+def _stdin_text() -> str:
+    """stdin as UTF-8 text, its newlines as the platform reads text (CRLF to LF on Windows)."""
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(encoding="utf-8", errors="strict")
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise _not_utf8("stdin", exc) from None
+
+
 def _utf8(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"{what} is not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); "
-            "a model's text is UTF-8: convert it first, e.g. with iconv"
-        ) from None
+        raise _not_utf8(what, exc) from None
+
+
+def _not_utf8(what: str, exc: UnicodeDecodeError) -> UsageError:
+    bad = exc.object[exc.start : exc.start + 1]
+    return UsageError(
+        f"{what} is not UTF-8 (byte {exc.start}: {bad!r}); a model's text is UTF-8: convert "
+        "it first, e.g. with iconv"
+    )
 
 
 def _sources(paths: list[str]) -> tuple[list[ImageSource], int]:
