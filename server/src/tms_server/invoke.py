@@ -25,7 +25,7 @@ from tms_client.protocol.wire import ImageParts
 from tms_server.callinfo import CURRENT
 from tms_server.errors import Internal, InvalidArgument, Reason
 from tms_server.model import InvalidInput
-from tms_server.registry import LoadedModel
+from tms_server.registry import MODEL_ERRORS, LoadedModel
 from tms_server.tracing import model_span
 
 __all__ = [
@@ -145,7 +145,7 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
                     call.ran_model(time.perf_counter() - began)
     except InvalidInput:
         raise
-    except (Exception, SystemExit) as exc:  # sys.exit in a model ends its call, not the worker
+    except MODEL_ERRORS as exc:  # sys.exit in a model ends its call, not the worker
         log.exception("model %r raised", model.name)
         message = f"model {model.name!r} raised {type(exc).__name__}: {exc}"
         raise Internal(message, reason=Reason.MODEL_FAILED) from exc

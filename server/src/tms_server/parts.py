@@ -21,7 +21,7 @@ from tms_server.board import WorkerBoard
 from tms_server.errors import ServiceError
 from tms_server.health import HealthServicer
 from tms_server.load import WorkerLoad
-from tms_server.registry import LOAD_ERRORS, ModelRegistry, load_error
+from tms_server.registry import MODEL_ERRORS, ModelRegistry, load_error
 
 __all__ = ["Reloader", "WorkerParts"]
 
@@ -44,7 +44,7 @@ class Reloader:
                 self._registry.reload(name)
             except ServiceError as exc:
                 return str(exc)
-            except LOAD_ERRORS as exc:
+            except MODEL_ERRORS as exc:
                 # As when a start fails to load it: the reason at ERROR, and the traceback
                 # (one per worker) at DEBUG.
                 reason = load_error(exc)

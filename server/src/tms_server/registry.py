@@ -361,9 +361,10 @@ def import_model_class(folder: Path) -> type:
     return model_class
 
 
-#: What importing or loading a model may raise without stopping its worker: a model that
-#: calls sys.exit (argparse at import, reading tms-server's own command line) fails to load.
-LOAD_ERRORS = (Exception, SystemExit)
+#: What a model may raise, importing, loading or running, without stopping its worker: one
+#: that calls sys.exit (argparse at import, reading tms-server's own command line, say) fails
+#: to load, or fails its call, as one that raises does.
+MODEL_ERRORS = (Exception, SystemExit)
 
 
 def load_error(exc: BaseException) -> str:
@@ -544,7 +545,7 @@ class ModelRegistry:
             if failure is None:
                 try:
                     registry._add(name, load_class)
-                except LOAD_ERRORS as exc:
+                except MODEL_ERRORS as exc:
                     log.debug("model %r failed to load", name, exc_info=True)
                     failure = load_error(exc)
             if failure is not None:
@@ -623,7 +624,7 @@ class ModelRegistry:
         importlib.invalidate_caches()
         try:
             self._add(name, load_class, "reloaded")
-        except LOAD_ERRORS:
+        except MODEL_ERRORS:
             if self._on_load is not None:
                 self._on_load(name, None)
             raise
