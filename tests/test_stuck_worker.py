@@ -285,6 +285,21 @@ def test_a_reload_that_kills_its_workers_is_not_sent_again(server_process, tmp_p
     assert server.logs().count("in every worker (reload") == 1, server.logs()
 
 
+def test_list_workers_gets_past_the_death_of_its_worker(server_process, tmp_path):
+    """ListWorkers only reads: cut off because the worker holding its connection died, it is
+    sent again and answered by the workers that replace it."""
+    models = write_models(tmp_path / "models", MODELS)
+    tokens = tmp_path / "admin_tokens"
+    tokens.write_text(f"{ADMIN_TOKEN}\n")
+    server = server_process(models, workers=2, args=("--admin-tokens-file", str(tokens)))
+    with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+        for _ in range(3):
+            pids = {w.pid for w in admin.list_workers()}
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            assert pids.isdisjoint(w.pid for w in admin.list_workers())
+
+
 def test_a_worker_killed_during_a_reload_leaves_no_reload_lock_behind(server_process, tmp_path):
     """The worker asked for a reload holds the server's reload lock until every worker has
     reloaded; killed meanwhile, it must not take the lock to its grave."""

@@ -6,9 +6,10 @@
 
 The server must have been started with ``--admin-tokens-file``, and ``token`` must be one of
 its admin tokens (call tokens are not); otherwise each call raises PermissionDeniedError.
-Any worker answers for all of them, so one connection is enough; a call a worker shutting
+Any worker answers for all of them, so one connection is enough. A call a worker shutting
 down refuses (UNAVAILABLE, DRAINING) is sent again on a new connection, within the call's
-timeout. A call cut off (its worker died) is not: a reload may have begun.
+timeout, and so is a ``list_workers`` cut off because its worker died; a reload cut off is
+not, as it may have begun.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ __all__ = ["AdminClient", "ReloadOutcome", "WorkerStatus"]
 
 pb = admin_service_pb2
 _SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
-#: A call a worker refused because it is shutting down (UNAVAILABLE, DRAINING) is sent again
-#: on a new connection, waiting this many seconds more each time (1 s at most), within its
-#: timeout and this many attempts in all.
+#: A call a worker refused because it is shutting down (UNAVAILABLE, DRAINING), or a read cut
+#: off (UNAVAILABLE), is sent again on a new connection, waiting this many seconds more each
+#: time (1 s at most), within its timeout and this many attempts in all.
 _BACKOFF = 0.2
 _ATTEMPTS = 20
 M = TypeVar("M", bound=Message)
@@ -98,9 +99,12 @@ class AdminClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: str, request: Message, response_class: type[M]) -> M:
+    def _call(
+        self, method: str, request: Message, response_class: type[M], *, read_only: bool = False
+    ) -> M:
         """Send ``request`` to ``method``; sent again (within ``timeout``) on a new connection,
-        which may reach another worker, when a worker shutting down refused it."""
+        which may reach another worker, when a worker shutting down refused it or, for a
+        ``read_only`` call, when its connection failed."""
         path, data = f"/{_SERVICE}/{method}", request.SerializeToString()
         timeout, metadata = self.options.timeout, self.options.metadata
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -111,10 +115,10 @@ class AdminClient:
             try:
                 return response_class.FromString(self._channel.unary(call).data)
             except UnavailableError as error:
-                # Only a worker's refusal while it shuts down, before it did anything: a call
-                # cut off (the worker died during a reload, say) may have been carried out.
+                # A worker's refusal while it shuts down, before it did anything, or a read: a
+                # change cut off (the worker died during a reload, say) may have been made.
                 pause = min(_BACKOFF * attempt, 1.0)
-                if error.reason != "DRAINING" or attempt == _ATTEMPTS:
+                if not (read_only or error.reason == "DRAINING") or attempt == _ATTEMPTS:
                     raise
                 if deadline is not None and time.monotonic() + pause >= deadline:
                     raise
@@ -125,7 +129,9 @@ class AdminClient:
 
     def list_workers(self) -> list[WorkerStatus]:
         """Every worker process of the server, with its pid and load."""
-        response = self._call("ListWorkers", pb.ListWorkersRequest(), pb.ListWorkersResponse)
+        response = self._call(
+            "ListWorkers", pb.ListWorkersRequest(), pb.ListWorkersResponse, read_only=True
+        )
         return [
             WorkerStatus(
                 index=w.worker_index,
