@@ -117,7 +117,7 @@ def test_a_worker_crashing_while_the_server_starts_stops_the_server(models, tmp_
         check=False,
     )
     assert done.returncode == 1
-    assert re.search(r"worker \d exited with 7 while starting", done.stderr), done.stderr
+    assert re.search(r"worker \d exited while starting: exit code 7", done.stderr), done.stderr
     assert "serving on" not in done.stdout
 
 
@@ -170,6 +170,66 @@ def test_a_memory_limit_too_low_for_a_worker_to_start_says_so(tmp_path):
     assert said in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert "serving on" not in done.stdout
+
+
+# Under --worker-memory-mb: crashes while loading as a native library that found no memory
+# may (SIGSEGV), or holds nearly all of its address space and never finishes loading, as
+# OpenBLAS does retrying a buffer it cannot get.
+SHORT_OF_MEMORY = """
+    import mmap, os, signal, time
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+
+        def __init__(self):
+            if os.environ["TMS_TEST_SHORT"] == "crash":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            held = []
+            while True:
+                try:
+                    held.append(mmap.mmap(-1, 4 << 20))
+                except OSError:
+                    break
+            while True:
+                time.sleep(0.1)
+
+        def run(self, text, args):
+            return text
+"""
+
+
+@pytest.mark.parametrize("how", ["crash", "stuck"])
+def test_a_worker_short_of_memory_while_starting_is_said(tmp_path, how):
+    models = write_models(tmp_path / "models", {"short": SHORT_OF_MEMORY})
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--models", str(models), "--workers", "1", "--worker-memory-mb", "1500"]
+    env = {**os.environ, "TMS_TEST_SHORT": how}
+    with subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as server:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(server.stderr or ()), daemon=True)
+        reader.start()
+        try:
+            if how == "crash":
+                assert server.wait(60) == 1
+                reader.join(10)
+                said = (
+                    "worker 0 exited while starting: killed by SIGSEGV; with --worker-memory-mb "
+                    "1500, a library that found no memory left may have crashed it"
+                )
+            else:
+                said = "worker 0 has held all of --worker-memory-mb 1500 for 10s while starting"
+                assert wait_for(lambda: any(said in line for line in lines), 60), "".join(lines)
+                server.send_signal(signal.SIGTERM)
+                assert server.wait(60) == 0
+                reader.join(10)
+            logs = "".join(lines)
+            assert logs.count(said) == 1, logs
+        finally:  # the worker too: stuck loading, it outlives a killed supervisor
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_sigint_stops_like_sigterm_and_finishes_the_call_in_flight(models, tmp_path):

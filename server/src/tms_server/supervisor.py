@@ -45,6 +45,11 @@ _BACKOFF_MAX = 10.0
 # A worker that loaded its models and then served this long is replaced at once when it dies;
 # one that dies sooner (a crash while loading, say) is replaced after a growing delay.
 _HEALTHY_AFTER = 1.0
+# A worker still starting that has held nearly all of --worker-memory-mb this long is said to
+# be short of it: some libraries (OpenBLAS, say) retry a failed allocation for ever.
+_AT_LIMIT_SAID_AFTER = 10.0
+# How a library that finds no memory left often ends a process.
+_CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS})
 
 
 def _backoff(failures: int) -> float:
@@ -90,6 +95,8 @@ class _Slot:
     beat: float = 0.0
     beat_seen: float = 0.0
     silent_for: float | None = None  # set when the supervisor kills it for going silent
+    at_limit_since: float | None = None  # since when, starting, it has held its memory limit
+    short_said: bool = False  # that it may be short of memory
 
 
 class Supervisor:
@@ -140,6 +147,7 @@ class Supervisor:
         process.start()
         slot = self._slots[index]
         slot.process, slot.started, slot.ready_at = process, time.monotonic(), None
+        slot.at_limit_since, slot.short_said = None, False
         if self._metrics is not None:
             self._metrics.workers = self._running()
 
@@ -230,10 +238,15 @@ class Supervisor:
                 return True
             for index, slot in enumerate(self._slots):
                 if slot.process is not None and slot.process.exitcode is not None:
+                    code = slot.process.exitcode
                     log.error(
-                        "worker %d exited with %s while starting", index, slot.process.exitcode
+                        "worker %d exited while starting: %s%s",
+                        index,
+                        _describe_exit(code),
+                        _short(code, self.settings.worker_memory_mb),
                     )
                     return False
+            self._watch_memory()
             if time.monotonic() > deadline:
                 pending = [i for i, slot in enumerate(self._slots) if slot.ready_at is None]
                 log.error("workers %s not ready after %.0fs", pending, _READY_TIMEOUT)
@@ -256,11 +269,13 @@ class Supervisor:
                 healthy = slot.ready_at is not None and now - slot.ready_at >= _HEALTHY_AFTER
                 slot.failures = 0 if healthy else slot.failures + 1
                 delay = _backoff(slot.failures)
+                code = slot.process.exitcode
                 log.error(
-                    "worker %d (pid %s) died: %s; restarting in %.1fs",
+                    "worker %d (pid %s) died: %s%s; restarting in %.1fs",
                     index,
                     slot.process.pid,
-                    _describe_exit(slot.process.exitcode, slot.silent_for),
+                    _describe_exit(code, slot.silent_for),
+                    "" if slot.ready_at else _short(code, self.settings.worker_memory_mb),
                     delay,
                 )
                 slot.restart_at = now + delay
@@ -284,8 +299,41 @@ class Supervisor:
                 slot.restart_at = 0.0
                 if self._metrics is not None:
                     self._metrics.restarts += 1
+        self._watch_memory()
         if self._metrics is not None:
             self._metrics.workers = self._running()
+
+    def _watch_memory(self) -> None:
+        """Say once of each worker still starting that has held nearly all of its
+        --worker-memory-mb for _AT_LIMIT_SAID_AFTER seconds that it may be short of it."""
+        limit = self.settings.worker_memory_mb * 1024 * 1024
+        if not limit:
+            return
+        now = time.monotonic()
+        for index, slot in enumerate(self._slots):
+            process = slot.process
+            if (
+                process is None
+                or process.pid is None
+                or slot.ready_at is not None
+                or slot.short_said
+            ):
+                continue
+            held = _address_space(process.pid)
+            if held is None or held < limit - min(limit // 20, 256 * 1024 * 1024):
+                slot.at_limit_since = None
+            elif slot.at_limit_since is None:
+                slot.at_limit_since = now
+            elif now - slot.at_limit_since >= _AT_LIMIT_SAID_AFTER:
+                log.warning(
+                    "worker %d has held all of --worker-memory-mb %d for %.0fs while starting; "
+                    "a library may be retrying an allocation that cannot succeed: if it is "
+                    "not ready soon, give it a larger limit",
+                    index,
+                    self.settings.worker_memory_mb,
+                    now - slot.at_limit_since,
+                )
+                slot.short_said = True
 
     def _check_heartbeat(self, index: int, slot: _Slot, now: float) -> None:
         """SIGKILL the running worker of ``slot`` (a signal even a stopped process obeys) if it
@@ -333,6 +381,26 @@ class Supervisor:
                 process.kill()
                 process.join()
         log.info("stopped")
+
+
+def _address_space(pid: int) -> int | None:
+    """Bytes of address space process ``pid`` holds (what RLIMIT_AS bounds); None if gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _short(code: int, memory_mb: int) -> str:
+    """What the line of a worker that died while starting adds when it crashed under a memory
+    limit (empty otherwise)."""
+    if not memory_mb or code >= 0 or -code not in _CRASH_SIGNALS:
+        return ""
+    return (
+        f"; with --worker-memory-mb {memory_mb}, a library that found no memory left may have "
+        "crashed it: try a larger limit"
+    )
 
 
 def _describe_exit(code: int, silent_for: float | None = None) -> str:
