@@ -29,6 +29,7 @@ from tests.support import (
     write_models,
 )
 from tests.test_deploy import METRICS as DASHBOARD_METRICS
+from tests.test_http import http, http_base
 from tms_client import InvalidInputError, ModelClient, ModelNotFoundError, RoundRobin
 from tms_server.exporter import MAX_SCRAPES, SCRAPE_TIMEOUT
 
@@ -227,6 +228,39 @@ def test_metrics_add_up_over_the_workers_and_outlive_a_dead_one(
 
     assert server.stop() == 0
     assert not directory.exists()  # removed at exit
+
+
+def test_http_calls_are_counted_refusals_included(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    """An HTTP call refused before its model runs (no such model, a body unread or unusable)
+    is counted as its gRPC form is, and gets its request id back."""
+    server = server_process(
+        models,
+        workers=1,
+        args=("--metrics-port", "0", "--http-port", "0", "--max-message-mb", "1"),
+        env={"TMPDIR": str(tmp_path)},
+    )
+    url, base = metrics_url(server), http_base(server)
+    image = {"name": "IMAGE", "datatype": "UINT8", "shape": [2, 2], "data": [1, 2, 3, 4]}
+    for model, status in [("pixels", 200), ("nope", 404), ("nope", 404), ("a.b", 400)]:
+        reply = http(f"{base}/v2/models/{model}/infer", {"inputs": [image]})
+        assert reply.status == status, reply.body
+    too_large = http(f"{base}/v2/models/pixels/infer", b" " * (2 << 20))
+    assert too_large.status == 413, too_large.body
+    unknown = http(f"{base}/v2/models/nope/run", b"x", headers={"X-Request-Id": "lost-1"})
+    assert (unknown.status, unknown.headers["X-Request-Id"]) == (404, "lost-1")
+    assert http(f"{base}/v2/models/pixels/run", b"").status == 400  # no image
+    assert http(f"{base}/v2/models/words/run", b"\xff").status == 400  # not UTF-8
+    assert model_calls(scrape(url)) == {
+        ("pixels", "http:ModelInfer", "OK"): 1.0,
+        ("(unknown)", "http:ModelInfer", "NOT_FOUND"): 2.0,
+        ("(unknown)", "http:ModelInfer", "INVALID_ARGUMENT"): 1.0,
+        ("pixels", "http:ModelInfer", "RESOURCE_EXHAUSTED"): 1.0,
+        ("(unknown)", "http:Run", "NOT_FOUND"): 1.0,
+        ("pixels", "http:RunImage", "INVALID_ARGUMENT"): 1.0,
+        ("words", "http:RunText", "INVALID_ARGUMENT"): 1.0,
+    }
 
 
 def test_dynamic_batches_are_counted_and_every_metric_is_on_the_dashboard(

@@ -30,7 +30,7 @@ from tms_client.protocol.methods import OUTPUT_FIELD
 from tms_client.protocol.wire import ImageParts, split_images
 from tms_server import __version__, oip, security
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip_pb
-from tms_server.callinfo import CURRENT, REQUEST_ID_KEY
+from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo
 from tms_server.errors import (
     InvalidArgument,
     Reason,
@@ -72,6 +72,11 @@ HTTP_STATUS = {
     grpc.StatusCode.FAILED_PRECONDITION: 503,  # a model that failed to load, or is elsewhere
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+#: The status code of a call whose body could not be read, by the HTTP status it gets.
+UNREAD = {
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 #: Reasons of INVALID_ARGUMENT that say the input is too large.
 TOO_LARGE = {Reason.IMAGE_TOO_LARGE, Reason.BATCH_TOO_LARGE}
@@ -350,9 +355,10 @@ class _Api:
                 )
             else:
                 message = f"{exc.reason}: {request.method} {request.path}"
-            return _error(exc.status, message, Reason.INVALID_REQUEST, headers=exc.headers)
+            response = _error(exc.status, message, Reason.INVALID_REQUEST, headers=exc.headers)
         except RequestPayloadError as exc:  # a body that breaks off, or lies about its chunks
-            return _error(400, f"the request body could not be read: {exc}", Reason.INVALID_REQUEST)
+            message = f"the request body could not be read: {exc}"
+            response = _error(400, message, Reason.INVALID_REQUEST)
         except ConnectionError as exc:  # the caller left mid-request: nobody to answer
             log.debug("%s %s: the caller left: %r", request.method, request.path, exc)
             return _error(400, "the connection was lost", Reason.INVALID_REQUEST)
@@ -458,17 +464,20 @@ class _Api:
     async def infer(self, request: web.Request) -> web.Response:
         """OIP inference: JSON tensors, and binary ones by the binary tensor data extension."""
         name, version = request.match_info["name"], request.match_info.get("version", "")
-        self._registry.find(name)  # 404 for a model nobody has, whatever the body
-        body = await self._body(request)
-        header = request.headers.get(HEADER_LENGTH)
 
-        def call() -> tuple[bytes, int]:
-            parsed = parse_infer(name, version, body, header)
-            reply = self._inference.ModelInfer(parsed.message, _NO_CONTEXT)
-            return infer_response(parsed, reply, self._settings.max_message_bytes)
+        async def prepare(_: CallInfo) -> tuple[Callable[[], tuple[bytes, int]], int]:
+            self._registry.find(name)  # 404 for a model nobody has, whatever the body
+            body = await self._body(request)
+            header = request.headers.get(HEADER_LENGTH)
 
-        pixels = _infer_pixels(body, header)
-        outcome = await self._call(request, "ModelInfer", name, call, pixels=pixels)
+            def call() -> tuple[bytes, int]:
+                parsed = parse_infer(name, version, body, header)
+                reply = self._inference.ModelInfer(parsed.message, _NO_CONTEXT)
+                return infer_response(parsed, reply, self._settings.max_message_bytes)
+
+            return call, _infer_pixels(body, header)
+
+        outcome = await self._call(request, "ModelInfer", name, prepare)
         if isinstance(outcome, web.Response):
             return outcome
         data, length = outcome
@@ -483,32 +492,30 @@ class _Api:
         JSON: the model's result, and the images an image-to-image model returns (PNG in
         base64, or tensors when they are not pictures)."""
         name = request.match_info["name"]
-        model = self._registry.find(name)
-        args = request.query.get("args", "")
-        body = await self._body(request)
-        models = self._models
-        if model.supports(pb.MODEL_CALL_RUN_TEXT):
-            try:
-                text = pb.RunTextRequest(model=name, text=body.decode(), args_json=args)
-            except UnicodeDecodeError as exc:
-                raise InvalidArgument(f"model {name!r} takes UTF-8 text: {exc}") from None
-            rpc, pixels = "RunText", 0
 
-            def call() -> bytes:
-                return _answer(name, models.RunText(text, _NO_CONTEXT))
-
-        elif not body:
-            raise InvalidArgument("send an image file (PNG or JPEG) as the request body")
-        elif not model.supports(pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE):
-            raw = pb.RunImageRequest(
-                model=name, image=_image_file(body), args_json=args
-            ).SerializeToString()
-            rpc, pixels = "RunImage", models.pixels(pb.RunImageRequest, raw)
-
-            def call() -> bytes:
-                return _answer(name, models.RunImage(raw, _NO_CONTEXT))
-
-        else:
+        async def prepare(call: CallInfo) -> tuple[Callable[[], bytes], int]:
+            model = self._registry.find(name)
+            texts = model.supports(pb.MODEL_CALL_RUN_TEXT)
+            to_image = not texts and model.supports(pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
+            rpc = "RunText" if texts else "RunImageToImage" if to_image else "RunImage"
+            call.rpc = f"http:{rpc}"
+            args = request.query.get("args", "")
+            body = await self._body(request)
+            models = self._models
+            if texts:
+                try:
+                    text = pb.RunTextRequest(model=name, text=body.decode(), args_json=args)
+                except UnicodeDecodeError as exc:
+                    raise InvalidArgument(f"model {name!r} takes UTF-8 text: {exc}") from None
+                return lambda: _answer(name, models.RunText(text, _NO_CONTEXT)), 0
+            if not body:
+                raise InvalidArgument("send an image file (PNG or JPEG) as the request body")
+            if not to_image:
+                raw = pb.RunImageRequest(
+                    model=name, image=_image_file(body), args_json=args
+                ).SerializeToString()
+                pixels = models.pixels(pb.RunImageRequest, raw)
+                return lambda: _answer(name, models.RunImage(raw, _NO_CONTEXT)), pixels
             png = model.output_color != image_pb2.COLOR_ORDER_UNSPECIFIED
             limit = self._settings.max_message_bytes
             raw = pb.RunImageToImageRequest(
@@ -517,15 +524,17 @@ class _Api:
                 args_json=args,
                 output_encoding=image_pb2.ENCODING_PNG if png else image_pb2.ENCODING_RAW,
             ).SerializeToString()
-            rpc, pixels = "RunImageToImage", models.pixels(pb.RunImageToImageRequest, raw)
 
-            def call() -> bytes:
+            def image_to_image() -> bytes:
                 reply = models.RunImageToImage(raw, _NO_CONTEXT)
                 head, parts = split_images(pb.RunImageToImageResponse, reply, OUTPUT_FIELD)
                 images = [_output_image(i, part, png, limit) for i, part in enumerate(parts)]
                 return _answer(name, head, images=images)
 
-        outcome = await self._call(request, rpc, name, call, pixels=pixels)
+            return image_to_image, models.pixels(pb.RunImageToImageRequest, raw)
+
+        # Counted as the tms.v1 RPC it stands for once the model is known, "http:Run" before.
+        outcome = await self._call(request, "Run", name, prepare)
         if isinstance(outcome, web.Response):
             return outcome
         return web.Response(body=outcome, content_type="application/json")
@@ -546,24 +555,27 @@ class _Api:
         request: web.Request,
         rpc: str,
         model: str,
-        function: Callable[..., T],
-        *args: Any,
-        pixels: int = 0,
+        prepare: Callable[[CallInfo], Awaitable[tuple[Callable[[], T], int]]],
     ) -> T | web.Response:
-        """``function(*args)`` admitted, run, counted and logged as the worker's gRPC calls
-        are; what it raised as an error response."""
+        """The function ``prepare`` makes (it finds the model and reads the body), with the
+        pixels it weighs, admitted, run, counted and logged as the worker's gRPC calls are,
+        refusals before it runs included; what it raised as an error response."""
         worker = self._worker
         began = time.perf_counter()
         metadata = [(key.lower(), value) for key, value in request.headers.items()]
         call = worker.begin(f"http:{rpc}", f"/http/{rpc}", metadata, model)
         try:
+            function, pixels = await prepare(call)
             worker.check_serving("try again")
-            result = await worker.runner.run(function, *args, pixels=pixels, key=(call.rpc, model))
+            result = await worker.runner.run(function, pixels=pixels, key=(call.rpc, model))
         except asyncio.CancelledError:  # the caller left
             worker.finished(call, grpc.StatusCode.CANCELLED, began)
             raise
+        except (web.HTTPException, RequestPayloadError, ConnectionError) as exc:
+            worker.finished(call, _unread(exc), began)
+            raise  # the body could not be read: guard answers
         except Exception as exc:
-            code, response = _failure(exc, rpc, model)
+            code, response = _failure(exc, call.rpc.removeprefix("http:"), model)
             worker.finished(call, code, began)
             return response
         worker.finished(call, grpc.StatusCode.OK, began)
@@ -610,6 +622,15 @@ def _failure(exc: Exception, rpc: str, model: str) -> tuple[grpc.StatusCode, web
     response = _error(http, status.details, reason)
     response.headers.update(headers)
     return code, response
+
+
+def _unread(exc: Exception) -> grpc.StatusCode:
+    """The status code a call is counted with whose body could not be read: too large as
+    gRPC says it, too slow, broken, or its caller gone."""
+    if isinstance(exc, ConnectionError):
+        return grpc.StatusCode.CANCELLED
+    status = exc.status if isinstance(exc, web.HTTPException) else 400
+    return UNREAD.get(status, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def _image_file(data: bytes) -> image_pb2.Image:
