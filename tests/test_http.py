@@ -160,6 +160,34 @@ def test_server_and_model_metadata(base):
     assert [o["name"] for o in edges["outputs"]] == ["OUTPUT_IMAGE", "RESULT"]
 
 
+def test_the_model_configuration_extension_v2_names_is_served(base):
+    assert "model_configuration" in http(f"{base}/v2").json()["extensions"]
+    face = http(f"{base}/v2/models/face/config")
+    assert face.status == 200, face.body
+    assert face.json() == {
+        "name": "face",
+        "platform": "tms",
+        "backend": "python",
+        "max_batch_size": 64,
+        "input": [
+            {
+                "name": "IMAGE",
+                "data_type": "TYPE_UINT8",
+                "format": "FORMAT_NHWC",
+                "dims": [-1, -1, 3],
+            }
+        ],
+        "output": [{"name": "RESULT", "data_type": "TYPE_STRING", "dims": [1]}],
+    }
+    assert http(f"{base}/v2/models/face/versions/1/config").json() == face.json()
+    text = http(f"{base}/v2/models/text_stats/config").json()
+    assert text["input"] == [
+        {"name": "TEXT", "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1]}
+    ]
+    assert http(f"{base}/v2/models/nope/config").status == 404
+    assert http(f"{base}/v2/models/face/versions/2/config").status == 404
+
+
 # -- inference: JSON tensors --------------------------------------------------------------------
 
 

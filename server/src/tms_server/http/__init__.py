@@ -3,7 +3,8 @@
 - ``GET /v2/health/live``, ``GET /v2/health/ready`` (200, or 503 while the worker's gRPC health
   is not SERVING), open to probes without a token;
 - ``GET /v2`` (server metadata), ``GET /v2/models`` (every model's metadata: a TMS extension),
-  ``GET /v2/models/{name}[/versions/{version}]`` and ``.../ready``;
+  ``GET /v2/models/{name}[/versions/{version}]``, ``.../ready`` and ``.../config`` (Triton's
+  model configuration);
 - ``POST /v2/models/{name}[/versions/{version}]/infer``: OIP's JSON tensors (and the binary
   tensor data extension), mapped onto TMS's models exactly as the OIP gRPC service maps them
   (tms_server.oip): input ``IMAGE`` or ``TEXT``, outputs ``RESULT`` and ``OUTPUT_IMAGE``;

@@ -24,6 +24,7 @@ import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from google.protobuf import json_format
 
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client.protocol.methods import OUTPUT_FIELD
@@ -334,6 +335,7 @@ class _Api:
         for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             router.add_get(model, self.model_metadata)
             router.add_get(f"{model}/ready", self.model_ready)
+            router.add_get(f"{model}/config", self.model_config)
             router.add_post(f"{model}/infer", self.infer)
         router.add_post("/v2/models/{name}/run", self.run)
 
@@ -460,6 +462,19 @@ class _Api:
             _NO_CONTEXT,
         ).ready
         return _json({"ready": ready}, 200 if ready else 503)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        """Triton's model configuration extension (``GET /v2`` names it): the ModelConfig of
+        the gRPC form as JSON, its int64 dims as numbers, as Triton sends them."""
+        info = request.match_info
+        asked = oip_pb.ModelConfigRequest(name=info["name"], version=info.get("version", ""))
+        config = self._inference.ModelConfig(asked, _NO_CONTEXT).config
+        document = json_format.MessageToDict(
+            config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        for tensor in (*document["input"], *document["output"]):
+            tensor["dims"] = [int(dim) for dim in tensor["dims"]]
+        return _json(document)
 
     async def infer(self, request: web.Request) -> web.Response:
         """OIP inference: JSON tensors, and binary ones by the binary tensor data extension."""
