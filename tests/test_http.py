@@ -294,6 +294,24 @@ def test_binary_output_image(base):
     assert edges[:, 8].max() == 255 or edges[:, 7].max() == 255
 
 
+def test_an_output_asked_for_as_json_stays_json_when_the_rest_go_binary(base):
+    gray = np.tile(np.array([0, 255], np.uint8).repeat(8), (16, 1))
+    body = {
+        "inputs": [tensor("IMAGE", gray)],
+        "outputs": [
+            {"name": "OUTPUT_IMAGE"},
+            {"name": "RESULT", "parameters": {"binary_data": False}},
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    reply = http(f"{base}/v2/models/edges/infer", body)
+    assert reply.status == 200, reply.body
+    length = int(reply.headers["Inference-Header-Content-Length"])
+    image, result = json.loads(reply.body[:length])["outputs"]
+    assert image["parameters"]["binary_data_size"] == len(reply.body) - length == 16 * 16
+    assert result["data"] == ["null"]  # JSON, as its own binary_data says
+
+
 # -- TMS's /run: a file in, JSON out ------------------------------------------------------------
 
 

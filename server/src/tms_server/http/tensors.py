@@ -6,7 +6,7 @@ first ``Inference-Header-Content-Length`` bytes and each input with a ``binary_d
 parameter takes its bytes, in turn, from the rest (BYTES elements each prefixed by their
 length, 4 bytes little-endian, as in the gRPC form). Outputs go back as JSON ``data``, or as
 binary after the JSON when asked (``binary_data`` on an output, ``binary_data_output`` on the
-request).
+request, which an output's own ``binary_data`` overrides).
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ class InferRequest:
 
     message: oip.ModelInferRequest
     binary_outputs: set[str] = field(default_factory=set)
+    json_outputs: set[str] = field(default_factory=set)  # binary_data false: over the default
     binary_by_default: bool = False
 
     def binary(self, name: str) -> bool:
+        if name in self.json_outputs:
+            return False
         return name in self.binary_outputs or self.binary_by_default
 
 
@@ -141,8 +144,11 @@ def _outputs(request: InferRequest, document: Mapping[str, Any]) -> InferRequest
         output = _object(item, f"outputs[{index}]")
         wanted = _text(output.get("name"), f"outputs[{index}].name")
         request.message.outputs.add(name=wanted)
-        if _object(output.get("parameters") or {}, "parameters").get("binary_data") is True:
+        binary = _object(output.get("parameters") or {}, "parameters").get("binary_data")
+        if binary is True:
             request.binary_outputs.add(wanted)
+        elif binary is False:  # JSON, even with binary_data_output: an output's own word wins
+            request.json_outputs.add(wanted)
     return request
 
 
