@@ -390,6 +390,8 @@ def test_errors_are_http_statuses_with_a_message(base):
     assert_error(http(infer, wrong_type), 400, "NOPE")
     strings = {"inputs": [{**good["inputs"][0], "data": ["a", "b", "c", "d"]}]}
     assert_error(http(infer, strings), 400, "integers")
+    empty = {"inputs": [{**good["inputs"][0], "shape": [0, 0], "data": []}]}
+    assert_error(http(infer, empty), 400, "shape [0, 0]", "not positive")  # not "integers"
     wrong_name = {"inputs": [{**good["inputs"][0], "name": "PIXELS"}]}
     assert_error(http(infer, wrong_name), 400, "IMAGE")
     assert_error(http(infer, {**good, "outputs": [{"name": "NOPE"}]}), 400, "no output 'NOPE'")

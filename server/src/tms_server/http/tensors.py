@@ -292,7 +292,7 @@ def _data(values: Any, datatype: str, shape: list[int], what: str) -> bytes:
     except ValueError:
         raise InvalidArgument(f"{what} is not a list of numbers in row-major order") from None
     kinds = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[target.kind]
-    if array.dtype.kind not in kinds:
+    if array.size and array.dtype.kind not in kinds:  # numpy makes an empty list float64
         wanted = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers"}
         raise InvalidArgument(f"{what} must hold {wanted[target.kind]} for {datatype}", field=what)
     _count(array.size, count, shape, what)
