@@ -737,6 +737,31 @@ def test_a_worker_holds_at_most_max_connections(tmp_path):
         assert server.stop() == 0, server.logs()
 
 
+def test_bodies_that_never_finish_hold_no_more_than_max_untaken_mb(tmp_path):
+    # Callers that send much of a large body and then nothing would each hold it for
+    # --slow-client-seconds; past --max-untaken-mb in all, the largest are cut off at once.
+    models = write_models(tmp_path / "models", {})
+    shutil.copytree(EXAMPLE_MODELS / "mean", models / "mean")
+    args = ("--http-port", "0", "--max-untaken-mb", "4", "--max-message-mb", "16")
+    server = start_process(models, workers=1, args=(*args, "--slow-client-seconds", "60"))
+    try:
+        base = http_base(server)
+        address = urllib.parse.urlsplit(base)
+        where = (address.hostname, address.port)
+        head = b"POST /v2/models/mean/infer HTTP/1.1\r\nHost: tms\r\nContent-Length: %d\r\n\r\n"
+        with contextlib.ExitStack() as stack:
+            held = [stack.enter_context(socket.create_connection(where, timeout=30)) for _ in "abc"]
+            for connection in held:  # 3 x 2 MiB arrived, of 10 MiB each
+                connection.sendall(head % (10 << 20) + b" " * (2 << 20))
+            closed = sum(closed_by_peer(connection, timeout=5) for connection in held)
+            assert closed >= 1, server.logs()
+            assert "(--max-untaken-mb)" in server.logs()
+            good = {"inputs": [tensor("IMAGE", np.full((2, 2), 7, np.uint8))]}
+            assert result_of(http(f"{base}/v2/models/mean/infer", good)) == {"mean": 7.0}
+    finally:
+        assert server.stop() == 0, server.logs()
+
+
 # -- the page -----------------------------------------------------------------------------------
 
 

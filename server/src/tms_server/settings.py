@@ -286,7 +286,8 @@ class Settings:
         default=256,
         metadata=_meta(
             "answers a worker holds for callers that have not taken them, in MiB; past it the "
-            "connections of the oldest are closed",
+            "connections holding the most are closed; HTTP request bodies still arriving have "
+            "as much apart",
             1,
             2**20,
         ),

@@ -18,6 +18,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
@@ -323,6 +324,8 @@ class _Api:
         self._registry = registry
         self._health = health
         self._tokens = tokens
+        self._arriving: set[_Arrival] = set()  # the bodies still arriving
+        self._arrived = 0  # their bytes so far
         page = importlib.resources.files(__package__).joinpath("page.html")
         self._page = page.read_bytes()
 
@@ -555,15 +558,53 @@ class _Api:
         return web.Response(body=outcome, content_type="application/json")
 
     async def _body(self, request: web.Request) -> bytes:
-        """The request body, within --slow-client-seconds and --max-message-mb."""
+        """The request body, within --slow-client-seconds and --max-message-mb; the bodies
+        still arriving, together, within --max-untaken-mb (``_shed``)."""
         seconds = self._settings.slow_client_seconds or None
+        limit = self._settings.max_message_bytes
+        body = bytearray()
+        call = CURRENT.get()
+        arrival = _Arrival(request, call.request_id if call is not None else "")
+        self._arriving.add(arrival)
         try:
             async with asyncio.timeout(seconds):
-                return await request.read()
+                async for chunk in request.content.iter_any():
+                    if arrival not in self._arriving:  # shed: its connection is closed
+                        raise ConnectionResetError("closed for holding too much (--max-untaken-mb)")
+                    body += chunk
+                    if len(body) >= limit:  # as aiohttp's own request.read() counts
+                        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+                    arrival.size += len(chunk)
+                    self._arrived += len(chunk)
+                    self._shed()
         except TimeoutError:
             raise web.HTTPRequestTimeout(
                 reason=f"the request body took over {seconds:g}s (--slow-client-seconds)"
             ) from None
+        finally:
+            if arrival in self._arriving:
+                self._arriving.discard(arrival)
+                self._arrived -= arrival.size
+        return bytes(body)
+
+    def _shed(self) -> None:
+        """Close the connections whose bodies hold the most, while the bodies still arriving
+        add up to more than --max-untaken-mb: callers that send much and never finish (each
+        may hold up to --max-message-mb until --slow-client-seconds) cannot fill the memory."""
+        budget = self._settings.max_untaken_mb << 20
+        while self._arrived > budget:
+            arrival = max(self._arriving, key=lambda held: held.size)
+            self._arriving.discard(arrival)
+            self._arrived -= arrival.size
+            log.warning(
+                "closing the HTTP connection of %s (request %s): request bodies still arriving "
+                "exceed %d bytes (--max-untaken-mb); its body holds the most of them",
+                arrival.request.remote,
+                arrival.request_id,
+                budget,
+            )
+            if arrival.request.transport is not None:
+                arrival.request.transport.abort()
 
     async def _call(
         self,
@@ -595,6 +636,15 @@ class _Api:
             return response
         worker.finished(call, grpc.StatusCode.OK, began)
         return result
+
+
+@dataclass(eq=False)  # each one itself, in a set
+class _Arrival:
+    """A request body still arriving, and its bytes so far."""
+
+    request: web.Request
+    request_id: str
+    size: int = 0
 
 
 class _NoContext:
