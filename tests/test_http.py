@@ -583,6 +583,12 @@ def test_too_large_is_413(guarded):
     big = np.zeros((420, 1024), np.uint8)  # "0, " a pixel: a little over 1 MiB of JSON
     reply = http(f"{base}/v2/models/mean/infer", {"inputs": [tensor("IMAGE", big)]}, headers=BEARER)
     assert_error(reply, 413, "--max-message-mb")
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
+    padded = png.getvalue().ljust(1 << 20, b"\0")  # 1 MiB exactly: within the limit
+    reply = http(f"{base}/v2/models/mean/run", padded, headers=BEARER)
+    assert (reply.status, reply.json()["result"]) == (200, {"mean": 0.0}), reply.body
+    assert http(f"{base}/v2/models/mean/run", padded + b"\0", headers=BEARER).status == 413
 
 
 def test_an_answer_too_large_for_json_is_413_and_fits_as_binary(guarded):

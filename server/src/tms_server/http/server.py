@@ -572,7 +572,7 @@ class _Api:
                     if arrival not in self._arriving:  # shed: its connection is closed
                         raise ConnectionResetError("closed for holding too much (--max-untaken-mb)")
                     body += chunk
-                    if len(body) >= limit:  # as aiohttp's own request.read() counts
+                    if len(body) > limit:  # over it, as gRPC counts: a body of the limit fits
                         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
                     arrival.size += len(chunk)
                     self._arrived += len(chunk)
