@@ -569,14 +569,16 @@ class _Api:
         try:
             async with asyncio.timeout(seconds):
                 async for chunk in request.content.iter_any():
-                    if arrival not in self._arriving:  # shed: its connection is closed
-                        raise ConnectionResetError("closed for holding too much (--max-untaken-mb)")
+                    if arrival not in self._arriving:
+                        break
                     body += chunk
                     if len(body) > limit:  # over it, as gRPC counts: a body of the limit fits
                         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
                     arrival.size += len(chunk)
                     self._arrived += len(chunk)
                     self._shed()
+                if arrival not in self._arriving:  # shed: its connection is closed, the body cut
+                    raise ConnectionResetError("closed for holding too much (--max-untaken-mb)")
         except TimeoutError:
             raise web.HTTPRequestTimeout(
                 reason=f"the request body took over {seconds:g}s (--slow-client-seconds)"
