@@ -216,6 +216,19 @@ def start_process(
 
 
 @contextlib.contextmanager
+def refusing_target() -> Iterator[str]:
+    """A target on 127.0.0.1 where nothing listens, for the block: connections are refused.
+
+    The port stays bound (not listening) meanwhile. A port found free and then let go may be
+    taken by any other process on the machine (a server, another test's), or be picked as the
+    source port of a connection to it, which then reaches itself: neither is refused.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.contextmanager
 def stopped(pid: int) -> Iterator[None]:
     """SIGSTOP ``pid`` for the block (a wedged process, to its peers); SIGCONT it afterwards
     if it still exists."""

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from tests.support import start_process, stopped, wait_for, write_models
+from tests.support import refusing_target, start_process, stopped, wait_for, write_models
 from tms_cli.__main__ import main
 from tms_cli.errors import CliError
 from tms_cli.progress import progress_bar
@@ -184,12 +184,6 @@ def tms(capsys, target):
         return code, out, err
 
     return run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def jsonl(text: str) -> list[dict[str, object]]:
@@ -784,23 +778,23 @@ def test_unreachable_server(tms):
 
 
 def test_debug_shows_the_traceback(tms):
-    target = f"127.0.0.1:{free_port()}"
-    with pytest.raises(CliError, match="connection refused"):
-        tms("--debug", "--connect-timeout", "0.3", "workers", server=target)
-    # What a user sees: the real command prints the traceback with --debug, one line without.
-    command = [sys.executable, "-m", "tms_cli", "--target", target, "--connect-timeout", "0.3"]
-    plain = subprocess.run([*command, "workers"], capture_output=True, text=True, check=False)
-    assert plain.returncode == 1
-    assert plain.stderr.startswith("tms: ")
-    assert "connection refused" in plain.stderr
-    assert "Traceback" not in plain.stderr
-    debug = subprocess.run(
-        [*command, "--debug", "workers"], capture_output=True, text=True, check=False
-    )
-    assert debug.returncode == 1
-    assert "Traceback (most recent call last):" in debug.stderr
-    assert "tms_cli.errors.CliError:" in debug.stderr
-    assert "connection refused" in debug.stderr
+    with refusing_target() as target:
+        with pytest.raises(CliError, match="connection refused"):
+            tms("--debug", "--connect-timeout", "0.3", "workers", server=target)
+        # What a user sees: the real command prints the traceback with --debug, one line without.
+        command = [sys.executable, "-m", "tms_cli", "--target", target, "--connect-timeout", "0.3"]
+        plain = subprocess.run([*command, "workers"], capture_output=True, text=True, check=False)
+        assert plain.returncode == 1
+        assert plain.stderr.startswith("tms: ")
+        assert "connection refused" in plain.stderr
+        assert "Traceback" not in plain.stderr
+        debug = subprocess.run(
+            [*command, "--debug", "workers"], capture_output=True, text=True, check=False
+        )
+        assert debug.returncode == 1
+        assert "Traceback (most recent call last):" in debug.stderr
+        assert "tms_cli.errors.CliError:" in debug.stderr
+        assert "connection refused" in debug.stderr
 
 
 # -- on a real terminal -------------------------------------------------------------------------

@@ -28,7 +28,14 @@ from PIL import Image
 from skimage import data
 
 from tests.scripted import FakeServer, ScriptedTransport
-from tests.support import EXAMPLE_MODELS, ROOT, InProcessServer, start_in_process, write_models
+from tests.support import (
+    EXAMPLE_MODELS,
+    ROOT,
+    InProcessServer,
+    refusing_target,
+    start_in_process,
+    write_models,
+)
 from tests.unit.test_pool_core import Asyncio, Threads
 from tms_cli.__main__ import main
 from tms_cli.cli import tms as tms_command
@@ -183,30 +190,30 @@ def test_health_needs_no_token(guarded: InProcessServer, capsys) -> None:
 
 
 def test_a_refused_connection_fails_at_once() -> None:
-    target = f"127.0.0.1:{free_port()}"
-    message = f"connection refused at {target}: is tms-server running?"
-    started = time.monotonic()
-    with pytest.raises(ConnectError, match=message) as refused:
-        ModelClient("pixels", target, connect_timeout=30)
-    assert refused.value.refused == (target,)
+    with refusing_target() as target:
+        message = f"connection refused at {target}: is tms-server running?"
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match=message) as refused:
+            ModelClient("pixels", target, connect_timeout=30)
+        assert refused.value.refused == (target,)
 
-    async def start() -> None:
-        async with AsyncModelClient("pixels", target, connect_timeout=30):
-            pass
+        async def start() -> None:
+            async with AsyncModelClient("pixels", target, connect_timeout=30):
+                pass
 
-    with pytest.raises(ConnectError, match=message):
-        asyncio.run(start())
-    with pytest.raises(ConnectError, match=message):
-        check_health(target, connect_timeout=30)
-    assert time.monotonic() - started < 20  # not the 30 s of the connect timeout
+        with pytest.raises(ConnectError, match=message):
+            asyncio.run(start())
+        with pytest.raises(ConnectError, match=message):
+            check_health(target, connect_timeout=30)
+        assert time.monotonic() - started < 20  # not the 30 s of the connect timeout
 
 
 def test_the_command_says_the_connection_was_refused(capsys) -> None:
-    target = f"127.0.0.1:{free_port()}"
-    for command in ("models", "health"):
-        code, out, err = tms(capsys, "--connect-timeout", "30", "--target", target, command)
-        assert (code, out) == (1, "")
-        assert err == f"tms: connection refused at {target}: is tms-server running?\n"
+    with refusing_target() as target:
+        for command in ("models", "health"):
+            code, out, err = tms(capsys, "--connect-timeout", "30", "--target", target, command)
+            assert (code, out) == (1, "")
+            assert err == f"tms: connection refused at {target}: is tms-server running?\n"
 
 
 @pytest.mark.parametrize("kind", [Threads, Asyncio], ids=["threads", "asyncio"])

@@ -28,6 +28,7 @@ from tests.support import (
     LATE_IMAGE_MODEL,
     ServerProcess,
     answer_once_started,
+    refusing_target,
     stopped,
     wait_for,
     write_models,
@@ -238,22 +239,22 @@ def free_port() -> int:
 def test_a_refused_connection_fails_the_start_at_once(programs):
     """Nothing listens at the target: the start fails at once, Unavailable, naming the target
     and saying the connection was refused, not after its 30 s connect timeout."""
-    target = f"127.0.0.1:{free_port()}"
-    started = time.monotonic()
-    command = [str(programs["load"]), "-addr", target, "-connect-timeout", "30s"]
-    refused = subprocess.run(
-        [*command, "-calls", "1", "load", "whoami"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert refused.returncode == 1
-    assert refused.stderr == (
-        f"error: Unavailable: tms: Dial: Unavailable: connection refused at {target}: "
-        "is tms-server running?\n"
-    )
-    assert time.monotonic() - started < 10
+    with refusing_target() as target:
+        started = time.monotonic()
+        command = [str(programs["load"]), "-addr", target, "-connect-timeout", "30s"]
+        refused = subprocess.run(
+            [*command, "-calls", "1", "load", "whoami"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"error: Unavailable: tms: Dial: Unavailable: connection refused at {target}: "
+            "is tms-server running?\n"
+        )
+        assert time.monotonic() - started < 10
 
 
 def test_a_silent_listener_fails_the_start_unavailable(programs):

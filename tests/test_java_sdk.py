@@ -39,6 +39,7 @@ from tests.support import (
     ServerProcess,
     answer_once_started,
     early_ending_server,
+    refusing_target,
     stopped,
     wait_for,
     write_models,
@@ -209,11 +210,11 @@ def test_a_refused_connection_fails_at_once(example):
     """Nothing listens at the target: the start fails at once, UNAVAILABLE, naming the target and
     saying the connection was refused, not after its 30 s connect timeout (the bound leaves room
     for the JVM loading gRPC's classes on a busy machine)."""
-    target = f"127.0.0.1:{free_port()}"
-    answer = example_json(example, "--connect-timeout", "30", target, "connect")
-    refused = f"UNAVAILABLE: connection refused at {target}: is tms-server running?"
-    assert answer["failure"] == refused, answer
-    assert answer["seconds"] < 10, answer
+    with refusing_target() as target:
+        answer = example_json(example, "--connect-timeout", "30", target, "connect")
+        refused = f"UNAVAILABLE: connection refused at {target}: is tms-server running?"
+        assert answer["failure"] == refused, answer
+        assert answer["seconds"] < 10, answer
 
 
 UNANSWERED = (
@@ -238,10 +239,10 @@ def test_a_silent_target_is_waited_for_until_the_connect_timeout(example):
 def test_wait_for_server_that_never_starts_says_so_in_one_line(example):
     """With waitForServer a target that refuses connections until the connect timeout fails
     with the same one line, not gRPC's connect error and its stack trace."""
-    target = f"127.0.0.1:{free_port()}"
-    command = ["--connect-timeout", "1.5", "--wait-for-server", target, "connect"]
-    answer = example_json(example, *command)
-    assert answer["failure"] == "UNAVAILABLE: " + UNANSWERED.format(target, 1.5), answer
+    with refusing_target() as target:
+        command = ["--connect-timeout", "1.5", "--wait-for-server", target, "connect"]
+        answer = example_json(example, *command)
+        assert answer["failure"] == "UNAVAILABLE: " + UNANSWERED.format(target, 1.5), answer
 
 
 def test_wait_for_server_finds_one_that_starts_later(server_process: Start, models, example):

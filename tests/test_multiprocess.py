@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.support import EXAMPLE_MODELS, EXAMPLE_NAMES, alive, write_models
+from tests.support import EXAMPLE_MODELS, EXAMPLE_NAMES, alive, refusing_target, write_models
 from tms_client import (
     ConnectError,
     DeadlineExceededError,
@@ -174,10 +173,7 @@ def test_bad_settings_stop_the_server_with_a_message():
 
 
 def test_connect_timeout_when_nothing_listens():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     started = time.monotonic()
-    with pytest.raises(ConnectError, match="connection refused"):
-        ModelClient("face", f"127.0.0.1:{port}", connect_timeout=0.5)
+    with refusing_target() as target, pytest.raises(ConnectError, match="connection refused"):
+        ModelClient("face", target, connect_timeout=0.5)
     assert time.monotonic() - started < 5

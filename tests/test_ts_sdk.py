@@ -28,6 +28,7 @@ from tests.support import (
     EXAMPLE_MODELS,
     ROOT,
     ServerProcess,
+    refusing_target,
     start_in_process,
     start_process,
     write_models,
@@ -279,13 +280,11 @@ def test_a_stream_whose_frames_fail_answers_the_frames_sent_first(server: Server
 
 def test_no_server_is_a_connect_error_at_once(unit_output: str) -> None:
     # A refused connection says so at once, not after the 30 s connect timeout.
-    with socket.socket() as probe:  # a port where nothing listens
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    answer = scenario("nobody", f"127.0.0.1:{port}", connectTimeoutMs=30000)
+    with refusing_target() as target:
+        answer = scenario("nobody", target, connectTimeoutMs=30000)
     assert answer["name"] == "ConnectError"
     assert answer["error"]["code"] == "UNAVAILABLE"
-    refused = f"connection refused at 127.0.0.1:{port}: is tms-server running?"
+    refused = f"connection refused at {target}: is tms-server running?"
     assert answer["error"]["details"] == refused
     assert answer["ms"] < 10000
 

@@ -3,7 +3,6 @@ targets and load reports."""
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +11,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from tests.support import refusing_target
 from tms.v1 import model_service_pb2
 from tms_client import LeastLoaded, RetryPolicy
 from tms_client.balancers import faded
@@ -226,18 +226,16 @@ def test_an_address_reached_through_a_proxy_is_never_called_refused(
     # no_grpc_proxy, when set, is read instead of no_proxy.
     assert proxied("a.example.com:1", {**env, "no_grpc_proxy": "b", "no_proxy": "example.com"})
 
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{closed.getsockname()[1]}"
     monkeypatch.delenv("no_grpc_proxy", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     for name in ("grpc_proxy", "https_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
-    assert refused(address, 1.0)
-    monkeypatch.setenv("grpc_proxy", "http://127.0.0.1:9")
-    assert not refused(address, 1.0)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    assert refused(address, 1.0)
+    with refusing_target() as address:
+        assert refused(address, 1.0)
+        monkeypatch.setenv("grpc_proxy", "http://127.0.0.1:9")
+        assert not refused(address, 1.0)
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        assert refused(address, 1.0)
 
 
 def test_targets_are_checked_and_dns_names_expand() -> None:
