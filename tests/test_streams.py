@@ -510,6 +510,38 @@ def test_no_frame_waits_on_the_event_loop_for_a_model_busy_on_a_thread(
     assert results[-1].startswith("tms-call-")  # ...but not while the model was busy
 
 
+def test_a_request_naming_its_model_out_of_place_is_refused(server: InProcessServer) -> None:
+    # Admission reads the model from a request's first field, to keep that model's other
+    # calls off the event loop while this one runs. Protobuf reads the last one, anywhere: a
+    # request naming another model there would have the model's calls wait on the loop.
+    def parts(**fields: Any) -> bytes:
+        return pb.RunImageRequest(**fields).SerializeToString()
+
+    later = parts(image=image(1)) + parts(model="where")
+    twice = parts(model="plain") + parts(model="where", image=image(1))
+    stream_later = [
+        pb.RunImageStreamRequest(image=image(1)).SerializeToString()
+        + pb.RunImageStreamRequest(model="where").SerializeToString()
+    ]
+    with grpc.insecure_channel(server.target) as channel:
+        run_image: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+        run_image = channel.unary_unary(method_path("RunImage"))
+        for request in (later, twice):
+            with pytest.raises(grpc.RpcError) as caught:
+                run_image(request, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "first and once" in (caught.value.details() or "")
+        stream: grpc.StreamStreamMultiCallable[bytes, bytes]
+        stream = channel.stream_stream(method_path("RunImageStream"))
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stream(iter(stream_later), timeout=10))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "first and once" in (caught.value.details() or "")
+        # As protobuf encoders write it, the model field first:
+        answer = pb.RunImageResponse.FromString(run_image(parts(model="where", image=image(1))))
+        assert "thread" in json.loads(answer.result_json)
+
+
 def test_close_runs_for_a_stream_left_while_open_stream_ran(
     server: InProcessServer, tmp_path: Path
 ) -> None:

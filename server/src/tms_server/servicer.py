@@ -221,6 +221,17 @@ class ModelServicer:
 
     def _model(self, name: str, call: pb.ModelCall.ValueType) -> LoadedModel:
         model = self._registry.get(name)
+        info = CURRENT.get()
+        if info is not None and info.model != name:
+            # Admission read the model from the request's first field (tms_server.rpc) and
+            # keeps its other calls off the event loop while this one runs: a request that
+            # names another model there (its model field later, or twice) would let them wait
+            # on the loop for the model this one holds.
+            raise InvalidArgument(
+                f"the request names model {name!r} in a field other than its first, or more "
+                "than once: write the model field first and once, as protobuf encoders do",
+                field="model",
+            )
         if not model.supports(call):
             supported = ", ".join(_CALL_NAMES[c] for c in model.info.calls)
             raise Unimplemented(
