@@ -45,6 +45,7 @@ from tms_client.exceptions import from_rpc_error
 from tms_client.protocol.codec import encode_parts
 from tms_client.protocol.methods import IMAGE_FIELD
 from tms_client.protocol.wire import join_images
+from tms_server import shm as server_shm
 from tms_server.errors import Unimplemented
 from tms_server.servicer import ModelServicer
 
@@ -362,10 +363,13 @@ def test_a_stream_the_caller_leaves_gives_up_its_regions(in_process_server, mode
     assert none_left(before)
 
 
-def test_a_stream_whose_region_the_worker_dropped_goes_on_as_bytes(in_process_server, models):
-    """A frame whose region the worker dropped (beyond --max-shared-memory-mb) is answered
-    SHARED_MEMORY_NOT_ATTACHED; later frames are on their way, so it is not sent again: the
-    rest of the stream goes as bytes."""
+def test_a_stream_whose_region_the_worker_dropped_goes_on_as_bytes(
+    in_process_server, models, monkeypatch
+):
+    """A frame whose region the worker dropped (beyond --max-shared-memory-mb, once idle) is
+    answered SHARED_MEMORY_NOT_ATTACHED; later frames are on their way, so it is not sent
+    again: the rest of the stream goes as bytes."""
+    monkeypatch.setattr(server_shm, "IDLE_SECONDS", 0.0)  # every region is idle at once
     server = in_process_server(models, max_shared_memory_mb=1)
     image = images()[1]  # 512 x 512 gray: fits a region of 1 MiB
     before = regions()
@@ -671,9 +675,13 @@ def test_an_older_server_gets_bytes(in_process_server, models, monkeypatch):
     assert none_left(before)
 
 
-def test_a_region_the_worker_dropped_is_replaced_transparently(in_process_server, models):
-    """Beyond --max-shared-memory-mb a worker drops the least recently used region; the
-    client it belonged to gets its call answered (as bytes), then attaches a new region."""
+def test_a_region_the_worker_dropped_is_replaced_transparently(
+    in_process_server, models, monkeypatch
+):
+    """Beyond --max-shared-memory-mb a worker drops the least recently used region, once
+    idle; the client it belonged to gets its call answered (as bytes), then attaches a new
+    region."""
+    monkeypatch.setattr(server_shm, "IDLE_SECONDS", 0.0)  # every region is idle at once
     server = in_process_server(models, max_shared_memory_mb=1)
     image = images()[1]  # 512 x 512 gray: fits a region of 1 MiB
     before = regions()
@@ -687,6 +695,38 @@ def test_a_region_the_worker_dropped_is_replaced_transparently(in_process_server
         assert again["backing"] == "bytes"  # SHARED_MEMORY_NOT_ATTACHED, sent again as bytes
         assert again["sum"] == float(image.sum())
         assert first.run_image(image)["backing"] == "mmap"  # a new region
+    assert none_left(before)
+
+
+def test_a_region_in_use_is_not_dropped_for_another(in_process_server, models, monkeypatch):
+    """Beyond --max-shared-memory-mb a worker drops only a region unused for a while: a
+    stream's, in use, stays (else its next frame would fail), and the caller that finds no
+    room sends bytes, asking again only once the worker's RetryInfo has passed."""
+    server = in_process_server(models, max_shared_memory_mb=1)
+    image = images()[1]  # 512 x 512 gray: fits a region of 1 MiB
+    before = regions()
+    with (
+        ModelClient("where", server.target) as first,
+        ModelClient("where", server.target) as second,
+    ):
+
+        def frames() -> Iterator[np.ndarray]:
+            yield image
+            assert second.run_image(image)["backing"] == "bytes"  # no room: refused
+            yield from [image] * 3
+
+        got = list(first.run_image_stream(frames(), window=1, errors="yield"))
+        assert [r.error for r in got] == [None] * 4
+        assert backings(got) == ["mmap"] * 4
+        lender = stream_channel(second).lender
+        assert not lender.refused
+        assert lender.full_until > time.monotonic() + server_shm.IDLE_SECONDS - 5
+        assert second.run_image(image)["backing"] == "bytes"  # without asking meanwhile
+        # Once the first's region is idle, and the wait over, it makes room.
+        monkeypatch.setattr(server_shm, "IDLE_SECONDS", 0.0)
+        lender.full_until = 0.0
+        assert second.run_image(image)["backing"] == "mmap"
+        assert first.run_image(image)["sum"] == float(image.sum())  # as bytes, then a region
     assert none_left(before)
 
 

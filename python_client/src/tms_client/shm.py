@@ -13,10 +13,11 @@ image-to-image call's outputs come back the same way (``output_shared_memory``).
 Regions are reused across calls: each worker gets up to ``MAX_REGIONS`` (one per call in
 flight to it), grown when an image outgrows them. Whatever goes wrong falls back to bytes,
 transparently: a worker that refuses the region (another host, another user, shared memory
-turned off, an older server) gets bytes from then on; a worker that restarted and no longer
-knows the region (SHARED_MEMORY_NOT_ATTACHED) gets the call again as bytes, and a new region
-with the next one. ``close`` detaches and unmaps the regions. Only Linux has ``/dev/shm``;
-elsewhere every call sends bytes.
+turned off, an older server) gets bytes from then on; a worker with no room for another
+region (RESOURCE_EXHAUSTED: its regions are all in use) gets bytes until its retry delay has
+passed; a worker that restarted and no longer knows the region (SHARED_MEMORY_NOT_ATTACHED)
+gets the call again as bytes, and a new region with the next one. ``close`` detaches and
+unmaps the regions. Only Linux has ``/dev/shm``; elsewhere every call sends bytes.
 
 A stream of frames (RunImageStream) borrows a region for each frame it sends and gives it
 back when that frame's answer comes: the worker reads a frame only after answering the one
@@ -35,6 +36,7 @@ the caller stopped reading.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -194,6 +196,8 @@ class Lender:
         self.refused = False  # the worker takes no regions: send bytes
         self.closed = False
         self.output_hint = 0  # bytes of the largest outputs seen: room to leave for them
+        self.full_until = 0.0  # the worker has no room for another region until then (or
+        # until this client detaches one)
         self._free: list[Region] = []
         self._count = 0  # regions made (or being made) and not given up
         self._doomed: list[Region] = []  # attached regions to detach
@@ -222,6 +226,8 @@ class Lender:
                 region = min(fitting, key=lambda r: r.size)
                 self._free.remove(region)
                 return region
+            if time.monotonic() < self.full_until:
+                return None
             if self._count >= MAX_REGIONS:
                 if not self._free:
                     return None
@@ -232,11 +238,14 @@ class Lender:
             self._count += 1
             return min(_region_size(need), self.max_bytes)
 
-    def failed(self, *, refused: bool) -> None:
-        """Making or attaching a region failed; ``refused``: the worker will take none."""
+    def failed(self, *, refused: bool, wait: float | None = None) -> None:
+        """Making or attaching a region failed; ``refused``: the worker will take none;
+        ``wait``: seconds it has no room for another (its regions all in use)."""
         with self._lock:
             self._count -= 1
             self.refused = self.refused or refused
+            if wait is not None:
+                self.full_until = time.monotonic() + wait
 
     def give_back(self, region: Region) -> None:
         with self._lock:
@@ -372,6 +381,14 @@ def _refuses(error: CallError) -> bool:
     return error.reason == _REFUSED or error.code == grpc.StatusCode.UNIMPLEMENTED
 
 
+def _full(error: CallError) -> float | None:
+    """How long an Attach refused for want of room says to wait before the next (None: it
+    was refused for another reason)."""
+    if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    return error.retry_delay or 1.0
+
+
 #: A region's name exists only until its worker answers the Attach (ATTACH_TIMEOUT at most):
 #: a name older than this is a leftover of a client killed in between.
 LEFTOVER_SECONDS = 60.0
@@ -463,7 +480,7 @@ class SharedMemoryChannel:
             reply = self.inner.unary(attach)
         except CallError as error:
             region.close()
-            self.lender.failed(refused=_refuses(error))
+            self.lender.failed(refused=_refuses(error), wait=_full(error))
             return None
         except BaseException:
             region.close()
@@ -481,6 +498,7 @@ class SharedMemoryChannel:
                 detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
                 try:
                     self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
+                    self.lender.full_until = 0.0  # room for another
                 except CallError as error:  # gone with its worker, or dropped already
                     log.debug("detaching %r failed: %s", region, error)
             region.close()
@@ -671,14 +689,21 @@ class AsyncSharedMemoryChannel:
         if region is None:
             self.lender.failed(refused=True)
             return None
+        attach = Request(_ATTACH, region.attach_request(), _within(deadline), self._metadata)
+        call = asyncio.ensure_future(self.inner.unary(attach))
         try:
-            attach = Request(_ATTACH, region.attach_request(), _within(deadline), self._metadata)
-            reply = await self.inner.unary(attach)
+            reply = await asyncio.shield(call)
         except CallError as error:
             region.close()
-            self.lender.failed(refused=_refuses(error))
+            self.lender.failed(refused=_refuses(error), wait=_full(error))
             return None
-        except BaseException:  # cancelled: give the slot up
+        except asyncio.CancelledError:
+            # The worker may attach it all the same, and only its answer says under what id:
+            # let the Attach end, then give the region up (detached with the next call), or
+            # it would hold a place in the worker until idle.
+            call.add_done_callback(functools.partial(self._abandoned, region))
+            raise
+        except BaseException:
             region.close()
             self.lender.failed(refused=False)
             raise
@@ -686,6 +711,15 @@ class AsyncSharedMemoryChannel:
             region.unlink()
         region.id = pb.AttachSharedMemoryResponse.FromString(reply.data).region
         return region
+
+    def _abandoned(self, region: Region, call: asyncio.Future[Reply]) -> None:
+        """The Attach of ``region``, whose caller was cancelled, is over."""
+        if call.cancelled() or call.exception() is not None:
+            region.close()
+            self.lender.failed(refused=False)
+            return
+        region.id = pb.AttachSharedMemoryResponse.FromString(call.result().data).region
+        self.lender.retire(region)
 
     async def _detach(self, regions: Iterable[Region], deadline: float | None = None) -> None:
         left = list(regions)
@@ -697,6 +731,7 @@ class AsyncSharedMemoryChannel:
                     detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
                     try:
                         await self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
+                        self.lender.full_until = 0.0  # room for another
                     except CallError as error:
                         log.debug("detaching %r failed: %s", region, error)
                 region.close()

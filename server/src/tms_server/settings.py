@@ -206,8 +206,8 @@ class Settings:
     max_shared_memory_mb: int = field(
         default=1024,
         metadata=_meta(
-            "shared memory one worker keeps attached, in MiB (the least recently used region "
-            "beyond it is dropped); also the largest region",
+            "shared memory one worker keeps attached, in MiB (beyond it the least recently "
+            "used region, if idle for 10 s, is dropped); also the largest region",
             1,
             2**20,
         ),

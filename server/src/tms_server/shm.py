@@ -17,9 +17,12 @@ Requiring a TMS region's name ("/tms-..."), and a file of one name, keeps a work
 opening any other file of its user's in ``/dev/shm`` (another program's of root's, whose
 first bytes a caller could guess, for a worker run as root).
 
-Detaching, or dropping the least recently used region beyond the limits, only forgets the
-region: the views calls still hold keep its mapping alive until they are released, so no
-view ever outlives its memory.
+Beyond the limits a worker drops the least recently used region to attach another, but
+only one unused for ``IDLE_SECONDS`` (left by a caller that died, say): a region used more
+recently may be a stream's, whose next frame would fail for want of it. With none idle the
+new region is refused (RESOURCE_EXHAUSTED, RetryInfo) and its caller sends bytes meanwhile.
+Detaching, or dropping a region, only forgets it: the views calls still hold keep its
+mapping alive until they are released, so no view ever outlives its memory.
 """
 
 from __future__ import annotations
@@ -33,20 +36,24 @@ import re
 import secrets
 import stat
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from tms.v1 import image_pb2
-from tms_server.errors import FailedPrecondition, InvalidArgument, Reason
+from tms_server.errors import FailedPrecondition, InvalidArgument, Reason, ResourceExhausted
 
-__all__ = ["MAX_REGIONS", "NAME", "SHM_DIR", "Regions"]
+__all__ = ["IDLE_SECONDS", "MAX_REGIONS", "NAME", "SHM_DIR", "Regions"]
 
 #: Where POSIX shared memory lives on Linux (shm_open's files).
 SHM_DIR = "/dev/shm"  # noqa: S108 - the shm_open namespace, not a temporary file
 #: What a region's name may be: "/tms-", then 16 to 200 of [A-Za-z0-9_.-]. Only regions so
 #: named are attached: a worker run as root never opens another program's files.
 NAME = re.compile(r"/tms-[A-Za-z0-9_.-]{16,200}")
-#: Regions one worker keeps attached at most; the least recently used beyond it is dropped.
+#: Regions one worker keeps attached at most; beyond it the least recently used is dropped
+#: (once idle).
 MAX_REGIONS = 64
+#: A region unused this long may be dropped to make room for another.
+IDLE_SECONDS = 10.0
 _MIN_PROOF, _MAX_PROOF = 16, 64
 
 
@@ -59,6 +66,7 @@ class _Region:
     memory: mmap.mmap
     size: int
     view: memoryview  # read-write, of the whole mapping
+    used: float = field(default_factory=time.monotonic)  # when a call last named it
 
 
 class Regions:
@@ -84,7 +92,8 @@ class Regions:
         """Map the caller's region ``name`` and remove its name; its new id.
 
         FailedPrecondition (SHARED_MEMORY_UNAVAILABLE) when it cannot: turned off, not on this
-        host, another user's, not of ``size`` bytes, or not starting with ``proof``."""
+        host, another user's, not of ``size`` bytes, or not starting with ``proof``;
+        ResourceExhausted while the regions attached fill the limits and none is idle."""
         if not self.enabled:
             raise _unavailable("shared memory is turned off on this server (--shared-memory)")
         if not NAME.fullmatch(name):
@@ -105,11 +114,21 @@ class Regions:
         region = _Region(memory, size, memoryview(memory))
         key = secrets.token_urlsafe(12)
         with self._lock:
-            self._regions[key] = region
-            self._bytes += size
-            dropped = self._trim()
+            dropped, fits = self._room(size)
+            if fits:
+                self._regions[key] = region
+                self._bytes += size
+            else:
+                dropped.append(region)  # refused: unmapped with those dropped
         for old in dropped:
             _release(old)
+        if not fits:
+            raise ResourceExhausted(
+                f"this worker has {len(self._regions)} regions attached ({self._bytes} bytes), "
+                f"all used in the last {IDLE_SECONDS:g}s (--max-shared-memory-mb, at most "
+                f"{self.max_regions}): send the bytes, and attach again later",
+                retry_after=IDLE_SECONDS,
+            )
         return key
 
     def _open(self, name: str, size: int, proof: bytes) -> mmap.mmap:
@@ -148,16 +167,22 @@ class Regions:
             raise _unavailable(f"cannot remove the name of region {name}: {exc.strerror}") from None
         return memory
 
-    def _trim(self) -> list[_Region]:
-        """Drop the least recently used regions beyond the limits (the newest stays)."""
+    def _room(self, size: int) -> tuple[list[_Region], bool]:
+        """Drop the least recently used regions, while idle, until one of ``size`` bytes fits
+        in the limits; those dropped, and whether it fits."""
         dropped = []
-        while len(self._regions) > 1 and (
-            len(self._regions) > self.max_regions or self._bytes > self.max_bytes
-        ):
-            _, region = self._regions.popitem(last=False)
+        idle = time.monotonic() - IDLE_SECONDS
+        while not self._fits(size) and self._regions:
+            oldest = next(iter(self._regions))
+            if self._regions[oldest].used > idle:
+                break  # the rest were used later still
+            region = self._regions.pop(oldest)
             self._bytes -= region.size
             dropped.append(region)
-        return dropped
+        return dropped, self._fits(size)
+
+    def _fits(self, size: int) -> bool:
+        return len(self._regions) < self.max_regions and self._bytes + size <= self.max_bytes
 
     def detach(self, key: str) -> None:
         """Forget region ``key`` (nothing when it is not attached)."""
@@ -182,6 +207,7 @@ class Regions:
             region = self._regions.get(where.region)
             if region is not None:
                 self._regions.move_to_end(where.region)
+                region.used = time.monotonic()
                 end = where.offset + where.size
                 if end <= region.size:
                     return region.view[where.offset : end]
