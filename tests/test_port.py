@@ -73,3 +73,37 @@ def test_a_server_restarts_on_the_port_a_stopped_one_served(server_process, mode
     assert second.target == first.target
     with ModelClient("echo", second.target, connect_timeout=5) as client:
         assert client.run_text("after")["text"] == "after"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--http-port", "{port}"), "--port and --http-port are both {port}"),
+        (("--metrics-port", "{port}"), "--port and --metrics-port are both {port}"),
+        (
+            ("--port", "0", "--http-port", "{port}", "--metrics-port", "{port}"),
+            "--http-port and --metrics-port are both {port}",
+        ),
+    ],
+)
+def test_two_of_the_servers_ports_the_same_stop_the_start(models, flags, message):
+    """The same number for two of the server's own ports is said as such, not as a port in
+    use by another program (which the second to bind would report), before any worker."""
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--models", str(models), "--workers", "1"]
+        + [flag.format(port=port) for flag in flags],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=20,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"tms-server: error: {message.format(port=port)}: give each its own port "
+        "(0 picks a free one)"
+    ]
+    assert "serving" not in result.stdout

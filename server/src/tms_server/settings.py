@@ -358,6 +358,7 @@ class Settings:
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)")
+        self._check_ports_apart()
         object.__setattr__(self, "workers", self._resolve_workers())
         self.batching  # noqa: B018 - checks the per-model batch settings
 
@@ -379,6 +380,23 @@ class Settings:
             f"MODEL=N, N from 1 to {most} (--max-batch-size)",
         )
         return BatchSettings(delays, sizes, self.threads)
+
+    def _check_ports_apart(self) -> None:
+        """ValueError when two of the gRPC, HTTP and metrics ports are the same number (0
+        aside: each picks a free port of its own). Left to the start, the second to bind
+        would fail as if another program held the port."""
+        seen: dict[int, str] = {}
+        for name in ("port", "http_port", "metrics_port"):
+            number = getattr(self, name)
+            if not number:
+                continue
+            if number in seen:
+                first, second = (f"--{n.replace('_', '-')}" for n in (seen[number], name))
+                raise ValueError(
+                    f"{first} and {second} are both {number}: give each its own port "
+                    "(0 picks a free one)"
+                )
+            seen[number] = name
 
     def _resolve_workers(self) -> int:
         """The number of workers: ``workers`` when given; else ``devices`` x
