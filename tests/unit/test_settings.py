@@ -208,23 +208,32 @@ def test_environment_out_of_bounds_names_the_setting(
     assert error.endswith(f", not {float(text) if setting == 'grace_seconds' else text}")
 
 
+WHOLE = "a whole number"
+BOOL = "true or false (yes, no, on, off, 1, 0)"
+
+
 @pytest.mark.parametrize(
-    ("name", "text", "setting"),
+    ("name", "text", "setting", "expected"),
     [
-        ("TMS_PORT", "http", "port"),
-        ("TMS_PORT", "80.5", "port"),
-        ("TMS_WORKERS", "many", "workers"),
-        ("TMS_GRACE_SECONDS", "soon", "grace_seconds"),
-        ("TMS_WORKER_TIMEOUT_SECONDS", "never", "worker_timeout_seconds"),
-        ("TMS_ENTRY_POINTS", "maybe", "entry_points"),
-        ("TMS_ENTRY_POINTS", "2", "entry_points"),
+        ("TMS_PORT", "http", "port", WHOLE),
+        ("TMS_PORT", "80.5", "port", WHOLE),
+        ("TMS_PORT", "tcp://10.0.0.3:50051", "port", WHOLE),  # a Kubernetes service link
+        ("TMS_WORKERS", "many", "workers", WHOLE),
+        ("TMS_METRICS_PORT", "off", "metrics_port", WHOLE),
+        ("TMS_GRACE_SECONDS", "soon", "grace_seconds", "a number"),
+        ("TMS_WORKER_TIMEOUT_SECONDS", "never", "worker_timeout_seconds", "a number"),
+        ("TMS_ENTRY_POINTS", "maybe", "entry_points", BOOL),
+        ("TMS_ENTRY_POINTS", "2", "entry_points", BOOL),
+        ("TMS_LOG_REQUESTS", "sometimes", "log_requests", BOOL),
     ],
 )
-def test_bad_environment_values_name_the_variable(
-    capsys: pytest.CaptureFixture[str], name: str, text: str, setting: str
+def test_bad_environment_values_name_the_variable_and_what_it_takes(
+    capsys: pytest.CaptureFixture[str], name: str, text: str, setting: str, expected: str
 ) -> None:
     error = parse_error(capsys, [], {name: text})
-    assert error == f"tms-server: error: {name}={text!r} is not a valid {setting}"
+    assert error == (
+        f"tms-server: error: {name}={text!r} is not a valid {setting}; expected {expected}"
+    )
 
 
 @pytest.mark.parametrize(

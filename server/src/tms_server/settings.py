@@ -497,6 +497,15 @@ def _parse_bool(text: str) -> bool:
     )
 
 
+# What the text of a setting of each type must be, as a bad TMS_* variable is told (a bad
+# flag is told by argparse).
+_EXPECTED = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false (yes, no, on, off, 1, 0)",
+}
+
+
 def parse_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -509,6 +518,7 @@ def parse_settings(
     )
     parser.add_argument("--version", action="version", version=_version())
     converters: dict[str, Any] = {}
+    expected: dict[str, str] = {}  # what a variable's text must be, said when it is not
     for spec in dataclasses.fields(Settings):
         flag = "--" + spec.name.replace("_", "-")
         kind = spec.metadata["kind"] or (
@@ -517,6 +527,7 @@ def parse_settings(
         converters_by_type: dict[type, Callable[[str], Any]] = {bool: _parse_bool, Path: Path}
         convert = spec.metadata["parse"] or converters_by_type.get(kind, kind)
         converters[spec.name] = convert
+        expected[spec.name] = _EXPECTED.get(kind, "")
         default = spec.metadata["shown"] or spec.default
         help_text = f"{spec.metadata['help']} [{_env_name(spec.name)}; default: {default}]"
         # A boolean flag takes true or false (yes, no, 1, 0, ...), and alone means true.
@@ -533,7 +544,8 @@ def parse_settings(
             try:
                 values[name] = convert(env_value)
             except (ValueError, argparse.ArgumentTypeError):
-                _stop(f"{_env_name(name)}={env_value!r} is not a valid {name}")
+                wanted = f"; expected {expected[name]}" if expected[name] else ""
+                _stop(f"{_env_name(name)}={env_value!r} is not a valid {name}{wanted}")
     try:
         return Settings(**values)
     except ValueError as exc:
