@@ -34,6 +34,6 @@ func main() {
 		if err != nil {
 			log.Fatal(err) // a *tmsclient.Error: its Code is the gRPC code
 		}
-		fmt.Println(string(result)) // {"mean": 0.4375}
+		fmt.Println(string(result)) // {"mean":0.4375}
 	}
 }
