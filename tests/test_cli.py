@@ -473,6 +473,33 @@ def test_run_usage_errors(tms, photos):
     assert tms("--timeout", "-1", "models")[0] == 2
 
 
+def test_a_number_option_given_no_number_says_what_it_takes(tms, photos, monkeypatch):
+    """Click names the option's type in its error: "a valid whole number", not the metavar
+    ("a valid n", "a valid mb"); the help still shows the metavars."""
+    cases = [
+        (("run", "mean", str(photos), "--concurrency", "abc"), "'--concurrency'", "'abc'", "whole"),
+        (("--max-message-mb", "1.5", "models"), "'--max-message-mb'", "'1.5'", "whole"),
+        (("--timeout", "soon", "models"), "'--timeout'", "'soon'", "seconds"),
+        (("bench", "mean", "--duration", "x"), "'--duration'", "'x'", "seconds"),
+    ]
+    for args, option, value, kind in cases:
+        code, _, err = tms(*args)
+        wanted = "whole number" if kind == "whole" else "number of seconds"
+        assert code == 2, err
+        assert f"Invalid value for {option}" in err, err
+        assert err.rstrip().endswith(f"{value} is not a valid {wanted}."), err
+    monkeypatch.setenv("TMS_MAX_MESSAGE_MB", "lots")
+    code, _, err = tms("models")
+    assert code == 2
+    assert err.rstrip().endswith("'lots' is not a valid whole number."), err
+    monkeypatch.delenv("TMS_MAX_MESSAGE_MB")
+    _, out, _ = tms("run", "--help")
+    assert "--concurrency N " in out
+    _, out, _ = tms("--help")
+    assert "--max-message-mb MB " in out
+    assert "--timeout SECONDS " in out
+
+
 def test_run_with_no_images(tms, tmp_path):
     code, _, err = tms("run", "mean", str(tmp_path))
     assert code == 1

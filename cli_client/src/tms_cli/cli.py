@@ -60,7 +60,10 @@ def _json_object(text: str) -> dict[str, Any]:
 class _Seconds(click.FloatRange):
     """Seconds, a finite number of them; ``min`` included unless ``min_open``."""
 
-    name = "seconds"
+    name = "number of seconds"  # Click's error: "'soon' is not a valid number of seconds."
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return "SECONDS"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         seconds = super().convert(value, param, ctx)
@@ -69,11 +72,23 @@ class _Seconds(click.FloatRange):
         return seconds
 
 
+class _Whole(click.IntRange):
+    """A whole number in a range, shown in help as ``metavar`` (Click's errors name the
+    type, so the name stays "whole number": "'abc' is not a valid whole number.")."""
+
+    name = "whole number"
+
+    def __init__(self, metavar: str, **bounds: Any) -> None:
+        super().__init__(**bounds)
+        self._metavar = metavar
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return self._metavar
+
+
 JSON_OBJECT = _Checked("json", _json_object)
-POSITIVE_INT = click.IntRange(min=1)
-POSITIVE_INT.name = "n"
-MEGABYTES = click.IntRange(min=1)
-MEGABYTES.name = "mb"
+POSITIVE_INT = _Whole("N", min=1)
+MEGABYTES = _Whole("MB", min=1)
 SECONDS = _Seconds(min=0)
 POSITIVE_SECONDS = _Seconds(min=0, min_open=True)
 SIZE = _Checked("hxwxc", image_size)
