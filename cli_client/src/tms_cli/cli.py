@@ -203,9 +203,11 @@ _videos = f"or video files ({' '.join(VIDEO_EXTENSIONS)}), frame by frame"
 
 
 @tms.command(cls=_Command, run="query:list_models")
-@click.option("--names", is_flag=True, help="Only their names, one a line (for scripts).")
+@click.option(
+    "--names", is_flag=True, help="Only the loaded models' names, one a line (for scripts)."
+)
 def models() -> None:
-    """List the models the server has loaded."""
+    """List the models the server has loaded, then those that failed to load, with why."""
 
 
 @tms.command(cls=_Command, run="query:show_model")
