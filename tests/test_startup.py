@@ -475,6 +475,60 @@ def test_tms_models_lists_failed_models_with_their_reason(server_process, broken
     assert capsys.readouterr().out.splitlines()[0] == f"server {server.target}: NOT_SERVING"
 
 
+SIBLING_USER = """
+    import tms_server
+    {imports}
+
+    class Model(tms_server.Model):
+        inputs = "text"
+
+        def run(self, text, args):
+            return {{"answer": helpers.ANSWER, "shout": tools.shout(text)}}
+"""
+
+
+def test_a_model_importing_its_own_files_as_a_script_would_is_told_how(server_process, tmp_path):
+    """A model folder is imported as a package, so ``import helpers`` beside helpers.py
+    fails; the reason names the file and the relative import that works, which loads."""
+    imports = {
+        "absolute": "import helpers",
+        "absolute_package": "from tools import shout",
+        "relative": "from . import helpers, tools",
+        "missing": "import helpers_nowhere",
+    }
+    models = write_models(
+        tmp_path / "models",
+        {name: SIBLING_USER.format(imports=line) for name, line in imports.items()},
+    )
+    for name in imports:
+        (models / name / "helpers.py").write_text("ANSWER = 42\n")
+        (models / name / "tools").mkdir()
+        (models / name / "tools" / "__init__.py").write_text(
+            "def shout(t):\n    return t.upper()\n"
+        )
+    server = server_process(models, workers=1, args=("--entry-points", "false"))
+    with ModelClient("relative", server.target) as client:
+        assert client.run_text("hi") == {"answer": 42, "shout": "HI"}
+        failed = client.failed_models()
+    helpers = models / "absolute" / "helpers.py"
+    assert failed["absolute"] == (
+        f"ModuleNotFoundError: No module named 'helpers'; {helpers} is in the model's folder, "
+        "which is imported as a package, not put on the import path: import it relatively "
+        "(from . import helpers, or from .helpers import ...)"
+    )
+    tools = models / "absolute_package" / "tools"
+    assert failed["absolute_package"] == (
+        f"ModuleNotFoundError: No module named 'tools'; {tools} is in the model's folder, "
+        "which is imported as a package, not put on the import path: import it relatively "
+        "(from . import tools, or from .tools import ...)"
+    )
+    # A module that is nowhere in the folder is just missing: no hint.
+    assert failed["missing"] == "ModuleNotFoundError: No module named 'helpers_nowhere'"
+    said = [line for line in server.logs().splitlines() if "'absolute' failed to load" in line]
+    assert len(said) == 1
+    assert said[0].endswith("(from . import helpers, or from .helpers import ...)")
+
+
 def test_serve_sh_starts_without_uv_warnings_in_an_active_environment(tmp_path):
     """Under an activated virtual environment or pyenv's shims, uv warned on every start."""
     env = {**os.environ, "VIRTUAL_ENV": str(tmp_path / "other-venv")}

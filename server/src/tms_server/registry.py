@@ -352,6 +352,18 @@ def import_model_class(folder: Path) -> type:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except ModuleNotFoundError as exc:
+        del sys.modules[module_name]
+        sibling = _sibling(folder, exc.name)
+        if sibling is None:
+            raise
+        # "import utils" beside utils.py: the folder is a package, not on the import path.
+        raise ModuleNotFoundError(
+            f"{exc}; {sibling} is in the model's folder, which is imported as a package, "
+            f"not put on the import path: import it relatively (from . import {sibling.stem}, "
+            f"or from .{sibling.stem} import ...)",
+            name=exc.name,
+        ) from exc
     except BaseException:
         del sys.modules[module_name]
         raise
@@ -359,6 +371,18 @@ def import_model_class(folder: Path) -> type:
     if not isinstance(model_class, type):
         raise TypeError(f"{folder / '__init__.py'} defines no class Model")
     return model_class
+
+
+def _sibling(folder: Path, missing: str | None) -> Path | None:
+    """The file or package in a model's folder that a failed absolute import named (the
+    top of ``missing``), as folder/NAME.py or folder/NAME; None if there is none."""
+    top = (missing or "").partition(".")[0]
+    if not top.isidentifier():
+        return None
+    for path in (folder / f"{top}.py", folder / top):
+        if path.is_file() or (path / "__init__.py").is_file():
+            return path
+    return None
 
 
 #: What a model may raise, importing, loading or running, without stopping its worker: one
