@@ -529,6 +529,53 @@ def test_a_model_importing_its_own_files_as_a_script_would_is_told_how(server_pr
     assert said[0].endswith("(from . import helpers, or from .helpers import ...)")
 
 
+INIT_WITH = """
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+
+        def __init__(self, {params}):
+            self.got = {got}
+
+        def run(self, text, args):
+            return {{"got": self.got}}
+"""
+
+
+def test_a_model_whose_init_wants_arguments_is_told_what_the_server_passes(
+    server_process, tmp_path
+):
+    """The server makes a model with no arguments but worker_index, device and threads:
+    an __init__ that requires another fails to load saying so, not only "missing 1
+    required positional argument"; defaults and the server's own keywords load."""
+    models = write_models(
+        tmp_path / "models",
+        {
+            "wants_path": INIT_WITH.format(params="weights_path", got="weights_path"),
+            "wants_two": INIT_WITH.format(params="a, *, b", got="[a, b]"),
+            "defaults": INIT_WITH.format(params="path='w.bin', *, device", got="[path, device]"),
+            "any_kwargs": INIT_WITH.format(params="threads, **rest", got="[threads, rest]"),
+        },
+    )
+    server = server_process(models, workers=1, args=("--entry-points", "false"))
+    with ModelClient("defaults", server.target) as client:
+        assert client.run_text("x") == {"got": ["w.bin", "cpu"]}
+        failed = client.failed_models()
+    with ModelClient("any_kwargs", server.target) as client:
+        assert client.run_text("x")["got"][1] == {}  # **rest gets nothing
+    tail = (
+        "which the server cannot pass: it makes each instance with no arguments but "
+        "worker_index, device and threads (by keyword, when __init__ names them); give {} a "
+        "default, or read it in __init__ (a file beside the model, an environment variable)"
+    )
+    assert failed == {
+        "wants_path": "TypeError: Model.__init__() requires weights_path, "
+        + tail.format("weights_path"),
+        "wants_two": "TypeError: Model.__init__() requires a, b, " + tail.format("a, b"),
+    }
+
+
 def test_serve_sh_starts_without_uv_warnings_in_an_active_environment(tmp_path):
     """Under an activated virtual environment or pyenv's shims, uv warned on every start."""
     env = {**os.environ, "VIRTUAL_ENV": str(tmp_path / "other-venv")}

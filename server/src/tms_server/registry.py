@@ -315,8 +315,35 @@ def instantiate(cls: Any, placement: Placement) -> Any:
         with contextlib.suppress(AttributeError):  # __slots__, or a property of its own
             setattr(instance, attribute, value)
     names = _keyword_parameters(cls)
+    _check_nothing_else_required(cls, set(told))
     instance.__init__(**{key: value for key, value in told.items() if key in names})
     return instance
+
+
+def _check_nothing_else_required(cls: type, given: set[str]) -> None:
+    """TypeError, saying what the server passes, when ``cls.__init__`` (a Python function)
+    has a parameter without a default that the server cannot give."""
+    init = cls.__init__  # type: ignore[misc]
+    if not inspect.isfunction(init):
+        return
+    try:
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):
+        return
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty and p.kind not in variadic and p.name not in given
+    ]
+    if required:
+        names = ", ".join(required)
+        raise TypeError(
+            f"{cls.__name__}.__init__() requires {names}, which the server cannot pass: it "
+            "makes each instance with no arguments but worker_index, device and threads (by "
+            f"keyword, when __init__ names them); give {names} a default, or read it in "
+            "__init__ (a file beside the model, an environment variable)"
+        )
 
 
 def _keyword_parameters(cls: type) -> set[str]:
