@@ -121,6 +121,19 @@ def test_no_models_stops_the_server_at_start_naming_the_folder(tmp_path, make, a
     assert done.stdout == ""  # no worker started, nothing served
 
 
+def test_models_naming_one_model_folder_says_to_give_its_parent(tmp_path):
+    """--models models/face (the model, not the folder of models) is a common slip."""
+    write_models(tmp_path / "models", {"face": GOOD})
+    done = serve(["--models", "models/face", "--entry-points", "false"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"tms-server: error: models folder 'models/face' ({tmp_path / 'models' / 'face'}) "
+        f"holds no model: {NO_MODEL}; 'models/face' is itself a model folder: give the "
+        "folder that holds it (--models models)"
+    ]
+    assert done.stdout == ""
+
+
 def test_installed_models_alone_need_no_models_folder(tmp_path):
     # The default folder, models, is missing, and an entry point names a model: the server
     # serves it. A folder given (--models) that is missing still stops the server.

@@ -24,6 +24,7 @@ import inspect
 import json
 import logging
 import re
+import shlex
 import sys
 import threading
 import time
@@ -479,10 +480,17 @@ def _no_models(folder: Path, entry_points: bool) -> str:
         problem = "does not exist" if not folder.exists() else "is not a folder"
         return f"{_shown(folder)} {problem} (set it with --models or TMS_MODELS)"
     where = ", and no package registers one under the tms.models entry point"
-    return (
+    said = (
         f"{_shown(folder)} holds no model{where if entry_points else ''}: a model is a "
         "sub-folder with an __init__.py that defines class Model"
     )
+    if (folder / "__init__.py").is_file():  # --models models/face: one model, not the folder
+        parent = folder.parent if folder.name not in ("", "..") else folder.absolute().parent
+        said += (
+            f"; {str(folder)!r} is itself a model folder: give the folder that holds it "
+            f"(--models {shlex.quote(str(parent))})"
+        )
+    return said
 
 
 def _name_problem(name: str) -> str | None:
