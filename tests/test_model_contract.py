@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -355,3 +356,51 @@ def test_a_model_that_overrides_only_run_batch_takes_every_image_call(stub, serv
     assert [json.loads(r)["mean"] for r in batch.results_json] == [1.0, 3.0]
     with ModelClient("batch_only", server.target) as client:
         assert client.run_image(np.full((2, 2), 5, np.uint8))["mean"] == 5.0
+
+
+TYPED_MODEL = """
+    from typing import Any
+
+    import numpy as np
+    import tms_server
+
+
+    class Model(tms_server.Model):
+        \"\"\"Declares each attribute in a form the README's contract table shows.\"\"\"
+
+        inputs = "image"
+        color = "bgr"
+        dtype = "uint8"
+        input_shape = (-1, -1, 3)
+        thread_safe = True
+        workers = 1
+        devices = "cpu"  # one name, as "cuda" (any GPU) is written
+        version = "1.2"
+        max_batch_size = 16
+        max_batch_delay = 0.002
+        args_schema = {"type": "object"}
+
+        def run(self, image: np.ndarray[Any, Any], args: dict[str, Any]) -> dict[str, Any]:
+            return {"mean": float(image.mean()), "device": self.device}
+
+
+    class OnGpus(tms_server.Model):
+        devices = ("cuda:0", "cuda:1")
+"""
+
+
+def test_a_model_declared_as_the_readme_shows_type_checks_and_serves(in_process_server, tmp_path):
+    """``devices = "cuda"`` (a name alone, as the README's table writes it) is what the
+    server takes; mypy --strict took only a tuple."""
+    models = write_models(tmp_path / "models", {"typed": TYPED_MODEL})
+    command = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache")]
+    checked = subprocess.run(
+        [*command, str(models / "typed" / "__init__.py")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    server = in_process_server(models)
+    with ModelClient("typed", server.target) as client:
+        assert client.run_image(np.full((2, 2, 3), 4, np.uint8)) == {"mean": 4.0, "device": "cpu"}

@@ -61,9 +61,10 @@ class Model:
     #: How many workers load the model (the lowest indices among those on ``devices``, which
     #: spreads them over the devices); None: every one.
     workers: ClassVar[int | None] = None
-    #: The devices whose workers may load it, as the server's ``--devices`` names them
-    #: (``"cuda:1"``; ``"cuda"`` for any GPU, ``"cpu"``); None: any device.
-    devices: ClassVar[tuple[str, ...] | None] = None
+    #: The devices whose workers may load it, one name or a tuple of them, as the server's
+    #: ``--devices`` names them (``("cuda:1",)``; ``"cuda"`` for any GPU, ``"cpu"``); None:
+    #: any device.
+    devices: ClassVar[str | tuple[str, ...] | None] = None
     #: The model's version, reported in ModelInfo and in every Run response
     #: (``model_version``), e.g. ``"1.2"``; None: a hash of the model's files (its folder, or
     #: an entry point's module file), which changes when a reload finds them edited.
