@@ -589,6 +589,52 @@ def test_a_model_whose_init_wants_arguments_is_told_what_the_server_passes(
     }
 
 
+def test_a_model_with_no_hook_it_can_answer_through_says_which_it_has(server_process, tmp_path):
+    """A misspelt hook, or run_image_to_image on a text model: the reason names what the
+    class has rather than only the hooks it lacks."""
+    models = write_models(
+        tmp_path / "models",
+        {
+            "misspelt": """
+                import tms_server
+
+                class Model(tms_server.Model):
+                    def runn(self, image, args):
+                        return {}
+
+                    def prepare(self, image):
+                        return image
+            """,
+            "text_i2i": """
+                import tms_server
+
+                class Model(tms_server.Model):
+                    inputs = "text"
+
+                    def run_image_to_image(self, images, args):
+                        return images
+            """,
+            "empty": """
+                import tms_server
+
+                class Model(tms_server.Model):
+                    pass
+            """,
+        },
+    )
+    server = server_process(models, workers=1, args=("--entry-points", "false"))
+    with grpc.insecure_channel(server.target) as channel:
+        assert health_of(channel, "") == "NOT_SERVING"
+    hooks = "TypeError: the model overrides none of run, run_batch, run_image_to_image"
+    with ModelClient("misspelt", server.target) as client:
+        assert client.failed_models() == {
+            "empty": hooks,
+            "misspelt": f"{hooks} (it defines prepare, runn)",
+            "text_i2i": "TypeError: a text model (inputs = 'text') answers through run or "
+            "run_batch; run_image_to_image is for image models",
+        }
+
+
 def test_serve_sh_starts_without_uv_warnings_in_an_active_environment(tmp_path):
     """Under an activated virtual environment or pyenv's shims, uv warned on every start."""
     env = {**os.environ, "VIRTUAL_ENV": str(tmp_path / "other-venv")}

@@ -263,7 +263,15 @@ def describe(
     if inputs == "image" and _overrides(cls, "run_image_to_image"):
         calls.append(model_service_pb2.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
     if not calls:
-        raise TypeError("the model overrides none of run, run_batch, run_image_to_image")
+        if _overrides(cls, "run_image_to_image"):  # so inputs == "text"
+            raise TypeError(
+                "a text model (inputs = 'text') answers through run or run_batch; "
+                "run_image_to_image is for image models"
+            )
+        # A misspelt hook (runn, run_images) is the likely cause: name what the class has.
+        own = sorted(n for n, v in vars(cls).items() if callable(v) and not n.startswith("_"))
+        defined = f" (it defines {', '.join(own)})" if own else ""
+        raise TypeError(f"the model overrides none of run, run_batch, run_image_to_image{defined}")
     dtype_name = getattr(cls, "dtype", None)
     dtype = np.dtype(dtype_name) if dtype_name is not None else None
     get_shape = getattr(instance, "get_input_shape", None) if ask_shape else None
