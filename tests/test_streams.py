@@ -118,6 +118,26 @@ MODELS = {
                         time.sleep(0.01)
                 return {"thread": threading.current_thread().name}
     """,
+    # open_stream returns an object without run (only close, noting that it ran).
+    "no_run": """
+        from pathlib import Path
+
+        import tms_server
+
+        class Camera:
+            def __init__(self, notes):
+                self.notes = notes
+
+            def close(self):
+                Path(self.notes, "closed").touch()
+
+        class Model(tms_server.Model):
+            def open_stream(self, args):
+                return Camera(args["notes"])
+
+            def run(self, image, args):
+                return {}
+    """,
     # No stream hook: each frame goes to run.
     "plain": """
         import tms_server
@@ -234,6 +254,22 @@ def test_stream_errors_end_the_stream_with_their_status(server: InProcessServer)
         with pytest.raises(ModelFailedError) as failed:  # open_stream raised TypeError
             list(client.run_image_stream([frame(1)], {"notes": 5}))
         assert failed.value.reason == "MODEL_FAILED"
+
+
+def test_an_open_stream_object_without_run_fails_the_stream_saying_so(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    """Not "internal error in .../RunImageStream: AttributeError": the model's mistake,
+    named, and the object's close() still called."""
+    with ModelClient("no_run", server.target) as client, pytest.raises(ModelFailedError) as failed:
+        list(client.run_image_stream([frame(1), frame(2)], {"notes": str(tmp_path)}))
+    assert failed.value.reason == "MODEL_FAILED"
+    assert failed.value.details == (
+        "model 'no_run': open_stream returned Camera, which has no run(image, args) method; "
+        "return None (the frames go to the model's run) or an object whose run takes each "
+        "frame"
+    )
+    assert wait_for((tmp_path / "closed").exists, timeout=10)
 
 
 def test_at_most_window_frames_are_in_flight(server: InProcessServer) -> None:

@@ -47,7 +47,7 @@ from tms_client.protocol.wire import (
     split_images,
 )
 from tms_server.callinfo import CURRENT
-from tms_server.errors import InvalidArgument
+from tms_server.errors import Internal, InvalidArgument, Reason
 from tms_server.invoke import declared_pixels, prepare_image, result_json, run_model
 from tms_server.model import Model
 from tms_server.registry import LoadedModel
@@ -148,7 +148,15 @@ def _open(opened: _Opened) -> None:
         if not opened.closed:
             runs = run_model(opened.model, opened.model.instance.open_stream, opened.args)
             if runs is not None:
-                opened.runs = runs
+                opened.runs = runs  # its close() is called when the stream ends, as ever
+                if not callable(getattr(runs, "run", None)):
+                    raise Internal(
+                        f"model {opened.model.name!r}: open_stream returned "
+                        f"{type(runs).__name__}, which has no run(image, args) method; return "
+                        "None (the frames go to the model's run) or an object whose run takes "
+                        "each frame",
+                        reason=Reason.MODEL_FAILED,
+                    )
 
 
 def _frame(opened: _Opened, parts: ImageParts, args: dict[str, Any], max_pixels: int) -> str:
