@@ -75,7 +75,7 @@ class Settings:
             1,
             _MAX_WORKERS,
             int,
-            shown="CPU count",
+            shown="one per device, or per CPU on cpu",
         ),
     )
     devices: tuple[str, ...] = field(
