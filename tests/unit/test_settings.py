@@ -217,7 +217,13 @@ BOOL = "true or false (yes, no, on, off, 1, 0)"
     [
         ("TMS_PORT", "http", "port", WHOLE),
         ("TMS_PORT", "80.5", "port", WHOLE),
-        ("TMS_PORT", "tcp://10.0.0.3:50051", "port", WHOLE),  # a Kubernetes service link
+        (
+            "TMS_PORT",
+            "tcp://10.0.0.3:50051",  # a Kubernetes service link, said as such
+            "port",
+            WHOLE + " (a Kubernetes service link for a Service named tms? set "
+            "enableServiceLinks: false in the pod spec, as deploy/ does)",
+        ),
         ("TMS_WORKERS", "many", "workers", WHOLE),
         ("TMS_METRICS_PORT", "off", "metrics_port", WHOLE),
         ("TMS_GRACE_SECONDS", "soon", "grace_seconds", "a number"),

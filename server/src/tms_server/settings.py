@@ -545,6 +545,12 @@ def parse_settings(
                 values[name] = convert(env_value)
             except (ValueError, argparse.ArgumentTypeError):
                 wanted = f"; expected {expected[name]}" if expected[name] else ""
+                if name == "port" and env_value.startswith("tcp://"):
+                    # Kubernetes sets TMS_PORT=tcp://IP:PORT for a Service named tms.
+                    wanted += (
+                        " (a Kubernetes service link for a Service named tms? set "
+                        "enableServiceLinks: false in the pod spec, as deploy/ does)"
+                    )
                 _stop(f"{_env_name(name)}={env_value!r} is not a valid {name}{wanted}")
     try:
         return Settings(**values)
