@@ -269,6 +269,26 @@ def test_targets_default_the_port_and_refuse_urls(capsys) -> None:
     )
 
 
+def test_several_addresses_in_one_target_string_are_refused_at_once(capsys) -> None:
+    """ "h1:p1,h2:p2" passed for a host "h1:p1,h2" that never resolves: the client, and tms,
+    waited the whole connect timeout, then said it could not reach that "server"."""
+    several = "localhost:50051,localhost:50052"
+    said = (
+        f"target {several!r} is several addresses in one string; give one 'host:port', a "
+        "list of them (['10.0.0.1:50051', '10.0.0.2:50051']), or 'dns:///name:port' for "
+        "every address a name resolves to"
+    )
+    for target in (several, [several], f"dns:///{several}"):
+        with pytest.raises(ValueError, match="several addresses in one string") as refused:
+            ClientOptions(target=target)
+        item = target if isinstance(target, str) else target[0]  # the item at fault
+        assert str(refused.value) == said.replace(repr(several), repr(item))
+    started = time.monotonic()
+    code, out, err = tms(capsys, "--target", several, "models")
+    assert (code, out, err) == (2, "", f"tms: error: {said}\n")
+    assert time.monotonic() - started < 5  # not the 10 s connect timeout
+
+
 # -- 5. images larger than a message ------------------------------------------------------------
 
 

@@ -40,6 +40,12 @@ def _checked(target: str) -> str:
             f"target {target!r} is a URL; give 'host:port' (e.g. {example!r}) or "
             "'dns:///host:port', with no scheme"
         )
+    if "," in address:  # "h1:p1,h2:p2" would pass as a host "h1:p1,h2" and never resolve
+        raise ValueError(
+            f"target {target!r} is several addresses in one string; give one 'host:port', "
+            "a list of them (['10.0.0.1:50051', '10.0.0.2:50051']), or 'dns:///name:port' "
+            "for every address a name resolves to"
+        )
     address = _with_port(address)
     _split(address)
     return _DNS + address if dns else address
