@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -107,3 +108,27 @@ def test_two_of_the_servers_ports_the_same_stop_the_start(models, flags, message
         "(0 picks a free one)"
     ]
     assert "serving" not in result.stdout
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_an_ipv6_host_serves_and_is_written_in_brackets(server_process, models, host):
+    """--host :: (every IPv6 address) reserved its port, then every worker failed to bind
+    ':::PORT' (gRPC wants brackets) and the server did not start."""
+    server = server_process(models, workers=1, args=("--host", host, "--http-port", "0"))
+    assert re.fullmatch(rf"\[{re.escape(host)}\]:\d+", server.target), server.target
+    assert re.search(
+        rf"^tms-server: HTTP on http://\[{re.escape(host)}\]:\d+/$", server.logs(), re.M
+    )
+    port = server.target.rsplit(":", 1)[1]
+    with ModelClient("echo", f"[::1]:{port}", connect_timeout=5) as client:
+        assert client.run_text("over IPv6")["text"] == "over IPv6"

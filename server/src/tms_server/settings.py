@@ -52,6 +52,11 @@ def _split_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC and URLs write it: an IPv6 address (``::``) in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 #: The models folder when none is given: ``models`` in the working directory.
 DEFAULT_MODELS = Path("models")
 

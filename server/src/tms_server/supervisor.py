@@ -31,7 +31,7 @@ from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
 from tms_server.monitor import RELOAD_TIME_LIMIT
 from tms_server.registry import find_models
-from tms_server.settings import DEFAULT_MODELS, Settings
+from tms_server.settings import DEFAULT_MODELS, Settings, host_port
 from tms_server.signals import STOP_SIGNALS, StopFlag
 from tms_server.worker import EXIT_HUNG, EXIT_NO_MODELS, run_worker
 
@@ -78,7 +78,7 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
         sock.bind(address)
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
+        raise OSError(exc.errno, f"cannot listen on {host_port(host, port)}: {reason}") from None
     return sock, sock.getsockname()[1]
 
 
@@ -171,7 +171,7 @@ class Supervisor:
                     self.settings.host, self.settings.metrics_port
                 )
                 cleanup.callback(self._metrics.stop)
-                where = f"{self.settings.host}:{self._metrics.port}"
+                where = host_port(self.settings.host, self._metrics.port)
                 print(f"tms-server: metrics on http://{where}/metrics", flush=True)
             if self.settings.devices != (CPU,):
                 log.info(
@@ -185,11 +185,11 @@ class Supervisor:
                 return 0 if self._stop.is_set() else 1  # asked to stop, or failed to start
             if self.settings.http_port is not None:
                 scheme = "http" if self.settings.tls_cert is None else "https"
-                where = f"{self.settings.host}:{self.settings.http_port}"
+                where = host_port(self.settings.host, self.settings.http_port)
                 print(f"tms-server: HTTP on {scheme}://{where}/", flush=True)
             # One line on stdout that scripts and tests can wait for.
             print(
-                f"tms-server: serving on {self.settings.host}:{port} "
+                f"tms-server: serving on {host_port(self.settings.host, port)} "
                 f"with {len(self._slots)} worker(s){self._failures()}",
                 flush=True,
             )

@@ -37,7 +37,7 @@ from tms_server.registry import ModelRegistry, NoModelsError
 from tms_server.rpc import Worker
 from tms_server.servicer import ModelServicer, WorkerIdentity
 from tms_server.services import grpc_options, new_grpc_server, report_serving
-from tms_server.settings import Settings
+from tms_server.settings import Settings, host_port
 from tms_server.shm import Regions
 from tms_server.signals import StopFlag, stop_on_signals
 from tms_server.stalls import StallWatch
@@ -192,7 +192,7 @@ def build_server(
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
     thread.start()
-    bind = address or f"{settings.host}:{settings.port}"
+    bind = address or host_port(settings.host, settings.port)
     start = _start(
         settings,
         identity=identity,
