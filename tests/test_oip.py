@@ -253,6 +253,27 @@ def test_infer_text(inference):
     assert second["characters"] == 5
 
 
+def test_infer_naming_its_model_out_of_place_is_refused(inference):
+    # Admission counts a call against the model its request's first field names; protobuf
+    # takes the last model_name field, anywhere. The two must agree (see test_streams).
+    tensor = Tensor(name="TEXT", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(b"one two")
+    body = oip.ModelInferRequest(inputs=[tensor]).SerializeToString()
+    name = oip.ModelInferRequest(model_name="text_stats").SerializeToString()
+    infer = inference.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    for request in (
+        body + name,
+        oip.ModelInferRequest(model_name="face").SerializeToString() + body + name,
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "write the model_name field first and once" in (caught.value.details() or "")
+    # As protobuf encoders write it, the model_name field first:
+    answer = oip.ModelInferResponse.FromString(infer(name + body, timeout=30))
+    assert json.loads(bytes_elements(answer.raw_output_contents[0])[0])["words"] == 2
+
+
 @pytest.mark.parametrize(
     ("model", "tensor", "raw", "fields", "code", "message"),
     [

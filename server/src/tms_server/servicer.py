@@ -193,6 +193,23 @@ def _run_batch(model: LoadedModel, args: dict[str, Any], images: list[Any]) -> l
     return results
 
 
+def check_admitted(name: str, field: str) -> None:
+    """InvalidArgument unless model ``name`` is the one admission counted this call for.
+
+    Admission reads the model from the request's first field (tms_server.rpc) and keeps that
+    model's other calls off the event loop while this one runs: a request that names another
+    model there (its model field later, or twice) would let them wait on the loop for the
+    model this one holds.
+    """
+    info = CURRENT.get()
+    if info is not None and info.model != name:
+        raise InvalidArgument(
+            f"the request names model {name!r} in a field other than its first, or more than "
+            f"once: write the {field} field first and once, as protobuf encoders do",
+            field=field,
+        )
+
+
 class ModelServicer:
     """Serves the models of a registry; its methods raise, and tms_server.rpc turns what
     they raise into the call's status.
@@ -221,17 +238,7 @@ class ModelServicer:
 
     def _model(self, name: str, call: pb.ModelCall.ValueType) -> LoadedModel:
         model = self._registry.get(name)
-        info = CURRENT.get()
-        if info is not None and info.model != name:
-            # Admission read the model from the request's first field (tms_server.rpc) and
-            # keeps its other calls off the event loop while this one runs: a request that
-            # names another model there (its model field later, or twice) would let them wait
-            # on the loop for the model this one holds.
-            raise InvalidArgument(
-                f"the request names model {name!r} in a field other than its first, or more "
-                "than once: write the model field first and once, as protobuf encoders do",
-                field="model",
-            )
+        check_admitted(name, "model")
         if not model.supports(call):
             supported = ", ".join(_CALL_NAMES[c] for c in model.info.calls)
             raise Unimplemented(

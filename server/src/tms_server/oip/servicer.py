@@ -55,7 +55,7 @@ from tms_server.oip.tensors import (
 )
 from tms_server.registry import LoadedModel, ModelRegistry
 from tms_server.rpc import quick
-from tms_server.servicer import ModelServicer
+from tms_server.servicer import ModelServicer, check_admitted
 
 __all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer"]
 
@@ -82,7 +82,11 @@ class InferenceServicer:
     def described(self, name: str, version: str, *, here: bool = False) -> DescribedModel:
         """Model ``name`` as OIP describes it; ``here``: loaded in this worker (to run it),
         else it may be placed on other workers (to describe it)."""
-        model = self._registry.get(name) if here else self._registry.find(name)
+        if here:
+            model = self._registry.get(name)
+            check_admitted(name, "model_name")
+        else:
+            model = self._registry.find(name)
         if version not in ("", VERSION):
             raise NotFound(
                 f"model {name!r} has no version {version!r}; its one version is 1",
