@@ -395,6 +395,11 @@ def test_errors_are_http_statuses_with_a_message(base):
     wrong_name = {"inputs": [{**good["inputs"][0], "name": "PIXELS"}]}
     assert_error(http(infer, wrong_name), 400, "IMAGE")
     assert_error(http(infer, {**good, "outputs": [{"name": "NOPE"}]}), 400, "no output 'NOPE'")
+    # Refused before their tensors are read, which holds the worker's event loop (the GIL):
+    many = {"inputs": [{**good["inputs"][0], "data": [1, 2, 3]}] * 100_000}
+    assert_error(http(infer, many), 400, "takes one input", "lists 100000 in 'inputs'")
+    outputs = {**good, "outputs": [{"name": "RESULT"}] * 3}
+    assert_error(http(infer, outputs), 400, "OUTPUT_IMAGE", "lists 3 in 'outputs'")
     bad_args = {**good, "parameters": {"args": {"min_size": "big"}}}
     assert_error(http(f"{base}/v2/models/face/infer", bad_args), 400)
     body, headers = binary_body({"inputs": [{**good["inputs"][0], "data": None}]}, b"1234")

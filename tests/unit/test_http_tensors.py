@@ -85,7 +85,7 @@ def test_binary_inputs_come_after_the_json():
             "outputs": [{"name": "X", "parameters": {"binary_data": True}}, {"name": "Y"}],
         }
     )
-    request = parse_infer("m", "", head + b"abcde", str(len(head)))
+    request = parse_infer("m", "", head + b"abcde", str(len(head)), max_inputs=3)
     assert list(request.message.raw_input_contents) == [b"abc", b"\x09", b"de"]
     assert "binary_data_size" not in request.message.inputs[0].parameters
     assert [o.name for o in request.message.outputs] == ["X", "Y"]
@@ -125,6 +125,15 @@ def test_binary_inputs_come_after_the_json():
         ({"inputs": [{"name": 1, "datatype": "UINT8", "shape": [1], "data": [1]}]}, None, "name"),
         ({"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1]}]}, None, "missing"),
         ({"inputs": "no"}, None, "inputs"),
+        ({"inputs": [1, 2, 3]}, None, "takes one input .IMAGE, or TEXT.; the request lists 3 in"),
+        (
+            {
+                "inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1]}],
+                "outputs": [{"name": "RESULT"}] * 3,
+            },
+            None,
+            "OUTPUT_IMAGE; the request lists 3 in 'outputs'",
+        ),
         (
             {"inputs": [{"name": "A", "datatype": "UINT8", "shape": [1], "data": [1]}]},
             "x",
