@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -56,8 +57,15 @@ type Client struct {
 // when the server refuses the credentials (codes.Unauthenticated, codes.PermissionDenied), or
 // when every address refuses the connection, nothing listening there (codes.Unavailable, "connection refused at
 // HOST:PORT: is tms-server running?"), unless WithWaitForServer(true): then a refused
-// connection is tried again until the connect timeout.
+// connection is tried again until the connect timeout. A target of several addresses in one
+// string ("h1:50051,h2:50051") fails at once (codes.InvalidArgument): give one, or a dns:///
+// name that resolves to them all.
 func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
+	if strings.Contains(target, ",") { // "h1:p1,h2:p2" would pass as a host "h1:p1,h2" and never resolve
+		return nil, statusError("Dial", status.Newf(codes.InvalidArgument,
+			"target %q is several addresses in one string; give one 'host:port', "+
+				"or 'dns:///name:port' for every address a name resolves to", target), 0)
+	}
 	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)

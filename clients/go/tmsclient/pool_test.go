@@ -3,6 +3,7 @@ package tmsclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -258,6 +259,24 @@ func TestARefusedConnectionFailsTheStartAtOnce(t *testing.T) {
 	}
 	if took > time.Second {
 		t.Fatalf("the start failed after %s, not at once", took)
+	}
+}
+
+// "h1:p1,h2:p2" reads as a host "h1:p1,h2" that never resolves: Dial waited the whole connect
+// timeout, then said no worker answered at that "address".
+func TestSeveralAddressesInOneTargetAreRefusedAtOnce(t *testing.T) {
+	for _, target := range []string{"127.0.0.1:50051,127.0.0.1:50052", "dns:///h1:50051,h2:50051"} {
+		start := time.Now()
+		_, err := Dial(context.Background(), target)
+		var e *Error
+		want := fmt.Sprintf("target %q is several addresses in one string; give one 'host:port', "+
+			"or 'dns:///name:port' for every address a name resolves to", target)
+		if !errors.As(err, &e) || e.Code != codes.InvalidArgument || e.Message != want {
+			t.Fatalf("%s: err %v", target, err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("%s: the start failed after %s, not at once", target, took)
+		}
 	}
 }
 
