@@ -23,7 +23,18 @@ function split(address: string): [string, number] {
 export function parseTargets(target: string | readonly string[]): string[] {
   const targets = typeof target === "string" ? [target] : [...target];
   if (targets.length === 0) throw new TypeError("no target given; expected 'host:port' or a list of them");
-  for (const item of targets) split(item.startsWith(DNS) ? item.slice(DNS.length) : item);
+  for (const item of targets) {
+    const address = item.startsWith(DNS) ? item.slice(DNS.length) : item;
+    if (address.includes(",")) {
+      // "h1:p1,h2:p2" would pass as a host "h1:p1,h2" and never resolve
+      throw new TypeError(
+        `target ${JSON.stringify(item)} is several addresses in one string; give one 'host:port', ` +
+          `a list of them (["10.0.0.1:50051", "10.0.0.2:50051"]), or 'dns:///name:port' for ` +
+          "every address a name resolves to",
+      );
+    }
+    split(address);
+  }
   return targets;
 }
 

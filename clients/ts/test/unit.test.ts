@@ -281,6 +281,19 @@ describe("targets", () => {
   it("checks targets and resolves dns:/// names", async () => {
     assert.throws(() => parseTargets("localhost"), TypeError);
     assert.throws(() => parseTargets([]), TypeError);
+    // "h1:p1,h2:p2" passed for a host "h1:p1,h2" that never resolves: the client waited the
+    // whole connect timeout, then said it could not reach that "server".
+    const several = "127.0.0.1:50051,127.0.0.1:50052";
+    for (const target of [several, [several], `dns:///${several}`]) {
+      const item = typeof target === "string" ? target : target[0]!;
+      assert.throws(() => parseTargets(target), {
+        name: "TypeError",
+        message:
+          `target ${JSON.stringify(item)} is several addresses in one string; give one 'host:port', ` +
+          `a list of them (["10.0.0.1:50051", "10.0.0.2:50051"]), or 'dns:///name:port' for ` +
+          "every address a name resolves to",
+      });
+    }
     assert.deepEqual(await resolveTargets(["10.0.0.1:5", "dns:///127.0.0.1:7"]), ["10.0.0.1:5", "127.0.0.1:7"]);
     assert.deepEqual(await resolveTargets(["dns:///no-such-host.invalid:1"]), []);
   });
