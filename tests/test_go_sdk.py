@@ -83,10 +83,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """cmd/tms-go-load and examples/hello, built once."""
+    """cmd/tms-go-load, cmd/tms-go and examples/hello, built once."""
     out = tmp_path_factory.mktemp("go-sdk")
     built = {}
-    for name, package in (("load", "./cmd/tms-go-load"), ("hello", "./examples/hello")):
+    for name, package in (
+        ("load", "./cmd/tms-go-load"),
+        ("tms-go", "./cmd/tms-go"),
+        ("hello", "./examples/hello"),
+    ):
         built[name] = out / name
         run([find_go(), "build", "-o", str(built[name]), package], cwd=GO_MODULE, timeout=300)
     return built
@@ -115,6 +119,38 @@ def children(pid: int) -> list[int]:
 def test_unit_tests_pass():
     output = run([find_go(), "test", "-count=1", "./..."], cwd=GO_MODULE, timeout=600)
     assert re.search(r"^ok\s+\S+/tmsclient\s", output, re.MULTILINE), output
+
+
+def test_tms_go_help_says_what_it_does_and_its_commands(programs):
+    """`tms-go -h` listed the flags alone, under "Usage of /path/to/tms-go:"; a missing or
+    wrong command dialled the server first, then said "error: Unknown: usage: ..." (exit 1)."""
+    tms_go = str(programs["tms-go"])
+    helped = subprocess.run([tms_go, "-h"], capture_output=True, text=True, timeout=30, check=False)
+    assert helped.returncode == 0, helped.stderr  # as the flag package exits for -h
+    usage = helped.stderr
+    assert usage.startswith("usage: tms-go [flags] models\n"), usage
+    for said in (
+        "tms-go [flags] run MODEL IMAGE_FILE\n",
+        "tms-go [flags] i2i MODEL IMAGE_FILE OUT_FILE\n",
+        "Calls a TMS server with the Go client",
+        "  models  list the models the server serves",
+        "  -addr string",
+    ):
+        assert said in usage, usage
+    with refusing_target() as target:  # a command line that is wrong never reaches it
+        for argv, error in (
+            ([], "tms-go: no command given"),
+            (["bogus"], 'tms-go: unknown command "bogus"'),
+            (["run", "face"], "tms-go: run takes 2 arguments, not 1"),
+        ):
+            wrong = subprocess.run(
+                [tms_go, "-addr", target, *argv],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert (wrong.returncode, wrong.stdout, wrong.stderr) == (2, "", f"{error}\n{usage}")
 
 
 def test_one_client_reaches_every_worker(server_process: Start, models, programs):

@@ -8,7 +8,8 @@
 // run prints the model's JSON result. i2i writes the first output image's raw pixels to
 // OUT_FILE and prints its dtype, shape and colour order as JSON. -decode decodes the PNG/JPEG
 // in Go and sends raw RGB pixels instead of the file. Errors go to stderr as
-// "error: <gRPC code>: <message>", with exit status 1.
+// "error: <gRPC code>: <message>", with exit status 1; -h prints the usage (exit status 0), as
+// does a missing or wrong command after saying what is wrong (exit status 2, before any call).
 package main
 
 import (
@@ -27,22 +28,53 @@ import (
 	"github.com/tinymodelserver/tms/clients/go/tmsclient"
 )
 
+// usage is what -h prints, and a command line without a command, or a wrong one, before its error.
+const usage = `usage: tms-go [flags] models
+       tms-go [flags] run MODEL IMAGE_FILE
+       tms-go [flags] i2i MODEL IMAGE_FILE OUT_FILE
+
+Calls a TMS server with the Go client (tmsclient): an example of its use.
+
+  models  list the models the server serves, one a line
+  run     run MODEL on IMAGE_FILE (PNG or JPEG) and print its JSON result
+  i2i     run the image-to-image MODEL on IMAGE_FILE, write the first output image's raw
+          pixels to OUT_FILE and print its dtype, shape and colour order as JSON
+
+flags:
+`
+
+// arguments is how many words each command takes, itself included.
+var arguments = map[string]int{"models": 1, "run": 3, "i2i": 4}
+
 func main() {
-	addr := flag.String("addr", "localhost:50051", "server address")
+	addr := flag.String("addr", "localhost:50051", "the server: host:port, or dns:///name:port for every address of a name")
 	args := flag.String("args", "", "model args, a JSON object")
 	decode := flag.Bool("decode", false, "decode the image in Go and send raw pixels")
 	timeout := flag.Duration("timeout", 30*time.Second, "deadline of each call")
+	flag.Usage = func() {
+		fmt.Fprint(flag.CommandLine.Output(), usage)
+		flag.PrintDefaults()
+	}
 	flag.Parse()
+	if argv := flag.Args(); len(argv) == 0 || arguments[argv[0]] != len(argv) {
+		if len(argv) == 0 {
+			fmt.Fprintln(os.Stderr, "tms-go: no command given")
+		} else if arguments[argv[0]] == 0 {
+			fmt.Fprintf(os.Stderr, "tms-go: unknown command %q\n", argv[0])
+		} else {
+			fmt.Fprintf(os.Stderr, "tms-go: %s takes %d arguments, not %d\n", argv[0], arguments[argv[0]]-1, len(argv)-1)
+		}
+		flag.Usage()
+		os.Exit(2) // as the flag package exits on a bad flag
+	}
 	if err := run(*addr, *args, *decode, *timeout, flag.Args()); err != nil {
 		fmt.Fprintf(os.Stderr, "error: %s: %s\n", status.Code(err), err)
 		os.Exit(1)
 	}
 }
 
+// run calls the server for argv, a command with its arguments checked by main.
 func run(addr, argsJSON string, decode bool, timeout time.Duration, argv []string) error {
-	if len(argv) == 0 {
-		return fmt.Errorf("usage: tms-go [flags] models | run MODEL IMAGE | i2i MODEL IMAGE OUT")
-	}
 	var args any
 	if argsJSON != "" {
 		if err := json.Unmarshal([]byte(argsJSON), &args); err != nil {
@@ -57,8 +89,8 @@ func run(addr, argsJSON string, decode bool, timeout time.Duration, argv []strin
 	}
 	defer client.Close()
 
-	switch {
-	case argv[0] == "models" && len(argv) == 1:
+	switch argv[0] {
+	case "models":
 		models, err := client.ListModels(ctx)
 		if err != nil {
 			return err
@@ -66,7 +98,7 @@ func run(addr, argsJSON string, decode bool, timeout time.Duration, argv []strin
 		for _, m := range models {
 			fmt.Println(m.GetName())
 		}
-	case argv[0] == "run" && len(argv) == 3:
+	case "run":
 		img, err := readImage(argv[2], decode)
 		if err != nil {
 			return err
@@ -76,7 +108,7 @@ func run(addr, argsJSON string, decode bool, timeout time.Duration, argv []strin
 			return err
 		}
 		fmt.Println(string(result))
-	case argv[0] == "i2i" && len(argv) == 4:
+	case "i2i":
 		img, err := readImage(argv[2], decode)
 		if err != nil {
 			return err
@@ -96,8 +128,6 @@ func run(addr, argsJSON string, decode bool, timeout time.Duration, argv []strin
 			"dtype": first.DType.String(), "shape": first.Shape, "color": first.Color.String(),
 			"result": out.Result,
 		})
-	default:
-		return fmt.Errorf("unknown command %q; use models, run or i2i", argv)
 	}
 	return nil
 }
