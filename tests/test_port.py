@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,24 @@ def test_an_ipv6_host_serves_and_is_written_in_brackets(server_process, models, 
     port = server.target.rsplit(":", 1)[1]
     with ModelClient("echo", f"[::1]:{port}", connect_timeout=5) as client:
         assert client.run_text("over IPv6")["text"] == "over IPv6"
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_metrics_on_an_ipv6_host_are_served_and_written_in_brackets(server_process, models):
+    """/metrics on --host ::1 is scraped over IPv6 at the URL the server prints; a metrics
+    port taken there was "cannot serve metrics on ::1:PORT", no address anyone can use."""
+    server = server_process(models, workers=1, args=("--host", "::1", "--metrics-port", "0"))
+    found = re.search(
+        r"^tms-server: metrics on (http://\[::1\]:(\d+)/metrics)$", server.logs(), re.M
+    )
+    assert found, server.logs()
+    with urllib.request.urlopen(found[1], timeout=10) as answer:
+        assert "tms_workers 1.0" in answer.read().decode()
+    port = int(found[2])
+    command = [sys.executable, "-m", "tms_server", "--host", "::1", "--port", "0"]
+    command += ["--metrics-port", str(port), "--models", str(models), "--workers", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=20)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"tms-server: error: cannot serve metrics on [::1]:{port}: address already in use"
+    ]

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from tms_server.settings import host_port
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Metric
 
@@ -85,7 +87,8 @@ class MetricsExporter:
         except OSError as exc:
             _remove(exporter.directory)
             reason = (exc.strerror or str(exc)).lower()
-            raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {reason}") from None
+            where = host_port(host, port)
+            raise OSError(exc.errno, f"cannot serve metrics on {where}: {reason}") from None
         except BaseException:
             _remove(exporter.directory)
             raise
