@@ -169,7 +169,7 @@ def test_bad_settings_stop_the_server_with_a_message():
         check=False,
     )
     assert result.returncode == 2
-    assert "workers must be between 1 and 256" in result.stderr
+    assert result.stderr == "tms-server: error: --workers must be between 1 and 256, not 0\n"
 
 
 def test_connect_timeout_when_nothing_listens():

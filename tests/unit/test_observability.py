@@ -37,9 +37,9 @@ def test_metrics_and_log_settings_from_flags_and_environment() -> None:
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
-        (["--log-format=xml"], "log_format must be plain or json, not xml"),
-        (["--metrics-port=65536"], "metrics_port must be between 0 and 65535, not 65536"),
-        (["--metrics-port=-1"], "metrics_port must be between 0 and 65535, not -1"),
+        (["--log-format=xml"], "--log-format must be plain or json, not xml"),
+        (["--metrics-port=65536"], "--metrics-port must be between 0 and 65535, not 65536"),
+        (["--metrics-port=-1"], "--metrics-port must be between 0 and 65535, not -1"),
     ],
 )
 def test_bad_metrics_and_log_settings_are_refused(

@@ -177,7 +177,7 @@ def test_booleans_from_flags_and_environment(text: str, expected: bool) -> None:
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
-def test_flags_out_of_bounds_name_the_setting(
+def test_flags_out_of_bounds_name_the_flag(
     capsys: pytest.CaptureFixture[str],
     argv: list[str],
     setting: str,
@@ -185,8 +185,10 @@ def test_flags_out_of_bounds_name_the_setting(
     high: int,
     value: str,
 ) -> None:
+    """They named the field (max_pixels), which is neither what the user typed nor a flag."""
+    flag = "--" + setting.replace("_", "-")
     error = parse_error(capsys, argv)
-    assert error == f"tms-server: error: {setting} must be between {low} and {high}, not {value}"
+    assert error == f"tms-server: error: {flag} must be between {low} and {high}, not {value}"
 
 
 @pytest.mark.parametrize(
@@ -200,11 +202,12 @@ def test_flags_out_of_bounds_name_the_setting(
         ("TMS_GRACE_SECONDS", "-1", "grace_seconds"),
     ],
 )
-def test_environment_out_of_bounds_names_the_setting(
+def test_environment_out_of_bounds_names_the_variable(
     capsys: pytest.CaptureFixture[str], name: str, text: str, setting: str
 ) -> None:
+    """They named the field (max_message_mb): no flag was given, and no such variable is set."""
     error = parse_error(capsys, [], {name: text})
-    assert error.startswith(f"tms-server: error: {setting} must be between ")
+    assert error.startswith(f"tms-server: error: {name} must be between ")
     assert error.endswith(f", not {float(text) if setting == 'grace_seconds' else text}")
 
 
@@ -265,7 +268,7 @@ def test_bad_flags_are_argparse_errors(
 
 def test_a_bad_flag_wins_over_a_good_environment(capsys: pytest.CaptureFixture[str]) -> None:
     error = parse_error(capsys, ["--port=70000"], {"TMS_PORT": "8000"})
-    assert error.endswith("port must be between 0 and 65535, not 70000")
+    assert error == "tms-server: error: --port must be between 0 and 65535, not 70000"
 
 
 def test_a_good_flag_hides_a_bad_environment_value() -> None:
@@ -281,7 +284,7 @@ def test_log_level_is_case_insensitive(level: str) -> None:
 def test_unknown_log_levels_are_rejected(capsys: pytest.CaptureFixture[str], level: str) -> None:
     error = parse_error(capsys, [], {"TMS_LOG_LEVEL": level})
     assert error == (
-        f"tms-server: error: log_level must be one of DEBUG, INFO, WARNING, ERROR, not {level}"
+        f"tms-server: error: TMS_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {level}"
     )
 
 

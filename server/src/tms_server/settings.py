@@ -57,6 +57,16 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+class _BadSettingError(ValueError):
+    """A value a setting does not take, said of its field (``workers must be between 1 and
+    256, not 0``); parse_settings says it of the flag or variable the value came from."""
+
+    def __init__(self, setting: str, rule: str) -> None:
+        super().__init__(f"{setting} {rule}")
+        self.setting = setting
+        self.rule = rule
+
+
 #: The models folder when none is given: ``models`` in the working directory.
 DEFAULT_MODELS = Path("models")
 
@@ -351,14 +361,13 @@ class Settings:
         for spec in dataclasses.fields(self):
             value, low, high = getattr(self, spec.name), spec.metadata["low"], spec.metadata["high"]
             if low is not None and value is not None and not low <= value <= high:
-                raise ValueError(f"{spec.name} must be between {low} and {high}, not {value}")
+                raise _BadSettingError(spec.name, f"must be between {low} and {high}, not {value}")
         if self.log_level.upper() not in LOG_LEVELS:
-            raise ValueError(
-                f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level}"
-            )
+            levels = ", ".join(LOG_LEVELS)
+            raise _BadSettingError("log_level", f"must be one of {levels}, not {self.log_level}")
         object.__setattr__(self, "log_level", self.log_level.upper())
         if self.log_format not in LOG_FORMATS:
-            raise ValueError(f"log_format must be plain or json, not {self.log_format}")
+            raise _BadSettingError("log_format", f"must be plain or json, not {self.log_format}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -540,12 +549,15 @@ def parse_settings(
         parser.add_argument(flag, type=convert, help=help_text, **(extra if kind is bool else {}))
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}  # the flag or variable each value came from, to name it
     for name, convert in converters.items():
         flag_value = getattr(args, name)
         env_value = environ.get(_env_name(name))
         if flag_value is not None:
             values[name] = flag_value
+            given_as[name] = "--" + name.replace("_", "-")
         elif env_value:
+            given_as[name] = _env_name(name)
             try:
                 values[name] = convert(env_value)
             except (ValueError, argparse.ArgumentTypeError):
@@ -559,6 +571,8 @@ def parse_settings(
                 _stop(f"{_env_name(name)}={env_value!r} is not a valid {name}{wanted}")
     try:
         return Settings(**values)
+    except _BadSettingError as exc:
+        _stop(f"{given_as.get(exc.setting, exc.setting)} {exc.rule}")
     except ValueError as exc:
         _stop(str(exc))
 
