@@ -34,6 +34,7 @@ from tms_client import (
     ModelFailedError,
     ModelNotFoundError,
     ResourceExhaustedError,
+    UnsupportedCallError,
 )
 from tms_client.images import to_parts
 from tms_client.protocol.methods import method_path
@@ -137,6 +138,14 @@ MODELS = {
 
             def run(self, image, args):
                 return {}
+    """,
+    # Image to image alone: no run for a stream's frames.
+    "flip": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            def run_image_to_image(self, images, args):
+                return [image[::-1] for image in images]
     """,
     # No stream hook: each frame goes to run.
     "plain": """
@@ -254,6 +263,19 @@ def test_stream_errors_end_the_stream_with_their_status(server: InProcessServer)
         with pytest.raises(ModelFailedError) as failed:  # open_stream raised TypeError
             list(client.run_image_stream([frame(1)], {"notes": 5}))
         assert failed.value.reason == "MODEL_FAILED"
+
+
+def test_a_stream_to_a_model_without_run_image_says_so_and_what_it_supports(
+    server: InProcessServer,
+) -> None:
+    """It said "does not support RunImage": a call the caller never made."""
+    with ModelClient("flip", server.target) as client, pytest.raises(UnsupportedCallError) as err:
+        list(client.run_image_stream([frame(1)]))
+    assert err.value.reason == "UNSUPPORTED_CALL"
+    assert err.value.details == (
+        "model 'flip' does not support RunImageStream (each frame a RunImage call); "
+        "it supports RunImageToImage"
+    )
 
 
 def test_an_open_stream_object_without_run_fails_the_stream_saying_so(

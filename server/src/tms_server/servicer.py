@@ -236,13 +236,18 @@ class ModelServicer:
         self.max_batch_size = max_batch_size
         self._worker_info = identity.response()
 
-    def _model(self, name: str, call: pb.ModelCall.ValueType) -> LoadedModel:
+    def _model(
+        self, name: str, call: pb.ModelCall.ValueType, *, asked: str | None = None
+    ) -> LoadedModel:
+        """Model ``name``, which must support ``call``; ``asked`` is the RPC the caller made,
+        when it is not ``call`` itself, for the error to name."""
         model = self._registry.get(name)
         check_admitted(name, "model")
         if not model.supports(call):
             supported = ", ".join(_CALL_NAMES[c] for c in model.info.calls)
             raise Unimplemented(
-                f"model {name!r} does not support {_CALL_NAMES[call]}; it supports {supported}"
+                f"model {name!r} does not support {asked or _CALL_NAMES[call]}; "
+                f"it supports {supported}"
             )
         return model
 
@@ -471,7 +476,9 @@ class ModelServicer:
         # or in shared memory; the stream's model must take RunImage.
         return image_stream(
             stream,
-            lambda name: self._model(name, pb.MODEL_CALL_RUN_IMAGE),
+            lambda name: self._model(
+                name, pb.MODEL_CALL_RUN_IMAGE, asked="RunImageStream (each frame a RunImage call)"
+            ),
             self._args,
             self._bytes,
             self.max_pixels,
