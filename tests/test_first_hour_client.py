@@ -86,6 +86,19 @@ MODELS = {
             def run_image_to_image(self, images, args):
                 return [255 - image for image in images], {"count": len(images)}
     ''',
+    "flow": '''
+        import tms_server
+
+        class Model(tms_server.Model):
+            """Takes two frames at once, as optical flow does."""
+            dtype = "uint8"
+            thread_safe = True
+
+            def run_image_to_image(self, images, args):
+                if len(images) != 2:
+                    raise tms_server.InvalidInput(f"flow needs 2 frames, got {len(images)}")
+                return [images[1] - images[0]]
+    ''',
     "boxes": '''
         import tms_server
 
@@ -486,6 +499,37 @@ def test_run_i2i_on_a_folder_again_leaves_its_outputs_out(
     code, out, _ = tms(capsys, *command[:-1], str(folder / "a.invert.png"))
     assert code == 0
     assert out == f'{folder / "a.invert.png"} -> {folder / "a.invert.invert.png"}  {{"count": 1}}\n'
+
+
+def test_run_i2i_says_what_together_does(server: InProcessServer, capsys, tmp_path: Path) -> None:
+    """Frames for a model that takes two at once, given without --together, each failed alone
+    ("flow needs 2 frames, got 1"), with nothing pointing at --together, whose help said only
+    "Send all images in one call"; with --together, a failure named the first image alone."""
+    frames = [tmp_path / f"frame{n}.png" for n in (1, 2, 3)]
+    for n, frame in enumerate(frames):
+        Image.fromarray(smooth((16, 16, 3)) + n).save(frame)
+    base = ["--target", server.target, "run-i2i", "flow", "--out-dir", str(tmp_path / "out")]
+    code, out, err = tms(capsys, *base, *map(str, frames[:2]))
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"{frames[0]}: flow needs 2 frames, got 1 (INVALID_ARGUMENT)",
+        f"{frames[1]}: flow needs 2 frames, got 1 (INVALID_ARGUMENT)",
+        "tms: 2 of 2 images failed, each sent in a call of its own; --together sends them "
+        "all in one call",
+    ]
+    code, out, err = tms(capsys, *base, *map(str, frames), "--together")
+    assert (code, out) == (1, "")
+    sent = " + ".join(map(str, frames))
+    assert err == f"{sent}: flow needs 2 frames, got 3 (INVALID_ARGUMENT)\n"
+    code, out, err = tms(capsys, *base, *map(str, frames[:2]), "--together")
+    assert (code, err) == (0, "")
+    code, out, _ = tms(capsys, "run-i2i", "--help")
+    assert code == 0
+    assert (
+        "--together Send all the images in one call, for a model that takes several at once "
+        "(optical flow's two frames); its outputs are named after the first image. Without it "
+        "each image is a call of its own."
+    ) in " ".join(out.split())
 
 
 def test_pretty_json_keeps_points_on_one_line(server: InProcessServer, capsys, tmp_path) -> None:

@@ -256,7 +256,11 @@ def run() -> None: ...
     "(default: next to each input as NAME.MODEL.png; stdin's in the current folder).",
 )
 @click.option(
-    "--together", is_flag=True, help="Send all images in one call (e.g. optical flow's two)."
+    "--together",
+    is_flag=True,
+    help="Send all the images in one call, for a model that takes several at once (optical "
+    "flow's two frames); its outputs are named after the first image. Without it each image "
+    "is a call of its own.",
 )
 @click.option(
     "--preview",

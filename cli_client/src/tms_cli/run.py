@@ -23,6 +23,7 @@ from tms_cli.progress import progress_bar
 from tms_cli.video import is_video, run_videos
 from tms_client import (
     ConnectError,
+    InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
     PermissionDeniedError,
@@ -98,11 +99,10 @@ def run_images_to_images(options: Options, args: SimpleNamespace) -> int:
     if args.together and missing:
         raise CliError("--together needs every image; nothing was run")
     if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CliError(f"cannot create {out_dir}: {describe_error(exc)}") from exc
+        _make_folder(out_dir)
     together: list[ImageSource] = sources if args.together else []
+    sent = " + ".join(s.label for s in together)  # how lines name the one call of --together
+    refused: list[ImageSource] = []  # inputs the model refused (INVALID_INPUT)
     inputs = {s.path.resolve() for s in sources if s.path is not None}
 
     def stem_of(source: ImageSource) -> Path:
@@ -118,7 +118,12 @@ def run_images_to_images(options: Options, args: SimpleNamespace) -> int:
         def work(source: ImageSource) -> dict[str, Any]:
             images = [s.load() for s in together] if together else source.load()
             # RGBA holds every colour order without loss; save_image drops what is not needed.
-            output = client.run_image_to_image(images, args.args, output_color="rgba")
+            try:
+                output = client.run_image_to_image(images, args.args, output_color="rgba")
+            except InvalidInputError as exc:
+                if exc.reason == "INVALID_INPUT":
+                    refused.append(source)
+                raise
             stem = stem_of(source)
             several = len(output.images) > 1
             written = []
@@ -134,15 +139,38 @@ def run_images_to_images(options: Options, args: SimpleNamespace) -> int:
             if options.json:
                 sys.stdout.write(to_json({"path": source.label, **done}) + "\n")
             else:
-                label = " + ".join(s.label for s in together) or source.label
                 result = "" if done["result"] is None else f"  {to_json(done['result'])}"
-                sys.stdout.write(f"{label} -> {', '.join(done['outputs'])}{result}\n")
+                outputs = ", ".join(done["outputs"])
+                sys.stdout.write(f"{sent or source.label} -> {outputs}{result}\n")
             sys.stdout.flush()
 
         # With --together there is one call, its outputs named after the first image.
         jobs = sources[:1] if together else sources
-        failed = _run_all(jobs, work, write, args.concurrency, quiet=sys.stdout.isatty())
-    return _summary(failed + missing, (1 if together else len(sources)) + missing)
+        failed = _run_all(
+            jobs,
+            work,
+            write,
+            args.concurrency,
+            quiet=sys.stdout.isatty(),
+            label=lambda source: sent or source.label,
+        )
+    total = (1 if together else len(sources)) + missing
+    return _summary(failed + missing, total, "" if together else _sent_alone(sources, refused))
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create {folder}: {describe_error(exc)}") from exc
+
+
+def _sent_alone(sources: list[ImageSource], refused: list[ImageSource]) -> str:
+    """What the summary adds when the model refused every one of several images, each sent in
+    a call of its own: it may take them together (optical flow's two frames)."""
+    if len(sources) > 1 and len(refused) == len(sources):
+        return ", each sent in a call of its own; --together sends them all in one call"
+    return ""
 
 
 def _keep_inputs(stem: Path, inputs: set[Path]) -> None:
@@ -218,9 +246,11 @@ def _run_all(
     concurrency: int,
     *,
     quiet: bool,
+    label: Callable[[ImageSource], str] = lambda source: source.label,
 ) -> int:
     """Run ``work`` on every source, ``concurrency`` at a time, and ``write`` the results
-    in input order; returns how many failed, each reported on stderr as "path: reason".
+    in input order; returns how many failed, each reported on stderr as "path: reason" (the
+    path as ``label`` names the source).
     A progress line shows on stderr when it is a terminal, unless ``quiet``.
 
     Only a few calls are queued ahead of the one written next, so a folder of a million
@@ -245,7 +275,7 @@ def _run_all(
                 raise
             except _PER_IMAGE as exc:
                 failed += 1
-                progress.console.print(f"{source.label}: {_reason(exc, source)}")
+                progress.console.print(f"{label(source)}: {_reason(exc, source)}")
             else:
                 write(source, result)
             progress.advance(progress.task_ids[0])
@@ -271,7 +301,7 @@ def _report(message: str) -> None:
     sys.stderr.flush()
 
 
-def _summary(failed: int, total: int) -> int:
+def _summary(failed: int, total: int, hint: str = "") -> int:
     if failed and total > 1:
-        _report(f"tms: {failed} of {total} images failed")
+        _report(f"tms: {failed} of {total} images failed{hint}")
     return 1 if failed else 0
