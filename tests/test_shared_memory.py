@@ -363,6 +363,20 @@ def test_a_stream_the_caller_leaves_gives_up_its_regions(in_process_server, mode
     assert none_left(before)
 
 
+def stream_beside_a_call(
+    first: ModelClient, second: ModelClient, image: np.ndarray, backing: str
+) -> list[FrameResult]:
+    """Four frames of ``image`` streamed by ``first`` (window 1), and between the first two a
+    call of ``second``'s, which goes by ``backing``."""
+
+    def frames() -> Iterator[np.ndarray]:
+        yield image
+        assert second.run_image(image)["backing"] == backing
+        yield from [image] * 3
+
+    return list(first.run_image_stream(frames(), window=1, errors="yield"))
+
+
 def test_a_stream_whose_region_the_worker_dropped_goes_on_as_bytes(
     in_process_server, models, monkeypatch
 ):
@@ -377,13 +391,8 @@ def test_a_stream_whose_region_the_worker_dropped_goes_on_as_bytes(
         ModelClient("where", server.target) as first,
         ModelClient("where", server.target) as second,
     ):
-
-        def frames() -> Iterator[np.ndarray]:
-            yield image
-            assert second.run_image(image)["backing"] == "mmap"  # the first's region dropped
-            yield from [image] * 3
-
-        got = list(first.run_image_stream(frames(), window=1, errors="yield"))
+        # The first's region dropped for the second's:
+        got = stream_beside_a_call(first, second, image, "mmap")
         assert got[1].error is not None
         assert got[1].error.reason == "SHARED_MEMORY_NOT_ATTACHED"
         assert backings(got) == ["mmap", None, "bytes", "bytes"]
@@ -709,13 +718,7 @@ def test_a_region_in_use_is_not_dropped_for_another(in_process_server, models, m
         ModelClient("where", server.target) as first,
         ModelClient("where", server.target) as second,
     ):
-
-        def frames() -> Iterator[np.ndarray]:
-            yield image
-            assert second.run_image(image)["backing"] == "bytes"  # no room: refused
-            yield from [image] * 3
-
-        got = list(first.run_image_stream(frames(), window=1, errors="yield"))
+        got = stream_beside_a_call(first, second, image, "bytes")  # no room: refused
         assert [r.error for r in got] == [None] * 4
         assert backings(got) == ["mmap"] * 4
         lender = stream_channel(second).lender
