@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -25,3 +26,15 @@ def test_a_flag_raised_by_another_thread_wakes_the_waiter_at_once() -> None:
     assert flag.wait(30)  # and stays raised
     flag.set("SIGINT")  # a second stop changes nothing
     assert flag.reason == "SIGTERM"
+
+
+def test_a_descriptor_becoming_readable_wakes_the_waiter_without_raising_the_flag() -> None:
+    flag = StopFlag()
+    read, write = os.pipe()  # as a worker's sentinel: readable once it has exited
+    try:
+        threading.Timer(0.05, os.close, args=(write,)).start()
+        started = time.monotonic()
+        assert not flag.wait(30, [read])
+        assert time.monotonic() - started < 10
+    finally:
+        os.close(read)

@@ -15,6 +15,7 @@ import contextlib
 import os
 import select
 import signal
+from collections.abc import Sequence
 from types import FrameType
 
 __all__ = ["STOP_SIGNALS", "StopFlag", "stop_on_signals"]
@@ -48,10 +49,16 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._set
 
-    def wait(self, timeout: float) -> bool:
-        """Whether the flag is set, waiting up to ``timeout`` seconds for it."""
+    def wait(self, timeout: float, also: Sequence[int] = ()) -> bool:
+        """Whether the flag is set, waiting up to ``timeout`` seconds for it, or until one of
+        the descriptors ``also`` is readable (a process's sentinel: it has exited)."""
         if not self._set:
-            self._poll.poll(max(0, round(timeout * 1000)))
+            poll = self._poll
+            if also:
+                poll = select.poll()
+                for fd in (self._read, *also):
+                    poll.register(fd, select.POLLIN)
+            poll.poll(max(0, round(timeout * 1000)))
         return self._set
 
 

@@ -193,11 +193,21 @@ class Supervisor:
                 f"with {len(self._slots)} worker(s){self._failures()}",
                 flush=True,
             )
-            while not self._stop.wait(0.1):
+            # Woken at once when a worker exits, not up to 0.1 s later: its death is seen to
+            # before its callers retry on the other workers.
+            while not self._stop.wait(0.1, self._sentinels()):
                 self._reap()
             log.info("received %s; stopping", self._stop.reason)
             self._shutdown()
         return 0  # stop signals sent again meanwhile were ignored (see stop_on_signals)
+
+    def _sentinels(self) -> list[int]:
+        """Descriptors that become readable when a running worker exits."""
+        return [
+            slot.process.sentinel
+            for slot in self._slots
+            if slot.process is not None and slot.process.exitcode is None
+        ]
 
     def _collect_ready(self, timeout: float) -> None:
         """Note which workers reported ready (waiting up to ``timeout`` for the first), and
