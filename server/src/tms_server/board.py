@@ -5,7 +5,9 @@ AdminService.ListWorkers for all of them; and a reload asked of one worker reach
 through the board's reload slot. The supervisor makes the board before it forks the workers
 (they inherit the same memory); a server run inside a test process gets a board of one row.
 
-Each row has one writer, its worker; the reload slot is written under ``reload_lock``.
+Each row has one writer, its worker; the reload slot is written under ``reload_lock``. The
+board also holds the model calls each worker runs, and the inputs that crashed workers
+(``crashes``, tms_server.crashes).
 A reload is posted there and every worker, the one asked included, follows it on a thread its
 monitor starts (tms_server.monitor); the heartbeat goes on meanwhile.
 """
@@ -22,6 +24,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from tms_server.crashes import CrashBoard
 
 __all__ = ["BoardRow", "WorkerBoard"]
 
@@ -91,6 +95,7 @@ class WorkerBoard:
         self.size = workers
         self._rows: Any = context.RawArray(_Row, workers)
         self._header: Any = context.RawValue(_Header)
+        self.crashes = CrashBoard(workers)
         #: Held by the worker that runs a reload across the server, one at a time.
         self.reload_lock = ReloadLock(shared=workers > 1)
 
@@ -133,6 +138,10 @@ class WorkerBoard:
             return None
         row.reload_taken = seq
         return seq, self._header.reload_model.decode()
+
+    def last_reload(self) -> tuple[int, str]:
+        """(number, model) of the last reload announced; (0, "") before any."""
+        return int(self._header.reload_seq), self._header.reload_model.decode()
 
     def announce_reload(self, model: str) -> int:
         """Post a reload of ``model`` for every worker to follow; hold ``reload_lock``.

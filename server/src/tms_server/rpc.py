@@ -9,7 +9,8 @@ Open Inference Protocol, admin) ``add_service`` registers one handler, made here
 2. refuses the call while the worker drains (UNAVAILABLE: the client retries elsewhere);
 3. runs the servicer method: a ``quick`` one (no model, no waiting) on the event loop, the
    others on the worker's threads, as tms_server.admission admits them (calls at once, pixels
-   at once);
+   at once); a model call is noted on the worker board while it runs, and refused at once if
+   its input has crashed workers (tms_server.crashes);
 4. ends the call with the status its exception stands for (``errors.status_of``: code,
    message, and google.rpc details), and the worker's load and the call's request id in the
    trailing metadata;
@@ -35,7 +36,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -46,6 +47,7 @@ from google.protobuf.message import DecodeError, Message
 
 from tms_server.admission import CallRunner
 from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
+from tms_server.crashes import Buffer, CrashGuard
 from tms_server.errors import (
     InvalidArgument,
     ResourceExhausted,
@@ -108,6 +110,9 @@ class Method:
     calls_models: bool = False  # it calls the model its request names (see QuickCalls)
     names_model: bool = False  # its requests name a model in field 1 (for logs and metrics)
     streams: bool = False  # requests and responses both stream (see Worker.handle_stream)
+    #: what a request's input is made of, the same whether its images are in it or in shared
+    #: memory (read after ``weigh``); None: the request bytes are the input
+    content: Callable[[bytes], Sequence[Buffer] | None] | None = None
 
     @functools.cached_property
     def rpc(self) -> str:
@@ -147,6 +152,9 @@ class Worker:
     #: The call tokens (--tokens-file), which a stream's token must still be one of at each
     #: of its messages: a token taken out of the file ends it.
     tokens: TokenFile | None = field(default=None, kw_only=True)
+    #: Notes the model calls running, for the supervisor to see if the worker crashes, and
+    #: refuses inputs that crashed workers (tms_server.crashes).
+    crashes: CrashGuard | None = field(default=None, kw_only=True)
 
     def begin(self, rpc: str, path: str, metadata: Metadata | None, model: str = "") -> CallInfo:
         """A call that starts: its CallInfo (the caller's request id or a new one), current in
@@ -187,9 +195,14 @@ class Worker:
             else:
                 pixels = method.weigh(request) if method.weigh is not None else 0
                 key = (method.name, call.model) if method.calls_models else None
-                response = await self.runner.run(
-                    method.call, request, context, load, tail, pixels=pixels, key=key
-                )
+                function: Callable[..., Any] = method.call
+                args: tuple[Any, ...] = (request, context, load, tail)
+                if method.calls_models and self.crashes is not None:
+                    # Internal at once for an input that crashed workers; else noted as it runs
+                    content = method.content(request) if method.content is not None else None
+                    mark = await self.crashes.admit(method.name, call.model, request, content)
+                    function, args = self.crashes.run, (mark, function, *args)
+                response = await self.runner.run(function, *args, pixels=pixels, key=key)
         except asyncio.CancelledError:  # the caller left
             self.finished(call, grpc.StatusCode.CANCELLED, began)
             raise
@@ -371,6 +384,7 @@ def add_service(
     raw_requests: Iterable[str] = (),
     raw_responses: Iterable[str] = (),
     weighers: Mapping[str, Callable[[bytes], int]] | None = None,
+    contents: Mapping[str, Callable[[bytes], Sequence[Buffer] | None]] | None = None,
     model_calls: Iterable[str] = (),
 ) -> None:
     """Register ``servicer``'s methods (named after the RPCs) for ``service`` on ``server``.
@@ -380,8 +394,9 @@ def add_service(
     tms_client.protocol.wire); the others take and return messages. Bytes that are not the
     request message end the call with INVALID_ARGUMENT (gRPC's own parsing would say
     INTERNAL). ``weighers`` give, for methods
-    of raw requests, the pixels a request declares (see admission.PixelBudget); the methods
-    in ``model_calls`` call the model their request names first, and may run on the event
+    of raw requests, the pixels a request declares (see admission.PixelBudget), and
+    ``contents`` what their input is made of (see Method.content); the methods in
+    ``model_calls`` call the model their request names first, and may run on the event
     loop once that model's calls are proven quick (see admission.QuickCalls). A method whose
     request names a model (see _names_model) is logged and counted by that name. A method
     whose requests and responses both stream is served by ``Worker.handle_stream``: it reads
@@ -403,6 +418,7 @@ def add_service(
             function=function,
             parse=parse,
             weigh=(weighers or {}).get(name),
+            content=(contents or {}).get(name),
             on_loop=getattr(function, "quick", False),
             on_own_thread=getattr(function, "aside", False),
             calls_models=name in model_calls,

@@ -25,6 +25,7 @@ from tms_client.protocol.wire import (
     varint,
 )
 from tms_server.callinfo import CURRENT
+from tms_server.crashes import Buffer
 from tms_server.errors import Internal, InvalidArgument, Reason, ServiceError, Unimplemented
 from tms_server.invoke import (
     declared_pixels,
@@ -321,6 +322,36 @@ class ModelServicer:
         """``pixels`` for each method whose requests carry images."""
         classes = {name: getattr(pb, f"{name}Request") for name in RAW_REQUESTS}
         return {name: functools.partial(self.pixels, cls) for name, cls in classes.items()}
+
+    def content(self, request_class: type[Message], request: bytes) -> list[Buffer] | None:
+        """What a request's input is made of, the same whether its images are in the request
+        or in shared memory (the request then says where, in a region of this worker): its
+        message without the images and places, then each image's metadata and bytes. None
+        for a request refused as soon as it runs. See tms_server.crashes."""
+        try:
+            message, images = _read(request_class, request, self.max_batch_size)
+            outputs = message.DESCRIPTOR.fields_by_name.get("output_shared_memory")
+            if outputs is not None and message.HasField(outputs.name):
+                head = type(message)()
+                head.CopyFrom(message)  # shared by the calls of one layout: only read
+                head.ClearField("output_shared_memory")
+                message = head
+            content: list[Buffer] = [message.SerializeToString()]
+            for parts in images:
+                meta = parts.meta
+                if meta.HasField("shared_memory"):
+                    meta = image_pb2.Image()
+                    meta.CopyFrom(parts.meta)
+                    meta.ClearField("shared_memory")
+                content += [meta.SerializeToString(), self._bytes(parts, "image").data]
+        except ServiceError:
+            return None
+        return content
+
+    def contents(self) -> dict[str, Callable[[bytes], list[Buffer] | None]]:
+        """``content`` for each method whose requests carry images."""
+        classes = {name: getattr(pb, f"{name}Request") for name in RAW_REQUESTS}
+        return {name: functools.partial(self.content, cls) for name, cls in classes.items()}
 
     @quick
     def ListModels(

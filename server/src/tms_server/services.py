@@ -87,6 +87,7 @@ def new_grpc_server(
         raw_requests=RAW_REQUESTS,
         raw_responses=RAW_RESPONSES,
         weighers=models.weighers(),
+        contents=models.contents(),
         model_calls=MODEL_CALLS,
     )
     add_service(

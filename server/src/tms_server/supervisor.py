@@ -3,9 +3,11 @@
 It reserves the port with SO_REUSEPORT (so ``--port 0`` works and the port stays taken while
 workers come and go; a port something else holds stops it at start), forks the workers before
 any gRPC object exists, restarts a worker that dies (with backoff), kills and replaces one that
-stops sending heartbeats, and on a stop signal (SIGTERM, SIGINT, SIGHUP: tms_server.signals,
-caught by ``__main__`` before anything else) asks every worker to stop gracefully. With
-``--metrics-port`` it also serves /metrics for all of them (tms_server.exporter).
+stops sending heartbeats, remembers the inputs a worker that crashed was running (an input
+that crashes two workers is refused from then on: tms_server.crashes), and on a stop signal
+(SIGTERM, SIGINT, SIGHUP: tms_server.signals, caught by ``__main__`` before anything else)
+asks every worker to stop gracefully. With ``--metrics-port`` it also serves /metrics for all
+of them (tms_server.exporter).
 
 It refuses to start a server with no model to load (tms_server.registry.find_models), and
 says each model that failed to load once, for all workers: every worker reports its failures
@@ -24,9 +26,11 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 
 from tms_server.board import WorkerBoard
+from tms_server.crashes import crashed
 from tms_server.devices import CPU, check_visible
 from tms_server.exporter import MetricsExporter
 from tms_server.monitor import RELOAD_TIME_LIMIT
@@ -48,8 +52,12 @@ _HEALTHY_AFTER = 1.0
 # A worker still starting that has held nearly all of --worker-memory-mb this long is said to
 # be short of it: some libraries (OpenBLAS, say) retry a failed allocation for ever.
 _AT_LIMIT_SAID_AFTER = 10.0
+# The exit codes a worker ends with itself; any other, or a crash signal, is a crash.
+_OWN_EXIT_CODES = frozenset({EXIT_HUNG, EXIT_NO_MODELS})
 # How a library that finds no memory left often ends a process.
 _CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS})
+# Seconds between rounds while a worker exits: its exit code is looked for this often.
+_DYING_TICK = 0.005
 
 
 def _backoff(failures: int) -> float:
@@ -97,6 +105,7 @@ class _Slot:
     silent_for: float | None = None  # set when the supervisor kills it for going silent
     at_limit_since: float | None = None  # since when, starting, it has held its memory limit
     short_said: bool = False  # that it may be short of memory
+    dying: bool = False  # the process is exiting: its sentinel is readable, it is not reaped
 
 
 class Supervisor:
@@ -114,6 +123,7 @@ class Supervisor:
         self._board = WorkerBoard(len(self._slots))
         self._metrics: MetricsExporter | None = None
         self._failed: dict[str, str] = {}  # models that failed to load in a worker, and why
+        self._reload_seen = 0  # the last reload whose model's crashed inputs were forgotten
 
     def __repr__(self) -> str:
         return (
@@ -147,7 +157,7 @@ class Supervisor:
         process.start()
         slot = self._slots[index]
         slot.process, slot.started, slot.ready_at = process, time.monotonic(), None
-        slot.at_limit_since, slot.short_said = None, False
+        slot.at_limit_since, slot.short_said, slot.dying = None, False, False
         if self._metrics is not None:
             self._metrics.workers = self._running()
 
@@ -194,8 +204,9 @@ class Supervisor:
                 flush=True,
             )
             # Woken at once when a worker exits, not up to 0.1 s later: its death is seen to
-            # before its callers retry on the other workers.
-            while not self._stop.wait(0.1, self._sentinels()):
+            # (the inputs it crashed on made suspect: tms_server.crashes) before its callers
+            # retry on the other workers.
+            while not self._stop.wait(self._tick(), self._sentinels()):
                 self._reap()
             log.info("received %s; stopping", self._stop.reason)
             self._shutdown()
@@ -206,8 +217,13 @@ class Supervisor:
         return [
             slot.process.sentinel
             for slot in self._slots
-            if slot.process is not None and slot.process.exitcode is None
+            if slot.process is not None and slot.process.exitcode is None and not slot.dying
         ]
+
+    def _tick(self) -> float:
+        """How long to wait between rounds: briefly while a worker is exiting (calls may wait
+        to learn whether it crashed: tms_server.crashes), else 0.1 s."""
+        return _DYING_TICK if any(slot.dying for slot in self._slots) else 0.1
 
     def _collect_ready(self, timeout: float) -> None:
         """Note which workers reported ready (waiting up to ``timeout`` for the first), and
@@ -273,6 +289,11 @@ class Supervisor:
             if slot.process is None:
                 continue
             if slot.process.exitcode is None:
+                if not slot.dying and wait([slot.process.sentinel], 0):
+                    # Exiting: its connections are closed, and callers retry elsewhere before
+                    # its exit code is known (a large process takes a while to end).
+                    slot.dying = True
+                    self._board.crashes.worker_dying(index)
                 self._check_heartbeat(index, slot, now)
                 continue
             if slot.restart_at == 0.0:
@@ -289,6 +310,7 @@ class Supervisor:
                     delay,
                 )
                 slot.restart_at = now + delay
+                self._note_crash(index, code)
                 slot.beat = slot.beat_seen = 0.0
                 slot.silent_for = None
                 if slot.process.pid is not None:
@@ -309,9 +331,30 @@ class Supervisor:
                 slot.restart_at = 0.0
                 if self._metrics is not None:
                     self._metrics.restarts += 1
+        self._follow_reloads()
         self._watch_memory()
         if self._metrics is not None:
             self._metrics.workers = self._running()
+
+    def _note_crash(self, index: int, code: int) -> None:
+        """Remember the inputs worker ``index``, which ended with ``code``, was running, if it
+        crashed: an input that crashes two workers is refused from then on."""
+        how, was_crash = _describe_exit(code), crashed(code, _OWN_EXIT_CODES)
+        poison = self._board.crashes.worker_died(index, how, crashed=was_crash)
+        if poison is not None:
+            log.error(
+                "an input crashed workers (%s); it is refused from now on, until its model is "
+                "reloaded or the server restarts",
+                poison,
+            )
+
+    def _follow_reloads(self) -> None:
+        """Forget the crashed inputs of a model reloaded since last time (of every model if
+        reloads came faster than that: a reload takes a monitor round, longer than ours)."""
+        seq, model = self._board.last_reload()
+        if seq != self._reload_seen:
+            self._board.crashes.forget(model if seq == self._reload_seen + 1 else None)
+            self._reload_seen = seq
 
     def _watch_memory(self) -> None:
         """Say once of each worker still starting that has held nearly all of its

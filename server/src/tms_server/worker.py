@@ -254,6 +254,7 @@ async def _start(
         metrics=metrics,
         log_requests=settings.log_requests,
         max_streams=settings.max_streams,
+        crashes=board.crashes.guard(index),
     )
     models = ModelServicer(
         registry,
