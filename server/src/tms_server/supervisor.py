@@ -311,6 +311,7 @@ class Supervisor:
                 )
                 slot.restart_at = now + delay
                 self._note_crash(index, code)
+                slot.dying = False  # reaped: the supervisor's pace is its idle one again
                 slot.beat = slot.beat_seen = 0.0
                 slot.silent_for = None
                 if slot.process.pid is not None:
