@@ -110,3 +110,18 @@ def test_only_crash_signals_and_exit_codes_the_worker_does_not_use_are_crashes()
     assert [crashed(code, own) for code in (-signal.SIGSEGV, -signal.SIGABRT, 1)] == [True] * 3
     # SIGKILL: the supervisor's, an operator's, the OOM killer's; SIGTERM: a stop
     assert [crashed(code, own) for code in (-signal.SIGKILL, -signal.SIGTERM, 0, 3)] == [False] * 4
+
+
+def test_a_crash_while_a_suspect_runs_beside_a_call_let_in_before_it_was_one_makes_no_poison() -> (
+    None
+):
+    board = CrashBoard(3)
+    second = board.guard(1)
+    early = mark(second, BAD)  # another caller's BAD, let in on worker 1 before any crash
+    assert early[2] == 0
+    exit_while_running(board, 0, BAD, OTHER)  # OTHER, innocent, ran beside it: both suspects
+    # Worker 1 crashes on that early BAD while OTHER, hashed now, runs beside it.
+    second.run(early, second.run, mark(second, OTHER), board.worker_dying, 1)
+    assert board.worker_died(1, "killed by SIGSEGV", crashed=True) is None
+    assert mark(board.guard(2), OTHER)[2]  # not refused: BAD may have crashed worker 1 too
+    assert repr(board) == "<CrashBoard suspects=2 poison=0>"

@@ -13,8 +13,9 @@ input crashes too; a caller looping over a dataset with it would go on killing w
   does not use itself: see ``crashed``), the supervisor makes the calls it was running
   *suspects*: their fingerprints go into a table every worker reads;
 - a call whose fingerprint matches a suspect gets its input hashed in full (blake2b), noted
-  in its slot too. If a worker crashes while calls of one such hash run (and of no other),
-  that input has crashed two workers, and is *poison*: every worker refuses it from then on,
+  in its slot too. If a worker crashes while calls of one such hash run (and of no other,
+  nor a call of a suspect's fingerprint let in before it was one, so not hashed), that
+  input has crashed two workers, and is *poison*: every worker refuses it from then on,
   at once, with INTERNAL (MODEL_FAILED, which clients do not retry) and a message saying
   which workers it crashed.
 
@@ -191,12 +192,15 @@ class CrashBoard:
         tables, added = self._tables, []
         with self._writing():
             known = {(e.model, e.sample) for e in tables.suspects if e.used}
+            # A call of a suspect's fingerprint not hashed was let in before it was one (its
+            # input may be that suspect or another): one more input that may have crashed it.
+            unhashed = any(not full and (model, sample) in known for model, sample, full in running)
             for model, sample, _ in running:
                 if (model, sample) not in known:
                     known.add((model, sample))
                     added.append(_put(tables, "suspects", model, sample, crash=b""))
             hashed = {entry for entry in running if entry[2]}
-            if len(hashed) == 1:  # several: which one crashed it? Wait for the next crash.
+            if len(hashed) == 1 and not unhashed:  # several: which one? Wait for the next crash.
                 ((model, sample, full),) = hashed
                 if not any(e.used and e.full == full for e in tables.poison):
                     earlier = [
