@@ -4,6 +4,7 @@ when a worker exits, kept if it crashed, and poison refused; all within one proc
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -125,3 +126,16 @@ def test_a_crash_while_a_suspect_runs_beside_a_call_let_in_before_it_was_one_mak
     assert board.worker_died(1, "killed by SIGSEGV", crashed=True) is None
     assert mark(board.guard(2), OTHER)[2]  # not refused: BAD may have crashed worker 1 too
     assert repr(board) == "<CrashBoard suspects=2 poison=0>"
+
+
+def test_a_call_let_in_while_the_supervisor_writes_the_tables_waits_and_does_not_sleep() -> None:
+    board = CrashBoard(2)
+    exit_while_running(board, 0, BAD)
+    guard = board.guard(1)
+    board._tables.version += 1  # the supervisor is writing (odd), as if descheduled meanwhile
+    started = time.monotonic()
+    assert guard.check(METHOD, "model", BAD) is None  # admit waits with asyncio.sleep
+    assert time.monotonic() - started < 0.005  # no time.sleep on the event loop
+    assert guard.check(METHOD, "model", BAD, wait=False) is not None  # waited long enough
+    board._tables.version += 1  # written
+    assert mark(guard, BAD)[2]  # a suspect: hashed in full

@@ -40,7 +40,6 @@ import hashlib
 import logging
 import multiprocessing
 import signal
-import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias, TypeVar
@@ -316,7 +315,8 @@ class CrashGuard:
         """What ``run`` notes of a call of ``method`` to ``model``: (model key, fingerprint,
         full hash or 0). Its input is ``content`` (Method.content), or else ``request``.
         Raises Internal if that input is poison; None (if ``wait``) while a worker that ran
-        it exits, and whether it crashed is not known yet."""
+        it exits, and whether it crashed is not known yet, or while the supervisor writes the
+        tables (``admit`` waits on the event loop, which must not sleep)."""
         seed = self._seeds.get(method)
         if seed is None:
             seed = self._seeds[method] = zlib.crc32(method.encode())
@@ -325,8 +325,8 @@ class CrashGuard:
         for part in parts:
             sample = fingerprint(part, sample)
         key = _model_key(model)
-        if self._tables.version != self._seen:
-            self._refresh()
+        if self._tables.version != self._seen and not self._refresh() and wait:
+            return None
         if (key, sample) not in self._suspects:
             return key, sample, 0
         full = _full_hash(parts, seed)
@@ -367,20 +367,20 @@ class CrashGuard:
             slot.busy = False
             self._free.append(index)
 
-    def _refresh(self) -> None:
-        """Copy the tables, unless the supervisor keeps writing them (then try next call)."""
+    def _refresh(self) -> bool:
+        """Copy the tables; False if the supervisor writes them meanwhile (try again later)."""
         tables = self._tables
-        for _ in range(100):
-            version = tables.version
-            if version % 2 == 0:
-                suspects = {(e.model, e.sample) for e in tables.suspects if e.used}
-                poison: dict[int, tuple[int, str] | None] = {}
-                for e in tables.poison:
-                    if e.used:
-                        suspects.add((e.model, e.sample))
-                        poison[e.full] = (e.workers, _read(e.crashes)) if e.confirmed else None
-                if tables.version == version:
-                    self._suspects, self._poison = frozenset(suspects), poison
-                    self._seen = version
-                    return
-            time.sleep(0.0001)
+        version = tables.version
+        if version % 2:
+            return False
+        suspects = {(e.model, e.sample) for e in tables.suspects if e.used}
+        poison: dict[int, tuple[int, str] | None] = {}
+        for e in tables.poison:
+            if e.used:
+                suspects.add((e.model, e.sample))
+                poison[e.full] = (e.workers, _read(e.crashes)) if e.confirmed else None
+        if tables.version != version:
+            return False
+        self._suspects, self._poison = frozenset(suspects), poison
+        self._seen = version
+        return True
