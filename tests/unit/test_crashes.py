@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tms_server.crashes import CrashBoard, CrashGuard, crashed, fingerprint
+from tms_server.crashes import SLOTS, CrashBoard, CrashGuard, crashed, fingerprint
 from tms_server.errors import Internal, Reason
 
 METHOD = "/tms.v1.ModelService/RunImage"
@@ -139,3 +139,12 @@ def test_a_call_let_in_while_the_supervisor_writes_the_tables_waits_and_does_not
     assert guard.check(METHOD, "model", BAD, wait=False) is not None  # waited long enough
     board._tables.version += 1  # written
     assert mark(guard, BAD)[2]  # a suspect: hashed in full
+
+
+def test_a_crash_while_more_calls_run_than_a_worker_notes_makes_no_poison() -> None:
+    board = CrashBoard(3)
+    crowd = (OTHER,) * SLOTS  # one innocent input from many callers fills every slot
+    exit_while_running(board, 0, *crowd, BAD)  # BAD, beyond the slots, runs unnoted
+    assert exit_while_running(board, 1, *crowd, BAD) is None  # it may have crashed it
+    assert mark(board.guard(2), OTHER)[2]  # OTHER is not refused
+    assert repr(board) == "<CrashBoard suspects=1 poison=0>"

@@ -14,10 +14,10 @@ input crashes too; a caller looping over a dataset with it would go on killing w
   *suspects*: their fingerprints go into a table every worker reads;
 - a call whose fingerprint matches a suspect gets its input hashed in full (blake2b), noted
   in its slot too. If a worker crashes while calls of one such hash run (and of no other,
-  nor a call of a suspect's fingerprint let in before it was one, so not hashed), that
-  input has crashed two workers, and is *poison*: every worker refuses it from then on,
-  at once, with INTERNAL (MODEL_FAILED, which clients do not retry) and a message saying
-  which workers it crashed.
+  nor a call of a suspect's fingerprint let in before it was one, so not hashed, nor more
+  calls than its SLOTS), that input has crashed two workers, and is *poison*: every worker
+  refuses it from then on, at once, with INTERNAL (MODEL_FAILED, which clients do not retry)
+  and a message saying which workers it crashed.
 
 Only an input whose full hash was running when a worker crashed is refused, so another input
 (one pixel apart) never is; a crash while two suspect inputs run makes neither poison. Not
@@ -55,7 +55,8 @@ T = TypeVar("T")
 #: A request, or a part of its input (an image's bytes in shared memory).
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-#: Model calls one worker notes at once; calls beyond run unnoted.
+#: Model calls one worker notes at once; calls beyond run unnoted (and a crash then makes no
+#: input poison).
 SLOTS = 64
 #: Inputs running when a worker crashed, remembered across the server.
 SUSPECTS = 64
@@ -185,7 +186,11 @@ class CrashBoard:
         them. Only the supervisor calls it."""
         if index in self._dying:
             return
-        running = {(s.model, s.sample, s.full) for s in self._rows[index] if s.busy}
+        busy = [s for s in self._rows[index] if s.busy]
+        running = {(s.model, s.sample, s.full) for s in busy}
+        # Every slot taken: calls beyond ran unnoted (CrashGuard.run), one of which may be
+        # the input that crashed it.
+        crowded = len(busy) == SLOTS
         for slot in self._rows[index]:
             slot.busy = False
         tables, added = self._tables, []
@@ -199,7 +204,7 @@ class CrashBoard:
                     known.add((model, sample))
                     added.append(_put(tables, "suspects", model, sample, crash=b""))
             hashed = {entry for entry in running if entry[2]}
-            if len(hashed) == 1 and not unhashed:  # several: which one? Wait for the next crash.
+            if len(hashed) == 1 and not (unhashed or crowded):  # else: wait for the next crash
                 ((model, sample, full),) = hashed
                 if not any(e.used and e.full == full for e in tables.poison):
                     earlier = [
