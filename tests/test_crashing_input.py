@@ -4,13 +4,21 @@ until its model is reloaded; other inputs, one a few pixels apart included, are 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.support import ServerProcess, wait_for, write_models
-from tms_client import AdminClient, ModelClient, ModelFailedError
+from tms_client import AdminClient, ModelClient, ModelFailedError, UnavailableError
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +99,50 @@ def test_a_reload_forgets_the_inputs_that_crashed_its_model(server_process, tmp_
             admin.reload_model("crasher")
         assert client.run_image(bad) == {"sum": 200}
         assert crashes(server) == 2, server.logs()
+
+
+SLEEPER = {
+    "sleeper": """
+        import ctypes, time
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):
+                time.sleep(args.get("sleep", 0))
+                if args.get("crash"):
+                    ctypes.string_at(0)
+                return {"sum": int(image.sum())}
+    """,
+}
+
+
+def test_an_input_beside_which_http_calls_crash_two_workers_is_not_refused(
+    server_process, tmp_path
+):
+    server = server_process(write_models(tmp_path, SLEEPER), workers=1, args=("--http-port", "0"))
+    base = next(line.split()[3] for line in server.output if "tms-server: HTTP on " in line)
+    innocent, slowly = np.full((16, 16, 3), 7, np.uint8), {"sleep": 2}
+    png = io.BytesIO()
+    Image.fromarray(innocent).save(png, "PNG")
+    query = urllib.parse.urlencode({"args": json.dumps({"crash": True})})
+    crash = urllib.request.Request(f"{base}v2/models/sleeper/run?{query}", data=png.getvalue())
+    with ModelClient("sleeper", server.target, timeout=30) as client:
+        for crashed in (1, 2):  # the one worker crashes on HTTP calls, the innocent input beside
+            assert client.run_image(innocent) == {"sum": 5376}  # serving
+            beside = threading.Thread(target=run_beside, args=(client, innocent, slowly))
+            beside.start()
+            time.sleep(0.5)
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                urllib.request.urlopen(crash, timeout=30)
+            assert wait_for(lambda n=crashed: crashes(server) == n, 10), server.logs()
+            beside.join()
+        assert client.run_image(innocent, args=slowly) == {"sum": 5376}
+    assert "crashed 2 workers" not in server.logs()
+
+
+def run_beside(client: ModelClient, image: np.ndarray, args: dict[str, float]) -> None:
+    """Run ``image``, which a crash of its worker may fail."""
+    with contextlib.suppress(UnavailableError, ModelFailedError):
+        client.run_image(image, args=args)

@@ -8,7 +8,14 @@ import time
 
 import pytest
 
-from tms_server.crashes import SLOTS, CrashBoard, CrashGuard, crashed, fingerprint
+from tms_server.crashes import (
+    SLOTS,
+    UNWATCHED,
+    CrashBoard,
+    CrashGuard,
+    crashed,
+    fingerprint,
+)
 from tms_server.errors import Internal, Reason
 
 METHOD = "/tms.v1.ModelService/RunImage"
@@ -147,4 +154,14 @@ def test_a_crash_while_more_calls_run_than_a_worker_notes_makes_no_poison() -> N
     exit_while_running(board, 0, *crowd, BAD)  # BAD, beyond the slots, runs unnoted
     assert exit_while_running(board, 1, *crowd, BAD) is None  # it may have crashed it
     assert mark(board.guard(2), OTHER)[2]  # OTHER is not refused
+    assert repr(board) == "<CrashBoard suspects=1 poison=0>"
+
+
+def test_a_crash_while_a_call_not_watched_runs_makes_no_poison() -> None:
+    board = CrashBoard(3)
+    for index in (0, 1):  # an HTTP call crashes two workers, OTHER beside it both times
+        guard = board.guard(index)
+        guard.run(UNWATCHED, guard.run, mark(guard, OTHER), board.worker_dying, index)
+        assert board.worker_died(index, "killed by SIGSEGV", crashed=True) is None
+    assert mark(board.guard(2), OTHER)[2]  # a suspect, not refused
     assert repr(board) == "<CrashBoard suspects=1 poison=0>"

@@ -48,7 +48,7 @@ import numpy as np
 
 from tms_server.errors import Internal, Reason
 
-__all__ = ["Buffer", "CrashBoard", "CrashGuard", "crashed", "fingerprint"]
+__all__ = ["UNWATCHED", "Buffer", "CrashBoard", "CrashGuard", "crashed", "fingerprint"]
 
 log = logging.getLogger("tms_server")
 T = TypeVar("T")
@@ -69,6 +69,8 @@ CRASH_SIGNALS = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL, signal.SIGSYS}
 )
 _U32 = 0xFFFFFFFF
+#: What a call not watched notes (an HTTP call, a stream's): something else may crash it.
+UNWATCHED = (0, 0, 0)
 _TEXT = 400  # bytes of the exit descriptions an entry keeps
 _MAX_SAID = 1024  # poison inputs a worker remembers having logged a refusal of
 #: How long a call waits to learn whether the worker that ran its input before crashed.
@@ -188,6 +190,8 @@ class CrashBoard:
             return
         busy = [s for s in self._rows[index] if s.busy]
         running = {(s.model, s.sample, s.full) for s in busy}
+        unwatched = UNWATCHED in running  # an HTTP call or a stream's, whose input is not known
+        running.discard(UNWATCHED)
         # Every slot taken: calls beyond ran unnoted (CrashGuard.run), one of which may be
         # the input that crashed it.
         crowded = len(busy) == SLOTS
@@ -204,7 +208,7 @@ class CrashBoard:
                     known.add((model, sample))
                     added.append(_put(tables, "suspects", model, sample, crash=b""))
             hashed = {entry for entry in running if entry[2]}
-            if len(hashed) == 1 and not (unhashed or crowded):  # else: wait for the next crash
+            if len(hashed) == 1 and not (unhashed or crowded or unwatched):  # else: next crash
                 ((model, sample, full),) = hashed
                 if not any(e.used and e.full == full for e in tables.poison):
                     earlier = [

@@ -47,7 +47,7 @@ from google.protobuf.message import DecodeError, Message
 
 from tms_server.admission import CallRunner
 from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
-from tms_server.crashes import Buffer, CrashGuard
+from tms_server.crashes import UNWATCHED, Buffer, CrashGuard
 from tms_server.errors import (
     InvalidArgument,
     ResourceExhausted,
@@ -320,7 +320,9 @@ class Stream(Generic[Q]):
         """``function(*args)`` admitted as a call of its own (tms_server.admission): on one of
         the worker's threads, or on the event loop once the stream model's ``timed`` work
         (its frames) is proven quick; ResourceExhausted when the worker is full."""
-        runner = self._worker.runner
+        runner, crashes = self._worker.runner, self._worker.crashes
+        if crashes is not None:  # not watched, but noted: a crash meanwhile may be its input's
+            function, args = crashes.run, (UNWATCHED, function, *args)
         return await runner.run(function, *args, pixels=pixels, key=self._key, timed=timed)
 
     async def aside(self, function: Callable[[], T]) -> T:
