@@ -305,6 +305,16 @@ def test_health_of_named_models_fails_unless_all_serve(tms, target):
     }
 
 
+def test_health_given_an_address_says_where_the_target_goes(tms):
+    # A model name has no ":" (letters, digits, _ and -): this is the server's address, which
+    # health would have answered SERVICE_UNKNOWN like any unknown model.
+    code, out, err = tms("health", "localhost:50051")
+    assert code == 2
+    assert out == ""
+    assert "'localhost:50051' is an address, not a model" in err
+    assert "tms --target localhost:50051 health" in err
+
+
 def test_workers(tms, target):
     code, out, _ = tms("workers")
     assert code == 0

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tms_cli.connection import Options, check_model, connect, server_health
-from tms_cli.errors import CliError
+from tms_cli.errors import CliError, UsageError
 from tms_cli.outputs import print_json, print_table, readable_json, to_json
 from tms_client import ModelClient, ModelInfo, RoundRobin, UnauthenticatedError, WorkerInfo
 
@@ -81,6 +81,12 @@ def show_health(options: Options, args: SimpleNamespace) -> int:
     models and finding the workers do: without one, the models named are asked on one
     connection, and none else."""
     named = list(args.models or [])
+    for name in named:
+        if ":" in name:  # health would say SERVICE_UNKNOWN, as for any name it does not know
+            raise UsageError(
+                f"{name!r} is an address, not a model: give the server as --target {name} "
+                f"(tms --target {name} health), or in TMS_TARGET"
+            )
     models = _models_health(options, named)
     statuses = server_health(options, ["", *(named if models is None else [])])
     server = statuses.pop("")
