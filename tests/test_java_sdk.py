@@ -217,6 +217,20 @@ def test_a_refused_connection_fails_at_once(example):
         assert answer["seconds"] < 10, answer
 
 
+def test_several_addresses_in_one_target_are_a_usage_error(example):
+    """One string of several addresses was grpc-java's "Invalid DNS name" and a stack trace:
+    the example now says in one line what to give instead, and exits 2."""
+    several = "127.0.0.1:50051,127.0.0.1:50052"
+    result = subprocess.run(
+        [*example, several, "connect"], capture_output=True, text=True, timeout=120, check=False
+    )
+    said = (
+        f'error: target "{several}" is several addresses in one string; give one'
+        " 'host:port', or 'dns:///name:port' for every address a name resolves to\n"
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", said)
+
+
 UNANSWERED = (
     "no TMS server answered at {} within {}s; is it running, is that its gRPC port (not its"
     " --http-port), and does it serve TLS (then pass .credentials(...))?"

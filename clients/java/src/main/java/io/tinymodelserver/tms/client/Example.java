@@ -94,18 +94,25 @@ public final class Example {
               + " | connect");
       System.exit(2);
     }
-    TmsClient.Builder builder =
-        TmsClient.builder(rest.get(0))
-            .timeout(Duration.ofNanos((long) (timeout * 1e9)))
-            .connectTimeout(Duration.ofNanos((long) (connectTimeout * 1e9)))
-            .waitForServer(waitForServer)
-            .attempts(attempts)
-            .balancer(
-                switch (balancer) {
-                  case "least-loaded" -> Balancer.leastLoaded();
-                  case "round-robin" -> Balancer.roundRobin();
-                  default -> throw new IllegalArgumentException("unknown balancer " + balancer);
-                });
+    TmsClient.Builder builder;
+    try {
+      builder = TmsClient.builder(rest.get(0));
+    } catch (IllegalArgumentException error) { // a target that cannot work: a usage error
+      System.err.println("error: " + error.getMessage());
+      System.exit(2);
+      return;
+    }
+    builder
+        .timeout(Duration.ofNanos((long) (timeout * 1e9)))
+        .connectTimeout(Duration.ofNanos((long) (connectTimeout * 1e9)))
+        .waitForServer(waitForServer)
+        .attempts(attempts)
+        .balancer(
+            switch (balancer) {
+              case "least-loaded" -> Balancer.leastLoaded();
+              case "round-robin" -> Balancer.roundRobin();
+              default -> throw new IllegalArgumentException("unknown balancer " + balancer);
+            });
     if (token != null) {
       builder.token(token);
     }

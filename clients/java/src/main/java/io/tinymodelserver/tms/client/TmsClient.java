@@ -102,7 +102,11 @@ public final class TmsClient implements AutoCloseable {
             refresher);
   }
 
-  /** A builder for a client of {@code target} ({@code host:port}, or any gRPC target). */
+  /**
+   * A builder for a client of {@code target} ({@code host:port}, or any gRPC target); one string
+   * of several addresses ({@code "h1:50051,h2:50051"}) is an IllegalArgumentException at once:
+   * give one, or a {@code dns:///} name that resolves to them all.
+   */
   public static Builder builder(String target) {
     return new Builder(target);
   }
@@ -413,7 +417,13 @@ public final class TmsClient implements AutoCloseable {
     private Balancer balancer = Balancer.leastLoaded();
 
     private Builder(String target) {
-      this.target = Objects.requireNonNull(target, "target");
+      if (Objects.requireNonNull(target, "target").contains(",")) {
+        // grpc-java refuses "h1:p1,h2:p2" only as "Invalid DNS name", which names no fix
+        throw new IllegalArgumentException(
+            "target \"" + target + "\" is several addresses in one string; give one"
+                + " 'host:port', or 'dns:///name:port' for every address a name resolves to");
+      }
+      this.target = target;
     }
 
     /**

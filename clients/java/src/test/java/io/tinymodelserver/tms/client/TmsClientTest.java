@@ -259,6 +259,20 @@ class TmsClientTest {
     }
   }
 
+  /** grpc-java refused "h1:p1,h2:p2" only as "Invalid DNS name: ...", naming no fix. */
+  @Test
+  void severalAddressesInOneTargetAreRefusedAtOnce() {
+    for (String target :
+        List.of("127.0.0.1:50051,127.0.0.1:50052", "dns:///h1:50051,h2:50051")) {
+      IllegalArgumentException refused =
+          assertThrows(IllegalArgumentException.class, () -> TmsClient.builder(target));
+      assertEquals(
+          "target \"" + target + "\" is several addresses in one string; give one 'host:port',"
+              + " or 'dns:///name:port' for every address a name resolves to",
+          refused.getMessage());
+    }
+  }
+
   @Test
   void aStartWhereNoServerAnswersSaysSoInOneLine() throws IOException {
     String hint =
