@@ -19,12 +19,25 @@ function split(address: string): [string, number] {
   return [host.replace(/^\[|\]$/g, ""), port];
 }
 
+/** `address` with tms-server's default port, 50051, when it has none (IPv6 is in brackets). */
+function withPort(address: string): string {
+  return address.slice(address.lastIndexOf("]") + 1).includes(":") ? address : `${address}:50051`;
+}
+
 /** The targets of a client, checked. */
 export function parseTargets(target: string | readonly string[]): string[] {
   const targets = typeof target === "string" ? [target] : [...target];
   if (targets.length === 0) throw new TypeError("no target given; expected 'host:port' or a list of them");
   for (const item of targets) {
     const address = item.startsWith(DNS) ? item.slice(DNS.length) : item;
+    if (address.includes("://")) {
+      // "http://h:p" would pass as a host "http://h" that never resolves
+      const example = withPort(address.slice(address.indexOf("://") + 3).replace(/^\/+|\/+$/g, ""));
+      throw new TypeError(
+        `target ${JSON.stringify(item)} is a URL; give 'host:port' (e.g. ${JSON.stringify(example)}) or ` +
+          "'dns:///host:port', with no scheme",
+      );
+    }
     if (address.includes(",")) {
       // "h1:p1,h2:p2" would pass as a host "h1:p1,h2" and never resolve
       throw new TypeError(

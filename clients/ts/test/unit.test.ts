@@ -294,6 +294,19 @@ describe("targets", () => {
           "every address a name resolves to",
       });
     }
+    // "http://h:p" passed for a host "http://h" that never resolves, as "h1:p1,h2:p2" did.
+    for (const [url, example] of [
+      ["http://localhost:50051", "localhost:50051"],
+      ["https://gpu-box/", "gpu-box:50051"],
+      ["dns:///grpc://svc:7", "svc:7"],
+    ]) {
+      assert.throws(() => parseTargets([url!]), {
+        name: "TypeError",
+        message:
+          `target ${JSON.stringify(url)} is a URL; give 'host:port' (e.g. ${JSON.stringify(example)}) or ` +
+          "'dns:///host:port', with no scheme",
+      });
+    }
     assert.deepEqual(await resolveTargets(["10.0.0.1:5", "dns:///127.0.0.1:7"]), ["10.0.0.1:5", "127.0.0.1:7"]);
     assert.deepEqual(await resolveTargets(["dns:///no-such-host.invalid:1"]), []);
   });
