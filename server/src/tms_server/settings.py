@@ -405,7 +405,7 @@ class Settings:
             if not number:
                 continue
             if number in seen:
-                first, second = (f"--{n.replace('_', '-')}" for n in (seen[number], name))
+                first, second = (_flag_name(n) for n in (seen[number], name))
                 raise ValueError(
                     f"{first} and {second} are both {number}: give each its own port "
                     "(0 picks a free one)"
@@ -490,13 +490,17 @@ def _per_model(
                 raise ValueError(entry)
             values[name] = parse(text)
         except ValueError:
-            named = f"--{setting.replace('_', '-')} ({_env_name(setting)})"
+            named = f"{_flag_name(setting)} ({_env_name(setting)})"
             raise ValueError(f"{named}: {entry!r} is not valid; expected {rule}") from None
     return values
 
 
 def _env_name(name: str) -> str:
     return "TMS_" + name.upper()
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _parse_bool(text: str) -> bool:
@@ -534,7 +538,7 @@ def parse_settings(
     converters: dict[str, Any] = {}
     expected: dict[str, str] = {}  # what a variable's text must be, said when it is not
     for spec in dataclasses.fields(Settings):
-        flag = "--" + spec.name.replace("_", "-")
+        flag = _flag_name(spec.name)
         kind = spec.metadata["kind"] or (
             type(spec.default) if spec.default is not dataclasses.MISSING else int
         )
@@ -555,7 +559,7 @@ def parse_settings(
         env_value = environ.get(_env_name(name))
         if flag_value is not None:
             values[name] = flag_value
-            given_as[name] = "--" + name.replace("_", "-")
+            given_as[name] = _flag_name(name)
         elif env_value:
             given_as[name] = _env_name(name)
             try:
