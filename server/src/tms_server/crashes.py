@@ -216,10 +216,9 @@ class CrashBoard:
                         for e in tables.suspects
                         if e.used and (e.model, e.sample) == (model, sample) and e.crash
                     ]
-                    fields = {"full": full, "workers": 2, "crashes": b"", "confirmed": False}
-                    poison = _put(tables, "poison", model, sample, **fields)
-                    poison.crashes = b"".join(earlier[:1])
-                    added.append(poison)
+                    crashes = b"".join(earlier[:1])
+                    fields = {"full": full, "workers": 2, "crashes": crashes, "confirmed": False}
+                    added.append(_put(tables, "poison", model, sample, **fields))
         self._dying[index] = added
 
     def worker_died(self, index: int, how: str, *, crashed: bool) -> str | None:

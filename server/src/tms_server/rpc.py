@@ -45,7 +45,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from tms_server.admission import CallRunner
+from tms_server.admission import CallRunner, Key
 from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
 from tms_server.crashes import UNWATCHED, Buffer, CrashGuard
 from tms_server.errors import (
@@ -155,6 +155,21 @@ class Worker:
     #: Notes the model calls running, for the supervisor to see if the worker crashes, and
     #: refuses inputs that crashed workers (tms_server.crashes).
     crashes: CrashGuard | None = field(default=None, kw_only=True)
+
+    async def run_unwatched(
+        self,
+        function: Callable[..., T],
+        *args: Any,
+        pixels: int,
+        key: Key | None,
+        timed: bool = True,
+    ) -> T:
+        """``function(*args)`` through the runner, as model work whose input the crash guard
+        does not watch (an HTTP call, a stream's): noted all the same, so that a crash
+        meanwhile, which may be its input's, is not blamed on the calls beside it."""
+        if self.crashes is not None:
+            function, args = self.crashes.run, (UNWATCHED, function, *args)
+        return await self.runner.run(function, *args, pixels=pixels, key=key, timed=timed)
 
     def begin(self, rpc: str, path: str, metadata: Metadata | None, model: str = "") -> CallInfo:
         """A call that starts: its CallInfo (the caller's request id or a new one), current in
@@ -320,10 +335,10 @@ class Stream(Generic[Q]):
         """``function(*args)`` admitted as a call of its own (tms_server.admission): on one of
         the worker's threads, or on the event loop once the stream model's ``timed`` work
         (its frames) is proven quick; ResourceExhausted when the worker is full."""
-        runner, crashes = self._worker.runner, self._worker.crashes
-        if crashes is not None:  # not watched, but noted: a crash meanwhile may be its input's
-            function, args = crashes.run, (UNWATCHED, function, *args)
-        return await runner.run(function, *args, pixels=pixels, key=self._key, timed=timed)
+        worker = self._worker
+        return await worker.run_unwatched(
+            function, *args, pixels=pixels, key=self._key, timed=timed
+        )
 
     async def aside(self, function: Callable[[], T]) -> T:
         """``function()`` on a thread of its own, not admitted (it runs however full the

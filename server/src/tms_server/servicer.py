@@ -211,6 +211,16 @@ def check_admitted(name: str, field: str) -> None:
         )
 
 
+def _by_raw_request(
+    function: Callable[[type[Message], bytes], T],
+) -> dict[str, Callable[[bytes], T]]:
+    """``function`` bound to the request class of each method whose requests carry images
+    (read as bytes: RAW_REQUESTS), by method name."""
+    return {
+        name: functools.partial(function, getattr(pb, f"{name}Request")) for name in RAW_REQUESTS
+    }
+
+
 class ModelServicer:
     """Serves the models of a registry; its methods raise, and tms_server.rpc turns what
     they raise into the call's status.
@@ -320,8 +330,7 @@ class ModelServicer:
 
     def weighers(self) -> dict[str, Callable[[bytes], int]]:
         """``pixels`` for each method whose requests carry images."""
-        classes = {name: getattr(pb, f"{name}Request") for name in RAW_REQUESTS}
-        return {name: functools.partial(self.pixels, cls) for name, cls in classes.items()}
+        return _by_raw_request(self.pixels)
 
     def content(self, request_class: type[Message], request: bytes) -> list[Buffer] | None:
         """What a request's input is made of, the same whether its images are in the request
@@ -350,8 +359,7 @@ class ModelServicer:
 
     def contents(self) -> dict[str, Callable[[bytes], list[Buffer] | None]]:
         """``content`` for each method whose requests carry images."""
-        classes = {name: getattr(pb, f"{name}Request") for name in RAW_REQUESTS}
-        return {name: functools.partial(self.content, cls) for name, cls in classes.items()}
+        return _by_raw_request(self.content)
 
     @quick
     def ListModels(

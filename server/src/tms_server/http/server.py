@@ -33,7 +33,6 @@ from tms_client.protocol.wire import ImageParts, split_images
 from tms_server import __version__, oip, security
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip_pb
 from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo
-from tms_server.crashes import UNWATCHED
 from tms_server.errors import (
     InvalidArgument,
     Reason,
@@ -626,12 +625,7 @@ class _Api:
         try:
             function, pixels = await prepare(call)
             worker.check_serving("try again")
-            key = (call.rpc, model)
-            if worker.crashes is None:
-                result = await worker.runner.run(function, pixels=pixels, key=key)
-            else:  # not watched, but noted: a crash meanwhile may be its input's
-                run = worker.crashes.run
-                result = await worker.runner.run(run, UNWATCHED, function, pixels=pixels, key=key)
+            result = await worker.run_unwatched(function, pixels=pixels, key=(call.rpc, model))
         except asyncio.CancelledError:  # the caller left
             worker.finished(call, grpc.StatusCode.CANCELLED, began)
             raise
