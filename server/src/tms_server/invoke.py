@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -34,7 +34,9 @@ __all__ = [
     "encode_output",
     "image_outputs",
     "prepare_image",
+    "received",
     "result_json",
+    "run_batch",
     "run_model",
 ]
 
@@ -149,6 +151,26 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
         log.exception("model %r raised", model.name)
         message = f"model {model.name!r} raised {type(exc).__name__}: {exc}"
         raise Internal(message, reason=Reason.MODEL_FAILED) from exc
+
+
+def run_batch(model: LoadedModel, args: dict[str, Any], inputs: list[Any]) -> list[Any]:
+    """The model's ``run_batch`` on ``inputs``: one result for each, else INTERNAL."""
+    results = list(run_model(model, model.instance.run_batch, inputs, args))
+    if len(results) != len(inputs):
+        raise Internal(
+            f"model {model.name!r} returned {len(results)} results for {len(inputs)} inputs",
+            reason=Reason.MODEL_FAILED,
+        )
+    return results
+
+
+def received(images: Sequence[ImageParts]) -> None:
+    """Count the bytes of the images a call received (tms_image_bytes_total)."""
+    call = CURRENT.get()
+    if call is not None:
+        call.image_bytes += sum(
+            memoryview(parts.data).nbytes or parts.meta.shared_memory.size for parts in images
+        )
 
 
 def result_json(model: LoadedModel, result: Any) -> str:

@@ -26,13 +26,15 @@ from tms_client.protocol.wire import (
 )
 from tms_server.callinfo import CURRENT
 from tms_server.crashes import Buffer
-from tms_server.errors import Internal, InvalidArgument, Reason, ServiceError, Unimplemented
+from tms_server.errors import InvalidArgument, Reason, ServiceError, Unimplemented
 from tms_server.invoke import (
     declared_pixels,
     encode_output,
     image_outputs,
     prepare_image,
+    received,
     result_json,
+    run_batch,
     run_model,
 )
 from tms_server.limits import check_args, parse_args
@@ -170,28 +172,8 @@ _MAX_LENGTHS = 64  # request lengths with layouts kept
 _LAYOUTS_PER_LENGTH = 4  # say, calls to models of names as long, of images of one size
 
 
-def _received(images: Sequence[ImageParts]) -> None:
-    """Count the bytes of the images a call received (tms_image_bytes_total)."""
-    call = CURRENT.get()
-    if call is not None:
-        call.image_bytes += sum(
-            memoryview(parts.data).nbytes or parts.meta.shared_memory.size for parts in images
-        )
-
-
 def _too_many(what: str, limit: int, source: str) -> str:
     return f"a call takes at most {limit} {what} ({source}); split them over several calls"
-
-
-def _run_batch(model: LoadedModel, args: dict[str, Any], images: list[Any]) -> list[Any]:
-    """RunImage calls gathered by the model's batcher, through one ``run_batch``."""
-    results = list(run_model(model, model.instance.run_batch, images, args))
-    if len(results) != len(images):
-        raise Internal(
-            f"model {model.name!r} returned {len(results)} results for {len(images)} inputs",
-            reason=Reason.MODEL_FAILED,
-        )
-    return results
 
 
 def check_admitted(name: str, field: str) -> None:
@@ -378,7 +360,7 @@ class ModelServicer:
 
     def RunImage(self, request: bytes, context: grpc.ServicerContext) -> pb.RunImageResponse:
         message, occurrences = _read(pb.RunImageRequest, request, self.max_batch_size)
-        _received(occurrences)
+        received(occurrences)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE)
         parts = merge_singular(occurrences)
         if parts is None:
@@ -388,7 +370,7 @@ class ModelServicer:
         if model.batcher is None:
             result = run_model(model, model.instance.run, image, args)
         else:  # run with the calls of the same args gathered meanwhile: tms_server.batching
-            batch = functools.partial(_run_batch, model, args)
+            batch = functools.partial(run_batch, model, args)
             result = model.batcher.run(image, message.args_json, batch)
         return pb.RunImageResponse(
             result_json=result_json(model, result), model_version=model.info.version
@@ -398,20 +380,19 @@ class ModelServicer:
         self, request: bytes, context: grpc.ServicerContext
     ) -> pb.RunImageBatchResponse:
         message, occurrences = _read(pb.RunImageBatchRequest, request, self.max_batch_size)
-        _received(occurrences)
+        received(occurrences)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_BATCH)
         self._check_batch(model, len(occurrences), "images")
         images = self._images(model, occurrences)
         args = self._args(model, message.args_json)
-        results = run_model(model, model.instance.run_batch, images, args)
         return pb.RunImageBatchResponse(
-            results_json=self._batch_json(model, results, len(images)),
+            results_json=[result_json(model, r) for r in run_batch(model, args, images)],
             model_version=model.info.version,
         )
 
     def RunImageToImage(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         message, occurrences = _read(pb.RunImageToImageRequest, request, self.max_batch_size)
-        _received(occurrences)
+        received(occurrences)
         model = self._model(message.model, pb.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
         if message.output_encoding not in (
             image_pb2.ENCODING_UNSPECIFIED,
@@ -450,9 +431,8 @@ class ModelServicer:
         if not texts:
             raise InvalidArgument("no texts in the request", field="texts")
         args = self._args(model, request.args_json)
-        results = run_model(model, model.instance.run_batch, texts, args)
         return pb.RunTextBatchResponse(
-            results_json=self._batch_json(model, results, len(texts)),
+            results_json=[result_json(model, r) for r in run_batch(model, args, texts)],
             model_version=model.info.version,
         )
 
@@ -477,16 +457,6 @@ class ModelServicer:
             placed.append(ImageParts(meta, b""))
             offset += data.nbytes
         return placed
-
-    @staticmethod
-    def _batch_json(model: LoadedModel, results: Any, expected: int) -> list[str]:
-        results = list(results)
-        if len(results) != expected:
-            raise Internal(
-                f"model {model.name!r} returned {len(results)} results for {expected} inputs",
-                reason=Reason.MODEL_FAILED,
-            )
-        return [result_json(model, result) for result in results]
 
     @quick
     def GetWorkerInfo(

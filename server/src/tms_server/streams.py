@@ -46,9 +46,8 @@ from tms_client.protocol.wire import (
     merge_singular,
     split_images,
 )
-from tms_server.callinfo import CURRENT
 from tms_server.errors import Internal, InvalidArgument, Reason
-from tms_server.invoke import declared_pixels, prepare_image, result_json, run_model
+from tms_server.invoke import declared_pixels, prepare_image, received, result_json, run_model
 from tms_server.model import Model
 from tms_server.registry import LoadedModel
 from tms_server.rpc import Stream
@@ -92,11 +91,7 @@ async def image_stream(
     try:
         async for request in stream:
             message, occurrences = _read(request)
-            call = CURRENT.get()
-            if call is not None:
-                call.image_bytes += sum(
-                    memoryview(p.data).nbytes or p.meta.shared_memory.size for p in occurrences
-                )
+            received(occurrences)
             first = opened is None
             if opened is None:
                 model = find_model(message.model)

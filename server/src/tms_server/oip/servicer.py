@@ -32,6 +32,7 @@ from tms_server.invoke import (
     image_outputs,
     prepare_image,
     result_json,
+    run_batch,
     run_model,
 )
 from tms_server.limits import check_args, parse_args
@@ -262,13 +263,8 @@ class InferenceServicer:
             )
         batched = len(shape) == 4
         count, image_shape = (shape[0], shape[1:]) if batched else (1, shape)
-        most, source = self._models.batch_limit(model)
-        if batched and not 1 <= count <= most:
-            raise InvalidArgument(
-                f"a batch holds 1 to {most} images ({source}), not {count}",
-                reason=Reason.BATCH_TOO_LARGE if count > most else Reason.INVALID_REQUEST,
-                field="inputs[0].shape",
-            )
+        if batched:
+            self._check_batch(model, count, "images")
         size = math.prod(image_shape) * numpy_dtype(dtype).itemsize
         view = memoryview(raw)
         if view.nbytes != count * size:
@@ -331,25 +327,24 @@ class InferenceServicer:
                 f"input TEXT must be BYTES of shape [N] or [N, 1], not {tensor.datatype} {shape}",
                 field="inputs[0]",
             )
-        most, source = self._models.batch_limit(model)
-        if not 1 <= shape[0] <= most:
-            raise InvalidArgument(
-                f"a batch holds 1 to {most} texts ({source}), not {shape[0]}",
-                reason=Reason.BATCH_TOO_LARGE if shape[0] > most else Reason.INVALID_REQUEST,
-                field="inputs[0].shape",
-            )
+        self._check_batch(model, shape[0], "texts")
         try:
             texts = [item.decode() for item in unpack_bytes(raw, shape[0])]
         except UnicodeDecodeError as exc:
             raise InvalidArgument(f"input TEXT is not UTF-8: {exc}", field="inputs[0]") from None
-        results = list(run_model(model, model.instance.run_batch, texts, args))
-        if len(results) != len(texts):
-            raise Internal(
-                f"model {model.name!r} returned {len(results)} results for {len(texts)} inputs",
-                reason=Reason.MODEL_FAILED,
-            )
+        results = run_batch(model, args, texts)
         data = pack_bytes([result_json(model, result).encode() for result in results])
         return [(OutputTensor(name=RESULT, datatype=BYTES, shape=shape), data)]
+
+    def _check_batch(self, model: LoadedModel, count: int, what: str) -> None:
+        """1 to the model's batch limit (see ModelServicer.batch_limit) of ``what``."""
+        most, source = self._models.batch_limit(model)
+        if not 1 <= count <= most:
+            raise InvalidArgument(
+                f"a batch holds 1 to {most} {what} ({source}), not {count}",
+                reason=Reason.BATCH_TOO_LARGE if count > most else Reason.INVALID_REQUEST,
+                field="inputs[0].shape",
+            )
 
 
 _INPUTS = oip.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
@@ -432,13 +427,7 @@ def _run_images(
 ) -> list[tuple[OutputTensor, bytes]]:
     """RESULT of ``run`` on one image, or of ``run_batch`` on a batch."""
     if batched:
-        results = list(run_model(model, model.instance.run_batch, images, args))
-        if len(results) != len(images):
-            raise Internal(
-                f"model {model.name!r} returned {len(results)} results for {len(images)} inputs",
-                reason=Reason.MODEL_FAILED,
-            )
-        shape = [len(results), 1]
+        results, shape = run_batch(model, args, images), [len(images), 1]
     else:
         results, shape = [run_model(model, model.instance.run, images[0], args)], [1]
     texts = [result_json(model, result).encode() for result in results]
