@@ -43,6 +43,7 @@ __all__ = [
     "bearer_token",
     "check_files",
     "server_credentials",
+    "token_file",
 ]
 
 log = logging.getLogger("tms_server")
@@ -246,6 +247,12 @@ class TokenFile:
         return found
 
 
+def token_file(settings: Settings, setting: str) -> TokenFile | None:
+    """The tokens of file setting ``setting`` (tokens_file, admin_tokens_file); None unset."""
+    path = getattr(settings, setting)
+    return None if path is None else TokenFile(path, setting)
+
+
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
     """The token of an ``authorization: Bearer <token>`` entry, if there is one."""
     for key, value in metadata or ():
@@ -303,11 +310,6 @@ def check_files(settings: Settings) -> None:
     naming the setting if one cannot be used), so a bad file stops the server at start."""
     if settings.tls_cert is not None and settings.tls_key is not None:
         CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-    calls = TokenFile(settings.tokens_file, "tokens_file") if settings.tokens_file else None
-    admin = (
-        TokenFile(settings.admin_tokens_file, "admin_tokens_file")
-        if settings.admin_tokens_file
-        else None
-    )
+    calls, admin = token_file(settings, "tokens_file"), token_file(settings, "admin_tokens_file")
     if calls is not None and admin is not None and set(calls.tokens()) & set(admin.tokens()):
         raise SecurityError("a token is in both tokens_file and admin_tokens_file; keep them apart")

@@ -74,10 +74,9 @@ def new_grpc_server(
     health checks and admin calls must bear a call token (security.TokenInterceptor).
     """
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if settings.tokens_file is not None:
-        tokens = security.TokenFile(settings.tokens_file, "tokens_file")
-        interceptors.append(security.TokenInterceptor(tokens))
-        worker.tokens = tokens
+    worker.tokens = security.token_file(settings, "tokens_file")
+    if worker.tokens is not None:
+        interceptors.append(security.TokenInterceptor(worker.tokens))
     server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     add_service(
         server,

@@ -267,11 +267,7 @@ async def _start(
         ),
     )
     inference = oip.InferenceServicer(models, registry, health)
-    admin_tokens = (
-        security.TokenFile(settings.admin_tokens_file, "admin_tokens_file")
-        if settings.admin_tokens_file is not None
-        else None
-    )
+    admin_tokens = security.token_file(settings, "admin_tokens_file")
     admin = AdminServicer(parts, admin_tokens=admin_tokens)
     server, port = new_grpc_server(
         settings, bind, worker, models=models, inference=inference, admin=admin, health=health

@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from aiohttp import web
@@ -114,12 +114,8 @@ class HttpServer:
         health: HealthServicer,
     ) -> HttpServer:
         """Serve on ``settings.host``:``port`` (shared with the other workers by SO_REUSEPORT),
-        with TLS when the server has it. Call it on the worker's event loop."""
-        tokens = (
-            security.TokenFile(settings.tokens_file, "tokens_file")
-            if settings.tokens_file is not None
-            else None
-        )
+        with TLS when the server has it, and the worker's call tokens (``worker.tokens``).
+        Call it on the worker's event loop."""
         api = _Api(
             settings=settings,
             worker=worker,
@@ -127,7 +123,6 @@ class HttpServer:
             inference=inference,
             registry=registry,
             health=health,
-            tokens=tokens,
         )
         app = web.Application(client_max_size=settings.max_message_bytes, middlewares=[api.guard])
         api.add_routes(app.router)
@@ -315,7 +310,6 @@ class _Api:
         inference: oip.InferenceServicer,
         registry: ModelRegistry,
         health: HealthServicer,
-        tokens: security.TokenFile | None,
     ) -> None:
         self._settings = settings
         self._worker = worker
@@ -323,7 +317,7 @@ class _Api:
         self._inference = inference
         self._registry = registry
         self._health = health
-        self._tokens = tokens
+        self._tokens = worker.tokens
         self._arriving: set[_Arrival] = set()  # the bodies still arriving
         self._arrived = 0  # their bytes so far
         page = importlib.resources.files(__package__).joinpath("page.html")
@@ -649,14 +643,9 @@ class _Arrival:
     size: int = 0
 
 
-class _NoContext:
-    """The context of a servicer method called from HTTP: it has no gRPC call to end."""
-
-    async def abort(self, code: grpc.StatusCode, details: str, *rest: Any) -> NoReturn:
-        raise LookupError(details)
-
-
-_NO_CONTEXT: Any = _NoContext()
+#: The context of a servicer method called from HTTP: none (the methods it calls raise, and
+#: never read their gRPC context).
+_NO_CONTEXT: Any = None
 
 
 def _json(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
