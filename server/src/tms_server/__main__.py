@@ -31,22 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = parse_settings(argv)
     logs.configure(settings.log_level, settings.log_format)
+    # Each error here comes before any worker starts: a security file that cannot be used, a
+    # port (or the metrics port) taken, a device this machine does not show, no models.
     try:
         check_files(settings)
-    except SecurityError as exc:
-        print(f"tms-server: error: {exc}", file=sys.stderr)
-        return 2
-    try:
         return Supervisor(settings, stop).run()
-    except OSError as exc:  # the port (or the metrics port) is taken, before any worker starts
+    except OSError as exc:
         print(f"tms-server: error: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except DeviceError as exc:  # a device this machine does not show, before any worker starts
+    except (SecurityError, DeviceError, NoModelsError) as exc:
         print(f"tms-server: error: {exc}", file=sys.stderr)
-        return 2
-    except NoModelsError as exc:  # no models folder, or nothing in it, before any worker starts
-        print(f"tms-server: error: {exc}", file=sys.stderr)
-        return 2
+    return 2
 
 
 if __name__ == "__main__":
