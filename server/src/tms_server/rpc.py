@@ -180,6 +180,14 @@ class Worker:
         call.span = start_call_span(path, metadata)
         return call
 
+    async def read(self, context: Context) -> Any:
+        """The next request of ``context``, the StallWatch timing the caller sending it."""
+        self.watch.begin(context)
+        try:
+            return await context.read()
+        finally:
+            self.watch.end(context)
+
     def check_serving(self, hint: str = "try another") -> None:
         """UNAVAILABLE while the worker drains: another worker can take the call at once
         (RetryInfo of no delay)."""
@@ -187,15 +195,10 @@ class Worker:
             raise Unavailable(f"this worker is shutting down; {hint}", retry_after=0.0)
 
     async def handle(self, method: Method, context: Context) -> Any:
-        watch, load = self.watch, self.load
         began = time.perf_counter()
         call = self.begin(method.rpc, method.name, context.invocation_metadata())
         tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
-        watch.begin(context)
-        try:
-            request = await context.read()
-        finally:
-            watch.end(context)
+        request = await self.read(context)
         try:
             if request is grpc.aio.EOF:
                 raise InvalidArgument("the call ended without a request message")
@@ -204,14 +207,14 @@ class Worker:
                 call.model = model.decode(errors="replace")
             self.check_serving()
             if method.on_loop:
-                response = method.call(request, context, load, tail)
+                response = method.call(request, context, self.load, tail)
             elif method.on_own_thread:
-                response = await asyncio.to_thread(method.call, request, context, load, tail)
+                response = await asyncio.to_thread(method.call, request, context, self.load, tail)
             else:
                 pixels = method.weigh(request) if method.weigh is not None else 0
                 key = (method.name, call.model) if method.calls_models else None
                 function: Callable[..., Any] = method.call
-                args: tuple[Any, ...] = (request, context, load, tail)
+                args: tuple[Any, ...] = (request, context, self.load, tail)
                 if method.calls_models and self.crashes is not None:
                     # Internal at once for an input that crashed workers; else noted as it runs
                     content = method.content(request) if method.content is not None else None
@@ -225,8 +228,8 @@ class Worker:
             await self._abort(exc, method, context, call=call, began=began, tail=tail)
         self.finished(call, grpc.StatusCode.OK, began)
         size = len(response) if isinstance(response, bytes) else response.ByteSize()
-        watch.begin(context, size)  # until the caller has taken the answer
-        context.add_done_callback(watch.end)  # type: ignore[arg-type]
+        self.watch.begin(context, size)  # until the caller has taken the answer
+        context.add_done_callback(self.watch.end)  # type: ignore[arg-type]
         return response
 
     async def handle_stream(self, method: Method, context: Context) -> None:
@@ -306,12 +309,8 @@ class Stream(Generic[Q]):
     async def __aiter__(self) -> AsyncIterator[Q]:
         """Each request until the caller ends the stream; UNAVAILABLE once the worker drains.
         The StallWatch times the first request only: between requests a stream may idle."""
-        context, watch = self._context, self._worker.watch
-        watch.begin(context)
-        try:
-            request = await context.read()
-        finally:
-            watch.end(context)
+        context = self._context
+        request = await self._worker.read(context)
         if isinstance(request, bytes) and self._method.names_model:
             model = _model_of(request)
             self._call.model = model.decode(errors="replace") if model else ""
