@@ -142,7 +142,7 @@ class HttpServer:
             runner,
             sock,
             settings.max_connections,
-            tls=_tls(settings),
+            tls=security.https_context(settings) if settings.tls else None,
             handshake_seconds=settings.slow_client_seconds or None,
         )
         await site.start()
@@ -289,13 +289,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
     return sock
-
-
-def _tls(settings: Settings) -> ssl.SSLContext | None:
-    """The server's certificate (and client CA, for mutual TLS), following renewals."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    return security.https_context(settings)
 
 
 class _Api:

@@ -68,8 +68,8 @@ SERVICE_NAME = SERVICE.full_name
 class InferenceServicer:
     """Serves ``inference.GRPCInferenceService`` for the models of a tms.v1 servicer.
 
-    It shares that servicer's input checks, model calls and worker load (``load``), so a call
-    made either way is validated, run and counted alike.
+    It shares that servicer's input checks and model calls, so a call made either way is
+    validated and run alike.
     """
 
     def __init__(
@@ -78,7 +78,6 @@ class InferenceServicer:
         self._models = models
         self._registry = registry
         self._health = health  # ServerReady says what it says for the server as a whole
-        self.load = models.load
 
     def described(self, name: str, version: str, *, here: bool = False) -> DescribedModel:
         """Model ``name`` as OIP describes it; ``here``: loaded in this worker (to run it),
