@@ -228,6 +228,13 @@ def content_version(cls: Any) -> str:
     return digest.hexdigest()[:VERSION_DIGITS]
 
 
+#: The calls ``run`` and ``run_batch`` answer, by the model's ``inputs``.
+_RUN_CALLS = {
+    "image": [model_service_pb2.MODEL_CALL_RUN_IMAGE, model_service_pb2.MODEL_CALL_RUN_IMAGE_BATCH],
+    "text": [model_service_pb2.MODEL_CALL_RUN_TEXT, model_service_pb2.MODEL_CALL_RUN_TEXT_BATCH],
+}
+
+
 def describe(
     name: str,
     cls: Any,
@@ -250,16 +257,7 @@ def describe(
     calls = []
     # Model.run runs a batch of one for a model that overrides only run_batch.
     if _overrides(cls, "run") or (_overrides(cls, "run_batch") and issubclass(cls, Model)):
-        if inputs == "image":
-            calls += [
-                model_service_pb2.MODEL_CALL_RUN_IMAGE,
-                model_service_pb2.MODEL_CALL_RUN_IMAGE_BATCH,
-            ]
-        else:
-            calls += [
-                model_service_pb2.MODEL_CALL_RUN_TEXT,
-                model_service_pb2.MODEL_CALL_RUN_TEXT_BATCH,
-            ]
+        calls += _RUN_CALLS[inputs]
     if inputs == "image" and _overrides(cls, "run_image_to_image"):
         calls.append(model_service_pb2.MODEL_CALL_RUN_IMAGE_TO_IMAGE)
     if not calls:
