@@ -49,18 +49,9 @@ DATATYPES: dict[image_pb2.DType.ValueType, str] = {
     image_pb2.D_TYPE_FLOAT64: "FP64",
 }
 TMS_DTYPES = {name: dtype for dtype, name in DATATYPES.items()}
-# Model-configuration enum of each datatype name.
+# Model-configuration enum of each datatype name: TYPE_ and the name, TYPE_STRING for BYTES.
 CONFIG_TYPES: dict[str, oip.DataType.ValueType] = {
-    "BOOL": oip.TYPE_BOOL,
-    "UINT8": oip.TYPE_UINT8,
-    "INT8": oip.TYPE_INT8,
-    "UINT16": oip.TYPE_UINT16,
-    "INT16": oip.TYPE_INT16,
-    "INT32": oip.TYPE_INT32,
-    "INT64": oip.TYPE_INT64,
-    "FP16": oip.TYPE_FP16,
-    "FP32": oip.TYPE_FP32,
-    "FP64": oip.TYPE_FP64,
+    **{name: oip.DataType.Value(f"TYPE_{name}") for name in DATATYPES.values()},
     BYTES: oip.TYPE_STRING,
 }
 # The typed field of InferTensorContents that holds each datatype.
