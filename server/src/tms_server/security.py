@@ -139,13 +139,17 @@ class CertificateFiles:
             return loaded
 
 
+def _certificate_files(settings: Settings) -> CertificateFiles:
+    assert settings.tls_cert is not None
+    assert settings.tls_key is not None
+    return CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+
+
 def https_context(settings: Settings) -> ssl.SSLContext:
     """The HTTPS port's TLS (mutual with a client CA), following changes to the files: each
     handshake starts on this context, whose server-name callback (called for every client,
     with or without a name) moves it to the newest pair that loads."""
-    assert settings.tls_cert is not None
-    assert settings.tls_key is not None
-    files = CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    files = _certificate_files(settings)
     first = current = files.context
 
     def newest(connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
@@ -162,9 +166,7 @@ def https_context(settings: Settings) -> ssl.SSLContext:
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials:
     """TLS (mutual with a client CA) credentials that follow changes to the files."""
-    assert settings.tls_cert is not None
-    assert settings.tls_key is not None
-    files = CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    files = _certificate_files(settings)
     return grpc.dynamic_ssl_server_credentials(
         files.initial,
         files.fetch,
@@ -308,8 +310,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 def check_files(settings: Settings) -> None:
     """Read every certificate, key and token file once, as the server will (SecurityError
     naming the setting if one cannot be used), so a bad file stops the server at start."""
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        CertificateFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    if settings.tls:
+        _certificate_files(settings)
     calls, admin = token_file(settings, "tokens_file"), token_file(settings, "admin_tokens_file")
     if calls is not None and admin is not None and set(calls.tokens()) & set(admin.tokens()):
         raise SecurityError("a token is in both tokens_file and admin_tokens_file; keep them apart")
