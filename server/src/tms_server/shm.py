@@ -72,21 +72,15 @@ class _Region:
 class Regions:
     """The regions attached to one worker, by id; safe to use from several threads."""
 
-    def __init__(
-        self, *, enabled: bool = True, max_bytes: int = 1 << 30, max_regions: int = MAX_REGIONS
-    ) -> None:
+    def __init__(self, *, enabled: bool = True, max_bytes: int = 1 << 30) -> None:
         self.enabled = enabled and os.path.isdir(SHM_DIR)
         self.max_bytes = max_bytes
-        self.max_regions = max_regions
         self._regions: collections.OrderedDict[str, _Region] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Regions {len(self._regions)} attached, {self._bytes} bytes>"
-
-    def __len__(self) -> int:
-        return len(self._regions)
 
     def attach(self, name: str, size: int, proof: bytes) -> str:
         """Map the caller's region ``name`` and remove its name; its new id.
@@ -126,7 +120,7 @@ class Regions:
             raise ResourceExhausted(
                 f"this worker has {len(self._regions)} regions attached ({self._bytes} bytes), "
                 f"all used in the last {IDLE_SECONDS:g}s (--max-shared-memory-mb, at most "
-                f"{self.max_regions}): send the bytes, and attach again later",
+                f"{MAX_REGIONS}): send the bytes, and attach again later",
                 retry_after=IDLE_SECONDS,
             )
         return key
@@ -182,7 +176,7 @@ class Regions:
         return dropped, self._fits(size)
 
     def _fits(self, size: int) -> bool:
-        return len(self._regions) < self.max_regions and self._bytes + size <= self.max_bytes
+        return len(self._regions) < MAX_REGIONS and self._bytes + size <= self.max_bytes
 
     def detach(self, key: str) -> None:
         """Forget region ``key`` (nothing when it is not attached)."""
@@ -191,15 +185,6 @@ class Regions:
             if region is not None:
                 self._bytes -= region.size
         if region is not None:
-            _release(region)
-
-    def close(self) -> None:
-        """Detach every region."""
-        with self._lock:
-            regions = list(self._regions.values())
-            self._regions.clear()
-            self._bytes = 0
-        for region in regions:
             _release(region)
 
     def _find(self, where: image_pb2.SharedMemory, field: str) -> memoryview:
