@@ -105,6 +105,10 @@ class LoadedModel:
     def supports(self, call: int) -> bool:
         return call in self.info.calls
 
+    def overrides(self, hook: str) -> bool:
+        """Whether the model's class has a ``hook`` of its own (not Model's default)."""
+        return _overrides(type(self.instance), hook)
+
     @functools.cached_property
     def takes_no_args(self) -> bool:
         """Whether a call without args passes the model's args_schema (known once, so that

@@ -48,7 +48,6 @@ from tms_client.protocol.wire import (
 )
 from tms_server.errors import Internal, InvalidArgument, Reason
 from tms_server.invoke import declared_pixels, prepare_image, received, result_json, run_model
-from tms_server.model import Model
 from tms_server.registry import LoadedModel
 from tms_server.rpc import Stream
 
@@ -96,7 +95,7 @@ async def image_stream(
             if opened is None:
                 model = find_model(message.model)
                 opened = _Opened(model, parse_args(model, message.args_json), model.instance)
-                if _opens(model):
+                if model.overrides("open_stream"):
                     await stream.run(_open, opened, timed=False)
             answer = pb.RunImageStreamResponse(
                 frame_id=message.frame_id, model_version=opened.model.info.version
@@ -117,7 +116,7 @@ async def image_stream(
                 answer.error_status = stream.error_status(exc)
             yield answer
     finally:
-        if opened is not None and _opens(opened.model):
+        if opened is not None and opened.model.overrides("open_stream"):
             await stream.aside(functools.partial(_close, opened))
 
 
@@ -128,12 +127,6 @@ def _read(request: bytes) -> tuple[pb.RunImageStreamRequest, list[ImageParts]]:
         )
     except (WireError, TooManyImagesError) as exc:
         raise InvalidArgument(f"malformed RunImageStreamRequest: {exc}") from None
-
-
-def _opens(model: LoadedModel) -> bool:
-    """Whether ``model`` has an open_stream of its own (the default returns None)."""
-    hook = getattr(type(model.instance), "open_stream", None)
-    return hook is not None and hook is not Model.open_stream
 
 
 def _open(opened: _Opened) -> None:
