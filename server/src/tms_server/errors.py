@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 # Neither ships py.typed (google.rpc has .pyi files, which mypy skips without it).
@@ -211,12 +211,10 @@ def rich_status(exc: ServiceError, metadata: Mapping[str, str] | None = None) ->
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(exc.retry_after * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    packed = []
+    status = status_pb2.Status(code=exc.code.value[0], message=message)
     for detail in details:
-        wrapper = any_pb2.Any()
-        wrapper.Pack(detail)
-        packed.append(wrapper)
-    return status_pb2.Status(code=exc.code.value[0], message=message, details=packed)
+        status.details.add().Pack(detail)
+    return status
 
 
 def _cut(text: str, limit: int) -> str:
