@@ -442,13 +442,10 @@ def add_service(
             streams=descriptor.client_streaming and descriptor.server_streaming,
         )
         if method.streams:
-            handlers[name] = grpc.stream_stream_rpc_method_handler(
-                _stream_handler(worker, method), response_serializer=serialize
-            )
+            register = grpc.stream_stream_rpc_method_handler
         else:
-            handlers[name] = grpc.stream_unary_rpc_method_handler(
-                _handler(worker, method), response_serializer=serialize
-            )
+            register = grpc.stream_unary_rpc_method_handler
+        handlers[name] = register(_handler(worker, method), response_serializer=serialize)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
@@ -466,18 +463,13 @@ def _names_model(request: Descriptor) -> bool:
 
 
 def _handler(worker: Worker, method: Method) -> Callable[[Any, Context], Any]:
-    # Registered as stream-unary (the same bytes on the wire as unary) so that the handler
-    # runs before the request arrives and can time it.
+    # A unary method is registered as stream-unary (the same bytes on the wire) so that the
+    # handler runs before the request arrives and can time it. Either kind reads with
+    # context.read() (and a stream writes with context.write()), so that the StallWatch can
+    # time both; the request iterator gRPC passes is left alone.
+    serve = worker.handle_stream if method.streams else worker.handle
+
     async def handle(requests: Any, context: Context) -> Any:
-        return await worker.handle(method, context)
-
-    return handle
-
-
-def _stream_handler(worker: Worker, method: Method) -> Callable[[Any, Context], Any]:
-    # It reads with context.read() and writes with context.write(), so that the StallWatch
-    # can time both; the request iterator gRPC passes is left alone.
-    async def handle(requests: Any, context: Context) -> None:
-        await worker.handle_stream(method, context)
+        return await serve(method, context)
 
     return handle
