@@ -663,13 +663,11 @@ def _failure(exc: Exception, rpc: str, model: str) -> tuple[grpc.StatusCode, web
     reason = str(error.reason)
     if reason in TOO_LARGE:
         http = 413
-    headers = {}
-    if error.retry_after is not None and http in (429, 503):
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        headers["WWW-Authenticate"] = "Bearer"
     response = _error(http, status.details, reason)
-    response.headers.update(headers)
+    if error.retry_after is not None and http in (429, 503):
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        response.headers["WWW-Authenticate"] = "Bearer"
     return code, response
 
 
