@@ -32,7 +32,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema  # type: ignore[import-untyped]
 import numpy as np
@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("tms_server")
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "tms.models"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
@@ -457,6 +458,10 @@ def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any
             yield ep.name, ep.load
 
 
+def _without(entries: dict[str, T], name: str) -> dict[str, T]:
+    return {key: value for key, value in entries.items() if key != name}
+
+
 class NoModelsError(ValueError):
     """The server has no model to load: its models folder is missing, is no folder, or holds
     no model (and no entry point names one)."""
@@ -638,31 +643,18 @@ class ModelRegistry:
         workers = placement.workers_for(model_class)
         # On every worker alike: from the class alone, unless every worker has an instance.
         everywhere = len(workers) == len(placement.devices)
-        if placement.index not in workers:
-            model = describe(
-                name,
-                model_class,
-                max_batch_size=self.max_batch_size,
-                batching=self.batching,
-            )
-            self.elsewhere = {**self.elsewhere, name: Elsewhere(model, workers)}
-            self.models = {k: v for k, v in self.models.items() if k != name}
-            self.failed = {k: v for k, v in self.failed.items() if k != name}
-            log.info("model %r is placed on %s", name, placement.where(workers))
-            return
-        instance = instantiate(model_class, placement)
-        model = describe(
-            name,
-            model_class,
-            instance,
-            ask_shape=everywhere,
-            max_batch_size=self.max_batch_size,
-            batching=self.batching,
+        described = functools.partial(
+            describe, name, model_class, max_batch_size=self.max_batch_size, batching=self.batching
         )
         # Swap whole dicts: readers (other threads) see the old or the new, never a mix.
+        if placement.index not in workers:
+            self.elsewhere = {**self.elsewhere, name: Elsewhere(described(), workers)}
+            self.models, self.failed = _without(self.models, name), _without(self.failed, name)
+            log.info("model %r is placed on %s", name, placement.where(workers))
+            return
+        model = described(instantiate(model_class, placement), ask_shape=everywhere)
         self.models = dict(sorted({**self.models, name: model}.items()))
-        self.elsewhere = {k: v for k, v in self.elsewhere.items() if k != name}
-        self.failed = {k: v for k, v in self.failed.items() if k != name}
+        self.elsewhere, self.failed = _without(self.elsewhere, name), _without(self.failed, name)
         seconds = time.perf_counter() - started
         log.info("%s model %r in %.2fs", verb, name, seconds)
         if self._on_load is not None:
