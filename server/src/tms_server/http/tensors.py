@@ -334,10 +334,8 @@ def _data(values: Any, datatype: str, shape: list[int], what: str) -> bytes:
 
 
 def _flat(values: Any, what: str) -> list[Any]:
-    if not isinstance(values, list):
-        raise InvalidArgument(f"{what} must be a JSON list", field=what)
     flat: list[Any] = []
-    stack = [iter(values)]
+    stack = [iter(_list(values, what))]
     while stack:
         for item in stack[-1]:
             if isinstance(item, list):
