@@ -42,7 +42,7 @@ from tms_server.shm import Regions
 from tms_server.signals import StopFlag, stop_on_signals
 from tms_server.stalls import StallWatch
 
-# grpc_options now lives in tms_server.services; it stays importable from here.
+# grpc_options is tms_server.services'; it is importable from here too.
 __all__ = [
     "EXIT_HUNG",
     "EXIT_NO_MODELS",
