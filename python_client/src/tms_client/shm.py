@@ -50,8 +50,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterator
+from typing import Any, TypeVar
 
 import grpc
 
@@ -82,6 +82,7 @@ __all__ = [
 
 log = logging.getLogger("tms_client")
 pb = model_service_pb2
+R = TypeVar("R")
 
 #: Where POSIX shared memory lives on Linux.
 SHM_DIR = "/dev/shm"  # noqa: S108 - the shm_open namespace, not a temporary file
@@ -432,144 +433,6 @@ def _made(size: int) -> Region | None:
         return None
 
 
-class SharedMemoryChannel:
-    """A channel to one worker that sends images through shared memory when it can (see
-    the module docstring); every other call goes through as it is."""
-
-    def __init__(self, inner: Channel, *, max_bytes: int, metadata: Metadata = ()) -> None:
-        self.inner = inner
-        self.lender = Lender(max_bytes)
-        self._metadata = metadata  # the client's (its token), for Attach and Detach
-
-    def __repr__(self) -> str:
-        return f"<SharedMemoryChannel {self.lender!r}>"
-
-    def unary(self, request: Request) -> Reply:
-        message = request.data
-        if not isinstance(message, ImageMessage):
-            return self.inner.unary(request)
-        deadline = _deadline(request.timeout)  # the call's, for every step it takes
-        region = self._borrow(self.lender.need(message), deadline)
-        if region is None:
-            return self.inner.unary(_left(request, deadline))
-        try:
-            data = self.lender.write(region, message)
-            try:
-                reply = self.inner.unary(_left(request, deadline, data))
-            except BaseException as error:
-                lost, region = self.lender.settle(region, error), None
-                if lost:  # the worker restarted: bytes now, a region next
-                    return self.inner.unary(_left(request, deadline))
-                raise
-            return Reply(self.lender.read(message, reply.data, region), reply.trailers)
-        finally:
-            if region is not None:
-                self.lender.give_back(region)
-
-    def _borrow(self, need: int, deadline: float | None) -> Region | None:
-        taken = self.lender.take(need)
-        self._detach(self.lender.doomed(), deadline)
-        if not isinstance(taken, int):
-            return taken
-        region = _made(taken)
-        if region is None:
-            self.lender.failed(refused=True)
-            return None
-        try:
-            attach = Request(_ATTACH, region.attach_request(), _within(deadline), self._metadata)
-            reply = self.inner.unary(attach)
-        except CallError as error:
-            region.close()
-            self.lender.failed(refused=_refuses(error), wait=_full(error))
-            return None
-        except BaseException:
-            region.close()
-            self.lender.failed(refused=False)
-            raise
-        finally:
-            region.unlink()
-        region.id = pb.AttachSharedMemoryResponse.FromString(reply.data).region
-        return region
-
-    def _detach(self, regions: Iterable[Region], deadline: float | None = None) -> None:
-        for region in regions:
-            timeout = _detach_timeout(deadline)
-            if timeout:
-                detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
-                try:
-                    self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
-                    self.lender.full_until = 0.0  # room for another
-                except CallError as error:  # gone with its worker, or dropped already
-                    log.debug("detaching %r failed: %s", region, error)
-            region.close()
-
-    def stream(self, request: Request, more: More = ()) -> Stream:
-        if request.path != _STREAM or self.lender.refused or self.lender.closed:
-            return self.inner.stream(request, more)
-        return _FrameStream(self, request, more)
-
-    def _frames(
-        self, spans: _Spans, more: More, timeout: float | None
-    ) -> Iterator[bytes | ImageMessage]:
-        """Each of ``more`` (read by a gRPC thread) as ``spans`` sends it; until the stream ends."""
-        for message in more:
-            payload = self._frame(spans, message, timeout)
-            if payload is None:
-                return
-            yield payload
-
-    def _frame(
-        self, spans: _Spans, message: bytes | ImageMessage, timeout: float | None
-    ) -> bytes | ImageMessage | None:
-        size = spans.size(message)
-        region = None if size is None else self._borrow(size, _deadline(timeout))
-        return spans.send(message, region)
-
-    def close(self) -> None:
-        self._detach(self.lender.close(), _deadline(DETACH_TIMEOUT))  # all in one timeout
-        self.inner.close()
-
-
-class _FrameStream:
-    """A RunImageStream whose frames go through ``channel``'s regions (see ``_Spans``);
-    opened when it is first read."""
-
-    def __init__(self, channel: SharedMemoryChannel, request: Request, more: More) -> None:
-        self._channel = channel
-        self._request = request
-        self._more = more
-        self._inner: Stream | None = None
-
-    def __iter__(self) -> Iterator[bytes]:
-        channel, request = self._channel, self._request
-        spans = _Spans(channel.lender)
-        error: BaseException | None = None
-        try:
-            first = channel._frame(spans, request.data, request.timeout)
-            self._inner = channel.inner.stream(
-                dataclasses.replace(request, data=request.data if first is None else first),
-                channel._frames(spans, self._more, request.timeout),
-            )
-            replies = iter(self._inner)
-            try:
-                for reply in replies:
-                    spans.answered(reply)  # before the caller sees it: room for the next frame
-                    yield reply
-            finally:
-                close = getattr(replies, "close", None)
-                if close is not None:
-                    close()  # ends the call if the caller stopped reading
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            spans.end(error)
-
-    def trailers(self) -> Metadata:
-        assert self._inner is not None, "read the stream first"
-        return self._inner.trailers()
-
-
 class _Spans:
     """The regions one stream's frames were written into, in the order they were sent, and
     whether the stream still uses shared memory; safe to share between the thread that sends
@@ -646,42 +509,60 @@ class _Spans:
                 self.lender.retire(region)
 
 
-class AsyncSharedMemoryChannel:
-    """As ``SharedMemoryChannel``, for asyncio."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Attach(Request):
+    """The Attach of ``region``: the asyncio channel lets it end without a caller that was
+    cancelled, since only its answer says whether the worker holds the region."""
 
-    def __init__(self, inner: AsyncChannel, *, max_bytes: int, metadata: Metadata = ()) -> None:
+    region: Region
+
+
+#: One job of a channel, apart from its I/O: a generator that yields each request to send to
+#: the worker and is sent its reply (or has its error thrown in), as tms_client.core's plans.
+_Plan = Generator[Request, Reply, R]
+
+
+class _Lending:
+    """What both channels do, as plans; ``SharedMemoryChannel`` sends what they ask for with
+    a thread, ``AsyncSharedMemoryChannel`` on the event loop."""
+
+    def __init__(self, inner: Any, *, max_bytes: int, metadata: Metadata = ()) -> None:
         self.inner = inner
         self.lender = Lender(max_bytes)
-        self._metadata = metadata
+        self._metadata = metadata  # the client's (its token), for Attach and Detach
 
     def __repr__(self) -> str:
-        return f"<AsyncSharedMemoryChannel {self.lender!r}>"
+        return f"<{type(self).__name__} {self.lender!r}>"
 
-    async def unary(self, request: Request) -> Reply:
-        message = request.data
-        if not isinstance(message, ImageMessage):
-            return await self.inner.unary(request)
+    def _through_regions(self, request: Request) -> bool:
+        """Whether ``request`` opens a stream whose frames may go through regions."""
+        return request.path == _STREAM and not self.lender.refused and not self.lender.closed
+
+    def _call(self, request: Request, message: ImageMessage) -> _Plan[Reply]:
         deadline = _deadline(request.timeout)  # the call's, for every step it takes
-        region = await self._borrow(self.lender.need(message), deadline)
+        region = yield from self._borrow(self.lender.need(message), deadline)
         if region is None:
-            return await self.inner.unary(_left(request, deadline))
+            return (yield _left(request, deadline))
         try:
             data = self.lender.write(region, message)
             try:
-                reply = await self.inner.unary(_left(request, deadline, data))
+                reply = yield _left(request, deadline, data)
             except BaseException as error:
                 lost, region = self.lender.settle(region, error), None
                 if lost:  # the worker restarted: bytes now, a region next
-                    return await self.inner.unary(_left(request, deadline))
+                    return (yield _left(request, deadline))
                 raise
             return Reply(self.lender.read(message, reply.data, region), reply.trailers)
         finally:
             if region is not None:
                 self.lender.give_back(region)
 
-    async def _borrow(self, need: int, deadline: float | None) -> Region | None:
-        # Detach first: a call cancelled meanwhile then holds nothing it took.
-        await self._detach(self.lender.doomed(), deadline)
+    def _borrow(self, need: int, deadline: float | None) -> _Plan[Region | None]:
+        """An attached region of at least ``need`` bytes; None: send bytes."""
+        # Detach first: a call interrupted meanwhile then holds nothing it took.
+        doomed = self.lender.doomed()
+        if doomed:
+            yield from self._detach(doomed, deadline)
         taken = self.lender.take(need)
         if not isinstance(taken, int):
             return taken
@@ -689,20 +570,16 @@ class AsyncSharedMemoryChannel:
         if region is None:
             self.lender.failed(refused=True)
             return None
-        attach = Request(_ATTACH, region.attach_request(), _within(deadline), self._metadata)
-        call = asyncio.ensure_future(self.inner.unary(attach))
         try:
-            reply = await asyncio.shield(call)
+            reply = yield _Attach(
+                _ATTACH, region.attach_request(), _within(deadline), self._metadata, region=region
+            )
         except CallError as error:
             region.close()
             self.lender.failed(refused=_refuses(error), wait=_full(error))
             return None
         except asyncio.CancelledError:
-            # The worker may attach it all the same, and only its answer says under what id:
-            # let the Attach end, then give the region up (detached with the next call), or
-            # it would hold a place in the worker until idle.
-            call.add_done_callback(functools.partial(self._abandoned, region))
-            raise
+            raise  # the Attach goes on (AsyncSharedMemoryChannel._abandoned)
         except BaseException:
             region.close()
             self.lender.failed(refused=False)
@@ -711,6 +588,121 @@ class AsyncSharedMemoryChannel:
             region.unlink()
         region.id = pb.AttachSharedMemoryResponse.FromString(reply.data).region
         return region
+
+    def _detach(self, regions: list[Region], deadline: float | None) -> _Plan[None]:
+        """Detach, then close, ``regions``; those left when interrupted go with the next call."""
+        try:
+            while regions:
+                region = regions[0]
+                timeout = _detach_timeout(deadline)
+                if timeout:
+                    detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
+                    try:
+                        yield Request(_DETACH, detach, timeout, self._metadata)
+                        self.lender.full_until = 0.0  # room for another
+                    except CallError as error:  # gone with its worker, or dropped already
+                        log.debug("detaching %r failed: %s", region, error)
+                region.close()
+                regions.pop(0)
+        finally:
+            self.lender.doom(regions)
+
+    def _frame(
+        self, spans: _Spans, message: bytes | ImageMessage, timeout: float | None
+    ) -> _Plan[bytes | ImageMessage | None]:
+        """``message`` as ``spans`` sends it, through a region if it can; None once the
+        stream has ended."""
+        size = spans.size(message)
+        region = None if size is None else (yield from self._borrow(size, _deadline(timeout)))
+        return spans.send(message, region)
+
+    def _closing(self) -> _Plan[None]:
+        return self._detach(self.lender.close(), _deadline(DETACH_TIMEOUT))  # all in one timeout
+
+
+class SharedMemoryChannel(_Lending):
+    """A channel to one worker that sends images through shared memory when it can (see
+    the module docstring); every other call goes through as it is."""
+
+    inner: Channel
+
+    def unary(self, request: Request) -> Reply:
+        if not isinstance(request.data, ImageMessage):
+            return self.inner.unary(request)
+        return self._run(self._call(request, request.data))
+
+    def _run(self, plan: _Plan[R]) -> R:
+        """Carry out ``plan``: send each request it yields, and hand it the reply or error."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                request = plan.send(reply) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                reply, error = self.inner.unary(request), None
+            except BaseException as exc:
+                reply, error = None, exc
+
+    def stream(self, request: Request, more: More = ()) -> Stream:
+        if not self._through_regions(request):
+            return self.inner.stream(request, more)
+        return _FrameStream(self, request, more)
+
+    def _frames(
+        self, spans: _Spans, more: More, timeout: float | None
+    ) -> Iterator[bytes | ImageMessage]:
+        """Each of ``more`` (read by a gRPC thread) as ``spans`` sends it; until the stream ends."""
+        for message in more:
+            payload = self._run(self._frame(spans, message, timeout))
+            if payload is None:
+                return
+            yield payload
+
+    def close(self) -> None:
+        self._run(self._closing())
+        self.inner.close()
+
+
+class AsyncSharedMemoryChannel(_Lending):
+    """As ``SharedMemoryChannel``, for asyncio."""
+
+    inner: AsyncChannel
+
+    async def unary(self, request: Request) -> Reply:
+        if not isinstance(request.data, ImageMessage):
+            return await self.inner.unary(request)
+        return await self._run(self._call(request, request.data))
+
+    async def _run(self, plan: _Plan[R]) -> R:
+        """As ``SharedMemoryChannel._run``, awaiting each reply."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                request = plan.send(reply) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                if isinstance(request, _Attach):
+                    reply = await self._attach(request)
+                else:
+                    reply = await self.inner.unary(request)
+                error = None
+            except BaseException as exc:
+                reply, error = None, exc
+
+    async def _attach(self, attach: _Attach) -> Reply:
+        call = asyncio.ensure_future(self.inner.unary(attach))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The worker may attach it all the same, and only its answer says under what id:
+            # let the Attach end, then give the region up (detached with the next call), or
+            # it would hold a place in the worker until idle.
+            call.add_done_callback(functools.partial(self._abandoned, attach.region))
+            raise
 
     def _abandoned(self, region: Region, call: asyncio.Future[Reply]) -> None:
         """The Attach of ``region``, whose caller was cancelled, is over."""
@@ -721,28 +713,10 @@ class AsyncSharedMemoryChannel:
         region.id = pb.AttachSharedMemoryResponse.FromString(call.result().data).region
         self.lender.retire(region)
 
-    async def _detach(self, regions: Iterable[Region], deadline: float | None = None) -> None:
-        left = list(regions)
-        try:
-            while left:
-                region = left[0]
-                timeout = _detach_timeout(deadline)
-                if timeout:
-                    detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
-                    try:
-                        await self.inner.unary(Request(_DETACH, detach, timeout, self._metadata))
-                        self.lender.full_until = 0.0  # room for another
-                    except CallError as error:
-                        log.debug("detaching %r failed: %s", region, error)
-                region.close()
-                left.pop(0)
-        finally:
-            self.lender.doom(left)  # cancelled: those not detached yet go with the next call
-
     def stream(
         self, request: Request, more: More | AsyncIterable[bytes | ImageMessage] = ()
     ) -> AsyncStream:
-        if request.path != _STREAM or self.lender.refused or self.lender.closed:
+        if not self._through_regions(request) or not isinstance(more, AsyncIterable):
             return self.inner.stream(request, more)
         return _AsyncFrameStream(self, request, more)
 
@@ -751,69 +725,76 @@ class AsyncSharedMemoryChannel:
     ) -> AsyncIterator[bytes | ImageMessage]:
         """As ``SharedMemoryChannel._frames``, read on the event loop."""
         async for message in more:
-            payload = await self._frame(spans, message, timeout)
+            payload = await self._run(self._frame(spans, message, timeout))
             if payload is None:
                 return
             yield payload
-
-    def _frames_now(self, spans: _Spans, more: More) -> Iterator[bytes | ImageMessage]:
-        """As ``_frames`` for a plain iterable, read where nothing can be awaited: only the
-        regions already attached are used (a frame that needs a new one goes as bytes)."""
-        for message in more:
-            size = spans.size(message)
-            region = None if size is None else self._attached(size)
-            payload = spans.send(message, region)
-            if payload is None:
-                return
-            yield payload
-
-    def _attached(self, size: int) -> Region | None:
-        taken = self.lender.take(size)
-        if isinstance(taken, int):  # one to make and attach: not here
-            self.lender.failed(refused=False)
-            return None
-        return taken
-
-    async def _frame(
-        self, spans: _Spans, message: bytes | ImageMessage, timeout: float | None
-    ) -> bytes | ImageMessage | None:
-        size = spans.size(message)
-        region = None if size is None else await self._borrow(size, _deadline(timeout))
-        return spans.send(message, region)
 
     async def close(self) -> None:
-        await self._detach(self.lender.close(), _deadline(DETACH_TIMEOUT))  # all in one
+        await self._run(self._closing())
         await self.inner.close()
 
 
-class _AsyncFrameStream:
-    """As ``_FrameStream``, for asyncio."""
+class _Frames:
+    """A RunImageStream whose frames go through ``channel``'s regions (see ``_Spans``);
+    opened when it is first read."""
 
-    def __init__(
-        self,
-        channel: AsyncSharedMemoryChannel,
-        request: Request,
-        more: More | AsyncIterable[bytes | ImageMessage],
-    ) -> None:
+    def __init__(self, channel: Any, request: Request, more: Any) -> None:
         self._channel = channel
         self._request = request
         self._more = more
-        self._inner: AsyncStream | None = None
+        self._spans = _Spans(channel.lender)
+        self._inner: Any = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        channel, request = self._channel, self._request
-        spans = _Spans(channel.lender)
+    def _open(self, first: bytes | ImageMessage | None, frames: Any) -> Any:
+        """The inner stream, ``first`` its request's frame and ``frames`` the rest."""
+        request = self._request
+        data = request.data if first is None else first
+        self._inner = self._channel.inner.stream(dataclasses.replace(request, data=data), frames)
+        return self._inner
+
+
+class _FrameStream(_Frames):
+    _channel: SharedMemoryChannel
+    _inner: Stream | None
+
+    def __iter__(self) -> Iterator[bytes]:
+        channel, request, spans = self._channel, self._request, self._spans
         error: BaseException | None = None
         try:
-            first = await channel._frame(spans, request.data, request.timeout)
-            more = self._more
-            self._inner = channel.inner.stream(
-                dataclasses.replace(request, data=request.data if first is None else first),
-                channel._frames(spans, more, request.timeout)
-                if isinstance(more, AsyncIterable)
-                else channel._frames_now(spans, more),
-            )
-            replies = aiter(self._inner)
+            first = channel._run(channel._frame(spans, request.data, request.timeout))
+            replies = iter(self._open(first, channel._frames(spans, self._more, request.timeout)))
+            try:
+                for reply in replies:
+                    spans.answered(reply)  # before the caller sees it: room for the next frame
+                    yield reply
+            finally:
+                close = getattr(replies, "close", None)
+                if close is not None:
+                    close()  # ends the call if the caller stopped reading
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            spans.end(error)
+
+    def trailers(self) -> Metadata:
+        assert self._inner is not None, "read the stream first"
+        return self._inner.trailers()
+
+
+class _AsyncFrameStream(_Frames):
+    """As ``_FrameStream``, for asyncio."""
+
+    _channel: AsyncSharedMemoryChannel
+    _inner: AsyncStream | None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        channel, request, spans = self._channel, self._request, self._spans
+        error: BaseException | None = None
+        try:
+            first = await channel._run(channel._frame(spans, request.data, request.timeout))
+            replies = aiter(self._open(first, channel._frames(spans, self._more, request.timeout)))
             try:
                 async for reply in replies:
                     spans.answered(reply)
