@@ -260,10 +260,7 @@ class Lender:
         finished): detached with the next call (or by ``close``), never written again."""
         with self._lock:
             self._count -= 1
-            if not self.closed:
-                self._doomed.append(region)
-                return
-        region.close()
+        self.doom([region])
 
     def discard(self, region: Region) -> None:
         """Give up ``region``: the worker no longer knows it."""
@@ -286,7 +283,7 @@ class Lender:
         return False
 
     def doom(self, regions: list[Region]) -> None:
-        """Put ``regions``, given up already, back to be detached with the next call."""
+        """Put ``regions``, given up already, to be detached with the next call."""
         if not regions:
             return
         with self._lock:
@@ -397,11 +394,11 @@ LEFTOVER_SECONDS = 60.0
 _OURS = re.compile(rf"tms-[0-9a-f]{{{2 * _NAME_BYTES}}}")
 
 
-def sweep(now: float | None = None) -> list[str]:
+def sweep() -> list[str]:
     """Remove the region names of this user's that are older than LEFTOVER_SECONDS: left by
     a client killed (SIGKILL) between making a region and its worker's attaching it. The
     names removed."""
-    now = time.time() if now is None else now
+    now = time.time()
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(SHM_DIR):

@@ -262,7 +262,7 @@ class AioChannel(_Methods):
 
 
 class AioStream:
-    def __init__(self, call: Any, timeout: float | None = None) -> None:
+    def __init__(self, call: Any, timeout: float | None) -> None:
         self._call = call
         self._deadline = None if timeout is None else time.monotonic() + timeout
 

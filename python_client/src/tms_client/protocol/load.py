@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tms_client.protocol.wire import WireError, read_varint, varint
+from tms_client.protocol.wire import LENGTH_DELIMITED, WireError, fields, varint
 
 __all__ = [
     "LOAD_KEY",
@@ -38,7 +38,7 @@ LOAD_KEY = "tms-load-bin"
 WORKER_KEY = "tms-worker"
 
 _NAMED_METRICS = 8  # OrcaLoadReport.named_metrics
-_LEN, _I64 = 2, 1
+_I64 = 1  # the wire type of a double
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def encode_orca(metrics: dict[str, float]) -> bytes:
     for name, value in metrics.items():
         key = name.encode()
         entry = b"\x0a" + varint(len(key)) + key + b"\x11" + struct.pack("<d", value)
-        out += varint((_NAMED_METRICS << 3) | _LEN) + varint(len(entry)) + entry
+        out += varint((_NAMED_METRICS << 3) | LENGTH_DELIMITED) + varint(len(entry)) + entry
     return bytes(out)
 
 
@@ -69,43 +69,22 @@ def decode_orca(data: bytes) -> dict[str, float]:
     """The named metrics of an OrcaLoadReport."""
     view = memoryview(data)
     metrics: dict[str, float] = {}
-    pos = 0
-    while pos < len(view):
-        key, pos = read_varint(view, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == _LEN:
-            length, pos = read_varint(view, pos)
-            end = pos + length
-            if end > len(view):
-                raise WireError("field runs past the end of the load report")
-            if number == _NAMED_METRICS:
-                name, value = _map_entry(view[pos:end])
-                metrics[name] = value
-            pos = end
-        elif wire_type == _I64:
-            pos += 8
-        elif wire_type == 0:
-            _, pos = read_varint(view, pos)
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise WireError(f"unsupported wire type {wire_type}")
+    for number, wire_type, _, start, end in fields(view):
+        if number == _NAMED_METRICS and wire_type == LENGTH_DELIMITED:
+            name, value = _map_entry(view[start:end])
+            metrics[name] = value
     return metrics
 
 
 def _map_entry(view: memoryview) -> tuple[str, float]:
-    name, value, pos = "", 0.0, 0
-    while pos < len(view):
-        key, pos = read_varint(view, pos)
-        if key == 0x0A:
-            length, pos = read_varint(view, pos)
-            name = bytes(view[pos : pos + length]).decode(errors="replace")
-            pos += length
-        elif key == 0x11:
-            (value,) = struct.unpack_from("<d", view, pos)
-            pos += 8
+    name, value = "", 0.0
+    for number, wire_type, _, start, end in fields(view):
+        if (number, wire_type) == (1, LENGTH_DELIMITED):
+            name = bytes(view[start:end]).decode(errors="replace")
+        elif (number, wire_type) == (2, _I64):
+            (value,) = struct.unpack_from("<d", view, start)
         else:
-            raise WireError(f"unexpected field in a named metric: key {key}")
+            raise WireError(f"unexpected field in a named metric: number {number}")
     return name, value
 
 
