@@ -131,7 +131,7 @@ class AsyncModelClient(calls.AsyncioClient):
         if first is _END:
             return
         room = asyncio.Event()
-        failed: list[BaseException] = []  # what reading the frames raised
+        max_bytes = self.options.max_message_bytes
 
         async def more() -> AsyncIterator[ImageMessage]:
             try:
@@ -142,17 +142,12 @@ class AsyncModelClient(calls.AsyncioClient):
                     frame = _END if stream.ended else await anext(frames, _END)
                     if frame is _END:
                         return
-                    yield stream.request(frame, self.options.max_message_bytes)
+                    yield stream.request(frame, max_bytes)
             except Exception as exc:  # gRPC would cancel the call with it: raised to the caller
-                failed.append(exc)
+                stream.failure = exc
 
         with call_span(stream.path, self.model) as metadata:
-            request = Request(
-                stream.path,
-                stream.request(first, self.options.max_message_bytes),
-                stream.timeout,
-                metadata,
-            )
+            request = stream.opening(first, max_bytes, metadata)
             replies = self._pool.stream(request, more(), self.model)
             async with contextlib.aclosing(replies):
                 try:
@@ -165,8 +160,6 @@ class AsyncModelClient(calls.AsyncioClient):
                 finally:
                     stream.ended = True
                     room.set()
-        if failed:
-            raise failed[0]
         stream.finished()
 
     async def list_models(self) -> list[ModelInfo]:

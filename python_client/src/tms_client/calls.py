@@ -34,6 +34,7 @@ from tms_client.protocol.jsontext import from_json
 from tms_client.protocol.methods import HEALTH_CHECK, IMAGE_FIELD, OUTPUT_FIELD, method_path
 from tms_client.protocol.wire import ImageMessage, split_images
 from tms_client.retry import no_deadline_past
+from tms_client.transport import Metadata, Request
 
 __all__ = [
     "Args",
@@ -364,6 +365,7 @@ class FrameStream:
         self.sent = 0
         self.answered = 0
         self.ended = False
+        self.failure: Exception | None = None  # what reading the frames raised
         self._args_json = _args_json(args)
 
     def __repr__(self) -> str:
@@ -393,6 +395,10 @@ class FrameStream:
         self.sent += 1
         return message
 
+    def opening(self, first: ImageInput, max_bytes: int, metadata: Metadata) -> Request:
+        """The request that opens the stream, carrying its ``first`` frame."""
+        return Request(self.path, self.request(first, max_bytes), self.timeout, metadata)
+
     def answer(self, reply: bytes) -> FrameResult:
         """The next frame's answer; raises its error unless ``errors="yield"``."""
         response = pb.RunImageStreamResponse.FromString(reply)
@@ -410,7 +416,10 @@ class FrameStream:
         return FrameResult(expected, None, error)
 
     def finished(self) -> None:
-        """The server ended the stream well: INTERNAL if it left a frame sent unanswered."""
+        """The server ended the stream well: raises what reading the frames raised, or
+        INTERNAL if the server left a frame sent unanswered."""
+        if self.failure is not None:
+            raise self.failure
         if self.answered < self.sent:
             raise CallError(
                 grpc.StatusCode.INTERNAL,

@@ -96,7 +96,7 @@ class ModelClient(calls.ThreadClient):
         if first is _END:
             return
         room = threading.Condition()
-        failed: list[BaseException] = []  # what reading the frames raised
+        max_bytes = self.options.max_message_bytes
 
         def more() -> Iterator[ImageMessage]:
             try:
@@ -106,17 +106,12 @@ class ModelClient(calls.ThreadClient):
                     frame = _END if stream.ended else next(frames, _END)
                     if frame is _END:
                         return
-                    yield stream.request(frame, self.options.max_message_bytes)
+                    yield stream.request(frame, max_bytes)
             except Exception as exc:  # gRPC would only log it: raised to the caller
-                failed.append(exc)
+                stream.failure = exc
 
         with call_span(stream.path, self.model) as metadata:
-            request = Request(
-                stream.path,
-                stream.request(first, self.options.max_message_bytes),
-                stream.timeout,
-                metadata,
-            )
+            request = stream.opening(first, max_bytes, metadata)
             replies = self._pool.stream(request, more(), self.model)
             with contextlib.closing(replies):
                 try:
@@ -131,8 +126,6 @@ class ModelClient(calls.ThreadClient):
                     with room:
                         stream.ended = True
                         room.notify()
-        if failed:
-            raise failed[0]
         stream.finished()
 
     def list_models(self) -> list[ModelInfo]:
