@@ -111,11 +111,11 @@ class LeastLoaded:
     def __repr__(self) -> str:
         return f"LeastLoaded(max_report_age={self.max_report_age})"
 
-    def score(self, worker: LoadedWorker, now: float, unknown_latency: float = 1.0) -> float:
+    def score(self, worker: LoadedWorker, now: float) -> float:
         """Expected cost of one more call on ``worker``: (calls ahead + 1) x latency, where a
-        worker that has answered no call yet has ``unknown_latency``."""
+        worker that has answered no call yet counts a latency of one second."""
         latency = faded(worker.latency, now - worker.latency_at)
-        return self._score(worker, now, latency or unknown_latency)
+        return self._score(worker, now, latency or 1.0)
 
     def _score(self, worker: LoadedWorker, now: float, latency: float) -> float:
         """(calls ahead + 1) x ``latency``: the calls are this client's on ``worker``, or as

@@ -61,15 +61,15 @@ class Worker:
     latency_at: float = 0.0  # when ``latency`` was last updated (time.monotonic)
     retired: bool = False  # dropped from the pool; its channel closes when its calls end
 
-    def record_latency(self, seconds: float, now: float, decay: float = 1.0) -> None:
+    def record_latency(self, seconds: float, now: float) -> None:
         """Fold one call's latency in: a slower call counts at once, faster ones pull the
-        average down with time constant ``decay`` seconds (Finagle's "peak EWMA"), from what
-        it has faded to since the last (balancers.faded)."""
+        average down with a time constant of a second (Finagle's "peak EWMA"), from what it
+        has faded to since the last (balancers.faded)."""
         current = faded(self.latency, now - self.latency_at)
         if seconds >= current:
             self.latency = seconds
         else:
-            weight = 1.0 - math.exp(-(now - self.latency_at) / decay)
+            weight = 1.0 - math.exp(self.latency_at - now)
             self.latency = current + (seconds - current) * weight
         self.latency_at = now
 
