@@ -9,14 +9,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from tms_client import calls
-from tms_client.calls import (
-    Builder,
-    FrameResult,
-    FrameStream,
-    ImageToImageResult,
-    ModelInfo,
-    as_method,
-)
+from tms_client.calls import Builder, FrameResult, FrameStream, ModelInfo, as_method
 from tms_client.exceptions import ModelNotFoundError
 from tms_client.images import fit_within
 from tms_client.pool import WorkerPool
@@ -25,7 +18,7 @@ from tms_client.tracing import call_span
 from tms_client.transport import Request
 from tms_client.workers import WorkerInfo
 
-__all__ = ["ImageToImageResult", "ModelClient", "ModelInfo", "WorkerInfo"]
+__all__ = ["ModelClient"]
 
 R = TypeVar("R")
 P = ParamSpec("P")
