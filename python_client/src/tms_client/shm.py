@@ -169,9 +169,10 @@ class Region:
     def __repr__(self) -> str:
         return f"<Region {self.id or 'unattached'} {self.size} bytes>"
 
-    def attach_request(self) -> bytes:
+    def attach(self, timeout: float, metadata: Metadata) -> _Attach:
+        """The request asking the worker to attach this region."""
         request = pb.AttachSharedMemoryRequest(name=self.name, size=self.size, proof=self.proof)
-        return request.SerializeToString()
+        return _Attach(_ATTACH, request.SerializeToString(), timeout, metadata, region=self)
 
     def unlink(self) -> None:
         """Remove the name (the worker removes it too: whoever comes second finds none)."""
@@ -568,9 +569,7 @@ class _Lending:
             self.lender.failed(refused=True)
             return None
         try:
-            reply = yield _Attach(
-                _ATTACH, region.attach_request(), _within(deadline), self._metadata, region=region
-            )
+            reply = yield region.attach(_within(deadline, ATTACH_TIMEOUT), self._metadata)
         except CallError as error:
             region.close()
             self.lender.failed(refused=_refuses(error), wait=_full(error))
@@ -591,7 +590,7 @@ class _Lending:
         try:
             while regions:
                 region = regions[0]
-                timeout = _detach_timeout(deadline)
+                timeout = _within(deadline, DETACH_TIMEOUT)
                 if timeout:
                     detach = pb.DetachSharedMemoryRequest(region=region.id).SerializeToString()
                     try:
@@ -829,13 +828,9 @@ def _left(request: Request, deadline: float | None, data: Any = None) -> Request
     )
 
 
-def _within(deadline: float | None) -> float:
+def _within(deadline: float | None, most: float) -> float:
+    """The timeout of an Attach (``most``: ATTACH_TIMEOUT) or a Detach (DETACH_TIMEOUT) within
+    a call's ``deadline``; 0: none is left (a Detach is skipped: the worker drops a region it
+    is not told to when it needs the room, or when it exits)."""
     remaining = _remaining(deadline)
-    return ATTACH_TIMEOUT if remaining is None else min(remaining, ATTACH_TIMEOUT)
-
-
-def _detach_timeout(deadline: float | None) -> float:
-    """A detach's timeout within a call's ``deadline``; 0: none is left, skip it (the
-    worker drops a region it is not told to when it needs the room, or when it exits)."""
-    remaining = _remaining(deadline)
-    return DETACH_TIMEOUT if remaining is None else min(remaining, DETACH_TIMEOUT)
+    return most if remaining is None else min(remaining, most)
