@@ -822,9 +822,9 @@ def _remaining(deadline: float | None) -> float | None:
 def _left(request: Request, deadline: float | None, data: Any = None) -> Request:
     """``request`` (with ``data`` instead of its own) given what is left of its timeout: a
     call's attach, detaches and fallback to bytes all come out of the one timeout."""
-    timeout = _remaining(deadline)
-    return dataclasses.replace(
-        request, data=request.data if data is None else data, timeout=timeout
+    data = request.data if data is None else data
+    return Request(
+        request.path, data, _remaining(deadline), request.metadata, request.wait_for_ready
     )
 
 
