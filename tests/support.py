@@ -193,9 +193,11 @@ def start_process(
     workers: int | None = 2,
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
-    timeout: float = 60.0,
+    timeout: float = 120.0,
 ) -> ServerProcess:
-    """Start ``python -m tms_server`` on a free loopback port and wait until it serves."""
+    """Start ``python -m tms_server`` on a free loopback port and wait until it serves (a
+    server that exits ends the wait at once; the example models alone took up to a minute
+    to start on a busy 2-core machine)."""
     command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
     command += ["--models", str(models), *args]
     if workers is not None:
