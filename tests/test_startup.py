@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,64 @@ def test_models_naming_one_model_folder_says_to_give_its_parent(tmp_path):
         f"holds no model: {NO_MODEL}; 'models/face' is itself a model folder: give the "
         "folder that holds it (--models models)"
     ]
+    assert done.stdout == ""
+
+
+def closed_to_the_server(folder: Path) -> list[str]:
+    """Close ``folder`` to a server run under the command prefix returned, as a folder of
+    another user (mode 0700) is closed to a server not run as root. A test run as root runs
+    the server as root of a user namespace of its own (unshare), which has no power over the
+    files of users outside it."""
+    if os.geteuid() != 0:
+        folder.chmod(0)
+        return []
+    os.chown(folder, 54321, 54321)
+    folder.chmod(0o700)
+    prefix = ["unshare", "--user", "--map-root-user"]
+    if shutil.which("unshare") is None or subprocess.run([*prefix, "true"], check=False).returncode:
+        pytest.skip("needs a user namespace (unshare) to run the server without root's powers")
+    return prefix
+
+
+def test_a_sub_folder_the_server_may_not_read_is_no_model(tmp_path):
+    """A volume mounted as the models folder holds lost+found, root's alone (mode 0700): a
+    server not run as root serves the models beside it, and says once what it passed over."""
+    models = write_models(tmp_path / "models", {"alpha": GOOD})
+    (models / "lost+found").mkdir()
+    prefix = closed_to_the_server(models / "lost+found")
+    command = [*prefix, sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--workers", "2", "--models", str(models), "--entry-points", "false"]
+    server = ServerProcess(
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
+    try:
+        assert server.wait_started(60), server.logs()
+        with per_worker(server.target) as channels:
+            assert {health_of(channel, "") for channel in channels.values()} == {"SERVING"}
+        with ModelClient("alpha", server.target) as client:
+            assert client.run_image(np.full((4, 4, 3), 9, np.uint8)) == {"mean": 9.0}
+            assert client.failed_models() == {}
+    finally:
+        code = server.stop(signal.SIGTERM, timeout=60)
+    assert code == 0, server.logs()
+    said = [line for line in server.logs().splitlines() if "lost+found" in line]
+    assert len(said) == 1, server.logs()
+    assert " WARNING " in said[0]
+    assert "cannot look into 'lost+found' (Permission denied); it is no model" in said[0]
+
+
+def test_a_models_folder_the_server_may_not_read_stops_it_naming_the_folder(tmp_path):
+    models = write_models(tmp_path / "models", {"alpha": GOOD})
+    prefix = closed_to_the_server(models)
+    command = [*prefix, sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--workers", "2", "--models", str(models), "--entry-points", "false"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        f"tms-server: error: models folder {str(models)!r} cannot be read: Permission denied "
+        "(tms-server runs as uid "
+    ), line
     assert done.stdout == ""
 
 

@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import re
 import shlex
 import sys
@@ -445,7 +446,7 @@ def _sources(folder: Path | None, entry_points: bool) -> Iterator[tuple[str, Any
     seen = set()
     if folder is not None and folder.is_dir():
         for path in sorted(folder.iterdir()):
-            if path.name.startswith(("_", ".")) or not (path / "__init__.py").is_file():
+            if path.name.startswith(("_", ".")) or _closed(path) or not _holds_model(path):
                 continue
             seen.add(path.name)
             yield path.name, lambda path=path: import_model_class(path)
@@ -473,15 +474,47 @@ def find_models(folder: Path, entry_points: bool, *, folder_given: bool = True) 
     a worker: a server serving no model at all is a mistake, not a start. A folder that is
     missing stops it too, unless it was not given (the default) and entry points name models:
     a server of installed models alone needs no folder."""
-    if not folder.exists() and not folder_given and entry_points:
-        names = [name for name, _ in _sources(None, entry_points)]
-        if names:
-            log.info("no %s: serving the models of the tms.models entry points", _shown(folder))
-            return names
-    names = [name for name, _ in _sources(folder, entry_points)] if folder.is_dir() else []
+    try:
+        if not folder.exists() and not folder_given and entry_points:
+            names = [name for name, _ in _sources(None, entry_points)]
+            if names:
+                log.info("no %s: serving the models of the tms.models entry points", _shown(folder))
+                return names
+        names = [name for name, _ in _sources(folder, entry_points)] if folder.is_dir() else []
+        closed = {path.name: _closed(path) for path in folder.iterdir()} if folder.is_dir() else {}
+    except OSError as exc:
+        raise NoModelsError(_unreadable(folder, exc)) from None
+    for name, reason in sorted(closed.items()):
+        if reason and not name.startswith(("_", ".")):
+            log.warning(
+                "%s: cannot look into %r (%s); it is no model", _shown(folder), name, reason
+            )
     if not names:
         raise NoModelsError(_no_models(folder, entry_points))
     return names
+
+
+def _holds_model(path: Path) -> bool:
+    """Whether ``path``, in the models folder, is a model's folder: it holds an __init__.py."""
+    return (path / "__init__.py").is_file()
+
+
+def _closed(path: Path) -> str:
+    """Why the server may not look into ``path`` (a volume's lost+found, root's alone), or ""
+    if it may or it is no folder."""
+    try:
+        _holds_model(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
+def _unreadable(folder: Path, exc: OSError) -> str:
+    """Why the models folder cannot be read, and who tried."""
+    return (
+        f"{_shown(folder)} cannot be read: {exc.strerror or exc} (tms-server runs as uid "
+        f"{os.getuid()}, gid {os.getgid()})"
+    )
 
 
 def _shown(folder: Path) -> str:
@@ -606,7 +639,10 @@ class ModelRegistry:
             max_batch_size=max_batch_size,
             batching=batching,
         )
-        sources = list(_sources(folder, entry_points))
+        try:
+            sources = list(_sources(folder, entry_points))
+        except OSError as exc:  # the folder closed to the server since it started
+            raise NoModelsError(_unreadable(folder or Path(), exc)) from None
         if not sources and folder is not None:  # gone since the server started, say
             raise NoModelsError(_no_models(folder, entry_points))
         for name, load_class in sources:
