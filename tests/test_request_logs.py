@@ -120,3 +120,45 @@ def test_a_request_id_a_log_line_cannot_hold_is_replaced(
     assert "INFO [" in line
     assert " worker 0] tms_server.access: RunText words OK in " in line
     assert line.rstrip().endswith(f"(rpc=RunText model=words request_id={made})")
+
+
+WARNS = """
+    import warnings
+
+    import tms_server
+
+    warnings.warn("weights were saved by an older version", UserWarning)
+
+    class Model(tms_server.Model):
+        inputs = "text"
+
+        def run(self, text, args):
+            warnings.warn(f"{text} is short", RuntimeWarning)
+            return {"words": len(text.split())}
+"""
+
+
+def test_warnings_of_models_are_json_lines_that_name_their_call(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Libraries warn (scikit-learn, PyTorch, ONNX Runtime): under --log-format json, their
+    warnings are log lines like any other, not text among the JSON."""
+    models = write_models(tmp_path / "models", {"warns": WARNS})
+    server = server_process(models, workers=1, args=("--log-format", "json"))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = pb.RunTextRequest(model="warns", text="hi")
+        stub.RunText(request, metadata=(("x-request-id", "warned-1"),))
+    assert wait_for(lambda: lines_of(server, "warned-1"), timeout=10), server.logs()
+    assert server.stop() == 0
+    logged = [line for line in server.output if not line.startswith("tms-server: ")]
+    assert all(line.startswith("{") for line in logged), server.logs()
+    assert all(json.loads(line) for line in logged)
+    (warned,) = lines_of(server, "warned-1")
+    assert warned["level"] == "WARNING"
+    assert warned["model"] == "warns"
+    assert "RuntimeWarning: hi is short" in warned["message"]
+    loading = [line for line in json_lines(server) if "older version" in line["message"]]
+    assert len(loading) == 1
+    assert loading[0]["level"] == "WARNING"
+    assert loading[0]["worker"] == 0

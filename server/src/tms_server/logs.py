@@ -97,10 +97,12 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str, log_format: str, worker: int | None = None) -> None:
     """Send every log line (the server's and the models') to stderr in ``log_format``;
     ``worker`` is the worker index, None in the supervisor. A worker calls this again after
-    the fork: its lines then name it."""
+    the fork: its lines then name it. Warnings (``warnings.warn``, as libraries that models
+    load warn) become lines of logger ``py.warnings`` at WARNING, in the same format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(worker) if log_format == "json" else PlainFormatter(worker))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)
 
 
 def log_call(call: CallInfo, code: grpc.StatusCode, seconds: float) -> None:
