@@ -311,6 +311,40 @@ def test_folders_whose_names_no_call_could_give_fail_to_load_and_are_said_once(
         assert client.run_image(np.full((4, 4, 3), 9, np.uint8)) == {"mean": 9.0}
 
 
+PLACED_BROKEN = """
+    import tms_server
+
+    class Model(tms_server.Model):
+        workers = 1  # a big model: worker 0 alone loads it, the others send its calls there
+
+        def __init__(self):
+            raise RuntimeError("CUDA out of memory")
+
+        def run(self, image, args):
+            return {}
+"""
+
+
+def test_a_model_failed_on_one_worker_makes_every_worker_unready(server_process, tmp_path):
+    """Each readiness probe reaches one worker, whichever the kernel picks: if the workers
+    that did not load the model said SERVING, a broken deploy's pod would flap between
+    ready and not, and its rollout would go on."""
+    server, models = _admin_server(server_process, tmp_path, {"big": PLACED_BROKEN})
+    assert "1 model(s) failed to load: big (" in server.logs()
+    with per_worker(server.target) as channels:
+        assert set(channels) == {0, 1}
+        for channel in channels.values():
+            assert health_of(channel, "") == "NOT_SERVING"
+            assert not oip_ready(channel)
+            assert health_of(channel, "tms.v1.ModelService") == "SERVING"
+            assert health_of(channel, "alpha") == "SERVING"
+        # A reload that loads it makes every worker ready again, as soon as it is done.
+        write_models(models, {"big": PLACED_BROKEN.replace("raise RuntimeError", "print")})
+        with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
+            assert all(outcome.reloaded for outcome in admin.reload_model("big"))
+        assert {health_of(channel, "") for channel in channels.values()} == {"SERVING"}
+
+
 def test_debug_logs_show_each_workers_traceback(server_process, broken):
     args = ("--entry-points", "false", "--log-level", "DEBUG")
     server = server_process(broken, workers=2, args=args)

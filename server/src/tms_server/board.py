@@ -55,6 +55,7 @@ class _Row(ctypes.Structure):
         ("queued", ctypes.c_int32),
         ("calls", ctypes.c_int64),
         ("serving", ctypes.c_bool),
+        ("failed", ctypes.c_bool),  # a model failed to load in this worker
         ("reload_taken", ctypes.c_int64),
         ("reload_done", ctypes.c_int64),
         ("reload_ok", ctypes.c_bool),
@@ -112,7 +113,7 @@ class WorkerBoard:
         seq = int(self._header.reload_seq)
         row.pid, row.started, row.beat = pid, time.time(), time.time()
         row.in_flight = row.queued = row.calls = 0
-        row.serving = False
+        row.serving = row.failed = False
         row.reload_taken = row.reload_done = seq
         row.reload_ok, row.reload_error = True, b""
         return seq
@@ -127,6 +128,15 @@ class WorkerBoard:
         row = self._rows[index]
         row.in_flight, row.queued, row.calls, row.serving = in_flight, queued, calls, serving
         row.beat = time.time()
+
+    def mark_failed(self, index: int, failed: bool) -> None:
+        """Say in row ``index`` whether a model failed to load (or reload) in its worker."""
+        self._rows[index].failed = failed
+
+    def failed_elsewhere(self, index: int) -> bool:
+        """Whether a model failed to load in a running worker other than ``index``: then the
+        server as a whole is not ready, whichever worker is asked."""
+        return any(row.pid and row.failed for other, row in enumerate(self._rows) if other != index)
 
     # -- reloads ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -27,8 +28,17 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     """Serving status by service name; ``set`` and ``enter_graceful_shutdown`` may be called
     from any thread once ``loop`` is the worker's running event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_watches: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_watches: int,
+        held: Callable[[], bool] | None = None,
+    ) -> None:
         self._loop = loop
+        # Whether the server as a whole ("") is held NOT_SERVING by what other workers say
+        # (a model that failed to load there), asked whenever "" is read.
+        self._held = held or (lambda: False)
         self._status: dict[str, Status] = {}
         self._watches: dict[str, set[asyncio.Event]] = {}
         self._max_watches = max_watches
@@ -47,7 +57,18 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
     def serving(self, service: str = "") -> bool:
         """Whether ``service`` ("" for the server as a whole) is SERVING now."""
-        return self._status.get(service) == health_pb2.HealthCheckResponse.SERVING
+        return self._current(service) == health_pb2.HealthCheckResponse.SERVING
+
+    def refresh(self) -> None:
+        """Tell the watches of "" to look again: what other workers say may have changed."""
+        for event in tuple(self._watches.get("", ())):
+            self._loop.call_soon_threadsafe(event.set)
+
+    def _current(self, service: str) -> Status | None:
+        status = self._status.get(service)
+        if service == "" and status == health_pb2.HealthCheckResponse.SERVING and self._held():
+            return _NOT_SERVING
+        return status
 
     def enter_graceful_shutdown(self) -> None:
         """Report every service NOT_SERVING from now on, for good."""
@@ -64,7 +85,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     async def Check(  # noqa: N802 - named after the RPC
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:
-        status = self._status.get(request.service)
+        status = self._current(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
@@ -83,7 +104,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             last = None
             while True:
                 event.clear()
-                status = self._status.get(name, _UNKNOWN)
+                status = self._current(name)
+                status = _UNKNOWN if status is None else status
                 if status != last:
                     await context.write(health_pb2.HealthCheckResponse(status=status))
                     last = status

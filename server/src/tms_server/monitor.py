@@ -96,6 +96,8 @@ class WorkerMonitor:
                 calls=load.answered,
                 serving=not load.draining,
             )
+        board.mark_failed(index, bool(self.parts.registry.failed))
+        self.parts.health.refresh()  # other workers' models may have failed, or loaded
         if self.metrics is not None:
             self.metrics.sample(load.in_flight, load.queued)
         ended = load.large_call_ended  # set by the calls' threads, read here only
@@ -140,7 +142,10 @@ class WorkerMonitor:
     def _reload_model(self, seq: int, name: str) -> None:
         """Reload number ``seq`` (of model ``name``) in this worker, its outcome posted."""
         log.info("reloading model %r (reload %d)", name, seq)
-        self.parts.board.finish_reload(self.parts.index, seq, self.parts.reloader.reload(name))
+        error = self.parts.reloader.reload(name)
+        # Before the reload is reported done: the workers' readiness is right when it is.
+        self.parts.board.mark_failed(self.parts.index, bool(self.parts.registry.failed))
+        self.parts.board.finish_reload(self.parts.index, seq, error)
         self.parts.load.reload = seq  # answers from now on say so: clients ask for the models
 
 

@@ -211,6 +211,7 @@ def build_server(
         runner=running.runner,
         metrics=metrics,
     )
+    board.mark_failed(index, bool(registry.failed))
     board.post(index, in_flight=0, queued=0, calls=0, serving=True)
     running.monitor.start()
     return running
@@ -231,7 +232,8 @@ async def _start(
     loop = asyncio.get_running_loop()
     load = WorkerLoad(identity.key)
     load.reload = reload
-    health = HealthServicer(loop, max_watches=settings.max_health_watches)
+    held = None if settings.allow_failed_models else lambda: board.failed_elsewhere(index)
+    health = HealthServicer(loop, max_watches=settings.max_health_watches, held=held)
     parts = WorkerParts(
         index=index,
         registry=registry,
