@@ -193,6 +193,20 @@ def test_a_models_folder_the_server_may_not_read_stops_it_naming_the_folder(tmp_
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize("flag", ["--models", "--tokens-file", "--tls-cert"])
+def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, flag):
+    """``--models "$MODELS"`` with MODELS unset would serve the working directory, and
+    ``--tokens-file ""`` was said to be '.', a folder."""
+    write_models(tmp_path, {"alpha": GOOD})  # the working directory holds a model
+    done = serve([flag, "", "--entry-points", "false"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"tms-server: error: argument {flag}: an empty path; give one, or leave the flag out "
+        "(tms-server --help lists every flag)"
+    ]
+    assert done.stdout == ""
+
+
 def test_installed_models_alone_need_no_models_folder(tmp_path):
     # The default folder, models, is missing, and an entry point names a model: the server
     # serves it. A folder given (--models) that is missing still stops the server.

@@ -515,6 +515,14 @@ def _parse_bool(text: str) -> bool:
     )
 
 
+def _path(text: str) -> Path:
+    """A path setting's text as a Path; an empty one is refused, not taken for the working
+    directory (which ``Path("")`` is). An empty variable never comes here: it is unset."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; give one, or leave the flag out")
+    return Path(text)
+
+
 # What the text of a setting of each type must be, as a bad TMS_* variable is told (a bad
 # flag is told by argparse).
 _EXPECTED = {
@@ -542,7 +550,9 @@ def parse_settings(
         kind = spec.metadata["kind"] or (
             type(spec.default) if spec.default is not dataclasses.MISSING else int
         )
-        converters_by_type: dict[type, Callable[[str], Any]] = {bool: _parse_bool, Path: Path}
+        if issubclass(kind, Path):  # a PosixPath default, or kind=Path
+            kind = Path
+        converters_by_type: dict[type, Callable[[str], Any]] = {bool: _parse_bool, Path: _path}
         convert = spec.metadata["parse"] or converters_by_type.get(kind, kind)
         converters[spec.name] = convert
         expected[spec.name] = _EXPECTED.get(kind, "")
