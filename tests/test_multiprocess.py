@@ -19,6 +19,7 @@ from tms_client import (
     ModelClient,
     RetryPolicy,
     RoundRobin,
+    UnavailableError,
 )
 
 pytestmark = pytest.mark.slow
@@ -79,6 +80,37 @@ def test_sigterm_lets_in_flight_calls_finish(server_process, models):
     assert outcome["result"]["sum"] == 4
     assert time.monotonic() - started < 10
     assert "stopped" in server.logs()
+
+
+def test_calls_cut_off_at_the_end_of_the_grace_period_are_said(server_process, models):
+    """An operator whose callers saw UNAVAILABLE during a rollout reads in the log that the
+    grace period was too short for the calls in flight, and how many it cut off."""
+    server = server_process(models, workers=1, args=("--grace-seconds", "1"))
+    failed: list[Exception] = []
+    with ModelClient("whoami", server.target, retry=RetryPolicy.never()) as client:
+
+        def slow_call() -> None:
+            try:
+                client.run_image(np.ones((2, 2), np.uint8), {"sleep": 5})
+            except Exception as exc:
+                failed.append(exc)
+
+        callers = [threading.Thread(target=slow_call) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+        time.sleep(0.5)
+        assert server.stop(signal.SIGTERM) == 0
+        for caller in callers:
+            caller.join(10)
+    assert len(failed) == 2, failed
+    assert all(isinstance(exc, UnavailableError) for exc in failed), failed
+    said = [line for line in server.logs().splitlines() if "grace period" in line]
+    assert len(said) == 1, server.logs()
+    assert " WARNING [" in said[0]
+    assert said[0].endswith(
+        "worker 0: 2 call(s) still running at the end of the grace period (1s, "
+        "--grace-seconds) are cut off; their callers get UNAVAILABLE"
+    )
 
 
 def test_a_worker_that_dies_is_replaced(server_process, models):

@@ -98,7 +98,7 @@ class RunningServer:
         self.drain()
         if self.thread.is_alive():
             stopping = asyncio.run_coroutine_threadsafe(
-                _stop(self.server, grace, self.http, self.parts.load), self.loop
+                _stop(self.server, grace, self.http, self.parts.load, self.parts.index), self.loop
             )
             with contextlib.suppress(TimeoutError):
                 stopping.result((grace or 0.0) + STOP_MARGIN_SECONDS)
@@ -130,7 +130,11 @@ async def _pulse(load: WorkerLoad) -> None:
 
 
 async def _stop(
-    server: grpc.aio.Server, grace: float | None, http: HttpServer | None, load: WorkerLoad
+    server: grpc.aio.Server,
+    grace: float | None,
+    http: HttpServer | None,
+    load: WorkerLoad,
+    index: int,
 ) -> None:
     """Let the calls in flight finish within ``grace`` (None: however long they take) while the
     drained worker refuses new ones with UNAVAILABLE and its health says NOT_SERVING (clients
@@ -139,6 +143,14 @@ async def _stop(
     deadline = None if grace is None else loop.time() + grace
     while load.in_flight + load.queued and (deadline is None or loop.time() < deadline):
         await asyncio.sleep(_DRAIN_POLL_SECONDS)
+    if load.in_flight + load.queued:
+        log.warning(
+            "worker %d: %d call(s) still running at the end of the grace period (%gs, "
+            "--grace-seconds) are cut off; their callers get UNAVAILABLE",
+            index,
+            load.in_flight + load.queued,
+            grace,
+        )
     left = None if deadline is None else max(0.0, deadline - loop.time())
     await asyncio.gather(server.stop(left), *([http.stop()] if http is not None else []))
     tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
