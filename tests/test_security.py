@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -901,3 +902,47 @@ def test_the_https_port_accepts_again_once_descriptors_are_free(models, pki):
         assert wait_for(answers, 15), server.logs()
     finally:
         server.stop()
+
+
+FAILS_TO_LOAD = """
+    import tms_server
+
+    class Model(tms_server.Model):
+        def __init__(self):
+            raise RuntimeError("weights.bin not found")
+
+        def run(self, image, args):
+            return {}
+"""
+
+
+def readme_tls_probes(target: str, ca: Path) -> list[list[str]]:
+    """The exec probes README.md gives for a server with TLS, readiness then liveness, made
+    to run here: this server, this CA, this environment's python and tms."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### TLS and mutual TLS", 1)[1].split("\n### ", 1)[0]
+    probes = []
+    for found in re.findall(r'`(\["[^`]*\])`', section):
+        text = found.replace("localhost:50051", target).replace("/tls/ca.pem", str(ca))
+        program, *arguments = json.loads(text)
+        here = {"python": sys.executable, "tms": str(Path(sys.executable).with_name("tms"))}
+        probes.append([here[program], *arguments])
+    return probes
+
+
+@pytest.mark.parametrize("allow", [False, True], ids=["failed-model", "allow-failed-models"])
+def test_the_readme_exec_probes_for_tls_agree_with_the_servers_health(
+    server_process, models, pki, allow
+):
+    """Readiness passes exactly when the server as a whole ("") is SERVING (so it passes under
+    --allow-failed-models with a model that failed to load); liveness passes while the worker
+    answers, broken models or not."""
+    write_models(models, {"broken": FAILS_TO_LOAD})
+    args = ["--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key)]
+    server = server_process(models, workers=1, args=(*args, *["--allow-failed-models"] * allow))
+    port = server.target.rsplit(":", 1)[1]
+    readiness, liveness = readme_tls_probes(f"localhost:{port}", pki["ca"].cert)
+    ready = subprocess.run(readiness, capture_output=True, text=True, timeout=60, check=False)
+    assert ready.returncode == (0 if allow else 1), ready.stdout + ready.stderr
+    live = subprocess.run(liveness, capture_output=True, text=True, timeout=60, check=False)
+    assert live.returncode == 0, live.stdout + live.stderr
