@@ -160,6 +160,28 @@ def test_a_worker_that_finds_the_models_folder_gone_exits_and_is_tried_again(tmp
         assert server.stop() == 0
 
 
+SEGFAULTS = """
+    import ctypes
+
+    ctypes.string_at(0)  # a native extension's bug, at import
+"""
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_a_worker_crashed_by_a_model_says_where(tmp_path, log_format):
+    """Killed by SIGSEGV while it loads one model of many: the worker's stack at the crash
+    (faulthandler) names the model's file and line, so the operator knows which it was."""
+    models = write_models(tmp_path / "models", {"good": PID, "native": SEGFAULTS})
+    command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--models", str(models), "--workers", "1", "--log-format", log_format]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "worker 0 exited while starting: killed by SIGSEGV" in done.stderr
+    assert "Fatal Python error: Segmentation fault" in done.stderr
+    where = f'File "{models / "native" / "__init__.py"}", line 4 in <module>'
+    assert where in done.stderr, done.stderr
+
+
 def test_a_memory_limit_too_low_for_a_worker_to_start_says_so(tmp_path):
     models = write_models(tmp_path / "models", {"pid": PID})
     command = [sys.executable, "-m", "tms_server", "--host", "127.0.0.1", "--port", "0"]

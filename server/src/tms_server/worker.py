@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import resource
@@ -375,6 +376,9 @@ def run_worker(
 
     stop_on_signals(stop)
     logs.configure(settings.log_level, settings.log_format, worker=index)  # its lines name it
+    # A crash (a native library's SIGSEGV, SIGABRT, SIGBUS) writes the crashing thread's
+    # stack to stderr, as text: the supervisor's line can say how the worker died, not where.
+    faulthandler.enable(all_threads=False)
     limit_arenas()
     if settings.worker_memory_mb:
         limit_memory(settings.worker_memory_mb)
