@@ -165,3 +165,14 @@ def test_a_crash_while_a_call_not_watched_runs_makes_no_poison() -> None:
         assert board.worker_died(index, "killed by SIGSEGV", crashed=True) is None
     assert mark(board.guard(2), OTHER)[2]  # a suspect, not refused
     assert repr(board) == "<CrashBoard suspects=1 poison=0>"
+
+
+def test_a_call_that_ended_is_not_blamed_for_a_later_crash_of_its_worker() -> None:
+    board = CrashBoard(3)
+    exit_while_running(board, 0, BAD)  # a suspect
+    second = board.guard(1)
+    assert second.run(mark(second, BAD), len, BAD) == len(BAD)  # ran on worker 1, and ended
+    board.worker_dying(1)  # worker 1 crashes later, running no call (a thread of the model's)
+    assert board.worker_died(1, "killed by SIGSEGV", crashed=True) is None
+    assert mark(board.guard(2), BAD)[2]  # a suspect still, not refused
+    assert repr(board) == "<CrashBoard suspects=1 poison=0>"
