@@ -160,6 +160,20 @@ def test_made_up_model_names_cannot_grow_the_table_without_bound() -> None:
     assert quick._running == {}
 
 
+def test_fast_failures_of_made_up_model_names_do_not_make_a_proven_model_forgotten() -> None:
+    # Calls naming models that do not exist fail at once; were each remembered, a caller
+    # making names up would fill the table, and its clearing would send every proven model
+    # back to the threads.
+    quick = QuickCalls()
+    for _ in range(PROVEN_AFTER):
+        _call(quick, M, QUICK_SECONDS / 10)
+    for i in range(2000):
+        key = ("RunImage", f"made-up-{i}")
+        quick.started(key[1])
+        quick.finished(key, QUICK_SECONDS / 10, ok=False)
+    assert quick.allows(M)
+
+
 def test_the_runner_refuses_past_threads_and_queue_and_runs_proven_calls_on_the_loop() -> None:
     load = WorkerLoad("test/1")
     runner = CallRunner(load, threads=1, max_queued=1, max_pixels=100)
@@ -276,3 +290,31 @@ def test_pixels_stay_taken_until_the_thread_is_done_even_if_the_caller_left() ->
         asyncio.run(scenario())
     finally:
         runner.shutdown()
+
+
+def test_calls_that_leave_while_waiting_for_pixels_give_their_place_in_the_queue_back() -> None:
+    # Else each caller that gave up waiting would hold a place for ever, and the worker would
+    # end up refusing every call as busy.
+    load = WorkerLoad("test/1")
+    runner = CallRunner(load, threads=1, max_queued=1, max_pixels=100)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            gate = threading.Event()
+            holder = asyncio.create_task(runner.run(gate.wait, 10, pixels=100))
+            await asyncio.sleep(0.05)
+            waiting = asyncio.create_task(runner.run(len, "waits", pixels=100))
+            await asyncio.sleep(0.05)
+            assert (load.in_flight, load.queued) == (1, 1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            gate.set()
+            assert await holder is True
+        assert await runner.run(len, "runs", pixels=100) == 4
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        runner.shutdown()
+    assert (load.in_flight, load.queued) == (0, 0)
