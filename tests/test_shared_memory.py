@@ -592,13 +592,13 @@ def test_a_region_of_another_user_is_refused(in_process_server, models):
         assert region.path.exists()
 
 
-def run_image_request(where: image_pb2.SharedMemory, image: np.ndarray) -> bytes:
+def run_image_request(where: image_pb2.SharedMemory, image: np.ndarray, data: bytes = b"") -> bytes:
     parts = encode_parts(image)
     meta = image_pb2.Image()
     meta.CopyFrom(parts.meta)
     meta.shared_memory.CopyFrom(where)
     head = pb.RunImageRequest(model="where")
-    return join_images(head, IMAGE_FIELD, [type(parts)(meta, b"")])
+    return join_images(head, IMAGE_FIELD, [type(parts)(meta, data)])
 
 
 def raw_call(channel: grpc.Channel, method: str, request: bytes) -> bytes:
@@ -623,6 +623,12 @@ def test_references_are_checked(in_process_server, models):
             raw_call(channel, "RunImage", run_image_request(ok, image))
         )
         assert '"backing":"mmap"' in reply.result_json
+
+        both = run_image_request(ok, image, data=image.tobytes())  # which would it be?
+        with pytest.raises(grpc.RpcError) as caught:
+            raw_call(channel, "RunImage", both)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "data or shared_memory, not both" in caught.value.details()
 
         past = image_pb2.SharedMemory(region=attached.region, offset=region.size - 10, size=4096)
         with pytest.raises(grpc.RpcError) as caught:
