@@ -281,6 +281,21 @@ def test_run_image_to_image(server):
         assert np.array_equal(png, out.image)
 
 
+def test_an_output_encoding_but_raw_or_png_is_invalid_argument(stub):
+    image = raw(shape=(2, 2, 3), data=bytes(12))
+    for encoding in (image_pb2.ENCODING_JPEG, 77):
+        request = pb.RunImageToImageRequest(
+            model="invert", images=[image], output_encoding=encoding
+        )
+        details = expect_status(grpc.StatusCode.INVALID_ARGUMENT, stub.RunImageToImage, request)
+        assert "output_encoding must be RAW or PNG" in details
+    request = pb.RunImageToImageRequest(
+        model="invert", images=[image], output_encoding=image_pb2.ENCODING_PNG
+    )
+    [png] = stub.RunImageToImage(request).images
+    assert png.encoding == image_pb2.ENCODING_PNG
+
+
 def test_run_text_and_batch(server):
     with client(server, "upper") as c:
         assert c.run_text("abc", {"times": 2}) == {"text": "ABCABC"}
