@@ -23,7 +23,7 @@ from tests.support import wait_for, write_models
 from tests.test_metrics import by_labels, metrics_url, scrape
 from tms.v1 import model_service_pb2, model_service_pb2_grpc
 from tms_cli.__main__ import main as tms
-from tms_client import ModelClient, ModelNotReadyError, RoundRobin
+from tms_client import ModelClient, ModelNotReadyError, RetryPolicy, RoundRobin
 from tms_server.board import SETTLED_SECONDS
 from tms_server.cpus import THREAD_VARIABLES, available_cpus
 
@@ -205,6 +205,19 @@ def test_calls_for_a_model_on_one_worker_wait_out_its_restart(server_process, mo
             for caller in callers:
                 caller.join(35)
     assert failures == []
+
+
+def test_a_worker_that_has_no_model_gets_no_call(server_process, tmp_path):
+    """The worker without the one model (placed on the other) says it serves none, not an
+    empty list (which means every model, as older servers send): no call goes to it."""
+    models = write_models(tmp_path / "models", {"solo": MODELS["solo"]})
+    server = server_process(models, workers=2)
+    with ModelClient(
+        "solo", server.target, balancer=RoundRobin(), retry=RetryPolicy.never()
+    ) as solo:
+        assert len(solo.workers()) == 2
+        answered = {solo.run_image(PIXEL)["pid"] for _ in range(10)}
+        assert [w.pid for w in solo.workers() if "solo" in w.models] == list(answered)
 
 
 def test_calls_for_a_model_that_failed_on_its_one_worker_fail_at_once(server_process, tmp_path):
