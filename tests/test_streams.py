@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from tms_client import (
     ModelFailedError,
     ModelNotFoundError,
     ResourceExhaustedError,
+    UnavailableError,
     UnsupportedCallError,
 )
 from tms_client.images import to_parts
@@ -188,6 +190,34 @@ def test_a_model_without_a_stream_hook_runs_each_frame(server: InProcessServer) 
     assert results == [FrameResult(0, {"mean": 3.0}), FrameResult(1, {"mean": 5.0})]
     with ModelClient("plain", server.target) as client:
         assert list(client.run_image_stream([])) == []
+
+
+def test_a_stream_open_when_its_worker_drains_ends_unavailable_at_its_next_frame(
+    server: InProcessServer,
+) -> None:
+    # A draining worker takes no more work: its streams end, for their callers to open them
+    # again on another worker, and no new one opens.
+    frames: queue.Queue[np.ndarray | None] = queue.Queue()
+
+    def produce() -> Iterator[np.ndarray]:
+        while (next_frame := frames.get(timeout=30)) is not None:
+            yield next_frame
+
+    with ModelClient("plain", server.target) as client:
+        results = client.run_image_stream(produce(), window=1)
+        try:
+            frames.put(frame(3))
+            assert next(results) == FrameResult(0, {"mean": 3.0})
+            server.running.drain()
+            frames.put(frame(5))
+            with pytest.raises(UnavailableError, match="open the stream again"):
+                next(results)
+        finally:
+            frames.put(None)
+    with pytest.raises(grpc.RpcError) as caught:
+        raw_stream(server.target, [pb.RunImageStreamRequest(model="plain", image=image(1))])
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (caught.value.details() or "")
 
 
 def raw_stream(target: str, requests: list[pb.RunImageStreamRequest]) -> Any:
