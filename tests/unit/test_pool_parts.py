@@ -88,6 +88,18 @@ def test_the_policy_deadline_bounds_the_call_even_without_a_timeout() -> None:
         attempts.delay_after(UNAVAILABLE)
 
 
+def test_the_sooner_of_the_timeout_and_the_policy_deadline_bounds_the_call() -> None:
+    clock = Clock()
+    for deadline, timeout in ((2.0, 5.0), (5.0, 2.0)):
+        policy = RetryPolicy().with_deadline(deadline).with_jitter(0)
+        attempts = Attempts(policy, timeout=timeout, clock=clock)
+        attempts.begin()
+        assert attempts.timeout() == pytest.approx(2.0)
+        clock.now += 1.96
+        with pytest.raises(UnavailableError):  # the 0.05 s backoff would pass the sooner one
+            attempts.delay_after(UNAVAILABLE)
+
+
 @dataclass
 class FakeWorker:
     name: str
