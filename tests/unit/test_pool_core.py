@@ -355,6 +355,24 @@ def test_a_draining_worker_s_refusal_is_retried_elsewhere(make_pool: MakePool) -
     assert pids(pool) == live_pids(server)
 
 
+class First:
+    """A balancer that picks the first worker it is offered."""
+
+    def pick(self, workers: Any) -> Any:
+        return workers[0]
+
+
+def test_each_retry_goes_to_a_worker_not_tried_yet(make_pool: MakePool) -> None:
+    server = FakeServer("a:1", 3)
+    for worker in server.workers:
+        worker.fail = grpc.StatusCode.CANCELLED  # retried, and the worker kept
+    retry = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005)
+    pool = make_pool(ScriptedTransport(server), balancer=First(), retry=retry)
+    with pytest.raises(CallError):
+        pool.call(b"x")
+    assert [w.calls for w in server.workers] == [1, 1, 1]
+
+
 def test_retries_stop_at_the_deadline(make_pool: MakePool) -> None:
     server = FakeServer("a:1", 2)
     for worker in server.workers:
