@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import wrappers_pb2
 
 from tests.support import EXAMPLE_MODELS, start_in_process
 from tms.v1 import model_service_pb2
-from tms_client import ModelNotFoundError, ResourceExhaustedError
+from tms_client import ModelClient, ModelNotFoundError, ResourceExhaustedError
 from tms_client.protocol.load import read_trailers
 from tms_client.protocol.methods import HEALTH_CHECK, method_path
 from tms_client.transport import AioTransport, GrpcTransport, Request
@@ -83,3 +84,19 @@ def test_a_message_above_the_limit_is_refused_by_the_client(target):
             channel.unary(Request(method_path("GetModelInfo"), data, timeout=10))
     finally:
         channel.close()
+
+
+def test_a_reply_larger_than_grpcs_default_limit_arrives_within_the_clients(target):
+    # gRPC takes replies of at most 4 MiB unless told otherwise; the client's limit is 64 MiB.
+    image = np.zeros((2500, 2000), np.uint8)  # 5 MB each way
+    image[1000:1500, 800:1200] = 255
+    with ModelClient("edges", target, shared_memory=False) as client:
+        edges = client.run_image_to_image(image).image
+    assert edges.shape == image.shape
+    rows, columns = np.nonzero(edges)
+    assert len(rows) > 1000  # the square's outline, and nothing else
+    assert rows.min() >= 998
+    assert rows.max() <= 1501
+    assert columns.min() >= 798
+    assert columns.max() <= 1201
+    assert not edges[1010:1490, 810:1190].any()
