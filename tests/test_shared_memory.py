@@ -84,6 +84,7 @@ MODELS = {
                     "dtype": str(image.dtype),
                     "shape": list(image.shape),
                     "sum": float(image.astype("float64").sum()),
+                    "writeable": bool(image.flags.writeable),  # the caller's memory: never
                 }
 
             def run_batch(self, images, args):
@@ -579,6 +580,21 @@ def test_attach_refuses_what_it_must(in_process_server, models):
             fifo.unlink()
 
 
+def test_a_worker_attaches_at_most_max_regions(in_process_server, models):
+    server = in_process_server(models)
+    most = server_shm.MAX_REGIONS
+    with grpc.insecure_channel(server.target) as channel, contextlib.ExitStack() as stack:
+        lent = [stack.enter_context(Lent(1 << 16)) for _ in range(most + 1)]
+        for region in lent[:most]:
+            request = pb.AttachSharedMemoryRequest(
+                name=region.name, size=region.size, proof=region.proof
+            )
+            stub(channel).AttachSharedMemory(request, timeout=10)
+        error = attach_error(channel, lent[most].name, lent[most].size, lent[most].proof)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"has {most} regions attached" in error.details()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a region to another user")
 def test_a_region_of_another_user_is_refused(in_process_server, models):
     server = in_process_server(models)
@@ -1027,9 +1043,12 @@ def test_a_new_client_removes_the_regions_a_killed_one_left(in_process_server, m
     old = SHM / f"tms-{secrets.token_hex(16)}"
     fresh = SHM / f"tms-{secrets.token_hex(16)}"
     other = SHM / "tms-another-programs-file"  # not a name a client makes: never removed
-    for path in (old, fresh, other):
+    theirs = SHM / f"tms-{secrets.token_hex(16)}"  # another user's (when run as root)
+    for path in (old, fresh, other, theirs):
         path.write_bytes(bytes(4096))
-    for path in (old, other):
+    if os.geteuid() == 0:
+        os.chown(theirs, pwd.getpwnam("nobody").pw_uid, -1)
+    for path in (old, other, theirs):
         os.utime(path, (time.time() - 120, time.time() - 120))
     try:
         script = tmp_path / "sweep.py"
@@ -1045,6 +1064,7 @@ def test_a_new_client_removes_the_regions_a_killed_one_left(in_process_server, m
         assert not old.exists()
         assert fresh.exists()
         assert other.exists()
+        assert theirs.exists() == (os.geteuid() == 0)  # a user removes only its own
     finally:
-        for path in (old, fresh, other):
+        for path in (old, fresh, other, theirs):
             path.unlink(missing_ok=True)
