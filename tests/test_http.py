@@ -571,8 +571,16 @@ def test_tokens_as_for_grpc(guarded):
     assert missing.headers["WWW-Authenticate"] == "Bearer"
     wrong = {"Authorization": "Bearer not-the-token"}
     assert_error(http(f"{base}/v2/models/mean/infer", good, headers=wrong), 401, "not valid")
+    assert_error(http(f"{base}/v2"), 401)
     assert_error(http(f"{base}/v2/models"), 401)
     assert_error(http(f"{base}/v2/models/mean"), 401)
+    assert_error(http(f"{base}/v2/models/mean/ready"), 401)
+    png = io.BytesIO()
+    Image.fromarray(np.full((2, 2), 5, np.uint8)).save(png, format="PNG")
+    assert_error(http(f"{base}/v2/models/mean/run", png.getvalue()), 401)
+    assert_error(http(f"{base}/v2/models/mean/run", png.getvalue(), headers=wrong), 401)
+    ran = http(f"{base}/v2/models/mean/run", png.getvalue(), headers=BEARER)
+    assert (ran.status, ran.json()["result"]) == (200, {"mean": 5.0})
     assert result_of(http(f"{base}/v2/models/mean/infer", good, headers=BEARER)) == {"mean": 5.0}
     assert http(f"{base}/v2/models", headers=BEARER).status == 200
     # Probes and the page need none; gRPC takes the same token.
