@@ -291,6 +291,27 @@ def test_infer_naming_its_model_out_of_place_is_refused(inference):
         ),
         (
             "face",
+            Tensor(name="IMAGE", datatype="UINT8", shape=[2, 2, 3]),
+            b"\0" * 13,
+            {},
+            "INVALID_ARGUMENT",
+            "needs 12",
+        ),
+        (
+            "face",
+            Tensor(
+                name="IMAGE",
+                datatype="UINT8",
+                shape=[2, 2, 3],
+                contents=oip.InferTensorContents(uint_contents=[0] * 12),
+            ),
+            b"\0" * 12,
+            {},
+            "INVALID_ARGUMENT",
+            "both in contents and raw_input_contents",
+        ),
+        (
+            "face",
             Tensor(name="IMAGE", datatype="UINT32", shape=[2, 2, 3]),
             b"\0" * 48,
             {},
