@@ -122,6 +122,23 @@ def test_a_request_id_a_log_line_cannot_hold_is_replaced(
     assert line.rstrip().endswith(f"(rpc=RunText model=words request_id={made})")
 
 
+def test_the_call_lines_asked_for_are_written_at_any_log_level(
+    server_process: Callable[..., ServerProcess], models: Path
+) -> None:
+    args = ("--log-requests", "--log-level", "WARNING")
+    server = server_process(models, workers=1, args=args)
+    request = pb.RunTextRequest(model="words", text="a")
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        stub.RunText(request, metadata=(("x-request-id", "at-warning"),))
+    assert wait_for(lambda: "request_id=at-warning)" in server.logs(), timeout=10), server.logs()
+    (line,) = [line for line in server.output if "at-warning" in line]
+    assert " INFO [" in line
+    assert "tms_server.access: RunText words OK in " in line
+    # The level holds for every other line: the worker's INFO lines at start are not written.
+    assert not [line for line in server.output if " INFO [" in line and "access" not in line]
+
+
 WARNS = """
     import warnings
 

@@ -98,10 +98,12 @@ def configure(level: str, log_format: str, worker: int | None = None) -> None:
     """Send every log line (the server's and the models') to stderr in ``log_format``;
     ``worker`` is the worker index, None in the supervisor. A worker calls this again after
     the fork: its lines then name it. Warnings (``warnings.warn``, as libraries that models
-    load warn) become lines of logger ``py.warnings`` at WARNING, in the same format."""
+    load warn) become lines of logger ``py.warnings`` at WARNING, in the same format. The
+    lines ``--log-requests`` asks for are written whatever ``level`` is."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(worker) if log_format == "json" else PlainFormatter(worker))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    ACCESS.setLevel(logging.INFO)
     logging.captureWarnings(True)
 
 
