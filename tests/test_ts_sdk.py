@@ -322,6 +322,10 @@ def test_close_ends_a_search_under_way_at_once(
         if unanswered == "stopped worker":
             stopped = children(server.process.pid)[0]
             os.kill(stopped, signal.SIGSTOP)
+            # The start waits 1 s for each connection's answer while half its connect timeout
+            # is left: with 10 s, its 6 connections all landed on the stopped worker about once
+            # in 64 starts (documented); with 30 s, 15 of them would have to.
+            settings["connectTimeoutMs"] = 30000
         else:
             settings["more"] = [f"127.0.0.1:{silent.getsockname()[1]}"]
             settings["connectTimeoutMs"] = 1000
