@@ -39,6 +39,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         # Whether the server as a whole ("") is held NOT_SERVING by what other workers say
         # (a model that failed to load there), asked whenever "" is read.
         self._held = held or (lambda: False)
+        self._was_held = False  # as refresh last found it
         self._status: dict[str, Status] = {}
         self._watches: dict[str, set[asyncio.Event]] = {}
         self._max_watches = max_watches
@@ -60,7 +61,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         return self._current(service) == health_pb2.HealthCheckResponse.SERVING
 
     def refresh(self) -> None:
-        """Tell the watches of "" to look again: what other workers say may have changed."""
+        """Tell the watches of "" to look again when what other workers say has changed since
+        the last refresh (called from one thread, the worker's monitor)."""
+        held = self._held()
+        if held == self._was_held:
+            return
+        self._was_held = held
         for event in tuple(self._watches.get("", ())):
             self._loop.call_soon_threadsafe(event.set)
 

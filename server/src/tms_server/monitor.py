@@ -97,7 +97,7 @@ class WorkerMonitor:
                 serving=not load.draining,
             )
         board.mark_failed(index, bool(self.parts.registry.failed))
-        self.parts.health.refresh()  # other workers' models may have failed, or loaded
+        self.parts.health.refresh()  # other workers' models may have failed, or loaded since
         if self.metrics is not None:
             self.metrics.sample(load.in_flight, load.queued)
         ended = load.large_call_ended  # set by the calls' threads, read here only
