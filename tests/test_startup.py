@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import ROOT, ServerProcess, wait_for, write_models, write_plugin
 from tests.test_devices import health_of, per_worker
@@ -352,11 +353,22 @@ def test_a_model_failed_on_one_worker_makes_every_worker_unready(server_process,
             assert not oip_ready(channel)
             assert health_of(channel, "tms.v1.ModelService") == "SERVING"
             assert health_of(channel, "alpha") == "SERVING"
+        # Watches of "" say so on every worker, and say when it changes.
+        request = health_pb2.HealthCheckRequest(service="")
+        watches = [
+            health_pb2_grpc.HealthStub(channel).Watch(request, timeout=60)
+            for channel in channels.values()
+        ]
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name
+        assert [status(next(watch).status) for watch in watches] == ["NOT_SERVING"] * 2
         # A reload that loads it makes every worker ready again, as soon as it is done.
         write_models(models, {"big": PLACED_BROKEN.replace("raise RuntimeError", "print")})
         with AdminClient(server.target, token=ADMIN_TOKEN, timeout=30) as admin:
             assert all(outcome.reloaded for outcome in admin.reload_model("big"))
         assert {health_of(channel, "") for channel in channels.values()} == {"SERVING"}
+        assert [status(next(watch).status) for watch in watches] == ["SERVING"] * 2
+        for watch in watches:
+            watch.cancel()
 
 
 def test_debug_logs_show_each_workers_traceback(server_process, broken):
