@@ -1,4 +1,5 @@
-"""The settings of metrics and logs, request ids, and the two log formats."""
+"""The settings of metrics and logs, request ids, the two log formats, and failures that
+repeat counted, not logged one by one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from tms_server.callinfo import CURRENT, MAX_REQUEST_ID, CallInfo, new_request_id, request_id
 from tms_server.logs import JsonFormatter, PlainFormatter, log_call
+from tms_server.repeats import RepeatedFailures
 from tms_server.settings import Settings, parse_settings
 
 
@@ -127,3 +129,75 @@ def test_the_call_line_carries_its_fields(caplog: pytest.LogCaptureFixture) -> N
     assert parsed["code"] == "NOT_FOUND"
     assert parsed["ms"] == 1.234
     assert (parsed["rpc"], parsed["model"], parsed["request_id"]) == ("RunText", "words", "abc123")
+
+
+def raised(kind: type[Exception] = ValueError, where: int = 0) -> Exception:
+    """An exception of ``kind`` raised on one of two lines, with its traceback."""
+    try:
+        if where:
+            raise kind("elsewhere")
+        raise kind("here")
+    except Exception as exc:
+        return exc
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The lines logged since the last look."""
+    lines = [record.getMessage() for record in caplog.records]
+    caplog.clear()
+    return lines
+
+
+def test_a_failure_is_logged_once_a_window_and_its_repeats_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    failures = RepeatedFailures(window=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="tms_server"):
+        assert failures.first(raised(), "model 'face'", model="face")
+        assert not any(failures.first(raised(), "model 'face'") for _ in range(3))
+        failures.flush()  # the window is not over
+        assert logged(caplog) == []
+        now[0] += 60.0
+        assert failures.first(raised(), "model 'face'")  # a new window, a new traceback
+        assert getattr(caplog.records[0], "model", None) == "face"  # in JSON lines too
+        (line,) = logged(caplog)
+        assert line.startswith(f"model 'face' raised ValueError at {__file__}:")
+        assert line.endswith(" 3 more times in the 60 s after its traceback above")
+        assert not failures.first(raised(), "model 'face'")
+        now[0] += 60.0
+        failures.flush()  # its window is over: the count, once
+        failures.flush()
+        (line,) = logged(caplog)
+        assert line.endswith(" 1 more time in the 60 s after its traceback above")
+    assert failures.first(raised(), "model 'face'")
+
+
+def test_another_source_type_or_line_is_another_failure() -> None:
+    failures = RepeatedFailures(clock=lambda: 0.0)
+    assert failures.first(raised(), "model 'face'")
+    assert failures.first(raised(), "model 'eyes'")
+    assert failures.first(raised(KeyError), "model 'face'")
+    assert failures.first(raised(where=1), "model 'face'")
+    assert not failures.first(raised(where=1), "model 'face'")
+
+
+def test_failures_kept_are_bounded_and_no_count_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures = RepeatedFailures(size=2, clock=lambda: 0.0)
+    with caplog.at_level(logging.ERROR, logger="tms_server"):
+        for source in ("a", "a", "b", "b", "b"):
+            failures.first(raised(), source)
+        assert logged(caplog) == []
+        assert failures.first(raised(), "c")  # a, the oldest, is dropped with its count
+        assert [line.split(" raised ")[0] for line in logged(caplog)] == ["a"]
+        assert failures.first(raised(), "a")  # forgotten: logged in full again; b dropped
+        (line,) = logged(caplog)
+        assert line.startswith("b raised ")
+        assert " 2 more times " in line
+        assert not failures.first(raised(), "c")
+        failures.flush(everything=True)  # as the worker stops
+        (line,) = logged(caplog)
+        assert line.startswith("c raised ")
+        assert " 1 more time " in line

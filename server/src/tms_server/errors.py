@@ -26,6 +26,7 @@ from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from tms_client.protocol.codec import ImageError
 from tms_server.model import InvalidInput
+from tms_server.repeats import FAILURES
 
 __all__ = [
     "DOMAIN",
@@ -167,7 +168,7 @@ def status_of(exc: Exception, method: str, *, model: str = "") -> grpc.Status:
     ServiceError carries its own code and reason (a model's own exceptions arrive as
     Internal, MODEL_FAILED); a model's InvalidInput and a malformed image are
     INVALID_ARGUMENT; anything else is a bug in the server: INTERNAL, with the traceback
-    logged here.
+    logged here (a repeat of the same failure counted instead, tms_server.repeats).
     """
     exc = as_service_error(exc, method)
     metadata = {"model": model} if model else {}
@@ -184,7 +185,8 @@ def as_service_error(exc: Exception, method: str) -> ServiceError:
         return InvalidArgument(str(exc), reason=Reason.INVALID_INPUT)
     if isinstance(exc, ImageError):
         return InvalidArgument(str(exc), reason=Reason.INVALID_IMAGE)
-    log.error("%s failed", method, exc_info=exc)
+    if FAILURES.first(exc, method, rpc=method):
+        log.error("%s failed", method, exc_info=exc)
     return Internal(f"internal error in {method}: {type(exc).__name__}: {exc}")
 
 

@@ -26,6 +26,7 @@ from tms_server.callinfo import CURRENT
 from tms_server.errors import Internal, InvalidArgument, Reason
 from tms_server.model import InvalidInput
 from tms_server.registry import MODEL_ERRORS, LoadedModel
+from tms_server.repeats import FAILURES
 from tms_server.tracing import model_span
 
 __all__ = [
@@ -131,7 +132,8 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
     """Call a model method, one call at a time unless the model is thread-safe.
 
     InvalidInput passes through (INVALID_ARGUMENT); anything else the model raises is logged
-    with its traceback (and the call's request id) and becomes INTERNAL (MODEL_FAILED). The
+    with its traceback (and the call's request id; a repeat of the same failure is counted
+    instead, tms_server.repeats) and becomes INTERNAL (MODEL_FAILED). The
     time inside the method, not waiting for the lock, adds up in the call's CallInfo
     (tms_model_seconds).
     """
@@ -148,7 +150,8 @@ def run_model(model: LoadedModel, method: Callable[..., T], *args: Any) -> T:
     except InvalidInput:
         raise
     except MODEL_ERRORS as exc:  # sys.exit in a model ends its call, not the worker
-        log.exception("model %r raised", model.name)
+        if FAILURES.first(exc, f"model {model.name!r}", model=model.name):
+            log.exception("model %r raised", model.name)
         message = f"model {model.name!r} raised {type(exc).__name__}: {exc}"
         raise Internal(message, reason=Reason.MODEL_FAILED) from exc
 

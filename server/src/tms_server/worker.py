@@ -35,6 +35,7 @@ from tms_server.metrics import WorkerMetrics
 from tms_server.monitor import WorkerMonitor
 from tms_server.parts import Reloader, WorkerParts
 from tms_server.registry import ModelRegistry, NoModelsError
+from tms_server.repeats import FAILURES
 from tms_server.rpc import Worker
 from tms_server.servicer import ModelServicer, WorkerIdentity
 from tms_server.services import grpc_options, new_grpc_server, report_serving
@@ -426,6 +427,7 @@ def run_worker(
     if ready is not None:
         ready(registry.failed)
     while not stop.wait(SUPERVISOR_CHECK_SECONDS):
+        FAILURES.flush()  # how often a failure repeated, once its window is over
         if supervisor is not None and os.getppid() != supervisor:
             log.warning("worker %d: supervisor (pid %d) is gone; stopping", index, supervisor)
             break
@@ -436,6 +438,7 @@ def run_worker(
 
 def _exit(code: int) -> NoReturn:
     """End the worker process at once, its log written out."""
+    FAILURES.flush(everything=True)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
