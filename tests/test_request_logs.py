@@ -179,3 +179,110 @@ def test_warnings_of_models_are_json_lines_that_name_their_call(
     assert len(loading) == 1
     assert loading[0]["level"] == "WARNING"
     assert loading[0]["worker"] == 0
+
+
+#: A model that raises on every call: a KeyError for "key", a ValueError on another line for
+#: "elsewhere", else a ValueError.
+BROKEN = """
+    import tms_server
+
+    class Model(tms_server.Model):
+        inputs = "text"
+
+        def run(self, text, args):
+            if text == "key":
+                raise KeyError("no such key")
+            if text == "elsewhere":
+                raise ValueError("broken elsewhere")
+            raise ValueError("always broken")
+"""
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("models"), {"broken": BROKEN, "also": BROKEN})
+
+
+def fail(stub: Any, model: str, text: str, request_id: str = "") -> grpc.RpcError:
+    metadata = (("x-request-id", request_id),) if request_id else None
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.RunText(pb.RunTextRequest(model=model, text=text), metadata=metadata)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    return failed.value
+
+
+def test_a_model_failing_on_every_call_logs_one_traceback_and_the_count(
+    server_process: Callable[..., ServerProcess], broken: Path
+) -> None:
+    server = server_process(broken, workers=1)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for _ in range(20):
+            error = fail(stub, "broken", "x")
+            assert error.details() == "model 'broken' raised ValueError: always broken"
+    assert server.stop() == 0  # the worker logs the count when it stops, if not before
+    logs = server.logs()
+    assert logs.count("Traceback (most recent call last)") == 1, logs
+    assert logs.count("ValueError: always broken") == 1, logs
+    (count,) = [line for line in server.output if "more time" in line]
+    assert " ERROR [" in count
+    assert "model 'broken' raised ValueError at " in count
+    assert "__init__.py:12 19 more times in the 60 s after its traceback above" in count
+    assert count.rstrip().endswith("(model=broken)")
+
+
+def test_each_kind_of_failure_gets_its_own_traceback(
+    server_process: Callable[..., ServerProcess], broken: Path
+) -> None:
+    server = server_process(broken, workers=1)
+    kinds = [("broken", "x"), ("broken", "key"), ("broken", "elsewhere"), ("also", "x")]
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for _ in range(3):
+            for model, text in kinds:
+                fail(stub, model, text)
+    assert server.stop() == 0
+    logs = server.logs()
+    # Another exception type, another line that raised, another model: four tracebacks.
+    assert logs.count("Traceback (most recent call last)") == 4, logs
+    assert logs.count("ValueError: always broken") == 2, logs
+    assert logs.count("KeyError: 'no such key'") == 1, logs
+    assert logs.count("ValueError: broken elsewhere") == 1, logs
+    counts = sorted(line.split(" raised ")[1] for line in server.output if "more time" in line)
+    assert [line.split(" at ")[0] for line in counts] == [
+        "KeyError",
+        "ValueError",
+        "ValueError",
+        "ValueError",
+    ]
+    assert all(" 2 more times in the 60 s " in line for line in counts), counts
+    assert len([line for line in counts if "__init__.py:12 " in line]) == 2  # broken and also
+    assert len({line.split(" at ")[1].split()[0] for line in counts}) == 4  # 3 places x 2 models
+
+
+def test_a_repeated_failure_in_the_json_log(
+    server_process: Callable[..., ServerProcess], broken: Path
+) -> None:
+    server = server_process(broken, workers=1, args=("--log-format", "json", "--log-requests"))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for i in range(5):
+            fail(stub, "broken", "x", request_id=f"fail-{i}")
+    assert server.stop() == 0
+    logged = [line for line in server.output if not line.startswith("tms-server: ")]
+    assert all(line.startswith("{") for line in logged), server.logs()
+    # The first call's traceback, under its request id; every call its line of --log-requests.
+    (error,) = [line for line in json_lines(server) if "exc" in line]
+    assert (error["request_id"], error["model"], error["rpc"]) == ("fail-0", "broken", "RunText")
+    assert "ValueError: always broken" in error["exc"]
+    for i in range(5):
+        assert [line["code"] for line in lines_of(server, f"fail-{i}") if "code" in line] == [
+            "INTERNAL"
+        ]
+    # The count names the model, and no call: it is about four of them.
+    (count,) = [line for line in json_lines(server) if "more time" in line["message"]]
+    assert count["level"] == "ERROR"
+    assert count["model"] == "broken"
+    assert "request_id" not in count
+    assert "rpc" not in count
+    assert count["message"].endswith(" 4 more times in the 60 s after its traceback above")
