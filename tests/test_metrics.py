@@ -361,3 +361,43 @@ def scraped_names(url: str) -> set[str]:
         return {name for name, _ in scrape(url)}
     except OSError:
         return set()
+
+
+def test_gauges_of_a_killed_worker_leave_metrics_and_its_counters_stay(
+    server_process: StartServer, tmp_path: Path
+) -> None:
+    """While a killed worker has no successor (the models folder is gone), no gauge of its
+    index is left in /metrics, and the calls it served still count."""
+    models = write_models(tmp_path / "models", {"words": MODELS["words"]})
+    server, url = with_metrics(server_process, models, tmp_path, workers=2)
+    with ModelClient("words", server.target, balancer=RoundRobin()) as words:
+        for _ in range(6):
+            words.run_text("one two")
+        served = {w.index: w for w in words.workers()}
+    assert {index: w.calls for index, w in served.items()} == {0: 3, 1: 3}
+    gauges = {
+        "tms_in_flight": ("worker",),
+        "tms_queued": ("worker",),
+        "tms_worker_info": ("worker",),
+        "tms_model_load_seconds": ("worker",),
+    }
+
+    def workers_in(samples: Samples) -> dict[str, set[str]]:
+        return {
+            name: {key[0] for key in by_labels(samples, name, *labels)}
+            for name, labels in gauges.items()
+        }
+
+    assert workers_in(scrape(url)) == {name: {"0", "1"} for name in gauges}
+    (tmp_path / "models").rename(tmp_path / "away")  # its successors exit at once
+    os.kill(served[0].pid, signal.SIGKILL)
+
+    def gone() -> bool:
+        samples = scrape(url)
+        return (
+            by_labels(samples, "tms_workers") == {(): 1.0}
+            and workers_in(samples) == {name: {"1"} for name in gauges}
+            and model_calls(samples) == {("words", "RunText", "OK"): 6.0}
+        )
+
+    assert wait_for(gone, timeout=30), (scrape(url), server.logs())
