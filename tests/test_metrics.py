@@ -4,6 +4,7 @@ of the supervisor's /metrics summing both workers, and a worker killed on the wa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import (
     ServerProcess,
+    alive,
     closed_by_peer,
     listening_ports,
     status_of,
@@ -31,7 +33,7 @@ from tests.support import (
 from tests.test_deploy import METRICS as DASHBOARD_METRICS
 from tests.test_http import http, http_base
 from tms_client import InvalidInputError, ModelClient, ModelNotFoundError, RoundRobin
-from tms_server.exporter import MAX_SCRAPES, SCRAPE_TIMEOUT
+from tms_server.exporter import MARKER, MAX_SCRAPES, SCRAPE_TIMEOUT
 
 pytestmark = pytest.mark.slow
 
@@ -401,3 +403,62 @@ def test_gauges_of_a_killed_worker_leave_metrics_and_its_counters_stay(
         )
 
     assert wait_for(gone, timeout=30), (scrape(url), server.logs())
+
+
+def test_the_directory_of_a_killed_server_goes_at_the_next_start(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    # A supervisor killed with SIGKILL cannot remove its directory: one was left in the
+    # temporary directory for every such kill, for good.
+    killed, _ = with_metrics(server_process, models, tmp_path, workers=1)
+    (left,) = tmp_path.glob("tms-metrics-*")
+    with ModelClient("words", killed.target) as words:
+        (worker,) = words.workers()
+    assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert wait_for(lambda: not alive(worker.pid), timeout=30)  # it follows its supervisor
+    assert left.exists()
+
+    running, url = with_metrics(server_process, models, tmp_path, workers=1)
+    assert not left.exists()
+    assert f"removed {left}, the metrics directory of a server no longer running" in (
+        running.logs()
+    )
+    (kept,) = tmp_path.glob("tms-metrics-*")
+    with ModelClient("words", running.target) as words:
+        words.run_text("one two")
+    # A second server starting beside it leaves the first one's directory alone.
+    with_metrics(server_process, models, tmp_path, workers=1)
+    assert kept.exists()
+    assert len(list(tmp_path.glob("tms-metrics-*"))) == 2
+    assert model_calls(scrape(url)) == {("words", "RunText", "OK"): 1.0}
+
+
+def test_only_directories_whose_marker_nobody_holds_are_removed(
+    server_process: StartServer, models: Path, tmp_path: Path
+) -> None:
+    def directory(name: str, *, marker: bool = True, within: Path = tmp_path) -> Path:
+        made = within / f"tms-metrics-{name}"
+        made.mkdir(parents=True)
+        (made / "counter_1.db").write_bytes(b"\0" * 16)
+        if marker:
+            (made / MARKER).write_text("1\n")
+        return made
+
+    gone = directory("gone")  # its server exited: no one holds its marker
+    unmarked = directory("unmarked", marker=False)  # not known to be a server's
+    held = directory("held")
+    others = directory("others")
+    if os.geteuid() == 0:
+        os.chown(others, 65534, 65534)  # nobody's
+    linked = tmp_path / "tms-metrics-link"  # a link is not followed
+    linked.symlink_to(directory("elsewhere", within=tmp_path / "elsewhere"))
+    with open(held / MARKER, "rb") as marker:
+        fcntl.flock(marker, fcntl.LOCK_EX)  # as a running server holds it
+        server, _ = with_metrics(server_process, models, tmp_path, workers=1)
+    kept = {unmarked, held, others, linked}
+    assert not gone.exists()
+    assert all(path.exists() for path in kept)
+    assert (linked / MARKER).exists()
+    (own,) = set(tmp_path.glob("tms-metrics-*")) - kept
+    assert (own / MARKER).read_text() == f"{server.process.pid}\n"
+    assert server.logs().count("the metrics directory of a server no longer running") == 1

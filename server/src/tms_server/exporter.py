@@ -10,6 +10,12 @@ worker (calls in flight and queued) are dropped when the supervisor notes its de
 (``process_gone``). The supervisor's own metrics, workers running and workers replaced, are
 read from it at each scrape and write no file. On exit the directory is removed.
 
+A supervisor killed with SIGKILL cannot remove its directory, so each one holds a lock on a
+marker file in it (``MARKER``) for as long as it lives, and a supervisor starting removes the
+directories of this user whose marker nobody holds any more: the kernel drops the lock when
+the supervisor and the workers it forked have exited, whatever their pids or pid namespace.
+A directory with no marker, or of another user, is left alone.
+
 The port is served by a few threads at most (``MAX_SCRAPES``; one more connection is closed
 as it comes), each giving a scraper ``SCRAPE_TIMEOUT`` seconds in all to send its request (a
 deadline, not a time between bytes: one that trickles in a byte at a time is cut off too), then
@@ -19,11 +25,14 @@ as long for each part of the answer: connections held open cost the supervisor n
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import logging
 import os
 import shutil
 import socket
 import socketserver
+import stat
 import tempfile
 import threading
 import time
@@ -37,9 +46,15 @@ from tms_server.settings import host_port
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Metric
 
-__all__ = ["MULTIPROC_DIR_VARIABLE", "MetricsExporter"]
+__all__ = ["MARKER", "MULTIPROC_DIR_VARIABLE", "PREFIX", "MetricsExporter"]
+
+log = logging.getLogger("tms_server")
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+#: How the names of metrics directories, in the temporary directory, begin.
+PREFIX = "tms-metrics-"
+#: The file in a metrics directory its supervisor holds locked (not ``*.db``: no metrics).
+MARKER = "supervisor"
 #: Scrapes served at once; one more connection is closed at once.
 MAX_SCRAPES = 8
 #: Seconds a scraper has to send its whole request, and to take each part of the answer.
@@ -55,6 +70,7 @@ class MetricsExporter:
         self.workers = 0  # worker processes running
         self.restarts = 0  # workers the supervisor replaced
         self._server: WSGIServer | None = None
+        self._marker: int | None = None  # the descriptor holding MARKER locked
 
     def __repr__(self) -> str:
         return f"<MetricsExporter port={self.port} directory={self.directory}>"
@@ -66,11 +82,16 @@ class MetricsExporter:
 
     @classmethod
     def start(cls, host: str, port: int) -> MetricsExporter:
-        """Make the directory, set the variable, serve /metrics on host:port (0: a free one)
-        in a daemon thread. Call it before forking any worker."""
-        exporter = cls(Path(tempfile.mkdtemp(prefix="tms-metrics-")))
+        """Remove the directories killed servers left, make this one's and lock its marker,
+        set the variable, serve /metrics on host:port (0: a free one) in a daemon thread.
+        Call it before forking any worker."""
+        temp = Path(tempfile.gettempdir())
+        for directory in _remove_leftovers(temp):
+            log.info("removed %s, the metrics directory of a server no longer running", directory)
+        exporter = cls(Path(tempfile.mkdtemp(prefix=PREFIX, dir=temp)))
         os.environ[MULTIPROC_DIR_VARIABLE] = str(exporter.directory)
         try:
+            exporter._marker = _lock_marker(exporter.directory)
             from prometheus_client import CollectorRegistry, values  # noqa: PLC0415
             from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
 
@@ -85,11 +106,13 @@ class MetricsExporter:
             registry.register(_SupervisorCollector(exporter))
             exporter._server = _serve(host, port, registry)
         except OSError as exc:
+            exporter._unlock()
             _remove(exporter.directory)
             reason = (exc.strerror or str(exc)).lower()
             where = host_port(host, port)
             raise OSError(exc.errno, f"cannot serve metrics on {where}: {reason}") from None
         except BaseException:
+            exporter._unlock()
             _remove(exporter.directory)
             raise
         return exporter
@@ -112,12 +135,55 @@ class MetricsExporter:
             self._server.shutdown()
             self._server.server_close()
         _remove(self.directory)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._marker is not None:
+            os.close(self._marker)
+            self._marker = None
 
 
 def _remove(directory: Path) -> None:
     if os.environ.get(MULTIPROC_DIR_VARIABLE) == str(directory):
         del os.environ[MULTIPROC_DIR_VARIABLE]
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def _lock_marker(directory: Path) -> int | None:
+    """Write MARKER (the supervisor's pid, for people to read) into ``directory`` and hold it
+    locked: the descriptor returned. The workers inherit it, so the directory stays while any
+    of them may still write into it. It gets its name only once locked, so a server starting
+    meanwhile never takes it for one left behind. None, and no marker, where files cannot be
+    locked: the directory is then left to stay."""
+    fd, path = tempfile.mkstemp(dir=directory)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.rename(path, directory / MARKER)
+    except OSError:
+        os.close(fd)
+        os.unlink(path)
+        return None
+    return fd
+
+
+def _remove_leftovers(temp: Path) -> list[Path]:
+    """Remove, and list, the metrics directories in ``temp`` of this user whose MARKER nobody
+    holds locked: their server is gone. Those of another user, with no marker (one just being
+    made) or whose marker cannot be locked stay."""
+    removed = []
+    for directory in sorted(temp.glob(PREFIX + "*")):
+        try:
+            info = directory.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            with open(directory / MARKER, "rb") as marker:
+                fcntl.flock(marker, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: held
+                shutil.rmtree(directory, ignore_errors=True)
+        except OSError:
+            continue
+        removed.append(directory)
+    return removed
 
 
 class _SupervisorCollector:
