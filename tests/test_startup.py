@@ -22,8 +22,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import ROOT, ServerProcess, wait_for, write_models, write_plugin
-from tests.test_devices import health_of, per_worker
+from tests.test_devices import health_of, models_of, per_worker
 from tests.test_oip import Inference
+from tms.v1 import model_service_pb2 as pb
 from tms_cli.__main__ import main as tms
 from tms_client import AdminClient, AsyncModelClient, ModelClient, ModelNotReadyError, RoundRobin
 from tms_server._gen.inference import grpc_predict_v2_pb2 as oip
@@ -369,6 +370,23 @@ def test_a_model_failed_on_one_worker_makes_every_worker_unready(server_process,
         assert [status(next(watch).status) for watch in watches] == ["SERVING"] * 2
         for watch in watches:
             watch.cancel()
+
+
+def test_a_watch_of_the_server_hears_of_another_workers_failure_ending(server_process, tmp_path):
+    """Worker 1 changes nothing of its own when worker 0, where a model failed, is replaced
+    by a worker that loads it: its watch of "" hears of it from the board alone, however
+    soon after the start it comes."""
+    server, models = _admin_server(server_process, tmp_path, {"big": PLACED_BROKEN})
+    with per_worker(server.target) as channels:
+        request = health_pb2.HealthCheckRequest(service="")
+        watch = health_pb2_grpc.HealthStub(channels[1]).Watch(request, timeout=30)
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name
+        assert status(next(watch).status) == "NOT_SERVING"
+        write_models(models, {"big": PLACED_BROKEN.replace("raise RuntimeError", "print")})
+        worker = models_of(channels[0]).GetWorkerInfo(pb.GetWorkerInfoRequest(), timeout=10)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert status(next(watch).status) == "SERVING"
+        watch.cancel()
 
 
 def test_debug_logs_show_each_workers_traceback(server_process, broken):

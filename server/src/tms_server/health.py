@@ -40,6 +40,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         # (a model that failed to load there), asked whenever "" is read.
         self._held = held or (lambda: False)
         self._was_held = False  # as refresh last found it
+        self._unseen = False  # a watch found otherwise since: refresh wakes them all
         self._status: dict[str, Status] = {}
         self._watches: dict[str, set[asyncio.Event]] = {}
         self._max_watches = max_watches
@@ -62,19 +63,25 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
     def refresh(self) -> None:
         """Tell the watches of "" to look again when what other workers say has changed since
-        the last refresh (called from one thread, the worker's monitor)."""
+        the last refresh, or a watch found it otherwise than that refresh (called from one
+        thread, the worker's monitor)."""
         held = self._held()
-        if held == self._was_held:
+        if held == self._was_held and not self._unseen:
             return
-        self._was_held = held
+        self._was_held, self._unseen = held, False
         for event in tuple(self._watches.get("", ())):
             self._loop.call_soon_threadsafe(event.set)
 
-    def _current(self, service: str) -> Status | None:
+    def _current(self, service: str, *, watched: bool = False) -> Status | None:
         status = self._status.get(service)
-        if service == "" and status == health_pb2.HealthCheckResponse.SERVING and self._held():
-            return _NOT_SERVING
-        return status
+        if service != "" or status != health_pb2.HealthCheckResponse.SERVING:
+            return status
+        held = self._held()
+        if watched and held != self._was_held:
+            # A failure that came and went between two refreshes would leave this watch
+            # telling of it: the next refresh wakes it, whatever it finds.
+            self._unseen = True
+        return _NOT_SERVING if held else status
 
     def enter_graceful_shutdown(self) -> None:
         """Report every service NOT_SERVING from now on, for good."""
@@ -110,7 +117,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             last = None
             while True:
                 event.clear()
-                status = self._current(name)
+                status = self._current(name, watched=True)
                 status = _UNKNOWN if status is None else status
                 if status != last:
                     await context.write(health_pb2.HealthCheckResponse(status=status))
