@@ -368,6 +368,9 @@ def test_a_model_failed_on_one_worker_makes_every_worker_unready(server_process,
             assert all(outcome.reloaded for outcome in admin.reload_model("big"))
         assert {health_of(channel, "") for channel in channels.values()} == {"SERVING"}
         assert [status(next(watch).status) for watch in watches] == ["SERVING"] * 2
+        for channel in channels.values():
+            listed = models_of(channel).ListModels(pb.ListModelsRequest(), timeout=10)
+            assert ([m.name for m in listed.models], list(listed.failed)) == (["alpha", "big"], [])
         for watch in watches:
             watch.cancel()
 
@@ -387,6 +390,39 @@ def test_a_watch_of_the_server_hears_of_another_workers_failure_ending(server_pr
         os.kill(worker.pid, signal.SIGKILL)
         assert status(next(watch).status) == "SERVING"
         watch.cancel()
+
+
+def test_every_worker_lists_a_model_that_failed_on_another(server_process, tmp_path):
+    """`tms models` reaches one worker, whichever the kernel picks: each lists the model that
+    failed on worker 0 alone, with why, until a worker that loads it replaces worker 0."""
+    server, models = _admin_server(server_process, tmp_path, {"big": PLACED_BROKEN})
+    why = "RuntimeError: CUDA out of memory"
+    with per_worker(server.target) as channels:
+        for channel in channels.values():
+            stub = models_of(channel)
+            listed = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+            assert [(failed.name, failed.reason) for failed in listed.failed] == [("big", why)]
+            assert [model.name for model in listed.models] == ["alpha"]
+            # Its description and its calls fail alike, on the worker that failed or not.
+            for method, request in [
+                (stub.GetModelInfo, pb.GetModelInfoRequest(model="big")),
+                (stub.RunImage, pb.RunImageRequest(model="big")),
+            ]:
+                with pytest.raises(grpc.RpcError) as info:
+                    method(request, timeout=10)
+                assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert info.value.details() == f"model 'big' failed to load: {why}"
+        write_models(models, {"big": PLACED_BROKEN.replace("raise RuntimeError", "print")})
+        worker = models_of(channels[0]).GetWorkerInfo(pb.GetWorkerInfoRequest(), timeout=10)
+        os.kill(worker.pid, signal.SIGKILL)
+
+        def mended() -> bool:
+            listed = models_of(channels[1]).ListModels(pb.ListModelsRequest(), timeout=10)
+            return not listed.failed and [m.name for m in listed.models] == ["alpha", "big"]
+
+        assert wait_for(mended, 30)
+        request = pb.GetModelInfoRequest(model="big")
+        assert models_of(channels[1]).GetModelInfo(request, timeout=10).info.name == "big"
 
 
 def test_debug_logs_show_each_workers_traceback(server_process, broken):

@@ -5,7 +5,9 @@ AdminService.ListWorkers for all of them; and a reload asked of one worker reach
 through the board's reload slot. The supervisor makes the board before it forks the workers
 (they inherit the same memory); a server run inside a test process gets a board of one row.
 
-Each row has one writer, its worker; the reload slot is written under ``reload_lock``. The
+Each row has one writer, its worker; the reload slot is written under ``reload_lock``. A row
+also says which models failed to load in its worker, and why (the first FAILED_SLOTS of them),
+so that every worker lists them and is unready while they last, whichever worker failed. The
 board also holds the model calls each worker runs, and the inputs that crashed workers
 (``crashes``, tms_server.crashes).
 A reload is posted there and every worker, the one asked included, follows it on a thread its
@@ -31,6 +33,8 @@ __all__ = ["BoardRow", "WorkerBoard"]
 
 _NAME_BYTES = 65
 _ERROR_BYTES = 512
+#: The failures to load a worker posts for the others; any more, it alone lists.
+FAILED_SLOTS = 8
 #: A row not updated for this long belongs to a worker that is gone or stuck.
 STALE_SECONDS = 3.0
 #: A worker serving for this long has been found by every client that looks for workers.
@@ -46,6 +50,10 @@ def _running(pid: int) -> bool:
         return False
 
 
+class _Failure(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char * _NAME_BYTES), ("reason", ctypes.c_char * _ERROR_BYTES)]
+
+
 class _Row(ctypes.Structure):
     _fields_ = [
         ("pid", ctypes.c_int64),
@@ -55,7 +63,9 @@ class _Row(ctypes.Structure):
         ("queued", ctypes.c_int32),
         ("calls", ctypes.c_int64),
         ("serving", ctypes.c_bool),
-        ("failed", ctypes.c_bool),  # a model failed to load in this worker
+        ("failed", ctypes.c_int32),  # how many models failed to load in this worker
+        ("failures_version", ctypes.c_uint64),  # odd while its worker writes ``failures``
+        ("failures", _Failure * FAILED_SLOTS),  # the first of them, and why
         ("reload_taken", ctypes.c_int64),
         ("reload_done", ctypes.c_int64),
         ("reload_ok", ctypes.c_bool),
@@ -97,6 +107,7 @@ class WorkerBoard:
         self._rows: Any = context.RawArray(_Row, workers)
         self._header: Any = context.RawValue(_Header)
         self.crashes = CrashBoard(workers)
+        self._posting = threading.Lock()
         #: Held by the worker that runs a reload across the server, one at a time.
         self.reload_lock = ReloadLock(shared=workers > 1)
 
@@ -113,7 +124,9 @@ class WorkerBoard:
         seq = int(self._header.reload_seq)
         row.pid, row.started, row.beat = pid, time.time(), time.time()
         row.in_flight = row.queued = row.calls = 0
-        row.serving = row.failed = False
+        row.serving = False
+        row.failures_version += row.failures_version % 2  # its last worker died writing them
+        self.post_failures(index, {})
         row.reload_taken = row.reload_done = seq
         row.reload_ok, row.reload_error = True, b""
         return seq
@@ -129,14 +142,39 @@ class WorkerBoard:
         row.in_flight, row.queued, row.calls, row.serving = in_flight, queued, calls, serving
         row.beat = time.time()
 
-    def mark_failed(self, index: int, failed: bool) -> None:
-        """Say in row ``index`` whether a model failed to load (or reload) in its worker."""
-        self._rows[index].failed = failed
+    def post_failures(self, index: int, failed: dict[str, str]) -> None:
+        """Say in row ``index`` which models failed to load (or reload) in its worker, and
+        why. A name that does not fit its slot (not ASCII, too long) is no model's name: every
+        worker finds that failure itself."""
+        row = self._rows[index]
+        posted = [
+            (name.encode(), reason.encode("utf-8", "replace")[: _ERROR_BYTES - 1])
+            for name, reason in failed.items()
+            if name.isascii() and 0 < len(name) < _NAME_BYTES
+        ][:FAILED_SLOTS]
+        with self._posting:  # the monitor's thread and a reload's
+            if row.failed == len(failed) and _posted(row) == posted:
+                return  # as it was: readers need not wait
+            row.failures_version += 1
+            padded = posted + [(b"", b"")] * (FAILED_SLOTS - len(posted))
+            for slot, (name, reason) in zip(row.failures, padded, strict=True):
+                slot.name, slot.reason = name, reason
+            row.failed = len(failed)
+            row.failures_version += 1
 
     def failed_elsewhere(self, index: int) -> bool:
         """Whether a model failed to load in a running worker other than ``index``: then the
         server as a whole is not ready, whichever worker is asked."""
         return any(row.pid and row.failed for other, row in enumerate(self._rows) if other != index)
+
+    def failures_elsewhere(self, index: int) -> dict[str, str]:
+        """The models that failed to load in running workers other than ``index``, and why
+        (as the lowest such worker says)."""
+        found: dict[str, str] = {}
+        for other, row in reversed(list(enumerate(self._rows))):
+            if other != index and row.pid and row.failed:
+                found.update((n.decode(), r.decode("utf-8", "replace")) for n, r in _read(row))
+        return found
 
     # -- reloads ------------------------------------------------------------------------------
 
@@ -216,6 +254,24 @@ class WorkerBoard:
         return found
 
 
+def _posted(row: Any) -> list[tuple[bytes, bytes]]:
+    """The failures row ``row`` holds, as written."""
+    return [(slot.name, slot.reason) for slot in row.failures if slot.name]
+
+
+def _read(row: Any) -> list[tuple[bytes, bytes]]:
+    """The failures row ``row`` holds, read between its worker's writes; none if it is being
+    written all the while (its worker died writing, and its successor will write them anew)."""
+    for _ in range(_READ_TRIES):
+        version = row.failures_version
+        if not version % 2:
+            posted = _posted(row)
+            if row.failures_version == version:
+                return posted
+        time.sleep(0.001)
+    return []
+
+
 class ReloadLock:
     """One reload across the server at a time, whatever becomes of the worker that holds it.
 
@@ -255,4 +311,5 @@ class ReloadLock:
         self._threads.release()
 
 
+_READ_TRIES = 50  # a millisecond apart
 _LOCK_POLL = 0.05  # seconds between tries for a reload lock another worker holds

@@ -96,7 +96,7 @@ class WorkerMonitor:
                 calls=load.answered,
                 serving=not load.draining,
             )
-        board.mark_failed(index, bool(self.parts.registry.failed))
+        board.post_failures(index, self.parts.registry.failed)
         self.parts.health.refresh()  # other workers' models may have failed, or loaded since
         if self.metrics is not None:
             self.metrics.sample(load.in_flight, load.queued)
@@ -144,7 +144,7 @@ class WorkerMonitor:
         log.info("reloading model %r (reload %d)", name, seq)
         error = self.parts.reloader.reload(name)
         # Before the reload is reported done: the workers' readiness is right when it is.
-        self.parts.board.mark_failed(self.parts.index, bool(self.parts.registry.failed))
+        self.parts.board.post_failures(self.parts.index, self.parts.registry.failed)
         self.parts.board.finish_reload(self.parts.index, seq, error)
         self.parts.load.reload = seq  # answers from now on say so: clients ask for the models
 

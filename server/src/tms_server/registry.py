@@ -604,6 +604,9 @@ class ModelRegistry:
         #: Whether the workers of these indices have all served a while (the worker board's
         #: rows); unset, none is known to have.
         self.settled: Callable[[tuple[int, ...]], bool] = lambda workers: False
+        #: The models that failed to load in other workers, and why (the worker board's
+        #: rows); unset, none.
+        self.failed_elsewhere: Callable[[], dict[str, str]] = dict
 
     def __repr__(self) -> str:
         return (
@@ -732,7 +735,7 @@ class ModelRegistry:
         model = self.models.get(name)
         if model is not None:
             return model
-        away = self.elsewhere.get(name)
+        away = self._away(name)
         if away is not None:
             placement = self.placement
             where = f"it is placed on {placement.where(away.workers)}"
@@ -755,27 +758,41 @@ class ModelRegistry:
         model = self.models.get(name)
         if model is not None:
             return model
-        away = self.elsewhere.get(name)
+        away = self._away(name)
         return away.model if away is not None else self._missing(name)
+
+    def _away(self, name: str) -> Elsewhere | None:
+        """Model ``name`` as placed on other workers, unless it failed to load there."""
+        away = self.elsewhere.get(name)
+        return None if away is None or name in self.failed_elsewhere() else away
 
     def _missing(self, name: str) -> LoadedModel:
         _check_name(name)  # first: a folder of such a name fails to load, but no call names it
-        if name in self.failed:
-            raise FailedPrecondition(f"model {name!r} failed to load: {self.failed[name]}")
+        failed = self.failed_anywhere()
+        if name in failed:
+            raise FailedPrecondition(f"model {name!r} failed to load: {failed[name]}")
         known = ", ".join(sorted([*self.models, *self.elsewhere])) or "none"
         raise NotFound(f"no model named {name!r}; models: {known}")
 
+    def failed_anywhere(self) -> dict[str, str]:
+        """The models that failed to load, here or in other workers, and why (this worker's
+        reason first), by name."""
+        return dict(sorted({**self.failed_elsewhere(), **self.failed}.items()))
+
     def infos(self) -> list[model_service_pb2.ModelInfo]:
-        """What ListModels sends: every model loaded, here or on other workers, by name."""
+        """What ListModels sends: every model loaded, here or on other workers, by name; not
+        one that failed to load in any worker (``failures`` lists it)."""
         models, elsewhere = self.models, self.elsewhere  # one look at each: reloads swap them
         found = {name: model.info for name, model in models.items()}
         found.update({name: away.model.info for name, away in elsewhere.items()})
-        return [found[name] for name in sorted(found)]
+        failed = self.failed_elsewhere()
+        return [found[name] for name in sorted(found) if name not in failed]
 
     def failures(self) -> list[model_service_pb2.FailedModel]:
-        """What ListModels sends about the models that failed to load here: each, and why."""
-        failed = self.failed  # one look: reloads swap it
-        return [model_service_pb2.FailedModel(name=n, reason=failed[n]) for n in sorted(failed)]
+        """What ListModels sends about the models that failed to load, in any worker: each,
+        and why. Every worker sends the same, whichever one failed."""
+        failed = self.failed_anywhere()
+        return [model_service_pb2.FailedModel(name=n, reason=why) for n, why in failed.items()]
 
     def here(self) -> list[str]:
         """The models this worker serves (GetWorkerInfo.models): not those it failed to load,

@@ -203,6 +203,7 @@ def build_server(
             else replace(settings.batching, observe=metrics.batched),
         )
     registry.settled = board.settled  # whether the workers of models placed elsewhere are up
+    registry.failed_elsewhere = lambda: board.failures_elsewhere(index)
     loop = new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="tms-loop", daemon=True)
     thread.start()
@@ -225,7 +226,7 @@ def build_server(
         runner=running.runner,
         metrics=metrics,
     )
-    board.mark_failed(index, bool(registry.failed))
+    board.post_failures(index, registry.failed)
     board.post(index, in_flight=0, queued=0, calls=0, serving=True)
     running.monitor.start()
     return running

@@ -445,7 +445,7 @@ class _Api:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         info = request.match_info
-        if info["name"] not in self._registry.failed:  # which is not ready, not an error
+        if info["name"] not in self._registry.failed_anywhere():  # not ready, not an error
             self._inference.described(info["name"], info.get("version", ""))  # 404 for no such
         ready = self._inference.ModelReady(
             oip_pb.ModelReadyRequest(name=info["name"], version=info.get("version", "")),
