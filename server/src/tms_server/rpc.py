@@ -45,12 +45,14 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from tms_server import carrier as carrier_calls
 from tms_server.admission import CallRunner, Key
 from tms_server.callinfo import CURRENT, REQUEST_ID_KEY, CallInfo, request_id
 from tms_server.crashes import UNWATCHED, Buffer, CrashGuard
 from tms_server.errors import (
     InvalidArgument,
     ResourceExhausted,
+    ServiceError,
     Unauthenticated,
     Unavailable,
     status_of,
@@ -155,6 +157,14 @@ class Worker:
     #: Notes the model calls running, for the supervisor to see if the worker crashes, and
     #: refuses inputs that crashed workers (tms_server.crashes).
     crashes: CrashGuard | None = field(default=None, kw_only=True)
+    #: The Calls streams waiting for their next call (tms_server.carrier).
+    idle_carriers: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
+
+    def end_idle_carriers(self) -> None:
+        """End, UNAVAILABLE, the Calls streams waiting for a call, once the worker drains (on
+        its event loop): a stream busy with a call ends once it has answered it."""
+        for task in self.idle_carriers:
+            task.cancel()
 
     async def run_unwatched(
         self,
@@ -402,6 +412,7 @@ def add_service(
     weighers: Mapping[str, Callable[[bytes], int]] | None = None,
     contents: Mapping[str, Callable[[bytes], Sequence[Buffer] | None]] | None = None,
     model_calls: Iterable[str] = (),
+    carrier: str | None = None,
 ) -> None:
     """Register ``servicer``'s methods (named after the RPCs) for ``service`` on ``server``.
 
@@ -416,12 +427,16 @@ def add_service(
     loop once that model's calls are proven quick (see admission.QuickCalls). A method whose
     request names a model (see _names_model) is logged and counted by that name. A method
     whose requests and responses both stream is served by ``Worker.handle_stream``: it reads
-    a ``Stream`` and yields its responses.
+    a ``Stream`` and yields its responses. The ``carrier`` method (the servicer has none) is a
+    stream carrying calls of the ``model_calls`` methods (tms_server.carrier).
     """
     raw_requests, raw_responses = set(raw_requests), set(raw_responses)
     model_calls = set(model_calls)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    carried: dict[str, carrier_calls.Carriable] = {}
     for name, descriptor in service.methods_by_name.items():
+        if name == carrier:
+            continue
         function = getattr(servicer, name)
         parse = None
         if name not in raw_requests and not getattr(function, "raw", False):
@@ -446,6 +461,18 @@ def add_service(
         else:
             register = grpc.stream_unary_rpc_method_handler
         handlers[name] = register(_handler(worker, method), response_serializer=serialize)
+        if method.calls_models and not method.streams:
+            carried[method.name] = (method, serialize)
+    if carrier is not None:
+
+        async def carry(requests: Any, context: Context) -> None:
+            try:
+                await carrier_calls.serve(worker, carried, context)
+            except ServiceError as exc:
+                status = status_of(exc, f"/{service.full_name}/{carrier}")
+                await context.abort(status.code, status.details, status.trailing_metadata)
+
+        handlers[carrier] = grpc.stream_stream_rpc_method_handler(carry)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

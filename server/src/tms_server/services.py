@@ -88,6 +88,7 @@ def new_grpc_server(
         weighers=models.weighers(),
         contents=models.contents(),
         model_calls=MODEL_CALLS,
+        carrier="Calls",
     )
     add_service(
         server,

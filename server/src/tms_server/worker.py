@@ -75,6 +75,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     parts: WorkerParts
+    handlers: Worker  # what the handlers of its calls share
     port: int
     runner: CallRunner
     watch: StallWatch
@@ -100,7 +101,7 @@ class RunningServer:
         self.drain()
         if self.thread.is_alive():
             stopping = asyncio.run_coroutine_threadsafe(
-                _stop(self.server, grace, self.http, self.parts.load, self.parts.index), self.loop
+                _stop(self.server, grace, self.http, self.handlers, self.parts.index), self.loop
             )
             with contextlib.suppress(TimeoutError):
                 stopping.result((grace or 0.0) + STOP_MARGIN_SECONDS)
@@ -135,7 +136,7 @@ async def _stop(
     server: grpc.aio.Server,
     grace: float | None,
     http: HttpServer | None,
-    load: WorkerLoad,
+    handlers: Worker,
     index: int,
 ) -> None:
     """Let the calls in flight finish within ``grace`` (None: however long they take) while the
@@ -143,6 +144,8 @@ async def _stop(
     and load balancers go elsewhere), then stop gRPC and HTTP, cancelling what is left."""
     loop = asyncio.get_running_loop()
     deadline = None if grace is None else loop.time() + grace
+    handlers.end_idle_carriers()
+    load = handlers.load
     while load.in_flight + load.queued and (deadline is None or loop.time() < deadline):
         await asyncio.sleep(_DRAIN_POLL_SECONDS)
     if load.in_flight + load.queued:
@@ -305,7 +308,13 @@ async def _start(
     report_serving(health, registry, allow_failed_models=settings.allow_failed_models)
     watch.start()
     return RunningServer(
-        server=server, parts=parts, port=port, runner=runner, watch=watch, http=http
+        server=server,
+        parts=parts,
+        handlers=worker,
+        port=port,
+        runner=runner,
+        watch=watch,
+        http=http,
     )
 
 

@@ -840,3 +840,103 @@ class DetachSharedMemoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DetachSharedMemoryResponse: _TypeAlias = DetachSharedMemoryResponse  # noqa: Y015
+
+@_typing.final
+class CallsRequest(_message.Message):
+    """CallsRequest is one call of a Calls stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    TIMEOUT_US_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """The method called, as gRPC names it: "/tms.v1.ModelService/RunImage"."""
+    request: _builtins.bytes
+    """The call's request message, serialized."""
+    timeout_us: _builtins.int
+    """The time the call may take, in microseconds, as a deadline would give it; 0: none but
+    the stream's.
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataEntry]:
+        """The call's own metadata (x-request-id, traceparent), as it would be sent with the call."""
+
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        request: _builtins.bytes = ...,
+        metadata: _abc.Iterable[Global___MetadataEntry] | None = ...,
+        timeout_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "method", b"method", "request", b"request", "timeout_us", b"timeout_us"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallsRequest: _TypeAlias = CallsRequest  # noqa: Y015
+
+@_typing.final
+class CallsResponse(_message.Message):
+    """CallsResponse answers one call of a Calls stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_STATUS_FIELD_NUMBER: _builtins.int
+    TRAILERS_FIELD_NUMBER: _builtins.int
+    response: _builtins.bytes
+    """The call's response message, serialized, when it succeeded."""
+    error_status: _builtins.bytes
+    """When it failed: a serialized google.rpc.Status (code, message, details), as in the
+    grpc-status-details-bin trailer of a failed call; empty when it succeeded.
+    """
+    @_builtins.property
+    def trailers(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataEntry]:
+        """The call's trailing metadata (tms-load-bin, x-request-id), as the call would end with."""
+
+    def __init__(
+        self,
+        *,
+        response: _builtins.bytes = ...,
+        error_status: _builtins.bytes = ...,
+        trailers: _abc.Iterable[Global___MetadataEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_status", b"error_status", "response", b"response", "trailers", b"trailers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallsResponse: _TypeAlias = CallsResponse  # noqa: Y015
+
+@_typing.final
+class MetadataEntry(_message.Message):
+    """MetadataEntry is one key and value of gRPC metadata; keys ending in "-bin" have binary
+    values.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key, lower case."""
+    value: _builtins.bytes
+    """The value."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetadataEntry: _TypeAlias = MetadataEntry  # noqa: Y015

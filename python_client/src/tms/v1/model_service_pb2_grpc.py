@@ -166,6 +166,11 @@ class ModelServiceStub:
                 request_serializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryRequest.SerializeToString,
                 response_deserializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/tms.v1.ModelService/Calls',
+                request_serializer=tms_dot_v1_dot_model__service__pb2.CallsRequest.SerializeToString,
+                response_deserializer=tms_dot_v1_dot_model__service__pb2.CallsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -340,6 +345,21 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+        RunText, RunTextBatch) one after another over one stream, each answered as that call
+        would be: its response, or its error, with its trailing metadata. A message costs much
+        less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+        keep a few of these open per worker and send each call on an idle one. The server reads
+        the next call only once it has answered the previous one. A call's own metadata (its
+        request id) and time limit travel in its message; the stream's metadata (the call
+        token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+        a call that was sent and got no answer was not run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -397,6 +417,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.DetachSharedMemory,
                     request_deserializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryRequest.FromString,
                     response_serializer=tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=tms_dot_v1_dot_model__service__pb2.CallsRequest.FromString,
+                    response_serializer=tms_dot_v1_dot_model__service__pb2.CallsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -773,6 +798,33 @@ class ModelService:
             '/tms.v1.ModelService/DetachSharedMemory',
             tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryRequest.SerializeToString,
             tms_dot_v1_dot_model__service__pb2.DetachSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tms.v1.ModelService/Calls',
+            tms_dot_v1_dot_model__service__pb2.CallsRequest.SerializeToString,
+            tms_dot_v1_dot_model__service__pb2.CallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

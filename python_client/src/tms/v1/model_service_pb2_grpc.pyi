@@ -152,6 +152,17 @@ class ModelServiceStub:
     """DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
     regions; a worker also drops the oldest beyond its limit.
     """
+    Calls: _grpc.StreamStreamMultiCallable[_model_service_pb2.CallsRequest, _model_service_pb2.CallsResponse]
+    """Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+    RunText, RunTextBatch) one after another over one stream, each answered as that call
+    would be: its response, or its error, with its trailing metadata. A message costs much
+    less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+    keep a few of these open per worker and send each call on an idle one. The server reads
+    the next call only once it has answered the previous one. A call's own metadata (its
+    request id) and time limit travel in its message; the stream's metadata (the call
+    token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+    a call that was sent and got no answer was not run.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -276,6 +287,17 @@ class ModelServiceAsyncStub(ModelServiceStub):
     DetachSharedMemory: _aio.UnaryUnaryMultiCallable[_model_service_pb2.DetachSharedMemoryRequest, _model_service_pb2.DetachSharedMemoryResponse]  # type: ignore[assignment]
     """DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
     regions; a worker also drops the oldest beyond its limit.
+    """
+    Calls: _aio.StreamStreamMultiCallable[_model_service_pb2.CallsRequest, _model_service_pb2.CallsResponse]  # type: ignore[assignment]
+    """Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+    RunText, RunTextBatch) one after another over one stream, each answered as that call
+    would be: its response, or its error, with its trailing metadata. A message costs much
+    less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+    keep a few of these open per worker and send each call on an idle one. The server reads
+    the next call only once it has answered the previous one. A call's own metadata (its
+    request id) and time limit travel in its message; the stream's metadata (the call
+    token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+    a call that was sent and got no answer was not run.
     """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -464,6 +486,23 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_model_service_pb2.DetachSharedMemoryResponse, _abc.Awaitable[_model_service_pb2.DetachSharedMemoryResponse]]:
         """DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
         regions; a worker also drops the oldest beyond its limit.
+        """
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_model_service_pb2.CallsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_model_service_pb2.CallsResponse], _abc.AsyncIterator[_model_service_pb2.CallsResponse]]:
+        """Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+        RunText, RunTextBatch) one after another over one stream, each answered as that call
+        would be: its response, or its error, with its trailing metadata. A message costs much
+        less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+        keep a few of these open per worker and send each call on an idle one. The server reads
+        the next call only once it has answered the previous one. A call's own metadata (its
+        request id) and time limit travel in its message; the stream's metadata (the call
+        token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+        a call that was sent and got no answer was not run.
         """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

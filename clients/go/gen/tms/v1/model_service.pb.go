@@ -1626,6 +1626,201 @@ func (*DetachSharedMemoryResponse) Descriptor() ([]byte, []int) {
 	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{23}
 }
 
+// CallsRequest is one call of a Calls stream.
+type CallsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The method called, as gRPC names it: "/tms.v1.ModelService/RunImage".
+	Method string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	// The call's request message, serialized.
+	Request []byte `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// The call's own metadata (x-request-id, traceparent), as it would be sent with the call.
+	Metadata []*MetadataEntry `protobuf:"bytes,3,rep,name=metadata,proto3" json:"metadata,omitempty"`
+	// The time the call may take, in microseconds, as a deadline would give it; 0: none but
+	// the stream's.
+	TimeoutUs     uint64 `protobuf:"varint,4,opt,name=timeout_us,json=timeoutUs,proto3" json:"timeout_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallsRequest) Reset() {
+	*x = CallsRequest{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallsRequest) ProtoMessage() {}
+
+func (x *CallsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallsRequest.ProtoReflect.Descriptor instead.
+func (*CallsRequest) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CallsRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *CallsRequest) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *CallsRequest) GetMetadata() []*MetadataEntry {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *CallsRequest) GetTimeoutUs() uint64 {
+	if x != nil {
+		return x.TimeoutUs
+	}
+	return 0
+}
+
+// CallsResponse answers one call of a Calls stream.
+type CallsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The call's response message, serialized, when it succeeded.
+	Response []byte `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	// When it failed: a serialized google.rpc.Status (code, message, details), as in the
+	// grpc-status-details-bin trailer of a failed call; empty when it succeeded.
+	ErrorStatus []byte `protobuf:"bytes,2,opt,name=error_status,json=errorStatus,proto3" json:"error_status,omitempty"`
+	// The call's trailing metadata (tms-load-bin, x-request-id), as the call would end with.
+	Trailers      []*MetadataEntry `protobuf:"bytes,3,rep,name=trailers,proto3" json:"trailers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallsResponse) Reset() {
+	*x = CallsResponse{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallsResponse) ProtoMessage() {}
+
+func (x *CallsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallsResponse.ProtoReflect.Descriptor instead.
+func (*CallsResponse) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CallsResponse) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *CallsResponse) GetErrorStatus() []byte {
+	if x != nil {
+		return x.ErrorStatus
+	}
+	return nil
+}
+
+func (x *CallsResponse) GetTrailers() []*MetadataEntry {
+	if x != nil {
+		return x.Trailers
+	}
+	return nil
+}
+
+// MetadataEntry is one key and value of gRPC metadata; keys ending in "-bin" have binary
+// values.
+type MetadataEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key, lower case.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The value.
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetadataEntry) Reset() {
+	*x = MetadataEntry{}
+	mi := &file_tms_v1_model_service_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetadataEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetadataEntry) ProtoMessage() {}
+
+func (x *MetadataEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_tms_v1_model_service_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetadataEntry.ProtoReflect.Descriptor instead.
+func (*MetadataEntry) Descriptor() ([]byte, []int) {
+	return file_tms_v1_model_service_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *MetadataEntry) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *MetadataEntry) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
 var File_tms_v1_model_service_proto protoreflect.FileDescriptor
 
 const file_tms_v1_model_service_proto_rawDesc = "" +
@@ -1733,14 +1928,27 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\x06region\x18\x01 \x01(\tR\x06region\"3\n" +
 	"\x19DetachSharedMemoryRequest\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\"\x1c\n" +
-	"\x1aDetachSharedMemoryResponse*\xbc\x01\n" +
+	"\x1aDetachSharedMemoryResponse\"\x92\x01\n" +
+	"\fCallsRequest\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x18\n" +
+	"\arequest\x18\x02 \x01(\fR\arequest\x121\n" +
+	"\bmetadata\x18\x03 \x03(\v2\x15.tms.v1.MetadataEntryR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"timeout_us\x18\x04 \x01(\x04R\ttimeoutUs\"\x81\x01\n" +
+	"\rCallsResponse\x12\x1a\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\x12!\n" +
+	"\ferror_status\x18\x02 \x01(\fR\verrorStatus\x121\n" +
+	"\btrailers\x18\x03 \x03(\v2\x15.tms.v1.MetadataEntryR\btrailers\"7\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value*\xbc\x01\n" +
 	"\tModelCall\x12\x1a\n" +
 	"\x16MODEL_CALL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14MODEL_CALL_RUN_IMAGE\x10\x01\x12\x1e\n" +
 	"\x1aMODEL_CALL_RUN_IMAGE_BATCH\x10\x02\x12!\n" +
 	"\x1dMODEL_CALL_RUN_IMAGE_TO_IMAGE\x10\x03\x12\x17\n" +
 	"\x13MODEL_CALL_RUN_TEXT\x10\x04\x12\x1d\n" +
-	"\x19MODEL_CALL_RUN_TEXT_BATCH\x10\x052\xe3\x06\n" +
+	"\x19MODEL_CALL_RUN_TEXT_BATCH\x10\x052\x9d\a\n" +
 	"\fModelService\x12C\n" +
 	"\n" +
 	"ListModels\x12\x19.tms.v1.ListModelsRequest\x1a\x1a.tms.v1.ListModelsResponse\x12I\n" +
@@ -1753,7 +1961,8 @@ const file_tms_v1_model_service_proto_rawDesc = "" +
 	"\rGetWorkerInfo\x12\x1c.tms.v1.GetWorkerInfoRequest\x1a\x1d.tms.v1.GetWorkerInfoResponse\x12S\n" +
 	"\x0eRunImageStream\x12\x1d.tms.v1.RunImageStreamRequest\x1a\x1e.tms.v1.RunImageStreamResponse(\x010\x01\x12[\n" +
 	"\x12AttachSharedMemory\x12!.tms.v1.AttachSharedMemoryRequest\x1a\".tms.v1.AttachSharedMemoryResponse\x12[\n" +
-	"\x12DetachSharedMemory\x12!.tms.v1.DetachSharedMemoryRequest\x1a\".tms.v1.DetachSharedMemoryResponseB\x85\x01\n" +
+	"\x12DetachSharedMemory\x12!.tms.v1.DetachSharedMemoryRequest\x1a\".tms.v1.DetachSharedMemoryResponse\x128\n" +
+	"\x05Calls\x12\x14.tms.v1.CallsRequest\x1a\x15.tms.v1.CallsResponse(\x010\x01B\x85\x01\n" +
 	"\x19io.tinymodelserver.tms.v1B\x11ModelServiceProtoP\x01Z:github.com/tinymodelserver/tms/clients/go/gen/tms/v1;tmsv1\xaa\x02\x16TinyModelServer.Tms.V1b\x06proto3"
 
 var (
@@ -1769,7 +1978,7 @@ func file_tms_v1_model_service_proto_rawDescGZIP() []byte {
 }
 
 var file_tms_v1_model_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tms_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_tms_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_tms_v1_model_service_proto_goTypes = []any{
 	(ModelCall)(0),                     // 0: tms.v1.ModelCall
 	(*ModelInfo)(nil),                  // 1: tms.v1.ModelInfo
@@ -1796,56 +2005,63 @@ var file_tms_v1_model_service_proto_goTypes = []any{
 	(*AttachSharedMemoryResponse)(nil), // 22: tms.v1.AttachSharedMemoryResponse
 	(*DetachSharedMemoryRequest)(nil),  // 23: tms.v1.DetachSharedMemoryRequest
 	(*DetachSharedMemoryResponse)(nil), // 24: tms.v1.DetachSharedMemoryResponse
-	(DType)(0),                         // 25: tms.v1.DType
-	(ColorOrder)(0),                    // 26: tms.v1.ColorOrder
-	(*durationpb.Duration)(nil),        // 27: google.protobuf.Duration
-	(*Image)(nil),                      // 28: tms.v1.Image
-	(Encoding)(0),                      // 29: tms.v1.Encoding
-	(*SharedMemory)(nil),               // 30: tms.v1.SharedMemory
+	(*CallsRequest)(nil),               // 25: tms.v1.CallsRequest
+	(*CallsResponse)(nil),              // 26: tms.v1.CallsResponse
+	(*MetadataEntry)(nil),              // 27: tms.v1.MetadataEntry
+	(DType)(0),                         // 28: tms.v1.DType
+	(ColorOrder)(0),                    // 29: tms.v1.ColorOrder
+	(*durationpb.Duration)(nil),        // 30: google.protobuf.Duration
+	(*Image)(nil),                      // 31: tms.v1.Image
+	(Encoding)(0),                      // 32: tms.v1.Encoding
+	(*SharedMemory)(nil),               // 33: tms.v1.SharedMemory
 }
 var file_tms_v1_model_service_proto_depIdxs = []int32{
-	25, // 0: tms.v1.ModelInfo.input_dtype:type_name -> tms.v1.DType
-	26, // 1: tms.v1.ModelInfo.color_order:type_name -> tms.v1.ColorOrder
+	28, // 0: tms.v1.ModelInfo.input_dtype:type_name -> tms.v1.DType
+	29, // 1: tms.v1.ModelInfo.color_order:type_name -> tms.v1.ColorOrder
 	0,  // 2: tms.v1.ModelInfo.calls:type_name -> tms.v1.ModelCall
-	26, // 3: tms.v1.ModelInfo.output_color_order:type_name -> tms.v1.ColorOrder
-	27, // 4: tms.v1.ModelInfo.max_batch_delay:type_name -> google.protobuf.Duration
+	29, // 3: tms.v1.ModelInfo.output_color_order:type_name -> tms.v1.ColorOrder
+	30, // 4: tms.v1.ModelInfo.max_batch_delay:type_name -> google.protobuf.Duration
 	1,  // 5: tms.v1.ListModelsResponse.models:type_name -> tms.v1.ModelInfo
 	4,  // 6: tms.v1.ListModelsResponse.failed:type_name -> tms.v1.FailedModel
 	1,  // 7: tms.v1.GetModelInfoResponse.info:type_name -> tms.v1.ModelInfo
-	28, // 8: tms.v1.RunImageRequest.image:type_name -> tms.v1.Image
-	28, // 9: tms.v1.RunImageBatchRequest.images:type_name -> tms.v1.Image
-	28, // 10: tms.v1.RunImageToImageRequest.images:type_name -> tms.v1.Image
-	29, // 11: tms.v1.RunImageToImageRequest.output_encoding:type_name -> tms.v1.Encoding
-	30, // 12: tms.v1.RunImageToImageRequest.output_shared_memory:type_name -> tms.v1.SharedMemory
-	28, // 13: tms.v1.RunImageToImageResponse.images:type_name -> tms.v1.Image
-	28, // 14: tms.v1.RunImageStreamRequest.image:type_name -> tms.v1.Image
-	2,  // 15: tms.v1.ModelService.ListModels:input_type -> tms.v1.ListModelsRequest
-	5,  // 16: tms.v1.ModelService.GetModelInfo:input_type -> tms.v1.GetModelInfoRequest
-	7,  // 17: tms.v1.ModelService.RunImage:input_type -> tms.v1.RunImageRequest
-	9,  // 18: tms.v1.ModelService.RunImageBatch:input_type -> tms.v1.RunImageBatchRequest
-	11, // 19: tms.v1.ModelService.RunImageToImage:input_type -> tms.v1.RunImageToImageRequest
-	13, // 20: tms.v1.ModelService.RunText:input_type -> tms.v1.RunTextRequest
-	15, // 21: tms.v1.ModelService.RunTextBatch:input_type -> tms.v1.RunTextBatchRequest
-	17, // 22: tms.v1.ModelService.GetWorkerInfo:input_type -> tms.v1.GetWorkerInfoRequest
-	19, // 23: tms.v1.ModelService.RunImageStream:input_type -> tms.v1.RunImageStreamRequest
-	21, // 24: tms.v1.ModelService.AttachSharedMemory:input_type -> tms.v1.AttachSharedMemoryRequest
-	23, // 25: tms.v1.ModelService.DetachSharedMemory:input_type -> tms.v1.DetachSharedMemoryRequest
-	3,  // 26: tms.v1.ModelService.ListModels:output_type -> tms.v1.ListModelsResponse
-	6,  // 27: tms.v1.ModelService.GetModelInfo:output_type -> tms.v1.GetModelInfoResponse
-	8,  // 28: tms.v1.ModelService.RunImage:output_type -> tms.v1.RunImageResponse
-	10, // 29: tms.v1.ModelService.RunImageBatch:output_type -> tms.v1.RunImageBatchResponse
-	12, // 30: tms.v1.ModelService.RunImageToImage:output_type -> tms.v1.RunImageToImageResponse
-	14, // 31: tms.v1.ModelService.RunText:output_type -> tms.v1.RunTextResponse
-	16, // 32: tms.v1.ModelService.RunTextBatch:output_type -> tms.v1.RunTextBatchResponse
-	18, // 33: tms.v1.ModelService.GetWorkerInfo:output_type -> tms.v1.GetWorkerInfoResponse
-	20, // 34: tms.v1.ModelService.RunImageStream:output_type -> tms.v1.RunImageStreamResponse
-	22, // 35: tms.v1.ModelService.AttachSharedMemory:output_type -> tms.v1.AttachSharedMemoryResponse
-	24, // 36: tms.v1.ModelService.DetachSharedMemory:output_type -> tms.v1.DetachSharedMemoryResponse
-	26, // [26:37] is the sub-list for method output_type
-	15, // [15:26] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	31, // 8: tms.v1.RunImageRequest.image:type_name -> tms.v1.Image
+	31, // 9: tms.v1.RunImageBatchRequest.images:type_name -> tms.v1.Image
+	31, // 10: tms.v1.RunImageToImageRequest.images:type_name -> tms.v1.Image
+	32, // 11: tms.v1.RunImageToImageRequest.output_encoding:type_name -> tms.v1.Encoding
+	33, // 12: tms.v1.RunImageToImageRequest.output_shared_memory:type_name -> tms.v1.SharedMemory
+	31, // 13: tms.v1.RunImageToImageResponse.images:type_name -> tms.v1.Image
+	31, // 14: tms.v1.RunImageStreamRequest.image:type_name -> tms.v1.Image
+	27, // 15: tms.v1.CallsRequest.metadata:type_name -> tms.v1.MetadataEntry
+	27, // 16: tms.v1.CallsResponse.trailers:type_name -> tms.v1.MetadataEntry
+	2,  // 17: tms.v1.ModelService.ListModels:input_type -> tms.v1.ListModelsRequest
+	5,  // 18: tms.v1.ModelService.GetModelInfo:input_type -> tms.v1.GetModelInfoRequest
+	7,  // 19: tms.v1.ModelService.RunImage:input_type -> tms.v1.RunImageRequest
+	9,  // 20: tms.v1.ModelService.RunImageBatch:input_type -> tms.v1.RunImageBatchRequest
+	11, // 21: tms.v1.ModelService.RunImageToImage:input_type -> tms.v1.RunImageToImageRequest
+	13, // 22: tms.v1.ModelService.RunText:input_type -> tms.v1.RunTextRequest
+	15, // 23: tms.v1.ModelService.RunTextBatch:input_type -> tms.v1.RunTextBatchRequest
+	17, // 24: tms.v1.ModelService.GetWorkerInfo:input_type -> tms.v1.GetWorkerInfoRequest
+	19, // 25: tms.v1.ModelService.RunImageStream:input_type -> tms.v1.RunImageStreamRequest
+	21, // 26: tms.v1.ModelService.AttachSharedMemory:input_type -> tms.v1.AttachSharedMemoryRequest
+	23, // 27: tms.v1.ModelService.DetachSharedMemory:input_type -> tms.v1.DetachSharedMemoryRequest
+	25, // 28: tms.v1.ModelService.Calls:input_type -> tms.v1.CallsRequest
+	3,  // 29: tms.v1.ModelService.ListModels:output_type -> tms.v1.ListModelsResponse
+	6,  // 30: tms.v1.ModelService.GetModelInfo:output_type -> tms.v1.GetModelInfoResponse
+	8,  // 31: tms.v1.ModelService.RunImage:output_type -> tms.v1.RunImageResponse
+	10, // 32: tms.v1.ModelService.RunImageBatch:output_type -> tms.v1.RunImageBatchResponse
+	12, // 33: tms.v1.ModelService.RunImageToImage:output_type -> tms.v1.RunImageToImageResponse
+	14, // 34: tms.v1.ModelService.RunText:output_type -> tms.v1.RunTextResponse
+	16, // 35: tms.v1.ModelService.RunTextBatch:output_type -> tms.v1.RunTextBatchResponse
+	18, // 36: tms.v1.ModelService.GetWorkerInfo:output_type -> tms.v1.GetWorkerInfoResponse
+	20, // 37: tms.v1.ModelService.RunImageStream:output_type -> tms.v1.RunImageStreamResponse
+	22, // 38: tms.v1.ModelService.AttachSharedMemory:output_type -> tms.v1.AttachSharedMemoryResponse
+	24, // 39: tms.v1.ModelService.DetachSharedMemory:output_type -> tms.v1.DetachSharedMemoryResponse
+	26, // 40: tms.v1.ModelService.Calls:output_type -> tms.v1.CallsResponse
+	29, // [29:41] is the sub-list for method output_type
+	17, // [17:29] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_tms_v1_model_service_proto_init() }
@@ -1860,7 +2076,7 @@ func file_tms_v1_model_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tms_v1_model_service_proto_rawDesc), len(file_tms_v1_model_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

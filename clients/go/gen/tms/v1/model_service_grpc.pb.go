@@ -30,6 +30,7 @@ const (
 	ModelService_RunImageStream_FullMethodName     = "/tms.v1.ModelService/RunImageStream"
 	ModelService_AttachSharedMemory_FullMethodName = "/tms.v1.ModelService/AttachSharedMemory"
 	ModelService_DetachSharedMemory_FullMethodName = "/tms.v1.ModelService/DetachSharedMemory"
+	ModelService_Calls_FullMethodName              = "/tms.v1.ModelService/Calls"
 )
 
 // ModelServiceClient is the client API for ModelService service.
@@ -176,6 +177,16 @@ type ModelServiceClient interface {
 	// DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
 	// regions; a worker also drops the oldest beyond its limit.
 	DetachSharedMemory(ctx context.Context, in *DetachSharedMemoryRequest, opts ...grpc.CallOption) (*DetachSharedMemoryResponse, error)
+	// Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+	// RunText, RunTextBatch) one after another over one stream, each answered as that call
+	// would be: its response, or its error, with its trailing metadata. A message costs much
+	// less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+	// keep a few of these open per worker and send each call on an idle one. The server reads
+	// the next call only once it has answered the previous one. A call's own metadata (its
+	// request id) and time limit travel in its message; the stream's metadata (the call
+	// token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+	// a call that was sent and got no answer was not run.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallsRequest, CallsResponse], error)
 }
 
 type modelServiceClient struct {
@@ -298,6 +309,19 @@ func (c *modelServiceClient) DetachSharedMemory(ctx context.Context, in *DetachS
 	}
 	return out, nil
 }
+
+func (c *modelServiceClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallsRequest, CallsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ModelService_ServiceDesc.Streams[1], ModelService_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CallsRequest, CallsResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ModelService_CallsClient = grpc.BidiStreamingClient[CallsRequest, CallsResponse]
 
 // ModelServiceServer is the server API for ModelService service.
 // All implementations must embed UnimplementedModelServiceServer
@@ -443,6 +467,16 @@ type ModelServiceServer interface {
 	// DetachSharedMemory unmaps a region this worker attached. Closing a client detaches its
 	// regions; a worker also drops the oldest beyond its limit.
 	DetachSharedMemory(context.Context, *DetachSharedMemoryRequest) (*DetachSharedMemoryResponse, error)
+	// Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+	// RunText, RunTextBatch) one after another over one stream, each answered as that call
+	// would be: its response, or its error, with its trailing metadata. A message costs much
+	// less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+	// keep a few of these open per worker and send each call on an idle one. The server reads
+	// the next call only once it has answered the previous one. A call's own metadata (its
+	// request id) and time limit travel in its message; the stream's metadata (the call
+	// token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+	// a call that was sent and got no answer was not run.
+	Calls(grpc.BidiStreamingServer[CallsRequest, CallsResponse]) error
 	mustEmbedUnimplementedModelServiceServer()
 }
 
@@ -485,6 +519,9 @@ func (UnimplementedModelServiceServer) AttachSharedMemory(context.Context, *Atta
 }
 func (UnimplementedModelServiceServer) DetachSharedMemory(context.Context, *DetachSharedMemoryRequest) (*DetachSharedMemoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DetachSharedMemory not implemented")
+}
+func (UnimplementedModelServiceServer) Calls(grpc.BidiStreamingServer[CallsRequest, CallsResponse]) error {
+	return status.Error(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedModelServiceServer) mustEmbedUnimplementedModelServiceServer() {}
 func (UnimplementedModelServiceServer) testEmbeddedByValue()                      {}
@@ -694,6 +731,13 @@ func _ModelService_DetachSharedMemory_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ModelService_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ModelServiceServer).Calls(&grpc.GenericServerStream[CallsRequest, CallsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ModelService_CallsServer = grpc.BidiStreamingServer[CallsRequest, CallsResponse]
+
 // ModelService_ServiceDesc is the grpc.ServiceDesc for ModelService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -746,6 +790,12 @@ var ModelService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "RunImageStream",
 			Handler:       _ModelService_RunImageStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Calls",
+			Handler:       _ModelService_Calls_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -405,6 +405,45 @@ export interface DetachSharedMemoryRequest {
 export interface DetachSharedMemoryResponse {
 }
 
+/** CallsRequest is one call of a Calls stream. */
+export interface CallsRequest {
+  /** The method called, as gRPC names it: "/tms.v1.ModelService/RunImage". */
+  method: string;
+  /** The call's request message, serialized. */
+  request: Buffer;
+  /** The call's own metadata (x-request-id, traceparent), as it would be sent with the call. */
+  metadata: MetadataEntry[];
+  /**
+   * The time the call may take, in microseconds, as a deadline would give it; 0: none but
+   * the stream's.
+   */
+  timeoutUs: number;
+}
+
+/** CallsResponse answers one call of a Calls stream. */
+export interface CallsResponse {
+  /** The call's response message, serialized, when it succeeded. */
+  response: Buffer;
+  /**
+   * When it failed: a serialized google.rpc.Status (code, message, details), as in the
+   * grpc-status-details-bin trailer of a failed call; empty when it succeeded.
+   */
+  errorStatus: Buffer;
+  /** The call's trailing metadata (tms-load-bin, x-request-id), as the call would end with. */
+  trailers: MetadataEntry[];
+}
+
+/**
+ * MetadataEntry is one key and value of gRPC metadata; keys ending in "-bin" have binary
+ * values.
+ */
+export interface MetadataEntry {
+  /** The key, lower case. */
+  key: string;
+  /** The value. */
+  value: Buffer;
+}
+
 function createBaseModelInfo(): ModelInfo {
   return {
     name: "",
@@ -2972,6 +3011,321 @@ export const DetachSharedMemoryResponse: MessageFns<DetachSharedMemoryResponse> 
   },
 };
 
+function createBaseCallsRequest(): CallsRequest {
+  return { method: "", request: Buffer.alloc(0), metadata: [], timeoutUs: 0 };
+}
+
+export const CallsRequest: MessageFns<CallsRequest> = {
+  encode(message: CallsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.method !== "") {
+      writer.uint32(10).string(message.method);
+    }
+    if (message.request.length !== 0) {
+      writer.uint32(18).bytes(message.request);
+    }
+    for (const v of message.metadata) {
+      MetadataEntry.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.timeoutUs !== 0) {
+      writer.uint32(32).uint64(message.timeoutUs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CallsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCallsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.request = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.metadata.push(MetadataEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.timeoutUs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CallsRequest {
+    return {
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      request: isSet(object.request) ? Buffer.from(bytesFromBase64(object.request)) : Buffer.alloc(0),
+      metadata: globalThis.Array.isArray(object?.metadata)
+        ? object.metadata.map((e: any) => MetadataEntry.fromJSON(e))
+        : [],
+      timeoutUs: isSet(object.timeoutUs)
+        ? globalThis.Number(object.timeoutUs)
+        : isSet(object.timeout_us)
+        ? globalThis.Number(object.timeout_us)
+        : 0,
+    };
+  },
+
+  toJSON(message: CallsRequest): unknown {
+    const obj: any = {};
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.request.length !== 0) {
+      obj.request = base64FromBytes(message.request);
+    }
+    if (message.metadata?.length) {
+      obj.metadata = message.metadata.map((e) => MetadataEntry.toJSON(e));
+    }
+    if (message.timeoutUs !== 0) {
+      obj.timeoutUs = Math.round(message.timeoutUs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CallsRequest>, I>>(base?: I): CallsRequest {
+    return CallsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CallsRequest>, I>>(object: I): CallsRequest {
+    const message = createBaseCallsRequest();
+    message.method = object.method ?? "";
+    message.request = object.request ?? Buffer.alloc(0);
+    message.metadata = object.metadata?.map((e) => MetadataEntry.fromPartial(e)) || [];
+    message.timeoutUs = object.timeoutUs ?? 0;
+    return message;
+  },
+};
+
+function createBaseCallsResponse(): CallsResponse {
+  return { response: Buffer.alloc(0), errorStatus: Buffer.alloc(0), trailers: [] };
+}
+
+export const CallsResponse: MessageFns<CallsResponse> = {
+  encode(message: CallsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.response.length !== 0) {
+      writer.uint32(10).bytes(message.response);
+    }
+    if (message.errorStatus.length !== 0) {
+      writer.uint32(18).bytes(message.errorStatus);
+    }
+    for (const v of message.trailers) {
+      MetadataEntry.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CallsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCallsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.response = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.errorStatus = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.trailers.push(MetadataEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CallsResponse {
+    return {
+      response: isSet(object.response) ? Buffer.from(bytesFromBase64(object.response)) : Buffer.alloc(0),
+      errorStatus: isSet(object.errorStatus)
+        ? Buffer.from(bytesFromBase64(object.errorStatus))
+        : isSet(object.error_status)
+        ? Buffer.from(bytesFromBase64(object.error_status))
+        : Buffer.alloc(0),
+      trailers: globalThis.Array.isArray(object?.trailers)
+        ? object.trailers.map((e: any) => MetadataEntry.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: CallsResponse): unknown {
+    const obj: any = {};
+    if (message.response.length !== 0) {
+      obj.response = base64FromBytes(message.response);
+    }
+    if (message.errorStatus.length !== 0) {
+      obj.errorStatus = base64FromBytes(message.errorStatus);
+    }
+    if (message.trailers?.length) {
+      obj.trailers = message.trailers.map((e) => MetadataEntry.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CallsResponse>, I>>(base?: I): CallsResponse {
+    return CallsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CallsResponse>, I>>(object: I): CallsResponse {
+    const message = createBaseCallsResponse();
+    message.response = object.response ?? Buffer.alloc(0);
+    message.errorStatus = object.errorStatus ?? Buffer.alloc(0);
+    message.trailers = object.trailers?.map((e) => MetadataEntry.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMetadataEntry(): MetadataEntry {
+  return { key: "", value: Buffer.alloc(0) };
+}
+
+export const MetadataEntry: MessageFns<MetadataEntry> = {
+  encode(message: MetadataEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value.length !== 0) {
+      writer.uint32(18).bytes(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? Buffer.from(bytesFromBase64(object.value)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: MetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value.length !== 0) {
+      obj.value = base64FromBytes(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MetadataEntry>, I>>(base?: I): MetadataEntry {
+    return MetadataEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MetadataEntry>, I>>(object: I): MetadataEntry {
+    const message = createBaseMetadataEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 /**
  * ModelService runs the models that a TMS server has loaded.
  *
@@ -3200,6 +3554,26 @@ export const ModelServiceService = {
       Buffer.from(DetachSharedMemoryResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DetachSharedMemoryResponse => DetachSharedMemoryResponse.decode(value),
   },
+  /**
+   * Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+   * RunText, RunTextBatch) one after another over one stream, each answered as that call
+   * would be: its response, or its error, with its trailing metadata. A message costs much
+   * less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+   * keep a few of these open per worker and send each call on an idle one. The server reads
+   * the next call only once it has answered the previous one. A call's own metadata (its
+   * request id) and time limit travel in its message; the stream's metadata (the call
+   * token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+   * a call that was sent and got no answer was not run.
+   */
+  calls: {
+    path: "/tms.v1.ModelService/Calls" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: CallsRequest): Buffer => Buffer.from(CallsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CallsRequest => CallsRequest.decode(value),
+    responseSerialize: (value: CallsResponse): Buffer => Buffer.from(CallsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CallsResponse => CallsResponse.decode(value),
+  },
 } as const;
 
 export interface ModelServiceServer extends UntypedServiceImplementation {
@@ -3250,6 +3624,18 @@ export interface ModelServiceServer extends UntypedServiceImplementation {
    * regions; a worker also drops the oldest beyond its limit.
    */
   detachSharedMemory: handleUnaryCall<DetachSharedMemoryRequest, DetachSharedMemoryResponse>;
+  /**
+   * Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+   * RunText, RunTextBatch) one after another over one stream, each answered as that call
+   * would be: its response, or its error, with its trailing metadata. A message costs much
+   * less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+   * keep a few of these open per worker and send each call on an idle one. The server reads
+   * the next call only once it has answered the previous one. A call's own metadata (its
+   * request id) and time limit travel in its message; the stream's metadata (the call
+   * token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+   * a call that was sent and got no answer was not run.
+   */
+  calls: handleBidiStreamingCall<CallsRequest, CallsResponse>;
 }
 
 export interface ModelServiceClient extends Client {
@@ -3445,6 +3831,20 @@ export interface ModelServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DetachSharedMemoryResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+   * RunText, RunTextBatch) one after another over one stream, each answered as that call
+   * would be: its response, or its error, with its trailing metadata. A message costs much
+   * less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+   * keep a few of these open per worker and send each call on an idle one. The server reads
+   * the next call only once it has answered the previous one. A call's own metadata (its
+   * request id) and time limit travel in its message; the stream's metadata (the call
+   * token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+   * a call that was sent and got no answer was not run.
+   */
+  calls(): ClientDuplexStream<CallsRequest, CallsResponse>;
+  calls(options: Partial<CallOptions>): ClientDuplexStream<CallsRequest, CallsResponse>;
+  calls(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<CallsRequest, CallsResponse>;
 }
 
 export const ModelServiceClient = makeGenericClientConstructor(

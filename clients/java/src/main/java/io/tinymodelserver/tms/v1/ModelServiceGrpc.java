@@ -425,6 +425,37 @@ public final class ModelServiceGrpc {
     return getDetachSharedMemoryMethod;
   }
 
+  private static volatile io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.CallsRequest,
+      io.tinymodelserver.tms.v1.CallsResponse> getCallsMethod;
+
+  @io.grpc.stub.annotations.RpcMethod(
+      fullMethodName = SERVICE_NAME + '/' + "Calls",
+      requestType = io.tinymodelserver.tms.v1.CallsRequest.class,
+      responseType = io.tinymodelserver.tms.v1.CallsResponse.class,
+      methodType = io.grpc.MethodDescriptor.MethodType.BIDI_STREAMING)
+  public static io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.CallsRequest,
+      io.tinymodelserver.tms.v1.CallsResponse> getCallsMethod() {
+    io.grpc.MethodDescriptor<io.tinymodelserver.tms.v1.CallsRequest, io.tinymodelserver.tms.v1.CallsResponse> getCallsMethod;
+    if ((getCallsMethod = ModelServiceGrpc.getCallsMethod) == null) {
+      synchronized (ModelServiceGrpc.class) {
+        if ((getCallsMethod = ModelServiceGrpc.getCallsMethod) == null) {
+          ModelServiceGrpc.getCallsMethod = getCallsMethod =
+              io.grpc.MethodDescriptor.<io.tinymodelserver.tms.v1.CallsRequest, io.tinymodelserver.tms.v1.CallsResponse>newBuilder()
+              .setType(io.grpc.MethodDescriptor.MethodType.BIDI_STREAMING)
+              .setFullMethodName(generateFullMethodName(SERVICE_NAME, "Calls"))
+              .setSampledToLocalTracing(true)
+              .setRequestMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.CallsRequest.getDefaultInstance()))
+              .setResponseMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
+                  io.tinymodelserver.tms.v1.CallsResponse.getDefaultInstance()))
+              .setSchemaDescriptor(new ModelServiceMethodDescriptorSupplier("Calls"))
+              .build();
+        }
+      }
+    }
+    return getCallsMethod;
+  }
+
   /**
    * Creates a new async stub that supports all call types for the service
    */
@@ -683,6 +714,24 @@ public final class ModelServiceGrpc {
     default void detachSharedMemory(io.tinymodelserver.tms.v1.DetachSharedMemoryRequest request,
         io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.DetachSharedMemoryResponse> responseObserver) {
       io.grpc.stub.ServerCalls.asyncUnimplementedUnaryCall(getDetachSharedMemoryMethod(), responseObserver);
+    }
+
+    /**
+     * <pre>
+     * Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+     * RunText, RunTextBatch) one after another over one stream, each answered as that call
+     * would be: its response, or its error, with its trailing metadata. A message costs much
+     * less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+     * keep a few of these open per worker and send each call on an idle one. The server reads
+     * the next call only once it has answered the previous one. A call's own metadata (its
+     * request id) and time limit travel in its message; the stream's metadata (the call
+     * token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+     * a call that was sent and got no answer was not run.
+     * </pre>
+     */
+    default io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.CallsRequest> calls(
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.CallsResponse> responseObserver) {
+      return io.grpc.stub.ServerCalls.asyncUnimplementedStreamingCall(getCallsMethod(), responseObserver);
     }
   }
 
@@ -992,6 +1041,25 @@ public final class ModelServiceGrpc {
       io.grpc.stub.ClientCalls.asyncUnaryCall(
           getChannel().newCall(getDetachSharedMemoryMethod(), getCallOptions()), request, responseObserver);
     }
+
+    /**
+     * <pre>
+     * Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+     * RunText, RunTextBatch) one after another over one stream, each answered as that call
+     * would be: its response, or its error, with its trailing metadata. A message costs much
+     * less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+     * keep a few of these open per worker and send each call on an idle one. The server reads
+     * the next call only once it has answered the previous one. A call's own metadata (its
+     * request id) and time limit travel in its message; the stream's metadata (the call
+     * token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+     * a call that was sent and got no answer was not run.
+     * </pre>
+     */
+    public io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.CallsRequest> calls(
+        io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.CallsResponse> responseObserver) {
+      return io.grpc.stub.ClientCalls.asyncBidiStreamingCall(
+          getChannel().newCall(getCallsMethod(), getCallOptions()), responseObserver);
+    }
   }
 
   /**
@@ -1207,6 +1275,26 @@ public final class ModelServiceGrpc {
     public io.tinymodelserver.tms.v1.DetachSharedMemoryResponse detachSharedMemory(io.tinymodelserver.tms.v1.DetachSharedMemoryRequest request) throws io.grpc.StatusException {
       return io.grpc.stub.ClientCalls.blockingV2UnaryCall(
           getChannel(), getDetachSharedMemoryMethod(), getCallOptions(), request);
+    }
+
+    /**
+     * <pre>
+     * Calls carries unary calls of this service (RunImage, RunImageBatch, RunImageToImage,
+     * RunText, RunTextBatch) one after another over one stream, each answered as that call
+     * would be: its response, or its error, with its trailing metadata. A message costs much
+     * less than a call of its own (no new HTTP/2 stream, headers or status), so a client may
+     * keep a few of these open per worker and send each call on an idle one. The server reads
+     * the next call only once it has answered the previous one. A call's own metadata (its
+     * request id) and time limit travel in its message; the stream's metadata (the call
+     * token) holds for all its calls. The stream ends, UNAVAILABLE, when its worker drains:
+     * a call that was sent and got no answer was not run.
+     * </pre>
+     */
+    @io.grpc.ExperimentalApi("https://github.com/grpc/grpc-java/issues/10918")
+    public io.grpc.stub.BlockingClientCall<io.tinymodelserver.tms.v1.CallsRequest, io.tinymodelserver.tms.v1.CallsResponse>
+        calls() {
+      return io.grpc.stub.ClientCalls.blockingBidiStreamingCall(
+          getChannel(), getCallsMethod(), getCallOptions());
     }
   }
 
@@ -1627,6 +1715,7 @@ public final class ModelServiceGrpc {
   private static final int METHODID_ATTACH_SHARED_MEMORY = 8;
   private static final int METHODID_DETACH_SHARED_MEMORY = 9;
   private static final int METHODID_RUN_IMAGE_STREAM = 10;
+  private static final int METHODID_CALLS = 11;
 
   private static final class MethodHandlers<Req, Resp> implements
       io.grpc.stub.ServerCalls.UnaryMethod<Req, Resp>,
@@ -1698,6 +1787,9 @@ public final class ModelServiceGrpc {
         case METHODID_RUN_IMAGE_STREAM:
           return (io.grpc.stub.StreamObserver<Req>) serviceImpl.runImageStream(
               (io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.RunImageStreamResponse>) responseObserver);
+        case METHODID_CALLS:
+          return (io.grpc.stub.StreamObserver<Req>) serviceImpl.calls(
+              (io.grpc.stub.StreamObserver<io.tinymodelserver.tms.v1.CallsResponse>) responseObserver);
         default:
           throw new AssertionError();
       }
@@ -1783,6 +1875,13 @@ public final class ModelServiceGrpc {
               io.tinymodelserver.tms.v1.DetachSharedMemoryRequest,
               io.tinymodelserver.tms.v1.DetachSharedMemoryResponse>(
                 service, METHODID_DETACH_SHARED_MEMORY)))
+        .addMethod(
+          getCallsMethod(),
+          io.grpc.stub.ServerCalls.asyncBidiStreamingCall(
+            new MethodHandlers<
+              io.tinymodelserver.tms.v1.CallsRequest,
+              io.tinymodelserver.tms.v1.CallsResponse>(
+                service, METHODID_CALLS)))
         .build();
   }
 
@@ -1842,6 +1941,7 @@ public final class ModelServiceGrpc {
               .addMethod(getRunImageStreamMethod())
               .addMethod(getAttachSharedMemoryMethod())
               .addMethod(getDetachSharedMemoryMethod())
+              .addMethod(getCallsMethod())
               .build();
         }
       }

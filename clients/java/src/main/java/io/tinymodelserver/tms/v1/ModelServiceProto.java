@@ -146,6 +146,21 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_tms_v1_DetachSharedMemoryResponse_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_CallsRequest_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_CallsRequest_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_CallsResponse_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_CallsResponse_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_tms_v1_MetadataEntry_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_tms_v1_MetadataEntry_fieldAccessorTable;
 
   public static com.google.protobuf.Descriptors.FileDescriptor
       getDescriptor() {
@@ -228,37 +243,47 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
       " \001(\014R\005proof\"4\n\032AttachSharedMemoryRespons" +
       "e\022\026\n\006region\030\001 \001(\tR\006region\"3\n\031DetachShare" +
       "dMemoryRequest\022\026\n\006region\030\001 \001(\tR\006region\"\034" +
-      "\n\032DetachSharedMemoryResponse*\274\001\n\tModelCa" +
-      "ll\022\032\n\026MODEL_CALL_UNSPECIFIED\020\000\022\030\n\024MODEL_" +
-      "CALL_RUN_IMAGE\020\001\022\036\n\032MODEL_CALL_RUN_IMAGE" +
-      "_BATCH\020\002\022!\n\035MODEL_CALL_RUN_IMAGE_TO_IMAG" +
-      "E\020\003\022\027\n\023MODEL_CALL_RUN_TEXT\020\004\022\035\n\031MODEL_CA" +
-      "LL_RUN_TEXT_BATCH\020\0052\343\006\n\014ModelService\022C\n\n" +
-      "ListModels\022\031.tms.v1.ListModelsRequest\032\032." +
-      "tms.v1.ListModelsResponse\022I\n\014GetModelInf" +
-      "o\022\033.tms.v1.GetModelInfoRequest\032\034.tms.v1." +
-      "GetModelInfoResponse\022=\n\010RunImage\022\027.tms.v" +
-      "1.RunImageRequest\032\030.tms.v1.RunImageRespo" +
-      "nse\022L\n\rRunImageBatch\022\034.tms.v1.RunImageBa" +
-      "tchRequest\032\035.tms.v1.RunImageBatchRespons" +
-      "e\022R\n\017RunImageToImage\022\036.tms.v1.RunImageTo" +
-      "ImageRequest\032\037.tms.v1.RunImageToImageRes" +
-      "ponse\022:\n\007RunText\022\026.tms.v1.RunTextRequest" +
-      "\032\027.tms.v1.RunTextResponse\022I\n\014RunTextBatc" +
-      "h\022\033.tms.v1.RunTextBatchRequest\032\034.tms.v1." +
-      "RunTextBatchResponse\022L\n\rGetWorkerInfo\022\034." +
-      "tms.v1.GetWorkerInfoRequest\032\035.tms.v1.Get" +
-      "WorkerInfoResponse\022S\n\016RunImageStream\022\035.t" +
-      "ms.v1.RunImageStreamRequest\032\036.tms.v1.Run" +
-      "ImageStreamResponse(\0010\001\022[\n\022AttachSharedM" +
-      "emory\022!.tms.v1.AttachSharedMemoryRequest" +
-      "\032\".tms.v1.AttachSharedMemoryResponse\022[\n\022" +
-      "DetachSharedMemory\022!.tms.v1.DetachShared" +
-      "MemoryRequest\032\".tms.v1.DetachSharedMemor" +
-      "yResponseB\205\001\n\031io.tinymodelserver.tms.v1B" +
-      "\021ModelServiceProtoP\001Z:github.com/tinymod" +
-      "elserver/tms/clients/go/gen/tms/v1;tmsv1" +
-      "\252\002\026TinyModelServer.Tms.V1b\006proto3"
+      "\n\032DetachSharedMemoryResponse\"\222\001\n\014CallsRe" +
+      "quest\022\026\n\006method\030\001 \001(\tR\006method\022\030\n\007request" +
+      "\030\002 \001(\014R\007request\0221\n\010metadata\030\003 \003(\0132\025.tms." +
+      "v1.MetadataEntryR\010metadata\022\035\n\ntimeout_us" +
+      "\030\004 \001(\004R\ttimeoutUs\"\201\001\n\rCallsResponse\022\032\n\010r" +
+      "esponse\030\001 \001(\014R\010response\022!\n\014error_status\030" +
+      "\002 \001(\014R\013errorStatus\0221\n\010trailers\030\003 \003(\0132\025.t" +
+      "ms.v1.MetadataEntryR\010trailers\"7\n\rMetadat" +
+      "aEntry\022\020\n\003key\030\001 \001(\tR\003key\022\024\n\005value\030\002 \001(\014R" +
+      "\005value*\274\001\n\tModelCall\022\032\n\026MODEL_CALL_UNSPE" +
+      "CIFIED\020\000\022\030\n\024MODEL_CALL_RUN_IMAGE\020\001\022\036\n\032MO" +
+      "DEL_CALL_RUN_IMAGE_BATCH\020\002\022!\n\035MODEL_CALL" +
+      "_RUN_IMAGE_TO_IMAGE\020\003\022\027\n\023MODEL_CALL_RUN_" +
+      "TEXT\020\004\022\035\n\031MODEL_CALL_RUN_TEXT_BATCH\020\0052\235\007" +
+      "\n\014ModelService\022C\n\nListModels\022\031.tms.v1.Li" +
+      "stModelsRequest\032\032.tms.v1.ListModelsRespo" +
+      "nse\022I\n\014GetModelInfo\022\033.tms.v1.GetModelInf" +
+      "oRequest\032\034.tms.v1.GetModelInfoResponse\022=" +
+      "\n\010RunImage\022\027.tms.v1.RunImageRequest\032\030.tm" +
+      "s.v1.RunImageResponse\022L\n\rRunImageBatch\022\034" +
+      ".tms.v1.RunImageBatchRequest\032\035.tms.v1.Ru" +
+      "nImageBatchResponse\022R\n\017RunImageToImage\022\036" +
+      ".tms.v1.RunImageToImageRequest\032\037.tms.v1." +
+      "RunImageToImageResponse\022:\n\007RunText\022\026.tms" +
+      ".v1.RunTextRequest\032\027.tms.v1.RunTextRespo" +
+      "nse\022I\n\014RunTextBatch\022\033.tms.v1.RunTextBatc" +
+      "hRequest\032\034.tms.v1.RunTextBatchResponse\022L" +
+      "\n\rGetWorkerInfo\022\034.tms.v1.GetWorkerInfoRe" +
+      "quest\032\035.tms.v1.GetWorkerInfoResponse\022S\n\016" +
+      "RunImageStream\022\035.tms.v1.RunImageStreamRe" +
+      "quest\032\036.tms.v1.RunImageStreamResponse(\0010" +
+      "\001\022[\n\022AttachSharedMemory\022!.tms.v1.AttachS" +
+      "haredMemoryRequest\032\".tms.v1.AttachShared" +
+      "MemoryResponse\022[\n\022DetachSharedMemory\022!.t" +
+      "ms.v1.DetachSharedMemoryRequest\032\".tms.v1" +
+      ".DetachSharedMemoryResponse\0228\n\005Calls\022\024.t" +
+      "ms.v1.CallsRequest\032\025.tms.v1.CallsRespons" +
+      "e(\0010\001B\205\001\n\031io.tinymodelserver.tms.v1B\021Mod" +
+      "elServiceProtoP\001Z:github.com/tinymodelse" +
+      "rver/tms/clients/go/gen/tms/v1;tmsv1\252\002\026T" +
+      "inyModelServer.Tms.V1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -410,6 +435,24 @@ public final class ModelServiceProto extends com.google.protobuf.GeneratedFile {
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_tms_v1_DetachSharedMemoryResponse_descriptor,
         new java.lang.String[] { });
+    internal_static_tms_v1_CallsRequest_descriptor =
+      getDescriptor().getMessageType(24);
+    internal_static_tms_v1_CallsRequest_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_CallsRequest_descriptor,
+        new java.lang.String[] { "Method", "Request", "Metadata", "TimeoutUs", });
+    internal_static_tms_v1_CallsResponse_descriptor =
+      getDescriptor().getMessageType(25);
+    internal_static_tms_v1_CallsResponse_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_CallsResponse_descriptor,
+        new java.lang.String[] { "Response", "ErrorStatus", "Trailers", });
+    internal_static_tms_v1_MetadataEntry_descriptor =
+      getDescriptor().getMessageType(26);
+    internal_static_tms_v1_MetadataEntry_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_tms_v1_MetadataEntry_descriptor,
+        new java.lang.String[] { "Key", "Value", });
     descriptor.resolveAllFeaturesImmutable();
     com.google.protobuf.DurationProto.getDescriptor();
     io.tinymodelserver.tms.v1.ImageProto.getDescriptor();

@@ -1,0 +1,302 @@
+"""ModelService.Calls: unary calls carried over one stream, as the server answers them (plain
+grpcio, real servers, real models), and as both clients use it."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+from tests.support import InProcessServer, ServerProcess, write_models
+from tms.v1 import model_service_pb2
+from tms_client.images import to_parts
+from tms_client.protocol.methods import method_path
+
+pb = model_service_pb2
+
+MODELS = {
+    "mean": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+
+            def run(self, image, args):
+                return {"mean": float(image.mean())}
+    """,
+    "slow": """
+        import time
+
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+            args_schema = {"type": "object"}
+
+            def run(self, image, args):
+                time.sleep(args.get("sleep", 0))
+                return {"slept": args.get("sleep", 0)}
+    """,
+    "invert": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            thread_safe = True
+            calls = ("run_image_to_image",)
+
+            def run_image_to_image(self, images, args):
+                return [255 - image for image in images]
+    """,
+    "reverse": """
+        import tms_server
+
+        class Model(tms_server.Model):
+            inputs = "text"
+
+            def run(self, text, args):
+                return text[::-1]
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_models(tmp_path_factory.mktemp("models"), MODELS)
+
+
+@pytest.fixture
+def server(models: Path, in_process_server: Callable[..., InProcessServer]) -> InProcessServer:
+    return in_process_server(models)
+
+
+def image(value: int = 7) -> Any:
+    return to_parts(np.full((4, 4, 3), value, np.uint8), color="bgr").to_message()
+
+
+def carried(
+    name: str, request: Any, metadata: tuple[tuple[str, str], ...] = (), timeout: float = 0
+) -> pb.CallsRequest:
+    return pb.CallsRequest(
+        method=method_path(name),
+        request=request.SerializeToString(),
+        metadata=[pb.MetadataEntry(key=k, value=v.encode()) for k, v in metadata],
+        timeout_us=int(timeout * 1e6),
+    )
+
+
+class Stream:
+    """A Calls stream of plain grpcio: ``call`` sends one message and reads its answer."""
+
+    def __init__(self, target: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.channel = grpc.insecure_channel(target)
+        method = self.channel.stream_stream(
+            method_path("Calls"),
+            request_serializer=pb.CallsRequest.SerializeToString,
+            response_deserializer=pb.CallsResponse.FromString,
+        )
+        self._sent: queue.SimpleQueue[pb.CallsRequest | None] = queue.SimpleQueue()
+        self.answers = method(iter(self._sent.get, None), metadata=metadata, timeout=60)
+
+    def call(self, message: pb.CallsRequest) -> pb.CallsResponse:
+        self._sent.put(message)
+        answer: pb.CallsResponse = next(self.answers)
+        return answer
+
+    def close(self) -> None:
+        self._sent.put(None)
+        self.channel.close()
+
+
+@pytest.fixture
+def stream(server: InProcessServer) -> Iterator[Stream]:
+    opened = Stream(server.target)
+    yield opened
+    opened.close()
+
+
+def trailers(answer: pb.CallsResponse) -> dict[str, bytes]:
+    return {entry.key: entry.value for entry in answer.trailers}
+
+
+def error(answer: pb.CallsResponse) -> tuple[grpc.StatusCode, str, str]:
+    """The code, message and ErrorInfo reason of a failed answer."""
+    status = status_pb2.Status.FromString(answer.error_status)
+    reasons = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    code = next(code for code in grpc.StatusCode if code.value[0] == status.code)
+    return code, status.message, "".join(reasons)
+
+
+def test_each_message_is_answered_as_its_call_alone_would_be(
+    server: InProcessServer, stream: Stream
+) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        unary = {
+            name: channel.unary_unary(method_path(name))
+            for name in ("RunImage", "RunImageToImage", "RunText", "RunImageBatch")
+        }
+        requests = {
+            "RunImage": pb.RunImageRequest(model="mean", image=image(7)),
+            "RunImageToImage": pb.RunImageToImageRequest(model="invert", images=[image(10)]),
+            "RunText": pb.RunTextRequest(model="reverse", text="carried"),
+            "RunImageBatch": pb.RunImageBatchRequest(model="mean", images=[image(1), image(2)]),
+        }
+        for name, request in requests.items():
+            answer = stream.call(carried(name, request))
+            assert not answer.error_status, error(answer)
+            alone = unary[name](request.SerializeToString(), timeout=30)
+            assert answer.response == alone, name
+            assert "tms-load-bin" in trailers(answer)
+            assert len(trailers(answer)["x-request-id"]) == 32
+    assert json.loads(
+        pb.RunImageResponse.FromString(
+            stream.call(carried("RunImage", requests["RunImage"])).response
+        ).result_json
+    ) == {"mean": 7.0}
+
+
+def test_a_failed_call_is_answered_with_its_status_and_the_stream_goes_on(stream: Stream) -> None:
+    missing = stream.call(carried("RunImage", pb.RunImageRequest(model="nope", image=image())))
+    assert error(missing)[0] == grpc.StatusCode.NOT_FOUND
+    assert error(missing)[2] == "MODEL_NOT_FOUND"
+    assert "no model named 'nope'" in error(missing)[1]
+    assert "tms-load-bin" in trailers(missing)
+    short = pb.RunImageRequest(model="mean", image=image())
+    short.image.data = b"12"  # fewer bytes than its shape says
+    code, message, reason = error(stream.call(carried("RunImage", short)))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_IMAGE"), message
+    good = stream.call(carried("RunImage", pb.RunImageRequest(model="mean", image=image(3))))
+    assert json.loads(pb.RunImageResponse.FromString(good.response).result_json) == {"mean": 3.0}
+
+
+def test_only_the_model_calls_are_carried(stream: Stream) -> None:
+    answer = stream.call(carried("ListModels", pb.ListModelsRequest()))
+    code, message, reason = error(answer)
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert "cannot be carried by Calls" in message and "call any other method on its own" in message
+    assert reason == "UNSUPPORTED_CALL"
+    good = stream.call(carried("RunText", pb.RunTextRequest(model="reverse", text="ab")))
+    assert json.loads(pb.RunTextResponse.FromString(good.response).result_json) == "ba"
+
+
+def test_a_malformed_call_fails_alone_and_a_malformed_message_ends_the_stream(
+    server: InProcessServer, stream: Stream
+) -> None:
+    malformed = pb.CallsRequest(method=method_path("RunText"), request=b"\xff\xff")
+    code, message, _ = error(stream.call(malformed))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed RunTextRequest" in message
+    with grpc.insecure_channel(server.target) as channel:
+        method = channel.stream_stream(method_path("Calls"))
+        with pytest.raises(grpc.RpcError) as ended:
+            list(method(iter([b"\xff\xff"]), timeout=30))
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "malformed CallsRequest" in ended.value.details()  # type: ignore[attr-defined]
+
+
+def test_a_call_keeps_to_its_own_timeout(stream: Stream) -> None:
+    slow = pb.RunImageRequest(model="slow", image=image(), args_json='{"sleep": 3}')
+    began = time.monotonic()
+    answer = stream.call(carried("RunImage", slow, timeout=0.3))
+    took = time.monotonic() - began
+    assert error(answer)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert took < 2.5, took
+    quick = pb.RunImageRequest(model="slow", image=image(), args_json='{"sleep": 0}')
+    assert json.loads(
+        pb.RunImageResponse.FromString(stream.call(carried("RunImage", quick)).response).result_json
+    ) == {"slept": 0}
+
+
+def test_each_call_has_its_own_request_id_and_log_line(
+    models: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    server = server_process(models, workers=1, args=("--log-requests",))
+    opened = Stream(server.target)
+    try:
+        for name in ("first", "second"):
+            answer = opened.call(
+                carried(
+                    "RunImage",
+                    pb.RunImageRequest(model="mean", image=image()),
+                    metadata=(("x-request-id", f"carried-{name}"),),
+                )
+            )
+            assert trailers(answer)["x-request-id"] == f"carried-{name}".encode()
+        missing = opened.call(
+            carried(
+                "RunImage",
+                pb.RunImageRequest(model="nope", image=image()),
+                metadata=(("x-request-id", "carried-third"),),
+            )
+        )
+        assert trailers(missing)["x-request-id"] == b"carried-third"
+    finally:
+        opened.close()
+    server.stop()
+    lines = [line for line in server.logs().splitlines() if "tms_server.access" in line]
+    assert any("RunImage mean OK" in line and "carried-first" in line for line in lines), lines
+    assert any("RunImage mean OK" in line and "carried-second" in line for line in lines), lines
+    assert any("RunImage nope NOT_FOUND" in line and "carried-third" in line for line in lines)
+    assert not any("Calls" in line for line in lines), lines
+
+
+def test_an_idle_stream_does_not_hold_a_stopping_worker(
+    models: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    """A client keeps its Calls streams open between calls: a worker that stops ends them
+    at once (UNAVAILABLE) instead of waiting its grace period for them."""
+    server = server_process(models, workers=1, args=("--grace-seconds", "30"))
+    opened = Stream(server.target)
+    try:
+        answer = opened.call(carried("RunImage", pb.RunImageRequest(model="mean", image=image())))
+        assert not answer.error_status
+        began = time.monotonic()
+        assert server.stop(signal.SIGTERM, timeout=60) == 0
+        assert time.monotonic() - began < 15
+        with pytest.raises(grpc.RpcError) as ended:
+            next(opened.answers)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    finally:
+        opened.close()
+
+
+def test_a_stream_needs_a_call_token_and_each_call_runs_with_it(
+    models: Path, in_process_server: Callable[..., InProcessServer], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    server = in_process_server(models, tokens_file=tokens)
+    request = carried("RunImage", pb.RunImageRequest(model="mean", image=image(5)))
+    anonymous = Stream(server.target)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            anonymous.call(request)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    finally:
+        anonymous.close()
+    holder = Stream(server.target, metadata=(("authorization", "Bearer s3cret"),))
+    try:
+        answer = holder.call(request)
+        assert json.loads(pb.RunImageResponse.FromString(answer.response).result_json) == {
+            "mean": 5.0
+        }
+        tokens.write_text("other\n")
+        with pytest.raises(grpc.RpcError) as revoked:
+            for _ in range(100):  # the tokens file is read again at most once a second
+                holder.call(request)
+                time.sleep(0.05)
+        assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    finally:
+        holder.close()
