@@ -3,7 +3,9 @@ grpcio, real servers, real models), and as both clients use it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import queue
 import signal
 import time
@@ -16,10 +18,19 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from tests.support import InProcessServer, ServerProcess, write_models
+from tests.support import InProcessServer, ServerProcess, alive, stopped, wait_for, write_models
 from tms.v1 import model_service_pb2
+from tms_client import (
+    AsyncModelClient,
+    DeadlineExceededError,
+    ModelClient,
+    RetryPolicy,
+    RoundRobin,
+)
 from tms_client.images import to_parts
 from tms_client.protocol.methods import method_path
+from tms_server import carrier
+from tms_server.errors import Unimplemented
 
 pb = model_service_pb2
 
@@ -143,7 +154,7 @@ def test_each_message_is_answered_as_its_call_alone_would_be(
     server: InProcessServer, stream: Stream
 ) -> None:
     with grpc.insecure_channel(server.target) as channel:
-        unary = {
+        unary: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {
             name: channel.unary_unary(method_path(name))
             for name in ("RunImage", "RunImageToImage", "RunText", "RunImageBatch")
         }
@@ -185,7 +196,8 @@ def test_only_the_model_calls_are_carried(stream: Stream) -> None:
     answer = stream.call(carried("ListModels", pb.ListModelsRequest()))
     code, message, reason = error(answer)
     assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "cannot be carried by Calls" in message and "call any other method on its own" in message
+    assert "cannot be carried by Calls" in message
+    assert "call any other method on its own" in message
     assert reason == "UNSUPPORTED_CALL"
     good = stream.call(carried("RunText", pb.RunTextRequest(model="reverse", text="ab")))
     assert json.loads(pb.RunTextResponse.FromString(good.response).result_json) == "ba"
@@ -199,11 +211,13 @@ def test_a_malformed_call_fails_alone_and_a_malformed_message_ends_the_stream(
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed RunTextRequest" in message
     with grpc.insecure_channel(server.target) as channel:
-        method = channel.stream_stream(method_path("Calls"))
+        method: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            method_path("Calls")
+        )
         with pytest.raises(grpc.RpcError) as ended:
             list(method(iter([b"\xff\xff"]), timeout=30))
-    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert "malformed CallsRequest" in ended.value.details()  # type: ignore[attr-defined]
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed CallsRequest" in (ended.value.details() or "")
 
 
 def test_a_call_keeps_to_its_own_timeout(stream: Stream) -> None:
@@ -249,7 +263,7 @@ def test_each_call_has_its_own_request_id_and_log_line(
     assert any("RunImage mean OK" in line and "carried-first" in line for line in lines), lines
     assert any("RunImage mean OK" in line and "carried-second" in line for line in lines), lines
     assert any("RunImage nope NOT_FOUND" in line and "carried-third" in line for line in lines)
-    assert not any("Calls" in line for line in lines), lines
+    assert all(line.endswith("via=Calls)") for line in lines), lines
 
 
 def test_an_idle_stream_does_not_hold_a_stopping_worker(
@@ -267,7 +281,7 @@ def test_an_idle_stream_does_not_hold_a_stopping_worker(
         assert time.monotonic() - began < 15
         with pytest.raises(grpc.RpcError) as ended:
             next(opened.answers)
-        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         opened.close()
 
@@ -283,7 +297,7 @@ def test_a_stream_needs_a_call_token_and_each_call_runs_with_it(
     try:
         with pytest.raises(grpc.RpcError) as refused:
             anonymous.call(request)
-        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         anonymous.close()
     holder = Stream(server.target, metadata=(("authorization", "Bearer s3cret"),))
@@ -294,9 +308,124 @@ def test_a_stream_needs_a_call_token_and_each_call_runs_with_it(
         }
         tokens.write_text("other\n")
         with pytest.raises(grpc.RpcError) as revoked:
-            for _ in range(100):  # the tokens file is read again at most once a second
-                holder.call(request)
-                time.sleep(0.05)
-        assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            calls_until_refused(holder, request)
+        assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         holder.close()
+
+
+def calls_until_refused(stream: Stream, request: pb.CallsRequest) -> None:
+    """Call until the stream fails (the tokens file is read again at most once a second)."""
+    for _ in range(100):
+        stream.call(request)
+        time.sleep(0.05)
+
+
+# -- the clients -------------------------------------------------------------------------------
+
+
+def carried_lines(server: ServerProcess, model: str) -> tuple[int, int]:
+    """The access lines of ``model``'s calls: those carried by a Calls stream, the others."""
+    lines = [line for line in server.logs().splitlines() if f"RunImage {model} OK" in line]
+    carried = sum("via=Calls" in line for line in lines)
+    return carried, len(lines) - carried
+
+
+def test_both_clients_carry_their_model_calls_unless_told_not_to(
+    models: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    server = server_process(models, workers=2, args=("--log-requests",))
+    with ModelClient("mean", server.target) as client:
+        results = [client.run_image(np.full((4, 4, 3), i, np.uint8)) for i in range(6)]
+        assert client.info().name == "mean"  # not a model call: a call of its own
+    assert results == [{"mean": float(i)} for i in range(6)]
+
+    async def asyncio_calls() -> list[Any]:
+        async with AsyncModelClient("mean", server.target) as client:
+            return [await client.run_image(np.full((4, 4, 3), 9, np.uint8)) for _ in range(4)]
+
+    assert asyncio.run(asyncio_calls()) == [{"mean": 9.0}] * 4
+    with ModelClient("mean", server.target, call_streams=False) as client:
+        assert client.run_image(np.full((4, 4, 3), 1, np.uint8)) == {"mean": 1.0}
+    assert wait_for(lambda: sum(carried_lines(server, "mean")) == 11, timeout=10)
+    assert carried_lines(server, "mean") == (10, 1), server.logs()
+    assert "GetModelInfo" in server.logs()
+    assert not any(
+        "via=Calls" in line for line in server.logs().splitlines() if "GetModelInfo" in line
+    )
+
+
+def test_a_server_without_calls_gets_calls_of_their_own(
+    models: Path, in_process_server: Callable[..., InProcessServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older server answers Calls UNIMPLEMENTED: the clients send its calls on their own,
+    without failing one."""
+
+    async def unimplemented(*args: Any) -> None:
+        raise Unimplemented("unknown method Calls")
+
+    monkeypatch.setattr(carrier, "serve", unimplemented)
+    server = in_process_server(models)
+    with ModelClient("mean", server.target) as client:
+        assert [client.run_image(np.full((4, 4, 3), i, np.uint8)) for i in range(3)] == [
+            {"mean": 0.0},
+            {"mean": 1.0},
+            {"mean": 2.0},
+        ]
+
+    async def asyncio_calls() -> list[Any]:
+        async with AsyncModelClient("mean", server.target) as client:
+            return [await client.run_image(np.full((4, 4, 3), 4, np.uint8)) for _ in range(3)]
+
+    assert asyncio.run(asyncio_calls()) == [{"mean": 4.0}] * 3
+
+
+def test_a_carried_call_to_a_stopped_worker_keeps_to_its_timeout(
+    models: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    """A worker that cannot answer (SIGSTOP: wedged) cannot end a call at its timeout: the
+    client does, on the stream it holds open and on a new one."""
+    server = server_process(models, workers=1)
+    image = np.full((4, 4, 3), 2, np.uint8)
+    retry = RetryPolicy.never()
+    with (
+        ModelClient("mean", server.target, timeout=1.0, retry=retry) as client,
+        ModelClient("mean", server.target, timeout=1.0, retry=retry) as fresh,
+    ):
+        assert client.run_image(image) == {"mean": 2.0}  # its stream stays open
+        (worker,) = client.workers()
+        with stopped(worker.pid):
+            for caller in (client, fresh, client):
+                began = time.monotonic()
+                with pytest.raises(DeadlineExceededError):
+                    caller.run_image(image)
+                assert 0.9 < time.monotonic() - began < 3.0
+        assert client.run_image(image) == {"mean": 2.0}
+
+    async def asyncio_calls() -> None:
+        async with AsyncModelClient("mean", server.target, timeout=1.0, retry=retry) as client:
+            assert await client.run_image(image) == {"mean": 2.0}
+            with stopped(worker.pid):
+                began = time.monotonic()
+                with pytest.raises(DeadlineExceededError):
+                    await client.run_image(image)
+                assert 0.9 < time.monotonic() - began < 3.0
+            assert await client.run_image(image) == {"mean": 2.0}
+
+    asyncio.run(asyncio_calls())
+
+
+def test_a_call_sent_on_a_stream_its_stopping_worker_ended_is_sent_again(
+    models: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    """A stopping worker ends the streams it holds open: the next call on such a stream was
+    not run, and the client sends it to a worker still serving."""
+    server = server_process(models, workers=2)
+    image = np.full((4, 4, 3), 3, np.uint8)
+    with ModelClient("mean", server.target, balancer=RoundRobin()) as client:
+        for _ in range(4):  # a stream open to each worker
+            assert client.run_image(image) == {"mean": 3.0}
+        first = client.workers()[0]
+        os.kill(first.pid, signal.SIGTERM)
+        assert wait_for(lambda: not alive(first.pid), timeout=30)
+        assert [client.run_image(image) for _ in range(8)] == [{"mean": 3.0}] * 8

@@ -29,6 +29,8 @@ GLOBAL_OPTIONS = [
     "--max-message-mb",
     "--shared-memory",
     "--no-shared-memory",
+    "--call-streams",
+    "--no-call-streams",
     "--json",
     "--debug",
     "--tls",

@@ -96,6 +96,7 @@ TARGET = _Checked("host:port", str)  # any text: the server says if it is none
 _PEM = click.Path(dir_okay=False)
 _MESSAGE = "Largest request or reply in MiB, as the server's (a larger raw image goes as PNG)."
 _SHM = "Pass images to a server on this host through shared memory."
+_STREAMS = "Carry calls on streams kept open to each worker (faster than a call each)."
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True}
 _VERSION = f"%(prog)s %(version)s (tms-client {version('tms-client')})"
 _EPILOG = """\b
@@ -147,6 +148,7 @@ def global_params(*, listed: bool = True) -> list[click.Parameter]:
         option("--connect-timeout", "How long to wait for the server.", POSITIVE_SECONDS, 10.0),
         option("--max-message-mb", _MESSAGE, MEGABYTES, 64, envvar="TMS_MAX_MESSAGE_MB"),
         option("--shared-memory/--no-shared-memory", _SHM, None, True, envvar="TMS_SHARED_MEMORY"),
+        option("--call-streams/--no-call-streams", _STREAMS, None, True, envvar="TMS_CALL_STREAMS"),
         option("--json", "Machine-readable output.", is_flag=True),
         option("--debug", "Show tracebacks and logs.", is_flag=True),
         option("--tls", "Connect over TLS (implied by --tls-*).", is_flag=True),

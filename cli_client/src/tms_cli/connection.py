@@ -72,6 +72,7 @@ class Options:
             tls=tls,
             token=args["token"],
             shared_memory=args["shared_memory"],
+            call_streams=args["call_streams"],
             max_message_mb=args["max_message_mb"],
         )
         return cls(client=client, json=args["json"], debug=args["debug"])

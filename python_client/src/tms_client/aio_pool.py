@@ -43,7 +43,9 @@ class AsyncWorkerPool:
     def __init__(self, options: ClientOptions, transport: AsyncTransport | None = None) -> None:
         self.options = options
         self.core = PoolCore(options)
-        self.transport = transport or AioTransport(options.tls, options.max_message_bytes)
+        self.transport = transport or AioTransport(
+            options.tls, options.max_message_bytes, carry=options.call_streams
+        )
         self._discovering = asyncio.Lock()
         self._wake = asyncio.Event()
         self._healer: asyncio.Task[None] | None = None

@@ -217,15 +217,16 @@ def _status_details(error: grpc.RpcError) -> dict[str, Any]:
     return _details(status)
 
 
-def from_status(data: bytes) -> CallError:
+def from_status(data: bytes, trailers: tuple[tuple[str, str | bytes], ...] = ()) -> CallError:
     """The client exception for a serialized google.rpc.Status, as a RunImageStream answer
-    carries a frame's error (a status that cannot be read is an UNKNOWN CallError)."""
+    carries a frame's error and a Calls answer a call's, with its ``trailers`` (a status that
+    cannot be read is an UNKNOWN CallError)."""
     try:
         status = status_pb2.Status.FromString(data)
         code = _CODES[status.code]
     except (DecodeError, KeyError):
-        return CallError(grpc.StatusCode.UNKNOWN, "an error status that cannot be read")
-    return from_code(code, status.message, **_details(status))
+        return CallError(grpc.StatusCode.UNKNOWN, "an error status that cannot be read", trailers)
+    return from_code(code, status.message, trailers, **_details(status))
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -53,6 +53,9 @@ class ClientOptions:
       <token>`` with every call.
     - ``shared_memory``: pass images to workers on the same host through shared memory
       (proven by the worker, never assumed; see tms_client.shm); False: always as bytes.
+    - ``call_streams``: carry model calls on streams kept open to each worker, one call at a
+      time on each (``ModelService.Calls``; see tms_client.transport), where the server has
+      them; False: each call on its own.
     """
 
     target: str | Sequence[str]
@@ -67,6 +70,7 @@ class ClientOptions:
     tls: TLS | None = None
     token: str | None = field(default=None, repr=False)
     shared_memory: bool = True
+    call_streams: bool = True
     #: ``target`` checked and as a tuple.
     targets: tuple[str, ...] = field(init=False, repr=False)
     #: The metadata sent with every call (the token).

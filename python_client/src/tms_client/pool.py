@@ -49,7 +49,9 @@ class WorkerPool:
     def __init__(self, options: ClientOptions, transport: Transport | None = None) -> None:
         self.options = options
         self.core = PoolCore(options)
-        self.transport = transport or GrpcTransport(options.tls, options.max_message_bytes)
+        self.transport = transport or GrpcTransport(
+            options.tls, options.max_message_bytes, carry=options.call_streams
+        )
         self._lock = threading.Lock()  # guards the core
         self._discovering = threading.Lock()  # one search for workers at a time
         self._wake = threading.Event()

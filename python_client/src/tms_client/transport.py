@@ -8,12 +8,29 @@ trailers. ``stream`` is the same for calls with a stream of replies (or of reque
 
 ``GrpcTransport`` and ``AioTransport`` are the real ones, on grpcio channels; channel options
 and TLS credentials live here. Tests drive the pool with a scripted transport instead.
+
+Their channels carry the model calls (``CARRIED``) on ``ModelService.Calls`` streams kept
+open to the worker, one call at a time on each, as the server answers them exactly as calls
+of their own: a message on an open stream costs both sides much less than a call of its own
+(benchmarks/bench_floor.py). A call takes an idle stream or opens one; a stream that fails or
+ends under a call is dropped, the call failing as a call of its own would (UNAVAILABLE when
+the worker ended the stream: the call was not run). A call keeps to its timeout: the server
+ends it then, and the client cancels its stream if no answer came (a stalled worker). A
+server without Calls (older than it) gets calls of their own, as does every call beyond
+those a channel carries at once (for grpcio's thread API, a call alone on its channel: its
+stream messages cost hand-offs between threads; ``MAX_STREAMS`` for grpc.aio), and every call
+larger than
+``MAX_CARRIED_BYTES``, whose bytes cost more than its call. ``carry=False`` turns it off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
+import os
+import queue
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,8 +39,16 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 import grpc.aio
 
-from tms_client.exceptions import CallError, DeadlineExceededError, from_rpc_error
-from tms_client.protocol.wire import ImageMessage
+from tms.v1 import model_service_pb2 as pb
+from tms_client.exceptions import (
+    CallError,
+    DeadlineExceededError,
+    UnavailableError,
+    from_rpc_error,
+    from_status,
+)
+from tms_client.protocol.methods import method_path
+from tms_client.protocol.wire import ImageMessage, varint
 from tms_client.targets import refused
 from tms_client.tls import TLS
 
@@ -129,7 +154,14 @@ class AsyncTransport(Protocol):
 class _Grpc:
     """grpcio channel settings shared by the sync and asyncio transports."""
 
-    def __init__(self, tls: TLS | None = None, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        tls: TLS | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        *,
+        carry: bool = True,
+    ) -> None:
+        self.carry = carry
         # Read the certificate files once, now; every channel shares the credentials.
         self.credentials = tls.credentials() if tls is not None else None
         self.options: list[tuple[str, Any]] = [
@@ -154,7 +186,7 @@ class GrpcTransport(_Grpc):
     """Channels of grpcio, each its own TCP connection; TLS when ``tls`` is given."""
 
     def open(self, address: str) -> GrpcChannel:
-        return GrpcChannel(self._open(grpc, address))
+        return GrpcChannel(self._open(grpc, address), carry=self.carry)
 
     def refuses(self, address: str, timeout: float) -> bool:
         """Whether a TCP connection to ``address`` is refused (see targets.refused)."""
@@ -165,19 +197,57 @@ class AioTransport(_Grpc):
     """As ``GrpcTransport``, on grpc.aio channels."""
 
     def open(self, address: str) -> AioChannel:
-        return AioChannel(self._open(grpc.aio, address))
+        return AioChannel(self._open(grpc.aio, address), carry=self.carry)
 
     async def refuses(self, address: str, timeout: float) -> bool:
         """As GrpcTransport.refuses, in a thread (the name may need looking up)."""
         return await asyncio.to_thread(refused, address, timeout)
 
 
-class _Methods:
-    """A grpcio channel (sync or asyncio) and its multi-callables, made once per path."""
+#: The unary methods whose calls a channel carries on Calls streams.
+CARRIED = frozenset(
+    map(method_path, ("RunImage", "RunImageBatch", "RunImageToImage", "RunText", "RunTextBatch"))
+)
+#: Streams of a grpc.aio channel busy at once, beyond which calls go on their own.
+MAX_STREAMS = 16
+#: The largest request carried: the bytes of a larger one cost more than its call.
+MAX_CARRIED_BYTES = 1024 * 1024
+_CALLS = method_path("Calls")
+_TIMED_OUT = "Deadline Exceeded"  # as grpc says it
 
-    def __init__(self, channel: Any) -> None:
+
+class _Methods:
+    """A grpcio channel (sync or asyncio) and its multi-callables, made once per path, and
+    its idle Calls streams."""
+
+    def __init__(self, channel: Any, *, carry: bool = True) -> None:
         self._channel = channel
         self._unary: dict[str, Any] = {}
+        self._carry = carry  # until the server says it has no Calls
+        self._idle: list[Any] = []  # streams waiting for a call, the last used last
+        self._pid = os.getpid()
+
+    def _carries(self, request: Request, payload: bytes) -> bool:
+        if self._pid != os.getpid():
+            # A channel a child process inherited through fork: grpcio's threads that serve
+            # its streams stayed behind, so its calls go on their own (they need none).
+            self._carry, self._idle = False, []
+        return self._carry and request.path in CARRIED and len(payload) <= MAX_CARRIED_BYTES
+
+    def _idle_stream(self) -> Any:
+        """An idle stream still open, or None."""
+        while self._idle:
+            stream = self._idle.pop()
+            if stream.open():
+                return stream
+        return None
+
+    def _uncarried(self, exc: grpc.RpcError) -> bool:
+        """Whether ``exc``, which ended a new stream, says the server has no Calls: then its
+        calls go on their own from now on."""
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            self._carry = False
+        return not self._carry
 
     def _method(self, path: str) -> Any:
         method = self._unary.get(path)
@@ -201,10 +271,33 @@ class _Methods:
 
 
 class GrpcChannel(_Methods):
+    def __init__(self, channel: Any, *, carry: bool = True) -> None:
+        super().__init__(channel, carry=carry)
+        # grpcio's thread API sends a stream's messages from a thread of its own: with other
+        # calls running, handing each call to that thread and its answer back costs more CPU
+        # than a call of its own (benchmarks/RESULTS.md), so only a call alone is carried.
+        self._counting = threading.Lock()
+        self._in_flight = 0
+
     def unary(self, request: Request) -> Reply:
+        with self._counting:
+            self._in_flight += 1
+            alone = self._in_flight == 1
+        try:
+            return self._send(request, alone)
+        finally:
+            with self._counting:
+                self._in_flight -= 1
+
+    def _send(self, request: Request, alone: bool) -> Reply:
+        payload = request.payload()
+        if alone and self._carries(request, payload):
+            reply = self._carried(request, payload)
+            if reply is not None:
+                return reply
         try:
             reply, call = self._method(request.path).with_call(
-                request.payload(),
+                payload,
                 timeout=request.timeout,
                 metadata=request.metadata,
                 wait_for_ready=request.wait_for_ready,
@@ -213,11 +306,179 @@ class GrpcChannel(_Methods):
             raise from_rpc_error(exc) from exc
         return Reply(bytes(reply), tuple(call.trailing_metadata() or ()))
 
+    def _carried(self, request: Request, payload: bytes) -> Reply | None:
+        """``request`` sent on a Calls stream; None when the server has none."""
+        stream: _CallStream | None = self._idle_stream()
+        new = stream is None
+        if stream is None:
+            stream = _CallStream(self._channel.stream_stream(_CALLS), request)
+        try:
+            data = stream.call(_carried(request, payload, stream.metadata), request.timeout)
+        except grpc.RpcError as exc:
+            stream.close()
+            if new and self._uncarried(exc):
+                return None
+            if stream.expired:
+                raise DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, _TIMED_OUT) from exc
+            raise _broken(exc) from exc
+        except StopIteration:
+            stream.close()
+            raise _ended() from None
+        except BaseException:  # interrupted: what the stream holds is unknown
+            stream.close()
+            raise
+        self._idle.append(stream)
+        return _reply(data)
+
     def stream(self, request: Request, more: More = ()) -> GrpcStream:
         return GrpcStream(self._streaming(request, more))
 
     def close(self) -> None:
+        for stream in self._idle:
+            stream.close()
         self._channel.close()
+
+
+class _CallStream:
+    """A Calls stream of grpcio's thread API, carrying one call at a time. grpcio sends a
+    stream's messages from an iterator, in a thread of its own: here, a queue's."""
+
+    def __init__(self, method: Any, first: Request) -> None:
+        self.metadata = first.metadata
+        self.expired = False
+        self._sent: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._answers = method(
+            iter(self._sent.get, None),
+            metadata=first.metadata,
+            wait_for_ready=first.wait_for_ready,
+        )
+
+    def call(self, message: bytes, timeout: float | None) -> bytes:
+        self._sent.put(message)
+        if timeout is None:
+            return bytes(next(self._answers))
+        watch = DEADLINES.watch(time.monotonic() + timeout, self)
+        try:
+            return bytes(next(self._answers))
+        finally:
+            DEADLINES.done(watch)
+
+    def open(self) -> bool:
+        return bool(self._answers.is_active())
+
+    def expire(self) -> None:
+        """The call outlasted its timeout: end the stream under it."""
+        self.expired = True
+        self._answers.cancel()
+
+    def close(self) -> None:
+        self._sent.put(None)
+        self._answers.cancel()
+
+
+class _Deadlines:
+    """Ends the carried calls of the thread API that outlast their timeout, with one thread
+    a process, started when first needed: the server ends such a call itself, unless its
+    worker cannot answer (stopped, or held by a model that keeps the GIL)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh (in a child process: the thread and its lock stayed behind)."""
+        self._due: list[list[Any]] = []  # [when, number, stream or None once answered]
+        self._count = itertools.count()
+        self._answered = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, when: float, stream: _CallStream) -> list[Any]:
+        entry = [when, next(self._count), stream]
+        with self._changed:
+            heapq.heappush(self._due, entry)
+            if self._thread is None or not self._thread.is_alive():  # none yet, or forked
+                self._thread = threading.Thread(target=self._run, name="tms-deadlines", daemon=True)
+                self._thread.start()
+            if self._due[0] is entry:
+                self._changed.notify()
+        return entry
+
+    def done(self, entry: list[Any]) -> None:
+        with self._changed:
+            entry[2] = None
+            self._answered += 1
+            if self._answered > 1024 and self._answered * 2 > len(self._due):
+                self._due = [due for due in self._due if due[2] is not None]
+                heapq.heapify(self._due)
+                self._answered = 0
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                while self._due and self._due[0][2] is None:
+                    heapq.heappop(self._due)
+                    self._answered -= 1
+                if not self._due:
+                    self._changed.wait()
+                    continue
+                left = self._due[0][0] - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                stream = heapq.heappop(self._due)[2]
+                stream.expire()
+
+
+DEADLINES = _Deadlines()
+os.register_at_fork(after_in_child=DEADLINES.reset)
+
+
+def _carried(request: Request, payload: bytes, opened: Metadata) -> bytes:
+    """``request`` as a CallsRequest, with those of its metadata the stream was not opened
+    with (``opened``). Written by hand: protobuf would copy the payload once more."""
+    path = request.path.encode()
+    parts = [b"\x0a", varint(len(path)), path, b"\x12", varint(len(payload)), payload]
+    own = [(key, value) for key, value in request.metadata if (key, value) not in opened]
+    if own:
+        entries = [
+            pb.MetadataEntry(key=key, value=value if isinstance(value, bytes) else value.encode())
+            for key, value in own
+        ]
+        parts.append(pb.CallsRequest(metadata=entries).SerializeToString())
+    if request.timeout is not None:
+        parts += (b"\x20", varint(max(1, int(request.timeout * 1e6))))
+    return b"".join(parts)
+
+
+def _reply(data: bytes) -> Reply:
+    """The reply a CallsResponse carries; its error raised."""
+    answer = pb.CallsResponse.FromString(data)
+    trailers = tuple(
+        (entry.key, entry.value if entry.key.endswith("-bin") else entry.value.decode())
+        for entry in answer.trailers
+    )
+    if answer.error_status:
+        raise from_status(answer.error_status, trailers)
+    return Reply(answer.response, trailers)
+
+
+def _broken(exc: grpc.RpcError) -> CallError:
+    """The error of a call whose stream failed under it. A call's own errors come in its
+    answer, so a status of the stream that no server sent (INTERNAL with no trailers, as
+    grpc.aio ends a stream whose connection broke) is that of a worker gone: UNAVAILABLE."""
+    error = from_rpc_error(exc)
+    if error.code == grpc.StatusCode.INTERNAL and not error.trailers:
+        return UnavailableError(
+            grpc.StatusCode.UNAVAILABLE, f"the stream the call was sent on broke: {error.details}"
+        )
+    return error
+
+
+def _ended() -> CallError:
+    return UnavailableError(
+        grpc.StatusCode.UNAVAILABLE,
+        "the worker ended the stream the call was sent on; it did not run it",
+    )
 
 
 class GrpcStream:
@@ -238,9 +499,18 @@ class GrpcStream:
 
 
 class AioChannel(_Methods):
+    def __init__(self, channel: Any, *, carry: bool = True) -> None:
+        super().__init__(channel, carry=carry)
+        self._busy = 0  # streams carrying a call
+
     async def unary(self, request: Request) -> Reply:
+        payload = request.payload()
+        if self._carries(request, payload) and self._busy < MAX_STREAMS:
+            reply = await self._carried(request, payload)
+            if reply is not None:
+                return reply
         call = self._method(request.path)(
-            request.payload(),
+            payload,
             timeout=request.timeout,
             metadata=request.metadata,
             wait_for_ready=request.wait_for_ready,
@@ -252,13 +522,62 @@ class AioChannel(_Methods):
             raise from_rpc_error(exc) from exc
         return Reply(bytes(reply), tuple(trailers or ()))
 
+    async def _carried(self, request: Request, payload: bytes) -> Reply | None:
+        """``request`` sent on a Calls stream; None when the server has none."""
+        stream: _AioCallStream | None = self._idle_stream()
+        new = stream is None
+        if stream is None:
+            stream = _AioCallStream(self._channel.stream_stream(_CALLS), request)
+        self._busy += 1
+        try:
+            async with asyncio.timeout(request.timeout):
+                data = await stream.call(_carried(request, payload, stream.metadata))
+        except grpc.RpcError as exc:
+            stream.close()
+            if new and self._uncarried(exc):
+                return None
+            raise _broken(exc) from exc
+        except TimeoutError:
+            stream.close()
+            raise DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, _TIMED_OUT) from None
+        except BaseException:  # cancelled: what the stream holds is unknown
+            stream.close()
+            raise
+        finally:
+            self._busy -= 1
+        if data is grpc.aio.EOF:
+            stream.close()
+            raise _ended()
+        self._idle.append(stream)
+        return _reply(data)
+
     def stream(
         self, request: Request, more: More | AsyncIterable[bytes | ImageMessage] = ()
     ) -> AioStream:
         return AioStream(self._streaming(request, more), request.timeout)
 
     async def close(self) -> None:
+        for stream in self._idle:
+            stream.close()
         await self._channel.close()
+
+
+class _AioCallStream:
+    """A Calls stream of grpc.aio, carrying one call at a time."""
+
+    def __init__(self, method: Any, first: Request) -> None:
+        self.metadata = first.metadata
+        self._call = method(metadata=first.metadata, wait_for_ready=first.wait_for_ready)
+
+    async def call(self, message: bytes) -> Any:
+        await self._call.write(message)
+        return await self._call.read()
+
+    def open(self) -> bool:
+        return not self._call.done()
+
+    def close(self) -> None:
+        self._call.cancel()
 
 
 class AioStream:

@@ -37,6 +37,7 @@ class CallInfo:
     image_bytes: int = 0  # bytes of the images the request carried
     span: Any = None  # its OpenTelemetry span, when tracing is on (tms_server.tracing)
     read: tuple[bytes, Any] | None = None  # its request, and what the servicer read in it
+    via: str | None = None  # the stream that carried it ("Calls"), if not a call of its own
 
     def ran_model(self, seconds: float) -> None:
         self.model_seconds = (self.model_seconds or 0.0) + seconds

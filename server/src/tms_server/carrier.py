@@ -153,7 +153,7 @@ async def _run(
     method, serialize = carriable
     try:
         async with asyncio.timeout(call.timeout_us / 1e6 if call.timeout_us else None):
-            response = await worker.handle(method, cast("Context", context))
+            response = await worker.handle(method, cast("Context", context), "Calls")
     except Aborted as exc:
         trailers = tuple((key, value) for key, value in exc.trailers if key != _STATUS_DETAILS_KEY)
         return pb.CallsResponse(

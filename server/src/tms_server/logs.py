@@ -24,7 +24,7 @@ __all__ = ["ACCESS", "JsonFormatter", "PlainFormatter", "configure", "log_call"]
 
 #: The logger of the lines ``--log-requests`` adds, one per call.
 ACCESS = logging.getLogger("tms_server.access")
-_CALL_FIELDS = ("rpc", "model", "request_id")
+_CALL_FIELDS = ("rpc", "model", "request_id", "via")
 
 
 def _call_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -120,6 +120,7 @@ def log_call(call: CallInfo, code: grpc.StatusCode, seconds: float) -> None:
             "rpc": call.rpc,
             "model": call.model,
             "request_id": call.request_id,
+            "via": call.via,
             "code": code.name,
             "ms": ms,
         },

@@ -28,6 +28,9 @@ status of what it raises. Its servicer method is an async generator of responses
 each answer (not the wait between messages: a stream may idle, holding no thread), and
 ``Stream.run`` admits each piece of work, a frame say, as one call of its own (a thread, a
 place in the queue, its pixels), so a stream holds a call slot only while its work runs.
+
+ModelService.Calls is a stream of unary model calls, each run by ``handle`` as a call of its
+own (tms_server.carrier).
 """
 
 from __future__ import annotations
@@ -204,9 +207,10 @@ class Worker:
         if self.load.draining:
             raise Unavailable(f"this worker is shutting down; {hint}", retry_after=0.0)
 
-    async def handle(self, method: Method, context: Context) -> Any:
+    async def handle(self, method: Method, context: Context, via: str | None = None) -> Any:
         began = time.perf_counter()
         call = self.begin(method.rpc, method.name, context.invocation_metadata())
+        call.via = via
         tail: Trailers = ((REQUEST_ID_KEY, call.request_id),)
         request = await self.read(context)
         try:
