@@ -2,16 +2,17 @@
 
 bench_mean's 224x224 targets compare a TMS ``RunImage`` call with a raw grpcio unary call.
 This benchmark measures where the floor of such a call lies: the same request (a 224x224x3
-image for ``mean``, its pixels in the request bytes) sent eight ways, at 1 and at 8 callers,
+image for ``mean``, its pixels in the request bytes) sent ten ways, at 1 and at 8 callers,
 in alternating slices, against a 2-worker TMS server and the 2-worker raw server
 (``raw_server.py``):
 
 - with grpcio's thread API: a raw unary call to the raw server (bench_mean's baseline); a
   raw unary ``RunImage`` to the TMS server; a ``RunImageStream`` frame on a stream the caller
   keeps open (one frame in flight per stream, a stream per caller); the TMS client's
-  ``run_image``;
-- the same four with grpc.aio, callers being coroutines of one event loop (the last is the
-  asyncio client's ``run_image``).
+  ``run_image``, its calls carried on ``Calls`` streams (the default) and each a call of its
+  own (``call_streams=False``);
+- the same five with grpc.aio, callers being coroutines of one event loop (the last two are
+  the asyncio client's ``run_image``).
 
 The stream ways need no TMS client: they show what a call could cost if a call were a
 message on a stream rather than an RPC of its own, which is the part of a call that no work
@@ -34,8 +35,7 @@ import queue
 import shlex
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_mean import (
     CALL_TIMEOUT,
     THREADS,
+    Call,
+    OnLoop,
     Samples,
     machine,
     models_folder,
@@ -191,55 +193,28 @@ class AioStreams:
             await stream.done_writing()
 
 
-async def aio_load(
-    call: Callable[[], Awaitable[object]], concurrency: int, duration: float
-) -> Samples:
-    """As bench_mean's run_load, with ``concurrency`` coroutines of the running loop."""
-    latencies: list[float] = []
-    clock = time.perf_counter
-    stop = clock() + duration
-
-    async def loop() -> None:
-        while (start := clock()) < stop:
-            await call()
-            latencies.append(clock() - start)
-
-    begin = clock()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return Samples(latencies, clock() - begin)
-
-
 @dataclass
 class Way:
-    """One way of making the call: thread callers (``sync``) or coroutines (``aio``)."""
+    """One way of making the call, and what it measured at each number of callers."""
 
     name: str
     pids: list[int]
-    sync: Callable[[], object] | None = None
-    aio: Callable[[], Awaitable[object]] | None = None
+    call: Call
     samples: dict[int, Samples] = field(default_factory=dict)
     cpu: dict[int, list[float]] = field(default_factory=dict)  # callers: client, server seconds
 
-    def run(self, loop: asyncio.AbstractEventLoop, concurrency: int, seconds: float) -> Samples:
-        if self.sync is not None:
-            return run_load(self.sync, concurrency, seconds)
-        assert self.aio is not None
-        return loop.run_until_complete(aio_load(self.aio, concurrency, seconds))
 
-
-def measure(
-    ways: Sequence[Way], loop: asyncio.AbstractEventLoop, *, duration: float, rounds: int
-) -> None:
+def measure(ways: Sequence[Way], *, duration: float, rounds: int) -> None:
     for concurrency in CONCURRENCY:
         print(f"{concurrency} caller(s) ...", file=sys.stderr)
         for way in ways:
-            way.run(loop, concurrency, 0.5)
+            run_load(way.call, concurrency, 0.5)
             way.samples[concurrency] = Samples()
             way.cpu[concurrency] = [0.0, 0.0]
         for index in range(rounds):
             for way in ways if index % 2 == 0 else ways[::-1]:
                 mine, theirs = own_cpu_seconds(), cpu_seconds(way.pids)
-                way.samples[concurrency].add(way.run(loop, concurrency, duration / rounds))
+                way.samples[concurrency].add(run_load(way.call, concurrency, duration / rounds))
                 way.cpu[concurrency][0] += own_cpu_seconds() - mine
                 way.cpu[concurrency][1] += cpu_seconds(way.pids) - theirs
 
@@ -320,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tms_channels = thread_channels(tms_target, method_path("GetWorkerInfo"), stack)
         raw_pids, tms_pids = list(raw_channels), list(tms_channels)
         tms = stack.enter_context(ModelClient("mean", tms_target, shared_memory=False))
+        alone = stack.enter_context(
+            ModelClient("mean", tms_target, shared_memory=False, call_streams=False)
+        )
         raw_means = itertools.cycle([unary(c, MEAN_METHOD) for c in raw_channels.values()])
         runs = itertools.cycle([unary(c, method_path("RunImage")) for c in tms_channels.values()])
         streams = ThreadStreams(list(tms_channels.values()), first, frame)
@@ -329,6 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.callback(lambda: loop.run_until_complete(aio.aclose()))
         aio_tms = loop.run_until_complete(
             aio.enter_async_context(AsyncModelClient("mean", tms_target, shared_memory=False))
+        )
+        aio_alone = loop.run_until_complete(
+            aio.enter_async_context(
+                AsyncModelClient("mean", tms_target, shared_memory=False, call_streams=False)
+            )
         )
         aio_raw = loop.run_until_complete(aio_channels(raw_target, PID_METHOD, aio))
         aio_run = loop.run_until_complete(
@@ -340,38 +323,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         aio.push_async_callback(aio_streams.close)
 
         ways = [
-            Way(
-                BASELINE, raw_pids, sync=lambda: next(raw_means)(raw_request, timeout=CALL_TIMEOUT)
-            ),
+            Way(BASELINE, raw_pids, lambda: next(raw_means)(raw_request, timeout=CALL_TIMEOUT)),
             Way(
                 "thread: raw unary, TMS server",
                 tms_pids,
-                sync=lambda: next(runs)(run_request, timeout=CALL_TIMEOUT),
+                lambda: next(runs)(run_request, timeout=CALL_TIMEOUT),
             ),
-            Way("thread: raw stream message, TMS server", tms_pids, sync=streams.call),
-            Way("thread: TMS client", tms_pids, sync=lambda: tms.run_image(image)),
+            Way("thread: raw stream message, TMS server", tms_pids, streams.call),
+            Way("thread: TMS client", tms_pids, lambda: tms.run_image(image)),
+            Way("thread: TMS client, a call each", tms_pids, lambda: alone.run_image(image)),
             Way(
                 "aio: raw unary, raw server",
                 raw_pids,
-                aio=lambda: next(aio_raw_means)(raw_request, timeout=CALL_TIMEOUT),
+                OnLoop(loop, lambda: next(aio_raw_means)(raw_request, timeout=CALL_TIMEOUT)),
             ),
             Way(
                 "aio: raw unary, TMS server",
                 tms_pids,
-                aio=lambda: next(aio_runs)(run_request, timeout=CALL_TIMEOUT),
+                OnLoop(loop, lambda: next(aio_runs)(run_request, timeout=CALL_TIMEOUT)),
             ),
-            Way("aio: raw stream message, TMS server", tms_pids, aio=aio_streams.call),
-            Way("aio: TMS asyncio client", tms_pids, aio=lambda: aio_tms.run_image(image)),
+            Way("aio: raw stream message, TMS server", tms_pids, OnLoop(loop, aio_streams.call)),
+            Way(
+                "aio: TMS asyncio client", tms_pids, OnLoop(loop, lambda: aio_tms.run_image(image))
+            ),
+            Way(
+                "aio: TMS asyncio client, a call each",
+                tms_pids,
+                OnLoop(loop, lambda: aio_alone.run_image(image)),
+            ),
         ]
         expected = pixel_mean(image)
         for way in ways:
-            answer = way.run(loop, 1, 0.05)
+            answer = run_load(way.call, 1, 0.05)
             if not answer.latencies:
                 raise RuntimeError(f"{way.name}: no call answered")
         check = json.loads(pb.RunImageStreamResponse.FromString(streams.call()).result_json)
         if not np.isclose(check["mean"], expected):
             raise RuntimeError(f"wrong mean from a stream: {check}")
-        measure(ways, loop, duration=args.duration, rounds=args.rounds)
+        measure(ways, duration=args.duration, rounds=args.rounds)
     loop.close()
     print(
         f"Command: `{command.strip()}`\n\nDate: {started:%Y-%m-%d %H:%M} UTC; "

@@ -2,12 +2,14 @@
 
 One run starts a real ``tms-server`` (a models folder holding only ``mean``) and the raw
 grpcio baseline of ``raw_server.py``, both as subprocesses on 127.0.0.1 with the same number
-of worker processes and threads, and drives both with the same load loop: TMS through
-``tms_client.ModelClient("mean", target).run_image(array)``, the baseline through one channel
-per worker process, balanced round-robin, as the TMS client is here. For every image size and
-concurrency it warms both up, then measures them in alternating slices (TMS, raw, raw, TMS,
-...) so that drift on a noisy machine hits both alike, and reports p50/p99 latency,
-throughput and the ratios TMS/raw as a Markdown table.
+of worker processes and threads, and drives them with the same load: TMS through
+``tms_client.ModelClient("mean", target).run_image(array)`` from threads ("TMS") and through
+``AsyncModelClient`` from coroutines of one event loop ("TMS asyncio"), both with their
+defaults (shared memory, calls on open streams), the baseline from threads through one channel
+per worker process, balanced round-robin, as the TMS clients are here. For every image size
+and concurrency it warms them up, then measures them in alternating slices (TMS, TMS asyncio,
+raw, raw, TMS asyncio, TMS, ...) so that drift on a noisy machine hits all alike, and reports
+p50/p99 latency, throughput and the ratios of each TMS client to raw as a Markdown table.
 
     python3 -m uv run python benchmarks/bench_mean.py [--out benchmarks/RESULTS.md]
 """
@@ -15,6 +17,7 @@ throughput and the ratios TMS/raw as a Markdown table.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import functools
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -40,7 +43,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tms_client import ModelClient, RoundRobin
+from tms_client import AsyncModelClient, ModelClient, RoundRobin
 
 # Run as a script (python benchmarks/bench_mean.py): make the benchmarks folder importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,6 +61,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SERVING = re.compile(r"serving on (\S+):(\d+) with (\d+) worker")
 THREADS = 8  # per worker process, tms-server's default
+#: The TMS systems measured: the thread client and the asyncio client.
+CLIENTS = ("TMS", "TMS asyncio")
 START_TIMEOUT = 120.0
 CALL_TIMEOUT = 30.0
 TARGETS = "p50 ratio (TMS/raw) <= 1.1 at concurrency 1; throughput ratio (TMS/raw) >= 0.95 at 8"
@@ -85,8 +90,23 @@ class Samples:
         return float(np.percentile(self.latencies, q)) * 1000.0
 
 
-def run_load(call: Callable[[], object], concurrency: int, duration: float) -> Samples:
-    """Call ``call()`` back to back from ``concurrency`` threads for ``duration`` seconds."""
+@dataclass(frozen=True)
+class OnLoop:
+    """A call of an asyncio client, for ``run_load`` to make from coroutines of ``loop``."""
+
+    loop: asyncio.AbstractEventLoop
+    call: Callable[[], Awaitable[object]]
+
+
+#: A system's call, as run_load makes it.
+Call = Callable[[], object] | OnLoop
+
+
+def run_load(call: Call, concurrency: int, duration: float) -> Samples:
+    """Call ``call()`` back to back from ``concurrency`` threads (coroutines of its loop, for
+    an ``OnLoop``) for ``duration`` seconds."""
+    if isinstance(call, OnLoop):
+        return call.loop.run_until_complete(_load_on_loop(call.call, concurrency, duration))
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(concurrency + 1)
@@ -116,6 +136,23 @@ def run_load(call: Callable[[], object], concurrency: int, duration: float) -> S
     if any(thread.is_alive() for thread in threads):
         raise RuntimeError("a load thread did not finish in time")
     return Samples([x for mine in latencies for x in mine], elapsed)
+
+
+async def _load_on_loop(
+    call: Callable[[], Awaitable[object]], concurrency: int, duration: float
+) -> Samples:
+    latencies: list[float] = []
+    clock = time.perf_counter
+    begin = clock()
+    stop = begin + duration
+
+    async def loop() -> None:
+        while (start := clock()) < stop:
+            await call()
+            latencies.append(clock() - start)
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return Samples(latencies, clock() - begin)
 
 
 # -- servers -----------------------------------------------------------------------------------
@@ -225,7 +262,7 @@ class Cell:
     height: int
     concurrency: int
     samples: dict[str, Samples] = field(
-        default_factory=lambda: {"TMS": Samples(), "raw": Samples()}
+        default_factory=lambda: {name: Samples() for name in (*CLIENTS, "raw")}
     )
 
     @property
@@ -239,7 +276,7 @@ class Cell:
 
 def alternate(
     samples: Mapping[str, Samples],
-    calls: Mapping[str, Callable[[], object]],
+    calls: Mapping[str, Call],
     concurrency: int,
     *,
     duration: float,
@@ -257,14 +294,14 @@ def alternate(
             samples[name].add(run_load(calls[name], concurrency, duration / rounds))
 
 
-def ratios(cell: Cell) -> tuple[float, float]:
-    """(p50 ratio TMS/raw, throughput ratio TMS/raw)."""
-    tms, raw = cell.samples["TMS"], cell.samples["raw"]
+def ratios(cell: Cell, client: str = "TMS") -> tuple[float, float]:
+    """(p50 ratio TMS/raw, throughput ratio TMS/raw) of ``client`` (one of CLIENTS)."""
+    tms, raw = cell.samples[client], cell.samples["raw"]
     return tms.percentile_ms(50) / raw.percentile_ms(50), tms.throughput / raw.throughput
 
 
-def verdict(cell: Cell) -> str:
-    p50_ratio, throughput_ratio = ratios(cell)
+def verdict(cell: Cell, client: str = "TMS") -> str:
+    p50_ratio, throughput_ratio = ratios(cell, client)
     if cell.concurrency == 1:
         return "met" if p50_ratio <= 1.1 else "**missed** (p50 ratio > 1.1)"
     if cell.concurrency == 8:
@@ -280,9 +317,9 @@ def table(cells: Sequence[Cell]) -> str:
     )
     rows = []
     for cell in cells:
-        p50_ratio, throughput_ratio = ratios(cell)
         for name, samples in cell.samples.items():
-            first = name == "TMS"
+            first = name in CLIENTS
+            p50_ratio, throughput_ratio = ratios(cell, name) if first else (0.0, 0.0)
             rows.append(
                 f"| {cell.label} | {cell.concurrency} | {name} | {len(samples.latencies)} "
                 f"| {samples.percentile_ms(50):.2f} | {samples.percentile_ms(99):.2f} "
@@ -290,7 +327,7 @@ def table(cells: Sequence[Cell]) -> str:
                 f"| {samples.throughput * cell.image_bytes / 1e6:.0f} "
                 f"| {f'{p50_ratio:.3f}' if first else ''} "
                 f"| {f'{throughput_ratio:.3f}' if first else ''} "
-                f"| {verdict(cell) if first else ''} |"
+                f"| {verdict(cell, name) if first else ''} |"
             )
     return head + "\n".join(rows) + "\n"
 
@@ -393,21 +430,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         tms = stack.enter_context(
             ModelClient("mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin())
         )
+        loop = asyncio.new_event_loop()
+        stack.callback(loop.close)
+        tms_aio = AsyncModelClient("mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin())
+        loop.run_until_complete(tms_aio.__aenter__())
+        stack.callback(lambda: loop.run_until_complete(tms_aio.close()))
         raw = RawClient(raw_target, args.workers)
         stack.callback(raw.close)
-        if len(tms.workers()) != args.workers:
-            raise RuntimeError(f"TMS client found {len(tms.workers())} of {args.workers} workers")
+        found = (len(tms.workers()), len(loop.run_until_complete(tms_aio.workers())))
+        if found != (args.workers, args.workers):
+            raise RuntimeError(f"the TMS clients found {found} of {args.workers} workers")
 
         for size, image in images.items():
             expected = pixel_mean(image)
-            got = (tms.run_image(image)["mean"], raw.mean(image))
+            aio_mean = loop.run_until_complete(tms_aio.run_image(image))["mean"]
+            got = (tms.run_image(image)["mean"], aio_mean, raw.mean(image))
             if not np.allclose(got, expected):
                 raise RuntimeError(f"wrong means for {size}: {got}, expected {expected}")
 
         for cell in cells:
             image = images[(cell.width, cell.height)]
-            calls: dict[str, Callable[[], object]] = {
+            calls: dict[str, Call] = {
                 "TMS": functools.partial(tms.run_image, image),
+                "TMS asyncio": OnLoop(loop, functools.partial(tms_aio.run_image, image)),
                 "raw": functools.partial(raw.mean, image),
             }
             print(f"measuring {cell.label}, concurrency {cell.concurrency} ...", file=sys.stderr)

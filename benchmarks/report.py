@@ -17,6 +17,7 @@ the report, never by timed assertions in the tests.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import functools
@@ -41,7 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tms.v1 import model_service_pb2 as pb
-from tms_client import ModelClient, RoundRobin, calls
+from tms_client import AsyncModelClient, ModelClient, RoundRobin, calls
 from tms_client.protocol.methods import method_path
 from tms_client.protocol.wire import ImageMessage
 
@@ -51,6 +52,8 @@ from benchmarks import bench_batching, bench_shm, bench_stream
 from benchmarks.bench_mean import (
     CALL_TIMEOUT,
     THREADS,
+    Call,
+    OnLoop,
     RawClient,
     Samples,
     alternate,
@@ -121,7 +124,7 @@ class Report:
 
 
 def sampled(
-    calls: Mapping[str, Callable[[], object]], concurrency: int, seconds: float, rounds: int
+    calls: Mapping[str, Call], concurrency: int, seconds: float, rounds: int
 ) -> dict[str, Samples]:
     """The samples of each system of ``calls``, measured in alternating slices."""
     samples = {name: Samples() for name in calls}
@@ -193,31 +196,49 @@ def latency_by_size(report: Report, tms_target: str, raw: RawClient) -> None:
 def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -> None:
     image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     rows: list[str] = []
-    rates: dict[str, list[float]] = {"TMS": [], "raw grpcio": []}
-    with client(tms_target, shared_memory=False) as tms:
+    clients = {"TMS": "thread client", "TMS asyncio": "asyncio client"}
+    rates: dict[str, list[float]] = {name: [] for name in (*clients, "raw grpcio")}
+    loop = asyncio.new_event_loop()
+    with contextlib.ExitStack() as stack:
+        stack.callback(loop.close)
+        tms = stack.enter_context(client(tms_target, shared_memory=False))
+        tms_aio = AsyncModelClient(
+            "mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin(), shared_memory=False
+        )
+        loop.run_until_complete(tms_aio.__aenter__())
+        stack.callback(lambda: loop.run_until_complete(tms_aio.close()))
         for concurrency in CONCURRENCY:
             print(f"throughput: concurrency {concurrency} ...", file=sys.stderr)
-            calls: dict[str, Callable[[], object]] = {
+            calls: dict[str, Call] = {
                 "TMS": functools.partial(tms.run_image, image),
+                "TMS asyncio": OnLoop(loop, functools.partial(tms_aio.run_image, image)),
                 "raw grpcio": functools.partial(raw.mean, image),
             }
             samples = sampled(calls, concurrency, report.seconds, report.rounds)
-            ratio = samples["TMS"].throughput / samples["raw grpcio"].throughput
-            p50_ratio = samples["TMS"].percentile_ms(50) / samples["raw grpcio"].percentile_ms(50)
+            base = samples["raw grpcio"]
             for name, measured in samples.items():
                 rates[name].append(measured.throughput)
+                ratio = measured.throughput / base.throughput
+                p50_ratio = measured.percentile_ms(50) / base.percentile_ms(50)
                 rows.append(
                     f"| {concurrency} | {name} | {measured.throughput:.0f} | "
-                    f"{measured.percentile_ms(50):.3f} | {ratio:.3f} |"
+                    f"{measured.percentile_ms(50):.3f} | {p50_ratio:.3f} | {ratio:.3f} |"
                 )
-            if concurrency == 1:
-                report.targets.append(Target("224x224 p50 / raw, c=1", p50_ratio, 1.1, True))
-            if concurrency == 8:
-                report.targets.append(Target("224x224 throughput / raw, c=8", ratio, 0.95, False))
+                if name not in clients:
+                    continue
+                if concurrency == 1:
+                    what = f"224x224 p50 / raw, c=1, {clients[name]}"
+                    report.targets.append(Target(what, p50_ratio, 1.1, True))
+                if concurrency == 8:
+                    what = f"224x224 throughput / raw, c=8, {clients[name]}"
+                    report.targets.append(Target(what, ratio, 0.95, False))
     report.parts.append(
         "## Throughput against concurrency (224x224x3, bytes path)\n\n"
-        "| callers | system | calls/s | p50 ms | throughput TMS / raw |\n"
-        "| ---: | --- | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
+        "The thread client (`ModelClient`, callers are threads) and the asyncio client "
+        "(`AsyncModelClient`, callers are coroutines of one event loop), both carrying their "
+        "calls on `Calls` streams (their default), against raw grpcio's thread API.\n\n"
+        "| callers | system | calls/s | p50 ms | p50 / raw | calls/s / raw |\n"
+        "| ---: | --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
     )
 
     def draw(axes: Any) -> None:
