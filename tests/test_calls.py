@@ -258,6 +258,15 @@ def test_each_call_has_its_own_request_id_and_log_line(
         assert trailers(missing)["x-request-id"] == b"carried-third"
     finally:
         opened.close()
+    # The stream's own request id (of the call that opened it, say) is no later call's.
+    stream_id = Stream(server.target, metadata=(("x-request-id", "the-stream"),))
+    try:
+        answer = stream_id.call(
+            carried("RunImage", pb.RunImageRequest(model="mean", image=image()))
+        )
+        assert len(trailers(answer)["x-request-id"]) == 32
+    finally:
+        stream_id.close()
     server.stop()
     lines = [line for line in server.logs().splitlines() if "tms_server.access" in line]
     assert any("RunImage mean OK" in line and "carried-first" in line for line in lines), lines

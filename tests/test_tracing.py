@@ -52,6 +52,7 @@ SCENARIO = textwrap.dedent(
     with ModelClient("brightness", server.target) as client:
         with trace.get_tracer("test").start_as_current_span("caller"):
             assert client.run_image(image) == {"mean": 3.0}
+        assert client.run_image(image) == {"mean": 3.0}  # the same stream, a trace of its own
     with ModelClient("nope", server.target) as missing:
         try:
             missing.run_image(image)
@@ -99,7 +100,9 @@ def test_one_trace_spans_the_client_the_server_and_the_model(tmp_path):
     spans = run_scenario(write_models(tmp_path, MODELS))
     by_id = {span["id"]: span for span in spans}
     servers = [s for s in spans if s["kind"] == "SERVER" and s["name"].endswith("/RunImage")]
-    assert len(servers) == 3  # the sync call, the unknown model, the asyncio call
+    assert len(servers) == 4  # the sync calls, the unknown model, the asyncio call
+    parents = [server["parent"] for server in servers]
+    assert len(set(parents)) == 4  # each call's own client span, though calls share a stream
     for server in servers:
         client = by_id[server["parent"]]  # the server span is the client span's child
         assert client["kind"] == "CLIENT"

@@ -47,7 +47,7 @@ from tms_client.exceptions import (
     from_rpc_error,
     from_status,
 )
-from tms_client.protocol.methods import method_path
+from tms_client.protocol.methods import PER_CALL_METADATA, method_path
 from tms_client.protocol.wire import ImageMessage, varint
 from tms_client.targets import refused
 from tms_client.tls import TLS
@@ -435,10 +435,16 @@ os.register_at_fork(after_in_child=DEADLINES.reset)
 
 def _carried(request: Request, payload: bytes, opened: Metadata) -> bytes:
     """``request`` as a CallsRequest, with those of its metadata the stream was not opened
-    with (``opened``). Written by hand: protobuf would copy the payload once more."""
+    with (``opened``), and those that belong to the call alone (PER_CALL_METADATA: the server
+    never takes the stream's for them). Written by hand: protobuf would copy the payload
+    once more."""
     path = request.path.encode()
     parts = [b"\x0a", varint(len(path)), path, b"\x12", varint(len(payload)), payload]
-    own = [(key, value) for key, value in request.metadata if (key, value) not in opened]
+    own = [
+        (key, value)
+        for key, value in request.metadata
+        if key in PER_CALL_METADATA or (key, value) not in opened
+    ]
     if own:
         entries = [
             pb.MetadataEntry(key=key, value=value if isinstance(value, bytes) else value.encode())

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from tms.v1 import model_service_pb2 as pb
+from tms_client.protocol.methods import PER_CALL_METADATA
 from tms_server.errors import (
     InvalidArgument,
     Unauthenticated,
@@ -57,14 +58,17 @@ class Aborted(Exception):  # noqa: N818 - what context.abort does
 
 class Carried:
     """The gRPC context of one call carried by a Calls stream, as ``Worker.handle`` uses it:
-    the request is the message's, the metadata the stream's and the call's own, the trailers
-    and status go into the answer; the peer is the stream's."""
+    the request is the message's, the metadata the call's own and the stream's (its call token,
+    say) under other keys than those and PER_CALL_METADATA, the trailers and status go into the
+    answer; the peer is the stream's."""
 
     def __init__(self, stream: Context, message: pb.CallsRequest) -> None:
         self._stream = stream
         self._request: Any = message.request
         own = tuple((entry.key, _value(entry.key, entry.value)) for entry in message.metadata)
-        self._metadata = (*(stream.invocation_metadata() or ()), *own)
+        mine = PER_CALL_METADATA.union(key for key, _ in own)
+        shared = (entry for entry in stream.invocation_metadata() or () if entry[0] not in mine)
+        self._metadata = (*shared, *own)
         self.trailers: Trailers = ()
         self._done: list[Callable[[Any], object]] = []
 

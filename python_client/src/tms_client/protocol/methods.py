@@ -7,10 +7,20 @@ import functools
 
 from tms.v1 import model_service_pb2 as pb
 
-__all__ = ["HEALTH_CHECK", "IMAGE_FIELD", "OUTPUT_FIELD", "SERVICE", "method_path"]
+__all__ = [
+    "HEALTH_CHECK",
+    "IMAGE_FIELD",
+    "OUTPUT_FIELD",
+    "PER_CALL_METADATA",
+    "SERVICE",
+    "method_path",
+]
 
 #: The tms.v1.ModelService descriptor.
 SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]
+#: Metadata that belongs to one call: a call carried on a Calls stream has its own or none,
+#: never the stream's (its request id, its trace context).
+PER_CALL_METADATA = frozenset({"x-request-id", "traceparent", "tracestate"})
 #: The standard health check, open to callers without credentials.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: Field number of the image(s) in RunImageRequest, RunImageBatchRequest, RunImageToImageRequest.
