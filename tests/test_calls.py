@@ -438,3 +438,35 @@ def test_a_call_sent_on_a_stream_its_stopping_worker_ended_is_sent_again(
         os.kill(first.pid, signal.SIGTERM)
         assert wait_for(lambda: not alive(first.pid), timeout=30)
         assert [client.run_image(image) for _ in range(8)] == [{"mean": 3.0}] * 8
+
+
+def test_a_worker_keeps_a_bounded_number_of_idle_streams(
+    models: Path, in_process_server: Callable[..., InProcessServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond MAX_IDLE streams waiting for a call, the one waiting longest ends UNAVAILABLE;
+    the clients open another when they need one, without failing a call."""
+    monkeypatch.setattr(carrier, "MAX_IDLE", 2)
+    server = in_process_server(models)
+    request = carried("RunImage", pb.RunImageRequest(model="mean", image=image(6)))
+    streams: list[Stream] = []
+    try:
+        for _ in range(3):  # each opened and answered, then waiting for its next call
+            streams.append(Stream(server.target))
+            assert not streams[-1].call(request).error_status
+        with pytest.raises(grpc.RpcError) as ended:
+            streams[0].call(request)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "at most 2 Calls streams waiting" in (ended.value.details() or "")
+        for opened in streams[1:]:
+            assert not opened.call(request).error_status
+    finally:
+        for opened in streams:
+            opened.close()
+
+    async def asyncio_calls() -> list[Any]:
+        async with AsyncModelClient("mean", server.target) as client:
+            calls = [client.run_image(np.full((4, 4, 3), 5, np.uint8)) for _ in range(6)]
+            first = await asyncio.gather(*calls)  # six streams open at once, four ended
+            return [*first, await client.run_image(np.full((4, 4, 3), 5, np.uint8))]
+
+    assert asyncio.run(asyncio_calls()) == [{"mean": 5.0}] * 7

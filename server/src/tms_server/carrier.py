@@ -12,6 +12,8 @@ google.rpc.Status), and its trailers.
 The stream itself holds nothing between calls, and is not a call: it is neither logged nor
 counted, and no StallWatch times the wait for its next message. It ends UNAVAILABLE once the
 worker drains, before running a call it has read: a call that got no answer was not run.
+Beyond MAX_IDLE streams waiting for a call, the one waiting longest is ended (UNAVAILABLE):
+its client opens another when it needs one.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ if TYPE_CHECKING:  # tms_server.rpc registers ``serve``
     #: A carried method and how its responses are written (None: they are bytes already).
     Carriable = tuple[Method, Callable[[Any], bytes] | None]
 
-__all__ = ["Carried", "serve"]
+__all__ = ["MAX_IDLE", "Carried", "serve"]
+
+#: Calls streams a worker keeps waiting for a call (each holds a task and a little memory).
+MAX_IDLE = 1024
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -123,23 +128,37 @@ async def serve(worker: Worker, methods: Mapping[str, Carriable], stream: Contex
 
 async def _next(worker: Worker, stream: Context) -> Any:
     """The stream's next message, waited for as an idle carrier: the worker's stop ends the
-    wait (UNAVAILABLE), so that no idle stream holds it for its grace period."""
+    wait (UNAVAILABLE), so that no idle stream holds it for its grace period, and so does a
+    newer idle stream beyond MAX_IDLE."""
     load = worker.load
     draining = Unavailable("this worker is shutting down; send the call to another")
     if load.draining:
         raise draining
     task = asyncio.current_task()
     assert task is not None
-    worker.idle_carriers.add(task)
+    idle = worker.idle_carriers
+    idle[task] = None
+    if len(idle) > MAX_IDLE:
+        oldest = next(iter(idle))
+        idle.pop(oldest)
+        worker.ended_carriers.add(oldest)
+        oldest.cancel()
     try:
         return await stream.read()
     except asyncio.CancelledError:
-        if not (task.cancelling() and _draining(load)):
+        ended = task in worker.ended_carriers
+        if not (task.cancelling() and (ended or _draining(load))):
             raise
         task.uncancel()
+        if ended:
+            raise Unavailable(
+                f"this worker keeps at most {MAX_IDLE} Calls streams waiting for a call, and "
+                "this one waited longest; open another"
+            ) from None
         raise draining from None
     finally:
-        worker.idle_carriers.discard(task)
+        idle.pop(task, None)
+        worker.ended_carriers.discard(task)
 
 
 async def _run(

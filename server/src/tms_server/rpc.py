@@ -160,8 +160,10 @@ class Worker:
     #: Notes the model calls running, for the supervisor to see if the worker crashes, and
     #: refuses inputs that crashed workers (tms_server.crashes).
     crashes: CrashGuard | None = field(default=None, kw_only=True)
-    #: The Calls streams waiting for their next call (tms_server.carrier).
-    idle_carriers: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
+    #: The Calls streams waiting for their next call, the longest waiting first, and those
+    #: of them told to end (tms_server.carrier).
+    idle_carriers: dict[asyncio.Task[Any], None] = field(default_factory=dict, init=False)
+    ended_carriers: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
 
     def end_idle_carriers(self) -> None:
         """End, UNAVAILABLE, the Calls streams waiting for a call, once the worker drains (on
