@@ -47,7 +47,7 @@ from tms_client.exceptions import (
     from_rpc_error,
     from_status,
 )
-from tms_client.protocol.methods import PER_CALL_METADATA, method_path
+from tms_client.protocol.methods import PER_CALL_METADATA, from_entries, method_path, to_entries
 from tms_client.protocol.wire import ImageMessage, varint
 from tms_client.targets import refused
 from tms_client.tls import TLS
@@ -242,12 +242,17 @@ class _Methods:
                 return stream
         return None
 
-    def _uncarried(self, exc: grpc.RpcError) -> bool:
-        """Whether ``exc``, which ended a new stream, says the server has no Calls: then its
-        calls go on their own from now on."""
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+    def _lost(self, stream: Any, exc: grpc.RpcError, new: bool) -> CallError | None:
+        """What a call raises whose stream (``new``: opened for it) failed under it with
+        ``exc``; None when that says the server has no Calls (UNIMPLEMENTED): then this call,
+        and every later one, goes on its own."""
+        stream.close()
+        if new and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
             self._carry = False
-        return not self._carry
+            return None
+        if stream.expired:
+            return DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, _TIMED_OUT)
+        return _broken(exc)
 
     def _method(self, path: str) -> Any:
         method = self._unary.get(path)
@@ -315,12 +320,9 @@ class GrpcChannel(_Methods):
         try:
             data = stream.call(_carried(request, payload, stream.metadata), request.timeout)
         except grpc.RpcError as exc:
-            stream.close()
-            if new and self._uncarried(exc):
+            if (error := self._lost(stream, exc, new)) is None:
                 return None
-            if stream.expired:
-                raise DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, _TIMED_OUT) from exc
-            raise _broken(exc) from exc
+            raise error from exc
         except StopIteration:
             stream.close()
             raise _ended() from None
@@ -446,11 +448,7 @@ def _carried(request: Request, payload: bytes, opened: Metadata) -> bytes:
         if key in PER_CALL_METADATA or (key, value) not in opened
     ]
     if own:
-        entries = [
-            pb.MetadataEntry(key=key, value=value if isinstance(value, bytes) else value.encode())
-            for key, value in own
-        ]
-        parts.append(pb.CallsRequest(metadata=entries).SerializeToString())
+        parts.append(pb.CallsRequest(metadata=to_entries(own)).SerializeToString())
     if request.timeout is not None:
         parts += (b"\x20", varint(max(1, int(request.timeout * 1e6))))
     return b"".join(parts)
@@ -459,10 +457,7 @@ def _carried(request: Request, payload: bytes, opened: Metadata) -> bytes:
 def _reply(data: bytes) -> Reply:
     """The reply a CallsResponse carries; its error raised."""
     answer = pb.CallsResponse.FromString(data)
-    trailers = tuple(
-        (entry.key, entry.value if entry.key.endswith("-bin") else entry.value.decode())
-        for entry in answer.trailers
-    )
+    trailers = from_entries(answer.trailers)
     if answer.error_status:
         raise from_status(answer.error_status, trailers)
     return Reply(answer.response, trailers)
@@ -539,10 +534,9 @@ class AioChannel(_Methods):
             async with asyncio.timeout(request.timeout):
                 data = await stream.call(_carried(request, payload, stream.metadata))
         except grpc.RpcError as exc:
-            stream.close()
-            if new and self._uncarried(exc):
+            if (error := self._lost(stream, exc, new)) is None:
                 return None
-            raise _broken(exc) from exc
+            raise error from exc
         except TimeoutError:
             stream.close()
             raise DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, _TIMED_OUT) from None
@@ -569,7 +563,10 @@ class AioChannel(_Methods):
 
 
 class _AioCallStream:
-    """A Calls stream of grpc.aio, carrying one call at a time."""
+    """A Calls stream of grpc.aio, carrying one call at a time (asyncio.timeout keeps a call
+    to its timeout: no call ever expires under it)."""
+
+    expired = False
 
     def __init__(self, method: Any, first: Request) -> None:
         self.metadata = first.metadata

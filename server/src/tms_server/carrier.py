@@ -27,12 +27,14 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from tms.v1 import model_service_pb2 as pb
-from tms_client.protocol.methods import PER_CALL_METADATA
+from tms_client.protocol.methods import PER_CALL_METADATA, from_entries, to_entries
 from tms_server.errors import (
+    STATUS_DETAILS_KEY,
     InvalidArgument,
     Unauthenticated,
     Unavailable,
     Unimplemented,
+    status_details,
     status_of,
 )
 from tms_server.security import bearer_token
@@ -50,8 +52,6 @@ __all__ = ["MAX_IDLE", "Carried", "serve"]
 #: Calls streams a worker keeps waiting for a call (each holds a task and a little memory).
 MAX_IDLE = 1024
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
-
 
 class Aborted(Exception):  # noqa: N818 - what context.abort does
     """How a carried call ends with an error: what ``context.abort`` was given."""
@@ -67,13 +67,12 @@ class Carried:
     say) under other keys than those and PER_CALL_METADATA, the trailers and status go into the
     answer; the peer is the stream's."""
 
-    def __init__(self, stream: Context, message: pb.CallsRequest) -> None:
+    def __init__(self, stream: Context, opened: Trailers, message: pb.CallsRequest) -> None:
         self._stream = stream
         self._request: Any = message.request
-        own = tuple((entry.key, _value(entry.key, entry.value)) for entry in message.metadata)
+        own = from_entries(message.metadata)
         mine = PER_CALL_METADATA.union(key for key, _ in own)
-        shared = (entry for entry in stream.invocation_metadata() or () if entry[0] not in mine)
-        self._metadata = (*shared, *own)
+        self._metadata = (*(entry for entry in opened if entry[0] not in mine), *own)
         self.trailers: Trailers = ()
         self._done: list[Callable[[Any], object]] = []
 
@@ -108,8 +107,9 @@ async def serve(worker: Worker, methods: Mapping[str, Carriable], stream: Contex
     """Serve a Calls stream: read a call, run it, answer it, until the caller ends the stream
     or the worker drains (UNAVAILABLE: a stream waiting for its next call ends at once, see
     ``Worker.end_idle_carriers``)."""
+    opened: Trailers = tuple(stream.invocation_metadata() or ())
     tokens = worker.tokens
-    token = bearer_token(stream.invocation_metadata()) if tokens is not None else None
+    token = bearer_token(opened) if tokens is not None else None
     while (message := await _next(worker, stream)) is not grpc.aio.EOF:
         if tokens is not None and tokens.revokes(token):
             raise Unauthenticated(
@@ -120,7 +120,7 @@ async def serve(worker: Worker, methods: Mapping[str, Carriable], stream: Contex
             call = pb.CallsRequest.FromString(message)
         except DecodeError as exc:
             raise InvalidArgument(f"malformed CallsRequest: {exc}") from None
-        context = Carried(stream, call)
+        context = Carried(stream, opened, call)
         answer = await _run(worker, methods.get(call.method), context, call)
         await stream.write(answer.SerializeToString())
         context.done()
@@ -172,31 +172,23 @@ async def _run(
             "RunTextBatch: call any other method on its own"
         )
         status = status_of(error, "/tms.v1.ModelService/Calls")
-        return pb.CallsResponse(error_status=_details(status.trailing_metadata))
+        return pb.CallsResponse(error_status=status_details(status.trailing_metadata))
     method, serialize = carriable
     try:
         async with asyncio.timeout(call.timeout_us / 1e6 if call.timeout_us else None):
             response = await worker.handle(method, cast("Context", context), "Calls")
     except Aborted as exc:
-        trailers = tuple((key, value) for key, value in exc.trailers if key != _STATUS_DETAILS_KEY)
+        trailers = tuple((key, value) for key, value in exc.trailers if key != STATUS_DETAILS_KEY)
         return pb.CallsResponse(
-            error_status=_details(exc.trailers) or _status(exc.code, exc.details),
-            trailers=_entries(trailers),
+            error_status=status_details(exc.trailers) or _status(exc.code, exc.details),
+            trailers=to_entries(trailers),
         )
     except TimeoutError:
         return pb.CallsResponse(
             error_status=_status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         )
     data = response if serialize is None else serialize(response)
-    return pb.CallsResponse(response=data, trailers=_entries(context.trailers))
-
-
-def _details(trailers: Trailers) -> bytes:
-    """The google.rpc.Status among ``trailers``, serialized; empty when there is none."""
-    for key, value in trailers:
-        if key == _STATUS_DETAILS_KEY:
-            return value if isinstance(value, bytes) else value.encode()
-    return b""
+    return pb.CallsResponse(response=data, trailers=to_entries(context.trailers))
 
 
 def _status(code: grpc.StatusCode, message: str) -> bytes:
@@ -204,16 +196,5 @@ def _status(code: grpc.StatusCode, message: str) -> bytes:
     return data
 
 
-def _entries(trailers: Trailers) -> list[pb.MetadataEntry]:
-    return [
-        pb.MetadataEntry(key=key, value=value if isinstance(value, bytes) else value.encode())
-        for key, value in trailers
-    ]
-
-
 def _draining(load: WorkerLoad) -> bool:
     return load.draining  # as it is now: another thread sets it
-
-
-def _value(key: str, value: bytes) -> str | bytes:
-    return value if key.endswith("-bin") else value.decode(errors="replace")

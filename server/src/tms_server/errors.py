@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
 from google.protobuf import duration_pb2
@@ -30,6 +30,7 @@ from tms_server.repeats import FAILURES
 
 __all__ = [
     "DOMAIN",
+    "STATUS_DETAILS_KEY",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
@@ -43,6 +44,7 @@ __all__ = [
     "Unimplemented",
     "as_service_error",
     "rich_status",
+    "status_details",
     "status_of",
 ]
 
@@ -174,6 +176,19 @@ def status_of(exc: Exception, method: str, *, model: str = "") -> grpc.Status:
     metadata = {"model": model} if model else {}
     status: grpc.Status = rpc_status.to_status(rich_status(exc, metadata))
     return status
+
+
+def status_details(trailers: Iterable[tuple[str, str | bytes]]) -> bytes:
+    """The serialized google.rpc.Status among a failed call's ``trailers`` (``status_of``
+    puts it there, under grpc-status-details-bin); empty when there is none."""
+    for key, value in trailers:
+        if key == STATUS_DETAILS_KEY:
+            return value if isinstance(value, bytes) else value.encode()
+    return b""
+
+
+#: The trailer of a failed call that carries its google.rpc.Status.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def as_service_error(exc: Exception, method: str) -> ServiceError:

@@ -58,6 +58,7 @@ from tms_server.errors import (
     ServiceError,
     Unauthenticated,
     Unavailable,
+    status_details,
     status_of,
 )
 from tms_server.load import WorkerLoad
@@ -388,11 +389,7 @@ class Stream(Generic[Q]):
         with it would carry in its grpc-status-details-bin trailer (for an answer that fails
         alone, while its stream goes on)."""
         status = status_of(exc, self._method.name, model=self._call.model)
-        details = dict(status.trailing_metadata)[_STATUS_DETAILS_KEY]
-        return details if isinstance(details, bytes) else details.encode()
-
-
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+        return status_details(status.trailing_metadata)
 
 
 def _model_of(request: bytes) -> bytes | None:

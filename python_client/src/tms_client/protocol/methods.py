@@ -1,9 +1,11 @@
 """The gRPC paths of the tms.v1 ModelService methods and the field numbers of the images in
-the messages that carry them, computed once from the generated descriptors."""
+the messages that carry them, computed once from the generated descriptors; and gRPC metadata
+as a Calls stream's messages carry it (``MetadataEntry``)."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 from tms.v1 import model_service_pb2 as pb
 
@@ -13,7 +15,9 @@ __all__ = [
     "OUTPUT_FIELD",
     "PER_CALL_METADATA",
     "SERVICE",
+    "from_entries",
     "method_path",
+    "to_entries",
 ]
 
 #: The tms.v1.ModelService descriptor.
@@ -35,3 +39,23 @@ assert pb.RunImageToImageRequest.DESCRIPTOR.fields_by_name["images"].number == I
 def method_path(name: str) -> str:
     """The gRPC path of a ModelService method, e.g. ``/tms.v1.ModelService/RunImage``."""
     return f"/{SERVICE.full_name}/{name}"
+
+
+def to_entries(metadata: Iterable[tuple[str, str | bytes]]) -> list[pb.MetadataEntry]:
+    """gRPC ``metadata`` as MetadataEntry messages (text values UTF-8)."""
+    return [
+        pb.MetadataEntry(key=key, value=value if isinstance(value, bytes) else value.encode())
+        for key, value in metadata
+    ]
+
+
+def from_entries(entries: Iterable[pb.MetadataEntry]) -> tuple[tuple[str, str | bytes], ...]:
+    """MetadataEntry messages as gRPC metadata: the values of ``-bin`` keys bytes, the others
+    text."""
+    return tuple(
+        (
+            entry.key,
+            entry.value if entry.key.endswith("-bin") else entry.value.decode("utf-8", "replace"),
+        )
+        for entry in entries
+    )
