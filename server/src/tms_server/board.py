@@ -24,6 +24,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,16 +166,21 @@ class WorkerBoard:
     def failed_elsewhere(self, index: int) -> bool:
         """Whether a model failed to load in a running worker other than ``index``: then the
         server as a whole is not ready, whichever worker is asked."""
-        return any(row.pid and row.failed for other, row in enumerate(self._rows) if other != index)
+        return any(self._failing(index))
 
     def failures_elsewhere(self, index: int) -> dict[str, str]:
         """The models that failed to load in running workers other than ``index``, and why
         (as the lowest such worker says)."""
         found: dict[str, str] = {}
-        for other, row in reversed(list(enumerate(self._rows))):
-            if other != index and row.pid and row.failed:
-                found.update((n.decode(), r.decode("utf-8", "replace")) for n, r in _read(row))
+        for row in reversed(list(self._failing(index))):
+            found.update((n.decode(), r.decode("utf-8", "replace")) for n, r in _read(row))
         return found
+
+    def _failing(self, index: int) -> Iterator[Any]:
+        """The rows of running workers other than ``index`` where a model failed to load."""
+        return (
+            row for other, row in enumerate(self._rows) if other != index and row.pid and row.failed
+        )
 
     # -- reloads ------------------------------------------------------------------------------
 
