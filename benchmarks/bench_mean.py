@@ -155,6 +155,15 @@ async def _load_on_loop(
     return Samples(latencies, clock() - begin)
 
 
+def on_loop(
+    stack: contextlib.ExitStack, loop: asyncio.AbstractEventLoop, client: AsyncModelClient
+) -> AsyncModelClient:
+    """``client`` started on ``loop`` (for ``OnLoop`` calls), and closed there with ``stack``."""
+    loop.run_until_complete(client.__aenter__())
+    stack.callback(lambda: loop.run_until_complete(client.close()))
+    return client
+
+
 # -- servers -----------------------------------------------------------------------------------
 
 
@@ -432,9 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         loop = asyncio.new_event_loop()
         stack.callback(loop.close)
-        tms_aio = AsyncModelClient("mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin())
-        loop.run_until_complete(tms_aio.__aenter__())
-        stack.callback(lambda: loop.run_until_complete(tms_aio.close()))
+        tms_aio = on_loop(
+            stack,
+            loop,
+            AsyncModelClient("mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin()),
+        )
         raw = RawClient(raw_target, args.workers)
         stack.callback(raw.close)
         found = (len(tms.workers()), len(loop.run_until_complete(tms_aio.workers())))

@@ -59,6 +59,7 @@ from benchmarks.bench_mean import (
     alternate,
     machine,
     models_folder,
+    on_loop,
     run_load,
     server_process,
 )
@@ -202,11 +203,10 @@ def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -
     with contextlib.ExitStack() as stack:
         stack.callback(loop.close)
         tms = stack.enter_context(client(tms_target, shared_memory=False))
-        tms_aio = AsyncModelClient(
+        aio = AsyncModelClient(
             "mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin(), shared_memory=False
         )
-        loop.run_until_complete(tms_aio.__aenter__())
-        stack.callback(lambda: loop.run_until_complete(tms_aio.close()))
+        tms_aio = on_loop(stack, loop, aio)
         for concurrency in CONCURRENCY:
             print(f"throughput: concurrency {concurrency} ...", file=sys.stderr)
             calls: dict[str, Call] = {
