@@ -177,7 +177,9 @@ def ratios(cells: Sequence[Cell]) -> str:
 def lends(client: ModelClient) -> bool:
     """Whether ``client`` has regions attached to a worker (shared memory in use). Peeks at
     the pool: a check of the benchmark, not an API."""
-    workers = client._pool.core.workers.workers()
+    pool = client._pool
+    assert pool is not None
+    workers = pool.core.workers.workers()
     return any("regions" in repr(getattr(w.channel, "lender", "")) for w in workers)
 
 

@@ -212,7 +212,7 @@ def test_calls_in_flight_at_once_get_a_region_each(in_process_server, models):
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(client.run_image, pictures * 8))
         (channel,) = [w.channel for w in client._pool.core.workers.workers()]
-        assert isinstance(channel, client_shm.SharedMemoryChannel)
+        assert isinstance(channel, client_shm.AsyncSharedMemoryChannel)
         assert "regions" in repr(channel.lender)
     for image, result in zip(pictures * 8, results, strict=True):
         assert result["sum"] == float(image.astype("float64").sum())
@@ -252,7 +252,7 @@ def video(count: int, shape: tuple[int, ...] = (480, 640, 3)) -> list[np.ndarray
     return [rng.integers(1, 256, shape, dtype=np.uint8) for _ in range(count)]
 
 
-def stream_channel(client: ModelClient | AsyncModelClient) -> client_shm.SharedMemoryChannel:
+def stream_channel(client: ModelClient | AsyncModelClient) -> client_shm.AsyncSharedMemoryChannel:
     (channel,) = [w.channel for w in client._pool.core.workers.workers()]  # type: ignore[union-attr]
     return channel
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -106,14 +106,18 @@ class AsyncModelClient(calls.AsyncioClient):
             self._pool = None
 
     async def _send(self, call: calls.Call[R]) -> R:
-        if self._pool is None or self._loop is not asyncio.get_running_loop():
-            await self.start()
-        assert self._pool is not None
         with call_span(call.path, call.model) as metadata:
             data, timeout = fit_within(call.request, self.options.max_message_bytes, self.timeout)
             request = Request(call.path, data, timeout, metadata)
-            reply = await self._pool.call(request, call.model)
+            reply = await self._call(request, call.model)
         return call.parse(reply)
+
+    async def _call(self, request: Request, model: str) -> bytes:
+        """``request`` sent through the pool (started first if it is not)."""
+        if self._pool is None or self._loop is not asyncio.get_running_loop():
+            await self.start()
+        assert self._pool is not None
+        return await self._pool.call(request, model)
 
     def _bind(self, build: Builder[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
         async def method(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -121,7 +125,7 @@ class AsyncModelClient(calls.AsyncioClient):
 
         return as_method(method, build)
 
-    async def _stream(self, stream: FrameStream) -> AsyncIterator[FrameResult]:
+    async def _stream(self, stream: FrameStream) -> AsyncGenerator[FrameResult, None]:
         # The frames are read on the event loop (pass an async iterable to read them off it),
         # and sent while there is room in the window; the answers make room.
         await self.start()

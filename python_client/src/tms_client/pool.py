@@ -7,6 +7,7 @@ the core; here are only the transport calls, a lock around the core, and the sle
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Generator
@@ -48,6 +49,7 @@ class WorkerPool:
 
     def __init__(self, options: ClientOptions, transport: Transport | None = None) -> None:
         self.options = options
+        self.pid = os.getpid()  # the process that made it
         self.core = PoolCore(options)
         self.transport = transport or GrpcTransport(
             options.tls, options.max_message_bytes, carry=options.call_streams
