@@ -51,9 +51,7 @@ class WorkerPool:
         self.options = options
         self.pid = os.getpid()  # the process that made it
         self.core = PoolCore(options)
-        self.transport = transport or GrpcTransport(
-            options.tls, options.max_message_bytes, carry=options.call_streams
-        )
+        self.transport = transport or GrpcTransport(options.tls, options.max_message_bytes)
         self._lock = threading.Lock()  # guards the core
         self._discovering = threading.Lock()  # one search for workers at a time
         self._wake = threading.Event()

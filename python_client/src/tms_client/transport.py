@@ -9,28 +9,23 @@ trailers. ``stream`` is the same for calls with a stream of replies (or of reque
 ``GrpcTransport`` and ``AioTransport`` are the real ones, on grpcio channels; channel options
 and TLS credentials live here. Tests drive the pool with a scripted transport instead.
 
-Their channels carry the model calls (``CARRIED``) on ``ModelService.Calls`` streams kept
-open to the worker, one call at a time on each, as the server answers them exactly as calls
-of their own: a message on an open stream costs both sides much less than a call of its own
-(benchmarks/bench_floor.py). A call takes an idle stream or opens one; a stream that fails or
-ends under a call is dropped, the call failing as a call of its own would (UNAVAILABLE when
-the worker ended the stream: the call was not run). A call keeps to its timeout: the server
-ends it then, and the client cancels its stream if no answer came (a stalled worker). A
-server without Calls (older than it) gets calls of their own, as does every call beyond
-those a channel carries at once (for grpcio's thread API, a call alone on its channel: its
-stream messages cost hand-offs between threads; ``MAX_STREAMS`` for grpc.aio), and every call
-larger than
+``AioTransport``'s channels carry the model calls (``CARRIED``) on ``ModelService.Calls``
+streams kept open to the worker, one call at a time on each, as the server answers them
+exactly as calls of their own: a message on an open stream costs both sides much less than a
+call of its own (benchmarks/bench_floor.py). A call takes an idle stream or opens one; a
+stream that fails or ends under a call is dropped, the call failing as a call of its own
+would (UNAVAILABLE when the worker ended the stream: the call was not run). A call keeps to
+its timeout: the server ends it then, and the client cancels its stream if no answer came (a
+stalled worker). A server without Calls (older than it) gets calls of their own, as does every
+call beyond ``MAX_STREAMS`` at once on a channel, and every call larger than
 ``MAX_CARRIED_BYTES``, whose bytes cost more than its call. ``carry=False`` turns it off.
+``GrpcTransport``'s channels (grpcio's thread API) send each call on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
-import os
-import queue
-import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -158,10 +153,7 @@ class _Grpc:
         self,
         tls: TLS | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
-        *,
-        carry: bool = True,
     ) -> None:
-        self.carry = carry
         # Read the certificate files once, now; every channel shares the credentials.
         self.credentials = tls.credentials() if tls is not None else None
         self.options: list[tuple[str, Any]] = [
@@ -186,7 +178,7 @@ class GrpcTransport(_Grpc):
     """Channels of grpcio, each its own TCP connection; TLS when ``tls`` is given."""
 
     def open(self, address: str) -> GrpcChannel:
-        return GrpcChannel(self._open(grpc, address), carry=self.carry)
+        return GrpcChannel(self._open(grpc, address))
 
     def refuses(self, address: str, timeout: float) -> bool:
         """Whether a TCP connection to ``address`` is refused (see targets.refused)."""
@@ -194,7 +186,18 @@ class GrpcTransport(_Grpc):
 
 
 class AioTransport(_Grpc):
-    """As ``GrpcTransport``, on grpc.aio channels."""
+    """As ``GrpcTransport``, on grpc.aio channels, which carry the model calls on Calls
+    streams (unless ``carry`` is False)."""
+
+    def __init__(
+        self,
+        tls: TLS | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        *,
+        carry: bool = True,
+    ) -> None:
+        super().__init__(tls, max_message_bytes)
+        self.carry = carry
 
     def open(self, address: str) -> AioChannel:
         return AioChannel(self._open(grpc.aio, address), carry=self.carry)
@@ -217,42 +220,11 @@ _TIMED_OUT = "Deadline Exceeded"  # as grpc says it
 
 
 class _Methods:
-    """A grpcio channel (sync or asyncio) and its multi-callables, made once per path, and
-    its idle Calls streams."""
+    """A grpcio channel (sync or asyncio) and its multi-callables, made once per path."""
 
-    def __init__(self, channel: Any, *, carry: bool = True) -> None:
+    def __init__(self, channel: Any) -> None:
         self._channel = channel
         self._unary: dict[str, Any] = {}
-        self._carry = carry  # until the server says it has no Calls
-        self._idle: list[Any] = []  # streams waiting for a call, the last used last
-        self._pid = os.getpid()
-
-    def _carries(self, request: Request, payload: bytes) -> bool:
-        if self._pid != os.getpid():
-            # A channel a child process inherited through fork: grpcio's threads that serve
-            # its streams stayed behind, so its calls go on their own (they need none).
-            self._carry, self._idle = False, []
-        return self._carry and request.path in CARRIED and len(payload) <= MAX_CARRIED_BYTES
-
-    def _idle_stream(self) -> Any:
-        """An idle stream still open, or None."""
-        while self._idle:
-            stream = self._idle.pop()
-            if stream.open():
-                return stream
-        return None
-
-    def _lost(self, stream: Any, exc: grpc.RpcError, new: bool) -> CallError | None:
-        """What a call raises whose stream (``new``: opened for it) failed under it with
-        ``exc``; None when that says the server has no Calls (UNIMPLEMENTED): then this call,
-        and every later one, goes on its own."""
-        stream.close()
-        if new and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            self._carry = False
-            return None
-        if stream.expired:
-            return DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, _TIMED_OUT)
-        return _broken(exc)
 
     def _method(self, path: str) -> Any:
         method = self._unary.get(path)
@@ -276,33 +248,14 @@ class _Methods:
 
 
 class GrpcChannel(_Methods):
-    def __init__(self, channel: Any, *, carry: bool = True) -> None:
-        super().__init__(channel, carry=carry)
-        # grpcio's thread API sends a stream's messages from a thread of its own: with other
-        # calls running, handing each call to that thread and its answer back costs more CPU
-        # than a call of its own (benchmarks/RESULTS.md), so only a call alone is carried.
-        self._counting = threading.Lock()
-        self._in_flight = 0
+    """A channel of grpcio's thread API: each call on its own (grpcio sends a stream's
+    messages from a thread of its own, and handing each call to that thread costs more than
+    a call of its own; see tms_client.bridge)."""
 
     def unary(self, request: Request) -> Reply:
-        with self._counting:
-            self._in_flight += 1
-            alone = self._in_flight == 1
-        try:
-            return self._send(request, alone)
-        finally:
-            with self._counting:
-                self._in_flight -= 1
-
-    def _send(self, request: Request, alone: bool) -> Reply:
-        payload = request.payload()
-        if alone and self._carries(request, payload):
-            reply = self._carried(request, payload)
-            if reply is not None:
-                return reply
         try:
             reply, call = self._method(request.path).with_call(
-                payload,
+                request.payload(),
                 timeout=request.timeout,
                 metadata=request.metadata,
                 wait_for_ready=request.wait_for_ready,
@@ -311,128 +264,11 @@ class GrpcChannel(_Methods):
             raise from_rpc_error(exc) from exc
         return Reply(bytes(reply), tuple(call.trailing_metadata() or ()))
 
-    def _carried(self, request: Request, payload: bytes) -> Reply | None:
-        """``request`` sent on a Calls stream; None when the server has none."""
-        stream: _CallStream | None = self._idle_stream()
-        new = stream is None
-        if stream is None:
-            stream = _CallStream(self._channel.stream_stream(_CALLS), request)
-        try:
-            data = stream.call(_carried(request, payload, stream.metadata), request.timeout)
-        except grpc.RpcError as exc:
-            if (error := self._lost(stream, exc, new)) is None:
-                return None
-            raise error from exc
-        except StopIteration:
-            stream.close()
-            raise _ended() from None
-        except BaseException:  # interrupted: what the stream holds is unknown
-            stream.close()
-            raise
-        self._idle.append(stream)
-        return _reply(data)
-
     def stream(self, request: Request, more: More = ()) -> GrpcStream:
         return GrpcStream(self._streaming(request, more))
 
     def close(self) -> None:
-        for stream in self._idle:
-            stream.close()
         self._channel.close()
-
-
-class _CallStream:
-    """A Calls stream of grpcio's thread API, carrying one call at a time. grpcio sends a
-    stream's messages from an iterator, in a thread of its own: here, a queue's."""
-
-    def __init__(self, method: Any, first: Request) -> None:
-        self.metadata = first.metadata
-        self.expired = False
-        self._sent: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._answers = method(
-            iter(self._sent.get, None),
-            metadata=first.metadata,
-            wait_for_ready=first.wait_for_ready,
-        )
-
-    def call(self, message: bytes, timeout: float | None) -> bytes:
-        self._sent.put(message)
-        if timeout is None:
-            return bytes(next(self._answers))
-        watch = DEADLINES.watch(time.monotonic() + timeout, self)
-        try:
-            return bytes(next(self._answers))
-        finally:
-            DEADLINES.done(watch)
-
-    def open(self) -> bool:
-        return bool(self._answers.is_active())
-
-    def expire(self) -> None:
-        """The call outlasted its timeout: end the stream under it."""
-        self.expired = True
-        self._answers.cancel()
-
-    def close(self) -> None:
-        self._sent.put(None)
-        self._answers.cancel()
-
-
-class _Deadlines:
-    """Ends the carried calls of the thread API that outlast their timeout, with one thread
-    a process, started when first needed: the server ends such a call itself, unless its
-    worker cannot answer (stopped, or held by a model that keeps the GIL)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Start afresh (in a child process: the thread and its lock stayed behind)."""
-        self._due: list[list[Any]] = []  # [when, number, stream or None once answered]
-        self._count = itertools.count()
-        self._answered = 0
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, when: float, stream: _CallStream) -> list[Any]:
-        entry = [when, next(self._count), stream]
-        with self._changed:
-            heapq.heappush(self._due, entry)
-            if self._thread is None or not self._thread.is_alive():  # none yet, or forked
-                self._thread = threading.Thread(target=self._run, name="tms-deadlines", daemon=True)
-                self._thread.start()
-            if self._due[0] is entry:
-                self._changed.notify()
-        return entry
-
-    def done(self, entry: list[Any]) -> None:
-        with self._changed:
-            entry[2] = None
-            self._answered += 1
-            if self._answered > 1024 and self._answered * 2 > len(self._due):
-                self._due = [due for due in self._due if due[2] is not None]
-                heapq.heapify(self._due)
-                self._answered = 0
-
-    def _run(self) -> None:
-        with self._changed:
-            while True:
-                while self._due and self._due[0][2] is None:
-                    heapq.heappop(self._due)
-                    self._answered -= 1
-                if not self._due:
-                    self._changed.wait()
-                    continue
-                left = self._due[0][0] - time.monotonic()
-                if left > 0:
-                    self._changed.wait(left)
-                    continue
-                stream = heapq.heappop(self._due)[2]
-                stream.expire()
-
-
-DEADLINES = _Deadlines()
-os.register_at_fork(after_in_child=DEADLINES.reset)
 
 
 def _carried(request: Request, payload: bytes, opened: Metadata) -> bytes:
@@ -501,8 +337,31 @@ class GrpcStream:
 
 class AioChannel(_Methods):
     def __init__(self, channel: Any, *, carry: bool = True) -> None:
-        super().__init__(channel, carry=carry)
+        super().__init__(channel)
+        self._carry = carry  # until the server says it has no Calls
+        self._idle: list[_AioCallStream] = []  # streams waiting for a call, the last used last
         self._busy = 0  # streams carrying a call
+
+    def _carries(self, request: Request, payload: bytes) -> bool:
+        return self._carry and request.path in CARRIED and len(payload) <= MAX_CARRIED_BYTES
+
+    def _idle_stream(self) -> _AioCallStream | None:
+        """An idle stream still open, or None."""
+        while self._idle:
+            stream = self._idle.pop()
+            if stream.open():
+                return stream
+        return None
+
+    def _lost(self, stream: _AioCallStream, exc: grpc.RpcError, new: bool) -> CallError | None:
+        """What a call raises whose stream (``new``: opened for it) failed under it with
+        ``exc``; None when that says the server has no Calls (UNIMPLEMENTED): then this call,
+        and every later one, goes on its own."""
+        stream.close()
+        if new and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            self._carry = False
+            return None
+        return _broken(exc)
 
     async def unary(self, request: Request) -> Reply:
         payload = request.payload()
@@ -564,9 +423,7 @@ class AioChannel(_Methods):
 
 class _AioCallStream:
     """A Calls stream of grpc.aio, carrying one call at a time (asyncio.timeout keeps a call
-    to its timeout: no call ever expires under it)."""
-
-    expired = False
+    to its timeout)."""
 
     def __init__(self, method: Any, first: Request) -> None:
         self.metadata = first.metadata
