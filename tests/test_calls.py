@@ -4,12 +4,14 @@ grpcio, real servers, real models), and as both clients use it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import queue
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +364,46 @@ def test_both_clients_carry_their_model_calls_unless_told_not_to(
     assert not any(
         "via=Calls" in line for line in server.logs().splitlines() if "GetModelInfo" in line
     )
+
+
+def test_the_thread_client_carries_the_calls_of_many_threads_at_once(
+    models: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    """ModelClient's calls run on its event loop, which carries them whatever thread makes
+    them: eight threads calling at once send no call of its own."""
+    server = server_process(models, workers=2, args=("--log-requests",))
+    images = [np.full((4, 4, 3), i, np.uint8) for i in range(48)]
+    with ModelClient("mean", server.target) as client, ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(client.run_image, images))
+    assert results == [{"mean": float(i)} for i in range(48)]
+    assert wait_for(lambda: sum(carried_lines(server, "mean")) == 48, timeout=10)
+    assert carried_lines(server, "mean") == (48, 0), server.logs()
+
+
+def test_a_thread_client_dropped_unclosed_closes_its_connections(
+    models: Path, in_process_server: Callable[..., InProcessServer]
+) -> None:
+    """Its pool's tasks on the loop would keep its channels open: collecting the client
+    closes them, as grpcio closes a channel it collects."""
+    server = in_process_server(models)
+
+    def sockets() -> int:
+        return sum(
+            os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        )
+
+    with ModelClient("mean", server.target) as client:  # the loop and gRPC's own, started
+        client.run_image(np.zeros((4, 4, 3), np.uint8))
+    before = sockets()
+    for _ in range(6):
+        client = ModelClient("mean", server.target)
+        assert client.run_image(np.full((4, 4, 3), 5, np.uint8)) == {"mean": 5.0}
+    assert sockets() >= before + 6
+    del client
+    gc.collect()
+    assert wait_for(lambda: sockets() <= before, timeout=10), (sockets(), before)
 
 
 def test_a_server_without_calls_gets_calls_of_their_own(

@@ -33,6 +33,7 @@ class Loop:
         """Start afresh (in a child made by fork: the thread running the loop stayed behind)."""
         self._starting = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def get(self) -> asyncio.AbstractEventLoop:
         """The running loop (started now if there is none in this process)."""
@@ -42,8 +43,10 @@ class Loop:
         with self._starting:
             if self._loop is None:
                 loop = _new_loop()
-                thread = threading.Thread(target=loop.run_forever, name="tms-client", daemon=True)
-                thread.start()
+                self._thread = threading.Thread(
+                    target=loop.run_forever, name="tms-client", daemon=True
+                )
+                self._thread.start()
                 self._loop = loop
             return self._loop
 
@@ -64,6 +67,11 @@ class Loop:
     def run(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """``function(*args)`` run on the loop (see start); its result, or its error raised
         here. A caller interrupted while it waits (KeyboardInterrupt) cancels it."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                "a ModelClient call was made on the client's own event loop (from a balancer, "
+                "say), where it would wait for itself forever: use AsyncModelClient there"
+            )
         running = self.start(function, *args)
         try:
             running.done.acquire()
