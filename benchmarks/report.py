@@ -234,9 +234,10 @@ def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -
                     report.targets.append(Target(what, ratio, 0.95, False))
     report.parts.append(
         "## Throughput against concurrency (224x224x3, bytes path)\n\n"
-        "The thread client (`ModelClient`, callers are threads) and the asyncio client "
-        "(`AsyncModelClient`, callers are coroutines of one event loop), both carrying their "
-        "calls on `Calls` streams (their default), against raw grpcio's thread API.\n\n"
+        "The thread client (`ModelClient`, callers are threads, their calls run on the "
+        "client's own event loop) and the asyncio client (`AsyncModelClient`, callers are "
+        "coroutines of one event loop), both carrying their calls on `Calls` streams (their "
+        "default), against raw grpcio's thread API.\n\n"
         "| callers | system | calls/s | p50 ms | p50 / raw | calls/s / raw |\n"
         "| ---: | --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
     )

@@ -16,11 +16,15 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-__all__ = ["LOOP", "Loop", "Running", "usable"]
+__all__ = ["LOOP", "READERS", "Loop", "Running", "usable"]
 
 T = TypeVar("T")
+#: Threads of the loop's default executor, made as needed: each stream of ModelClient reads
+#: its frames in one while it reads a frame (a camera's read blocks for a frame's time).
+READERS = 128
 
 
 class Loop:
@@ -112,8 +116,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # noqa: PLC0415 - optional: not on Windows
     except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(READERS, thread_name_prefix="tms-client"))
+    return loop
 
 
 #: The loop of this process.

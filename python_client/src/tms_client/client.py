@@ -121,11 +121,11 @@ class ModelClient(calls.ThreadClient):
         with call_span(call.path, call.model) as metadata:
             data, timeout = fit_within(call.request, self.options.max_message_bytes, self.timeout)
             request = Request(call.path, data, timeout, metadata)
-            child = self._threaded()
-            if child is None:
+            threads = self._threaded()
+            if threads is None:
                 reply = LOOP.run(self._call, request, call.model)
             else:
-                reply = child.call(request, call.model)
+                reply = threads.call(request, call.model)
         return call.parse(reply)
 
     def _bind(self, build: Builder[P, R]) -> Callable[P, R]:
@@ -135,9 +135,9 @@ class ModelClient(calls.ThreadClient):
         return as_method(method, build)
 
     def _stream(self, stream: FrameStream) -> Iterator[FrameResult]:
-        child = self._threaded()
-        if child is not None:
-            yield from _stream_with_threads(child, stream)
+        threads = self._threaded()
+        if threads is not None:
+            yield from _stream_with_threads(threads, stream)
             return
         # The stream runs on the loop, reading the frames in a thread of its default
         # executor; each answer is handed to this thread, and the next one read once it is
@@ -183,9 +183,9 @@ class ModelClient(calls.ThreadClient):
 
     def workers(self) -> list[WorkerInfo]:
         """The worker processes this client is connected to, with their load."""
-        child = self._threaded()
-        if child is not None:
-            return child.worker_infos()
+        threads = self._threaded()
+        if threads is not None:
+            return threads.worker_infos()
         if self._closed:
             raise ClientClosedError()
         return LOOP.run(self._client.workers)
@@ -195,7 +195,7 @@ _END: Any = object()  # the end of the frames, and of the answers
 
 
 def _stream_with_threads(pool: WorkerPool, stream: FrameStream) -> Iterator[FrameResult]:
-    """``stream`` through a pool of grpcio's thread API (in a child made by fork): a gRPC
+    """``stream`` through a pool of grpcio's thread API (see ModelClient._threaded): a gRPC
     thread reads the frames and sends them while there is room in the window; the caller's
     thread takes the answers and makes room."""
     frames = iter(stream.frames)  # type: ignore[arg-type]
@@ -237,8 +237,9 @@ def _stream_with_threads(pool: WorkerPool, stream: FrameStream) -> Iterator[Fram
 
 
 async def _pulled(frames: Iterator[Any]) -> AsyncIterator[Any]:
-    """``frames`` read one at a time in a thread of the loop's default executor, so that a
-    source that blocks (a camera) holds up no other call."""
+    """``frames`` read one at a time in a thread of the loop's default executor (a thread
+    a stream at most: see bridge.READERS), so that a source that blocks (a camera) holds up
+    no other call."""
     while (frame := await asyncio.to_thread(next, frames, _END)) is not _END:
         yield frame
 
