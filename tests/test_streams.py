@@ -345,6 +345,26 @@ def test_at_most_window_frames_are_in_flight(server: InProcessServer) -> None:
     assert most_ahead >= 1  # the window was used: frames were sent ahead of their answers
 
 
+def test_a_slow_reader_holds_the_frames_back(server: InProcessServer) -> None:
+    """The thread client hands each answer to its reader and reads on once it is taken: a
+    reader slower than the model keeps the frames read ahead within the window (and the one
+    answer waiting for it), not the whole video."""
+    pulled = 0
+
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal pulled
+        for i in range(16):
+            pulled += 1
+            yield frame(i)
+
+    window = 2
+    with ModelClient("tracker", server.target) as client:
+        for result in client.run_image_stream(frames(), window=window):
+            time.sleep(0.03)  # slower than the model
+            assert pulled - (result.frame_id + 1) <= window + 1, (result.frame_id, pulled)
+    assert pulled == 16
+
+
 def test_streams_keep_their_own_state_and_close(server: InProcessServer, tmp_path: Path) -> None:
     def run(name: str, count: int) -> list[Any]:
         with ModelClient("tracker", server.target) as client:
