@@ -901,11 +901,20 @@ def test_colours_on_a_terminal_unless_no_color(target):
 
 def test_ctrl_c_ends_bench_with_its_summary_and_exit_code_130(target):
     args = ["--target", target, "bench", "upper", "--text", "hi", "--duration", "600"]
-    process, terminal = on_a_terminal([*args, "--args", '{"sleep": 0.05}'])
+    # faulthandler: a run that hangs after Ctrl-C is made to show where each thread waits.
+    process, terminal = on_a_terminal([*args, "--args", '{"sleep": 0.05}'], PYTHONFAULTHANDLER="1")
     try:
         read_terminal(terminal, until=b" calls ")  # the live view: calls are being made
         process.send_signal(signal.SIGINT)
-        shown = ESCAPE.sub(b"", read_terminal(terminal)).decode()
+        try:
+            shown = ESCAPE.sub(b"", read_terminal(terminal)).decode()
+        except AssertionError as hung:
+            process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            try:
+                dump = read_terminal(terminal, timeout=10).decode(errors="replace")
+            except AssertionError:
+                dump = "(no stacks within 10 s)"
+            raise AssertionError(f"{hung}\n{dump[-6000:]}") from hung
         assert process.wait(30) == 130
     finally:
         if process.poll() is None:
