@@ -324,23 +324,32 @@ def test_an_open_stream_object_without_run_fails_the_stream_saying_so(
     assert wait_for((tmp_path / "closed").exists, timeout=10)
 
 
-def test_at_most_window_frames_are_in_flight(server: InProcessServer) -> None:
-    pulled = 0
+class Counted:
+    """``count`` frames, counting those the client has read so far (``pulled``)."""
 
-    def frames() -> Iterator[np.ndarray]:
-        nonlocal pulled
-        for i in range(12):
-            pulled += 1
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(self.count):
+            self.pulled += 1
             yield frame(i)
 
+    def ahead(self, result: FrameResult) -> int:
+        """Frames read beyond ``result``'s."""
+        return self.pulled - (result.frame_id + 1)
+
+
+def test_at_most_window_frames_are_in_flight(server: InProcessServer) -> None:
+    frames = Counted(12)
     window = 3
     most_ahead = 0
     with ModelClient("tracker", server.target) as client:
-        stream = client.run_image_stream(frames(), {"sleep": 0.02}, window=window)
+        stream = client.run_image_stream(frames, {"sleep": 0.02}, window=window)
         for result in stream:
-            ahead = pulled - (result.frame_id + 1)
-            assert ahead <= window, (result.frame_id, pulled)
-            most_ahead = max(most_ahead, ahead)
+            assert frames.ahead(result) <= window, (result.frame_id, frames.pulled)
+            most_ahead = max(most_ahead, frames.ahead(result))
             assert result.result["most"] == 1
     assert most_ahead >= 1  # the window was used: frames were sent ahead of their answers
 
@@ -349,20 +358,13 @@ def test_a_slow_reader_holds_the_frames_back(server: InProcessServer) -> None:
     """The thread client hands each answer to its reader and reads on once it is taken: a
     reader slower than the model keeps the frames read ahead within the window (and the one
     answer waiting for it), not the whole video."""
-    pulled = 0
-
-    def frames() -> Iterator[np.ndarray]:
-        nonlocal pulled
-        for i in range(16):
-            pulled += 1
-            yield frame(i)
-
+    frames = Counted(16)
     window = 2
     with ModelClient("tracker", server.target) as client:
-        for result in client.run_image_stream(frames(), window=window):
+        for result in client.run_image_stream(frames, window=window):
             time.sleep(0.03)  # slower than the model
-            assert pulled - (result.frame_id + 1) <= window + 1, (result.frame_id, pulled)
-    assert pulled == 16
+            assert frames.ahead(result) <= window + 1, (result.frame_id, frames.pulled)
+    assert frames.pulled == 16
 
 
 def test_streams_keep_their_own_state_and_close(server: InProcessServer, tmp_path: Path) -> None:
