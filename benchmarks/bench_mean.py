@@ -2,7 +2,8 @@
 
 One run starts a real ``tms-server`` (a models folder holding only ``mean``) and the raw
 grpcio baseline of ``raw_server.py``, both as subprocesses on 127.0.0.1 with the same number
-of worker processes and threads, and drives them with the same load: TMS through
+of worker processes and threads, and drives them with the same load, each client in a process
+of its own (``driver.py``), as a program would use it: TMS through
 ``tms_client.ModelClient("mean", target).run_image(array)`` from threads ("TMS") and through
 ``AsyncModelClient`` from coroutines of one event loop ("TMS asyncio"), both with their
 defaults (shared memory, calls on open streams), the baseline from threads through one channel
@@ -20,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import functools
 import importlib.metadata
 import itertools
 import os
@@ -37,13 +37,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol, runtime_checkable
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tms_client import AsyncModelClient, ModelClient, RoundRobin
+from tms_client import AsyncModelClient
 
 # Run as a script (python benchmarks/bench_mean.py): make the benchmarks folder importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -98,13 +98,22 @@ class OnLoop:
     call: Callable[[], Awaitable[object]]
 
 
+@runtime_checkable
+class Remote(Protocol):
+    """Calls another process makes (benchmarks/driver.py): it runs the load, gives the samples."""
+
+    def load(self, concurrency: int, duration: float) -> Samples: ...
+
+
 #: A system's call, as run_load makes it.
-Call = Callable[[], object] | OnLoop
+Call = Callable[[], object] | OnLoop | Remote
 
 
 def run_load(call: Call, concurrency: int, duration: float) -> Samples:
     """Call ``call()`` back to back from ``concurrency`` threads (coroutines of its loop, for
-    an ``OnLoop``) for ``duration`` seconds."""
+    an ``OnLoop``) for ``duration`` seconds: in this process, or in another for a ``Remote``."""
+    if isinstance(call, Remote):
+        return call.load(concurrency, duration)
     if isinstance(call, OnLoop):
         return call.loop.run_until_complete(_load_on_loop(call.call, concurrency, duration))
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -400,8 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     about = machine()
 
-    rng = np.random.default_rng(0)
-    images = {size: rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) for size in sizes}
+    from benchmarks.driver import driver, image  # noqa: PLC0415 - it imports this module
+
     cells = [Cell(w, h, c) for (w, h) in sizes for c in concurrencies]
 
     with contextlib.ExitStack() as stack:
@@ -436,35 +445,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.flush()
             sys.stderr.write((temp / "servers.log").read_text(errors="replace")[-4000:])
             raise
-        tms = stack.enter_context(
-            ModelClient("mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin())
-        )
-        loop = asyncio.new_event_loop()
-        stack.callback(loop.close)
-        tms_aio = on_loop(
-            stack,
-            loop,
-            AsyncModelClient("mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin()),
-        )
-        raw = RawClient(raw_target, args.workers)
-        stack.callback(raw.close)
-        found = (len(tms.workers()), len(loop.run_until_complete(tms_aio.workers())))
-        if found != (args.workers, args.workers):
-            raise RuntimeError(f"the TMS clients found {found} of {args.workers} workers")
+        # Each client in a process of its own, as a program would use it (see driver.py).
+        drivers = {
+            name: stack.enter_context(driver(kind, target, workers=args.workers, log=log))
+            for name, kind, target in (
+                ("TMS", "tms", tms_target),
+                ("TMS asyncio", "tms-asyncio", tms_target),
+                ("raw", "raw", raw_target),
+            )
+        }
+        found = {name: each.workers() for name, each in drivers.items()}
+        if set(found.values()) != {args.workers}:
+            raise RuntimeError(f"the clients found {found} of {args.workers} workers")
 
-        for size, image in images.items():
-            expected = pixel_mean(image)
-            aio_mean = loop.run_until_complete(tms_aio.run_image(image))["mean"]
-            got = (tms.run_image(image)["mean"], aio_mean, raw.mean(image))
-            if not np.allclose(got, expected):
-                raise RuntimeError(f"wrong means for {size}: {got}, expected {expected}")
+        for width, height in sizes:
+            expected = pixel_mean(image(width, height))
+            got = {name: each.mean(width, height) for name, each in drivers.items()}
+            if not np.allclose(list(got.values()), expected):
+                raise RuntimeError(f"wrong means for {width}x{height}: {got}, not {expected}")
 
         for cell in cells:
-            image = images[(cell.width, cell.height)]
             calls: dict[str, Call] = {
-                "TMS": functools.partial(tms.run_image, image),
-                "TMS asyncio": OnLoop(loop, functools.partial(tms_aio.run_image, image)),
-                "raw": functools.partial(raw.mean, image),
+                name: each.on(cell.width, cell.height) for name, each in drivers.items()
             }
             print(f"measuring {cell.label}, concurrency {cell.concurrency} ...", file=sys.stderr)
             alternate(
