@@ -43,8 +43,6 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tms_client import AsyncModelClient
-
 # Run as a script (python benchmarks/bench_mean.py): make the benchmarks folder importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.raw_server import (
@@ -162,15 +160,6 @@ async def _load_on_loop(
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     return Samples(latencies, clock() - begin)
-
-
-def on_loop(
-    stack: contextlib.ExitStack, loop: asyncio.AbstractEventLoop, client: AsyncModelClient
-) -> AsyncModelClient:
-    """``client`` started on ``loop`` (for ``OnLoop`` calls), and closed there with ``stack``."""
-    loop.run_until_complete(client.__aenter__())
-    stack.callback(lambda: loop.run_until_complete(client.close()))
-    return client
 
 
 # -- servers -----------------------------------------------------------------------------------

@@ -154,8 +154,8 @@ def _client(
             lambda: len(tms.workers()),
         )
     if kind == "tms-asyncio":
-        loop = asyncio.new_event_loop()
-        stack.callback(loop.close)
+        # A Runner cancels what grpc.aio leaves running once the client is closed.
+        loop = stack.enter_context(asyncio.Runner()).get_loop()
         aio = AsyncModelClient("mean", target, **options)
         loop.run_until_complete(aio.__aenter__())
         stack.callback(lambda: loop.run_until_complete(aio.close()))

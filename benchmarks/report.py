@@ -17,7 +17,6 @@ the report, never by timed assertions in the tests.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import functools
@@ -42,7 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tms.v1 import model_service_pb2 as pb
-from tms_client import AsyncModelClient, ModelClient, RoundRobin, calls
+from tms_client import ModelClient, RoundRobin, calls
 from tms_client.protocol.methods import method_path
 from tms_client.protocol.wire import ImageMessage
 
@@ -53,16 +52,15 @@ from benchmarks.bench_mean import (
     CALL_TIMEOUT,
     THREADS,
     Call,
-    OnLoop,
     RawClient,
     Samples,
     alternate,
     machine,
     models_folder,
-    on_loop,
     run_load,
     server_process,
 )
+from benchmarks.driver import driver
 from benchmarks.raw_server import pixel_mean
 
 HERE = Path(__file__).resolve().parent
@@ -194,26 +192,29 @@ def latency_by_size(report: Report, tms_target: str, raw: RawClient) -> None:
     report.plot("latency", draw, "p50 latency against image size")
 
 
-def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -> None:
-    image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+def throughput_by_concurrency(
+    report: Report, tms_target: str, raw_target: str, workers: int, log: IO[bytes]
+) -> None:
     rows: list[str] = []
     clients = {"TMS": "thread client", "TMS asyncio": "asyncio client"}
-    rates: dict[str, list[float]] = {name: [] for name in (*clients, "raw grpcio")}
-    loop = asyncio.new_event_loop()
+    systems = (  # name, driver kind, target, shared memory
+        ("TMS", "tms", tms_target, True),
+        ("TMS asyncio", "tms-asyncio", tms_target, True),
+        ("TMS bytes", "tms", tms_target, False),
+        ("TMS asyncio bytes", "tms-asyncio", tms_target, False),
+        ("raw grpcio", "raw", raw_target, True),
+    )
+    rates: dict[str, list[float]] = {name: [] for name, *_ in systems}
     with contextlib.ExitStack() as stack:
-        stack.callback(loop.close)
-        tms = stack.enter_context(client(tms_target, shared_memory=False))
-        aio = AsyncModelClient(
-            "mean", tms_target, timeout=CALL_TIMEOUT, balancer=RoundRobin(), shared_memory=False
-        )
-        tms_aio = on_loop(stack, loop, aio)
+        # Each client in a process of its own, as in bench_mean.py (see driver.py).
+        calls: dict[str, Call] = {
+            name: stack.enter_context(
+                driver(kind, target, workers=workers, log=log, shared_memory=shared_memory)
+            ).on(224, 224)
+            for name, kind, target, shared_memory in systems
+        }
         for concurrency in CONCURRENCY:
             print(f"throughput: concurrency {concurrency} ...", file=sys.stderr)
-            calls: dict[str, Call] = {
-                "TMS": functools.partial(tms.run_image, image),
-                "TMS asyncio": OnLoop(loop, functools.partial(tms_aio.run_image, image)),
-                "raw grpcio": functools.partial(raw.mean, image),
-            }
             samples = sampled(calls, concurrency, report.seconds, report.rounds)
             base = samples["raw grpcio"]
             for name, measured in samples.items():
@@ -233,11 +234,13 @@ def throughput_by_concurrency(report: Report, tms_target: str, raw: RawClient) -
                     what = f"224x224 throughput / raw, c=8, {clients[name]}"
                     report.targets.append(Target(what, ratio, 0.95, False))
     report.parts.append(
-        "## Throughput against concurrency (224x224x3, bytes path)\n\n"
+        "## Throughput against concurrency (224x224x3)\n\n"
         "The thread client (`ModelClient`, callers are threads, their calls run on the "
         "client's own event loop) and the asyncio client (`AsyncModelClient`, callers are "
-        "coroutines of one event loop), both carrying their calls on `Calls` streams (their "
-        "default), against raw grpcio's thread API.\n\n"
+        "coroutines of one event loop) against raw grpcio's thread API, as in "
+        "`bench_mean.py`: each client in a process of its own (`driver.py`), the TMS clients "
+        "with their defaults (shared memory, calls carried on `Calls` streams), and again "
+        "with shared memory off (bytes).\n\n"
         "| callers | system | calls/s | p50 ms | p50 / raw | calls/s / raw |\n"
         "| ---: | --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
     )
@@ -535,9 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             *("--host", "127.0.0.1", "--port", "0"),
             *("--workers", str(workers), "--threads", str(THREADS)),
         ]
-        raw = RawClient(
-            stack.enter_context(server_process("raw-server", raw_command, log)), workers
-        )
+        raw_target = stack.enter_context(server_process("raw-server", raw_command, log))
+        raw = RawClient(raw_target, workers)
         stack.callback(raw.close)
         raw_aio = RawClient(
             stack.enter_context(server_process("raw-server --aio", [*raw_command, "--aio"], log)),
@@ -545,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         stack.callback(raw_aio.close)
         latency_by_size(report, tms_target, raw)
-        throughput_by_concurrency(report, tms_target, raw)
+        throughput_by_concurrency(report, tms_target, raw_target, workers, log)
         small_call_costs(report, tms_target, raw, raw_aio)
         scaling(report, temp, log)
     shared_memory_image_to_image(report)
