@@ -70,9 +70,11 @@ class Carried:
     def __init__(self, stream: Context, opened: Trailers, message: pb.CallsRequest) -> None:
         self._stream = stream
         self._request: Any = message.request
-        own = from_entries(message.metadata)
-        mine = PER_CALL_METADATA.union(key for key, _ in own)
-        self._metadata = (*(entry for entry in opened if entry[0] not in mine), *own)
+        self._metadata = opened
+        if message.metadata:
+            own = from_entries(message.metadata)
+            mine = {key for key, _ in own}
+            self._metadata = (*(entry for entry in opened if entry[0] not in mine), *own)
         self.trailers: Trailers = ()
         self._done: list[Callable[[Any], object]] = []
 
@@ -110,7 +112,11 @@ async def serve(worker: Worker, methods: Mapping[str, Carriable], stream: Contex
     opened: Trailers = tuple(stream.invocation_metadata() or ())
     tokens = worker.tokens
     token = bearer_token(opened) if tokens is not None else None
-    while (message := await _next(worker, stream)) is not grpc.aio.EOF:
+    # What every call has of the stream's metadata: not the stream's own request id or trace.
+    opened = tuple(entry for entry in opened if entry[0] not in PER_CALL_METADATA)
+    task = asyncio.current_task()
+    assert task is not None
+    while (message := await _next(worker, stream, task)) is not grpc.aio.EOF:
         if tokens is not None and tokens.revokes(token):
             raise Unauthenticated(
                 "the token this stream was opened with is no longer valid here; open it again "
@@ -126,16 +132,13 @@ async def serve(worker: Worker, methods: Mapping[str, Carriable], stream: Contex
         context.done()
 
 
-async def _next(worker: Worker, stream: Context) -> Any:
-    """The stream's next message, waited for as an idle carrier: the worker's stop ends the
-    wait (UNAVAILABLE), so that no idle stream holds it for its grace period, and so does a
-    newer idle stream beyond MAX_IDLE."""
+async def _next(worker: Worker, stream: Context, task: asyncio.Task[None]) -> Any:
+    """The stream's next message, waited for as an idle carrier (``task``, serving the
+    stream): the worker's stop ends the wait (UNAVAILABLE), so that no idle stream holds it
+    for its grace period, and so does a newer idle stream beyond MAX_IDLE."""
     load = worker.load
-    draining = Unavailable("this worker is shutting down; send the call to another")
     if load.draining:
-        raise draining
-    task = asyncio.current_task()
-    assert task is not None
+        raise _draining_error()
     idle = worker.idle_carriers
     idle[task] = None
     if len(idle) > MAX_IDLE:
@@ -155,7 +158,7 @@ async def _next(worker: Worker, stream: Context) -> Any:
                 f"this worker keeps at most {MAX_IDLE} Calls streams waiting for a call, and "
                 "this one waited longest; open another"
             ) from None
-        raise draining from None
+        raise _draining_error() from None
     finally:
         idle.pop(task, None)
         worker.ended_carriers.discard(task)
@@ -194,6 +197,10 @@ async def _run(
 def _status(code: grpc.StatusCode, message: str) -> bytes:
     data: bytes = status_pb2.Status(code=code.value[0], message=message).SerializeToString()
     return data
+
+
+def _draining_error() -> Unavailable:
+    return Unavailable("this worker is shutting down; send the call to another")
 
 
 def _draining(load: WorkerLoad) -> bool:
