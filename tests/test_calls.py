@@ -397,11 +397,13 @@ def test_a_thread_client_dropped_unclosed_closes_its_connections(
     with ModelClient("mean", server.target) as client:  # the loop and gRPC's own, started
         client.run_image(np.zeros((4, 4, 3), np.uint8))
     before = sockets()
-    for _ in range(6):
-        client = ModelClient("mean", server.target)
-        assert client.run_image(np.full((4, 4, 3), 5, np.uint8)) == {"mean": 5.0}
+    # Held until all six are connected: a client dropped at once could be collected (and
+    # its connections closed) at any moment, by a collection of the garbage along the way.
+    clients = [ModelClient("mean", server.target) for _ in range(6)]
+    for each in clients:
+        assert each.run_image(np.full((4, 4, 3), 5, np.uint8)) == {"mean": 5.0}
     assert sockets() >= before + 6
-    del client
+    del clients, each
     gc.collect()
     assert wait_for(lambda: sockets() <= before, timeout=10), (sockets(), before)
 
