@@ -687,7 +687,7 @@ def test_references_are_checked(in_process_server, models):
             raw_call(channel, "RunImage", run_image_request(ok, image))
         assert reason(caught.value) == "SHARED_MEMORY_NOT_ATTACHED"
         stub(channel).DetachSharedMemory(pb.DetachSharedMemoryRequest(region=attached.region))
-    assert regions() - before == set()
+    assert none_left(before)
 
 
 def test_an_older_server_gets_bytes(in_process_server, models, monkeypatch):
