@@ -8,6 +8,7 @@ import contextvars
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -23,20 +24,63 @@ async def where() -> tuple[str, str]:
 
 def test_a_call_runs_on_the_loop_in_the_callers_context() -> None:
     WHO.set("caller")
-    assert LOOP.run(where) == ("caller", "tms-client")
+    # Alone, the caller runs the loop itself while it waits.
+    assert LOOP.run(where) == ("caller", "MainThread")
 
     def other_thread(results: list[tuple[str, str]]) -> None:
         WHO.set("another thread")
         results.append(LOOP.run(where))
 
     results: list[tuple[str, str]] = []
-    threads = [threading.Thread(target=other_thread, args=(results,)) for _ in range(8)]
+    threads = [
+        threading.Thread(target=other_thread, args=(results,), name=f"caller-{n}")
+        for n in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
-    assert results == [("another thread", "tms-client")] * 8
+    assert len(results) == 8
+    for who, ran_in in results:
+        assert who == "another thread"
+        assert ran_in == "tms-client" or ran_in.startswith("caller-")
     assert WHO.get() == "caller"  # the loop's tasks set nothing here
+
+
+def test_a_call_goes_to_the_loops_thread_while_another_runs_there() -> None:
+    release = threading.Event()
+
+    async def held() -> None:
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    running = LOOP.start(held)  # handed to the loop's own thread, which runs it meanwhile
+    try:
+        assert LOOP.run(where)[1] == "tms-client"
+    finally:
+        release.set()
+    assert running.done.acquire(timeout=5)
+    # Once nothing handed to it is left, the loop's thread leaves the loop to callers again.
+    deadline = time.monotonic() + 5
+    while LOOP.run(where)[1] != "MainThread":
+        assert time.monotonic() < deadline
+
+
+def test_the_loop_does_its_background_work_between_calls() -> None:
+    """What a call leaves running on the loop (a pool's healer, say) goes on after it, with
+    no call being made and nothing handed to the loop."""
+    done = threading.Event()
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        done.set()
+
+    async def leaves_a_task() -> None:
+        tasks.append(asyncio.get_running_loop().create_task(later()))
+
+    tasks: list[asyncio.Task[None]] = []
+    LOOP.run(leaves_a_task)
+    assert done.wait(5)
 
 
 def test_its_error_is_raised_in_the_caller() -> None:
@@ -45,7 +89,7 @@ def test_its_error_is_raised_in_the_caller() -> None:
 
     with pytest.raises(ValueError, match="from the loop"):
         LOOP.run(fails)
-    assert LOOP.run(where)[1] == "tms-client"  # the loop goes on
+    assert LOOP.run(where)[1] == "MainThread"  # the loop goes on
 
 
 def test_an_interrupted_caller_cancels_its_call() -> None:

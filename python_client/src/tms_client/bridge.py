@@ -27,8 +27,18 @@ T = TypeVar("T")
 READERS = 128
 
 
+#: Seconds between the loop's runs for its background work (finding workers, healing, streams
+#: the server ended) while no call is made: calls and streams run it as they need it.
+TICK = 0.05
+#: Seconds the loop's own thread goes on running the loop once no task handed to it is left:
+#: calls from several threads at once come back within it, and so do not make the next caller
+#: run the loop itself while the others hand theirs over.
+LINGER = 0.002
+
+
 class Loop:
-    """An event loop running in a daemon thread, started when first needed."""
+    """An event loop that the thread of a call runs while it waits, when no other thread
+    runs it; otherwise its own daemon thread runs it, started when first needed."""
 
     def __init__(self) -> None:
         self.reset()
@@ -38,21 +48,61 @@ class Loop:
         self._starting = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._state = threading.Condition(threading.Lock())  # guards the two below
+        self._runner: int | None = None  # the thread running the loop now, if any
+        self._handed = 0  # tasks handed to the loop (start) and not done yet
+        self._idle: asyncio.Future[None]  # done: the loop's own thread stops running it
 
     def get(self) -> asyncio.AbstractEventLoop:
-        """The running loop (started now if there is none in this process)."""
+        """The loop (made, and its thread started, if there is none in this process)."""
         loop = self._loop
         if loop is not None:
             return loop
         with self._starting:
             if self._loop is None:
-                loop = _new_loop()
-                self._thread = threading.Thread(
-                    target=loop.run_forever, name="tms-client", daemon=True
-                )
+                self._loop = _new_loop()
+                self._thread = threading.Thread(target=self._serve, name="tms-client", daemon=True)
                 self._thread.start()
-                self._loop = loop
             return self._loop
+
+    def _serve(self) -> None:
+        """The loop's own thread: it runs the loop while tasks handed to it are not done and
+        no caller runs it, and for one pass once a TICK, for its background work. It runs
+        the loop until a future is done, never stopping it: a stop left pending would end the
+        next caller's run before its call is done."""
+        assert self._loop is not None
+        loop, me, state = self._loop, threading.get_ident(), self._state
+        while True:
+            with state:
+                while not (self._runner is None and self._handed):
+                    if not state.wait(TICK) and self._runner is None:
+                        break  # a tick, nothing handed
+                self._runner = me
+                self._idle = loop.create_future()
+                if not self._handed:
+                    self._idle.set_result(None)  # one pass over what is ready
+            try:
+                loop.run_until_complete(self._idle)
+            finally:
+                with state:
+                    self._runner = None
+
+    def _finished(self) -> None:
+        """A handed task is done (on the loop): once none is left for LINGER seconds, the
+        loop's own thread stops running it, so that the next caller can run it itself."""
+        with self._state:
+            self._handed -= 1
+            if not self._handed and self._runs_itself():
+                self.get().call_later(LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        with self._state:
+            if not self._handed and self._runs_itself() and not self._idle.done():
+                self._idle.set_result(None)
+
+    def _runs_itself(self) -> bool:
+        """Whether the loop's own thread runs the loop now (under ``_state``)."""
+        return self._thread is not None and self._runner == self._thread.ident
 
     def start(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Running[T]:
         """``function(*args)`` started on the loop as a task, in the caller's context (its
@@ -64,18 +114,32 @@ class Loop:
         def begin() -> None:
             running.task = loop.create_task(function(*args), context=context)
             running.task.add_done_callback(running.finished)
+            running.task.add_done_callback(lambda _: self._finished())
 
+        with self._state:
+            self._handed += 1
+            self._state.notify()
         loop.call_soon_threadsafe(begin)
         return running
 
     def run(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """``function(*args)`` run on the loop (see start); its result, or its error raised
-        here. A caller interrupted while it waits (KeyboardInterrupt) cancels it."""
-        if threading.current_thread() is self._thread:
+        here. A caller interrupted while it waits (KeyboardInterrupt) cancels it. A caller
+        that finds the loop free runs it itself, sparing two thread hand-offs."""
+        loop = self.get()
+        running_here = asyncio._get_running_loop()
+        if running_here is loop:
             raise RuntimeError(
                 "a ModelClient call was made on the client's own event loop (from a balancer, "
                 "say), where it would wait for itself forever: use AsyncModelClient there"
             )
+        if running_here is None:
+            with self._state:
+                alone = self._runner is None and not self._handed
+                if alone:
+                    self._runner = threading.get_ident()
+            if alone:
+                return self._run_here(loop, function, *args)
         running = self.start(function, *args)
         try:
             running.done.acquire()
@@ -83,6 +147,29 @@ class Loop:
             running.cancel()
             raise
         return running.task.result()
+
+    def _run_here(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        function: Callable[..., Coroutine[Any, Any, T]],
+        *args: Any,
+    ) -> T:
+        """``function(*args)`` on the loop, run by this thread until it is done."""
+        task = loop.create_task(function(*args), context=contextvars.copy_context())
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():  # interrupted: its cancellation is handed to the loop
+                with self._state:
+                    self._handed += 1
+                task.add_done_callback(lambda _: self._finished())
+                task.cancel()
+            raise
+        finally:
+            with self._state:
+                self._runner = None
+                if self._handed:
+                    self._state.notify()
 
 
 class Running(Generic[T]):
