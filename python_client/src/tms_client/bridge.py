@@ -1,9 +1,13 @@
-"""The event loop ``ModelClient`` runs its calls on: one a process, in a thread of its own.
+"""The event loop ``ModelClient`` runs its calls on: one a process.
 
-``ModelClient`` is ``AsyncModelClient`` run on this loop: a calling thread hands a coroutine to
-the loop and waits for its result. One loop serves every caller, writing and reading every
-call's messages itself, so calls from many threads cost about what they cost on asyncio, where
-grpcio's thread API would hand each call to threads of its own (benchmarks/RESULTS.md). The
+``ModelClient`` is ``AsyncModelClient`` run on this loop. A calling thread that finds the loop
+free runs it itself until its call is done; while another thread runs it, the caller hands
+its coroutine to the loop and waits for the result. The loop's own daemon thread runs it for
+what is handed to it (and for a moment after, so that calls from many threads stay with it),
+and once every TICK for the work calls leave behind (finding workers, healing). One loop
+serves every caller, writing and reading every call's messages itself, so calls from many
+threads cost about what they cost on asyncio, where grpcio's thread API would hand each call
+to threads of its own, and a call alone costs no thread hand-off (benchmarks/RESULTS.md). The
 loop is uvloop's where it is installed. A child made by ``fork`` starts a loop of its own when
 it first needs one.
 """
