@@ -33,8 +33,7 @@ def test_a_call_runs_on_the_loop_in_the_callers_context() -> None:
 
     results: list[tuple[str, str]] = []
     threads = [
-        threading.Thread(target=other_thread, args=(results,), name=f"caller-{n}")
-        for n in range(8)
+        threading.Thread(target=other_thread, args=(results,), name=f"caller-{n}") for n in range(8)
     ]
     for thread in threads:
         thread.start()
