@@ -4,12 +4,12 @@
 free runs it itself until its call is done; while another thread runs it, the caller hands
 its coroutine to the loop and waits for the result. The loop's own daemon thread runs it for
 what is handed to it (and for a moment after, so that calls from many threads stay with it),
-and once every TICK for the work calls leave behind (finding workers, healing). One loop
-serves every caller, writing and reading every call's messages itself, so calls from many
-threads cost about what they cost on asyncio, where grpcio's thread API would hand each call
-to threads of its own, and a call alone costs no thread hand-off (benchmarks/RESULTS.md). The
-loop is uvloop's where it is installed. A child made by ``fork`` starts a loop of its own when
-it first needs one.
+and once every TICK (IDLE_TICK once no call has come for a while) for the work calls leave
+behind (finding workers, healing). One loop serves every caller, writing and reading every
+call's messages itself, so calls from many threads cost about what they cost on asyncio,
+where grpcio's thread API would hand each call to threads of its own, and a call alone costs
+no thread hand-off (benchmarks/RESULTS.md). The loop is uvloop's where it is installed. A
+child made by ``fork`` starts a loop of its own when it first needs one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextvars
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -32,8 +33,11 @@ READERS = 128
 
 
 #: Seconds between the loop's runs for its background work (finding workers, healing, streams
-#: the server ended) while no call is made: calls and streams run it as they need it.
+#: the server ended) while no call is made: calls and streams run it as they need it. Once no
+#: call has been made for IDLE_AFTER seconds, the runs come every IDLE_TICK seconds.
 TICK = 0.05
+IDLE_AFTER = 5.0
+IDLE_TICK = 0.5
 #: Seconds the loop's own thread goes on running the loop once no task handed to it is left:
 #: calls from several threads at once come back within it, and so do not make the next caller
 #: run the loop itself while the others hand theirs over.
@@ -56,6 +60,7 @@ class Loop:
         self._runner: int | None = None  # the thread running the loop now, if any
         self._handed = 0  # tasks handed to the loop (start) and not done yet
         self._idle: asyncio.Future[None]  # done: the loop's own thread stops running it
+        self._called = time.monotonic()  # when a call was last made (run, start)
 
     def get(self) -> asyncio.AbstractEventLoop:
         """The loop (made, and its thread started, if there is none in this process)."""
@@ -79,7 +84,8 @@ class Loop:
         while True:
             with state:
                 while not (self._runner is None and self._handed):
-                    if not state.wait(TICK) and self._runner is None:
+                    idle = time.monotonic() - self._called > IDLE_AFTER
+                    if not state.wait(IDLE_TICK if idle else TICK) and self._runner is None:
                         break  # a tick, nothing handed
                 self._runner = me
                 self._idle = loop.create_future()
@@ -122,6 +128,7 @@ class Loop:
 
         with self._state:
             self._handed += 1
+            self._called = time.monotonic()
             self._state.notify()
         loop.call_soon_threadsafe(begin)
         return running
@@ -142,6 +149,7 @@ class Loop:
                 alone = self._runner is None and not self._handed
                 if alone:
                     self._runner = threading.get_ident()
+                    self._called = time.monotonic()
             if alone:
                 return self._run_here(loop, function, *args)
         running = self.start(function, *args)
