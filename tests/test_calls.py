@@ -514,3 +514,31 @@ def test_a_worker_keeps_a_bounded_number_of_idle_streams(
             return [*first, await client.run_image(np.full((4, 4, 3), 5, np.uint8))]
 
     assert asyncio.run(asyncio_calls()) == [{"mean": 5.0}] * 7
+
+
+def test_a_stream_ended_before_its_answer_is_taken_leaves_no_call_timed(
+    server: InProcessServer,
+) -> None:
+    """The StallWatch times a carried call until its caller takes the answer. A stream that
+    ends meanwhile ends that timing: left, it would outlive the stream's gRPC call, which
+    the watch would later ask for its peer."""
+    frame = to_parts(np.full((1500, 1500, 3), 7, np.uint8), color="bgr").to_message()
+    request = pb.RunImageToImageRequest(model="invert", images=[frame])  # a 6.75 MB answer
+    channel = grpc.insecure_channel(server.target)
+    method = channel.stream_stream(
+        method_path("Calls"),
+        request_serializer=pb.CallsRequest.SerializeToString,
+        response_deserializer=pb.CallsResponse.FromString,
+    )
+    sent: queue.SimpleQueue[pb.CallsRequest | None] = queue.SimpleQueue()
+    call = method(iter(sent.get, None), timeout=60)
+    sent.put(carried("RunImageToImage", request))
+    watch = server.running.watch
+    try:  # the answer is handed to gRPC, and nothing reads it
+        assert wait_for(lambda: watch.untaken >= 1500 * 1500 * 3, 10), repr(watch)
+    finally:
+        call.cancel()
+        channel.close()
+    assert wait_for(lambda: watch.untaken == 0 and "waiting=0 " in repr(watch), 10), repr(watch)
+    with ModelClient("invert", server.target) as client:  # the worker serves on
+        assert (client.run_image_to_image(np.zeros((2, 2, 3), np.uint8)).image == 255).all()

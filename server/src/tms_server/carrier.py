@@ -67,8 +67,8 @@ class Carried:
     say) under other keys than those and PER_CALL_METADATA, the trailers and status go into the
     answer; the peer is the stream's."""
 
-    def __init__(self, stream: Context, opened: Trailers, message: pb.CallsRequest) -> None:
-        self._stream = stream
+    def __init__(self, peer: str, opened: Trailers, message: pb.CallsRequest) -> None:
+        self._peer = peer
         self._request: Any = message.request
         self._metadata = opened
         if message.metadata:
@@ -94,13 +94,14 @@ class Carried:
         raise Aborted(code, details, trailers)
 
     def peer(self) -> str:
-        return self._stream.peer()
+        return self._peer  # read once: the stream's call may be gone when this is asked
 
     def add_done_callback(self, callback: Callable[[Any], object]) -> None:
         self._done.append(callback)
 
     def done(self) -> None:
-        """The answer is sent: what waited for that runs."""
+        """The answer is sent, or will never be (the stream ended): what waited for that
+        runs (the StallWatch stops timing the call)."""
         for callback in self._done:
             callback(self)
 
@@ -116,6 +117,7 @@ async def serve(worker: Worker, methods: Mapping[str, Carriable], stream: Contex
     opened = tuple(entry for entry in opened if entry[0] not in PER_CALL_METADATA)
     task = asyncio.current_task()
     assert task is not None
+    peer = stream.peer()
     while (message := await _next(worker, stream, task)) is not grpc.aio.EOF:
         if tokens is not None and tokens.revokes(token):
             raise Unauthenticated(
@@ -126,10 +128,12 @@ async def serve(worker: Worker, methods: Mapping[str, Carriable], stream: Contex
             call = pb.CallsRequest.FromString(message)
         except DecodeError as exc:
             raise InvalidArgument(f"malformed CallsRequest: {exc}") from None
-        context = Carried(stream, opened, call)
-        answer = await _run(worker, methods.get(call.method), context, call)
-        await stream.write(answer.SerializeToString())
-        context.done()
+        context = Carried(peer, opened, call)
+        try:
+            answer = await _run(worker, methods.get(call.method), context, call)
+            await stream.write(answer.SerializeToString())
+        finally:
+            context.done()
 
 
 async def _next(worker: Worker, stream: Context, task: asyncio.Task[None]) -> Any:
