@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.exceptions
+import h2.settings
 import numpy as np
 
 from tms.v1 import model_service_pb2
@@ -354,3 +359,57 @@ def early_ending_server() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         fake.stop(None)
+
+
+def _grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+class NonReadingCaller:
+    """A raw HTTP/2 client that sends calls and never opens its flow-control window, so the
+    server can send it nothing; it answers pings, as a live peer does."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        self.sock.sendall(self.conn.data_to_send())
+
+    def call(self, path: str, message: bytes) -> None:
+        stream = self.conn.get_next_available_stream_id()
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "tms"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        self.conn.send_headers(stream, headers)
+        self.conn.send_data(stream, _grpc_frame(message), end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def closed_by_server(self, timeout: float) -> bool:
+        """Read (answering pings, never opening a window) until the server closes the
+        connection or ``timeout`` passes; whether it closed it."""
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                return True
+            if not data:
+                return True
+            try:
+                self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                return True
+            self.sock.sendall(self.conn.data_to_send())
+        return False
+
+    def close(self) -> None:
+        self.sock.close()

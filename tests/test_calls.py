@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from tests.support import InProcessServer, ServerProcess, alive, stopped, wait_for, write_models
+from tests.support import (
+    InProcessServer,
+    NonReadingCaller,
+    ServerProcess,
+    alive,
+    stopped,
+    wait_for,
+    write_models,
+)
 from tms.v1 import model_service_pb2
 from tms_client import (
     AsyncModelClient,
@@ -522,23 +530,19 @@ def test_a_stream_ended_before_its_answer_is_taken_leaves_no_call_timed(
     """The StallWatch times a carried call until its caller takes the answer. A stream that
     ends meanwhile ends that timing: left, it would outlive the stream's gRPC call, which
     the watch would later ask for its peer."""
-    frame = to_parts(np.full((1500, 1500, 3), 7, np.uint8), color="bgr").to_message()
-    request = pb.RunImageToImageRequest(model="invert", images=[frame])  # a 6.75 MB answer
-    channel = grpc.insecure_channel(server.target)
-    method = channel.stream_stream(
-        method_path("Calls"),
-        request_serializer=pb.CallsRequest.SerializeToString,
-        response_deserializer=pb.CallsResponse.FromString,
-    )
-    sent: queue.SimpleQueue[pb.CallsRequest | None] = queue.SimpleQueue()
-    call = method(iter(sent.get, None), timeout=60)
-    sent.put(carried("RunImageToImage", request))
+    frame = to_parts(np.full((40, 40, 3), 7, np.uint8), color="bgr").to_message()
+    request = pb.RunImageToImageRequest(model="invert", images=[frame])
     watch = server.running.watch
-    try:  # the answer is handed to gRPC, and nothing reads it
-        assert wait_for(lambda: watch.untaken >= 1500 * 1500 * 3, 10), repr(watch)
+    caller = NonReadingCaller(server.running.port)  # it takes nothing of any answer
+
+    def handed() -> bool:  # the answer waits in gRPC; the caller answers the server's pings
+        return not caller.closed_by_server(0.05) and watch.untaken >= 40 * 40 * 3
+
+    try:
+        caller.call(method_path("Calls"), carried("RunImageToImage", request).SerializeToString())
+        assert wait_for(handed, 10), repr(watch)
     finally:
-        call.cancel()
-        channel.close()
+        caller.close()  # the stream ends with its answer untaken
     assert wait_for(lambda: watch.untaken == 0 and "waiting=0 " in repr(watch), 10), repr(watch)
     with ModelClient("invert", server.target) as client:  # the worker serves on
         assert (client.run_image_to_image(np.zeros((2, 2, 3), np.uint8)).image == 255).all()

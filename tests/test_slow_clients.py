@@ -10,8 +10,6 @@ the stated bounds, and the other callers' calls succeed meanwhile.
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,15 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import h2.config
-import h2.connection
-import h2.exceptions
-import h2.settings
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import memory_mb, wait_for, write_models
+from tests.support import NonReadingCaller, memory_mb, wait_for, write_models
 from tms.v1 import image_pb2, model_service_pb2
 from tms_client import ModelClient, RetryPolicy
 
@@ -142,60 +136,6 @@ def test_callers_that_never_send_their_request_stall_nothing(
         assert watch.closed == 20
     finally:
         stalled.close()
-
-
-def _frame(message: bytes) -> bytes:
-    return b"\x00" + struct.pack(">I", len(message)) + message
-
-
-class NonReadingCaller:
-    """A raw HTTP/2 client that sends calls and never opens its flow-control window, so the
-    server can send it nothing; it answers pings, as a live peer does."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.conn.initiate_connection()
-        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        self.sock.sendall(self.conn.data_to_send())
-
-    def call(self, path: str, message: bytes) -> None:
-        stream = self.conn.get_next_available_stream_id()
-        headers = [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "tms"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
-        self.conn.send_headers(stream, headers)
-        self.conn.send_data(stream, _frame(message), end_stream=True)
-        self.sock.sendall(self.conn.data_to_send())
-
-    def closed_by_server(self, timeout: float) -> bool:
-        """Read (answering pings, never opening a window) until the server closes the
-        connection or ``timeout`` passes; whether it closed it."""
-        deadline = time.monotonic() + timeout
-        self.sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionError:
-                return True
-            if not data:
-                return True
-            try:
-                self.conn.receive_data(data)
-            except h2.exceptions.ProtocolError:
-                return True
-            self.sock.sendall(self.conn.data_to_send())
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.mark.slow
