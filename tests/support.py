@@ -237,14 +237,30 @@ def refusing_target() -> Iterator[str]:
 
 @contextlib.contextmanager
 def stopped(pid: int) -> Iterator[None]:
-    """SIGSTOP ``pid`` for the block (a wedged process, to its peers); SIGCONT it afterwards
-    if it still exists."""
+    """SIGSTOP ``pid`` for the block (a wedged process, to its peers), once all its threads
+    have stopped; SIGCONT it afterwards if it still exists. A stop is not done when ``kill``
+    returns: one thread of the process takes the signal when it next runs and stops the
+    others, and on a busy machine the rest go on for milliseconds meanwhile."""
     os.kill(pid, signal.SIGSTOP)
     try:
+        assert wait_for(lambda: _all_stopped(pid), 10, interval=0.001), f"{pid} did not stop"
         yield
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+def _all_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state T in /proc)."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+        return all(_state(thread / "stat") == "T" for thread in threads)
+    except FileNotFoundError:  # a thread ended while they were read: read them again
+        return False
+
+
+def _state(stat: Path) -> str:
+    return stat.read_text().rpartition(")")[2].split()[0]
 
 
 def answer_once_started(command: list[str], start: Callable[[], object]) -> Any:
