@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -112,24 +113,23 @@ class ModelClient(calls.ThreadClient):
                 self._threads = pool
             return self._threads
 
-    async def _call(self, request: Request, model: str) -> bytes:
-        if self._closed:
-            raise ClientClosedError()
-        return await self._client._call(request, model)
-
     def _send(self, call: calls.Call[R]) -> R:
+        threads = self._threaded()
+        if threads is None:
+            return LOOP.run(functools.partial(self._client._send, call))
         with call_span(call.path, call.model) as metadata:
             data, timeout = fit_within(call.request, self.options.max_message_bytes, self.timeout)
-            request = Request(call.path, data, timeout, metadata)
-            threads = self._threaded()
-            if threads is None:
-                reply = LOOP.run(self._call, request, call.model)
-            else:
-                reply = threads.call(request, call.model)
+            reply = threads.call(Request(call.path, data, timeout, metadata), call.model)
         return call.parse(reply)
 
     def _bind(self, build: Builder[P, R]) -> Callable[P, R]:
+        on_loop = self._client._bind(build)
+
         def method(*args: P.args, **kwargs: P.kwargs) -> R:
+            if self._threaded() is None:
+                # Built on the loop as well: the calling thread holds the GIL only to hand
+                # the call over, which keeps the loop's thread going under many callers.
+                return LOOP.run(functools.partial(on_loop, *args, **kwargs))
             return self._send(build(self.model, *args, **kwargs))
 
         return as_method(method, build)
