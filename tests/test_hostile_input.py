@@ -544,7 +544,9 @@ def test_models_that_raise_or_return_garbage_are_internal(
 
 
 def test_a_model_past_the_clients_deadline(server, bystander):
-    with ModelClient("sleepy", server.target, timeout=0.3, retry=RetryPolicy.never()) as client:
+    with ModelClient("sleepy", server.target, timeout=10, retry=RetryPolicy.never()) as client:
+        assert client.run_text("awake") == "awake"
+        client.timeout = 0.3  # set between calls: the next keeps to it
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError):
             client.run_text("zzz", {"seconds": 10})

@@ -68,6 +68,15 @@ class ModelClient(calls.ThreadClient):
         weakref.finalize(self, LOOP.start, self._client.close).atexit = False
         LOOP.run(self._client.start)
 
+    @property
+    def timeout(self) -> float | None:
+        """Each call's deadline in seconds (None: none); may be changed between calls."""
+        return self._client.timeout  # the calls on the loop are the asyncio client's
+
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None:
+        self._client.timeout = seconds
+
     def __repr__(self) -> str:
         return f"<ModelClient model={self.model!r} pool={self._pool!r}>"
 
