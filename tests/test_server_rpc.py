@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tms_client import (
     UnsupportedCallError,
 )
 from tms_client.protocol.codec import encode_array
+from tms_server.worker import STOP_MARGIN_SECONDS
 
 pb = model_service_pb2
 
@@ -547,6 +550,29 @@ def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(tmp_
             slow.join(30)
             server.running.stop(5)
     assert json.loads(outcome["reply"].result_json) == "done"
+
+
+def test_a_stop_that_gives_up_on_a_call_stops_grpc_before_its_loop(tmp_path):
+    """A stop with no grace period waits for the calls in flight, but only a margin long: one
+    that gives up on a call cuts it off, so that gRPC's server stops (its port closes) before
+    its event loop is closed. Left running, it would later try to stop itself on that closed
+    loop ("Event loop is closed", when collected)."""
+    server = start_in_process(write_models(tmp_path / "models", {"gated": GATED}))
+    port = server.running.port
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        slow, outcome = gated_call(stub, tmp_path)
+        try:
+            started = time.monotonic()
+            server.running.stop(None)  # the gated call never ends by itself
+            assert time.monotonic() - started < STOP_MARGIN_SECONDS + 3
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            slow.join(10)
+            assert isinstance(outcome.get("error"), grpc.RpcError), outcome  # cut off
+        finally:
+            (tmp_path / "gate").touch()
+            slow.join(30)
 
 
 @pytest.mark.slow

@@ -64,6 +64,8 @@ EXIT_HUNG = 3
 EXIT_NO_MODELS = 4
 #: How long past the grace period a stop waits for the event loop to wind down.
 STOP_MARGIN_SECONDS = 5.0
+#: How long a stop that waited that long waits once more, for the calls it cut off to end.
+CUT_OFF_SECONDS = 1.0
 _DRAIN_POLL_SECONDS = 0.01  # how often a stop looks whether the calls in flight have ended
 
 
@@ -103,8 +105,15 @@ class RunningServer:
             stopping = asyncio.run_coroutine_threadsafe(
                 _stop(self.server, grace, self.http, self.handlers, self.parts.index), self.loop
             )
-            with contextlib.suppress(TimeoutError):
+            try:
                 stopping.result((grace or 0.0) + STOP_MARGIN_SECONDS)
+            except TimeoutError:
+                # Calls outlasted the wait: cut them off, so that gRPC's server stops before
+                # its loop does (left running, it would try to stop itself on the closed loop
+                # when collected). A loop stuck in a model call runs neither.
+                asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop)
+                with contextlib.suppress(TimeoutError):
+                    stopping.result(CUT_OFF_SECONDS)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(STOP_MARGIN_SECONDS)
             if not self.thread.is_alive():
