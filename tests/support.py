@@ -255,11 +255,12 @@ def _all_stopped(pid: int) -> bool:
     try:
         threads = list(Path(f"/proc/{pid}/task").iterdir())
         return all(_state(thread / "stat") == "T" for thread in threads)
-    except FileNotFoundError:  # a thread ended while they were read: read them again
+    except (FileNotFoundError, ProcessLookupError):  # a thread ended while they were read
         return False
 
 
 def _state(stat: Path) -> str:
+    """The state letter of a process or thread, from its /proc stat file."""
     return stat.read_text().rpartition(")")[2].split()[0]
 
 
@@ -293,8 +294,7 @@ def wait_for(condition: Callable[[], object], timeout: float, interval: float = 
 def alive(pid: int) -> bool:
     """Whether a process that is not our child still runs (zombies count as gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return _state(Path(f"/proc/{pid}/stat")) != "Z"
     except (FileNotFoundError, ProcessLookupError):  # gone before the open, or before the read
         return False
 
