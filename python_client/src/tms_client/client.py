@@ -126,6 +126,9 @@ class ModelClient(calls.ThreadClient):
         threads = self._threaded()
         if threads is None:
             return LOOP.run(functools.partial(self._client._send, call))
+        return self._send_on(threads, call)
+
+    def _send_on(self, threads: WorkerPool, call: calls.Call[R]) -> R:
         with call_span(call.path, call.model) as metadata:
             data, timeout = fit_within(call.request, self.options.max_message_bytes, self.timeout)
             reply = threads.call(Request(call.path, data, timeout, metadata), call.model)
@@ -135,11 +138,12 @@ class ModelClient(calls.ThreadClient):
         on_loop = self._client._bind(build)
 
         def method(*args: P.args, **kwargs: P.kwargs) -> R:
-            if self._threaded() is None:
+            threads = self._threaded()
+            if threads is None:
                 # Built on the loop as well: the calling thread holds the GIL only to hand
                 # the call over, which keeps the loop's thread going under many callers.
                 return LOOP.run(functools.partial(on_loop, *args, **kwargs))
-            return self._send(build(self.model, *args, **kwargs))
+            return self._send_on(threads, build(self.model, *args, **kwargs))
 
         return as_method(method, build)
 
